@@ -1,0 +1,790 @@
+//! levy's configuration: loads the YAML file (pingora's `ServerConf` under `pingora:`, levy's
+//! keys under `levy:`), validates it, and produces the internal [`Config`] that the rest of
+//! levy uses. Every error names the YAML path of the offending key and the problem.
+
+mod builtin;
+mod schema;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::Address;
+use pingora::server::configuration::ServerConf;
+
+use crate::pricing::{parse_atomic, Price, Requirement};
+use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
+use crate::x402::challenge::Challenge;
+
+/// A config that cannot be used. `Display` gives `path: problem`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML does not fit the schema; serde_yaml's message names the key and line.
+    #[error("{0}")]
+    Parse(String),
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
+fn invalid(path: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// pingora's server settings.
+    pub pingora: ServerConf,
+    /// Where the data plane listens.
+    pub data_listener: SocketAddr,
+    /// Where metrics, health and the admin API listen, if anywhere.
+    pub admin_listener: Option<SocketAddr>,
+    pub routes: RouteTable<Arc<Route>>,
+    /// What happens to a request no route matches.
+    pub unmatched: Unmatched,
+    /// Every network routes may name, built-in ones included, by the operator's name.
+    pub networks: BTreeMap<String, Network>,
+    /// Base of resource URLs in challenges when a route fixes none.
+    pub public_url: Option<String>,
+    /// Whether to write one JSON access-log line per request.
+    pub access_log: bool,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    /// Resolved at load time.
+    pub address: SocketAddr,
+    pub tls: bool,
+    /// Server name for TLS.
+    pub sni: String,
+    /// Replaces the `Host` header when set.
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// One entry of the route table.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// The patterns as written, for display.
+    pub host_text: String,
+    pub path_text: String,
+    pub upstream: Arc<Upstream>,
+    pub access: Access,
+}
+
+/// Whether a route is free or what it costs.
+#[derive(Debug)]
+pub enum Access {
+    Free,
+    Priced(Paywall),
+}
+
+/// The price of a priced route and its prepared challenge.
+#[derive(Debug)]
+pub struct Paywall {
+    /// The price as written, for display.
+    pub price_text: String,
+    /// One per `accepts` entry, in order.
+    pub requirements: Vec<Requirement>,
+    pub challenge: Challenge,
+}
+
+/// What happens to a request that matches no route.
+#[derive(Debug, Clone)]
+pub enum Unmatched {
+    NotFound,
+    Pass(Arc<Upstream>),
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let file = file.as_ref();
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let file: schema::File =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        build(file)
+    }
+
+    /// The route table as text, one route per line, for `levy check`.
+    pub fn describe(&self) -> String {
+        let mut rows = vec![[
+            "#".to_owned(),
+            "route".into(),
+            "host".into(),
+            "methods".into(),
+            "path".into(),
+            "upstream".into(),
+            "access".into(),
+        ]];
+        for (i, (matcher, route)) in self.routes.iter().enumerate() {
+            let methods = matcher
+                .methods
+                .listed()
+                .map_or("*".to_owned(), |m| m.join(","));
+            let access = match &route.access {
+                Access::Free => "free".to_owned(),
+                Access::Priced(p) => {
+                    let offers: Vec<String> = p
+                        .requirements
+                        .iter()
+                        .map(|r| format!("{} {}@{}", r.amount, r.asset_name, r.network_name))
+                        .collect();
+                    format!("{} = {}", p.price_text, offers.join(" | "))
+                }
+            };
+            rows.push([
+                i.to_string(),
+                route.name.clone(),
+                route.host_text.clone(),
+                methods,
+                route.path_text.clone(),
+                route.upstream.name.clone(),
+                access,
+            ]);
+        }
+        let unmatched = match &self.unmatched {
+            Unmatched::NotFound => "404".to_owned(),
+            Unmatched::Pass(u) => format!("pass to {}", u.name),
+        };
+        let widths: Vec<usize> = (0..7)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out.push_str(&format!("unmatched requests: {unmatched}\n"));
+        out
+    }
+}
+
+/// A network after built-in defaults are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// CAIP-2 id, e.g. `eip155:84532`.
+    pub caip2: String,
+    pub chain_id: u64,
+    /// The name v1 clients use, when they know the network.
+    pub v1_name: Option<String>,
+    /// JSON-RPC endpoint for chain reads and settlement.
+    pub rpc_url: Option<String>,
+}
+
+/// An asset after validation.
+struct Asset {
+    address: Address,
+    eip712_name: String,
+    eip712_version: String,
+    decimals: u8,
+    usd: bool,
+}
+
+fn build(file: schema::File) -> Result<Config, ConfigError> {
+    let levy = file.levy;
+    let data_listener = socket_addr("levy.listeners.data", &levy.listeners.data)?;
+    let admin_listener = levy
+        .listeners
+        .admin
+        .as_deref()
+        .map(|a| socket_addr("levy.listeners.admin", a))
+        .transpose()?;
+    if admin_listener == Some(data_listener) {
+        return Err(invalid(
+            "levy.listeners.admin",
+            "must differ from levy.listeners.data",
+        ));
+    }
+    let networks = networks(&levy.networks)?;
+    let assets = assets(&levy.assets, &networks)?;
+    let upstreams = upstreams(&levy.upstreams)?;
+    let default_pay_to = levy
+        .pay_to
+        .as_deref()
+        .map(|a| address("levy.pay_to", a))
+        .transpose()?;
+    if let Some(url) = &levy.public_url {
+        check_url("levy.public_url", url)?;
+    }
+
+    let mut routes = RouteTable::default();
+    let mut names = HashSet::new();
+    let mut catch_all: Option<String> = None;
+    for (i, route) in levy.routes.iter().enumerate() {
+        let path = format!("levy.routes[{i}]");
+        if let Some(earlier) = &catch_all {
+            return Err(invalid(
+                path,
+                format!(
+                    "route `{}` can never match: route `{earlier}` before it matches every request",
+                    route.name
+                ),
+            ));
+        }
+        if route.name.trim().is_empty() {
+            return Err(invalid(format!("{path}.name"), "must not be empty"));
+        }
+        if !names.insert(route.name.clone()) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!("duplicate route name `{}`", route.name),
+            ));
+        }
+        let (matcher, route) =
+            build_route(&path, route, &upstreams, &networks, &assets, default_pay_to)?;
+        let matches_everything = matcher.host == HostPattern::Any
+            && matcher.methods.listed().is_none()
+            && matcher.path.matches("/")
+            && matcher.path.matches("/any/path/at/all/");
+        if matches_everything {
+            catch_all = Some(route.name.clone());
+        }
+        routes.push(matcher, Arc::new(route));
+    }
+
+    let unmatched =
+        match &levy.unmatched {
+            None => Unmatched::NotFound,
+            Some(u) => {
+                if let Some(route) = &catch_all {
+                    return Err(invalid(
+                        "levy.unmatched",
+                        format!("is never used: route `{route}` matches every request"),
+                    ));
+                }
+                match (u.action, &u.upstream) {
+                    (schema::UnmatchedAction::NotFound, None) => Unmatched::NotFound,
+                    (schema::UnmatchedAction::NotFound, Some(_)) => {
+                        return Err(invalid(
+                            "levy.unmatched.upstream",
+                            "only allowed with `action: pass`",
+                        ))
+                    }
+                    (schema::UnmatchedAction::Pass, None) => {
+                        return Err(invalid(
+                            "levy.unmatched.upstream",
+                            "`action: pass` needs an upstream",
+                        ))
+                    }
+                    (schema::UnmatchedAction::Pass, Some(name)) => Unmatched::Pass(
+                        lookup_upstream("levy.unmatched.upstream", name, &upstreams)?,
+                    ),
+                }
+            }
+        };
+
+    Ok(Config {
+        pingora: file.pingora,
+        data_listener,
+        admin_listener,
+        routes,
+        unmatched,
+        networks,
+        public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        access_log: levy.access_log,
+    })
+}
+
+fn build_route(
+    path: &str,
+    route: &schema::Route,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    networks: &BTreeMap<String, Network>,
+    assets: &BTreeMap<(String, String), Asset>,
+    default_pay_to: Option<Address>,
+) -> Result<(Matcher, Route), ConfigError> {
+    let host = match &route.host {
+        None => HostPattern::Any,
+        Some(h) => HostPattern::parse(h).map_err(|e| invalid(format!("{path}.host"), e))?,
+    };
+    let methods = match &route.methods {
+        None => MethodSet::any(),
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                format!("{path}.methods"),
+                "must list at least one method",
+            ))
+        }
+        Some(list) => {
+            for (j, m) in list.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(invalid(
+                        format!("{path}.methods[{j}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    ));
+                }
+            }
+            MethodSet::only(list.iter().cloned())
+        }
+    };
+    let path_pattern =
+        PathPattern::parse(&route.path).map_err(|e| invalid(format!("{path}.path"), e))?;
+    let upstream = match &route.upstream {
+        Some(name) => lookup_upstream(&format!("{path}.upstream"), name, upstreams)?,
+        None => match upstreams.values().collect::<Vec<_>>().as_slice() {
+            [only] => Arc::clone(only),
+            _ => {
+                return Err(invalid(
+                    format!("{path}.upstream"),
+                    "missing; name one of the upstreams",
+                ))
+            }
+        },
+    };
+    let access = if route.free {
+        for (key, set) in [
+            ("price", route.price.is_some()),
+            ("amount", route.amount.is_some()),
+            ("pay_to", route.pay_to.is_some()),
+            ("accepts", !route.accepts.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(
+                    format!("{path}.{key}"),
+                    "not allowed on a free route",
+                ));
+            }
+        }
+        Access::Free
+    } else {
+        Access::Priced(paywall(path, route, networks, assets, default_pay_to)?)
+    };
+    let matcher = Matcher {
+        host,
+        methods,
+        path: path_pattern,
+    };
+    Ok((
+        matcher,
+        Route {
+            name: route.name.clone(),
+            host_text: route.host.clone().unwrap_or_else(|| "*".into()),
+            path_text: route.path.clone(),
+            upstream,
+            access,
+        },
+    ))
+}
+
+fn paywall(
+    path: &str,
+    route: &schema::Route,
+    networks: &BTreeMap<String, Network>,
+    assets: &BTreeMap<(String, String), Asset>,
+    default_pay_to: Option<Address>,
+) -> Result<Paywall, ConfigError> {
+    let price =
+        match (&route.price, &route.amount) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    format!("{path}.amount"),
+                    "give either `price` or `amount`, not both",
+                ))
+            }
+            (None, None) => return Err(invalid(
+                path,
+                "a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units) or `free: true`",
+            )),
+            (Some(text), None) => {
+                Price::parse_dollars(text).map_err(|e| invalid(format!("{path}.price"), e))?
+            }
+            (None, Some(schema::Amount::Number(n))) => {
+                Price::Atomic((*n).try_into().unwrap_or_default())
+            }
+            (None, Some(schema::Amount::Text(t))) => {
+                Price::Atomic(parse_atomic(t).map_err(|e| invalid(format!("{path}.amount"), e))?)
+            }
+        };
+    let route_pay_to = route
+        .pay_to
+        .as_deref()
+        .map(|a| address(&format!("{path}.pay_to"), a))
+        .transpose()?
+        .or(default_pay_to);
+    if route.accepts.is_empty() {
+        return Err(invalid(
+            format!("{path}.accepts"),
+            "a priced route needs at least one accepted (network, asset) pair",
+        ));
+    }
+    if route.max_timeout_seconds == 0 {
+        return Err(invalid(
+            format!("{path}.max_timeout_seconds"),
+            "must be greater than zero",
+        ));
+    }
+    if let Some(url) = &route.resource {
+        check_url(&format!("{path}.resource"), url)?;
+    }
+    let mut requirements = Vec::with_capacity(route.accepts.len());
+    for (j, accept) in route.accepts.iter().enumerate() {
+        let at = format!("{path}.accepts[{j}]");
+        let network = networks.get(&accept.network).ok_or_else(|| {
+            invalid(
+                format!("{at}.network"),
+                format!("unknown network `{}`", accept.network),
+            )
+        })?;
+        let asset = assets
+            .get(&(accept.network.clone(), accept.asset.clone()))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{at}.asset"),
+                    format!(
+                        "unknown asset `{}` on network `{}`",
+                        accept.asset, accept.network
+                    ),
+                )
+            })?;
+        let pay_to = match &accept.pay_to {
+            Some(a) => address(&format!("{at}.pay_to"), a)?,
+            None => route_pay_to.ok_or_else(|| {
+                invalid(
+                    format!("{path}.pay_to"),
+                    "missing; give `pay_to` on the route or `levy.pay_to`",
+                )
+            })?,
+        };
+        let key = if route.price.is_some() {
+            "price"
+        } else {
+            "amount"
+        };
+        let amount = price
+            .to_atomic(asset.decimals, asset.usd, &accept.asset)
+            .map_err(|e| {
+                invalid(
+                    format!("{path}.{key}"),
+                    format!("{e} (asset `{}` on `{}`)", accept.asset, accept.network),
+                )
+            })?;
+        let requirement = Requirement {
+            network: network.caip2.clone(),
+            v1_network: network.v1_name.clone(),
+            chain_id: network.chain_id,
+            network_name: accept.network.clone(),
+            asset_name: accept.asset.clone(),
+            asset: asset.address,
+            eip712_name: asset.eip712_name.clone(),
+            eip712_version: asset.eip712_version.clone(),
+            decimals: asset.decimals,
+            amount,
+            pay_to,
+            max_timeout_seconds: route.max_timeout_seconds,
+        };
+        if requirements
+            .iter()
+            .any(|r: &Requirement| r.network == requirement.network && r.asset == requirement.asset)
+        {
+            return Err(invalid(
+                at,
+                "the same (network, asset) pair is listed twice",
+            ));
+        }
+        requirements.push(requirement);
+    }
+    let challenge = Challenge::new(
+        &requirements,
+        &route.description,
+        &route.mime_type,
+        route.resource.as_deref(),
+    );
+    Ok(Paywall {
+        price_text: price.to_string(),
+        requirements,
+        challenge,
+    })
+}
+
+fn networks(
+    declared: &BTreeMap<String, schema::Network>,
+) -> Result<BTreeMap<String, Network>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for b in builtin::NETWORKS {
+        out.insert(
+            b.name.to_owned(),
+            Network {
+                caip2: format!("eip155:{}", b.chain_id),
+                chain_id: b.chain_id,
+                v1_name: b.v1_name.map(Into::into),
+                rpc_url: Some(b.rpc_url.to_owned()),
+            },
+        );
+    }
+    for (name, n) in declared {
+        let path = format!("levy.networks.{name}");
+        let base = builtin::network(name);
+        let chain_id = n.chain_id.or(base.map(|b| b.chain_id)).ok_or_else(|| {
+            invalid(
+                format!("{path}.chain_id"),
+                "missing (required for a network levy does not know)",
+            )
+        })?;
+        let caip2 =
+            match &n.caip2 {
+                None => format!("eip155:{chain_id}"),
+                Some(c) if *c == format!("eip155:{chain_id}") => c.clone(),
+                Some(c) => return Err(invalid(
+                    format!("{path}.caip2"),
+                    format!(
+                        "`{c}` does not match chain_id {chain_id} (expected `eip155:{chain_id}`)"
+                    ),
+                )),
+            };
+        if let Some(url) = &n.rpc_url {
+            check_url(&format!("{path}.rpc_url"), url)?;
+        }
+        let v1_name = n
+            .v1_name
+            .clone()
+            .or_else(|| base.and_then(|b| b.v1_name.map(Into::into)));
+        let rpc_url = n
+            .rpc_url
+            .clone()
+            .or_else(|| base.map(|b| b.rpc_url.to_owned()));
+        out.insert(
+            name.clone(),
+            Network {
+                caip2,
+                chain_id,
+                v1_name,
+                rpc_url,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn assets(
+    declared: &[schema::Asset],
+    networks: &BTreeMap<String, Network>,
+) -> Result<BTreeMap<(String, String), Asset>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for b in builtin::ASSETS {
+        let address = b
+            .address
+            .parse()
+            .map_err(|_| invalid("built-in assets", b.address))?;
+        out.insert(
+            (b.network.to_owned(), b.name.to_owned()),
+            Asset {
+                address,
+                eip712_name: b.eip712_name.into(),
+                eip712_version: b.eip712_version.into(),
+                decimals: b.decimals,
+                usd: b.usd,
+            },
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, a) in declared.iter().enumerate() {
+        let path = format!("levy.assets[{i}]");
+        if !networks.contains_key(&a.network) {
+            return Err(invalid(
+                format!("{path}.network"),
+                format!("unknown network `{}`", a.network),
+            ));
+        }
+        if !seen.insert((a.network.clone(), a.name.clone())) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!(
+                    "asset `{}` is declared twice on network `{}`",
+                    a.name, a.network
+                ),
+            ));
+        }
+        if a.decimals > 77 {
+            return Err(invalid(format!("{path}.decimals"), "must be at most 77"));
+        }
+        if a.eip712_name.is_empty() || a.eip712_version.is_empty() {
+            return Err(invalid(
+                format!("{path}.eip712_name"),
+                "the EIP-712 name and version must both be set; clients sign with them",
+            ));
+        }
+        out.insert(
+            (a.network.clone(), a.name.clone()),
+            Asset {
+                address: address(&format!("{path}.address"), &a.address)?,
+                eip712_name: a.eip712_name.clone(),
+                eip712_version: a.eip712_version.clone(),
+                decimals: a.decimals,
+                usd: a.usd,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn upstreams(
+    declared: &BTreeMap<String, schema::Upstream>,
+) -> Result<BTreeMap<String, Arc<Upstream>>, ConfigError> {
+    if declared.is_empty() {
+        return Err(invalid(
+            "levy.upstreams",
+            "at least one upstream is required",
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, u) in declared {
+        let path = format!("levy.upstreams.{name}");
+        let (host, _port) = u
+            .address
+            .rsplit_once(':')
+            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{path}.address"),
+                    format!("`{}` is not host:port", u.address),
+                )
+            })?;
+        let address = u
+            .address
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{path}.address"),
+                    format!("cannot resolve `{}`", u.address),
+                )
+            })?;
+        for (key, ms) in [
+            ("connect_timeout_ms", u.connect_timeout_ms),
+            ("read_timeout_ms", u.read_timeout_ms),
+            ("write_timeout_ms", u.write_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(
+                    format!("{path}.{key}"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        if let Some(h) = &u.host {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ' || b == b'/')
+            {
+                return Err(invalid(
+                    format!("{path}.host"),
+                    format!("`{h}` is not a valid Host header value"),
+                ));
+            }
+        }
+        let sni = u.sni.clone().unwrap_or_else(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        out.insert(
+            name.clone(),
+            Arc::new(Upstream {
+                name: name.clone(),
+                address,
+                tls: u.tls,
+                sni,
+                host: u.host.clone(),
+                connect_timeout: Duration::from_millis(u.connect_timeout_ms),
+                read_timeout: Duration::from_millis(u.read_timeout_ms),
+                write_timeout: Duration::from_millis(u.write_timeout_ms),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+fn lookup_upstream(
+    path: &str,
+    name: &str,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+) -> Result<Arc<Upstream>, ConfigError> {
+    upstreams.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        invalid(
+            path,
+            format!("unknown upstream `{name}` (known: {})", known.join(", ")),
+        )
+    })
+}
+
+fn socket_addr(path: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| invalid(path, format!("`{text}` is not an IP:port address")))
+}
+
+/// Parses an EVM address; a mixed-case address must carry a valid EIP-55 checksum.
+fn address(path: &str, text: &str) -> Result<Address, ConfigError> {
+    let hex = text
+        .strip_prefix("0x")
+        .filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            invalid(
+                path,
+                format!("`{text}` is not an address (0x and 40 hex digits)"),
+            )
+        })?;
+    let address: Address = text
+        .parse()
+        .map_err(|_| invalid(path, format!("`{text}` is not an address")))?;
+    let mixed =
+        hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed && address.to_checksum(None) != text {
+        return Err(invalid(
+            path,
+            format!(
+                "`{text}` has a bad EIP-55 checksum (expected {})",
+                address.to_checksum(None)
+            ),
+        ));
+    }
+    if address.is_zero() {
+        return Err(invalid(path, "the zero address cannot receive payments"));
+    }
+    Ok(address)
+}
+
+fn check_url(path: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() > "https://".len()
+        && !url
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(path, format!("`{url}` is not an http(s) URL")))
+    }
+}

@@ -1,0 +1,167 @@
+//! The config file as written: serde structs that mirror the YAML one to one. Unknown keys
+//! under `levy:` are errors. Nothing here is validated beyond its type; see the parent module.
+
+use std::collections::BTreeMap;
+
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+/// The whole file: pingora's own keys and levy's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub pingora: ServerConf,
+    pub levy: Levy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Levy {
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    #[serde(default)]
+    pub assets: Vec<Asset>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub unmatched: Option<Unmatched>,
+    /// Default `pay_to` for priced routes that do not name one.
+    #[serde(default)]
+    pub pay_to: Option<String>,
+    /// Base of resource URLs in challenges, e.g. `https://api.example.com`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    pub data: String,
+    #[serde(default)]
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub chain_id: Option<u64>,
+    pub caip2: Option<String>,
+    pub v1_name: Option<String>,
+    pub rpc_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    pub name: String,
+    pub network: String,
+    pub address: String,
+    pub eip712_name: String,
+    pub eip712_version: String,
+    pub decimals: u8,
+    #[serde(default)]
+    pub usd: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub address: String,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms")]
+    pub write_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    pub path: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub free: bool,
+    #[serde(default)]
+    pub price: Option<String>,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+    #[serde(default)]
+    pub pay_to: Option<String>,
+    #[serde(default)]
+    pub accepts: Vec<Accept>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mime_type: String,
+    #[serde(default = "default_max_timeout_seconds")]
+    pub max_timeout_seconds: u64,
+    #[serde(default)]
+    pub resource: Option<String>,
+}
+
+/// An atomic amount may be written as a YAML number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    pub network: String,
+    #[serde(default = "default_asset")]
+    pub asset: String,
+    #[serde(default)]
+    pub pay_to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unmatched {
+    pub action: UnmatchedAction,
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedAction {
+    Pass,
+    NotFound,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_read_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_timeout_seconds() -> u64 {
+    300
+}
+fn default_asset() -> String {
+    "usdc".to_owned()
+}

@@ -1,0 +1,20 @@
+//! levy: an x402 paywall that runs as an edge reverse proxy on Pingora.
+//!
+//! The pure core (`x402`, `pricing`, `routing`) never imports pingora; `config` turns the
+//! YAML file into the route table; `proxy`, `admin` and `server` are the Pingora glue.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod pricing;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod x402;
+
+pub use config::{Config, ConfigError};
+pub use server::build_server;

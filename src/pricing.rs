@@ -1,0 +1,252 @@
+//! Prices: turns what an operator writes (`"$0.001"` or an atomic `amount`) into an exact
+//! amount of a token's atomic units, and describes what one route asks to be paid.
+//! Pure; never goes through a float.
+
+use std::fmt;
+
+use alloy_primitives::{Address, U256};
+
+/// A price as written in the config, before it is tied to an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Price {
+    /// US dollars as a decimal string without the `$`, e.g. `0.001`. Valid only for USD
+    /// stablecoins.
+    Usd(String),
+    /// Atomic units of the asset.
+    Atomic(U256),
+}
+
+/// Why a price cannot be turned into atomic units.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("`{0}` is not a dollar price; write it like \"$0.001\"")]
+    NotDollars(String),
+    #[error("`{0}` is not a decimal number")]
+    NotDecimal(String),
+    #[error("price `{price}` needs {needed} decimals but the asset has {decimals}")]
+    TooPrecise {
+        price: String,
+        needed: usize,
+        decimals: u8,
+    },
+    #[error("price `{0}` is too large")]
+    TooLarge(String),
+    #[error("price must be greater than zero (use `free: true` for a free route)")]
+    Zero,
+    #[error("a dollar price needs a USD stablecoin, and `{0}` is not one; give `amount` in atomic units instead")]
+    NotUsdAsset(String),
+}
+
+impl Price {
+    /// Parses `"$0.001"` (dollars). Atomic amounts are parsed with [`parse_atomic`].
+    pub fn parse_dollars(text: &str) -> Result<Self, PriceError> {
+        let digits = text
+            .trim()
+            .strip_prefix('$')
+            .ok_or_else(|| PriceError::NotDollars(text.to_owned()))?;
+        split_decimal(digits).ok_or_else(|| PriceError::NotDecimal(text.to_owned()))?;
+        Ok(Price::Usd(digits.to_owned()))
+    }
+
+    /// The amount in atomic units of an asset with `decimals` decimals. `usd_asset` says whether
+    /// the asset is a USD stablecoin; `asset_name` is only used in the error.
+    pub fn to_atomic(
+        &self,
+        decimals: u8,
+        usd_asset: bool,
+        asset_name: &str,
+    ) -> Result<U256, PriceError> {
+        let amount = match self {
+            Price::Atomic(amount) => *amount,
+            Price::Usd(_) if !usd_asset => {
+                return Err(PriceError::NotUsdAsset(asset_name.to_owned()))
+            }
+            Price::Usd(text) => dollars_to_atomic(text, decimals)?,
+        };
+        if amount.is_zero() {
+            return Err(PriceError::Zero);
+        }
+        Ok(amount)
+    }
+}
+
+impl fmt::Display for Price {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Price::Usd(text) => write!(f, "${text}"),
+            Price::Atomic(amount) => write!(f, "{amount} atomic units"),
+        }
+    }
+}
+
+/// Parses a non-negative integer of atomic units, e.g. `"1000"`.
+pub fn parse_atomic(text: &str) -> Result<U256, PriceError> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(PriceError::NotDecimal(text.to_owned()));
+    }
+    U256::from_str_radix(text, 10).map_err(|_| PriceError::TooLarge(text.to_owned()))
+}
+
+/// `"0.001"` with 6 decimals is 1000. Digits past `decimals` must be zeros.
+fn dollars_to_atomic(text: &str, decimals: u8) -> Result<U256, PriceError> {
+    let (whole, frac) =
+        split_decimal(text).ok_or_else(|| PriceError::NotDecimal(text.to_owned()))?;
+    let significant = frac.trim_end_matches('0');
+    if significant.len() > usize::from(decimals) {
+        return Err(PriceError::TooPrecise {
+            price: format!("${text}"),
+            needed: significant.len(),
+            decimals,
+        });
+    }
+    let mut digits = String::with_capacity(whole.len() + usize::from(decimals));
+    digits.push_str(whole);
+    digits.push_str(significant);
+    digits.extend(std::iter::repeat_n(
+        '0',
+        usize::from(decimals) - significant.len(),
+    ));
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Ok(U256::ZERO);
+    }
+    U256::from_str_radix(digits, 10).map_err(|_| PriceError::TooLarge(format!("${text}")))
+}
+
+/// Splits `"12.345"` into `("12", "345")`; `None` unless it is digits with at most one dot.
+fn split_decimal(text: &str) -> Option<(&str, &str)> {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    (!(whole.is_empty() && frac.is_empty()) && digits(whole) && digits(frac))
+        .then_some((whole, frac))
+}
+
+/// Formats atomic units as a decimal amount of the token, e.g. 1000 with 6 decimals is
+/// `0.001`. Used for humans (the HTML page, logs), never for arithmetic.
+pub fn format_units(amount: U256, decimals: u8) -> String {
+    let digits = amount.to_string();
+    let decimals = usize::from(decimals);
+    if decimals == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = decimals + 1);
+    let (whole, frac) = padded.split_at(padded.len() - decimals);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        whole.to_owned()
+    } else {
+        format!("{whole}.{frac}")
+    }
+}
+
+/// What one (network, asset) pair of a route asks for: everything needed to issue one
+/// `accepts` entry and, later, to check a payment against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// CAIP-2 id, e.g. `eip155:84532`.
+    pub network: String,
+    /// v1 network name, when v1 clients know the network.
+    pub v1_network: Option<String>,
+    pub chain_id: u64,
+    /// The operator's name for the network, e.g. `base-sepolia`.
+    pub network_name: String,
+    /// The operator's name for the asset, e.g. `usdc`.
+    pub asset_name: String,
+    pub asset: Address,
+    pub eip712_name: String,
+    pub eip712_version: String,
+    pub decimals: u8,
+    pub amount: U256,
+    pub pay_to: Address,
+    pub max_timeout_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(text: &str, decimals: u8) -> Result<U256, PriceError> {
+        Price::parse_dollars(text)?.to_atomic(decimals, true, "usdc")
+    }
+
+    #[test]
+    fn dollar_prices_convert_exactly_to_atomic_units() {
+        assert_eq!(usd("$0.001", 6).unwrap(), U256::from(1000));
+        assert_eq!(usd("$1", 6).unwrap(), U256::from(1_000_000));
+        assert_eq!(usd("$12.50", 6).unwrap(), U256::from(12_500_000));
+        assert_eq!(usd("$0.000001", 6).unwrap(), U256::from(1));
+        assert_eq!(usd("$0.0010000000", 6).unwrap(), U256::from(1000));
+        assert_eq!(usd("$.5", 2).unwrap(), U256::from(50));
+        assert_eq!(
+            usd("$0.1", 18).unwrap(),
+            U256::from(100_000_000_000_000_000u128)
+        );
+    }
+
+    #[test]
+    fn a_price_finer_than_the_asset_decimals_is_refused() {
+        assert_eq!(
+            usd("$0.0000001", 6),
+            Err(PriceError::TooPrecise {
+                price: "$0.0000001".into(),
+                needed: 7,
+                decimals: 6
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_and_zero_prices_are_refused() {
+        assert!(matches!(
+            Price::parse_dollars("0.01"),
+            Err(PriceError::NotDollars(_))
+        ));
+        assert!(matches!(
+            Price::parse_dollars("$1e-3"),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            Price::parse_dollars("$-1"),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            Price::parse_dollars("$."),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            Price::parse_dollars("$1.2.3"),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert_eq!(usd("$0.000", 6), Err(PriceError::Zero));
+        assert!(matches!(
+            parse_atomic("12a"),
+            Err(PriceError::NotDecimal(_))
+        ));
+        assert!(matches!(
+            parse_atomic(&"9".repeat(90)),
+            Err(PriceError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn dollar_prices_need_a_usd_asset() {
+        let price = Price::parse_dollars("$1").unwrap();
+        assert_eq!(
+            price.to_atomic(18, false, "weth"),
+            Err(PriceError::NotUsdAsset("weth".into()))
+        );
+        assert_eq!(
+            Price::Atomic(U256::from(7)).to_atomic(18, false, "weth"),
+            Ok(U256::from(7))
+        );
+    }
+
+    #[test]
+    fn units_format_for_humans() {
+        assert_eq!(format_units(U256::from(1000), 6), "0.001");
+        assert_eq!(format_units(U256::from(12_500_000), 6), "12.5");
+        assert_eq!(format_units(U256::from(3), 0), "3");
+        assert_eq!(format_units(U256::from(1_000_000), 6), "1");
+    }
+}

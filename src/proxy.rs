@@ -1,0 +1,478 @@
+//! The Pingora glue: `impl ProxyHttp for LevyProxy`. Each phase delegates to the pure core
+//! (routing, challenges) and keeps one job: route the request, answer 402s and preflights,
+//! pick the upstream, rewrite forwarding headers, report failures, log and count.
+
+mod respond;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
+
+use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
+use crate::metrics::metrics;
+use crate::routing::RequestKey;
+use crate::x402::{self, PAYMENT_REQUIRED, PAYMENT_SIGNATURE, X_PAYMENT};
+
+/// Request bodies up to this size are drained after a 402 so the connection can be reused;
+/// larger ones close it.
+const DRAIN_LIMIT_BYTES: u64 = 64 * 1024;
+
+/// What happened to a request, as reported in metrics and access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still being handled (or the client went away before an answer).
+    Pending,
+    /// Forwarded on a free route or as an unmatched pass-through.
+    Forwarded,
+    /// Answered with a 402 challenge.
+    PaymentRequired,
+    /// A CORS preflight answered by levy.
+    Preflight,
+    /// No route and no default upstream.
+    NotFound,
+    /// The upstream could not be reached.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream broke the exchange some other way.
+    UpstreamError,
+    /// The client sent something levy cannot serve.
+    BadRequest,
+    /// levy failed on its own.
+    InternalError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "aborted",
+            Outcome::Forwarded => "forwarded",
+            Outcome::PaymentRequired => "payment_required",
+            Outcome::Preflight => "preflight",
+            Outcome::NotFound => "not_found",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::BadRequest => "bad_request",
+            Outcome::InternalError => "internal_error",
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    route: Option<Arc<Route>>,
+    upstream: Option<Arc<Upstream>>,
+    outcome: Outcome,
+}
+
+impl RequestCtx {
+    fn route_label(&self) -> &str {
+        self.route.as_deref().map_or("-", |r| r.name.as_str())
+    }
+}
+
+/// levy's proxy: routes, the paywall and forwarding.
+pub struct LevyProxy {
+    config: Arc<Config>,
+}
+
+impl LevyProxy {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
+    }
+
+    /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
+    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
+        let req = session.req_header();
+        let host = request_host(req);
+        let key = RequestKey::new(host, req.method.as_str(), req.raw_path());
+        let Some(route) = self.config.routes.find(&key) else {
+            return match &self.config.unmatched {
+                Unmatched::NotFound => {
+                    ctx.outcome = Outcome::NotFound;
+                    Some(Reply::text(404, "no route matches this request"))
+                }
+                Unmatched::Pass(upstream) => {
+                    ctx.upstream = Some(Arc::clone(upstream));
+                    None
+                }
+            };
+        };
+        ctx.route = Some(Arc::clone(route));
+        ctx.upstream = Some(Arc::clone(&route.upstream));
+        match &route.access {
+            Access::Free => None,
+            Access::Priced(paywall) => Some(self.paywall_reply(session, paywall, ctx)),
+        }
+    }
+
+    /// The answer on a priced route: a preflight, or a 402. Verified payments are the
+    /// inline-verification issue's work; until then every request on a priced route is
+    /// challenged, so nothing priced is ever forwarded unpaid.
+    fn paywall_reply(&self, session: &Session, paywall: &Paywall, ctx: &mut RequestCtx) -> Reply {
+        let req = session.req_header();
+        if is_preflight(req) {
+            ctx.outcome = Outcome::Preflight;
+            return preflight(req);
+        }
+        ctx.outcome = Outcome::PaymentRequired;
+        let url = self.resource_url(session, paywall);
+        let rendered = paywall.challenge.render(
+            x402::V2_PAYMENT_REQUIRED_ERROR,
+            x402::V1_PAYMENT_REQUIRED_ERROR,
+            &url,
+        );
+        let reply = if is_browser(req) {
+            Reply::new(402, "text/html; charset=utf-8", paywall.challenge.html())
+        } else {
+            Reply::new(402, "application/json", rendered.v1_body)
+        }
+        .header(HeaderName::from_static(PAYMENT_REQUIRED), rendered.header)
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE);
+        if unread_body_is_large(req) {
+            reply.close()
+        } else {
+            reply
+        }
+    }
+
+    /// The absolute URL of the requested resource, as challenges name it.
+    fn resource_url(&self, session: &Session, paywall: &Paywall) -> String {
+        if paywall.challenge.has_fixed_resource() {
+            // The challenge ignores the request URL when the route fixes its resource.
+            return String::new();
+        }
+        let req = session.req_header();
+        let path = String::from_utf8_lossy(req.raw_path());
+        match &self.config.public_url {
+            Some(base) => format!("{base}{path}"),
+            None => {
+                let host = request_host(req);
+                let host = if host.is_empty() {
+                    self.config.data_listener.to_string()
+                } else {
+                    host.to_owned()
+                };
+                format!("http://{host}{path}")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for LevyProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            upstream: None,
+            outcome: Outcome::Pending,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.started = Instant::now();
+        match self.route(session, ctx) {
+            None => Ok(false),
+            Some(reply) => {
+                if ctx.outcome == Outcome::PaymentRequired {
+                    metrics()
+                        .challenges
+                        .with_label_values(&[ctx.route_label()])
+                        .inc();
+                }
+                reply.send(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let upstream = ctx.upstream.as_ref().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no upstream chosen for request")
+        })?;
+        let mut peer = HttpPeer::new(upstream.address, upstream.tls, upstream.sni.clone());
+        peer.options.connection_timeout = Some(upstream.connect_timeout);
+        peer.options.read_timeout = Some(upstream.read_timeout);
+        peer.options.write_timeout = Some(upstream.write_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // One address per upstream: retrying the same peer only multiplies the wait.
+        e.set_retry(false);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // Payment proofs are for levy; the origin never sees them.
+        upstream_request.remove_header(PAYMENT_SIGNATURE);
+        upstream_request.remove_header(X_PAYMENT);
+
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client_ip {
+            let forwarded_for = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.to_str())
+            {
+                Some(Ok(prior)) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+                _ => ip,
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let original_host = session.req_header().headers.get(header::HOST).cloned();
+        match original_host {
+            Some(host) => upstream_request.insert_header("x-forwarded-host", host)?,
+            None => {
+                upstream_request.remove_header("x-forwarded-host");
+            }
+        }
+        if let Some(host) = ctx.upstream.as_ref().and_then(|u| u.host.as_deref()) {
+            upstream_request.insert_header(header::HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.outcome = Outcome::Forwarded;
+        strip_hop_by_hop(upstream_response);
+        if ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| matches!(r.access, Access::Priced(_)))
+        {
+            if !upstream_response
+                .headers
+                .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            {
+                upstream_response.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+            }
+            upstream_response.append_header(header::ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (outcome, status, reason) = classify(e);
+        ctx.outcome = outcome;
+        if matches!(
+            outcome,
+            Outcome::UpstreamUnreachable | Outcome::UpstreamTimeout | Outcome::UpstreamError
+        ) {
+            metrics()
+                .upstream_errors
+                .with_label_values(&[ctx.route_label(), outcome.as_str()])
+                .inc();
+        }
+        let mut error_code = status;
+        if status > 0 {
+            if session.response_written().is_some() {
+                // Headers already went out; the only honest signal left is closing.
+                error_code = 0;
+            } else if let Err(write_error) = Reply::text(status, reason).close().send(session).await
+            {
+                log::debug!("cannot send {status} to client: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let elapsed = ctx.started.elapsed();
+        let outcome = ctx.outcome.as_str();
+        let route = ctx.route_label();
+        let m = metrics();
+        m.requests.with_label_values(&[route, outcome]).inc();
+        m.request_duration
+            .with_label_values(&[route, outcome])
+            .observe(elapsed.as_secs_f64());
+        if self.config.access_log {
+            access_log(session, ctx, elapsed);
+        }
+    }
+}
+
+/// Maps a proxy failure to what the client is told.
+fn classify(e: &Error) -> (Outcome, u16, &'static str) {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => (Outcome::BadRequest, *code, "request refused"),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            (Outcome::UpstreamTimeout, 504, "upstream timed out")
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+        | HandshakeError | SocketError | BindError => {
+            (Outcome::UpstreamUnreachable, 502, "upstream unreachable")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (Outcome::UpstreamError, 502, "upstream error"),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => (Outcome::Pending, 0, ""),
+                _ => (Outcome::BadRequest, 400, "bad request"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                (Outcome::InternalError, 500, "internal error")
+            }
+        },
+    }
+}
+
+/// The request's host: the `Host` header, else the URI authority, else empty.
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+fn header_str<'a>(req: &'a RequestHeader, name: HeaderName) -> &'a str {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A browser navigating to the URL (the reference servers' test): it accepts HTML and says
+/// it is Mozilla-compatible.
+fn is_browser(req: &RequestHeader) -> bool {
+    header_str(req, header::ACCEPT).contains("text/html")
+        && header_str(req, header::USER_AGENT).contains("Mozilla")
+}
+
+fn is_preflight(req: &RequestHeader) -> bool {
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(header::ORIGIN)
+        && req
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Answers a CORS preflight on a priced route, allowing the payment headers.
+fn preflight(req: &RequestHeader) -> Reply {
+    let requested = header_str(req, header::ACCESS_CONTROL_REQUEST_HEADERS);
+    let allow_headers = if requested.trim().is_empty() {
+        CORS_ALLOW_HEADERS.to_owned()
+    } else {
+        format!("{CORS_ALLOW_HEADERS}, {requested}")
+    };
+    Reply::empty(204)
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header_str(req, header::ACCESS_CONTROL_REQUEST_METHOD),
+        )
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers)
+        .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE)
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+}
+
+/// Whether a request body too large to drain cheaply is still unread.
+fn unread_body_is_large(req: &RequestHeader) -> bool {
+    if req.headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    req.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|len| len > DRAIN_LIMIT_BYTES)
+}
+
+/// Removes the hop-by-hop fields of an upstream response (RFC 9110 §7.6.1). Framing
+/// (`Transfer-Encoding`, `Content-Length`) and the `Connection` header are left to pingora,
+/// which rewrites them for the client connection; `Upgrade` survives on a 101.
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "close" | "keep-alive" | "upgrade"))
+        .collect();
+    for name in nominated {
+        resp.remove_header(name.as_str());
+    }
+    for name in ["keep-alive", "proxy-connection", "te"] {
+        resp.remove_header(name);
+    }
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        resp.remove_header(&header::UPGRADE);
+    }
+}
+
+fn access_log(session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {
+    let req = session.req_header();
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip().to_string());
+    let line = serde_json::json!({
+        "ts": crate::logging::unix_time(),
+        "client": client,
+        "method": req.method.as_str(),
+        "host": request_host(req),
+        "path": req.uri.path(),
+        "status": status,
+        "route": ctx.route_label(),
+        "upstream": ctx.upstream.as_deref().map(|u| u.name.as_str()),
+        "outcome": ctx.outcome.as_str(),
+        "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+    });
+    log::info!(target: crate::logging::ACCESS_TARGET, "{line}");
+}

@@ -1,0 +1,434 @@
+//! Request matching: host patterns, method sets and path patterns, and the ordered route
+//! table where the first match wins. Pure; the table is generic over what a route carries.
+//!
+//! Paths are matched in a normalised form (percent-decoded, `.`/`..` resolved, repeated
+//! slashes collapsed) so that `/free/../paid/x` or `/%70aid/x` cannot slip past a priced
+//! route. The request itself is forwarded unchanged.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode;
+
+/// Why a host or path pattern cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("a path must start with `/`")]
+    PathNotAbsolute,
+    #[error("`*` may only be the whole last segment, as in `/prefix/*`")]
+    MisplacedWildcard,
+    #[error("a `:param` segment needs a name")]
+    EmptyParam,
+    #[error("a host pattern must be a host name or `*.domain`, without scheme, port or path")]
+    BadHost,
+}
+
+/// Which hosts a route answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Every host.
+    Any,
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// Any subdomain of this suffix; stored as `.example.com`. The apex does not match.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses `api.example.com` or `*.example.com`.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let text = text.trim().to_ascii_lowercase();
+        let (wild, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, text),
+        };
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !name.starts_with('.')
+            && !name.ends_with('.');
+        if !valid {
+            return Err(PatternError::BadHost);
+        }
+        Ok(if wild {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name)
+        })
+    }
+
+    /// `host` must already be lowercase and without port (see [`normalize_host`]).
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => host == name,
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
+        }
+    }
+}
+
+/// One segment of a compiled path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `:name`, matches one non-empty segment.
+    Param,
+}
+
+/// A compiled path pattern: exact (`/a/b`), with parameters (`/users/:id`), or a prefix
+/// (`/api/*`, which matches `/api`, `/api/` and everything below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    segments: Vec<Segment>,
+    prefix: bool,
+    trailing_slash: bool,
+}
+
+impl PathPattern {
+    /// Compiles a pattern as written in the config.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let body = text
+            .strip_prefix('/')
+            .ok_or(PatternError::PathNotAbsolute)?;
+        let mut parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        let prefix = parts.last() == Some(&"*");
+        if prefix {
+            parts.pop();
+        }
+        let trailing_slash = !prefix && parts.last() == Some(&"");
+        if trailing_slash {
+            parts.pop();
+        }
+        let segments = parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|part| {
+                if part.contains('*') {
+                    Err(PatternError::MisplacedWildcard)
+                } else if let Some(name) = part.strip_prefix(':') {
+                    if name.is_empty() {
+                        Err(PatternError::EmptyParam)
+                    } else {
+                        Ok(Segment::Param)
+                    }
+                } else {
+                    Ok(Segment::Literal(part.to_owned()))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            segments,
+            prefix,
+            trailing_slash,
+        })
+    }
+
+    /// `path` must be normalised (see [`normalize_path`]).
+    pub fn matches(&self, path: &str) -> bool {
+        let body = path.strip_prefix('/').unwrap_or(path);
+        let has_trailing_slash = body.ends_with('/') && !body.is_empty();
+        let mut parts = body.split('/').filter(|p| !p.is_empty());
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Segment::Literal(lit), Some(part)) if lit == part => {}
+                (Segment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        self.prefix || (parts.next().is_none() && has_trailing_slash == self.trailing_slash)
+    }
+}
+
+/// Methods a route answers for; `None` inside means every method.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MethodSet(Option<Vec<String>>);
+
+impl MethodSet {
+    /// Every method.
+    pub fn any() -> Self {
+        Self(None)
+    }
+
+    /// Only these methods (compared case-sensitively after uppercasing the config).
+    pub fn only<I: IntoIterator<Item = String>>(methods: I) -> Self {
+        Self(Some(
+            methods
+                .into_iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+        ))
+    }
+
+    pub fn matches(&self, method: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|set| set.iter().any(|m| m == method))
+    }
+
+    /// The listed methods, or `None` for any.
+    pub fn listed(&self) -> Option<&[String]> {
+        self.0.as_deref()
+    }
+}
+
+/// What a route matches on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher {
+    pub host: HostPattern,
+    pub methods: MethodSet,
+    pub path: PathPattern,
+}
+
+impl Matcher {
+    pub fn matches(&self, request: &RequestKey<'_>) -> bool {
+        self.host.matches(&request.host)
+            && self.methods.matches(request.method)
+            && self.path.matches(&request.path)
+    }
+}
+
+/// The normalised parts of a request that routes match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey<'a> {
+    pub host: Cow<'a, str>,
+    pub method: &'a str,
+    pub path: Cow<'a, str>,
+}
+
+impl<'a> RequestKey<'a> {
+    /// Normalises host and path; `raw_path` may carry a query string, which is ignored.
+    pub fn new(host: &'a str, method: &'a str, raw_path: &'a [u8]) -> Self {
+        Self {
+            host: normalize_host(host),
+            method,
+            path: normalize_path(raw_path),
+        }
+    }
+}
+
+/// An ordered list of routes; [`RouteTable::find`] returns the first that matches.
+#[derive(Debug, Clone)]
+pub struct RouteTable<T> {
+    entries: Vec<(Matcher, T)>,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    pub fn push(&mut self, matcher: Matcher, route: T) {
+        self.entries.push((matcher, route));
+    }
+
+    /// The first route whose matcher accepts the request.
+    pub fn find(&self, request: &RequestKey<'_>) -> Option<&T> {
+        self.entries
+            .iter()
+            .find(|(matcher, _)| matcher.matches(request))
+            .map(|(_, route)| route)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Lowercases a `Host` value and drops its port (IPv6 literals keep their brackets).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = host.trim();
+    let without_port = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let without_dot = without_port.strip_suffix('.').unwrap_or(without_port);
+    if without_dot.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(without_dot.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(without_dot)
+    }
+}
+
+/// The path of a request target as routes see it: the query dropped, percent-decoded,
+/// repeated slashes collapsed, `.` and `..` resolved (never above the root).
+pub fn normalize_path(raw: &[u8]) -> Cow<'_, str> {
+    let raw = raw.split(|&b| b == b'?').next().unwrap_or_default();
+    let simple = raw.first() == Some(&b'/')
+        && !raw.windows(2).any(|w| w == b"//" || w == b"/.")
+        && raw
+            .iter()
+            .all(|&b| b != b'%' && b != b'\\' && b.is_ascii() && !b.is_ascii_control());
+    if simple {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return Cow::Borrowed(text);
+        }
+    }
+    let decoded: Cow<'_, [u8]> = percent_decode(raw).into();
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut out: Vec<&str> = Vec::new();
+    for part in decoded.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut path = String::with_capacity(decoded.len() + 1);
+    for part in &out {
+        path.push('/');
+        path.push_str(part);
+    }
+    if path.is_empty() || trailing {
+        path.push('/');
+    }
+    Cow::Owned(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> PathPattern {
+        PathPattern::parse(p).unwrap()
+    }
+
+    #[test]
+    fn exact_paths_match_only_themselves() {
+        assert!(path("/a/b").matches("/a/b"));
+        assert!(!path("/a/b").matches("/a/b/c"));
+        assert!(!path("/a/b").matches("/a"));
+        assert!(!path("/a/b").matches("/a/b/"));
+        assert!(path("/a/b/").matches("/a/b/"));
+        assert!(path("/").matches("/"));
+        assert!(!path("/").matches("/x"));
+    }
+
+    #[test]
+    fn prefix_paths_match_the_prefix_and_everything_below() {
+        let p = path("/api/*");
+        for yes in ["/api", "/api/", "/api/x", "/api/x/y/z"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in ["/apix", "/ap", "/other/api"] {
+            assert!(!p.matches(no), "{no}");
+        }
+        assert!(path("/*").matches("/anything/at/all"));
+    }
+
+    #[test]
+    fn params_match_exactly_one_segment() {
+        let p = path("/users/:id/posts");
+        assert!(p.matches("/users/42/posts"));
+        assert!(!p.matches("/users/posts"));
+        assert!(!p.matches("/users/4/2/posts"));
+    }
+
+    #[test]
+    fn bad_path_patterns_are_refused() {
+        assert_eq!(
+            PathPattern::parse("api"),
+            Err(PatternError::PathNotAbsolute)
+        );
+        assert_eq!(
+            PathPattern::parse("/a/*/b"),
+            Err(PatternError::MisplacedWildcard)
+        );
+        assert_eq!(
+            PathPattern::parse("/a*"),
+            Err(PatternError::MisplacedWildcard)
+        );
+        assert_eq!(PathPattern::parse("/a/:"), Err(PatternError::EmptyParam));
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_subdomain() {
+        let exact = HostPattern::parse("API.example.com").unwrap();
+        assert!(exact.matches("api.example.com"));
+        assert!(!exact.matches("x.api.example.com"));
+        let wild = HostPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches("a.example.com"));
+        assert!(wild.matches("a.b.example.com"));
+        assert!(!wild.matches("example.com"));
+        assert!(!wild.matches("badexample.com"));
+        assert_eq!(HostPattern::parse("http://x"), Err(PatternError::BadHost));
+        assert_eq!(HostPattern::parse("x:80"), Err(PatternError::BadHost));
+    }
+
+    #[test]
+    fn hosts_are_normalised_before_matching() {
+        assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+
+    #[test]
+    fn paths_are_normalised_so_priced_routes_cannot_be_dodged() {
+        for (raw, want) in [
+            ("/paid/x?q=1", "/paid/x"),
+            ("/free/../paid/x", "/paid/x"),
+            ("//paid//x", "/paid/x"),
+            ("/%70aid/x", "/paid/x"),
+            ("/paid%2fx", "/paid/x"),
+            ("/free/%2e%2e/paid", "/paid"),
+            ("/./paid/./x/", "/paid/x/"),
+            ("/../../etc", "/etc"),
+            ("", "/"),
+            ("/a\\..\\paid", "/paid"),
+        ] {
+            assert_eq!(normalize_path(raw.as_bytes()), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_first_matching_route_wins() {
+        let mut table = RouteTable::default();
+        let any = |p: &str| Matcher {
+            host: HostPattern::Any,
+            methods: MethodSet::any(),
+            path: path(p),
+        };
+        table.push(any("/a/special"), "first");
+        table.push(any("/a/*"), "second");
+        table.push(
+            Matcher {
+                host: HostPattern::parse("*.example.com").unwrap(),
+                methods: MethodSet::only(["post".to_owned()]),
+                path: path("/*"),
+            },
+            "third",
+        );
+        let find = |host, method, p: &'static str| {
+            table
+                .find(&RequestKey::new(host, method, p.as_bytes()))
+                .copied()
+        };
+        assert_eq!(find("h", "GET", "/a/special"), Some("first"));
+        assert_eq!(find("h", "GET", "/a/other"), Some("second"));
+        assert_eq!(find("x.example.com", "POST", "/z"), Some("third"));
+        assert_eq!(find("x.example.com", "GET", "/z"), None);
+        assert_eq!(find("example.com", "POST", "/z"), None);
+    }
+}
