@@ -60,6 +60,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Whether to write one JSON access-log line per request.
     pub access_log: bool,
+    /// Requests whose header block (names, values and separators) is larger get 431.
+    pub max_request_header_bytes: usize,
 }
 
 /// Where a request goes.
@@ -93,7 +95,7 @@ pub struct Route {
 #[derive(Debug)]
 pub enum Access {
     Free,
-    Priced(Paywall),
+    Priced(Box<Paywall>),
 }
 
 /// The price of a priced route and its prepared challenge.
@@ -237,6 +239,12 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     if let Some(url) = &levy.public_url {
         check_url("levy.public_url", url)?;
     }
+    if levy.max_request_header_bytes < 1024 {
+        return Err(invalid(
+            "levy.max_request_header_bytes",
+            "must be at least 1024",
+        ));
+    }
 
     let mut routes = RouteTable::default();
     let mut names = HashSet::new();
@@ -313,6 +321,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         networks,
         public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         access_log: levy.access_log,
+        max_request_header_bytes: levy.max_request_header_bytes,
     })
 }
 
@@ -378,7 +387,13 @@ fn build_route(
         }
         Access::Free
     } else {
-        Access::Priced(paywall(path, route, networks, assets, default_pay_to)?)
+        Access::Priced(Box::new(paywall(
+            path,
+            route,
+            networks,
+            assets,
+            default_pay_to,
+        )?))
     };
     let matcher = Matcher {
         host,
@@ -551,17 +566,18 @@ fn networks(
                 "missing (required for a network levy does not know)",
             )
         })?;
-        let caip2 =
-            match &n.caip2 {
-                None => format!("eip155:{chain_id}"),
-                Some(c) if *c == format!("eip155:{chain_id}") => c.clone(),
-                Some(c) => return Err(invalid(
+        let caip2 = match &n.caip2 {
+            None => format!("eip155:{chain_id}"),
+            Some(c) if *c == format!("eip155:{chain_id}") => c.clone(),
+            Some(c) => {
+                return Err(invalid(
                     format!("{path}.caip2"),
                     format!(
                         "`{c}` does not match chain_id {chain_id} (expected `eip155:{chain_id}`)"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if let Some(url) = &n.rpc_url {
             check_url(&format!("{path}.rpc_url"), url)?;
         }
@@ -788,3 +804,6 @@ fn check_url(path: &str, url: &str) -> Result<(), ConfigError> {
         Err(invalid(path, format!("`{url}` is not an http(s) URL")))
     }
 }
+
+#[cfg(test)]
+mod tests;

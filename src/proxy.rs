@@ -94,6 +94,10 @@ impl LevyProxy {
     /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
     fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
         let req = session.req_header();
+        if let Some(reply) = screen(req, self.config.max_request_header_bytes) {
+            ctx.outcome = Outcome::BadRequest;
+            return Some(reply);
+        }
         let host = request_host(req);
         let key = RequestKey::new(host, req.method.as_str(), req.raw_path());
         let Some(route) = self.config.routes.find(&key) else {
@@ -369,6 +373,21 @@ fn classify(e: &Error) -> (Outcome, u16, &'static str) {
     }
 }
 
+/// Refuses what pingora's parser lets through but levy will not forward: a header block
+/// larger than the configured limit. (pingora itself percent-escapes spaces and control
+/// bytes in the request target and rejects malformed request lines and header names.)
+fn screen(req: &RequestHeader, max_header_bytes: usize) -> Option<Reply> {
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > max_header_bytes {
+        return Some(Reply::text(431, "request header fields too large").close());
+    }
+    None
+}
+
 /// The request's host: the `Host` header, else the URI authority, else empty.
 fn request_host(req: &RequestHeader) -> &str {
     req.headers
@@ -378,7 +397,7 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-fn header_str<'a>(req: &'a RequestHeader, name: HeaderName) -> &'a str {
+fn header_str(req: &RequestHeader, name: HeaderName) -> &str {
     req.headers
         .get(name)
         .and_then(|v| v.to_str().ok())

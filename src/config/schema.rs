@@ -36,6 +36,9 @@ pub struct Levy {
     pub public_url: Option<String>,
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Requests whose header block is larger than this get 431.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +161,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_read_timeout_ms() -> u64 {
     60_000
+}
+fn default_max_request_header_bytes() -> usize {
+    32 * 1024
 }
 fn default_max_timeout_seconds() -> u64 {
     300

@@ -1,0 +1,337 @@
+//! Every validation error a user can hit, with the message they see.
+
+use super::*;
+
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// A valid config with one priced route; `extra` is appended under `levy:`.
+fn yaml(routes: &str, extra: &str) -> String {
+    format!(
+        "levy:\n  listeners:\n    data: 127.0.0.1:8080\n    admin: 127.0.0.1:9180\n  upstreams:\n    api:\n      address: 127.0.0.1:9000\n\
+         {extra}  routes:\n{routes}"
+    )
+}
+
+fn route(body: &str) -> String {
+    format!("    - name: r\n      path: /r\n{body}")
+}
+
+fn priced(extra_keys: &str) -> String {
+    route(&format!(
+        "      price: \"$0.001\"\n      pay_to: \"{PAY_TO}\"\n      accepts:\n        - network: base-sepolia\n{extra_keys}"
+    ))
+}
+
+fn error(text: &str) -> String {
+    match Config::from_yaml(text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_error(text: &str, expected: &str) {
+    let message = error(text);
+    assert!(
+        message.contains(expected),
+        "expected `{expected}` in `{message}`"
+    );
+}
+
+#[test]
+fn a_valid_config_builds_the_route_table() {
+    let config = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    assert_eq!(config.routes.len(), 1);
+    let (_, route) = config.routes.iter().next().expect("one route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("route should be priced")
+    };
+    assert_eq!(
+        paywall.requirements[0].amount,
+        alloy_primitives::U256::from(1000)
+    );
+    assert_eq!(paywall.requirements[0].network, "eip155:84532");
+    assert_eq!(paywall.requirements[0].eip712_name, "USDC");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = include_str!("../../conf/levy.example.yaml");
+    let config = Config::from_yaml(text).expect("example config");
+    assert!(config.describe().contains("weather"));
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    let message = error(&yaml(&priced("      prize: 3\n"), ""));
+    assert!(
+        message.contains("levy.routes[0]: unknown field `prize`"),
+        "{message}"
+    );
+    assert!(message.contains("at line 15 column 7"), "{message}");
+}
+
+#[test]
+fn a_bad_listener_address_is_refused() {
+    let text = yaml(&priced(""), "").replace("data: 127.0.0.1:8080", "data: localhost");
+    assert_error(
+        &text,
+        "levy.listeners.data: `localhost` is not an IP:port address",
+    );
+}
+
+#[test]
+fn a_malformed_address_is_refused() {
+    assert_error(
+        &yaml(&priced("").replace(PAY_TO, "0x1234"), ""),
+        "levy.routes[0].pay_to: `0x1234` is not an address (0x and 40 hex digits)",
+    );
+}
+
+#[test]
+fn an_address_with_a_bad_checksum_is_refused() {
+    let bad = PAY_TO.replace("Bc6", "bC6");
+    assert_error(
+        &yaml(&priced("").replace(PAY_TO, &bad), ""),
+        &format!("levy.routes[0].pay_to: `{bad}` has a bad EIP-55 checksum (expected {PAY_TO})"),
+    );
+}
+
+#[test]
+fn an_all_lowercase_address_is_accepted() {
+    Config::from_yaml(&yaml(
+        &priced("").replace(PAY_TO, &PAY_TO.to_lowercase()),
+        "",
+    ))
+    .expect("lowercase address");
+}
+
+#[test]
+fn an_unknown_network_is_refused() {
+    assert_error(
+        &yaml(&priced("").replace("base-sepolia", "base-goerli"), ""),
+        "levy.routes[0].accepts[0].network: unknown network `base-goerli`",
+    );
+}
+
+#[test]
+fn an_unknown_asset_is_refused() {
+    assert_error(
+        &yaml(&priced("          asset: dai\n"), ""),
+        "levy.routes[0].accepts[0].asset: unknown asset `dai` on network `base-sepolia`",
+    );
+}
+
+#[test]
+fn a_price_finer_than_the_asset_decimals_is_refused() {
+    assert_error(
+        &yaml(&priced("").replace("$0.001", "$0.0000001"), ""),
+        "levy.routes[0].price: price `$0.0000001` needs 7 decimals but the asset has 6 (asset `usdc` on `base-sepolia`)",
+    );
+}
+
+#[test]
+fn a_malformed_price_is_refused() {
+    assert_error(
+        &yaml(&priced("").replace("\"$0.001\"", "\"0.001\""), ""),
+        "levy.routes[0].price: `0.001` is not a dollar price",
+    );
+    assert_error(
+        &yaml(&priced("").replace("\"$0.001\"", "\"$1,50\""), ""),
+        "levy.routes[0].price: `$1,50` is not a decimal number",
+    );
+}
+
+#[test]
+fn a_dollar_price_on_a_non_usd_asset_is_refused() {
+    let assets = "  networks:\n    local: {chain_id: 31337, rpc_url: \"http://127.0.0.1:8545\"}\n  assets:\n    \
+                  - {name: tok, network: local, address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", eip712_name: Tok, eip712_version: \"1\", decimals: 18}\n";
+    let text = yaml(
+        &priced("").replace("- network: base-sepolia", "- {network: local, asset: tok}"),
+        assets,
+    );
+    assert_error(
+        &text,
+        "levy.routes[0].price: a dollar price needs a USD stablecoin, and `tok` is not one",
+    );
+    let atomic = text.replace("price: \"$0.001\"", "amount: \"1000000000000000\"");
+    Config::from_yaml(&atomic).expect("an atomic amount works on any asset");
+}
+
+#[test]
+fn price_and_amount_together_are_refused() {
+    assert_error(
+        &yaml(&priced("      amount: 5\n"), ""),
+        "levy.routes[0].amount: give either `price` or `amount`, not both",
+    );
+}
+
+#[test]
+fn a_route_without_price_or_free_is_refused() {
+    assert_error(
+        &yaml(&route(""), ""),
+        "levy.routes[0]: a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units) or `free: true`",
+    );
+}
+
+#[test]
+fn a_free_route_with_a_price_is_refused() {
+    assert_error(
+        &yaml(&priced("      free: true\n"), ""),
+        "levy.routes[0].price: not allowed on a free route",
+    );
+}
+
+#[test]
+fn a_priced_route_without_pay_to_is_refused() {
+    assert_error(
+        &yaml(
+            &priced("").replace(&format!("      pay_to: \"{PAY_TO}\"\n"), ""),
+            "",
+        ),
+        "levy.routes[0].pay_to: missing; give `pay_to` on the route or `levy.pay_to`",
+    );
+}
+
+#[test]
+fn a_priced_route_without_accepts_is_refused() {
+    let text = yaml(
+        &route(&format!("      amount: 1\n      pay_to: \"{PAY_TO}\"\n")),
+        "",
+    );
+    assert_error(
+        &text,
+        "levy.routes[0].accepts: a priced route needs at least one accepted (network, asset) pair",
+    );
+}
+
+#[test]
+fn duplicate_route_names_are_refused() {
+    let two = format!(
+        "{}{}",
+        route("      free: true\n"),
+        route("      free: true\n")
+    );
+    assert_error(
+        &yaml(&two, ""),
+        "levy.routes[1].name: duplicate route name `r`",
+    );
+}
+
+#[test]
+fn an_unknown_upstream_is_refused() {
+    assert_error(
+        &yaml(&route("      free: true\n      upstream: nope\n"), ""),
+        "levy.routes[0].upstream: unknown upstream `nope` (known: api)",
+    );
+}
+
+#[test]
+fn an_unknown_default_upstream_is_refused() {
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  unmatched:\n    action: pass\n    upstream: ghost\n",
+        ),
+        "levy.unmatched.upstream: unknown upstream `ghost` (known: api)",
+    );
+    assert_error(
+        &yaml(&priced(""), "  unmatched:\n    action: pass\n"),
+        "levy.unmatched.upstream: `action: pass` needs an upstream",
+    );
+}
+
+#[test]
+fn a_default_that_no_request_can_reach_is_refused() {
+    let catch_all = "    - {name: all, path: /*, free: true}\n";
+    assert_error(
+        &yaml(catch_all, "  unmatched:\n    action: not_found\n"),
+        "levy.unmatched: is never used: route `all` matches every request",
+    );
+}
+
+#[test]
+fn a_route_after_a_catch_all_is_refused() {
+    let routes = format!(
+        "    - {{name: all, path: /*, free: true}}\n{}",
+        route("      free: true\n")
+    );
+    assert_error(
+        &yaml(&routes, ""),
+        "levy.routes[1]: route `r` can never match: route `all` before it matches every request",
+    );
+}
+
+#[test]
+fn bad_path_and_host_patterns_are_refused() {
+    assert_error(
+        &yaml(
+            &route("      free: true\n").replace("path: /r", "path: /a/*/b"),
+            "",
+        ),
+        "levy.routes[0].path: `*` may only be the whole last segment",
+    );
+    assert_error(
+        &yaml(
+            &route("      free: true\n      host: \"https://x.com\"\n"),
+            "",
+        ),
+        "levy.routes[0].host: a host pattern must be a host name or `*.domain`",
+    );
+}
+
+#[test]
+fn a_bad_upstream_address_is_refused() {
+    let text = yaml(&priced(""), "").replace("address: 127.0.0.1:9000", "address: 127.0.0.1");
+    assert_error(
+        &text,
+        "levy.upstreams.api.address: `127.0.0.1` is not host:port",
+    );
+}
+
+#[test]
+fn a_custom_network_needs_a_chain_id_and_a_consistent_caip2() {
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  networks:\n    mine: {rpc_url: \"http://127.0.0.1:8545\"}\n",
+        ),
+        "levy.networks.mine.chain_id: missing (required for a network levy does not know)",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  networks:\n    mine: {chain_id: 5, caip2: \"eip155:6\"}\n",
+        ),
+        "levy.networks.mine.caip2: `eip155:6` does not match chain_id 5",
+    );
+}
+
+#[test]
+fn a_built_in_network_can_be_pointed_at_another_rpc() {
+    let config = Config::from_yaml(&yaml(
+        &priced(""),
+        "  networks:\n    base-sepolia: {rpc_url: \"http://127.0.0.1:8545\"}\n",
+    ))
+    .expect("override");
+    let network = &config.networks["base-sepolia"];
+    assert_eq!(network.chain_id, 84532);
+    assert_eq!(network.rpc_url.as_deref(), Some("http://127.0.0.1:8545"));
+    assert_eq!(network.v1_name.as_deref(), Some("base-sepolia"));
+}
+
+#[test]
+fn an_asset_declared_twice_is_refused() {
+    let asset = "    - {name: tok, network: base, address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", eip712_name: T, eip712_version: \"1\", decimals: 6}\n";
+    assert_error(
+        &yaml(&priced(""), &format!("  assets:\n{asset}{asset}")),
+        "levy.assets[1].name: asset `tok` is declared twice on network `base`",
+    );
+}
+
+#[test]
+fn the_same_network_and_asset_twice_in_accepts_is_refused() {
+    assert_error(
+        &yaml(&priced("        - network: base-sepolia\n"), ""),
+        "levy.routes[0].accepts[1]: the same (network, asset) pair is listed twice",
+    );
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: levy in-process in front of a real loopback origin, spoken to over
+//! real sockets.
+
+mod support;
+
+mod a_free_route_forwards_requests_unchanged;
+mod a_priced_route_answers_with_a_402_challenge;
+mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
+mod operators_can_check_a_config_and_watch_levy;
+mod routes_match_on_host_method_and_path_in_order;
+mod upstream_failures_get_502_and_504;
