@@ -15,7 +15,7 @@ use std::time::Duration;
 use alloy_primitives::Address;
 use pingora::server::configuration::ServerConf;
 
-use crate::pricing::{parse_atomic, Price, Requirement};
+use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
 use crate::x402::challenge::Challenge;
 
@@ -517,6 +517,12 @@ fn paywall(
             amount,
             pay_to,
             max_timeout_seconds: route.max_timeout_seconds,
+            domain_separator: domain_separator(
+                &asset.eip712_name,
+                &asset.eip712_version,
+                network.chain_id,
+                asset.address,
+            ),
         };
         if requirements
             .iter()

@@ -7,13 +7,16 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod nonce;
 pub mod pricing;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod verify;
 pub mod x402;
 
 pub use config::{Config, ConfigError};

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::Eip712Domain;
 
 /// A price as written in the config, before it is tied to an asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +161,20 @@ pub struct Requirement {
     pub amount: U256,
     pub pay_to: Address,
     pub max_timeout_seconds: u64,
+    /// EIP-712 domain separator of the token on this chain, computed once.
+    pub domain_separator: B256,
+}
+
+/// The EIP-712 domain separator a token signs `TransferWithAuthorization` under.
+pub fn domain_separator(name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
+    Eip712Domain::new(
+        Some(name.to_owned().into()),
+        Some(version.to_owned().into()),
+        Some(U256::from(chain_id)),
+        Some(asset),
+        None,
+    )
+    .separator()
 }
 
 #[cfg(test)]

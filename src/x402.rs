@@ -7,7 +7,7 @@ pub mod challenge;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// v2 402 header carrying base64 JSON of [`PaymentRequiredV2`].
@@ -61,6 +61,89 @@ pub struct PaymentRequirementsV1 {
     pub max_timeout_seconds: u64,
     pub asset: String,
     pub extra: Map<String, Value>,
+}
+
+/// A client's payment, v1 or v2, as decoded from `X-PAYMENT` or `PAYMENT-SIGNATURE`. One
+/// struct for both shapes: v1 carries `scheme` and `network`, v2 carries `accepted`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentPayload {
+    pub x402_version: u64,
+    /// v1 only.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// v1 only: the v1 network name.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// v2 only: the requirement the client chose, echoed back.
+    #[serde(default)]
+    pub accepted: Option<AcceptedRequirements>,
+    pub payload: ExactEvmPayload,
+}
+
+/// The v2 `accepted` object. Numbers and strings are kept as the client sent them and
+/// compared against the issued requirement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedRequirements {
+    pub scheme: String,
+    pub network: String,
+    pub amount: String,
+    pub asset: String,
+    pub pay_to: String,
+    pub max_timeout_seconds: Value,
+    #[serde(default)]
+    pub extra: Option<Map<String, Value>>,
+}
+
+/// The `exact` EVM payload: an EIP-3009 authorization and its signature.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExactEvmPayload {
+    pub signature: String,
+    pub authorization: Authorization,
+}
+
+/// `TransferWithAuthorization` fields as sent: addresses and the nonce as hex strings,
+/// numbers as decimal strings (or JSON numbers, which some clients send).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    pub from: String,
+    pub to: String,
+    pub value: Number,
+    pub valid_after: Number,
+    pub valid_before: Number,
+    pub nonce: String,
+}
+
+/// A number that arrived as a JSON string or a JSON number, kept as its decimal text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Number(pub String);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Value::deserialize(deserializer)? {
+            Value::String(s) => Ok(Number(s)),
+            Value::Number(n) => Ok(Number(n.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a decimal number, got {other}"
+            ))),
+        }
+    }
+}
+
+/// What levy answers in `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE` for an accepted payment.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettleResponse {
+    pub success: bool,
+    /// The settlement transaction hash; empty while settlement is deferred.
+    pub transaction: String,
+    /// CAIP-2 for v2 payloads, the v1 name for v1 payloads.
+    pub network: String,
+    pub payer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Value>,
 }
 
 /// Encodes bytes as x402 header values are encoded: standard alphabet, padded.

@@ -254,6 +254,7 @@ mod tests {
             amount: U256::from(1000),
             pay_to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
             max_timeout_seconds: 300,
+            domain_separator: Default::default(),
         }
     }
 

@@ -1,0 +1,258 @@
+//! The replay-safe nonce set. An EIP-3009 authorization is identified by
+//! `(chain, asset, from, nonce)`; of any number of concurrent requests carrying the same
+//! authorization exactly one may reserve it. A reservation ends committed (the payment was
+//! charged: the nonce stays used until the authorization expires) or released (nothing was
+//! charged: the client may use the same payment again).
+//!
+//! Entries live until the authorization's `validBefore` and no longer: after that the
+//! authorization is worthless on chain and the verifier refuses it anyway, so memory is
+//! bounded by the live authorization window. Pure; no I/O, no clock (callers pass `now`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use alloy_primitives::{keccak256, Address, B256};
+
+/// Identifies one EIP-3009 authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NonceKey {
+    pub chain_id: u64,
+    pub asset: Address,
+    pub from: Address,
+    pub nonce: B256,
+}
+
+impl NonceKey {
+    /// levy's id for the payment: `pay_` and 32 hex digits of a hash of the key. The same
+    /// authorization always gets the same id.
+    pub fn payment_id(&self) -> String {
+        let mut bytes = [0u8; 8 + 20 + 20 + 32];
+        bytes[..8].copy_from_slice(&self.chain_id.to_be_bytes());
+        bytes[8..28].copy_from_slice(self.asset.as_slice());
+        bytes[28..48].copy_from_slice(self.from.as_slice());
+        bytes[48..].copy_from_slice(self.nonce.as_slice());
+        let hash = keccak256(bytes);
+        let mut id = String::with_capacity(36);
+        id.push_str("pay_");
+        for b in &hash[..16] {
+            id.push_str(&format!("{b:02x}"));
+        }
+        id
+    }
+}
+
+/// The answer to [`NonceStore::reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// This caller holds the authorization now and must commit or release it.
+    Reserved,
+    /// Another request holds it right now.
+    InFlight,
+    /// It already paid for a response.
+    AlreadyUsed,
+}
+
+/// A set of authorizations in use. Implementations must make `reserve` atomic.
+pub trait NonceStore: Send + Sync {
+    /// Reserves `key` until `expires_at` (unix seconds, the authorization's `validBefore`).
+    fn reserve(&self, key: &NonceKey, expires_at: u64) -> Reservation;
+    /// Marks a reservation as used: the payment was charged.
+    fn commit(&self, key: &NonceKey);
+    /// Drops a reservation: nothing was charged, the authorization may be used again.
+    fn release(&self, key: &NonceKey);
+    /// Forgets every entry whose authorization expired before `now`; returns how many.
+    fn purge_expired(&self, now: u64) -> usize;
+    /// Live entries.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Reserved,
+    Committed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    state: State,
+    expires_at: u64,
+}
+
+const SHARDS: usize = 64;
+
+/// The in-process [`NonceStore`]: a hash map split into shards so that concurrent requests
+/// rarely contend on one lock.
+pub struct MemoryNonceStore {
+    shards: Box<[Mutex<HashMap<NonceKey, Entry>>]>,
+}
+
+impl Default for MemoryNonceStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl MemoryNonceStore {
+    fn shard(&self, key: &NonceKey) -> std::sync::MutexGuard<'_, HashMap<NonceKey, Entry>> {
+        // The nonce is 32 random bytes chosen by the payer; its last byte spreads keys evenly
+        // enough for picking a shard (the map inside uses a keyed hash).
+        let index = usize::from(key.nonce[31]) % self.shards.len();
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl NonceStore for MemoryNonceStore {
+    fn reserve(&self, key: &NonceKey, expires_at: u64) -> Reservation {
+        let mut shard = self.shard(key);
+        match shard.get(key).map(|e| e.state) {
+            Some(State::Reserved) => Reservation::InFlight,
+            Some(State::Committed) => Reservation::AlreadyUsed,
+            None => {
+                shard.insert(
+                    *key,
+                    Entry {
+                        state: State::Reserved,
+                        expires_at,
+                    },
+                );
+                Reservation::Reserved
+            }
+        }
+    }
+
+    fn commit(&self, key: &NonceKey) {
+        if let Some(entry) = self.shard(key).get_mut(key) {
+            entry.state = State::Committed;
+        }
+    }
+
+    fn release(&self, key: &NonceKey) {
+        let mut shard = self.shard(key);
+        if shard.get(key).is_some_and(|e| e.state == State::Reserved) {
+            shard.remove(key);
+        }
+    }
+
+    fn purge_expired(&self, now: u64) -> usize {
+        let mut purged = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let before = map.len();
+            map.retain(|_, e| e.expires_at >= now);
+            purged += before - map.len();
+        }
+        purged
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .len()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    fn key(n: u8) -> NonceKey {
+        NonceKey {
+            chain_id: 84532,
+            asset: Address::repeat_byte(1),
+            from: Address::repeat_byte(2),
+            nonce: B256::repeat_byte(n),
+        }
+    }
+
+    #[test]
+    fn a_nonce_is_reserved_once_then_used_after_commit() {
+        let store = MemoryNonceStore::default();
+        assert_eq!(store.reserve(&key(1), 100), Reservation::Reserved);
+        assert_eq!(store.reserve(&key(1), 100), Reservation::InFlight);
+        store.commit(&key(1));
+        assert_eq!(store.reserve(&key(1), 100), Reservation::AlreadyUsed);
+        assert_eq!(store.reserve(&key(2), 100), Reservation::Reserved);
+    }
+
+    #[test]
+    fn a_released_nonce_can_be_reserved_again() {
+        let store = MemoryNonceStore::default();
+        assert_eq!(store.reserve(&key(1), 100), Reservation::Reserved);
+        store.release(&key(1));
+        assert!(store.is_empty());
+        assert_eq!(store.reserve(&key(1), 100), Reservation::Reserved);
+    }
+
+    #[test]
+    fn releasing_a_committed_nonce_does_not_free_it() {
+        let store = MemoryNonceStore::default();
+        store.reserve(&key(1), 100);
+        store.commit(&key(1));
+        store.release(&key(1));
+        assert_eq!(store.reserve(&key(1), 100), Reservation::AlreadyUsed);
+    }
+
+    #[test]
+    fn expired_nonces_leave_the_set() {
+        let store = MemoryNonceStore::default();
+        store.reserve(&key(1), 100);
+        store.commit(&key(1));
+        store.reserve(&key(2), 200);
+        assert_eq!(store.purge_expired(100), 0);
+        assert_eq!(store.purge_expired(101), 1);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.purge_expired(201), 1);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn of_many_concurrent_reservations_of_one_nonce_exactly_one_wins() {
+        let store = Arc::new(MemoryNonceStore::default());
+        let winners = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(32));
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, winners, barrier) = (
+                    Arc::clone(&store),
+                    Arc::clone(&winners),
+                    Arc::clone(&barrier),
+                );
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    if store.reserve(&key(7), 100) == Reservation::Reserved {
+                        winners.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(winners.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn payment_ids_are_stable_and_distinct() {
+        assert_eq!(key(1).payment_id(), key(1).payment_id());
+        assert_ne!(key(1).payment_id(), key(2).payment_id());
+        assert_eq!(key(1).payment_id().len(), 36);
+        assert!(key(1).payment_id().starts_with("pay_"));
+    }
+}

@@ -1,0 +1,392 @@
+//! Inline verification of x402 `exact` payments on EVM (EIP-3009): decode the header, match
+//! the payload to one of the route's issued requirements, check the authorization and
+//! recover its signer. Pure: no I/O, no clock (callers pass `now`), no nonce state.
+
+use std::str::FromStr;
+
+use alloy_primitives::{keccak256, Address, Signature, B256, U256};
+use alloy_sol_types::{sol, SolStruct};
+
+use crate::nonce::NonceKey;
+use crate::pricing::Requirement;
+use crate::x402::{
+    decode_header, AcceptedRequirements, Authorization, PaymentPayload, PaymentRequirementsV2,
+    SCHEME_EXACT,
+};
+
+/// Payment headers larger than this are refused before decoding.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// Half the secp256k1 group order: signatures with a larger `s` are malleable (EIP-2).
+const SECP256K1N_HALF: U256 = U256::from_be_slice(&[
+    0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    0x5D, 0x57, 0x6E, 0x73, 0x57, 0xA4, 0x50, 0x1D, 0xDF, 0xE9, 0x2F, 0x46, 0x68, 0x1B, 0x20, 0xA0,
+]);
+
+sol! {
+    /// EIP-3009's signed message.
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
+
+/// Which x402 generation a payment speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Time rules for authorizations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `validBefore` must be at least this far in the future, so the payment can still be
+    /// settled after the response (the settlement window).
+    pub valid_before_margin_seconds: u64,
+    /// How far a client's clock may run ahead of levy's: `validBefore` may exceed
+    /// `now + maxTimeoutSeconds` by at most this much (longer authorizations would keep
+    /// entries in the nonce set for no client's benefit).
+    pub clock_skew_seconds: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            valid_before_margin_seconds: 30,
+            clock_skew_seconds: 600,
+        }
+    }
+}
+
+/// A payment that passed every local check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPayment {
+    pub version: Version,
+    /// Index of the matched requirement in the route's list.
+    pub requirement: usize,
+    pub key: NonceKey,
+    pub payer: Address,
+    pub to: Address,
+    pub amount: U256,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    /// The 65-byte signature, `r ‖ s ‖ v`.
+    pub signature: [u8; 65],
+}
+
+/// Why a payment was refused. [`Rejection::reason`] is the x402 reason string clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the payment header is larger than 8 KiB")]
+    TooLarge,
+    #[error("the payment header is not base64")]
+    NotBase64,
+    #[error("the payment is not the expected JSON: {0}")]
+    BadJson(String),
+    #[error("`{0}` is malformed")]
+    Malformed(&'static str),
+    #[error("x402Version {0} is not supported")]
+    UnsupportedVersion(u64),
+    #[error("scheme `{0}` is not offered here")]
+    UnsupportedScheme(String),
+    #[error("network `{0}` is not offered here")]
+    UnofferedNetwork(String),
+    #[error("the accepted requirements match none of those offered")]
+    NoMatchingRequirements,
+    #[error("authorization.to is not the payTo address")]
+    RecipientMismatch,
+    #[error("authorization.value is not the price")]
+    ValueMismatch,
+    #[error("the authorization is not valid yet (validAfter is in the future)")]
+    NotYetValid,
+    #[error("the authorization expires before it can be settled")]
+    ExpiresTooSoon,
+    #[error("the authorization is valid for longer than maxTimeoutSeconds allows")]
+    ExpiresTooLate,
+    #[error("the signature does not recover to authorization.from")]
+    BadSignature,
+    #[error("the signature is malleable (high s)")]
+    HighS,
+    #[error("smart-wallet (EIP-1271) signatures are not accepted here")]
+    SmartWalletSignature,
+    #[error("this payment is being used by another request right now")]
+    InFlight,
+    #[error("this payment was already used")]
+    AlreadyUsed,
+}
+
+impl Rejection {
+    /// The reason string put in the challenge's `error` (x402 spec names where one exists).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge
+            | Rejection::NotBase64
+            | Rejection::BadJson(_)
+            | Rejection::Malformed(_) => "invalid_payload",
+            Rejection::UnsupportedVersion(_) => "invalid_x402_version",
+            Rejection::UnsupportedScheme(_) => "unsupported_scheme",
+            Rejection::UnofferedNetwork(_) => "invalid_network",
+            Rejection::NoMatchingRequirements => "invalid_payment_requirements",
+            Rejection::RecipientMismatch => "invalid_exact_evm_recipient_mismatch",
+            Rejection::ValueMismatch => "invalid_exact_evm_authorization_value",
+            Rejection::NotYetValid => "invalid_exact_evm_payload_authorization_valid_after",
+            Rejection::ExpiresTooSoon | Rejection::ExpiresTooLate => {
+                "invalid_exact_evm_payload_authorization_valid_before"
+            }
+            Rejection::BadSignature | Rejection::HighS | Rejection::SmartWalletSignature => {
+                "invalid_exact_evm_signature"
+            }
+            Rejection::InFlight => "payment_in_flight",
+            Rejection::AlreadyUsed => "invalid_exact_evm_nonce_already_used",
+        }
+    }
+}
+
+/// Decodes a payment header value: at most [`MAX_HEADER_BYTES`], lenient base64, JSON.
+pub fn decode(header: &[u8]) -> Result<PaymentPayload, Rejection> {
+    if header.len() > MAX_HEADER_BYTES {
+        return Err(Rejection::TooLarge);
+    }
+    let json = decode_header(header).ok_or(Rejection::NotBase64)?;
+    serde_json::from_slice(&json).map_err(|e| Rejection::BadJson(e.to_string()))
+}
+
+/// Verifies a payment header against a route's requirements (`requirements[i]` was issued as
+/// `issued[i]`).
+pub fn verify(
+    header: &[u8],
+    requirements: &[Requirement],
+    issued: &[PaymentRequirementsV2],
+    now: u64,
+    policy: &Policy,
+) -> Result<VerifiedPayment, Rejection> {
+    let payment = decode(header)?;
+    let auth = ParsedAuthorization::parse(&payment.payload.authorization)?;
+    let signature = parse_signature(&payment.payload.signature)?;
+    match payment.x402_version {
+        2 => {
+            let accepted = payment
+                .accepted
+                .as_ref()
+                .ok_or(Rejection::Malformed("accepted"))?;
+            let index = match_v2(accepted, issued)?;
+            let requirement = requirements
+                .get(index)
+                .ok_or(Rejection::NoMatchingRequirements)?;
+            check(&auth, &signature, requirement, now, policy)?;
+            Ok(auth.into_verified(Version::V2, index, requirement, signature))
+        }
+        1 => {
+            let scheme = payment
+                .scheme
+                .as_deref()
+                .ok_or(Rejection::Malformed("scheme"))?;
+            if scheme != SCHEME_EXACT {
+                return Err(Rejection::UnsupportedScheme(scheme.to_owned()));
+            }
+            let network = payment
+                .network
+                .as_deref()
+                .ok_or(Rejection::Malformed("network"))?;
+            let mut first_error = None;
+            for (index, requirement) in requirements.iter().enumerate() {
+                if requirement.v1_network.as_deref() != Some(network) {
+                    continue;
+                }
+                // Several assets on one network: the signature tells which one was signed for.
+                match check(&auth, &signature, requirement, now, policy) {
+                    Ok(()) => {
+                        return Ok(auth.into_verified(Version::V1, index, requirement, signature))
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Err(first_error.unwrap_or_else(|| Rejection::UnofferedNetwork(network.to_owned())))
+        }
+        other => Err(Rejection::UnsupportedVersion(other)),
+    }
+}
+
+/// The index of the issued requirement `accepted` echoes: core fields equal (addresses
+/// without regard to case) and every issued `extra` key present with the same value.
+fn match_v2(
+    accepted: &AcceptedRequirements,
+    issued: &[PaymentRequirementsV2],
+) -> Result<usize, Rejection> {
+    let position = issued.iter().position(|r| {
+        r.scheme == accepted.scheme
+            && r.network == accepted.network
+            && r.amount == accepted.amount
+            && r.asset.eq_ignore_ascii_case(&accepted.asset)
+            && r.pay_to.eq_ignore_ascii_case(&accepted.pay_to)
+            && accepted.max_timeout_seconds.as_u64() == Some(r.max_timeout_seconds)
+            && r.extra
+                .iter()
+                .all(|(k, v)| accepted.extra.as_ref().and_then(|e| e.get(k)) == Some(v))
+    });
+    match position {
+        Some(index) => Ok(index),
+        None if accepted.scheme != SCHEME_EXACT => {
+            Err(Rejection::UnsupportedScheme(accepted.scheme.clone()))
+        }
+        None if !issued.iter().any(|r| r.network == accepted.network) => {
+            Err(Rejection::UnofferedNetwork(accepted.network.clone()))
+        }
+        None => Err(Rejection::NoMatchingRequirements),
+    }
+}
+
+/// The authorization with its fields parsed.
+struct ParsedAuthorization {
+    from: Address,
+    to: Address,
+    value: U256,
+    valid_after: u64,
+    valid_before: u64,
+    nonce: B256,
+}
+
+impl ParsedAuthorization {
+    fn parse(auth: &Authorization) -> Result<Self, Rejection> {
+        Ok(Self {
+            from: parse_address(&auth.from).ok_or(Rejection::Malformed("authorization.from"))?,
+            to: parse_address(&auth.to).ok_or(Rejection::Malformed("authorization.to"))?,
+            value: parse_uint(&auth.value.0).ok_or(Rejection::Malformed("authorization.value"))?,
+            valid_after: parse_time(&auth.valid_after.0)
+                .ok_or(Rejection::Malformed("authorization.validAfter"))?,
+            valid_before: parse_time(&auth.valid_before.0)
+                .ok_or(Rejection::Malformed("authorization.validBefore"))?,
+            nonce: parse_nonce(&auth.nonce).ok_or(Rejection::Malformed("authorization.nonce"))?,
+        })
+    }
+
+    /// The EIP-712 digest the payer signed under `domain_separator`.
+    fn digest(&self, domain_separator: &B256) -> B256 {
+        let message = TransferWithAuthorization {
+            from: self.from,
+            to: self.to,
+            value: self.value,
+            validAfter: U256::from(self.valid_after),
+            validBefore: U256::from(self.valid_before),
+            nonce: self.nonce,
+        };
+        let mut bytes = [0u8; 66];
+        bytes[0] = 0x19;
+        bytes[1] = 0x01;
+        bytes[2..34].copy_from_slice(domain_separator.as_slice());
+        bytes[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
+        keccak256(bytes)
+    }
+
+    fn into_verified(
+        self,
+        version: Version,
+        index: usize,
+        r: &Requirement,
+        signature: Signature,
+    ) -> VerifiedPayment {
+        VerifiedPayment {
+            version,
+            requirement: index,
+            key: NonceKey {
+                chain_id: r.chain_id,
+                asset: r.asset,
+                from: self.from,
+                nonce: self.nonce,
+            },
+            payer: self.from,
+            to: self.to,
+            amount: self.value,
+            valid_after: self.valid_after,
+            valid_before: self.valid_before,
+            signature: signature.as_bytes(),
+        }
+    }
+}
+
+/// Every check of one authorization against one requirement, cheapest first.
+fn check(
+    auth: &ParsedAuthorization,
+    signature: &Signature,
+    requirement: &Requirement,
+    now: u64,
+    policy: &Policy,
+) -> Result<(), Rejection> {
+    if auth.to != requirement.pay_to {
+        return Err(Rejection::RecipientMismatch);
+    }
+    if auth.value != requirement.amount {
+        return Err(Rejection::ValueMismatch);
+    }
+    if auth.valid_after > now {
+        return Err(Rejection::NotYetValid);
+    }
+    if auth.valid_before < now.saturating_add(policy.valid_before_margin_seconds) {
+        return Err(Rejection::ExpiresTooSoon);
+    }
+    let latest = now
+        .saturating_add(requirement.max_timeout_seconds)
+        .saturating_add(policy.clock_skew_seconds);
+    if auth.valid_before > latest {
+        return Err(Rejection::ExpiresTooLate);
+    }
+    if signature.s() > SECP256K1N_HALF {
+        return Err(Rejection::HighS);
+    }
+    let signer = alloy_consensus::crypto::secp256k1::recover_signer(
+        signature,
+        auth.digest(&requirement.domain_separator),
+    )
+    .map_err(|_| Rejection::BadSignature)?;
+    if signer != auth.from {
+        return Err(Rejection::BadSignature);
+    }
+    Ok(())
+}
+
+fn parse_signature(text: &str) -> Result<Signature, Rejection> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    if hex.len() > 130 && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Rejection::SmartWalletSignature);
+    }
+    let mut raw = [0u8; 65];
+    if hex.len() != 130 || alloy_primitives::hex::decode_to_slice(hex, &mut raw).is_err() {
+        return Err(Rejection::Malformed("payload.signature"));
+    }
+    Signature::from_raw_array(&raw).map_err(|_| Rejection::Malformed("payload.signature"))
+}
+
+fn parse_address(text: &str) -> Option<Address> {
+    let hex = text.strip_prefix("0x")?;
+    (hex.len() == 40)
+        .then(|| Address::from_str(text).ok())
+        .flatten()
+}
+
+fn parse_nonce(text: &str) -> Option<B256> {
+    let hex = text.strip_prefix("0x")?;
+    (hex.len() == 64)
+        .then(|| B256::from_str(text).ok())
+        .flatten()
+}
+
+fn parse_uint(text: &str) -> Option<U256> {
+    (!text.is_empty() && text.len() <= 78 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| U256::from_str_radix(text, 10).ok())
+        .flatten()
+}
+
+/// Unix seconds; values beyond `u64` saturate (they are far past any expiry rule).
+fn parse_time(text: &str) -> Option<u64> {
+    parse_uint(text).map(|v| u64::try_from(v).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests;
