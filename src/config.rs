@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::Address;
+use http::HeaderName;
 use pingora::server::configuration::ServerConf;
 
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
+use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
 
 /// A config that cannot be used. `Display` gives `path: problem`.
@@ -62,6 +64,24 @@ pub struct Config {
     pub access_log: bool,
     /// Requests whose header block (names, values and separators) is larger get 431.
     pub max_request_header_bytes: usize,
+    /// Time rules for payment authorizations.
+    pub policy: Policy,
+    /// Headers that tell the origin who paid.
+    pub payer_headers: PayerHeaders,
+}
+
+/// Names of the headers levy sets on paid requests (and strips from every incoming request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayerHeaders {
+    pub payer: HeaderName,
+    pub amount: HeaderName,
+    pub payment_id: HeaderName,
+}
+
+impl PayerHeaders {
+    pub fn all(&self) -> [&HeaderName; 3] {
+        [&self.payer, &self.amount, &self.payment_id]
+    }
 }
 
 /// Where a request goes.
@@ -239,6 +259,11 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     if let Some(url) = &levy.public_url {
         check_url("levy.public_url", url)?;
     }
+    let policy = Policy {
+        valid_before_margin_seconds: levy.payments.valid_before_margin_seconds,
+        clock_skew_seconds: levy.payments.clock_skew_seconds,
+    };
+    let payer_headers = payer_headers(&levy.payments.headers)?;
     if levy.max_request_header_bytes < 1024 {
         return Err(invalid(
             "levy.max_request_header_bytes",
@@ -322,6 +347,8 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         access_log: levy.access_log,
         max_request_header_bytes: levy.max_request_header_bytes,
+        policy,
+        payer_headers,
     })
 }
 
@@ -746,6 +773,46 @@ fn upstreams(
         );
     }
     Ok(out)
+}
+
+fn payer_headers(names: &schema::PayerHeaders) -> Result<PayerHeaders, ConfigError> {
+    let parse = |key: &str, name: &str| {
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(
+                format!("levy.payments.headers.{key}"),
+                format!("`{name}` is not a header name"),
+            )
+        })
+    };
+    let headers = PayerHeaders {
+        payer: parse("payer", &names.payer)?,
+        amount: parse("amount", &names.amount)?,
+        payment_id: parse("payment_id", &names.payment_id)?,
+    };
+    let [a, b, c] = headers.all();
+    if a == b || b == c || a == c {
+        return Err(invalid(
+            "levy.payments.headers",
+            "the three header names must differ",
+        ));
+    }
+    for name in headers.all() {
+        if matches!(
+            name.as_str(),
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "payment-signature"
+                | "x-payment"
+        ) {
+            return Err(invalid(
+                "levy.payments.headers",
+                format!("`{name}` cannot carry payer information"),
+            ));
+        }
+    }
+    Ok(headers)
 }
 
 fn lookup_upstream(

@@ -16,6 +16,7 @@ pub mod pricing;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod services;
 pub mod verify;
 pub mod x402;
 

@@ -5,7 +5,8 @@
 use std::sync::LazyLock;
 
 use pingora_prometheus::prometheus::{
-    register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
 /// Every metric levy exports.
@@ -18,13 +19,28 @@ pub struct Metrics {
     pub challenges: IntCounterVec,
     /// `levy_upstream_errors_total{route,kind}`: connect failures, timeouts, other errors.
     pub upstream_errors: IntCounterVec,
+    /// `levy_payments_verified_total{route}`: payments that passed verification and were
+    /// reserved.
+    pub payments_verified: IntCounterVec,
+    /// `levy_payments_rejected_total{route,reason}`: payments refused, by x402 reason.
+    pub payments_rejected: IntCounterVec,
+    /// `levy_payments_charged_total{route}`: payments that bought a response.
+    pub payments_charged: IntCounterVec,
+    /// `levy_payments_released_total{route}`: reserved payments not charged because the
+    /// upstream failed or answered an error.
+    pub payments_released: IntCounterVec,
+    /// `levy_verify_duration_seconds`: decode, match, hash and signature recovery.
+    pub verify_duration: Histogram,
+    /// `levy_live_nonces`: authorizations held in the replay set.
+    pub live_nonces: IntGauge,
 }
 
 /// The process-wide metrics, registered on first use.
 pub fn metrics() -> &'static Metrics {
     // The names and labels below are constants, so registration fails only if another part
     // of the process registered the same names: a programming error caught by any test.
-    static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+        Metrics {
         requests: register_int_counter_vec!(
             "levy_requests_total",
             "Requests handled, by route and outcome",
@@ -53,6 +69,39 @@ pub fn metrics() -> &'static Metrics {
             &["route", "kind"]
         )
         .expect("levy_upstream_errors_total registers once"),
+        payments_verified: register_int_counter_vec!(
+            "levy_payments_verified_total",
+            "Payments verified and reserved, by route",
+            &["route"]
+        )
+        .expect("levy_payments_verified_total registers once"),
+        payments_rejected: register_int_counter_vec!(
+            "levy_payments_rejected_total",
+            "Payments refused, by route and x402 reason",
+            &["route", "reason"]
+        )
+        .expect("levy_payments_rejected_total registers once"),
+        payments_charged: register_int_counter_vec!(
+            "levy_payments_charged_total",
+            "Payments that bought a response, by route",
+            &["route"]
+        )
+        .expect("levy_payments_charged_total registers once"),
+        payments_released: register_int_counter_vec!(
+            "levy_payments_released_total",
+            "Reserved payments released uncharged after an upstream failure or error status, by route",
+            &["route"]
+        )
+        .expect("levy_payments_released_total registers once"),
+        verify_duration: register_histogram!(
+            "levy_verify_duration_seconds",
+            "Time to verify one payment header",
+            vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01]
+        )
+        .expect("levy_verify_duration_seconds registers once"),
+        live_nonces: register_int_gauge!("levy_live_nonces", "Authorizations held in the replay set")
+            .expect("levy_live_nonces registers once"),
+    }
     });
     &METRICS
 }

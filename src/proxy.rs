@@ -5,7 +5,7 @@
 mod respond;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::header::{self, HeaderName};
@@ -18,8 +18,13 @@ pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::metrics;
+use crate::nonce::{NonceStore, Reservation};
 use crate::routing::RequestKey;
-use crate::x402::{self, PAYMENT_REQUIRED, PAYMENT_SIGNATURE, X_PAYMENT};
+use crate::verify::{self, Rejection, VerifiedPayment, Version};
+use crate::x402::{
+    self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
+    X_PAYMENT_RESPONSE,
+};
 
 /// Request bodies up to this size are drained after a 402 so the connection can be reused;
 /// larger ones close it.
@@ -32,8 +37,14 @@ pub enum Outcome {
     Pending,
     /// Forwarded on a free route or as an unmatched pass-through.
     Forwarded,
-    /// Answered with a 402 challenge.
+    /// Forwarded with a verified payment, and charged.
+    Paid,
+    /// Forwarded with a verified payment that was released uncharged (upstream error status).
+    PaymentReleased,
+    /// Answered with a 402 challenge: no payment sent.
     PaymentRequired,
+    /// Answered with a 402 challenge: the payment was refused.
+    PaymentRejected,
     /// A CORS preflight answered by levy.
     Preflight,
     /// No route and no default upstream.
@@ -55,7 +66,10 @@ impl Outcome {
         match self {
             Outcome::Pending => "aborted",
             Outcome::Forwarded => "forwarded",
+            Outcome::Paid => "paid",
+            Outcome::PaymentReleased => "payment_released",
             Outcome::PaymentRequired => "payment_required",
+            Outcome::PaymentRejected => "payment_rejected",
             Outcome::Preflight => "preflight",
             Outcome::NotFound => "not_found",
             Outcome::UpstreamUnreachable => "upstream_unreachable",
@@ -67,12 +81,34 @@ impl Outcome {
     }
 }
 
+/// Where a request's payment stands.
+pub enum PaymentState {
+    /// No payment involved (free route, unmatched, or not reached).
+    None,
+    /// Verified and reserved; the request is on its way upstream.
+    Reserved(Box<Paid>),
+    /// The upstream answered below 400: the payment bought this response.
+    Charged(Box<Paid>),
+    /// The upstream failed: the reservation was released, nothing charged.
+    Released,
+}
+
+/// A verified payment travelling with its request.
+pub struct Paid {
+    pub verified: VerifiedPayment,
+    /// levy's id for the payment.
+    pub id: String,
+    /// The network as the payload named it (CAIP-2 for v2, the v1 name for v1).
+    pub network: String,
+}
+
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
     route: Option<Arc<Route>>,
     upstream: Option<Arc<Upstream>>,
     outcome: Outcome,
+    payment: PaymentState,
 }
 
 impl RequestCtx {
@@ -84,11 +120,12 @@ impl RequestCtx {
 /// levy's proxy: routes, the paywall and forwarding.
 pub struct LevyProxy {
     config: Arc<Config>,
+    nonces: Arc<dyn NonceStore>,
 }
 
 impl LevyProxy {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(config: Arc<Config>, nonces: Arc<dyn NonceStore>) -> Self {
+        Self { config, nonces }
     }
 
     /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
@@ -116,26 +153,103 @@ impl LevyProxy {
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
             Access::Free => None,
-            Access::Priced(paywall) => Some(self.paywall_reply(session, paywall, ctx)),
+            Access::Priced(paywall) => self.paywall_reply(session, paywall, ctx),
         }
     }
 
-    /// The answer on a priced route: a preflight, or a 402. Verified payments are the
-    /// inline-verification issue's work; until then every request on a priced route is
-    /// challenged, so nothing priced is ever forwarded unpaid.
-    fn paywall_reply(&self, session: &Session, paywall: &Paywall, ctx: &mut RequestCtx) -> Reply {
+    /// The answer on a priced route: `None` forwards a verified, reserved payment; otherwise
+    /// a preflight, or a 402 challenge (no payment, or the payment's rejection reason).
+    fn paywall_reply(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Reply> {
         let req = session.req_header();
         if is_preflight(req) {
             ctx.outcome = Outcome::Preflight;
-            return preflight(req);
+            return Some(preflight(req));
         }
-        ctx.outcome = Outcome::PaymentRequired;
-        let url = self.resource_url(session, paywall);
-        let rendered = paywall.challenge.render(
-            x402::V2_PAYMENT_REQUIRED_ERROR,
-            x402::V1_PAYMENT_REQUIRED_ERROR,
-            &url,
+        let Some(header) = req
+            .headers
+            .get(PAYMENT_SIGNATURE)
+            .or_else(|| req.headers.get(X_PAYMENT))
+        else {
+            ctx.outcome = Outcome::PaymentRequired;
+            return Some(self.challenge(
+                session,
+                paywall,
+                x402::V2_PAYMENT_REQUIRED_ERROR,
+                x402::V1_PAYMENT_REQUIRED_ERROR,
+            ));
+        };
+        match self.accept_payment(header.as_bytes(), paywall) {
+            Ok(paid) => {
+                metrics()
+                    .payments_verified
+                    .with_label_values(&[ctx.route_label()])
+                    .inc();
+                ctx.payment = PaymentState::Reserved(Box::new(paid));
+                None
+            }
+            Err(rejection) => {
+                log::debug!(
+                    "payment refused on route {}: {rejection}",
+                    ctx.route_label()
+                );
+                metrics()
+                    .payments_rejected
+                    .with_label_values(&[ctx.route_label(), rejection.reason()])
+                    .inc();
+                ctx.outcome = Outcome::PaymentRejected;
+                Some(self.challenge(session, paywall, rejection.reason(), rejection.reason()))
+            }
+        }
+    }
+
+    /// Verifies a payment header and reserves its authorization.
+    fn accept_payment(&self, header: &[u8], paywall: &Paywall) -> Result<Paid, Rejection> {
+        let started = Instant::now();
+        let verified = verify::verify(
+            header,
+            &paywall.requirements,
+            paywall.challenge.accepts_v2(),
+            unix_now(),
+            &self.config.policy,
         );
+        metrics()
+            .verify_duration
+            .observe(started.elapsed().as_secs_f64());
+        let verified = verified?;
+        match self.nonces.reserve(&verified.key, verified.valid_before) {
+            Reservation::Reserved => {}
+            Reservation::InFlight => return Err(Rejection::InFlight),
+            Reservation::AlreadyUsed => return Err(Rejection::AlreadyUsed),
+        }
+        let requirement = paywall.requirements.get(verified.requirement);
+        let network = match verified.version {
+            Version::V2 => requirement.map(|r| r.network.clone()),
+            Version::V1 => requirement.and_then(|r| r.v1_network.clone()),
+        }
+        .unwrap_or_default();
+        Ok(Paid {
+            id: verified.key.payment_id(),
+            verified,
+            network,
+        })
+    }
+
+    /// A 402 challenge for the route, with `error` set to the given strings.
+    fn challenge(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        v2_error: &str,
+        v1_error: &str,
+    ) -> Reply {
+        let req = session.req_header();
+        let url = self.resource_url(session, paywall);
+        let rendered = paywall.challenge.render(v2_error, v1_error, &url);
         let reply = if is_browser(req) {
             Reply::new(402, "text/html; charset=utf-8", paywall.challenge.html())
         } else {
@@ -174,6 +288,79 @@ impl LevyProxy {
     }
 }
 
+impl LevyProxy {
+    /// A reservation still open when the exchange fails or ends means the upstream never
+    /// answered (connect failure, timeout, client gone): nothing was delivered, so nothing
+    /// is charged and the authorization is free again.
+    fn release_unanswered(&self, ctx: &mut RequestCtx) {
+        if !matches!(ctx.payment, PaymentState::Reserved(_)) {
+            return;
+        }
+        if let PaymentState::Reserved(paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::Released)
+        {
+            self.nonces.release(&paid.verified.key);
+            metrics()
+                .payments_released
+                .with_label_values(&[ctx.route_label()])
+                .inc();
+        }
+    }
+
+    /// Decides the fate of a reserved payment once the upstream's status is known: below 400
+    /// the payment is charged and the response carries the settlement header; 400 and above
+    /// (as the reference servers do) it is released, so the client may retry with it.
+    fn settle_payment(
+        &self,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let PaymentState::Reserved(paid) = std::mem::replace(&mut ctx.payment, PaymentState::None)
+        else {
+            return Ok(());
+        };
+        let route = ctx.route_label().to_owned();
+        if response.status.as_u16() >= 400 {
+            self.nonces.release(&paid.verified.key);
+            metrics()
+                .payments_released
+                .with_label_values(&[route.as_str()])
+                .inc();
+            ctx.outcome = Outcome::PaymentReleased;
+            ctx.payment = PaymentState::Released;
+            return Ok(());
+        }
+        self.nonces.commit(&paid.verified.key);
+        metrics()
+            .payments_charged
+            .with_label_values(&[route.as_str()])
+            .inc();
+        ctx.outcome = Outcome::Paid;
+        let receipt = SettleResponse {
+            success: true,
+            transaction: String::new(),
+            network: paid.network.clone(),
+            payer: paid.verified.payer.to_checksum(None),
+            extensions: Some(
+                serde_json::json!({"levy": {"paymentId": paid.id, "status": "accepted"}}),
+            ),
+        };
+        let encoded = x402::encode_header(
+            serde_json::to_string(&receipt)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        let name = match paid.verified.version {
+            Version::V2 => PAYMENT_RESPONSE,
+            Version::V1 => X_PAYMENT_RESPONSE,
+        };
+        response.insert_header(name, encoded)?;
+        make_private(response)?;
+        ctx.payment = PaymentState::Charged(paid);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for LevyProxy {
     type CTX = RequestCtx;
@@ -184,6 +371,7 @@ impl ProxyHttp for LevyProxy {
             route: None,
             upstream: None,
             outcome: Outcome::Pending,
+            payment: PaymentState::None,
         }
     }
 
@@ -196,7 +384,10 @@ impl ProxyHttp for LevyProxy {
         match self.route(session, ctx) {
             None => Ok(false),
             Some(reply) => {
-                if ctx.outcome == Outcome::PaymentRequired {
+                if matches!(
+                    ctx.outcome,
+                    Outcome::PaymentRequired | Outcome::PaymentRejected
+                ) {
                     metrics()
                         .challenges
                         .with_label_values(&[ctx.route_label()])
@@ -241,9 +432,21 @@ impl ProxyHttp for LevyProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        // Payment proofs are for levy; the origin never sees them.
+        // Payment proofs are for levy; the origin never sees them. Payer headers come from
+        // levy alone: whatever a client sent under those names is dropped.
         upstream_request.remove_header(PAYMENT_SIGNATURE);
         upstream_request.remove_header(X_PAYMENT);
+        let names = &self.config.payer_headers;
+        for name in names.all() {
+            upstream_request.remove_header(name);
+        }
+        if let PaymentState::Reserved(paid) = &ctx.payment {
+            upstream_request
+                .insert_header(names.payer.clone(), paid.verified.payer.to_checksum(None))?;
+            upstream_request
+                .insert_header(names.amount.clone(), paid.verified.amount.to_string())?;
+            upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
+        }
 
         let client_ip = session
             .client_addr()
@@ -282,6 +485,7 @@ impl ProxyHttp for LevyProxy {
     ) -> pingora::Result<()> {
         ctx.outcome = Outcome::Forwarded;
         strip_hop_by_hop(upstream_response);
+        self.settle_payment(upstream_response, ctx)?;
         if ctx
             .route
             .as_ref()
@@ -332,6 +536,7 @@ impl ProxyHttp for LevyProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.release_unanswered(ctx);
         let elapsed = ctx.started.elapsed();
         let outcome = ctx.outcome.as_str();
         let route = ctx.route_label();
@@ -344,6 +549,45 @@ impl ProxyHttp for LevyProxy {
             access_log(session, ctx, elapsed);
         }
     }
+}
+
+/// Keeps shared caches from storing a paid response (and serving it unpaid): drops `public`
+/// and `s-maxage` and adds `private`, unless the origin already said `no-store`/`private`.
+fn make_private(response: &mut ResponseHeader) -> pingora::Result<()> {
+    let directives: Vec<String> = response
+        .headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let lower = |d: &String| d.to_ascii_lowercase();
+    if directives
+        .iter()
+        .map(lower)
+        .any(|d| d == "private" || d == "no-store")
+    {
+        return Ok(());
+    }
+    let mut kept: Vec<String> = directives
+        .into_iter()
+        .filter(|d| {
+            let d = d.to_ascii_lowercase();
+            d != "public" && !d.starts_with("s-maxage")
+        })
+        .collect();
+    kept.insert(0, "private".to_owned());
+    response.insert_header(header::CACHE_CONTROL, kept.join(", "))?;
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Maps a proxy failure to what the client is told.

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod pay;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
@@ -82,6 +83,27 @@ impl Levy {
             self.addr,
             &format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n\r\n"),
         )
+    }
+
+    /// The value of the metric line starting with `line_prefix` (0 when absent).
+    pub fn metric(&self, line_prefix: &str) -> u64 {
+        let text = self.admin_get("/metrics").text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line_prefix)
+                    .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until a metric reaches `expected`: counters bumped in the logging phase land just
+    /// after the response does.
+    pub fn metric_reaches(&self, line_prefix: &str, expected: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.metric(line_prefix) != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(self.metric(line_prefix), expected, "{line_prefix}");
     }
 
     /// Fetches a path on the admin listener.

@@ -36,9 +36,49 @@ pub struct Levy {
     pub public_url: Option<String>,
     #[serde(default = "yes")]
     pub access_log: bool,
+    #[serde(default)]
+    pub payments: Payments,
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+}
+
+/// How payments are checked and reported to the origin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Payments {
+    pub valid_before_margin_seconds: u64,
+    pub clock_skew_seconds: u64,
+    pub headers: PayerHeaders,
+}
+
+impl Default for Payments {
+    fn default() -> Self {
+        Self {
+            valid_before_margin_seconds: 30,
+            clock_skew_seconds: 600,
+            headers: PayerHeaders::default(),
+        }
+    }
+}
+
+/// Names of the headers that tell the origin who paid.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayerHeaders {
+    pub payer: String,
+    pub amount: String,
+    pub payment_id: String,
+}
+
+impl Default for PayerHeaders {
+    fn default() -> Self {
+        Self {
+            payer: "X-Levy-Payer".into(),
+            amount: "X-Levy-Amount".into(),
+            payment_id: "X-Levy-Payment-Id".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

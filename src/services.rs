@@ -1,0 +1,39 @@
+//! Background services that run beside the proxy.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::metrics::metrics;
+use crate::nonce::NonceStore;
+
+/// Drops expired authorizations from the replay set once a second and reports its size.
+pub struct NonceSweeper {
+    nonces: Arc<dyn NonceStore>,
+}
+
+impl NonceSweeper {
+    pub fn new(nonces: Arc<dyn NonceStore>) -> Self {
+        Self { nonces }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for NonceSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    self.nonces.purge_expired(now);
+                    metrics().live_nonces.set(i64::try_from(self.nonces.len()).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+}

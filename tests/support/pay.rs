@@ -1,0 +1,74 @@
+//! Paying through levy the way a client does: read the 402, sign for an offered
+//! requirement, send the header.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use levy::client::{random_nonce, sign, Payer, SignedAuthorization, Terms};
+use serde_json::Value;
+
+use super::Levy;
+
+/// anvil's first development key; any key works for local verification.
+pub const PAYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+pub fn payer() -> Payer {
+    Payer::from_hex(PAYER_KEY).expect("payer key")
+}
+
+/// Decodes a base64 JSON header value.
+pub fn decode(header: &str) -> Value {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(header)
+        .expect("base64 header");
+    serde_json::from_slice(&bytes).expect("JSON header")
+}
+
+/// The v2 `PaymentRequired` levy answers for `path`.
+pub fn challenge(levy: &Levy, path: &str) -> Value {
+    let response = levy.get(path);
+    assert_eq!(response.status, 402, "{path} is not priced");
+    decode(
+        response
+            .header("payment-required")
+            .expect("PAYMENT-REQUIRED"),
+    )
+}
+
+/// A fresh authorization for the first requirement of `path`'s challenge, valid from ten
+/// minutes ago for `maxTimeoutSeconds`, as the reference clients sign.
+pub fn authorize(levy: &Levy, path: &str) -> (SignedAuthorization, Value) {
+    let challenge = challenge(levy, path);
+    let accepted = challenge["accepts"][0].clone();
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let timeout = accepted["maxTimeoutSeconds"]
+        .as_u64()
+        .expect("maxTimeoutSeconds");
+    let signed = sign(
+        &payer(),
+        &terms,
+        now() - 600,
+        now() + timeout,
+        random_nonce(),
+    )
+    .expect("sign");
+    (signed, accepted)
+}
+
+/// A fresh v2 `PAYMENT-SIGNATURE` value for `path`.
+pub fn v2_payment(levy: &Levy, path: &str) -> String {
+    let (signed, accepted) = authorize(levy, path);
+    signed.v2_header(&accepted, None)
+}
+
+/// A raw GET carrying `header: value`.
+pub fn paid_get(path: &str, header: &str, value: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n{header}: {value}\r\n\r\n")
+}
