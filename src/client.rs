@@ -5,11 +5,10 @@
 use std::str::FromStr;
 
 use alloy_primitives::{Address, B256, U256};
-use alloy_sol_types::SolStruct;
 use serde_json::{json, Value};
 
 use crate::pricing::domain_separator;
-use crate::verify::TransferWithAuthorization;
+use crate::verify::transfer_digest;
 use crate::x402::encode_header;
 
 /// Why a payment cannot be made.
@@ -166,26 +165,21 @@ pub fn sign(
     valid_before: u64,
     nonce: B256,
 ) -> Result<SignedAuthorization, ClientError> {
-    let message = TransferWithAuthorization {
-        from: payer.address,
-        to: terms.pay_to,
-        value: terms.amount,
-        validAfter: U256::from(valid_after),
-        validBefore: U256::from(valid_before),
-        nonce,
-    };
     let domain = domain_separator(
         &terms.eip712_name,
         &terms.eip712_version,
         terms.chain_id,
         terms.asset,
     );
-    let mut bytes = [0u8; 66];
-    bytes[0] = 0x19;
-    bytes[1] = 0x01;
-    bytes[2..34].copy_from_slice(domain.as_slice());
-    bytes[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
-    let digest = alloy_primitives::keccak256(bytes);
+    let digest = transfer_digest(
+        &domain,
+        payer.address,
+        terms.pay_to,
+        terms.amount,
+        valid_after,
+        valid_before,
+        nonce,
+    );
     let signature = alloy_consensus::crypto::secp256k1::sign_message(payer.secret, digest)
         .map_err(|_| ClientError::Signing)?;
     Ok(SignedAuthorization {

@@ -294,8 +294,20 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 format!("duplicate route name `{}`", route.name),
             ));
         }
+        let max_timeout_seconds = route.max_timeout_seconds;
         let (matcher, route) =
             build_route(&path, route, &upstreams, &networks, &assets, default_pay_to)?;
+        if matches!(route.access, Access::Priced(_))
+            && max_timeout_seconds <= policy.valid_before_margin_seconds
+        {
+            return Err(invalid(
+                format!("{path}.max_timeout_seconds"),
+                format!(
+                    "must exceed levy.payments.valid_before_margin_seconds ({}), or no client authorization can be settled",
+                    policy.valid_before_margin_seconds
+                ),
+            ));
+        }
         let matches_everything = matcher.host == HostPattern::Any
             && matcher.methods.listed().is_none()
             && matcher.path.matches("/")

@@ -4,8 +4,7 @@
 
 use std::str::FromStr;
 
-use alloy_primitives::{keccak256, Address, Signature, B256, U256};
-use alloy_sol_types::{sol, SolStruct};
+use alloy_primitives::{b256, keccak256, Address, Signature, B256, U256};
 
 use crate::nonce::NonceKey;
 use crate::pricing::Requirement;
@@ -23,16 +22,36 @@ const SECP256K1N_HALF: U256 = U256::from_be_slice(&[
     0x5D, 0x57, 0x6E, 0x73, 0x57, 0xA4, 0x50, 0x1D, 0xDF, 0xE9, 0x2F, 0x46, 0x68, 0x1B, 0x20, 0xA0,
 ]);
 
-sol! {
-    /// EIP-3009's signed message.
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
+/// `keccak256("TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)")`.
+pub const TRANSFER_WITH_AUTHORIZATION_TYPEHASH: B256 =
+    b256!("7c7c6cdb67a18743f49ec6fa9b35f50d52ed05cbed4cc592e13b44501c1a2267");
+
+/// The EIP-712 digest of an EIP-3009 `TransferWithAuthorization` under a token's domain
+/// separator: `keccak256(0x1901 ‖ domain ‖ hashStruct(message))`. Written out by hand
+/// because the generic encoder rebuilds the type string on every call.
+pub fn transfer_digest(
+    domain_separator: &B256,
+    from: Address,
+    to: Address,
+    value: U256,
+    valid_after: u64,
+    valid_before: u64,
+    nonce: B256,
+) -> B256 {
+    let mut data = [0u8; 32 * 7];
+    data[..32].copy_from_slice(TRANSFER_WITH_AUTHORIZATION_TYPEHASH.as_slice());
+    data[44..64].copy_from_slice(from.as_slice());
+    data[76..96].copy_from_slice(to.as_slice());
+    data[96..128].copy_from_slice(&value.to_be_bytes::<32>());
+    data[152..160].copy_from_slice(&valid_after.to_be_bytes());
+    data[184..192].copy_from_slice(&valid_before.to_be_bytes());
+    data[192..].copy_from_slice(nonce.as_slice());
+    let mut bytes = [0u8; 66];
+    bytes[0] = 0x19;
+    bytes[1] = 0x01;
+    bytes[2..34].copy_from_slice(domain_separator.as_slice());
+    bytes[34..].copy_from_slice(keccak256(data).as_slice());
+    keccak256(bytes)
 }
 
 /// Which x402 generation a payment speaks.
@@ -269,20 +288,15 @@ impl ParsedAuthorization {
 
     /// The EIP-712 digest the payer signed under `domain_separator`.
     fn digest(&self, domain_separator: &B256) -> B256 {
-        let message = TransferWithAuthorization {
-            from: self.from,
-            to: self.to,
-            value: self.value,
-            validAfter: U256::from(self.valid_after),
-            validBefore: U256::from(self.valid_before),
-            nonce: self.nonce,
-        };
-        let mut bytes = [0u8; 66];
-        bytes[0] = 0x19;
-        bytes[1] = 0x01;
-        bytes[2..34].copy_from_slice(domain_separator.as_slice());
-        bytes[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
-        keccak256(bytes)
+        transfer_digest(
+            domain_separator,
+            self.from,
+            self.to,
+            self.value,
+            self.valid_after,
+            self.valid_before,
+            self.nonce,
+        )
     }
 
     fn into_verified(

@@ -335,3 +335,48 @@ fn the_same_network_and_asset_twice_in_accepts_is_refused() {
         "levy.routes[0].accepts[1]: the same (network, asset) pair is listed twice",
     );
 }
+
+#[test]
+fn payment_settings_default_and_can_be_changed() {
+    let config = Config::from_yaml(&yaml(&priced(""), "")).expect("defaults");
+    assert_eq!(config.policy.valid_before_margin_seconds, 30);
+    assert_eq!(config.payer_headers.payer.as_str(), "x-levy-payer");
+    let custom = Config::from_yaml(&yaml(
+        &priced(""),
+        "  payments:\n    valid_before_margin_seconds: 90\n    headers: {payer: X-Paid-By}\n",
+    ))
+    .expect("custom");
+    assert_eq!(custom.policy.valid_before_margin_seconds, 90);
+    assert_eq!(custom.payer_headers.payer.as_str(), "x-paid-by");
+    assert_eq!(custom.payer_headers.amount.as_str(), "x-levy-amount");
+}
+
+#[test]
+fn a_settlement_margin_longer_than_a_route_timeout_is_refused() {
+    assert_error(
+        &yaml(&priced("      max_timeout_seconds: 20\n"), ""),
+        "levy.routes[0].max_timeout_seconds: must exceed levy.payments.valid_before_margin_seconds (30)",
+    );
+}
+
+#[test]
+fn bad_payer_header_names_are_refused() {
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  payments:\n    headers: {payer: \"Bad Header\"}\n",
+        ),
+        "levy.payments.headers.payer: `Bad Header` is not a header name",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  payments:\n    headers: {payer: X-A, amount: x-a}\n",
+        ),
+        "levy.payments.headers: the three header names must differ",
+    );
+    assert_error(
+        &yaml(&priced(""), "  payments:\n    headers: {payer: Host}\n"),
+        "levy.payments.headers: `host` cannot carry payer information",
+    );
+}

@@ -110,6 +110,52 @@ fn rejected(header: &str) -> Rejection {
         .expect_err("payment should be refused")
 }
 
+alloy_sol_types::sol! {
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
+
+#[test]
+fn the_hand_written_digest_equals_alloys_eip712_signing_hash() {
+    use alloy_sol_types::SolStruct;
+    let message = TransferWithAuthorization {
+        from: payer(),
+        to: PAY_TO,
+        value: U256::from(123_456),
+        validAfter: U256::from(NOW - 600),
+        validBefore: U256::from(NOW + 300),
+        nonce: NONCE,
+    };
+    let domain = alloy_sol_types::eip712_domain! {
+        name: "USDC",
+        version: "2",
+        chain_id: 84532,
+        verifying_contract: USDC,
+    };
+    let mine = transfer_digest(
+        &domain_separator("USDC", "2", 84532, USDC),
+        payer(),
+        PAY_TO,
+        U256::from(123_456),
+        NOW - 600,
+        NOW + 300,
+        NONCE,
+    );
+    assert_eq!(mine, message.eip712_signing_hash(&domain));
+    assert_eq!(
+        TRANSFER_WITH_AUTHORIZATION_TYPEHASH,
+        alloy_primitives::keccak256(
+            "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+        )
+    );
+}
+
 #[test]
 fn a_valid_v2_payment_verifies_to_its_payer_and_nonce_key() {
     let r = route();

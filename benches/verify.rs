@@ -1,0 +1,141 @@
+//! The hot path of a paid request, measured beside its floor:
+//! - `verify_and_reserve`: decode the header, match the requirement, hash EIP-712, recover
+//!   the signer and reserve the nonce, each iteration a different pre-signed payment;
+//! - `bare_recover`: one libsecp256k1 public-key recovery of a precomputed digest.
+//!
+//! The ratio of the two is the overhead levy adds around the cryptography (target ≤ 1.2).
+//!
+//!     cargo bench --bench verify
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{address, Signature, B256, U256};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use levy::client::{random_nonce, sign, Payer, Terms};
+use levy::nonce::{MemoryNonceStore, NonceStore, Reservation};
+use levy::pricing::{domain_separator, Requirement};
+use levy::verify::{transfer_digest, verify, Policy};
+use levy::x402::challenge::Challenge;
+
+const PAYMENTS: usize = 20_000;
+
+fn requirement() -> Requirement {
+    let asset = address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+    Requirement {
+        network: "eip155:84532".into(),
+        v1_network: Some("base-sepolia".into()),
+        chain_id: 84532,
+        network_name: "base-sepolia".into(),
+        asset_name: "usdc".into(),
+        asset,
+        eip712_name: "USDC".into(),
+        eip712_version: "2".into(),
+        decimals: 6,
+        amount: U256::from(1000),
+        pay_to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
+        max_timeout_seconds: 300,
+        domain_separator: domain_separator("USDC", "2", 84532, asset),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn bench(c: &mut Criterion) {
+    let requirements = vec![requirement()];
+    let challenge = Challenge::new(&requirements, "bench", "application/json", None);
+    let issued = challenge.accepts_v2().to_vec();
+    let accepted = serde_json::to_value(&issued[0]).expect("requirement JSON");
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let payer =
+        Payer::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+            .expect("key");
+    let t = now();
+    let signed: Vec<_> = (0..PAYMENTS)
+        .map(|_| sign(&payer, &terms, t - 600, t + 300, random_nonce()).expect("sign"))
+        .collect();
+    let headers: Vec<String> = signed
+        .iter()
+        .map(|s| s.v2_header(&accepted, None))
+        .collect();
+    let recoveries: Vec<(Signature, B256)> = signed
+        .iter()
+        .map(|s| {
+            let digest = transfer_digest(
+                &requirements[0].domain_separator,
+                s.from,
+                s.to,
+                s.value,
+                s.valid_after,
+                s.valid_before,
+                s.nonce,
+            );
+            (
+                Signature::from_raw_array(&s.signature).expect("signature"),
+                digest,
+            )
+        })
+        .collect();
+    let policy = Policy::default();
+
+    let mut group = c.benchmark_group("paid_request");
+    group.measurement_time(Duration::from_secs(8));
+    group.bench_function("verify_and_reserve", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut done = 0u64;
+            while done < iters {
+                let store = MemoryNonceStore::default();
+                let batch = (iters - done).min(PAYMENTS as u64) as usize;
+                let started = Instant::now();
+                for header in &headers[..batch] {
+                    let v = verify(header.as_bytes(), &requirements, &issued, t, &policy)
+                        .expect("valid payment");
+                    let reserved = store.reserve(&v.key, v.valid_before);
+                    assert_eq!(reserved, Reservation::Reserved);
+                    black_box(v);
+                }
+                total += started.elapsed();
+                done += batch as u64;
+            }
+            total
+        })
+    });
+
+    group.bench_function("verify_only", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % PAYMENTS;
+            black_box(
+                verify(headers[i].as_bytes(), &requirements, &issued, t, &policy).expect("valid"),
+            )
+        })
+    });
+
+    group.bench_function("decode_only", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % PAYMENTS;
+            black_box(levy::verify::decode(headers[i].as_bytes()).expect("decodes"))
+        })
+    });
+
+    group.bench_function("bare_recover", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % PAYMENTS;
+            let (signature, digest) = &recoveries[i];
+            alloy_consensus::crypto::secp256k1::recover_signer(
+                black_box(signature),
+                black_box(*digest),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
