@@ -1,28 +1,120 @@
 //! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
-//! `/readyz`. Bind it to loopback or an internal network; it has no authentication.
+//! `/readyz`, and the settlement API:
+//! - `GET /settlements/{id}`: one payment's settlement record;
+//! - `GET /settlements?state=pending|submitted|settled|failed|needs_review`: a listing;
+//! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue.
+//!
+//! Bind it to loopback or an internal network; it has no authentication.
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora_prometheus::prometheus::{self, Encoder, TextEncoder};
+use serde_json::json;
+
+use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
 
 /// Serves the admin endpoints.
-pub struct AdminApp;
+pub struct AdminApp {
+    settlement: Option<Settlement>,
+}
+
+impl AdminApp {
+    pub fn new(settlement: Option<Settlement>) -> Self {
+        Self { settlement }
+    }
+
+    async fn settlements(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Vec<u8>> {
+        let Some(settlement) = &self.settlement else {
+            return plain(StatusCode::NOT_FOUND, "settlement is not configured\n");
+        };
+        let rest = path.trim_start_matches("/settlements").trim_matches('/');
+        match (method, rest.split_once('/')) {
+            (&Method::GET, None) if rest.is_empty() => {
+                let state = query
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("state=")))
+                    .map(|s| SettlementState::parse(s).ok_or(s));
+                match state {
+                    Some(Err(bad)) => {
+                        plain(StatusCode::BAD_REQUEST, &format!("unknown state `{bad}`\n"))
+                    }
+                    Some(Ok(state)) => listing(settlement.list(Some(state))),
+                    None => listing(settlement.list(None)),
+                }
+            }
+            (&Method::GET, None) => match settlement.get(rest) {
+                Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
+                Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
+                Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            },
+            (&Method::POST, Some((id, "requeue"))) => match settlement.requeue(id).await {
+                Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
+                Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
+                Err(SettleError::Failed(why)) => plain(StatusCode::CONFLICT, &format!("{why}\n")),
+                Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            },
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
+        let req = session.req_header();
+        let path = req.uri.path().to_owned();
+        let query = req.uri.query().map(str::to_owned);
+        let method = req.method.clone();
         match path.as_str() {
             "/metrics" => metrics_page(),
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" => plain(StatusCode::OK, "ready\n"),
+            p if p == "/settlements" || p.starts_with("/settlements/") => {
+                self.settlements(&method, p, query.as_deref()).await
+            }
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz or /readyz\n",
+                "not found; try /metrics, /healthz, /readyz or /settlements\n",
             ),
         }
+    }
+}
+
+/// The JSON view of a payment record, shared by the admin API and the public status page.
+pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "state": r.state.as_str(),
+        "route": r.route,
+        "network": r.network,
+        "asset": r.asset.to_checksum(None),
+        "payer": r.payer.to_checksum(None),
+        "payTo": r.to.to_checksum(None),
+        "amount": r.amount.to_string(),
+        "transaction": r.tx_hash.map(|h| h.to_string()),
+        "reason": r.reason,
+        "attempts": r.attempts,
+        "acceptedAt": r.accepted_at,
+        "updatedAt": r.updated_at,
+    })
+}
+
+fn listing(records: Result<Vec<PaymentRecord>, SettleError>) -> Response<Vec<u8>> {
+    match records {
+        Ok(records) => {
+            let items: Vec<_> = records.iter().map(record_json).collect();
+            json_response(
+                StatusCode::OK,
+                &json!({ "count": items.len(), "settlements": items }),
+            )
+        }
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
 }
 
@@ -36,6 +128,10 @@ fn metrics_page() -> Response<Vec<u8>> {
         );
     }
     respond(StatusCode::OK, encoder.format_type(), body)
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", value.to_string().into_bytes())
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Vec<u8>> {

@@ -5,6 +5,8 @@
 mod builtin;
 mod schema;
 
+pub use schema::SettleMode;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,6 +20,7 @@ use pingora::server::configuration::ServerConf;
 
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
+use crate::settle::{ChainSpec, SettlementConfig};
 use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
 
@@ -68,6 +71,8 @@ pub struct Config {
     pub policy: Policy,
     /// Headers that tell the origin who paid.
     pub payer_headers: PayerHeaders,
+    /// The settlement engine's settings; `None` when payments are not settled on chain.
+    pub settlement: Option<SettlementConfig>,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -123,6 +128,8 @@ pub enum Access {
 pub struct Paywall {
     /// The price as written, for display.
     pub price_text: String,
+    /// When this route's payments move on chain.
+    pub settle: SettleMode,
     /// One per `accepts` entry, in order.
     pub requirements: Vec<Requirement>,
     pub challenge: Challenge,
@@ -222,6 +229,8 @@ pub struct Network {
     pub v1_name: Option<String>,
     /// JSON-RPC endpoint for chain reads and settlement.
     pub rpc_url: Option<String>,
+    /// The `aggregate3` batch-call contract.
+    pub multicall: Address,
 }
 
 /// An asset after validation.
@@ -349,6 +358,25 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             }
         };
 
+    let settlement = match &levy.settlement {
+        None => {
+            let eager = routes.iter().find(|(_, r)| {
+                matches!(&r.access, Access::Priced(p) if p.settle == SettleMode::BeforeResponse)
+            });
+            if let Some((_, route)) = eager {
+                return Err(invalid(
+                    "levy.settlement",
+                    format!(
+                        "missing, but route `{}` has `settle: before_response`",
+                        route.name
+                    ),
+                ));
+            }
+            None
+        }
+        Some(s) => Some(settlement(s, &routes, &networks)?),
+    };
+
     Ok(Config {
         pingora: file.pingora,
         data_listener,
@@ -361,6 +389,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         max_request_header_bytes: levy.max_request_header_bytes,
         policy,
         payer_headers,
+        settlement,
     })
 }
 
@@ -581,11 +610,16 @@ fn paywall(
         route.resource.as_deref(),
     );
     Ok(Paywall {
+        settle: route.settle,
         price_text: price.to_string(),
         requirements,
         challenge,
     })
 }
+
+/// Multicall3's address, the same on every chain it is deployed to.
+const CANONICAL_MULTICALL3: Address =
+    alloy_primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");
 
 fn networks(
     declared: &BTreeMap<String, schema::Network>,
@@ -599,6 +633,7 @@ fn networks(
                 chain_id: b.chain_id,
                 v1_name: b.v1_name.map(Into::into),
                 rpc_url: Some(b.rpc_url.to_owned()),
+                multicall: CANONICAL_MULTICALL3,
             },
         );
     }
@@ -634,6 +669,10 @@ fn networks(
             .rpc_url
             .clone()
             .or_else(|| base.map(|b| b.rpc_url.to_owned()));
+        let multicall = match &n.multicall {
+            Some(a) => address(&format!("{path}.multicall"), a)?,
+            None => CANONICAL_MULTICALL3,
+        };
         out.insert(
             name.clone(),
             Network {
@@ -641,6 +680,7 @@ fn networks(
                 chain_id,
                 v1_name,
                 rpc_url,
+                multicall,
             },
         );
     }
@@ -785,6 +825,94 @@ fn upstreams(
         );
     }
     Ok(out)
+}
+
+fn settlement(
+    s: &schema::Settlement,
+    routes: &RouteTable<Arc<Route>>,
+    networks: &BTreeMap<String, Network>,
+) -> Result<SettlementConfig, ConfigError> {
+    let path = "levy.settlement";
+    if s.journal_path.trim().is_empty() {
+        return Err(invalid(format!("{path}.journal_path"), "must name a file"));
+    }
+    if s.max_batch == 0 || s.max_batch > 500 {
+        return Err(invalid(
+            format!("{path}.max_batch"),
+            "must be between 1 and 500",
+        ));
+    }
+    for (key, value) in [
+        ("receipt_timeout_ms", s.receipt_timeout_ms),
+        ("rpc_timeout_ms", s.rpc_timeout_ms),
+        ("retry_backoff_ms", s.retry_backoff_ms),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                format!("{path}.{key}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if s.max_attempts == 0 {
+        return Err(invalid(
+            format!("{path}.max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    let cap = |key: &str,
+               amount: &Option<schema::Amount>|
+     -> Result<Option<alloy_primitives::U256>, ConfigError> {
+        match amount {
+            None => Ok(None),
+            Some(schema::Amount::Number(n)) => Ok(Some(alloy_primitives::U256::from(*n))),
+            Some(schema::Amount::Text(t)) => parse_atomic(t)
+                .map(Some)
+                .map_err(|e| invalid(format!("{path}.{key}"), e)),
+        }
+    };
+    let mut used: Vec<String> = Vec::new();
+    for (_, route) in routes.iter() {
+        if let Access::Priced(p) = &route.access {
+            for r in &p.requirements {
+                if !used.contains(&r.network_name) {
+                    used.push(r.network_name.clone());
+                }
+            }
+        }
+    }
+    let mut chains = Vec::new();
+    for name in used {
+        let Some(network) = networks.get(&name) else {
+            continue;
+        };
+        let rpc_url = network.rpc_url.clone().ok_or_else(|| {
+            invalid(
+                format!("levy.networks.{name}.rpc_url"),
+                "missing; settlement needs an RPC endpoint",
+            )
+        })?;
+        chains.push(ChainSpec {
+            network: name,
+            chain_id: network.chain_id,
+            rpc_url,
+            multicall: network.multicall,
+        });
+    }
+    Ok(SettlementConfig {
+        journal_path: s.journal_path.clone().into(),
+        max_batch: s.max_batch,
+        max_delay: Duration::from_millis(s.max_delay_ms),
+        max_attempts: s.max_attempts,
+        retry_backoff: Duration::from_millis(s.retry_backoff_ms),
+        receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),
+        rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
+        max_unsettled_per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,
+        max_unsettled_total: cap("max_unsettled_total", &s.max_unsettled_total)?,
+        key_env: s.settler_key_env.clone(),
+        key_file: s.settler_key_file.clone().map(Into::into),
+        chains,
+    })
 }
 
 fn payer_headers(names: &schema::PayerHeaders) -> Result<PayerHeaders, ConfigError> {

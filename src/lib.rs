@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod services;
+pub mod settle;
 pub mod verify;
 pub mod x402;
 

@@ -59,5 +59,11 @@ fn run(mut opt: Opt) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    levy::build_server(config, Some(opt)).run_forever()
+    match levy::build_server(config, Some(opt)) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("levy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

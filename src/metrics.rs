@@ -5,8 +5,9 @@
 use std::sync::LazyLock;
 
 use pingora_prometheus::prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    Histogram, HistogramVec, IntCounterVec, IntGauge,
+    register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge, Gauge, GaugeVec, Histogram, HistogramVec,
+    IntCounterVec, IntGauge,
 };
 
 /// Every metric levy exports.
@@ -33,6 +34,21 @@ pub struct Metrics {
     pub verify_duration: Histogram,
     /// `levy_live_nonces`: authorizations held in the replay set.
     pub live_nonces: IntGauge,
+    /// `levy_settlements_total{state,reason}`: payments reaching settled, failed or
+    /// needs_review, by reason (`ok` for settled).
+    pub settlements: IntCounterVec,
+    /// `levy_settlement_queue_depth`: payments waiting for a batch.
+    pub queue_depth: IntGauge,
+    /// `levy_unsettled_value`: atomic units charged but not yet settled or failed.
+    pub unsettled_value: Gauge,
+    /// `levy_oldest_unsettled_age_seconds`: age of the oldest payment waiting for a batch.
+    pub oldest_unsettled_age: IntGauge,
+    /// `levy_settlement_batch_size`: payments per batch transaction.
+    pub batch_size: Histogram,
+    /// `levy_settlement_gas_per_payment`: gas used per settled payment, per batch.
+    pub gas_per_payment: Histogram,
+    /// `levy_settler_balance_gwei{network}`: the settler's gas balance.
+    pub settler_balance: GaugeVec,
 }
 
 /// The process-wide metrics, registered on first use.
@@ -101,7 +117,43 @@ pub fn metrics() -> &'static Metrics {
         .expect("levy_verify_duration_seconds registers once"),
         live_nonces: register_int_gauge!("levy_live_nonces", "Authorizations held in the replay set")
             .expect("levy_live_nonces registers once"),
-    }
+        settlements: register_int_counter_vec!(
+            "levy_settlements_total",
+            "Payments reaching a settlement state, by state and reason",
+            &["state", "reason"]
+        )
+        .expect("levy_settlements_total registers once"),
+        queue_depth: register_int_gauge!("levy_settlement_queue_depth", "Payments waiting for a batch")
+            .expect("levy_settlement_queue_depth registers once"),
+        unsettled_value: register_gauge!(
+            "levy_unsettled_value",
+            "Atomic units charged but not yet settled or failed"
+        )
+        .expect("levy_unsettled_value registers once"),
+        oldest_unsettled_age: register_int_gauge!(
+            "levy_oldest_unsettled_age_seconds",
+            "Age of the oldest payment waiting for a batch"
+        )
+        .expect("levy_oldest_unsettled_age_seconds registers once"),
+        batch_size: register_histogram!(
+            "levy_settlement_batch_size",
+            "Payments per settlement transaction",
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+        )
+        .expect("levy_settlement_batch_size registers once"),
+        gas_per_payment: register_histogram!(
+            "levy_settlement_gas_per_payment",
+            "Gas used per settled payment",
+            vec![20_000.0, 30_000.0, 40_000.0, 50_000.0, 60_000.0, 80_000.0, 100_000.0, 150_000.0]
+        )
+        .expect("levy_settlement_gas_per_payment registers once"),
+        settler_balance: register_gauge_vec!(
+            "levy_settler_balance_gwei",
+            "The settler account's gas balance, by network",
+            &["network"]
+        )
+        .expect("levy_settler_balance_gwei registers once"),
+        }
     });
     &METRICS
 }

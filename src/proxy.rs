@@ -16,15 +16,18 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
+use crate::config::SettleMode;
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::metrics;
 use crate::nonce::{NonceStore, Reservation};
 use crate::routing::RequestKey;
+use crate::settle::{Exposure, PaymentRecord, SettleError, Settlement, SettlementState};
 use crate::verify::{self, Rejection, VerifiedPayment, Version};
 use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     X_PAYMENT_RESPONSE,
 };
+use alloy_primitives::B256;
 
 /// Request bodies up to this size are drained after a 402 so the connection can be reused;
 /// larger ones close it.
@@ -59,6 +62,10 @@ pub enum Outcome {
     BadRequest,
     /// levy failed on its own.
     InternalError,
+    /// A settlement status page was served.
+    Status,
+    /// Settlement before the response could not complete.
+    SettlementUnavailable,
 }
 
 impl Outcome {
@@ -77,6 +84,8 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::BadRequest => "bad_request",
             Outcome::InternalError => "internal_error",
+            Outcome::Status => "status",
+            Outcome::SettlementUnavailable => "settlement_unavailable",
         }
     }
 }
@@ -100,7 +109,42 @@ pub struct Paid {
     pub id: String,
     /// The network as the payload named it (CAIP-2 for v2, the v1 name for v1).
     pub network: String,
+    /// The operator's name for the network (the settlement engine's key).
+    pub network_name: String,
+    /// Set when the payment was settled before the request went upstream.
+    pub tx_hash: Option<B256>,
 }
+
+impl Paid {
+    /// The journal record of this payment, charged now.
+    fn record(&self, route: &str) -> PaymentRecord {
+        let v = &self.verified;
+        let now = unix_now();
+        PaymentRecord {
+            id: self.id.clone(),
+            route: route.to_owned(),
+            network: self.network_name.clone(),
+            asset: v.key.asset,
+            payer: v.payer,
+            to: v.to,
+            amount: v.amount,
+            valid_after: v.valid_after,
+            valid_before: v.valid_before,
+            nonce: v.key.nonce,
+            signature: v.signature.to_vec().into(),
+            state: SettlementState::Pending,
+            attempts: 0,
+            tx_hash: None,
+            reason: None,
+            accepted_at: now,
+            updated_at: now,
+            next_attempt_at: 0,
+        }
+    }
+}
+
+/// Public path prefix of settlement status pages on the data listener.
+pub const STATUS_PATH: &str = "/_levy/settlements/";
 
 /// Per-request state.
 pub struct RequestCtx {
@@ -109,6 +153,8 @@ pub struct RequestCtx {
     upstream: Option<Arc<Upstream>>,
     outcome: Outcome,
     payment: PaymentState,
+    /// Overrides the reason text of a failure response.
+    failure: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -121,11 +167,42 @@ impl RequestCtx {
 pub struct LevyProxy {
     config: Arc<Config>,
     nonces: Arc<dyn NonceStore>,
+    settlement: Option<Settlement>,
 }
 
 impl LevyProxy {
-    pub fn new(config: Arc<Config>, nonces: Arc<dyn NonceStore>) -> Self {
-        Self { config, nonces }
+    pub fn new(
+        config: Arc<Config>,
+        nonces: Arc<dyn NonceStore>,
+        settlement: Option<Settlement>,
+    ) -> Self {
+        Self {
+            config,
+            nonces,
+            settlement,
+        }
+    }
+
+    /// `GET /_levy/settlements/{id}`: where a payment's settlement stands.
+    fn status_page(&self, req: &RequestHeader) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let id = req.uri.path().strip_prefix(STATUS_PATH)?;
+        if req.method != http::Method::GET {
+            return Some(Reply::text(405, "use GET"));
+        }
+        Some(match settlement.get(id) {
+            Ok(Some(record)) => Reply::new(
+                200,
+                "application/json",
+                crate::admin::record_json(&record).to_string(),
+            )
+            .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            Ok(None) => Reply::text(404, "no such payment"),
+            Err(e) => {
+                log::error!("status page: {e}");
+                Reply::text(500, "cannot read the journal")
+            }
+        })
     }
 
     /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
@@ -133,6 +210,10 @@ impl LevyProxy {
         let req = session.req_header();
         if let Some(reply) = screen(req, self.config.max_request_header_bytes) {
             ctx.outcome = Outcome::BadRequest;
+            return Some(reply);
+        }
+        if let Some(reply) = self.status_page(req) {
+            ctx.outcome = Outcome::Status;
             return Some(reply);
         }
         let host = request_host(req);
@@ -236,6 +317,10 @@ impl LevyProxy {
             id: verified.key.payment_id(),
             verified,
             network,
+            network_name: requirement
+                .map(|r| r.network_name.clone())
+                .unwrap_or_default(),
+            tx_hash: None,
         })
     }
 
@@ -299,6 +384,12 @@ impl LevyProxy {
         if let PaymentState::Reserved(paid) =
             std::mem::replace(&mut ctx.payment, PaymentState::Released)
         {
+            if paid.tx_hash.is_some() {
+                // Already settled on chain before forwarding: the money moved; keep it used.
+                self.nonces.commit(&paid.verified.key);
+                ctx.payment = PaymentState::Charged(paid);
+                return;
+            }
             self.nonces.release(&paid.verified.key);
             metrics()
                 .payments_released
@@ -307,10 +398,72 @@ impl LevyProxy {
         }
     }
 
+    /// Settles a reserved payment before forwarding, when its route asks for it or when it
+    /// would push unsettled exposure over a cap. `Some(reply)` refuses the request.
+    async fn settle_first(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let route = ctx.route.clone()?;
+        let Access::Priced(paywall) = &route.access else {
+            return None;
+        };
+        let PaymentState::Reserved(paid) = &mut ctx.payment else {
+            return None;
+        };
+        let over_cap =
+            settlement.exposure(paid.verified.payer, paid.verified.amount) == Exposure::OverCap;
+        if paywall.settle != SettleMode::BeforeResponse && !over_cap {
+            return None;
+        }
+        match settlement.settle_now(paid.record(&route.name)).await {
+            Ok(hash) => {
+                paid.tx_hash = Some(hash);
+                None
+            }
+            Err(SettleError::Failed(reason)) => {
+                let key = paid.verified.key;
+                self.nonces.release(&key);
+                ctx.payment = PaymentState::Released;
+                ctx.outcome = Outcome::PaymentRejected;
+                metrics()
+                    .payments_rejected
+                    .with_label_values(&[route.name.as_str(), reason.as_str()])
+                    .inc();
+                Some(self.challenge(session, paywall, &reason, &reason))
+            }
+            Err(SettleError::Pending) => {
+                // The transfer is out there; its outcome will be reconciled. Keep the
+                // authorization reserved (it expires with validBefore) and say so.
+                ctx.payment = PaymentState::None;
+                ctx.outcome = Outcome::SettlementUnavailable;
+                Some(
+                    Reply::text(
+                        503,
+                        "settlement pending; check the payment status before paying again",
+                    )
+                    .header(header::RETRY_AFTER, "5"),
+                )
+            }
+            Err(e) => {
+                log::warn!("settle before response failed on route {}: {e}", route.name);
+                let key = paid.verified.key;
+                self.nonces.release(&key);
+                ctx.payment = PaymentState::Released;
+                ctx.outcome = Outcome::SettlementUnavailable;
+                Some(
+                    Reply::text(
+                        503,
+                        "settlement unavailable; retry later with the same payment",
+                    )
+                    .header(header::RETRY_AFTER, "5"),
+                )
+            }
+        }
+    }
+
     /// Decides the fate of a reserved payment once the upstream's status is known: below 400
     /// the payment is charged and the response carries the settlement header; 400 and above
     /// (as the reference servers do) it is released, so the client may retry with it.
-    fn settle_payment(
+    async fn settle_payment(
         &self,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
@@ -320,7 +473,7 @@ impl LevyProxy {
             return Ok(());
         };
         let route = ctx.route_label().to_owned();
-        if response.status.as_u16() >= 400 {
+        if response.status.as_u16() >= 400 && paid.tx_hash.is_none() {
             self.nonces.release(&paid.verified.key);
             metrics()
                 .payments_released
@@ -330,20 +483,43 @@ impl LevyProxy {
             ctx.payment = PaymentState::Released;
             return Ok(());
         }
+        let status = match (&self.settlement, paid.tx_hash) {
+            (_, Some(_)) => "settled",
+            (Some(settlement), None) => {
+                // Journaled durably before the response leaves; if that fails, nothing is
+                // charged and the client is told to retry.
+                if let Err(e) = settlement.accept(paid.record(&route)).await {
+                    log::error!("cannot journal payment {}: {e}", paid.id);
+                    self.nonces.release(&paid.verified.key);
+                    ctx.payment = PaymentState::Released;
+                    ctx.failure = Some("cannot record the payment; nothing was charged");
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "journal write failed",
+                    ));
+                }
+                "pending"
+            }
+            (None, None) => "accepted",
+        };
         self.nonces.commit(&paid.verified.key);
         metrics()
             .payments_charged
             .with_label_values(&[route.as_str()])
             .inc();
         ctx.outcome = Outcome::Paid;
+        let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
+        if self.settlement.is_some() {
+            let base = self.config.public_url.as_deref().unwrap_or("");
+            levy_ext["statusUrl"] =
+                serde_json::Value::String(format!("{base}{STATUS_PATH}{}", paid.id));
+        }
         let receipt = SettleResponse {
             success: true,
-            transaction: String::new(),
+            transaction: paid.tx_hash.map(|h| h.to_string()).unwrap_or_default(),
             network: paid.network.clone(),
             payer: paid.verified.payer.to_checksum(None),
-            extensions: Some(
-                serde_json::json!({"levy": {"paymentId": paid.id, "status": "accepted"}}),
-            ),
+            extensions: Some(serde_json::json!({ "levy": levy_ext })),
         };
         let encoded = x402::encode_header(
             serde_json::to_string(&receipt)
@@ -372,6 +548,7 @@ impl ProxyHttp for LevyProxy {
             upstream: None,
             outcome: Outcome::Pending,
             payment: PaymentState::None,
+            failure: None,
         }
     }
 
@@ -381,7 +558,11 @@ impl ProxyHttp for LevyProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.started = Instant::now();
-        match self.route(session, ctx) {
+        let decided = match self.route(session, ctx) {
+            None => self.settle_first(session, ctx).await,
+            reply => reply,
+        };
+        match decided {
             None => Ok(false),
             Some(reply) => {
                 if matches!(
@@ -485,7 +666,7 @@ impl ProxyHttp for LevyProxy {
     ) -> pingora::Result<()> {
         ctx.outcome = Outcome::Forwarded;
         strip_hop_by_hop(upstream_response);
-        self.settle_payment(upstream_response, ctx)?;
+        self.settle_payment(upstream_response, ctx).await?;
         if ctx
             .route
             .as_ref()
@@ -524,7 +705,10 @@ impl ProxyHttp for LevyProxy {
             if session.response_written().is_some() {
                 // Headers already went out; the only honest signal left is closing.
                 error_code = 0;
-            } else if let Err(write_error) = Reply::text(status, reason).close().send(session).await
+            } else if let Err(write_error) = Reply::text(status, ctx.failure.unwrap_or(reason))
+                .close()
+                .send(session)
+                .await
             {
                 log::debug!("cannot send {status} to client: {write_error}");
             }

@@ -1,5 +1,6 @@
 //! Assembles a pingora `Server` from a validated [`Config`]: the proxy service on the data
-//! listener and the admin service on the admin listener. Used by the binary and the tests.
+//! listener, the admin service on the admin listener, and the background services (nonce
+//! sweeper, settlement engine). Used by the binary and the tests.
 
 use std::sync::Arc;
 
@@ -10,15 +11,30 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceStore};
 use crate::proxy::LevyProxy;
-use crate::services::NonceSweeper;
+use crate::services::{NonceSweeper, SettlementService};
+use crate::settle::{SettleError, Settlement};
 
 /// Builds the server. `opt` carries pingora's command-line flags (daemon, upgrade, test);
-/// its `conf` path is ignored because levy loads the file itself.
-pub fn build_server(mut config: Config, opt: Option<Opt>) -> Server {
+/// its `conf` path is ignored because levy loads the file itself. Fails when the settlement
+/// engine cannot start (journal, settler key).
+pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, SettleError> {
     let pingora_conf = std::mem::take(&mut config.pingora);
+    let settlement = match config.settlement.clone() {
+        Some(settings) => Some(Settlement::open(settings)?),
+        None => {
+            let priced = config
+                .routes
+                .iter()
+                .any(|(_, r)| matches!(r.access, Access::Priced(_)));
+            if priced {
+                log::warn!("no `settlement` section: payments are verified and charged but never settled on chain");
+            }
+            None
+        }
+    };
     let config = Arc::new(config);
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
@@ -28,18 +44,24 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Server {
         "nonce sweeper",
         NonceSweeper::new(Arc::clone(&nonces)),
     ));
+    if let Some(settlement) = &settlement {
+        server.add_service(background_service(
+            "settlement",
+            SettlementService::new(settlement.clone()),
+        ));
+    }
 
     let mut proxy = http_proxy_service(
         &server.configuration,
-        LevyProxy::new(Arc::clone(&config), Arc::clone(&nonces)),
+        LevyProxy::new(Arc::clone(&config), Arc::clone(&nonces), settlement.clone()),
     );
     proxy.add_tcp(&config.data_listener.to_string());
     server.add_service(proxy);
 
     if let Some(admin) = config.admin_listener {
-        let mut service = Service::new("levy admin".to_owned(), AdminApp);
+        let mut service = Service::new("levy admin".to_owned(), AdminApp::new(settlement));
         service.add_tcp(&admin.to_string());
         server.add_service(service);
     }
-    server
+    Ok(server)
 }

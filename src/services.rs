@@ -37,3 +37,21 @@ impl BackgroundService for NonceSweeper {
         }
     }
 }
+
+/// Runs the settlement engine until shutdown.
+pub struct SettlementService {
+    settlement: crate::settle::Settlement,
+}
+
+impl SettlementService {
+    pub fn new(settlement: crate::settle::Settlement) -> Self {
+        Self { settlement }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SettlementService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.settlement.run(shutdown).await;
+    }
+}

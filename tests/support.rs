@@ -59,7 +59,8 @@ impl Levy {
         );
         let config =
             levy::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
-        let server = levy::build_server(config, None);
+        let server =
+            levy::build_server(config, None).unwrap_or_else(|e| panic!("levy did not start: {e}"));
         let (tx, rx) = oneshot::channel();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {

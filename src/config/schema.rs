@@ -38,9 +38,50 @@ pub struct Levy {
     pub access_log: bool,
     #[serde(default)]
     pub payments: Payments,
+    /// On-chain settlement; without it payments are verified and charged but not settled.
+    #[serde(default)]
+    pub settlement: Option<Settlement>,
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+}
+
+/// The settlement engine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settlement {
+    pub journal_path: String,
+    #[serde(default = "default_key_env")]
+    pub settler_key_env: String,
+    #[serde(default)]
+    pub settler_key_file: Option<String>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    #[serde(default = "default_receipt_timeout_ms")]
+    pub receipt_timeout_ms: u64,
+    #[serde(default = "default_rpc_timeout_ms")]
+    pub rpc_timeout_ms: u64,
+    #[serde(default)]
+    pub max_unsettled_per_payer: Option<Amount>,
+    #[serde(default)]
+    pub max_unsettled_total: Option<Amount>,
+}
+
+/// When a route's payments move on chain.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SettleMode {
+    /// Journaled and settled later in batches; the response does not wait.
+    #[default]
+    Batched,
+    /// Settled on chain before the request is forwarded; the response carries the tx hash.
+    BeforeResponse,
 }
 
 /// How payments are checked and reported to the origin.
@@ -93,6 +134,8 @@ pub struct Listeners {
 #[serde(deny_unknown_fields)]
 pub struct Network {
     pub chain_id: Option<u64>,
+    /// Multicall3-compatible `aggregate3` contract; default the canonical deployment.
+    pub multicall: Option<String>,
     pub caip2: Option<String>,
     pub v1_name: Option<String>,
     pub rpc_url: Option<String>,
@@ -158,6 +201,8 @@ pub struct Route {
     pub max_timeout_seconds: u64,
     #[serde(default)]
     pub resource: Option<String>,
+    #[serde(default)]
+    pub settle: SettleMode,
 }
 
 /// An atomic amount may be written as a YAML number or a string.
@@ -204,6 +249,27 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_max_request_header_bytes() -> usize {
     32 * 1024
+}
+fn default_key_env() -> String {
+    "LEVY_SETTLER_KEY".to_owned()
+}
+fn default_max_batch() -> usize {
+    50
+}
+fn default_max_delay_ms() -> u64 {
+    1_000
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_backoff_ms() -> u64 {
+    1_000
+}
+fn default_receipt_timeout_ms() -> u64 {
+    30_000
+}
+fn default_rpc_timeout_ms() -> u64 {
+    5_000
 }
 fn default_max_timeout_seconds() -> u64 {
     300

@@ -1,0 +1,377 @@
+//! One EVM chain as the settlement engine sees it: reads through Multicall3 `aggregate3`
+//! (`authorizationState`, `balanceOf`), a signed batch transaction that calls
+//! `transferWithAuthorization` once per payment with `allowFailure`, receipts, and the
+//! token's `AuthorizationUsed`/`AuthorizationCanceled` logs for reconciliation. Every RPC
+//! call has a timeout.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::TxSignerSync;
+use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
+use alloy::providers::{Provider, ProviderBuilder, RootProvider};
+use alloy::rpc::types::{Filter, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use alloy::sol_types::{SolCall, SolEvent};
+
+use super::PaymentRecord;
+
+sol! {
+    interface IEip3009 {
+        function balanceOf(address account) external view returns (uint256);
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+        function transferWithAuthorization(
+            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+            bytes32 nonce, uint8 v, bytes32 r, bytes32 s
+        ) external;
+        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+        event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
+    }
+
+    interface IMulticall3 {
+        struct Call3 { address target; bool allowFailure; bytes callData; }
+        struct Result { bool success; bytes returnData; }
+        function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData);
+    }
+}
+
+/// Why a chain operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChainError {
+    #[error("RPC call `{0}` timed out")]
+    Timeout(&'static str),
+    #[error("RPC call `{call}` failed: {message}")]
+    Rpc { call: &'static str, message: String },
+    #[error("unexpected chain answer: {0}")]
+    Decode(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// What the chain says about one authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationFate {
+    /// Not used on chain (yet).
+    Unused,
+    /// Transferred, in this transaction.
+    Used(B256),
+    /// Canceled by the payer.
+    Canceled,
+    /// Marked used, but no event was found (the logs may have been pruned).
+    UsedUnknown,
+}
+
+/// The pre-batch state of one payment's authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precheck {
+    pub used: bool,
+    pub balance: U256,
+}
+
+/// A mined transaction, reduced to what settlement needs.
+#[derive(Debug, Clone)]
+pub struct Mined {
+    pub success: bool,
+    pub gas_used: u64,
+    pub effective_gas_price: u128,
+    /// `(token, authorizer, nonce)` of every `AuthorizationUsed` in the receipt.
+    pub used: Vec<(Address, Address, B256)>,
+}
+
+/// A signed batch transaction, not yet broadcast.
+#[derive(Debug, Clone)]
+pub struct SignedBatch {
+    pub hash: B256,
+    pub raw: Bytes,
+    pub nonce: u64,
+}
+
+/// One chain's RPC endpoint, settler key and batch-call contract.
+pub struct Chain {
+    provider: RootProvider,
+    signer: PrivateKeySigner,
+    chain_id: u64,
+    multicall: Address,
+    timeout: Duration,
+}
+
+impl Chain {
+    pub fn new(
+        rpc_url: &str,
+        signer: PrivateKeySigner,
+        chain_id: u64,
+        multicall: Address,
+        timeout: Duration,
+    ) -> Result<Self, ChainError> {
+        let url = rpc_url.parse().map_err(|e| ChainError::Rpc {
+            call: "connect",
+            message: format!("bad RPC URL: {e}"),
+        })?;
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(url);
+        Ok(Self {
+            provider: provider.root().clone(),
+            signer,
+            chain_id,
+            multicall,
+            timeout,
+        })
+    }
+
+    /// The settler's address.
+    pub fn settler(&self) -> Address {
+        self.signer.address()
+    }
+
+    async fn rpc<T, E: std::fmt::Display>(
+        &self,
+        call: &'static str,
+        fut: impl IntoFuture<Output = Result<T, E>>,
+    ) -> Result<T, ChainError> {
+        match tokio::time::timeout(self.timeout, fut.into_future()).await {
+            Err(_) => Err(ChainError::Timeout(call)),
+            Ok(Err(e)) => Err(ChainError::Rpc {
+                call,
+                message: e.to_string(),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// `authorizationState` and `balanceOf(payer)` for each payment, in one multicall read.
+    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
+        let mut calls = Vec::with_capacity(payments.len() * 2);
+        for p in payments {
+            calls.push(IMulticall3::Call3 {
+                target: p.asset,
+                allowFailure: true,
+                callData: IEip3009::authorizationStateCall {
+                    authorizer: p.payer,
+                    nonce: p.nonce,
+                }
+                .abi_encode()
+                .into(),
+            });
+            calls.push(IMulticall3::Call3 {
+                target: p.asset,
+                allowFailure: true,
+                callData: IEip3009::balanceOfCall { account: p.payer }
+                    .abi_encode()
+                    .into(),
+            });
+        }
+        let data = IMulticall3::aggregate3Call { calls }.abi_encode();
+        let request = TransactionRequest::default()
+            .to(self.multicall)
+            .input(data.into());
+        let output = self.rpc("eth_call", self.provider.call(request)).await?;
+        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        if results.len() != payments.len() * 2 {
+            return Err(ChainError::Decode(
+                "aggregate3 returned the wrong number of results".into(),
+            ));
+        }
+        Ok(results
+            .chunks(2)
+            .map(|pair| Precheck {
+                // A failed read counts as "used" so the payment is reconciled, never sent blind.
+                used: !pair[0].success
+                    || IEip3009::authorizationStateCall::abi_decode_returns(&pair[0].returnData)
+                        .unwrap_or(true),
+                balance: if pair[1].success {
+                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData)
+                        .unwrap_or_default()
+                } else {
+                    U256::ZERO
+                },
+            })
+            .collect())
+    }
+
+    /// Builds and signs one transaction that transfers every payment through `aggregate3`.
+    pub async fn sign_batch(
+        &self,
+        payments: &[PaymentRecord],
+        nonce: u64,
+    ) -> Result<SignedBatch, ChainError> {
+        let calls: Vec<IMulticall3::Call3> = payments
+            .iter()
+            .map(|p| IMulticall3::Call3 {
+                target: p.asset,
+                allowFailure: true,
+                callData: transfer_call(p).into(),
+            })
+            .collect();
+        let data: Bytes = IMulticall3::aggregate3Call { calls }.abi_encode().into();
+        let estimate_request = TransactionRequest::default()
+            .from(self.settler())
+            .to(self.multicall)
+            .input(data.clone().into());
+        let gas = self
+            .rpc(
+                "eth_estimateGas",
+                self.provider.estimate_gas(estimate_request),
+            )
+            .await?;
+        let fees = self
+            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
+            .await?;
+        let mut tx = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit: gas + gas / 4 + 21_000,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: TxKind::Call(self.multicall),
+            value: U256::ZERO,
+            access_list: Default::default(),
+            input: data,
+        };
+        let signature = self
+            .signer
+            .sign_transaction_sync(&mut tx)
+            .map_err(|e| ChainError::Signing(e.to_string()))?;
+        let envelope = TxEnvelope::from(tx.into_signed(signature));
+        Ok(SignedBatch {
+            hash: *envelope.tx_hash(),
+            raw: envelope.encoded_2718().into(),
+            nonce,
+        })
+    }
+
+    /// Broadcasts a signed transaction. Re-broadcasting the same bytes is harmless.
+    pub async fn broadcast(&self, raw: &[u8]) -> Result<(), ChainError> {
+        self.rpc(
+            "eth_sendRawTransaction",
+            self.provider.send_raw_transaction(raw),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The receipt of a transaction, if mined.
+    pub async fn receipt(&self, hash: B256) -> Result<Option<Mined>, ChainError> {
+        let Some(receipt) = self
+            .rpc(
+                "eth_getTransactionReceipt",
+                self.provider.get_transaction_receipt(hash),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let used = receipt
+            .inner
+            .logs()
+            .iter()
+            .filter(|log| {
+                log.topics().first() == Some(&IEip3009::AuthorizationUsed::SIGNATURE_HASH)
+            })
+            .filter_map(|log| {
+                let topics = log.topics();
+                (topics.len() == 3)
+                    .then(|| (log.address(), Address::from_word(topics[1]), topics[2]))
+            })
+            .collect();
+        Ok(Some(Mined {
+            success: receipt.status(),
+            gas_used: receipt.gas_used,
+            effective_gas_price: receipt.effective_gas_price,
+            used,
+        }))
+    }
+
+    /// What became of an authorization, from `authorizationState` and the token's logs.
+    pub async fn fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
+        let state = IEip3009::authorizationStateCall {
+            authorizer: payment.payer,
+            nonce: payment.nonce,
+        };
+        let request = TransactionRequest::default()
+            .to(payment.asset)
+            .input(state.abi_encode().into());
+        let output = self.rpc("eth_call", self.provider.call(request)).await?;
+        let used = IEip3009::authorizationStateCall::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
+        if !used {
+            return Ok(AuthorizationFate::Unused);
+        }
+        let filter = Filter::new()
+            .address(payment.asset)
+            .event_signature(vec![
+                IEip3009::AuthorizationUsed::SIGNATURE_HASH,
+                IEip3009::AuthorizationCanceled::SIGNATURE_HASH,
+            ])
+            .topic1(payment.payer.into_word())
+            .topic2(payment.nonce)
+            .from_block(0u64);
+        let logs = self
+            .rpc("eth_getLogs", self.provider.get_logs(&filter))
+            .await?;
+        for log in logs {
+            if log.topics().first() == Some(&IEip3009::AuthorizationCanceled::SIGNATURE_HASH) {
+                return Ok(AuthorizationFate::Canceled);
+            }
+            if let Some(tx) = log.transaction_hash {
+                return Ok(AuthorizationFate::Used(tx));
+            }
+        }
+        Ok(AuthorizationFate::UsedUnknown)
+    }
+
+    /// The settler's next nonce, counting pending transactions.
+    pub async fn pending_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc(
+            "eth_getTransactionCount",
+            self.provider
+                .get_transaction_count(self.settler())
+                .pending(),
+        )
+        .await
+    }
+
+    /// The settler's nonce in the latest block.
+    pub async fn mined_nonce(&self) -> Result<u64, ChainError> {
+        self.rpc(
+            "eth_getTransactionCount",
+            self.provider.get_transaction_count(self.settler()).latest(),
+        )
+        .await
+    }
+
+    /// The settler's native balance, for gas.
+    pub async fn gas_balance(&self) -> Result<U256, ChainError> {
+        self.rpc("eth_getBalance", self.provider.get_balance(self.settler()))
+            .await
+    }
+}
+
+/// `transferWithAuthorization(…, v, r, s)` calldata for one payment.
+pub fn transfer_call(p: &PaymentRecord) -> Vec<u8> {
+    let sig = &p.signature;
+    let mut r = [0u8; 32];
+    let mut s = [0u8; 32];
+    let mut v = 0u8;
+    if sig.len() == 65 {
+        r.copy_from_slice(&sig[..32]);
+        s.copy_from_slice(&sig[32..64]);
+        v = if sig[64] < 27 { sig[64] + 27 } else { sig[64] };
+    }
+    IEip3009::transferWithAuthorizationCall {
+        from: p.payer,
+        to: p.to,
+        value: p.amount,
+        validAfter: U256::from(p.valid_after),
+        validBefore: U256::from(p.valid_before),
+        nonce: p.nonce,
+        v,
+        r: r.into(),
+        s: s.into(),
+    }
+    .abi_encode()
+}
