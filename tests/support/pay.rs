@@ -72,3 +72,16 @@ pub fn v2_payment(levy: &Levy, path: &str) -> String {
 pub fn paid_get(path: &str, header: &str, value: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n{header}: {value}\r\n\r\n")
 }
+
+/// A fresh authorization signed by `key` for the first requirement of `challenge`.
+pub fn sign_for(challenge: &Value, key: &str) -> (SignedAuthorization, String) {
+    let accepted = challenge["accepts"][0].clone();
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let timeout = accepted["maxTimeoutSeconds"]
+        .as_u64()
+        .expect("maxTimeoutSeconds");
+    let payer = Payer::from_hex(key).expect("key");
+    let signed = sign(&payer, &terms, now() - 600, now() + timeout, random_nonce()).expect("sign");
+    let header = signed.v2_header(&accepted, None);
+    (signed, header)
+}

@@ -1,0 +1,204 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use serde_json::Value;
+
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+const PRICE: u64 = 1000;
+
+/// levy settling on `chain`, with a journal in `dir` and the settlement keys in `settlement`.
+fn settling_levy(
+    chain: &TestChain,
+    origin: &Origin,
+    dir: &std::path::Path,
+    settlement: &str,
+    route_extra: &str,
+) -> Levy {
+    let key_file = dir.join("settler.key");
+    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
+    Levy::start(&format!(
+        "{}{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{settlement}  routes:\n    \
+         - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        dir.join("journal.redb").display(),
+        key_file.display(),
+    ))
+}
+
+fn settlements(levy: &Levy, state: &str) -> Vec<Value> {
+    let body = levy
+        .admin_get(&format!("/settlements?state={state}"))
+        .json();
+    body["settlements"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until no payment is pending or submitted.
+fn wait_settled(levy: &Levy, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let open = settlements(levy, "pending").len() + settlements(levy, "submitted").len();
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} payments still unsettled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn five_hundred_paid_requests_settle_in_a_handful_of_batch_transactions() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 10_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "    max_batch: 100\n    max_delay_ms: 3000\n",
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let headers: Arc<Vec<String>> =
+        Arc::new((0..500).map(|_| sign_for(&terms, KEYS[0]).1).collect());
+
+    let threads: Vec<_> = (0..10)
+        .map(|t| {
+            let headers = Arc::clone(&headers);
+            let addr = levy.addr;
+            std::thread::spawn(move || {
+                (t * 50..t * 50 + 50)
+                    .map(|i| {
+                        request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &headers[i])).status
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
+
+    wait_settled(&levy, Duration::from_secs(90));
+    assert_eq!(settlements(&levy, "settled").len(), 500);
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(500 * PRICE)
+    );
+    let transactions = chain.tx_count(signer(SETTLER_KEY).address());
+    assert!(
+        transactions <= 500u64.div_ceil(100) + 2,
+        "{transactions} transactions for 500 payments"
+    );
+    assert!(levy.metric("levy_settlement_batch_size_count") >= 1);
+}
+
+#[test]
+fn a_before_response_route_returns_a_transaction_hash_that_is_on_chain() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 1_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "",
+        "      settle: before_response\n",
+    );
+    let (signed, header) = sign_for(&challenge(&levy, "/data/now"), KEYS[0]);
+    let response = request(
+        levy.addr,
+        &paid_get("/data/now", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let receipt = decode(
+        response
+            .header("payment-response")
+            .expect("PAYMENT-RESPONSE"),
+    );
+    let hash = receipt["transaction"]
+        .as_str()
+        .expect("transaction")
+        .parse()
+        .expect("tx hash");
+    assert!(
+        chain.succeeded(hash),
+        "{hash} is not a successful transaction"
+    );
+    assert_eq!(receipt["extensions"]["levy"]["status"], "settled");
+    assert!(chain.authorization_used(payer, signed.nonce));
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(PRICE)
+    );
+
+    let id = receipt["extensions"]["levy"]["paymentId"]
+        .as_str()
+        .expect("id");
+    let status = levy.get(&format!("/_levy/settlements/{id}"));
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["state"], "settled");
+    assert_eq!(status.json()["transaction"], hash.to_string());
+}
+
+#[test]
+fn a_canceled_or_unfunded_authorization_fails_with_a_reason_and_the_rest_of_the_batch_settles() {
+    let chain = TestChain::start();
+    for key in [KEYS[0], KEYS[3], KEYS[4]] {
+        chain.mint(signer(key).address(), 1_000_000);
+    }
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "    max_batch: 10\n    max_delay_ms: 2500\n",
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let pay = |key: &str| {
+        let (signed, header) = sign_for(&terms, key);
+        let response = request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+        );
+        assert_eq!(response.status, 200);
+        let id = decode(response.header("payment-response").expect("receipt"))["extensions"]
+            ["levy"]["paymentId"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        (signed, id)
+    };
+    let good: Vec<_> = (0..3).map(|_| pay(KEYS[0])).collect();
+    let (_, broke_id) = pay(KEYS[3]);
+    let (canceled, canceled_id) = pay(KEYS[4]);
+    chain.empty(KEYS[3]);
+    chain.cancel(KEYS[4], canceled.nonce);
+
+    wait_settled(&levy, Duration::from_secs(30));
+    let state = |id: &str| levy.admin_get(&format!("/settlements/{id}")).json();
+    for (signed, id) in &good {
+        assert_eq!(state(id)["state"], "settled", "{id}");
+        assert!(chain.authorization_used(signer(KEYS[0]).address(), signed.nonce));
+    }
+    assert_eq!(state(&broke_id)["state"], "failed");
+    assert_eq!(state(&broke_id)["reason"], "insufficient_balance");
+    assert_eq!(state(&canceled_id)["state"], "failed");
+    assert_eq!(state(&canceled_id)["reason"], "authorization_canceled");
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(3 * PRICE)
+    );
+}

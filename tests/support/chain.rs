@@ -1,0 +1,291 @@
+//! A real EVM chain for tests: anvil (from the pinned npm package in `contracts/`) on a free
+//! loopback port with chain id 84532, the project's TestUSDC (EIP-3009) and BatchCall
+//! (aggregate3) contracts deployed with alloy, and helpers to read and move tokens.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::future::IntoFuture;
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::primitives::{keccak256, Address, Bytes, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol;
+use alloy::sol_types::{SolCall, SolValue};
+
+use super::free_port;
+
+sol! {
+    interface ITestUsdc {
+        function mint(address to, uint256 value) external;
+        function transfer(address to, uint256 value) external returns (bool);
+        function balanceOf(address account) external view returns (uint256);
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+        function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
+        function DOMAIN_SEPARATOR() external view returns (bytes32);
+    }
+}
+
+/// anvil's development keys (public knowledge; test chain only).
+pub const KEYS: [&str; 5] = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926e",
+];
+/// Key 1 settles; key 2 deploys and mints; keys 0, 3 and 4 pay.
+pub const SETTLER_KEY: &str = KEYS[1];
+const DEPLOYER_KEY: &str = KEYS[2];
+
+/// A running anvil with the contracts deployed. Killed when dropped.
+pub struct TestChain {
+    pub rpc_url: String,
+    pub usdc: Address,
+    pub multicall: Address,
+    child: Child,
+    pub rt: tokio::runtime::Runtime,
+    deployer: DynProvider,
+}
+
+fn anvil_path() -> PathBuf {
+    if let Ok(path) = std::env::var("LEVY_ANVIL") {
+        return path.into();
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(
+        path.exists(),
+        "anvil is not installed: run `npm ci --prefix contracts` (or set LEVY_ANVIL)"
+    );
+    path
+}
+
+fn artifact(name: &str) -> Bytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("contracts/out/{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("artifact JSON");
+    json["bytecode"]
+        .as_str()
+        .expect("bytecode")
+        .parse()
+        .expect("bytecode hex")
+}
+
+pub fn signer(key: &str) -> PrivateKeySigner {
+    key.parse().expect("test key")
+}
+
+impl TestChain {
+    /// Starts anvil and deploys TestUSDC("USDC", "2") and BatchCall.
+    pub fn start() -> TestChain {
+        Self::start_on(free_port())
+    }
+
+    /// Starts anvil on a given port (for restarts behind a proxy).
+    pub fn start_on(port: u16) -> TestChain {
+        let child = Command::new(anvil_path())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                "84532",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start anvil");
+        let rpc_url = format!("http://127.0.0.1:{port}");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let deployer = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer(DEPLOYER_KEY)))
+            .connect_http(rpc_url.parse().expect("url"))
+            .erased();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt.block_on(deployer.get_chain_id()).is_err() {
+            assert!(Instant::now() < deadline, "anvil did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut chain = TestChain {
+            rpc_url,
+            usdc: Address::ZERO,
+            multicall: Address::ZERO,
+            child,
+            rt,
+            deployer,
+        };
+        let mut usdc_code = artifact("TestUSDC").to_vec();
+        usdc_code.extend(("USDC".to_owned(), "2".to_owned()).abi_encode_params());
+        chain.usdc = chain.deploy(usdc_code.into());
+        chain.multicall = chain.deploy(artifact("BatchCall"));
+        chain
+    }
+
+    fn deploy(&self, code: Bytes) -> Address {
+        let tx = TransactionRequest::default()
+            .into_create()
+            .input(code.into());
+        self.rt.block_on(async {
+            let receipt = self
+                .deployer
+                .send_transaction(tx)
+                .await
+                .expect("send deploy")
+                .get_receipt()
+                .await
+                .expect("deploy receipt");
+            assert!(receipt.status(), "deploy reverted");
+            receipt.contract_address.expect("contract address")
+        })
+    }
+
+    /// Sends a transaction from the deployer and waits for it.
+    pub fn send(&self, to: Address, data: Vec<u8>) -> B256 {
+        let tx = TransactionRequest::default()
+            .to(to)
+            .input(Bytes::from(data).into());
+        self.rt.block_on(async {
+            let receipt = self
+                .deployer
+                .send_transaction(tx)
+                .await
+                .expect("send")
+                .get_receipt()
+                .await
+                .expect("receipt");
+            assert!(receipt.status(), "transaction reverted");
+            receipt.transaction_hash
+        })
+    }
+
+    fn call(&self, to: Address, data: Vec<u8>) -> Bytes {
+        let tx = TransactionRequest::default()
+            .to(to)
+            .input(Bytes::from(data).into());
+        self.rt
+            .block_on(self.deployer.call(tx).into_future())
+            .expect("eth_call")
+    }
+
+    pub fn mint(&self, to: Address, value: u64) {
+        self.send(
+            self.usdc,
+            ITestUsdc::mintCall {
+                to,
+                value: U256::from(value),
+            }
+            .abi_encode(),
+        );
+    }
+
+    pub fn balance(&self, who: Address) -> U256 {
+        let out = self.call(
+            self.usdc,
+            ITestUsdc::balanceOfCall { account: who }.abi_encode(),
+        );
+        ITestUsdc::balanceOfCall::abi_decode_returns(&out).expect("balance")
+    }
+
+    pub fn authorization_used(&self, authorizer: Address, nonce: B256) -> bool {
+        let out = self.call(
+            self.usdc,
+            ITestUsdc::authorizationStateCall { authorizer, nonce }.abi_encode(),
+        );
+        ITestUsdc::authorizationStateCall::abi_decode_returns(&out).expect("state")
+    }
+
+    /// How many transactions `who` has sent.
+    pub fn tx_count(&self, who: Address) -> u64 {
+        self.rt
+            .block_on(self.deployer.get_transaction_count(who).into_future())
+            .expect("nonce")
+    }
+
+    /// Whether a transaction is mined and succeeded.
+    pub fn succeeded(&self, hash: B256) -> bool {
+        self.rt
+            .block_on(self.deployer.get_transaction_receipt(hash))
+            .expect("receipt call")
+            .is_some_and(|r| r.status())
+    }
+
+    /// The payer (by key) cancels one of its authorizations on chain (submitted by the deployer).
+    pub fn cancel(&self, payer_key: &str, nonce: B256) {
+        let payer = signer(payer_key);
+        let domain = ITestUsdc::DOMAIN_SEPARATORCall::abi_decode_returns(
+            &self.call(self.usdc, ITestUsdc::DOMAIN_SEPARATORCall {}.abi_encode()),
+        )
+        .expect("domain");
+        let typehash = keccak256("CancelAuthorization(address authorizer,bytes32 nonce)");
+        let struct_hash = keccak256((typehash, payer.address(), nonce).abi_encode());
+        let mut bytes = vec![0x19, 0x01];
+        bytes.extend_from_slice(domain.as_slice());
+        bytes.extend_from_slice(struct_hash.as_slice());
+        let digest = keccak256(bytes);
+        let secret = B256::from_slice(&alloy::hex::decode(payer_key).expect("key hex"));
+        let sig = alloy_consensus::crypto::secp256k1::sign_message(secret, digest).expect("sign");
+        let raw = sig.as_bytes();
+        self.send(
+            self.usdc,
+            ITestUsdc::cancelAuthorizationCall {
+                authorizer: payer.address(),
+                nonce,
+                v: raw[64],
+                r: B256::from_slice(&raw[..32]),
+                s: B256::from_slice(&raw[32..64]),
+            }
+            .abi_encode(),
+        );
+    }
+
+    /// The payer (by key) moves its whole token balance away (sent by itself).
+    pub fn empty(&self, payer_key: &str) {
+        let payer = signer(payer_key);
+        let balance = self.balance(payer.address());
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(payer))
+            .connect_http(self.rpc_url.parse().expect("url"));
+        let data = ITestUsdc::transferCall {
+            to: Address::repeat_byte(0xee),
+            value: balance,
+        }
+        .abi_encode();
+        let tx = TransactionRequest::default()
+            .to(self.usdc)
+            .input(Bytes::from(data).into());
+        self.rt.block_on(async {
+            let receipt = provider
+                .send_transaction(tx)
+                .await
+                .expect("send")
+                .get_receipt()
+                .await
+                .expect("receipt");
+            assert!(receipt.status(), "transfer reverted");
+        });
+    }
+
+    /// `levy:` YAML for this chain: base-sepolia pointed at anvil and its contracts.
+    pub fn levy_yaml(&self) -> String {
+        format!(
+            "  networks:\n    base-sepolia:\n      rpc_url: {}\n      multicall: \"{}\"\n  assets:\n    \
+             - {{name: usdc, network: base-sepolia, address: \"{}\", eip712_name: USDC, eip712_version: \"2\", decimals: 6, usd: true}}\n",
+            self.rpc_url, self.multicall, self.usdc
+        )
+    }
+}
+
+impl Drop for TestChain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
