@@ -202,3 +202,94 @@ fn a_canceled_or_unfunded_authorization_fails_with_a_reason_and_the_rest_of_the_
         U256::from(3 * PRICE)
     );
 }
+
+#[test]
+fn a_payment_over_the_exposure_cap_is_settled_before_its_response() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "    max_delay_ms: 60000\n    max_unsettled_per_payer: 1500\n",
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let receipt = |header: &str| {
+        let response = request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header));
+        assert_eq!(response.status, 200, "{}", response.text());
+        decode(response.header("payment-response").expect("receipt"))
+    };
+    let first = receipt(&sign_for(&terms, KEYS[0]).1);
+    assert_eq!(first["extensions"]["levy"]["status"], "pending");
+    assert_eq!(first["transaction"], "");
+    let second = receipt(&sign_for(&terms, KEYS[0]).1);
+    assert_eq!(
+        second["extensions"]["levy"]["status"], "settled",
+        "over the cap, yet deferred"
+    );
+    let hash = second["transaction"]
+        .as_str()
+        .expect("hash")
+        .parse()
+        .expect("tx hash");
+    assert!(chain.succeeded(hash));
+}
+
+#[test]
+fn gas_per_payment_falls_as_batches_grow() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 100_000_000);
+    // Warm the payee's balance slot so every batch pays the same storage costs.
+    chain.mint(PAY_TO.parse().expect("payee"), 1);
+    let origin = Origin::echo();
+    let mut per_payment = Vec::new();
+    for size in [1usize, 10, 100] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let levy = settling_levy(
+            &chain,
+            &origin,
+            dir.path(),
+            &format!("    max_batch: {size}\n    max_delay_ms: 30000\n"),
+            "",
+        );
+        let terms = challenge(&levy, "/data/x");
+        for _ in 0..size {
+            let header = sign_for(&terms, KEYS[0]).1;
+            assert_eq!(
+                request(
+                    levy.addr,
+                    &paid_get("/data/x", "PAYMENT-SIGNATURE", &header)
+                )
+                .status,
+                200
+            );
+        }
+        wait_settled(&levy, Duration::from_secs(60));
+        let settled = settlements(&levy, "settled");
+        assert_eq!(settled.len(), size);
+        let hash = settled[0]["transaction"]
+            .as_str()
+            .expect("hash")
+            .parse()
+            .expect("tx hash");
+        assert!(
+            settled
+                .iter()
+                .all(|s| s["transaction"] == settled[0]["transaction"]),
+            "not one batch"
+        );
+        let gas = chain.gas_used(hash);
+        eprintln!(
+            "batch of {size}: {gas} gas, {} gas per payment",
+            gas / size as u64
+        );
+        per_payment.push(gas / size as u64);
+    }
+    assert!(
+        per_payment[0] > per_payment[1] && per_payment[1] > per_payment[2],
+        "{per_payment:?}"
+    );
+}

@@ -10,4 +10,5 @@ mod charged_payments_settle_on_a_real_chain;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod operators_can_check_a_config_and_watch_levy;
 mod routes_match_on_host_method_and_path_in_order;
+mod settlement_survives_crashes_and_outages;
 mod upstream_failures_get_502_and_504;

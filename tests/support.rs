@@ -6,6 +6,7 @@
 pub mod chain;
 pub mod client;
 pub mod origin;
+pub mod outage;
 pub mod pay;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

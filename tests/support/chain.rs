@@ -217,6 +217,20 @@ impl TestChain {
             .is_some_and(|r| r.status())
     }
 
+    /// Gas used by a mined transaction.
+    pub fn gas_used(&self, hash: B256) -> u64 {
+        self.rt
+            .block_on(self.deployer.get_transaction_receipt(hash))
+            .expect("receipt call")
+            .expect("mined")
+            .gas_used
+    }
+
+    /// `levy:` YAML for this chain with the RPC reached through `rpc_url` instead.
+    pub fn levy_yaml_via(&self, rpc_url: &str) -> String {
+        self.levy_yaml().replace(&self.rpc_url, rpc_url)
+    }
+
     /// The payer (by key) cancels one of its authorizations on chain (submitted by the deployer).
     pub fn cancel(&self, payer_key: &str, nonce: B256) {
         let payer = signer(payer_key);

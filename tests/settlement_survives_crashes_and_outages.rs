@@ -1,0 +1,258 @@
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{B256, U256};
+use serde_json::Value;
+
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::outage::Switch;
+use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_TO};
+
+const PRICE: u64 = 1000;
+
+fn settlement_yaml(dir: &std::path::Path, extra: &str) -> String {
+    let key_file = dir.join("settler.key");
+    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
+    format!(
+        "  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{extra}",
+        dir.join("journal.redb").display(),
+        key_file.display()
+    )
+}
+
+const ROUTES: &str = "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n    \
+                      - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n";
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_levy(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_levy"))
+        .arg("-c")
+        .arg(config)
+        .env("LEVY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start levy")
+}
+
+fn open_settlements(admin: SocketAddr) -> usize {
+    ["pending", "submitted"]
+        .iter()
+        .map(|s| {
+            let r = request(
+                admin,
+                &format!("GET /settlements?state={s} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            );
+            r.json()["count"].as_u64().unwrap_or(0) as usize
+        })
+        .sum()
+}
+
+fn wait_all_final(admin: SocketAddr, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let open = open_settlements(admin);
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} payments never settled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 100_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin_port) = (free_port(), free_port());
+    let config = dir.path().join("levy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
+             upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{1}{2}{3}{ROUTES}",
+            dir.path().display(),
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml(dir.path(), "    max_batch: 20\n    max_delay_ms: 300\n"),
+        ),
+    )
+    .expect("write config");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let terms = request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n");
+    let terms: Value = decode(terms.header("payment-required").expect("challenge"));
+
+    // Paid traffic from two clients; SIGKILL in the middle; restart; more traffic.
+    let outcomes: Arc<Mutex<Vec<(B256, Option<u16>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (outcomes, stop, terms) = (Arc::clone(&outcomes), Arc::clone(&stop), terms.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let (signed, header) = sign_for(&terms, KEYS[0]);
+                    let raw = paid_get("/data/x", "PAYMENT-SIGNATURE", &header);
+                    let status = TcpStream::connect(addr)
+                        .ok()
+                        .and_then(|_| send(addr, raw.as_bytes()))
+                        .map(|r| r.status);
+                    outcomes
+                        .lock()
+                        .expect("outcomes")
+                        .push((signed.nonce, status));
+                    if status.is_none() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    levy.kill().expect("SIGKILL levy");
+    levy.wait().expect("reap levy");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client");
+    }
+
+    wait_all_final(admin, Duration::from_secs(60));
+    let outcomes = outcomes.lock().expect("outcomes").clone();
+    let paid: Vec<_> = outcomes.iter().filter(|(_, s)| *s == Some(200)).collect();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, s)| matches!(s, Some(code) if *code != 200))
+        .collect();
+    assert!(paid.len() > 10, "too little traffic: {} paid", paid.len());
+    let first_cut = outcomes
+        .iter()
+        .position(|(_, s)| s.is_none())
+        .expect("the kill interrupted traffic");
+    assert!(
+        outcomes[first_cut..].iter().any(|(_, s)| *s == Some(200)),
+        "no paid request succeeded after the restart"
+    );
+    for (nonce, _) in &paid {
+        assert!(
+            chain.authorization_used(payer, *nonce),
+            "a 200 payment was not settled"
+        );
+    }
+    for (nonce, status) in &refused {
+        assert!(
+            !chain.authorization_used(payer, *nonce),
+            "a payment answered {status:?} was charged"
+        );
+    }
+    // Requests cut off by the kill got no answer at all; each settled at most once (EIP-3009),
+    // and the payee received exactly what the settled authorizations are worth.
+    let settled = outcomes
+        .iter()
+        .filter(|(n, _)| chain.authorization_used(payer, *n))
+        .count() as u64;
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(settled * PRICE)
+    );
+    let body = request(
+        admin,
+        "GET /settlements?state=settled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .json();
+    assert_eq!(
+        body["count"].as_u64(),
+        Some(settled),
+        "journal and chain disagree"
+    );
+    let _ = levy.kill();
+    let _ = levy.wait();
+}
+
+#[test]
+fn with_the_rpc_unreachable_for_twenty_seconds_serving_goes_on_and_everything_settles_after() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 100_000_000);
+    let rpc: SocketAddr = chain
+        .rpc_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("rpc addr");
+    let switch = Switch::start(rpc);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}{ROUTES}",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(&format!("http://{}", switch.addr)),
+        settlement_yaml(
+            dir.path(),
+            "    max_batch: 50\n    max_delay_ms: 200\n    rpc_timeout_ms: 1000\n    max_unsettled_per_payer: 100000\n"
+        ),
+    ));
+    let terms = challenge(&levy, "/data/x");
+    let pay = |path: &str| {
+        let (signed, header) = sign_for(&terms, KEYS[0]);
+        (
+            signed.nonce,
+            request(levy.addr, &paid_get(path, "PAYMENT-SIGNATURE", &header)).status,
+        )
+    };
+
+    switch.cut();
+    let started = Instant::now();
+    let mut during = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        let (nonce, status) = pay("/data/x");
+        assert_eq!(
+            status, 200,
+            "a batched payment within the caps was refused during the outage"
+        );
+        during.push(nonce);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (eager_nonce, eager_status) = pay("/now/x");
+    assert_eq!(
+        eager_status, 503,
+        "settle-before-response cannot succeed without the chain"
+    );
+    assert!(levy.metric("levy_settlement_queue_depth") > 0 || open_settlements(levy.admin) > 0);
+
+    switch.restore();
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    for nonce in &during {
+        assert!(
+            chain.authorization_used(payer, *nonce),
+            "a payment served during the outage never settled"
+        );
+    }
+    assert!(
+        !chain.authorization_used(payer, eager_nonce),
+        "the refused payment was charged later"
+    );
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(during.len() as u64 * PRICE)
+    );
+}
