@@ -14,6 +14,9 @@ use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_
 
 const PRICE: u64 = 1000;
 
+/// A payment's nonce and the status it was answered with (`None`: no answer).
+type Outcome = (B256, Option<u16>);
+
 fn settlement_yaml(dir: &std::path::Path, extra: &str) -> String {
     let key_file = dir.join("settler.key");
     std::fs::write(&key_file, SETTLER_KEY).expect("write key");
@@ -101,7 +104,7 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
     let terms: Value = decode(terms.header("payment-required").expect("challenge"));
 
     // Paid traffic from two clients; SIGKILL in the middle; restart; more traffic.
-    let outcomes: Arc<Mutex<Vec<(B256, Option<u16>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..2)
         .map(|_| {
