@@ -8,6 +8,7 @@ mod a_paid_request_is_verified_inline_and_charged_once;
 mod a_priced_route_answers_with_a_402_challenge;
 mod charged_payments_settle_on_a_real_chain;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
+mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;
 mod routes_match_on_host_method_and_path_in_order;
 mod settlement_survives_crashes_and_outages;

@@ -4,7 +4,10 @@ pragma solidity ^0.8.20;
 /// @title TestUSDC
 /// @notice A 6-decimal ERC-20 with EIP-3009 (transfer/receive with authorization,
 /// cancellation), standing in for USDC on levy's test chain. The EIP-712 name and version are
-/// set at deploy so tests can mirror any real deployment. Anyone may mint: test chain only.
+/// set at deploy so tests can mirror any real deployment. The domain separator is computed
+/// from storage on each call (not cached in an immutable), so the test harness can place a copy
+/// of the contract at a real token's address (e.g. Base Sepolia USDC) and keep signatures
+/// valid there. Anyone may mint: test chain only.
 contract TestUSDC {
     string public name;
     string public version;
@@ -16,7 +19,6 @@ contract TestUSDC {
     mapping(address => mapping(address => uint256)) public allowance;
     mapping(address => mapping(bytes32 => bool)) private _authorizationStates;
 
-    bytes32 public immutable DOMAIN_SEPARATOR;
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
     );
@@ -36,11 +38,14 @@ contract TestUSDC {
     constructor(string memory name_, string memory version_) {
         name = name_;
         version = version_;
-        DOMAIN_SEPARATOR = keccak256(
+    }
+
+    function DOMAIN_SEPARATOR() public view returns (bytes32) {
+        return keccak256(
             abi.encode(
                 keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
-                keccak256(bytes(name_)),
-                keccak256(bytes(version_)),
+                keccak256(bytes(name)),
+                keccak256(bytes(version)),
                 block.chainid,
                 address(this)
             )
@@ -155,7 +160,7 @@ contract TestUSDC {
     function _recover(bytes32 structHash, uint8 v, bytes32 r, bytes32 s) private view returns (address) {
         require(uint256(s) <= SECP256K1N_HALF, "EIP3009: invalid signature s");
         require(v == 27 || v == 28, "EIP3009: invalid signature v");
-        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR, structHash));
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
         address signer = ecrecover(digest, v, r, s);
         require(signer != address(0), "EIP3009: invalid signature");
         return signer;

@@ -1,6 +1,8 @@
 //! A real EVM chain for tests: anvil (from the pinned npm package in `contracts/`) on a free
-//! loopback port with chain id 84532, the project's TestUSDC (EIP-3009) and BatchCall
-//! (aggregate3) contracts deployed with alloy, and helpers to read and move tokens.
+//! loopback port with chain id 84532 (Base Sepolia's), the project's TestUSDC (EIP-3009) and
+//! BatchCall (aggregate3) contracts deployed with alloy, and helpers to read and move tokens.
+//! TestUSDC is placed at Base Sepolia USDC's real address, so levy's built-in `usdc` and the
+//! official clients' default-asset rules apply unchanged.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -37,6 +39,10 @@ pub const KEYS: [&str; 5] = [
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926e",
 ];
+/// Circle's USDC on Base Sepolia, where the harness places TestUSDC.
+pub const BASE_SEPOLIA_USDC: Address =
+    alloy::primitives::address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+
 /// Key 1 settles; key 2 deploys and mints; keys 0, 3 and 4 pay.
 pub const SETTLER_KEY: &str = KEYS[1];
 const DEPLOYER_KEY: &str = KEYS[2];
@@ -124,9 +130,38 @@ impl TestChain {
         };
         let mut usdc_code = artifact("TestUSDC").to_vec();
         usdc_code.extend(("USDC".to_owned(), "2".to_owned()).abi_encode_params());
-        chain.usdc = chain.deploy(usdc_code.into());
+        let deployed = chain.deploy(usdc_code.into());
+        chain.usdc = chain.place_at(deployed, BASE_SEPOLIA_USDC, 2);
         chain.multicall = chain.deploy(artifact("BatchCall"));
         chain
+    }
+
+    /// Copies a deployed contract's code and its first `slots` storage slots to `target`.
+    fn place_at(&self, source: Address, target: Address, slots: u64) -> Address {
+        self.rt.block_on(async {
+            let code = self.deployer.get_code_at(source).await.expect("code");
+            let _: serde_json::Value = self
+                .deployer
+                .raw_request("anvil_setCode".into(), (target, code))
+                .await
+                .expect("anvil_setCode");
+            for slot in 0..slots {
+                let value = self
+                    .deployer
+                    .get_storage_at(source, U256::from(slot))
+                    .await
+                    .expect("storage");
+                let _: serde_json::Value = self
+                    .deployer
+                    .raw_request(
+                        "anvil_setStorageAt".into(),
+                        (target, U256::from(slot), B256::from(value)),
+                    )
+                    .await
+                    .expect("anvil_setStorageAt");
+            }
+        });
+        target
     }
 
     fn deploy(&self, code: Bytes) -> Address {
@@ -287,12 +322,12 @@ impl TestChain {
         });
     }
 
-    /// `levy:` YAML for this chain: base-sepolia pointed at anvil and its contracts.
+    /// `levy:` YAML for this chain: the built-in base-sepolia network pointed at anvil and its
+    /// batch-call contract (the built-in `usdc` is where TestUSDC was placed).
     pub fn levy_yaml(&self) -> String {
         format!(
-            "  networks:\n    base-sepolia:\n      rpc_url: {}\n      multicall: \"{}\"\n  assets:\n    \
-             - {{name: usdc, network: base-sepolia, address: \"{}\", eip712_name: USDC, eip712_version: \"2\", decimals: 6, usd: true}}\n",
-            self.rpc_url, self.multicall, self.usdc
+            "  networks:\n    base-sepolia:\n      rpc_url: {}\n      multicall: \"{}\"\n",
+            self.rpc_url, self.multicall
         )
     }
 }

@@ -1,0 +1,45 @@
+"""Pays a URL with the official x402 Python client (x402 v2, requests adapter).
+
+Usage: PAYER_KEY=0x... .venv/bin/python pay.py URL
+Prints one JSON line: {status, body, paymentResponse, sentPayment} or {error}.
+"""
+
+import json
+import os
+import sys
+
+import requests
+from eth_account import Account
+from x402 import x402ClientSync
+from x402.http.clients.requests import wrapRequestsWithPayment
+from x402.http.utils import decode_payment_response_header
+from x402.mechanisms.evm.exact import ExactEvmScheme
+from x402.mechanisms.evm.signers import EthAccountSigner
+
+
+def main() -> None:
+    url = sys.argv[1]
+    client = x402ClientSync()
+    client.register("eip155:*", ExactEvmScheme(signer=EthAccountSigner(Account.from_key(os.environ["PAYER_KEY"]))))
+    session = wrapRequestsWithPayment(requests.Session(), client)
+    try:
+        response = session.get(url, timeout=30)
+    except Exception as error:  # the client's own report is what the tests look at
+        print(json.dumps({"error": str(error)}))
+        return
+    header = response.headers.get("PAYMENT-RESPONSE")
+    sent = response.request.headers.get("PAYMENT-SIGNATURE") or response.request.headers.get("X-PAYMENT")
+    print(
+        json.dumps(
+            {
+                "status": response.status_code,
+                "body": response.text,
+                "paymentResponse": decode_payment_response_header(header).model_dump(by_alias=True) if header else None,
+                "sentPayment": sent,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
