@@ -617,6 +617,15 @@ fn paywall(
     })
 }
 
+/// The chain id of a network by its x402 v1 name (`base-sepolia` → 84532), for the networks
+/// levy knows.
+pub fn v1_chain_id(v1_name: &str) -> Option<u64> {
+    builtin::NETWORKS
+        .iter()
+        .find(|n| n.v1_name == Some(v1_name))
+        .map(|n| n.chain_id)
+}
+
 /// Multicall3's address, the same on every chain it is deployed to.
 const CANONICAL_MULTICALL3: Address =
     alloy_primitives::address!("cA11bde05977b3631167028862bE2a173976CA11");

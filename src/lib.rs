@@ -12,6 +12,7 @@ pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod nonce;
+pub mod pay;
 pub mod pricing;
 pub mod proxy;
 pub mod routing;

@@ -1,5 +1,5 @@
 //! The `levy` binary: `levy -c FILE` runs the proxy, `levy check -c FILE` validates a config
-//! and prints its route table.
+//! and prints its route table, `levy pay URL` pays for a URL as an x402 client would.
 
 use std::process::ExitCode;
 
@@ -22,12 +22,20 @@ enum Command {
         #[arg(short, long)]
         conf: String,
     },
+    /// Pay for a URL as an x402 client would (v2, falling back to v1) and report each step.
+    /// The payer's private key is read from the environment variable named by --key-env.
+    Pay {
+        url: String,
+        #[arg(long, default_value = "LEVY_PAYER_KEY")]
+        key_env: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
+        Some(Command::Pay { url, key_env }) => pay(&url, &key_env),
         None => run(cli.pingora),
     }
 }
@@ -41,6 +49,44 @@ fn check(conf: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{conf}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pay(url: &str, key_env: &str) -> ExitCode {
+    let Ok(key) = std::env::var(key_env) else {
+        eprintln!("levy pay: set ${key_env} to the payer's private key (hex)");
+        return ExitCode::FAILURE;
+    };
+    let payer = match levy::client::Payer::from_hex(&key) {
+        Ok(payer) => payer,
+        Err(e) => {
+            eprintln!("levy pay: ${key_env}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("levy pay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(levy::pay::pay(url, &payer)) {
+        Ok(report) => {
+            print!("{}", report.lines);
+            if (200..300).contains(&report.final_status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("levy pay: {e}");
             ExitCode::FAILURE
         }
     }

@@ -216,3 +216,89 @@ fn clients_report_a_price_above_their_limit_a_wrong_network_and_an_expired_autho
         "invalid_exact_evm_payload_authorization_valid_before"
     );
 }
+
+fn levy_pay(url: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_levy"))
+        .args(["pay", url])
+        .env("LEVY_PAYER_KEY", KEYS[0])
+        .output()
+        .expect("run levy pay");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn levy_pay_pays_a_v2_route_and_the_payment_settles() {
+    let s = setup(WEATHER);
+    let (ok, report) = levy_pay(&format!("http://{}/weather/oslo", s.levy.addr));
+    assert!(ok, "{report}");
+    assert!(report.contains("-> 402 Payment Required"), "{report}");
+    assert!(report.contains("asked (v2): 1000 atomic units"), "{report}");
+    assert!(
+        report.contains("with PAYMENT-SIGNATURE -> 200 OK"),
+        "{report}"
+    );
+    assert!(report.contains(r#""success":true"#), "{report}");
+    assert!(report.contains(r#"{"forecast":"sunny"}"#), "{report}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .levy
+        .metric(r#"levy_settlements_total{reason="ok",state="settled"}"#)
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "levy pay's payment never settled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn levy_pay_falls_back_to_v1_when_the_server_only_speaks_v1() {
+    use levy::config::Access;
+    // A v1-only server: levy's own v1 challenge body without the v2 header, and full
+    // verification of the X-PAYMENT it gets back.
+    let config = levy::Config::from_yaml(&format!(
+        "levy:\n  listeners: {{data: 127.0.0.1:1}}\n  upstreams: {{o: {{address: 127.0.0.1:2}}}}\n  pay_to: \"{PAY_TO}\"\n  routes:\n{WEATHER}"
+    ))
+    .expect("config");
+    let (_, route) = config.routes.iter().next().expect("route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("priced")
+    };
+    let requirements = paywall.requirements.clone();
+    let issued = paywall.challenge.accepts_v2().to_vec();
+    let v1_body = paywall
+        .challenge
+        .render("", "X-PAYMENT header is required", "http://v1.test/weather")
+        .v1_body;
+    let server = Origin::start(move |seen| {
+        match seen.header("x-payment") {
+        None => Reply::Raw(
+            [
+                format!("HTTP/1.1 402 Payment Required\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", v1_body.len())
+                    .into_bytes(),
+                v1_body.clone(),
+            ]
+            .concat(),
+        ),
+        Some(header) => {
+            let now = crate::support::pay::now();
+            match levy::verify::verify(header.as_bytes(), &requirements, &issued, now, &Default::default()) {
+                Ok(v) if v.version == levy::verify::Version::V1 => Reply::ok("paid over v1"),
+                other => Reply::status(400, format!("{other:?}")),
+            }
+        }
+    }
+    });
+    let (ok, report) = levy_pay(&format!("http://{}/weather", server.addr));
+    assert!(ok, "{report}");
+    assert!(report.contains("asked (v1): 1000 atomic units"), "{report}");
+    assert!(report.contains("with X-PAYMENT -> 200 OK"), "{report}");
+    assert!(report.contains("paid over v1"), "{report}");
+}
