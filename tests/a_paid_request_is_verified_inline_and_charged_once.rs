@@ -6,7 +6,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::json;
 
 use crate::support::pay::{authorize, decode, now, paid_get, payer, v2_payment};
-use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, Reply, PAY_TO};
+use crate::support::{request, send, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 const ROUTE: &str = "/weather/paris";
 
@@ -203,7 +203,7 @@ fn an_origin_4xx_is_not_charged_and_an_unreachable_origin_releases_the_payment()
         0
     );
 
-    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = crate::support::CLOSED_PORT;
     let levy = paywalled(closed, "unreachable");
     let raw = paid_get(ROUTE, "PAYMENT-SIGNATURE", &v2_payment(&levy, ROUTE));
     assert_eq!(request(levy.addr, &raw).status, 502);

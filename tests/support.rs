@@ -144,5 +144,10 @@ pub fn upstream_yaml(addr: SocketAddr) -> String {
     )
 }
 
+/// An address nothing listens on: a privileged port no test can bind, so connecting is
+/// refused. (A port picked with `free_port` could be taken by a parallel test meanwhile.)
+pub const CLOSED_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
 /// A payee address for priced test routes.
 pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";

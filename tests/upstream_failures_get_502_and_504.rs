@@ -1,10 +1,10 @@
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, upstream_yaml, Levy, Origin, Reply};
+use crate::support::{upstream_yaml, Levy, Origin, Reply};
 
 #[test]
 fn an_unreachable_upstream_gets_502_with_a_reason() {
-    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed = crate::support::CLOSED_PORT;
     let levy = Levy::start(&format!(
         "{}  routes:\n    - {{name: open, path: /*, free: true}}\n",
         upstream_yaml(closed)
