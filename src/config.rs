@@ -20,7 +20,7 @@ use pingora::server::configuration::ServerConf;
 
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
-use crate::settle::{ChainSpec, SettlementConfig};
+use crate::settle::{ChainSpec, FacilitatorSpec, SettlementConfig};
 use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
 
@@ -890,8 +890,25 @@ fn settlement(
             }
         }
     }
+    let facilitator = match &s.facilitator {
+        None => None,
+        Some(f) => {
+            check_url(&format!("{path}.facilitator.url"), &f.url)?;
+            if f.timeout_ms == 0 {
+                return Err(invalid(
+                    format!("{path}.facilitator.timeout_ms"),
+                    "must be greater than zero",
+                ));
+            }
+            Some(FacilitatorSpec {
+                url: f.url.clone(),
+                verify: f.verify,
+                timeout: Duration::from_millis(f.timeout_ms),
+            })
+        }
+    };
     let mut chains = Vec::new();
-    for name in used {
+    for name in used.into_iter().filter(|_| facilitator.is_none()) {
         let Some(network) = networks.get(&name) else {
             continue;
         };
@@ -921,6 +938,7 @@ fn settlement(
         key_env: s.settler_key_env.clone(),
         key_file: s.settler_key_file.clone().map(Into::into),
         chains,
+        facilitator,
     })
 }
 

@@ -113,6 +113,10 @@ pub struct Paid {
     pub network_name: String,
     /// Set when the payment was settled before the request went upstream.
     pub tx_hash: Option<B256>,
+    /// The decoded payment payload and the matched requirement, kept only when a
+    /// facilitator settles (it needs them verbatim).
+    pub payload: Option<String>,
+    pub requirement: Option<serde_json::Value>,
 }
 
 impl Paid {
@@ -139,6 +143,8 @@ impl Paid {
             accepted_at: now,
             updated_at: now,
             next_attempt_at: 0,
+            payload: self.payload.clone(),
+            requirement: self.requirement.clone(),
         }
     }
 }
@@ -265,11 +271,18 @@ impl LevyProxy {
             ));
         };
         match self.accept_payment(header.as_bytes(), paywall) {
-            Ok(paid) => {
+            Ok(mut paid) => {
                 metrics()
                     .payments_verified
                     .with_label_values(&[ctx.route_label()])
                     .inc();
+                if self
+                    .settlement
+                    .as_ref()
+                    .is_some_and(Settlement::uses_facilitator)
+                {
+                    self.keep_for_facilitator(&mut paid, header.as_bytes(), paywall, session);
+                }
                 ctx.payment = PaymentState::Reserved(Box::new(paid));
                 None
             }
@@ -321,7 +334,33 @@ impl LevyProxy {
                 .map(|r| r.network_name.clone())
                 .unwrap_or_default(),
             tx_hash: None,
+            payload: None,
+            requirement: None,
         })
+    }
+
+    /// Keeps the decoded payload and the matched requirement (in the payload's version
+    /// shape) with the payment, for a facilitator.
+    fn keep_for_facilitator(
+        &self,
+        paid: &mut Paid,
+        header: &[u8],
+        paywall: &Paywall,
+        session: &Session,
+    ) {
+        paid.payload = x402::decode_header(header).and_then(|bytes| String::from_utf8(bytes).ok());
+        let index = paid.verified.requirement;
+        paid.requirement = match paid.verified.version {
+            Version::V2 => paywall
+                .challenge
+                .accepts_v2()
+                .get(index)
+                .and_then(|r| serde_json::to_value(r).ok()),
+            Version::V1 => paywall.requirements.get(index).and_then(|r| {
+                let url = self.resource_url(session, paywall);
+                paywall.challenge.v1_requirement_json(r, &url)
+            }),
+        };
     }
 
     /// A 402 challenge for the route, with `error` set to the given strings.
@@ -398,7 +437,8 @@ impl LevyProxy {
         }
     }
 
-    /// Settles a reserved payment before forwarding, when its route asks for it or when it
+    /// Asks the facilitator's `/verify` when so configured, then settles a reserved payment
+    /// before forwarding when its route asks for it or when it
     /// would push unsettled exposure over a cap. `Some(reply)` refuses the request.
     async fn settle_first(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
         let settlement = self.settlement.as_ref()?;
@@ -409,6 +449,19 @@ impl LevyProxy {
         let PaymentState::Reserved(paid) = &mut ctx.payment else {
             return None;
         };
+        if settlement.verifies_remotely() {
+            if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
+                let key = paid.verified.key;
+                self.nonces.release(&key);
+                ctx.payment = PaymentState::Released;
+                ctx.outcome = Outcome::PaymentRejected;
+                metrics()
+                    .payments_rejected
+                    .with_label_values(&[route.name.as_str(), "facilitator_invalid"])
+                    .inc();
+                return Some(self.challenge(session, paywall, &reason, &reason));
+            }
+        }
         let over_cap =
             settlement.exposure(paid.verified.payer, paid.verified.amount) == Exposure::OverCap;
         if paywall.settle != SettleMode::BeforeResponse && !over_cap {

@@ -12,6 +12,7 @@
 //! prove unused. EIP-3009 itself makes a second transfer of one authorization impossible.
 
 pub mod chain;
+pub mod facilitator;
 pub mod journal;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use chain::{AuthorizationFate, Chain, ChainError, Mined};
+use facilitator::{Facilitator, FacilitatorOutcome};
 use journal::{Journal, JournalError};
 
 use crate::metrics::metrics;
@@ -96,6 +98,12 @@ pub struct PaymentRecord {
     pub updated_at: u64,
     /// Not before this unix second (retry backoff).
     pub next_attempt_at: u64,
+    /// The client's payment payload (decoded JSON), for a facilitator.
+    #[serde(default)]
+    pub payload: Option<String>,
+    /// The matched requirement in the payload's version shape, for a facilitator.
+    #[serde(default)]
+    pub requirement: Option<serde_json::Value>,
 }
 
 /// A broadcast batch transaction, journaled before broadcast.
@@ -133,6 +141,17 @@ pub struct SettlementConfig {
     pub key_env: String,
     pub key_file: Option<PathBuf>,
     pub chains: Vec<ChainSpec>,
+    /// Settle (and optionally verify) through an x402 facilitator instead of levy's own key.
+    pub facilitator: Option<FacilitatorSpec>,
+}
+
+/// A facilitator to settle through.
+#[derive(Debug, Clone)]
+pub struct FacilitatorSpec {
+    pub url: String,
+    /// Also ask the facilitator's `/verify` before forwarding a paid request.
+    pub verify: bool,
+    pub timeout: Duration,
 }
 
 /// Why settlement could not be started or a payment not settled.
@@ -192,6 +211,7 @@ struct Inner {
     config: SettlementConfig,
     journal: Journal,
     chains: HashMap<String, Chain>,
+    facilitator: Option<(Facilitator, bool)>,
     queue: Mutex<Vec<PaymentRecord>>,
     wake: Notify,
     unsettled: Mutex<Unsettled>,
@@ -238,24 +258,34 @@ impl Settlement {
     /// [`Settlement::run`] (the background service does) to start settling.
     pub fn open(config: SettlementConfig) -> Result<Self, SettleError> {
         let journal = Journal::open(&config.journal_path)?;
-        let signer = settler_key(&config)?;
         let mut chains = HashMap::new();
-        for spec in &config.chains {
-            let chain = Chain::new(
-                &spec.rpc_url,
-                signer.clone(),
-                spec.chain_id,
-                spec.multicall,
-                config.rpc_timeout,
-            )?;
-            chains.insert(spec.network.clone(), chain);
-        }
+        let facilitator = match &config.facilitator {
+            Some(spec) => Some((
+                Facilitator::new(&spec.url, spec.timeout).map_err(SettleError::Chain)?,
+                spec.verify,
+            )),
+            None => {
+                let signer = settler_key(&config)?;
+                for spec in &config.chains {
+                    let chain = Chain::new(
+                        &spec.rpc_url,
+                        signer.clone(),
+                        spec.chain_id,
+                        spec.multicall,
+                        config.rpc_timeout,
+                    )?;
+                    chains.insert(spec.network.clone(), chain);
+                }
+                None
+            }
+        };
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
         let settlement = Self {
             inner: Arc::new(Inner {
                 config,
                 journal,
                 chains,
+                facilitator,
                 queue: Mutex::new(Vec::new()),
                 wake: Notify::new(),
                 unsettled: Mutex::new(Unsettled::default()),
@@ -387,6 +417,7 @@ impl Settlement {
     /// The engine: runs until `shutdown` flips. Resumes batches left in flight by a previous
     /// run, then settles what is due.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        self.check_supported().await;
         self.resume_inflight().await;
         let mut urgent = self.inner.urgent_rx.lock().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -573,7 +604,75 @@ impl Settlement {
         }
     }
 
+    /// Whether paid requests must also pass the facilitator's `/verify`.
+    pub fn verifies_remotely(&self) -> bool {
+        self.inner
+            .facilitator
+            .as_ref()
+            .is_some_and(|(_, verify)| *verify)
+    }
+
+    /// Whether payments settle through a facilitator (which then needs the raw payload).
+    pub fn uses_facilitator(&self) -> bool {
+        self.inner.facilitator.is_some()
+    }
+
+    /// Asks the facilitator's `/verify` about a payment; `Err(reason)` when it is not valid.
+    pub async fn verify_remotely(&self, record: &PaymentRecord) -> Result<(), String> {
+        match &self.inner.facilitator {
+            Some((facilitator, true)) => facilitator.verify(record).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Logs what the facilitator settles, or that it cannot be reached.
+    async fn check_supported(&self) {
+        let Some((facilitator, _)) = &self.inner.facilitator else {
+            return;
+        };
+        match facilitator.supported().await {
+            Ok(kinds) => log::info!("facilitator settles {} kinds", kinds.len()),
+            Err(e) => log::warn!("facilitator /supported failed: {e}"),
+        }
+    }
+
+    async fn settle_with_facilitator(&self, facilitator: &Facilitator, batch: Vec<PaymentRecord>) {
+        for record in batch {
+            match facilitator.settle(&record).await {
+                FacilitatorOutcome::Settled(hash) => {
+                    self.finish(vec![record], SettlementState::Settled, None, Some(hash))
+                        .await
+                }
+                FacilitatorOutcome::Refused(reason) if record.attempts > 0 => {
+                    // An earlier attempt's answer was lost: this refusal may echo that
+                    // attempt's success (nonce already used). A person must look.
+                    let reason = format!("facilitator refused a retry: {reason}");
+                    self.finish(
+                        vec![record],
+                        SettlementState::NeedsReview,
+                        Some(&reason),
+                        None,
+                    )
+                    .await
+                }
+                FacilitatorOutcome::Refused(reason) => {
+                    self.finish(vec![record], SettlementState::Failed, Some(&reason), None)
+                        .await
+                }
+                FacilitatorOutcome::Unavailable(why) => {
+                    log::warn!("facilitator unavailable, will retry: {why}");
+                    self.requeue_pending(vec![record], Some("facilitator_unavailable".into()), true)
+                        .await
+                }
+            }
+        }
+    }
+
     async fn settle_batch(&self, network: &str, batch: Vec<PaymentRecord>) {
+        if let Some((facilitator, _)) = &self.inner.facilitator {
+            self.settle_with_facilitator(facilitator, batch).await;
+            return;
+        }
         let Some(chain) = self.inner.chains.get(network) else {
             self.finish(
                 batch,

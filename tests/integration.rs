@@ -12,4 +12,5 @@ mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;
 mod routes_match_on_host_method_and_path_in_order;
 mod settlement_survives_crashes_and_outages;
+mod settlement_through_a_facilitator;
 mod upstream_failures_get_502_and_504;

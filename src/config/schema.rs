@@ -71,6 +71,19 @@ pub struct Settlement {
     pub max_unsettled_per_payer: Option<Amount>,
     #[serde(default)]
     pub max_unsettled_total: Option<Amount>,
+    #[serde(default)]
+    pub facilitator: Option<Facilitator>,
+}
+
+/// Settle through an x402 facilitator instead of levy's own key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Facilitator {
+    pub url: String,
+    #[serde(default)]
+    pub verify: bool,
+    #[serde(default = "default_facilitator_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// When a route's payments move on chain.
@@ -249,6 +262,9 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_max_request_header_bytes() -> usize {
     32 * 1024
+}
+fn default_facilitator_timeout_ms() -> u64 {
+    60_000
 }
 fn default_key_env() -> String {
     "LEVY_SETTLER_KEY".to_owned()

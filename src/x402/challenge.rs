@@ -74,6 +74,29 @@ impl Challenge {
         &self.accepts_v1
     }
 
+    /// The v1 requirement (with `resource`) offered for `requirement`, as a facilitator
+    /// expects it next to a v1 payload.
+    pub fn v1_requirement_json(&self, requirement: &Requirement, resource: &str) -> Option<Value> {
+        let network = requirement.v1_network.as_deref()?;
+        let asset = requirement.asset.to_checksum(None);
+        let entry = self
+            .accepts_v1
+            .iter()
+            .find(|e| e.network == network && e.asset == asset)?;
+        Some(serde_json::json!({
+            "scheme": entry.scheme,
+            "network": entry.network,
+            "maxAmountRequired": entry.max_amount_required,
+            "resource": resource,
+            "description": entry.description,
+            "mimeType": entry.mime_type,
+            "payTo": entry.pay_to,
+            "maxTimeoutSeconds": entry.max_timeout_seconds,
+            "asset": entry.asset,
+            "extra": entry.extra,
+        }))
+    }
+
     /// Whether the route fixes its resource URL, in which case `request_url` is ignored by
     /// [`Self::render`].
     pub fn has_fixed_resource(&self) -> bool {

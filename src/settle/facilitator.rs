@@ -1,0 +1,142 @@
+//! An x402 facilitator as a settlement back end: `POST /settle` (and optionally `/verify`)
+//! with the client's original payment payload and the matched requirement, `GET /supported`
+//! at start. A `success: false` on HTTP 200 is a failure, as is any answer without a
+//! transaction hash.
+
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use serde_json::{json, Value};
+
+use super::PaymentRecord;
+
+/// What a facilitator said about one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FacilitatorOutcome {
+    /// Settled in this transaction.
+    Settled(B256),
+    /// Refused, with the facilitator's reason.
+    Refused(String),
+    /// No clear answer (network error, 5xx, unreadable body): try again later.
+    Unavailable(String),
+}
+
+/// A facilitator endpoint.
+pub struct Facilitator {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Facilitator {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            base: url.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    fn body(record: &PaymentRecord) -> Result<Value, String> {
+        let payload: Value =
+            serde_json::from_str(record.payload.as_deref().ok_or("no payload journaled")?)
+                .map_err(|e| format!("journaled payload: {e}"))?;
+        let requirement = record
+            .requirement
+            .clone()
+            .ok_or("no requirement journaled")?;
+        Ok(json!({
+            "x402Version": payload.get("x402Version").cloned().unwrap_or(json!(2)),
+            "paymentPayload": payload,
+            "paymentRequirements": requirement,
+        }))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let value = response
+            .json::<Value>()
+            .await
+            .map_err(|e| format!("HTTP {status}: {e}"))?;
+        Ok((status, value))
+    }
+
+    /// `POST /settle` for one payment.
+    pub async fn settle(&self, record: &PaymentRecord) -> FacilitatorOutcome {
+        let body = match Self::body(record) {
+            Ok(body) => body,
+            Err(e) => return FacilitatorOutcome::Refused(e),
+        };
+        match self.post("/settle", &body).await {
+            Err(e) => FacilitatorOutcome::Unavailable(e),
+            Ok((status, value)) => {
+                let tx = value["transaction"]
+                    .as_str()
+                    .and_then(|t| t.parse::<B256>().ok());
+                match (value["success"].as_bool(), tx) {
+                    (Some(true), Some(hash)) => FacilitatorOutcome::Settled(hash),
+                    (Some(false), _) => FacilitatorOutcome::Refused(reason(&value, "errorReason")),
+                    _ if status >= 500 => {
+                        FacilitatorOutcome::Unavailable(format!("HTTP {status}: {value}"))
+                    }
+                    _ => FacilitatorOutcome::Refused(format!(
+                        "unexpected answer (HTTP {status}): {value}"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// `POST /verify` for one payment: `Ok(())` when valid, `Err(reason)` otherwise.
+    pub async fn verify(&self, record: &PaymentRecord) -> Result<(), String> {
+        let body = Self::body(record)?;
+        let (status, value) = self
+            .post("/verify", &body)
+            .await
+            .map_err(|e| format!("facilitator_unavailable: {e}"))?;
+        match value["isValid"].as_bool() {
+            Some(true) => Ok(()),
+            Some(false) => Err(reason(&value, "invalidReason")),
+            None => Err(format!("facilitator_unavailable: HTTP {status}: {value}")),
+        }
+    }
+
+    /// `GET /supported`: the `(x402Version, scheme, network)` kinds it settles.
+    pub async fn supported(&self) -> Result<Vec<(u64, String, String)>, String> {
+        let response = self
+            .http
+            .get(format!("{}/supported", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let value: Value = response.json().await.map_err(|e| e.to_string())?;
+        Ok(value["kinds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                Some((
+                    k["x402Version"].as_u64()?,
+                    k["scheme"].as_str()?.to_owned(),
+                    k["network"].as_str()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+}
+
+fn reason(value: &Value, key: &str) -> String {
+    value[key]
+        .as_str()
+        .unwrap_or("facilitator_refused")
+        .to_owned()
+}

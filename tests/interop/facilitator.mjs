@@ -1,0 +1,38 @@
+// A reference x402 facilitator built from the published packages (@x402/core's
+// x402Facilitator with @x402/evm's exact scheme), serving /verify, /settle and /supported
+// for one chain. levy's facilitator-mode tests run it against anvil.
+// Usage: FACILITATOR_KEY=0x… node facilitator.mjs PORT RPC_URL
+import http from "node:http";
+import { x402Facilitator } from "@x402/core/facilitator";
+import { registerExactEvmScheme } from "@x402/evm/exact/facilitator";
+import { toFacilitatorEvmSigner } from "@x402/evm";
+import { createWalletClient, http as viemHttp, publicActions } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { baseSepolia } from "viem/chains";
+
+const [port, rpcUrl] = process.argv.slice(2);
+const account = privateKeyToAccount(process.env.FACILITATOR_KEY);
+const client = createWalletClient({ account, chain: baseSepolia, transport: viemHttp(rpcUrl) }).extend(publicActions);
+const signer = toFacilitatorEvmSigner(Object.assign(client, { address: account.address }));
+const facilitator = new x402Facilitator();
+registerExactEvmScheme(facilitator, { signer, networks: "eip155:84532" });
+
+const server = http.createServer(async (req, res) => {
+  const reply = (status, body) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(body));
+  };
+  try {
+    if (req.method === "GET" && req.url === "/supported") return reply(200, facilitator.getSupported());
+    if (req.method !== "POST") return reply(404, { error: "not found" });
+    let text = "";
+    for await (const chunk of req) text += chunk;
+    const { paymentPayload, paymentRequirements } = JSON.parse(text);
+    if (req.url === "/verify") return reply(200, await facilitator.verify(paymentPayload, paymentRequirements));
+    if (req.url === "/settle") return reply(200, await facilitator.settle(paymentPayload, paymentRequirements));
+    return reply(404, { error: "not found" });
+  } catch (error) {
+    return reply(500, { error: String(error?.message ?? error) });
+  }
+});
+server.listen(Number(port), "127.0.0.1", () => process.stdout.write(`facilitator listening on ${port}\n`));

@@ -1,0 +1,168 @@
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::{free_port, request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// The reference facilitator (published x402 packages) running against the test chain.
+struct RunningFacilitator {
+    url: String,
+    child: Child,
+}
+
+impl Drop for RunningFacilitator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_facilitator(chain: &TestChain) -> RunningFacilitator {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    assert!(
+        dir.join("node_modules").exists(),
+        "run tests/interop/install.sh"
+    );
+    let port = free_port();
+    let child = Command::new("node")
+        .args(["facilitator.mjs", &port.to_string(), &chain.rpc_url])
+        .current_dir(&dir)
+        .env("FACILITATOR_KEY", SETTLER_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the facilitator");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the facilitator did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    RunningFacilitator { url, child }
+}
+
+fn levy_with_facilitator(
+    chain: &TestChain,
+    facilitator: &RunningFacilitator,
+    origin: &Origin,
+    dir: &std::path::Path,
+) -> Levy {
+    Levy::start(&format!(
+        "{}{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    max_delay_ms: 100\n    \
+         facilitator: {{url: \"{}\", verify: true}}\n  routes:\n    \
+         - {{name: later, path: /later/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        dir.join("journal.redb").display(),
+        facilitator.url,
+    ))
+}
+
+fn wait_state(levy: &Levy, id: &str, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = levy.admin_get(&format!("/settlements/{id}")).json();
+        if record["state"] == state {
+            return record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "payment {id} is {}, not {state}",
+            record["state"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn payments_settle_through_a_reference_facilitator_batched_and_before_response() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 1_000_000);
+    let facilitator = start_facilitator(&chain);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_with_facilitator(&chain, &facilitator, &origin, dir.path());
+
+    // Batched: answered at once, settled by the facilitator afterwards.
+    let (later, header) = sign_for(&challenge(&levy, "/later/a"), KEYS[0]);
+    let response = request(
+        levy.addr,
+        &paid_get("/later/a", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let receipt = decode(response.header("payment-response").expect("receipt"));
+    let id = receipt["extensions"]["levy"]["paymentId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let record = wait_state(&levy, &id, "settled");
+    let hash = record["transaction"]
+        .as_str()
+        .expect("hash")
+        .parse()
+        .expect("tx hash");
+    assert!(chain.succeeded(hash));
+    assert!(chain.authorization_used(payer, later.nonce));
+
+    // v1 payload, batched, through the facilitator's v1 scheme.
+    let (v1, _) = sign_for(&challenge(&levy, "/later/b"), KEYS[0]);
+    let response = request(
+        levy.addr,
+        &paid_get("/later/b", "X-PAYMENT", &v1.v1_header("base-sepolia")),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let receipt = decode(response.header("x-payment-response").expect("receipt"));
+    let id = receipt["extensions"]["levy"]["paymentId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    wait_state(&levy, &id, "settled");
+    assert!(chain.authorization_used(payer, v1.nonce));
+
+    // Before response: the facilitator's transaction hash comes back in the receipt.
+    let (now, header) = sign_for(&challenge(&levy, "/now/c"), KEYS[0]);
+    let response = request(levy.addr, &paid_get("/now/c", "PAYMENT-SIGNATURE", &header));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let receipt = decode(response.header("payment-response").expect("receipt"));
+    let hash = receipt["transaction"]
+        .as_str()
+        .expect("hash")
+        .parse()
+        .expect("tx hash");
+    assert!(chain.succeeded(hash));
+    assert!(chain.authorization_used(payer, now.nonce));
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(3000)
+    );
+}
+
+#[test]
+fn a_payment_the_facilitator_finds_invalid_is_refused_and_never_charged() {
+    let chain = TestChain::start();
+    let facilitator = start_facilitator(&chain);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_with_facilitator(&chain, &facilitator, &origin, dir.path());
+    // KEYS[3] holds no tokens: the signature is fine, the facilitator's simulation is not.
+    let (signed, header) = sign_for(&challenge(&levy, "/later/x"), KEYS[3]);
+    let response = request(
+        levy.addr,
+        &paid_get("/later/x", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(response.status, 402, "{}", response.text());
+    let refused = decode(response.header("payment-required").expect("challenge"));
+    let reason = refused["error"].as_str().expect("reason");
+    assert!(
+        reason.contains("insufficient") || reason.contains("simulation"),
+        "{reason}"
+    );
+    assert!(origin.seen().is_empty());
+    assert!(!chain.authorization_used(signer(KEYS[3]).address(), signed.nonce));
+}
