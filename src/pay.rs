@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::client::{random_nonce, sign, Payer, Terms};
+use crate::client::{random_nonce, sign, Payer, SignedAuthorization, Terms};
 use crate::x402::{
     decode_header, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     X_PAYMENT_RESPONSE,
@@ -61,23 +61,10 @@ pub async fn pay(url: &str, payer: &Payer) -> Result<PayReport, PayError> {
         .and_then(|v| decode_header(v.as_bytes()))
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
     let body: Value = first.json().await.unwrap_or(Value::Null);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-
     let (header_name, payment) = if let Some(required) = header {
         let accepted = first_exact(&required["accepts"])
             .ok_or_else(|| PayError::NoTerms("no exact requirement in PAYMENT-REQUIRED".into()))?;
-        let terms = Terms::from_v2(accepted)?;
-        describe(&mut lines, "v2", accepted, &terms, payer);
-        let timeout = accepted["maxTimeoutSeconds"].as_u64().unwrap_or(60);
-        let signed = sign(
-            payer,
-            &terms,
-            now.saturating_sub(600),
-            now + timeout,
-            random_nonce(),
-        )?;
+        let signed = authorize(&mut lines, "v2", accepted, Terms::from_v2(accepted)?, payer)?;
         (
             PAYMENT_SIGNATURE,
             signed.v2_header(accepted, required.get("resource")),
@@ -93,15 +80,7 @@ pub async fn pay(url: &str, payer: &Payer) -> Result<PayReport, PayError> {
                 PayError::NoTerms("no exact requirement on a known v1 network".into())
             })?;
         let terms = Terms::from_v1(requirement, chain_id)?;
-        describe(&mut lines, "v1", requirement, &terms, payer);
-        let timeout = requirement["maxTimeoutSeconds"].as_u64().unwrap_or(60);
-        let signed = sign(
-            payer,
-            &terms,
-            now.saturating_sub(600),
-            now + timeout,
-            random_nonce(),
-        )?;
+        let signed = authorize(&mut lines, "v1", requirement, terms, payer)?;
         let network = requirement["network"].as_str().unwrap_or_default();
         (X_PAYMENT, signed.v1_header(network))
     } else {
@@ -149,6 +128,29 @@ pub async fn pay(url: &str, payer: &Payer) -> Result<PayReport, PayError> {
 
 fn first_exact(accepts: &Value) -> Option<&Value> {
     accepts.as_array()?.iter().find(|r| r["scheme"] == "exact")
+}
+
+/// Signs for `requirement` as the reference clients do: valid from ten minutes ago for
+/// `maxTimeoutSeconds`, with a random nonce; says so in the report.
+fn authorize(
+    lines: &mut String,
+    version: &str,
+    requirement: &Value,
+    terms: Terms,
+    payer: &Payer,
+) -> Result<SignedAuthorization, PayError> {
+    describe(lines, version, requirement, &terms, payer);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let timeout = requirement["maxTimeoutSeconds"].as_u64().unwrap_or(60);
+    Ok(sign(
+        payer,
+        &terms,
+        now.saturating_sub(600),
+        now + timeout,
+        random_nonce(),
+    )?)
 }
 
 fn describe(lines: &mut String, version: &str, requirement: &Value, terms: &Terms, payer: &Payer) {

@@ -437,6 +437,16 @@ impl LevyProxy {
         }
     }
 
+    /// Releases the payment reserved for this request (nothing was charged) and records
+    /// the outcome the request ends with.
+    fn drop_reservation(&self, ctx: &mut RequestCtx, outcome: Outcome) {
+        if let PaymentState::Reserved(paid) = &ctx.payment {
+            self.nonces.release(&paid.verified.key);
+        }
+        ctx.payment = PaymentState::Released;
+        ctx.outcome = outcome;
+    }
+
     /// Asks the facilitator's `/verify` when so configured, then settles a reserved payment
     /// before forwarding when its route asks for it or when it
     /// would push unsettled exposure over a cap. `Some(reply)` refuses the request.
@@ -451,10 +461,7 @@ impl LevyProxy {
         };
         if settlement.verifies_remotely() {
             if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
-                let key = paid.verified.key;
-                self.nonces.release(&key);
-                ctx.payment = PaymentState::Released;
-                ctx.outcome = Outcome::PaymentRejected;
+                self.drop_reservation(ctx, Outcome::PaymentRejected);
                 metrics()
                     .payments_rejected
                     .with_label_values(&[route.name.as_str(), "facilitator_invalid"])
@@ -473,10 +480,7 @@ impl LevyProxy {
                 None
             }
             Err(SettleError::Failed(reason)) => {
-                let key = paid.verified.key;
-                self.nonces.release(&key);
-                ctx.payment = PaymentState::Released;
-                ctx.outcome = Outcome::PaymentRejected;
+                self.drop_reservation(ctx, Outcome::PaymentRejected);
                 metrics()
                     .payments_rejected
                     .with_label_values(&[route.name.as_str(), reason.as_str()])
@@ -498,10 +502,7 @@ impl LevyProxy {
             }
             Err(e) => {
                 log::warn!("settle before response failed on route {}: {e}", route.name);
-                let key = paid.verified.key;
-                self.nonces.release(&key);
-                ctx.payment = PaymentState::Released;
-                ctx.outcome = Outcome::SettlementUnavailable;
+                self.drop_reservation(ctx, Outcome::SettlementUnavailable);
                 Some(
                     Reply::text(
                         503,
@@ -742,6 +743,8 @@ impl ProxyHttp for LevyProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // Release before answering, so a client retrying at once finds its payment free.
+        self.release_unanswered(ctx);
         let (outcome, status, reason) = classify(e);
         ctx.outcome = outcome;
         if matches!(

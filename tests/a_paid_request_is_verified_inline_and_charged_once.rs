@@ -207,10 +207,13 @@ fn an_origin_4xx_is_not_charged_and_an_unreachable_origin_releases_the_payment()
     let levy = paywalled(closed, "unreachable");
     let raw = paid_get(ROUTE, "PAYMENT-SIGNATURE", &v2_payment(&levy, ROUTE));
     assert_eq!(request(levy.addr, &raw).status, 502);
+    let again = request(levy.addr, &raw);
     assert_eq!(
-        request(levy.addr, &raw).status,
+        again.status,
         502,
-        "the failed attempt kept the payment reserved"
+        "the failed attempt kept the payment reserved: {:?} {}",
+        again.header("payment-required").map(decode),
+        again.text()
     );
     levy.metric_reaches(r#"levy_payments_released_total{route="unreachable"}"#, 2);
 }

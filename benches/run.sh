@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
+#   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response)
+# Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${1:-10}
+CONNS=${2:-16}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+bash deploy/setup.sh
+command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
+[ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
+cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+# The origin, nginx and the bare proxy.
+./target/release/examples/origin 127.0.0.1:19000 >/dev/null & PIDS+=($!)
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  server {
+    listen 127.0.0.1:19001;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19002 127.0.0.1:19000 & PIDS+=($!)
+BARE_PID=$!
+
+# The test chain and levy.
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent & PIDS+=($!)
+wait_port 19545
+PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+MULTICALL=$(python3 benches/chain_setup.py http://127.0.0.1:19545 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266)
+cat > "$WORK/levy.yaml" <<YAML
+pingora: {threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/levy.pid, upgrade_sock: $WORK/levy.sock}
+levy:
+  access_log: false
+  listeners: {data: 127.0.0.1:19003, admin: 127.0.0.1:19004}
+  networks:
+    base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL"}
+  pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+  settlement: {journal_path: $WORK/journal.redb, max_batch: 200, max_delay_ms: 500}
+  upstreams: {origin: {address: 127.0.0.1:19000}}
+  routes:
+    - {name: free, path: /free/*, free: true}
+    - {name: paid, path: /paid/*, price: "\$0.001", accepts: [{network: base-sepolia}]}
+    - {name: now, path: /now/*, price: "\$0.001", settle: before_response, accepts: [{network: base-sepolia}]}
+YAML
+LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
+  ./target/release/levy -c "$WORK/levy.yaml" & PIDS+=($!)
+LEVY_PID=$!
+for p in 19000 19001 19002 19003; do wait_port $p; done
+
+load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections "$CONNS" "$@"; }
+{
+  echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
+  echo "nginx|$(load --url http://127.0.0.1:19001/x)"
+  echo "bare Pingora|$(load --url http://127.0.0.1:19002/x --pid $BARE_PID)"
+  echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"
+  echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 200000 --key $PAYER_KEY --pid $LEVY_PID)"
+  echo "levy paid, before_response|$(load --url http://127.0.0.1:19003/now/x --pay --payments 20000 --key $PAYER_KEY --pid $LEVY_PID)"
+} > "$WORK/results.txt"
+NONCES=$(./target/release/examples/nonce_memory)
+python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS"

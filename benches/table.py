@@ -1,0 +1,53 @@
+"""Turns benches/run.sh's results into the load table and ratios, and rewrites that section of
+BENCHMARKS.md (between the LOAD-TABLE markers)."""
+
+import json
+import pathlib
+import platform
+import re
+import sys
+import time
+
+results_file, nonces_json, seconds, conns = sys.argv[1:5]
+rows = []
+for line in pathlib.Path(results_file).read_text().splitlines():
+    name, _, data = line.partition("|")
+    rows.append((name, json.loads(data)))
+r = dict(rows)
+cpu = lambda name: r[name].get("cpu_us_per_request")
+recover = r["levy paid, batched"]["recover_us"]
+
+def fmt(v, digits=0):
+    return "–" if v is None else f"{v:,.{digits}f}".replace(",", " ")
+
+table = ["| scenario | requests/s | p50 µs | p99 µs | p99.9 µs | errors | levy/proxy CPU µs per request |", "|---|---|---|---|---|---|---|"]
+for name, d in rows:
+    table.append(f"| {name} | {fmt(d['rps'])} | {d['p50_us']} | {d['p99_us']} | {d['p999_us']} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} |")
+
+nonces = json.loads(nonces_json)
+free, bare, challenge, paid = (r[k] for k in ("levy free route", "bare Pingora", "levy 402 challenge", "levy paid, batched"))
+extra_cpu = (cpu("levy paid, batched") or 0) - (cpu("levy free route") or 0)
+ratios = [
+    f"| levy free / bare Pingora throughput | {free['rps'] / bare['rps']:.2f} | ≥ 0.95 |",
+    f"| 402 challenge / levy free throughput | {challenge['rps'] / free['rps']:.2f} | ≥ 1.0 |",
+    f"| paid CPU − free CPU per request, in secp256k1 recoveries ({recover:.1f} µs each, this run) | {extra_cpu / recover:.2f} | ≤ 1.3 |",
+    f"| paid p99 / free p99 | {paid['p99_us'] / max(free['p99_us'], 1):.2f} | ≤ 2 |",
+    f"| RSS of 1 000 000 live nonces | {nonces['rss_growth_mib']:.0f} MiB ({nonces['bytes_per_nonce']:.0f} B each) | ≤ 256 MiB |",
+]
+section = "\n".join([
+    "<!-- LOAD-TABLE:BEGIN (written by benches/run.sh) -->",
+    f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {seconds} s per scenario, {conns} keep-alive connections, pingora `threads: 1` for levy and the bare proxy, nginx `worker_processes 1`; load tool, origin, proxies and anvil share the machine's cores.",
+    "",
+    *table,
+    "",
+    "| ratio | measured | target |",
+    "|---|---|---|",
+    *ratios,
+    "<!-- LOAD-TABLE:END -->",
+])
+path = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+text = path.read_text()
+pattern = re.compile(r"<!-- LOAD-TABLE:BEGIN.*?LOAD-TABLE:END -->", re.S)
+text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section + "\n"
+path.write_text(text)
+print(section)

@@ -1,0 +1,287 @@
+//! levy's load tool: drives one URL over K keep-alive connections for a fixed time and
+//! reports throughput, latency percentiles, errors and the CPU time a process (levy) spent per
+//! request. With `--pay` it first pre-signs N unique x402 payments offline (from the URL's
+//! own 402 challenge) and sends a different one with every request.
+//!
+//!     cargo run --release --example load -- --url http://127.0.0.1:8080/x --connections 16 \
+//!         --seconds 10 [--pay --payments 200000 --key 0x…] [--pid PID] [--expect 200]
+//!
+//! Prints one JSON object.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use levy::client::{random_nonce, sign, Payer, Terms};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    url: String,
+    connections: usize,
+    seconds: u64,
+    pay: bool,
+    payments: usize,
+    key: String,
+    pid: Option<u32>,
+    expect: u16,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        url: String::new(),
+        connections: 16,
+        seconds: 10,
+        pay: false,
+        payments: 200_000,
+        key: "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".into(),
+        pid: None,
+        expect: 200,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => a.url = value(),
+            "--connections" => a.connections = value().parse().expect("--connections"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds"),
+            "--pay" => a.pay = true,
+            "--payments" => a.payments = value().parse().expect("--payments"),
+            "--key" => a.key = value(),
+            "--pid" => a.pid = Some(value().parse().expect("--pid")),
+            "--expect" => a.expect = value().parse().expect("--expect"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!a.url.is_empty(), "--url is required");
+    a
+}
+
+/// `host:port` and path of an `http://` URL.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    (host.to_owned(), format!("/{path}"))
+}
+
+/// User + system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// Reads one response; returns its status.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).ok()?;
+            let status: u16 = head.get(9..12)?.parse().ok()?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            while buf.len() < total {
+                let mut chunk = [0u8; 16384];
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            return Some(status);
+        }
+        let mut chunk = [0u8; 16384];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn challenge_of(host: &str, path: &str) -> serde_json::Value {
+    let mut stream = TcpStream::connect(host)
+        .await
+        .expect("connect for the challenge");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let value = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("payment-required: ")
+                .or_else(|| l.strip_prefix("PAYMENT-REQUIRED: "))
+        })
+        .expect("the URL answers a 402 with PAYMENT-REQUIRED");
+    let json = levy::x402::decode_header(value.trim().as_bytes()).expect("base64");
+    serde_json::from_slice(&json).expect("JSON")
+}
+
+fn presign(challenge: &serde_json::Value, key: &str, count: usize) -> Vec<String> {
+    let accepted = challenge["accepts"][0].clone();
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let payer = Payer::from_hex(key).expect("key");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let timeout = accepted["maxTimeoutSeconds"].as_u64().unwrap_or(300);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per = count.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (terms, payer, accepted) = (terms.clone(), payer.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                (0..per)
+                    .map(|_| {
+                        sign(&payer, &terms, now - 600, now + timeout, random_nonce())
+                            .expect("sign")
+                            .v2_header(&accepted, None)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("signer"))
+        .take(count)
+        .collect()
+}
+
+/// Microseconds per libsecp256k1 public-key recovery, measured here and now, so that paid
+/// CPU can be expressed in recoveries from the same run.
+fn recover_us() -> f64 {
+    let secret = alloy_primitives::B256::repeat_byte(7);
+    let digests: Vec<_> = (0..2000u32)
+        .map(|i| alloy_primitives::keccak256(i.to_be_bytes()))
+        .collect();
+    let sigs: Vec<_> = digests
+        .iter()
+        .map(|d| alloy_consensus::crypto::secp256k1::sign_message(secret, *d).expect("sign"))
+        .collect();
+    let started = Instant::now();
+    for (s, d) in sigs.iter().zip(&digests) {
+        std::hint::black_box(alloy_consensus::crypto::secp256k1::recover_signer(s, *d).ok());
+    }
+    started.elapsed().as_secs_f64() * 1e6 / digests.len() as f64
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let a = args();
+    let recover = recover_us();
+    let (host, path) = split_url(&a.url);
+    let payments: Arc<Vec<String>> = Arc::new(if a.pay {
+        let challenge = challenge_of(&host, &path).await;
+        presign(&challenge, &a.key, a.payments)
+    } else {
+        Vec::new()
+    });
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let cpu_before = a.pid.map(cpu_seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..a.connections)
+        .map(|_| {
+            let (host, path, payments, next) = (
+                host.clone(),
+                path.clone(),
+                Arc::clone(&payments),
+                Arc::clone(&next),
+            );
+            let expect = a.expect;
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(100_000);
+                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut stream = TcpStream::connect(&host).await.ok();
+                let mut buf = Vec::with_capacity(32 * 1024);
+                while Instant::now() < deadline {
+                    let Some(s) = stream.as_mut() else {
+                        errors += 1;
+                        stream = TcpStream::connect(&host).await.ok();
+                        continue;
+                    };
+                    let request = if payments.is_empty() {
+                        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+                    } else {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = payments.get(i) else { break };
+                        format!(
+                            "GET {path} HTTP/1.1\r\nHost: {host}\r\nPAYMENT-SIGNATURE: {p}\r\n\r\n"
+                        )
+                    };
+                    let sent = Instant::now();
+                    let status = match s.write_all(request.as_bytes()).await {
+                        Ok(()) => read_response(s, &mut buf).await,
+                        Err(_) => None,
+                    };
+                    match status {
+                        Some(code) if code == expect => {
+                            ok += 1;
+                            latencies.push(sent.elapsed().as_micros() as u32);
+                        }
+                        Some(_) => errors += 1,
+                        None => {
+                            errors += 1;
+                            buf.clear();
+                            stream = TcpStream::connect(&host).await.ok();
+                        }
+                    }
+                }
+                (latencies, ok, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let (mut ok, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (l, o, e) = t.await.expect("connection task");
+        latencies.extend(l);
+        ok += o;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = a
+        .pid
+        .zip(cpu_before)
+        .map(|(pid, before)| cpu_seconds(pid) - before);
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let report = serde_json::json!({
+        "url": a.url,
+        "connections": a.connections,
+        "seconds": elapsed,
+        "requests": ok,
+        "errors": errors,
+        "rps": ok as f64 / elapsed,
+        "p50_us": pct(0.50),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "cpu_us_per_request": cpu.map(|c| c * 1e6 / ok.max(1) as f64),
+        "recover_us": recover,
+    });
+    println!("{report}");
+}
