@@ -27,9 +27,10 @@ error_log $WORK/nginx.err;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  upstream origin { server 127.0.0.1:19000; keepalive 64; keepalive_requests 100000000; }
   server {
     listen 127.0.0.1:19001;
+    keepalive_requests 100000000;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
 }
@@ -71,6 +72,12 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"
   echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 200000 --key $PAYER_KEY --pid $LEVY_PID)"
+  # Let the batched backlog settle first, so before_response measures its own path.
+  for _ in $(seq 1 600); do
+    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
+    [ "${depth:-1}" = "0" ] && break
+    sleep 0.5
+  done
   echo "levy paid, before_response|$(load --url http://127.0.0.1:19003/now/x --pay --payments 20000 --key $PAYER_KEY --pid $LEVY_PID)"
 } > "$WORK/results.txt"
 NONCES=$(./target/release/examples/nonce_memory)

@@ -108,6 +108,8 @@ pub struct Upstream {
 /// One entry of the route table.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in the route table (routes.len() is reserved for unmatched requests).
+    pub index: usize,
     pub name: String,
     /// The patterns as written, for display.
     pub host_text: String,
@@ -304,8 +306,9 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         let max_timeout_seconds = route.max_timeout_seconds;
-        let (matcher, route) =
+        let (matcher, mut route) =
             build_route(&path, route, &upstreams, &networks, &assets, default_pay_to)?;
+        route.index = i;
         if matches!(route.access, Access::Priced(_))
             && max_timeout_seconds <= policy.valid_before_margin_seconds
         {
@@ -471,6 +474,7 @@ fn build_route(
     Ok((
         matcher,
         Route {
+            index: 0,
             name: route.name.clone(),
             host_text: route.host.clone().unwrap_or_else(|| "*".into()),
             path_text: route.path.clone(),

@@ -2,12 +2,12 @@
 //! serves). Labels are low-cardinality: route names from the config and fixed outcome
 //! strings, never paths, hosts or payer addresses.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use pingora_prometheus::prometheus::{
     register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
     register_int_counter_vec, register_int_gauge, Gauge, GaugeVec, Histogram, HistogramVec,
-    IntCounterVec, IntGauge,
+    IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Every metric levy exports.
@@ -49,6 +49,49 @@ pub struct Metrics {
     pub gas_per_payment: Histogram,
     /// `levy_settler_balance_gwei{network}`: the settler's gas balance.
     pub settler_balance: GaugeVec,
+}
+
+/// Per-route handles to the hottest series, resolved once instead of hashing label values
+/// on every request.
+pub struct RouteMetrics {
+    route: String,
+    by_outcome: Vec<OnceLock<(IntCounter, Histogram)>>,
+    pub challenges: IntCounter,
+    pub payments_verified: IntCounter,
+    pub payments_charged: IntCounter,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` (a route name, or `-` for unmatched requests); `outcomes` is the
+    /// number of distinct outcome labels.
+    pub fn new(route: &str, outcomes: usize) -> Self {
+        let m = metrics();
+        Self {
+            route: route.to_owned(),
+            by_outcome: (0..outcomes).map(|_| OnceLock::new()).collect(),
+            challenges: m.challenges.with_label_values(&[route]),
+            payments_verified: m.payments_verified.with_label_values(&[route]),
+            payments_charged: m.payments_charged.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts one finished request with outcome number `index` labelled `outcome`.
+    pub fn observe(&self, index: usize, outcome: &str, seconds: f64) {
+        let Some(slot) = self.by_outcome.get(index) else {
+            return;
+        };
+        let (count, duration) = slot.get_or_init(|| {
+            let m = metrics();
+            (
+                m.requests
+                    .with_label_values(&[self.route.as_str(), outcome]),
+                m.request_duration
+                    .with_label_values(&[self.route.as_str(), outcome]),
+            )
+        });
+        count.inc();
+        duration.observe(seconds);
+    }
 }
 
 /// The process-wide metrics, registered on first use.

@@ -18,7 +18,7 @@ pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
 use crate::config::SettleMode;
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
-use crate::metrics::metrics;
+use crate::metrics::{metrics, RouteMetrics};
 use crate::nonce::{NonceStore, Reservation};
 use crate::routing::RequestKey;
 use crate::settle::{Exposure, PaymentRecord, SettleError, Settlement, SettlementState};
@@ -68,7 +68,13 @@ pub enum Outcome {
     SettlementUnavailable,
 }
 
+// Outcome numbers index per-route tables; the last variant must stay below COUNT.
+const _: () = assert!(Outcome::SettlementUnavailable as usize + 1 == Outcome::COUNT);
+
 impl Outcome {
+    /// How many outcomes there are (for per-outcome tables).
+    pub const COUNT: usize = 15;
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Pending => "aborted",
@@ -143,6 +149,7 @@ impl Paid {
             accepted_at: now,
             updated_at: now,
             next_attempt_at: 0,
+            queued_ms: 0,
             payload: self.payload.clone(),
             requirement: self.requirement.clone(),
         }
@@ -174,6 +181,8 @@ pub struct LevyProxy {
     config: Arc<Config>,
     nonces: Arc<dyn NonceStore>,
     settlement: Option<Settlement>,
+    /// One per route, by `Route::index`, then one for unmatched requests.
+    route_metrics: Vec<RouteMetrics>,
 }
 
 impl LevyProxy {
@@ -182,11 +191,27 @@ impl LevyProxy {
         nonces: Arc<dyn NonceStore>,
         settlement: Option<Settlement>,
     ) -> Self {
+        let mut route_metrics: Vec<RouteMetrics> = config
+            .routes
+            .iter()
+            .map(|(_, r)| RouteMetrics::new(&r.name, Outcome::COUNT))
+            .collect();
+        route_metrics.push(RouteMetrics::new("-", Outcome::COUNT));
         Self {
             config,
             nonces,
             settlement,
+            route_metrics,
         }
+    }
+
+    /// The cached metric handles of the request's route.
+    fn metrics_of(&self, ctx: &RequestCtx) -> Option<&RouteMetrics> {
+        let index = ctx
+            .route
+            .as_ref()
+            .map_or(self.config.routes.len(), |r| r.index);
+        self.route_metrics.get(index)
     }
 
     /// `GET /_levy/settlements/{id}`: where a payment's settlement stands.
@@ -272,10 +297,9 @@ impl LevyProxy {
         };
         match self.accept_payment(header.as_bytes(), paywall) {
             Ok(mut paid) => {
-                metrics()
-                    .payments_verified
-                    .with_label_values(&[ctx.route_label()])
-                    .inc();
+                if let Some(m) = self.metrics_of(ctx) {
+                    m.payments_verified.inc();
+                }
                 if self
                     .settlement
                     .as_ref()
@@ -557,10 +581,9 @@ impl LevyProxy {
             (None, None) => "accepted",
         };
         self.nonces.commit(&paid.verified.key);
-        metrics()
-            .payments_charged
-            .with_label_values(&[route.as_str()])
-            .inc();
+        if let Some(m) = self.metrics_of(ctx) {
+            m.payments_charged.inc();
+        }
         ctx.outcome = Outcome::Paid;
         let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
         if self.settlement.is_some() {
@@ -623,10 +646,9 @@ impl ProxyHttp for LevyProxy {
                     ctx.outcome,
                     Outcome::PaymentRequired | Outcome::PaymentRejected
                 ) {
-                    metrics()
-                        .challenges
-                        .with_label_values(&[ctx.route_label()])
-                        .inc();
+                    if let Some(m) = self.metrics_of(ctx) {
+                        m.challenges.inc();
+                    }
                 }
                 reply.send(session).await?;
                 Ok(true)
@@ -778,13 +800,13 @@ impl ProxyHttp for LevyProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         self.release_unanswered(ctx);
         let elapsed = ctx.started.elapsed();
-        let outcome = ctx.outcome.as_str();
-        let route = ctx.route_label();
-        let m = metrics();
-        m.requests.with_label_values(&[route, outcome]).inc();
-        m.request_duration
-            .with_label_values(&[route, outcome])
-            .observe(elapsed.as_secs_f64());
+        if let Some(m) = self.metrics_of(ctx) {
+            m.observe(
+                ctx.outcome as usize,
+                ctx.outcome.as_str(),
+                elapsed.as_secs_f64(),
+            );
+        }
         if self.config.access_log {
             access_log(session, ctx, elapsed);
         }

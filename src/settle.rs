@@ -104,6 +104,9 @@ pub struct PaymentRecord {
     /// The matched requirement in the payload's version shape, for a facilitator.
     #[serde(default)]
     pub requirement: Option<serde_json::Value>,
+    /// When it joined the queue, in unix milliseconds (for `max_delay_ms`).
+    #[serde(default)]
+    pub queued_ms: u64,
 }
 
 /// A broadcast batch transaction, journaled before broadcast.
@@ -229,6 +232,12 @@ pub struct Settlement {
     inner: Arc<Inner>,
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -341,7 +350,8 @@ impl Settlement {
     }
 
     /// Journals a charged payment (durably, before its response leaves) and queues it.
-    pub async fn accept(&self, record: PaymentRecord) -> Result<(), SettleError> {
+    pub async fn accept(&self, mut record: PaymentRecord) -> Result<(), SettleError> {
+        record.queued_ms = unix_ms();
         self.inner.journal.put(vec![record.clone()]).await?;
         self.add_unsettled(&record);
         lock(&self.inner.queue).push(record);
@@ -432,8 +442,16 @@ impl Settlement {
                 _ = self.inner.wake.notified() => {}
                 _ = tick.tick() => {}
             }
-            self.reconcile_inflight().await;
-            while let Some((network, batch)) = self.take_due() {
+            loop {
+                // Payments waiting on a before_response settlement go ahead of any backlog.
+                while let Ok(job) = urgent.try_recv() {
+                    let outcome = self.settle_urgent(job.record).await;
+                    let _ = job.reply.send(outcome);
+                }
+                self.reconcile_inflight().await;
+                let Some((network, batch)) = self.take_due() else {
+                    break;
+                };
                 self.settle_batch(&network, batch).await;
             }
             let now = unix_now();
@@ -463,16 +481,19 @@ impl Settlement {
             .collect();
         let oldest_ms = candidates
             .iter()
-            .map(|&i| queue[i].updated_at.max(queue[i].next_attempt_at) * 1000)
+            .map(|&i| queue[i].queued_ms.max(queue[i].next_attempt_at * 1000))
             .min()
             .unwrap_or(now_ms);
         let waited = Duration::from_millis(now_ms.saturating_sub(oldest_ms));
         if candidates.len() < config.max_batch && waited < config.max_delay {
             return None;
         }
+        // The max_batch nearest validBefore, in linear time (the queue can be long).
         let mut chosen: Vec<usize> = candidates;
-        chosen.sort_by_key(|&i| queue[i].valid_before);
-        chosen.truncate(config.max_batch);
+        if chosen.len() > config.max_batch {
+            chosen.select_nth_unstable_by_key(config.max_batch, |&i| queue[i].valid_before);
+            chosen.truncate(config.max_batch);
+        }
         chosen.sort_unstable_by(|a, b| b.cmp(a));
         let mut batch: Vec<PaymentRecord> =
             chosen.into_iter().map(|i| queue.swap_remove(i)).collect();
