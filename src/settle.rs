@@ -436,17 +436,23 @@ impl Settlement {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(job) = urgent.recv() => {
-                    let outcome = self.settle_urgent(job.record).await;
-                    let _ = job.reply.send(outcome);
+                    let mut jobs = vec![job];
+                    while let Ok(more) = urgent.try_recv() {
+                        jobs.push(more);
+                    }
+                    self.settle_urgent(jobs).await;
                 }
                 _ = self.inner.wake.notified() => {}
                 _ = tick.tick() => {}
             }
             loop {
                 // Payments waiting on a before_response settlement go ahead of any backlog.
+                let mut jobs = Vec::new();
                 while let Ok(job) = urgent.try_recv() {
-                    let outcome = self.settle_urgent(job.record).await;
-                    let _ = job.reply.send(outcome);
+                    jobs.push(job);
+                }
+                if !jobs.is_empty() {
+                    self.settle_urgent(jobs).await;
                 }
                 self.reconcile_inflight().await;
                 let Some((network, batch)) = self.take_due() else {
@@ -501,23 +507,49 @@ impl Settlement {
         Some((network, batch))
     }
 
-    async fn settle_urgent(&self, record: PaymentRecord) -> Result<B256, SettleError> {
-        let id = record.id.clone();
-        let network = record.network.clone();
-        // Let an unresolved batch on this chain finish first: nonces go in order.
-        let deadline = tokio::time::Instant::now() + self.inner.config.receipt_timeout;
-        while self.inner.inflight.lock().await.contains_key(&network) {
-            if tokio::time::Instant::now() > deadline {
-                self.withdraw(record, "settler_busy").await;
-                return Err(SettleError::Chain(
-                    "an earlier batch on this chain is unresolved".into(),
-                ));
-            }
-            self.reconcile_inflight().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Settles every waiting before-response payment now, one batch per network, and
+    /// answers each waiter.
+    async fn settle_urgent(&self, jobs: Vec<Urgent>) {
+        let mut by_network: HashMap<String, Vec<Urgent>> = HashMap::new();
+        for job in jobs {
+            by_network
+                .entry(job.record.network.clone())
+                .or_default()
+                .push(job);
         }
-        self.settle_batch(&network, vec![record]).await;
-        match self.inner.journal.get(&id)? {
+        for (network, jobs) in by_network {
+            // Let an unresolved batch on this chain finish first: nonces go in order.
+            let deadline = tokio::time::Instant::now() + self.inner.config.receipt_timeout;
+            let mut busy = false;
+            while self.inner.inflight.lock().await.contains_key(&network) {
+                if tokio::time::Instant::now() > deadline {
+                    busy = true;
+                    break;
+                }
+                self.reconcile_inflight().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if busy {
+                for job in jobs {
+                    self.withdraw(job.record, "settler_busy").await;
+                    let _ = job.reply.send(Err(SettleError::Chain(
+                        "an earlier batch on this chain is unresolved".into(),
+                    )));
+                }
+                continue;
+            }
+            let records = jobs.iter().map(|j| j.record.clone()).collect();
+            self.settle_batch(&network, records).await;
+            for job in jobs {
+                let outcome = self.urgent_outcome(&job.record.id).await;
+                let _ = job.reply.send(outcome);
+            }
+        }
+    }
+
+    /// What became of a before-response payment after its batch.
+    async fn urgent_outcome(&self, id: &str) -> Result<B256, SettleError> {
+        match self.inner.journal.get(id)? {
             Some(r) if r.state == SettlementState::Settled => r.tx_hash.ok_or(SettleError::Pending),
             Some(r)
                 if r.state == SettlementState::Failed
@@ -877,7 +909,15 @@ impl Settlement {
             if self.try_resolve(chain, batch).await {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Poll briskly at first (a local or fast chain mines at once), then back off.
+            let pause = if tokio::time::Instant::now() + self.inner.config.receipt_timeout
+                < deadline + Duration::from_secs(2)
+            {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::time::sleep(pause).await;
         }
         log::warn!(
             "batch {} has no receipt after {:?}; will keep reconciling",
