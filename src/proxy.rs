@@ -4,6 +4,7 @@
 
 mod respond;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -691,11 +692,15 @@ impl ProxyHttp for LevyProxy {
     ) -> pingora::Result<()> {
         // Payment proofs are for levy; the origin never sees them. Payer headers come from
         // levy alone: whatever a client sent under those names is dropped.
-        upstream_request.remove_header(PAYMENT_SIGNATURE);
-        upstream_request.remove_header(X_PAYMENT);
         let names = &self.config.payer_headers;
-        for name in names.all() {
-            upstream_request.remove_header(name);
+        for name in [PAYMENT_SIGNATURE, X_PAYMENT]
+            .into_iter()
+            .chain(names.all().map(HeaderName::as_str))
+        {
+            // Checking first is cheaper than a removal, and these are usually absent.
+            if upstream_request.headers.contains_key(name) {
+                upstream_request.remove_header(name);
+            }
         }
         if let PaymentState::Reserved(paid) = &ctx.payment {
             upstream_request
@@ -705,19 +710,23 @@ impl ProxyHttp for LevyProxy {
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
         }
 
-        let client_ip = session
+        if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(ip) = client_ip {
-            let forwarded_for = match upstream_request
+            .map(|a| a.ip())
+        {
+            let mut forwarded_for = String::with_capacity(64);
+            if let Some(Ok(prior)) = upstream_request
                 .headers
                 .get("x-forwarded-for")
                 .map(|v| v.to_str())
             {
-                Some(Ok(prior)) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-                _ => ip,
-            };
+                if !prior.trim().is_empty() {
+                    forwarded_for.push_str(prior);
+                    forwarded_for.push_str(", ");
+                }
+            }
+            let _ = write!(forwarded_for, "{ip}");
             upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
         }
         upstream_request.insert_header("x-forwarded-proto", "http")?;
@@ -960,6 +969,19 @@ fn unread_body_is_large(req: &RequestHeader) -> bool {
 /// (`Transfer-Encoding`, `Content-Length`) and the `Connection` header are left to pingora,
 /// which rewrites them for the client connection; `Upgrade` survives on a 101.
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    for name in ["keep-alive", "proxy-connection", "te"] {
+        if resp.headers.contains_key(name) {
+            resp.remove_header(name);
+        }
+    }
+    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS
+        && resp.headers.contains_key(header::UPGRADE)
+    {
+        resp.remove_header(&header::UPGRADE);
+    }
+    if !resp.headers.contains_key(header::CONNECTION) {
+        return;
+    }
     let nominated: Vec<String> = resp
         .headers
         .get_all(header::CONNECTION)
@@ -971,12 +993,6 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
         .collect();
     for name in nominated {
         resp.remove_header(name.as_str());
-    }
-    for name in ["keep-alive", "proxy-connection", "te"] {
-        resp.remove_header(name);
-    }
-    if resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        resp.remove_header(&header::UPGRADE);
     }
 }
 
