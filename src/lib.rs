@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod metrics;

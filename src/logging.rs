@@ -3,7 +3,6 @@
 //! The level comes from `LEVY_LOG` (`error`, `warn`, `info`, `debug`, `trace`; default `info`).
 
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -63,8 +62,5 @@ pub fn init() {
 
 /// Seconds since the Unix epoch with millisecond precision, for log timestamps.
 pub fn unix_time() -> f64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (now.as_millis() as f64) / 1000.0
+    crate::clock::unix_ms() as f64 / 1000.0
 }

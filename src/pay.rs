@@ -5,7 +5,6 @@
 //! with the verifier.
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -140,9 +139,7 @@ fn authorize(
     payer: &Payer,
 ) -> Result<SignedAuthorization, PayError> {
     describe(lines, version, requirement, &terms, payer);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_now();
     let timeout = requirement["maxTimeoutSeconds"].as_u64().unwrap_or(60);
     Ok(sign(
         payer,

@@ -6,7 +6,7 @@ mod respond;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::header::{self, HeaderName};
@@ -17,6 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
+use crate::clock::unix_now;
 use crate::config::SettleMode;
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::{metrics, RouteMetrics};
@@ -852,13 +853,6 @@ fn make_private(response: &mut ResponseHeader) -> pingora::Result<()> {
     kept.insert(0, "private".to_owned());
     response.insert_header(header::CACHE_CONTROL, kept.join(", "))?;
     Ok(())
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Maps a proxy failure to what the client is told.

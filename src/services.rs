@@ -1,7 +1,7 @@
 //! Background services that run beside the proxy.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -29,8 +29,7 @@ impl BackgroundService for NonceSweeper {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {
-                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    self.nonces.purge_expired(now);
+                    self.nonces.purge_expired(crate::clock::unix_now());
                     metrics().live_nonces.set(i64::try_from(self.nonces.len()).unwrap_or(i64::MAX));
                 }
             }

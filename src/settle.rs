@@ -18,7 +18,7 @@ pub mod journal;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy::primitives::{Address, Bytes, B256, U256};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use chain::{AuthorizationFate, Chain, ChainError, Mined};
 use facilitator::{Facilitator, FacilitatorOutcome};
 use journal::{Journal, JournalError};
 
+use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 
 /// Where a payment's settlement stands.
@@ -230,18 +231,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Settlement {
     inner: Arc<Inner>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -475,9 +464,7 @@ impl Settlement {
         let inflight = self.inner.inflight.try_lock().ok()?;
         let mut queue = lock(&self.inner.queue);
         let now = unix_now();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_ms();
         let config = &self.inner.config;
         let ready =
             |r: &PaymentRecord| r.next_attempt_at <= now && !inflight.contains_key(&r.network);

@@ -1,11 +1,12 @@
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::U256;
 use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::settle::{settlement_yaml, wait_all_final};
 use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
 
 const PRICE: u64 = 1000;
@@ -18,15 +19,12 @@ fn settling_levy(
     settlement: &str,
     route_extra: &str,
 ) -> Levy {
-    let key_file = dir.join("settler.key");
-    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
     Levy::start(&format!(
-        "{}{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{settlement}  routes:\n    \
+        "{}{}{}  routes:\n    \
          - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
-        dir.join("journal.redb").display(),
-        key_file.display(),
+        settlement_yaml(dir, settlement),
     ))
 }
 
@@ -35,19 +33,6 @@ fn settlements(levy: &Levy, state: &str) -> Vec<Value> {
         .admin_get(&format!("/settlements?state={state}"))
         .json();
     body["settlements"].as_array().cloned().unwrap_or_default()
-}
-
-/// Waits until no payment is pending or submitted.
-fn wait_settled(levy: &Levy, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    loop {
-        let open = settlements(levy, "pending").len() + settlements(levy, "submitted").len();
-        if open == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{open} payments still unsettled");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -87,7 +72,7 @@ fn five_hundred_paid_requests_settle_in_a_handful_of_batch_transactions() {
         .collect();
     assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
 
-    wait_settled(&levy, Duration::from_secs(90));
+    wait_all_final(levy.admin, Duration::from_secs(90));
     assert_eq!(settlements(&levy, "settled").len(), 500);
     assert_eq!(
         chain.balance(PAY_TO.parse().expect("payee")),
@@ -187,7 +172,7 @@ fn a_canceled_or_unfunded_authorization_fails_with_a_reason_and_the_rest_of_the_
     chain.empty(KEYS[3]);
     chain.cancel(KEYS[4], canceled.nonce);
 
-    wait_settled(&levy, Duration::from_secs(30));
+    wait_all_final(levy.admin, Duration::from_secs(30));
     let state = |id: &str| levy.admin_get(&format!("/settlements/{id}")).json();
     for (signed, id) in &good {
         assert_eq!(state(id)["state"], "settled", "{id}");
@@ -267,7 +252,7 @@ fn gas_per_payment_falls_as_batches_grow() {
                 200
             );
         }
-        wait_settled(&levy, Duration::from_secs(60));
+        wait_all_final(levy.admin, Duration::from_secs(60));
         let settled = settlements(&levy, "settled");
         assert_eq!(settled.len(), size);
         let hash = settled[0]["transaction"]

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use alloy::primitives::B256;
 use serde_json::Value;
 
-use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::pay::{decode, paid_get};
+use crate::support::settle::settlement_yaml;
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// The official clients, as installed by `tests/interop/install.sh`.
@@ -85,14 +86,11 @@ fn setup(routes: &str) -> Setup {
     chain.mint(signer(KEYS[0]).address(), 10_000_000);
     let origin = Origin::start(|_| Reply::ok(r#"{"forecast":"sunny"}"#));
     let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("settler.key");
-    std::fs::write(&key_file, SETTLER_KEY).expect("key");
     let levy = Levy::start(&format!(
-        "{}{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n    max_delay_ms: 200\n  routes:\n{routes}",
+        "{}{}{}  routes:\n{routes}",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
-        dir.path().join("journal.redb").display(),
-        key_file.display(),
+        settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
     ));
     Setup {
         chain,

@@ -7,25 +7,16 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{B256, U256};
 use serde_json::Value;
 
-use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::settle::{open_settlements, settlement_yaml, wait_all_final};
 use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_TO};
 
 const PRICE: u64 = 1000;
 
 /// A payment's nonce and the status it was answered with (`None`: no answer).
 type Outcome = (B256, Option<u16>);
-
-fn settlement_yaml(dir: &std::path::Path, extra: &str) -> String {
-    let key_file = dir.join("settler.key");
-    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
-    format!(
-        "  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{extra}",
-        dir.join("journal.redb").display(),
-        key_file.display()
-    )
-}
 
 const ROUTES: &str = "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n    \
                       - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n";
@@ -47,31 +38,6 @@ fn spawn_levy(config: &std::path::Path) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start levy")
-}
-
-fn open_settlements(admin: SocketAddr) -> usize {
-    ["pending", "submitted"]
-        .iter()
-        .map(|s| {
-            let r = request(
-                admin,
-                &format!("GET /settlements?state={s} HTTP/1.1\r\nHost: a\r\n\r\n"),
-            );
-            r.json()["count"].as_u64().unwrap_or(0) as usize
-        })
-        .sum()
-}
-
-fn wait_all_final(admin: SocketAddr, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    loop {
-        let open = open_settlements(admin);
-        if open == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{open} payments never settled");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

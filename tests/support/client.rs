@@ -93,7 +93,7 @@ pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
     let body = if no_body {
         Vec::new()
     } else if chunked {
-        read_chunked(stream, rest)?
+        read_chunked(stream, &mut rest)?
     } else if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         while rest.len() < len {
             let mut chunk = vec![0u8; 65536];
@@ -117,33 +117,38 @@ pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
     })
 }
 
-fn read_chunked(stream: &mut TcpStream, mut buf: Vec<u8>) -> Option<Vec<u8>> {
+/// Reads a chunked body from `buf` and the stream, through the terminating empty line;
+/// bytes after it stay in `buf` (the next pipelined message).
+pub(crate) fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
-            if let Some(i) = find(&buf, b"\r\n") {
+            if let Some(i) = find(buf, b"\r\n") {
                 break i;
             }
-            fill(stream, &mut buf)?;
+            fill(stream, buf)?;
         };
         let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
         let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
         buf.drain(..line_end + 2);
         if size == 0 {
-            while find(&buf, b"\r\n").is_none() {
-                fill(stream, &mut buf)?;
+            while find(buf, b"\r\n").is_none() {
+                fill(stream, buf)?;
             }
+            let end = find(buf, b"\r\n")?;
+            buf.drain(..end + 2);
             return Some(body);
         }
         while buf.len() < size + 2 {
-            fill(stream, &mut buf)?;
+            fill(stream, buf)?;
         }
         body.extend_from_slice(&buf[..size]);
         buf.drain(..size + 2);
     }
 }
 
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+/// Appends what the stream has next to `buf`; `None` at end of stream.
+pub(crate) fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 65536];
     let n = stream.read(&mut chunk).ok()?;
     (n > 0).then(|| buf.extend_from_slice(&chunk[..n]))

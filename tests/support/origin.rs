@@ -2,12 +2,12 @@
 //! records every request exactly as it arrived and answers with what the test's handler
 //! returns.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::client::find;
+use super::client::{fill, find, read_chunked};
 
 /// A request as the origin received it.
 #[derive(Debug, Clone)]
@@ -184,38 +184,4 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
         headers,
         body,
     })
-}
-
-fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = loop {
-            if let Some(i) = find(buf, b"\r\n") {
-                break i;
-            }
-            fill(stream, buf)?;
-        };
-        let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            while find(buf, b"\r\n").is_none() {
-                fill(stream, buf)?;
-            }
-            let end = find(buf, b"\r\n")?;
-            buf.drain(..end + 2);
-            return Some(body);
-        }
-        while buf.len() < size + 2 {
-            fill(stream, buf)?;
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.drain(..size + 2);
-    }
-}
-
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 65536];
-    let n = stream.read(&mut chunk).ok()?;
-    (n > 0).then(|| buf.extend_from_slice(&chunk[..n]))
 }

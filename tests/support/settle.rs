@@ -1,0 +1,48 @@
+//! What the settlement tests share: the `settlement:` YAML with a journal and the settler key
+//! in a temp dir, and waiting on the admin API until every payment is final.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::chain::SETTLER_KEY;
+use super::{request, PAY_TO};
+
+/// `pay_to` plus a `settlement:` section journaling into `dir`, with the settler key in a file
+/// there; `extra` holds further `settlement` keys, indented by four spaces.
+pub fn settlement_yaml(dir: &Path, extra: &str) -> String {
+    let key_file = dir.join("settler.key");
+    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
+    format!(
+        "  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{extra}",
+        dir.join("journal.redb").display(),
+        key_file.display()
+    )
+}
+
+/// How many payments are still pending or submitted, from levy's admin listener.
+pub fn open_settlements(admin: SocketAddr) -> usize {
+    ["pending", "submitted"]
+        .iter()
+        .map(|s| {
+            let r = request(
+                admin,
+                &format!("GET /settlements?state={s} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            );
+            r.json()["count"].as_u64().unwrap_or(0) as usize
+        })
+        .sum()
+}
+
+/// Waits until no payment is pending or submitted.
+pub fn wait_all_final(admin: SocketAddr, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        let open = open_settlements(admin);
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} payments never settled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
