@@ -23,9 +23,11 @@ pub struct NonceKey {
 }
 
 impl NonceKey {
-    /// levy's id for the payment: `pay_` and 32 hex digits of a hash of the key. The same
-    /// authorization always gets the same id.
-    pub fn payment_id(&self) -> String {
+    /// levy's id for the payment accepted at `accepted_ms` (unix milliseconds): `pay_`, 12 hex
+    /// digits of the time, then 20 of a hash of the key. Ids sort by acceptance time (the
+    /// journal stores them in that order) and cannot be guessed from the time alone.
+    pub fn payment_id(&self, accepted_ms: u64) -> String {
+        use std::fmt::Write as _;
         let mut bytes = [0u8; 8 + 20 + 20 + 32];
         bytes[..8].copy_from_slice(&self.chain_id.to_be_bytes());
         bytes[8..28].copy_from_slice(self.asset.as_slice());
@@ -34,8 +36,9 @@ impl NonceKey {
         let hash = keccak256(bytes);
         let mut id = String::with_capacity(36);
         id.push_str("pay_");
-        for b in &hash[..16] {
-            id.push_str(&format!("{b:02x}"));
+        let _ = write!(id, "{:012x}", accepted_ms & 0xffff_ffff_ffff);
+        for b in &hash[..10] {
+            let _ = write!(id, "{b:02x}");
         }
         id
     }
@@ -249,10 +252,12 @@ mod tests {
     }
 
     #[test]
-    fn payment_ids_are_stable_and_distinct() {
-        assert_eq!(key(1).payment_id(), key(1).payment_id());
-        assert_ne!(key(1).payment_id(), key(2).payment_id());
-        assert_eq!(key(1).payment_id().len(), 36);
-        assert!(key(1).payment_id().starts_with("pay_"));
+    fn payment_ids_are_distinct_per_authorization_and_sort_by_time() {
+        let ms = 1_763_700_000_000;
+        assert_eq!(key(1).payment_id(ms), key(1).payment_id(ms));
+        assert_ne!(key(1).payment_id(ms), key(2).payment_id(ms));
+        assert_eq!(key(1).payment_id(ms).len(), 36);
+        assert!(key(1).payment_id(ms).starts_with("pay_"));
+        assert!(key(9).payment_id(ms) < key(1).payment_id(ms + 1));
     }
 }

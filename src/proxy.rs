@@ -17,7 +17,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
-use crate::clock::unix_now;
+use crate::clock::{unix_ms, unix_now};
 use crate::config::SettleMode;
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::{metrics, RouteMetrics};
@@ -353,7 +353,7 @@ impl LevyProxy {
         }
         .unwrap_or_default();
         Ok(Paid {
-            id: verified.key.payment_id(),
+            id: verified.key.payment_id(unix_ms()),
             verified,
             network,
             network_name: requirement

@@ -12,7 +12,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::{Access, Config};
-use crate::nonce::{MemoryNonceStore, NonceStore};
+use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::LevyProxy;
 use crate::services::{NonceSweeper, SettlementService};
 use crate::settle::{SettleError, Settlement};
@@ -40,6 +40,9 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     server.bootstrap();
 
     let nonces: Arc<dyn NonceStore> = Arc::new(MemoryNonceStore::default());
+    if let Some(settlement) = &settlement {
+        restore_used_nonces(&config, settlement, nonces.as_ref());
+    }
     server.add_service(background_service(
         "nonce sweeper",
         NonceSweeper::new(Arc::clone(&nonces)),
@@ -64,4 +67,35 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         server.add_service(service);
     }
     Ok(server)
+}
+
+/// Marks every still-valid authorization the journal holds as used, so that a payment
+/// charged before a restart cannot buy a second response after it.
+fn restore_used_nonces(config: &Config, settlement: &Settlement, nonces: &dyn NonceStore) {
+    let live = settlement.take_live_authorizations();
+    let mut restored = 0usize;
+    for authorization in live {
+        let Some(network) = config.networks.get(&authorization.network) else {
+            log::warn!(
+                "journal holds a payment on network `{}`, which the config no longer has",
+                authorization.network
+            );
+            continue;
+        };
+        let key = NonceKey {
+            chain_id: network.chain_id,
+            asset: authorization.asset,
+            from: authorization.payer,
+            nonce: authorization.nonce,
+        };
+        if nonces.reserve(&key, authorization.valid_before) == Reservation::Reserved {
+            nonces.commit(&key);
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        log::info!(
+            "replay set: {restored} authorizations charged before the restart are still valid"
+        );
+    }
 }

@@ -200,6 +200,18 @@ pub enum Exposure {
     OverCap,
 }
 
+/// An authorization levy charged that is still valid on chain: after a restart it must stay
+/// unusable at the door, whatever its settlement state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveAuthorization {
+    /// The operator's name for the network.
+    pub network: String,
+    pub asset: Address,
+    pub payer: Address,
+    pub nonce: B256,
+    pub valid_before: u64,
+}
+
 struct Urgent {
     record: PaymentRecord,
     reply: oneshot::Sender<Result<B256, SettleError>>,
@@ -224,6 +236,8 @@ struct Inner {
     /// Broadcast batches whose outcome is not known, by network.
     inflight: tokio::sync::Mutex<HashMap<String, BatchRecord>>,
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Found by the journal replay at open; taken once by whoever owns the replay set.
+    live_at_open: Mutex<Vec<LiveAuthorization>>,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -291,6 +305,7 @@ impl Settlement {
                 urgent_rx: tokio::sync::Mutex::new(urgent_rx),
                 inflight: tokio::sync::Mutex::new(HashMap::new()),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
+                live_at_open: Mutex::new(Vec::new()),
             }),
         };
         settlement.recover()?;
@@ -302,12 +317,31 @@ impl Settlement {
         self.inner.chains.values().next().map(Chain::settler)
     }
 
-    /// Rebuilds the in-memory queue and exposure from the journal after a (re)start.
+    /// Rebuilds the in-memory queue and exposure from the journal after a (re)start, and
+    /// notes the authorizations that are still valid (see
+    /// [`Settlement::take_live_authorizations`]).
     fn recover(&self) -> Result<(), SettleError> {
-        let open = self.inner.journal.payments(|s| !s.is_final())?;
+        let now = unix_now();
+        let open = self
+            .inner
+            .journal
+            .payments(|r| !r.state.is_final() || r.valid_before > now)?;
         let mut queue = lock(&self.inner.queue);
         let mut unsettled = lock(&self.inner.unsettled);
+        let mut live = lock(&self.inner.live_at_open);
         for record in open {
+            if record.valid_before > now {
+                live.push(LiveAuthorization {
+                    network: record.network.clone(),
+                    asset: record.asset,
+                    payer: record.payer,
+                    nonce: record.nonce,
+                    valid_before: record.valid_before,
+                });
+            }
+            if record.state.is_final() {
+                continue;
+            }
             *unsettled.per_payer.entry(record.payer).or_default() += record.amount;
             unsettled.total += record.amount;
             if record.state == SettlementState::Pending {
@@ -318,6 +352,12 @@ impl Settlement {
             log::info!("journal replay: {} payments waiting to settle", queue.len());
         }
         Ok(())
+    }
+
+    /// The charged authorizations the journal held at open that are still valid, once: the
+    /// replay set must refuse them again after a restart.
+    pub fn take_live_authorizations(&self) -> Vec<LiveAuthorization> {
+        std::mem::take(&mut *lock(&self.inner.live_at_open))
     }
 
     /// Whether one more unsettled payment of `amount` from `payer` stays under the caps.
@@ -341,7 +381,7 @@ impl Settlement {
     /// Journals a charged payment (durably, before its response leaves) and queues it.
     pub async fn accept(&self, mut record: PaymentRecord) -> Result<(), SettleError> {
         record.queued_ms = unix_ms();
-        self.inner.journal.put(vec![record.clone()]).await?;
+        self.inner.journal.accept(vec![record.clone()]).await?;
         self.add_unsettled(&record);
         lock(&self.inner.queue).push(record);
         self.inner.wake.notify_one();
@@ -350,7 +390,7 @@ impl Settlement {
 
     /// Journals a payment and settles it alone, now; returns the transaction hash.
     pub async fn settle_now(&self, record: PaymentRecord) -> Result<B256, SettleError> {
-        self.inner.journal.put(vec![record.clone()]).await?;
+        self.inner.journal.accept(vec![record.clone()]).await?;
         self.add_unsettled(&record);
         let (reply, answer) = oneshot::channel();
         self.inner
@@ -388,7 +428,7 @@ impl Settlement {
         Ok(self
             .inner
             .journal
-            .payments(|s| state.is_none_or(|want| want == s))?)
+            .payments_in(|s| state.is_none_or(|want| want == s))?)
     }
 
     /// Puts a `needs_review` payment back in the queue with fresh attempts.
@@ -1004,7 +1044,7 @@ impl Settlement {
         let Ok(submitted) = self
             .inner
             .journal
-            .payments(|s| s == SettlementState::Submitted)
+            .payments_in(|s| s == SettlementState::Submitted)
         else {
             return;
         };

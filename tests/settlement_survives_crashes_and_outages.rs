@@ -29,15 +29,104 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
-fn spawn_levy(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_levy"))
+/// A levy process, SIGKILLed when dropped (also when a test fails half way).
+struct LevyProcess(Child);
+
+impl LevyProcess {
+    fn sigkill(&mut self) {
+        self.0.kill().expect("SIGKILL levy");
+        self.0.wait().expect("reap levy");
+    }
+}
+
+impl Drop for LevyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_levy(config: &std::path::Path) -> LevyProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_levy"))
         .arg("-c")
         .arg(config)
         .env("LEVY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start levy")
+        .expect("start levy");
+    LevyProcess(child)
+}
+
+/// Writes a config for a levy process in `dir` (data and admin listeners on fresh ports) with
+/// `batching` under `settlement:`; returns its path and the two addresses.
+fn process_config(
+    dir: &std::path::Path,
+    origin: &Origin,
+    chain: &TestChain,
+    batching: &str,
+) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (free_port(), free_port());
+    let config = dir.join("levy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
+             upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{1}{2}{3}{ROUTES}",
+            dir.display(),
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml(dir, batching),
+        ),
+    )
+    .expect("write config");
+    (
+        config,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 1], admin_port)),
+    )
+}
+
+#[test]
+fn a_payment_charged_before_a_crash_is_refused_after_the_restart() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing settles during the test: the payment is only in the journal when levy dies.
+    let (config, addr, admin) = process_config(
+        dir.path(),
+        &origin,
+        &chain,
+        "    max_batch: 500\n    max_delay_ms: 600000\n",
+    );
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let terms = decode(
+        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .header("payment-required")
+            .expect("challenge"),
+    );
+    let (_, header) = sign_for(&terms, KEYS[0]);
+    let paid = paid_get("/data/x", "PAYMENT-SIGNATURE", &header);
+    assert_eq!(request(addr, &paid).status, 200);
+    levy.sigkill();
+
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    let again = request(addr, &paid);
+    assert_eq!(again.status, 402, "{}", again.text());
+    assert_eq!(
+        decode(again.header("payment-required").expect("challenge"))["error"],
+        "invalid_exact_evm_nonce_already_used"
+    );
+    assert_eq!(origin.seen().len(), 1, "the replay reached the origin");
+    let pending = request(
+        admin,
+        "GET /settlements?state=pending HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .json();
+    assert_eq!(pending["count"].as_u64(), Some(1), "{pending}");
 }
 
 #[test]
@@ -47,22 +136,12 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
     chain.mint(payer, 100_000_000);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, admin_port) = (free_port(), free_port());
-    let config = dir.path().join("levy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
-             upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{1}{2}{3}{ROUTES}",
-            dir.path().display(),
-            upstream_yaml(origin.addr),
-            chain.levy_yaml(),
-            settlement_yaml(dir.path(), "    max_batch: 20\n    max_delay_ms: 300\n"),
-        ),
-    )
-    .expect("write config");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let (config, addr, admin) = process_config(
+        dir.path(),
+        &origin,
+        &chain,
+        "    max_batch: 20\n    max_delay_ms: 300\n",
+    );
 
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
@@ -95,10 +174,9 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
-    levy.kill().expect("SIGKILL levy");
-    levy.wait().expect("reap levy");
+    levy.sigkill();
     std::thread::sleep(Duration::from_millis(300));
-    let mut levy = spawn_levy(&config);
+    let _levy = spawn_levy(&config);
     wait_listening(addr);
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::SeqCst);
@@ -154,8 +232,6 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
         Some(settled),
         "journal and chain disagree"
     );
-    let _ = levy.kill();
-    let _ = levy.wait();
 }
 
 #[test]

@@ -1,11 +1,24 @@
 //! The durable payment journal: every charged payment is written here before its response
-//! leaves levy, and every settlement step after that. Backed by redb (an embedded,
-//! crash-safe B-tree store). Writes go through one writer thread that commits whatever has
-//! queued up in a single transaction (group commit), so many concurrent requests share one
-//! fsync.
+//! leaves levy, and every settlement step after that.
+//!
+//! Two files. The *accept log* (`<journal_path>.accepts`) is append-only: an accepted payment
+//! is appended to it and `fdatasync`ed before [`Journal::accept`] returns — one sequential
+//! write, shared by every request that arrived meanwhile (group commit). The *store* at
+//! `journal_path` is a redb database (an embedded, crash-safe B-tree) holding every payment's
+//! current state and every batch transaction. The writer thread moves accepted payments from
+//! the log into the store in bulk — together with the settlement engine's next write, or once
+//! enough have piled up or waited — and empties the log when everything in it is in the
+//! store. At open, whatever the log holds that the store lacks is moved over first.
+//!
+//! Payment ids sort by acceptance time, so those bulk inserts and the per-batch state updates
+//! that follow touch neighbouring B-tree pages instead of one random page per payment.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
@@ -14,6 +27,13 @@ use super::{BatchRecord, PaymentRecord, SettlementState};
 
 const PAYMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("payments");
 const BATCHES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("batches");
+
+/// Accepted payments wait at most this long in the log before moving into the store.
+const MOVE_AFTER: Duration = Duration::from_millis(200);
+/// The log is emptied once it is this large and everything in it is in the store.
+const LOG_EMPTY_AT: u64 = 16 << 20;
+/// Each log entry: payload length and CRC-32 (little endian), then the JSON record.
+const FRAME_HEADER: usize = 8;
 
 /// Why the journal failed. A payment that cannot be journaled is not charged.
 #[derive(Debug, thiserror::Error)]
@@ -32,66 +52,151 @@ fn storage(e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(e.to_string())
 }
 
-enum Write {
+/// A write to the store (durable once committed there).
+enum StoreWrite {
     Payments(Vec<PaymentRecord>),
     Batch(BatchRecord, Vec<PaymentRecord>),
 }
 
-struct Job {
-    write: Write,
+fn records(job: &Job<StoreWrite>) -> std::slice::Iter<'_, PaymentRecord> {
+    match &job.write {
+        StoreWrite::Payments(records) | StoreWrite::Batch(_, records) => records.iter(),
+    }
+}
+
+/// Work for a writer thread and the caller's answer.
+struct Job<W> {
+    write: W,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Payments that are durable in the accept log but not yet in the store, by id. Readers look
+/// here first; the store writer removes entries only after the store has committed them.
+type Staged = Arc<Mutex<HashMap<String, PaymentRecord>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The journal. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     db: Arc<Database>,
-    /// Started on first write, not at open: a daemonising fork after open would lose it.
-    writer: Arc<OnceLock<Mutex<mpsc::Sender<Job>>>>,
+    staged: Staged,
+    writers: Arc<Writers>,
+}
+
+/// The two writer threads: one appends to the accept log, one commits to the store, so a
+/// store commit never holds up an accept. Started on first write, not at open (a daemonising
+/// fork after open would lose them); dropping the last handle lets both finish their queues
+/// and joins them.
+struct Writers {
+    unstarted: Mutex<Option<(LogWriter, StoreWriter)>>,
+    senders: OnceLock<Senders>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+struct Senders {
+    log: Mutex<mpsc::Sender<Job<Vec<PaymentRecord>>>>,
+    store: Mutex<mpsc::Sender<Job<StoreWrite>>>,
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        let senders = self.senders.take();
+        let mut threads: Vec<std::thread::JoinHandle<()>> =
+            std::mem::take(&mut *lock(&self.threads));
+        // The log writer first: what it staged, the store writer moves before it stops.
+        if let Some(Senders { log, store }) = senders {
+            drop(log);
+            if !threads.is_empty() {
+                let _ = threads.remove(0).join();
+            }
+            drop(store);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The accept log's path for a store at `path`.
+pub fn accept_log_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".accepts");
+    PathBuf::from(name)
 }
 
 impl Journal {
-    /// Opens (or creates) the journal file and starts its writer thread.
+    /// Opens (or creates) the journal, moving whatever the accept log holds into the store.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| JournalError::Open {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        }
-        let db = Database::create(path).map_err(|e| JournalError::Open {
+        let open_error = |message: String| JournalError::Open {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let db = Database::create(path).map_err(|e| open_error(e.to_string()))?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(PAYMENTS).map_err(storage)?;
         txn.open_table(BATCHES).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let log_path = accept_log_path(path);
+        replay_log(&db, &log_path).map_err(|e| open_error(e.to_string()))?;
+        let db = Arc::new(db);
+        let staged = Staged::default();
+        let log = LogWriter::open(Arc::clone(&staged), &log_path)
+            .map_err(|e| open_error(e.to_string()))?;
+        let store = StoreWriter {
+            db: Arc::clone(&db),
+            staged: Arc::clone(&staged),
+        };
         Ok(Self {
-            db: Arc::new(db),
-            writer: Arc::new(OnceLock::new()),
+            db,
+            staged,
+            writers: Arc::new(Writers {
+                unstarted: Mutex::new(Some((log, store))),
+                senders: OnceLock::new(),
+                threads: Mutex::new(Vec::new()),
+            }),
         })
     }
 
-    fn writer(&self) -> &Mutex<mpsc::Sender<Job>> {
-        self.writer.get_or_init(|| {
-            let (writer, jobs) = mpsc::channel::<Job>();
-            let db = Arc::clone(&self.db);
-            if let Err(e) = std::thread::Builder::new()
-                .name("levy-journal".into())
-                .spawn(move || write_loop(&db, &jobs))
-            {
-                log::error!("cannot start the journal writer: {e}");
+    fn senders(&self) -> &Senders {
+        let writers = &self.writers;
+        writers.senders.get_or_init(|| {
+            let (log_tx, log_jobs) = mpsc::channel();
+            let (store_tx, store_jobs) = mpsc::channel();
+            // Without threads the receivers drop and every write answers `WriterGone`.
+            if let Some((log, store)) = lock(&writers.unstarted).take() {
+                let mut threads = lock(&writers.threads);
+                let spawned = std::thread::Builder::new()
+                    .name("levy-accept-log".into())
+                    .spawn(move || log.run(&log_jobs))
+                    .map(|t| threads.push(t))
+                    .and_then(|()| {
+                        std::thread::Builder::new()
+                            .name("levy-journal".into())
+                            .spawn(move || store.run(&store_jobs))
+                    })
+                    .map(|t| threads.push(t));
+                if let Err(e) = spawned {
+                    log::error!("cannot start the journal writers: {e}");
+                }
             }
-            Mutex::new(writer)
+            Senders {
+                log: Mutex::new(log_tx),
+                store: Mutex::new(store_tx),
+            }
         })
     }
 
-    async fn submit(&self, write: Write) -> Result<(), JournalError> {
+    async fn submit<W>(sender: &Mutex<mpsc::Sender<Job<W>>>, write: W) -> Result<(), JournalError> {
         let (done, wait) = oneshot::channel();
-        self.writer()
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(sender)
             .send(Job { write, done })
             .map_err(|_| JournalError::WriterGone)?;
         wait.await
@@ -99,9 +204,15 @@ impl Journal {
             .map_err(JournalError::Storage)
     }
 
-    /// Writes (inserts or replaces) payment records durably; returns once committed.
+    /// Records newly charged payments durably (appended to the accept log and synced);
+    /// returns once they would survive a crash.
+    pub async fn accept(&self, records: Vec<PaymentRecord>) -> Result<(), JournalError> {
+        Self::submit(&self.senders().log, records).await
+    }
+
+    /// Writes (inserts or replaces) payment records in the store; returns once committed.
     pub async fn put(&self, records: Vec<PaymentRecord>) -> Result<(), JournalError> {
-        self.submit(Write::Payments(records)).await
+        Self::submit(&self.senders().store, StoreWrite::Payments(records)).await
     }
 
     /// Writes a batch transaction and its payments in one commit.
@@ -110,19 +221,20 @@ impl Journal {
         batch: BatchRecord,
         records: Vec<PaymentRecord>,
     ) -> Result<(), JournalError> {
-        self.submit(Write::Batch(batch, records)).await
+        Self::submit(&self.senders().store, StoreWrite::Batch(batch, records)).await
     }
 
     /// One payment by id.
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, JournalError> {
+        if let Some(record) = lock(&self.staged).get(id) {
+            return Ok(Some(record.clone()));
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(PAYMENTS).map_err(storage)?;
         let Some(value) = table.get(id).map_err(storage)? else {
             return Ok(None);
         };
-        serde_json::from_slice(value.value())
-            .map(Some)
-            .map_err(|e| JournalError::Corrupt(format!("{id}: {e}")))
+        decode(id, value.value()).map(Some)
     }
 
     /// One batch by transaction hash (`0x…`).
@@ -137,65 +249,402 @@ impl Journal {
             .map_err(|e| JournalError::Corrupt(format!("batch {tx_hash}: {e}")))
     }
 
-    /// Every payment whose state passes `filter`, in id order.
+    /// Every payment that passes `filter`, in id (acceptance) order.
     pub fn payments(
         &self,
-        filter: impl Fn(SettlementState) -> bool,
+        filter: impl Fn(&PaymentRecord) -> bool,
     ) -> Result<Vec<PaymentRecord>, JournalError> {
+        // The store snapshot first: a payment still staged after it is at least as new as its
+        // stored copy (the writer updates staged copies before every commit and removes them
+        // only after).
         let txn = self.db.begin_read().map_err(storage)?;
+        let staged = lock(&self.staged).clone();
         let table = txn.open_table(PAYMENTS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
-            let record: PaymentRecord = serde_json::from_slice(value.value())
-                .map_err(|e| JournalError::Corrupt(format!("{}: {e}", key.value())))?;
-            if filter(record.state) {
+            if staged.contains_key(key.value()) {
+                continue;
+            }
+            let record = decode(key.value(), value.value())?;
+            if filter(&record) {
                 out.push(record);
             }
         }
+        let before = out.len();
+        out.extend(staged.into_values().filter(|r| filter(r)));
+        if out.len() > before {
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+        }
         Ok(out)
     }
-}
 
-fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while let Ok(more) = jobs.try_recv() {
-            group.push(more);
-        }
-        let result = commit(db, &group).map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            log::error!("journal commit of {} writes failed: {e}", group.len());
-        }
-        for job in group {
-            let _ = job.done.send(result.clone());
-        }
+    /// Every payment in a state that passes `filter`, in id order.
+    pub fn payments_in(
+        &self,
+        filter: impl Fn(SettlementState) -> bool,
+    ) -> Result<Vec<PaymentRecord>, JournalError> {
+        self.payments(|r| filter(r.state))
     }
 }
 
-fn commit(db: &Database, group: &[Job]) -> Result<(), JournalError> {
+fn decode(id: &str, bytes: &[u8]) -> Result<PaymentRecord, JournalError> {
+    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt(format!("{id}: {e}")))
+}
+
+/// Appends one framed record to `buf`.
+fn frame(record: &PaymentRecord, buf: &mut Vec<u8>) -> Result<(), JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; FRAME_HEADER]);
+    serde_json::to_writer(&mut *buf, record).map_err(storage)?;
+    let payload = &buf[start + FRAME_HEADER..];
+    let len = u32::try_from(payload.len()).map_err(storage)?;
+    let crc = crc32fast::hash(payload);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The records in a log's bytes, up to the first incomplete or damaged frame (a write that
+/// was cut off by a crash before its sync returned: nobody was told it was durable).
+fn unframe(bytes: &[u8]) -> (Vec<PaymentRecord>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Ok(record) = serde_json::from_slice(payload) else {
+            break;
+        };
+        records.push(record);
+        at += FRAME_HEADER + len;
+    }
+    (records, at)
+}
+
+/// Moves the records of the accept log at `path` that the store lacks into the store, then
+/// empties the log.
+fn replay_log(db: &Database, path: &Path) -> Result<(), JournalError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes).map_err(storage)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(storage(e)),
+    }
+    let (records, used) = unframe(&bytes);
+    if used < bytes.len() {
+        log::warn!(
+            "accept log {}: ignoring {} bytes of an unfinished write at its end",
+            path.display(),
+            bytes.len() - used
+        );
+    }
     let txn = db.begin_write().map_err(storage)?;
+    let mut moved = 0;
     {
         let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
-        let mut batches = txn.open_table(BATCHES).map_err(storage)?;
-        for job in group {
-            let records = match &job.write {
-                Write::Payments(records) => records,
-                Write::Batch(batch, records) => {
-                    let bytes = serde_json::to_vec(batch).map_err(storage)?;
-                    batches
-                        .insert(batch.tx_hash.as_str(), bytes.as_slice())
-                        .map_err(storage)?;
-                    records
-                }
-            };
-            for record in records {
+        for record in &records {
+            // The store's copy, when there is one, is the newer state.
+            if payments.get(record.id.as_str()).map_err(storage)?.is_none() {
                 let bytes = serde_json::to_vec(record).map_err(storage)?;
                 payments
                     .insert(record.id.as_str(), bytes.as_slice())
                     .map_err(storage)?;
+                moved += 1;
             }
         }
     }
-    txn.commit().map_err(storage)
+    txn.commit().map_err(storage)?;
+    if moved > 0 {
+        log::info!("accept log: moved {moved} payments into the journal store");
+    }
+    let file = File::options().write(true).open(path).map_err(storage)?;
+    file.set_len(0).map_err(storage)?;
+    file.sync_all().map_err(storage)
+}
+
+/// Appends accepted payments to the log (one write and one `fdatasync` per group of waiting
+/// callers) and stages them for the store writer.
+struct LogWriter {
+    staged: Staged,
+    log: File,
+    log_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl LogWriter {
+    fn open(staged: Staged, log_path: &Path) -> Result<Self, JournalError> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(storage)?;
+        let log_bytes = log.metadata().map_err(storage)?.len();
+        Ok(Self {
+            staged,
+            log,
+            log_bytes,
+            buf: Vec::new(),
+        })
+    }
+
+    fn run(mut self, jobs: &mpsc::Receiver<Job<Vec<PaymentRecord>>>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            group.extend(std::iter::from_fn(|| jobs.try_recv().ok()));
+            self.empty_if_stored();
+            let result = self.append(&group).map_err(|e| e.to_string());
+            match &result {
+                Ok(()) => {
+                    let mut staged = lock(&self.staged);
+                    for record in group.iter().flat_map(|job| &job.write) {
+                        staged.insert(record.id.clone(), record.clone());
+                    }
+                }
+                Err(e) => log::error!("accept log write of {} jobs failed: {e}", group.len()),
+            }
+            for job in group {
+                let _ = job.done.send(result.clone());
+            }
+        }
+    }
+
+    fn append(&mut self, jobs: &[Job<Vec<PaymentRecord>>]) -> Result<(), JournalError> {
+        self.buf.clear();
+        for record in jobs.iter().flat_map(|job| &job.write) {
+            frame(record, &mut self.buf)?;
+        }
+        if let Err(e) = self
+            .log
+            .write_all(&self.buf)
+            .and_then(|()| self.log.sync_data())
+        {
+            // Whatever part of this write reached the file is a torn tail nobody was told
+            // about; cut it off so later appends stay readable.
+            let _ = self.log.set_len(self.log_bytes);
+            return Err(storage(e));
+        }
+        self.log_bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the log once it has grown and the store holds everything in it.
+    fn empty_if_stored(&mut self) {
+        if self.log_bytes < LOG_EMPTY_AT {
+            return;
+        }
+        let staged = lock(&self.staged);
+        if !staged.is_empty() {
+            return;
+        }
+        match self.log.set_len(0).and_then(|()| self.log.sync_all()) {
+            Ok(()) => self.log_bytes = 0,
+            Err(e) => log::error!("cannot empty the accept log: {e}"),
+        }
+        drop(staged);
+    }
+}
+
+/// Commits state changes to the store, moving the staged payments in with them (or on its
+/// own every [`MOVE_AFTER`]).
+struct StoreWriter {
+    db: Arc<Database>,
+    staged: Staged,
+}
+
+impl StoreWriter {
+    fn run(self, jobs: &mpsc::Receiver<Job<StoreWrite>>) {
+        loop {
+            let first = match jobs.recv_timeout(MOVE_AFTER) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.store_and_answer(Vec::new());
+                    return;
+                }
+            };
+            let group: Vec<_> = first
+                .into_iter()
+                .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+                .collect();
+            if !group.is_empty() || !lock(&self.staged).is_empty() {
+                self.store_and_answer(group);
+            }
+        }
+    }
+
+    fn store_and_answer(&self, jobs: Vec<Job<StoreWrite>>) {
+        let result = self.store(&jobs).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            log::error!("journal commit of {} writes failed: {e}", jobs.len());
+        }
+        for job in jobs {
+            let _ = job.done.send(result.clone());
+        }
+    }
+
+    /// One transaction: the staged payments (at their newest state) and `jobs`' writes.
+    fn store(&self, jobs: &[Job<StoreWrite>]) -> Result<(), JournalError> {
+        let moving: Vec<PaymentRecord> = {
+            let mut staged = lock(&self.staged);
+            // Readers see the newest state of a staged payment until the commit lands.
+            for record in jobs.iter().flat_map(records) {
+                if let Some(old) = staged.get_mut(&record.id) {
+                    *old = record.clone();
+                }
+            }
+            let mut moving: Vec<PaymentRecord> = staged.values().cloned().collect();
+            moving.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            moving
+        };
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
+            let mut batches = txn.open_table(BATCHES).map_err(storage)?;
+            let mut put = |record: &PaymentRecord| -> Result<(), JournalError> {
+                let bytes = serde_json::to_vec(record).map_err(storage)?;
+                payments
+                    .insert(record.id.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
+                Ok(())
+            };
+            for record in &moving {
+                put(record)?;
+            }
+            let moved = |id: &str| moving.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok();
+            for job in jobs {
+                if let StoreWrite::Batch(batch, _) = &job.write {
+                    let bytes = serde_json::to_vec(batch).map_err(storage)?;
+                    batches
+                        .insert(batch.tx_hash.as_str(), bytes.as_slice())
+                        .map_err(storage)?;
+                }
+                for record in records(job).filter(|r| !moved(&r.id)) {
+                    put(record)?;
+                }
+            }
+        }
+        txn.commit().map_err(storage)?;
+        let mut staged = lock(&self.staged);
+        for record in &moving {
+            staged.remove(&record.id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::{Address, Bytes, B256, U256};
+
+    use super::*;
+
+    fn record(id: &str) -> PaymentRecord {
+        PaymentRecord {
+            id: id.to_owned(),
+            route: "paid".into(),
+            network: "base-sepolia".into(),
+            asset: Address::repeat_byte(1),
+            payer: Address::repeat_byte(2),
+            to: Address::repeat_byte(3),
+            amount: U256::from(1000),
+            valid_after: 0,
+            valid_before: 2_000_000_000,
+            nonce: B256::repeat_byte(4),
+            signature: Bytes::from(vec![5u8; 65]),
+            state: SettlementState::Pending,
+            attempts: 0,
+            tx_hash: None,
+            reason: None,
+            accepted_at: 1,
+            updated_at: 1,
+            next_attempt_at: 0,
+            payload: None,
+            requirement: None,
+            queued_ms: 0,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn an_accepted_payment_is_readable_at_once_and_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.redb");
+        runtime().block_on(async {
+            let journal = Journal::open(&path).expect("open");
+            journal.accept(vec![record("pay_1")]).await.expect("accept");
+            assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
+            assert_eq!(journal.payments(|_| true).expect("list").len(), 1);
+        });
+        let journal = Journal::open(&path).expect("reopen");
+        assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
+    }
+
+    #[test]
+    fn the_log_replay_keeps_the_stores_newer_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.redb");
+        let mut settled = record("pay_1");
+        settled.state = SettlementState::Settled;
+        runtime().block_on(async {
+            let journal = Journal::open(&path).expect("open");
+            journal.accept(vec![record("pay_1")]).await.expect("accept");
+            journal.put(vec![settled.clone()]).await.expect("put");
+            assert_eq!(journal.get("pay_1").expect("get"), Some(settled.clone()));
+        });
+        // The log still holds the pending copy (it is emptied only once it has grown); the
+        // reopen must not let it overwrite the settled state.
+        let mut pending_log = Vec::new();
+        frame(&record("pay_1"), &mut pending_log).expect("frame");
+        std::fs::write(accept_log_path(&path), &pending_log).expect("write log");
+        let journal = Journal::open(&path).expect("reopen");
+        assert_eq!(journal.get("pay_1").expect("get"), Some(settled));
+    }
+
+    #[test]
+    fn a_torn_tail_in_the_log_is_ignored_and_the_whole_records_survive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.redb");
+        let mut log = Vec::new();
+        frame(&record("pay_1"), &mut log).expect("frame");
+        frame(&record("pay_2"), &mut log).expect("frame");
+        log.truncate(log.len() - 10);
+        std::fs::write(accept_log_path(&path), &log).expect("write log");
+        let journal = Journal::open(&path).expect("open");
+        assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
+        assert_eq!(journal.get("pay_2").expect("get"), None);
+        assert_eq!(
+            std::fs::metadata(accept_log_path(&path))
+                .expect("log")
+                .len(),
+            0,
+            "the replayed log is emptied"
+        );
+    }
+
+    #[test]
+    fn a_damaged_frame_ends_the_replay() {
+        let mut log = Vec::new();
+        frame(&record("pay_1"), &mut log).expect("frame");
+        let first = log.len();
+        frame(&record("pay_2"), &mut log).expect("frame");
+        log[first + FRAME_HEADER + 3] ^= 0xff;
+        let (records, used) = unframe(&log);
+        assert_eq!(records, vec![record("pay_1")]);
+        assert_eq!(used, first);
+    }
 }
