@@ -9,6 +9,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare {
     upstream: String,
 }
@@ -38,8 +41,12 @@ fn main() {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
+    // WORK_STEALING=false picks pingora's no-steal runtime (one single-threaded runtime per
+    // thread), as levy's `pingora: {work_stealing: false}` does.
+    let work_stealing = std::env::var("WORK_STEALING").map_or(true, |v| v != "false");
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
         pid_file: "/tmp/levy-bare-proxy.pid".into(),

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 
+/// mimalloc: measurably faster than the system allocator for a proxy's many short-lived
+/// buffers (BENCHMARKS.md; the bare Pingora baseline uses it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "levy", version, about = "x402 paywall reverse proxy")]
 struct Cli {

@@ -35,6 +35,16 @@ use alloy_primitives::B256;
 /// larger ones close it.
 const DRAIN_LIMIT_BYTES: u64 = 64 * 1024;
 
+/// Header names levy looks up or sets on every request, parsed once: a `&str` name is parsed
+/// (and a non-standard one copied) on each use.
+const PAYMENT_SIGNATURE_HEADER: HeaderName = HeaderName::from_static(PAYMENT_SIGNATURE);
+const X_PAYMENT_HEADER: HeaderName = HeaderName::from_static(X_PAYMENT);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// What happened to a request, as reported in metrics and access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -286,8 +296,8 @@ impl LevyProxy {
         }
         let Some(header) = req
             .headers
-            .get(PAYMENT_SIGNATURE)
-            .or_else(|| req.headers.get(X_PAYMENT))
+            .get(PAYMENT_SIGNATURE_HEADER)
+            .or_else(|| req.headers.get(X_PAYMENT_HEADER))
         else {
             ctx.outcome = Outcome::PaymentRequired;
             return Some(self.challenge(
@@ -694,9 +704,9 @@ impl ProxyHttp for LevyProxy {
         // Payment proofs are for levy; the origin never sees them. Payer headers come from
         // levy alone: whatever a client sent under those names is dropped.
         let names = &self.config.payer_headers;
-        for name in [PAYMENT_SIGNATURE, X_PAYMENT]
+        for name in [&PAYMENT_SIGNATURE_HEADER, &X_PAYMENT_HEADER]
             .into_iter()
-            .chain(names.all().map(HeaderName::as_str))
+            .chain(names.all())
         {
             // Checking first is cheaper than a removal, and these are usually absent.
             if upstream_request.headers.contains_key(name) {
@@ -719,7 +729,7 @@ impl ProxyHttp for LevyProxy {
             let mut forwarded_for = String::with_capacity(64);
             if let Some(Ok(prior)) = upstream_request
                 .headers
-                .get("x-forwarded-for")
+                .get(X_FORWARDED_FOR)
                 .map(|v| v.to_str())
             {
                 if !prior.trim().is_empty() {
@@ -728,14 +738,14 @@ impl ProxyHttp for LevyProxy {
                 }
             }
             let _ = write!(forwarded_for, "{ip}");
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
         let original_host = session.req_header().headers.get(header::HOST).cloned();
         match original_host {
-            Some(host) => upstream_request.insert_header("x-forwarded-host", host)?,
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
             None => {
-                upstream_request.remove_header("x-forwarded-host");
+                upstream_request.remove_header(&X_FORWARDED_HOST);
             }
         }
         if let Some(host) = ctx.upstream.as_ref().and_then(|u| u.host.as_deref()) {
@@ -963,7 +973,7 @@ fn unread_body_is_large(req: &RequestHeader) -> bool {
 /// (`Transfer-Encoding`, `Content-Length`) and the `Connection` header are left to pingora,
 /// which rewrites them for the client connection; `Upgrade` survives on a 101.
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
-    for name in ["keep-alive", "proxy-connection", "te"] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE] {
         if resp.headers.contains_key(name) {
             resp.remove_header(name);
         }

@@ -383,8 +383,16 @@ impl Settlement {
         record.queued_ms = unix_ms();
         self.inner.journal.accept(vec![record.clone()]).await?;
         self.add_unsettled(&record);
-        lock(&self.inner.queue).push(record);
-        self.inner.wake.notify_one();
+        let waiting = {
+            let mut queue = lock(&self.inner.queue);
+            queue.push(record);
+            queue.len()
+        };
+        // A batch may be full now; otherwise the engine's 100 ms tick finds what waited
+        // `max_delay`. Waking it for every payment would rescan the queue for every payment.
+        if waiting % self.inner.config.max_batch.max(1) == 0 {
+            self.inner.wake.notify_one();
+        }
         Ok(())
     }
 
