@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
-#   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response)
-# Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16]
+#   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
+#   then levy free and paid again at a fixed offered rate (open loop)
+# Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-10}
 CONNS=${2:-16}
+RATE=${3:-2000}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -36,7 +38,7 @@ http {
 }
 NGINX
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
-THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19002 127.0.0.1:19000 & PIDS+=($!)
+WORK_STEALING=false THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19002 127.0.0.1:19000 & PIDS+=($!)
 BARE_PID=$!
 
 # The test chain and levy.
@@ -45,7 +47,7 @@ wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 MULTICALL=$(python3 benches/chain_setup.py http://127.0.0.1:19545 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266)
 cat > "$WORK/levy.yaml" <<YAML
-pingora: {threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/levy.pid, upgrade_sock: $WORK/levy.sock}
+pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/levy.pid, upgrade_sock: $WORK/levy.sock}
 levy:
   access_log: false
   listeners: {data: 127.0.0.1:19003, admin: 127.0.0.1:19004}
@@ -68,8 +70,11 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
 {
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
   echo "nginx|$(load --url http://127.0.0.1:19001/x)"
-  echo "bare Pingora|$(load --url http://127.0.0.1:19002/x --pid $BARE_PID)"
-  echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  # The pair the first target compares, measured twice, interleaved (table.py averages them).
+  for _ in 1 2; do
+    echo "bare Pingora|$(load --url http://127.0.0.1:19002/x --pid $BARE_PID)"
+    echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  done
   echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"
   echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 200000 --key $PAYER_KEY --pid $LEVY_PID)"
   # Let the batched backlog settle first, so before_response measures its own path.
@@ -79,6 +84,10 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     sleep 0.5
   done
   echo "levy paid, before_response|$(load --url http://127.0.0.1:19003/now/x --pay --payments 20000 --key $PAYER_KEY --pid $LEVY_PID)"
+  # Open loop below saturation: latency is service time plus waits (the journal sync), not
+  # connections / throughput.
+  echo "levy free route, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  echo "levy paid, batched, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
 } > "$WORK/results.txt"
 NONCES=$(./target/release/examples/nonce_memory)
-python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS"
+python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE"

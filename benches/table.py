@@ -8,11 +8,24 @@ import re
 import sys
 import time
 
-results_file, nonces_json, seconds, conns = sys.argv[1:5]
-rows = []
+results_file, nonces_json, seconds, conns, rate = sys.argv[1:6]
+# A scenario measured more than once (interleaved with another) is reported as the mean.
+runs = {}
 for line in pathlib.Path(results_file).read_text().splitlines():
     name, _, data = line.partition("|")
-    rows.append((name, json.loads(data)))
+    runs.setdefault(name, []).append(json.loads(data))
+
+def mean(ds):
+    out = dict(ds[0])
+    for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_request", "recover_us"):
+        values = [d[key] for d in ds if d.get(key) is not None]
+        if values:
+            out[key] = sum(values) / len(values)
+    out["errors"] = sum(d["errors"] for d in ds)
+    out["runs"] = len(ds)
+    return out
+
+rows = [(name, mean(ds)) for name, ds in runs.items()]
 r = dict(rows)
 cpu = lambda name: r[name].get("cpu_us_per_request")
 recover = r["levy paid, batched"]["recover_us"]
@@ -22,21 +35,25 @@ def fmt(v, digits=0):
 
 table = ["| scenario | requests/s | p50 µs | p99 µs | p99.9 µs | errors | levy/proxy CPU µs per request |", "|---|---|---|---|---|---|---|"]
 for name, d in rows:
-    table.append(f"| {name} | {fmt(d['rps'])} | {d['p50_us']} | {d['p99_us']} | {d['p999_us']} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} |")
+    label = f"{name} (mean of {d['runs']} interleaved runs)" if d["runs"] > 1 else name
+    table.append(f"| {label} | {fmt(d['rps'])} | {fmt(d['p50_us'])} | {fmt(d['p99_us'])} | {fmt(d['p999_us'])} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} |")
 
 nonces = json.loads(nonces_json)
 free, bare, challenge, paid = (r[k] for k in ("levy free route", "bare Pingora", "levy 402 challenge", "levy paid, batched"))
+free_open, paid_open = (r[f"levy {k}, {rate} req/s offered"] for k in ("free route", "paid, batched"))
 extra_cpu = (cpu("levy paid, batched") or 0) - (cpu("levy free route") or 0)
 ratios = [
     f"| levy free / bare Pingora throughput | {free['rps'] / bare['rps']:.2f} | ≥ 0.95 |",
     f"| 402 challenge / levy free throughput | {challenge['rps'] / free['rps']:.2f} | ≥ 1.0 |",
     f"| paid CPU − free CPU per request, in secp256k1 recoveries ({recover:.1f} µs each, this run) | {extra_cpu / recover:.2f} | ≤ 1.3 |",
-    f"| paid p99 / free p99 | {paid['p99_us'] / max(free['p99_us'], 1):.2f} | ≤ 2 |",
+    f"| paid p99 / free p99 ({conns} connections, closed loop) | {paid['p99_us'] / max(free['p99_us'], 1):.2f} | ≤ 2 |",
+    f"| paid p99 / free p99 ({rate} req/s offered, open loop) | {paid_open['p99_us'] / max(free_open['p99_us'], 1):.2f} | – |",
+    f"| paid p50 − free p50 ({rate} req/s offered, open loop) | {paid_open['p50_us'] - free_open['p50_us']:.0f} µs | – |",
     f"| RSS of 1 000 000 live nonces | {nonces['rss_growth_mib']:.0f} MiB ({nonces['bytes_per_nonce']:.0f} B each) | ≤ 256 MiB |",
 ]
 section = "\n".join([
     "<!-- LOAD-TABLE:BEGIN (written by benches/run.sh) -->",
-    f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {seconds} s per scenario, {conns} keep-alive connections, pingora `threads: 1` for levy and the bare proxy, nginx `worker_processes 1`; load tool, origin, proxies and anvil share the machine's cores.",
+    f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {seconds} s per scenario, {conns} keep-alive connections (closed loop unless a rate is offered), pingora `threads: 1, work_stealing: false` and mimalloc for levy and the bare proxy, nginx `worker_processes 1`; load tool, origin, proxies and anvil share the machine's cores.",
     "",
     *table,
     "",

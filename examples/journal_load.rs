@@ -2,12 +2,14 @@
 //! 16 concurrent callers each accept payments one at a time (the hot path: accept log,
 //! group commit), then the engine's two state writes per payment (submitted, settled) in
 //! batches of 200. Prints CPU and wall time per payment and the accept latency percentiles.
+//! For comparison, in the same run: the previous design, where the paid path committed each
+//! payment straight into the redb store under a random (hash) id.
 //!
 //!     cargo run --release --example journal_load -- [payments per round, default 50000]
 
 use std::time::Instant;
 
-use alloy_primitives::{Address, Bytes, B256, U256};
+use alloy_primitives::{keccak256, Address, Bytes, B256, U256};
 use levy::settle::journal::Journal;
 use levy::settle::{PaymentRecord, SettlementState};
 
@@ -24,10 +26,15 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn record(i: u64) -> PaymentRecord {
+/// Payment `i`: time-ordered ids like levy's, or random ones like the previous design's.
+fn record(i: u64, random_id: bool) -> PaymentRecord {
+    let id = if random_id {
+        format!("pay_{}", &keccak256(i.to_be_bytes()).to_string()[2..34])
+    } else {
+        format!("pay_{i:032x}")
+    };
     PaymentRecord {
-        // Time-ordered like levy's ids.
-        id: format!("pay_{i:032x}"),
+        id,
         route: "paid".into(),
         network: "base-sepolia".into(),
         asset: Address::repeat_byte(1),
@@ -59,7 +66,12 @@ async fn main() {
         .unwrap_or(50_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = Journal::open(&dir.path().join("journal.redb")).expect("journal");
-    for round in 0..3u64 {
+    for (round, store_direct) in [(0u64, false), (1, true), (2, false), (3, true)] {
+        let what = if store_direct {
+            "previous design, redb commit per payment, random ids"
+        } else {
+            "accept log"
+        };
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let callers: Vec<_> = (0..16u64)
             .map(|k| {
@@ -69,7 +81,12 @@ async fn main() {
                     for i in 0..n / 16 {
                         let t = Instant::now();
                         let id = round * n + i * 16 + k;
-                        journal.accept(vec![record(id)]).await.expect("accept");
+                        let r = record(id, store_direct);
+                        if store_direct {
+                            journal.put(vec![r]).await.expect("put");
+                        } else {
+                            journal.accept(vec![r]).await.expect("accept");
+                        }
                         latencies.push(t.elapsed().as_micros());
                     }
                     latencies
@@ -83,7 +100,7 @@ async fn main() {
         latencies.sort_unstable();
         let at = |q: usize| latencies[latencies.len() * q / 100];
         println!(
-            "round {round}: accept CPU {:.1} µs/payment, wall {:.1} µs/payment, latency p50 {} µs p99 {} µs",
+            "round {round} ({what}): accept CPU {:.1} µs/payment, wall {:.1} µs/payment, latency p50 {} µs p99 {} µs",
             (cpu_seconds() - cpu) * 1e6 / n as f64,
             wall.elapsed().as_secs_f64() * 1e6 / n as f64,
             at(50),
@@ -92,7 +109,7 @@ async fn main() {
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         for batch in 0..n / 200 {
             let mut records: Vec<_> = (0..200)
-                .map(|i| record(round * n + batch * 200 + i))
+                .map(|i| record(round * n + batch * 200 + i, store_direct))
                 .collect();
             for state in [SettlementState::Submitted, SettlementState::Settled] {
                 for r in &mut records {

@@ -4,7 +4,15 @@
 //! own 402 challenge) and sends a different one with every request.
 //!
 //!     cargo run --release --example load -- --url http://127.0.0.1:8080/x --connections 16 \
-//!         --seconds 10 [--pay --payments 200000 --key 0x…] [--pid PID] [--expect 200]
+//!         --seconds 10 [--pay --payments 200000 --key 0x…] [--pid PID] [--expect 200] \
+//!         [--rate REQUESTS_PER_SECOND]
+//!
+//! Without `--rate` each connection sends its next request as soon as the previous answer
+//! arrives (closed loop: the server is saturated, and by Little's law latency is about
+//! connections / throughput). With `--rate` the connections together send that many requests
+//! per second on a fixed schedule (open loop below saturation: latency is the server's
+//! service time plus whatever it waits on, such as a journal sync); a request is sent on
+//! schedule or, if the previous answer came late, right after it.
 //!
 //! Prints one JSON object.
 
@@ -25,6 +33,7 @@ struct Args {
     key: String,
     pid: Option<u32>,
     expect: u16,
+    rate: Option<f64>,
 }
 
 fn args() -> Args {
@@ -37,6 +46,7 @@ fn args() -> Args {
         key: "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80".into(),
         pid: None,
         expect: 200,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +60,7 @@ fn args() -> Args {
             "--key" => a.key = value(),
             "--pid" => a.pid = Some(value().parse().expect("--pid")),
             "--expect" => a.expect = value().parse().expect("--expect"),
+            "--rate" => a.rate = Some(value().parse().expect("--rate")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -199,8 +210,13 @@ async fn main() {
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let cpu_before = a.pid.map(cpu_seconds);
     let started = Instant::now();
+    // Each connection's gap between scheduled sends, and its offset, so the connections
+    // together send evenly.
+    let gap = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.connections as f64 / r));
     let tasks: Vec<_> = (0..a.connections)
-        .map(|_| {
+        .map(|c| {
             let (host, path, payments, next) = (
                 host.clone(),
                 path.clone(),
@@ -213,7 +229,12 @@ async fn main() {
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let mut stream = TcpStream::connect(&host).await.ok();
                 let mut buf = Vec::with_capacity(32 * 1024);
+                let mut due = gap.map(|g| started + g.mul_f64(c as f64 / a.connections as f64));
                 while Instant::now() < deadline {
+                    if let (Some(at), Some(g)) = (due.as_mut(), gap) {
+                        tokio::time::sleep_until((*at).into()).await;
+                        *at += g;
+                    }
                     let Some(s) = stream.as_mut() else {
                         errors += 1;
                         stream = TcpStream::connect(&host).await.ok();
