@@ -123,7 +123,7 @@ impl Drop for Writers {
 }
 
 /// The accept log's path for a store at `path`.
-pub fn accept_log_path(path: &Path) -> PathBuf {
+fn accept_log_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".accepts");
     PathBuf::from(name)
