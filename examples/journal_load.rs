@@ -55,6 +55,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         payload: None,
         requirement: None,
         queued_ms: 1,
+        deferred: true,
     }
 }
 

@@ -19,7 +19,9 @@ use http::HeaderName;
 use pingora::server::configuration::ServerConf;
 
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
-use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern, RouteTable};
+use crate::routing::{HostPattern, Looseness, Matcher, MethodSet, PathPattern, RouteTable};
+use crate::settle::exposure::Limits;
+use crate::settle::funds::{FundsConfig, OnRpcError};
 use crate::settle::{ChainSpec, FacilitatorSpec, SettlementConfig};
 use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
@@ -217,7 +219,56 @@ impl Config {
             out.push('\n');
         }
         out.push_str(&format!("unmatched requests: {unmatched}\n"));
+        for warning in self.warnings() {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
         out
+    }
+
+    /// What in the route table lets a request the priced routes miss reach the origin
+    /// unpaid: a later free prefix route over a priced route's path, or `unmatched: pass`.
+    /// A request spelled in a way levy does not normalise but the origin does would fall
+    /// through to it.
+    pub fn warnings(&self) -> Vec<String> {
+        let entries: Vec<_> = self.routes.iter().collect();
+        let mut warnings = Vec::new();
+        for (i, (priced, route)) in entries.iter().enumerate() {
+            if !matches!(route.access, Access::Priced(_)) {
+                continue;
+            }
+            let free_cover = entries[i + 1..].iter().find(|(m, r)| {
+                matches!(r.access, Access::Free)
+                    && (m.host == HostPattern::Any || m.host == priced.host)
+                    && m.methods.overlaps(&priced.methods)
+                    && m.path.covers(&priced.path)
+            });
+            if let Some((_, free)) = free_cover {
+                warnings.push(format!(
+                    "free route `{}` ({}) comes after priced route `{}` ({}) and covers its path: a request spelled so that `{}` misses it reaches the origin unpaid",
+                    free.name, free.path_text, route.name, route.path_text, route.name
+                ));
+            }
+        }
+        let priced = entries
+            .iter()
+            .filter(|(_, r)| matches!(r.access, Access::Priced(_)))
+            .count();
+        if let Some(settlement) = &self.settlement {
+            let window = crate::settle::settle_window_seconds(settlement.max_delay);
+            if self.policy.valid_before_margin_seconds <= window {
+                warnings.push(format!(
+                    "levy.payments.valid_before_margin_seconds ({}) is not above the settlement window ({window} s: max_delay_ms plus mining time): payments signed with the shortest validity settle before their response",
+                    self.policy.valid_before_margin_seconds
+                ));
+            }
+        }
+        if let (Unmatched::Pass(upstream), true) = (&self.unmatched, priced > 0) {
+            warnings.push(format!(
+                "unmatched: pass forwards every request the {priced} priced routes miss to `{}`: a request spelled so that a priced route misses it reaches the origin unpaid; prefer `not_found`",
+                upstream.name
+            ));
+        }
+        warnings
     }
 }
 
@@ -282,6 +333,11 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         ));
     }
 
+    let loose = Looseness {
+        trailing_slash: levy.priced_paths.ignore_trailing_slash,
+        path_params: levy.priced_paths.ignore_path_params,
+        case: levy.priced_paths.ignore_case,
+    };
     let mut routes = RouteTable::default();
     let mut names = HashSet::new();
     let mut catch_all: Option<String> = None;
@@ -306,9 +362,12 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         let max_timeout_seconds = route.max_timeout_seconds;
-        let (matcher, mut route) =
+        let (mut matcher, mut route) =
             build_route(&path, route, &upstreams, &networks, &assets, default_pay_to)?;
         route.index = i;
+        if matches!(route.access, Access::Priced(_)) {
+            matcher.guard = Some(loose);
+        }
         if matches!(route.access, Access::Priced(_))
             && max_timeout_seconds <= policy.valid_before_margin_seconds
         {
@@ -470,6 +529,7 @@ fn build_route(
         host,
         methods,
         path: path_pattern,
+        guard: None,
     };
     Ok((
         matcher,
@@ -874,16 +934,30 @@ fn settlement(
         ));
     }
     let cap = |key: &str,
-               amount: &Option<schema::Amount>|
+               amount: &schema::Amount|
      -> Result<Option<alloy_primitives::U256>, ConfigError> {
         match amount {
-            None => Ok(None),
-            Some(schema::Amount::Number(n)) => Ok(Some(alloy_primitives::U256::from(*n))),
-            Some(schema::Amount::Text(t)) => parse_atomic(t)
+            schema::Amount::Text(t) if t.trim() == "unlimited" => Ok(None),
+            schema::Amount::Number(n) => Ok(Some(alloy_primitives::U256::from(*n))),
+            schema::Amount::Text(t) => parse_atomic(t)
                 .map(Some)
-                .map_err(|e| invalid(format!("{path}.{key}"), e)),
+                .map_err(|e| invalid(format!("{path}.{key}"), format!("{e} (or `unlimited`)"))),
         }
     };
+    for (key, value) in [
+        ("loss_window_seconds", s.loss_window_seconds),
+        ("funds.cache_ms", s.funds.cache_ms),
+        ("funds.empty_cache_ms", s.funds.empty_cache_ms),
+        ("funds.read_timeout_ms", s.funds.read_timeout_ms),
+        ("funds.deny_seconds", s.funds.deny_seconds),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                format!("{path}.{key}"),
+                "must be greater than zero",
+            ));
+        }
+    }
     let mut used: Vec<String> = Vec::new();
     for (_, route) in routes.iter() {
         if let Access::Priced(p) = &route.access {
@@ -937,8 +1011,23 @@ fn settlement(
         retry_backoff: Duration::from_millis(s.retry_backoff_ms),
         receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),
         rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
-        max_unsettled_per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,
-        max_unsettled_total: cap("max_unsettled_total", &s.max_unsettled_total)?,
+        limits: Limits {
+            per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,
+            total: cap("max_unsettled_total", &s.max_unsettled_total)?,
+            loss_budget: cap("loss_budget", &s.loss_budget)?,
+            loss_window_seconds: s.loss_window_seconds,
+        },
+        funds: FundsConfig {
+            check: s.funds.check,
+            ttl: Duration::from_millis(s.funds.cache_ms),
+            empty_ttl: Duration::from_millis(s.funds.empty_cache_ms),
+            read_timeout: Duration::from_millis(s.funds.read_timeout_ms),
+            on_rpc_error: match s.funds.on_rpc_error {
+                schema::OnRpcError::ServeWithinCaps => OnRpcError::ServeWithinCaps,
+                schema::OnRpcError::Refuse => OnRpcError::Refuse,
+            },
+            deny_for: Duration::from_secs(s.funds.deny_seconds),
+        },
         key_env: s.settler_key_env.clone(),
         key_file: s.settler_key_file.clone().map(Into::into),
         chains,

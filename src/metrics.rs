@@ -6,8 +6,8 @@ use std::sync::{LazyLock, OnceLock};
 
 use pingora_prometheus::prometheus::{
     register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
-    register_int_counter_vec, register_int_gauge, Gauge, GaugeVec, Histogram, HistogramVec,
-    IntCounter, IntCounterVec, IntGauge,
+    register_int_counter, register_int_counter_vec, register_int_gauge, Gauge, GaugeVec, Histogram,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 /// Every metric levy exports.
@@ -49,6 +49,15 @@ pub struct Metrics {
     pub gas_per_payment: Histogram,
     /// `levy_settler_balance_gwei{network}`: the settler's gas balance.
     pub settler_balance: GaugeVec,
+    /// `levy_funds_read_failures_total`: payer balance reads that failed or ran past their
+    /// deadline.
+    pub funds_unknown: IntCounter,
+    /// `levy_lost_value_total`: atomic units served before settlement that then failed to
+    /// settle.
+    pub lost_value: IntCounter,
+    /// `levy_settle_first_total{pressure}`: batched payments settled before their response
+    /// because of `payer_cap`, `total_cap` or `loss_budget`.
+    pub settle_first: IntCounterVec,
 }
 
 /// Per-route handles to the hottest series, resolved once instead of hashing label values
@@ -196,6 +205,22 @@ pub fn metrics() -> &'static Metrics {
             &["network"]
         )
         .expect("levy_settler_balance_gwei registers once"),
+        funds_unknown: register_int_counter!(
+            "levy_funds_read_failures_total",
+            "Payer balance reads that failed or ran past their deadline"
+        )
+        .expect("levy_funds_read_failures_total registers once"),
+        lost_value: register_int_counter!(
+            "levy_lost_value_total",
+            "Atomic units served before settlement that then failed to settle"
+        )
+        .expect("levy_lost_value_total registers once"),
+        settle_first: register_int_counter_vec!(
+            "levy_settle_first_total",
+            "Batched payments settled before their response, by what forced it",
+            &["pressure"]
+        )
+        .expect("levy_settle_first_total registers once"),
         }
     });
     &METRICS

@@ -22,8 +22,10 @@ use crate::config::SettleMode;
 use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::{metrics, RouteMetrics};
 use crate::nonce::{NonceStore, Reservation};
-use crate::routing::RequestKey;
-use crate::settle::{Exposure, PaymentRecord, SettleError, Settlement, SettlementState};
+use crate::routing::{split_target, Lookup, RequestKey, Target};
+use crate::settle::exposure::{Admission, Hold};
+use crate::settle::funds::{FundsView, OnRpcError};
+use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
 use crate::verify::{self, Rejection, VerifiedPayment, Version};
 use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
@@ -135,6 +137,8 @@ pub struct Paid {
     /// facilitator settles (it needs them verbatim).
     pub payload: Option<String>,
     pub requirement: Option<serde_json::Value>,
+    /// Its reserved share of exposure while it is served (settled routes only).
+    pub hold: Option<Hold>,
 }
 
 impl Paid {
@@ -164,6 +168,7 @@ impl Paid {
             queued_ms: 0,
             payload: self.payload.clone(),
             requirement: self.requirement.clone(),
+            deferred: false,
         }
     }
 }
@@ -259,9 +264,26 @@ impl LevyProxy {
             ctx.outcome = Outcome::Status;
             return Some(reply);
         }
-        let host = request_host(req);
-        let key = RequestKey::new(host, req.method.as_str(), req.raw_path());
-        let Some(route) = self.config.routes.find(&key) else {
+        let (host, path) = match routable(req) {
+            Ok(parts) => parts,
+            Err(reply) => {
+                ctx.outcome = Outcome::BadRequest;
+                return Some(reply);
+            }
+        };
+        let key = RequestKey::new(host, req.method.as_str(), path);
+        let route = match self.config.routes.lookup(&key) {
+            Lookup::Found(route) => Some(route),
+            Lookup::NotFound => None,
+            Lookup::EncodedSeparator => {
+                ctx.outcome = Outcome::BadRequest;
+                return Some(Reply::text(
+                    400,
+                    "an encoded `/` or `\\` is not allowed in a priced path",
+                ));
+            }
+        };
+        let Some(route) = route else {
             return match &self.config.unmatched {
                 Unmatched::NotFound => {
                     ctx.outcome = Outcome::NotFound;
@@ -372,6 +394,7 @@ impl LevyProxy {
             tx_hash: None,
             payload: None,
             requirement: None,
+            hold: None,
         })
     }
 
@@ -432,7 +455,7 @@ impl LevyProxy {
             return String::new();
         }
         let req = session.req_header();
-        let path = String::from_utf8_lossy(req.raw_path());
+        let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
         match &self.config.public_url {
             Some(base) => format!("{base}{path}"),
             None => {
@@ -483,58 +506,125 @@ impl LevyProxy {
         ctx.outcome = outcome;
     }
 
-    /// Asks the facilitator's `/verify` when so configured, then settles a reserved payment
-    /// before forwarding when its route asks for it or when it
-    /// would push unsettled exposure over a cap. `Some(reply)` refuses the request.
+    /// Refuses a reserved payment with a 402 carrying `reason` (a fixed x402-style code).
+    fn refuse_payment(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        reason: &str,
+    ) -> Reply {
+        self.drop_reservation(ctx, Outcome::PaymentRejected);
+        metrics()
+            .payments_rejected
+            .with_label_values(&[ctx.route_label(), reason])
+            .inc();
+        self.challenge(session, paywall, reason, reason)
+    }
+
+    /// Admits a reserved payment on a route levy settles: the facilitator's `/verify` when
+    /// so configured, the deny list, the payer's funds (batched routes: the cached balance
+    /// must cover the payer's unsettled and in-flight payments plus this one), then its
+    /// share of exposure, reserved atomically. Settles it before forwarding when the route
+    /// asks for it or a cap or the loss budget does. `Some(reply)` refuses the request.
     async fn settle_first(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
         let settlement = self.settlement.as_ref()?;
         let route = ctx.route.clone()?;
         let Access::Priced(paywall) = &route.access else {
             return None;
         };
-        let PaymentState::Reserved(paid) = &mut ctx.payment else {
+        let PaymentState::Reserved(paid) = &ctx.payment else {
             return None;
         };
         if settlement.verifies_remotely() {
             if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
-                self.drop_reservation(ctx, Outcome::PaymentRejected);
-                metrics()
-                    .payments_rejected
-                    .with_label_values(&[route.name.as_str(), "facilitator_invalid"])
-                    .inc();
-                return Some(self.challenge(session, paywall, &reason, &reason));
+                log::info!(
+                    "facilitator refused a payment on route {}: {reason}",
+                    route.name
+                );
+                return Some(self.refuse_payment(session, paywall, ctx, "facilitator_invalid"));
             }
         }
-        let over_cap =
-            settlement.exposure(paid.verified.payer, paid.verified.amount) == Exposure::OverCap;
-        if paywall.settle != SettleMode::BeforeResponse && !over_cap {
-            return None;
+        let verified = paid.verified.clone();
+        let network = paid.network_name.clone();
+        if let Some(reason) = settlement.denied(verified.payer) {
+            log::debug!("payer {} is denied: {reason}", verified.payer);
+            return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
         }
-        match settlement.settle_now(paid.record(&route.name)).await {
+        let batched = paywall.settle != SettleMode::BeforeResponse;
+        let balance = if batched && settlement.checks_funds() {
+            let key = &verified.key;
+            match settlement
+                .funds(&network, key.chain_id, key.asset, verified.payer, key.nonce)
+                .await
+            {
+                FundsView::Known(balance) => Some(balance),
+                FundsView::AuthorizationUsed => {
+                    let reason = Rejection::AlreadyUsed.reason();
+                    return Some(self.refuse_payment(session, paywall, ctx, reason));
+                }
+                FundsView::Unknown => match settlement.on_rpc_error() {
+                    OnRpcError::ServeWithinCaps => None,
+                    OnRpcError::Refuse => {
+                        self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+                        return Some(
+                            Reply::text(
+                                503,
+                                "cannot check the payer's balance now; retry later with the same payment",
+                            )
+                            .header(header::RETRY_AFTER, "2"),
+                        );
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        match admission {
+            Admission::Unfunded => {
+                return Some(self.refuse_payment(
+                    session,
+                    paywall,
+                    ctx,
+                    "invalid_exact_evm_insufficient_balance",
+                ))
+            }
+            Admission::Defer if batched => {
+                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                    paid.hold = hold;
+                }
+                return None;
+            }
+            Admission::Defer => {}
+            Admission::SettleFirst(pressure) => {
+                if batched {
+                    metrics()
+                        .settle_first
+                        .with_label_values(&[pressure.as_str()])
+                        .inc();
+                }
+            }
+        }
+        let PaymentState::Reserved(paid) = &mut ctx.payment else {
+            return None;
+        };
+        match settlement.settle_now(paid.record(&route.name), hold).await {
             Ok(hash) => {
                 paid.tx_hash = Some(hash);
                 None
             }
             Err(SettleError::Failed(reason)) => {
-                self.drop_reservation(ctx, Outcome::PaymentRejected);
-                metrics()
-                    .payments_rejected
-                    .with_label_values(&[route.name.as_str(), reason.as_str()])
-                    .inc();
-                Some(self.challenge(session, paywall, &reason, &reason))
+                let reason = crate::settle::reason_code(&reason);
+                Some(self.refuse_payment(session, paywall, ctx, reason))
             }
             Err(SettleError::Pending) => {
                 // The transfer is out there; its outcome will be reconciled. Keep the
                 // authorization reserved (it expires with validBefore) and say so.
+                let id = paid.id.clone();
                 ctx.payment = PaymentState::None;
                 ctx.outcome = Outcome::SettlementUnavailable;
-                Some(
-                    Reply::text(
-                        503,
-                        "settlement pending; check the payment status before paying again",
-                    )
-                    .header(header::RETRY_AFTER, "5"),
-                )
+                Some(self.settlement_pending(&id))
             }
             Err(e) => {
                 log::warn!("settle before response failed on route {}: {e}", route.name);
@@ -550,6 +640,18 @@ impl LevyProxy {
         }
     }
 
+    /// The 503 for a payment whose transfer is out but unconfirmed: it names the payment
+    /// and its status page, so the client can check before paying again.
+    fn settlement_pending(&self, id: &str) -> Reply {
+        let base = self.config.public_url.as_deref().unwrap_or("");
+        let body = serde_json::json!({
+            "error": "settlement_pending",
+            "paymentId": id,
+            "statusUrl": format!("{base}{STATUS_PATH}{id}"),
+        });
+        Reply::new(503, "application/json", body.to_string()).header(header::RETRY_AFTER, "5")
+    }
+
     /// Decides the fate of a reserved payment once the upstream's status is known: below 400
     /// the payment is charged and the response carries the settlement header; 400 and above
     /// (as the reference servers do) it is released, so the client may retry with it.
@@ -558,7 +660,8 @@ impl LevyProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let PaymentState::Reserved(paid) = std::mem::replace(&mut ctx.payment, PaymentState::None)
+        let PaymentState::Reserved(mut paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::None)
         else {
             return Ok(());
         };
@@ -575,10 +678,46 @@ impl LevyProxy {
         }
         let status = match (&self.settlement, paid.tx_hash) {
             (_, Some(_)) => "settled",
+            (Some(settlement), None)
+                if paid.verified.valid_before < unix_now() + settlement.settle_window_seconds() =>
+            {
+                // Too close to validBefore for a batch: settle before the response leaves,
+                // or serve nothing.
+                let hold = paid.hold.take();
+                match settlement.settle_now(paid.record(&route), hold).await {
+                    Ok(hash) => {
+                        paid.tx_hash = Some(hash);
+                        "settled"
+                    }
+                    Err(SettleError::Pending) => {
+                        ctx.failure = Some(
+                            "settlement pending; check the payment status before paying again",
+                        );
+                        ctx.payment = PaymentState::None;
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(503),
+                            "settlement outcome unknown",
+                        ));
+                    }
+                    Err(e) => {
+                        log::info!("payment {} not settled before it expires: {e}", paid.id);
+                        self.nonces.release(&paid.verified.key);
+                        ctx.payment = PaymentState::Released;
+                        ctx.failure = Some(
+                            "the payment could not be settled before its authorization expires; nothing was charged",
+                        );
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(402),
+                            "authorization expiring",
+                        ));
+                    }
+                }
+            }
             (Some(settlement), None) => {
                 // Journaled durably before the response leaves; if that fails, nothing is
                 // charged and the client is told to retry.
-                if let Err(e) = settlement.accept(paid.record(&route)).await {
+                let hold = paid.hold.take();
+                if let Err(e) = settlement.accept(paid.record(&route), hold).await {
                     log::error!("cannot journal payment {}: {e}", paid.id);
                     self.nonces.release(&paid.verified.key);
                     ctx.payment = PaymentState::Released;
@@ -713,6 +852,28 @@ impl ProxyHttp for LevyProxy {
                 upstream_request.remove_header(name);
             }
         }
+        // CGI-style origins read `X_Levy_Payer` as `X-Levy-Payer`: drop those spellings too.
+        if upstream_request
+            .headers
+            .keys()
+            .any(|k| k.as_str().contains('_'))
+        {
+            let spoofed: Vec<HeaderName> = upstream_request
+                .headers
+                .keys()
+                .filter(|k| {
+                    let dashed = k.as_str().replace('_', "-");
+                    [&PAYMENT_SIGNATURE_HEADER, &X_PAYMENT_HEADER]
+                        .into_iter()
+                        .chain(names.all())
+                        .any(|n| n.as_str() == dashed)
+                })
+                .cloned()
+                .collect();
+            for name in spoofed {
+                upstream_request.remove_header(&name);
+            }
+        }
         if let PaymentState::Reserved(paid) = &ctx.payment {
             upstream_request
                 .insert_header(names.payer.clone(), paid.verified.payer.to_checksum(None))?;
@@ -760,8 +921,16 @@ impl ProxyHttp for LevyProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        ctx.outcome = Outcome::Forwarded;
         strip_hop_by_hop(upstream_response);
+        if upstream_response.status.is_informational()
+            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            // 100 Continue / 103 Early Hints: the final response is still to come, and it
+            // alone decides the charge (a 101 is final: the upgraded session is what was
+            // bought).
+            return Ok(());
+        }
+        ctx.outcome = Outcome::Forwarded;
         self.settle_payment(upstream_response, ctx).await?;
         if ctx
             .route
@@ -905,6 +1074,40 @@ fn screen(req: &RequestHeader, max_header_bytes: usize) -> Option<Reply> {
         return Some(Reply::text(431, "request header fields too large").close());
     }
     None
+}
+
+/// The host and origin-form path that routes match, or the 400 for a request whose target
+/// levy would read differently from the origin: no host at all (an HTTP/1.1 request must
+/// carry `Host`), an absolute-form authority other than `Host`, or a target that is neither
+/// origin- nor absolute-form (`*` is allowed for `OPTIONS`).
+fn routable(req: &RequestHeader) -> Result<(&str, &[u8]), Reply> {
+    let host_header = req.headers.get(header::HOST).map(|h| h.to_str());
+    let host_header = match host_header {
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return Err(Reply::text(400, "the Host header is not text").close()),
+        None => None,
+    };
+    let (authority, path) = match split_target(req.raw_path()) {
+        Target::Origin { path } => (None, path),
+        Target::Absolute { authority, path } => (Some(authority), path),
+        Target::Asterisk if req.method == http::Method::OPTIONS => (None, &b"*"[..]),
+        Target::Asterisk | Target::Other => {
+            return Err(Reply::text(400, "unsupported request target").close())
+        }
+    };
+    let host = match (
+        host_header,
+        authority.or(req.uri.authority().map(|a| a.as_str())),
+    ) {
+        (Some(host), Some(authority)) if !host.eq_ignore_ascii_case(authority) => {
+            return Err(
+                Reply::text(400, "the request target's authority differs from Host").close(),
+            )
+        }
+        (Some(host), _) | (None, Some(host)) => host,
+        (None, None) => return Err(Reply::text(400, "a Host header is required").close()),
+    };
+    Ok((host, path))
 }
 
 /// The request's host: the `Host` header, else the URI authority, else empty.

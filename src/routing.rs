@@ -3,7 +3,10 @@
 //!
 //! Paths are matched in a normalised form (percent-decoded, `.`/`..` resolved, repeated
 //! slashes collapsed) so that `/free/../paid/x` or `/%70aid/x` cannot slip past a priced
-//! route. The request itself is forwarded unchanged.
+//! route. Priced routes also match loosely ([`Looseness`]): spellings that common origin
+//! frameworks serve as the same resource (a trailing slash, `;` path parameters, another
+//! letter case) still pay, and an encoded separator under a priced prefix is refused
+//! ([`Lookup::EncodedSeparator`]). The request itself is forwarded unchanged.
 
 use std::borrow::Cow;
 
@@ -69,6 +72,51 @@ impl HostPattern {
     }
 }
 
+/// Which spellings of a path a pattern treats as the same resource. Priced routes are loose
+/// (an origin such as Express or Spring serves `/a/b/`, `/A/b` and `/a;x=1/b` as `/a/b`, so a
+/// strict price would be dodged by them); free routes stay strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Looseness {
+    /// `/a/b/` matches `/a/b` and the other way round.
+    pub trailing_slash: bool,
+    /// `;params` at the end of a segment are ignored (`/a;x=1/b` matches `/a/b`).
+    pub path_params: bool,
+    /// Literal segments and methods compare without regard to ASCII case.
+    pub case: bool,
+}
+
+impl Looseness {
+    /// Exact matching: what free routes use.
+    pub const STRICT: Looseness = Looseness {
+        trailing_slash: false,
+        path_params: false,
+        case: false,
+    };
+    /// Every loosening: the default for priced routes.
+    pub const LOOSE: Looseness = Looseness {
+        trailing_slash: true,
+        path_params: true,
+        case: true,
+    };
+
+    fn segment<'p>(&self, part: &'p str) -> &'p str {
+        if self.path_params {
+            part.split(';').next().unwrap_or(part)
+        } else {
+            part
+        }
+    }
+
+    fn same(&self, literal: &str, part: &str) -> bool {
+        let part = self.segment(part);
+        if self.case {
+            literal.eq_ignore_ascii_case(part)
+        } else {
+            literal == part
+        }
+    }
+}
+
 /// One segment of a compiled path pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -129,19 +177,57 @@ impl PathPattern {
         })
     }
 
-    /// `path` must be normalised (see [`normalize_path`]).
+    /// Exact matching; `path` must be normalised (see [`normalize_path`]).
     pub fn matches(&self, path: &str) -> bool {
+        self.matches_loosely(path, Looseness::STRICT)
+    }
+
+    /// Matching that treats the spellings `loose` names as the same path.
+    pub fn matches_loosely(&self, path: &str, loose: Looseness) -> bool {
         let body = path.strip_prefix('/').unwrap_or(path);
         let has_trailing_slash = body.ends_with('/') && !body.is_empty();
         let mut parts = body.split('/').filter(|p| !p.is_empty());
         for segment in &self.segments {
             match (segment, parts.next()) {
-                (Segment::Literal(lit), Some(part)) if lit == part => {}
+                (Segment::Literal(lit), Some(part)) if loose.same(lit, part) => {}
                 (Segment::Param, Some(_)) => {}
                 _ => return false,
             }
         }
-        self.prefix || (parts.next().is_none() && has_trailing_slash == self.trailing_slash)
+        self.prefix
+            || (parts.next().is_none()
+                && (loose.trailing_slash || has_trailing_slash == self.trailing_slash))
+    }
+
+    /// Whether `path` lies under the pattern's literal head (its segments before the first
+    /// `:param`): where an encoded `/` could turn one segment into two and dodge it.
+    pub fn head_covers(&self, path: &str, loose: Looseness) -> bool {
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        for segment in &self.segments {
+            match segment {
+                Segment::Param => return true,
+                Segment::Literal(lit) => match parts.next() {
+                    Some(part) if loose.same(lit, part) => {}
+                    _ => return false,
+                },
+            }
+        }
+        true
+    }
+
+    /// Whether this pattern is a prefix (`/x/*`) whose literal segments lead to every path
+    /// `other` can match: a route with it, later in the table, catches what `other` misses.
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        self.prefix
+            && self.segments.len() <= other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| match (mine, theirs) {
+                    (Segment::Literal(a), Segment::Literal(b)) => a.eq_ignore_ascii_case(b),
+                    _ => false,
+                })
     }
 }
 
@@ -166,9 +252,28 @@ impl MethodSet {
     }
 
     pub fn matches(&self, method: &str) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|set| set.iter().any(|m| m == method))
+        self.matches_loosely(method, Looseness::STRICT)
+    }
+
+    /// With `loose.case`, `get` matches `GET` (some origins serve any method spelling).
+    pub fn matches_loosely(&self, method: &str, loose: Looseness) -> bool {
+        self.0.as_ref().is_none_or(|set| {
+            set.iter().any(|m| {
+                if loose.case {
+                    m.eq_ignore_ascii_case(method)
+                } else {
+                    m == method
+                }
+            })
+        })
+    }
+
+    /// Whether some method matches both sets.
+    pub fn overlaps(&self, other: &MethodSet) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+            _ => true,
+        }
     }
 
     /// The listed methods, or `None` for any.
@@ -183,13 +288,29 @@ pub struct Matcher {
     pub host: HostPattern,
     pub methods: MethodSet,
     pub path: PathPattern,
+    /// `Some` on a guarded (priced) route: matched loosely, and an encoded separator under
+    /// its head is refused rather than re-segmented.
+    pub guard: Option<Looseness>,
 }
 
 impl Matcher {
     pub fn matches(&self, request: &RequestKey<'_>) -> bool {
+        let loose = self.guard.unwrap_or(Looseness::STRICT);
         self.host.matches(&request.host)
-            && self.methods.matches(request.method)
-            && self.path.matches(&request.path)
+            && self.methods.matches_loosely(request.method, loose)
+            && self.path.matches_loosely(&request.path, loose)
+    }
+
+    /// A guarded route whose head the request's path lies under, when the path carried an
+    /// encoded separator: levy and the origin would count its segments differently.
+    fn splits_under_guard(&self, request: &RequestKey<'_>) -> bool {
+        let Some(loose) = self.guard else {
+            return false;
+        };
+        request.encoded_separator
+            && self.host.matches(&request.host)
+            && self.methods.matches_loosely(request.method, loose)
+            && self.path.head_covers(&request.path, loose)
     }
 }
 
@@ -199,17 +320,84 @@ pub struct RequestKey<'a> {
     pub host: Cow<'a, str>,
     pub method: &'a str,
     pub path: Cow<'a, str>,
+    /// The raw path held `%2F` or `%5C`, which the normalised path split into segments.
+    pub encoded_separator: bool,
 }
 
 impl<'a> RequestKey<'a> {
-    /// Normalises host and path; `raw_path` may carry a query string, which is ignored.
+    /// Normalises host and path; `raw_path` is the origin-form path (see [`split_target`])
+    /// and may carry a query string, which is ignored.
     pub fn new(host: &'a str, method: &'a str, raw_path: &'a [u8]) -> Self {
+        let path_only = raw_path.split(|&b| b == b'?').next().unwrap_or_default();
         Self {
             host: normalize_host(host),
             method,
             path: normalize_path(raw_path),
+            encoded_separator: path_only.windows(3).any(|w| {
+                w[0] == b'%'
+                    && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                        || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+            }),
         }
     }
+}
+
+/// The parts of an HTTP/1.1 request target (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/path?query`.
+    Origin { path: &'a [u8] },
+    /// `http://authority/path?query`: the origin routes on the path, so levy does too.
+    Absolute { authority: &'a str, path: &'a [u8] },
+    /// `*` (only meaningful for `OPTIONS`).
+    Asterisk,
+    /// Anything else (authority-form, garbage).
+    Other,
+}
+
+/// Splits a raw request target into its form and the origin-form path that routes match.
+pub fn split_target(raw: &[u8]) -> Target<'_> {
+    if raw.first() == Some(&b'/') {
+        return Target::Origin { path: raw };
+    }
+    if raw == b"*" {
+        return Target::Asterisk;
+    }
+    let lower = |n: usize| raw.get(..n).map(<[u8]>::to_ascii_lowercase);
+    let scheme_len = if lower(7).as_deref() == Some(b"http://") {
+        7
+    } else if lower(8).as_deref() == Some(b"https://") {
+        8
+    } else {
+        return Target::Other;
+    };
+    let rest = &raw[scheme_len..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let Ok(authority) = std::str::from_utf8(&rest[..end]) else {
+        return Target::Other;
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Target::Other;
+    }
+    let path = &rest[end..];
+    Target::Absolute {
+        authority,
+        path: if path.is_empty() { b"/" } else { path },
+    }
+}
+
+/// The result of looking a request up in a [`RouteTable`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'t, T> {
+    /// This route takes the request.
+    Found(&'t T),
+    /// No route matches.
+    NotFound,
+    /// An encoded `/` or `\` sits under a priced route's head: refused, never re-segmented.
+    EncodedSeparator,
 }
 
 /// An ordered list of routes; [`RouteTable::find`] returns the first that matches.
@@ -237,6 +425,20 @@ impl<T> RouteTable<T> {
             .iter()
             .find(|(matcher, _)| matcher.matches(request))
             .map(|(_, route)| route)
+    }
+
+    /// Like [`RouteTable::find`], but refuses a path with an encoded separator that lies
+    /// under a guarded route's head.
+    pub fn lookup(&self, request: &RequestKey<'_>) -> Lookup<'_, T> {
+        if request.encoded_separator
+            && self
+                .entries
+                .iter()
+                .any(|(matcher, _)| matcher.splits_under_guard(request))
+        {
+            return Lookup::EncodedSeparator;
+        }
+        self.find(request).map_or(Lookup::NotFound, Lookup::Found)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {
@@ -409,6 +611,7 @@ mod tests {
             host: HostPattern::Any,
             methods: MethodSet::any(),
             path: path(p),
+            guard: None,
         };
         table.push(any("/a/special"), "first");
         table.push(any("/a/*"), "second");
@@ -417,6 +620,7 @@ mod tests {
                 host: HostPattern::parse("*.example.com").unwrap(),
                 methods: MethodSet::only(["post".to_owned()]),
                 path: path("/*"),
+                guard: None,
             },
             "third",
         );
@@ -430,5 +634,93 @@ mod tests {
         assert_eq!(find("x.example.com", "POST", "/z"), Some("third"));
         assert_eq!(find("x.example.com", "GET", "/z"), None);
         assert_eq!(find("example.com", "POST", "/z"), None);
+    }
+
+    fn priced(p: &str) -> Matcher {
+        Matcher {
+            host: HostPattern::Any,
+            methods: MethodSet::only(["GET".to_owned()]),
+            path: path(p),
+            guard: Some(Looseness::LOOSE),
+        }
+    }
+
+    #[test]
+    fn priced_paths_match_the_spellings_origins_serve_as_the_same_resource() {
+        let m = priced("/weather/:city");
+        for raw in [
+            "/weather/paris",
+            "/weather/paris/",
+            "/Weather/paris",
+            "/WEATHER/paris;jsessionid=1",
+            "/weather;x=1/paris",
+        ] {
+            assert!(
+                m.matches(&RequestKey::new("h", "GET", raw.as_bytes())),
+                "{raw}"
+            );
+        }
+        assert!(m.matches(&RequestKey::new("h", "get", b"/weather/paris")));
+        assert!(!m.matches(&RequestKey::new("h", "POST", b"/weather/paris")));
+        assert!(!m.matches(&RequestKey::new("h", "GET", b"/weather")));
+        let exact = priced("/report");
+        assert!(exact.matches(&RequestKey::new("h", "GET", b"/report/")));
+    }
+
+    #[test]
+    fn free_paths_stay_strict() {
+        let mut m = priced("/docs");
+        m.guard = None;
+        assert!(m.matches(&RequestKey::new("h", "GET", b"/docs")));
+        assert!(!m.matches(&RequestKey::new("h", "GET", b"/docs/")));
+        assert!(!m.matches(&RequestKey::new("h", "GET", b"/Docs")));
+        assert!(!m.matches(&RequestKey::new("h", "get", b"/docs")));
+    }
+
+    #[test]
+    fn an_encoded_separator_under_a_priced_head_is_refused() {
+        let mut table = RouteTable::default();
+        table.push(priced("/files/:name"), "files");
+        let mut free = priced("/*");
+        free.guard = None;
+        table.push(free, "free");
+        let look = |raw: &str| table.lookup(&RequestKey::new("h", "GET", raw.as_bytes()));
+        assert_eq!(look("/files/a%2Fb"), Lookup::EncodedSeparator);
+        assert_eq!(look("/files/a%5cb"), Lookup::EncodedSeparator);
+        assert_eq!(look("/FILES/a%2fb"), Lookup::EncodedSeparator);
+        assert_eq!(look("/files/ab"), Lookup::Found(&"files"));
+        assert_eq!(look("/other/a%2Fb"), Lookup::Found(&"free"));
+        assert_eq!(look("/other/x?q=a%2Fb"), Lookup::Found(&"free"));
+    }
+
+    #[test]
+    fn request_targets_split_into_their_form_and_origin_path() {
+        assert_eq!(split_target(b"/a?b"), Target::Origin { path: b"/a?b" });
+        assert_eq!(
+            split_target(b"http://h:8080/weather/paris?x=1"),
+            Target::Absolute {
+                authority: "h:8080",
+                path: b"/weather/paris?x=1"
+            }
+        );
+        assert_eq!(
+            split_target(b"HTTPS://h"),
+            Target::Absolute {
+                authority: "h",
+                path: b"/"
+            }
+        );
+        assert_eq!(split_target(b"*"), Target::Asterisk);
+        assert_eq!(split_target(b"h:443"), Target::Other);
+        assert_eq!(split_target(b"http://u@h/x"), Target::Other);
+    }
+
+    #[test]
+    fn a_free_prefix_covers_the_priced_paths_beneath_it() {
+        assert!(path("/*").covers(&path("/weather/:city")));
+        assert!(path("/weather/*").covers(&path("/weather/:city")));
+        assert!(!path("/other/*").covers(&path("/weather/:city")));
+        assert!(!path("/weather").covers(&path("/weather")));
+        assert!(!path("/:x/*").covers(&path("/weather/:city")));
     }
 }

@@ -22,6 +22,9 @@ use crate::settle::{SettleError, Settlement};
 /// engine cannot start (journal, settler key).
 pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, SettleError> {
     let pingora_conf = std::mem::take(&mut config.pingora);
+    for warning in config.warnings() {
+        log::warn!("config: {warning}");
+    }
     let settlement = match config.settlement.clone() {
         Some(settings) => Some(Settlement::open(settings)?),
         None => {

@@ -12,7 +12,9 @@
 //! prove unused. EIP-3009 itself makes a second transfer of one authorization impossible.
 
 pub mod chain;
+pub mod exposure;
 pub mod facilitator;
+pub mod funds;
 pub mod journal;
 
 use std::collections::HashMap;
@@ -25,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use chain::{AuthorizationFate, Chain, ChainError, Mined};
+use exposure::{Admission, Hold, Ledger, Limits};
 use facilitator::{Facilitator, FacilitatorOutcome};
+use funds::{Funds, FundsConfig, FundsView};
 use journal::{Journal, JournalError};
 
 use crate::clock::{unix_ms, unix_now};
@@ -108,7 +112,23 @@ pub struct PaymentRecord {
     /// When it joined the queue, in unix milliseconds (for `max_delay_ms`).
     #[serde(default)]
     pub queued_ms: u64,
+    /// Served before it settled (a batched payment): if it fails, the value is lost.
+    #[serde(default)]
+    pub deferred: bool,
 }
+
+/// Seconds to allow a transaction to be mined, on top of the batch delay.
+const INCLUSION_SECONDS: u64 = 12;
+
+/// How close to `validBefore` a payment may be charged and still be settled in a batch
+/// that waits up to `max_delay`.
+pub fn settle_window_seconds(max_delay: Duration) -> u64 {
+    max_delay.as_millis().div_ceil(1000) as u64 + INCLUSION_SECONDS
+}
+
+/// Failure reasons that say the payer never could or never meant to pay: the payer goes on
+/// the deny list.
+const DENY_REASONS: [&str; 2] = ["insufficient_balance", "authorization_canceled"];
 
 /// A broadcast batch transaction, journaled before broadcast.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,8 +160,10 @@ pub struct SettlementConfig {
     pub retry_backoff: Duration,
     pub receipt_timeout: Duration,
     pub rpc_timeout: Duration,
-    pub max_unsettled_per_payer: Option<U256>,
-    pub max_unsettled_total: Option<U256>,
+    /// Exposure caps and the loss budget.
+    pub limits: Limits,
+    /// The payer-state cache and the deny list.
+    pub funds: FundsConfig,
     pub key_env: String,
     pub key_file: Option<PathBuf>,
     pub chains: Vec<ChainSpec>,
@@ -193,13 +215,6 @@ impl From<ChainError> for SettleError {
     }
 }
 
-/// Whether a new payment fits under the exposure caps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    WithinCaps,
-    OverCap,
-}
-
 /// An authorization levy charged that is still valid on chain: after a restart it must stay
 /// unusable at the door, whatever its settlement state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,12 +232,6 @@ struct Urgent {
     reply: oneshot::Sender<Result<B256, SettleError>>,
 }
 
-#[derive(Default)]
-struct Unsettled {
-    per_payer: HashMap<Address, U256>,
-    total: U256,
-}
-
 struct Inner {
     config: SettlementConfig,
     journal: Journal,
@@ -230,7 +239,8 @@ struct Inner {
     facilitator: Option<(Facilitator, bool)>,
     queue: Mutex<Vec<PaymentRecord>>,
     wake: Notify,
-    unsettled: Mutex<Unsettled>,
+    ledger: Arc<Ledger>,
+    funds: Funds,
     urgent_tx: mpsc::Sender<Urgent>,
     urgent_rx: tokio::sync::Mutex<mpsc::Receiver<Urgent>>,
     /// Broadcast batches whose outcome is not known, by network.
@@ -292,6 +302,8 @@ impl Settlement {
             }
         };
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
+        let ledger = Ledger::new(config.limits);
+        let funds = Funds::new(config.funds);
         let settlement = Self {
             inner: Arc::new(Inner {
                 config,
@@ -300,7 +312,8 @@ impl Settlement {
                 facilitator,
                 queue: Mutex::new(Vec::new()),
                 wake: Notify::new(),
-                unsettled: Mutex::new(Unsettled::default()),
+                ledger,
+                funds,
                 urgent_tx,
                 urgent_rx: tokio::sync::Mutex::new(urgent_rx),
                 inflight: tokio::sync::Mutex::new(HashMap::new()),
@@ -322,14 +335,33 @@ impl Settlement {
     /// [`Settlement::take_live_authorizations`]).
     fn recover(&self) -> Result<(), SettleError> {
         let now = unix_now();
-        let open = self
-            .inner
-            .journal
-            .payments(|r| !r.state.is_final() || r.valid_before > now)?;
+        let limits = self.inner.config.limits;
+        let deny_for = self.inner.config.funds.deny_for.as_secs();
+        let loss_since = now.saturating_sub(limits.loss_window_seconds);
+        let open = self.inner.journal.payments(|r| {
+            !r.state.is_final()
+                || r.valid_before > now
+                || (r.state == SettlementState::Failed && r.updated_at + deny_for > now)
+                || (r.state == SettlementState::Failed && r.updated_at >= loss_since)
+        })?;
         let mut queue = lock(&self.inner.queue);
-        let mut unsettled = lock(&self.inner.unsettled);
         let mut live = lock(&self.inner.live_at_open);
         for record in open {
+            if record.state == SettlementState::Failed {
+                // The deny list and the loss budget outlive a restart.
+                if let Some(reason) = deny_reason(&record) {
+                    if record.updated_at + deny_for > now {
+                        self.inner
+                            .funds
+                            .deny(record.payer, reason, record.updated_at + deny_for);
+                    }
+                }
+                if record.deferred && record.updated_at >= loss_since {
+                    self.inner
+                        .ledger
+                        .record_loss(record.amount, record.updated_at);
+                }
+            }
             if record.valid_before > now {
                 live.push(LiveAuthorization {
                     network: record.network.clone(),
@@ -342,8 +374,7 @@ impl Settlement {
             if record.state.is_final() {
                 continue;
             }
-            *unsettled.per_payer.entry(record.payer).or_default() += record.amount;
-            unsettled.total += record.amount;
+            self.inner.ledger.add_unsettled(record.payer, record.amount);
             if record.state == SettlementState::Pending {
                 queue.push(record);
             }
@@ -360,34 +391,95 @@ impl Settlement {
         std::mem::take(&mut *lock(&self.inner.live_at_open))
     }
 
-    /// Whether one more unsettled payment of `amount` from `payer` stays under the caps.
-    pub fn exposure(&self, payer: Address, amount: U256) -> Exposure {
-        let unsettled = lock(&self.inner.unsettled);
-        let config = &self.inner.config;
-        let payer_after = unsettled.per_payer.get(&payer).copied().unwrap_or_default() + amount;
-        let over_payer = config
-            .max_unsettled_per_payer
-            .is_some_and(|cap| payer_after > cap);
-        let over_total = config
-            .max_unsettled_total
-            .is_some_and(|cap| unsettled.total + amount > cap);
-        if over_payer || over_total {
-            Exposure::OverCap
-        } else {
-            Exposure::WithinCaps
-        }
+    /// Checks a payer against the deny list.
+    pub fn denied(&self, payer: Address) -> Option<&'static str> {
+        self.inner
+            .funds
+            .denied(payer, unix_now())
+            .map(|denial| denial.reason)
     }
 
-    /// Journals a charged payment (durably, before its response leaves) and queues it.
-    pub async fn accept(&self, mut record: PaymentRecord) -> Result<(), SettleError> {
+    /// Whether paid requests on batched routes wait for a funds check.
+    pub fn checks_funds(&self) -> bool {
+        self.inner.config.funds.check && !self.inner.chains.is_empty()
+    }
+
+    /// What to do when a payer's balance cannot be read.
+    pub fn on_rpc_error(&self) -> funds::OnRpcError {
+        self.inner.config.funds.on_rpc_error
+    }
+
+    /// The payer's balance of `asset` on `network` (net of what levy settled since it was
+    /// read), from the cache or read now with `nonce`'s authorization state.
+    pub async fn funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> FundsView {
+        let Some(chain) = self.inner.chains.get(network) else {
+            return FundsView::Unknown;
+        };
+        let view = self
+            .inner
+            .funds
+            .view(
+                (chain_id, asset, payer),
+                nonce,
+                chain.payer_state(asset, payer, nonce),
+            )
+            .await;
+        if view == FundsView::Unknown {
+            metrics().funds_unknown.inc();
+        }
+        view
+    }
+
+    /// Reserves a payment's share of exposure, atomically with the checks: the payer's
+    /// `balance` (when known) must cover its unsettled payments plus this one, and the
+    /// caps and the loss budget say whether it may be served before it settles.
+    pub fn reserve(
+        &self,
+        payer: Address,
+        amount: U256,
+        balance: Option<U256>,
+    ) -> (Admission, Option<Hold>) {
+        self.inner
+            .ledger
+            .reserve(payer, amount, balance, unix_now())
+    }
+
+    /// How close to `validBefore` a charged payment may be and still wait for a batch: the
+    /// batch delay plus time for the transaction to be mined.
+    pub fn settle_window_seconds(&self) -> u64 {
+        settle_window_seconds(self.inner.config.max_delay)
+    }
+
+    /// The exposure limits in force.
+    pub fn limits(&self) -> &Limits {
+        self.inner.ledger.limits()
+    }
+
+    /// Journals a charged payment (durably, before its response leaves) and queues it;
+    /// `hold` is its reserved exposure, which from now on counts until the payment is
+    /// final.
+    pub async fn accept(
+        &self,
+        mut record: PaymentRecord,
+        hold: Option<Hold>,
+    ) -> Result<(), SettleError> {
         record.queued_ms = unix_ms();
+        record.deferred = true;
         self.inner.journal.accept(vec![record.clone()]).await?;
-        self.add_unsettled(&record);
+        self.keep(&record, hold);
         let waiting = {
             let mut queue = lock(&self.inner.queue);
             queue.push(record);
             queue.len()
         };
+        metrics().queue_depth.set(waiting as i64);
         // A batch may be full now; otherwise the engine's 100 ms tick finds what waited
         // `max_delay`. Waking it for every payment would rescan the queue for every payment.
         if waiting % self.inner.config.max_batch.max(1) == 0 {
@@ -396,10 +488,15 @@ impl Settlement {
         Ok(())
     }
 
-    /// Journals a payment and settles it alone, now; returns the transaction hash.
-    pub async fn settle_now(&self, record: PaymentRecord) -> Result<B256, SettleError> {
+    /// Journals a payment and settles it alone, now; returns the transaction hash. `hold`
+    /// is its reserved exposure.
+    pub async fn settle_now(
+        &self,
+        record: PaymentRecord,
+        hold: Option<Hold>,
+    ) -> Result<B256, SettleError> {
         self.inner.journal.accept(vec![record.clone()]).await?;
-        self.add_unsettled(&record);
+        self.keep(&record, hold);
         let (reply, answer) = oneshot::channel();
         self.inner
             .urgent_tx
@@ -409,21 +506,13 @@ impl Settlement {
         answer.await.map_err(|_| SettleError::Stopped)?
     }
 
-    fn add_unsettled(&self, record: &PaymentRecord) {
-        let mut unsettled = lock(&self.inner.unsettled);
-        *unsettled.per_payer.entry(record.payer).or_default() += record.amount;
-        unsettled.total += record.amount;
-    }
-
-    fn remove_unsettled(&self, record: &PaymentRecord) {
-        let mut unsettled = lock(&self.inner.unsettled);
-        if let Some(v) = unsettled.per_payer.get_mut(&record.payer) {
-            *v = v.saturating_sub(record.amount);
-            if v.is_zero() {
-                unsettled.per_payer.remove(&record.payer);
-            }
+    /// A journaled payment's exposure now counts until the payment is final.
+    fn keep(&self, record: &PaymentRecord, hold: Option<Hold>) {
+        match hold {
+            Some(hold) => hold.keep(),
+            None => self.inner.ledger.add_unsettled(record.payer, record.amount),
         }
-        unsettled.total = unsettled.total.saturating_sub(record.amount);
+        publish_unsettled(self.inner.ledger.total());
     }
 
     /// One payment's record.
@@ -505,8 +594,8 @@ impl Settlement {
         }
     }
 
-    /// The next batch to send, if one is due: `max_batch` payments are waiting, or the oldest
-    /// waited `max_delay`. Nearest `validBefore` first; one network per batch; none for a
+    /// The next batch to send, if one is due: `max_batch` payments are waiting, the oldest
+    /// waited `max_delay`, or one nears its `validBefore`. Nearest `validBefore` first; one network per batch; none for a
     /// network whose previous batch is still unresolved.
     fn take_due(&self) -> Option<(String, Vec<PaymentRecord>)> {
         let inflight = self.inner.inflight.try_lock().ok()?;
@@ -526,7 +615,12 @@ impl Settlement {
             .min()
             .unwrap_or(now_ms);
         let waited = Duration::from_millis(now_ms.saturating_sub(oldest_ms));
-        if candidates.len() < config.max_batch && waited < config.max_delay {
+        // A payment nearing validBefore cannot wait out max_delay.
+        let urgent_before = now + settle_window_seconds(Duration::ZERO);
+        let expiring = candidates
+            .iter()
+            .any(|&i| queue[i].valid_before <= urgent_before);
+        if candidates.len() < config.max_batch && waited < config.max_delay && !expiring {
             return None;
         }
         // The max_batch nearest validBefore, in linear time (the queue can be long).
@@ -681,15 +775,45 @@ impl Settlement {
             log::error!("cannot journal {} settlement outcomes: {e}", records.len());
         }
         let label = reason.unwrap_or("ok");
+        let deny_for = self.inner.config.funds.deny_for.as_secs();
         for r in &records {
             if state.is_final() {
-                self.remove_unsettled(r);
+                self.inner.ledger.remove_unsettled(r.payer, r.amount);
+            }
+            let key = (self.chain_id_of(&r.network), r.asset, r.payer);
+            match state {
+                SettlementState::Settled => self.inner.funds.spent(key, r.amount).await,
+                SettlementState::Failed => {
+                    if r.deferred {
+                        self.inner.ledger.record_loss(r.amount, now);
+                        metrics()
+                            .lost_value
+                            .inc_by(u64::try_from(r.amount).unwrap_or(u64::MAX));
+                    }
+                    if let Some(reason) = deny_reason(r) {
+                        log::warn!("payer {} denied for {deny_for} s: {reason}", r.payer);
+                        self.inner.funds.deny(r.payer, reason, now + deny_for);
+                        self.inner.funds.forget(key).await;
+                    }
+                }
+                _ => {}
             }
             metrics()
                 .settlements
                 .with_label_values(&[state.as_str(), label])
                 .inc();
         }
+        publish_unsettled(self.inner.ledger.total());
+    }
+
+    /// The chain id of an operator's network name (0 when levy does not settle on it).
+    fn chain_id_of(&self, network: &str) -> u64 {
+        self.inner
+            .config
+            .chains
+            .iter()
+            .find(|c| c.network == network)
+            .map_or(0, |c| c.chain_id)
     }
 
     /// Whether paid requests must also pass the facilitator's `/verify`.
@@ -734,17 +858,19 @@ impl Settlement {
                 FacilitatorOutcome::Refused(reason) if record.attempts > 0 => {
                     // An earlier attempt's answer was lost: this refusal may echo that
                     // attempt's success (nonce already used). A person must look.
-                    let reason = format!("facilitator refused a retry: {reason}");
+                    log::warn!("facilitator refused a retry of {}: {reason}", record.id);
                     self.finish(
                         vec![record],
                         SettlementState::NeedsReview,
-                        Some(&reason),
+                        Some("facilitator_refused_retry"),
                         None,
                     )
                     .await
                 }
                 FacilitatorOutcome::Refused(reason) => {
-                    self.finish(vec![record], SettlementState::Failed, Some(&reason), None)
+                    log::warn!("facilitator refused {}: {reason}", record.id);
+                    let code = reason_code(&reason);
+                    self.finish(vec![record], SettlementState::Failed, Some(code), None)
                         .await
                 }
                 FacilitatorOutcome::Unavailable(why) => {
@@ -854,7 +980,8 @@ impl Settlement {
             }
             Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
             Err(e) => {
-                self.requeue_pending(vec![record], Some(format!("rpc_unavailable: {e}")), false)
+                log::warn!("reconciling {}: {e}", record.id);
+                self.requeue_pending(vec![record], Some("rpc_unavailable".into()), false)
                     .await
             }
         }
@@ -874,7 +1001,8 @@ impl Settlement {
         let nonce = match self.nonce_for(network, chain).await {
             Ok(n) => n,
             Err(e) => {
-                self.requeue_pending(send, Some(format!("rpc_unavailable: {e}")), false)
+                log::warn!("settlement on {network}: {e}");
+                self.requeue_pending(send, Some("rpc_unavailable".into()), false)
                     .await;
                 return;
             }
@@ -883,7 +1011,8 @@ impl Settlement {
             Ok(signed) => signed,
             Err(e) => {
                 log::warn!("settlement on {network}: cannot build the batch: {e}");
-                self.requeue_pending(send, Some(format!("rpc_unavailable: {e}")), false)
+                log::warn!("settlement on {network}: {e}");
+                self.requeue_pending(send, Some("rpc_unavailable".into()), false)
                     .await;
                 return;
             }
@@ -1087,9 +1216,7 @@ impl Settlement {
         m.queue_depth.set(depth as i64);
         m.oldest_unsettled_age
             .set(oldest.map_or(0, |t| unix_now().saturating_sub(t)) as i64);
-        let total = lock(&self.inner.unsettled).total;
-        m.unsettled_value
-            .set(u64::try_from(total).unwrap_or(u64::MAX) as f64);
+        publish_unsettled(self.inner.ledger.total());
         for (network, chain) in &self.inner.chains {
             if let Ok(balance) =
                 tokio::time::timeout(Duration::from_millis(500), chain.gas_balance())
@@ -1105,4 +1232,53 @@ impl Settlement {
             }
         }
     }
+}
+
+/// Reason codes levy itself writes on payments; anything else is not shown to clients.
+const REASON_CODES: [&str; 16] = [
+    "insufficient_balance",
+    "authorization_canceled",
+    "authorization_expired",
+    "authorization_used_elsewhere",
+    "transfer_reverted",
+    "batch_reverted",
+    "settler_busy",
+    "not_settled_before_response",
+    "no_chain_configured",
+    "rpc_unavailable",
+    "facilitator_unavailable",
+    "facilitator_refused_retry",
+    "settlement_failed",
+    "invalid_exact_evm_signature",
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_insufficient_balance",
+];
+
+/// The fixed code for a settlement failure's text: levy's own codes pass, a facilitator's
+/// standard x402 reasons pass, and any other text (an RPC's or a facilitator's own words,
+/// which may carry URLs and keys) becomes `settlement_failed`. Safe for metric labels, the
+/// status page and 402 bodies.
+pub fn reason_code(text: &str) -> &'static str {
+    if let Some(code) = REASON_CODES.into_iter().find(|c| *c == text) {
+        return code;
+    }
+    crate::x402::STANDARD_REASONS
+        .iter()
+        .copied()
+        .find(|c| *c == text)
+        .unwrap_or("settlement_failed")
+}
+
+/// Sets the unsettled-value gauge.
+fn publish_unsettled(total: U256) {
+    metrics()
+        .unsettled_value
+        .set(u64::try_from(total).unwrap_or(u64::MAX) as f64);
+}
+
+/// The deny-list reason of a failed payment, if its failure says the payer cannot or would
+/// not pay.
+fn deny_reason(record: &PaymentRecord) -> Option<&'static str> {
+    let reason = record.reason.as_deref()?;
+    DENY_REASONS.into_iter().find(|r| *r == reason)
 }

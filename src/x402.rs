@@ -24,6 +24,34 @@ pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
 /// The only scheme levy issues.
 pub const SCHEME_EXACT: &str = "exact";
 
+/// The x402 reason strings of the `exact` EVM scheme that facilitators emit (spec §9 and the
+/// reference SDKs): the only facilitator words levy repeats to clients and in metrics.
+pub const STANDARD_REASONS: &[&str] = &[
+    "insufficient_funds",
+    "invalid_network",
+    "invalid_payment",
+    "invalid_scheme",
+    "invalid_exact_evm_scheme",
+    "invalid_exact_evm_network_mismatch",
+    "invalid_exact_evm_missing_eip712_domain",
+    "invalid_exact_evm_recipient_mismatch",
+    "invalid_exact_evm_signature",
+    "invalid_exact_evm_payload_signature",
+    "invalid_exact_evm_payload_authorization_valid_before",
+    "invalid_exact_evm_payload_authorization_valid_after",
+    "invalid_exact_evm_authorization_value",
+    "invalid_exact_evm_payload_authorization_value",
+    "invalid_exact_evm_payload_recipient_mismatch",
+    "invalid_exact_evm_payload_undeployed_smart_wallet",
+    "invalid_exact_evm_transaction_failed",
+    "invalid_exact_evm_token_name_mismatch",
+    "invalid_exact_evm_token_version_mismatch",
+    "invalid_exact_evm_eip3009_not_supported",
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_insufficient_balance",
+    "invalid_exact_evm_transaction_simulation_failed",
+];
+
 /// `error` of a v2 challenge when no payment was sent (what the reference server says).
 pub const V2_PAYMENT_REQUIRED_ERROR: &str = "Payment required";
 /// `error` of a v1 challenge when no payment was sent (what the v1 reference server says).

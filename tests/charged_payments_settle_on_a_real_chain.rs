@@ -6,27 +6,8 @@ use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
-use crate::support::settle::{settlement_yaml, wait_all_final};
-use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
-
-const PRICE: u64 = 1000;
-
-/// levy settling on `chain`, with a journal in `dir` and the settlement keys in `settlement`.
-fn settling_levy(
-    chain: &TestChain,
-    origin: &Origin,
-    dir: &std::path::Path,
-    settlement: &str,
-    route_extra: &str,
-) -> Levy {
-    Levy::start(&format!(
-        "{}{}{}  routes:\n    \
-         - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir, settlement),
-    ))
-}
+use crate::support::settle::{settling_levy, wait_all_final, PRICE};
+use crate::support::{request, Levy, Origin, PAY_TO};
 
 fn settlements(levy: &Levy, state: &str) -> Vec<Value> {
     let body = levy

@@ -93,12 +93,13 @@ fn a_payment_charged_before_a_crash_is_refused_after_the_restart() {
     chain.mint(signer(KEYS[0]).address(), 10_000_000);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    // Nothing settles during the test: the payment is only in the journal when levy dies.
+    // Nothing settles during the test (the batch waits a minute; the payment is valid for
+    // five): the payment is only in the journal when levy dies.
     let (config, addr, admin) = process_config(
         dir.path(),
         &origin,
         &chain,
-        "    max_batch: 500\n    max_delay_ms: 600000\n",
+        "    max_batch: 500\n    max_delay_ms: 60000\n",
     );
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
@@ -127,6 +128,44 @@ fn a_payment_charged_before_a_crash_is_refused_after_the_restart() {
     )
     .json();
     assert_eq!(pending["count"].as_u64(), Some(1), "{pending}");
+}
+
+#[test]
+fn a_payer_denied_for_a_canceled_authorization_stays_denied_after_a_restart() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[4]).address(), 10 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, addr, admin) =
+        process_config(dir.path(), &origin, &chain, "    max_delay_ms: 1500\n");
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let terms = decode(
+        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .header("payment-required")
+            .expect("challenge"),
+    );
+    let (signed, header) = sign_for(&terms, KEYS[4]);
+    assert_eq!(
+        request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &header)).status,
+        200
+    );
+    chain.cancel(KEYS[4], signed.nonce);
+    wait_all_final(admin, Duration::from_secs(30));
+    levy.sigkill();
+
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    let next = request(
+        addr,
+        &paid_get("/data/x", "PAYMENT-SIGNATURE", &sign_for(&terms, KEYS[4]).1),
+    );
+    assert_eq!(next.status, 402, "{}", next.text());
+    assert_eq!(
+        decode(next.header("payment-required").expect("challenge"))["error"],
+        "payer_denied"
+    );
+    assert_eq!(origin.seen().len(), 1);
 }
 
 #[test]

@@ -44,6 +44,29 @@ pub struct Levy {
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// How loosely priced routes match request paths.
+    #[serde(default)]
+    pub priced_paths: PricedPaths,
+}
+
+/// Spellings that priced routes treat as the same path (all on by default, so that an origin
+/// which serves them as one resource cannot be reached around the price).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricedPaths {
+    pub ignore_trailing_slash: bool,
+    pub ignore_path_params: bool,
+    pub ignore_case: bool,
+}
+
+impl Default for PricedPaths {
+    fn default() -> Self {
+        Self {
+            ignore_trailing_slash: true,
+            ignore_path_params: true,
+            ignore_case: true,
+        }
+    }
 }
 
 /// The settlement engine.
@@ -67,12 +90,52 @@ pub struct Settlement {
     pub receipt_timeout_ms: u64,
     #[serde(default = "default_rpc_timeout_ms")]
     pub rpc_timeout_ms: u64,
+    #[serde(default = "default_max_unsettled_per_payer")]
+    pub max_unsettled_per_payer: Amount,
+    #[serde(default = "default_max_unsettled_total")]
+    pub max_unsettled_total: Amount,
+    #[serde(default = "default_loss_budget")]
+    pub loss_budget: Amount,
+    #[serde(default = "default_loss_window_seconds")]
+    pub loss_window_seconds: u64,
     #[serde(default)]
-    pub max_unsettled_per_payer: Option<Amount>,
-    #[serde(default)]
-    pub max_unsettled_total: Option<Amount>,
+    pub funds: Funds,
     #[serde(default)]
     pub facilitator: Option<Facilitator>,
+}
+
+/// The balance check before serving batched payments, and the deny list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Funds {
+    pub check: bool,
+    pub cache_ms: u64,
+    pub empty_cache_ms: u64,
+    pub read_timeout_ms: u64,
+    pub on_rpc_error: OnRpcError,
+    pub deny_seconds: u64,
+}
+
+impl Default for Funds {
+    fn default() -> Self {
+        Self {
+            check: true,
+            cache_ms: 30_000,
+            empty_cache_ms: 2_000,
+            read_timeout_ms: 1_000,
+            on_rpc_error: OnRpcError::ServeWithinCaps,
+            deny_seconds: 86_400,
+        }
+    }
+}
+
+/// What to do with a batched payment whose payer's balance cannot be read.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRpcError {
+    #[default]
+    ServeWithinCaps,
+    Refuse,
 }
 
 /// Settle through an x402 facilitator instead of levy's own key.
@@ -286,6 +349,18 @@ fn default_receipt_timeout_ms() -> u64 {
 }
 fn default_rpc_timeout_ms() -> u64 {
     5_000
+}
+fn default_max_unsettled_per_payer() -> Amount {
+    Amount::Number(1_000_000)
+}
+fn default_max_unsettled_total() -> Amount {
+    Amount::Number(100_000_000)
+}
+fn default_loss_budget() -> Amount {
+    Amount::Number(10_000_000)
+}
+fn default_loss_window_seconds() -> u64 {
+    3_600
 }
 fn default_max_timeout_seconds() -> u64 {
     300

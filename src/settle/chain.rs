@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy::eips::eip2718::Encodable2718;
+use alloy::eips::BlockId;
 use alloy::network::TxSignerSync;
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
@@ -191,6 +192,56 @@ impl Chain {
                 },
             })
             .collect())
+    }
+
+    /// A payer's token balance and whether `nonce`'s authorization is used (or canceled), in
+    /// one multicall read at the latest block.
+    pub async fn payer_state(
+        &self,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> Result<(U256, bool), ChainError> {
+        let calls = vec![
+            IMulticall3::Call3 {
+                target: asset,
+                allowFailure: false,
+                callData: IEip3009::balanceOfCall { account: payer }
+                    .abi_encode()
+                    .into(),
+            },
+            IMulticall3::Call3 {
+                target: asset,
+                allowFailure: false,
+                callData: IEip3009::authorizationStateCall {
+                    authorizer: payer,
+                    nonce,
+                }
+                .abi_encode()
+                .into(),
+            },
+        ];
+        let request = TransactionRequest::default()
+            .to(self.multicall)
+            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
+        let output = self
+            .rpc(
+                "eth_call",
+                self.provider.call(request).block(BlockId::latest()),
+            )
+            .await?;
+        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        let [balance, state] = results.as_slice() else {
+            return Err(ChainError::Decode(
+                "aggregate3 returned the wrong number of results".into(),
+            ));
+        };
+        let balance = IEip3009::balanceOfCall::abi_decode_returns(&balance.returnData)
+            .map_err(|e| ChainError::Decode(format!("balanceOf: {e}")))?;
+        let used = IEip3009::authorizationStateCall::abi_decode_returns(&state.returnData)
+            .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
+        Ok((balance, used))
     }
 
     /// Builds and signs one transaction that transfers every payment through `aggregate3`.

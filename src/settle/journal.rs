@@ -570,6 +570,7 @@ mod tests {
             payload: None,
             requirement: None,
             queued_ms: 0,
+            deferred: true,
         }
     }
 

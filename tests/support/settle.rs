@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::chain::SETTLER_KEY;
-use super::{request, PAY_TO};
+use super::chain::{TestChain, SETTLER_KEY};
+use super::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// The price of the `/data/*` route of [`settling_levy`], in atomic units.
+pub const PRICE: u64 = 1000;
 
 /// `pay_to` plus a `settlement:` section journaling into `dir`, with the settler key in a file
 /// there; `extra` holds further `settlement` keys, indented by four spaces.
@@ -45,4 +48,21 @@ pub fn wait_all_final(admin: SocketAddr, patience: Duration) {
         assert!(Instant::now() < deadline, "{open} payments never settled");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// levy settling on `chain`, with a journal in `dir` and the settlement keys in `settlement`.
+pub fn settling_levy(
+    chain: &TestChain,
+    origin: &Origin,
+    dir: &std::path::Path,
+    settlement: &str,
+    route_extra: &str,
+) -> Levy {
+    Levy::start(&format!(
+        "{}{}{}  routes:\n    \
+         - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir, settlement),
+    ))
 }

@@ -1,0 +1,290 @@
+//! Exposure: the value levy has served, or is serving, that has not moved on chain yet —
+//! per payer and in total — and the rolling loss budget. A payment's share is reserved
+//! atomically with the check ([`Ledger::reserve`], under one lock), so concurrent payments
+//! from one payer cannot all pass a cap they exceed together; it stays counted while the
+//! payment is unsettled and leaves when the payment is final or released. Pure: no I/O,
+//! callers pass the time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use alloy::primitives::{Address, U256};
+
+/// The limits a [`Ledger`] enforces; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub per_payer: Option<U256>,
+    pub total: Option<U256>,
+    /// Value served and then failed to settle, within `loss_window_seconds`, beyond which
+    /// every payment settles before its response.
+    pub loss_budget: Option<U256>,
+    pub loss_window_seconds: u64,
+}
+
+/// What a reservation allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Serve now, settle in a batch later.
+    Defer,
+    /// Reserved, but over a cap or over the loss budget: settle before serving.
+    SettleFirst(Pressure),
+    /// Not reserved: the payer's known balance does not cover its unsettled payments plus
+    /// this one.
+    Unfunded,
+}
+
+/// Why a payment must settle before it is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    PayerCap,
+    TotalCap,
+    LossBudget,
+}
+
+impl Pressure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pressure::PayerCap => "payer_cap",
+            Pressure::TotalCap => "total_cap",
+            Pressure::LossBudget => "loss_budget",
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    per_payer: HashMap<Address, U256>,
+    total: U256,
+    /// `(unix second, value)` of each loss, oldest first.
+    losses: VecDeque<(u64, U256)>,
+    lost: U256,
+}
+
+impl State {
+    fn add(&mut self, payer: Address, amount: U256) {
+        *self.per_payer.entry(payer).or_default() += amount;
+        self.total += amount;
+    }
+
+    fn remove(&mut self, payer: Address, amount: U256) {
+        if let Some(v) = self.per_payer.get_mut(&payer) {
+            *v = v.saturating_sub(amount);
+            if v.is_zero() {
+                self.per_payer.remove(&payer);
+            }
+        }
+        self.total = self.total.saturating_sub(amount);
+    }
+
+    fn forget_losses_before(&mut self, since: u64) {
+        while let Some(&(at, value)) = self.losses.front() {
+            if at >= since {
+                break;
+            }
+            self.lost = self.lost.saturating_sub(value);
+            self.losses.pop_front();
+        }
+    }
+}
+
+/// Unsettled value per payer and in total, and recent losses.
+pub struct Ledger {
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Ledger {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Checks and reserves `amount` for `payer` in one step. `balance` is the payer's known
+    /// on-chain balance (already net of what settled since it was read), `None` when it is
+    /// not known. Anything but [`Admission::Unfunded`] returns a [`Hold`] that keeps the
+    /// amount counted until it is released (dropped) or handed to settlement
+    /// ([`Hold::keep`]).
+    pub fn reserve(
+        self: &Arc<Self>,
+        payer: Address,
+        amount: U256,
+        balance: Option<U256>,
+        now: u64,
+    ) -> (Admission, Option<Hold>) {
+        let mut state = lock(&self.state);
+        let payer_before = state.per_payer.get(&payer).copied().unwrap_or_default();
+        if balance.is_some_and(|b| payer_before + amount > b) {
+            return (Admission::Unfunded, None);
+        }
+        state.forget_losses_before(now.saturating_sub(self.limits.loss_window_seconds));
+        let admission = if self.limits.loss_budget.is_some_and(|b| state.lost > b) {
+            Admission::SettleFirst(Pressure::LossBudget)
+        } else if self
+            .limits
+            .per_payer
+            .is_some_and(|cap| payer_before + amount > cap)
+        {
+            Admission::SettleFirst(Pressure::PayerCap)
+        } else if self
+            .limits
+            .total
+            .is_some_and(|cap| state.total + amount > cap)
+        {
+            Admission::SettleFirst(Pressure::TotalCap)
+        } else {
+            Admission::Defer
+        };
+        state.add(payer, amount);
+        let hold = Hold {
+            ledger: Arc::clone(self),
+            payer,
+            amount,
+            held: true,
+        };
+        (admission, Some(hold))
+    }
+
+    /// Counts a payment that is unsettled without a request holding it (journal replay).
+    pub fn add_unsettled(&self, payer: Address, amount: U256) {
+        lock(&self.state).add(payer, amount);
+    }
+
+    /// A payment is final (settled, failed, withdrawn): its value stops counting.
+    pub fn remove_unsettled(&self, payer: Address, amount: U256) {
+        lock(&self.state).remove(payer, amount);
+    }
+
+    /// Records value that was served and then failed to settle.
+    pub fn record_loss(&self, amount: U256, at: u64) {
+        let mut state = lock(&self.state);
+        state.losses.push_back((at, amount));
+        state.lost += amount;
+    }
+
+    /// Value lost within the window ending `now`.
+    pub fn lost(&self, now: u64) -> U256 {
+        let mut state = lock(&self.state);
+        state.forget_losses_before(now.saturating_sub(self.limits.loss_window_seconds));
+        state.lost
+    }
+
+    /// Unsettled value in total.
+    pub fn total(&self) -> U256 {
+        lock(&self.state).total
+    }
+
+    /// Unsettled value of one payer.
+    pub fn of(&self, payer: Address) -> U256 {
+        lock(&self.state)
+            .per_payer
+            .get(&payer)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// A reserved share of exposure, released when dropped unless kept.
+pub struct Hold {
+    ledger: Arc<Ledger>,
+    payer: Address,
+    amount: U256,
+    held: bool,
+}
+
+impl Hold {
+    /// The payment was journaled: its value now counts as unsettled until settlement
+    /// finishes it ([`Ledger::remove_unsettled`]).
+    pub fn keep(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.held {
+            self.ledger.remove_unsettled(self.payer, self.amount);
+        }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("payer", &self.payer)
+            .field("amount", &self.amount)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAYER: Address = Address::repeat_byte(1);
+
+    fn ledger(per_payer: u64, total: u64, budget: u64) -> Arc<Ledger> {
+        Ledger::new(Limits {
+            per_payer: Some(U256::from(per_payer)),
+            total: Some(U256::from(total)),
+            loss_budget: Some(U256::from(budget)),
+            loss_window_seconds: 60,
+        })
+    }
+
+    #[test]
+    fn the_second_payment_over_the_payer_cap_settles_first_even_while_the_first_is_in_flight() {
+        let ledger = ledger(10, 1000, 1000);
+        let (first, hold) = ledger.reserve(PAYER, U256::from(10), None, 0);
+        assert_eq!(first, Admission::Defer);
+        let (second, _h2) = ledger.reserve(PAYER, U256::from(10), None, 0);
+        assert_eq!(second, Admission::SettleFirst(Pressure::PayerCap));
+        drop(hold);
+        assert_eq!(ledger.of(PAYER), U256::from(10));
+    }
+
+    #[test]
+    fn a_released_hold_frees_its_share_and_a_kept_one_stays_until_finished() {
+        let ledger = ledger(100, 100, 100);
+        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0);
+        drop(hold);
+        assert_eq!(ledger.total(), U256::ZERO);
+        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0);
+        hold.expect("hold").keep();
+        assert_eq!(ledger.total(), U256::from(40));
+        ledger.remove_unsettled(PAYER, U256::from(40));
+        assert_eq!(ledger.total(), U256::ZERO);
+    }
+
+    #[test]
+    fn a_balance_that_does_not_cover_unsettled_plus_this_payment_is_unfunded() {
+        let ledger = ledger(1000, 1000, 1000);
+        let balance = Some(U256::from(15));
+        let (a, _h) = ledger.reserve(PAYER, U256::from(10), balance, 0);
+        assert_eq!(a, Admission::Defer);
+        let (b, none) = ledger.reserve(PAYER, U256::from(10), balance, 0);
+        assert_eq!(b, Admission::Unfunded);
+        assert!(none.is_none());
+        assert_eq!(ledger.of(PAYER), U256::from(10));
+    }
+
+    #[test]
+    fn losses_over_the_budget_force_settlement_first_until_the_window_passes() {
+        let ledger = ledger(1000, 1000, 50);
+        ledger.record_loss(U256::from(60), 100);
+        let (a, _h) = ledger.reserve(Address::repeat_byte(2), U256::from(1), None, 130);
+        assert_eq!(a, Admission::SettleFirst(Pressure::LossBudget));
+        let (b, _h) = ledger.reserve(Address::repeat_byte(3), U256::from(1), None, 161);
+        assert_eq!(b, Admission::Defer);
+        assert_eq!(ledger.lost(161), U256::ZERO);
+    }
+}

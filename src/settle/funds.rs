@@ -1,0 +1,303 @@
+//! What levy knows of payers' money before it serves them: a cache of each payer's token
+//! balance per (chain, asset), read from the chain in one multicall together with the
+//! presented authorization's `authorizationState`, and the deny list of payers whose
+//! payments failed on chain after being served. A warm entry answers without I/O; a miss
+//! reads the chain once (concurrent misses for one payer share the read) within a deadline.
+//! Balances are kept net of what levy settled since the read, so a settled payment is never
+//! counted as money the payer still has.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, U256};
+use moka::Expiry;
+
+/// One payer's token on one chain.
+pub type FundsKey = (u64, Address, Address);
+
+/// A cached balance, net of levy's settlements since it was read.
+#[derive(Debug)]
+pub struct Balance {
+    value: Mutex<U256>,
+    /// The authorization whose state was read with the balance, and whether it was used.
+    first_nonce: B256,
+    first_nonce_used: bool,
+}
+
+impl Balance {
+    pub fn new(value: U256, nonce: B256, nonce_used: bool) -> Self {
+        Self {
+            value: Mutex::new(value),
+            first_nonce: nonce,
+            first_nonce_used: nonce_used,
+        }
+    }
+
+    pub fn get(&self) -> U256 {
+        *self.value.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spend(&self, amount: U256) {
+        let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        *value = value.saturating_sub(amount);
+    }
+}
+
+/// What a funds lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FundsView {
+    /// The payer's balance (net of levy's settlements since it was read).
+    Known(U256),
+    /// The chain already marks this authorization used or canceled.
+    AuthorizationUsed,
+    /// The chain could not be read in time.
+    Unknown,
+}
+
+/// What to do with a payment whose payer's balance cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRpcError {
+    /// Serve it within the exposure caps (which bound the loss).
+    #[default]
+    ServeWithinCaps,
+    /// Answer 503: nothing is served unverified.
+    Refuse,
+}
+
+/// The settings of the payer-state cache and the deny list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FundsConfig {
+    /// Read balances before serving batched payments (chain mode only).
+    pub check: bool,
+    /// How long a read balance is trusted.
+    pub ttl: Duration,
+    /// How long a zero balance is trusted (short, so a payer who funds gets in soon).
+    pub empty_ttl: Duration,
+    /// The deadline of one read.
+    pub read_timeout: Duration,
+    pub on_rpc_error: OnRpcError,
+    /// How long a payer whose payment failed on chain is refused.
+    pub deny_for: Duration,
+}
+
+/// Why a payer is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    /// The failure that put the payer on the list (a fixed reason code).
+    pub reason: &'static str,
+    /// Unix second the entry lapses.
+    pub until: u64,
+}
+
+struct BalanceExpiry {
+    ttl: Duration,
+    empty_ttl: Duration,
+}
+
+impl Expiry<FundsKey, Arc<Balance>> for BalanceExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &FundsKey,
+        value: &Arc<Balance>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(if value.get().is_zero() {
+            self.empty_ttl
+        } else {
+            self.ttl
+        })
+    }
+}
+
+struct DenyExpiry;
+
+impl Expiry<Address, Denial> for DenyExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Address,
+        value: &Denial,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.until.saturating_sub(crate::clock::unix_now()),
+        ))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Address,
+        value: &Denial,
+        now: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, now)
+    }
+}
+
+/// The payer-state cache and the deny list.
+pub struct Funds {
+    config: FundsConfig,
+    balances: moka::future::Cache<FundsKey, Arc<Balance>>,
+    denied: moka::sync::Cache<Address, Denial>,
+}
+
+impl Funds {
+    pub fn new(config: FundsConfig) -> Self {
+        Self {
+            config,
+            balances: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .expire_after(BalanceExpiry {
+                    ttl: config.ttl,
+                    empty_ttl: config.empty_ttl,
+                })
+                .build(),
+            denied: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .expire_after(DenyExpiry)
+                .build(),
+        }
+    }
+
+    pub fn config(&self) -> &FundsConfig {
+        &self.config
+    }
+
+    /// The payer's balance for `key`, from the cache or read by `read` (`(balance, used)` of
+    /// the balance and `nonce`'s authorization state) within the read deadline.
+    pub async fn view<F, E>(&self, key: FundsKey, nonce: B256, read: F) -> FundsView
+    where
+        F: std::future::Future<Output = Result<(U256, bool), E>> + Send,
+        E: Send + Sync + 'static,
+    {
+        if let Some(balance) = self.balances.get(&key).await {
+            return self.seen(&balance, nonce);
+        }
+        let timeout = self.config.read_timeout;
+        let loaded = self
+            .balances
+            .try_get_with(key, async move {
+                match tokio::time::timeout(timeout, read).await {
+                    Ok(Ok((value, used))) => Ok(Arc::new(Balance::new(value, nonce, used))),
+                    Ok(Err(_)) | Err(_) => Err(()),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(balance) => self.seen(&balance, nonce),
+            Err(_) => FundsView::Unknown,
+        }
+    }
+
+    fn seen(&self, balance: &Balance, nonce: B256) -> FundsView {
+        if balance.first_nonce == nonce && balance.first_nonce_used {
+            FundsView::AuthorizationUsed
+        } else {
+            FundsView::Known(balance.get())
+        }
+    }
+
+    /// A payment settled: its value left the payer's cached balance.
+    pub async fn spent(&self, key: FundsKey, amount: U256) {
+        if let Some(balance) = self.balances.get(&key).await {
+            balance.spend(amount);
+        }
+    }
+
+    /// Forgets a payer's cached balance (it turned out wrong).
+    pub async fn forget(&self, key: FundsKey) {
+        self.balances.invalidate(&key).await;
+    }
+
+    /// Puts a payer on the deny list until `until` (unix seconds).
+    pub fn deny(&self, payer: Address, reason: &'static str, until: u64) {
+        self.denied.insert(payer, Denial { reason, until });
+    }
+
+    /// Whether a payer is refused, and why.
+    pub fn denied(&self, payer: Address, now: u64) -> Option<Denial> {
+        self.denied.get(&payer).filter(|d| d.until > now)
+    }
+
+    /// How many payers are on the deny list (approximate).
+    pub fn denied_count(&self) -> u64 {
+        self.denied.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn funds() -> Funds {
+        Funds::new(FundsConfig {
+            check: true,
+            ttl: Duration::from_secs(30),
+            empty_ttl: Duration::from_secs(2),
+            read_timeout: Duration::from_millis(200),
+            on_rpc_error: OnRpcError::ServeWithinCaps,
+            deny_for: Duration::from_secs(60),
+        })
+    }
+
+    const KEY: FundsKey = (1, Address::repeat_byte(1), Address::repeat_byte(2));
+
+    #[tokio::test]
+    async fn a_warm_balance_answers_without_reading_and_settlements_reduce_it() {
+        let funds = funds();
+        let nonce = B256::repeat_byte(7);
+        let first = funds
+            .view(KEY, nonce, async { Ok::<_, ()>((U256::from(100), false)) })
+            .await;
+        assert_eq!(first, FundsView::Known(U256::from(100)));
+        let warm = funds
+            .view(KEY, B256::repeat_byte(8), async {
+                panic!("a warm entry must not be read again");
+                #[allow(unreachable_code)]
+                Ok::<(U256, bool), ()>((U256::ZERO, false))
+            })
+            .await;
+        assert_eq!(warm, FundsView::Known(U256::from(100)));
+        funds.spent(KEY, U256::from(30)).await;
+        let after = funds
+            .view(KEY, nonce, async { Err::<(U256, bool), ()>(()) })
+            .await;
+        assert_eq!(after, FundsView::Known(U256::from(70)));
+    }
+
+    #[tokio::test]
+    async fn a_used_authorization_and_a_failed_read_are_told_apart() {
+        let funds = funds();
+        let nonce = B256::repeat_byte(7);
+        let used = funds
+            .view(KEY, nonce, async { Ok::<_, ()>((U256::from(5), true)) })
+            .await;
+        assert_eq!(used, FundsView::AuthorizationUsed);
+        let other = (2, KEY.1, KEY.2);
+        let failed = funds
+            .view(other, nonce, async { Err::<(U256, bool), ()>(()) })
+            .await;
+        assert_eq!(failed, FundsView::Unknown);
+        let slow = funds
+            .view(other, nonce, async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, ()>((U256::from(5), false))
+            })
+            .await;
+        assert_eq!(slow, FundsView::Unknown);
+    }
+
+    #[test]
+    fn a_denied_payer_is_refused_until_the_entry_lapses() {
+        let funds = funds();
+        let payer = Address::repeat_byte(9);
+        let until = crate::clock::unix_now() + 100;
+        funds.deny(payer, "insufficient_balance", until);
+        assert_eq!(
+            funds.denied(payer, until - 1).map(|d| d.reason),
+            Some("insufficient_balance")
+        );
+        assert_eq!(funds.denied(payer, until), None);
+        assert_eq!(funds.denied(Address::repeat_byte(3), 0), None);
+    }
+}

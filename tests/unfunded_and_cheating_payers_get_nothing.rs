@@ -1,0 +1,264 @@
+//! Money safety on a real chain: levy serves a batched payment only when the payer's balance
+//! covers it, refuses payers whose payments failed after being served, reserves exposure
+//! atomically, bounds what rotating throwaway keys can take, and never charges an
+//! authorization that cannot be settled before it expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use alloy::signers::local::PrivateKeySigner;
+use levy::client::{random_nonce, sign, Payer, Terms};
+use serde_json::Value;
+
+use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::pay::{challenge, decode, now, paid_get, sign_for};
+use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
+use crate::support::{request, Levy, Origin, Reply, Response, PAY_TO};
+
+fn pay(levy: &Levy, header: &str) -> Response {
+    request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header))
+}
+
+fn reason(response: &Response) -> String {
+    assert_eq!(response.status, 402, "{}", response.text());
+    decode(response.header("payment-required").expect("challenge"))["error"]
+        .as_str()
+        .expect("error")
+        .to_owned()
+}
+
+fn receipt(response: &Response) -> Value {
+    assert_eq!(response.status, 200, "{}", response.text());
+    decode(
+        response
+            .header("payment-response")
+            .expect("PAYMENT-RESPONSE"),
+    )
+}
+
+/// A fresh private key, as hex.
+fn throwaway_key() -> String {
+    format!(
+        "0x{}",
+        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
+    )
+}
+
+#[test]
+fn a_payer_with_no_balance_is_refused_before_the_origin_is_called() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "    funds: {empty_cache_ms: 100}\n",
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let key = throwaway_key();
+    let refused = pay(&levy, &sign_for(&terms, &key).1);
+    assert_eq!(reason(&refused), "invalid_exact_evm_insufficient_balance");
+    assert!(
+        origin.seen().is_empty(),
+        "the origin served an unfunded payer"
+    );
+
+    // Once funded (and the short-lived empty entry lapsed), the same payer gets in.
+    chain.mint(signer(&key).address(), PRICE);
+    std::thread::sleep(Duration::from_millis(300));
+    let paid = pay(&levy, &sign_for(&terms, &key).1);
+    assert_eq!(receipt(&paid)["extensions"]["levy"]["status"], "pending");
+    // Its balance is now spoken for: a second payment before settlement is refused.
+    let second = pay(&levy, &sign_for(&terms, &key).1);
+    assert_eq!(reason(&second), "invalid_exact_evm_insufficient_balance");
+    assert_eq!(origin.seen().len(), 1);
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(PRICE)
+    );
+}
+
+#[test]
+fn a_payer_that_cancels_after_being_served_is_denied_its_next_payment() {
+    let chain = TestChain::start();
+    let key = KEYS[4];
+    chain.mint(signer(key).address(), 100 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(&chain, &origin, dir.path(), "    max_delay_ms: 1500\n", "");
+    let terms = challenge(&levy, "/data/x");
+    let (signed, header) = sign_for(&terms, key);
+    receipt(&pay(&levy, &header));
+    chain.cancel(key, signed.nonce);
+    wait_all_final(levy.admin, Duration::from_secs(30));
+
+    let next = pay(&levy, &sign_for(&terms, key).1);
+    assert_eq!(reason(&next), "payer_denied");
+    assert_eq!(origin.seen().len(), 1);
+    assert!(levy.metric("levy_lost_value_total") >= PRICE);
+    // An honest payer is unaffected.
+    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
+    receipt(&pay(&levy, &sign_for(&terms, KEYS[0]).1));
+}
+
+#[test]
+fn fifty_concurrent_payments_from_one_payer_get_one_unsettled_response_under_a_cap_of_one_price() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1000 * PRICE);
+    let origin = Origin::start(|_| {
+        // A slow origin widens the window in which the payments are all in flight.
+        std::thread::sleep(Duration::from_millis(300));
+        Reply::ok("data")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        &format!("    max_delay_ms: 60000\n    max_unsettled_per_payer: {PRICE}\n"),
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let headers: Vec<String> = (0..50).map(|_| sign_for(&terms, KEYS[0]).1).collect();
+    let barrier = Arc::new(std::sync::Barrier::new(50));
+    let addr = levy.addr;
+    let threads: Vec<_> = headers
+        .into_iter()
+        .map(|header| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &header))
+            })
+        })
+        .collect();
+    let responses: Vec<Response> = threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    let mut unsettled = 0;
+    for response in &responses {
+        assert_eq!(response.status, 200, "{}", response.text());
+        let receipt = receipt(response);
+        match receipt["extensions"]["levy"]["status"].as_str() {
+            Some("pending") => unsettled += 1,
+            Some("settled") => {
+                let hash = receipt["transaction"]
+                    .as_str()
+                    .expect("hash")
+                    .parse()
+                    .expect("tx hash");
+                assert!(chain.succeeded(hash));
+            }
+            other => panic!("unexpected status {other:?}"),
+        }
+    }
+    assert_eq!(unsettled, 1, "served before settlement beyond the cap");
+    assert!(levy.metric("levy_settle_first_total{pressure=\"payer_cap\"}") >= 49);
+}
+
+#[test]
+fn an_attacker_rotating_fresh_keys_loses_levy_at_most_the_loss_budget_then_routes_settle_first() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Without the funds check (as when the RPC cannot be read and levy serves within its
+    // caps), only the loss budget stands between throwaway keys and the content.
+    let budget = 2 * PRICE + PRICE / 2;
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        &format!("    max_delay_ms: 200\n    loss_budget: {budget}\n    funds: {{check: false}}\n"),
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    let mut served = 0u64;
+    for _ in 0..8 {
+        let response = pay(&levy, &sign_for(&terms, &throwaway_key()).1);
+        if response.status == 200 {
+            served += 1;
+        } else {
+            assert_eq!(reason(&response), "insufficient_balance");
+        }
+        wait_all_final(levy.admin, Duration::from_secs(30));
+    }
+    // Each served payment failed (the keys hold nothing): that is the loss.
+    let lost = served * PRICE;
+    assert!(
+        lost <= budget + PRICE,
+        "lost {lost}, more than the budget and one payment"
+    );
+    assert_eq!(served, 3, "served {served} unfunded payments");
+    let failed = levy.admin_get("/settlements?state=failed").json();
+    assert_eq!(failed["count"].as_u64(), Some(8), "{failed}");
+    assert_eq!(chain.balance(PAY_TO.parse().expect("payee")), U256::ZERO);
+    assert!(levy.metric("levy_settle_first_total{pressure=\"loss_budget\"}") >= 5);
+    // An honest payer still gets in, settled before its response.
+    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
+    let honest = receipt(&pay(&levy, &sign_for(&terms, KEYS[0]).1));
+    assert_eq!(honest["extensions"]["levy"]["status"], "settled");
+}
+
+/// levy with `valid_before_margin_seconds: 5` in front of a slow origin.
+fn levy_before_a_slow_origin(chain: &TestChain, origin: &Origin, dir: &std::path::Path) -> Levy {
+    Levy::start(&format!(
+        "  upstreams:\n    origin:\n      address: {}\n      read_timeout_ms: 20000\n{}{}  \
+         payments: {{valid_before_margin_seconds: 5}}\n  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        origin.addr,
+        chain.levy_yaml(),
+        settlement_yaml(dir, "    max_delay_ms: 100\n"),
+    ))
+}
+
+/// A payment valid for `seconds` from now.
+fn valid_for(levy: &Levy, seconds: u64) -> String {
+    let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let payer = Payer::from_hex(KEYS[0]).expect("key");
+    sign(&payer, &terms, now() - 600, now() + seconds, random_nonce())
+        .expect("sign")
+        .v2_header(&accepted, None)
+}
+
+#[test]
+fn an_authorization_that_expires_during_a_slow_exchange_is_not_charged_unsettled() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 100 * PRICE);
+    let origin = Origin::start(|seen| {
+        let millis = seen.target.rsplit('/').next().and_then(|m| m.parse().ok());
+        std::thread::sleep(Duration::from_millis(millis.unwrap_or(0)));
+        Reply::ok("slow data")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_before_a_slow_origin(&chain, &origin, dir.path());
+    let payee = PAY_TO.parse().expect("payee");
+
+    // 12 s of validity, 1 s at the origin: too close to validBefore for a batch, so it
+    // settles before the response leaves.
+    let close = request(
+        levy.addr,
+        &paid_get("/data/1000", "PAYMENT-SIGNATURE", &valid_for(&levy, 12)),
+    );
+    let settled = receipt(&close);
+    assert_eq!(settled["extensions"]["levy"]["status"], "settled");
+    assert_eq!(chain.balance(payee), U256::from(PRICE));
+
+    // 6 s of validity, 4 s at the origin: it cannot be settled any more; nothing is served
+    // and nothing charged.
+    let late = request(
+        levy.addr,
+        &paid_get("/data/4000", "PAYMENT-SIGNATURE", &valid_for(&levy, 6)),
+    );
+    assert_eq!(late.status, 402, "{}", late.text());
+    assert!(!late.text().contains("slow data"));
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert_eq!(chain.balance(payee), U256::from(PRICE));
+    let served = levy.admin_get("/settlements?state=settled").json();
+    assert_eq!(served["count"].as_u64(), Some(1), "{served}");
+}
