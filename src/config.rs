@@ -917,6 +917,7 @@ fn settlement(
     }
     for (key, value) in [
         ("receipt_timeout_ms", s.receipt_timeout_ms),
+        ("replace_after_ms", s.replace_after_ms),
         ("rpc_timeout_ms", s.rpc_timeout_ms),
         ("retry_backoff_ms", s.retry_backoff_ms),
     ] {
@@ -926,6 +927,12 @@ fn settlement(
                 "must be greater than zero",
             ));
         }
+    }
+    if s.replace_after_ms < 1000 {
+        return Err(invalid(
+            format!("{path}.replace_after_ms"),
+            "must be at least 1000",
+        ));
     }
     if s.max_attempts == 0 {
         return Err(invalid(
@@ -1010,6 +1017,7 @@ fn settlement(
         max_attempts: s.max_attempts,
         retry_backoff: Duration::from_millis(s.retry_backoff_ms),
         receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),
+        replace_after: Duration::from_millis(s.replace_after_ms),
         rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
         limits: Limits {
             per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// `levy_lost_value_total`: atomic units served before settlement that then failed to
     /// settle.
     pub lost_value: IntCounter,
+    /// `levy_settlement_replacements_total`: stuck batches re-signed at higher fees.
+    pub batch_replacements: IntCounter,
     /// `levy_settle_first_total{pressure}`: batched payments settled before their response
     /// because of `payer_cap`, `total_cap` or `loss_budget`.
     pub settle_first: IntCounterVec,
@@ -215,6 +217,11 @@ pub fn metrics() -> &'static Metrics {
             "Atomic units served before settlement that then failed to settle"
         )
         .expect("levy_lost_value_total registers once"),
+        batch_replacements: register_int_counter!(
+            "levy_settlement_replacements_total",
+            "Stuck settlement transactions re-signed with the same nonce at higher fees"
+        )
+        .expect("levy_settlement_replacements_total registers once"),
         settle_first: register_int_counter_vec!(
             "levy_settle_first_total",
             "Batched payments settled before their response, by what forced it",

@@ -542,7 +542,12 @@ impl LevyProxy {
                     "facilitator refused a payment on route {}: {reason}",
                     route.name
                 );
-                return Some(self.refuse_payment(session, paywall, ctx, "facilitator_invalid"));
+                // Its standard x402 reason is repeated; its own words are not.
+                let code = match crate::settle::reason_code(&reason) {
+                    "settlement_failed" => "facilitator_invalid",
+                    code => code,
+                };
+                return Some(self.refuse_payment(session, paywall, ctx, code));
             }
         }
         let verified = paid.verified.clone();

@@ -139,7 +139,18 @@ pub struct BatchRecord {
     pub raw_tx: Bytes,
     pub payment_ids: Vec<String>,
     pub submitted_at: u64,
+    /// Its fees (the floor of a replacement).
+    #[serde(default)]
+    pub fees: chain::Fees,
+    /// Hashes of the earlier transactions with this nonce and these calls that it replaced
+    /// at higher fees; any one of them may still be mined.
+    #[serde(default)]
+    pub replaced: Vec<String>,
 }
+
+/// How many times a stuck batch is re-signed at higher fees before levy only re-broadcasts
+/// it (and an operator must look): 1.25^10 ≈ 9.3 times the first fees.
+const MAX_FEE_BUMPS: usize = 10;
 
 /// A chain the engine settles on.
 #[derive(Debug, Clone)]
@@ -159,6 +170,8 @@ pub struct SettlementConfig {
     pub max_attempts: u32,
     pub retry_backoff: Duration,
     pub receipt_timeout: Duration,
+    /// A batch not mined this long after its broadcast is re-signed at higher fees.
+    pub replace_after: Duration,
     pub rpc_timeout: Duration,
     /// Exposure caps and the loss budget.
     pub limits: Limits,
@@ -288,6 +301,7 @@ impl Settlement {
             )),
             None => {
                 let signer = settler_key(&config)?;
+                check_chain_ids(&config.chains, config.rpc_timeout)?;
                 for spec in &config.chains {
                     let chain = Chain::new(
                         &spec.rpc_url,
@@ -970,18 +984,22 @@ impl Settlement {
                 .await
             }
             Ok(AuthorizationFate::UsedUnknown) => {
-                self.finish(
+                // Used, but no event yet: a node whose state runs ahead of its logs (or a
+                // transfer by someone else). Look again with backoff; after max_attempts a
+                // person must.
+                self.requeue_pending(
                     vec![record],
-                    SettlementState::NeedsReview,
-                    Some("authorization_used_elsewhere"),
-                    None,
+                    Some("authorization_used_elsewhere".into()),
+                    true,
                 )
                 .await
             }
             Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
             Err(e) => {
+                // Counted: a node that can never answer (a log range it refuses) must not
+                // keep a payment, and its exposure, open forever.
                 log::warn!("reconciling {}: {e}", record.id);
-                self.requeue_pending(vec![record], Some("rpc_unavailable".into()), false)
+                self.requeue_pending(vec![record], Some("rpc_unavailable".into()), true)
                     .await
             }
         }
@@ -1007,14 +1025,20 @@ impl Settlement {
                 return;
             }
         };
-        let signed = match chain.sign_batch(&send, nonce).await {
-            Ok(signed) => signed,
-            Err(e) => {
-                log::warn!("settlement on {network}: cannot build the batch: {e}");
-                log::warn!("settlement on {network}: {e}");
-                self.requeue_pending(send, Some("rpc_unavailable".into()), false)
-                    .await;
-                return;
+        let signed = loop {
+            match chain.sign_batch(&send, nonce, None).await {
+                Ok(signed) => break signed,
+                Err(ChainError::TooMuchGas { .. }) if send.len() > 1 => {
+                    // Too big for a block: send the nearest half now, the rest next.
+                    let rest = send.split_off(send.len() / 2);
+                    lock(&self.inner.queue).extend(rest);
+                }
+                Err(e) => {
+                    log::warn!("settlement on {network}: cannot build the batch: {e}");
+                    self.requeue_pending(send, Some("rpc_unavailable".into()), false)
+                        .await;
+                    return;
+                }
             }
         };
         let now = unix_now();
@@ -1030,6 +1054,8 @@ impl Settlement {
             raw_tx: signed.raw.clone(),
             payment_ids: send.iter().map(|r| r.id.clone()).collect(),
             submitted_at: now,
+            fees: signed.fees,
+            replaced: Vec::new(),
         };
         // Journal before broadcast: whatever happens next, the hash is known.
         if let Err(e) = self
@@ -1070,7 +1096,18 @@ impl Settlement {
     async fn await_receipt(&self, chain: &Chain, batch: &BatchRecord) {
         let deadline = tokio::time::Instant::now() + self.inner.config.receipt_timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.try_resolve(chain, batch).await {
+            // The batch in flight may have been replaced since the last look.
+            let current = self
+                .inner
+                .inflight
+                .lock()
+                .await
+                .get(&batch.network)
+                .cloned();
+            let Some(current) = current else {
+                return;
+            };
+            if self.try_resolve(chain, &current).await {
                 return;
             }
             // Poll briskly at first (a local or fast chain mines at once), then back off.
@@ -1090,27 +1127,25 @@ impl Settlement {
         );
     }
 
-    /// Resolves a batch from its receipt, or from the settler nonce and each authorization's
-    /// state when the transaction can no longer be mined. Returns whether it is resolved.
+    /// Resolves a batch from the receipt of its transaction (or of one it replaced), or from
+    /// the settler nonce and each authorization's state when none of them can be mined any
+    /// more. A batch not mined after `replace_after` is re-signed with the same nonce and the
+    /// same calls at higher fees (whichever of the two is mined, nothing is paid twice).
+    /// Returns whether it is resolved.
     async fn try_resolve(&self, chain: &Chain, batch: &BatchRecord) -> bool {
-        let Ok(hash) = batch.tx_hash.parse::<B256>() else {
-            return false;
-        };
-        let records = self.batch_records(batch);
-        match chain.receipt(hash).await {
-            Ok(Some(mined)) => {
-                self.apply_receipt(hash, &mined, records).await;
-                self.inner.inflight.lock().await.remove(&batch.network);
-                return true;
-            }
-            Ok(None) => {}
+        match self.mined_receipt(chain, batch).await {
+            Ok(true) => return true,
+            Ok(false) => {}
             Err(_) => return false,
         }
-        // No receipt. If the settler's nonce moved past ours, this transaction will never be
-        // mined: each authorization's own state says what happened.
         match chain.mined_nonce().await {
             Ok(mined) if mined > batch.nonce => {
-                for record in records {
+                // The block with our nonce may have landed between the two reads: look at
+                // the receipts once more before asking each authorization.
+                if let Ok(true) = self.mined_receipt(chain, batch).await {
+                    return true;
+                }
+                for record in self.batch_records(batch) {
                     self.reconcile_used_or_unused(chain, record).await;
                 }
                 self.inner.inflight.lock().await.remove(&batch.network);
@@ -1118,11 +1153,90 @@ impl Settlement {
                 true
             }
             Ok(_) => {
-                // Still pending (or dropped by the node): re-broadcast the very same bytes.
-                let _ = chain.broadcast(&batch.raw_tx).await;
+                let stuck_for = unix_now().saturating_sub(batch.submitted_at);
+                if stuck_for >= self.inner.config.replace_after.as_secs()
+                    && batch.replaced.len() < MAX_FEE_BUMPS
+                {
+                    self.replace(chain, batch).await;
+                } else {
+                    // Still pending (or dropped by the node): re-broadcast the same bytes.
+                    let _ = chain.broadcast(&batch.raw_tx).await;
+                }
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// Applies the receipt of the batch's transaction or of one it replaced, if mined.
+    async fn mined_receipt(&self, chain: &Chain, batch: &BatchRecord) -> Result<bool, ChainError> {
+        for text in std::iter::once(&batch.tx_hash).chain(batch.replaced.iter().rev()) {
+            let Ok(hash) = text.parse::<B256>() else {
+                continue;
+            };
+            if let Some(mined) = chain.receipt(hash).await? {
+                let records = self.batch_records(batch);
+                self.apply_receipt(hash, &mined, records).await;
+                self.inner.inflight.lock().await.remove(&batch.network);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Re-signs a stuck batch with its nonce and calls at higher fees, journals the new
+    /// transaction (remembering the old) before broadcasting it.
+    async fn replace(&self, chain: &Chain, batch: &BatchRecord) {
+        let mut records = self.batch_records(batch);
+        if records.is_empty() {
+            return;
+        }
+        let signed = match chain
+            .sign_batch(&records, batch.nonce, Some(batch.fees))
+            .await
+        {
+            Ok(signed) => signed,
+            Err(e) => {
+                log::warn!("cannot re-sign stuck batch {}: {e}", batch.tx_hash);
+                return;
+            }
+        };
+        let now = unix_now();
+        for r in &mut records {
+            r.tx_hash = Some(signed.hash);
+            r.updated_at = now;
+        }
+        let mut replaced = batch.replaced.clone();
+        replaced.push(batch.tx_hash.clone());
+        let next = BatchRecord {
+            tx_hash: signed.hash.to_string(),
+            network: batch.network.clone(),
+            nonce: batch.nonce,
+            raw_tx: signed.raw.clone(),
+            payment_ids: records.iter().map(|r| r.id.clone()).collect(),
+            submitted_at: now,
+            fees: signed.fees,
+            replaced,
+        };
+        if let Err(e) = self.inner.journal.put_batch(next.clone(), records).await {
+            log::error!("cannot journal the replacement of {}: {e}", batch.tx_hash);
+            return;
+        }
+        log::warn!(
+            "batch {} not mined after {} s; replaced by {} at max fee {} wei",
+            batch.tx_hash,
+            now.saturating_sub(batch.submitted_at),
+            next.tx_hash,
+            next.fees.max_fee_per_gas
+        );
+        metrics().batch_replacements.inc();
+        self.inner
+            .inflight
+            .lock()
+            .await
+            .insert(batch.network.clone(), next.clone());
+        if let Err(e) = chain.broadcast(&next.raw_tx).await {
+            log::warn!("broadcast of replacement {} failed: {e}", next.tx_hash);
         }
     }
 
@@ -1267,6 +1381,47 @@ pub fn reason_code(text: &str) -> &'static str {
         .copied()
         .find(|c| *c == text)
         .unwrap_or("settlement_failed")
+}
+
+/// Refuses to start when a network's RPC endpoint answers for another chain (every balance
+/// read would be wrong and every transaction refused). An endpoint that cannot be reached
+/// now is only logged: settlement waits for it, serving goes on.
+fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), SettleError> {
+    if chains.is_empty() {
+        return Ok(());
+    }
+    let check = || -> Result<(), SettleError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SettleError::Chain(format!("cannot start a runtime: {e}")))?;
+        runtime.block_on(async {
+            for spec in chains {
+                match chain::chain_id_at(&spec.rpc_url, timeout).await {
+                    Ok(id) if id != spec.chain_id => {
+                        return Err(SettleError::Chain(format!(
+                            "levy.networks.{}.rpc_url answers for chain {id}, not {}",
+                            spec.network, spec.chain_id
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "cannot check the chain id of network {} now ({}); settlement starts when its RPC answers",
+                        spec.network,
+                        e
+                    ),
+                }
+            }
+            Ok(())
+        })
+    };
+    // A thread of its own: the caller may already be inside a runtime.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(check)
+            .join()
+            .unwrap_or_else(|_| Err(SettleError::Chain("chain id check panicked".into())))
+    })
 }
 
 /// Sets the unsettled-value gauge.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy::eips::eip2718::Encodable2718;
-use alloy::eips::BlockId;
+use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::TxSignerSync;
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
@@ -39,6 +39,9 @@ sol! {
     }
 }
 
+/// How far back reconciliation looks for an authorization's events.
+const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
+
 /// Why a chain operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChainError {
@@ -50,6 +53,8 @@ pub enum ChainError {
     Decode(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("the batch needs {gas} gas, too much of the block gas limit {block}")]
+    TooMuchGas { gas: u64, block: u64 },
 }
 
 /// What the chain says about one authorization.
@@ -88,6 +93,14 @@ pub struct SignedBatch {
     pub hash: B256,
     pub raw: Bytes,
     pub nonce: u64,
+    pub fees: Fees,
+}
+
+/// The EIP-1559 fees of a transaction, in wei per gas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Fees {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
 }
 
 /// One chain's RPC endpoint, settler key and batch-call contract.
@@ -245,10 +258,16 @@ impl Chain {
     }
 
     /// Builds and signs one transaction that transfers every payment through `aggregate3`.
+    ///
+    /// `floor` is the fees of a transaction this one replaces (same nonce, same calls): each
+    /// fee is raised to at least a quarter above it, so nodes accept the replacement. A
+    /// batch whose gas would exceed most of a block is refused with
+    /// [`ChainError::TooMuchGas`]: split it.
     pub async fn sign_batch(
         &self,
         payments: &[PaymentRecord],
         nonce: u64,
+        floor: Option<Fees>,
     ) -> Result<SignedBatch, ChainError> {
         let calls: Vec<IMulticall3::Call3> = payments
             .iter()
@@ -269,13 +288,47 @@ impl Chain {
                 self.provider.estimate_gas(estimate_request),
             )
             .await?;
-        let fees = self
+        let gas_limit = gas + gas / 4 + 21_000;
+        let block = self
+            .rpc(
+                "eth_getBlockByNumber",
+                self.provider.get_block_by_number(BlockNumberOrTag::Latest),
+            )
+            .await?
+            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
+        let block_gas = block.header.gas_limit;
+        if gas_limit > block_gas / 10 * 9 {
+            return Err(ChainError::TooMuchGas {
+                gas: gas_limit,
+                block: block_gas,
+            });
+        }
+        let estimate = self
             .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
             .await?;
+        let bump = |previous: u128| previous + previous / 4 + 1;
+        let fees = match floor {
+            None => Fees {
+                max_fee_per_gas: estimate.max_fee_per_gas,
+                max_priority_fee_per_gas: estimate.max_priority_fee_per_gas,
+            },
+            Some(prev) => {
+                let priority = estimate
+                    .max_priority_fee_per_gas
+                    .max(bump(prev.max_priority_fee_per_gas));
+                Fees {
+                    max_fee_per_gas: estimate
+                        .max_fee_per_gas
+                        .max(bump(prev.max_fee_per_gas))
+                        .max(priority),
+                    max_priority_fee_per_gas: priority,
+                }
+            }
+        };
         let mut tx = TxEip1559 {
             chain_id: self.chain_id,
             nonce,
-            gas_limit: gas + gas / 4 + 21_000,
+            gas_limit,
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
             to: TxKind::Call(self.multicall),
@@ -292,7 +345,18 @@ impl Chain {
             hash: *envelope.tx_hash(),
             raw: envelope.encoded_2718().into(),
             nonce,
+            fees,
         })
+    }
+
+    /// The chain id the RPC endpoint answers for.
+    pub async fn remote_chain_id(&self) -> Result<u64, ChainError> {
+        self.rpc("eth_chainId", self.provider.get_chain_id()).await
+    }
+
+    /// The chain id transactions are signed for.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
     }
 
     /// Broadcasts a signed transaction. Re-broadcasting the same bytes is harmless.
@@ -346,12 +410,22 @@ impl Chain {
         let request = TransactionRequest::default()
             .to(payment.asset)
             .input(state.abi_encode().into());
-        let output = self.rpc("eth_call", self.provider.call(request)).await?;
+        let output = self
+            .rpc(
+                "eth_call",
+                self.provider.call(request).block(BlockId::latest()),
+            )
+            .await?;
         let used = IEip3009::authorizationStateCall::abi_decode_returns(&output)
             .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
         if !used {
             return Ok(AuthorizationFate::Unused);
         }
+        // Bounded: providers refuse unbounded log ranges. The authorization can only have
+        // been used after levy accepted it, which is recent.
+        let latest = self
+            .rpc("eth_blockNumber", self.provider.get_block_number())
+            .await?;
         let filter = Filter::new()
             .address(payment.asset)
             .event_signature(vec![
@@ -360,7 +434,8 @@ impl Chain {
             ])
             .topic1(payment.payer.into_word())
             .topic2(payment.nonce)
-            .from_block(0u64);
+            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
+            .to_block(latest);
         let logs = self
             .rpc("eth_getLogs", self.provider.get_logs(&filter))
             .await?;
@@ -399,6 +474,26 @@ impl Chain {
     pub async fn gas_balance(&self) -> Result<U256, ChainError> {
         self.rpc("eth_getBalance", self.provider.get_balance(self.settler()))
             .await
+    }
+}
+
+/// The chain id an RPC endpoint answers for, read with a client of its own (so that no
+/// connection outlives the runtime it is called on).
+pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainError> {
+    let url = rpc_url.parse().map_err(|e| ChainError::Rpc {
+        call: "connect",
+        message: format!("bad RPC URL: {e}"),
+    })?;
+    let provider = ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .connect_http(url);
+    match tokio::time::timeout(timeout, provider.get_chain_id()).await {
+        Err(_) => Err(ChainError::Timeout("eth_chainId")),
+        Ok(Err(e)) => Err(ChainError::Rpc {
+            call: "eth_chainId",
+            message: e.to_string(),
+        }),
+        Ok(Ok(id)) => Ok(id),
     }
 }
 

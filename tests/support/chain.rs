@@ -182,6 +182,16 @@ impl TestChain {
         })
     }
 
+    /// Calls an RPC method (anvil's test methods included) and returns its result.
+    pub fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.rt.block_on(async {
+            self.deployer
+                .raw_request(method.to_owned().into(), params)
+                .await
+                .unwrap_or_else(|e| panic!("{method}: {e}"))
+        })
+    }
+
     /// Sends a transaction from the deployer and waits for it.
     pub fn send(&self, to: Address, data: Vec<u8>) -> B256 {
         let tx = TransactionRequest::default()

@@ -1,0 +1,109 @@
+//! Settlement keeps moving when a chain does not cooperate: a batch the chain will not mine
+//! at its fees is replaced at higher ones, and an RPC endpoint of the wrong chain stops levy
+//! at start instead of sending transactions nobody mines.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use serde_json::json;
+
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
+use crate::support::{free_port, request, upstream_yaml, Origin, PAY_TO};
+
+fn quantity(value: &serde_json::Value) -> u64 {
+    u64::from_str_radix(
+        value
+            .as_str()
+            .expect("hex quantity")
+            .trim_start_matches("0x"),
+        16,
+    )
+    .expect("hex quantity")
+}
+
+#[test]
+fn a_batch_priced_under_the_base_fee_is_replaced_and_settles() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]);
+    chain.mint(payer.address(), 100 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(
+        &chain,
+        &origin,
+        dir.path(),
+        "    max_delay_ms: 100\n    replace_after_ms: 1000\n",
+        "",
+    );
+    let terms = challenge(&levy, "/data/x");
+    chain.rpc("evm_setAutomine", json!([false]));
+    let (signed, header) = sign_for(&terms, KEYS[0]);
+    let response = request(
+        levy.addr,
+        &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let id = decode(response.header("payment-response").expect("receipt"))["extensions"]["levy"]
+        ["paymentId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Wait for the batch to reach the pool, then let the base fee jump far above its fees.
+    let settler = format!("{:?}", signer(SETTLER_KEY).address());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while quantity(&chain.rpc("eth_getTransactionCount", json!([settler, "pending"])))
+        == quantity(&chain.rpc("eth_getTransactionCount", json!([settler, "latest"])))
+    {
+        assert!(Instant::now() < deadline, "levy never broadcast the batch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    chain.rpc(
+        "anvil_setNextBlockBaseFeePerGas",
+        json!([format!("{:#x}", 100_000_000_000u64)]),
+    );
+    chain.rpc("evm_mine", json!([]));
+    assert!(
+        !chain.authorization_used(payer.address(), signed.nonce),
+        "the batch was mined under the base fee"
+    );
+    chain.rpc("evm_setAutomine", json!([true]));
+
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    let record = levy.admin_get(&format!("/settlements/{id}")).json();
+    assert_eq!(record["state"], "settled", "{record}");
+    assert!(chain.authorization_used(payer.address(), signed.nonce));
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(PRICE)
+    );
+    assert!(levy.metric("levy_settlement_replacements_total") >= 1);
+}
+
+#[test]
+fn an_rpc_endpoint_of_another_chain_stops_levy_at_start() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Base mainnet (8453) pointed at the test chain (84532).
+    let yaml = format!(
+        "levy:\n  listeners: {{data: 127.0.0.1:{}}}\n{}  networks:\n    base:\n      rpc_url: {}\n      multicall: \"{}\"\n{}  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base}}]}}\n",
+        free_port(),
+        upstream_yaml(origin.addr),
+        chain.rpc_url,
+        chain.multicall,
+        settlement_yaml(dir.path(), ""),
+    );
+    let config = levy::Config::from_yaml(&yaml).expect("config");
+    let error = levy::build_server(config, None)
+        .err()
+        .expect("levy started against the wrong chain")
+        .to_string();
+    assert!(
+        error.contains("levy.networks.base.rpc_url") && error.contains("84532"),
+        "{error}"
+    );
+}
