@@ -90,21 +90,25 @@ const SHARDS: usize = 64;
 /// rarely contend on one lock.
 pub struct MemoryNonceStore {
     shards: Box<[Mutex<HashMap<NonceKey, Entry>>]>,
+    /// Keyed per process, so a payer cannot choose nonces that all land in one shard.
+    spread: std::collections::hash_map::RandomState,
 }
 
 impl Default for MemoryNonceStore {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            spread: std::collections::hash_map::RandomState::new(),
         }
     }
 }
 
 impl MemoryNonceStore {
     fn shard(&self, key: &NonceKey) -> std::sync::MutexGuard<'_, HashMap<NonceKey, Entry>> {
-        // The nonce is 32 random bytes chosen by the payer; its last byte spreads keys evenly
-        // enough for picking a shard (the map inside uses a keyed hash).
-        let index = usize::from(key.nonce[31]) % self.shards.len();
+        // A keyed hash of the whole key: the nonce is the payer's choice, so any part of it
+        // taken alone would let a payer steer every payment into one shard.
+        let index =
+            (std::hash::BuildHasher::hash_one(&self.spread, key) as usize) % self.shards.len();
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1007,9 +1007,20 @@ impl ProxyHttp for LevyProxy {
     }
 }
 
-/// Keeps shared caches from storing a paid response (and serving it unpaid): drops `public`
-/// and `s-maxage` and adds `private`, unless the origin already said `no-store`/`private`.
+/// Keeps shared caches from storing a paid response (and serving it unpaid): drops the
+/// CDN-specific cache headers, drops `public` and `s-maxage` and adds `private`, unless the
+/// origin already said `no-store`/`private`.
 fn make_private(response: &mut ResponseHeader) -> pingora::Result<()> {
+    // CDNs obey these over Cache-Control: a paid response must not be cached by one either.
+    for name in [
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+    ] {
+        if response.headers.contains_key(name) {
+            response.remove_header(name);
+        }
+    }
     let directives: Vec<String> = response
         .headers
         .get_all(header::CACHE_CONTROL)

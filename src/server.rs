@@ -25,6 +25,11 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     for warning in config.warnings() {
         log::warn!("config: {warning}");
     }
+    if let Some(admin) = config.admin_listener.filter(|a| !a.ip().is_loopback()) {
+        log::warn!(
+            "the admin listener {admin} is not on loopback: it has no authentication, so bind it to loopback or a private network only"
+        );
+    }
     let settlement = match config.settlement.clone() {
         Some(settings) => Some(Settlement::open(settings)?),
         None => {

@@ -128,7 +128,21 @@ pub fn settle_window_seconds(max_delay: Duration) -> u64 {
 
 /// Failure reasons that say the payer never could or never meant to pay: the payer goes on
 /// the deny list.
-const DENY_REASONS: [&str; 2] = ["insufficient_balance", "authorization_canceled"];
+const DENY_REASONS: [&str; 4] = [
+    "insufficient_balance",
+    "authorization_canceled",
+    "invalid_exact_evm_insufficient_balance",
+    "insufficient_funds",
+];
+
+/// Failure reasons of payments that were withdrawn before anything was broadcast: their
+/// clients were refused and told to retry with the same payment, so after a restart those
+/// authorizations must not be restored as used.
+const NEVER_SENT_REASONS: [&str; 3] = [
+    "settler_busy",
+    "not_settled_before_response",
+    "shutting_down",
+];
 
 /// A broadcast batch transaction, journaled before broadcast.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,6 +275,9 @@ struct Inner {
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
     /// Found by the journal replay at open; taken once by whoever owns the replay set.
     live_at_open: Mutex<Vec<LiveAuthorization>>,
+    /// Set when the engine stops: no payment is journaled for settlement before its response
+    /// any more (it could not be settled, and would settle after a restart without one).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -333,6 +350,7 @@ impl Settlement {
                 inflight: tokio::sync::Mutex::new(HashMap::new()),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
                 live_at_open: Mutex::new(Vec::new()),
+                stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         settlement.recover()?;
@@ -361,6 +379,11 @@ impl Settlement {
         let mut queue = lock(&self.inner.queue);
         let mut live = lock(&self.inner.live_at_open);
         for record in open {
+            let never_sent = record.state == SettlementState::Failed
+                && record
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| NEVER_SENT_REASONS.contains(&r));
             if record.state == SettlementState::Failed {
                 // The deny list and the loss budget outlive a restart.
                 if let Some(reason) = deny_reason(&record) {
@@ -376,7 +399,7 @@ impl Settlement {
                         .record_loss(record.amount, record.updated_at);
                 }
             }
-            if record.valid_before > now {
+            if record.valid_before > now && !never_sent {
                 live.push(LiveAuthorization {
                     network: record.network.clone(),
                     asset: record.asset,
@@ -509,14 +532,21 @@ impl Settlement {
         record: PaymentRecord,
         hold: Option<Hold>,
     ) -> Result<B256, SettleError> {
+        if self
+            .inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(SettleError::Stopped);
+        }
         self.inner.journal.accept(vec![record.clone()]).await?;
         self.keep(&record, hold);
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .urgent_tx
-            .send(Urgent { record, reply })
-            .await
-            .map_err(|_| SettleError::Stopped)?;
+        if let Err(refused) = self.inner.urgent_tx.send(Urgent { record, reply }).await {
+            // The engine stopped meanwhile: take the payment back before anyone settles it.
+            self.withdraw(refused.0.record, "shutting_down").await;
+            return Err(SettleError::Stopped);
+        }
         answer.await.map_err(|_| SettleError::Stopped)?
     }
 
@@ -574,7 +604,10 @@ impl Settlement {
         let mut last_report = 0u64;
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => {
+                    self.stop(&mut urgent).await;
+                    break;
+                }
                 Some(job) = urgent.recv() => {
                     let mut jobs = vec![job];
                     while let Ok(more) = urgent.try_recv() {
@@ -608,6 +641,20 @@ impl Settlement {
         }
     }
 
+    /// Stops taking before-response payments: new ones are refused before they are
+    /// journaled, and those already waiting are withdrawn and answered, so that none is
+    /// settled after a restart for a request that got no response.
+    async fn stop(&self, urgent: &mut mpsc::Receiver<Urgent>) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        urgent.close();
+        while let Some(job) = urgent.recv().await {
+            self.withdraw(job.record, "shutting_down").await;
+            let _ = job.reply.send(Err(SettleError::Stopped));
+        }
+    }
+
     /// The next batch to send, if one is due: `max_batch` payments are waiting, the oldest
     /// waited `max_delay`, or one nears its `validBefore`. Nearest `validBefore` first; one network per batch; none for a
     /// network whose previous batch is still unresolved.
@@ -619,24 +666,32 @@ impl Settlement {
         let config = &self.inner.config;
         let ready =
             |r: &PaymentRecord| r.next_attempt_at <= now && !inflight.contains_key(&r.network);
-        let network = queue.iter().find(|r| ready(r))?.network.clone();
-        let candidates: Vec<usize> = (0..queue.len())
-            .filter(|&i| queue[i].network == network && ready(&queue[i]))
-            .collect();
-        let oldest_ms = candidates
-            .iter()
-            .map(|&i| queue[i].queued_ms.max(queue[i].next_attempt_at * 1000))
-            .min()
-            .unwrap_or(now_ms);
-        let waited = Duration::from_millis(now_ms.saturating_sub(oldest_ms));
-        // A payment nearing validBefore cannot wait out max_delay.
-        let urgent_before = now + settle_window_seconds(Duration::ZERO);
-        let expiring = candidates
-            .iter()
-            .any(|&i| queue[i].valid_before <= urgent_before);
-        if candidates.len() < config.max_batch && waited < config.max_delay && !expiring {
-            return None;
+        let mut networks: Vec<&str> = Vec::new();
+        for r in queue.iter().filter(|r| ready(r)) {
+            if !networks.contains(&r.network.as_str()) {
+                networks.push(&r.network);
+            }
         }
+        // The first network that is due; one that is not must not hold up the others.
+        let (network, candidates) = networks.into_iter().find_map(|network| {
+            let candidates: Vec<usize> = (0..queue.len())
+                .filter(|&i| queue[i].network == network && ready(&queue[i]))
+                .collect();
+            let oldest_ms = candidates
+                .iter()
+                .map(|&i| queue[i].queued_ms.max(queue[i].next_attempt_at * 1000))
+                .min()
+                .unwrap_or(now_ms);
+            let waited = Duration::from_millis(now_ms.saturating_sub(oldest_ms));
+            // A payment nearing validBefore cannot wait out max_delay.
+            let urgent_before = now + settle_window_seconds(Duration::ZERO);
+            let expiring = candidates
+                .iter()
+                .any(|&i| queue[i].valid_before <= urgent_before);
+            let due =
+                candidates.len() >= config.max_batch || waited >= config.max_delay || expiring;
+            due.then(|| (network.to_owned(), candidates))
+        })?;
         // The max_batch nearest validBefore, in linear time (the queue can be long).
         let mut chosen: Vec<usize> = candidates;
         if chosen.len() > config.max_batch {
@@ -647,6 +702,7 @@ impl Settlement {
         let mut batch: Vec<PaymentRecord> =
             chosen.into_iter().map(|i| queue.swap_remove(i)).collect();
         batch.sort_by_key(|r| r.valid_before);
+        metrics().queue_depth.set(queue.len() as i64);
         Some((network, batch))
     }
 
@@ -701,6 +757,14 @@ impl Settlement {
                 Err(SettleError::Failed(
                     r.reason.unwrap_or_else(|| "settlement_failed".into()),
                 ))
+            }
+            Some(r)
+                if r.state == SettlementState::Pending
+                    && r.reason.as_deref() == Some("facilitator_unavailable") =>
+            {
+                // The facilitator may have broadcast it before its answer was lost: the
+                // outcome is unknown, never "not paid". It stays queued and is reconciled.
+                Err(SettleError::Pending)
             }
             Some(r) if r.state == SettlementState::Pending => {
                 // Never broadcast (the chain was unreachable): take it back, so it is not

@@ -362,3 +362,28 @@ fn any_bytes_in_either_payment_header_get_a_4xx_never_a_5xx() {
     assert!(origin.seen().is_empty());
     assert_eq!(levy.get("/free").status, 200);
 }
+
+#[test]
+fn a_paid_response_loses_the_cdn_cache_headers_that_would_let_a_cdn_serve_it_unpaid() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nCDN-Cache-Control: max-age=600\r\nSurrogate-Control: max-age=3600\r\nCloudflare-CDN-Cache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nsunny"
+                .to_vec(),
+        )
+    });
+    let levy = paywalled(origin.addr, "paid-cdn");
+    let header = v2_payment(&levy, ROUTE);
+    let response = request(levy.addr, &paid_get(ROUTE, "PAYMENT-SIGNATURE", &header));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("cache-control"),
+        Some("private, max-age=60")
+    );
+    for name in [
+        "cdn-cache-control",
+        "surrogate-control",
+        "cloudflare-cdn-cache-control",
+    ] {
+        assert!(response.header(name).is_none(), "{name} reached the client");
+    }
+}

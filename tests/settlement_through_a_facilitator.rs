@@ -6,7 +6,7 @@ use alloy::primitives::U256;
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
-use crate::support::{free_port, request, upstream_yaml, Levy, Origin, PAY_TO};
+use crate::support::{free_port, request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// The reference facilitator (published x402 packages) running against the test chain.
 struct RunningFacilitator {
@@ -165,4 +165,63 @@ fn a_payment_the_facilitator_finds_invalid_is_refused_and_never_charged() {
     );
     assert!(origin.seen().is_empty());
     assert!(!chain.authorization_used(signer(KEYS[3]).address(), signed.nonce));
+}
+
+#[test]
+fn a_facilitator_that_rate_limits_is_retried_and_its_ambiguous_answers_are_never_refunds() {
+    // A facilitator that answers every /settle with 429 and words of its own.
+    let facilitator = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: 44\r\n\r\n{\"error\":\"slow down, key sk_live_123 used\"}\n"
+                .to_vec(),
+        )
+    });
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    max_delay_ms: 100\n    \
+         max_attempts: 3\n    retry_backoff_ms: 100\n    receipt_timeout_ms: 2000\n    \
+         facilitator: {{url: \"http://{}\"}}\n  routes:\n    \
+         - {{name: later, path: /later/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        dir.path().join("journal.redb").display(),
+        facilitator.addr,
+    ));
+    let (_, header) = sign_for(&challenge(&levy, "/later/x"), KEYS[0]);
+    let served = request(
+        levy.addr,
+        &paid_get("/later/x", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(served.status, 200, "{}", served.text());
+    let id = decode(served.header("payment-response").expect("receipt"))["extensions"]["levy"]
+        ["paymentId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // Retried with backoff, never failed at the first refusal; reviewed in the end.
+    let record = wait_state(&levy, &id, "needs_review");
+    assert_eq!(record["reason"], "facilitator_unavailable", "{record}");
+    assert!(facilitator.seen().len() >= 3);
+    assert!(!record.to_string().contains("sk_live"));
+
+    // Before the response, an unknown outcome is a 503 naming the payment, not a refund.
+    let (_, header) = sign_for(&challenge(&levy, "/now/x"), KEYS[0]);
+    let pending = request(levy.addr, &paid_get("/now/x", "PAYMENT-SIGNATURE", &header));
+    assert_eq!(pending.status, 503, "{}", pending.text());
+    let body = pending.json();
+    assert_eq!(body["error"], "settlement_pending");
+    let id = body["paymentId"].as_str().expect("payment id");
+    assert!(body["statusUrl"].as_str().expect("status").ends_with(id));
+    assert_ne!(
+        levy.admin_get(&format!("/settlements/{id}")).json()["state"],
+        "failed"
+    );
+    // Its authorization stays reserved: the same payment cannot buy the response meanwhile.
+    let again = request(levy.addr, &paid_get("/now/x", "PAYMENT-SIGNATURE", &header));
+    assert_eq!(again.status, 402);
+    assert!(
+        origin.seen().len() == 1,
+        "the origin served the pending payment"
+    );
 }

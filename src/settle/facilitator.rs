@@ -84,11 +84,19 @@ impl Facilitator {
                     .and_then(|t| t.parse::<B256>().ok());
                 match (value["success"].as_bool(), tx) {
                     (Some(true), Some(hash)) => FacilitatorOutcome::Settled(hash),
-                    (Some(false), _) => FacilitatorOutcome::Refused(reason(&value, "errorReason")),
-                    _ if status >= 500 => {
-                        FacilitatorOutcome::Unavailable(format!("HTTP {status}: {value}"))
+                    (Some(false), _) => {
+                        let why = reason(&value, "errorReason");
+                        if PERMANENT_REASONS.contains(&why.as_str()) {
+                            FacilitatorOutcome::Refused(why)
+                        } else {
+                            // Its own RPC, gas or nonce trouble: the authorization is still
+                            // good, try again later.
+                            FacilitatorOutcome::Unavailable(why)
+                        }
                     }
-                    _ => FacilitatorOutcome::Refused(format!(
+                    // Rate limits, auth or edge errors, odd bodies: nothing says the payment
+                    // is bad, so it is retried (and after max_attempts reviewed).
+                    _ => FacilitatorOutcome::Unavailable(format!(
                         "unexpected answer (HTTP {status}): {value}"
                     )),
                 }
@@ -133,6 +141,29 @@ impl Facilitator {
             .collect())
     }
 }
+
+/// Facilitator refusals that no retry can change: the payment itself is bad.
+const PERMANENT_REASONS: &[&str] = &[
+    "invalid_exact_evm_signature",
+    "invalid_exact_evm_payload_signature",
+    "invalid_exact_evm_recipient_mismatch",
+    "invalid_exact_evm_payload_recipient_mismatch",
+    "invalid_exact_evm_authorization_value",
+    "invalid_exact_evm_payload_authorization_value",
+    "invalid_exact_evm_payload_authorization_value_mismatch",
+    "invalid_exact_evm_payload_authorization_valid_before",
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_insufficient_balance",
+    "insufficient_funds",
+    "invalid_exact_evm_network_mismatch",
+    "invalid_exact_evm_scheme",
+    "invalid_exact_evm_missing_eip712_domain",
+    "invalid_exact_evm_token_name_mismatch",
+    "invalid_exact_evm_token_version_mismatch",
+    "invalid_exact_evm_eip3009_not_supported",
+    "invalid_network",
+    "invalid_scheme",
+];
 
 fn reason(value: &Value, key: &str) -> String {
     value[key]
