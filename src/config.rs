@@ -22,7 +22,7 @@ use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
 use crate::routing::{HostPattern, Looseness, Matcher, MethodSet, PathPattern, RouteTable};
 use crate::settle::exposure::Limits;
 use crate::settle::funds::{FundsConfig, OnRpcError};
-use crate::settle::{ChainSpec, FacilitatorSpec, SettlementConfig};
+use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig};
 use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
 
@@ -928,6 +928,12 @@ fn settlement(
             ));
         }
     }
+    if s.max_in_flight == 0 || s.max_in_flight > 64 {
+        return Err(invalid(
+            format!("{path}.max_in_flight"),
+            "must be between 1 and 64",
+        ));
+    }
     if s.replace_after_ms < 1000 {
         return Err(invalid(
             format!("{path}.replace_after_ms"),
@@ -1013,6 +1019,11 @@ fn settlement(
     Ok(SettlementConfig {
         journal_path: s.journal_path.clone().into(),
         max_batch: s.max_batch,
+        max_in_flight: s.max_in_flight,
+        on_backlog: match s.on_backlog {
+            schema::OnBacklog::SettleFirst => OnBacklog::SettleFirst,
+            schema::OnBacklog::Refuse => OnBacklog::Refuse,
+        },
         max_delay: Duration::from_millis(s.max_delay_ms),
         max_attempts: s.max_attempts,
         retry_backoff: Duration::from_millis(s.retry_backoff_ms),

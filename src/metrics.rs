@@ -55,6 +55,9 @@ pub struct Metrics {
     /// `levy_lost_value_total`: atomic units served before settlement that then failed to
     /// settle.
     pub lost_value: IntCounter,
+    /// `levy_settlement_backlogged`: 1 while the queue cannot drain before its earliest
+    /// payment expires (new batched payments settle first or get 503).
+    pub backlogged: IntGauge,
     /// `levy_settlement_replacements_total`: stuck batches re-signed at higher fees.
     pub batch_replacements: IntCounter,
     /// `levy_settle_first_total{pressure}`: batched payments settled before their response
@@ -217,6 +220,11 @@ pub fn metrics() -> &'static Metrics {
             "Atomic units served before settlement that then failed to settle"
         )
         .expect("levy_lost_value_total registers once"),
+        backlogged: register_int_gauge!(
+            "levy_settlement_backlogged",
+            "1 while the settlement queue cannot drain before its earliest payment expires"
+        )
+        .expect("levy_settlement_backlogged registers once"),
         batch_replacements: register_int_counter!(
             "levy_settlement_replacements_total",
             "Stuck settlement transactions re-signed with the same nonce at higher fees"

@@ -23,9 +23,9 @@ use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::{metrics, RouteMetrics};
 use crate::nonce::{NonceStore, Reservation};
 use crate::routing::{split_target, Lookup, RequestKey, Target};
-use crate::settle::exposure::{Admission, Hold};
+use crate::settle::exposure::{Admission, Hold, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError};
-use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
+use crate::settle::{OnBacklog, PaymentRecord, SettleError, Settlement, SettlementState};
 use crate::verify::{self, Rejection, VerifiedPayment, Version};
 use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
@@ -585,7 +585,26 @@ impl LevyProxy {
         } else {
             None
         };
-        let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        let (mut admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        if batched && admission == Admission::Defer {
+            match settlement.backlog(verified.valid_before) {
+                None => {}
+                Some(OnBacklog::SettleFirst) => {
+                    admission = Admission::SettleFirst(Pressure::Backlog);
+                }
+                Some(OnBacklog::Refuse) => {
+                    drop(hold);
+                    self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+                    return Some(
+                        Reply::text(
+                            503,
+                            "settlement is behind; retry later with the same payment",
+                        )
+                        .header(header::RETRY_AFTER, "5"),
+                    );
+                }
+            }
+        }
         match admission {
             Admission::Unfunded => {
                 return Some(self.refuse_payment(

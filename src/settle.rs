@@ -180,6 +180,10 @@ pub struct ChainSpec {
 pub struct SettlementConfig {
     pub journal_path: PathBuf,
     pub max_batch: usize,
+    /// Batches that may be in flight at once per network (consecutive settler nonces).
+    pub max_in_flight: usize,
+    /// What a batched payment gets while the queue cannot drain before it expires.
+    pub on_backlog: OnBacklog,
     pub max_delay: Duration,
     pub max_attempts: u32,
     pub retry_backoff: Duration,
@@ -196,6 +200,18 @@ pub struct SettlementConfig {
     pub chains: Vec<ChainSpec>,
     /// Settle (and optionally verify) through an x402 facilitator instead of levy's own key.
     pub facilitator: Option<FacilitatorSpec>,
+}
+
+/// What a batched payment gets while the settlement queue is projected to drain later than
+/// its earliest payment expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBacklog {
+    /// Settled before its response (each such request waits for the chain, which slows the
+    /// payers and lets the queue drain).
+    #[default]
+    SettleFirst,
+    /// Refused with 503 and `Retry-After`.
+    Refuse,
 }
 
 /// A facilitator to settle through.
@@ -254,6 +270,39 @@ pub struct LiveAuthorization {
     pub valid_before: u64,
 }
 
+/// Batches broadcast and not yet resolved: per network, by settler nonce (several may be in
+/// flight at once, with consecutive nonces).
+#[derive(Default)]
+struct InFlight(HashMap<String, std::collections::BTreeMap<u64, BatchRecord>>);
+
+impl InFlight {
+    fn count(&self, network: &str) -> usize {
+        self.0.get(network).map_or(0, |b| b.len())
+    }
+
+    /// Adds a batch, or replaces the one with its nonce.
+    fn insert(&mut self, batch: BatchRecord) {
+        self.0
+            .entry(batch.network.clone())
+            .or_default()
+            .insert(batch.nonce, batch);
+    }
+
+    fn remove(&mut self, network: &str, nonce: u64) {
+        if let Some(batches) = self.0.get_mut(network) {
+            batches.remove(&nonce);
+            if batches.is_empty() {
+                self.0.remove(network);
+            }
+        }
+    }
+
+    /// Every batch, lowest nonce first per network.
+    fn all(&self) -> Vec<BatchRecord> {
+        self.0.values().flat_map(|b| b.values().cloned()).collect()
+    }
+}
+
 struct Urgent {
     record: PaymentRecord,
     reply: oneshot::Sender<Result<B256, SettleError>>,
@@ -270,8 +319,16 @@ struct Inner {
     funds: Funds,
     urgent_tx: mpsc::Sender<Urgent>,
     urgent_rx: tokio::sync::Mutex<mpsc::Receiver<Urgent>>,
-    /// Broadcast batches whose outcome is not known, by network.
-    inflight: tokio::sync::Mutex<HashMap<String, BatchRecord>>,
+    /// Broadcast batches whose outcome is not known, by network and settler nonce.
+    inflight: tokio::sync::Mutex<InFlight>,
+    /// Recently settled payments, for the drain-rate projection.
+    settled_recently: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Set by the engine while the queue cannot be drained before its earliest validBefore.
+    backlogged: std::sync::atomic::AtomicBool,
+    /// The queue's length, readable without its lock.
+    queued: std::sync::atomic::AtomicUsize,
+    /// The drain rate the engine projects with, payments per second (f64 bits).
+    drain_rate: std::sync::atomic::AtomicU64,
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
     /// Found by the journal replay at open; taken once by whoever owns the replay set.
     live_at_open: Mutex<Vec<LiveAuthorization>>,
@@ -347,7 +404,11 @@ impl Settlement {
                 funds,
                 urgent_tx,
                 urgent_rx: tokio::sync::Mutex::new(urgent_rx),
-                inflight: tokio::sync::Mutex::new(HashMap::new()),
+                inflight: tokio::sync::Mutex::new(InFlight::default()),
+                settled_recently: Mutex::new(std::collections::VecDeque::new()),
+                backlogged: std::sync::atomic::AtomicBool::new(false),
+                queued: std::sync::atomic::AtomicUsize::new(0),
+                drain_rate: std::sync::atomic::AtomicU64::new(0),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
@@ -516,7 +577,7 @@ impl Settlement {
             queue.push(record);
             queue.len()
         };
-        metrics().queue_depth.set(waiting as i64);
+        self.set_queued(waiting);
         // A batch may be full now; otherwise the engine's 100 ms tick finds what waited
         // `max_delay`. Waking it for every payment would rescan the queue for every payment.
         if waiting % self.inner.config.max_batch.max(1) == 0 {
@@ -633,12 +694,65 @@ impl Settlement {
                 };
                 self.settle_batch(&network, batch).await;
             }
+            self.assess_backlog();
             let now = unix_now();
             if now != last_report {
                 last_report = now;
                 self.report().await;
             }
         }
+    }
+
+    /// Projects how long the queue takes to drain at the rate payments settled lately (or,
+    /// with too little history, one batch per settlement window) and flags a backlog when
+    /// the earliest queued `validBefore` would pass first, less a settlement window.
+    fn assess_backlog(&self) {
+        let now = unix_now();
+        let config = &self.inner.config;
+        let (depth, earliest) = {
+            let queue = lock(&self.inner.queue);
+            (queue.len(), queue.iter().map(|r| r.valid_before).min())
+        };
+        self.set_queued(depth);
+        let window = settle_window_seconds(config.max_delay);
+        let floor = config.max_batch as f64 / window as f64;
+        let rate = settled_rate(&self.inner.settled_recently, now).max(floor);
+        self.inner
+            .drain_rate
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Release);
+        let backlogged = earliest.is_some_and(|earliest| {
+            let drain = depth as f64 / rate;
+            now as f64 + drain + window as f64 >= earliest as f64
+        });
+        let was = self
+            .inner
+            .backlogged
+            .swap(backlogged, std::sync::atomic::Ordering::Release);
+        if was != backlogged {
+            if backlogged {
+                log::warn!("settlement backlog: {depth} payments queued cannot all settle before they expire; new payments {}", match config.on_backlog {
+                    OnBacklog::SettleFirst => "settle before their response",
+                    OnBacklog::Refuse => "get 503",
+                });
+            } else {
+                log::info!("settlement backlog cleared ({depth} queued)");
+            }
+        }
+        metrics().backlogged.set(i64::from(backlogged));
+    }
+
+    /// Whether a new batched payment valid until `valid_before` would wait in the queue past
+    /// it (behind the payments queued now, at the projected drain rate, plus a settlement
+    /// window), or the engine found the queue backlogged; and what the payment then gets.
+    pub fn backlog(&self, valid_before: u64) -> Option<OnBacklog> {
+        use std::sync::atomic::Ordering::Acquire;
+        let flagged = self.inner.backlogged.load(Acquire);
+        let depth = self.inner.queued.load(Acquire) as f64;
+        let rate = f64::from_bits(self.inner.drain_rate.load(Acquire));
+        let window = settle_window_seconds(self.inner.config.max_delay) as f64;
+        let late =
+            rate > 0.0 && unix_now() as f64 + (depth + 1.0) / rate + window >= valid_before as f64;
+        (flagged || late).then_some(self.inner.config.on_backlog)
     }
 
     /// Stops taking before-response payments: new ones are refused before they are
@@ -664,8 +778,9 @@ impl Settlement {
         let now = unix_now();
         let now_ms = unix_ms();
         let config = &self.inner.config;
-        let ready =
-            |r: &PaymentRecord| r.next_attempt_at <= now && !inflight.contains_key(&r.network);
+        let ready = |r: &PaymentRecord| {
+            r.next_attempt_at <= now && inflight.count(&r.network) < config.max_in_flight
+        };
         let mut networks: Vec<&str> = Vec::new();
         for r in queue.iter().filter(|r| ready(r)) {
             if !networks.contains(&r.network.as_str()) {
@@ -702,7 +817,7 @@ impl Settlement {
         let mut batch: Vec<PaymentRecord> =
             chosen.into_iter().map(|i| queue.swap_remove(i)).collect();
         batch.sort_by_key(|r| r.valid_before);
-        metrics().queue_depth.set(queue.len() as i64);
+        self.set_queued(queue.len());
         Some((network, batch))
     }
 
@@ -717,10 +832,12 @@ impl Settlement {
                 .push(job);
         }
         for (network, jobs) in by_network {
-            // Let an unresolved batch on this chain finish first: nonces go in order.
+            // Wait for a free slot among the batches in flight on this chain.
             let deadline = tokio::time::Instant::now() + self.inner.config.receipt_timeout;
             let mut busy = false;
-            while self.inner.inflight.lock().await.contains_key(&network) {
+            while self.inner.inflight.lock().await.count(&network)
+                >= self.inner.config.max_in_flight
+            {
                 if tokio::time::Instant::now() > deadline {
                     busy = true;
                     break;
@@ -739,6 +856,8 @@ impl Settlement {
             }
             let records = jobs.iter().map(|j| j.record.clone()).collect();
             self.settle_batch(&network, records).await;
+            let ids: Vec<&str> = jobs.iter().map(|j| j.record.id.as_str()).collect();
+            self.await_final(&ids, deadline).await;
             for job in jobs {
                 let outcome = self.urgent_outcome(&job.record.id).await;
                 let _ = job.reply.send(outcome);
@@ -779,7 +898,11 @@ impl Settlement {
 
     /// Removes a never-broadcast payment from the queue and marks it failed.
     async fn withdraw(&self, record: PaymentRecord, reason: &str) {
-        lock(&self.inner.queue).retain(|r| r.id != record.id);
+        {
+            let mut queue = lock(&self.inner.queue);
+            queue.retain(|r| r.id != record.id);
+            self.set_queued(queue.len());
+        }
         self.finish(vec![record], SettlementState::Failed, Some(reason), None)
             .await;
     }
@@ -829,6 +952,15 @@ impl Settlement {
                 .into_iter()
                 .filter(|r| r.state == SettlementState::Pending),
         );
+        self.set_queued(queue.len());
+    }
+
+    /// Publishes the queue's length (for admission and the gauge).
+    fn set_queued(&self, len: usize) {
+        self.inner
+            .queued
+            .store(len, std::sync::atomic::Ordering::Release);
+        metrics().queue_depth.set(len as i64);
     }
 
     /// Marks payments final (settled or failed) in the journal and drops their exposure.
@@ -860,7 +992,13 @@ impl Settlement {
             }
             let key = (self.chain_id_of(&r.network), r.asset, r.payer);
             match state {
-                SettlementState::Settled => self.inner.funds.spent(key, r.amount).await,
+                SettlementState::Settled => {
+                    self.inner.funds.spent(key, r.amount).await;
+                    if r.deferred {
+                        // The queue's drain rate: before-response payments never queue.
+                        note_settled(&self.inner.settled_recently, now);
+                    }
+                }
                 SettlementState::Failed => {
                     if r.deferred {
                         self.inner.ledger.record_loss(r.amount, now);
@@ -1148,47 +1286,29 @@ impl Settlement {
                 signed.hash
             );
         }
-        self.inner
-            .inflight
-            .lock()
-            .await
-            .insert(network.to_owned(), batch.clone());
-        self.await_receipt(chain, &batch).await;
+        self.inner.inflight.lock().await.insert(batch);
     }
 
-    /// Polls for a batch's receipt until `receipt_timeout`; leaves it in flight otherwise.
-    async fn await_receipt(&self, chain: &Chain, batch: &BatchRecord) {
-        let deadline = tokio::time::Instant::now() + self.inner.config.receipt_timeout;
-        while tokio::time::Instant::now() < deadline {
-            // The batch in flight may have been replaced since the last look.
-            let current = self
-                .inner
-                .inflight
-                .lock()
-                .await
-                .get(&batch.network)
-                .cloned();
-            let Some(current) = current else {
-                return;
-            };
-            if self.try_resolve(chain, &current).await {
+    /// Resolves batches in flight until none of these payments is submitted any more, or
+    /// until `deadline` (they stay in flight and are reconciled later).
+    async fn await_final(&self, ids: &[&str], deadline: tokio::time::Instant) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let submitted = ids.iter().any(|id| {
+                matches!(self.inner.journal.get(id), Ok(Some(r)) if r.state == SettlementState::Submitted)
+            });
+            if !submitted || tokio::time::Instant::now() >= deadline {
                 return;
             }
+            self.reconcile_inflight().await;
             // Poll briskly at first (a local or fast chain mines at once), then back off.
-            let pause = if tokio::time::Instant::now() + self.inner.config.receipt_timeout
-                < deadline + Duration::from_secs(2)
-            {
+            let pause = if started.elapsed() < Duration::from_secs(2) {
                 Duration::from_millis(20)
             } else {
                 Duration::from_millis(250)
             };
             tokio::time::sleep(pause).await;
         }
-        log::warn!(
-            "batch {} has no receipt after {:?}; will keep reconciling",
-            batch.tx_hash,
-            self.inner.config.receipt_timeout
-        );
     }
 
     /// Resolves a batch from the receipt of its transaction (or of one it replaced), or from
@@ -1212,10 +1332,15 @@ impl Settlement {
                 for record in self.batch_records(batch) {
                     self.reconcile_used_or_unused(chain, record).await;
                 }
-                self.inner.inflight.lock().await.remove(&batch.network);
-                self.inner.next_nonce.lock().await.remove(&batch.network);
+                let mut inflight = self.inner.inflight.lock().await;
+                inflight.remove(&batch.network, batch.nonce);
+                if inflight.count(&batch.network) == 0 {
+                    // Nothing else of ours is out: ask the node for the next nonce again.
+                    self.inner.next_nonce.lock().await.remove(&batch.network);
+                }
                 true
             }
+            Ok(_) if unix_now() < batch.submitted_at + 2 => false,
             Ok(_) => {
                 let stuck_for = unix_now().saturating_sub(batch.submitted_at);
                 if stuck_for >= self.inner.config.replace_after.as_secs()
@@ -1241,7 +1366,11 @@ impl Settlement {
             if let Some(mined) = chain.receipt(hash).await? {
                 let records = self.batch_records(batch);
                 self.apply_receipt(hash, &mined, records).await;
-                self.inner.inflight.lock().await.remove(&batch.network);
+                self.inner
+                    .inflight
+                    .lock()
+                    .await
+                    .remove(&batch.network, batch.nonce);
                 return Ok(true);
             }
         }
@@ -1294,11 +1423,7 @@ impl Settlement {
             next.fees.max_fee_per_gas
         );
         metrics().batch_replacements.inc();
-        self.inner
-            .inflight
-            .lock()
-            .await
-            .insert(batch.network.clone(), next.clone());
+        self.inner.inflight.lock().await.insert(next.clone());
         if let Err(e) = chain.broadcast(&next.raw_tx).await {
             log::warn!("broadcast of replacement {} failed: {e}", next.tx_hash);
         }
@@ -1370,14 +1495,13 @@ impl Settlement {
         for hash in hashes {
             if let Ok(Some(batch)) = self.inner.journal.batch(&hash.to_string()) {
                 log::info!("resuming batch {} on {}", batch.tx_hash, batch.network);
-                inflight.insert(batch.network.clone(), batch);
+                inflight.insert(batch);
             }
         }
     }
 
     async fn reconcile_inflight(&self) {
-        let batches: Vec<BatchRecord> =
-            self.inner.inflight.lock().await.values().cloned().collect();
+        let batches: Vec<BatchRecord> = self.inner.inflight.lock().await.all();
         for batch in batches {
             if let Some(chain) = self.inner.chains.get(&batch.network) {
                 self.try_resolve(chain, &batch).await;
@@ -1486,6 +1610,36 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
             .join()
             .unwrap_or_else(|_| Err(SettleError::Chain("chain id check panicked".into())))
     })
+}
+
+/// How far back the drain-rate projection looks.
+const RATE_WINDOW_SECONDS: u64 = 30;
+
+/// Counts one settled payment at `now`.
+fn note_settled(recent: &Mutex<std::collections::VecDeque<(u64, u64)>>, now: u64) {
+    let mut recent = lock(recent);
+    match recent.back_mut() {
+        Some((second, count)) if *second == now => *count += 1,
+        _ => recent.push_back((now, 1)),
+    }
+    while recent
+        .front()
+        .is_some_and(|(second, _)| *second + RATE_WINDOW_SECONDS < now)
+    {
+        recent.pop_front();
+    }
+}
+
+/// Payments settled per second over the recent window (0 without history).
+fn settled_rate(recent: &Mutex<std::collections::VecDeque<(u64, u64)>>, now: u64) -> f64 {
+    let recent = lock(recent);
+    let since = now.saturating_sub(RATE_WINDOW_SECONDS);
+    let count: u64 = recent
+        .iter()
+        .filter(|(second, _)| *second >= since)
+        .map(|(_, count)| count)
+        .sum();
+    count as f64 / RATE_WINDOW_SECONDS as f64
 }
 
 /// Sets the unsettled-value gauge.

@@ -1,5 +1,4 @@
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use serde_json::Value;
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::process::{spawn_levy, wait_listening};
 use crate::support::settle::{open_settlements, settlement_yaml, wait_all_final};
 use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_TO};
 
@@ -20,43 +20,6 @@ type Outcome = (B256, Option<u16>);
 
 const ROUTES: &str = "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n    \
                       - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n";
-
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A levy process, SIGKILLed when dropped (also when a test fails half way).
-struct LevyProcess(Child);
-
-impl LevyProcess {
-    fn sigkill(&mut self) {
-        self.0.kill().expect("SIGKILL levy");
-        self.0.wait().expect("reap levy");
-    }
-}
-
-impl Drop for LevyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_levy(config: &std::path::Path) -> LevyProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_levy"))
-        .arg("-c")
-        .arg(config)
-        .env("LEVY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start levy");
-    LevyProcess(child)
-}
 
 /// Writes a config for a levy process in `dir` (data and admin listeners on fresh ports) with
 /// `batching` under `settlement:`; returns its path and the two addresses.

@@ -8,6 +8,7 @@ pub mod client;
 pub mod origin;
 pub mod outage;
 pub mod pay;
+pub mod process;
 pub mod settle;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

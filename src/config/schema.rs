@@ -80,6 +80,10 @@ pub struct Settlement {
     pub settler_key_file: Option<String>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub on_backlog: OnBacklog,
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
     #[serde(default = "default_max_attempts")]
@@ -129,6 +133,15 @@ impl Default for Funds {
             deny_seconds: 86_400,
         }
     }
+}
+
+/// What a batched payment gets while the settlement queue is backlogged.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBacklog {
+    #[default]
+    SettleFirst,
+    Refuse,
 }
 
 /// What to do with a batched payment whose payer's balance cannot be read.
@@ -336,6 +349,9 @@ fn default_key_env() -> String {
 }
 fn default_max_batch() -> usize {
     50
+}
+fn default_max_in_flight() -> usize {
+    4
 }
 fn default_max_delay_ms() -> u64 {
     1_000

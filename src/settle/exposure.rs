@@ -39,6 +39,9 @@ pub enum Pressure {
     PayerCap,
     TotalCap,
     LossBudget,
+    /// The settlement queue cannot drain before its earliest payment expires (decided by
+    /// the engine, not the ledger).
+    Backlog,
 }
 
 impl Pressure {
@@ -47,6 +50,7 @@ impl Pressure {
             Pressure::PayerCap => "payer_cap",
             Pressure::TotalCap => "total_cap",
             Pressure::LossBudget => "loss_budget",
+            Pressure::Backlog => "backlog",
         }
     }
 }

@@ -93,6 +93,15 @@ impl TestChain {
 
     /// Starts anvil on a given port (for restarts behind a proxy).
     pub fn start_on(port: u16) -> TestChain {
+        Self::launch(port, &[])
+    }
+
+    /// Starts anvil mining a block every `seconds` instead of one per transaction.
+    pub fn with_block_time(seconds: u64) -> TestChain {
+        Self::launch(free_port(), &["--block-time", &seconds.to_string()])
+    }
+
+    fn launch(port: u16, extra: &[&str]) -> TestChain {
         let child = Command::new(anvil_path())
             .args([
                 "--port",
@@ -101,6 +110,7 @@ impl TestChain {
                 "84532",
                 "--silent",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -33,7 +33,15 @@ pub fn decode(header: &str) -> Value {
 
 /// The v2 `PaymentRequired` levy answers for `path`.
 pub fn challenge(levy: &Levy, path: &str) -> Value {
-    let response = levy.get(path);
+    challenge_at(levy.addr, path)
+}
+
+/// The v2 `PaymentRequired` the levy listening on `addr` answers for `path`.
+pub fn challenge_at(addr: std::net::SocketAddr, path: &str) -> Value {
+    let response = super::request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n\r\n"),
+    );
     assert_eq!(response.status, 402, "{path} is not priced");
     decode(
         response
