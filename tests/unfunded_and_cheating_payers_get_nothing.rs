@@ -12,6 +12,7 @@ use levy::client::{random_nonce, sign, Payer, Terms};
 use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::client::read_response;
 use crate::support::pay::{challenge, decode, now, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
 use crate::support::{request, Levy, Origin, Reply, Response, PAY_TO};
@@ -239,26 +240,34 @@ fn an_authorization_that_expires_during_a_slow_exchange_is_not_charged_unsettled
     let levy = levy_before_a_slow_origin(&chain, &origin, dir.path());
     let payee = PAY_TO.parse().expect("payee");
 
-    // 12 s of validity, 1 s at the origin: too close to validBefore for a batch, so it
-    // settles before the response leaves.
-    let close = request(
-        levy.addr,
-        &paid_get("/data/1000", "PAYMENT-SIGNATURE", &valid_for(&levy, 12)),
-    );
-    let settled = receipt(&close);
-    assert_eq!(settled["extensions"]["levy"]["status"], "settled");
-    assert_eq!(chain.balance(payee), U256::from(PRICE));
+    // A patient client: the slowest exchange takes longer than the harness's read timeout.
+    let pay = |path: &str, seconds: u64| {
+        let mut stream = std::net::TcpStream::connect(levy.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let raw = paid_get(path, "PAYMENT-SIGNATURE", &valid_for(&levy, seconds));
+        std::io::Write::write_all(&mut stream, raw.as_bytes()).expect("send");
+        read_response(&mut stream).expect("a response")
+    };
+    // 6 s of validity is less than a batch may take (max_delay plus mining time): settled
+    // before the request goes upstream.
+    let short = receipt(&pay("/data/0", 6));
+    assert_eq!(short["extensions"]["levy"]["status"], "settled");
 
-    // 6 s of validity, 4 s at the origin: it cannot be settled any more; nothing is served
+    // 16 s of validity, 5 s at the origin: too close to validBefore for a batch by the time
+    // the origin answers, so it settles before the response leaves.
+    let close = receipt(&pay("/data/5000", 16));
+    assert_eq!(close["extensions"]["levy"]["status"], "settled");
+    assert_eq!(chain.balance(payee), U256::from(2 * PRICE));
+
+    // 16 s of validity, 14 s at the origin: it cannot be settled any more; nothing is served
     // and nothing charged.
-    let late = request(
-        levy.addr,
-        &paid_get("/data/4000", "PAYMENT-SIGNATURE", &valid_for(&levy, 6)),
-    );
+    let late = pay("/data/14000", 16);
     assert_eq!(late.status, 402, "{}", late.text());
     assert!(!late.text().contains("slow data"));
     wait_all_final(levy.admin, Duration::from_secs(30));
-    assert_eq!(chain.balance(payee), U256::from(PRICE));
+    assert_eq!(chain.balance(payee), U256::from(2 * PRICE));
     let served = levy.admin_get("/settlements?state=settled").json();
-    assert_eq!(served["count"].as_u64(), Some(1), "{served}");
+    assert_eq!(served["count"].as_u64(), Some(2), "{served}");
 }
