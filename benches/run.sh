@@ -46,25 +46,38 @@ contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --ch
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 MULTICALL=$(python3 benches/chain_setup.py http://127.0.0.1:19545 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266)
-cat > "$WORK/levy.yaml" <<YAML
-pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/levy.pid, upgrade_sock: $WORK/levy.sock}
+# levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys.
+levy_config() {
+  cat > "$WORK/$1.yaml" <<YAML
+pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
 levy:
   access_log: false
-  listeners: {data: 127.0.0.1:19003, admin: 127.0.0.1:19004}
+  listeners: {data: 127.0.0.1:$2, admin: 127.0.0.1:$3}
   networks:
     base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL"}
   pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-  settlement: {journal_path: $WORK/journal.redb, max_batch: 200, max_delay_ms: 500}
+  # One payer pays at thousands of requests a second: caps off, so that every payment is
+  # deferred; hour-long authorizations, so that the engine's backlog stays within bounds.
+  settlement: {journal_path: $WORK/$1.redb, max_batch: 200, max_delay_ms: 500,
+               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited$4}
   upstreams: {origin: {address: 127.0.0.1:19000}}
   routes:
     - {name: free, path: /free/*, free: true}
-    - {name: paid, path: /paid/*, price: "\$0.001", accepts: [{network: base-sepolia}]}
+    - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
     - {name: now, path: /now/*, price: "\$0.001", settle: before_response, accepts: [{network: base-sepolia}]}
 YAML
+}
+levy_config levy 19003 19004 ""
+# The same levy with the payer-state cache off (funds not checked), on other ports, with its
+# own journal and settler key: the side-by-side baseline of the funds check.
+levy_config levy-nofunds 19005 19006 ", funds: {check: false}"
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   ./target/release/levy -c "$WORK/levy.yaml" & PIDS+=($!)
 LEVY_PID=$!
-for p in 19000 19001 19002 19003; do wait_port $p; done
+LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
+  ./target/release/levy -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
+NOFUNDS_PID=$!
+for p in 19000 19001 19002 19003 19005; do wait_port $p; done
 
 load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections "$CONNS" "$@"; }
 {
@@ -76,7 +89,12 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   done
   echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"
-  echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 200000 --key $PAYER_KEY --pid $LEVY_PID)"
+  # The funds check (cache warm after the first request) beside the same levy without it,
+  # twice each, interleaved.
+  for _ in 1 2; do
+    echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
+    echo "levy paid, batched, funds check off|$(load --url http://127.0.0.1:19005/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $NOFUNDS_PID)"
+  done
   # Let the batched backlog settle first, so before_response measures its own path.
   for _ in $(seq 1 600); do
     depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
