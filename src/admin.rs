@@ -1,7 +1,9 @@
 //! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
 //! `/readyz`, and the settlement API:
 //! - `GET /settlements/{id}`: one payment's settlement record;
-//! - `GET /settlements?state=pending|submitted|settled|failed|needs_review`: a listing;
+//! - `GET /settlements?state=pending|submitted|settled|failed|needs_review&limit=N&after=ID`:
+//!   a listing in acceptance order, `limit` (default 1000, at most 10 000) at a time; `next`
+//!   is the `after` of the next page;
 //! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue.
 //!
 //! Bind it to loopback or an internal network; it has no authentication.
@@ -37,16 +39,30 @@ impl AdminApp {
         let rest = path.trim_start_matches("/settlements").trim_matches('/');
         match (method, rest.split_once('/')) {
             (&Method::GET, None) if rest.is_empty() => {
-                let state = query
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("state=")))
-                    .map(|s| SettlementState::parse(s).ok_or(s));
-                match state {
+                let param = |name: &str| {
+                    query.and_then(|q| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    })
+                };
+                let state = match param("state").map(|s| SettlementState::parse(s).ok_or(s)) {
                     Some(Err(bad)) => {
-                        plain(StatusCode::BAD_REQUEST, &format!("unknown state `{bad}`\n"))
+                        return plain(StatusCode::BAD_REQUEST, &format!("unknown state `{bad}`\n"))
                     }
-                    Some(Ok(state)) => listing(settlement.list(Some(state))),
-                    None => listing(settlement.list(None)),
-                }
+                    Some(Ok(state)) => Some(state),
+                    None => None,
+                };
+                let limit = match param("limit").map(str::parse::<usize>) {
+                    None => DEFAULT_PAGE,
+                    Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+                    Some(_) => {
+                        return plain(
+                            StatusCode::BAD_REQUEST,
+                            &format!("limit must be between 1 and {MAX_PAGE}\n"),
+                        )
+                    }
+                };
+                listing(settlement.list(state, param("after"), limit), limit)
             }
             (&Method::GET, None) => match settlement.get(rest) {
                 Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
@@ -105,13 +121,25 @@ pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
     })
 }
 
-fn listing(records: Result<Vec<PaymentRecord>, SettleError>) -> Response<Vec<u8>> {
-    match records {
-        Ok(records) => {
+/// Listing pages: the default size and the largest allowed.
+const DEFAULT_PAGE: usize = 1_000;
+const MAX_PAGE: usize = 10_000;
+
+/// `{count, settlements, next}`: `count` matches in all, this page, and the `after` of the
+/// next page (absent on the last).
+fn listing(
+    page: Result<(usize, Vec<PaymentRecord>), SettleError>,
+    limit: usize,
+) -> Response<Vec<u8>> {
+    match page {
+        Ok((count, records)) => {
+            let next = (records.len() == limit)
+                .then(|| records.last().map(|r| r.id.clone()))
+                .flatten();
             let items: Vec<_> = records.iter().map(record_json).collect();
             json_response(
                 StatusCode::OK,
-                &json!({ "count": items.len(), "settlements": items }),
+                &json!({ "count": count, "settlements": items, "next": next }),
             )
         }
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),

@@ -321,9 +321,10 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     if let Some(url) = &levy.public_url {
         check_url("levy.public_url", url)?;
     }
-    let policy = Policy {
+    let mut policy = Policy {
         valid_before_margin_seconds: levy.payments.valid_before_margin_seconds,
         clock_skew_seconds: levy.payments.clock_skew_seconds,
+        contract_signatures: false,
     };
     let payer_headers = payer_headers(&levy.payments.headers)?;
     if levy.max_request_header_bytes < 1024 {
@@ -438,6 +439,11 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         }
         Some(s) => Some(settlement(s, &routes, &networks)?),
     };
+
+    // Contract wallets' signatures are checked on chain, which needs levy's own RPC.
+    policy.contract_signatures = settlement
+        .as_ref()
+        .is_some_and(|s| s.facilitator.is_none() && !s.chains.is_empty());
 
     Ok(Config {
         pingora: file.pingora,
@@ -928,6 +934,16 @@ fn settlement(
             ));
         }
     }
+    let retention = (s.retention_days > 0).then(|| s.retention_days.saturating_mul(86_400));
+    if let Some(seconds) = retention {
+        let needed = s.funds.deny_seconds.max(s.loss_window_seconds);
+        if seconds < needed {
+            return Err(invalid(
+                format!("{path}.retention_days"),
+                format!("must keep records at least as long as funds.deny_seconds and loss_window_seconds ({needed} s), or 0 to keep them forever"),
+            ));
+        }
+    }
     if s.max_in_flight == 0 || s.max_in_flight > 64 {
         return Err(invalid(
             format!("{path}.max_in_flight"),
@@ -1029,6 +1045,7 @@ fn settlement(
         retry_backoff: Duration::from_millis(s.retry_backoff_ms),
         receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),
         replace_after: Duration::from_millis(s.replace_after_ms),
+        retention: retention.map(Duration::from_secs),
         rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
         limits: Limits {
             per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,

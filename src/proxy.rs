@@ -25,8 +25,10 @@ use crate::nonce::{NonceStore, Reservation};
 use crate::routing::{split_target, Lookup, RequestKey, Target};
 use crate::settle::exposure::{Admission, Hold, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError};
-use crate::settle::{OnBacklog, PaymentRecord, SettleError, Settlement, SettlementState};
-use crate::verify::{self, Rejection, VerifiedPayment, Version};
+use crate::settle::{
+    OnBacklog, PaymentRecord, SettleError, Settlement, SettlementState, SignatureCheck,
+};
+use crate::verify::{self, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     X_PAYMENT_RESPONSE,
@@ -157,7 +159,7 @@ impl Paid {
             valid_after: v.valid_after,
             valid_before: v.valid_before,
             nonce: v.key.nonce,
-            signature: v.signature.to_vec().into(),
+            signature: v.signature.as_bytes().to_vec().into(),
             state: SettlementState::Pending,
             attempts: 0,
             tx_hash: None,
@@ -552,6 +554,28 @@ impl LevyProxy {
         }
         let verified = paid.verified.clone();
         let network = paid.network_name.clone();
+        if let PayerSignature::Contract { bytes, digest } = &verified.signature {
+            match settlement
+                .check_signature(&network, verified.payer, *digest, bytes)
+                .await
+            {
+                SignatureCheck::Valid => {}
+                SignatureCheck::Invalid => {
+                    let reason = Rejection::BadSignature.reason();
+                    return Some(self.refuse_payment(session, paywall, ctx, reason));
+                }
+                SignatureCheck::Unknown => {
+                    self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+                    return Some(
+                        Reply::text(
+                            503,
+                            "cannot check the contract wallet's signature now; retry later with the same payment",
+                        )
+                        .header(header::RETRY_AFTER, "2"),
+                    );
+                }
+            }
+        }
         if let Some(reason) = settlement.denied(verified.payer) {
             log::debug!("payer {} is denied: {reason}", verified.payer);
             return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));

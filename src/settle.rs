@@ -190,6 +190,8 @@ pub struct SettlementConfig {
     pub receipt_timeout: Duration,
     /// A batch not mined this long after its broadcast is re-signed at higher fees.
     pub replace_after: Duration,
+    /// Final payments are removed from the journal this long after they were (`None`: kept).
+    pub retention: Option<Duration>,
     pub rpc_timeout: Duration,
     /// Exposure caps and the loss budget.
     pub limits: Limits,
@@ -256,6 +258,15 @@ impl From<ChainError> for SettleError {
     fn from(e: ChainError) -> Self {
         SettleError::Chain(e.to_string())
     }
+}
+
+/// What the chain said of a contract wallet's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    Valid,
+    Invalid,
+    /// The chain could not be asked in time.
+    Unknown,
 }
 
 /// An authorization levy charged that is still valid on chain: after a restart it must stay
@@ -489,6 +500,30 @@ impl Settlement {
         std::mem::take(&mut *lock(&self.inner.live_at_open))
     }
 
+    /// Asks the chain whether a contract wallet's signature is valid (EIP-1271, or ERC-6492
+    /// for a wallet not deployed yet), within the funds read deadline.
+    pub async fn check_signature(
+        &self,
+        network: &str,
+        signer: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> SignatureCheck {
+        let Some(chain) = self.inner.chains.get(network) else {
+            return SignatureCheck::Unknown;
+        };
+        let read = chain.signature_valid(signer, digest, signature);
+        match tokio::time::timeout(self.inner.config.funds.read_timeout, read).await {
+            Ok(Ok(true)) => SignatureCheck::Valid,
+            Ok(Ok(false)) => SignatureCheck::Invalid,
+            Ok(Err(e)) => {
+                log::warn!("cannot check a contract wallet signature on {network}: {e}");
+                SignatureCheck::Unknown
+            }
+            Err(_) => SignatureCheck::Unknown,
+        }
+    }
+
     /// Checks a payer against the deny list.
     pub fn denied(&self, payer: Address) -> Option<&'static str> {
         self.inner
@@ -625,12 +660,25 @@ impl Settlement {
         Ok(self.inner.journal.get(id)?)
     }
 
-    /// Payments in a state (all when `None`).
-    pub fn list(&self, state: Option<SettlementState>) -> Result<Vec<PaymentRecord>, SettleError> {
-        Ok(self
+    /// Payments in a state (all when `None`), in acceptance order: how many there are, and
+    /// at most `limit` of them with ids after `after`.
+    pub fn list(
+        &self,
+        state: Option<SettlementState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(usize, Vec<PaymentRecord>), SettleError> {
+        let all = self
             .inner
             .journal
-            .payments_in(|s| state.is_none_or(|want| want == s))?)
+            .payments_in(|s| state.is_none_or(|want| want == s))?;
+        let total = all.len();
+        let page = all
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.id.as_str() > a))
+            .take(limit)
+            .collect();
+        Ok((total, page))
     }
 
     /// Puts a `needs_review` payment back in the queue with fresh attempts.
@@ -663,6 +711,7 @@ impl Settlement {
         let mut urgent = self.inner.urgent_rx.lock().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_report = 0u64;
+        let mut next_prune = unix_now() + 60;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -699,6 +748,10 @@ impl Settlement {
             if now != last_report {
                 last_report = now;
                 self.report().await;
+            }
+            if now >= next_prune {
+                next_prune = now + PRUNE_EVERY_SECONDS;
+                self.prune(now).await;
             }
         }
     }
@@ -753,6 +806,19 @@ impl Settlement {
         let late =
             rate > 0.0 && unix_now() as f64 + (depth + 1.0) / rate + window >= valid_before as f64;
         (flagged || late).then_some(self.inner.config.on_backlog)
+    }
+
+    /// Removes final payments older than the retention period from the journal (and the
+    /// batches nothing open refers to), so that it, the start-up replay and the admin
+    /// listing stay bounded.
+    async fn prune(&self, now: u64) {
+        let Some(retention) = self.inner.config.retention else {
+            return;
+        };
+        let before = now.saturating_sub(retention.as_secs());
+        if let Err(e) = self.inner.journal.prune(before).await {
+            log::error!("journal retention failed: {e}");
+        }
     }
 
     /// Stops taking before-response payments: new ones are refused before they are
@@ -1126,7 +1192,7 @@ impl Settlement {
         let mut balances: HashMap<(Address, Address), U256> = HashMap::new();
         let mut send = Vec::new();
         let (mut expired, mut broke) = (Vec::new(), Vec::new());
-        let mut used = Vec::new();
+        let (mut used, mut unread) = (Vec::new(), Vec::new());
         for (record, check) in batch.into_iter().zip(checks) {
             if check.used {
                 used.push(record);
@@ -1136,9 +1202,13 @@ impl Settlement {
                 expired.push(record);
                 continue;
             }
-            let balance = balances
-                .entry((record.asset, record.payer))
-                .or_insert(check.balance);
+            let Some(read) = check.balance else {
+                // A balance that could not be read is unknown, never zero: the payer is not
+                // failed (nor denied) on it.
+                unread.push(record);
+                continue;
+            };
+            let balance = balances.entry((record.asset, record.payer)).or_insert(read);
             if *balance < record.amount {
                 broke.push(record);
                 continue;
@@ -1160,6 +1230,8 @@ impl Settlement {
             None,
         )
         .await;
+        self.requeue_pending(unread, Some("rpc_unavailable".into()), false)
+            .await;
         for record in used {
             self.reconcile_used(chain, record).await;
         }
@@ -1611,6 +1683,9 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
             .unwrap_or_else(|_| Err(SettleError::Chain("chain id check panicked".into())))
     })
 }
+
+/// How often the journal's retention runs.
+const PRUNE_EVERY_SECONDS: u64 = 3_600;
 
 /// How far back the drain-rate projection looks.
 const RATE_WINDOW_SECONDS: u64 = 30;

@@ -1,6 +1,10 @@
 //! Inline verification of x402 `exact` payments on EVM (EIP-3009): decode the header, match
 //! the payload to one of the route's issued requirements, check the authorization and
-//! recover its signer. Pure: no I/O, no clock (callers pass `now`), no nonce state.
+//! recover its signer. Pure: no I/O, no clock (callers pass `now`), no nonce state. A
+//! signature that is not an ECDSA signature of `from` (a contract wallet's, EIP-1271 or
+//! ERC-6492) is either refused or, when the caller can ask a chain
+//! ([`Policy::contract_signatures`]), handed back as [`PayerSignature::Contract`] for it to
+//! check.
 
 use std::str::FromStr;
 
@@ -15,6 +19,9 @@ use crate::x402::{
 
 /// Payment headers larger than this are refused before decoding.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// The longest contract-wallet signature accepted (ERC-6492 wrappers carry factory calldata).
+const MAX_SIGNATURE_BYTES: usize = 2 * 1024;
 
 /// Half the secp256k1 group order: signatures with a larger `s` are malleable (EIP-2).
 const SECP256K1N_HALF: U256 = U256::from_be_slice(&[
@@ -71,6 +78,9 @@ pub struct Policy {
     /// `now + maxTimeoutSeconds` by at most this much (longer authorizations would keep
     /// entries in the nonce set for no client's benefit).
     pub clock_skew_seconds: u64,
+    /// Whether signatures that are not ECDSA signatures of `from` are handed back for a
+    /// chain to check (contract wallets) instead of refused.
+    pub contract_signatures: bool,
 }
 
 impl Default for Policy {
@@ -78,8 +88,36 @@ impl Default for Policy {
         Self {
             valid_before_margin_seconds: 30,
             clock_skew_seconds: 600,
+            contract_signatures: false,
         }
     }
+}
+
+/// How a verified payment's signature was, or is to be, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayerSignature {
+    /// Recovered inline to `from`: `r ‖ s ‖ v`.
+    Ecdsa([u8; 65]),
+    /// Not an ECDSA signature of `from`: valid only if the chain says so (EIP-1271 for a
+    /// deployed contract wallet, ERC-6492 for one not deployed yet). `digest` is the EIP-712
+    /// hash it must sign.
+    Contract { bytes: Vec<u8>, digest: B256 },
+}
+
+impl PayerSignature {
+    /// The signature as presented (for the journal and the transfer call).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            PayerSignature::Ecdsa(raw) => raw,
+            PayerSignature::Contract { bytes, .. } => bytes,
+        }
+    }
+}
+
+/// A signature as the payload carries it.
+enum Presented {
+    Ecdsa(Signature),
+    Long(Vec<u8>),
 }
 
 /// A payment that passed every local check.
@@ -94,8 +132,7 @@ pub struct VerifiedPayment {
     pub amount: U256,
     pub valid_after: u64,
     pub valid_before: u64,
-    /// The 65-byte signature, `r ‖ s ‖ v`.
-    pub signature: [u8; 65],
+    pub signature: PayerSignature,
 }
 
 /// Why a payment was refused. [`Rejection::reason`] is the x402 reason string clients see.
@@ -197,8 +234,8 @@ pub fn verify(
             let requirement = requirements
                 .get(index)
                 .ok_or(Rejection::NoMatchingRequirements)?;
-            check(&auth, &signature, requirement, now, policy)?;
-            Ok(auth.into_verified(Version::V2, index, requirement, signature))
+            let checked = check(&auth, &signature, requirement, now, policy)?;
+            Ok(auth.into_verified(Version::V2, index, requirement, checked))
         }
         1 => {
             let scheme = payment
@@ -219,8 +256,8 @@ pub fn verify(
                 }
                 // Several assets on one network: the signature tells which one was signed for.
                 match check(&auth, &signature, requirement, now, policy) {
-                    Ok(()) => {
-                        return Ok(auth.into_verified(Version::V1, index, requirement, signature))
+                    Ok(checked) => {
+                        return Ok(auth.into_verified(Version::V1, index, requirement, checked))
                     }
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -304,7 +341,7 @@ impl ParsedAuthorization {
         version: Version,
         index: usize,
         r: &Requirement,
-        signature: Signature,
+        signature: PayerSignature,
     ) -> VerifiedPayment {
         VerifiedPayment {
             version,
@@ -320,19 +357,20 @@ impl ParsedAuthorization {
             amount: self.value,
             valid_after: self.valid_after,
             valid_before: self.valid_before,
-            signature: signature.as_bytes(),
+            signature,
         }
     }
 }
 
-/// Every check of one authorization against one requirement, cheapest first.
+/// Every check of one authorization against one requirement, cheapest first; the signature's
+/// outcome when all pass.
 fn check(
     auth: &ParsedAuthorization,
-    signature: &Signature,
+    presented: &Presented,
     requirement: &Requirement,
     now: u64,
     policy: &Policy,
-) -> Result<(), Rejection> {
+) -> Result<PayerSignature, Rejection> {
     if auth.to != requirement.pay_to {
         return Err(Rejection::RecipientMismatch);
     }
@@ -351,30 +389,45 @@ fn check(
     if auth.valid_before > latest {
         return Err(Rejection::ExpiresTooLate);
     }
+    let digest = auth.digest(&requirement.domain_separator);
+    // Anything but an ECDSA signature of `from` may still be a contract wallet's: for the
+    // chain to judge when it can be asked, refused otherwise.
+    let for_chain = |bytes: Vec<u8>, refusal: Rejection| {
+        if policy.contract_signatures {
+            Ok(PayerSignature::Contract { bytes, digest })
+        } else {
+            Err(refusal)
+        }
+    };
+    let signature = match presented {
+        Presented::Long(bytes) => return for_chain(bytes.clone(), Rejection::SmartWalletSignature),
+        Presented::Ecdsa(signature) => signature,
+    };
     if signature.s() > SECP256K1N_HALF {
-        return Err(Rejection::HighS);
+        return for_chain(signature.as_bytes().to_vec(), Rejection::HighS);
     }
-    let signer = alloy_consensus::crypto::secp256k1::recover_signer(
-        signature,
-        auth.digest(&requirement.domain_separator),
-    )
-    .map_err(|_| Rejection::BadSignature)?;
-    if signer != auth.from {
-        return Err(Rejection::BadSignature);
+    match alloy_consensus::crypto::secp256k1::recover_signer(signature, digest) {
+        Ok(signer) if signer == auth.from => Ok(PayerSignature::Ecdsa(signature.as_bytes())),
+        _ => for_chain(signature.as_bytes().to_vec(), Rejection::BadSignature),
     }
-    Ok(())
 }
 
-fn parse_signature(text: &str) -> Result<Signature, Rejection> {
+fn parse_signature(text: &str) -> Result<Presented, Rejection> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
-    if hex.len() > 130 && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Rejection::SmartWalletSignature);
+    let malformed = Rejection::Malformed("payload.signature");
+    if hex.len() == 130 {
+        let mut raw = [0u8; 65];
+        alloy_primitives::hex::decode_to_slice(hex, &mut raw).map_err(|_| malformed.clone())?;
+        return Signature::from_raw_array(&raw)
+            .map(Presented::Ecdsa)
+            .map_err(|_| malformed);
     }
-    let mut raw = [0u8; 65];
-    if hex.len() != 130 || alloy_primitives::hex::decode_to_slice(hex, &mut raw).is_err() {
-        return Err(Rejection::Malformed("payload.signature"));
+    if hex.len() > 130 && hex.len() <= 2 * MAX_SIGNATURE_BYTES {
+        return alloy_primitives::hex::decode(hex)
+            .map(Presented::Long)
+            .map_err(|_| malformed);
     }
-    Signature::from_raw_array(&raw).map_err(|_| Rejection::Malformed("payload.signature"))
+    Err(malformed)
 }
 
 fn parse_address(text: &str) -> Option<Address> {

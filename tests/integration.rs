@@ -7,6 +7,7 @@ mod a_free_route_forwards_requests_unchanged;
 mod a_paid_request_is_verified_inline_and_charged_once;
 mod a_priced_route_answers_with_a_402_challenge;
 mod charged_payments_settle_on_a_real_chain;
+mod contract_wallets_pay_and_settle;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;

@@ -7,7 +7,8 @@ pragma solidity ^0.8.20;
 /// set at deploy so tests can mirror any real deployment. The domain separator is computed
 /// from storage on each call (not cached in an immutable), so the test harness can place a copy
 /// of the contract at a real token's address (e.g. Base Sepolia USDC) and keep signatures
-/// valid there. Anyone may mint: test chain only.
+/// valid there. As USDC v2.2 does, an authorizer with code is asked through EIP-1271
+/// (`isValidSignature`), so contract wallets can pay. Anyone may mint: test chain only.
 contract TestUSDC {
     string public name;
     string public version;
@@ -29,6 +30,7 @@ contract TestUSDC {
         keccak256("CancelAuthorization(address authorizer,bytes32 nonce)");
 
     uint256 private constant SECP256K1N_HALF = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+    bytes4 private constant ERC1271_MAGIC = 0x1626ba7e;
 
     event Transfer(address indexed from, address indexed to, uint256 value);
     event Approval(address indexed owner, address indexed spender, uint256 value);
@@ -94,7 +96,9 @@ contract TestUSDC {
         bytes32 r,
         bytes32 s
     ) external {
-        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+        _useAuthorization(
+            TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v)
+        );
         _transfer(from, to, value);
     }
 
@@ -107,8 +111,7 @@ contract TestUSDC {
         bytes32 nonce,
         bytes memory signature
     ) external {
-        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
-        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, signature);
         _transfer(from, to, value);
     }
 
@@ -124,14 +127,16 @@ contract TestUSDC {
         bytes32 s
     ) external {
         require(to == msg.sender, "EIP3009: caller must be the payee");
-        _useAuthorization(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+        _useAuthorization(
+            RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, abi.encodePacked(r, s, v)
+        );
         _transfer(from, to, value);
     }
 
     function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external {
         require(!_authorizationStates[authorizer][nonce], "EIP3009: authorization is used or canceled");
         bytes32 structHash = keccak256(abi.encode(CANCEL_AUTHORIZATION_TYPEHASH, authorizer, nonce));
-        require(_recover(structHash, v, r, s) == authorizer, "EIP3009: invalid signature");
+        _checkSignature(authorizer, structHash, abi.encodePacked(r, s, v));
         _authorizationStates[authorizer][nonce] = true;
         emit AuthorizationCanceled(authorizer, nonce);
     }
@@ -144,26 +149,31 @@ contract TestUSDC {
         uint256 validAfter,
         uint256 validBefore,
         bytes32 nonce,
-        uint8 v,
-        bytes32 r,
-        bytes32 s
+        bytes memory signature
     ) private {
         require(block.timestamp > validAfter, "EIP3009: authorization is not yet valid");
         require(block.timestamp < validBefore, "EIP3009: authorization is expired");
         require(!_authorizationStates[from][nonce], "EIP3009: authorization is used or canceled");
         bytes32 structHash = keccak256(abi.encode(typehash, from, to, value, validAfter, validBefore, nonce));
-        require(_recover(structHash, v, r, s) == from, "EIP3009: invalid signature");
+        _checkSignature(from, structHash, signature);
         _authorizationStates[from][nonce] = true;
         emit AuthorizationUsed(from, nonce);
     }
 
-    function _recover(bytes32 structHash, uint8 v, bytes32 r, bytes32 s) private view returns (address) {
+    /// ECDSA for an authorizer without code, EIP-1271 for one with code (a contract wallet).
+    function _checkSignature(address signer, bytes32 structHash, bytes memory signature) private view {
+        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
+        if (signer.code.length > 0) {
+            (bool ok, bytes memory answer) =
+                signer.staticcall(abi.encodeWithSelector(ERC1271_MAGIC, digest, signature));
+            require(ok && answer.length >= 32 && bytes4(answer) == ERC1271_MAGIC, "EIP3009: invalid signature");
+            return;
+        }
+        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
         require(uint256(s) <= SECP256K1N_HALF, "EIP3009: invalid signature s");
         require(v == 27 || v == 28, "EIP3009: invalid signature v");
-        bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
-        address signer = ecrecover(digest, v, r, s);
-        require(signer != address(0), "EIP3009: invalid signature");
-        return signer;
+        address recovered = ecrecover(digest, v, r, s);
+        require(recovered != address(0) && recovered == signer, "EIP3009: invalid signature");
     }
 
     function _split(bytes memory signature) private pure returns (uint8 v, bytes32 r, bytes32 s) {

@@ -94,6 +94,8 @@ pub struct Settlement {
     pub receipt_timeout_ms: u64,
     #[serde(default = "default_replace_after_ms")]
     pub replace_after_ms: u64,
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
     #[serde(default = "default_rpc_timeout_ms")]
     pub rpc_timeout_ms: u64,
     #[serde(default = "default_max_unsettled_per_payer")]
@@ -364,6 +366,9 @@ fn default_retry_backoff_ms() -> u64 {
 }
 fn default_receipt_timeout_ms() -> u64 {
     30_000
+}
+fn default_retention_days() -> u64 {
+    30
 }
 fn default_replace_after_ms() -> u64 {
     15_000

@@ -10,13 +10,13 @@ use std::time::Duration;
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy::eips::eip2718::Encodable2718;
 use alloy::eips::{BlockId, BlockNumberOrTag};
-use alloy::network::TxSignerSync;
+use alloy::network::{TransactionBuilder, TxSignerSync};
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
-use alloy::sol_types::{SolCall, SolEvent};
+use alloy::sol_types::{SolCall, SolEvent, SolValue};
 
 use super::PaymentRecord;
 
@@ -32,12 +32,34 @@ sol! {
         event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
     }
 
+    interface IEip3009Bytes {
+        function transferWithAuthorization(
+            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+            bytes32 nonce, bytes signature
+        ) external;
+    }
+
     interface IMulticall3 {
         struct Call3 { address target; bool allowFailure; bytes callData; }
         struct Result { bool success; bytes returnData; }
         function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData);
     }
 }
+
+/// The last 32 bytes of an ERC-6492 wrapped signature.
+const ERC6492_SUFFIX: [u8; 32] = [
+    0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92,
+    0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92, 0x64, 0x92,
+];
+
+/// The creation code of the project's `SigValidator` (contracts/src), run without deploying
+/// it: its constructor answers whether a signature is valid for a signer, ECDSA, EIP-1271 or
+/// ERC-6492.
+static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
+    let artifact: serde_json::Value =
+        serde_json::from_str(include_str!("../../contracts/out/SigValidator.json")).ok()?;
+    artifact["bytecode"].as_str()?.parse().ok()
+});
 
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
@@ -74,7 +96,8 @@ pub enum AuthorizationFate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Precheck {
     pub used: bool,
-    pub balance: U256,
+    /// `None` when the read failed: unknown, not zero.
+    pub balance: Option<U256>,
 }
 
 /// A mined transaction, reduced to what settlement needs.
@@ -198,10 +221,9 @@ impl Chain {
                     || IEip3009::authorizationStateCall::abi_decode_returns(&pair[0].returnData)
                         .unwrap_or(true),
                 balance: if pair[1].success {
-                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData)
-                        .unwrap_or_default()
+                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData).ok()
                 } else {
-                    U256::ZERO
+                    None
                 },
             })
             .collect())
@@ -257,6 +279,32 @@ impl Chain {
         Ok((balance, used))
     }
 
+    /// Whether `signature` is `signer`'s over `digest`: ECDSA, EIP-1271 (a deployed contract
+    /// wallet) or ERC-6492 (a wallet deployed only inside the call), in one `eth_call` of the
+    /// undeployed `SigValidator` at the latest block.
+    pub async fn signature_valid(
+        &self,
+        signer: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> Result<bool, ChainError> {
+        let code = SIG_VALIDATOR
+            .as_ref()
+            .ok_or_else(|| ChainError::Decode("the SigValidator artifact is unreadable".into()))?;
+        let mut data = code.to_vec();
+        data.extend((signer, digest, Bytes::copy_from_slice(signature)).abi_encode_params());
+        let request = TransactionRequest::default()
+            .input(Bytes::from(data).into())
+            .into_create();
+        let output = self
+            .rpc(
+                "eth_call",
+                self.provider.call(request).block(BlockId::latest()),
+            )
+            .await?;
+        Ok(output.as_ref() == [1u8])
+    }
+
     /// Builds and signs one transaction that transfers every payment through `aggregate3`.
     ///
     /// `floor` is the fees of a transaction this one replaces (same nonce, same calls): each
@@ -269,14 +317,7 @@ impl Chain {
         nonce: u64,
         floor: Option<Fees>,
     ) -> Result<SignedBatch, ChainError> {
-        let calls: Vec<IMulticall3::Call3> = payments
-            .iter()
-            .map(|p| IMulticall3::Call3 {
-                target: p.asset,
-                allowFailure: true,
-                callData: transfer_call(p).into(),
-            })
-            .collect();
+        let calls: Vec<IMulticall3::Call3> = payments.iter().flat_map(payment_calls).collect();
         let data: Bytes = IMulticall3::aggregate3Call { calls }.abi_encode().into();
         let estimate_request = TransactionRequest::default()
             .from(self.settler())
@@ -495,6 +536,51 @@ pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainE
         }),
         Ok(Ok(id)) => Ok(id),
     }
+}
+
+/// `(factory, factory calldata, inner signature)` of an ERC-6492 wrapped signature.
+pub fn unwrap_6492(signature: &[u8]) -> Option<(Address, Bytes, Bytes)> {
+    let body = signature.strip_suffix(&ERC6492_SUFFIX)?;
+    <(Address, Bytes, Bytes)>::abi_decode_params(body).ok()
+}
+
+/// The calls that settle one payment: for a wallet not deployed yet (ERC-6492), its factory
+/// call first (allowed to fail: it may be deployed by then), then the transfer — the
+/// `(v, r, s)` overload for a 65-byte signature, the `bytes` one for anything longer.
+pub fn payment_calls(p: &PaymentRecord) -> Vec<IMulticall3::Call3> {
+    let mut calls = Vec::with_capacity(2);
+    let transfer = match unwrap_6492(&p.signature) {
+        Some((factory, deploy, inner)) => {
+            calls.push(IMulticall3::Call3 {
+                target: factory,
+                allowFailure: true,
+                callData: deploy,
+            });
+            bytes_transfer_call(p, inner)
+        }
+        None if p.signature.len() == 65 => transfer_call(p),
+        None => bytes_transfer_call(p, p.signature.clone()),
+    };
+    calls.push(IMulticall3::Call3 {
+        target: p.asset,
+        allowFailure: true,
+        callData: transfer.into(),
+    });
+    calls
+}
+
+/// `transferWithAuthorization(…, bytes signature)` calldata for one payment.
+fn bytes_transfer_call(p: &PaymentRecord, signature: Bytes) -> Vec<u8> {
+    IEip3009Bytes::transferWithAuthorizationCall {
+        from: p.payer,
+        to: p.to,
+        value: p.amount,
+        validAfter: U256::from(p.valid_after),
+        validBefore: U256::from(p.valid_before),
+        nonce: p.nonce,
+        signature,
+    }
+    .abi_encode()
 }
 
 /// `transferWithAuthorization(…, v, r, s)` calldata for one payment.

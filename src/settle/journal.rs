@@ -56,11 +56,15 @@ fn storage(e: impl std::fmt::Display) -> JournalError {
 enum StoreWrite {
     Payments(Vec<PaymentRecord>),
     Batch(BatchRecord, Vec<PaymentRecord>),
+    /// Deletes final payments last updated, and valid, before this unix second, and the
+    /// batches all of whose payments are gone or final and that were sent before it.
+    Prune(u64),
 }
 
 fn records(job: &Job<StoreWrite>) -> std::slice::Iter<'_, PaymentRecord> {
     match &job.write {
         StoreWrite::Payments(records) | StoreWrite::Batch(_, records) => records.iter(),
+        StoreWrite::Prune(_) => [].iter(),
     }
 }
 
@@ -224,6 +228,12 @@ impl Journal {
         Self::submit(&self.senders().store, StoreWrite::Batch(batch, records)).await
     }
 
+    /// Deletes what retention no longer needs: final payments updated (and no longer valid)
+    /// before `before`, and old batches none of whose payments is still open.
+    pub async fn prune(&self, before: u64) -> Result<(), JournalError> {
+        Self::submit(&self.senders().store, StoreWrite::Prune(before)).await
+    }
+
     /// One payment by id.
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, JournalError> {
         if let Some(record) = lock(&self.staged).get(id) {
@@ -305,27 +315,51 @@ fn frame(record: &PaymentRecord, buf: &mut Vec<u8>) -> Result<(), JournalError> 
     Ok(())
 }
 
-/// The records in a log's bytes, up to the first incomplete or damaged frame (a write that
-/// was cut off by a crash before its sync returned: nobody was told it was durable).
-fn unframe(bytes: &[u8]) -> (Vec<PaymentRecord>, usize) {
-    let mut records = Vec::new();
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Ok(record) = serde_json::from_slice(payload) else {
-            break;
-        };
-        records.push(record);
-        at += FRAME_HEADER + len;
+/// The frame at the start of `bytes`, if it is whole and intact: its record and length.
+fn frame_at(bytes: &[u8]) -> Option<(PaymentRecord, usize)> {
+    let header = bytes.get(..FRAME_HEADER)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = bytes.get(FRAME_HEADER..FRAME_HEADER + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
     }
-    (records, at)
+    let record = serde_json::from_slice(payload).ok()?;
+    Some((record, FRAME_HEADER + len))
+}
+
+/// What a log's bytes hold: every intact record, and how many bytes were not part of one.
+struct Unframed {
+    records: Vec<PaymentRecord>,
+    /// Bytes skipped between intact frames: damage, not a torn tail (records followed them).
+    skipped: usize,
+    /// Bytes after the last intact frame: a write cut off by a crash before its sync
+    /// returned (nobody was told it was durable), or damage at the very end.
+    tail: usize,
+}
+
+/// The records in a log's bytes. A damaged stretch does not end the replay: the bytes after
+/// it are searched for the next intact frame (length, CRC-32 and JSON all agreeing), so
+/// records written after damage are not lost with it.
+fn unframe(bytes: &[u8]) -> Unframed {
+    let mut records = Vec::new();
+    let (mut at, mut skipped, mut end) = (0, 0, 0);
+    while at < bytes.len() {
+        match frame_at(&bytes[at..]) {
+            Some((record, len)) => {
+                records.push(record);
+                skipped += at - end;
+                at += len;
+                end = at;
+            }
+            None => at += 1,
+        }
+    }
+    Unframed {
+        records,
+        skipped,
+        tail: bytes.len() - end,
+    }
 }
 
 /// Moves the records of the accept log at `path` that the store lacks into the store, then
@@ -339,12 +373,27 @@ fn replay_log(db: &Database, path: &Path) -> Result<(), JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(storage(e)),
     }
-    let (records, used) = unframe(&bytes);
-    if used < bytes.len() {
-        log::warn!(
-            "accept log {}: ignoring {} bytes of an unfinished write at its end",
+    let Unframed {
+        records,
+        skipped,
+        tail,
+    } = unframe(&bytes);
+    if skipped > 0 {
+        // Damage inside the log: keep the evidence before the log is emptied.
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".damaged-{}", crate::clock::unix_now()));
+        std::fs::copy(path, &aside).map_err(storage)?;
+        log::error!(
+            "accept log {}: {skipped} damaged bytes between intact records (copied to {}); {} records recovered",
             path.display(),
-            bytes.len() - used
+            PathBuf::from(aside).display(),
+            records.len()
+        );
+    }
+    if tail > 0 {
+        log::warn!(
+            "accept log {}: ignoring {tail} bytes of an unfinished write at its end",
+            path.display()
         );
     }
     let txn = db.begin_write().map_err(storage)?;
@@ -509,7 +558,9 @@ impl StoreWriter {
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             let mut batches = txn.open_table(BATCHES).map_err(storage)?;
-            let mut put = |record: &PaymentRecord| -> Result<(), JournalError> {
+            let put = |payments: &mut redb::Table<'_, &str, &[u8]>,
+                       record: &PaymentRecord|
+             -> Result<(), JournalError> {
                 let bytes = serde_json::to_vec(record).map_err(storage)?;
                 payments
                     .insert(record.id.as_str(), bytes.as_slice())
@@ -517,7 +568,7 @@ impl StoreWriter {
                 Ok(())
             };
             for record in &moving {
-                put(record)?;
+                put(&mut payments, record)?;
             }
             let moved = |id: &str| moving.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok();
             for job in jobs {
@@ -527,8 +578,11 @@ impl StoreWriter {
                         .insert(batch.tx_hash.as_str(), bytes.as_slice())
                         .map_err(storage)?;
                 }
+                if let StoreWrite::Prune(before) = &job.write {
+                    prune(&mut payments, &mut batches, *before)?;
+                }
                 for record in records(job).filter(|r| !moved(&r.id)) {
-                    put(record)?;
+                    put(&mut payments, record)?;
                 }
             }
         }
@@ -539,6 +593,48 @@ impl StoreWriter {
         }
         Ok(())
     }
+}
+
+/// See [`StoreWrite::Prune`].
+fn prune(
+    payments: &mut redb::Table<'_, &str, &[u8]>,
+    batches: &mut redb::Table<'_, &str, &[u8]>,
+    before: u64,
+) -> Result<(), JournalError> {
+    let mut open = std::collections::HashSet::new();
+    let mut old = Vec::new();
+    for entry in payments.iter().map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let record = decode(key.value(), value.value())?;
+        if record.state.is_final() && record.updated_at < before && record.valid_before < before {
+            old.push(record.id);
+        } else if !record.state.is_final() {
+            open.insert(record.id);
+        }
+    }
+    let mut old_batches = Vec::new();
+    for entry in batches.iter().map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let batch: BatchRecord = serde_json::from_slice(value.value())
+            .map_err(|e| JournalError::Corrupt(format!("batch {}: {e}", key.value())))?;
+        if batch.submitted_at < before && !batch.payment_ids.iter().any(|id| open.contains(id)) {
+            old_batches.push(batch.tx_hash);
+        }
+    }
+    for id in &old {
+        payments.remove(id.as_str()).map_err(storage)?;
+    }
+    for hash in &old_batches {
+        batches.remove(hash.as_str()).map_err(storage)?;
+    }
+    if !old.is_empty() {
+        log::info!(
+            "journal retention: removed {} final payments and {} batches",
+            old.len(),
+            old_batches.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -638,14 +734,49 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_frame_ends_the_replay() {
+    fn records_after_a_damaged_frame_are_recovered_and_the_damage_is_counted() {
         let mut log = Vec::new();
         frame(&record("pay_1"), &mut log).expect("frame");
         let first = log.len();
         frame(&record("pay_2"), &mut log).expect("frame");
+        let second = log.len() - first;
+        frame(&record("pay_3"), &mut log).expect("frame");
         log[first + FRAME_HEADER + 3] ^= 0xff;
-        let (records, used) = unframe(&log);
-        assert_eq!(records, vec![record("pay_1")]);
-        assert_eq!(used, first);
+        let unframed = unframe(&log);
+        assert_eq!(unframed.records, vec![record("pay_1"), record("pay_3")]);
+        assert_eq!(unframed.skipped, second);
+        assert_eq!(unframed.tail, 0);
+    }
+
+    #[test]
+    fn retention_removes_old_final_payments_and_keeps_open_and_valid_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Journal::open(&dir.path().join("j.redb")).expect("open");
+        let at = |id: &str, state, updated_at, valid_before| PaymentRecord {
+            state,
+            updated_at,
+            valid_before,
+            ..record(id)
+        };
+        let records = vec![
+            at("pay_old_settled", SettlementState::Settled, 10, 20),
+            at("pay_old_but_valid", SettlementState::Settled, 10, 5_000),
+            at("pay_old_pending", SettlementState::Pending, 10, 20),
+            at("pay_new_failed", SettlementState::Failed, 2_000, 20),
+        ];
+        runtime().block_on(async {
+            journal.put(records).await.expect("put");
+            journal.prune(1_000).await.expect("prune");
+        });
+        let left: Vec<String> = journal
+            .payments(|_| true)
+            .expect("list")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            left,
+            ["pay_new_failed", "pay_old_but_valid", "pay_old_pending"]
+        );
     }
 }

@@ -450,3 +450,54 @@ mod hex {
         a.as_slice().iter().map(|b| format!("{b:02X}")).collect()
     }
 }
+
+fn verify_with_contract_wallets(header: &str) -> Result<VerifiedPayment, Rejection> {
+    let r = route();
+    let policy = Policy {
+        contract_signatures: true,
+        ..Policy::default()
+    };
+    verify(header.as_bytes(), &r.requirements, &r.issued, NOW, &policy)
+}
+
+#[test]
+fn with_a_chain_to_ask_a_signature_that_is_not_the_payers_is_handed_to_it_with_its_digest() {
+    // Another key's signature over the same authorization: maybe a contract wallet's owner.
+    let mut other = signed_with(
+        "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+        &terms(),
+        NOW - 600,
+        NOW + 300,
+    );
+    other.from = payer();
+    let header = other.v2_header(&route().accepted(), None);
+    let verified = verify_with_contract_wallets(&header).expect("handed to the chain");
+    let PayerSignature::Contract { bytes, digest } = verified.signature else {
+        panic!("an ECDSA signature of another key was accepted inline");
+    };
+    assert_eq!(bytes, other.signature.to_vec());
+    assert_eq!(
+        digest,
+        transfer_digest(
+            &route().requirements[0].domain_separator,
+            payer(),
+            other.to,
+            other.value,
+            other.valid_after,
+            other.valid_before,
+            NONCE
+        )
+    );
+    let long =
+        tampered(|doc| doc["payload"]["signature"] = json!(format!("0x{}", "ab".repeat(200))));
+    assert!(matches!(
+        verify_with_contract_wallets(&long).map(|v| v.signature),
+        Ok(PayerSignature::Contract { .. })
+    ));
+    // The payer's own signature stays on the inline path.
+    let own = signed().v2_header(&route().accepted(), None);
+    assert!(matches!(
+        verify_with_contract_wallets(&own).map(|v| v.signature),
+        Ok(PayerSignature::Ecdsa(_))
+    ));
+}

@@ -221,7 +221,14 @@ impl TestChain {
         })
     }
 
-    fn call(&self, to: Address, data: Vec<u8>) -> Bytes {
+    /// Deploys a project contract (`contracts/out/<name>.json`) without constructor
+    /// arguments.
+    pub fn deploy_artifact(&self, name: &str) -> Address {
+        self.deploy(artifact(name))
+    }
+
+    /// An `eth_call` to `to` with `data`; the raw result.
+    pub fn call(&self, to: Address, data: Vec<u8>) -> Bytes {
         let tx = TransactionRequest::default()
             .to(to)
             .input(Bytes::from(data).into());
