@@ -951,9 +951,18 @@ impl Settlement {
                 // outcome is unknown, never "not paid". It stays queued and is reconciled.
                 Err(SettleError::Pending)
             }
+            Some(r)
+                if r.state == SettlementState::Pending
+                    && r.reason.as_deref() == Some("authorization_used_elsewhere") =>
+            {
+                // Used on chain, its event not found yet: probably this very batch. Never
+                // withdrawn as unpaid; reconciliation finishes it.
+                Err(SettleError::Pending)
+            }
             Some(r) if r.state == SettlementState::Pending => {
-                // Never broadcast (the chain was unreachable): take it back, so it is not
-                // settled later for a request that was refused.
+                // Never broadcast (the chain was unreachable), or its transfer reverted (the
+                // authorization is unused): take it back, so it is not settled later for a
+                // request that was refused.
                 let reason = r.reason.clone().unwrap_or_else(|| "rpc_unavailable".into());
                 self.withdraw(r, "not_settled_before_response").await;
                 Err(SettleError::Chain(reason))
@@ -1396,10 +1405,16 @@ impl Settlement {
         }
         match chain.mined_nonce().await {
             Ok(mined) if mined > batch.nonce => {
-                // The block with our nonce may have landed between the two reads: look at
-                // the receipts once more before asking each authorization.
+                // The block with our nonce may have landed between the two reads, or the node
+                // serves state ahead of its receipts: look at the receipts again, and keep
+                // looking for receipt_timeout, before asking each authorization (whose event
+                // such a node may not serve yet either).
                 if let Ok(true) = self.mined_receipt(chain, batch).await {
                     return true;
+                }
+                let grace = self.inner.config.receipt_timeout.as_secs().max(1);
+                if unix_now() < batch.submitted_at + grace {
+                    return false;
                 }
                 for record in self.batch_records(batch) {
                     self.reconcile_used_or_unused(chain, record).await;

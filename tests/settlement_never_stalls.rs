@@ -8,9 +8,10 @@ use alloy::primitives::U256;
 use serde_json::json;
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
-use crate::support::{free_port, request, upstream_yaml, Origin, PAY_TO};
+use crate::support::{free_port, request, upstream_yaml, Levy, Origin, PAY_TO};
 
 fn quantity(value: &serde_json::Value) -> u64 {
     u64::from_str_radix(
@@ -105,5 +106,56 @@ fn an_rpc_endpoint_of_another_chain_stops_levy_at_start() {
     assert!(
         error.contains("levy.networks.base.rpc_url") && error.contains("84532"),
         "{error}"
+    );
+}
+
+#[test]
+fn payments_settled_on_chain_are_never_refused_or_reviewed_when_the_rpc_serves_receipts_late() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]);
+    chain.mint(payer.address(), 100 * PRICE);
+    // Receipts and logs three seconds behind the state levy reads.
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::from_secs(3));
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: now, path: /now/*, amount: {PRICE}, settle: before_response, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(&rpc.url),
+        settlement_yaml(dir.path(), "    max_delay_ms: 200\n    receipt_timeout_ms: 20000\n"),
+    ));
+
+    // Before the response: the client waits out the lag and gets the transaction.
+    let (signed, header) = sign_for(&challenge(&levy, "/now/x"), KEYS[0]);
+    let now = request(levy.addr, &paid_get("/now/x", "PAYMENT-SIGNATURE", &header));
+    assert_eq!(now.status, 200, "{}", now.text());
+    let receipt = decode(now.header("payment-response").expect("receipt"));
+    assert_eq!(receipt["extensions"]["levy"]["status"], "settled");
+    assert!(chain.authorization_used(payer.address(), signed.nonce));
+
+    // Batched.
+    let terms = challenge(&levy, "/data/x");
+    for _ in 0..5 {
+        let (_, header) = sign_for(&terms, KEYS[0]);
+        let response = request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    let count = |state: &str| {
+        levy.admin_get(&format!("/settlements?state={state}"))
+            .json()["count"]
+            .as_u64()
+    };
+    assert_eq!(count("settled"), Some(6));
+    assert_eq!(count("needs_review"), Some(0));
+    assert_eq!(count("failed"), Some(0));
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(6 * PRICE)
     );
 }

@@ -1,0 +1,143 @@
+//! A JSON-RPC proxy in front of the test chain whose receipts and logs lag its state: a
+//! transaction's receipt and its logs are served only `lag` after the proxy first saw them,
+//! while `eth_call`, balances and nonces are current. Some providers behave so (their nodes
+//! answer state and receipts from different replicas).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::client::{find, read_response};
+
+/// The proxy; it serves until the test process ends.
+pub struct LaggingRpc {
+    pub url: String,
+}
+
+type FirstSeen = Arc<Mutex<HashMap<String, Instant>>>;
+
+impl LaggingRpc {
+    /// Proxies to the node at `upstream` (`http://host:port`).
+    pub fn start(upstream: &str, lag: Duration) -> LaggingRpc {
+        let target: SocketAddr = upstream
+            .trim_start_matches("http://")
+            .parse()
+            .expect("upstream address");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = FirstSeen::default();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || serve(client, target, lag, &seen));
+            }
+        });
+        LaggingRpc { url }
+    }
+}
+
+/// Serves one keep-alive connection.
+fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, seen: &FirstSeen) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(body) = read_request(&mut client, &mut buf) else {
+            return;
+        };
+        let Some(answer) = forward(target, &body) else {
+            return;
+        };
+        let answer = delay_receipts(&body, answer, lag, seen);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            answer.len()
+        );
+        if client
+            .write_all(head.as_bytes())
+            .and_then(|()| client.write_all(&answer))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The body of the next request on the connection (`Content-Length` framed).
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + 4 + len {
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end + 4..head_end + 4 + len].to_vec();
+    buf.drain(..head_end + 4 + len);
+    Some(body)
+}
+
+fn forward(target: SocketAddr, body: &[u8]) -> Option<Vec<u8>> {
+    let mut upstream = TcpStream::connect(target).ok()?;
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    upstream.write_all(head.as_bytes()).ok()?;
+    upstream.write_all(body).ok()?;
+    read_response(&mut upstream).map(|r| r.body)
+}
+
+/// Hides receipts and logs of transactions first seen less than `lag` ago.
+fn delay_receipts(request: &[u8], answer: Vec<u8>, lag: Duration, seen: &FirstSeen) -> Vec<u8> {
+    let (Ok(request), Ok(mut answer_json)) = (
+        serde_json::from_slice::<Value>(request),
+        serde_json::from_slice::<Value>(&answer),
+    ) else {
+        return answer;
+    };
+    let hidden = |hash: &str| {
+        let mut seen = seen.lock().expect("seen");
+        let first = *seen
+            .entry(hash.to_ascii_lowercase())
+            .or_insert_with(Instant::now);
+        first.elapsed() < lag
+    };
+    match request["method"].as_str() {
+        Some("eth_getTransactionReceipt") => {
+            let hash = answer_json["result"]["transactionHash"]
+                .as_str()
+                .map(str::to_owned);
+            if hash.is_some_and(|h| hidden(&h)) {
+                answer_json["result"] = Value::Null;
+            }
+        }
+        Some("eth_getLogs") => {
+            if let Some(logs) = answer_json["result"].as_array_mut() {
+                logs.retain(|log| !log["transactionHash"].as_str().is_some_and(hidden));
+            }
+        }
+        _ => return answer,
+    }
+    answer_json.to_string().into_bytes()
+}
