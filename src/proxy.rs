@@ -565,14 +565,11 @@ impl LevyProxy {
                     return Some(self.refuse_payment(session, paywall, ctx, reason));
                 }
                 SignatureCheck::Unknown => {
-                    self.drop_reservation(ctx, Outcome::SettlementUnavailable);
-                    return Some(
-                        Reply::text(
-                            503,
-                            "cannot check the contract wallet's signature now; retry later with the same payment",
-                        )
-                        .header(header::RETRY_AFTER, "2"),
-                    );
+                    return Some(self.retry_later(
+                        ctx,
+                        "cannot check the contract wallet's signature now; retry later with the same payment",
+                        "2",
+                    ));
                 }
             }
         }
@@ -595,14 +592,11 @@ impl LevyProxy {
                 FundsView::Unknown => match settlement.on_rpc_error() {
                     OnRpcError::ServeWithinCaps => None,
                     OnRpcError::Refuse => {
-                        self.drop_reservation(ctx, Outcome::SettlementUnavailable);
-                        return Some(
-                            Reply::text(
-                                503,
-                                "cannot check the payer's balance now; retry later with the same payment",
-                            )
-                            .header(header::RETRY_AFTER, "2"),
-                        );
+                        return Some(self.retry_later(
+                            ctx,
+                            "cannot check the payer's balance now; retry later with the same payment",
+                            "2",
+                        ));
                     }
                 },
             }
@@ -618,14 +612,11 @@ impl LevyProxy {
                 }
                 Some(OnBacklog::Refuse) => {
                     drop(hold);
-                    self.drop_reservation(ctx, Outcome::SettlementUnavailable);
-                    return Some(
-                        Reply::text(
-                            503,
-                            "settlement is behind; retry later with the same payment",
-                        )
-                        .header(header::RETRY_AFTER, "5"),
-                    );
+                    return Some(self.retry_later(
+                        ctx,
+                        "settlement is behind; retry later with the same payment",
+                        "5",
+                    ));
                 }
             }
         }
@@ -676,16 +667,25 @@ impl LevyProxy {
             }
             Err(e) => {
                 log::warn!("settle before response failed on route {}: {e}", route.name);
-                self.drop_reservation(ctx, Outcome::SettlementUnavailable);
-                Some(
-                    Reply::text(
-                        503,
-                        "settlement unavailable; retry later with the same payment",
-                    )
-                    .header(header::RETRY_AFTER, "5"),
-                )
+                Some(self.retry_later(
+                    ctx,
+                    "settlement unavailable; retry later with the same payment",
+                    "5",
+                ))
             }
         }
+    }
+
+    /// Drops the reservation and answers 503 with `Retry-After`: levy cannot decide now, and
+    /// the client may retry with the same payment.
+    fn retry_later(
+        &self,
+        ctx: &mut RequestCtx,
+        text: &'static str,
+        seconds: &'static str,
+    ) -> Reply {
+        self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+        Reply::text(503, text).header(header::RETRY_AFTER, seconds)
     }
 
     /// The 503 for a payment whose transfer is out but unconfirmed: it names the payment

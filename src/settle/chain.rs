@@ -229,6 +229,16 @@ impl Chain {
             .collect())
     }
 
+    /// An `eth_call` at the latest block (alloy's default is `pending`, which some nodes
+    /// answer ahead of the receipts they serve).
+    async fn call_latest(&self, request: TransactionRequest) -> Result<Bytes, ChainError> {
+        self.rpc(
+            "eth_call",
+            self.provider.call(request).block(BlockId::latest()),
+        )
+        .await
+    }
+
     /// A payer's token balance and whether `nonce`'s authorization is used (or canceled), in
     /// one multicall read at the latest block.
     pub async fn payer_state(
@@ -259,12 +269,7 @@ impl Chain {
         let request = TransactionRequest::default()
             .to(self.multicall)
             .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
-        let output = self
-            .rpc(
-                "eth_call",
-                self.provider.call(request).block(BlockId::latest()),
-            )
-            .await?;
+        let output = self.call_latest(request).await?;
         let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
             .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
         let [balance, state] = results.as_slice() else {
@@ -296,12 +301,7 @@ impl Chain {
         let request = TransactionRequest::default()
             .input(Bytes::from(data).into())
             .into_create();
-        let output = self
-            .rpc(
-                "eth_call",
-                self.provider.call(request).block(BlockId::latest()),
-            )
-            .await?;
+        let output = self.call_latest(request).await?;
         Ok(output.as_ref() == [1u8])
     }
 
@@ -451,12 +451,7 @@ impl Chain {
         let request = TransactionRequest::default()
             .to(payment.asset)
             .input(state.abi_encode().into());
-        let output = self
-            .rpc(
-                "eth_call",
-                self.provider.call(request).block(BlockId::latest()),
-            )
-            .await?;
+        let output = self.call_latest(request).await?;
         let used = IEip3009::authorizationStateCall::abi_decode_returns(&output)
             .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
         if !used {
