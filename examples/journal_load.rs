@@ -56,6 +56,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         requirement: None,
         queued_ms: 1,
         deferred: true,
+        chain_id: 84532,
     }
 }
 

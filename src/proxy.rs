@@ -171,6 +171,7 @@ impl Paid {
             payload: self.payload.clone(),
             requirement: self.requirement.clone(),
             deferred: false,
+            chain_id: v.key.chain_id,
         }
     }
 }
@@ -1097,6 +1098,8 @@ fn make_private(response: &mut ResponseHeader) -> pingora::Result<()> {
 fn classify(e: &Error) -> (Outcome, u16, &'static str) {
     use ErrorType::*;
     match e.etype() {
+        HTTPStatus(402) => (Outcome::PaymentRejected, 402, "payment refused"),
+        HTTPStatus(503) => (Outcome::SettlementUnavailable, 503, "try again later"),
         HTTPStatus(code) => (Outcome::BadRequest, *code, "request refused"),
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
             if e.esource() == &ErrorSource::Upstream =>

@@ -83,15 +83,19 @@ fn restore_used_nonces(config: &Config, settlement: &Settlement, nonces: &dyn No
     let live = settlement.take_live_authorizations();
     let mut restored = 0usize;
     for authorization in live {
-        let Some(network) = config.networks.get(&authorization.network) else {
-            log::warn!(
-                "journal holds a payment on network `{}`, which the config no longer has",
-                authorization.network
-            );
-            continue;
+        let chain_id = match config.networks.get(&authorization.network) {
+            _ if authorization.chain_id != 0 => authorization.chain_id,
+            Some(network) => network.chain_id,
+            None => {
+                log::warn!(
+                    "journal holds a payment on network `{}`, which the config no longer has",
+                    authorization.network
+                );
+                continue;
+            }
         };
         let key = NonceKey {
-            chain_id: network.chain_id,
+            chain_id,
             asset: authorization.asset,
             from: authorization.payer,
             nonce: authorization.nonce,

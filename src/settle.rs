@@ -115,6 +115,10 @@ pub struct PaymentRecord {
     /// Served before it settled (a batched payment): if it fails, the value is lost.
     #[serde(default)]
     pub deferred: bool,
+    /// The chain's id (0 in records written before it was kept): the replay set is keyed by
+    /// it, so a renamed network keeps its payments' authorizations used after a restart.
+    #[serde(default)]
+    pub chain_id: u64,
 }
 
 /// Seconds to allow a transaction to be mined, on top of the batch delay.
@@ -275,6 +279,8 @@ pub enum SignatureCheck {
 pub struct LiveAuthorization {
     /// The operator's name for the network.
     pub network: String,
+    /// The chain's id, when the record kept it (0 otherwise: look the name up).
+    pub chain_id: u64,
     pub asset: Address,
     pub payer: Address,
     pub nonce: B256,
@@ -474,6 +480,7 @@ impl Settlement {
             if record.valid_before > now && !never_sent {
                 live.push(LiveAuthorization {
                     network: record.network.clone(),
+                    chain_id: record.chain_id,
                     asset: record.asset,
                     payer: record.payer,
                     nonce: record.nonce,
@@ -1065,7 +1072,11 @@ impl Settlement {
             if state.is_final() {
                 self.inner.ledger.remove_unsettled(r.payer, r.amount);
             }
-            let key = (self.chain_id_of(&r.network), r.asset, r.payer);
+            let chain_id = match r.chain_id {
+                0 => self.chain_id_of(&r.network),
+                id => id,
+            };
+            let key = (chain_id, r.asset, r.payer);
             match state {
                 SettlementState::Settled => {
                     self.inner.funds.spent(key, r.amount).await;

@@ -667,6 +667,7 @@ mod tests {
             requirement: None,
             queued_ms: 0,
             deferred: true,
+            chain_id: 84532,
         }
     }
 
