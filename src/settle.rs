@@ -132,7 +132,8 @@ pub fn settle_window_seconds(max_delay: Duration) -> u64 {
 
 /// Failure reasons that say the payer never could or never meant to pay: the payer goes on
 /// the deny list.
-const DENY_REASONS: [&str; 4] = [
+const DENY_REASONS: [&str; 5] = [
+    "transfer_would_revert",
     "insufficient_balance",
     "authorization_canceled",
     "invalid_exact_evm_insufficient_balance",
@@ -1213,6 +1214,7 @@ impl Settlement {
         let mut send = Vec::new();
         let (mut expired, mut broke) = (Vec::new(), Vec::new());
         let (mut used, mut unread) = (Vec::new(), Vec::new());
+        let (mut refused, mut early) = (Vec::new(), Vec::new());
         for (record, check) in batch.into_iter().zip(checks) {
             if check.used {
                 used.push(record);
@@ -1234,8 +1236,27 @@ impl Settlement {
                 continue;
             }
             *balance -= record.amount;
+            if !check.transfers {
+                // Unused, funded, yet the token refuses the transfer: the signature does not
+                // hold on chain (a contract or delegated account that says no). Sending it
+                // would only burn gas on every retry. An authorization that may not be valid
+                // on chain yet (its validAfter within the chain's clock lag) is retried.
+                if record.valid_after + 60 > now {
+                    early.push(record);
+                } else {
+                    refused.push(record);
+                }
+                continue;
+            }
             send.push(record);
         }
+        self.finish(
+            refused,
+            SettlementState::Failed,
+            Some("transfer_would_revert"),
+            None,
+        )
+        .await;
         self.finish(
             expired,
             SettlementState::Failed,
@@ -1251,6 +1272,8 @@ impl Settlement {
         )
         .await;
         self.requeue_pending(unread, Some("rpc_unavailable".into()), false)
+            .await;
+        self.requeue_pending(early, Some("not_yet_valid".into()), true)
             .await;
         for record in used {
             self.reconcile_used(chain, record).await;
@@ -1635,7 +1658,9 @@ impl Settlement {
 }
 
 /// Reason codes levy itself writes on payments; anything else is not shown to clients.
-const REASON_CODES: [&str; 16] = [
+const REASON_CODES: [&str; 18] = [
+    "not_yet_valid",
+    "transfer_would_revert",
     "insufficient_balance",
     "authorization_canceled",
     "authorization_expired",

@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::U256;
+use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
 use levy::client::{random_nonce, sign, Payer, Terms};
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::client::read_response;
 use crate::support::pay::{challenge, decode, now, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
@@ -270,4 +271,54 @@ fn an_authorization_that_expires_during_a_slow_exchange_is_not_charged_unsettled
     assert_eq!(chain.balance(payee), U256::from(2 * PRICE));
     let served = levy.admin_get("/settlements?state=settled").json();
     assert_eq!(served["count"].as_u64(), Some(2), "{served}");
+}
+
+#[test]
+fn a_payer_whose_account_refuses_the_transfer_on_chain_fails_without_gas_and_is_denied() {
+    let chain = TestChain::start();
+    let key = KEYS[3];
+    let payer = signer(key).address();
+    chain.mint(payer, 100 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = settling_levy(&chain, &origin, dir.path(), "    max_delay_ms: 1500\n", "");
+    let terms = challenge(&levy, "/data/x");
+    let served = receipt(&pay(&levy, &sign_for(&terms, key).1));
+    let id = served["extensions"]["levy"]["paymentId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // After being served, the payer's account gets code that rejects every signature (as an
+    // EIP-7702 delegation can): the token then asks it through EIP-1271 and refuses.
+    let (owner, salt) = (Address::repeat_byte(0x11), B256::ZERO);
+    let factory = chain.deploy_artifact("TestWalletFactory");
+    chain.send(factory, IFactory::deployCall { owner, salt }.abi_encode());
+    let wallet = IFactory::walletAddressCall::abi_decode_returns(&chain.call(
+        factory,
+        IFactory::walletAddressCall { owner, salt }.abi_encode(),
+    ))
+    .expect("wallet address");
+    let code = chain.rpc("eth_getCode", json!([format!("{wallet:?}"), "latest"]));
+    chain.rpc("anvil_setCode", json!([format!("{payer:?}"), code]));
+
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    let record = levy.admin_get(&format!("/settlements/{id}")).json();
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(record["reason"], "transfer_would_revert");
+    assert_eq!(
+        chain.tx_count(signer(SETTLER_KEY).address()),
+        0,
+        "a transaction was sent for a transfer the simulation refused"
+    );
+    let next = pay(&levy, &sign_for(&terms, key).1);
+    assert_eq!(reason(&next), "payer_denied");
+}
+
+alloy::sol! {
+    /// The test wallet factory (contracts/src/TestWallet.sol).
+    interface IFactory {
+        function deploy(address owner, bytes32 salt) external returns (address);
+        function walletAddress(address owner, bytes32 salt) external view returns (address);
+    }
 }

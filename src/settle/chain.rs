@@ -98,6 +98,8 @@ pub struct Precheck {
     pub used: bool,
     /// `None` when the read failed: unknown, not zero.
     pub balance: Option<U256>,
+    /// Whether its transfer succeeded when the whole batch was simulated, in order.
+    pub transfers: bool,
 }
 
 /// A mined transaction, reduced to what settlement needs.
@@ -179,9 +181,10 @@ impl Chain {
         }
     }
 
-    /// `authorizationState` and `balanceOf(payer)` for each payment, in one multicall read.
+    /// `authorizationState` and `balanceOf(payer)` for each payment, then the batch's own
+    /// transfer calls, simulated in order, all in one multicall read at the latest block.
     pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
-        let mut calls = Vec::with_capacity(payments.len() * 2);
+        let mut calls = Vec::with_capacity(payments.len() * 3);
         for p in payments {
             calls.push(IMulticall3::Call3 {
                 target: p.asset,
@@ -201,21 +204,29 @@ impl Chain {
                     .into(),
             });
         }
+        // Each payment's transfer is the last of its calls (an ERC-6492 wallet's deployment
+        // comes first).
+        let mut transfer_at = Vec::with_capacity(payments.len());
+        for p in payments {
+            calls.extend(payment_calls(p));
+            transfer_at.push(calls.len() - 1);
+        }
         let data = IMulticall3::aggregate3Call { calls }.abi_encode();
         let request = TransactionRequest::default()
             .to(self.multicall)
             .input(data.into());
-        let output = self.rpc("eth_call", self.provider.call(request)).await?;
+        let output = self.call_latest(request).await?;
         let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
             .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
-        if results.len() != payments.len() * 2 {
+        if results.len() != transfer_at.last().map_or(0, |last| last + 1) {
             return Err(ChainError::Decode(
                 "aggregate3 returned the wrong number of results".into(),
             ));
         }
-        Ok(results
+        Ok(results[..payments.len() * 2]
             .chunks(2)
-            .map(|pair| Precheck {
+            .zip(transfer_at)
+            .map(|(pair, transfer)| Precheck {
                 // A failed read counts as "used" so the payment is reconciled, never sent blind.
                 used: !pair[0].success
                     || IEip3009::authorizationStateCall::abi_decode_returns(&pair[0].returnData)
@@ -225,6 +236,7 @@ impl Chain {
                 } else {
                     None
                 },
+                transfers: results[transfer].success,
             })
             .collect())
     }
