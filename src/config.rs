@@ -219,6 +219,23 @@ impl Config {
             out.push('\n');
         }
         out.push_str(&format!("unmatched requests: {unmatched}\n"));
+        if let Some(s) = &self.settlement {
+            let amount = |v: Option<alloy_primitives::U256>| {
+                v.map_or("unlimited".to_owned(), |v| format!("{v} atomic units"))
+            };
+            out.push_str(&format!(
+                "exposure: per payer {}, in total {}; loss budget {} per {} s; funds check {}\n",
+                amount(s.limits.per_payer),
+                amount(s.limits.total),
+                amount(s.limits.loss_budget),
+                s.limits.loss_window_seconds,
+                if s.funds.check && s.facilitator.is_none() {
+                    "on"
+                } else {
+                    "off"
+                },
+            ));
+        }
         for warning in self.warnings() {
             out.push_str(&format!("warning: {warning}\n"));
         }

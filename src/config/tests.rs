@@ -380,3 +380,34 @@ fn bad_payer_header_names_are_refused() {
         "levy.payments.headers: `host` cannot carry payer information",
     );
 }
+
+#[test]
+fn levy_check_shows_the_default_exposure_caps_and_loss_budget() {
+    let text = yaml(
+        &priced(""),
+        "  settlement:\n    journal_path: /tmp/j.redb\n",
+    );
+    let described = Config::from_yaml(&text).expect("valid").describe();
+    assert!(
+        described.contains(
+            "exposure: per payer 1000000 atomic units, in total 100000000 atomic units; \
+             loss budget 10000000 atomic units per 3600 s; funds check on"
+        ),
+        "{described}"
+    );
+    let unlimited = yaml(
+        &priced(""),
+        "  settlement:\n    journal_path: /tmp/j.redb\n    max_unsettled_per_payer: unlimited\n",
+    );
+    assert!(Config::from_yaml(&unlimited)
+        .expect("valid")
+        .describe()
+        .contains("per payer unlimited"));
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  settlement:\n    journal_path: /tmp/j.redb\n    retention_days: 0\n    loss_budget: lots\n",
+        ),
+        "levy.settlement.loss_budget",
+    );
+}
