@@ -520,10 +520,25 @@ impl Settlement {
         let Some(chain) = self.inner.chains.get(network) else {
             return SignatureCheck::Unknown;
         };
+        // The verdict is on this signature over this digest: both are in the key.
+        let signed = alloy::primitives::keccak256([digest.as_slice(), signature].concat());
+        let key = (chain.chain_id(), signer, signed);
+        let verdict = |valid| {
+            if valid {
+                SignatureCheck::Valid
+            } else {
+                SignatureCheck::Invalid
+            }
+        };
+        if let Some(valid) = self.inner.funds.signature_verdict(&key) {
+            return verdict(valid);
+        }
         let read = chain.signature_valid(signer, digest, signature);
         match tokio::time::timeout(self.inner.config.funds.read_timeout, read).await {
-            Ok(Ok(true)) => SignatureCheck::Valid,
-            Ok(Ok(false)) => SignatureCheck::Invalid,
+            Ok(Ok(valid)) => {
+                self.inner.funds.remember_signature(key, valid);
+                verdict(valid)
+            }
             Ok(Err(e)) => {
                 log::warn!("cannot check a contract wallet signature on {network}: {e}");
                 SignatureCheck::Unknown

@@ -134,11 +134,17 @@ impl Expiry<Address, Denial> for DenyExpiry {
     }
 }
 
-/// The payer-state cache and the deny list.
+/// A contract wallet's signature on one chain: `(chain id, signer, keccak256(digest ‖
+/// signature))`.
+pub type SignatureKey = (u64, Address, B256);
+
+/// The payer-state cache, the deny list and the chain's verdicts on contract-wallet
+/// signatures (so a payment retried after a release is not checked twice).
 pub struct Funds {
     config: FundsConfig,
     balances: moka::future::Cache<FundsKey, Arc<Balance>>,
     denied: moka::sync::Cache<Address, Denial>,
+    signatures: moka::sync::Cache<SignatureKey, bool>,
 }
 
 impl Funds {
@@ -156,7 +162,21 @@ impl Funds {
                 .max_capacity(1_000_000)
                 .expire_after(DenyExpiry)
                 .build(),
+            signatures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
         }
+    }
+
+    /// The chain's earlier verdict on a contract wallet's signature, if any.
+    pub fn signature_verdict(&self, key: &SignatureKey) -> Option<bool> {
+        self.signatures.get(key)
+    }
+
+    /// Remembers the chain's verdict on a contract wallet's signature.
+    pub fn remember_signature(&self, key: SignatureKey, valid: bool) {
+        self.signatures.insert(key, valid);
     }
 
     pub fn config(&self) -> &FundsConfig {
