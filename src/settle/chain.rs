@@ -145,15 +145,8 @@ impl Chain {
         multicall: Address,
         timeout: Duration,
     ) -> Result<Self, ChainError> {
-        let url = rpc_url.parse().map_err(|e| ChainError::Rpc {
-            call: "connect",
-            message: format!("bad RPC URL: {e}"),
-        })?;
-        let provider = ProviderBuilder::new()
-            .disable_recommended_fillers()
-            .connect_http(url);
         Ok(Self {
-            provider: provider.root().clone(),
+            provider: http_provider(rpc_url)?,
             signer,
             chain_id,
             multicall,
@@ -525,16 +518,23 @@ impl Chain {
     }
 }
 
-/// The chain id an RPC endpoint answers for, read with a client of its own (so that no
-/// connection outlives the runtime it is called on).
-pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainError> {
+/// A plain JSON-RPC client of `rpc_url` (no fillers: levy sets nonce, gas and fees itself).
+fn http_provider(rpc_url: &str) -> Result<RootProvider, ChainError> {
     let url = rpc_url.parse().map_err(|e| ChainError::Rpc {
         call: "connect",
         message: format!("bad RPC URL: {e}"),
     })?;
-    let provider = ProviderBuilder::new()
+    Ok(ProviderBuilder::new()
         .disable_recommended_fillers()
-        .connect_http(url);
+        .connect_http(url)
+        .root()
+        .clone())
+}
+
+/// The chain id an RPC endpoint answers for, read with a client of its own (so that no
+/// connection outlives the runtime it is called on).
+pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainError> {
+    let provider = http_provider(rpc_url)?;
     match tokio::time::timeout(timeout, provider.get_chain_id()).await {
         Err(_) => Err(ChainError::Timeout("eth_chainId")),
         Ok(Err(e)) => Err(ChainError::Rpc {
