@@ -499,6 +499,7 @@ impl Settlement {
         if !queue.is_empty() {
             log::info!("journal replay: {} payments waiting to settle", queue.len());
         }
+        publish_unsettled(self.inner.ledger.total());
         Ok(())
     }
 
@@ -611,11 +612,6 @@ impl Settlement {
     /// batch delay plus time for the transaction to be mined.
     pub fn settle_window_seconds(&self) -> u64 {
         settle_window_seconds(self.inner.config.max_delay)
-    }
-
-    /// The exposure limits in force.
-    pub fn limits(&self) -> &Limits {
-        self.inner.ledger.limits()
     }
 
     /// Journals a charged payment (durably, before its response leaves) and queues it;
@@ -1646,15 +1642,12 @@ impl Settlement {
     }
 
     async fn report(&self) {
+        // Queue depth and unsettled value are published as they change (`set_queued`,
+        // `publish_unsettled`); the age of the oldest payment moves with the clock.
         let m = metrics();
-        let (depth, oldest) = {
-            let queue = lock(&self.inner.queue);
-            (queue.len(), queue.iter().map(|r| r.accepted_at).min())
-        };
-        m.queue_depth.set(depth as i64);
+        let oldest = lock(&self.inner.queue).iter().map(|r| r.accepted_at).min();
         m.oldest_unsettled_age
             .set(oldest.map_or(0, |t| unix_now().saturating_sub(t)) as i64);
-        publish_unsettled(self.inner.ledger.total());
         for (network, chain) in &self.inner.chains {
             if let Ok(balance) =
                 tokio::time::timeout(Duration::from_millis(500), chain.gas_balance())

@@ -109,10 +109,6 @@ impl Ledger {
         })
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Checks and reserves `amount` for `payer` in one step. `balance` is the payer's known
     /// on-chain balance (already net of what settled since it was read), `None` when it is
     /// not known. Anything but [`Admission::Unfunded`] returns a [`Hold`] that keeps the

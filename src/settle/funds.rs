@@ -179,10 +179,6 @@ impl Funds {
         self.signatures.insert(key, valid);
     }
 
-    pub fn config(&self) -> &FundsConfig {
-        &self.config
-    }
-
     /// The payer's balance for `key`, from the cache or read by `read` (`(balance, used)` of
     /// the balance and `nonce`'s authorization state) within the read deadline.
     pub async fn view<F, E>(&self, key: FundsKey, nonce: B256, read: F) -> FundsView
@@ -237,11 +233,6 @@ impl Funds {
     /// Whether a payer is refused, and why.
     pub fn denied(&self, payer: Address, now: u64) -> Option<Denial> {
         self.denied.get(&payer).filter(|d| d.until > now)
-    }
-
-    /// How many payers are on the deny list (approximate).
-    pub fn denied_count(&self) -> u64 {
-        self.denied.entry_count()
     }
 }
 
