@@ -13,7 +13,7 @@ use alloy::primitives::U256;
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{spawn_levy, wait_listening};
-use crate::support::settle::{settlement_yaml, wait_all_final, PRICE};
+use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{free_port, request, upstream_yaml, Origin, PAY_TO};
 
 /// The value of an unlabelled metric, from a levy's admin listener.
@@ -127,15 +127,7 @@ fn payers_faster_than_the_chain_are_held_back_and_every_served_payment_settles()
     );
 
     wait_all_final(admin, Duration::from_secs(180));
-    let count = |state: &str| {
-        request(
-            admin,
-            &format!("GET /settlements?state={state} HTTP/1.1\r\nHost: a\r\n\r\n"),
-        )
-        .json()["count"]
-            .as_u64()
-            .unwrap_or(0) as usize
-    };
+    let count = |state: &str| settlements_in(admin, state);
     assert_eq!(count("failed"), 0, "payments expired in the queue");
     assert_eq!(count("needs_review"), 0);
     assert_eq!(

@@ -10,7 +10,9 @@ use serde_json::json;
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
-use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
+use crate::support::settle::{
+    settlement_yaml, settlements_in, settling_levy, wait_all_final, PRICE,
+};
 use crate::support::{free_port, request, upstream_yaml, Levy, Origin, PAY_TO};
 
 fn quantity(value: &serde_json::Value) -> u64 {
@@ -146,14 +148,10 @@ fn payments_settled_on_chain_are_never_refused_or_reviewed_when_the_rpc_serves_r
         assert_eq!(response.status, 200, "{}", response.text());
     }
     wait_all_final(levy.admin, Duration::from_secs(60));
-    let count = |state: &str| {
-        levy.admin_get(&format!("/settlements?state={state}"))
-            .json()["count"]
-            .as_u64()
-    };
-    assert_eq!(count("settled"), Some(6));
-    assert_eq!(count("needs_review"), Some(0));
-    assert_eq!(count("failed"), Some(0));
+    let count = |state: &str| settlements_in(levy.admin, state);
+    assert_eq!(count("settled"), 6);
+    assert_eq!(count("needs_review"), 0);
+    assert_eq!(count("failed"), 0);
     assert_eq!(
         chain.balance(PAY_TO.parse().expect("payee")),
         U256::from(6 * PRICE)

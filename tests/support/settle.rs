@@ -23,18 +23,18 @@ pub fn settlement_yaml(dir: &Path, extra: &str) -> String {
     )
 }
 
+/// How many payments are in `state`, from levy's admin listener.
+pub fn settlements_in(admin: SocketAddr, state: &str) -> usize {
+    let r = request(
+        admin,
+        &format!("GET /settlements?state={state} HTTP/1.1\r\nHost: a\r\n\r\n"),
+    );
+    r.json()["count"].as_u64().expect("a settlement count") as usize
+}
+
 /// How many payments are still pending or submitted, from levy's admin listener.
 pub fn open_settlements(admin: SocketAddr) -> usize {
-    ["pending", "submitted"]
-        .iter()
-        .map(|s| {
-            let r = request(
-                admin,
-                &format!("GET /settlements?state={s} HTTP/1.1\r\nHost: a\r\n\r\n"),
-            );
-            r.json()["count"].as_u64().unwrap_or(0) as usize
-        })
-        .sum()
+    settlements_in(admin, "pending") + settlements_in(admin, "submitted")
 }
 
 /// Waits until no payment is pending or submitted.
