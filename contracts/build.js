@@ -26,6 +26,7 @@ if (errors.length > 0) process.exit(1);
 fs.mkdirSync(outDir, { recursive: true });
 for (const [file, contracts] of Object.entries(output.contracts)) {
   for (const [name, artifact] of Object.entries(contracts)) {
+    if (!artifact.evm.bytecode.object) continue; // an interface: nothing to deploy
     const out = { contractName: name, source: `src/${file}`, compiler: `solc ${solc.version()}`, abi: artifact.abi, bytecode: "0x" + artifact.evm.bytecode.object };
     fs.writeFileSync(path.join(outDir, `${name}.json`), JSON.stringify(out, null, 2) + "\n");
     console.log(`wrote out/${name}.json`);

@@ -8,7 +8,9 @@ pragma solidity ^0.8.20;
 /// from storage on each call (not cached in an immutable), so the test harness can place a copy
 /// of the contract at a real token's address (e.g. Base Sepolia USDC) and keep signatures
 /// valid there. As USDC v2.2 does, an authorizer with code is asked through EIP-1271
-/// (`isValidSignature`), so contract wallets can pay. Anyone may mint: test chain only.
+/// (`isValidSignature`), so contract wallets can pay. EIP-2612 `permit` sets allowances by
+/// signature (x402's `eip2612GasSponsoring` approves Permit2 with it). Anyone may mint: test
+/// chain only.
 contract TestUSDC {
     string public name;
     string public version;
@@ -19,6 +21,8 @@ contract TestUSDC {
     mapping(address => uint256) public balanceOf;
     mapping(address => mapping(address => uint256)) public allowance;
     mapping(address => mapping(bytes32 => bool)) private _authorizationStates;
+    /// EIP-2612 permit nonces.
+    mapping(address => uint256) public nonces;
 
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
@@ -26,6 +30,8 @@ contract TestUSDC {
     bytes32 public constant RECEIVE_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
     );
+    bytes32 public constant PERMIT_TYPEHASH =
+        keccak256("Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)");
     bytes32 public constant CANCEL_AUTHORIZATION_TYPEHASH =
         keccak256("CancelAuthorization(address authorizer,bytes32 nonce)");
 
@@ -79,6 +85,17 @@ contract TestUSDC {
         }
         _transfer(from, to, value);
         return true;
+    }
+
+    /// EIP-2612: sets `spender`'s allowance over `owner`'s tokens from the owner's signature.
+    function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s)
+        external
+    {
+        require(block.timestamp <= deadline, "EIP2612: permit is expired");
+        bytes32 structHash = keccak256(abi.encode(PERMIT_TYPEHASH, owner, spender, value, nonces[owner]++, deadline));
+        _checkSignature(owner, structHash, abi.encodePacked(r, s, v));
+        allowance[owner][spender] = value;
+        emit Approval(owner, spender, value);
     }
 
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool) {
