@@ -14,11 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, U256};
 use http::HeaderName;
 use pingora::server::configuration::ServerConf;
 
-use crate::pricing::{domain_separator, parse_atomic, Price, Requirement};
+use crate::meter::{Rates, Unit};
+use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
 use crate::routing::{HostPattern, Looseness, Matcher, MethodSet, PathPattern, RouteTable};
 use crate::settle::exposure::Limits;
 use crate::settle::funds::{FundsConfig, OnRpcError};
@@ -134,9 +135,20 @@ pub struct Paywall {
     pub price_text: String,
     /// When this route's payments move on chain.
     pub settle: SettleMode,
-    /// One per `accepts` entry, in order.
+    /// One per `accepts` entry, in order: a metered route's `upto` entries first, then its
+    /// fixed-price `exact` fallback, if any.
     pub requirements: Vec<Requirement>,
     pub challenge: Challenge,
+    /// A metered route's unit and, per requirement (`None` for `exact` ones), its rates.
+    pub metered: Option<Metered>,
+}
+
+/// What a metered route counts and charges.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    pub unit: Unit,
+    /// By requirement index.
+    pub rates: Vec<Option<Rates>>,
 }
 
 /// What happens to a request that matches no route.
@@ -301,6 +313,9 @@ pub struct Network {
     pub rpc_url: Option<String>,
     /// The `aggregate3` batch-call contract.
     pub multicall: Address,
+    /// levy's `LevyBatcher`, which settles `upto` payments (the metered routes'
+    /// `facilitatorAddress`).
+    pub batcher: Option<Address>,
 }
 
 /// An asset after validation.
@@ -574,28 +589,30 @@ fn paywall(
     assets: &BTreeMap<(String, String), Asset>,
     default_pay_to: Option<Address>,
 ) -> Result<Paywall, ConfigError> {
-    let price =
-        match (&route.price, &route.amount) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    format!("{path}.amount"),
-                    "give either `price` or `amount`, not both",
-                ))
-            }
-            (None, None) => return Err(invalid(
-                path,
-                "a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units) or `free: true`",
-            )),
-            (Some(text), None) => {
-                Price::parse_dollars(text).map_err(|e| invalid(format!("{path}.price"), e))?
-            }
-            (None, Some(schema::Amount::Number(n))) => {
-                Price::Atomic((*n).try_into().unwrap_or_default())
-            }
-            (None, Some(schema::Amount::Text(t))) => {
-                Price::Atomic(parse_atomic(t).map_err(|e| invalid(format!("{path}.amount"), e))?)
-            }
-        };
+    let price = match (&route.price, &route.amount) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{path}.amount"),
+                "give either `price` or `amount`, not both",
+            ))
+        }
+        (None, None) if route.meter.is_some() => None,
+        (None, None) => return Err(invalid(
+            path,
+            "a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units), `meter` or `free: true`",
+        )),
+        (Some(text), None) => Some((
+            "price",
+            Price::parse_dollars(text).map_err(|e| invalid(format!("{path}.price"), e))?,
+        )),
+        (None, Some(schema::Amount::Number(n))) => {
+            Some(("amount", Price::Atomic((*n).try_into().unwrap_or_default())))
+        }
+        (None, Some(schema::Amount::Text(t))) => Some((
+            "amount",
+            Price::Atomic(parse_atomic(t).map_err(|e| invalid(format!("{path}.amount"), e))?),
+        )),
+    };
     let route_pay_to = route
         .pay_to
         .as_deref()
@@ -617,78 +634,107 @@ fn paywall(
     if let Some(url) = &route.resource {
         check_url(&format!("{path}.resource"), url)?;
     }
-    let mut requirements = Vec::with_capacity(route.accepts.len());
-    for (j, accept) in route.accepts.iter().enumerate() {
-        let at = format!("{path}.accepts[{j}]");
-        let network = networks.get(&accept.network).ok_or_else(|| {
-            invalid(
-                format!("{at}.network"),
-                format!("unknown network `{}`", accept.network),
-            )
-        })?;
-        let asset = assets
-            .get(&(accept.network.clone(), accept.asset.clone()))
-            .ok_or_else(|| {
+    let meter = route
+        .meter
+        .as_ref()
+        .map(|m| MeterPrices::parse(&format!("{path}.meter"), m))
+        .transpose()?;
+    let mut requirements = Vec::with_capacity(route.accepts.len() * 2);
+    let mut rates = Vec::with_capacity(route.accepts.len() * 2);
+    let mut offers: Vec<Offer<'_>> = Vec::new();
+    if let Some(meter) = &meter {
+        offers.push(Offer::Metered(meter));
+    }
+    if let Some((key, price)) = &price {
+        offers.push(Offer::Fixed(key, price));
+    }
+    for offer in offers {
+        for (j, accept) in route.accepts.iter().enumerate() {
+            let at = format!("{path}.accepts[{j}]");
+            let network = networks.get(&accept.network).ok_or_else(|| {
                 invalid(
-                    format!("{at}.asset"),
-                    format!(
-                        "unknown asset `{}` on network `{}`",
-                        accept.asset, accept.network
-                    ),
+                    format!("{at}.network"),
+                    format!("unknown network `{}`", accept.network),
                 )
             })?;
-        let pay_to = match &accept.pay_to {
-            Some(a) => address(&format!("{at}.pay_to"), a)?,
-            None => route_pay_to.ok_or_else(|| {
-                invalid(
-                    format!("{path}.pay_to"),
-                    "missing; give `pay_to` on the route or `levy.pay_to`",
-                )
-            })?,
-        };
-        let key = if route.price.is_some() {
-            "price"
-        } else {
-            "amount"
-        };
-        let amount = price
-            .to_atomic(asset.decimals, asset.usd, &accept.asset)
-            .map_err(|e| {
-                invalid(
-                    format!("{path}.{key}"),
-                    format!("{e} (asset `{}` on `{}`)", accept.asset, accept.network),
-                )
-            })?;
-        let requirement = Requirement {
-            network: network.caip2.clone(),
-            v1_network: network.v1_name.clone(),
-            chain_id: network.chain_id,
-            network_name: accept.network.clone(),
-            asset_name: accept.asset.clone(),
-            asset: asset.address,
-            eip712_name: asset.eip712_name.clone(),
-            eip712_version: asset.eip712_version.clone(),
-            decimals: asset.decimals,
-            amount,
-            pay_to,
-            max_timeout_seconds: route.max_timeout_seconds,
-            domain_separator: domain_separator(
-                &asset.eip712_name,
-                &asset.eip712_version,
-                network.chain_id,
-                asset.address,
-            ),
-        };
-        if requirements
-            .iter()
-            .any(|r: &Requirement| r.network == requirement.network && r.asset == requirement.asset)
-        {
-            return Err(invalid(
-                at,
-                "the same (network, asset) pair is listed twice",
-            ));
+            let asset = assets
+                .get(&(accept.network.clone(), accept.asset.clone()))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{at}.asset"),
+                        format!(
+                            "unknown asset `{}` on network `{}`",
+                            accept.asset, accept.network
+                        ),
+                    )
+                })?;
+            let pay_to = match &accept.pay_to {
+                Some(a) => address(&format!("{at}.pay_to"), a)?,
+                None => route_pay_to.ok_or_else(|| {
+                    invalid(
+                        format!("{path}.pay_to"),
+                        "missing; give `pay_to` on the route or `levy.pay_to`",
+                    )
+                })?,
+            };
+            let in_asset = |key: &str, price: &Price| {
+                price
+                    .to_atomic(asset.decimals, asset.usd, &accept.asset)
+                    .map_err(|e| {
+                        invalid(
+                            format!("{path}.{key}"),
+                            format!("{e} (asset `{}` on `{}`)", accept.asset, accept.network),
+                        )
+                    })
+            };
+            let (amount, scheme, rate) = match offer {
+                Offer::Fixed(key, price) => (in_asset(key, price)?, Scheme::Exact, None),
+                Offer::Metered(m) => {
+                    let batcher = network.batcher.ok_or_else(|| {
+                        invalid(
+                            format!("levy.networks.{}.batcher", accept.network),
+                            "missing: a metered route settles through levy's batcher contract \
+                             (deploy one with `levy deploy-batcher`)",
+                        )
+                    })?;
+                    let r = m.rates(&in_asset, asset.decimals)?;
+                    (r.ceiling, Scheme::upto(batcher, network.chain_id), Some(r))
+                }
+            };
+            let requirement = Requirement {
+                network: network.caip2.clone(),
+                v1_network: network.v1_name.clone(),
+                chain_id: network.chain_id,
+                network_name: accept.network.clone(),
+                asset_name: accept.asset.clone(),
+                asset: asset.address,
+                eip712_name: asset.eip712_name.clone(),
+                eip712_version: asset.eip712_version.clone(),
+                decimals: asset.decimals,
+                amount,
+                pay_to,
+                max_timeout_seconds: route.max_timeout_seconds,
+                domain_separator: domain_separator(
+                    &asset.eip712_name,
+                    &asset.eip712_version,
+                    network.chain_id,
+                    asset.address,
+                ),
+                scheme,
+            };
+            if requirements.iter().any(|r: &Requirement| {
+                r.network == requirement.network
+                    && r.asset == requirement.asset
+                    && r.scheme.name() == requirement.scheme.name()
+            }) {
+                return Err(invalid(
+                    at,
+                    "the same (network, asset) pair is listed twice",
+                ));
+            }
+            requirements.push(requirement);
+            rates.push(rate);
         }
-        requirements.push(requirement);
     }
     let challenge = Challenge::new(
         &requirements,
@@ -696,12 +742,119 @@ fn paywall(
         &route.mime_type,
         route.resource.as_deref(),
     );
+    let price_text = match (&meter, &price) {
+        (Some(m), Some((_, p))) => format!("{} (or {p} fixed)", m.describe()),
+        (Some(m), None) => m.describe(),
+        (None, Some((_, p))) => p.to_string(),
+        (None, None) => String::new(),
+    };
     Ok(Paywall {
         settle: route.settle,
-        price_text: price.to_string(),
+        price_text,
         requirements,
         challenge,
+        metered: meter.map(|m| Metered { unit: m.unit, rates }),
     })
+}
+
+/// What a priced route offers per accepted pair.
+#[derive(Clone, Copy)]
+enum Offer<'a> {
+    /// `upto`, metered.
+    Metered(&'a MeterPrices),
+    /// `exact` at a fixed price (the key it was written under).
+    Fixed(&'static str, &'a Price),
+}
+
+/// A `meter:` section, parsed but not yet in any asset's units.
+struct MeterPrices {
+    path: String,
+    unit: Unit,
+    price: Price,
+    ceiling: Price,
+    minimum: Option<Price>,
+    failure_floor: Option<Price>,
+}
+
+impl MeterPrices {
+    fn parse(path: &str, m: &schema::Meter) -> Result<Self, ConfigError> {
+        let amount = |key: &str, text: &str| {
+            let parsed = if text.trim_start().starts_with('$') {
+                Price::parse_dollars(text)
+            } else {
+                parse_atomic(text).map(Price::Atomic)
+            };
+            parsed.map_err(|e| invalid(format!("{path}.{key}"), e))
+        };
+        let unit = match m.unit {
+            schema::MeterUnit::Bytes => Unit::Bytes {
+                per: match m.per {
+                    Some(0) => return Err(invalid(format!("{path}.per"), "must be greater than zero")),
+                    Some(per) => per,
+                    None => 1024,
+                },
+            },
+            schema::MeterUnit::Records => Unit::Records,
+            schema::MeterUnit::Origin => {
+                let name = m.header.as_deref().unwrap_or(crate::meter::SETTLEMENT_OVERRIDES);
+                Unit::Origin {
+                    header: http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        invalid(format!("{path}.header"), format!("`{name}` is not a header name"))
+                    })?,
+                }
+            }
+        };
+        if m.per.is_some() && m.unit != schema::MeterUnit::Bytes {
+            return Err(invalid(format!("{path}.per"), "only for `unit: bytes`"));
+        }
+        if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
+            return Err(invalid(format!("{path}.header"), "only for `unit: origin`"));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            unit,
+            price: amount("price", &m.price)?,
+            ceiling: amount("ceiling", &m.ceiling)?,
+            minimum: m.minimum.as_deref().map(|t| amount("minimum", t)).transpose()?,
+            failure_floor: m
+                .failure_floor
+                .as_deref()
+                .map(|t| amount("failure_floor", t))
+                .transpose()?,
+        })
+    }
+
+    /// The prices in one asset's atomic units.
+    fn rates(
+        &self,
+        in_asset: &dyn Fn(&str, &Price) -> Result<U256, ConfigError>,
+        decimals: u8,
+    ) -> Result<Rates, ConfigError> {
+        let key = |k: &str| format!("meter.{k}");
+        let optional = |k: &str, p: &Option<Price>| {
+            p.as_ref().map_or(Ok(U256::ZERO), |p| in_asset(&key(k), p))
+        };
+        let rates = Rates {
+            unit_price: in_asset(&key("price"), &self.price)?,
+            ceiling: in_asset(&key("ceiling"), &self.ceiling)?,
+            minimum: optional("minimum", &self.minimum)?,
+            failure_floor: optional("failure_floor", &self.failure_floor)?,
+            decimals,
+        };
+        if rates.minimum > rates.ceiling {
+            return Err(invalid(format!("{}.minimum", self.path), "is above the ceiling"));
+        }
+        Ok(rates)
+    }
+
+    fn describe(&self) -> String {
+        let per = match &self.unit {
+            Unit::Bytes { per } => format!("{per} bytes"),
+            Unit::Records => "record".into(),
+            Unit::Origin { header } => format!("unit reported in {header}"),
+        };
+        format!("{} per {per}, up to {}", self.price, self.ceiling)
+    }
 }
 
 /// The chain id of a network by its x402 v1 name (`base-sepolia` → 84532), for the networks
@@ -730,6 +883,7 @@ fn networks(
                 v1_name: b.v1_name.map(Into::into),
                 rpc_url: Some(b.rpc_url.to_owned()),
                 multicall: CANONICAL_MULTICALL3,
+                batcher: None,
             },
         );
     }
@@ -769,6 +923,11 @@ fn networks(
             Some(a) => address(&format!("{path}.multicall"), a)?,
             None => CANONICAL_MULTICALL3,
         };
+        let batcher = n
+            .batcher
+            .as_deref()
+            .map(|a| address(&format!("{path}.batcher"), a))
+            .transpose()?;
         out.insert(
             name.clone(),
             Network {
@@ -777,6 +936,7 @@ fn networks(
                 v1_name,
                 rpc_url,
                 multicall,
+                batcher,
             },
         );
     }
@@ -1047,6 +1207,7 @@ fn settlement(
             chain_id: network.chain_id,
             rpc_url,
             multicall: network.multicall,
+            batcher: network.batcher,
         });
     }
     Ok(SettlementConfig {

@@ -1,6 +1,6 @@
 //! levy: an x402 paywall that runs as an edge reverse proxy on Pingora.
 //!
-//! The pure core (`x402`, `pricing`, `routing`) never imports pingora; `config` turns the
+//! The pure core (`x402`, `pricing`, `routing`, `meter`) never imports pingora; `config` turns the
 //! YAML file into the route table; `proxy`, `admin` and `server` are the Pingora glue.
 
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod logging;
+pub mod meter;
 pub mod metrics;
 pub mod nonce;
 pub mod pay;

@@ -63,6 +63,10 @@ pub struct Metrics {
     /// `levy_settle_first_total{pressure}`: batched payments settled before their response
     /// because of `payer_cap`, `total_cap` or `loss_budget`.
     pub settle_first: IntCounterVec,
+    /// `levy_metered_units_total{route,unit}`: units metered routes delivered.
+    pub metered_units: IntCounterVec,
+    /// `levy_metered_amount_total{route}`: atomic units metered routes charged.
+    pub metered_amount: IntCounterVec,
 }
 
 /// Per-route handles to the hottest series, resolved once instead of hashing label values
@@ -236,6 +240,18 @@ pub fn metrics() -> &'static Metrics {
             &["pressure"]
         )
         .expect("levy_settle_first_total registers once"),
+        metered_units: register_int_counter_vec!(
+            "levy_metered_units_total",
+            "Units delivered on metered routes (bytes, records or origin-reported)",
+            &["route", "unit"]
+        )
+        .expect("levy_metered_units_total registers once"),
+        metered_amount: register_int_counter_vec!(
+            "levy_metered_amount_total",
+            "Atomic units charged on metered routes",
+            &["route"]
+        )
+        .expect("levy_metered_amount_total registers once"),
         }
     });
     &METRICS

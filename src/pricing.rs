@@ -163,6 +163,52 @@ pub struct Requirement {
     pub max_timeout_seconds: u64,
     /// EIP-712 domain separator of the token on this chain, computed once.
     pub domain_separator: B256,
+    /// The scheme it is issued under; `amount` is the price (`exact`) or the ceiling (`upto`).
+    pub scheme: Scheme,
+}
+
+/// The x402 scheme of one requirement, with what verifying it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// An EIP-3009 authorization for exactly `amount`.
+    Exact,
+    /// A Permit2 authorization for at most `amount`, settled only by `facilitator`.
+    Upto {
+        /// The address named as `extra.facilitatorAddress` (levy's batcher).
+        facilitator: Address,
+        /// Permit2's EIP-712 domain separator on this chain, computed once.
+        permit2_domain: B256,
+    },
+}
+
+impl Scheme {
+    /// The name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scheme::Exact => crate::x402::SCHEME_EXACT,
+            Scheme::Upto { .. } => crate::x402::SCHEME_UPTO,
+        }
+    }
+
+    /// The `upto` terms for `facilitator` on chain `chain_id`.
+    pub fn upto(facilitator: Address, chain_id: u64) -> Scheme {
+        Scheme::Upto {
+            facilitator,
+            permit2_domain: permit2_domain_separator(chain_id),
+        }
+    }
+}
+
+/// Permit2's EIP-712 domain separator on a chain (name `Permit2`, no version).
+pub fn permit2_domain_separator(chain_id: u64) -> B256 {
+    Eip712Domain::new(
+        Some("Permit2".into()),
+        None,
+        Some(U256::from(chain_id)),
+        Some(crate::x402::PERMIT2_ADDRESS),
+        None,
+    )
+    .separator()
 }
 
 /// The EIP-712 domain separator a token signs `TransferWithAuthorization` under.

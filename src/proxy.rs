@@ -2,6 +2,7 @@
 //! (routing, challenges) and keeps one job: route the request, answer 402s and preflights,
 //! pick the upstream, rewrite forwarding headers, report failures, log and count.
 
+mod metering;
 mod respond;
 
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use metering::Metering;
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
 use crate::clock::{unix_ms, unix_now};
@@ -24,11 +26,11 @@ use crate::metrics::{metrics, RouteMetrics};
 use crate::nonce::{NonceStore, Reservation};
 use crate::routing::{split_target, Lookup, RequestKey, Target};
 use crate::settle::exposure::{Admission, Hold, Pressure};
-use crate::settle::funds::{FundsView, OnRpcError};
+use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{
     OnBacklog, PaymentRecord, SettleError, Settlement, SettlementState, SignatureCheck,
 };
-use crate::verify::{self, PayerSignature, Rejection, VerifiedPayment, Version};
+use crate::verify::{self, Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     X_PAYMENT_RESPONSE,
@@ -120,6 +122,8 @@ pub enum PaymentState {
     Reserved(Box<Paid>),
     /// The upstream answered below 400: the payment bought this response.
     Charged(Box<Paid>),
+    /// A metered response is streaming; its charge is fixed when it ends.
+    Metering(Box<Paid>),
     /// The upstream failed: the reservation was released, nothing charged.
     Released,
 }
@@ -141,6 +145,8 @@ pub struct Paid {
     pub requirement: Option<serde_json::Value>,
     /// Its reserved share of exposure while it is served (settled routes only).
     pub hold: Option<Hold>,
+    /// A metered payment's usage count (`upto`).
+    pub metering: Option<Metering>,
 }
 
 impl Paid {
@@ -172,6 +178,14 @@ impl Paid {
             requirement: self.requirement.clone(),
             deferred: false,
             chain_id: v.key.chain_id,
+            upto: match v.authorized {
+                Authorized::Exact => None,
+                Authorized::Upto { facilitator, .. } => Some(crate::settle::upto::UptoTerms {
+                    ceiling: v.amount,
+                    facilitator,
+                    permit2612: None,
+                }),
+            },
         }
     }
 }
@@ -379,8 +393,15 @@ impl LevyProxy {
         match self.nonces.reserve(&verified.key, verified.valid_before) {
             Reservation::Reserved => {}
             Reservation::InFlight => return Err(Rejection::InFlight),
+            Reservation::AlreadyUsed if verified.is_upto() => {
+                return Err(Rejection::Permit2NonceUsed)
+            }
             Reservation::AlreadyUsed => return Err(Rejection::AlreadyUsed),
         }
+        let metering = paywall.metered.as_ref().and_then(|m| {
+            let rates = m.rates.get(verified.requirement).copied().flatten()?;
+            Some(Metering::new(m.unit.clone(), rates))
+        });
         let requirement = paywall.requirements.get(verified.requirement);
         let network = match verified.version {
             Version::V2 => requirement.map(|r| r.network.clone()),
@@ -398,6 +419,7 @@ impl LevyProxy {
             payload: None,
             requirement: None,
             hold: None,
+            metering,
         })
     }
 
@@ -578,6 +600,11 @@ impl LevyProxy {
             log::debug!("payer {} is denied: {reason}", verified.payer);
             return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
         }
+        if let Authorized::Upto { token, .. } = verified.authorized {
+            return self
+                .admit_metered(session, paywall, ctx, &verified, token)
+                .await;
+        }
         let batched = paywall.settle != SettleMode::BeforeResponse;
         let balance = if batched && settlement.checks_funds() {
             let key = &verified.key;
@@ -677,6 +704,84 @@ impl LevyProxy {
         }
     }
 
+    /// Admits a reserved `upto` payment: the payer's allowance to Permit2 must cover the
+    /// ceiling (else 412 `permit2_allowance_required`, as the reference servers answer) and
+    /// its balance the ceiling plus its unsettled payments; the ceiling's share of exposure
+    /// is held until the charge is known. A metered payment cannot be settled before its
+    /// response, so where an exact one would settle first this one waits (503).
+    async fn admit_metered(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        verified: &VerifiedPayment,
+        token: alloy_primitives::Address,
+    ) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let network = match &ctx.payment {
+            PaymentState::Reserved(paid) => paid.network_name.clone(),
+            _ => return None,
+        };
+        let balance = if settlement.checks_funds() {
+            let chain_id = verified.key.chain_id;
+            match settlement
+                .upto_funds(&network, chain_id, token, verified.payer)
+                .await
+            {
+                UptoFunds::Known { allowance, .. } if allowance < verified.amount => {
+                    let reason = "permit2_allowance_required";
+                    self.drop_reservation(ctx, Outcome::PaymentRejected);
+                    metrics()
+                        .payments_rejected
+                        .with_label_values(&[ctx.route_label(), reason])
+                        .inc();
+                    let body = serde_json::json!({
+                        "error": reason,
+                        "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
+                        "message": "approve Permit2 to spend the token (or pay with an EIP-2612 permit), then retry",
+                    });
+                    return Some(Reply::new(412, "application/json", body.to_string()));
+                }
+                UptoFunds::Known { balance, .. } => Some(balance),
+                UptoFunds::Unknown => match settlement.on_rpc_error() {
+                    OnRpcError::ServeWithinCaps => None,
+                    OnRpcError::Refuse => {
+                        return Some(self.retry_later(
+                            ctx,
+                            "cannot check the payer's balance now; retry later with the same payment",
+                            "2",
+                        ));
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        match admission {
+            Admission::Unfunded => Some(self.refuse_payment(
+                session,
+                paywall,
+                ctx,
+                "permit2_insufficient_balance",
+            )),
+            Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
+                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                    paid.hold = hold;
+                }
+                None
+            }
+            Admission::Defer | Admission::SettleFirst(_) => {
+                drop(hold);
+                Some(self.retry_later(
+                    ctx,
+                    "settlement is behind; retry later with the same payment",
+                    "5",
+                ))
+            }
+        }
+    }
+
     /// Drops the reservation and answers 503 with `Retry-After`: levy cannot decide now, and
     /// the client may retry with the same payment.
     fn retry_later(
@@ -723,6 +828,14 @@ impl LevyProxy {
                 .inc();
             ctx.outcome = Outcome::PaymentReleased;
             ctx.payment = PaymentState::Released;
+            return Ok(());
+        }
+        if let Some(metering) = paid.metering.as_mut() {
+            // Charged when the response ends, for what it delivered.
+            metering.on_headers(response);
+            make_private(response)?;
+            ctx.outcome = Outcome::Paid;
+            ctx.payment = PaymentState::Metering(paid);
             return Ok(());
         }
         let status = match (&self.settlement, paid.tx_hash) {
@@ -796,6 +909,7 @@ impl LevyProxy {
             transaction: paid.tx_hash.map(|h| h.to_string()).unwrap_or_default(),
             network: paid.network.clone(),
             payer: paid.verified.payer.to_checksum(None),
+            amount: None,
             extensions: Some(serde_json::json!({ "levy": levy_ext })),
         };
         let encoded = x402::encode_header(
@@ -811,6 +925,69 @@ impl LevyProxy {
         make_private(response)?;
         ctx.payment = PaymentState::Charged(paid);
         Ok(())
+    }
+}
+
+impl LevyProxy {
+    /// Fixes a metered response's charge once it ended (completely, cut by the origin, or
+    /// by the client: what was flushed to it), and journals it: a charge above zero is
+    /// queued for a batch, zero is journaled `void` and sends no transaction. Either way the
+    /// Permit2 nonce stays used.
+    async fn finish_metering(&self, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !matches!(ctx.payment, PaymentState::Metering(_)) {
+            return;
+        }
+        let PaymentState::Metering(mut paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::None)
+        else {
+            return;
+        };
+        let Some(metering) = paid.metering.take() else {
+            return;
+        };
+        let origin_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let ending = metering.ending(origin_failed);
+        let (units, amount) = metering.charge(ending, session.body_bytes_sent() as u64);
+        let route = ctx.route_label().to_owned();
+        metrics()
+            .metered_units
+            .with_label_values(&[route.as_str(), metering.unit_name()])
+            .inc_by(units);
+        let mut record = paid.record(&route);
+        record.amount = amount;
+        let mut hold = paid.hold.take();
+        if let Some(hold) = hold.as_mut() {
+            hold.shrink_to(amount);
+        }
+        self.nonces.commit(&paid.verified.key);
+        if let Some(settlement) = &self.settlement {
+            let journaled = if amount.is_zero() {
+                drop(hold);
+                settlement.record_void(record).await
+            } else {
+                settlement.accept(record, hold).await
+            };
+            if let Err(e) = journaled {
+                log::error!(
+                    "cannot journal metered payment {} ({amount} charged): {e}",
+                    paid.id
+                );
+            }
+        }
+        if !amount.is_zero() {
+            metrics()
+                .metered_amount
+                .with_label_values(&[route.as_str()])
+                .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+            if let Some(m) = self.metrics_of(ctx) {
+                m.payments_charged.inc();
+            }
+        }
+        log::debug!(
+            "metered payment {} on route {route}: {units} units, {amount} charged ({ending:?})",
+            paid.id
+        );
+        ctx.payment = PaymentState::Charged(paid);
     }
 }
 
@@ -1035,7 +1212,37 @@ impl ProxyHttp for LevyProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        if let PaymentState::Metering(paid) = &mut ctx.payment {
+            if let Some(metering) = paid.metering.as_mut() {
+                metering.on_body(body.as_deref().unwrap_or_default(), end_of_stream);
+            }
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let PaymentState::Metering(paid) = &mut ctx.payment {
+            if let Some(metering) = paid.metering.as_mut() {
+                metering.on_trailers(trailers);
+            }
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        self.finish_metering(session, e, ctx).await;
         self.release_unanswered(ctx);
         let elapsed = ctx.started.elapsed();
         if let Some(m) = self.metrics_of(ctx) {

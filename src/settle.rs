@@ -16,6 +16,7 @@ pub mod exposure;
 pub mod facilitator;
 pub mod funds;
 pub mod journal;
+pub mod upto;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum SettlementState {
     Failed,
     /// Retries exhausted or the chain's answer is ambiguous: an operator must look.
     NeedsReview,
+    /// A metered payment whose response delivered nothing billable: nothing to charge, no
+    /// transaction.
+    Void,
 }
 
 impl SettlementState {
@@ -59,6 +63,7 @@ impl SettlementState {
             SettlementState::Settled => "settled",
             SettlementState::Failed => "failed",
             SettlementState::NeedsReview => "needs_review",
+            SettlementState::Void => "void",
         }
     }
 
@@ -69,14 +74,18 @@ impl SettlementState {
             Self::Settled,
             Self::Failed,
             Self::NeedsReview,
+            Self::Void,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)
     }
 
-    /// Settled and failed payments are done; the rest still count as unsettled.
+    /// Settled, failed and void payments are done; the rest still count as unsettled.
     pub fn is_final(self) -> bool {
-        matches!(self, SettlementState::Settled | SettlementState::Failed)
+        matches!(
+            self,
+            SettlementState::Settled | SettlementState::Failed | SettlementState::Void
+        )
     }
 }
 
@@ -119,6 +128,23 @@ pub struct PaymentRecord {
     /// it, so a renamed network keeps its payments' authorizations used after a restart.
     #[serde(default)]
     pub chain_id: u64,
+    /// A metered (`upto`) payment's Permit2 terms: `nonce` is its Permit2 nonce,
+    /// `valid_before` its deadline and `amount` what was charged. `None` for `exact`.
+    #[serde(default)]
+    pub upto: Option<upto::UptoTerms>,
+}
+
+impl PaymentRecord {
+    /// `(namespace, payer, nonce)` of its authorization: the token for an EIP-3009 nonce,
+    /// Permit2 for a Permit2 nonce (the replay set's and the receipts' key).
+    pub fn authorization_key(&self) -> (Address, Address, B256) {
+        let namespace = if self.upto.is_some() {
+            crate::x402::PERMIT2_ADDRESS
+        } else {
+            self.asset
+        };
+        (namespace, self.payer, self.nonce)
+    }
 }
 
 /// Seconds to allow a transaction to be mined, on top of the batch delay.
@@ -178,6 +204,8 @@ pub struct ChainSpec {
     pub chain_id: u64,
     pub rpc_url: String,
     pub multicall: Address,
+    /// levy's `LevyBatcher` (settles `upto` payments).
+    pub batcher: Option<Address>,
 }
 
 /// The settlement engine's settings (see README for each key).
@@ -400,6 +428,7 @@ impl Settlement {
                         signer.clone(),
                         spec.chain_id,
                         spec.multicall,
+                        spec.batcher,
                         config.rpc_timeout,
                     )?;
                     chains.insert(spec.network.clone(), chain);
@@ -482,7 +511,7 @@ impl Settlement {
                 live.push(LiveAuthorization {
                     network: record.network.clone(),
                     chain_id: record.chain_id,
-                    asset: record.asset,
+                    asset: record.authorization_key().0,
                     payer: record.payer,
                     nonce: record.nonce,
                     valid_before: record.valid_before,
@@ -594,6 +623,29 @@ impl Settlement {
         view
     }
 
+    /// An `upto` payer's balance of `token` (net of what levy settled since it was read) and
+    /// its allowance to Permit2, from the caches or read now.
+    pub async fn upto_funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        token: Address,
+        payer: Address,
+    ) -> funds::UptoFunds {
+        let Some(chain) = self.inner.chains.get(network) else {
+            return funds::UptoFunds::Unknown;
+        };
+        let view = self
+            .inner
+            .funds
+            .upto_view((chain_id, token, payer), chain.upto_payer_state(token, payer))
+            .await;
+        if view == funds::UptoFunds::Unknown {
+            metrics().funds_unknown.inc();
+        }
+        view
+    }
+
     /// Reserves a payment's share of exposure, atomically with the checks: the payer's
     /// `balance` (when known) must cover its unsettled payments plus this one, and the
     /// caps and the loss budget say whether it may be served before it settles.
@@ -637,6 +689,15 @@ impl Settlement {
         if waiting % self.inner.config.max_batch.max(1) == 0 {
             self.inner.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Journals a metered payment whose response delivered nothing billable: final as
+    /// `void`, nothing to settle, its authorization kept used.
+    pub async fn record_void(&self, mut record: PaymentRecord) -> Result<(), SettleError> {
+        record.state = SettlementState::Void;
+        record.amount = U256::ZERO;
+        self.inner.journal.accept(vec![record]).await?;
         Ok(())
     }
 
@@ -866,16 +927,23 @@ impl Settlement {
         let ready = |r: &PaymentRecord| {
             r.next_attempt_at <= now && inflight.count(&r.network) < config.max_in_flight
         };
-        let mut networks: Vec<&str> = Vec::new();
+        // A batch is one network's `exact` payments (aggregate3) or its `upto` payments
+        // (the batcher): a lane.
+        let mut lanes: Vec<(&str, bool)> = Vec::new();
         for r in queue.iter().filter(|r| ready(r)) {
-            if !networks.contains(&r.network.as_str()) {
-                networks.push(&r.network);
+            let lane = (r.network.as_str(), r.upto.is_some());
+            if !lanes.contains(&lane) {
+                lanes.push(lane);
             }
         }
-        // The first network that is due; one that is not must not hold up the others.
-        let (network, candidates) = networks.into_iter().find_map(|network| {
+        // The first lane that is due; one that is not must not hold up the others.
+        let (network, candidates) = lanes.into_iter().find_map(|(network, upto)| {
             let candidates: Vec<usize> = (0..queue.len())
-                .filter(|&i| queue[i].network == network && ready(&queue[i]))
+                .filter(|&i| {
+                    queue[i].network == network
+                        && queue[i].upto.is_some() == upto
+                        && ready(&queue[i])
+                })
                 .collect();
             let oldest_ms = candidates
                 .iter()
@@ -1578,11 +1646,9 @@ impl Settlement {
     }
 
     async fn apply_receipt(&self, hash: B256, mined: &Mined, records: Vec<PaymentRecord>) {
-        let (settled, unsettled): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| {
-            mined.used.iter().any(|(token, from, nonce)| {
-                *token == r.asset && *from == r.payer && *nonce == r.nonce
-            })
-        });
+        let (settled, unsettled): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| mined.used.contains(&r.authorization_key()));
         if !settled.is_empty() {
             metrics()
                 .gas_per_payment

@@ -1,6 +1,6 @@
-//! Inline verification of x402 `exact` payments on EVM (EIP-3009): decode the header, match
-//! the payload to one of the route's issued requirements, check the authorization and
-//! recover its signer. Pure: no I/O, no clock (callers pass `now`), no nonce state. A
+//! Inline verification of x402 payments on EVM: decode the header, match the payload to one
+//! of the route's issued requirements, check the authorization (`exact`: EIP-3009, here;
+//! `upto`: Permit2, in `upto`) and recover its signer. Pure: no I/O, no clock (callers pass `now`), no nonce state. A
 //! signature that is not an ECDSA signature of `from` (a contract wallet's, EIP-1271 or
 //! ERC-6492) is either refused or, when the caller can ask a chain
 //! ([`Policy::contract_signatures`]), handed back as [`PayerSignature::Contract`] for it to
@@ -11,11 +11,13 @@ use std::str::FromStr;
 use alloy_primitives::{b256, keccak256, Address, Signature, B256, U256};
 
 use crate::nonce::NonceKey;
-use crate::pricing::Requirement;
+use crate::pricing::{Requirement, Scheme};
 use crate::x402::{
     decode_header, AcceptedRequirements, Authorization, PaymentPayload, PaymentRequirementsV2,
     SCHEME_EXACT,
 };
+
+pub mod upto;
 
 /// Payment headers larger than this are refused before decoding.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
@@ -133,6 +135,25 @@ pub struct VerifiedPayment {
     pub valid_after: u64,
     pub valid_before: u64,
     pub signature: PayerSignature,
+    /// What the signature authorizes, by scheme.
+    pub authorized: Authorized,
+}
+
+/// What a verified payment authorizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorized {
+    /// A transfer of exactly `amount` (EIP-3009).
+    Exact,
+    /// Up to `amount` of `token` through Permit2 and the upto proxy, settled by
+    /// `facilitator`; `key.nonce` is the Permit2 nonce and `valid_before` its deadline.
+    Upto { facilitator: Address, token: Address },
+}
+
+impl VerifiedPayment {
+    /// Whether it is a metered (`upto`) payment.
+    pub fn is_upto(&self) -> bool {
+        matches!(self.authorized, Authorized::Upto { .. })
+    }
 }
 
 /// Why a payment was refused. [`Rejection::reason`] is the x402 reason string clients see.
@@ -174,6 +195,26 @@ pub enum Rejection {
     InFlight,
     #[error("this payment was already used")]
     AlreadyUsed,
+    #[error("permit2Authorization.spender is not the upto proxy")]
+    Permit2Spender,
+    #[error("witness.to is not the payTo address")]
+    Permit2Recipient,
+    #[error("witness.facilitator is not the facilitatorAddress offered")]
+    UptoFacilitator,
+    #[error("the Permit2 deadline is too soon to deliver and settle before it")]
+    Permit2DeadlineTooSoon,
+    #[error("the Permit2 deadline is later than maxTimeoutSeconds allows")]
+    Permit2DeadlineTooLate,
+    #[error("witness.validAfter is in the future")]
+    Permit2NotYetValid,
+    #[error("permitted.amount is not the ceiling offered")]
+    Permit2Amount,
+    #[error("permitted.token is not the asset offered")]
+    Permit2Token,
+    #[error("the Permit2 signature does not recover to permit2Authorization.from")]
+    Permit2Signature,
+    #[error("this Permit2 nonce was already used")]
+    Permit2NonceUsed,
 }
 
 impl Rejection {
@@ -199,6 +240,17 @@ impl Rejection {
             }
             Rejection::InFlight => "payment_in_flight",
             Rejection::AlreadyUsed => "invalid_exact_evm_nonce_already_used",
+            Rejection::Permit2Spender => "invalid_permit2_spender",
+            Rejection::Permit2Recipient => "invalid_permit2_recipient_mismatch",
+            Rejection::UptoFacilitator => "upto_facilitator_mismatch",
+            Rejection::Permit2DeadlineTooSoon | Rejection::Permit2DeadlineTooLate => {
+                "permit2_deadline_expired"
+            }
+            Rejection::Permit2NotYetValid => "permit2_not_yet_valid",
+            Rejection::Permit2Amount => "permit2_amount_mismatch",
+            Rejection::Permit2Token => "permit2_token_mismatch",
+            Rejection::Permit2Signature => "invalid_permit2_signature",
+            Rejection::Permit2NonceUsed => "permit2_invalid_nonce",
         }
     }
 }
@@ -222,7 +274,6 @@ pub fn verify(
     policy: &Policy,
 ) -> Result<VerifiedPayment, Rejection> {
     let payment = decode(header)?;
-    let auth = ParsedAuthorization::parse(&payment.payload.authorization)?;
     let signature = parse_signature(&payment.payload.signature)?;
     match payment.x402_version {
         2 => {
@@ -234,6 +285,11 @@ pub fn verify(
             let requirement = requirements
                 .get(index)
                 .ok_or(Rejection::NoMatchingRequirements)?;
+            if let Scheme::Upto { .. } = requirement.scheme {
+                let auth = payment.payload.permit2_authorization.as_ref();
+                return upto::verify(auth, &signature, requirement, index, now, policy);
+            }
+            let auth = ParsedAuthorization::parse(exact_authorization(&payment)?)?;
             let checked = check(&auth, &signature, requirement, now, policy)?;
             Ok(auth.into_verified(Version::V2, index, requirement, checked))
         }
@@ -249,9 +305,12 @@ pub fn verify(
                 .network
                 .as_deref()
                 .ok_or(Rejection::Malformed("network"))?;
+            let auth = ParsedAuthorization::parse(exact_authorization(&payment)?)?;
             let mut first_error = None;
             for (index, requirement) in requirements.iter().enumerate() {
-                if requirement.v1_network.as_deref() != Some(network) {
+                if requirement.v1_network.as_deref() != Some(network)
+                    || requirement.scheme != Scheme::Exact
+                {
                     continue;
                 }
                 // Several assets on one network: the signature tells which one was signed for.
@@ -289,7 +348,7 @@ fn match_v2(
     });
     match position {
         Some(index) => Ok(index),
-        None if accepted.scheme != SCHEME_EXACT => {
+        None if !issued.iter().any(|r| r.scheme == accepted.scheme) => {
             Err(Rejection::UnsupportedScheme(accepted.scheme.clone()))
         }
         None if !issued.iter().any(|r| r.network == accepted.network) => {
@@ -297,6 +356,15 @@ fn match_v2(
         }
         None => Err(Rejection::NoMatchingRequirements),
     }
+}
+
+/// The EIP-3009 authorization of an `exact` payload.
+fn exact_authorization(payment: &PaymentPayload) -> Result<&Authorization, Rejection> {
+    payment
+        .payload
+        .authorization
+        .as_ref()
+        .ok_or(Rejection::Malformed("payload.authorization"))
 }
 
 /// The authorization with its fields parsed.
@@ -358,6 +426,7 @@ impl ParsedAuthorization {
             valid_after: self.valid_after,
             valid_before: self.valid_before,
             signature,
+            authorized: Authorized::Exact,
         }
     }
 }
@@ -389,9 +458,18 @@ fn check(
     if auth.valid_before > latest {
         return Err(Rejection::ExpiresTooLate);
     }
-    let digest = auth.digest(&requirement.domain_separator);
-    // Anything but an ECDSA signature of `from` may still be a contract wallet's: for the
-    // chain to judge when it can be asked, refused otherwise.
+    recover(presented, auth.from, auth.digest(&requirement.domain_separator), policy)
+}
+
+/// Whether `presented` is `from`'s ECDSA signature of `digest`. Anything else may still be a
+/// contract wallet's: handed back for the chain to judge when it can be asked, refused
+/// otherwise.
+fn recover(
+    presented: &Presented,
+    from: Address,
+    digest: B256,
+    policy: &Policy,
+) -> Result<PayerSignature, Rejection> {
     let for_chain = |bytes: Vec<u8>, refusal: Rejection| {
         if policy.contract_signatures {
             Ok(PayerSignature::Contract { bytes, digest })
@@ -407,7 +485,7 @@ fn check(
         return for_chain(signature.as_bytes().to_vec(), Rejection::HighS);
     }
     match alloy_consensus::crypto::secp256k1::recover_signer(signature, digest) {
-        Ok(signer) if signer == auth.from => Ok(PayerSignature::Ecdsa(signature.as_bytes())),
+        Ok(signer) if signer == from => Ok(PayerSignature::Ecdsa(signature.as_bytes())),
         _ => for_chain(signature.as_bytes().to_vec(), Rejection::BadSignature),
     }
 }

@@ -21,8 +21,18 @@ pub const PAYMENT_RESPONSE: &str = "payment-response";
 /// v1 response header carrying the settlement result.
 pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
 
-/// The only scheme levy issues.
+/// The fixed-price scheme: an EIP-3009 authorization for the exact price.
 pub const SCHEME_EXACT: &str = "exact";
+/// The metered scheme: a Permit2 authorization for a ceiling; the charge is fixed after the
+/// response.
+pub const SCHEME_UPTO: &str = "upto";
+
+/// Permit2's canonical address (the same on every EVM chain).
+pub const PERMIT2_ADDRESS: alloy_primitives::Address =
+    alloy_primitives::address!("000000000022D473030F116dDEE9F6B43aC78BA3");
+/// x402's `upto` proxy's canonical address: the Permit2 spender every `upto` payment names.
+pub const UPTO_PROXY_ADDRESS: alloy_primitives::Address =
+    alloy_primitives::address!("4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
 
 /// The x402 reason strings of the `exact` EVM scheme that facilitators emit (spec §9 and the
 /// reference SDKs): the only facilitator words levy repeats to clients and in metrics.
@@ -106,7 +116,10 @@ pub struct PaymentPayload {
     /// v2 only: the requirement the client chose, echoed back.
     #[serde(default)]
     pub accepted: Option<AcceptedRequirements>,
-    pub payload: ExactEvmPayload,
+    pub payload: EvmPayload,
+    /// v2 extensions the client answered (e.g. `eip2612GasSponsoring`), kept as sent.
+    #[serde(default)]
+    pub extensions: Option<Map<String, Value>>,
 }
 
 /// The v2 `accepted` object. Numbers and strings are kept as the client sent them and
@@ -124,11 +137,45 @@ pub struct AcceptedRequirements {
     pub extra: Option<Map<String, Value>>,
 }
 
-/// The `exact` EVM payload: an EIP-3009 authorization and its signature.
+/// An EVM payload: a signature and, by scheme, an EIP-3009 `authorization` (`exact`) or a
+/// `permit2Authorization` (`upto`).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ExactEvmPayload {
+#[serde(rename_all = "camelCase")]
+pub struct EvmPayload {
     pub signature: String,
-    pub authorization: Authorization,
+    #[serde(default)]
+    pub authorization: Option<Authorization>,
+    #[serde(default)]
+    pub permit2_authorization: Option<Permit2Authorization>,
+}
+
+/// A Permit2 `PermitWitnessTransferFrom` as the `upto` clients send it: numbers as decimal
+/// strings (the nonce too; hex is accepted).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permit2Authorization {
+    pub from: String,
+    pub permitted: TokenPermissions,
+    pub spender: String,
+    pub nonce: Number,
+    pub deadline: Number,
+    pub witness: UptoWitness,
+}
+
+/// Permit2's `TokenPermissions`: the token and the ceiling.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenPermissions {
+    pub token: String,
+    pub amount: Number,
+}
+
+/// The `upto` witness: who receives, who alone may settle, and from when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UptoWitness {
+    pub to: String,
+    pub facilitator: String,
+    pub valid_after: Number,
 }
 
 /// `TransferWithAuthorization` fields as sent: addresses and the nonce as hex strings,
@@ -170,6 +217,9 @@ pub struct SettleResponse {
     /// CAIP-2 for v2 payloads, the v1 name for v1 payloads.
     pub network: String,
     pub payer: String,
+    /// `upto`: the amount charged (atomic units), once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extensions: Option<Value>,
 }

@@ -232,6 +232,8 @@ pub struct Network {
     pub caip2: Option<String>,
     pub v1_name: Option<String>,
     pub rpc_url: Option<String>,
+    /// levy's `LevyBatcher` on this network: the `facilitatorAddress` of metered routes.
+    pub batcher: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +298,41 @@ pub struct Route {
     pub resource: Option<String>,
     #[serde(default)]
     pub settle: SettleMode,
+    /// Charge for what the response delivers (`upto`) instead of a fixed price.
+    #[serde(default)]
+    pub meter: Option<Meter>,
+}
+
+/// A metered route's unit and prices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meter {
+    pub unit: MeterUnit,
+    /// Per unit (per `per` bytes for `bytes`): `"$0.0001"` or atomic units.
+    pub price: String,
+    /// Bytes per priced unit (`bytes` only); default 1024.
+    #[serde(default)]
+    pub per: Option<u64>,
+    /// The most one request may cost: the `upto` amount the payer signs.
+    pub ceiling: String,
+    /// Charged for any delivery above zero units.
+    #[serde(default)]
+    pub minimum: Option<String>,
+    /// When the origin fails mid-response, charges below this are dropped.
+    #[serde(default)]
+    pub failure_floor: Option<String>,
+    /// `origin` only: the response header the origin reports usage in; default
+    /// `Settlement-Overrides`.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MeterUnit {
+    Bytes,
+    Records,
+    Origin,
 }
 
 /// An atomic amount may be written as a YAML number or a string.

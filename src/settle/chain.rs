@@ -18,6 +18,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent, SolValue};
 
+use super::upto;
 use super::PaymentRecord;
 
 sol! {
@@ -134,6 +135,8 @@ pub struct Chain {
     signer: PrivateKeySigner,
     chain_id: u64,
     multicall: Address,
+    /// levy's `LevyBatcher`, which settles `upto` payments.
+    batcher: Option<Address>,
     timeout: Duration,
 }
 
@@ -143,6 +146,7 @@ impl Chain {
         signer: PrivateKeySigner,
         chain_id: u64,
         multicall: Address,
+        batcher: Option<Address>,
         timeout: Duration,
     ) -> Result<Self, ChainError> {
         Ok(Self {
@@ -150,8 +154,131 @@ impl Chain {
             signer,
             chain_id,
             multicall,
+            batcher,
             timeout,
         })
+    }
+
+    /// The batcher `upto` payments settle through.
+    fn batcher(&self) -> Result<Address, ChainError> {
+        self.batcher
+            .ok_or_else(|| ChainError::Decode("no batcher configured for upto payments".into()))
+    }
+
+    /// Where a batch of these payments is sent, and its calldata: `LevyBatcher.settle` for
+    /// `upto` payments, `aggregate3` of the transfers for `exact` ones.
+    fn batch_call(&self, payments: &[PaymentRecord]) -> Result<(Address, Bytes), ChainError> {
+        if payments.first().is_some_and(|p| p.upto.is_some()) {
+            return Ok((self.batcher()?, upto::settle_calldata(payments)));
+        }
+        let calls: Vec<IMulticall3::Call3> = payments.iter().flat_map(payment_calls).collect();
+        Ok((
+            self.multicall,
+            IMulticall3::aggregate3Call { calls }.abi_encode().into(),
+        ))
+    }
+
+    /// For each `upto` payment: whether its Permit2 nonce is used and the payer's balance,
+    /// in one multicall read, then the batch simulated through the batcher (as the settler,
+    /// its owner) at the latest block.
+    async fn precheck_upto(
+        &self,
+        payments: &[PaymentRecord],
+    ) -> Result<Vec<Precheck>, ChainError> {
+        let mut calls = Vec::with_capacity(payments.len() * 2);
+        let mut bits = Vec::with_capacity(payments.len());
+        for p in payments {
+            let (bitmap, bit) = upto::bitmap_call(p.payer, p.nonce);
+            bits.push(bit);
+            calls.push(IMulticall3::Call3 {
+                target: crate::x402::PERMIT2_ADDRESS,
+                allowFailure: true,
+                callData: bitmap.into(),
+            });
+            calls.push(IMulticall3::Call3 {
+                target: p.asset,
+                allowFailure: true,
+                callData: IEip3009::balanceOfCall { account: p.payer }
+                    .abi_encode()
+                    .into(),
+            });
+        }
+        let request = TransactionRequest::default()
+            .to(self.multicall)
+            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
+        let output = self.call_latest(request).await?;
+        let reads = IMulticall3::aggregate3Call::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        if reads.len() != payments.len() * 2 {
+            return Err(ChainError::Decode(
+                "aggregate3 returned the wrong number of results".into(),
+            ));
+        }
+        let (batcher, data) = self.batch_call(payments)?;
+        let request = TransactionRequest::default()
+            .from(self.settler())
+            .to(batcher)
+            .input(data.into());
+        // A simulation that reverts as a whole (not one item) settles nothing.
+        let settles = match self.call_latest(request).await {
+            Ok(output) => upto::decode_settled(&output)
+                .map_err(|e| ChainError::Decode(format!("LevyBatcher.settle: {e}")))?,
+            Err(ChainError::Rpc { .. }) => vec![false; payments.len()],
+            Err(e) => return Err(e),
+        };
+        Ok(reads
+            .chunks(2)
+            .zip(bits)
+            .zip(settles.into_iter().chain(std::iter::repeat(false)))
+            .map(|((pair, bit), transfers)| Precheck {
+                used: !pair[0].success
+                    || upto::bit_is_set(&pair[0].returnData, bit).unwrap_or(true),
+                balance: if pair[1].success {
+                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData).ok()
+                } else {
+                    None
+                },
+                transfers,
+            })
+            .collect())
+    }
+
+    /// A payer's balance of `token` and its allowance to Permit2, in one multicall read.
+    pub async fn upto_payer_state(
+        &self,
+        token: Address,
+        payer: Address,
+    ) -> Result<(U256, U256), ChainError> {
+        let calls = vec![
+            IMulticall3::Call3 {
+                target: token,
+                allowFailure: false,
+                callData: IEip3009::balanceOfCall { account: payer }
+                    .abi_encode()
+                    .into(),
+            },
+            IMulticall3::Call3 {
+                target: token,
+                allowFailure: false,
+                callData: upto::permit2_allowance_call(payer).into(),
+            },
+        ];
+        let request = TransactionRequest::default()
+            .to(self.multicall)
+            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
+        let output = self.call_latest(request).await?;
+        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        let [balance, allowance] = results.as_slice() else {
+            return Err(ChainError::Decode(
+                "aggregate3 returned the wrong number of results".into(),
+            ));
+        };
+        let balance = IEip3009::balanceOfCall::abi_decode_returns(&balance.returnData)
+            .map_err(|e| ChainError::Decode(format!("balanceOf: {e}")))?;
+        let allowance = upto::decode_allowance(&allowance.returnData)
+            .ok_or_else(|| ChainError::Decode("allowance".into()))?;
+        Ok((balance, allowance))
     }
 
     /// The settler's address.
@@ -177,6 +304,9 @@ impl Chain {
     /// `authorizationState` and `balanceOf(payer)` for each payment, then the batch's own
     /// transfer calls, simulated in order, all in one multicall read at the latest block.
     pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
+        if payments.first().is_some_and(|p| p.upto.is_some()) {
+            return self.precheck_upto(payments).await;
+        }
         let mut calls = Vec::with_capacity(payments.len() * 3);
         for p in payments {
             calls.push(IMulticall3::Call3 {
@@ -322,11 +452,10 @@ impl Chain {
         nonce: u64,
         floor: Option<Fees>,
     ) -> Result<SignedBatch, ChainError> {
-        let calls: Vec<IMulticall3::Call3> = payments.iter().flat_map(payment_calls).collect();
-        let data: Bytes = IMulticall3::aggregate3Call { calls }.abi_encode().into();
+        let (target, data) = self.batch_call(payments)?;
         let estimate_request = TransactionRequest::default()
             .from(self.settler())
-            .to(self.multicall)
+            .to(target)
             .input(data.clone().into());
         let gas = self
             .rpc(
@@ -377,7 +506,7 @@ impl Chain {
             gas_limit,
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-            to: TxKind::Call(self.multicall),
+            to: TxKind::Call(target),
             value: U256::ZERO,
             access_list: Default::default(),
             input: data,
@@ -438,6 +567,10 @@ impl Chain {
                 (topics.len() == 3)
                     .then(|| (log.address(), Address::from_word(topics[1]), topics[2]))
             })
+            .chain(receipt.inner.logs().iter().filter_map(|log| {
+                self.batcher
+                    .and_then(|batcher| upto::settled_log(log, batcher))
+            }))
             .collect();
         Ok(Some(Mined {
             success: receipt.status(),
@@ -449,6 +582,9 @@ impl Chain {
 
     /// What became of an authorization, from `authorizationState` and the token's logs.
     pub async fn fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
+        if payment.upto.is_some() {
+            return self.upto_fate(payment).await;
+        }
         let state = IEip3009::authorizationStateCall {
             authorizer: payment.payer,
             nonce: payment.nonce,
@@ -489,6 +625,39 @@ impl Chain {
             }
         }
         Ok(AuthorizationFate::UsedUnknown)
+    }
+
+    /// What became of an `upto` payment: its Permit2 nonce bit, then the batcher's
+    /// `UptoSettled` log for it. A nonce used without such a log was spent elsewhere (the
+    /// payer invalidated it, or the log is beyond the lookback).
+    async fn upto_fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
+        let (data, bit) = upto::bitmap_call(payment.payer, payment.nonce);
+        let request = TransactionRequest::default()
+            .to(crate::x402::PERMIT2_ADDRESS)
+            .input(Bytes::from(data).into());
+        let output = self.call_latest(request).await?;
+        let used = upto::bit_is_set(&output, bit)
+            .ok_or_else(|| ChainError::Decode("nonceBitmap".into()))?;
+        if !used {
+            return Ok(AuthorizationFate::Unused);
+        }
+        let latest = self
+            .rpc("eth_blockNumber", self.provider.get_block_number())
+            .await?;
+        let filter = Filter::new()
+            .address(self.batcher()?)
+            .event_signature(upto::SETTLED_SIGNATURE)
+            .topic1(payment.payer.into_word())
+            .topic2(payment.nonce)
+            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
+            .to_block(latest);
+        let logs = self
+            .rpc("eth_getLogs", self.provider.get_logs(&filter))
+            .await?;
+        Ok(logs
+            .iter()
+            .find_map(|log| log.transaction_hash)
+            .map_or(AuthorizationFate::UsedUnknown, AuthorizationFate::Used))
     }
 
     /// The settler's next nonce, counting pending transactions.

@@ -207,6 +207,16 @@ impl Hold {
     pub fn keep(mut self) {
         self.held = false;
     }
+
+    /// Holds only `amount` from now on (a metered payment's charge, known once its response
+    /// ended, is at most the ceiling that was held).
+    pub fn shrink_to(&mut self, amount: U256) {
+        if amount < self.amount && self.held {
+            self.ledger
+                .remove_unsettled(self.payer, self.amount - amount);
+            self.amount = amount;
+        }
+    }
 }
 
 impl Drop for Hold {

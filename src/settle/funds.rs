@@ -145,6 +145,18 @@ pub struct Funds {
     balances: moka::future::Cache<FundsKey, Arc<Balance>>,
     denied: moka::sync::Cache<Address, Denial>,
     signatures: moka::sync::Cache<SignatureKey, bool>,
+    /// Payers' token allowances to Permit2 (`upto`), trusted as briefly as an empty
+    /// balance, so a payer who approves gets in soon.
+    allowances: moka::future::Cache<FundsKey, U256>,
+}
+
+/// What an `upto` funds lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UptoFunds {
+    /// The payer's balance (net of levy's settlements) and its allowance to Permit2.
+    Known { balance: U256, allowance: U256 },
+    /// The chain could not be read in time.
+    Unknown,
 }
 
 impl Funds {
@@ -166,6 +178,44 @@ impl Funds {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            allowances: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(config.empty_ttl)
+                .build(),
+        }
+    }
+
+    /// An `upto` payer's balance and Permit2 allowance for `key`, from the caches or read by
+    /// `read` (`(balance, allowance)`) within the read deadline.
+    pub async fn upto_view<F, E>(&self, key: FundsKey, read: F) -> UptoFunds
+    where
+        F: std::future::Future<Output = Result<(U256, U256), E>> + Send,
+        E: Send + Sync + 'static,
+    {
+        if let (Some(balance), Some(allowance)) = (
+            self.balances.get(&key).await,
+            self.allowances.get(&key).await,
+        ) {
+            return UptoFunds::Known {
+                balance: balance.get(),
+                allowance,
+            };
+        }
+        match tokio::time::timeout(self.config.read_timeout, read).await {
+            Ok(Ok((value, allowance))) => {
+                self.allowances.insert(key, allowance).await;
+                let balance = self
+                    .balances
+                    .get_with(key, async move {
+                        Arc::new(Balance::new(value, B256::ZERO, false))
+                    })
+                    .await;
+                UptoFunds::Known {
+                    balance: balance.get(),
+                    allowance,
+                }
+            }
+            Ok(Err(_)) | Err(_) => UptoFunds::Unknown,
         }
     }
 

@@ -32,6 +32,7 @@ fn requirement() -> Requirement {
         pay_to: PAY_TO,
         max_timeout_seconds: 300,
         domain_separator: domain_separator("USDC", "2", 84532, USDC),
+        scheme: crate::pricing::Scheme::Exact,
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{encode_header, PaymentRequirementsV1, PaymentRequirementsV2, SCHEME_EXACT};
+use crate::pricing::Scheme;
 use crate::pricing::{format_units, Requirement};
 
 /// A route's prepared challenge.
@@ -155,12 +156,19 @@ fn extra(r: &Requirement) -> Map<String, Value> {
     let mut extra = Map::new();
     extra.insert("name".into(), Value::String(r.eip712_name.clone()));
     extra.insert("version".into(), Value::String(r.eip712_version.clone()));
+    if let Scheme::Upto { facilitator, .. } = r.scheme {
+        extra.insert("assetTransferMethod".into(), Value::String("permit2".into()));
+        extra.insert(
+            "facilitatorAddress".into(),
+            Value::String(facilitator.to_checksum(None)),
+        );
+    }
     extra
 }
 
 fn v2_entry(r: &Requirement) -> PaymentRequirementsV2 {
     PaymentRequirementsV2 {
-        scheme: SCHEME_EXACT.into(),
+        scheme: r.scheme.name().into(),
         network: r.network.clone(),
         amount: r.amount.to_string(),
         asset: r.asset.to_checksum(None),
@@ -170,7 +178,11 @@ fn v2_entry(r: &Requirement) -> PaymentRequirementsV2 {
     }
 }
 
+/// v1 clients pay `exact` only, on the networks they know.
 fn v1_entry(r: &Requirement, description: &str, mime_type: &str) -> Option<PaymentRequirementsV1> {
+    if r.scheme != Scheme::Exact {
+        return None;
+    }
     Some(PaymentRequirementsV1 {
         scheme: SCHEME_EXACT.into(),
         network: r.v1_network.clone()?,
@@ -217,7 +229,8 @@ fn render_html(requirements: &[Requirement], description: &str) -> String {
     let mut options = String::new();
     for r in requirements {
         options.push_str(&format!(
-            "<li><strong>{} {}</strong> on {} (<code>{}</code>), paid to <code>{}</code></li>\n",
+            "<li><strong>{}{} {}</strong> on {} (<code>{}</code>), paid to <code>{}</code></li>\n",
+            if r.scheme == Scheme::Exact { "" } else { "up to " },
             format_units(r.amount, r.decimals),
             html_escape(&r.asset_name.to_ascii_uppercase()),
             html_escape(&r.network_name),
@@ -278,6 +291,7 @@ mod tests {
             pay_to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
             max_timeout_seconds: 300,
             domain_separator: Default::default(),
+            scheme: Scheme::Exact,
         }
     }
 

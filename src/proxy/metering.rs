@@ -1,0 +1,161 @@
+//! A metered (`upto`) response on its way to the client: what it has delivered so far,
+//! counted as the body streams past (nothing is buffered), and the charge once it ends.
+
+use std::collections::VecDeque;
+
+use alloy_primitives::U256;
+use pingora::http::ResponseHeader;
+
+use crate::meter::{byte_units, Ending, Rates, RecordCounter, Unit, SETTLEMENT_OVERRIDES};
+
+/// Chunk boundaries remembered for a client that leaves: the records of the chunks it was
+/// sent are charged, and pingora's socket buffer holds at most a few chunks more.
+const CHECKPOINTS: usize = 16;
+
+/// The usage of one metered response.
+#[derive(Debug)]
+pub struct Metering {
+    unit: Unit,
+    pub rates: Rates,
+    /// Body bytes passed to the client connection so far.
+    bytes: u64,
+    records: RecordCounter,
+    /// `(bytes, records)` after each recent chunk.
+    checkpoints: VecDeque<(u64, u64)>,
+    /// What the origin reported (`origin` unit), from a header or a trailer.
+    reported: Option<String>,
+    /// The body ended normally.
+    complete: bool,
+}
+
+impl Metering {
+    pub fn new(unit: Unit, rates: Rates) -> Self {
+        Self {
+            unit,
+            rates,
+            bytes: 0,
+            records: RecordCounter::default(),
+            checkpoints: VecDeque::with_capacity(CHECKPOINTS),
+            reported: None,
+            complete: false,
+        }
+    }
+
+    pub fn unit_name(&self) -> &'static str {
+        self.unit.name()
+    }
+
+    /// Reads (and strips) the origin's usage header, and picks the record format from the
+    /// content type.
+    pub fn on_headers(&mut self, response: &mut ResponseHeader) {
+        let event_stream = response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        self.records = RecordCounter::new(event_stream);
+        if let Unit::Origin { header } = &self.unit {
+            let header = header.clone();
+            if let Some(value) = response.remove_header(&header) {
+                self.reported = value.to_str().ok().map(str::to_owned);
+            }
+        }
+        // x402's override header is for levy alone, whatever the unit.
+        if response.headers.contains_key(SETTLEMENT_OVERRIDES) {
+            response.remove_header(SETTLEMENT_OVERRIDES);
+        }
+    }
+
+    /// Reads (and strips) the origin's usage from response trailers.
+    pub fn on_trailers(&mut self, trailers: &mut http::HeaderMap) {
+        if let Unit::Origin { header } = &self.unit {
+            let header = header.clone();
+            self.take_report(trailers, header);
+        }
+        trailers.remove(SETTLEMENT_OVERRIDES);
+    }
+
+    fn take_report(&mut self, headers: &mut http::HeaderMap, name: http::HeaderName) {
+        if let Some(value) = headers.remove(&name) {
+            self.reported = value.to_str().ok().map(str::to_owned);
+        }
+    }
+
+    /// Counts one chunk of the body on its way to the client.
+    pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) {
+        self.bytes += chunk.len() as u64;
+        if self.unit == Unit::Records {
+            self.records.feed(chunk);
+            if self.checkpoints.len() == CHECKPOINTS {
+                self.checkpoints.pop_front();
+            }
+            self.checkpoints
+                .push_back((self.bytes, self.records.complete()));
+        }
+        if end_of_stream {
+            self.complete = true;
+        }
+    }
+
+    /// How the response ended: completely, or cut short by the origin (`origin_failed`) or
+    /// by the client.
+    pub fn ending(&self, origin_failed: bool) -> Ending {
+        match (self.complete, origin_failed) {
+            (true, _) => Ending::Complete,
+            (false, true) => Ending::OriginFailed,
+            (false, false) => Ending::ClientGone,
+        }
+    }
+
+    /// The units delivered: everything on completion; otherwise what was flushed to the
+    /// client (`sent` body bytes, as the connection counted them).
+    pub fn units(&self, ending: Ending, sent: u64) -> u64 {
+        let delivered = if ending == Ending::Complete {
+            self.bytes
+        } else {
+            sent.min(self.bytes)
+        };
+        match &self.unit {
+            Unit::Bytes { per } => byte_units(delivered, *per),
+            Unit::Records if ending == Ending::Complete => self.records.finished(),
+            Unit::Records => self
+                .checkpoints
+                .iter()
+                .rev()
+                .find(|(bytes, _)| *bytes <= delivered)
+                .map_or(0, |(_, records)| *records),
+            Unit::Origin { .. } => u64::from(delivered > 0),
+        }
+    }
+
+    /// The charge for this response.
+    pub fn charge(&self, ending: Ending, sent: u64) -> (u64, U256) {
+        let units = self.units(ending, sent);
+        if let Unit::Origin { .. } = self.unit {
+            // The origin's own figure for a complete response; without one, or for a
+            // response cut short, a delivery costs the minimum.
+            let reported = self
+                .reported
+                .as_deref()
+                .filter(|_| ending == Ending::Complete)
+                .and_then(|text| self.reported_amount(text));
+            return match reported {
+                Some(amount) => (units, amount),
+                None => (units, self.rates.charge(units, ending)),
+            };
+        }
+        (units, self.rates.charge(units, ending))
+    }
+
+    fn reported_amount(&self, text: &str) -> Option<U256> {
+        let Unit::Origin { header } = &self.unit else {
+            return None;
+        };
+        if header.as_str() == SETTLEMENT_OVERRIDES {
+            let json: serde_json::Value = serde_json::from_str(text).ok()?;
+            return self.rates.override_amount(json.get("amount")?.as_str()?);
+        }
+        let units: u64 = text.trim().parse().ok()?;
+        Some(self.rates.charge(units, Ending::Complete))
+    }
+}

@@ -1,0 +1,164 @@
+//! `upto` payments on chain: the calls that read a payer's Permit2 state, and the
+//! `LevyBatcher.settle` transaction that charges each payment's metered amount through x402's
+//! upto proxy, many per transaction, each succeeding or failing alone. The batcher's
+//! `UptoSettled(owner, nonce, amount)` events tell which did.
+
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::sol;
+use alloy::sol_types::{SolCall, SolEvent};
+
+use super::PaymentRecord;
+use crate::x402::PERMIT2_ADDRESS;
+
+sol! {
+    interface IPermit2 {
+        function nonceBitmap(address owner, uint256 wordPos) external view returns (uint256);
+    }
+
+    interface IErc20Allowance {
+        function allowance(address owner, address spender) external view returns (uint256);
+    }
+
+    interface ILevyBatcher {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct PermitTransferFrom { TokenPermissions permitted; uint256 nonce; uint256 deadline; }
+        struct Witness { address to; address facilitator; uint256 validAfter; }
+        struct EIP2612Permit { uint256 value; uint256 deadline; bytes32 r; bytes32 s; uint8 v; }
+        struct Payment {
+            PermitTransferFrom permit;
+            uint256 amount;
+            address owner;
+            Witness witness;
+            bytes signature;
+            bool withPermit;
+            EIP2612Permit permit2612;
+        }
+        function settle(Payment[] calldata payments) external returns (bool[] memory settled);
+        event UptoSettled(address indexed owner, uint256 indexed nonce, uint256 amount);
+        event UptoFailed(address indexed owner, uint256 indexed nonce, bytes reason);
+    }
+}
+
+/// The scheme-specific part of a journaled `upto` payment (its `amount` is what was charged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UptoTerms {
+    /// The most the payer authorized (`permitted.amount`).
+    pub ceiling: U256,
+    /// The witness's facilitator: the batcher that alone may settle it.
+    pub facilitator: Address,
+    /// The payer's EIP-2612 permit approving Permit2 (`eip2612GasSponsoring`), if sent.
+    #[serde(default)]
+    pub permit2612: Option<Permit2612>,
+}
+
+/// An EIP-2612 permit of the token to Permit2, as the client signed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Permit2612 {
+    pub value: U256,
+    pub deadline: u64,
+    pub r: B256,
+    pub s: B256,
+    pub v: u8,
+}
+
+/// `LevyBatcher.settle` calldata for these payments (each must be an `upto` record).
+pub fn settle_calldata(payments: &[PaymentRecord]) -> Bytes {
+    let items = payments
+        .iter()
+        .map(|p| {
+            let terms = p.upto.unwrap_or(UptoTerms {
+                ceiling: p.amount,
+                facilitator: Address::ZERO,
+                permit2612: None,
+            });
+            let permit = terms.permit2612;
+            ILevyBatcher::Payment {
+                permit: ILevyBatcher::PermitTransferFrom {
+                    permitted: ILevyBatcher::TokenPermissions {
+                        token: p.asset,
+                        amount: terms.ceiling,
+                    },
+                    nonce: p.nonce.into(),
+                    deadline: U256::from(p.valid_before),
+                },
+                amount: p.amount,
+                owner: p.payer,
+                witness: ILevyBatcher::Witness {
+                    to: p.to,
+                    facilitator: terms.facilitator,
+                    validAfter: U256::from(p.valid_after),
+                },
+                signature: p.signature.clone(),
+                withPermit: permit.is_some(),
+                permit2612: permit.map_or(
+                    ILevyBatcher::EIP2612Permit {
+                        value: U256::ZERO,
+                        deadline: U256::ZERO,
+                        r: B256::ZERO,
+                        s: B256::ZERO,
+                        v: 0,
+                    },
+                    |q| ILevyBatcher::EIP2612Permit {
+                        value: q.value,
+                        deadline: U256::from(q.deadline),
+                        r: q.r,
+                        s: q.s,
+                        v: q.v,
+                    },
+                ),
+            }
+        })
+        .collect();
+    ILevyBatcher::settleCall { payments: items }
+        .abi_encode()
+        .into()
+}
+
+/// Decodes `LevyBatcher.settle`'s answer: which payments would settle.
+pub fn decode_settled(output: &[u8]) -> Result<Vec<bool>, String> {
+    ILevyBatcher::settleCall::abi_decode_returns(output).map_err(|e| e.to_string())
+}
+
+/// `nonceBitmap(owner, nonce >> 8)` calldata and the bit of `nonce` in the answer.
+pub fn bitmap_call(owner: Address, nonce: B256) -> (Vec<u8>, U256) {
+    let nonce = U256::from_be_bytes(nonce.0);
+    let call = IPermit2::nonceBitmapCall {
+        owner,
+        wordPos: nonce >> 8,
+    };
+    let bit = U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>();
+    (call.abi_encode(), bit)
+}
+
+/// Whether a `nonceBitmap` answer marks the nonce (of `bit`) used.
+pub fn bit_is_set(output: &[u8], bit: U256) -> Option<bool> {
+    IPermit2::nonceBitmapCall::abi_decode_returns(output)
+        .ok()
+        .map(|word| word & bit != U256::ZERO)
+}
+
+/// `allowance(owner, Permit2)` calldata.
+pub fn permit2_allowance_call(owner: Address) -> Vec<u8> {
+    IErc20Allowance::allowanceCall {
+        owner,
+        spender: PERMIT2_ADDRESS,
+    }
+    .abi_encode()
+}
+
+/// Decodes an `allowance` answer.
+pub fn decode_allowance(output: &[u8]) -> Option<U256> {
+    IErc20Allowance::allowanceCall::abi_decode_returns(output).ok()
+}
+
+/// The `(Permit2, owner, nonce)` of an `UptoSettled` log from `batcher`, if it is one.
+pub fn settled_log(log: &alloy::rpc::types::Log, batcher: Address) -> Option<(Address, Address, B256)> {
+    let topics = log.topics();
+    (log.address() == batcher
+        && topics.len() == 3
+        && topics[0] == ILevyBatcher::UptoSettled::SIGNATURE_HASH)
+        .then(|| (PERMIT2_ADDRESS, Address::from_word(topics[1]), topics[2]))
+}
+
+/// The event signature levy's batcher emits per settled payment.
+pub const SETTLED_SIGNATURE: B256 = ILevyBatcher::UptoSettled::SIGNATURE_HASH;
