@@ -35,6 +35,7 @@ fn requirement() -> Requirement {
         pay_to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
         max_timeout_seconds: 300,
         domain_separator: domain_separator("USDC", "2", 84532, asset),
+        scheme: levy::pricing::Scheme::Exact,
     }
 }
 

@@ -57,6 +57,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         queued_ms: 1,
         deferred: true,
         chain_id: 84532,
+        upto: None,
     }
 }
 

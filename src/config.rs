@@ -753,7 +753,10 @@ fn paywall(
         price_text,
         requirements,
         challenge,
-        metered: meter.map(|m| Metered { unit: m.unit, rates }),
+        metered: meter.map(|m| Metered {
+            unit: m.unit,
+            rates,
+        }),
     })
 }
 
@@ -789,17 +792,25 @@ impl MeterPrices {
         let unit = match m.unit {
             schema::MeterUnit::Bytes => Unit::Bytes {
                 per: match m.per {
-                    Some(0) => return Err(invalid(format!("{path}.per"), "must be greater than zero")),
+                    Some(0) => {
+                        return Err(invalid(format!("{path}.per"), "must be greater than zero"))
+                    }
                     Some(per) => per,
                     None => 1024,
                 },
             },
             schema::MeterUnit::Records => Unit::Records,
             schema::MeterUnit::Origin => {
-                let name = m.header.as_deref().unwrap_or(crate::meter::SETTLEMENT_OVERRIDES);
+                let name = m
+                    .header
+                    .as_deref()
+                    .unwrap_or(crate::meter::SETTLEMENT_OVERRIDES);
                 Unit::Origin {
                     header: http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                        invalid(format!("{path}.header"), format!("`{name}` is not a header name"))
+                        invalid(
+                            format!("{path}.header"),
+                            format!("`{name}` is not a header name"),
+                        )
                     })?,
                 }
             }
@@ -815,7 +826,11 @@ impl MeterPrices {
             unit,
             price: amount("price", &m.price)?,
             ceiling: amount("ceiling", &m.ceiling)?,
-            minimum: m.minimum.as_deref().map(|t| amount("minimum", t)).transpose()?,
+            minimum: m
+                .minimum
+                .as_deref()
+                .map(|t| amount("minimum", t))
+                .transpose()?,
             failure_floor: m
                 .failure_floor
                 .as_deref()
@@ -842,7 +857,10 @@ impl MeterPrices {
             decimals,
         };
         if rates.minimum > rates.ceiling {
-            return Err(invalid(format!("{}.minimum", self.path), "is above the ceiling"));
+            return Err(invalid(
+                format!("{}.minimum", self.path),
+                "is above the ceiling",
+            ));
         }
         Ok(rates)
     }

@@ -158,7 +158,10 @@ impl Paid {
             id: self.id.clone(),
             route: route.to_owned(),
             network: self.network_name.clone(),
-            asset: v.key.asset,
+            asset: match v.authorized {
+                Authorized::Exact => v.key.asset,
+                Authorized::Upto { token, .. } => token,
+            },
             payer: v.payer,
             to: v.to,
             amount: v.amount,
@@ -759,12 +762,9 @@ impl LevyProxy {
         };
         let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
         match admission {
-            Admission::Unfunded => Some(self.refuse_payment(
-                session,
-                paywall,
-                ctx,
-                "permit2_insufficient_balance",
-            )),
+            Admission::Unfunded => {
+                Some(self.refuse_payment(session, paywall, ctx, "permit2_insufficient_balance"))
+            }
             Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
                 if let PaymentState::Reserved(paid) = &mut ctx.payment {
                     paid.hold = hold;

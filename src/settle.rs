@@ -638,7 +638,10 @@ impl Settlement {
         let view = self
             .inner
             .funds
-            .upto_view((chain_id, token, payer), chain.upto_payer_state(token, payer))
+            .upto_view(
+                (chain_id, token, payer),
+                chain.upto_payer_state(token, payer),
+            )
             .await;
         if view == funds::UptoFunds::Unknown {
             metrics().funds_unknown.inc();

@@ -146,7 +146,10 @@ pub enum Authorized {
     Exact,
     /// Up to `amount` of `token` through Permit2 and the upto proxy, settled by
     /// `facilitator`; `key.nonce` is the Permit2 nonce and `valid_before` its deadline.
-    Upto { facilitator: Address, token: Address },
+    Upto {
+        facilitator: Address,
+        token: Address,
+    },
 }
 
 impl VerifiedPayment {
@@ -458,7 +461,12 @@ fn check(
     if auth.valid_before > latest {
         return Err(Rejection::ExpiresTooLate);
     }
-    recover(presented, auth.from, auth.digest(&requirement.domain_separator), policy)
+    recover(
+        presented,
+        auth.from,
+        auth.digest(&requirement.domain_separator),
+        policy,
+    )
 }
 
 /// Whether `presented` is `from`'s ECDSA signature of `digest`. Anything else may still be a

@@ -9,6 +9,7 @@ mod a_priced_route_answers_with_a_402_challenge;
 mod charged_payments_settle_on_a_real_chain;
 mod contract_wallets_pay_and_settle;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
+mod metered_routes_charge_for_what_was_delivered;
 mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;
 mod request_forms_cannot_dodge_a_price;

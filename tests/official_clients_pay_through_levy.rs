@@ -12,7 +12,7 @@ use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// The official clients, as installed by `tests/interop/install.sh`.
 #[derive(Debug, Clone, Copy)]
-enum Client {
+pub(crate) enum Client {
     /// `@x402/fetch` + `@x402/evm` (x402 v2, TypeScript).
     FetchV2,
     /// `x402-fetch` (x402 v1, TypeScript).
@@ -26,7 +26,7 @@ fn interop_dir() -> PathBuf {
 }
 
 /// Runs a client against `url` and returns what its script printed.
-fn pay(client: Client, url: &str, env: &[(&str, &str)]) -> Value {
+pub(crate) fn pay(client: Client, url: &str, env: &[(&str, &str)]) -> Value {
     let dir = interop_dir();
     assert!(
         dir.join("node_modules").exists() && dir.join(".venv/bin/python").exists(),

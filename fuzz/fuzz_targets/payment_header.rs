@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         pay_to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
         max_timeout_seconds: 300,
         domain_separator: domain_separator("USDC", "2", 84532, asset),
+        scheme: levy::pricing::Scheme::Exact,
     }];
     let issued = Challenge::new(&requirements, "", "", None).accepts_v2().to_vec();
     // Raw bytes, and the same bytes as the JSON inside a well-formed base64 header.

@@ -165,11 +165,101 @@ fn price_and_amount_together_are_refused() {
     );
 }
 
+const BATCHER: &str = "  networks:\n    base-sepolia:\n      batcher: \"0x4242424242424242424242424242424242424242\"\n";
+
+fn metered(meter: &str, extra_keys: &str) -> String {
+    route(&format!(
+        "      meter: {meter}\n      pay_to: \"{PAY_TO}\"\n      accepts:\n        - network: base-sepolia\n{extra_keys}"
+    ))
+}
+
+#[test]
+fn a_metered_route_offers_upto_first_and_its_fixed_price_after() {
+    let config = Config::from_yaml(&yaml(
+        &metered(
+            "{unit: records, price: \"$0.0001\", ceiling: \"$0.05\", minimum: \"$0.001\"}",
+            "      price: \"$0.01\"\n",
+        ),
+        BATCHER,
+    ))
+    .expect("valid");
+    let (_, route) = config.routes.iter().next().expect("one route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("route should be priced")
+    };
+    let offered: Vec<(&str, String)> = paywall
+        .challenge
+        .accepts_v2()
+        .iter()
+        .map(|r| (r.scheme.as_str(), r.amount.clone()))
+        .collect();
+    assert_eq!(
+        offered,
+        [("upto", "50000".to_owned()), ("exact", "10000".to_owned())]
+    );
+    let upto = &paywall.challenge.accepts_v2()[0];
+    assert_eq!(
+        upto.extra["facilitatorAddress"],
+        "0x4242424242424242424242424242424242424242"
+    );
+    assert_eq!(upto.extra["assetTransferMethod"], "permit2");
+    let rates = paywall.metered.as_ref().expect("metered").rates[0].expect("rates");
+    assert_eq!(rates.unit_price, alloy_primitives::U256::from(100));
+    assert_eq!(rates.minimum, alloy_primitives::U256::from(1000));
+    assert_eq!(
+        paywall.challenge.accepts_v1().len(),
+        1,
+        "v1 sees exact only"
+    );
+}
+
+#[test]
+fn a_metered_route_needs_the_networks_batcher() {
+    assert_error(
+        &yaml(
+            &metered("{unit: bytes, price: \"1\", ceiling: \"1000\"}", ""),
+            "",
+        ),
+        "levy.networks.base-sepolia.batcher: missing",
+    );
+}
+
+#[test]
+fn meter_keys_that_do_not_fit_the_unit_are_refused() {
+    assert_error(
+        &yaml(
+            &metered(
+                "{unit: records, price: \"1\", ceiling: \"1000\", per: 10}",
+                "",
+            ),
+            BATCHER,
+        ),
+        "levy.routes[0].meter.per: only for `unit: bytes`",
+    );
+    assert_error(
+        &yaml(
+            &metered(
+                "{unit: bytes, price: \"1\", ceiling: \"10\", minimum: \"11\"}",
+                "",
+            ),
+            BATCHER,
+        ),
+        "levy.routes[0].meter.minimum: is above the ceiling",
+    );
+    assert_error(
+        &yaml(
+            &metered("{unit: bytes, price: \"$x\", ceiling: \"10\"}", ""),
+            BATCHER,
+        ),
+        "levy.routes[0].meter.price",
+    );
+}
+
 #[test]
 fn a_route_without_price_or_free_is_refused() {
     assert_error(
         &yaml(&route(""), ""),
-        "levy.routes[0]: a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units) or `free: true`",
+        "levy.routes[0]: a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units), `meter` or `free: true`",
     );
 }
 

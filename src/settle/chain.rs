@@ -181,10 +181,7 @@ impl Chain {
     /// For each `upto` payment: whether its Permit2 nonce is used and the payer's balance,
     /// in one multicall read, then the batch simulated through the batcher (as the settler,
     /// its owner) at the latest block.
-    async fn precheck_upto(
-        &self,
-        payments: &[PaymentRecord],
-    ) -> Result<Vec<Precheck>, ChainError> {
+    async fn precheck_upto(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
         let mut calls = Vec::with_capacity(payments.len() * 2);
         let mut bits = Vec::with_capacity(payments.len());
         for p in payments {

@@ -668,6 +668,7 @@ mod tests {
             queued_ms: 0,
             deferred: true,
             chain_id: 84532,
+            upto: None,
         }
     }
 

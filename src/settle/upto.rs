@@ -152,7 +152,10 @@ pub fn decode_allowance(output: &[u8]) -> Option<U256> {
 }
 
 /// The `(Permit2, owner, nonce)` of an `UptoSettled` log from `batcher`, if it is one.
-pub fn settled_log(log: &alloy::rpc::types::Log, batcher: Address) -> Option<(Address, Address, B256)> {
+pub fn settled_log(
+    log: &alloy::rpc::types::Log,
+    batcher: Address,
+) -> Option<(Address, Address, B256)> {
     let topics = log.topics();
     (log.address() == batcher
         && topics.len() == 3

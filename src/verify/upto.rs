@@ -55,8 +55,9 @@ impl UptoAuthorization {
                 .ok_or(Rejection::Malformed("permit2Authorization.from"))?,
             token: parse_address(&auth.permitted.token)
                 .ok_or(Rejection::Malformed("permit2Authorization.permitted.token"))?,
-            ceiling: parse_uint(&auth.permitted.amount.0)
-                .ok_or(Rejection::Malformed("permit2Authorization.permitted.amount"))?,
+            ceiling: parse_uint(&auth.permitted.amount.0).ok_or(Rejection::Malformed(
+                "permit2Authorization.permitted.amount",
+            ))?,
             spender: parse_address(&auth.spender)
                 .ok_or(Rejection::Malformed("permit2Authorization.spender"))?,
             nonce: parse_nonce(&auth.nonce.0)
@@ -65,10 +66,12 @@ impl UptoAuthorization {
                 .ok_or(Rejection::Malformed("permit2Authorization.deadline"))?,
             to: parse_address(&auth.witness.to)
                 .ok_or(Rejection::Malformed("permit2Authorization.witness.to"))?,
-            facilitator: parse_address(&auth.witness.facilitator)
-                .ok_or(Rejection::Malformed("permit2Authorization.witness.facilitator"))?,
-            valid_after: parse_time(&auth.witness.valid_after.0)
-                .ok_or(Rejection::Malformed("permit2Authorization.witness.validAfter"))?,
+            facilitator: parse_address(&auth.witness.facilitator).ok_or(Rejection::Malformed(
+                "permit2Authorization.witness.facilitator",
+            ))?,
+            valid_after: parse_time(&auth.witness.valid_after.0).ok_or(Rejection::Malformed(
+                "permit2Authorization.witness.validAfter",
+            ))?,
         })
     }
 
@@ -185,5 +188,74 @@ fn parse_nonce(text: &str) -> Option<U256> {
         Some(hex) if !hex.is_empty() && hex.len() <= 64 => U256::from_str_radix(hex, 16).ok(),
         Some(_) => None,
         None => parse_uint(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::address;
+    use alloy_sol_types::{sol, Eip712Domain, SolStruct};
+
+    use super::*;
+    use crate::pricing::permit2_domain_separator;
+
+    sol! {
+        struct TokenPermissions { address token; uint256 amount; }
+        struct Witness { address to; address facilitator; uint256 validAfter; }
+        struct PermitWitnessTransferFrom {
+            TokenPermissions permitted;
+            address spender;
+            uint256 nonce;
+            uint256 deadline;
+            Witness witness;
+        }
+    }
+
+    #[test]
+    fn the_digest_is_the_eip712_hash_of_the_permit2_witness_transfer() {
+        let auth = UptoAuthorization {
+            owner: address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
+            token: address!("036CbD53842c5426634e7929541eC2318f3dCF7e"),
+            ceiling: U256::from(10_000),
+            spender: UPTO_PROXY_ADDRESS,
+            nonce: U256::from_str_radix("123456789012345678901234567890", 10).unwrap(),
+            deadline: 1_800_000_300,
+            to: address!("209693Bc6afc0C5328bA36FaF03C514EF312287C"),
+            facilitator: Address::repeat_byte(0x42),
+            valid_after: 0,
+        };
+        let typed = PermitWitnessTransferFrom {
+            permitted: TokenPermissions {
+                token: auth.token,
+                amount: auth.ceiling,
+            },
+            spender: auth.spender,
+            nonce: auth.nonce,
+            deadline: U256::from(auth.deadline),
+            witness: Witness {
+                to: auth.to,
+                facilitator: auth.facilitator,
+                validAfter: U256::ZERO,
+            },
+        };
+        let domain = Eip712Domain::new(
+            Some("Permit2".into()),
+            None,
+            Some(U256::from(84532)),
+            Some(PERMIT2_ADDRESS),
+            None,
+        );
+        assert_eq!(
+            auth.digest(&permit2_domain_separator(84532)),
+            typed.eip712_signing_hash(&domain)
+        );
+    }
+
+    #[test]
+    fn nonces_parse_as_decimal_or_hex() {
+        assert_eq!(parse_nonce("255"), Some(U256::from(255)));
+        assert_eq!(parse_nonce("0xff"), Some(U256::from(255)));
+        assert_eq!(parse_nonce("0x"), None);
+        assert_eq!(parse_nonce("ff"), None);
     }
 }

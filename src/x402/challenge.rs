@@ -157,7 +157,10 @@ fn extra(r: &Requirement) -> Map<String, Value> {
     extra.insert("name".into(), Value::String(r.eip712_name.clone()));
     extra.insert("version".into(), Value::String(r.eip712_version.clone()));
     if let Scheme::Upto { facilitator, .. } = r.scheme {
-        extra.insert("assetTransferMethod".into(), Value::String("permit2".into()));
+        extra.insert(
+            "assetTransferMethod".into(),
+            Value::String("permit2".into()),
+        );
         extra.insert(
             "facilitatorAddress".into(),
             Value::String(facilitator.to_checksum(None)),
@@ -230,7 +233,11 @@ fn render_html(requirements: &[Requirement], description: &str) -> String {
     for r in requirements {
         options.push_str(&format!(
             "<li><strong>{}{} {}</strong> on {} (<code>{}</code>), paid to <code>{}</code></li>\n",
-            if r.scheme == Scheme::Exact { "" } else { "up to " },
+            if r.scheme == Scheme::Exact {
+                ""
+            } else {
+                "up to "
+            },
             format_units(r.amount, r.decimals),
             html_escape(&r.asset_name.to_ascii_uppercase()),
             html_escape(&r.network_name),

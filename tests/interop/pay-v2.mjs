@@ -1,16 +1,23 @@
 // Pays a URL with the official x402 v2 client (@x402/fetch + @x402/evm + viem).
-// Usage: PAYER_KEY=0x… [X402_NETWORK=eip155:84532] node pay-v2.mjs URL
+// Usage: PAYER_KEY=0x… [X402_NETWORK=eip155:84532] [X402_SCHEME=upto] node pay-v2.mjs URL
 // X402_NETWORK limits the networks the client will pay on (default: any EVM network).
+// X402_SCHEME=upto pays with the metered `upto` scheme (Permit2) instead of `exact`.
 // Prints one JSON line: {status, body, paymentResponse, sentPayment} or {error}.
 import { wrapFetchWithPaymentFromConfig, decodePaymentResponseHeader } from "@x402/fetch";
 import { ExactEvmScheme } from "@x402/evm";
+import { UptoEvmScheme } from "@x402/evm/upto/client";
 import { privateKeyToAccount } from "viem/accounts";
 import { recordingFetch, report } from "./recording-fetch.mjs";
 
 const url = process.argv[2];
 const account = privateKeyToAccount(process.env.PAYER_KEY);
 const pay = wrapFetchWithPaymentFromConfig(recordingFetch, {
-  schemes: [{ network: process.env.X402_NETWORK || "eip155:*", client: new ExactEvmScheme(account) }],
+  schemes: [
+    {
+      network: process.env.X402_NETWORK || "eip155:*",
+      client: process.env.X402_SCHEME === "upto" ? new UptoEvmScheme(account) : new ExactEvmScheme(account),
+    },
+  ],
 });
 try {
   const response = await pay(url);

@@ -1,6 +1,7 @@
 """Pays a URL with the official x402 Python client (x402 v2, requests adapter).
 
-Usage: PAYER_KEY=0x... .venv/bin/python pay.py URL
+Usage: PAYER_KEY=0x... [X402_SCHEME=upto] .venv/bin/python pay.py URL
+X402_SCHEME=upto pays with the metered `upto` scheme (Permit2) instead of `exact`.
 Prints one JSON line: {status, body, paymentResponse, sentPayment} or {error}.
 """
 
@@ -15,12 +16,17 @@ from x402.http.clients.requests import wrapRequestsWithPayment
 from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.exact import ExactEvmScheme
 from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.upto import UptoEvmClientScheme
 
 
 def main() -> None:
     url = sys.argv[1]
     client = x402ClientSync()
-    client.register("eip155:*", ExactEvmScheme(signer=EthAccountSigner(Account.from_key(os.environ["PAYER_KEY"]))))
+    signer = EthAccountSigner(Account.from_key(os.environ["PAYER_KEY"]))
+    if os.environ.get("X402_SCHEME") == "upto":
+        client.register("eip155:*", UptoEvmClientScheme(signer=signer))
+    else:
+        client.register("eip155:*", ExactEvmScheme(signer=signer))
     session = wrapRequestsWithPayment(requests.Session(), client)
     try:
         response = session.get(url, timeout=30)

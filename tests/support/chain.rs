@@ -28,8 +28,16 @@ sol! {
         function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
         function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
         function DOMAIN_SEPARATOR() external view returns (bytes32);
+        function approve(address spender, uint256 value) external returns (bool);
     }
 }
+
+/// Permit2's and x402's upto proxy's canonical addresses, where the harness places the
+/// project's implementations.
+pub const PERMIT2: Address =
+    alloy::primitives::address!("000000000022D473030F116dDEE9F6B43aC78BA3");
+pub const UPTO_PROXY: Address =
+    alloy::primitives::address!("4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
 
 /// anvil's development keys (public knowledge; test chain only).
 pub const KEYS: [&str; 5] = [
@@ -52,6 +60,8 @@ pub struct TestChain {
     pub rpc_url: String,
     pub usdc: Address,
     pub multicall: Address,
+    /// levy's `LevyBatcher`, owned by the settler key (the metered routes' facilitator).
+    pub batcher: Address,
     child: Child,
     pub rt: tokio::runtime::Runtime,
     deployer: DynProvider,
@@ -134,6 +144,7 @@ impl TestChain {
             rpc_url,
             usdc: Address::ZERO,
             multicall: Address::ZERO,
+            batcher: Address::ZERO,
             child,
             rt,
             deployer,
@@ -143,6 +154,13 @@ impl TestChain {
         let deployed = chain.deploy(usdc_code.into());
         chain.usdc = chain.place_at(deployed, BASE_SEPOLIA_USDC, 2);
         chain.multicall = chain.deploy(artifact("BatchCall"));
+        let permit2 = chain.deploy(artifact("Permit2"));
+        chain.place_at(permit2, PERMIT2, 0);
+        let proxy = chain.deploy(artifact("UptoPermit2Proxy"));
+        chain.place_at(proxy, UPTO_PROXY, 0);
+        let mut batcher_code = artifact("LevyBatcher").to_vec();
+        batcher_code.extend((signer(SETTLER_KEY).address(), UPTO_PROXY).abi_encode_params());
+        chain.batcher = chain.deploy(batcher_code.into());
         chain
     }
 
@@ -324,18 +342,32 @@ impl TestChain {
 
     /// The payer (by key) moves its whole token balance away (sent by itself).
     pub fn empty(&self, payer_key: &str) {
-        let payer = signer(payer_key);
-        let balance = self.balance(payer.address());
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(payer))
-            .connect_http(self.rpc_url.parse().expect("url"));
+        let balance = self.balance(signer(payer_key).address());
         let data = ITestUsdc::transferCall {
             to: Address::repeat_byte(0xee),
             value: balance,
         }
         .abi_encode();
+        self.send_as(payer_key, self.usdc, data);
+    }
+
+    /// The payer (by key) lets Permit2 spend its tokens (the one-time step `upto` needs).
+    pub fn approve_permit2(&self, payer_key: &str) {
+        let data = ITestUsdc::approveCall {
+            spender: PERMIT2,
+            value: U256::MAX,
+        }
+        .abi_encode();
+        self.send_as(payer_key, self.usdc, data);
+    }
+
+    /// Sends a transaction from `key`'s account and waits for it to succeed.
+    pub fn send_as(&self, key: &str, to: Address, data: Vec<u8>) {
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer(key)))
+            .connect_http(self.rpc_url.parse().expect("url"));
         let tx = TransactionRequest::default()
-            .to(self.usdc)
+            .to(to)
             .input(Bytes::from(data).into());
         self.rt.block_on(async {
             let receipt = provider
@@ -345,7 +377,7 @@ impl TestChain {
                 .get_receipt()
                 .await
                 .expect("receipt");
-            assert!(receipt.status(), "transfer reverted");
+            assert!(receipt.status(), "transaction reverted");
         });
     }
 
@@ -353,8 +385,8 @@ impl TestChain {
     /// batch-call contract (the built-in `usdc` is where TestUSDC was placed).
     pub fn levy_yaml(&self) -> String {
         format!(
-            "  networks:\n    base-sepolia:\n      rpc_url: {}\n      multicall: \"{}\"\n",
-            self.rpc_url, self.multicall
+            "  networks:\n    base-sepolia:\n      rpc_url: {}\n      multicall: \"{}\"\n      batcher: \"{}\"\n",
+            self.rpc_url, self.multicall, self.batcher
         )
     }
 }

@@ -1,0 +1,215 @@
+//! Metered routes (`upto`): the official clients sign a Permit2 ceiling, levy streams the
+//! origin's response untouched and charges what it delivered, in batches through its
+//! batcher contract, on a real chain.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+use serde_json::Value;
+
+use crate::official_clients_pay_through_levy::{pay, Client};
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::origin::Reply;
+use crate::support::pay::{decode, paid_get};
+use crate::support::settle::{settlement_yaml, settlements_in};
+use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// Atomic units per record on `/feed`, per KiB on `/bytes`; the ceiling of both.
+const PER_RECORD: u64 = 100;
+const PER_KIB: u64 = 10;
+const CEILING: u64 = 10_000;
+
+struct Setup {
+    chain: TestChain,
+    levy: Levy,
+    _origin: Origin,
+    _dir: tempfile::TempDir,
+}
+
+/// An NDJSON line per record.
+fn records(n: usize) -> String {
+    (0..n).map(|i| format!("{{\"tick\":{i}}}\n")).collect()
+}
+
+fn ndjson(body: &str) -> Reply {
+    let mut raw = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body.as_bytes());
+    Reply::Raw(raw)
+}
+
+/// levy in front of an origin serving `/feed?n=N` (N records), `/bytes?n=N` (N bytes) and
+/// `/reported` (usage in `Settlement-Overrides`), settling `batch` payments per transaction.
+fn setup(batch: usize) -> Setup {
+    let chain = TestChain::start();
+    for key in [KEYS[0], KEYS[3]] {
+        chain.mint(signer(key).address(), 10_000_000);
+    }
+    chain.approve_permit2(KEYS[0]);
+    let origin = Origin::start(|seen| {
+        let n: usize = seen
+            .target
+            .split_once("n=")
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0);
+        if seen.target.starts_with("/feed") {
+            ndjson(&records(n))
+        } else if seen.target.starts_with("/bytes") {
+            Reply::ok(vec![b'x'; n])
+        } else {
+            Reply::Raw(
+                b"HTTP/1.1 200 OK\r\nSettlement-Overrides: {\"amount\":\"1234\"}\r\nContent-Length: 2\r\n\r\nok"
+                    .to_vec(),
+            )
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meter = |path: &str, unit: &str, price: u64| {
+        format!(
+            "    - name: {}\n      path: {path}\n      accepts: [{{network: base-sepolia}}]\n      \
+             meter: {{unit: {unit}, price: \"{price}\", ceiling: \"{CEILING}\"}}\n",
+            path.trim_matches(|c| c == '/' || c == '*')
+        )
+    };
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n{}{}{}",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(
+            dir.path(),
+            &format!("    max_batch: {batch}\n    max_delay_ms: 60000\n"),
+        ),
+        meter("/feed", "records", PER_RECORD),
+        meter("/bytes", "bytes", PER_KIB),
+        meter("/reported", "origin", 1),
+    ));
+    Setup {
+        chain,
+        levy,
+        _origin: origin,
+        _dir: dir,
+    }
+}
+
+fn pay_upto(client: Client, url: &str) -> Value {
+    let outcome = pay(client, url, &[("X402_SCHEME", "upto")]);
+    assert_eq!(outcome["status"], 200, "{outcome}");
+    outcome
+}
+
+/// Waits until `n` payments are settled, then returns how much the payee received.
+fn settled(s: &Setup, n: usize) -> U256 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while settlements_in(s.levy.admin, "settled") < n {
+        assert!(
+            Instant::now() < deadline,
+            "the metered payments never settled: {}",
+            s.levy.admin_get("/settlements").json()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.chain.balance(PAY_TO.parse().expect("pay_to"))
+}
+
+#[test]
+fn the_official_clients_pay_metered_feeds_for_what_was_delivered_in_one_batch() {
+    let s = setup(4);
+    let base = format!("http://{}", s.levy.addr);
+    let payer = signer(KEYS[0]).address();
+    let before = s.chain.balance(payer);
+
+    let ts_feed = pay_upto(Client::FetchV2, &format!("{base}/feed?n=7"));
+    assert_eq!(ts_feed["body"], records(7), "the feed was altered");
+    let py_feed = pay_upto(Client::Python, &format!("{base}/feed?n=3"));
+    assert_eq!(py_feed["body"], records(3));
+    let ts_bytes = pay_upto(Client::FetchV2, &format!("{base}/bytes?n=5000"));
+    assert_eq!(ts_bytes["body"].as_str().map(str::len), Some(5000));
+    let py_bytes = pay_upto(Client::Python, &format!("{base}/bytes?n=1024"));
+    assert_eq!(py_bytes["body"].as_str().map(str::len), Some(1024));
+
+    // 7 + 3 records, then ceil(5000 / 1024) = 5 and 1 KiB: the usage, not the ceilings.
+    let expected = 10 * PER_RECORD + 6 * PER_KIB;
+    assert_eq!(settled(&s, 4), U256::from(expected));
+    assert_eq!(s.chain.balance(payer), before - U256::from(expected));
+    let settler = signer(SETTLER_KEY).address();
+    assert_eq!(
+        s.chain.tx_count(settler),
+        1,
+        "four metered payments were not settled in one transaction"
+    );
+    // The registry is shared by the tests in this process: at least these ten.
+    let counted = s
+        .levy
+        .metric("levy_metered_units_total{route=\"feed\",unit=\"records\"}");
+    assert!(counted >= 10, "{counted} records counted");
+}
+
+#[test]
+fn usage_over_the_ceiling_is_charged_the_ceiling_and_an_origin_report_is_charged_as_reported() {
+    let s = setup(2);
+    let base = format!("http://{}", s.levy.addr);
+    let over = pay_upto(Client::FetchV2, &format!("{base}/feed?n=250"));
+    assert_eq!(over["body"], records(250));
+    let reported = pay_upto(Client::FetchV2, &format!("{base}/reported"));
+    assert_eq!(reported["body"], "ok");
+    assert_eq!(settled(&s, 2), U256::from(CEILING + 1234));
+}
+
+#[test]
+fn a_response_that_delivers_nothing_sends_no_transaction() {
+    let s = setup(1);
+    let payer = signer(KEYS[0]).address();
+    let before = s.chain.balance(payer);
+    let empty = pay_upto(Client::FetchV2, &format!("http://{}/feed?n=0", s.levy.addr));
+    assert_eq!(empty["body"], "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while settlements_in(s.levy.admin, "void") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the empty response was not journaled void"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.chain.tx_count(signer(SETTLER_KEY).address()), 0);
+    assert_eq!(s.chain.balance(payer), before);
+}
+
+#[test]
+fn a_replayed_permit2_authorization_is_refused() {
+    let s = setup(1);
+    let first = pay_upto(Client::FetchV2, &format!("http://{}/feed?n=2", s.levy.addr));
+    let replay = request(
+        s.levy.addr,
+        &paid_get(
+            "/feed?n=2",
+            "PAYMENT-SIGNATURE",
+            first["sentPayment"].as_str().expect("the payment header"),
+        ),
+    );
+    assert_eq!(replay.status, 402);
+    let refused = decode(replay.header("payment-required").expect("challenge"));
+    assert_eq!(refused["error"], "permit2_invalid_nonce");
+    assert_eq!(settled(&s, 1), U256::from(2 * PER_RECORD));
+}
+
+#[test]
+fn a_payer_without_a_permit2_allowance_gets_412() {
+    let s = setup(1);
+    let outcome = pay(
+        Client::FetchV2,
+        &format!("http://{}/feed?n=2", s.levy.addr),
+        &[("X402_SCHEME", "upto"), ("PAYER_KEY", KEYS[3])],
+    );
+    assert_eq!(outcome["status"], 412, "{outcome}");
+    assert!(
+        outcome["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("permit2_allowance_required"),
+        "{outcome}"
+    );
+}
