@@ -471,6 +471,22 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         }
         Some(s) => Some(settlement(s, &routes, &networks)?),
     };
+    // A metered charge is settled through levy's batcher with levy's key: a facilitator
+    // would be handed the ceiling.
+    let metered = routes
+        .iter()
+        .find(|(_, r)| matches!(&r.access, Access::Priced(p) if p.metered.is_some()));
+    if let (Some((_, route)), Some(s)) = (metered, &settlement) {
+        if s.facilitator.is_some() {
+            return Err(invalid(
+                "levy.settlement.facilitator",
+                format!(
+                    "route `{}` is metered, and metered payments settle only through levy's own batcher",
+                    route.name
+                ),
+            ));
+        }
+    }
 
     // Contract wallets' signatures are checked on chain, which needs levy's own RPC.
     policy.contract_signatures = settlement

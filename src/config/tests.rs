@@ -54,6 +54,18 @@ fn a_valid_config_builds_the_route_table() {
 }
 
 #[test]
+fn the_feed_example_config_is_valid_and_metered() {
+    let config =
+        Config::from_yaml(include_str!("../../conf/feed.example.yaml")).expect("feed example");
+    let (_, route) = config.routes.iter().next().expect("a route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("the ticks route should be priced")
+    };
+    assert!(paywall.metered.is_some());
+    assert_eq!(paywall.challenge.accepts_v2()[0].scheme, "upto");
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let text = include_str!("../../conf/levy.example.yaml");
     let config = Config::from_yaml(text).expect("example config");
