@@ -200,17 +200,7 @@ impl Chain {
                     .into(),
             });
         }
-        let request = TransactionRequest::default()
-            .to(self.multicall)
-            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
-        let output = self.call_latest(request).await?;
-        let reads = IMulticall3::aggregate3Call::abi_decode_returns(&output)
-            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
-        if reads.len() != payments.len() * 2 {
-            return Err(ChainError::Decode(
-                "aggregate3 returned the wrong number of results".into(),
-            ));
-        }
+        let reads = self.read_many(calls).await?;
         let (batcher, data) = self.batch_call(payments)?;
         let request = TransactionRequest::default()
             .from(self.settler())
@@ -260,12 +250,7 @@ impl Chain {
                 callData: upto::permit2_allowance_call(payer).into(),
             },
         ];
-        let request = TransactionRequest::default()
-            .to(self.multicall)
-            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
-        let output = self.call_latest(request).await?;
-        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
-            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        let results = self.read_many(calls).await?;
         let [balance, allowance] = results.as_slice() else {
             return Err(ChainError::Decode(
                 "aggregate3 returned the wrong number of results".into(),
@@ -361,6 +346,27 @@ impl Chain {
             .collect())
     }
 
+    /// One `aggregate3` read through the multicall contract at the latest block; the answer
+    /// must hold one result per call.
+    async fn read_many(
+        &self,
+        calls: Vec<IMulticall3::Call3>,
+    ) -> Result<Vec<IMulticall3::Result>, ChainError> {
+        let expected = calls.len();
+        let request = TransactionRequest::default()
+            .to(self.multicall)
+            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
+        let output = self.call_latest(request).await?;
+        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        if results.len() != expected {
+            return Err(ChainError::Decode(
+                "aggregate3 returned the wrong number of results".into(),
+            ));
+        }
+        Ok(results)
+    }
+
     /// An `eth_call` at the latest block (alloy's default is `pending`, which some nodes
     /// answer ahead of the receipts they serve).
     async fn call_latest(&self, request: TransactionRequest) -> Result<Bytes, ChainError> {
@@ -398,12 +404,7 @@ impl Chain {
                 .into(),
             },
         ];
-        let request = TransactionRequest::default()
-            .to(self.multicall)
-            .input(IMulticall3::aggregate3Call { calls }.abi_encode().into());
-        let output = self.call_latest(request).await?;
-        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
-            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
+        let results = self.read_many(calls).await?;
         let [balance, state] = results.as_slice() else {
             return Err(ChainError::Decode(
                 "aggregate3 returned the wrong number of results".into(),
