@@ -542,12 +542,30 @@ impl LevyProxy {
         ctx: &mut RequestCtx,
         reason: &str,
     ) -> Reply {
+        self.reject_reserved(ctx, reason);
+        self.challenge(session, paywall, reason, reason)
+    }
+
+    /// Releases a reserved payment that levy refuses, and counts the refusal under `reason`.
+    fn reject_reserved(&self, ctx: &mut RequestCtx, reason: &str) {
         self.drop_reservation(ctx, Outcome::PaymentRejected);
         metrics()
             .payments_rejected
             .with_label_values(&[ctx.route_label(), reason])
             .inc();
-        self.challenge(session, paywall, reason, reason)
+    }
+
+    /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
+    /// 503 to answer (`funds.on_rpc_error`).
+    fn funds_unread(&self, settlement: &Settlement, ctx: &mut RequestCtx) -> Result<(), Reply> {
+        match settlement.on_rpc_error() {
+            OnRpcError::ServeWithinCaps => Ok(()),
+            OnRpcError::Refuse => Err(self.retry_later(
+                ctx,
+                "cannot check the payer's balance now; retry later with the same payment",
+                "2",
+            )),
+        }
     }
 
     /// Admits a reserved payment on a route levy settles: the facilitator's `/verify` when
@@ -605,7 +623,7 @@ impl LevyProxy {
         }
         if let Authorized::Upto { token, .. } = verified.authorized {
             return self
-                .admit_metered(session, paywall, ctx, &verified, token)
+                .admit_metered(session, paywall, ctx, &verified, &network, token)
                 .await;
         }
         let batched = paywall.settle != SettleMode::BeforeResponse;
@@ -620,15 +638,9 @@ impl LevyProxy {
                     let reason = Rejection::AlreadyUsed.reason();
                     return Some(self.refuse_payment(session, paywall, ctx, reason));
                 }
-                FundsView::Unknown => match settlement.on_rpc_error() {
-                    OnRpcError::ServeWithinCaps => None,
-                    OnRpcError::Refuse => {
-                        return Some(self.retry_later(
-                            ctx,
-                            "cannot check the payer's balance now; retry later with the same payment",
-                            "2",
-                        ));
-                    }
+                FundsView::Unknown => match self.funds_unread(settlement, ctx) {
+                    Ok(()) => None,
+                    Err(reply) => return Some(reply),
                 },
             }
         } else {
@@ -718,26 +730,19 @@ impl LevyProxy {
         paywall: &Paywall,
         ctx: &mut RequestCtx,
         verified: &VerifiedPayment,
+        network: &str,
         token: alloy_primitives::Address,
     ) -> Option<Reply> {
         let settlement = self.settlement.as_ref()?;
-        let network = match &ctx.payment {
-            PaymentState::Reserved(paid) => paid.network_name.clone(),
-            _ => return None,
-        };
         let balance = if settlement.checks_funds() {
             let chain_id = verified.key.chain_id;
             match settlement
-                .upto_funds(&network, chain_id, token, verified.payer)
+                .upto_funds(network, chain_id, token, verified.payer)
                 .await
             {
                 UptoFunds::Known { allowance, .. } if allowance < verified.amount => {
                     let reason = "permit2_allowance_required";
-                    self.drop_reservation(ctx, Outcome::PaymentRejected);
-                    metrics()
-                        .payments_rejected
-                        .with_label_values(&[ctx.route_label(), reason])
-                        .inc();
+                    self.reject_reserved(ctx, reason);
                     let body = serde_json::json!({
                         "error": reason,
                         "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
@@ -746,15 +751,9 @@ impl LevyProxy {
                     return Some(Reply::new(412, "application/json", body.to_string()));
                 }
                 UptoFunds::Known { balance, .. } => Some(balance),
-                UptoFunds::Unknown => match settlement.on_rpc_error() {
-                    OnRpcError::ServeWithinCaps => None,
-                    OnRpcError::Refuse => {
-                        return Some(self.retry_later(
-                            ctx,
-                            "cannot check the payer's balance now; retry later with the same payment",
-                            "2",
-                        ));
-                    }
+                UptoFunds::Unknown => match self.funds_unread(settlement, ctx) {
+                    Ok(()) => None,
+                    Err(reply) => return Some(reply),
                 },
             }
         } else {

@@ -16,7 +16,7 @@ const CHECKPOINTS: usize = 16;
 #[derive(Debug)]
 pub struct Metering {
     unit: Unit,
-    pub rates: Rates,
+    rates: Rates,
     /// Body bytes passed to the client connection so far.
     bytes: u64,
     records: RecordCounter,
@@ -55,10 +55,8 @@ impl Metering {
             .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
         self.records = RecordCounter::new(event_stream);
         if let Unit::Origin { header } = &self.unit {
-            let header = header.clone();
-            if let Some(value) = response.remove_header(&header) {
-                self.reported = value.to_str().ok().map(str::to_owned);
-            }
+            let value = response.remove_header(header);
+            self.take_report(value);
         }
         // x402's override header is for levy alone, whatever the unit.
         if response.headers.contains_key(SETTLEMENT_OVERRIDES) {
@@ -69,14 +67,15 @@ impl Metering {
     /// Reads (and strips) the origin's usage from response trailers.
     pub fn on_trailers(&mut self, trailers: &mut http::HeaderMap) {
         if let Unit::Origin { header } = &self.unit {
-            let header = header.clone();
-            self.take_report(trailers, header);
+            let value = trailers.remove(header);
+            self.take_report(value);
         }
         trailers.remove(SETTLEMENT_OVERRIDES);
     }
 
-    fn take_report(&mut self, headers: &mut http::HeaderMap, name: http::HeaderName) {
-        if let Some(value) = headers.remove(&name) {
+    /// Keeps the origin's usage report, from a header or a trailer removed for it.
+    fn take_report(&mut self, value: Option<http::HeaderValue>) {
+        if let Some(value) = value {
             self.reported = value.to_str().ok().map(str::to_owned);
         }
     }

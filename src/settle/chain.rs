@@ -192,13 +192,7 @@ impl Chain {
                 allowFailure: true,
                 callData: bitmap.into(),
             });
-            calls.push(IMulticall3::Call3 {
-                target: p.asset,
-                allowFailure: true,
-                callData: IEip3009::balanceOfCall { account: p.payer }
-                    .abi_encode()
-                    .into(),
-            });
+            calls.push(balance_call(p.asset, p.payer, true));
         }
         let reads = self.read_many(calls).await?;
         let (batcher, data) = self.batch_call(payments)?;
@@ -220,11 +214,7 @@ impl Chain {
             .map(|((pair, bit), transfers)| Precheck {
                 used: !pair[0].success
                     || upto::bit_is_set(&pair[0].returnData, bit).unwrap_or(true),
-                balance: if pair[1].success {
-                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData).ok()
-                } else {
-                    None
-                },
+                balance: read_balance(&pair[1]),
                 transfers,
             })
             .collect())
@@ -237,13 +227,7 @@ impl Chain {
         payer: Address,
     ) -> Result<(U256, U256), ChainError> {
         let calls = vec![
-            IMulticall3::Call3 {
-                target: token,
-                allowFailure: false,
-                callData: IEip3009::balanceOfCall { account: payer }
-                    .abi_encode()
-                    .into(),
-            },
+            balance_call(token, payer, false),
             IMulticall3::Call3 {
                 target: token,
                 allowFailure: false,
@@ -301,13 +285,7 @@ impl Chain {
                 .abi_encode()
                 .into(),
             });
-            calls.push(IMulticall3::Call3 {
-                target: p.asset,
-                allowFailure: true,
-                callData: IEip3009::balanceOfCall { account: p.payer }
-                    .abi_encode()
-                    .into(),
-            });
+            calls.push(balance_call(p.asset, p.payer, true));
         }
         // Each payment's transfer is the last of its calls (an ERC-6492 wallet's deployment
         // comes first).
@@ -336,11 +314,7 @@ impl Chain {
                 used: !pair[0].success
                     || IEip3009::authorizationStateCall::abi_decode_returns(&pair[0].returnData)
                         .unwrap_or(true),
-                balance: if pair[1].success {
-                    IEip3009::balanceOfCall::abi_decode_returns(&pair[1].returnData).ok()
-                } else {
-                    None
-                },
+                balance: read_balance(&pair[1]),
                 transfers: results[transfer].success,
             })
             .collect())
@@ -386,13 +360,7 @@ impl Chain {
         nonce: B256,
     ) -> Result<(U256, bool), ChainError> {
         let calls = vec![
-            IMulticall3::Call3 {
-                target: asset,
-                allowFailure: false,
-                callData: IEip3009::balanceOfCall { account: payer }
-                    .abi_encode()
-                    .into(),
-            },
+            balance_call(asset, payer, false),
             IMulticall3::Call3 {
                 target: asset,
                 allowFailure: false,
@@ -709,6 +677,27 @@ pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainE
             message: e.to_string(),
         }),
         Ok(Ok(id)) => Ok(id),
+    }
+}
+
+/// `balanceOf(payer)` on `token`, as one call of a multicall read.
+fn balance_call(token: Address, payer: Address, allow_failure: bool) -> IMulticall3::Call3 {
+    IMulticall3::Call3 {
+        target: token,
+        allowFailure: allow_failure,
+        callData: IEip3009::balanceOfCall { account: payer }
+            .abi_encode()
+            .into(),
+    }
+}
+
+/// The balance a `balanceOf` call of a multicall read answered; `None` when it failed
+/// (unknown, not zero).
+fn read_balance(result: &IMulticall3::Result) -> Option<U256> {
+    if result.success {
+        IEip3009::balanceOfCall::abi_decode_returns(&result.returnData).ok()
+    } else {
+        None
     }
 }
 

@@ -14,21 +14,17 @@ use crate::nonce::NonceKey;
 use crate::pricing::{Requirement, Scheme};
 use crate::x402::{Permit2Authorization, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS};
 
-/// `keccak256("TokenPermissions(address token,uint256 amount)")`.
-fn token_permissions_typehash() -> B256 {
-    keccak256("TokenPermissions(address token,uint256 amount)")
-}
-
 /// The primary type of an upto authorization, with its referenced types appended.
 const PERMIT_WITNESS_TYPE: &str = "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,Witness witness)TokenPermissions(address token,uint256 amount)Witness(address to,address facilitator,uint256 validAfter)";
 
 /// The x402 upto witness type.
 const WITNESS_TYPE: &str = "Witness(address to,address facilitator,uint256 validAfter)";
 
+/// The type hashes of the primary type, `TokenPermissions` and `Witness`, computed once.
 static TYPEHASHES: std::sync::LazyLock<(B256, B256, B256)> = std::sync::LazyLock::new(|| {
     (
         keccak256(PERMIT_WITNESS_TYPE),
-        token_permissions_typehash(),
+        keccak256("TokenPermissions(address token,uint256 amount)"),
         keccak256(WITNESS_TYPE),
     )
 });
