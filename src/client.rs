@@ -1,4 +1,4 @@
-//! The paying side of x402 `exact` on EVM: sign an EIP-3009 authorization and build the
+//! The paying side of x402 `exact` on EVM (and `upto`, in `client/upto.rs`): sign an EIP-3009 authorization and build the
 //! `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (v1) header. An implementation independent of
 //! the verifier's parsing, used by `levy pay`, the load tool, benches and tests. Pure.
 
@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use crate::pricing::domain_separator;
 use crate::verify::transfer_digest;
 use crate::x402::encode_header;
+
+pub mod upto;
 
 /// Why a payment cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +53,13 @@ impl Payer {
 
     pub fn address(&self) -> Address {
         self.address
+    }
+
+    /// Signs a 32-byte digest: 65 bytes `r ‖ s ‖ v` with `v` 27 or 28.
+    fn sign_digest(&self, digest: B256) -> Result<[u8; 65], ClientError> {
+        alloy_consensus::crypto::secp256k1::sign_message(self.secret, digest)
+            .map(|signature| signature.as_bytes())
+            .map_err(|_| ClientError::Signing)
     }
 }
 
@@ -180,8 +189,7 @@ pub fn sign(
         valid_before,
         nonce,
     );
-    let signature = alloy_consensus::crypto::secp256k1::sign_message(payer.secret, digest)
-        .map_err(|_| ClientError::Signing)?;
+    let signature = payer.sign_digest(digest)?;
     Ok(SignedAuthorization {
         from: payer.address,
         to: terms.pay_to,
@@ -189,7 +197,7 @@ pub fn sign(
         valid_after,
         valid_before,
         nonce,
-        signature: signature.as_bytes(),
+        signature,
     })
 }
 

@@ -183,10 +183,14 @@ impl Paid {
             chain_id: v.key.chain_id,
             upto: match v.authorized {
                 Authorized::Exact => None,
-                Authorized::Upto { facilitator, .. } => Some(crate::settle::upto::UptoTerms {
+                Authorized::Upto {
+                    facilitator,
+                    permit2612,
+                    ..
+                } => Some(crate::settle::upto::UptoTerms {
                     ceiling: v.amount,
                     facilitator,
-                    permit2612: None,
+                    permit2612,
                 }),
             },
         }
@@ -720,7 +724,8 @@ impl LevyProxy {
     }
 
     /// Admits a reserved `upto` payment: the payer's allowance to Permit2 must cover the
-    /// ceiling (else 412 `permit2_allowance_required`, as the reference servers answer) and
+    /// ceiling, or its EIP-2612 permit must still be usable (else 412
+    /// `permit2_allowance_required`, as the reference servers answer), and
     /// its balance the ceiling plus its unsettled payments; the ceiling's share of exposure
     /// is held until the charge is known. A metered payment cannot be settled before its
     /// response, so where an exact one would settle first this one waits (503).
@@ -740,13 +745,19 @@ impl LevyProxy {
                 .upto_funds(network, chain_id, token, verified.payer)
                 .await
             {
-                UptoFunds::Known { allowance, .. } if allowance < verified.amount => {
+                UptoFunds::Known {
+                    allowance,
+                    permit_nonce,
+                    ..
+                } if allowance < verified.amount
+                    && !permit_usable(&verified.authorized, permit_nonce) =>
+                {
                     let reason = "permit2_allowance_required";
                     self.reject_reserved(ctx, reason);
                     let body = serde_json::json!({
                         "error": reason,
                         "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
-                        "message": "approve Permit2 to spend the token (or pay with an EIP-2612 permit), then retry",
+                        "message": "approve Permit2 to spend the token (or answer the eip2612GasSponsoring extension with a permit at the token's current nonce), then retry",
                     });
                     return Some(Reply::new(412, "application/json", body.to_string()));
                 }
@@ -1260,6 +1271,19 @@ impl ProxyHttp for LevyProxy {
 /// Keeps shared caches from storing a paid response (and serving it unpaid): drops the
 /// CDN-specific cache headers, drops `public` and `s-maxage` and adds `private`, unless the
 /// origin already said `no-store`/`private`.
+/// Whether an upto payment carries an EIP-2612 permit the token will still accept: signed at
+/// the payer's current nonce (read with its allowance). The settler runs it before the
+/// transfer, so it stands in for the allowance.
+fn permit_usable(authorized: &Authorized, permit_nonce: Option<alloy_primitives::U256>) -> bool {
+    match authorized {
+        Authorized::Upto {
+            permit2612: Some(permit),
+            ..
+        } => permit_nonce == Some(permit.nonce),
+        _ => false,
+    }
+}
+
 fn make_private(response: &mut ResponseHeader) -> pingora::Result<()> {
     // CDNs obey these over Cache-Control: a paid response must not be cached by one either.
     for name in [

@@ -149,6 +149,8 @@ pub enum Authorized {
     Upto {
         facilitator: Address,
         token: Address,
+        /// The payer's EIP-2612 permit approving Permit2 (`eip2612GasSponsoring`), checked.
+        permit2612: Option<upto::Permit2612>,
     },
 }
 
@@ -218,6 +220,20 @@ pub enum Rejection {
     Permit2Signature,
     #[error("this Permit2 nonce was already used")]
     Permit2NonceUsed,
+    #[error("the eip2612GasSponsoring answer is malformed: `{0}`")]
+    Eip2612Malformed(&'static str),
+    #[error("the EIP-2612 permit is not from the Permit2 owner")]
+    Eip2612From,
+    #[error("the EIP-2612 permit is not for the asset offered")]
+    Eip2612Asset,
+    #[error("the EIP-2612 permit's spender is not Permit2")]
+    Eip2612Spender,
+    #[error("the EIP-2612 permit's value is not the ceiling")]
+    Eip2612Amount,
+    #[error("the EIP-2612 permit expires before the payment can be settled")]
+    Eip2612Deadline,
+    #[error("the EIP-2612 permit's signature does not recover to its owner")]
+    Eip2612Signature,
 }
 
 impl Rejection {
@@ -254,6 +270,13 @@ impl Rejection {
             Rejection::Permit2Token => "permit2_token_mismatch",
             Rejection::Permit2Signature => "invalid_permit2_signature",
             Rejection::Permit2NonceUsed => "permit2_invalid_nonce",
+            Rejection::Eip2612Malformed(_) => "invalid_eip2612_extension_format",
+            Rejection::Eip2612From => "eip2612_from_mismatch",
+            Rejection::Eip2612Asset => "eip2612_asset_mismatch",
+            Rejection::Eip2612Spender => "eip2612_spender_not_permit2",
+            Rejection::Eip2612Amount => "permit2_2612_amount_mismatch",
+            Rejection::Eip2612Deadline => "eip2612_deadline_expired",
+            Rejection::Eip2612Signature => "invalid_eip2612_signature",
         }
     }
 }
@@ -290,7 +313,18 @@ pub fn verify(
                 .ok_or(Rejection::NoMatchingRequirements)?;
             if let Scheme::Upto { .. } = requirement.scheme {
                 let auth = payment.payload.permit2_authorization.as_ref();
-                return upto::verify(auth, &signature, requirement, index, now, policy);
+                let permit = upto::permit2612_info(payment.extensions.as_ref())?;
+                return upto::verify(
+                    upto::UptoPayment {
+                        auth,
+                        signature: &signature,
+                        permit2612: permit.as_ref(),
+                    },
+                    requirement,
+                    index,
+                    now,
+                    policy,
+                );
             }
             let auth = ParsedAuthorization::parse(exact_authorization(&payment)?)?;
             let checked = check(&auth, &signature, requirement, now, policy)?;

@@ -178,6 +178,23 @@ pub struct UptoWitness {
     pub valid_after: Number,
 }
 
+/// The `eip2612GasSponsoring` extension key: a payer without a Permit2 allowance signs an
+/// EIP-2612 permit approving Permit2, and the settler runs it before the transfer.
+pub const EIP2612_GAS_SPONSORING: &str = "eip2612GasSponsoring";
+
+/// The `info` of a client's `eip2612GasSponsoring` answer: an EIP-2612 `Permit(owner =
+/// from, spender, value = amount, nonce, deadline)` of `asset`, signed by `from`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Eip2612Info {
+    pub from: String,
+    pub asset: String,
+    pub spender: String,
+    pub amount: Number,
+    pub nonce: Number,
+    pub deadline: Number,
+    pub signature: String,
+}
+
 /// `TransferWithAuthorization` fields as sent: addresses and the nonce as hex strings,
 /// numbers as decimal strings (or JSON numbers, which some clients send).
 #[derive(Debug, Clone, Deserialize)]

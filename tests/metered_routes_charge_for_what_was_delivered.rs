@@ -45,7 +45,7 @@ fn ndjson(body: &str) -> Reply {
 /// `/reported` (usage in `Settlement-Overrides`), settling `batch` payments per transaction.
 fn setup(batch: usize) -> Setup {
     let chain = TestChain::start();
-    for key in [KEYS[0], KEYS[3]] {
+    for key in [KEYS[0], KEYS[3], KEYS[4]] {
         chain.mint(signer(key).address(), 10_000_000);
     }
     chain.approve_permit2(KEYS[0]);
@@ -223,4 +223,44 @@ fn a_payer_without_a_permit2_allowance_gets_412() {
             .contains("permit2_allowance_required"),
         "{outcome}"
     );
+}
+
+#[test]
+fn a_payer_without_an_allowance_pays_with_an_eip2612_permit_settled_in_the_same_batch() {
+    let s = setup(2);
+    let challenge = crate::support::pay::challenge(&s.levy, "/feed?n=1");
+    assert!(
+        challenge["extensions"]["eip2612GasSponsoring"].is_object(),
+        "the 402 does not declare eip2612GasSponsoring: {challenge}"
+    );
+    let rpc = [
+        ("X402_SCHEME", "upto"),
+        ("X402_RPC_URL", s.chain.rpc_url.as_str()),
+    ];
+    let with = |key| [rpc[0], rpc[1], ("PAYER_KEY", key)];
+    let ts = pay(
+        Client::FetchV2,
+        &format!("http://{}/feed?n=4", s.levy.addr),
+        &with(KEYS[3]),
+    );
+    assert_eq!(ts["status"], 200, "{ts}");
+    assert_eq!(ts["body"], records(4));
+    let py = pay(
+        Client::Python,
+        &format!("http://{}/bytes?n=2048", s.levy.addr),
+        &with(KEYS[4]),
+    );
+    assert_eq!(py["status"], 200, "{py}");
+
+    assert_eq!(settled(&s, 2), U256::from(4 * PER_RECORD + 2 * PER_KIB));
+    // Each permit approved Permit2 for the ceiling; the transfer spent the charge from it.
+    assert_eq!(
+        s.chain.permit2_allowance(signer(KEYS[3]).address()),
+        U256::from(CEILING - 4 * PER_RECORD)
+    );
+    assert_eq!(
+        s.chain.permit2_allowance(signer(KEYS[4]).address()),
+        U256::from(CEILING - 2 * PER_KIB)
+    );
+    assert_eq!(s.chain.tx_count(signer(SETTLER_KEY).address()), 1);
 }

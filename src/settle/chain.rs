@@ -18,6 +18,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent, SolValue};
 
+use super::funds::UptoPayerState;
 use super::upto;
 use super::PaymentRecord;
 
@@ -220,12 +221,13 @@ impl Chain {
             .collect())
     }
 
-    /// A payer's balance of `token` and its allowance to Permit2, in one multicall read.
+    /// A payer's balance of `token`, its allowance to Permit2 and its EIP-2612 nonce, in one
+    /// multicall read.
     pub async fn upto_payer_state(
         &self,
         token: Address,
         payer: Address,
-    ) -> Result<(U256, U256), ChainError> {
+    ) -> Result<UptoPayerState, ChainError> {
         let calls = vec![
             balance_call(token, payer, false),
             IMulticall3::Call3 {
@@ -233,9 +235,15 @@ impl Chain {
                 allowFailure: false,
                 callData: upto::permit2_allowance_call(payer).into(),
             },
+            // A token without EIP-2612 has no `nonces`: then no permit can be used.
+            IMulticall3::Call3 {
+                target: token,
+                allowFailure: true,
+                callData: upto::permit_nonce_call(payer).into(),
+            },
         ];
         let results = self.read_many(calls).await?;
-        let [balance, allowance] = results.as_slice() else {
+        let [balance, allowance, nonce] = results.as_slice() else {
             return Err(ChainError::Decode(
                 "aggregate3 returned the wrong number of results".into(),
             ));
@@ -244,7 +252,15 @@ impl Chain {
             .map_err(|e| ChainError::Decode(format!("balanceOf: {e}")))?;
         let allowance = upto::decode_allowance(&allowance.returnData)
             .ok_or_else(|| ChainError::Decode("allowance".into()))?;
-        Ok((balance, allowance))
+        let permit_nonce = nonce
+            .success
+            .then(|| upto::decode_permit_nonce(&nonce.returnData))
+            .flatten();
+        Ok(UptoPayerState {
+            balance,
+            allowance,
+            permit_nonce,
+        })
     }
 
     /// The settler's address.

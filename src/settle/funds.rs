@@ -147,14 +147,36 @@ pub struct Funds {
     signatures: moka::sync::Cache<SignatureKey, bool>,
     /// Payers' token allowances to Permit2 (`upto`), trusted as briefly as an empty
     /// balance, so a payer who approves gets in soon.
-    allowances: moka::future::Cache<FundsKey, U256>,
+    allowances: moka::future::Cache<FundsKey, Approval>,
+}
+
+/// An `upto` payer's state as read from the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UptoPayerState {
+    pub balance: U256,
+    /// Its token allowance to Permit2.
+    pub allowance: U256,
+    /// The token's `nonces(payer)` (EIP-2612), where the token has one.
+    pub permit_nonce: Option<U256>,
+}
+
+/// A payer's allowance to Permit2 and its next EIP-2612 nonce, cached together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Approval {
+    allowance: U256,
+    permit_nonce: Option<U256>,
 }
 
 /// What an `upto` funds lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UptoFunds {
-    /// The payer's balance (net of levy's settlements) and its allowance to Permit2.
-    Known { balance: U256, allowance: U256 },
+    /// The payer's balance (net of levy's settlements), its allowance to Permit2 and the
+    /// EIP-2612 nonce its next permit must carry.
+    Known {
+        balance: U256,
+        allowance: U256,
+        permit_nonce: Option<U256>,
+    },
     /// The chain could not be read in time.
     Unknown,
 }
@@ -185,34 +207,40 @@ impl Funds {
         }
     }
 
-    /// An `upto` payer's balance and Permit2 allowance for `key`, from the caches or read by
-    /// `read` (`(balance, allowance)`) within the read deadline.
+    /// An `upto` payer's balance, Permit2 allowance and EIP-2612 nonce for `key`, from the
+    /// caches or read by `read` within the read deadline.
     pub async fn upto_view<F, E>(&self, key: FundsKey, read: F) -> UptoFunds
     where
-        F: std::future::Future<Output = Result<(U256, U256), E>> + Send,
+        F: std::future::Future<Output = Result<UptoPayerState, E>> + Send,
         E: Send + Sync + 'static,
     {
-        if let (Some(balance), Some(allowance)) = (
+        if let (Some(balance), Some(approval)) = (
             self.balances.get(&key).await,
             self.allowances.get(&key).await,
         ) {
             return UptoFunds::Known {
                 balance: balance.get(),
-                allowance,
+                allowance: approval.allowance,
+                permit_nonce: approval.permit_nonce,
             };
         }
         match tokio::time::timeout(self.config.read_timeout, read).await {
-            Ok(Ok((value, allowance))) => {
-                self.allowances.insert(key, allowance).await;
+            Ok(Ok(state)) => {
+                let approval = Approval {
+                    allowance: state.allowance,
+                    permit_nonce: state.permit_nonce,
+                };
+                self.allowances.insert(key, approval).await;
                 let balance = self
                     .balances
                     .get_with(key, async move {
-                        Arc::new(Balance::new(value, B256::ZERO, false))
+                        Arc::new(Balance::new(state.balance, B256::ZERO, false))
                     })
                     .await;
                 UptoFunds::Known {
                     balance: balance.get(),
-                    allowance,
+                    allowance: approval.allowance,
+                    permit_nonce: approval.permit_nonce,
                 }
             }
             Ok(Err(_)) | Err(_) => UptoFunds::Unknown,

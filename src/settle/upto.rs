@@ -19,6 +19,10 @@ sol! {
         function allowance(address owner, address spender) external view returns (uint256);
     }
 
+    interface IErc2612 {
+        function nonces(address owner) external view returns (uint256);
+    }
+
     interface ILevyBatcher {
         struct TokenPermissions { address token; uint256 amount; }
         struct PermitTransferFrom { TokenPermissions permitted; uint256 nonce; uint256 deadline; }
@@ -51,15 +55,7 @@ pub struct UptoTerms {
     pub permit2612: Option<Permit2612>,
 }
 
-/// An EIP-2612 permit of the token to Permit2, as the client signed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Permit2612 {
-    pub value: U256,
-    pub deadline: u64,
-    pub r: B256,
-    pub s: B256,
-    pub v: u8,
-}
+pub use crate::verify::upto::Permit2612;
 
 /// `LevyBatcher.settle` calldata for these payments (each must be an `upto` record).
 pub fn settle_calldata(payments: &[PaymentRecord]) -> Bytes {
@@ -149,6 +145,16 @@ pub fn permit2_allowance_call(owner: Address) -> Vec<u8> {
 /// Decodes an `allowance` answer.
 pub fn decode_allowance(output: &[u8]) -> Option<U256> {
     IErc20Allowance::allowanceCall::abi_decode_returns(output).ok()
+}
+
+/// `nonces(owner)` calldata: the EIP-2612 nonce the owner's next permit must carry.
+pub fn permit_nonce_call(owner: Address) -> Vec<u8> {
+    IErc2612::noncesCall { owner }.abi_encode()
+}
+
+/// Decodes a `nonces` answer.
+pub fn decode_permit_nonce(output: &[u8]) -> Option<U256> {
+    IErc2612::noncesCall::abi_decode_returns(output).ok()
 }
 
 /// The `(Permit2, owner, nonce)` of an `UptoSettled` log from `batcher`, if it is one.

@@ -502,3 +502,161 @@ fn with_a_chain_to_ask_a_signature_that_is_not_the_payers_is_handed_to_it_with_i
         Ok(PayerSignature::Ecdsa(_))
     ));
 }
+
+/// A metered route: one `upto` requirement with a 10 000 ceiling, settled by `BATCHER`.
+mod upto_payments {
+    use super::*;
+    use crate::client::upto::{random_permit2_nonce, sign_upto, SignedUpto};
+
+    const BATCHER: Address = address!("6e989C01a3e3A94C973A62280a72EC335598490e");
+
+    fn route() -> Route {
+        let mut requirement = requirement();
+        requirement.amount = U256::from(10_000);
+        requirement.scheme = crate::pricing::Scheme::upto(BATCHER, 84532);
+        let requirements = vec![requirement];
+        let issued = Challenge::new(&requirements, "", "", None)
+            .accepts_v2()
+            .to_vec();
+        Route {
+            requirements,
+            issued,
+        }
+    }
+
+    fn signed(key: &str) -> SignedUpto {
+        let terms = Terms::from_v2(&route().accepted()).unwrap();
+        sign_upto(
+            &Payer::from_hex(key).unwrap(),
+            &terms,
+            BATCHER,
+            NOW + 300,
+            random_permit2_nonce(),
+        )
+        .unwrap()
+    }
+
+    fn with_permit(upto: SignedUpto, key: &str, nonce: u64) -> SignedUpto {
+        let terms = Terms::from_v2(&route().accepted()).unwrap();
+        upto.with_permit(&Payer::from_hex(key).unwrap(), &terms, U256::from(nonce))
+            .unwrap()
+    }
+
+    fn header(upto: &SignedUpto) -> String {
+        upto.v2_header(&route().accepted())
+    }
+
+    /// The header of `upto` with its permit's `info` edited by `edit` after signing.
+    fn permit_edited(upto: &SignedUpto, edit: impl FnOnce(&mut Value)) -> String {
+        let mut upto = upto.clone();
+        if let Some(info) = upto.permit2612.as_mut() {
+            edit(info);
+        }
+        header(&upto)
+    }
+
+    #[test]
+    fn a_signed_upto_payment_verifies_to_its_ceiling_keyed_under_permit2() {
+        let upto = signed(KEY);
+        let verified = route().verify(&header(&upto)).unwrap();
+        assert_eq!(verified.payer, payer());
+        assert_eq!(verified.amount, U256::from(10_000));
+        assert_eq!(verified.key.asset, crate::x402::PERMIT2_ADDRESS);
+        assert_eq!(
+            verified.authorized,
+            Authorized::Upto {
+                facilitator: BATCHER,
+                token: USDC,
+                permit2612: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_eip2612_permit_from_the_payer_is_carried_with_its_nonce() {
+        let upto = with_permit(signed(KEY), KEY, 7);
+        let verified = route().verify(&header(&upto)).unwrap();
+        let Authorized::Upto {
+            permit2612: Some(permit),
+            ..
+        } = verified.authorized
+        else {
+            panic!("the permit was dropped: {verified:?}");
+        };
+        assert_eq!(permit.nonce, U256::from(7));
+        assert_eq!(permit.value, U256::from(10_000));
+        assert_eq!(permit.deadline, NOW + 300);
+        assert!(permit.v == 27 || permit.v == 28);
+    }
+
+    #[test]
+    fn a_permit_signed_by_another_key_or_for_another_nonce_is_refused() {
+        let forged = with_permit(signed(KEY), OTHER_KEY, 0);
+        assert_eq!(
+            route().verify(&header(&forged)).unwrap_err(),
+            Rejection::Eip2612Signature
+        );
+        let renumbered = permit_edited(&with_permit(signed(KEY), KEY, 0), |info| {
+            info["nonce"] = json!("1")
+        });
+        assert_eq!(
+            route().verify(&renumbered).unwrap_err().reason(),
+            "invalid_eip2612_signature"
+        );
+    }
+
+    #[test]
+    fn a_permit_that_does_not_fit_its_payment_is_refused_with_the_reason_that_says_why() {
+        let upto = with_permit(signed(KEY), KEY, 0);
+        let cases: [(&str, Value, &str); 5] = [
+            ("from", json!(format!("{PAY_TO}")), "eip2612_from_mismatch"),
+            (
+                "asset",
+                json!(format!("{PAY_TO}")),
+                "eip2612_asset_mismatch",
+            ),
+            (
+                "spender",
+                json!(format!("{PAY_TO}")),
+                "eip2612_spender_not_permit2",
+            ),
+            ("amount", json!("9999"), "permit2_2612_amount_mismatch"),
+            (
+                "deadline",
+                json!(NOW.to_string()),
+                "eip2612_deadline_expired",
+            ),
+        ];
+        for (field, value, reason) in cases {
+            let edited = permit_edited(&upto, |info| info[field] = value.clone());
+            assert_eq!(
+                route().verify(&edited).unwrap_err().reason(),
+                reason,
+                "{field}"
+            );
+        }
+        let garbled = permit_edited(&upto, |info| info["signature"] = json!("0x12"));
+        assert_eq!(
+            route().verify(&garbled).unwrap_err(),
+            Rejection::Eip2612Malformed("info.signature")
+        );
+    }
+
+    #[test]
+    fn the_402_declaration_echoed_back_without_a_permit_is_not_a_permit() {
+        let upto = signed(KEY);
+        let mut doc = json!({"x402Version": 2, "accepted": route().accepted(), "payload": upto.payload_json()});
+        doc["extensions"] =
+            json!({"eip2612GasSponsoring": {"info": {"description": "…", "version": "1"}}});
+        let verified = route()
+            .verify(&encode_header(doc.to_string().as_bytes()))
+            .unwrap();
+        assert!(matches!(
+            verified.authorized,
+            Authorized::Upto {
+                permit2612: None,
+                ..
+            }
+        ));
+    }
+}

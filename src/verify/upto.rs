@@ -1,7 +1,9 @@
 //! Inline verification of x402 `upto` payments on EVM: a Permit2 `PermitWitnessTransferFrom`
 //! with x402's upto witness, checked in the order the reference facilitator checks it
 //! (spender, recipient, facilitator, deadline, validAfter, ceiling, token, signature) and its
-//! signer recovered from the EIP-712 digest. Pure, like the rest of `verify`.
+//! signer recovered from the EIP-712 digest; and the EIP-2612 permit a payer without a
+//! Permit2 allowance may send with it (`eip2612GasSponsoring`). Pure, like the rest of
+//! `verify`: whether the permit's nonce is still the token's is read at admission.
 
 use alloy_primitives::{keccak256, Address, B256, U256};
 use alloy_sol_types::SolValue;
@@ -12,7 +14,9 @@ use super::{
 };
 use crate::nonce::NonceKey;
 use crate::pricing::{Requirement, Scheme};
-use crate::x402::{Permit2Authorization, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS};
+use crate::x402::{
+    Eip2612Info, Permit2Authorization, EIP2612_GAS_SPONSORING, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS,
+};
 
 /// The primary type of an upto authorization, with its referenced types appended.
 const PERMIT_WITNESS_TYPE: &str = "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,Witness witness)TokenPermissions(address token,uint256 amount)Witness(address to,address facilitator,uint256 validAfter)";
@@ -95,19 +99,145 @@ impl UptoAuthorization {
             )
                 .abi_encode(),
         );
-        let mut bytes = [0u8; 66];
-        bytes[0] = 0x19;
-        bytes[1] = 0x01;
-        bytes[2..34].copy_from_slice(domain.as_slice());
-        bytes[34..].copy_from_slice(message.as_slice());
-        keccak256(bytes)
+        typed_digest(domain, &message)
     }
+}
+
+/// An EIP-2612 permit of the token to Permit2, checked against its upto payment: the
+/// settler runs it (`settleWithPermit`) before the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Permit2612 {
+    /// The allowance it grants Permit2: the payment's ceiling.
+    pub value: U256,
+    pub deadline: u64,
+    /// The token's `nonces(owner)` it was signed at; usable only while the token still
+    /// says so.
+    #[serde(default)]
+    pub nonce: U256,
+    pub r: B256,
+    pub s: B256,
+    pub v: u8,
+}
+
+/// The `Permit` type an EIP-2612 token signs approvals under.
+pub const PERMIT_TYPE: &str =
+    "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)";
+
+/// The parts of a v2 upto payment `verify` checks.
+pub(super) struct UptoPayment<'a> {
+    pub auth: Option<&'a Permit2Authorization>,
+    pub signature: &'a Presented,
+    pub permit2612: Option<&'a Eip2612Info>,
+}
+
+/// The client's `eip2612GasSponsoring.info`, if it answered the extension with a permit.
+pub(super) fn permit2612_info(
+    extensions: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<Option<Eip2612Info>, Rejection> {
+    let Some(info) = extensions
+        .and_then(|e| e.get(EIP2612_GAS_SPONSORING))
+        .and_then(|e| e.get("info"))
+    else {
+        return Ok(None);
+    };
+    // Clients echo the 402's declaration (a description, no permit) when they sign none.
+    if ["from", "signature"]
+        .iter()
+        .any(|key| info.get(key).is_none())
+    {
+        return Ok(None);
+    }
+    serde_json::from_value(info.clone())
+        .map(Some)
+        .map_err(|_| Rejection::Eip2612Malformed("extensions.eip2612GasSponsoring.info"))
+}
+
+/// Checks a payer's EIP-2612 permit against its Permit2 authorization: from the owner, for
+/// the token, to Permit2, for the ceiling (`settleWithPermit` requires it), valid until the
+/// payment's deadline, signed by the owner under the token's EIP-712 domain.
+fn check_permit2612(
+    info: &Eip2612Info,
+    auth: &UptoAuthorization,
+    token_domain: &B256,
+    now: u64,
+    policy: &Policy,
+) -> Result<Permit2612, Rejection> {
+    let field = |name: &'static str| Rejection::Eip2612Malformed(name);
+    let from = parse_address(&info.from).ok_or(field("info.from"))?;
+    let asset = parse_address(&info.asset).ok_or(field("info.asset"))?;
+    let spender = parse_address(&info.spender).ok_or(field("info.spender"))?;
+    let value = parse_uint(&info.amount.0).ok_or(field("info.amount"))?;
+    let nonce = parse_uint(&info.nonce.0).ok_or(field("info.nonce"))?;
+    let deadline = parse_time(&info.deadline.0).ok_or(field("info.deadline"))?;
+    let signature = info
+        .signature
+        .strip_prefix("0x")
+        .and_then(|hex| alloy_primitives::hex::decode(hex).ok())
+        .and_then(|bytes| <[u8; 65]>::try_from(bytes).ok())
+        .ok_or(field("info.signature"))?;
+    if from != auth.owner {
+        return Err(Rejection::Eip2612From);
+    }
+    if asset != auth.token {
+        return Err(Rejection::Eip2612Asset);
+    }
+    if spender != PERMIT2_ADDRESS {
+        return Err(Rejection::Eip2612Spender);
+    }
+    if value != auth.ceiling {
+        return Err(Rejection::Eip2612Amount);
+    }
+    if deadline < now.saturating_add(policy.valid_before_margin_seconds) {
+        return Err(Rejection::Eip2612Deadline);
+    }
+    let message = keccak256(
+        (
+            keccak256(PERMIT_TYPE),
+            from,
+            spender,
+            value,
+            nonce,
+            U256::from(deadline),
+        )
+            .abi_encode(),
+    );
+    let digest = typed_digest(token_domain, &message);
+    // The token's `permit` takes an ECDSA (v, r, s) with a low s, nothing else.
+    let ecdsa = alloy_primitives::Signature::from_raw_array(&signature)
+        .map_err(|_| field("info.signature"))?;
+    let recovered = (ecdsa.s() <= super::SECP256K1N_HALF)
+        .then(|| alloy_consensus::crypto::secp256k1::recover_signer(&ecdsa, digest).ok())
+        .flatten();
+    if recovered != Some(from) {
+        return Err(Rejection::Eip2612Signature);
+    }
+    let mut v = signature[64];
+    if v < 27 {
+        v += 27;
+    }
+    Ok(Permit2612 {
+        value,
+        deadline,
+        nonce,
+        r: B256::from_slice(&signature[..32]),
+        s: B256::from_slice(&signature[32..64]),
+        v,
+    })
+}
+
+/// `keccak256(0x1901 ‖ domain ‖ message)`: an EIP-712 digest.
+pub fn typed_digest(domain: &B256, message: &B256) -> B256 {
+    let mut bytes = [0u8; 66];
+    bytes[0] = 0x19;
+    bytes[1] = 0x01;
+    bytes[2..34].copy_from_slice(domain.as_slice());
+    bytes[34..].copy_from_slice(message.as_slice());
+    keccak256(bytes)
 }
 
 /// Checks an upto payment against the requirement it accepted (`index` in the route's list).
 pub(super) fn verify(
-    auth: Option<&Permit2Authorization>,
-    presented: &Presented,
+    payment: UptoPayment<'_>,
     requirement: &Requirement,
     index: usize,
     now: u64,
@@ -121,7 +251,9 @@ pub(super) fn verify(
         return Err(Rejection::NoMatchingRequirements);
     };
     let auth = UptoAuthorization::parse(
-        auth.ok_or(Rejection::Malformed("payload.permit2Authorization"))?,
+        payment
+            .auth
+            .ok_or(Rejection::Malformed("payload.permit2Authorization"))?,
     )?;
     if auth.spender != UPTO_PROXY_ADDRESS {
         return Err(Rejection::Permit2Spender);
@@ -151,8 +283,12 @@ pub(super) fn verify(
         return Err(Rejection::Permit2Token);
     }
     let digest = auth.digest(&permit2_domain);
-    let signature = super::recover(presented, auth.owner, digest, policy)
+    let signature = super::recover(payment.signature, auth.owner, digest, policy)
         .map_err(|_| Rejection::Permit2Signature)?;
+    let permit2612 = payment
+        .permit2612
+        .map(|info| check_permit2612(info, &auth, &requirement.domain_separator, now, policy))
+        .transpose()?;
     Ok(VerifiedPayment {
         version: Version::V2,
         requirement: index,
@@ -173,6 +309,7 @@ pub(super) fn verify(
         authorized: Authorized::Upto {
             facilitator: auth.facilitator,
             token: auth.token,
+            permit2612,
         },
     })
 }

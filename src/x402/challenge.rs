@@ -26,6 +26,33 @@ pub struct Challenge {
     html: Bytes,
 }
 
+/// The `extensions` of a challenge offering `upto`: levy's batcher settles through
+/// `settleWithPermit`, so a payer without a Permit2 allowance may answer with an EIP-2612
+/// permit instead of approving first.
+fn eip2612_declaration() -> Value {
+    let address = serde_json::json!({"type": "string", "pattern": "^0x[a-fA-F0-9]{40}$"});
+    let uint = serde_json::json!({"type": "string", "pattern": "^[0-9]+$"});
+    serde_json::json!({
+        super::EIP2612_GAS_SPONSORING: {
+            "info": {
+                "description": "levy settles with an EIP-2612 permit of the token to the canonical Permit2 when the payer has no allowance.",
+                "version": "1",
+            },
+            "schema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": {
+                    "from": address, "asset": address, "spender": address,
+                    "amount": uint, "nonce": uint, "deadline": uint,
+                    "signature": {"type": "string", "pattern": "^0x[a-fA-F0-9]+$"},
+                    "version": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
+                },
+                "required": ["from", "asset", "spender", "amount", "nonce", "deadline", "signature", "version"],
+            },
+        }
+    })
+}
+
 /// One rendered challenge: the `PAYMENT-REQUIRED` header value and the v1 JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
@@ -52,7 +79,15 @@ impl Challenge {
             json_string(description),
             json_string(mime_type)
         );
-        let v2_accepts_tail = format!(r#","accepts":{}}}"#, to_json(&accepts_v2));
+        let extensions = if requirements
+            .iter()
+            .any(|r| matches!(r.scheme, Scheme::Upto { .. }))
+        {
+            format!(r#","extensions":{}"#, eip2612_declaration())
+        } else {
+            String::new()
+        };
+        let v2_accepts_tail = format!(r#","accepts":{}{extensions}}}"#, to_json(&accepts_v2));
         let v1_entries = accepts_v1.iter().map(split_v1_entry).collect();
         Self {
             html: render_html(requirements, description).into(),

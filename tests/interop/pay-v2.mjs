@@ -2,6 +2,8 @@
 // Usage: PAYER_KEY=0x… [X402_NETWORK=eip155:84532] [X402_SCHEME=upto] node pay-v2.mjs URL
 // X402_NETWORK limits the networks the client will pay on (default: any EVM network).
 // X402_SCHEME=upto pays with the metered `upto` scheme (Permit2) instead of `exact`.
+// X402_RPC_URL gives the upto client chain reads, so it answers eip2612GasSponsoring with a
+// permit when the payer has no Permit2 allowance.
 // Prints one JSON line: {status, body, paymentResponse, sentPayment} or {error}.
 import { wrapFetchWithPaymentFromConfig, decodePaymentResponseHeader } from "@x402/fetch";
 import { ExactEvmScheme } from "@x402/evm";
@@ -15,7 +17,10 @@ const pay = wrapFetchWithPaymentFromConfig(recordingFetch, {
   schemes: [
     {
       network: process.env.X402_NETWORK || "eip155:*",
-      client: process.env.X402_SCHEME === "upto" ? new UptoEvmScheme(account) : new ExactEvmScheme(account),
+      client:
+        process.env.X402_SCHEME === "upto"
+          ? new UptoEvmScheme(account, process.env.X402_RPC_URL ? { rpcUrl: process.env.X402_RPC_URL } : undefined)
+          : new ExactEvmScheme(account),
     },
   ],
 });

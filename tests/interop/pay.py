@@ -2,6 +2,8 @@
 
 Usage: PAYER_KEY=0x... [X402_SCHEME=upto] .venv/bin/python pay.py URL
 X402_SCHEME=upto pays with the metered `upto` scheme (Permit2) instead of `exact`.
+X402_RPC_URL gives the signer chain reads, so the upto client answers eip2612GasSponsoring
+with a permit when the payer has no Permit2 allowance.
 Prints one JSON line: {status, body, paymentResponse, sentPayment} or {error}.
 """
 
@@ -15,14 +17,16 @@ from x402 import x402ClientSync
 from x402.http.clients.requests import wrapRequestsWithPayment
 from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.exact import ExactEvmScheme
-from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 
 
 def main() -> None:
     url = sys.argv[1]
     client = x402ClientSync()
-    signer = EthAccountSigner(Account.from_key(os.environ["PAYER_KEY"]))
+    account = Account.from_key(os.environ["PAYER_KEY"])
+    rpc_url = os.environ.get("X402_RPC_URL")
+    signer = EthAccountSignerWithRPC(account, rpc_url) if rpc_url else EthAccountSigner(account)
     if os.environ.get("X402_SCHEME") == "upto":
         client.register("eip155:*", UptoEvmClientScheme(signer=signer))
     else:

@@ -29,6 +29,7 @@ sol! {
         function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
         function DOMAIN_SEPARATOR() external view returns (bytes32);
         function approve(address spender, uint256 value) external returns (bool);
+        function allowance(address owner, address spender) external view returns (uint256);
     }
 }
 
@@ -272,6 +273,19 @@ impl TestChain {
             ITestUsdc::balanceOfCall { account: who }.abi_encode(),
         );
         ITestUsdc::balanceOfCall::abi_decode_returns(&out).expect("balance")
+    }
+
+    /// `who`'s token allowance to Permit2.
+    pub fn permit2_allowance(&self, who: Address) -> U256 {
+        let out = self.call(
+            self.usdc,
+            ITestUsdc::allowanceCall {
+                owner: who,
+                spender: PERMIT2,
+            }
+            .abi_encode(),
+        );
+        ITestUsdc::allowanceCall::abi_decode_returns(&out).expect("allowance")
     }
 
     pub fn authorization_used(&self, authorizer: Address, nonce: B256) -> bool {
