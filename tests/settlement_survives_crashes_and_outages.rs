@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
-use crate::support::process::{spawn_levy, wait_listening};
+use crate::support::process::{process_config as config_in, spawn_levy, wait_listening};
 use crate::support::settle::{open_settlements, settlement_yaml, wait_all_final};
 use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_TO};
 
@@ -21,32 +21,21 @@ type Outcome = (B256, Option<u16>);
 const ROUTES: &str = "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n    \
                       - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n";
 
-/// Writes a config for a levy process in `dir` (data and admin listeners on fresh ports) with
-/// `batching` under `settlement:`; returns its path and the two addresses.
+/// A levy process's config: the test chain, batching as given, the two routes above.
 fn process_config(
     dir: &std::path::Path,
     origin: &Origin,
     chain: &TestChain,
     batching: &str,
 ) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
-    let (port, admin_port) = (free_port(), free_port());
-    let config = dir.join("levy.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
-             upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{1}{2}{3}{ROUTES}",
-            dir.display(),
+    config_in(
+        dir,
+        &format!(
+            "{}{}{}{ROUTES}",
             upstream_yaml(origin.addr),
             chain.levy_yaml(),
             settlement_yaml(dir, batching),
         ),
-    )
-    .expect("write config");
-    (
-        config,
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        SocketAddr::from(([127, 0, 0, 1], admin_port)),
     )
 }
 

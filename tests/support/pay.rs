@@ -93,3 +93,24 @@ pub fn sign_for(challenge: &Value, key: &str) -> (SignedAuthorization, String) {
     let header = signed.v2_header(&accepted, None);
     (signed, header)
 }
+
+/// A `PAYMENT-SIGNATURE` for the first (`upto`) requirement of `path`'s challenge at `addr`:
+/// a Permit2 ceiling signed by `key` with levy's Rust signer, valid for most of
+/// `maxTimeoutSeconds`.
+pub fn upto_payment(addr: std::net::SocketAddr, path: &str, key: &str) -> String {
+    use levy::client::upto::{facilitator, random_permit2_nonce, sign_upto};
+    let challenge = challenge_at(addr, path);
+    let accepted = challenge["accepts"][0].clone();
+    assert_eq!(accepted["scheme"], "upto", "{path} is not metered");
+    let terms = Terms::from_v2(&accepted).expect("terms");
+    let timeout = accepted["maxTimeoutSeconds"].as_u64().expect("timeout");
+    let signed = sign_upto(
+        &Payer::from_hex(key).expect("key"),
+        &terms,
+        facilitator(&accepted).expect("facilitatorAddress"),
+        now() + timeout - 30,
+        random_permit2_nonce(),
+    )
+    .expect("sign");
+    signed.v2_header(&accepted)
+}

@@ -18,6 +18,20 @@ pub fn wait_listening(addr: SocketAddr) {
 pub struct LevyProcess(Child);
 
 impl LevyProcess {
+    /// The process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .expect("the levy process's /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     pub fn sigkill(&mut self) {
         self.0.kill().expect("SIGKILL levy");
         self.0.wait().expect("reap levy");
@@ -42,4 +56,29 @@ pub fn spawn_levy(config: &std::path::Path) -> LevyProcess {
         .spawn()
         .expect("start levy");
     LevyProcess(child)
+}
+
+/// Writes a config for a levy process in `dir` (data and admin listeners on fresh ports)
+/// with `levy_yaml` as the rest of its `levy:` section; returns its path and the two
+/// addresses.
+pub fn process_config(
+    dir: &std::path::Path,
+    levy_yaml: &str,
+) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
+    let (port, admin_port) = (super::free_port(), super::free_port());
+    let config = dir.join("levy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
+             upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{levy_yaml}",
+            dir.display(),
+        ),
+    )
+    .expect("write config");
+    (
+        config,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 1], admin_port)),
+    )
 }

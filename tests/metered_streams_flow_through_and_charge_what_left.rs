@@ -1,0 +1,214 @@
+//! Metered responses as streams: levy passes a large body through without holding it, a
+//! client that leaves halfway pays for what was flushed to it, and an origin that knows its
+//! own usage reports it in a header (or, over HTTP/2, a trailer) that levy reads and strips.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::U256;
+
+use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::origin::Reply;
+use crate::support::pay::upto_payment;
+use crate::support::process::{process_config, spawn_levy, wait_listening};
+use crate::support::settle::{settlement_yaml, settlements_in};
+use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// The ceiling of every metered route here: far above what any test charges.
+const CEILING: u64 = 200_000;
+
+/// A route metered by `meter` (a YAML flow mapping's inner text) at `path`.
+fn route(name: &str, path: &str, meter: &str) -> String {
+    format!(
+        "    - name: {name}\n      path: {path}\n      accepts: [{{network: base-sepolia}}]\n      \
+         meter: {{{meter}, ceiling: \"{CEILING}\"}}\n"
+    )
+}
+
+/// The chain with an approved, funded payer (`KEYS[0]`), and levy's config body for
+/// `routes` in front of `origin`, settling each payment at once.
+fn chain_and_config(origin: &Origin, dir: &std::path::Path, routes: &str) -> (TestChain, String) {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    chain.approve_permit2(KEYS[0]);
+    let yaml = format!(
+        "{}{}{}  routes:\n{routes}",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir, "    max_batch: 1\n    max_delay_ms: 10\n"),
+    );
+    (chain, yaml)
+}
+
+/// Sends a paid `GET path` and reads the response head; returns the stream (positioned at
+/// the body), the status and the header lines.
+fn paid_stream(addr: SocketAddr, path: &str) -> (TcpStream, u16, String, Vec<u8>) {
+    let payment = upto_payment(addr, path, KEYS[0]);
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: levy.test\r\nPAYMENT-SIGNATURE: {payment}\r\n\r\n"
+    )
+    .expect("send");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buf).expect("read the head");
+        assert!(n > 0, "levy closed before answering");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = head.split_off(end + 4);
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let status = text
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .expect("a status");
+            return (stream, status, text, rest);
+        }
+    }
+}
+
+/// Waits until one payment settled; returns what the payee received.
+fn one_settlement(chain: &TestChain, admin: SocketAddr) -> U256 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while settlements_in(admin, "settled") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the payment never settled: {}",
+            request(admin, "GET /settlements HTTP/1.1\r\nHost: admin\r\n\r\n").text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    chain.balance(PAY_TO.parse().expect("pay_to"))
+}
+
+#[test]
+fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
+    const SIZE: usize = 50 << 20;
+    let origin = Origin::start(|_| Reply::ok(vec![b'x'; SIZE]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route("bulk", "/bulk", "unit: bytes, per: 1024, price: \"1\""),
+    );
+    let (config, addr, admin) = process_config(dir.path(), &yaml);
+    let levy = spawn_levy(&config);
+    wait_listening(addr);
+
+    // Warm levy up with a small paid response, then note its memory.
+    let (mut warm, status, _, _) = paid_stream(addr, "/bulk");
+    assert_eq!(status, 200);
+    drop(warm.shutdown(std::net::Shutdown::Both));
+    std::thread::sleep(Duration::from_millis(200));
+    let (before, _) = levy.memory_kib();
+
+    let (mut stream, status, head, rest) = paid_stream(addr, "/bulk");
+    assert_eq!(status, 200, "{head}");
+    let mut received = rest.len();
+    let mut buf = vec![0u8; 256 * 1024];
+    while received < SIZE {
+        let n = stream.read(&mut buf).expect("read the body");
+        assert!(n > 0, "the stream ended after {received} bytes");
+        received += n;
+    }
+    assert_eq!(received, SIZE);
+    let (_, peak) = levy.memory_kib();
+    eprintln!("levy resident: {before} KiB before a 50 MiB metered stream, {peak} KiB at peak");
+    assert!(
+        peak < before + 16 * 1024,
+        "levy grew from {before} KiB to {peak} KiB while streaming 50 MiB: it buffers"
+    );
+    // 51 200 KiB, at one atomic unit each, for the stream (the warm-up paid its own part).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while settlements_in(admin, "settled") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the stream's payment never settled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let paid = chain.balance(PAY_TO.parse().expect("pay_to"));
+    assert!(
+        paid >= U256::from(51_200) && paid <= U256::from(51_200 + 51_200),
+        "the payee received {paid}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_halfway_pays_for_what_was_flushed_to_it() {
+    // 16 MiB in 256 chunks of 64 KiB, 20 ms apart: five seconds to stream in full.
+    let origin = Origin::start(|_| Reply::Chunked {
+        head: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+        chunks: vec![vec![b'x'; 64 * 1024]; 256],
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route("slow", "/slow", "unit: bytes, per: 1024, price: \"1\""),
+    );
+    let levy = Levy::start(&yaml);
+
+    let (mut stream, status, head, rest) = paid_stream(levy.addr, "/slow");
+    assert_eq!(status, 200, "{head}");
+    let mut read = rest.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    while read < 1 << 20 {
+        let n = stream.read(&mut buf).expect("read the body");
+        assert!(n > 0, "the stream ended early");
+        read += n;
+    }
+    drop(stream);
+
+    let charged = one_settlement(&chain, levy.admin);
+    let read_kib = (read / 1024) as u64;
+    eprintln!("a client that read {read_kib} KiB of 16 MiB was charged {charged}");
+    assert!(
+        charged >= U256::from(read_kib),
+        "charged {charged} for {read_kib} KiB read"
+    );
+    assert!(
+        charged <= U256::from(4 * 1024),
+        "charged {charged} for a stream left after {read_kib} KiB: more than was flushed"
+    );
+}
+
+#[test]
+fn an_origin_that_reports_its_usage_in_a_header_is_charged_that_and_the_header_is_stripped() {
+    let origin = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nX-Usage-Tokens: 37\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        )
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route(
+            "llm",
+            "/llm",
+            "unit: origin, header: x-usage-tokens, price: \"3\"",
+        ),
+    );
+    let levy = Levy::start(&yaml);
+    let (mut stream, status, head, mut body) = paid_stream(levy.addr, "/llm");
+    assert_eq!(status, 200, "{head}");
+    while body.len() < 5 {
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).expect("read the body");
+        assert!(n > 0);
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(body, b"hello");
+    assert!(
+        !head.to_ascii_lowercase().contains("x-usage-tokens"),
+        "the usage header reached the client: {head}"
+    );
+    assert_eq!(one_settlement(&chain, levy.admin), U256::from(37 * 3));
+}
