@@ -99,6 +99,8 @@ pub struct Upstream {
     /// Resolved at load time.
     pub address: SocketAddr,
     pub tls: bool,
+    /// Speak HTTP/2 to it (h2c without TLS); the only way an origin's trailers reach levy.
+    pub http2: bool,
     /// Server name for TLS.
     pub sni: String,
     /// Replaces the `Host` header when set.
@@ -1106,6 +1108,7 @@ fn upstreams(
                 name: name.clone(),
                 address,
                 tls: u.tls,
+                http2: u.http2,
                 sni,
                 host: u.host.clone(),
                 connect_timeout: Duration::from_millis(u.connect_timeout_ms),

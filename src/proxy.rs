@@ -1055,6 +1055,15 @@ impl ProxyHttp for LevyProxy {
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.read_timeout = Some(upstream.read_timeout);
         peer.options.write_timeout = Some(upstream.write_timeout);
+        if upstream.http2 {
+            // Over TLS, ALPN picks h2 where the origin offers it; in the clear there is no
+            // negotiation, so h2 only (prior knowledge).
+            peer.options.alpn = if upstream.tls {
+                pingora::protocols::ALPN::H2H1
+            } else {
+                pingora::protocols::ALPN::H2
+            };
+        }
         Ok(Box::new(peer))
     }
 

@@ -212,3 +212,41 @@ fn an_origin_that_reports_its_usage_in_a_header_is_charged_that_and_the_header_i
     );
     assert_eq!(one_settlement(&chain, levy.admin), U256::from(37 * 3));
 }
+
+#[test]
+fn an_origin_that_reports_its_usage_in_an_http2_trailer_is_charged_that() {
+    let origin = crate::support::h2_origin::H2Origin::start(
+        b"a long answer",
+        &[("x-usage-tokens", "250"), ("x-other", "kept")],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    chain.approve_permit2(KEYS[0]);
+    let levy = Levy::start(&format!(
+        "  upstreams:\n    origin:\n      address: {}\n      http2: true\n{}{}  routes:\n{}",
+        origin.addr,
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), "    max_batch: 1\n    max_delay_ms: 10\n"),
+        route(
+            "llm",
+            "/llm",
+            "unit: origin, header: x-usage-tokens, price: \"3\""
+        ),
+    ));
+    let (mut stream, status, head, mut body) = paid_stream(levy.addr, "/llm");
+    assert_eq!(status, 200, "{head}");
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&body).contains("\r\n0\r\n") {
+        let n = stream.read(&mut buf).expect("read the body");
+        assert!(n > 0, "the body ended without its last chunk");
+        body.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(text.contains("a long answer"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("x-usage-tokens"),
+        "the usage trailer reached the client: {text}"
+    );
+    assert_eq!(one_settlement(&chain, levy.admin), U256::from(250 * 3));
+}

@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod client;
+pub mod h2_origin;
 pub mod lagging_rpc;
 pub mod origin;
 pub mod outage;

@@ -255,6 +255,10 @@ pub struct Upstream {
     pub address: String,
     #[serde(default)]
     pub tls: bool,
+    /// Speak HTTP/2 to the origin: over TLS offered by ALPN (HTTP/1.1 the fallback), in
+    /// the clear with prior knowledge (h2c).
+    #[serde(default)]
+    pub http2: bool,
     #[serde(default)]
     pub sni: Option<String>,
     #[serde(default)]

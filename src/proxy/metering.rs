@@ -64,8 +64,11 @@ impl Metering {
         }
     }
 
-    /// Reads (and strips) the origin's usage from response trailers.
+    /// Reads (and strips) the origin's usage from response trailers. Trailers close a
+    /// response: the body before them is complete (over HTTP/2 no empty end-of-stream
+    /// chunk need follow them).
     pub fn on_trailers(&mut self, trailers: &mut http::HeaderMap) {
+        self.complete = true;
         if let Unit::Origin { header } = &self.unit {
             let value = trailers.remove(header);
             self.take_report(value);
