@@ -102,7 +102,7 @@ fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
     wait_listening(addr);
 
     // Warm levy up with a small paid response, then note its memory.
-    let (mut warm, status, _, _) = paid_stream(addr, "/bulk");
+    let (warm, status, _, _) = paid_stream(addr, "/bulk");
     assert_eq!(status, 200);
     drop(warm.shutdown(std::net::Shutdown::Both));
     std::thread::sleep(Duration::from_millis(200));

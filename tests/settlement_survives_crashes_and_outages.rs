@@ -11,7 +11,7 @@ use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
 use crate::support::process::{process_config as config_in, spawn_levy, wait_listening};
 use crate::support::settle::{open_settlements, settlement_yaml, wait_all_final};
-use crate::support::{free_port, request, send, upstream_yaml, Levy, Origin, PAY_TO};
+use crate::support::{request, send, upstream_yaml, Levy, Origin, PAY_TO};
 
 const PRICE: u64 = 1000;
 
