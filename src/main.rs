@@ -1,5 +1,6 @@
 //! The `levy` binary: `levy -c FILE` runs the proxy, `levy check -c FILE` validates a config
-//! and prints its route table, `levy pay URL` pays for a URL as an x402 client would.
+//! and prints its route table, `levy pay URL` pays for a URL as an x402 client would,
+//! `levy deploy-batcher` deploys the contract metered routes settle through.
 
 use std::process::ExitCode;
 
@@ -34,6 +35,17 @@ enum Command {
         #[arg(long, default_value = "LEVY_PAYER_KEY")]
         key_env: String,
     },
+    /// Deploy levy's upto batcher on a network, owned by the settler key (read from the
+    /// environment variable named by --key-env), and print the `batcher:` line to configure.
+    DeployBatcher {
+        #[arg(long)]
+        rpc_url: String,
+        #[arg(long, default_value = "LEVY_SETTLER_KEY")]
+        key_env: String,
+        /// x402's upto proxy (its canonical address unless a chain has it elsewhere).
+        #[arg(long, default_value_t = levy::x402::UPTO_PROXY_ADDRESS)]
+        proxy: alloy_primitives::Address,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +53,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
         Some(Command::Pay { url, key_env }) => pay(&url, &key_env),
+        Some(Command::DeployBatcher {
+            rpc_url,
+            key_env,
+            proxy,
+        }) => deploy_batcher(&rpc_url, &key_env, proxy),
         None => run(cli.pingora),
     }
 }
@@ -94,6 +111,43 @@ fn pay(url: &str, key_env: &str) -> ExitCode {
             eprintln!("levy pay: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn deploy_batcher(rpc_url: &str, key_env: &str, proxy: alloy_primitives::Address) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("levy deploy-batcher: {e}");
+        ExitCode::FAILURE
+    };
+    let Ok(key) = std::env::var(key_env) else {
+        return fail(&format!(
+            "set ${key_env} to the settler's private key (hex)"
+        ));
+    };
+    let settler: alloy::signers::local::PrivateKeySigner = match key.trim().parse() {
+        Ok(signer) => signer,
+        Err(_) => return fail(&format!("${key_env} is not a hex private key")),
+    };
+    let owner = settler.address();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(levy::settle::deploy::deploy_batcher(
+        rpc_url, settler, proxy,
+    )) {
+        Ok(deployed) => {
+            println!(
+                "LevyBatcher deployed on chain {} at {} (transaction {}), owner {owner}, proxy {proxy}",
+                deployed.chain_id, deployed.address, deployed.transaction
+            );
+            println!("networks.<name>.batcher: \"{}\"", deployed.address);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 

@@ -12,6 +12,7 @@
 //! prove unused. EIP-3009 itself makes a second transfer of one authorization impossible.
 
 pub mod chain;
+pub mod deploy;
 pub mod exposure;
 pub mod facilitator;
 pub mod funds;

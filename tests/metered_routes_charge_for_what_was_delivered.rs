@@ -264,3 +264,54 @@ fn a_payer_without_an_allowance_pays_with_an_eip2612_permit_settled_in_the_same_
     );
     assert_eq!(s.chain.tx_count(signer(SETTLER_KEY).address()), 1);
 }
+
+#[test]
+fn an_operator_deploys_a_batcher_with_levy_and_metered_payments_settle_through_it() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    chain.approve_permit2(KEYS[0]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_levy"))
+        .args(["deploy-batcher", "--rpc-url", &chain.rpc_url])
+        .env("LEVY_SETTLER_KEY", SETTLER_KEY)
+        .output()
+        .expect("run levy deploy-batcher");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let batcher: alloy::primitives::Address = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("networks.<name>.batcher: "))
+        .map(|a| a.trim_matches('"').parse().expect("an address"))
+        .unwrap_or_else(|| panic!("no batcher line in {stdout}"));
+    assert_ne!(batcher, chain.batcher);
+
+    let origin = crate::support::Origin::start(|_| ndjson(&records(3)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], \
+         meter: {{unit: records, price: \"{PER_RECORD}\", ceiling: \"{CEILING}\"}}}}\n",
+        upstream_yaml(origin.addr),
+        chain
+            .levy_yaml()
+            .replace(&chain.batcher.to_string(), &batcher.to_string()),
+        settlement_yaml(dir.path(), "    max_batch: 1\n    max_delay_ms: 10\n"),
+    ));
+    let challenge = crate::support::pay::challenge(&levy, "/feed");
+    assert_eq!(
+        challenge["accepts"][0]["extra"]["facilitatorAddress"],
+        batcher.to_checksum(None)
+    );
+    let payment = crate::support::pay::upto_payment(levy.addr, "/feed", KEYS[0]);
+    let paid = request(levy.addr, &paid_get("/feed", "PAYMENT-SIGNATURE", &payment));
+    assert_eq!(paid.status, 200, "{}", paid.text());
+    let s = Setup {
+        chain,
+        levy,
+        _origin: origin,
+        _dir: dir,
+    };
+    assert_eq!(settled(&s, 1), U256::from(3 * PER_RECORD));
+}
