@@ -315,3 +315,43 @@ fn an_operator_deploys_a_batcher_with_levy_and_metered_payments_settle_through_i
     };
     assert_eq!(settled(&s, 1), U256::from(3 * PER_RECORD));
 }
+
+/// Gas per metered payment by batch size (BENCHMARKS.md): `batch` payments of 3 records
+/// each, settled in one batcher transaction.
+fn gas_per_payment(batch: usize) -> u64 {
+    let s = setup(batch);
+    for _ in 0..batch {
+        let payment = crate::support::pay::upto_payment(s.levy.addr, "/feed?n=3", KEYS[0]);
+        let paid = request(
+            s.levy.addr,
+            &paid_get("/feed?n=3", "PAYMENT-SIGNATURE", &payment),
+        );
+        assert_eq!(paid.status, 200, "{}", paid.text());
+    }
+    assert_eq!(
+        settled(&s, batch),
+        U256::from(batch as u64 * 3 * PER_RECORD)
+    );
+    assert_eq!(
+        s.chain.tx_count(signer(SETTLER_KEY).address()),
+        1,
+        "{batch} metered payments were not settled in one transaction"
+    );
+    let listing = s
+        .levy
+        .admin_get("/settlements?state=settled&limit=1")
+        .json();
+    let tx: alloy::primitives::B256 = listing["settlements"][0]["transaction"]
+        .as_str()
+        .expect("a transaction")
+        .parse()
+        .expect("a hash");
+    s.chain.gas_used(tx) / batch as u64
+}
+
+#[test]
+fn a_hundred_metered_payments_settle_in_one_transaction_for_less_gas_each() {
+    let [one, ten, hundred] = [1, 10, 100].map(gas_per_payment);
+    eprintln!("gas per metered payment: batch of 1: {one}, of 10: {ten}, of 100: {hundred}");
+    assert!(hundred < ten && ten < one, "{one} {ten} {hundred}");
+}
