@@ -1,0 +1,532 @@
+//! The money of a request: admitting a reserved payment before forwarding (funds, exposure
+//! caps, settle-first, facilitator checks), charging or releasing it on the origin's answer,
+//! and fixing a metered response's charge when it ends.
+
+use super::*;
+
+impl LevyProxy {
+    /// A reservation still open when the exchange fails or ends means the upstream never
+    /// answered (connect failure, timeout, client gone): nothing was delivered, so nothing
+    /// is charged and the authorization is free again.
+    pub(super) fn release_unanswered(&self, ctx: &mut RequestCtx) {
+        if !matches!(ctx.payment, PaymentState::Reserved(_)) {
+            return;
+        }
+        if let PaymentState::Reserved(paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::Released)
+        {
+            if paid.tx_hash.is_some() {
+                // Already settled on chain before forwarding: the money moved; keep it used.
+                self.nonces.commit(&paid.verified.key);
+                ctx.payment = PaymentState::Charged(paid);
+                return;
+            }
+            self.nonces.release(&paid.verified.key);
+            metrics()
+                .payments_released
+                .with_label_values(&[ctx.route_label()])
+                .inc();
+        }
+    }
+
+    /// Releases the payment reserved for this request (nothing was charged) and records
+    /// the outcome the request ends with.
+    pub(super) fn drop_reservation(&self, ctx: &mut RequestCtx, outcome: Outcome) {
+        if let PaymentState::Reserved(paid) = &ctx.payment {
+            self.nonces.release(&paid.verified.key);
+        }
+        ctx.payment = PaymentState::Released;
+        ctx.outcome = outcome;
+    }
+
+    /// Refuses a reserved payment with a 402 carrying `reason` (a fixed x402-style code).
+    pub(super) fn refuse_payment(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        reason: &str,
+    ) -> Reply {
+        self.reject_reserved(ctx, reason);
+        self.challenge(session, paywall, reason, reason)
+    }
+
+    /// Releases a reserved payment that levy refuses, and counts the refusal under `reason`.
+    pub(super) fn reject_reserved(&self, ctx: &mut RequestCtx, reason: &str) {
+        self.drop_reservation(ctx, Outcome::PaymentRejected);
+        metrics()
+            .payments_rejected
+            .with_label_values(&[ctx.route_label(), reason])
+            .inc();
+    }
+
+    /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
+    /// 503 to answer (`funds.on_rpc_error`).
+    pub(super) fn funds_unread(
+        &self,
+        settlement: &Settlement,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Reply> {
+        match settlement.on_rpc_error() {
+            OnRpcError::ServeWithinCaps => Ok(()),
+            OnRpcError::Refuse => Err(self.retry_later(
+                ctx,
+                "cannot check the payer's balance now; retry later with the same payment",
+                "2",
+            )),
+        }
+    }
+
+    /// Admits a reserved payment on a route levy settles: the facilitator's `/verify` when
+    /// so configured, the deny list, the payer's funds (batched routes: the cached balance
+    /// must cover the payer's unsettled and in-flight payments plus this one), then its
+    /// share of exposure, reserved atomically. Settles it before forwarding when the route
+    /// asks for it or a cap or the loss budget does. `Some(reply)` refuses the request.
+    pub(super) async fn settle_first(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let route = ctx.route.clone()?;
+        let Access::Priced(paywall) = &route.access else {
+            return None;
+        };
+        let PaymentState::Reserved(paid) = &ctx.payment else {
+            return None;
+        };
+        if settlement.verifies_remotely() {
+            if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
+                log::info!(
+                    "facilitator refused a payment on route {}: {reason}",
+                    route.name
+                );
+                // Its standard x402 reason is repeated; its own words are not.
+                let code = match crate::settle::reason_code(&reason) {
+                    "settlement_failed" => "facilitator_invalid",
+                    code => code,
+                };
+                return Some(self.refuse_payment(session, paywall, ctx, code));
+            }
+        }
+        let verified = paid.verified.clone();
+        let network = paid.network_name.clone();
+        if let PayerSignature::Contract { bytes, digest } = &verified.signature {
+            match settlement
+                .check_signature(&network, verified.payer, *digest, bytes)
+                .await
+            {
+                SignatureCheck::Valid => {}
+                SignatureCheck::Invalid => {
+                    let reason = Rejection::BadSignature.reason();
+                    return Some(self.refuse_payment(session, paywall, ctx, reason));
+                }
+                SignatureCheck::Unknown => {
+                    return Some(self.retry_later(
+                        ctx,
+                        "cannot check the contract wallet's signature now; retry later with the same payment",
+                        "2",
+                    ));
+                }
+            }
+        }
+        if let Some(reason) = settlement.denied(verified.payer) {
+            log::debug!("payer {} is denied: {reason}", verified.payer);
+            return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
+        }
+        if let Authorized::Upto { token, .. } = verified.authorized {
+            return self
+                .admit_metered(session, paywall, ctx, &verified, &network, token)
+                .await;
+        }
+        let batched = paywall.settle != SettleMode::BeforeResponse;
+        let balance = if batched && settlement.checks_funds() {
+            let key = &verified.key;
+            match settlement
+                .funds(&network, key.chain_id, key.asset, verified.payer, key.nonce)
+                .await
+            {
+                FundsView::Known(balance) => Some(balance),
+                FundsView::AuthorizationUsed => {
+                    let reason = Rejection::AlreadyUsed.reason();
+                    return Some(self.refuse_payment(session, paywall, ctx, reason));
+                }
+                FundsView::Unknown => match self.funds_unread(settlement, ctx) {
+                    Ok(()) => None,
+                    Err(reply) => return Some(reply),
+                },
+            }
+        } else {
+            None
+        };
+        let (mut admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        if batched && admission == Admission::Defer {
+            match settlement.backlog(verified.valid_before) {
+                None => {}
+                Some(OnBacklog::SettleFirst) => {
+                    admission = Admission::SettleFirst(Pressure::Backlog);
+                }
+                Some(OnBacklog::Refuse) => {
+                    drop(hold);
+                    return Some(self.retry_later(
+                        ctx,
+                        "settlement is behind; retry later with the same payment",
+                        "5",
+                    ));
+                }
+            }
+        }
+        match admission {
+            Admission::Unfunded => {
+                return Some(self.refuse_payment(
+                    session,
+                    paywall,
+                    ctx,
+                    "invalid_exact_evm_insufficient_balance",
+                ))
+            }
+            Admission::Defer if batched => {
+                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                    paid.hold = hold;
+                }
+                return None;
+            }
+            Admission::Defer => {}
+            Admission::SettleFirst(pressure) => {
+                if batched {
+                    metrics()
+                        .settle_first
+                        .with_label_values(&[pressure.as_str()])
+                        .inc();
+                }
+            }
+        }
+        let PaymentState::Reserved(paid) = &mut ctx.payment else {
+            return None;
+        };
+        match settlement.settle_now(paid.record(&route.name), hold).await {
+            Ok(hash) => {
+                paid.tx_hash = Some(hash);
+                None
+            }
+            Err(SettleError::Failed(reason)) => {
+                let reason = crate::settle::reason_code(&reason);
+                Some(self.refuse_payment(session, paywall, ctx, reason))
+            }
+            Err(SettleError::Pending) => {
+                // The transfer is out there; its outcome will be reconciled. Keep the
+                // authorization reserved (it expires with validBefore) and say so.
+                let id = paid.id.clone();
+                ctx.payment = PaymentState::None;
+                ctx.outcome = Outcome::SettlementUnavailable;
+                Some(self.settlement_pending(&id))
+            }
+            Err(e) => {
+                log::warn!("settle before response failed on route {}: {e}", route.name);
+                Some(self.retry_later(
+                    ctx,
+                    "settlement unavailable; retry later with the same payment",
+                    "5",
+                ))
+            }
+        }
+    }
+
+    /// Admits a reserved `upto` payment: the payer's allowance to Permit2 must cover the
+    /// ceiling, or its EIP-2612 permit must still be usable (else 412
+    /// `permit2_allowance_required`, as the reference servers answer), and
+    /// its balance the ceiling plus its unsettled payments; the ceiling's share of exposure
+    /// is held until the charge is known. A metered payment cannot be settled before its
+    /// response, so where an exact one would settle first this one waits (503).
+    pub(super) async fn admit_metered(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        verified: &VerifiedPayment,
+        network: &str,
+        token: alloy_primitives::Address,
+    ) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let balance = if settlement.checks_funds() {
+            let chain_id = verified.key.chain_id;
+            match settlement
+                .upto_funds(network, chain_id, token, verified.payer)
+                .await
+            {
+                UptoFunds::Known {
+                    allowance,
+                    permit_nonce,
+                    ..
+                } if allowance < verified.amount
+                    && !permit_usable(&verified.authorized, permit_nonce) =>
+                {
+                    let reason = "permit2_allowance_required";
+                    self.reject_reserved(ctx, reason);
+                    let body = serde_json::json!({
+                        "error": reason,
+                        "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
+                        "message": "approve Permit2 to spend the token (or answer the eip2612GasSponsoring extension with a permit at the token's current nonce), then retry",
+                    });
+                    return Some(Reply::new(412, "application/json", body.to_string()));
+                }
+                UptoFunds::Known { balance, .. } => Some(balance),
+                UptoFunds::Unknown => match self.funds_unread(settlement, ctx) {
+                    Ok(()) => None,
+                    Err(reply) => return Some(reply),
+                },
+            }
+        } else {
+            None
+        };
+        let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        match admission {
+            Admission::Unfunded => {
+                Some(self.refuse_payment(session, paywall, ctx, "permit2_insufficient_balance"))
+            }
+            Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
+                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                    paid.hold = hold;
+                }
+                None
+            }
+            Admission::Defer | Admission::SettleFirst(_) => {
+                drop(hold);
+                Some(self.retry_later(
+                    ctx,
+                    "settlement is behind; retry later with the same payment",
+                    "5",
+                ))
+            }
+        }
+    }
+
+    /// Drops the reservation and answers 503 with `Retry-After`: levy cannot decide now, and
+    /// the client may retry with the same payment.
+    pub(super) fn retry_later(
+        &self,
+        ctx: &mut RequestCtx,
+        text: &'static str,
+        seconds: &'static str,
+    ) -> Reply {
+        self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+        Reply::text(503, text).header(header::RETRY_AFTER, seconds)
+    }
+
+    /// The 503 for a payment whose transfer is out but unconfirmed: it names the payment
+    /// and its status page, so the client can check before paying again.
+    pub(super) fn settlement_pending(&self, id: &str) -> Reply {
+        let base = self.config.public_url.as_deref().unwrap_or("");
+        let body = serde_json::json!({
+            "error": "settlement_pending",
+            "paymentId": id,
+            "statusUrl": format!("{base}{STATUS_PATH}{id}"),
+        });
+        Reply::new(503, "application/json", body.to_string()).header(header::RETRY_AFTER, "5")
+    }
+
+    /// Decides the fate of a reserved payment once the upstream's status is known: below 400
+    /// the payment is charged and the response carries the settlement header; 400 and above
+    /// (as the reference servers do) it is released, so the client may retry with it.
+    pub(super) async fn settle_payment(
+        &self,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let PaymentState::Reserved(mut paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::None)
+        else {
+            return Ok(());
+        };
+        let route = ctx.route_label().to_owned();
+        if response.status.as_u16() >= 400 && paid.tx_hash.is_none() {
+            self.nonces.release(&paid.verified.key);
+            metrics()
+                .payments_released
+                .with_label_values(&[route.as_str()])
+                .inc();
+            ctx.outcome = Outcome::PaymentReleased;
+            ctx.payment = PaymentState::Released;
+            return Ok(());
+        }
+        if let Some(metering) = paid.metering.as_mut() {
+            // Charged when the response ends, for what it delivered.
+            metering.on_headers(response);
+            make_private(response)?;
+            ctx.outcome = Outcome::Paid;
+            ctx.payment = PaymentState::Metering(paid);
+            return Ok(());
+        }
+        let status = match (&self.settlement, paid.tx_hash) {
+            (_, Some(_)) => "settled",
+            (Some(settlement), None)
+                if paid.verified.valid_before < unix_now() + settlement.settle_window_seconds() =>
+            {
+                // Too close to validBefore for a batch: settle before the response leaves,
+                // or serve nothing.
+                let hold = paid.hold.take();
+                match settlement.settle_now(paid.record(&route), hold).await {
+                    Ok(hash) => {
+                        paid.tx_hash = Some(hash);
+                        "settled"
+                    }
+                    Err(SettleError::Pending) => {
+                        ctx.failure = Some(
+                            "settlement pending; check the payment status before paying again",
+                        );
+                        ctx.payment = PaymentState::None;
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(503),
+                            "settlement outcome unknown",
+                        ));
+                    }
+                    Err(e) => {
+                        log::info!("payment {} not settled before it expires: {e}", paid.id);
+                        self.nonces.release(&paid.verified.key);
+                        ctx.payment = PaymentState::Released;
+                        ctx.failure = Some(
+                            "the payment could not be settled before its authorization expires; nothing was charged",
+                        );
+                        return Err(Error::explain(
+                            ErrorType::HTTPStatus(402),
+                            "authorization expiring",
+                        ));
+                    }
+                }
+            }
+            (Some(settlement), None) => {
+                // Journaled durably before the response leaves; if that fails, nothing is
+                // charged and the client is told to retry.
+                let hold = paid.hold.take();
+                if let Err(e) = settlement.accept(paid.record(&route), hold).await {
+                    log::error!("cannot journal payment {}: {e}", paid.id);
+                    self.nonces.release(&paid.verified.key);
+                    ctx.payment = PaymentState::Released;
+                    ctx.failure = Some("cannot record the payment; nothing was charged");
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "journal write failed",
+                    ));
+                }
+                "pending"
+            }
+            (None, None) => "accepted",
+        };
+        self.nonces.commit(&paid.verified.key);
+        if let Some(m) = self.metrics_of(ctx) {
+            m.payments_charged.inc();
+        }
+        ctx.outcome = Outcome::Paid;
+        let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
+        if self.settlement.is_some() {
+            let base = self.config.public_url.as_deref().unwrap_or("");
+            levy_ext["statusUrl"] =
+                serde_json::Value::String(format!("{base}{STATUS_PATH}{}", paid.id));
+        }
+        let receipt = SettleResponse {
+            success: true,
+            transaction: paid.tx_hash.map(|h| h.to_string()).unwrap_or_default(),
+            network: paid.network.clone(),
+            payer: paid.verified.payer.to_checksum(None),
+            amount: None,
+            extensions: Some(serde_json::json!({ "levy": levy_ext })),
+        };
+        let encoded = x402::encode_header(
+            serde_json::to_string(&receipt)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        let name = match paid.verified.version {
+            Version::V2 => PAYMENT_RESPONSE,
+            Version::V1 => X_PAYMENT_RESPONSE,
+        };
+        response.insert_header(name, encoded)?;
+        make_private(response)?;
+        ctx.payment = PaymentState::Charged(paid);
+        Ok(())
+    }
+}
+
+impl LevyProxy {
+    /// Fixes a metered response's charge once it ended (completely, cut by the origin, or
+    /// by the client: what was flushed to it), and journals it: a charge above zero is
+    /// queued for a batch, zero is journaled `void` and sends no transaction. Either way the
+    /// Permit2 nonce stays used.
+    pub(super) async fn finish_metering(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        if !matches!(ctx.payment, PaymentState::Metering(_)) {
+            return;
+        }
+        let PaymentState::Metering(mut paid) =
+            std::mem::replace(&mut ctx.payment, PaymentState::None)
+        else {
+            return;
+        };
+        let Some(metering) = paid.metering.take() else {
+            return;
+        };
+        let origin_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let ending = metering.ending(origin_failed);
+        let (units, amount) = metering.charge(ending, session.body_bytes_sent() as u64);
+        let route = ctx.route_label().to_owned();
+        metrics()
+            .metered_units
+            .with_label_values(&[route.as_str(), metering.unit_name()])
+            .inc_by(units);
+        let mut record = paid.record(&route);
+        record.amount = amount;
+        let mut hold = paid.hold.take();
+        if let Some(hold) = hold.as_mut() {
+            hold.shrink_to(amount);
+        }
+        self.nonces.commit(&paid.verified.key);
+        if let Some(settlement) = &self.settlement {
+            let journaled = if amount.is_zero() {
+                drop(hold);
+                settlement.record_void(record).await
+            } else {
+                settlement.accept(record, hold).await
+            };
+            if let Err(e) = journaled {
+                log::error!(
+                    "cannot journal metered payment {} ({amount} charged): {e}",
+                    paid.id
+                );
+            }
+        }
+        if !amount.is_zero() {
+            metrics()
+                .metered_amount
+                .with_label_values(&[route.as_str()])
+                .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+            if let Some(m) = self.metrics_of(ctx) {
+                m.payments_charged.inc();
+            }
+        }
+        log::debug!(
+            "metered payment {} on route {route}: {units} units, {amount} charged ({ending:?})",
+            paid.id
+        );
+        ctx.payment = PaymentState::Charged(paid);
+    }
+}
+
+/// Whether an upto payment carries an EIP-2612 permit the token will still accept: signed at
+/// the payer's current nonce (read with its allowance). The settler runs it before the
+/// transfer, so it stands in for the allowance.
+pub(super) fn permit_usable(
+    authorized: &Authorized,
+    permit_nonce: Option<alloy_primitives::U256>,
+) -> bool {
+    match authorized {
+        Authorized::Upto {
+            permit2612: Some(permit),
+            ..
+        } => permit_nonce == Some(permit.nonce),
+        _ => false,
+    }
+}

@@ -1,0 +1,258 @@
+//! The paywall decision for a request: screen it, serve levy's own status pages, find its
+//! route, and for a priced route answer the 402 challenge or a CORS preflight, or verify the
+//! payment and reserve its authorization.
+
+use super::*;
+
+impl LevyProxy {
+    /// `GET /_levy/settlements/{id}`: where a payment's settlement stands.
+    pub(super) fn status_page(&self, req: &RequestHeader) -> Option<Reply> {
+        let settlement = self.settlement.as_ref()?;
+        let id = req.uri.path().strip_prefix(STATUS_PATH)?;
+        if req.method != http::Method::GET {
+            return Some(Reply::text(405, "use GET"));
+        }
+        Some(match settlement.get(id) {
+            Ok(Some(record)) => Reply::new(
+                200,
+                "application/json",
+                crate::admin::record_json(&record).to_string(),
+            )
+            .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            Ok(None) => Reply::text(404, "no such payment"),
+            Err(e) => {
+                log::error!("status page: {e}");
+                Reply::text(500, "cannot read the journal")
+            }
+        })
+    }
+
+    /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
+    pub(super) fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
+        let req = session.req_header();
+        if let Some(reply) = screen(req, self.config.max_request_header_bytes) {
+            ctx.outcome = Outcome::BadRequest;
+            return Some(reply);
+        }
+        if let Some(reply) = self.status_page(req) {
+            ctx.outcome = Outcome::Status;
+            return Some(reply);
+        }
+        let (host, path) = match routable(req) {
+            Ok(parts) => parts,
+            Err(reply) => {
+                ctx.outcome = Outcome::BadRequest;
+                return Some(reply);
+            }
+        };
+        let key = RequestKey::new(host, req.method.as_str(), path);
+        let route = match self.config.routes.lookup(&key) {
+            Lookup::Found(route) => Some(route),
+            Lookup::NotFound => None,
+            Lookup::EncodedSeparator => {
+                ctx.outcome = Outcome::BadRequest;
+                return Some(Reply::text(
+                    400,
+                    "an encoded `/` or `\\` is not allowed in a priced path",
+                ));
+            }
+        };
+        let Some(route) = route else {
+            return match &self.config.unmatched {
+                Unmatched::NotFound => {
+                    ctx.outcome = Outcome::NotFound;
+                    Some(Reply::text(404, "no route matches this request"))
+                }
+                Unmatched::Pass(upstream) => {
+                    ctx.upstream = Some(Arc::clone(upstream));
+                    None
+                }
+            };
+        };
+        ctx.route = Some(Arc::clone(route));
+        ctx.upstream = Some(Arc::clone(&route.upstream));
+        match &route.access {
+            Access::Free => None,
+            Access::Priced(paywall) => self.paywall_reply(session, paywall, ctx),
+        }
+    }
+
+    /// The answer on a priced route: `None` forwards a verified, reserved payment; otherwise
+    /// a preflight, or a 402 challenge (no payment, or the payment's rejection reason).
+    pub(super) fn paywall_reply(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Reply> {
+        let req = session.req_header();
+        if is_preflight(req) {
+            ctx.outcome = Outcome::Preflight;
+            return Some(preflight(req));
+        }
+        let Some(header) = req
+            .headers
+            .get(PAYMENT_SIGNATURE_HEADER)
+            .or_else(|| req.headers.get(X_PAYMENT_HEADER))
+        else {
+            ctx.outcome = Outcome::PaymentRequired;
+            return Some(self.challenge(
+                session,
+                paywall,
+                x402::V2_PAYMENT_REQUIRED_ERROR,
+                x402::V1_PAYMENT_REQUIRED_ERROR,
+            ));
+        };
+        match self.accept_payment(header.as_bytes(), paywall) {
+            Ok(mut paid) => {
+                if let Some(m) = self.metrics_of(ctx) {
+                    m.payments_verified.inc();
+                }
+                if self
+                    .settlement
+                    .as_ref()
+                    .is_some_and(Settlement::uses_facilitator)
+                {
+                    self.keep_for_facilitator(&mut paid, header.as_bytes(), paywall, session);
+                }
+                ctx.payment = PaymentState::Reserved(Box::new(paid));
+                None
+            }
+            Err(rejection) => {
+                log::debug!(
+                    "payment refused on route {}: {rejection}",
+                    ctx.route_label()
+                );
+                metrics()
+                    .payments_rejected
+                    .with_label_values(&[ctx.route_label(), rejection.reason()])
+                    .inc();
+                ctx.outcome = Outcome::PaymentRejected;
+                Some(self.challenge(session, paywall, rejection.reason(), rejection.reason()))
+            }
+        }
+    }
+
+    /// Verifies a payment header and reserves its authorization.
+    pub(super) fn accept_payment(
+        &self,
+        header: &[u8],
+        paywall: &Paywall,
+    ) -> Result<Paid, Rejection> {
+        let started = Instant::now();
+        let verified = verify::verify(
+            header,
+            &paywall.requirements,
+            paywall.challenge.accepts_v2(),
+            unix_now(),
+            &self.config.policy,
+        );
+        metrics()
+            .verify_duration
+            .observe(started.elapsed().as_secs_f64());
+        let verified = verified?;
+        match self.nonces.reserve(&verified.key, verified.valid_before) {
+            Reservation::Reserved => {}
+            Reservation::InFlight => return Err(Rejection::InFlight),
+            Reservation::AlreadyUsed if verified.is_upto() => {
+                return Err(Rejection::Permit2NonceUsed)
+            }
+            Reservation::AlreadyUsed => return Err(Rejection::AlreadyUsed),
+        }
+        let metering = paywall.metered.as_ref().and_then(|m| {
+            let rates = m.rates.get(verified.requirement).copied().flatten()?;
+            Some(Metering::new(m.unit.clone(), rates))
+        });
+        let requirement = paywall.requirements.get(verified.requirement);
+        let network = match verified.version {
+            Version::V2 => requirement.map(|r| r.network.clone()),
+            Version::V1 => requirement.and_then(|r| r.v1_network.clone()),
+        }
+        .unwrap_or_default();
+        Ok(Paid {
+            id: verified.key.payment_id(unix_ms()),
+            verified,
+            network,
+            network_name: requirement
+                .map(|r| r.network_name.clone())
+                .unwrap_or_default(),
+            tx_hash: None,
+            payload: None,
+            requirement: None,
+            hold: None,
+            metering,
+        })
+    }
+
+    /// Keeps the decoded payload and the matched requirement (in the payload's version
+    /// shape) with the payment, for a facilitator.
+    pub(super) fn keep_for_facilitator(
+        &self,
+        paid: &mut Paid,
+        header: &[u8],
+        paywall: &Paywall,
+        session: &Session,
+    ) {
+        paid.payload = x402::decode_header(header).and_then(|bytes| String::from_utf8(bytes).ok());
+        let index = paid.verified.requirement;
+        paid.requirement = match paid.verified.version {
+            Version::V2 => paywall
+                .challenge
+                .accepts_v2()
+                .get(index)
+                .and_then(|r| serde_json::to_value(r).ok()),
+            Version::V1 => paywall.requirements.get(index).and_then(|r| {
+                let url = self.resource_url(session, paywall);
+                paywall.challenge.v1_requirement_json(r, &url)
+            }),
+        };
+    }
+
+    /// A 402 challenge for the route, with `error` set to the given strings.
+    pub(super) fn challenge(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        v2_error: &str,
+        v1_error: &str,
+    ) -> Reply {
+        let req = session.req_header();
+        let url = self.resource_url(session, paywall);
+        let rendered = paywall.challenge.render(v2_error, v1_error, &url);
+        let reply = if is_browser(req) {
+            Reply::new(402, "text/html; charset=utf-8", paywall.challenge.html())
+        } else {
+            Reply::new(402, "application/json", rendered.v1_body)
+        }
+        .header(HeaderName::from_static(PAYMENT_REQUIRED), rendered.header)
+        .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE);
+        if unread_body_is_large(req) {
+            reply.close()
+        } else {
+            reply
+        }
+    }
+
+    /// The absolute URL of the requested resource, as challenges name it.
+    pub(super) fn resource_url(&self, session: &Session, paywall: &Paywall) -> String {
+        if paywall.challenge.has_fixed_resource() {
+            // The challenge ignores the request URL when the route fixes its resource.
+            return String::new();
+        }
+        let req = session.req_header();
+        let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
+        match &self.config.public_url {
+            Some(base) => format!("{base}{path}"),
+            None => {
+                let host = request_host(req);
+                let host = if host.is_empty() {
+                    self.config.data_listener.to_string()
+                } else {
+                    host.to_owned()
+                };
+                format!("http://{host}{path}")
+            }
+        }
+    }
+}
