@@ -1,0 +1,464 @@
+//! One batch on its way on chain: the facilitator back end, the multicall pre-check that
+//! partitions a batch (expired, unfunded, already used, to send), signing and journaling
+//! before broadcast, receipts, fee bumps, and reconciling what a crash left in flight.
+
+use super::*;
+
+impl Settlement {
+    pub(super) async fn settle_batch(&self, network: &str, batch: Vec<PaymentRecord>) {
+        if let Some((facilitator, _)) = &self.inner.facilitator {
+            self.settle_with_facilitator(facilitator, batch).await;
+            return;
+        }
+        let Some(chain) = self.inner.chains.get(network) else {
+            self.finish(
+                batch,
+                SettlementState::NeedsReview,
+                Some("no_chain_configured"),
+                None,
+            )
+            .await;
+            return;
+        };
+        let checks = match chain.precheck(&batch).await {
+            Ok(checks) => checks,
+            Err(e) => {
+                log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
+                self.requeue_pending(batch, Some("rpc_unavailable".into()), false)
+                    .await;
+                return;
+            }
+        };
+        let now = unix_now();
+        let mut balances: HashMap<(Address, Address), U256> = HashMap::new();
+        let mut send = Vec::new();
+        let (mut expired, mut broke) = (Vec::new(), Vec::new());
+        let (mut used, mut unread) = (Vec::new(), Vec::new());
+        let (mut refused, mut early) = (Vec::new(), Vec::new());
+        for (record, check) in batch.into_iter().zip(checks) {
+            if check.used {
+                used.push(record);
+                continue;
+            }
+            if record.valid_before <= now + 3 {
+                expired.push(record);
+                continue;
+            }
+            let Some(read) = check.balance else {
+                // A balance that could not be read is unknown, never zero: the payer is not
+                // failed (nor denied) on it.
+                unread.push(record);
+                continue;
+            };
+            let balance = balances.entry((record.asset, record.payer)).or_insert(read);
+            if *balance < record.amount {
+                broke.push(record);
+                continue;
+            }
+            *balance -= record.amount;
+            if !check.transfers {
+                // Unused, funded, yet the token refuses the transfer: the signature does not
+                // hold on chain (a contract or delegated account that says no). Sending it
+                // would only burn gas on every retry. An authorization that may not be valid
+                // on chain yet (its validAfter within the chain's clock lag) is retried.
+                if record.valid_after + 60 > now {
+                    early.push(record);
+                } else {
+                    refused.push(record);
+                }
+                continue;
+            }
+            send.push(record);
+        }
+        self.finish(
+            refused,
+            SettlementState::Failed,
+            Some("transfer_would_revert"),
+            None,
+        )
+        .await;
+        self.finish(
+            expired,
+            SettlementState::Failed,
+            Some("authorization_expired"),
+            None,
+        )
+        .await;
+        self.finish(
+            broke,
+            SettlementState::Failed,
+            Some("insufficient_balance"),
+            None,
+        )
+        .await;
+        self.requeue_pending(unread, Some("rpc_unavailable".into()), false)
+            .await;
+        self.requeue_pending(early, Some("not_yet_valid".into()), true)
+            .await;
+        for record in used {
+            self.reconcile_used(chain, record).await;
+        }
+        if send.is_empty() {
+            return;
+        }
+        self.send_batch(network, chain, send).await;
+    }
+
+    /// A payment whose authorization is already marked used on chain: find out how.
+    pub(super) async fn reconcile_used(&self, chain: &Chain, record: PaymentRecord) {
+        match chain.fate(&record).await {
+            Ok(AuthorizationFate::Used(tx)) => {
+                self.finish(vec![record], SettlementState::Settled, None, Some(tx))
+                    .await
+            }
+            Ok(AuthorizationFate::Canceled) => {
+                self.finish(
+                    vec![record],
+                    SettlementState::Failed,
+                    Some("authorization_canceled"),
+                    None,
+                )
+                .await
+            }
+            Ok(AuthorizationFate::UsedUnknown) => {
+                // Used, but no event yet: a node whose state runs ahead of its logs (or a
+                // transfer by someone else). Look again with backoff; after max_attempts a
+                // person must.
+                self.requeue_pending(
+                    vec![record],
+                    Some("authorization_used_elsewhere".into()),
+                    true,
+                )
+                .await
+            }
+            Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
+            Err(e) => {
+                // Counted: a node that can never answer (a log range it refuses) must not
+                // keep a payment, and its exposure, open forever.
+                log::warn!("reconciling {}: {e}", record.id);
+                self.requeue_pending(vec![record], Some("rpc_unavailable".into()), true)
+                    .await
+            }
+        }
+    }
+
+    pub(super) async fn nonce_for(&self, network: &str, chain: &Chain) -> Result<u64, ChainError> {
+        let mut nonces = self.inner.next_nonce.lock().await;
+        if let Some(n) = nonces.get(network) {
+            return Ok(*n);
+        }
+        let n = chain.pending_nonce().await?;
+        nonces.insert(network.to_owned(), n);
+        Ok(n)
+    }
+
+    pub(super) async fn send_batch(
+        &self,
+        network: &str,
+        chain: &Chain,
+        mut send: Vec<PaymentRecord>,
+    ) {
+        let nonce = match self.nonce_for(network, chain).await {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("settlement on {network}: {e}");
+                self.requeue_pending(send, Some("rpc_unavailable".into()), false)
+                    .await;
+                return;
+            }
+        };
+        let signed = loop {
+            match chain.sign_batch(&send, nonce, None).await {
+                Ok(signed) => break signed,
+                Err(ChainError::TooMuchGas { .. }) if send.len() > 1 => {
+                    // Too big for a block: send the nearest half now, the rest next.
+                    let rest = send.split_off(send.len() / 2);
+                    lock(&self.inner.queue).extend(rest);
+                }
+                Err(e) => {
+                    log::warn!("settlement on {network}: cannot build the batch: {e}");
+                    self.requeue_pending(send, Some("rpc_unavailable".into()), false)
+                        .await;
+                    return;
+                }
+            }
+        };
+        let now = unix_now();
+        for r in &mut send {
+            r.state = SettlementState::Submitted;
+            r.tx_hash = Some(signed.hash);
+            r.updated_at = now;
+        }
+        let batch = BatchRecord {
+            tx_hash: signed.hash.to_string(),
+            network: network.to_owned(),
+            nonce,
+            raw_tx: signed.raw.clone(),
+            payment_ids: send.iter().map(|r| r.id.clone()).collect(),
+            submitted_at: now,
+            fees: signed.fees,
+            replaced: Vec::new(),
+        };
+        // Journal before broadcast: whatever happens next, the hash is known.
+        if let Err(e) = self
+            .inner
+            .journal
+            .put_batch(batch.clone(), send.clone())
+            .await
+        {
+            log::error!("cannot journal batch {}: {e}; not sending it", signed.hash);
+            for r in &mut send {
+                r.state = SettlementState::Pending;
+                r.tx_hash = None;
+            }
+            lock(&self.inner.queue).extend(send);
+            return;
+        }
+        self.inner
+            .next_nonce
+            .lock()
+            .await
+            .insert(network.to_owned(), nonce + 1);
+        metrics().batch_size.observe(send.len() as f64);
+        if let Err(e) = chain.broadcast(&signed.raw).await {
+            log::warn!(
+                "settlement on {network}: broadcast of {} failed ({e}); will reconcile",
+                signed.hash
+            );
+        }
+        self.inner.inflight.lock().await.insert(batch);
+    }
+
+    /// Resolves batches in flight until none of these payments is submitted any more, or
+    /// until `deadline` (they stay in flight and are reconciled later).
+    pub(super) async fn await_final(&self, ids: &[&str], deadline: tokio::time::Instant) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let submitted = ids.iter().any(|id| {
+                matches!(self.inner.journal.get(id), Ok(Some(r)) if r.state == SettlementState::Submitted)
+            });
+            if !submitted || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            self.reconcile_inflight().await;
+            // Poll briskly at first (a local or fast chain mines at once), then back off.
+            let pause = if started.elapsed() < Duration::from_secs(2) {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(250)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Resolves a batch from the receipt of its transaction (or of one it replaced), or from
+    /// the settler nonce and each authorization's state when none of them can be mined any
+    /// more. A batch not mined after `replace_after` is re-signed with the same nonce and the
+    /// same calls at higher fees (whichever of the two is mined, nothing is paid twice).
+    /// Returns whether it is resolved.
+    pub(super) async fn try_resolve(&self, chain: &Chain, batch: &BatchRecord) -> bool {
+        match self.mined_receipt(chain, batch).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        match chain.mined_nonce().await {
+            Ok(mined) if mined > batch.nonce => {
+                // The block with our nonce may have landed between the two reads, or the node
+                // serves state ahead of its receipts: look at the receipts again, and keep
+                // looking for receipt_timeout, before asking each authorization (whose event
+                // such a node may not serve yet either).
+                if let Ok(true) = self.mined_receipt(chain, batch).await {
+                    return true;
+                }
+                let grace = self.inner.config.receipt_timeout.as_secs().max(1);
+                if unix_now() < batch.submitted_at + grace {
+                    return false;
+                }
+                for record in self.batch_records(batch) {
+                    self.reconcile_used_or_unused(chain, record).await;
+                }
+                let mut inflight = self.inner.inflight.lock().await;
+                inflight.remove(&batch.network, batch.nonce);
+                if inflight.count(&batch.network) == 0 {
+                    // Nothing else of ours is out: ask the node for the next nonce again.
+                    self.inner.next_nonce.lock().await.remove(&batch.network);
+                }
+                true
+            }
+            Ok(_) if unix_now() < batch.submitted_at + 2 => false,
+            Ok(_) => {
+                let stuck_for = unix_now().saturating_sub(batch.submitted_at);
+                if stuck_for >= self.inner.config.replace_after.as_secs()
+                    && batch.replaced.len() < MAX_FEE_BUMPS
+                {
+                    self.replace(chain, batch).await;
+                } else {
+                    // Still pending (or dropped by the node): re-broadcast the same bytes.
+                    let _ = chain.broadcast(&batch.raw_tx).await;
+                }
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Applies the receipt of the batch's transaction or of one it replaced, if mined.
+    pub(super) async fn mined_receipt(
+        &self,
+        chain: &Chain,
+        batch: &BatchRecord,
+    ) -> Result<bool, ChainError> {
+        for text in std::iter::once(&batch.tx_hash).chain(batch.replaced.iter().rev()) {
+            let Ok(hash) = text.parse::<B256>() else {
+                continue;
+            };
+            if let Some(mined) = chain.receipt(hash).await? {
+                let records = self.batch_records(batch);
+                self.apply_receipt(hash, &mined, records).await;
+                self.inner
+                    .inflight
+                    .lock()
+                    .await
+                    .remove(&batch.network, batch.nonce);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Re-signs a stuck batch with its nonce and calls at higher fees, journals the new
+    /// transaction (remembering the old) before broadcasting it.
+    pub(super) async fn replace(&self, chain: &Chain, batch: &BatchRecord) {
+        let mut records = self.batch_records(batch);
+        if records.is_empty() {
+            return;
+        }
+        let signed = match chain
+            .sign_batch(&records, batch.nonce, Some(batch.fees))
+            .await
+        {
+            Ok(signed) => signed,
+            Err(e) => {
+                log::warn!("cannot re-sign stuck batch {}: {e}", batch.tx_hash);
+                return;
+            }
+        };
+        let now = unix_now();
+        for r in &mut records {
+            r.tx_hash = Some(signed.hash);
+            r.updated_at = now;
+        }
+        let mut replaced = batch.replaced.clone();
+        replaced.push(batch.tx_hash.clone());
+        let next = BatchRecord {
+            tx_hash: signed.hash.to_string(),
+            network: batch.network.clone(),
+            nonce: batch.nonce,
+            raw_tx: signed.raw.clone(),
+            payment_ids: records.iter().map(|r| r.id.clone()).collect(),
+            submitted_at: now,
+            fees: signed.fees,
+            replaced,
+        };
+        if let Err(e) = self.inner.journal.put_batch(next.clone(), records).await {
+            log::error!("cannot journal the replacement of {}: {e}", batch.tx_hash);
+            return;
+        }
+        log::warn!(
+            "batch {} not mined after {} s; replaced by {} at max fee {} wei",
+            batch.tx_hash,
+            now.saturating_sub(batch.submitted_at),
+            next.tx_hash,
+            next.fees.max_fee_per_gas
+        );
+        metrics().batch_replacements.inc();
+        self.inner.inflight.lock().await.insert(next.clone());
+        if let Err(e) = chain.broadcast(&next.raw_tx).await {
+            log::warn!("broadcast of replacement {} failed: {e}", next.tx_hash);
+        }
+    }
+
+    pub(super) async fn reconcile_used_or_unused(&self, chain: &Chain, record: PaymentRecord) {
+        match chain.fate(&record).await {
+            Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
+            _ => self.reconcile_used(chain, record).await,
+        }
+    }
+
+    pub(super) fn batch_records(&self, batch: &BatchRecord) -> Vec<PaymentRecord> {
+        batch
+            .payment_ids
+            .iter()
+            .filter_map(|id| self.inner.journal.get(id).ok().flatten())
+            .filter(|r| r.state == SettlementState::Submitted)
+            .collect()
+    }
+
+    pub(super) async fn apply_receipt(
+        &self,
+        hash: B256,
+        mined: &Mined,
+        records: Vec<PaymentRecord>,
+    ) {
+        let (settled, unsettled): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|r| mined.used.contains(&r.authorization_key()));
+        if !settled.is_empty() {
+            metrics()
+                .gas_per_payment
+                .observe(mined.gas_used as f64 / settled.len() as f64);
+        }
+        log::info!(
+            "batch {hash}: {} settled, {} not, gas {} ({} per payment), success {}",
+            settled.len(),
+            unsettled.len(),
+            mined.gas_used,
+            if settled.is_empty() {
+                0
+            } else {
+                mined.gas_used / settled.len() as u64
+            },
+            mined.success
+        );
+        self.finish(settled, SettlementState::Settled, None, Some(hash))
+            .await;
+        let reason = if mined.success {
+            "transfer_reverted"
+        } else {
+            "batch_reverted"
+        };
+        self.requeue_pending(unsettled, Some(reason.into()), true)
+            .await;
+    }
+
+    /// After a restart: batches journaled as submitted go back in flight for reconciling.
+    pub(super) async fn resume_inflight(&self) {
+        let Ok(submitted) = self
+            .inner
+            .journal
+            .payments_in(|s| s == SettlementState::Submitted)
+        else {
+            return;
+        };
+        let mut hashes: Vec<B256> = submitted.iter().filter_map(|r| r.tx_hash).collect();
+        hashes.sort();
+        hashes.dedup();
+        let mut inflight = self.inner.inflight.lock().await;
+        for hash in hashes {
+            if let Ok(Some(batch)) = self.inner.journal.batch(&hash.to_string()) {
+                log::info!("resuming batch {} on {}", batch.tx_hash, batch.network);
+                inflight.insert(batch);
+            }
+        }
+    }
+
+    pub(super) async fn reconcile_inflight(&self) {
+        let batches: Vec<BatchRecord> = self.inner.inflight.lock().await.all();
+        for batch in batches {
+            if let Some(chain) = self.inner.chains.get(&batch.network) {
+                self.try_resolve(chain, &batch).await;
+            }
+        }
+    }
+}
