@@ -1,0 +1,130 @@
+//! What `levy check` prints: the route table, and the warnings a valid config may still
+//! deserve.
+
+use super::*;
+
+impl Config {
+    /// The route table as text, one route per line, for `levy check`.
+    pub fn describe(&self) -> String {
+        let mut rows = vec![[
+            "#".to_owned(),
+            "route".into(),
+            "host".into(),
+            "methods".into(),
+            "path".into(),
+            "upstream".into(),
+            "access".into(),
+        ]];
+        for (i, (matcher, route)) in self.routes.iter().enumerate() {
+            let methods = matcher
+                .methods
+                .listed()
+                .map_or("*".to_owned(), |m| m.join(","));
+            let access = match &route.access {
+                Access::Free => "free".to_owned(),
+                Access::Priced(p) => {
+                    let offers: Vec<String> = p
+                        .requirements
+                        .iter()
+                        .map(|r| format!("{} {}@{}", r.amount, r.asset_name, r.network_name))
+                        .collect();
+                    format!("{} = {}", p.price_text, offers.join(" | "))
+                }
+            };
+            rows.push([
+                i.to_string(),
+                route.name.clone(),
+                route.host_text.clone(),
+                methods,
+                route.path_text.clone(),
+                route.upstream.name.clone(),
+                access,
+            ]);
+        }
+        let unmatched = match &self.unmatched {
+            Unmatched::NotFound => "404".to_owned(),
+            Unmatched::Pass(u) => format!("pass to {}", u.name),
+        };
+        let widths: Vec<usize> = (0..7)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, w)| format!("{cell:<w$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out.push_str(&format!("unmatched requests: {unmatched}\n"));
+        if let Some(s) = &self.settlement {
+            let amount = |v: Option<alloy_primitives::U256>| {
+                v.map_or("unlimited".to_owned(), |v| format!("{v} atomic units"))
+            };
+            out.push_str(&format!(
+                "exposure: per payer {}, in total {}; loss budget {} per {} s; funds check {}\n",
+                amount(s.limits.per_payer),
+                amount(s.limits.total),
+                amount(s.limits.loss_budget),
+                s.limits.loss_window_seconds,
+                if s.funds.check && s.facilitator.is_none() {
+                    "on"
+                } else {
+                    "off"
+                },
+            ));
+        }
+        for warning in self.warnings() {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
+        out
+    }
+
+    /// What in the route table lets a request the priced routes miss reach the origin
+    /// unpaid: a later free prefix route over a priced route's path, or `unmatched: pass`.
+    /// A request spelled in a way levy does not normalise but the origin does would fall
+    /// through to it.
+    pub fn warnings(&self) -> Vec<String> {
+        let entries: Vec<_> = self.routes.iter().collect();
+        let mut warnings = Vec::new();
+        for (i, (priced, route)) in entries.iter().enumerate() {
+            if !matches!(route.access, Access::Priced(_)) {
+                continue;
+            }
+            let free_cover = entries[i + 1..].iter().find(|(m, r)| {
+                matches!(r.access, Access::Free)
+                    && (m.host == HostPattern::Any || m.host == priced.host)
+                    && m.methods.overlaps(&priced.methods)
+                    && m.path.covers(&priced.path)
+            });
+            if let Some((_, free)) = free_cover {
+                warnings.push(format!(
+                    "free route `{}` ({}) comes after priced route `{}` ({}) and covers its path: a request spelled so that `{}` misses it reaches the origin unpaid",
+                    free.name, free.path_text, route.name, route.path_text, route.name
+                ));
+            }
+        }
+        let priced = entries
+            .iter()
+            .filter(|(_, r)| matches!(r.access, Access::Priced(_)))
+            .count();
+        if let Some(settlement) = &self.settlement {
+            let window = crate::settle::settle_window_seconds(settlement.max_delay);
+            if self.policy.valid_before_margin_seconds <= window {
+                warnings.push(format!(
+                    "levy.payments.valid_before_margin_seconds ({}) is not above the settlement window ({window} s: max_delay_ms plus mining time): payments signed with the shortest validity settle before their response",
+                    self.policy.valid_before_margin_seconds
+                ));
+            }
+        }
+        if let (Unmatched::Pass(upstream), true) = (&self.unmatched, priced > 0) {
+            warnings.push(format!(
+                "unmatched: pass forwards every request the {priced} priced routes miss to `{}`: a request spelled so that a priced route misses it reaches the origin unpaid; prefer `not_found`",
+                upstream.name
+            ));
+        }
+        warnings
+    }
+}

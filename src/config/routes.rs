@@ -1,0 +1,386 @@
+//! The `routes:` section: each route's match patterns, upstream and paywall, its prices
+//! per accepted network and asset (fixed or metered), and its prepared 402 challenge.
+
+use super::*;
+
+pub(super) fn build_route(
+    path: &str,
+    route: &schema::Route,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    networks: &BTreeMap<String, Network>,
+    assets: &BTreeMap<(String, String), Asset>,
+    default_pay_to: Option<Address>,
+) -> Result<(Matcher, Route), ConfigError> {
+    let host = match &route.host {
+        None => HostPattern::Any,
+        Some(h) => HostPattern::parse(h).map_err(|e| invalid(format!("{path}.host"), e))?,
+    };
+    let methods = match &route.methods {
+        None => MethodSet::any(),
+        Some(list) if list.is_empty() => {
+            return Err(invalid(
+                format!("{path}.methods"),
+                "must list at least one method",
+            ))
+        }
+        Some(list) => {
+            for (j, m) in list.iter().enumerate() {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(invalid(
+                        format!("{path}.methods[{j}]"),
+                        format!("`{m}` is not an HTTP method"),
+                    ));
+                }
+            }
+            MethodSet::only(list.iter().cloned())
+        }
+    };
+    let path_pattern =
+        PathPattern::parse(&route.path).map_err(|e| invalid(format!("{path}.path"), e))?;
+    let upstream = match &route.upstream {
+        Some(name) => lookup_upstream(&format!("{path}.upstream"), name, upstreams)?,
+        None => match upstreams.values().collect::<Vec<_>>().as_slice() {
+            [only] => Arc::clone(only),
+            _ => {
+                return Err(invalid(
+                    format!("{path}.upstream"),
+                    "missing; name one of the upstreams",
+                ))
+            }
+        },
+    };
+    let access = if route.free {
+        for (key, set) in [
+            ("price", route.price.is_some()),
+            ("amount", route.amount.is_some()),
+            ("pay_to", route.pay_to.is_some()),
+            ("accepts", !route.accepts.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(
+                    format!("{path}.{key}"),
+                    "not allowed on a free route",
+                ));
+            }
+        }
+        Access::Free
+    } else {
+        Access::Priced(Box::new(paywall(
+            path,
+            route,
+            networks,
+            assets,
+            default_pay_to,
+        )?))
+    };
+    let matcher = Matcher {
+        host,
+        methods,
+        path: path_pattern,
+        guard: None,
+    };
+    Ok((
+        matcher,
+        Route {
+            index: 0,
+            name: route.name.clone(),
+            host_text: route.host.clone().unwrap_or_else(|| "*".into()),
+            path_text: route.path.clone(),
+            upstream,
+            access,
+        },
+    ))
+}
+
+pub(super) fn paywall(
+    path: &str,
+    route: &schema::Route,
+    networks: &BTreeMap<String, Network>,
+    assets: &BTreeMap<(String, String), Asset>,
+    default_pay_to: Option<Address>,
+) -> Result<Paywall, ConfigError> {
+    let price = match (&route.price, &route.amount) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{path}.amount"),
+                "give either `price` or `amount`, not both",
+            ))
+        }
+        (None, None) if route.meter.is_some() => None,
+        (None, None) => return Err(invalid(
+            path,
+            "a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units), `meter` or `free: true`",
+        )),
+        (Some(text), None) => Some((
+            "price",
+            Price::parse_dollars(text).map_err(|e| invalid(format!("{path}.price"), e))?,
+        )),
+        (None, Some(schema::Amount::Number(n))) => {
+            Some(("amount", Price::Atomic((*n).try_into().unwrap_or_default())))
+        }
+        (None, Some(schema::Amount::Text(t))) => Some((
+            "amount",
+            Price::Atomic(parse_atomic(t).map_err(|e| invalid(format!("{path}.amount"), e))?),
+        )),
+    };
+    let route_pay_to = route
+        .pay_to
+        .as_deref()
+        .map(|a| address(&format!("{path}.pay_to"), a))
+        .transpose()?
+        .or(default_pay_to);
+    if route.accepts.is_empty() {
+        return Err(invalid(
+            format!("{path}.accepts"),
+            "a priced route needs at least one accepted (network, asset) pair",
+        ));
+    }
+    if route.max_timeout_seconds == 0 {
+        return Err(invalid(
+            format!("{path}.max_timeout_seconds"),
+            "must be greater than zero",
+        ));
+    }
+    if let Some(url) = &route.resource {
+        check_url(&format!("{path}.resource"), url)?;
+    }
+    let meter = route
+        .meter
+        .as_ref()
+        .map(|m| MeterPrices::parse(&format!("{path}.meter"), m))
+        .transpose()?;
+    let mut requirements = Vec::with_capacity(route.accepts.len() * 2);
+    let mut rates = Vec::with_capacity(route.accepts.len() * 2);
+    let mut offers: Vec<Offer<'_>> = Vec::new();
+    if let Some(meter) = &meter {
+        offers.push(Offer::Metered(meter));
+    }
+    if let Some((key, price)) = &price {
+        offers.push(Offer::Fixed(key, price));
+    }
+    for offer in offers {
+        for (j, accept) in route.accepts.iter().enumerate() {
+            let at = format!("{path}.accepts[{j}]");
+            let network = networks.get(&accept.network).ok_or_else(|| {
+                invalid(
+                    format!("{at}.network"),
+                    format!("unknown network `{}`", accept.network),
+                )
+            })?;
+            let asset = assets
+                .get(&(accept.network.clone(), accept.asset.clone()))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{at}.asset"),
+                        format!(
+                            "unknown asset `{}` on network `{}`",
+                            accept.asset, accept.network
+                        ),
+                    )
+                })?;
+            let pay_to = match &accept.pay_to {
+                Some(a) => address(&format!("{at}.pay_to"), a)?,
+                None => route_pay_to.ok_or_else(|| {
+                    invalid(
+                        format!("{path}.pay_to"),
+                        "missing; give `pay_to` on the route or `levy.pay_to`",
+                    )
+                })?,
+            };
+            let in_asset = |key: &str, price: &Price| {
+                price
+                    .to_atomic(asset.decimals, asset.usd, &accept.asset)
+                    .map_err(|e| {
+                        invalid(
+                            format!("{path}.{key}"),
+                            format!("{e} (asset `{}` on `{}`)", accept.asset, accept.network),
+                        )
+                    })
+            };
+            let (amount, scheme, rate) = match offer {
+                Offer::Fixed(key, price) => (in_asset(key, price)?, Scheme::Exact, None),
+                Offer::Metered(m) => {
+                    let batcher = network.batcher.ok_or_else(|| {
+                        invalid(
+                            format!("levy.networks.{}.batcher", accept.network),
+                            "missing: a metered route settles through levy's batcher contract \
+                             (deploy one with `levy deploy-batcher`)",
+                        )
+                    })?;
+                    let r = m.rates(&in_asset, asset.decimals)?;
+                    (r.ceiling, Scheme::upto(batcher, network.chain_id), Some(r))
+                }
+            };
+            let requirement = Requirement {
+                network: network.caip2.clone(),
+                v1_network: network.v1_name.clone(),
+                chain_id: network.chain_id,
+                network_name: accept.network.clone(),
+                asset_name: accept.asset.clone(),
+                asset: asset.address,
+                eip712_name: asset.eip712_name.clone(),
+                eip712_version: asset.eip712_version.clone(),
+                decimals: asset.decimals,
+                amount,
+                pay_to,
+                max_timeout_seconds: route.max_timeout_seconds,
+                domain_separator: domain_separator(
+                    &asset.eip712_name,
+                    &asset.eip712_version,
+                    network.chain_id,
+                    asset.address,
+                ),
+                scheme,
+            };
+            if requirements.iter().any(|r: &Requirement| {
+                r.network == requirement.network
+                    && r.asset == requirement.asset
+                    && r.scheme.name() == requirement.scheme.name()
+            }) {
+                return Err(invalid(
+                    at,
+                    "the same (network, asset) pair is listed twice",
+                ));
+            }
+            requirements.push(requirement);
+            rates.push(rate);
+        }
+    }
+    let challenge = Challenge::new(
+        &requirements,
+        &route.description,
+        &route.mime_type,
+        route.resource.as_deref(),
+    );
+    let price_text = match (&meter, &price) {
+        (Some(m), Some((_, p))) => format!("{} (or {p} fixed)", m.describe()),
+        (Some(m), None) => m.describe(),
+        (None, Some((_, p))) => p.to_string(),
+        (None, None) => String::new(),
+    };
+    Ok(Paywall {
+        settle: route.settle,
+        price_text,
+        requirements,
+        challenge,
+        metered: meter.map(|m| Metered {
+            unit: m.unit,
+            rates,
+        }),
+    })
+}
+
+/// What a priced route offers per accepted pair.
+#[derive(Clone, Copy)]
+pub(super) enum Offer<'a> {
+    /// `upto`, metered.
+    Metered(&'a MeterPrices),
+    /// `exact` at a fixed price (the key it was written under).
+    Fixed(&'static str, &'a Price),
+}
+
+/// A `meter:` section, parsed but not yet in any asset's units.
+pub(super) struct MeterPrices {
+    path: String,
+    unit: Unit,
+    price: Price,
+    ceiling: Price,
+    minimum: Option<Price>,
+    failure_floor: Option<Price>,
+}
+
+impl MeterPrices {
+    pub(super) fn parse(path: &str, m: &schema::Meter) -> Result<Self, ConfigError> {
+        let amount = |key: &str, text: &str| {
+            let parsed = if text.trim_start().starts_with('$') {
+                Price::parse_dollars(text)
+            } else {
+                parse_atomic(text).map(Price::Atomic)
+            };
+            parsed.map_err(|e| invalid(format!("{path}.{key}"), e))
+        };
+        let unit = match m.unit {
+            schema::MeterUnit::Bytes => Unit::Bytes {
+                per: match m.per {
+                    Some(0) => {
+                        return Err(invalid(format!("{path}.per"), "must be greater than zero"))
+                    }
+                    Some(per) => per,
+                    None => 1024,
+                },
+            },
+            schema::MeterUnit::Records => Unit::Records,
+            schema::MeterUnit::Origin => {
+                let name = m
+                    .header
+                    .as_deref()
+                    .unwrap_or(crate::meter::SETTLEMENT_OVERRIDES);
+                Unit::Origin {
+                    header: http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        invalid(
+                            format!("{path}.header"),
+                            format!("`{name}` is not a header name"),
+                        )
+                    })?,
+                }
+            }
+        };
+        if m.per.is_some() && m.unit != schema::MeterUnit::Bytes {
+            return Err(invalid(format!("{path}.per"), "only for `unit: bytes`"));
+        }
+        if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
+            return Err(invalid(format!("{path}.header"), "only for `unit: origin`"));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            unit,
+            price: amount("price", &m.price)?,
+            ceiling: amount("ceiling", &m.ceiling)?,
+            minimum: m
+                .minimum
+                .as_deref()
+                .map(|t| amount("minimum", t))
+                .transpose()?,
+            failure_floor: m
+                .failure_floor
+                .as_deref()
+                .map(|t| amount("failure_floor", t))
+                .transpose()?,
+        })
+    }
+
+    /// The prices in one asset's atomic units.
+    pub(super) fn rates(
+        &self,
+        in_asset: &dyn Fn(&str, &Price) -> Result<U256, ConfigError>,
+        decimals: u8,
+    ) -> Result<Rates, ConfigError> {
+        let key = |k: &str| format!("meter.{k}");
+        let optional = |k: &str, p: &Option<Price>| {
+            p.as_ref().map_or(Ok(U256::ZERO), |p| in_asset(&key(k), p))
+        };
+        let rates = Rates {
+            unit_price: in_asset(&key("price"), &self.price)?,
+            ceiling: in_asset(&key("ceiling"), &self.ceiling)?,
+            minimum: optional("minimum", &self.minimum)?,
+            failure_floor: optional("failure_floor", &self.failure_floor)?,
+            decimals,
+        };
+        if rates.minimum > rates.ceiling {
+            return Err(invalid(
+                format!("{}.minimum", self.path),
+                "is above the ceiling",
+            ));
+        }
+        Ok(rates)
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let per = match &self.unit {
+            Unit::Bytes { per } => format!("{per} bytes"),
+            Unit::Records => "record".into(),
+            Unit::Origin { header } => format!("unit reported in {header}"),
+        };
+        format!("{} per {per}, up to {}", self.price, self.ceiling)
+    }
+}

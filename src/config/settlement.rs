@@ -1,0 +1,170 @@
+//! The `settlement:` section: batching, the journal, funds checks, exposure caps, the
+//! facilitator, and the chains each network settles on.
+
+use super::*;
+
+pub(super) fn settlement(
+    s: &schema::Settlement,
+    routes: &RouteTable<Arc<Route>>,
+    networks: &BTreeMap<String, Network>,
+) -> Result<SettlementConfig, ConfigError> {
+    let path = "levy.settlement";
+    if s.journal_path.trim().is_empty() {
+        return Err(invalid(format!("{path}.journal_path"), "must name a file"));
+    }
+    if s.max_batch == 0 || s.max_batch > 500 {
+        return Err(invalid(
+            format!("{path}.max_batch"),
+            "must be between 1 and 500",
+        ));
+    }
+    for (key, value) in [
+        ("receipt_timeout_ms", s.receipt_timeout_ms),
+        ("replace_after_ms", s.replace_after_ms),
+        ("rpc_timeout_ms", s.rpc_timeout_ms),
+        ("retry_backoff_ms", s.retry_backoff_ms),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                format!("{path}.{key}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    let retention = (s.retention_days > 0).then(|| s.retention_days.saturating_mul(86_400));
+    if let Some(seconds) = retention {
+        let needed = s.funds.deny_seconds.max(s.loss_window_seconds);
+        if seconds < needed {
+            return Err(invalid(
+                format!("{path}.retention_days"),
+                format!("must keep records at least as long as funds.deny_seconds and loss_window_seconds ({needed} s), or 0 to keep them forever"),
+            ));
+        }
+    }
+    if s.max_in_flight == 0 || s.max_in_flight > 64 {
+        return Err(invalid(
+            format!("{path}.max_in_flight"),
+            "must be between 1 and 64",
+        ));
+    }
+    if s.replace_after_ms < 1000 {
+        return Err(invalid(
+            format!("{path}.replace_after_ms"),
+            "must be at least 1000",
+        ));
+    }
+    if s.max_attempts == 0 {
+        return Err(invalid(
+            format!("{path}.max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    let cap = |key: &str,
+               amount: &schema::Amount|
+     -> Result<Option<alloy_primitives::U256>, ConfigError> {
+        match amount {
+            schema::Amount::Text(t) if t.trim() == "unlimited" => Ok(None),
+            schema::Amount::Number(n) => Ok(Some(alloy_primitives::U256::from(*n))),
+            schema::Amount::Text(t) => parse_atomic(t)
+                .map(Some)
+                .map_err(|e| invalid(format!("{path}.{key}"), format!("{e} (or `unlimited`)"))),
+        }
+    };
+    for (key, value) in [
+        ("loss_window_seconds", s.loss_window_seconds),
+        ("funds.cache_ms", s.funds.cache_ms),
+        ("funds.empty_cache_ms", s.funds.empty_cache_ms),
+        ("funds.read_timeout_ms", s.funds.read_timeout_ms),
+        ("funds.deny_seconds", s.funds.deny_seconds),
+    ] {
+        if value == 0 {
+            return Err(invalid(
+                format!("{path}.{key}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    let mut used: Vec<String> = Vec::new();
+    for (_, route) in routes.iter() {
+        if let Access::Priced(p) = &route.access {
+            for r in &p.requirements {
+                if !used.contains(&r.network_name) {
+                    used.push(r.network_name.clone());
+                }
+            }
+        }
+    }
+    let facilitator = match &s.facilitator {
+        None => None,
+        Some(f) => {
+            check_url(&format!("{path}.facilitator.url"), &f.url)?;
+            if f.timeout_ms == 0 {
+                return Err(invalid(
+                    format!("{path}.facilitator.timeout_ms"),
+                    "must be greater than zero",
+                ));
+            }
+            Some(FacilitatorSpec {
+                url: f.url.clone(),
+                verify: f.verify,
+                timeout: Duration::from_millis(f.timeout_ms),
+            })
+        }
+    };
+    let mut chains = Vec::new();
+    for name in used.into_iter().filter(|_| facilitator.is_none()) {
+        let Some(network) = networks.get(&name) else {
+            continue;
+        };
+        let rpc_url = network.rpc_url.clone().ok_or_else(|| {
+            invalid(
+                format!("levy.networks.{name}.rpc_url"),
+                "missing; settlement needs an RPC endpoint",
+            )
+        })?;
+        chains.push(ChainSpec {
+            network: name,
+            chain_id: network.chain_id,
+            rpc_url,
+            multicall: network.multicall,
+            batcher: network.batcher,
+        });
+    }
+    Ok(SettlementConfig {
+        journal_path: s.journal_path.clone().into(),
+        max_batch: s.max_batch,
+        max_in_flight: s.max_in_flight,
+        on_backlog: match s.on_backlog {
+            schema::OnBacklog::SettleFirst => OnBacklog::SettleFirst,
+            schema::OnBacklog::Refuse => OnBacklog::Refuse,
+        },
+        max_delay: Duration::from_millis(s.max_delay_ms),
+        max_attempts: s.max_attempts,
+        retry_backoff: Duration::from_millis(s.retry_backoff_ms),
+        receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),
+        replace_after: Duration::from_millis(s.replace_after_ms),
+        retention: retention.map(Duration::from_secs),
+        rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
+        limits: Limits {
+            per_payer: cap("max_unsettled_per_payer", &s.max_unsettled_per_payer)?,
+            total: cap("max_unsettled_total", &s.max_unsettled_total)?,
+            loss_budget: cap("loss_budget", &s.loss_budget)?,
+            loss_window_seconds: s.loss_window_seconds,
+        },
+        funds: FundsConfig {
+            check: s.funds.check,
+            ttl: Duration::from_millis(s.funds.cache_ms),
+            empty_ttl: Duration::from_millis(s.funds.empty_cache_ms),
+            read_timeout: Duration::from_millis(s.funds.read_timeout_ms),
+            on_rpc_error: match s.funds.on_rpc_error {
+                schema::OnRpcError::ServeWithinCaps => OnRpcError::ServeWithinCaps,
+                schema::OnRpcError::Refuse => OnRpcError::Refuse,
+            },
+            deny_for: Duration::from_secs(s.funds.deny_seconds),
+        },
+        key_env: s.settler_key_env.clone(),
+        key_file: s.settler_key_file.clone().map(Into::into),
+        chains,
+        facilitator,
+    })
+}
