@@ -42,7 +42,11 @@ struct Route {
 }
 
 fn route() -> Route {
-    let requirements = vec![requirement()];
+    route_of(vec![requirement()])
+}
+
+/// A route offering `requirements`, with the `accepts` entries its challenge issues.
+fn route_of(requirements: Vec<Requirement>) -> Route {
     let issued = Challenge::new(&requirements, "", "", None)
         .accepts_v2()
         .to_vec();
@@ -514,14 +518,7 @@ mod upto_payments {
         let mut requirement = requirement();
         requirement.amount = U256::from(10_000);
         requirement.scheme = crate::pricing::Scheme::upto(BATCHER, 84532);
-        let requirements = vec![requirement];
-        let issued = Challenge::new(&requirements, "", "", None)
-            .accepts_v2()
-            .to_vec();
-        Route {
-            requirements,
-            issued,
-        }
+        route_of(vec![requirement])
     }
 
     fn signed(key: &str) -> SignedUpto {
