@@ -55,11 +55,17 @@ pub fn transfer_digest(
     data[152..160].copy_from_slice(&valid_after.to_be_bytes());
     data[184..192].copy_from_slice(&valid_before.to_be_bytes());
     data[192..].copy_from_slice(nonce.as_slice());
+    typed_digest(domain_separator, &keccak256(data))
+}
+
+/// `keccak256(0x1901 ‖ domain ‖ message)`: the EIP-712 digest of a struct hash `message`
+/// under the domain separator `domain`.
+pub fn typed_digest(domain: &B256, message: &B256) -> B256 {
     let mut bytes = [0u8; 66];
     bytes[0] = 0x19;
     bytes[1] = 0x01;
-    bytes[2..34].copy_from_slice(domain_separator.as_slice());
-    bytes[34..].copy_from_slice(keccak256(data).as_slice());
+    bytes[2..34].copy_from_slice(domain.as_slice());
+    bytes[34..].copy_from_slice(message.as_slice());
     keccak256(bytes)
 }
 

@@ -2,13 +2,12 @@
 //! (and, for a payer without a Permit2 allowance, an EIP-2612 permit to Permit2) and build
 //! the `PAYMENT-SIGNATURE` header. Used by the load tool, benches and tests. Pure.
 
-use alloy_primitives::{keccak256, Address, B256, U256};
-use alloy_sol_types::SolValue;
+use alloy_primitives::{Address, B256, U256};
 use serde_json::{json, Value};
 
 use super::{ClientError, Payer, Terms};
 use crate::pricing::{domain_separator, permit2_domain_separator};
-use crate::verify::upto::{typed_digest, UptoAuthorization, PERMIT_TYPE};
+use crate::verify::upto::{permit2612_digest, UptoAuthorization};
 use crate::x402::{encode_header, EIP2612_GAS_SPONSORING, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS};
 
 /// A signed Permit2 upto authorization, with the permit it may carry.
@@ -67,24 +66,20 @@ impl SignedUpto {
         permit_nonce: U256,
     ) -> Result<Self, ClientError> {
         let auth = &self.authorization;
-        let message = keccak256(
-            (
-                keccak256(PERMIT_TYPE),
-                auth.owner,
-                PERMIT2_ADDRESS,
-                auth.ceiling,
-                permit_nonce,
-                U256::from(auth.deadline),
-            )
-                .abi_encode(),
-        );
         let domain = domain_separator(
             &terms.eip712_name,
             &terms.eip712_version,
             terms.chain_id,
             terms.asset,
         );
-        let signature = payer.sign_digest(typed_digest(&domain, &message))?;
+        let digest = permit2612_digest(
+            &domain,
+            auth.owner,
+            auth.ceiling,
+            permit_nonce,
+            auth.deadline,
+        );
+        let signature = payer.sign_digest(digest)?;
         self.permit2612 = Some(json!({
             "from": auth.owner.to_checksum(None),
             "asset": auth.token.to_checksum(None),

@@ -9,7 +9,7 @@ use alloy_primitives::{keccak256, Address, B256, U256};
 use alloy_sol_types::SolValue;
 
 use super::{
-    parse_address, parse_time, parse_uint, Authorized, Policy, Presented, Rejection,
+    parse_address, parse_time, parse_uint, typed_digest, Authorized, Policy, Presented, Rejection,
     VerifiedPayment, Version,
 };
 use crate::nonce::NonceKey;
@@ -120,8 +120,31 @@ pub struct Permit2612 {
 }
 
 /// The `Permit` type an EIP-2612 token signs approvals under.
-pub const PERMIT_TYPE: &str =
+const PERMIT_TYPE: &str =
     "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)";
+
+/// The EIP-712 digest of an EIP-2612 `Permit(owner, Permit2, value, nonce, deadline)`
+/// under the token's domain separator.
+pub fn permit2612_digest(
+    token_domain: &B256,
+    owner: Address,
+    value: U256,
+    nonce: U256,
+    deadline: u64,
+) -> B256 {
+    let message = keccak256(
+        (
+            keccak256(PERMIT_TYPE),
+            owner,
+            PERMIT2_ADDRESS,
+            value,
+            nonce,
+            U256::from(deadline),
+        )
+            .abi_encode(),
+    );
+    typed_digest(token_domain, &message)
+}
 
 /// The parts of a v2 upto payment `verify` checks.
 pub(super) struct UptoPayment<'a> {
@@ -190,18 +213,7 @@ fn check_permit2612(
     if deadline < now.saturating_add(policy.valid_before_margin_seconds) {
         return Err(Rejection::Eip2612Deadline);
     }
-    let message = keccak256(
-        (
-            keccak256(PERMIT_TYPE),
-            from,
-            spender,
-            value,
-            nonce,
-            U256::from(deadline),
-        )
-            .abi_encode(),
-    );
-    let digest = typed_digest(token_domain, &message);
+    let digest = permit2612_digest(token_domain, from, value, nonce, deadline);
     // The token's `permit` takes an ECDSA (v, r, s) with a low s, nothing else.
     let ecdsa = alloy_primitives::Signature::from_raw_array(&signature)
         .map_err(|_| field("info.signature"))?;
@@ -223,16 +235,6 @@ fn check_permit2612(
         s: B256::from_slice(&signature[32..64]),
         v,
     })
-}
-
-/// `keccak256(0x1901 ‖ domain ‖ message)`: an EIP-712 digest.
-pub fn typed_digest(domain: &B256, message: &B256) -> B256 {
-    let mut bytes = [0u8; 66];
-    bytes[0] = 0x19;
-    bytes[1] = 0x01;
-    bytes[2..34].copy_from_slice(domain.as_slice());
-    bytes[34..].copy_from_slice(message.as_slice());
-    keccak256(bytes)
 }
 
 /// Checks an upto payment against the requirement it accepted (`index` in the route's list).
