@@ -11,7 +11,7 @@ use crate::official_clients_pay_through_levy::{pay, Client};
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::origin::Reply;
 use crate::support::pay::{decode, paid_get};
-use crate::support::settle::{settlement_yaml, settlements_in};
+use crate::support::settle::{settlement_yaml, settlements_in, wait_settled};
 use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
 
 /// Atomic units per record on `/feed`, per KiB on `/bytes`; the ceiling of both.
@@ -102,15 +102,7 @@ fn pay_upto(client: Client, url: &str) -> Value {
 
 /// Waits until `n` payments are settled, then returns how much the payee received.
 fn settled(s: &Setup, n: usize) -> U256 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while settlements_in(s.levy.admin, "settled") < n {
-        assert!(
-            Instant::now() < deadline,
-            "the metered payments never settled: {}",
-            s.levy.admin_get("/settlements").json()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_settled(s.levy.admin, n);
     s.chain.balance(PAY_TO.parse().expect("pay_to"))
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy::primitives::U256;
 
@@ -12,8 +12,8 @@ use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::origin::Reply;
 use crate::support::pay::upto_payment;
 use crate::support::process::{process_config, spawn_levy, wait_listening};
-use crate::support::settle::{settlement_yaml, settlements_in};
-use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+use crate::support::settle::{settlement_yaml, wait_settled};
+use crate::support::{upstream_yaml, Levy, Origin, PAY_TO};
 
 /// The ceiling of every metered route here: far above what any test charges.
 const CEILING: u64 = 200_000;
@@ -75,15 +75,7 @@ fn paid_stream(addr: SocketAddr, path: &str) -> (TcpStream, u16, String, Vec<u8>
 
 /// Waits until one payment settled; returns what the payee received.
 fn one_settlement(chain: &TestChain, admin: SocketAddr) -> U256 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while settlements_in(admin, "settled") < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the payment never settled: {}",
-            request(admin, "GET /settlements HTTP/1.1\r\nHost: admin\r\n\r\n").text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_settled(admin, 1);
     chain.balance(PAY_TO.parse().expect("pay_to"))
 }
 
@@ -125,14 +117,7 @@ fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
         "levy grew from {before} KiB to {peak} KiB while streaming 50 MiB: it buffers"
     );
     // 51 200 KiB, at one atomic unit each, for the stream (the warm-up paid its own part).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while settlements_in(admin, "settled") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the stream's payment never settled"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_settled(admin, 2);
     let paid = chain.balance(PAY_TO.parse().expect("pay_to"));
     assert!(
         paid >= U256::from(51_200) && paid <= U256::from(51_200 + 51_200),

@@ -50,6 +50,19 @@ pub fn wait_all_final(admin: SocketAddr, patience: Duration) {
     }
 }
 
+/// Waits until at least `n` payments are settled; on timeout, fails with the listing.
+pub fn wait_settled(admin: SocketAddr, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while settlements_in(admin, "settled") < n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} payments never settled: {}",
+            request(admin, "GET /settlements HTTP/1.1\r\nHost: a\r\n\r\n").text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// levy settling on `chain`, with a journal in `dir` and the settlement keys in `settlement`.
 pub fn settling_levy(
     chain: &TestChain,
