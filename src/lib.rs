@@ -18,6 +18,7 @@ pub mod pay;
 pub mod pricing;
 pub mod proxy;
 pub mod routing;
+pub mod scheme;
 pub mod server;
 pub mod services;
 pub mod settle;

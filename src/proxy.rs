@@ -21,6 +21,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use ctx::Release;
 pub use ctx::{Outcome, Paid, PaymentState, RequestCtx, STATUS_PATH};
 use headers::*;
 use metering::Metering;
@@ -32,6 +33,7 @@ use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
 use crate::metrics::{metrics, RouteMetrics};
 use crate::nonce::{NonceStore, Reservation};
 use crate::routing::{split_target, Lookup, RequestKey, Target};
+use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Hold, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{
@@ -42,7 +44,7 @@ use crate::x402::{
     self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
     X_PAYMENT_RESPONSE,
 };
-use alloy_primitives::B256;
+use alloy_primitives::{B256, U256};
 
 /// Request bodies up to this size are drained after a 402 so the connection can be reused;
 /// larger ones close it.
@@ -215,7 +217,7 @@ impl ProxyHttp for LevyProxy {
                 upstream_request.remove_header(&name);
             }
         }
-        if let PaymentState::Reserved(paid) = &ctx.payment {
+        if let Some(paid) = ctx.forwarded_payment() {
             upstream_request
                 .insert_header(names.payer.clone(), paid.verified.payer.to_checksum(None))?;
             upstream_request
@@ -334,10 +336,8 @@ impl ProxyHttp for LevyProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
-        if let PaymentState::Metering(paid) = &mut ctx.payment {
-            if let Some(metering) = paid.metering.as_mut() {
-                metering.on_body(body.as_deref().unwrap_or_default(), end_of_stream);
-            }
+        if let Some(metering) = ctx.metering() {
+            metering.on_body(body.as_deref().unwrap_or_default(), end_of_stream);
         }
         Ok(None)
     }
@@ -348,10 +348,8 @@ impl ProxyHttp for LevyProxy {
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let PaymentState::Metering(paid) = &mut ctx.payment {
-            if let Some(metering) = paid.metering.as_mut() {
-                metering.on_trailers(trailers);
-            }
+        if let Some(metering) = ctx.metering() {
+            metering.on_trailers(trailers);
         }
         Ok(())
     }

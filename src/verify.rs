@@ -122,8 +122,9 @@ impl PayerSignature {
     }
 }
 
-/// A signature as the payload carries it.
-enum Presented {
+/// A signature as the payload carries it: 65 bytes `r ‖ s ‖ v`, or longer (a contract
+/// wallet's).
+pub enum Presented {
     Ecdsa(Signature),
     Long(Vec<u8>),
 }
@@ -161,9 +162,12 @@ pub enum Authorized {
 }
 
 impl VerifiedPayment {
-    /// Whether it is a metered (`upto`) payment.
-    pub fn is_upto(&self) -> bool {
-        matches!(self.authorized, Authorized::Upto { .. })
+    /// The token it pays in.
+    pub fn token(&self) -> Address {
+        match self.authorized {
+            Authorized::Exact => self.key.asset,
+            Authorized::Upto { token, .. } => token,
+        }
     }
 }
 
@@ -317,24 +321,14 @@ pub fn verify(
             let requirement = requirements
                 .get(index)
                 .ok_or(Rejection::NoMatchingRequirements)?;
-            if let Scheme::Upto { .. } = requirement.scheme {
-                let auth = payment.payload.permit2_authorization.as_ref();
-                let permit = upto::permit2612_info(payment.extensions.as_ref())?;
-                return upto::verify(
-                    upto::UptoPayment {
-                        auth,
-                        signature: &signature,
-                        permit2612: permit.as_ref(),
-                    },
-                    requirement,
-                    index,
-                    now,
-                    policy,
-                );
-            }
-            let auth = ParsedAuthorization::parse(exact_authorization(&payment)?)?;
-            let checked = check(&auth, &signature, requirement, now, policy)?;
-            Ok(auth.into_verified(Version::V2, index, requirement, checked))
+            requirement.scheme.implementation().verify(
+                &payment,
+                &signature,
+                requirement,
+                index,
+                now,
+                policy,
+            )
         }
         1 => {
             let scheme = payment
@@ -370,6 +364,20 @@ pub fn verify(
         }
         other => Err(Rejection::UnsupportedVersion(other)),
     }
+}
+
+/// Checks an `exact` v2 payload (EIP-3009) against the requirement it accepted.
+pub(crate) fn verify_exact_v2(
+    payment: &PaymentPayload,
+    signature: &Presented,
+    requirement: &Requirement,
+    index: usize,
+    now: u64,
+    policy: &Policy,
+) -> Result<VerifiedPayment, Rejection> {
+    let auth = ParsedAuthorization::parse(exact_authorization(payment)?)?;
+    let checked = check(&auth, signature, requirement, now, policy)?;
+    Ok(auth.into_verified(Version::V2, index, requirement, checked))
 }
 
 /// The index of the issued requirement `accepted` echoes: core fields equal (addresses
@@ -459,7 +467,7 @@ impl ParsedAuthorization {
             requirement: index,
             key: NonceKey {
                 chain_id: r.chain_id,
-                asset: r.asset,
+                asset: crate::scheme::PaymentScheme::namespace(&crate::scheme::EXACT, r.asset),
                 from: self.from,
                 nonce: self.nonce,
             },

@@ -5,38 +5,15 @@
 use super::*;
 
 impl LevyProxy {
-    /// A reservation still open when the exchange fails or ends means the upstream never
-    /// answered (connect failure, timeout, client gone): nothing was delivered, so nothing
+    /// Releases a payment still reserved when the exchange fails or ends: the upstream never
+    /// answered (connect failure, timeout, client gone), so nothing was delivered, nothing
     /// is charged and the authorization is free again.
     pub(super) fn release_unanswered(&self, ctx: &mut RequestCtx) {
-        if !matches!(ctx.payment, PaymentState::Reserved(_)) {
-            return;
-        }
-        if let PaymentState::Reserved(paid) =
-            std::mem::replace(&mut ctx.payment, PaymentState::Released)
-        {
-            if paid.tx_hash.is_some() {
-                // Already settled on chain before forwarding: the money moved; keep it used.
-                self.nonces.commit(&paid.verified.key);
-                ctx.payment = PaymentState::Charged(paid);
-                return;
-            }
-            self.nonces.release(&paid.verified.key);
-            metrics()
-                .payments_released
-                .with_label_values(&[ctx.route_label()])
-                .inc();
-        }
-    }
-
-    /// Releases the payment reserved for this request (nothing was charged) and records
-    /// the outcome the request ends with.
-    pub(super) fn drop_reservation(&self, ctx: &mut RequestCtx, outcome: Outcome) {
-        if let PaymentState::Reserved(paid) = &ctx.payment {
-            self.nonces.release(&paid.verified.key);
-        }
-        ctx.payment = PaymentState::Released;
-        ctx.outcome = outcome;
+        ctx.release(
+            self.nonces.as_ref(),
+            self.metrics_of(ctx),
+            Release::Unserved,
+        );
     }
 
     /// Refuses a reserved payment with a 402 carrying `reason` (a fixed x402-style code).
@@ -45,19 +22,14 @@ impl LevyProxy {
         session: &Session,
         paywall: &Paywall,
         ctx: &mut RequestCtx,
-        reason: &str,
+        reason: &'static str,
     ) -> Reply {
-        self.reject_reserved(ctx, reason);
+        ctx.release(
+            self.nonces.as_ref(),
+            self.metrics_of(ctx),
+            Release::Refused(reason),
+        );
         self.challenge(session, paywall, reason, reason)
-    }
-
-    /// Releases a reserved payment that levy refuses, and counts the refusal under `reason`.
-    pub(super) fn reject_reserved(&self, ctx: &mut RequestCtx, reason: &str) {
-        self.drop_reservation(ctx, Outcome::PaymentRejected);
-        metrics()
-            .payments_rejected
-            .with_label_values(&[ctx.route_label(), reason])
-            .inc();
     }
 
     /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
@@ -92,9 +64,7 @@ impl LevyProxy {
         let Access::Priced(paywall) = &route.access else {
             return None;
         };
-        let PaymentState::Reserved(paid) = &ctx.payment else {
-            return None;
-        };
+        let paid = ctx.reserved()?;
         if settlement.verifies_remotely() {
             if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
                 log::info!(
@@ -134,9 +104,9 @@ impl LevyProxy {
             log::debug!("payer {} is denied: {reason}", verified.payer);
             return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
         }
-        if let Authorized::Upto { token, .. } = verified.authorized {
+        if verified.scheme().charge() == Charge::Metered {
             return self
-                .admit_metered(session, paywall, ctx, &verified, &network, token)
+                .admit_metered(session, paywall, ctx, &verified, &network)
                 .await;
         }
         let batched = paywall.settle != SettleMode::BeforeResponse;
@@ -186,7 +156,7 @@ impl LevyProxy {
                 ))
             }
             Admission::Defer if batched => {
-                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                if let Some(paid) = ctx.reserved_mut() {
                     paid.hold = hold;
                 }
                 return None;
@@ -201,12 +171,11 @@ impl LevyProxy {
                 }
             }
         }
-        let PaymentState::Reserved(paid) = &mut ctx.payment else {
-            return None;
-        };
-        match settlement.settle_now(paid.record(&route.name), hold).await {
+        let record = ctx.reserved()?.record(&route.name);
+        let id = record.id.clone();
+        match settlement.settle_now(record, hold).await {
             Ok(hash) => {
-                paid.tx_hash = Some(hash);
+                ctx.settled_upfront(hash);
                 None
             }
             Err(SettleError::Failed(reason)) => {
@@ -216,8 +185,7 @@ impl LevyProxy {
             Err(SettleError::Pending) => {
                 // The transfer is out there; its outcome will be reconciled. Keep the
                 // authorization reserved (it expires with validBefore) and say so.
-                let id = paid.id.clone();
-                ctx.payment = PaymentState::None;
+                ctx.unresolved();
                 ctx.outcome = Outcome::SettlementUnavailable;
                 Some(self.settlement_pending(&id))
             }
@@ -245,13 +213,12 @@ impl LevyProxy {
         ctx: &mut RequestCtx,
         verified: &VerifiedPayment,
         network: &str,
-        token: alloy_primitives::Address,
     ) -> Option<Reply> {
         let settlement = self.settlement.as_ref()?;
         let balance = if settlement.checks_funds() {
             let chain_id = verified.key.chain_id;
             match settlement
-                .upto_funds(network, chain_id, token, verified.payer)
+                .upto_funds(network, chain_id, verified.token(), verified.payer)
                 .await
             {
                 UptoFunds::Known {
@@ -262,7 +229,11 @@ impl LevyProxy {
                     && !permit_usable(&verified.authorized, permit_nonce) =>
                 {
                     let reason = "permit2_allowance_required";
-                    self.reject_reserved(ctx, reason);
+                    ctx.release(
+                        self.nonces.as_ref(),
+                        self.metrics_of(ctx),
+                        Release::Refused(reason),
+                    );
                     let body = serde_json::json!({
                         "error": reason,
                         "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
@@ -285,7 +256,7 @@ impl LevyProxy {
                 Some(self.refuse_payment(session, paywall, ctx, "permit2_insufficient_balance"))
             }
             Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
-                if let PaymentState::Reserved(paid) = &mut ctx.payment {
+                if let Some(paid) = ctx.reserved_mut() {
                     paid.hold = hold;
                 }
                 None
@@ -309,7 +280,11 @@ impl LevyProxy {
         text: &'static str,
         seconds: &'static str,
     ) -> Reply {
-        self.drop_reservation(ctx, Outcome::SettlementUnavailable);
+        ctx.release(
+            self.nonces.as_ref(),
+            self.metrics_of(ctx),
+            Release::Withdrawn,
+        );
         Reply::text(503, text).header(header::RETRY_AFTER, seconds)
     }
 
@@ -327,96 +302,38 @@ impl LevyProxy {
 
     /// Decides the fate of a reserved payment once the upstream's status is known: below 400
     /// the payment is charged and the response carries the settlement header; 400 and above
-    /// (as the reference servers do) it is released, so the client may retry with it.
+    /// (as the reference servers do) it is released, so the client may retry with it. A
+    /// metered payment starts counting instead; it is charged when the response ends.
     pub(super) async fn settle_payment(
         &self,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let PaymentState::Reserved(mut paid) =
-            std::mem::replace(&mut ctx.payment, PaymentState::None)
-        else {
+        let nonces = self.nonces.as_ref();
+        if response.status.as_u16() >= 400 && ctx.reserved().is_some() {
+            ctx.release(nonces, self.metrics_of(ctx), Release::Unserved);
+            ctx.outcome = Outcome::PaymentReleased;
+            return Ok(());
+        }
+        if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
+            if let Some((mut paid, _)) = ctx.take_for_response() {
+                if let Some(metering) = paid.metering.as_mut() {
+                    metering.on_headers(response);
+                }
+                make_private(response)?;
+                ctx.begin_metering(paid);
+            }
+            return Ok(());
+        }
+        self.record_charge(ctx).await?;
+        let Some((paid, upfront)) = ctx.take_for_response() else {
             return Ok(());
         };
-        let route = ctx.route_label().to_owned();
-        if response.status.as_u16() >= 400 && paid.tx_hash.is_none() {
-            self.nonces.release(&paid.verified.key);
-            metrics()
-                .payments_released
-                .with_label_values(&[route.as_str()])
-                .inc();
-            ctx.outcome = Outcome::PaymentReleased;
-            ctx.payment = PaymentState::Released;
-            return Ok(());
-        }
-        if let Some(metering) = paid.metering.as_mut() {
-            // Charged when the response ends, for what it delivered.
-            metering.on_headers(response);
-            make_private(response)?;
-            ctx.outcome = Outcome::Paid;
-            ctx.payment = PaymentState::Metering(paid);
-            return Ok(());
-        }
-        let status = match (&self.settlement, paid.tx_hash) {
-            (_, Some(_)) => "settled",
-            (Some(settlement), None)
-                if paid.verified.valid_before < unix_now() + settlement.settle_window_seconds() =>
-            {
-                // Too close to validBefore for a batch: settle before the response leaves,
-                // or serve nothing.
-                let hold = paid.hold.take();
-                match settlement.settle_now(paid.record(&route), hold).await {
-                    Ok(hash) => {
-                        paid.tx_hash = Some(hash);
-                        "settled"
-                    }
-                    Err(SettleError::Pending) => {
-                        ctx.failure = Some(
-                            "settlement pending; check the payment status before paying again",
-                        );
-                        ctx.payment = PaymentState::None;
-                        return Err(Error::explain(
-                            ErrorType::HTTPStatus(503),
-                            "settlement outcome unknown",
-                        ));
-                    }
-                    Err(e) => {
-                        log::info!("payment {} not settled before it expires: {e}", paid.id);
-                        self.nonces.release(&paid.verified.key);
-                        ctx.payment = PaymentState::Released;
-                        ctx.failure = Some(
-                            "the payment could not be settled before its authorization expires; nothing was charged",
-                        );
-                        return Err(Error::explain(
-                            ErrorType::HTTPStatus(402),
-                            "authorization expiring",
-                        ));
-                    }
-                }
-            }
-            (Some(settlement), None) => {
-                // Journaled durably before the response leaves; if that fails, nothing is
-                // charged and the client is told to retry.
-                let hold = paid.hold.take();
-                if let Err(e) = settlement.accept(paid.record(&route), hold).await {
-                    log::error!("cannot journal payment {}: {e}", paid.id);
-                    self.nonces.release(&paid.verified.key);
-                    ctx.payment = PaymentState::Released;
-                    ctx.failure = Some("cannot record the payment; nothing was charged");
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(503),
-                        "journal write failed",
-                    ));
-                }
-                "pending"
-            }
+        let status = match (upfront, &self.settlement) {
+            (Some(_), _) => "settled",
+            (None, Some(_)) => "pending",
             (None, None) => "accepted",
         };
-        self.nonces.commit(&paid.verified.key);
-        if let Some(m) = self.metrics_of(ctx) {
-            m.payments_charged.inc();
-        }
-        ctx.outcome = Outcome::Paid;
         let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
         if self.settlement.is_some() {
             let base = self.config.public_url.as_deref().unwrap_or("");
@@ -425,7 +342,7 @@ impl LevyProxy {
         }
         let receipt = SettleResponse {
             success: true,
-            transaction: paid.tx_hash.map(|h| h.to_string()).unwrap_or_default(),
+            transaction: upfront.map(|h| h.to_string()).unwrap_or_default(),
             network: paid.network.clone(),
             payer: paid.verified.payer.to_checksum(None),
             amount: None,
@@ -442,7 +359,61 @@ impl LevyProxy {
         };
         response.insert_header(name, encoded)?;
         make_private(response)?;
-        ctx.payment = PaymentState::Charged(paid);
+        let amount = paid.verified.amount;
+        ctx.charge(nonces, self.metrics_of(ctx), paid, amount);
+        Ok(())
+    }
+
+    /// Makes a reserved whole-price payment's charge durable before its response leaves:
+    /// journaled for a batch or, too close to its `validBefore` for one, settled now. If
+    /// neither can be done, nothing is charged and the request fails with the reason.
+    async fn record_charge(&self, ctx: &mut RequestCtx) -> pingora::Result<()> {
+        let Some(settlement) = &self.settlement else {
+            return Ok(());
+        };
+        let route = ctx.route_label().to_owned();
+        let Some(paid) = ctx.reserved_mut() else {
+            return Ok(());
+        };
+        let expiring = paid.verified.valid_before < unix_now() + settlement.settle_window_seconds();
+        let (record, hold) = (paid.record(&route), paid.hold.take());
+        let id = record.id.clone();
+        let nonces = self.nonces.as_ref();
+        if expiring {
+            // Too close to validBefore for a batch: settle before the response leaves, or
+            // serve nothing.
+            match settlement.settle_now(record, hold).await {
+                Ok(hash) => ctx.settled_upfront(hash),
+                Err(SettleError::Pending) => {
+                    ctx.unresolved();
+                    ctx.failure =
+                        Some("settlement pending; check the payment status before paying again");
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        "settlement outcome unknown",
+                    ));
+                }
+                Err(e) => {
+                    log::info!("payment {id} not settled before it expires: {e}");
+                    ctx.release(nonces, self.metrics_of(ctx), Release::Withdrawn);
+                    ctx.failure = Some(
+                        "the payment could not be settled before its authorization expires; nothing was charged",
+                    );
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(402),
+                        "authorization expiring",
+                    ));
+                }
+            }
+        } else if let Err(e) = settlement.accept(record, hold).await {
+            log::error!("cannot journal payment {id}: {e}");
+            ctx.release(nonces, self.metrics_of(ctx), Release::Withdrawn);
+            ctx.failure = Some("cannot record the payment; nothing was charged");
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "journal write failed",
+            ));
+        }
         Ok(())
     }
 }
@@ -458,12 +429,7 @@ impl LevyProxy {
         e: Option<&Error>,
         ctx: &mut RequestCtx,
     ) {
-        if !matches!(ctx.payment, PaymentState::Metering(_)) {
-            return;
-        }
-        let PaymentState::Metering(mut paid) =
-            std::mem::replace(&mut ctx.payment, PaymentState::None)
-        else {
+        let Some(mut paid) = ctx.take_metering() else {
             return;
         };
         let Some(metering) = paid.metering.take() else {
@@ -483,7 +449,6 @@ impl LevyProxy {
         if let Some(hold) = hold.as_mut() {
             hold.shrink_to(amount);
         }
-        self.nonces.commit(&paid.verified.key);
         if let Some(settlement) = &self.settlement {
             let journaled = if amount.is_zero() {
                 drop(hold);
@@ -503,15 +468,12 @@ impl LevyProxy {
                 .metered_amount
                 .with_label_values(&[route.as_str()])
                 .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
-            if let Some(m) = self.metrics_of(ctx) {
-                m.payments_charged.inc();
-            }
         }
         log::debug!(
             "metered payment {} on route {route}: {units} units, {amount} charged ({ending:?})",
             paid.id
         );
-        ctx.payment = PaymentState::Charged(paid);
+        ctx.charge(self.nonces.as_ref(), self.metrics_of(ctx), paid, amount);
     }
 }
 

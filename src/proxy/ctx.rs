@@ -67,18 +67,37 @@ impl Outcome {
     }
 }
 
-/// Where a request's payment stands.
+/// Where a request's payment stands. It changes only through the transitions on
+/// [`RequestCtx`], each of which settles the replay set and the counters in one place.
 pub enum PaymentState {
     /// No payment involved (free route, unmatched, or not reached).
     None,
     /// Verified and reserved; the request is on its way upstream.
     Reserved(Box<Paid>),
-    /// The upstream answered below 400: the payment bought this response.
-    Charged(Box<Paid>),
+    /// Settled on chain, in this transaction, before the request went upstream: the money
+    /// moved whatever the origin answers.
+    SettledUpfront(Box<Paid>, B256),
     /// A metered response is streaming; its charge is fixed when it ends.
     Metering(Box<Paid>),
-    /// The upstream failed: the reservation was released, nothing charged.
+    /// Charged (journaled, or settled upfront); its authorization stays used.
+    Charged(Box<Paid>),
+    /// Released uncharged; the client may pay with the same authorization again.
     Released,
+    /// Its transfer went out before forwarding but its outcome is unknown: the
+    /// authorization stays reserved until it expires, and the journal reconciles it.
+    Unresolved,
+}
+
+/// Why a reserved payment is released uncharged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    /// The origin never answered, or answered 400 or above: counted as released.
+    Unserved,
+    /// levy refuses it under this x402 reason (the request ends `payment_rejected`).
+    Refused(&'static str),
+    /// levy cannot decide or record it now; the client may retry with it (the request ends
+    /// `settlement_unavailable` unless a later phase says otherwise).
+    Withdrawn,
 }
 
 /// A verified payment travelling with its request.
@@ -90,8 +109,6 @@ pub struct Paid {
     pub network: String,
     /// The operator's name for the network (the settlement engine's key).
     pub network_name: String,
-    /// Set when the payment was settled before the request went upstream.
-    pub tx_hash: Option<B256>,
     /// The decoded payment payload and the matched requirement, kept only when a
     /// facilitator settles (it needs them verbatim).
     pub payload: Option<String>,
@@ -111,10 +128,7 @@ impl Paid {
             id: self.id.clone(),
             route: route.to_owned(),
             network: self.network_name.clone(),
-            asset: match v.authorized {
-                Authorized::Exact => v.key.asset,
-                Authorized::Upto { token, .. } => token,
-            },
+            asset: v.token(),
             payer: v.payer,
             to: v.to,
             amount: v.amount,
@@ -168,4 +182,154 @@ impl RequestCtx {
     pub(super) fn route_label(&self) -> &str {
         self.route.as_deref().map_or("-", |r| r.name.as_str())
     }
+
+    /// The payment reserved for this request and not yet charged or released.
+    pub(super) fn reserved(&self) -> Option<&Paid> {
+        match &self.payment {
+            PaymentState::Reserved(paid) => Some(paid),
+            _ => None,
+        }
+    }
+
+    /// None → Reserved: a verified payment whose authorization the replay set holds.
+    pub(super) fn reserve(&mut self, paid: Paid) {
+        self.payment = PaymentState::Reserved(Box::new(paid));
+    }
+
+    /// The payment the request goes upstream with: reserved, or settled upfront.
+    pub(super) fn forwarded_payment(&self) -> Option<&Paid> {
+        match &self.payment {
+            PaymentState::Reserved(paid) | PaymentState::SettledUpfront(paid, _) => Some(paid),
+            _ => None,
+        }
+    }
+
+    /// The reserved payment, to attach what admission decided (its exposure hold).
+    pub(super) fn reserved_mut(&mut self) -> Option<&mut Paid> {
+        match &mut self.payment {
+            PaymentState::Reserved(paid) => Some(paid),
+            _ => None,
+        }
+    }
+
+    /// Reserved → SettledUpfront: its transfer is mined (`hash`) before forwarding.
+    pub(super) fn settled_upfront(&mut self, hash: B256) {
+        if let PaymentState::Reserved(paid) =
+            std::mem::replace(&mut self.payment, PaymentState::None)
+        {
+            self.payment = PaymentState::SettledUpfront(paid, hash);
+        }
+    }
+
+    /// Reserved → Unresolved: its settlement's outcome is unknown, so its authorization
+    /// stays reserved (it expires with its deadline) and nothing more is done here.
+    pub(super) fn unresolved(&mut self) {
+        self.payment = PaymentState::Unresolved;
+    }
+
+    /// Reserved → Released: frees its authorization and counts why. A payment settled
+    /// upfront cannot be released (its money moved): it is charged instead. With nothing
+    /// reserved, a refusal is still counted (a payment refused before it was reserved).
+    pub(super) fn release(
+        &mut self,
+        nonces: &dyn NonceStore,
+        metrics: Option<&RouteMetrics>,
+        why: Release,
+    ) {
+        match std::mem::replace(&mut self.payment, PaymentState::Released) {
+            PaymentState::Reserved(paid) => {
+                nonces.release(&paid.verified.key);
+                if why == Release::Unserved {
+                    metrics_released(self.route_label());
+                }
+            }
+            PaymentState::SettledUpfront(paid, _) => {
+                let amount = paid.verified.amount;
+                self.charge(nonces, metrics, paid, amount);
+                return;
+            }
+            PaymentState::None => self.payment = PaymentState::None,
+            other => {
+                // Charged, metering or already decided: not this transition's to undo.
+                self.payment = other;
+                return;
+            }
+        }
+        match why {
+            Release::Unserved => {}
+            Release::Refused(reason) => {
+                crate::metrics::metrics()
+                    .payments_rejected
+                    .with_label_values(&[self.route_label(), reason])
+                    .inc();
+                self.outcome = Outcome::PaymentRejected;
+            }
+            Release::Withdrawn => self.outcome = Outcome::SettlementUnavailable,
+        }
+    }
+
+    /// Reserved or SettledUpfront → Metering: the response is served and its charge is
+    /// counted as it streams.
+    pub(super) fn begin_metering(&mut self, paid: Box<Paid>) {
+        self.outcome = Outcome::Paid;
+        self.payment = PaymentState::Metering(paid);
+    }
+
+    /// → Charged: its authorization becomes used for good and, when `amount` is above zero,
+    /// it counts as a payment that bought a response.
+    pub(super) fn charge(
+        &mut self,
+        nonces: &dyn NonceStore,
+        metrics: Option<&RouteMetrics>,
+        paid: Box<Paid>,
+        amount: U256,
+    ) {
+        nonces.commit(&paid.verified.key);
+        if !amount.is_zero() {
+            if let Some(m) = metrics {
+                m.payments_charged.inc();
+            }
+        }
+        self.outcome = Outcome::Paid;
+        self.payment = PaymentState::Charged(paid);
+    }
+
+    /// Takes the payment out for the response phase: a reserved one with the hash of its
+    /// upfront settlement, if it had one.
+    pub(super) fn take_for_response(&mut self) -> Option<(Box<Paid>, Option<B256>)> {
+        match std::mem::replace(&mut self.payment, PaymentState::None) {
+            PaymentState::Reserved(paid) => Some((paid, None)),
+            PaymentState::SettledUpfront(paid, hash) => Some((paid, Some(hash))),
+            other => {
+                self.payment = other;
+                None
+            }
+        }
+    }
+
+    /// Takes out a metered payment whose response has ended.
+    pub(super) fn take_metering(&mut self) -> Option<Box<Paid>> {
+        match std::mem::replace(&mut self.payment, PaymentState::None) {
+            PaymentState::Metering(paid) => Some(paid),
+            other => {
+                self.payment = other;
+                None
+            }
+        }
+    }
+
+    /// The metering of a streaming metered response.
+    pub(super) fn metering(&mut self) -> Option<&mut Metering> {
+        match &mut self.payment {
+            PaymentState::Metering(paid) => paid.metering.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+fn metrics_released(route: &str) {
+    crate::metrics::metrics()
+        .payments_released
+        .with_label_values(&[route])
+        .inc();
 }

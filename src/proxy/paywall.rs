@@ -115,7 +115,7 @@ impl LevyProxy {
                 {
                     self.keep_for_facilitator(&mut paid, header.as_bytes(), paywall, session);
                 }
-                ctx.payment = PaymentState::Reserved(Box::new(paid));
+                ctx.reserve(paid);
                 None
             }
             Err(rejection) => {
@@ -123,12 +123,13 @@ impl LevyProxy {
                     "payment refused on route {}: {rejection}",
                     ctx.route_label()
                 );
-                metrics()
-                    .payments_rejected
-                    .with_label_values(&[ctx.route_label(), rejection.reason()])
-                    .inc();
-                ctx.outcome = Outcome::PaymentRejected;
-                Some(self.challenge(session, paywall, rejection.reason(), rejection.reason()))
+                let reason = rejection.reason();
+                ctx.release(
+                    self.nonces.as_ref(),
+                    self.metrics_of(ctx),
+                    Release::Refused(reason),
+                );
+                Some(self.challenge(session, paywall, reason, reason))
             }
         }
     }
@@ -151,18 +152,20 @@ impl LevyProxy {
             .verify_duration
             .observe(started.elapsed().as_secs_f64());
         let verified = verified?;
-        match self.nonces.reserve(&verified.key, verified.valid_before) {
+        let scheme = verified.scheme();
+        let replay = scheme.replay(&verified);
+        match self.nonces.reserve(&replay.key, replay.until) {
             Reservation::Reserved => {}
             Reservation::InFlight => return Err(Rejection::InFlight),
-            Reservation::AlreadyUsed if verified.is_upto() => {
-                return Err(Rejection::Permit2NonceUsed)
-            }
-            Reservation::AlreadyUsed => return Err(Rejection::AlreadyUsed),
+            Reservation::AlreadyUsed => return Err(scheme.replayed()),
         }
-        let metering = paywall.metered.as_ref().and_then(|m| {
-            let rates = m.rates.get(verified.requirement).copied().flatten()?;
-            Some(Metering::new(m.unit.clone(), rates))
-        });
+        let metering = match scheme.charge() {
+            Charge::Whole => None,
+            Charge::Metered => paywall.metered.as_ref().and_then(|m| {
+                let rates = m.rates.get(verified.requirement).copied().flatten()?;
+                Some(Metering::new(m.unit.clone(), rates))
+            }),
+        };
         let requirement = paywall.requirements.get(verified.requirement);
         let network = match verified.version {
             Version::V2 => requirement.map(|r| r.network.clone()),
@@ -176,7 +179,6 @@ impl LevyProxy {
             network_name: requirement
                 .map(|r| r.network_name.clone())
                 .unwrap_or_default(),
-            tx_hash: None,
             payload: None,
             requirement: None,
             hold: None,

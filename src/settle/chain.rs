@@ -16,11 +16,12 @@ use alloy::providers::{Provider, ProviderBuilder, RootProvider};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
-use alloy::sol_types::{SolCall, SolEvent, SolValue};
+use alloy::sol_types::{SolCall, SolValue};
 
 use super::funds::UptoPayerState;
 use super::upto;
 use super::PaymentRecord;
+use crate::scheme::{self, SchemeError, Targets, EXACT};
 
 sol! {
     interface IEip3009 {
@@ -79,6 +80,8 @@ pub enum ChainError {
     Signing(String),
     #[error("the batch needs {gas} gas, too much of the block gas limit {block}")]
     TooMuchGas { gas: u64, block: u64 },
+    #[error(transparent)]
+    Scheme(#[from] SchemeError),
 }
 
 /// What the chain says about one authorization.
@@ -160,65 +163,18 @@ impl Chain {
         })
     }
 
-    /// The batcher `upto` payments settle through.
-    fn batcher(&self) -> Result<Address, ChainError> {
-        self.batcher
-            .ok_or_else(|| ChainError::Decode("no batcher configured for upto payments".into()))
+    /// The contracts this chain's payments settle through.
+    fn targets(&self) -> Targets {
+        Targets {
+            multicall: self.multicall,
+            batcher: self.batcher,
+        }
     }
 
-    /// Where a batch of these payments is sent, and its calldata: `LevyBatcher.settle` for
-    /// `upto` payments, `aggregate3` of the transfers for `exact` ones.
-    fn batch_call(&self, payments: &[PaymentRecord]) -> Result<(Address, Bytes), ChainError> {
-        if payments.first().is_some_and(|p| p.upto.is_some()) {
-            return Ok((self.batcher()?, upto::settle_calldata(payments)));
-        }
-        let calls: Vec<IMulticall3::Call3> = payments.iter().flat_map(payment_calls).collect();
-        Ok((
-            self.multicall,
-            IMulticall3::aggregate3Call { calls }.abi_encode().into(),
-        ))
-    }
-
-    /// For each `upto` payment: whether its Permit2 nonce is used and the payer's balance,
-    /// in one multicall read, then the batch simulated through the batcher (as the settler,
-    /// its owner) at the latest block.
-    async fn precheck_upto(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
-        let mut calls = Vec::with_capacity(payments.len() * 2);
-        let mut bits = Vec::with_capacity(payments.len());
-        for p in payments {
-            let (bitmap, bit) = upto::bitmap_call(p.payer, p.nonce);
-            bits.push(bit);
-            calls.push(IMulticall3::Call3 {
-                target: crate::x402::PERMIT2_ADDRESS,
-                allowFailure: true,
-                callData: bitmap.into(),
-            });
-            calls.push(balance_call(p.asset, p.payer, true));
-        }
-        let reads = self.read_many(calls).await?;
-        let (batcher, data) = self.batch_call(payments)?;
-        let request = TransactionRequest::default()
-            .from(self.settler())
-            .to(batcher)
-            .input(data.into());
-        // A simulation that reverts as a whole (not one item) settles nothing.
-        let settles = match self.call_latest(request).await {
-            Ok(output) => upto::decode_settled(&output)
-                .map_err(|e| ChainError::Decode(format!("LevyBatcher.settle: {e}")))?,
-            Err(ChainError::Rpc { .. }) => vec![false; payments.len()],
-            Err(e) => return Err(e),
-        };
-        Ok(reads
-            .chunks(2)
-            .zip(bits)
-            .zip(settles.into_iter().chain(std::iter::repeat(false)))
-            .map(|((pair, bit), transfers)| Precheck {
-                used: !pair[0].success
-                    || upto::bit_is_set(&pair[0].returnData, bit).unwrap_or(true),
-                balance: read_balance(&pair[1]),
-                transfers,
-            })
-            .collect())
+    /// Where a batch of these payments (all of one scheme) is sent, and its calldata.
+    pub fn batch_call(&self, payments: &[PaymentRecord]) -> Result<(Address, Bytes), ChainError> {
+        let scheme = payments.first().map_or(&EXACT as _, PaymentRecord::scheme);
+        Ok(scheme.batch_call(payments, &self.targets())?)
     }
 
     /// A payer's balance of `token`, its allowance to Permit2 and its EIP-2612 nonce, in one
@@ -283,55 +239,43 @@ impl Chain {
         }
     }
 
-    /// `authorizationState` and `balanceOf(payer)` for each payment, then the batch's own
-    /// transfer calls, simulated in order, all in one multicall read at the latest block.
+    /// Whether each payment's authorization is used and the payer's balance, in one
+    /// multicall read, then the batch simulated as the settler would send it, at the latest
+    /// block. A simulation that reverts as a whole settles nothing.
     pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
-        if payments.first().is_some_and(|p| p.upto.is_some()) {
-            return self.precheck_upto(payments).await;
-        }
-        let mut calls = Vec::with_capacity(payments.len() * 3);
+        let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
+            return Ok(Vec::new());
+        };
+        let mut calls = Vec::with_capacity(payments.len() * 2);
         for p in payments {
+            let read = scheme.used_read(p);
             calls.push(IMulticall3::Call3 {
-                target: p.asset,
+                target: read.target,
                 allowFailure: true,
-                callData: IEip3009::authorizationStateCall {
-                    authorizer: p.payer,
-                    nonce: p.nonce,
-                }
-                .abi_encode()
-                .into(),
+                callData: read.data,
             });
             calls.push(balance_call(p.asset, p.payer, true));
         }
-        // Each payment's transfer is the last of its calls (an ERC-6492 wallet's deployment
-        // comes first).
-        let mut transfer_at = Vec::with_capacity(payments.len());
-        for p in payments {
-            calls.extend(payment_calls(p));
-            transfer_at.push(calls.len() - 1);
-        }
-        let data = IMulticall3::aggregate3Call { calls }.abi_encode();
+        let reads = self.read_many(calls).await?;
+        let (target, data) = self.batch_call(payments)?;
         let request = TransactionRequest::default()
-            .to(self.multicall)
+            .from(self.settler())
+            .to(target)
             .input(data.into());
-        let output = self.call_latest(request).await?;
-        let results = IMulticall3::aggregate3Call::abi_decode_returns(&output)
-            .map_err(|e| ChainError::Decode(format!("aggregate3: {e}")))?;
-        if results.len() != transfer_at.last().map_or(0, |last| last + 1) {
-            return Err(ChainError::Decode(
-                "aggregate3 returned the wrong number of results".into(),
-            ));
-        }
-        Ok(results[..payments.len() * 2]
+        let transfers = match self.call_latest(request).await {
+            Ok(output) => scheme.batch_outcomes(payments, &output)?,
+            Err(ChainError::Rpc { .. }) => vec![false; payments.len()],
+            Err(e) => return Err(e),
+        };
+        Ok(reads
             .chunks(2)
-            .zip(transfer_at)
-            .map(|(pair, transfer)| Precheck {
+            .zip(payments)
+            .zip(transfers.into_iter().chain(std::iter::repeat(false)))
+            .map(|((pair, p), transfers)| Precheck {
                 // A failed read counts as "used" so the payment is reconciled, never sent blind.
-                used: !pair[0].success
-                    || IEip3009::authorizationStateCall::abi_decode_returns(&pair[0].returnData)
-                        .unwrap_or(true),
+                used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
                 balance: read_balance(&pair[1]),
-                transfers: results[transfer].success,
+                transfers,
             })
             .collect())
     }
@@ -537,22 +481,12 @@ impl Chain {
         else {
             return Ok(None);
         };
+        let targets = self.targets();
         let used = receipt
             .inner
             .logs()
             .iter()
-            .filter(|log| {
-                log.topics().first() == Some(&IEip3009::AuthorizationUsed::SIGNATURE_HASH)
-            })
-            .filter_map(|log| {
-                let topics = log.topics();
-                (topics.len() == 3)
-                    .then(|| (log.address(), Address::from_word(topics[1]), topics[2]))
-            })
-            .chain(receipt.inner.logs().iter().filter_map(|log| {
-                self.batcher
-                    .and_then(|batcher| upto::settled_log(log, batcher))
-            }))
+            .filter_map(|log| scheme::used_in_log(log.address(), log.topics(), &targets))
             .collect();
         Ok(Some(Mined {
             success: receipt.status(),
@@ -562,35 +496,37 @@ impl Chain {
         }))
     }
 
-    /// What became of an authorization, from `authorizationState` and the token's logs.
+    /// What became of an authorization: whether its scheme's nonce is used, then which
+    /// transaction's use event names it (or its cancellation). A nonce used without such an
+    /// event was spent elsewhere, or the event is beyond the lookback.
     pub async fn fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
-        if payment.upto.is_some() {
-            return self.upto_fate(payment).await;
-        }
-        let state = IEip3009::authorizationStateCall {
-            authorizer: payment.payer,
-            nonce: payment.nonce,
-        };
+        let scheme = payment.scheme();
+        let read = scheme.used_read(payment);
         let request = TransactionRequest::default()
-            .to(payment.asset)
-            .input(state.abi_encode().into());
+            .to(read.target)
+            .input(read.data.into());
         let output = self.call_latest(request).await?;
-        let used = IEip3009::authorizationStateCall::abi_decode_returns(&output)
-            .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
+        let used = scheme
+            .is_used(payment, &output)
+            .ok_or_else(|| ChainError::Decode(format!("{} nonce state", scheme.name())))?;
         if !used {
             return Ok(AuthorizationFate::Unused);
         }
+        let events = scheme.use_events(payment.asset, &self.targets())?;
         // Bounded: providers refuse unbounded log ranges. The authorization can only have
         // been used after levy accepted it, which is recent.
         let latest = self
             .rpc("eth_blockNumber", self.provider.get_block_number())
             .await?;
         let filter = Filter::new()
-            .address(payment.asset)
-            .event_signature(vec![
-                IEip3009::AuthorizationUsed::SIGNATURE_HASH,
-                IEip3009::AuthorizationCanceled::SIGNATURE_HASH,
-            ])
+            .address(events.emitter)
+            .event_signature(
+                events
+                    .canceled
+                    .into_iter()
+                    .chain([events.used])
+                    .collect::<Vec<_>>(),
+            )
             .topic1(payment.payer.into_word())
             .topic2(payment.nonce)
             .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
@@ -599,7 +535,7 @@ impl Chain {
             .rpc("eth_getLogs", self.provider.get_logs(&filter))
             .await?;
         for log in logs {
-            if log.topics().first() == Some(&IEip3009::AuthorizationCanceled::SIGNATURE_HASH) {
+            if events.canceled.is_some() && log.topics().first() == events.canceled.as_ref() {
                 return Ok(AuthorizationFate::Canceled);
             }
             if let Some(tx) = log.transaction_hash {
@@ -607,39 +543,6 @@ impl Chain {
             }
         }
         Ok(AuthorizationFate::UsedUnknown)
-    }
-
-    /// What became of an `upto` payment: its Permit2 nonce bit, then the batcher's
-    /// `UptoSettled` log for it. A nonce used without such a log was spent elsewhere (the
-    /// payer invalidated it, or the log is beyond the lookback).
-    async fn upto_fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
-        let (data, bit) = upto::bitmap_call(payment.payer, payment.nonce);
-        let request = TransactionRequest::default()
-            .to(crate::x402::PERMIT2_ADDRESS)
-            .input(Bytes::from(data).into());
-        let output = self.call_latest(request).await?;
-        let used = upto::bit_is_set(&output, bit)
-            .ok_or_else(|| ChainError::Decode("nonceBitmap".into()))?;
-        if !used {
-            return Ok(AuthorizationFate::Unused);
-        }
-        let latest = self
-            .rpc("eth_blockNumber", self.provider.get_block_number())
-            .await?;
-        let filter = Filter::new()
-            .address(self.batcher()?)
-            .event_signature(upto::SETTLED_SIGNATURE)
-            .topic1(payment.payer.into_word())
-            .topic2(payment.nonce)
-            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
-            .to_block(latest);
-        let logs = self
-            .rpc("eth_getLogs", self.provider.get_logs(&filter))
-            .await?;
-        Ok(logs
-            .iter()
-            .find_map(|log| log.transaction_hash)
-            .map_or(AuthorizationFate::UsedUnknown, AuthorizationFate::Used))
     }
 
     /// The settler's next nonce, counting pending transactions.

@@ -149,21 +149,21 @@ impl Settlement {
         let ready = |r: &PaymentRecord| {
             r.next_attempt_at <= now && inflight.count(&r.network) < config.max_in_flight
         };
-        // A batch is one network's `exact` payments (aggregate3) or its `upto` payments
-        // (the batcher): a lane.
-        let mut lanes: Vec<(&str, bool)> = Vec::new();
+        // A batch is one network's payments of one scheme (each scheme settles through its
+        // own call): a lane.
+        let mut lanes: Vec<(&str, &str)> = Vec::new();
         for r in queue.iter().filter(|r| ready(r)) {
-            let lane = (r.network.as_str(), r.upto.is_some());
+            let lane = (r.network.as_str(), r.scheme().name());
             if !lanes.contains(&lane) {
                 lanes.push(lane);
             }
         }
         // The first lane that is due; one that is not must not hold up the others.
-        let (network, candidates) = lanes.into_iter().find_map(|(network, upto)| {
+        let (network, candidates) = lanes.into_iter().find_map(|(network, scheme)| {
             let candidates: Vec<usize> = (0..queue.len())
                 .filter(|&i| {
                     queue[i].network == network
-                        && queue[i].upto.is_some() == upto
+                        && queue[i].scheme().name() == scheme
                         && ready(&queue[i])
                 })
                 .collect();

@@ -102,19 +102,6 @@ pub struct PaymentRecord {
     pub upto: Option<upto::UptoTerms>,
 }
 
-impl PaymentRecord {
-    /// `(namespace, payer, nonce)` of its authorization: the token for an EIP-3009 nonce,
-    /// Permit2 for a Permit2 nonce (the replay set's and the receipts' key).
-    pub fn authorization_key(&self) -> (Address, Address, B256) {
-        let namespace = if self.upto.is_some() {
-            crate::x402::PERMIT2_ADDRESS
-        } else {
-            self.asset
-        };
-        (namespace, self.payer, self.nonce)
-    }
-}
-
 /// A broadcast batch transaction, journaled before broadcast.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchRecord {

@@ -157,17 +157,5 @@ pub fn decode_permit_nonce(output: &[u8]) -> Option<U256> {
     IErc2612::noncesCall::abi_decode_returns(output).ok()
 }
 
-/// The `(Permit2, owner, nonce)` of an `UptoSettled` log from `batcher`, if it is one.
-pub fn settled_log(
-    log: &alloy::rpc::types::Log,
-    batcher: Address,
-) -> Option<(Address, Address, B256)> {
-    let topics = log.topics();
-    (log.address() == batcher
-        && topics.len() == 3
-        && topics[0] == ILevyBatcher::UptoSettled::SIGNATURE_HASH)
-        .then(|| (PERMIT2_ADDRESS, Address::from_word(topics[1]), topics[2]))
-}
-
 /// The event signature levy's batcher emits per settled payment.
 pub const SETTLED_SIGNATURE: B256 = ILevyBatcher::UptoSettled::SIGNATURE_HASH;

@@ -15,7 +15,8 @@ use super::{
 use crate::nonce::NonceKey;
 use crate::pricing::{Requirement, Scheme};
 use crate::x402::{
-    Eip2612Info, Permit2Authorization, EIP2612_GAS_SPONSORING, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS,
+    Eip2612Info, PaymentPayload, Permit2Authorization, EIP2612_GAS_SPONSORING, PERMIT2_ADDRESS,
+    UPTO_PROXY_ADDRESS,
 };
 
 /// The primary type of an upto authorization, with its referenced types appended.
@@ -237,8 +238,32 @@ fn check_permit2612(
     })
 }
 
+/// Checks an `upto` v2 payload (Permit2, with an optional EIP-2612 permit) against the
+/// requirement it accepted (`index` in the route's list).
+pub(crate) fn verify_v2(
+    payment: &PaymentPayload,
+    signature: &Presented,
+    requirement: &Requirement,
+    index: usize,
+    now: u64,
+    policy: &Policy,
+) -> Result<VerifiedPayment, Rejection> {
+    let permit = permit2612_info(payment.extensions.as_ref())?;
+    verify(
+        UptoPayment {
+            auth: payment.payload.permit2_authorization.as_ref(),
+            signature,
+            permit2612: permit.as_ref(),
+        },
+        requirement,
+        index,
+        now,
+        policy,
+    )
+}
+
 /// Checks an upto payment against the requirement it accepted (`index` in the route's list).
-pub(super) fn verify(
+fn verify(
     payment: UptoPayment<'_>,
     requirement: &Requirement,
     index: usize,
@@ -296,9 +321,7 @@ pub(super) fn verify(
         requirement: index,
         key: NonceKey {
             chain_id: requirement.chain_id,
-            // Permit2 nonces are per owner across tokens: keyed under Permit2, apart from
-            // the token's EIP-3009 nonces.
-            asset: PERMIT2_ADDRESS,
+            asset: crate::scheme::PaymentScheme::namespace(&crate::scheme::UPTO, auth.token),
             from: auth.owner,
             nonce: B256::from(auth.nonce),
         },
