@@ -49,6 +49,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         attempts: 0,
         tx_hash: None,
         reason: None,
+        detail: None,
         accepted_at: 1,
         updated_at: 1,
         next_attempt_at: 0,

@@ -72,7 +72,9 @@ impl AdminApp {
             (&Method::POST, Some((id, "requeue"))) => match settlement.requeue(id).await {
                 Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
                 Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
-                Err(SettleError::Failed(why)) => plain(StatusCode::CONFLICT, &format!("{why}\n")),
+                Err(e @ SettleError::NotInReview(_)) => {
+                    plain(StatusCode::CONFLICT, &format!("{e}\n"))
+                }
                 Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             },
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -115,6 +117,7 @@ pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
         "amount": r.amount.to_string(),
         "transaction": r.tx_hash.map(|h| h.to_string()),
         "reason": r.reason,
+        "detail": r.detail,
         "attempts": r.attempts,
         "acceptedAt": r.accepted_at,
         "updatedAt": r.updated_at,

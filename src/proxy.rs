@@ -37,7 +37,7 @@ use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Hold, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{
-    OnBacklog, PaymentRecord, SettleError, Settlement, SettlementState, SignatureCheck,
+    OnBacklog, PaymentRecord, Reason, SettleError, Settlement, SettlementState, SignatureCheck,
 };
 use crate::verify::{self, Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{

@@ -41,8 +41,8 @@ use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 use engine::{deny_reason, publish_unsettled};
 pub use record::{
-    reason_code, BatchRecord, ChainSpec, FacilitatorSpec, LiveAuthorization, OnBacklog,
-    PaymentRecord, SettleError, SettlementConfig, SettlementState, SignatureCheck,
+    BatchRecord, ChainSpec, FacilitatorSpec, LiveAuthorization, OnBacklog, PaymentRecord, Reason,
+    SettleError, SettlementConfig, SettlementState, SignatureCheck,
 };
 
 /// Seconds to allow a transaction to be mined, on top of the batch delay.
@@ -56,21 +56,21 @@ pub fn settle_window_seconds(max_delay: Duration) -> u64 {
 
 /// Failure reasons that say the payer never could or never meant to pay: the payer goes on
 /// the deny list.
-const DENY_REASONS: [&str; 5] = [
-    "transfer_would_revert",
-    "insufficient_balance",
-    "authorization_canceled",
-    "invalid_exact_evm_insufficient_balance",
-    "insufficient_funds",
+const DENY_REASONS: [Reason; 5] = [
+    Reason::TransferWouldRevert,
+    Reason::InsufficientBalance,
+    Reason::AuthorizationCanceled,
+    Reason::Standard("invalid_exact_evm_insufficient_balance"),
+    Reason::Standard("insufficient_funds"),
 ];
 
 /// Failure reasons of payments that were withdrawn before anything was broadcast: their
 /// clients were refused and told to retry with the same payment, so after a restart those
 /// authorizations must not be restored as used.
-const NEVER_SENT_REASONS: [&str; 3] = [
-    "settler_busy",
-    "not_settled_before_response",
-    "shutting_down",
+const NEVER_SENT_REASONS: [Reason; 3] = [
+    Reason::SettlerBusy,
+    Reason::NotSettledBeforeResponse,
+    Reason::ShuttingDown,
 ];
 
 /// How many times a stuck batch is re-signed at higher fees before levy only re-broadcasts
@@ -177,7 +177,7 @@ impl Settlement {
         let mut chains = HashMap::new();
         let facilitator = match &config.facilitator {
             Some(spec) => Some((
-                Facilitator::new(&spec.url, spec.timeout).map_err(SettleError::Chain)?,
+                Facilitator::new(&spec.url, spec.timeout).map_err(SettleError::Setup)?,
                 spec.verify,
             )),
             None => {
@@ -251,7 +251,6 @@ impl Settlement {
             let never_sent = record.state == SettlementState::Failed
                 && record
                     .reason
-                    .as_deref()
                     .is_some_and(|r| NEVER_SENT_REASONS.contains(&r));
             if record.state == SettlementState::Failed {
                 // The deny list and the loss budget outlive a restart.
@@ -484,7 +483,7 @@ impl Settlement {
         let (reply, answer) = oneshot::channel();
         if let Err(refused) = self.inner.urgent_tx.send(Urgent { record, reply }).await {
             // The engine stopped meanwhile: take the payment back before anyone settles it.
-            self.withdraw(refused.0.record, "shutting_down").await;
+            self.withdraw(refused.0.record, Reason::ShuttingDown).await;
             return Err(SettleError::Stopped);
         }
         answer.await.map_err(|_| SettleError::Stopped)?
@@ -531,15 +530,13 @@ impl Settlement {
             return Ok(None);
         };
         if record.state != SettlementState::NeedsReview {
-            return Err(SettleError::Failed(format!(
-                "payment is {}, not needs_review",
-                record.state.as_str()
-            )));
+            return Err(SettleError::NotInReview(record.state));
         }
         record.state = SettlementState::Pending;
         record.attempts = 0;
         record.next_attempt_at = 0;
         record.reason = None;
+        record.detail = None;
         record.updated_at = unix_now();
         self.inner.journal.put(vec![record.clone()]).await?;
         lock(&self.inner.queue).push(record.clone());
@@ -559,12 +556,12 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| SettleError::Chain(format!("cannot start a runtime: {e}")))?;
+            .map_err(|e| SettleError::Setup(format!("cannot start a runtime: {e}")))?;
         runtime.block_on(async {
             for spec in chains {
                 match chain::chain_id_at(&spec.rpc_url, timeout).await {
                     Ok(id) if id != spec.chain_id => {
-                        return Err(SettleError::Chain(format!(
+                        return Err(SettleError::Setup(format!(
                             "levy.networks.{}.rpc_url answers for chain {id}, not {}",
                             spec.network, spec.chain_id
                         )))
@@ -585,6 +582,6 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
         scope
             .spawn(check)
             .join()
-            .unwrap_or_else(|_| Err(SettleError::Chain("chain id check panicked".into())))
+            .unwrap_or_else(|_| Err(SettleError::Setup("chain id check panicked".into())))
     })
 }

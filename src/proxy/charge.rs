@@ -72,9 +72,9 @@ impl LevyProxy {
                     route.name
                 );
                 // Its standard x402 reason is repeated; its own words are not.
-                let code = match crate::settle::reason_code(&reason) {
-                    "settlement_failed" => "facilitator_invalid",
-                    code => code,
+                let code = match Reason::from_code(&reason) {
+                    Reason::SettlementFailed => "facilitator_invalid",
+                    code => code.as_str(),
                 };
                 return Some(self.refuse_payment(session, paywall, ctx, code));
             }
@@ -178,9 +178,8 @@ impl LevyProxy {
                 ctx.settled_upfront(hash);
                 None
             }
-            Err(SettleError::Failed(reason)) => {
-                let reason = crate::settle::reason_code(&reason);
-                Some(self.refuse_payment(session, paywall, ctx, reason))
+            Err(SettleError::Refused(reason)) => {
+                Some(self.refuse_payment(session, paywall, ctx, reason.as_str()))
             }
             Err(SettleError::Pending) => {
                 // The transfer is out there; its outcome will be reconciled. Keep the

@@ -140,6 +140,7 @@ impl Paid {
             attempts: 0,
             tx_hash: None,
             reason: None,
+            detail: None,
             accepted_at: now,
             updated_at: now,
             next_attempt_at: 0,

@@ -14,7 +14,7 @@ impl Settlement {
             self.finish(
                 batch,
                 SettlementState::NeedsReview,
-                Some("no_chain_configured"),
+                Some(Reason::NoChainConfigured),
                 None,
             )
             .await;
@@ -24,7 +24,7 @@ impl Settlement {
             Ok(checks) => checks,
             Err(e) => {
                 log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
-                self.requeue_pending(batch, Some("rpc_unavailable".into()), false)
+                self.requeue_pending(batch, Some(Reason::RpcUnavailable), false)
                     .await;
                 return;
             }
@@ -73,27 +73,27 @@ impl Settlement {
         self.finish(
             refused,
             SettlementState::Failed,
-            Some("transfer_would_revert"),
+            Some(Reason::TransferWouldRevert),
             None,
         )
         .await;
         self.finish(
             expired,
             SettlementState::Failed,
-            Some("authorization_expired"),
+            Some(Reason::AuthorizationExpired),
             None,
         )
         .await;
         self.finish(
             broke,
             SettlementState::Failed,
-            Some("insufficient_balance"),
+            Some(Reason::InsufficientBalance),
             None,
         )
         .await;
-        self.requeue_pending(unread, Some("rpc_unavailable".into()), false)
+        self.requeue_pending(unread, Some(Reason::RpcUnavailable), false)
             .await;
-        self.requeue_pending(early, Some("not_yet_valid".into()), true)
+        self.requeue_pending(early, Some(Reason::NotYetValid), true)
             .await;
         for record in used {
             self.reconcile_used(chain, record).await;
@@ -115,7 +115,7 @@ impl Settlement {
                 self.finish(
                     vec![record],
                     SettlementState::Failed,
-                    Some("authorization_canceled"),
+                    Some(Reason::AuthorizationCanceled),
                     None,
                 )
                 .await
@@ -124,19 +124,15 @@ impl Settlement {
                 // Used, but no event yet: a node whose state runs ahead of its logs (or a
                 // transfer by someone else). Look again with backoff; after max_attempts a
                 // person must.
-                self.requeue_pending(
-                    vec![record],
-                    Some("authorization_used_elsewhere".into()),
-                    true,
-                )
-                .await
+                self.requeue_pending(vec![record], Some(Reason::AuthorizationUsedElsewhere), true)
+                    .await
             }
             Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
             Err(e) => {
                 // Counted: a node that can never answer (a log range it refuses) must not
                 // keep a payment, and its exposure, open forever.
                 log::warn!("reconciling {}: {e}", record.id);
-                self.requeue_pending(vec![record], Some("rpc_unavailable".into()), true)
+                self.requeue_pending(vec![record], Some(Reason::RpcUnavailable), true)
                     .await
             }
         }
@@ -162,7 +158,7 @@ impl Settlement {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("settlement on {network}: {e}");
-                self.requeue_pending(send, Some("rpc_unavailable".into()), false)
+                self.requeue_pending(send, Some(Reason::RpcUnavailable), false)
                     .await;
                 return;
             }
@@ -177,7 +173,7 @@ impl Settlement {
                 }
                 Err(e) => {
                     log::warn!("settlement on {network}: cannot build the batch: {e}");
-                    self.requeue_pending(send, Some("rpc_unavailable".into()), false)
+                    self.requeue_pending(send, Some(Reason::RpcUnavailable), false)
                         .await;
                     return;
                 }
@@ -424,12 +420,11 @@ impl Settlement {
         self.finish(settled, SettlementState::Settled, None, Some(hash))
             .await;
         let reason = if mined.success {
-            "transfer_reverted"
+            Reason::TransferReverted
         } else {
-            "batch_reverted"
+            Reason::BatchReverted
         };
-        self.requeue_pending(unsettled, Some(reason.into()), true)
-            .await;
+        self.requeue_pending(unsettled, Some(reason), true).await;
     }
 
     /// After a restart: batches journaled as submitted go back in flight for reconciling.

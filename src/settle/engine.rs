@@ -132,7 +132,7 @@ impl Settlement {
             .store(true, std::sync::atomic::Ordering::Release);
         urgent.close();
         while let Some(job) = urgent.recv().await {
-            self.withdraw(job.record, "shutting_down").await;
+            self.withdraw(job.record, Reason::ShuttingDown).await;
             let _ = job.reply.send(Err(SettleError::Stopped));
         }
     }
@@ -222,10 +222,8 @@ impl Settlement {
             }
             if busy {
                 for job in jobs {
-                    self.withdraw(job.record, "settler_busy").await;
-                    let _ = job.reply.send(Err(SettleError::Chain(
-                        "an earlier batch on this chain is unresolved".into(),
-                    )));
+                    self.withdraw(job.record, Reason::SettlerBusy).await;
+                    let _ = job.reply.send(Err(SettleError::Busy));
                 }
                 continue;
             }
@@ -248,13 +246,13 @@ impl Settlement {
                 if r.state == SettlementState::Failed
                     || r.state == SettlementState::NeedsReview =>
             {
-                Err(SettleError::Failed(
-                    r.reason.unwrap_or_else(|| "settlement_failed".into()),
+                Err(SettleError::Refused(
+                    r.reason.unwrap_or(Reason::SettlementFailed),
                 ))
             }
             Some(r)
                 if r.state == SettlementState::Pending
-                    && r.reason.as_deref() == Some("facilitator_unavailable") =>
+                    && r.reason == Some(Reason::FacilitatorUnavailable) =>
             {
                 // The facilitator may have broadcast it before its answer was lost: the
                 // outcome is unknown, never "not paid". It stays queued and is reconciled.
@@ -262,7 +260,7 @@ impl Settlement {
             }
             Some(r)
                 if r.state == SettlementState::Pending
-                    && r.reason.as_deref() == Some("authorization_used_elsewhere") =>
+                    && r.reason == Some(Reason::AuthorizationUsedElsewhere) =>
             {
                 // Used on chain, its event not found yet: probably this very batch. Never
                 // withdrawn as unpaid; reconciliation finishes it.
@@ -272,16 +270,16 @@ impl Settlement {
                 // Never broadcast (the chain was unreachable), or its transfer reverted (the
                 // authorization is unused): take it back, so it is not settled later for a
                 // request that was refused.
-                let reason = r.reason.clone().unwrap_or_else(|| "rpc_unavailable".into());
-                self.withdraw(r, "not_settled_before_response").await;
-                Err(SettleError::Chain(reason))
+                let reason = r.reason.unwrap_or(Reason::RpcUnavailable);
+                self.withdraw(r, Reason::NotSettledBeforeResponse).await;
+                Err(SettleError::Unavailable(reason))
             }
             _ => Err(SettleError::Pending),
         }
     }
 
     /// Removes a never-broadcast payment from the queue and marks it failed.
-    pub(super) async fn withdraw(&self, record: PaymentRecord, reason: &str) {
+    pub(super) async fn withdraw(&self, record: PaymentRecord, reason: Reason) {
         {
             let mut queue = lock(&self.inner.queue);
             queue.retain(|r| r.id != record.id);
@@ -296,7 +294,7 @@ impl Settlement {
     pub(super) async fn requeue_pending(
         &self,
         mut records: Vec<PaymentRecord>,
-        reason: Option<String>,
+        reason: Option<Reason>,
         attempt: bool,
     ) {
         let now = unix_now();
@@ -306,7 +304,7 @@ impl Settlement {
             if attempt {
                 r.attempts += 1;
             }
-            r.reason = reason.clone();
+            r.reason = reason;
             r.updated_at = now;
             r.tx_hash = None;
             let exponent = r.attempts.min(6);
@@ -327,7 +325,7 @@ impl Settlement {
         for r in &finals {
             metrics()
                 .settlements
-                .with_label_values(&["needs_review", r.reason.as_deref().unwrap_or("unknown")])
+                .with_label_values(&["needs_review", r.reason.map_or("unknown", Reason::as_str)])
                 .inc();
         }
         let mut queue = lock(&self.inner.queue);
@@ -352,7 +350,7 @@ impl Settlement {
         &self,
         mut records: Vec<PaymentRecord>,
         state: SettlementState,
-        reason: Option<&str>,
+        reason: Option<Reason>,
         tx: Option<B256>,
     ) {
         if records.is_empty() {
@@ -361,14 +359,14 @@ impl Settlement {
         let now = unix_now();
         for r in &mut records {
             r.state = state;
-            r.reason = reason.map(str::to_owned);
+            r.reason = reason;
             r.tx_hash = tx.or(r.tx_hash);
             r.updated_at = now;
         }
         if let Err(e) = self.inner.journal.put(records.clone()).await {
             log::error!("cannot journal {} settlement outcomes: {e}", records.len());
         }
-        let label = reason.unwrap_or("ok");
+        let label = reason.map_or("ok", Reason::as_str);
         let deny_for = self.inner.config.funds.deny_for.as_secs();
         for r in &records {
             if state.is_final() {
@@ -470,20 +468,22 @@ impl Settlement {
                     self.finish(
                         vec![record],
                         SettlementState::NeedsReview,
-                        Some("facilitator_refused_retry"),
+                        Some(Reason::FacilitatorRefusedRetry),
                         None,
                     )
                     .await
                 }
                 FacilitatorOutcome::Refused(reason) => {
                     log::warn!("facilitator refused {}: {reason}", record.id);
-                    let code = reason_code(&reason);
+                    let code = Reason::from_code(&reason);
+                    let mut record = record;
+                    record.detail = Some(reason);
                     self.finish(vec![record], SettlementState::Failed, Some(code), None)
                         .await
                 }
                 FacilitatorOutcome::Unavailable(why) => {
                     log::warn!("facilitator unavailable, will retry: {why}");
-                    self.requeue_pending(vec![record], Some("facilitator_unavailable".into()), true)
+                    self.requeue_pending(vec![record], Some(Reason::FacilitatorUnavailable), true)
                         .await
                 }
             }
@@ -560,6 +560,6 @@ pub(super) fn publish_unsettled(total: U256) {
 /// The deny-list reason of a failed payment, if its failure says the payer cannot or would
 /// not pay.
 pub(super) fn deny_reason(record: &PaymentRecord) -> Option<&'static str> {
-    let reason = record.reason.as_deref()?;
-    DENY_REASONS.into_iter().find(|r| *r == reason)
+    let reason = record.reason?;
+    DENY_REASONS.contains(&reason).then(|| reason.as_str())
 }

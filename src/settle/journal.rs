@@ -660,6 +660,7 @@ mod tests {
             attempts: 0,
             tx_hash: None,
             reason: None,
+            detail: None,
             accepted_at: 1,
             updated_at: 1,
             next_attempt_at: 0,

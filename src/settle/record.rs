@@ -75,7 +75,11 @@ pub struct PaymentRecord {
     pub state: SettlementState,
     pub attempts: u32,
     pub tx_hash: Option<B256>,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
+    /// Free text behind `reason` (a facilitator's own words): shown to operators, never a
+    /// metric label or a client's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     pub accepted_at: u64,
     pub updated_at: u64,
     /// Not before this unix second (retry backoff).
@@ -182,7 +186,7 @@ pub struct FacilitatorSpec {
 }
 
 /// Why settlement could not be started or a payment not settled.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SettleError {
     #[error("no settler key: set ${0} or settlement.settler_key_file")]
     NoKey(String),
@@ -190,29 +194,134 @@ pub enum SettleError {
     BadKey,
     #[error("cannot read the settler key file {0}")]
     KeyFile(String),
-    #[error("{0}")]
-    Journal(String),
-    #[error("{0}")]
-    Chain(String),
-    /// The payment will not settle; the reason is x402-style.
+    #[error("cannot start settlement: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The payment will not settle.
     #[error("settlement failed: {0}")]
-    Failed(String),
+    Refused(Reason),
+    /// It was not settled now and was taken back (nothing was broadcast for it).
+    #[error("not settled now: {0}")]
+    Unavailable(Reason),
+    /// An earlier batch on the chain is unresolved; nothing was sent.
+    #[error("an earlier batch on this chain is unresolved")]
+    Busy,
     /// The outcome is not known yet (the transaction is out there); it will be reconciled.
     #[error("settlement outcome not known yet")]
     Pending,
+    /// Only a payment that needs review can be requeued.
+    #[error("payment is {}, not needs_review", .0.as_str())]
+    NotInReview(SettlementState),
     #[error("the settlement engine is not running")]
     Stopped,
 }
 
-impl From<JournalError> for SettleError {
-    fn from(e: JournalError) -> Self {
-        SettleError::Journal(e.to_string())
+/// Why a payment is not (yet) settled: a closed set, journaled and used as a metric label
+/// and in answers. Free text goes in [`PaymentRecord::detail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    NotYetValid,
+    TransferWouldRevert,
+    InsufficientBalance,
+    AuthorizationCanceled,
+    AuthorizationExpired,
+    AuthorizationUsedElsewhere,
+    TransferReverted,
+    BatchReverted,
+    SettlerBusy,
+    NotSettledBeforeResponse,
+    ShuttingDown,
+    NoChainConfigured,
+    RpcUnavailable,
+    FacilitatorUnavailable,
+    FacilitatorRefusedRetry,
+    /// Anything not in this list.
+    SettlementFailed,
+    /// A facilitator's answer that is one of x402's standard reasons.
+    Standard(&'static str),
+}
+
+impl Reason {
+    const OWN: [Reason; 16] = [
+        Reason::NotYetValid,
+        Reason::TransferWouldRevert,
+        Reason::InsufficientBalance,
+        Reason::AuthorizationCanceled,
+        Reason::AuthorizationExpired,
+        Reason::AuthorizationUsedElsewhere,
+        Reason::TransferReverted,
+        Reason::BatchReverted,
+        Reason::SettlerBusy,
+        Reason::NotSettledBeforeResponse,
+        Reason::ShuttingDown,
+        Reason::NoChainConfigured,
+        Reason::RpcUnavailable,
+        Reason::FacilitatorUnavailable,
+        Reason::FacilitatorRefusedRetry,
+        Reason::SettlementFailed,
+    ];
+
+    /// Its code, as journaled, labelled and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::TransferWouldRevert => "transfer_would_revert",
+            Reason::InsufficientBalance => "insufficient_balance",
+            Reason::AuthorizationCanceled => "authorization_canceled",
+            Reason::AuthorizationExpired => "authorization_expired",
+            Reason::AuthorizationUsedElsewhere => "authorization_used_elsewhere",
+            Reason::TransferReverted => "transfer_reverted",
+            Reason::BatchReverted => "batch_reverted",
+            Reason::SettlerBusy => "settler_busy",
+            Reason::NotSettledBeforeResponse => "not_settled_before_response",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::NoChainConfigured => "no_chain_configured",
+            Reason::RpcUnavailable => "rpc_unavailable",
+            Reason::FacilitatorUnavailable => "facilitator_unavailable",
+            Reason::FacilitatorRefusedRetry => "facilitator_refused_retry",
+            Reason::SettlementFailed => "settlement_failed",
+            Reason::Standard(code) => code,
+        }
+    }
+
+    /// The reason a text names: levy's own codes, x402's standard reasons, and
+    /// `SettlementFailed` for any other text (an RPC's or a facilitator's own words, which
+    /// may carry URLs and keys).
+    pub fn from_code(text: &str) -> Reason {
+        Reason::OWN
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .or_else(|| {
+                crate::x402::STANDARD_REASONS
+                    .iter()
+                    .find(|c| **c == text)
+                    .map(|c| Reason::Standard(c))
+            })
+            .unwrap_or(Reason::SettlementFailed)
     }
 }
 
-impl From<ChainError> for SettleError {
-    fn from(e: ChainError) -> Self {
-        SettleError::Chain(e.to_string())
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    /// Journals written before reasons were closed may hold any text: it reads as
+    /// `settlement_failed`.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Reason::from_code(&text))
     }
 }
 
@@ -239,39 +348,32 @@ pub struct LiveAuthorization {
     pub valid_before: u64,
 }
 
-/// Reason codes levy itself writes on payments; anything else is not shown to clients.
-const REASON_CODES: [&str; 18] = [
-    "not_yet_valid",
-    "transfer_would_revert",
-    "insufficient_balance",
-    "authorization_canceled",
-    "authorization_expired",
-    "authorization_used_elsewhere",
-    "transfer_reverted",
-    "batch_reverted",
-    "settler_busy",
-    "not_settled_before_response",
-    "no_chain_configured",
-    "rpc_unavailable",
-    "facilitator_unavailable",
-    "facilitator_refused_retry",
-    "settlement_failed",
-    "invalid_exact_evm_signature",
-    "invalid_exact_evm_nonce_already_used",
-    "invalid_exact_evm_insufficient_balance",
-];
+#[cfg(test)]
+mod tests {
+    use super::Reason;
 
-/// The fixed code for a settlement failure's text: levy's own codes pass, a facilitator's
-/// standard x402 reasons pass, and any other text (an RPC's or a facilitator's own words,
-/// which may carry URLs and keys) becomes `settlement_failed`. Safe for metric labels, the
-/// status page and 402 bodies.
-pub fn reason_code(text: &str) -> &'static str {
-    if let Some(code) = REASON_CODES.into_iter().find(|c| *c == text) {
-        return code;
+    #[test]
+    fn every_reason_reads_back_as_itself() {
+        for reason in Reason::OWN
+            .into_iter()
+            .chain([Reason::Standard("insufficient_funds")])
+        {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), reason);
+        }
     }
-    crate::x402::STANDARD_REASONS
-        .iter()
-        .copied()
-        .find(|c| *c == text)
-        .unwrap_or("settlement_failed")
+
+    #[test]
+    fn free_text_in_an_older_journal_reads_as_settlement_failed_never_as_a_label() {
+        let old = "\"unexpected answer (HTTP 500): {\\\"key\\\": \\\"sk-secret\\\"}\"";
+        assert_eq!(
+            serde_json::from_str::<Reason>(old).unwrap(),
+            Reason::SettlementFailed
+        );
+        assert_eq!(
+            Reason::from_code("https://rpc.example/?key=1").as_str(),
+            "settlement_failed"
+        );
+    }
 }
