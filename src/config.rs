@@ -20,22 +20,19 @@ use settlement::settlement;
 use upstreams::{lookup_upstream, upstreams};
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::Address;
 use http::HeaderName;
 use pingora::server::configuration::ServerConf;
 
 use crate::meter::{Rates, Unit};
-use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
-use crate::routing::{HostPattern, Looseness, Matcher, MethodSet, PathPattern, RouteTable};
-use crate::settle::exposure::Limits;
-use crate::settle::funds::{FundsConfig, OnRpcError};
-use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig};
+use crate::pricing::Requirement;
+use crate::routing::{HostPattern, Looseness, RouteTable};
+use crate::settle::SettlementConfig;
 use crate::verify::Policy;
 use crate::x402::challenge::Challenge;
 

@@ -19,32 +19,17 @@ use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType};
+use pingora::{Error, ErrorType};
 
-use ctx::Release;
 pub use ctx::{Outcome, Paid, PaymentState, RequestCtx, STATUS_PATH};
-use headers::*;
-use metering::Metering;
+use headers::{classify, request_host, strip_hop_by_hop};
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
-use crate::clock::{unix_ms, unix_now};
-use crate::config::SettleMode;
-use crate::config::{Access, Config, Paywall, Route, Unmatched, Upstream};
+use crate::config::{Access, Config};
 use crate::metrics::{metrics, RouteMetrics};
-use crate::nonce::{NonceStore, Reservation};
-use crate::routing::{split_target, Lookup, RequestKey, Target};
-use crate::scheme::Charge;
-use crate::settle::exposure::{Admission, Hold, Pressure};
-use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
-use crate::settle::{
-    OnBacklog, PaymentRecord, Reason, SettleError, Settlement, SettlementState, SignatureCheck,
-};
-use crate::verify::{self, Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
-use crate::x402::{
-    self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, X_PAYMENT,
-    X_PAYMENT_RESPONSE,
-};
-use alloy_primitives::{B256, U256};
+use crate::nonce::NonceStore;
+use crate::settle::Settlement;
+use crate::x402::{PAYMENT_SIGNATURE, X_PAYMENT};
 
 /// Request bodies up to this size are drained after a 402 so the connection can be reused;
 /// larger ones close it.

@@ -23,19 +23,17 @@ mod record;
 pub mod upto;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy::primitives::{Address, Bytes, B256, U256};
-use serde::{Deserialize, Serialize};
+use alloy::primitives::{Address, B256, U256};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use chain::{AuthorizationFate, Chain, ChainError, Mined};
-use exposure::{Admission, Hold, Ledger, Limits};
-use facilitator::{Facilitator, FacilitatorOutcome};
-use funds::{Funds, FundsConfig, FundsView};
-use journal::{Journal, JournalError};
+use chain::Chain;
+use exposure::{Admission, Hold, Ledger};
+use facilitator::Facilitator;
+use funds::{Funds, FundsView};
+use journal::Journal;
 
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;

@@ -1,7 +1,12 @@
 //! Checks shared by the sections: a config error at a YAML path, socket addresses, EIP-55
 //! addresses and URLs.
 
-use super::*;
+use std::fmt;
+use std::net::SocketAddr;
+
+use alloy_primitives::Address;
+
+use crate::ConfigError;
 
 pub(super) fn invalid(path: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid {

@@ -1,7 +1,9 @@
 //! What `levy check` prints: the route table, and the warnings a valid config may still
 //! deserve.
 
-use super::*;
+use super::{Access, Unmatched};
+use crate::routing::HostPattern;
+use crate::Config;
 
 impl Config {
     /// The route table as text, one route per line, for `levy check`.

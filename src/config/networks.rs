@@ -1,7 +1,12 @@
 //! The `networks:` and `assets:` sections: the built-in networks and assets with the
 //! operator's overrides and additions applied.
 
-use super::*;
+use std::collections::{BTreeMap, HashSet};
+
+use alloy_primitives::Address;
+
+use super::{address, builtin, check_url, invalid, schema, Asset, Network};
+use crate::ConfigError;
 
 /// The chain id of a network by its x402 v1 name (`base-sepolia` → 84532), for the networks
 /// levy knows.

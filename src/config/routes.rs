@@ -1,7 +1,20 @@
 //! The `routes:` section: each route's match patterns, upstream and paywall, its prices
 //! per accepted network and asset (fixed or metered), and its prepared 402 challenge.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use alloy_primitives::{Address, U256};
+
+use super::{
+    address, check_url, invalid, lookup_upstream, schema, Access, Asset, Metered, Network, Paywall,
+    Route, Upstream,
+};
+use crate::meter::{Rates, Unit};
+use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
+use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
+use crate::x402::challenge::Challenge;
+use crate::ConfigError;
 
 pub(super) fn build_route(
     path: &str,

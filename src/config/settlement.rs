@@ -1,7 +1,17 @@
 //! The `settlement:` section: batching, the journal, funds checks, exposure caps, the
 //! facilitator, and the chains each network settles on.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{check_url, invalid, schema, Access, Network, Route};
+use crate::pricing::parse_atomic;
+use crate::routing::RouteTable;
+use crate::settle::exposure::Limits;
+use crate::settle::funds::{FundsConfig, OnRpcError};
+use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig};
+use crate::ConfigError;
 
 pub(super) fn settlement(
     s: &schema::Settlement,

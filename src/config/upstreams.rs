@@ -1,7 +1,13 @@
 //! The `upstreams:` section: origin addresses resolved at load, timeouts, TLS, HTTP/2 and
 //! `Host` rewriting; and the lookup routes use.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{invalid, schema, Upstream};
+use crate::ConfigError;
 
 pub(super) fn upstreams(
     declared: &BTreeMap<String, schema::Upstream>,

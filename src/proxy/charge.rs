@@ -2,7 +2,24 @@
 //! caps, settle-first, facilitator checks), charging or releasing it on the origin's answer,
 //! and fixing a metered response's charge when it ends.
 
-use super::*;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::ctx::{Release, RequestCtx, STATUS_PATH};
+use super::headers::make_private;
+use super::respond::Reply;
+use super::{LevyProxy, Outcome};
+use crate::clock::unix_now;
+use crate::config::{Access, Paywall, SettleMode};
+use crate::metrics::metrics;
+use crate::scheme::Charge;
+use crate::settle::exposure::{Admission, Pressure};
+use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
+use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
+use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
+use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
 impl LevyProxy {
     /// Releases a payment still reserved when the exchange fails or ends: the upstream never

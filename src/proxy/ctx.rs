@@ -2,7 +2,19 @@
 //! payment stands (`PaymentState`), the outcome reported in metrics and the access log, and
 //! the conversion of a charged payment into its journal record.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use alloy_primitives::{B256, U256};
+
+use super::metering::Metering;
+use crate::clock::unix_now;
+use crate::config::{Route, Upstream};
+use crate::metrics::RouteMetrics;
+use crate::nonce::NonceStore;
+use crate::settle::exposure::Hold;
+use crate::settle::{PaymentRecord, SettlementState};
+use crate::verify::{Authorized, VerifiedPayment};
 
 /// What happened to a request, as reported in metrics and access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,14 @@
 //! must not let caches keep, hop-by-hop fields, CORS preflights, and how proxy failures map
 //! to statuses.
 
-use super::*;
+use http::header::{self, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorSource};
+
+use super::ctx::Outcome;
+use super::respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
+use super::{DRAIN_LIMIT_BYTES, KEEP_ALIVE, PROXY_CONNECTION};
+use crate::routing::{split_target, Target};
 
 /// Keeps shared caches from storing a paid response (and serving it unpaid): drops the
 /// CDN-specific cache headers, drops `public` and `s-maxage` and adds `private`, unless the
@@ -49,7 +56,7 @@ pub(super) fn make_private(response: &mut ResponseHeader) -> pingora::Result<()>
 
 /// Maps a proxy failure to what the client is told.
 pub(super) fn classify(e: &Error) -> (Outcome, u16, &'static str) {
-    use ErrorType::*;
+    use pingora::ErrorType::*;
     match e.etype() {
         HTTPStatus(402) => (Outcome::PaymentRejected, 402, "payment refused"),
         HTTPStatus(503) => (Outcome::SettlementUnavailable, 503, "try again later"),

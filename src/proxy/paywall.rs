@@ -2,7 +2,29 @@
 //! route, and for a priced route answer the 402 challenge or a CORS preflight, or verify the
 //! payment and reserve its authorization.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use super::ctx::{Paid, Release, RequestCtx, STATUS_PATH};
+use super::headers::{
+    is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
+};
+use super::metering::Metering;
+use super::respond::{Reply, CORS_EXPOSE};
+use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
+use crate::clock::{unix_ms, unix_now};
+use crate::config::{Access, Paywall, Unmatched};
+use crate::metrics::metrics;
+use crate::nonce::Reservation;
+use crate::routing::{Lookup, RequestKey};
+use crate::scheme::Charge;
+use crate::settle::Settlement;
+use crate::verify::{self, Rejection, Version};
+use crate::x402::{self, PAYMENT_REQUIRED};
 
 impl LevyProxy {
     /// `GET /_levy/settlements/{id}`: where a payment's settlement stands.

@@ -2,7 +2,15 @@
 //! partitions a batch (expired, unfunded, already used, to send), signing and journaling
 //! before broadcast, receipts, fee bumps, and reconciling what a crash left in flight.
 
-use super::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, U256};
+
+use super::chain::{AuthorizationFate, Chain, ChainError, Mined};
+use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, MAX_FEE_BUMPS};
+use crate::clock::unix_now;
+use crate::metrics::metrics;
 
 impl Settlement {
     pub(super) async fn settle_batch(&self, network: &str, batch: Vec<PaymentRecord>) {

@@ -2,7 +2,21 @@
 //! urgent ones first, requeues with backoff, finishes each payment in the journal, projects
 //! the backlog, prunes, and reports its gauges.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use alloy::primitives::{B256, U256};
+use tokio::sync::mpsc;
+
+use super::chain::ChainError;
+use super::facilitator::{Facilitator, FacilitatorOutcome};
+use super::{
+    lock, settle_window_seconds, OnBacklog, PaymentRecord, Reason, SettleError, Settlement,
+    SettlementState, Urgent, DENY_REASONS,
+};
+use crate::clock::{unix_ms, unix_now};
+use crate::metrics::metrics;
 
 impl Settlement {
     /// The engine: runs until `shutdown` flips. Resumes batches left in flight by a previous

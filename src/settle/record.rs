@@ -2,7 +2,17 @@
 //! settings the engine runs with, its errors, and the closed set of reason codes levy
 //! writes on payments.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use alloy::primitives::{Address, Bytes, B256, U256};
+use serde::{Deserialize, Serialize};
+
+use super::chain::{self, ChainError};
+use super::exposure::Limits;
+use super::funds::FundsConfig;
+use super::journal::JournalError;
+use super::upto;
 
 /// Where a payment's settlement stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
