@@ -1,8 +1,10 @@
-"""Prepares anvil for the benchmark run: deploys TestUSDC at Base Sepolia USDC's address
-(as the test harness does) and BatchCall, and mints tokens to the payer. Prints the
-BatchCall address. Uses anvil's unlocked development accounts over JSON-RPC.
+"""Prepares anvil for the benchmark run, as the test harness does: deploys TestUSDC at Base
+Sepolia USDC's address, BatchCall, Permit2 and x402's upto proxy at their canonical addresses,
+and a LevyBatcher owned by the settler; mints tokens to the payer and lets Permit2 spend them
+(for metered routes). Prints the BatchCall and LevyBatcher addresses. Uses anvil's unlocked
+development accounts over JSON-RPC.
 
-Usage: python3 benches/chain_setup.py RPC_URL PAYER_ADDRESS
+Usage: python3 benches/chain_setup.py RPC_URL PAYER_ADDRESS SETTLER_ADDRESS
 """
 
 import json
@@ -11,9 +13,11 @@ import sys
 import time
 import urllib.request
 
-RPC, PAYER = sys.argv[1], sys.argv[2]
+RPC, PAYER, SETTLER = sys.argv[1], sys.argv[2], sys.argv[3]
 DEPLOYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil account 2
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
+UPTO_PROXY = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002"
 OUT = pathlib.Path(__file__).resolve().parent.parent / "contracts" / "out"
 
 
@@ -26,8 +30,8 @@ def rpc(method, params):
     return answer["result"]
 
 
-def send(data, to=None):
-    tx = {"from": DEPLOYER, "data": data, "gas": hex(6_000_000)}
+def send(data, to=None, sender=DEPLOYER):
+    tx = {"from": sender, "data": data, "gas": hex(6_000_000)}
     if to:
         tx["to"] = to
     hash_ = rpc("eth_sendTransaction", [tx])
@@ -56,13 +60,26 @@ def abi_strings(*values):
     return head + tail
 
 
-usdc = json.loads((OUT / "TestUSDC.json").read_text())["bytecode"]
-batch = json.loads((OUT / "BatchCall.json").read_text())["bytecode"]
-deployed = send(usdc + abi_strings("USDC", "2"))["contractAddress"]
-rpc("anvil_setCode", [USDC, rpc("eth_getCode", [deployed, "latest"])])
-for slot in (0, 1):
-    rpc("anvil_setStorageAt", [USDC, hex(slot), rpc("eth_getStorageAt", [deployed, hex(slot), "latest"])])
-multicall = send(batch)["contractAddress"]
+def bytecode(name):
+    return json.loads((OUT / f"{name}.json").read_text())["bytecode"]
+
+
+def place_at(deployed, target, slots):
+    """Copies a deployed contract's code and its first `slots` storage slots to `target`."""
+    rpc("anvil_setCode", [target, rpc("eth_getCode", [deployed, "latest"])])
+    for slot in range(slots):
+        value = rpc("eth_getStorageAt", [deployed, hex(slot), "latest"])
+        rpc("anvil_setStorageAt", [target, hex(slot), value])
+
+
+place_at(send(bytecode("TestUSDC") + abi_strings("USDC", "2"))["contractAddress"], USDC, 2)
+multicall = send(bytecode("BatchCall"))["contractAddress"]
+place_at(send(bytecode("Permit2"))["contractAddress"], PERMIT2, 0)
+place_at(send(bytecode("UptoPermit2Proxy"))["contractAddress"], UPTO_PROXY, 0)
+batcher_args = word(int(SETTLER, 16)) + word(int(UPTO_PROXY, 16))
+batcher = send(bytecode("LevyBatcher") + batcher_args)["contractAddress"]
 mint = "0x40c10f19" + word(int(PAYER, 16)) + word(10**15)
 send(mint, USDC)
-print(multicall)
+approve = "0x095ea7b3" + word(int(PERMIT2, 16)) + word(2**256 - 1)
+send(approve, USDC, sender=PAYER)
+print(multicall, batcher)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
 #   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
-#   then levy free and paid again at a fixed offered rate (open loop)
+#   | levy metered (upto, batched), then levy free and paid again at a fixed offered rate (open loop)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,9 @@ BARE_PID=$!
 contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent & PIDS+=($!)
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-MULTICALL=$(python3 benches/chain_setup.py http://127.0.0.1:19545 0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266)
+# The payer is anvil account 0; levy's settler account 1 owns the batcher.
+read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
+  0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
 # levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys.
 levy_config() {
   cat > "$WORK/$1.yaml" <<YAML
@@ -54,7 +56,7 @@ levy:
   access_log: false
   listeners: {data: 127.0.0.1:$2, admin: 127.0.0.1:$3}
   networks:
-    base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL"}
+    base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL", batcher: "$BATCHER"}
   pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
   # One payer pays at thousands of requests a second: caps off, so that every payment is
   # deferred; hour-long authorizations, so that the engine's backlog stays within bounds.
@@ -65,6 +67,7 @@ levy:
     - {name: free, path: /free/*, free: true}
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
     - {name: now, path: /now/*, price: "\$0.001", settle: before_response, accepts: [{network: base-sepolia}]}
+    - {name: metered, path: /metered/*, meter: {unit: bytes, price: "\$0.0001", ceiling: "\$0.01"}, max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
 YAML
 }
 levy_config levy 19003 19004 ""
@@ -79,6 +82,14 @@ LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab3
 NOFUNDS_PID=$!
 for p in 19000 19001 19002 19003 19005; do wait_port $p; done
 
+# Waits (up to 5 minutes) until levy's settlement queue is empty.
+drain() {
+  for _ in $(seq 1 600); do
+    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
+    [ "${depth:-1}" = "0" ] && return 0
+    sleep 0.5
+  done
+}
 load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections "$CONNS" "$@"; }
 {
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
@@ -90,17 +101,19 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   done
   echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"
   # The funds check (cache warm after the first request) beside the same levy without it,
-  # twice each, interleaved.
+  # and the metered route (upto: Permit2 ceiling, charged per KiB when the response ends)
+  # beside the exact one, twice each, interleaved.
+  # Each paid run starts with levy's settlement queue empty: one run's backlog (a metered
+  # run leaves more gas to spend than an exact one) must not be the next run's load.
   for _ in 1 2; do
+    drain
     echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
     echo "levy paid, batched, funds check off|$(load --url http://127.0.0.1:19005/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $NOFUNDS_PID)"
+    drain
+    echo "levy metered (upto), batched|$(load --url http://127.0.0.1:19003/metered/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   done
   # Let the batched backlog settle first, so before_response measures its own path.
-  for _ in $(seq 1 600); do
-    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
-    [ "${depth:-1}" = "0" ] && break
-    sleep 0.5
-  done
+  drain
   echo "levy paid, before_response|$(load --url http://127.0.0.1:19003/now/x --pay --payments 20000 --key $PAYER_KEY --pid $LEVY_PID)"
   # Open loop below saturation: latency is service time plus waits (the journal sync), not
   # connections / throughput.

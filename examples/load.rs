@@ -1,7 +1,8 @@
 //! levy's load tool: drives one URL over K keep-alive connections for a fixed time and
 //! reports throughput, latency percentiles, errors and the CPU time a process (levy) spent per
 //! request. With `--pay` it first pre-signs N unique x402 payments offline (from the URL's
-//! own 402 challenge) and sends a different one with every request.
+//! own 402 challenge: its first requirement, EIP-3009 for `exact`, a Permit2 ceiling for
+//! `upto`) and sends a different one with every request.
 //!
 //!     cargo run --release --example load -- --url http://127.0.0.1:8080/x --connections 16 \
 //!         --seconds 10 [--pay --payments 200000 --key 0x…] [--pid PID] [--expect 200] \
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use levy::client::{random_nonce, sign, Payer, Terms};
+use levy::client::{random_nonce, sign, upto, Payer, Terms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -156,15 +157,25 @@ fn presign(challenge: &serde_json::Value, key: &str, count: usize) -> Vec<String
     let timeout = accepted["maxTimeoutSeconds"].as_u64().unwrap_or(300);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let per = count.div_ceil(threads);
+    let upto = accepted["scheme"] == "upto";
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let (terms, payer, accepted) = (terms.clone(), payer.clone(), accepted.clone());
             std::thread::spawn(move || {
                 (0..per)
                     .map(|_| {
-                        sign(&payer, &terms, now - 600, now + timeout, random_nonce())
-                            .expect("sign")
-                            .v2_header(&accepted, None)
+                        if upto {
+                            let facilitator = upto::facilitator(&accepted).expect("facilitator");
+                            let deadline = now + timeout - 30;
+                            let nonce = upto::random_permit2_nonce();
+                            upto::sign_upto(&payer, &terms, facilitator, deadline, nonce)
+                                .expect("sign")
+                                .v2_header(&accepted)
+                        } else {
+                            sign(&payer, &terms, now - 600, now + timeout, random_nonce())
+                                .expect("sign")
+                                .v2_header(&accepted, None)
+                        }
                     })
                     .collect::<Vec<_>>()
             })
