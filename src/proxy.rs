@@ -21,6 +21,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
+use ctx::Release;
 pub use ctx::{Outcome, Paid, PaymentState, RequestCtx, STATUS_PATH};
 use headers::{classify, request_host, strip_hop_by_hop};
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
@@ -283,7 +284,7 @@ impl ProxyHttp for LevyProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // Release before answering, so a client retrying at once finds its payment free.
-        self.release_unanswered(ctx);
+        self.release(ctx, Release::Unserved);
         let (outcome, status, reason) = classify(e);
         ctx.outcome = outcome;
         if matches!(
@@ -341,7 +342,7 @@ impl ProxyHttp for LevyProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.finish_metering(session, e, ctx).await;
-        self.release_unanswered(ctx);
+        self.release(ctx, Release::Unserved);
         let elapsed = ctx.started.elapsed();
         if let Some(m) = self.metrics_of(ctx) {
             m.observe(

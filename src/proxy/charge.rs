@@ -22,15 +22,11 @@ use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Vers
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
 impl LevyProxy {
-    /// Releases a payment still reserved when the exchange fails or ends: the upstream never
-    /// answered (connect failure, timeout, client gone), so nothing was delivered, nothing
-    /// is charged and the authorization is free again.
-    pub(super) fn release_unanswered(&self, ctx: &mut RequestCtx) {
-        ctx.release(
-            self.nonces.as_ref(),
-            self.metrics_of(ctx),
-            Release::Unserved,
-        );
+    /// Releases the request's reserved payment uncharged, for `why`, against levy's replay
+    /// set and the route's counters. A payment still reserved when the exchange fails or
+    /// ends was never answered (connect failure, timeout, client gone): `Release::Unserved`.
+    pub(super) fn release(&self, ctx: &mut RequestCtx, why: Release) {
+        ctx.release(self.nonces.as_ref(), self.metrics_of(ctx), why);
     }
 
     /// Refuses a reserved payment with a 402 carrying `reason` (a fixed x402-style code).
@@ -41,11 +37,7 @@ impl LevyProxy {
         ctx: &mut RequestCtx,
         reason: &'static str,
     ) -> Reply {
-        ctx.release(
-            self.nonces.as_ref(),
-            self.metrics_of(ctx),
-            Release::Refused(reason),
-        );
+        self.release(ctx, Release::Refused(reason));
         self.challenge(session, paywall, reason, reason)
     }
 
@@ -245,11 +237,7 @@ impl LevyProxy {
                     && !permit_usable(&verified.authorized, permit_nonce) =>
                 {
                     let reason = "permit2_allowance_required";
-                    ctx.release(
-                        self.nonces.as_ref(),
-                        self.metrics_of(ctx),
-                        Release::Refused(reason),
-                    );
+                    self.release(ctx, Release::Refused(reason));
                     let body = serde_json::json!({
                         "error": reason,
                         "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
@@ -296,11 +284,7 @@ impl LevyProxy {
         text: &'static str,
         seconds: &'static str,
     ) -> Reply {
-        ctx.release(
-            self.nonces.as_ref(),
-            self.metrics_of(ctx),
-            Release::Withdrawn,
-        );
+        self.release(ctx, Release::Withdrawn);
         Reply::text(503, text).header(header::RETRY_AFTER, seconds)
     }
 
@@ -327,7 +311,7 @@ impl LevyProxy {
     ) -> pingora::Result<()> {
         let nonces = self.nonces.as_ref();
         if response.status.as_u16() >= 400 && ctx.reserved().is_some() {
-            ctx.release(nonces, self.metrics_of(ctx), Release::Unserved);
+            self.release(ctx, Release::Unserved);
             ctx.outcome = Outcome::PaymentReleased;
             return Ok(());
         }
@@ -394,7 +378,6 @@ impl LevyProxy {
         let expiring = paid.verified.valid_before < unix_now() + settlement.settle_window_seconds();
         let (record, hold) = (paid.record(&route), paid.hold.take());
         let id = record.id.clone();
-        let nonces = self.nonces.as_ref();
         if expiring {
             // Too close to validBefore for a batch: settle before the response leaves, or
             // serve nothing.
@@ -411,7 +394,7 @@ impl LevyProxy {
                 }
                 Err(e) => {
                     log::info!("payment {id} not settled before it expires: {e}");
-                    ctx.release(nonces, self.metrics_of(ctx), Release::Withdrawn);
+                    self.release(ctx, Release::Withdrawn);
                     ctx.failure = Some(
                         "the payment could not be settled before its authorization expires; nothing was charged",
                     );
@@ -423,7 +406,7 @@ impl LevyProxy {
             }
         } else if let Err(e) = settlement.accept(record, hold).await {
             log::error!("cannot journal payment {id}: {e}");
-            ctx.release(nonces, self.metrics_of(ctx), Release::Withdrawn);
+            self.release(ctx, Release::Withdrawn);
             ctx.failure = Some("cannot record the payment; nothing was charged");
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),

@@ -146,11 +146,7 @@ impl LevyProxy {
                     ctx.route_label()
                 );
                 let reason = rejection.reason();
-                ctx.release(
-                    self.nonces.as_ref(),
-                    self.metrics_of(ctx),
-                    Release::Refused(reason),
-                );
+                self.release(ctx, Release::Refused(reason));
                 Some(self.challenge(session, paywall, reason, reason))
             }
         }
