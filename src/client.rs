@@ -75,6 +75,16 @@ pub struct Terms {
 }
 
 impl Terms {
+    /// The EIP-712 domain separator of the token these terms pay in.
+    pub fn domain_separator(&self) -> B256 {
+        domain_separator(
+            &self.eip712_name,
+            &self.eip712_version,
+            self.chain_id,
+            self.asset,
+        )
+    }
+
     /// Reads a v2 `PaymentRequirements` JSON object (network `eip155:<id>`).
     pub fn from_v2(requirement: &Value) -> Result<Self, ClientError> {
         let network = str_field(requirement, "network")?;
@@ -174,12 +184,7 @@ pub fn sign(
     valid_before: u64,
     nonce: B256,
 ) -> Result<SignedAuthorization, ClientError> {
-    let domain = domain_separator(
-        &terms.eip712_name,
-        &terms.eip712_version,
-        terms.chain_id,
-        terms.asset,
-    );
+    let domain = terms.domain_separator();
     let digest = transfer_digest(
         &domain,
         payer.address,

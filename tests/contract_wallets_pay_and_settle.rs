@@ -39,12 +39,7 @@ fn wallet_payment(
     let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
     let terms = Terms::from_v2(&accepted).expect("terms");
     let (valid_after, valid_before, nonce) = (now() - 600, now() + 300, random_nonce());
-    let domain = levy::pricing::domain_separator(
-        &terms.eip712_name,
-        &terms.eip712_version,
-        terms.chain_id,
-        terms.asset,
-    );
+    let domain = terms.domain_separator();
     let digest = levy::verify::transfer_digest(
         &domain,
         wallet,

@@ -6,7 +6,7 @@ use alloy_primitives::{Address, B256, U256};
 use serde_json::{json, Value};
 
 use super::{ClientError, Payer, Terms};
-use crate::pricing::{domain_separator, permit2_domain_separator};
+use crate::pricing::permit2_domain_separator;
 use crate::verify::upto::{permit2612_digest, UptoAuthorization};
 use crate::x402::{encode_header, EIP2612_GAS_SPONSORING, PERMIT2_ADDRESS, UPTO_PROXY_ADDRESS};
 
@@ -66,12 +66,7 @@ impl SignedUpto {
         permit_nonce: U256,
     ) -> Result<Self, ClientError> {
         let auth = &self.authorization;
-        let domain = domain_separator(
-            &terms.eip712_name,
-            &terms.eip712_version,
-            terms.chain_id,
-            terms.asset,
-        );
+        let domain = terms.domain_separator();
         let digest = permit2612_digest(
             &domain,
             auth.owner,
