@@ -91,6 +91,20 @@ pub struct Policy {
     pub contract_signatures: bool,
 }
 
+impl Policy {
+    /// The earliest and latest deadline (`validBefore`, a Permit2 `deadline`) an
+    /// authorization may carry at `now` for a requirement of `max_timeout_seconds`: late
+    /// enough to be settled after the response, no later than the timeout (plus clock skew)
+    /// allows.
+    pub fn deadline_bounds(&self, now: u64, max_timeout_seconds: u64) -> (u64, u64) {
+        (
+            now.saturating_add(self.valid_before_margin_seconds),
+            now.saturating_add(max_timeout_seconds)
+                .saturating_add(self.clock_skew_seconds),
+        )
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
@@ -500,12 +514,10 @@ fn check(
     if auth.valid_after > now {
         return Err(Rejection::NotYetValid);
     }
-    if auth.valid_before < now.saturating_add(policy.valid_before_margin_seconds) {
+    let (soonest, latest) = policy.deadline_bounds(now, requirement.max_timeout_seconds);
+    if auth.valid_before < soonest {
         return Err(Rejection::ExpiresTooSoon);
     }
-    let latest = now
-        .saturating_add(requirement.max_timeout_seconds)
-        .saturating_add(policy.clock_skew_seconds);
     if auth.valid_before > latest {
         return Err(Rejection::ExpiresTooLate);
     }

@@ -291,12 +291,10 @@ fn verify(
     if auth.facilitator != facilitator {
         return Err(Rejection::UptoFacilitator);
     }
-    if auth.deadline < now.saturating_add(policy.valid_before_margin_seconds) {
+    let (soonest, latest) = policy.deadline_bounds(now, requirement.max_timeout_seconds);
+    if auth.deadline < soonest {
         return Err(Rejection::Permit2DeadlineTooSoon);
     }
-    let latest = now
-        .saturating_add(requirement.max_timeout_seconds)
-        .saturating_add(policy.clock_skew_seconds);
     if auth.deadline > latest {
         return Err(Rejection::Permit2DeadlineTooLate);
     }
