@@ -3,13 +3,15 @@
 //!
 //! Every charged payment is journaled ([`journal`]) before its response leaves levy. A
 //! background engine takes up to `max_batch` payments (or whatever waited `max_delay`),
-//! nearest `validBefore` first, checks them in one multicall read, and sends one transaction
-//! that calls `transferWithAuthorization` for each through `aggregate3` with per-call
-//! `allowFailure`; each payment is then marked settled or failed from the receipt's logs.
+//! nearest `validBefore` first, one network's payments of one scheme at a time, checks them
+//! in one multicall read, and sends one transaction that settles each alone (`exact`:
+//! `transferWithAuthorization` through `aggregate3` with per-call `allowFailure`; `upto`: the
+//! LevyBatcher); each payment is then marked settled or failed from the receipt's logs.
 //! The signed transaction and its hash are journaled *before* broadcast, so after a crash or
 //! a timeout levy re-broadcasts the same bytes (harmless: same nonce, same hash) and reads the
-//! receipt and `authorizationState`; it never signs a fresh transfer for a payment it cannot
-//! prove unused. EIP-3009 itself makes a second transfer of one authorization impossible.
+//! receipt and the payment's nonce state; it never signs a fresh transfer for a payment it
+//! cannot prove unused. EIP-3009 and Permit2 nonces themselves make a second transfer of one
+//! authorization impossible.
 
 mod batch;
 pub mod chain;

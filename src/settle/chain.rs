@@ -1,8 +1,8 @@
 //! One EVM chain as the settlement engine sees it: reads through Multicall3 `aggregate3`
-//! (`authorizationState`, `balanceOf`), a signed batch transaction that calls
-//! `transferWithAuthorization` once per payment with `allowFailure`, receipts, and the
-//! token's `AuthorizationUsed`/`AuthorizationCanceled` logs for reconciliation. Every RPC
-//! call has a timeout.
+//! (each payment's nonce state and `balanceOf`), a signed batch transaction built by the
+//! payments' scheme ([`crate::scheme`]: `transferWithAuthorization` calls through
+//! `aggregate3` for `exact`, `LevyBatcher.settle` for `upto`), receipts, and the scheme's
+//! use and cancel events for reconciliation. Every RPC call has a timeout.
 
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -535,7 +535,10 @@ impl Chain {
             .rpc("eth_getLogs", self.provider.get_logs(&filter))
             .await?;
         for log in logs {
-            if events.canceled.is_some() && log.topics().first() == events.canceled.as_ref() {
+            if events
+                .canceled
+                .is_some_and(|canceled| log.topics().first() == Some(&canceled))
+            {
                 return Ok(AuthorizationFate::Canceled);
             }
             if let Some(tx) = log.transaction_hash {
