@@ -9,6 +9,7 @@ use std::time::Duration;
 use alloy::primitives::U256;
 
 use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::client::read_head;
 use crate::support::origin::Reply;
 use crate::support::pay::upto_payment;
 use crate::support::process::{process_config, spawn_levy, wait_listening};
@@ -55,22 +56,15 @@ fn paid_stream(addr: SocketAddr, path: &str) -> (TcpStream, u16, String, Vec<u8>
     )
     .expect("send");
     let mut head = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = stream.read(&mut buf).expect("read the head");
-        assert!(n > 0, "levy closed before answering");
-        head.extend_from_slice(&buf[..n]);
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = head.split_off(end + 4);
-            let text = String::from_utf8_lossy(&head).into_owned();
-            let status = text
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("a status");
-            return (stream, status, text, rest);
-        }
-    }
+    let end = read_head(&mut stream, &mut head).expect("levy answers with a head");
+    let rest = head.split_off(end + 4);
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status");
+    (stream, status, text, rest)
 }
 
 /// Waits until one payment settled; returns what the payee received.

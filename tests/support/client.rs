@@ -63,17 +63,7 @@ pub fn send(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
 /// Reads one response from a stream.
 pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
     let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let head_end = read_head(stream, &mut buf)?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut rest = buf[head_end + 4..].to_vec();
     let mut lines = head.split("\r\n");
@@ -152,6 +142,17 @@ pub(crate) fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 65536];
     let n = stream.read(&mut chunk).ok()?;
     (n > 0).then(|| buf.extend_from_slice(&chunk[..n]))
+}
+
+/// Reads from `stream` into `buf` until it holds a whole message head; the index of the
+/// blank line that ends it. `None` if the stream ends (or fails) first.
+pub(crate) fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            return Some(i);
+        }
+        fill(stream, buf)?;
+    }
 }
 
 pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -4,14 +4,14 @@
 //! answer state and receipts from different replicas).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::client::{find, read_response};
+use super::client::{fill, read_head, read_response};
 
 /// The proxy; it serves until the test process ends.
 pub struct LaggingRpc {
@@ -67,17 +67,7 @@ fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, seen: &FirstS
 
 /// The body of the next request on the connection (`Content-Length` framed).
 fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let head_end = read_head(stream, buf)?;
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     let len: usize = head
         .lines()
@@ -85,12 +75,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     while buf.len() < head_end + 4 + len {
-        let mut chunk = [0u8; 8192];
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        fill(stream, buf)?;
     }
     let body = buf[head_end + 4..head_end + 4 + len].to_vec();
     buf.drain(..head_end + 4 + len);

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::client::{fill, find, read_chunked};
+use super::client::{fill, read_chunked, read_head};
 
 /// A request as the origin received it.
 #[derive(Debug, Clone)]
@@ -145,12 +145,7 @@ fn serve(mut stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
 }
 
 fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
-        }
-        fill(stream, buf)?;
-    };
+    let head_end = read_head(stream, buf)?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end + 4);
     let mut lines = head.split("\r\n");
