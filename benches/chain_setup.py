@@ -18,6 +18,8 @@ DEPLOYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil account 2
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
 UPTO_PROXY = "0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002"
+BATCH_SETTLEMENT = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+DEPOSIT_COLLECTOR = "0x4020806089470a89826cB9fB1f4059150b550004"
 OUT = pathlib.Path(__file__).resolve().parent.parent / "contracts" / "out"
 
 
@@ -76,6 +78,8 @@ place_at(send(bytecode("TestUSDC") + abi_strings("USDC", "2"))["contractAddress"
 multicall = send(bytecode("BatchCall"))["contractAddress"]
 place_at(send(bytecode("Permit2"))["contractAddress"], PERMIT2, 0)
 place_at(send(bytecode("UptoPermit2Proxy"))["contractAddress"], UPTO_PROXY, 0)
+place_at(send(bytecode("BatchSettlement"))["contractAddress"], BATCH_SETTLEMENT, 0)
+place_at(send(bytecode("ERC3009DepositCollector"))["contractAddress"], DEPOSIT_COLLECTOR, 0)
 batcher_args = word(int(SETTLER, 16)) + word(int(UPTO_PROXY, 16))
 batcher = send(bytecode("LevyBatcher") + batcher_args)["contractAddress"]
 mint = "0x40c10f19" + word(int(PAYER, 16)) + word(10**15)

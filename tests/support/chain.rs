@@ -39,6 +39,12 @@ pub const PERMIT2: Address =
     alloy::primitives::address!("000000000022D473030F116dDEE9F6B43aC78BA3");
 pub const UPTO_PROXY: Address =
     alloy::primitives::address!("4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
+/// x402's batch-settlement escrow and its ERC-3009 deposit collector, at their canonical
+/// addresses.
+pub const BATCH_SETTLEMENT: Address =
+    alloy::primitives::address!("4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
+pub const DEPOSIT_COLLECTOR: Address =
+    alloy::primitives::address!("4020806089470a89826cB9fB1f4059150b550004");
 
 /// anvil's development keys (public knowledge; test chain only).
 pub const KEYS: [&str; 5] = [
@@ -159,6 +165,10 @@ impl TestChain {
         chain.place_at(permit2, PERMIT2, 0);
         let proxy = chain.deploy(artifact("UptoPermit2Proxy"));
         chain.place_at(proxy, UPTO_PROXY, 0);
+        let escrow = chain.deploy(artifact("BatchSettlement"));
+        chain.place_at(escrow, BATCH_SETTLEMENT, 0);
+        let collector = chain.deploy(artifact("ERC3009DepositCollector"));
+        chain.place_at(collector, DEPOSIT_COLLECTOR, 0);
         let mut batcher_code = artifact("LevyBatcher").to_vec();
         batcher_code.extend((signer(SETTLER_KEY).address(), UPTO_PROXY).abi_encode_params());
         chain.batcher = chain.deploy(batcher_code.into());
