@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod channel;
 pub mod client;
 pub mod clock;
 pub mod config;

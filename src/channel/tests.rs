@@ -1,0 +1,178 @@
+use super::*;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::SignerSync;
+
+const PAYER_KEY: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+const USDC: Address = alloy_primitives::address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
+const RECEIVER: Address = alloy_primitives::address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65");
+const AUTHORIZER: Address = alloy_primitives::address!("70997970C51812dc3A010C7d01b50e0d17dc79C8");
+
+fn payer() -> PrivateKeySigner {
+    PAYER_KEY.parse().unwrap()
+}
+
+fn offer() -> Offer {
+    Offer {
+        chain_id: 84532,
+        token: USDC,
+        token_domain: B256::repeat_byte(7),
+        receiver: RECEIVER,
+        receiver_authorizer: AUTHORIZER,
+        withdraw_delay: 900,
+        price: 1000,
+        min_deposit: 10_000,
+    }
+}
+
+fn config() -> ChannelConfig {
+    let payer = payer().address();
+    ChannelConfig {
+        payer,
+        payer_authorizer: payer,
+        receiver: RECEIVER,
+        receiver_authorizer: AUTHORIZER,
+        token: USDC,
+        withdraw_delay: 900,
+        salt: B256::ZERO,
+    }
+}
+
+fn wire(config: &ChannelConfig) -> serde_json::Value {
+    serde_json::json!({
+        "payer": config.payer, "payerAuthorizer": config.payer_authorizer,
+        "receiver": config.receiver, "receiverAuthorizer": config.receiver_authorizer,
+        "token": config.token, "withdrawDelay": config.withdraw_delay, "salt": config.salt,
+    })
+}
+
+fn voucher_payload(config: &ChannelConfig, max: u128, key: &PrivateKeySigner) -> ChannelPayload {
+    let id = config.id(84532);
+    let signature = key.sign_hash_sync(&voucher_digest(84532, id, max)).unwrap();
+    serde_json::from_value(serde_json::json!({
+        "type": "voucher",
+        "channelConfig": wire(config),
+        "voucher": {"channelId": id, "maxClaimableAmount": max.to_string(),
+                    "signature": Bytes::from(signature.as_bytes().to_vec())},
+    }))
+    .unwrap()
+}
+
+fn ledger(balance: u128, charged: u128) -> Ledger {
+    let config = config();
+    let mut l = Ledger::new(
+        config.id(84532),
+        config,
+        "base-sepolia".into(),
+        84532,
+        balance,
+        0,
+    );
+    l.charged = charged;
+    l
+}
+
+#[test]
+fn the_typehashes_are_those_of_the_published_type_strings() {
+    assert_eq!(
+        CHANNEL_CONFIG_TYPEHASH,
+        keccak256("ChannelConfig(address payer,address payerAuthorizer,address receiver,address receiverAuthorizer,address token,uint40 withdrawDelay,bytes32 salt)")
+    );
+    assert_eq!(
+        RECEIVE_WITH_AUTHORIZATION_TYPEHASH,
+        keccak256("ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)")
+    );
+}
+
+#[test]
+fn the_channel_id_is_the_one_the_official_client_computes() {
+    // @x402/evm 2.27.0 computeChannelId for this config on eip155:84532.
+    assert_eq!(
+        config().id(84532),
+        b256!("e430f5d342281584387091fce7a70e48ea78c3b4818f2ca53991943554e96e3c")
+    );
+}
+
+#[test]
+fn a_voucher_signed_by_the_payer_passes_and_a_stranger_s_does_not() {
+    let checked = check(&voucher_payload(&config(), 1000, &payer()), &offer(), 0).unwrap();
+    assert_eq!(checked.voucher().max_claimable, 1000);
+    let stranger = PrivateKeySigner::random();
+    assert_eq!(
+        check(&voucher_payload(&config(), 1000, &stranger), &offer(), 0),
+        Err(ChannelError::VoucherSignature)
+    );
+}
+
+#[test]
+fn a_channel_for_another_receiver_or_authorizer_is_refused() {
+    let mut other = config();
+    other.receiver = Address::repeat_byte(1);
+    assert_eq!(
+        check(&voucher_payload(&other, 1000, &payer()), &offer(), 0),
+        Err(ChannelError::ReceiverMismatch)
+    );
+    let mut other = config();
+    other.receiver_authorizer = Address::repeat_byte(1);
+    assert_eq!(
+        check(&voucher_payload(&other, 1000, &payer()), &offer(), 0),
+        Err(ChannelError::ReceiverAuthorizerMismatch)
+    );
+    let mut other = config();
+    other.withdraw_delay = 901;
+    assert_eq!(
+        check(&voucher_payload(&other, 1000, &payer()), &offer(), 0),
+        Err(ChannelError::WithdrawDelayMismatch)
+    );
+}
+
+#[test]
+fn the_ledger_admits_only_the_next_cumulative_amount_within_the_balance() {
+    let l = ledger(5000, 2000);
+    let voucher = |max| check(&voucher_payload(&config(), max, &payer()), &offer(), 0).unwrap();
+    assert_eq!(l.admits(voucher(3000).voucher(), 1000), Ok(()));
+    assert_eq!(
+        l.admits(voucher(4000).voucher(), 1000),
+        Err(ChannelError::CumulativeMismatch {
+            signed: 4000,
+            expected: 3000
+        })
+    );
+    assert_eq!(
+        l.admits(voucher(2000).voucher(), 1000),
+        Err(ChannelError::CumulativeMismatch {
+            signed: 2000,
+            expected: 3000
+        })
+    );
+    let full = ledger(2500, 2000);
+    assert_eq!(
+        full.admits(voucher(3000).voucher(), 1000),
+        Err(ChannelError::ExceedsBalance)
+    );
+    assert_eq!(
+        ledger(0, 0).admits(voucher(1000).voucher(), 1000),
+        Err(ChannelError::NotFound)
+    );
+}
+
+#[test]
+fn a_charge_makes_the_charged_amount_claimable_under_the_latest_voucher() {
+    let mut l = ledger(5000, 0);
+    assert_eq!(l.claim(), None);
+    let v = check(&voucher_payload(&config(), 1000, &payer()), &offer(), 0).unwrap();
+    l.charge(v.voucher(), 1000);
+    let claim = l.claim().unwrap();
+    assert_eq!((claim.max_claimable, claim.total_claimed), (1000, 1000));
+    l.total_claimed = 1000;
+    assert_eq!(l.claim(), None);
+    assert_eq!(l.state_json()["chargedCumulativeAmount"], "1000");
+}
+
+#[test]
+fn only_a_json_naming_the_scheme_is_taken_for_a_channel_payment() {
+    assert!(names_scheme(
+        br#"{"accepted":{"scheme":"batch-settlement"}}"#
+    ));
+    assert!(!names_scheme(br#"{"accepted":{"scheme":"exact"}}"#));
+    assert!(!names_scheme(br#"{"note":"batch-settlements"}"#));
+}
