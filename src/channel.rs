@@ -396,6 +396,8 @@ pub enum ChannelError {
     DepositExpired,
     #[error("the deposit signature does not recover to the payer")]
     DepositSignature,
+    #[error("the deposit transaction failed")]
+    DepositFailed,
     #[error("the deposit is below the minimum of {0}")]
     DepositBelowMinimum(u128),
     #[error("the voucher is for {signed}, but the channel's next cumulative amount is {expected}")]
@@ -440,6 +442,9 @@ impl ChannelError {
             }
             ChannelError::DepositSignature => {
                 "invalid_batch_settlement_evm_receive_authorization_signature"
+            }
+            ChannelError::DepositFailed => {
+                "invalid_batch_settlement_evm_deposit_transaction_failed"
             }
             ChannelError::DepositBelowMinimum(_) => {
                 "invalid_batch_settlement_evm_deposit_below_min_deposit"
@@ -754,6 +759,20 @@ impl Ledger {
             signature: self.signature.clone(),
             total_claimed: total,
         })
+    }
+
+    /// Folds in a record of the same channel written around the same time: the latest
+    /// voucher is the one for more, claims only grow, the balance is the later record's.
+    pub fn merge(&mut self, later: &Ledger) {
+        if later.signed_max > self.signed_max {
+            self.signed_max = later.signed_max;
+            self.signature = later.signature.clone();
+        }
+        self.charged = self.charged.max(later.charged);
+        self.total_claimed = self.total_claimed.max(later.total_claimed);
+        self.balance = later.balance;
+        self.withdraw_requested_at = later.withdraw_requested_at;
+        self.refund_nonce = self.refund_nonce.max(later.refund_nonce);
     }
 
     /// `channelState` as the official client reads it.

@@ -14,7 +14,7 @@ mod upstreams;
 use checks::{address, check_url, invalid, socket_addr};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
-use routes::build_route;
+use routes::{build_route, Defaults};
 pub use schema::SettleMode;
 use settlement::settlement;
 use upstreams::{lookup_upstream, upstreams};
@@ -230,6 +230,12 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         .as_deref()
         .map(|a| address("levy.pay_to", a))
         .transpose()?;
+    let channel_authorizer = levy
+        .settlement
+        .as_ref()
+        .and_then(|s| s.channels.as_ref())
+        .map(|c| address("levy.settlement.channels.authorizer", &c.authorizer))
+        .transpose()?;
     if let Some(url) = &levy.public_url {
         check_url("levy.public_url", url)?;
     }
@@ -275,8 +281,17 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         let max_timeout_seconds = route.max_timeout_seconds;
-        let (mut matcher, mut route) =
-            build_route(&path, route, &upstreams, &networks, &assets, default_pay_to)?;
+        let (mut matcher, mut route) = build_route(
+            &path,
+            route,
+            &upstreams,
+            &networks,
+            &assets,
+            Defaults {
+                pay_to: default_pay_to,
+                channel_authorizer,
+            },
+        )?;
         route.index = i;
         if matches!(route.access, Access::Priced(_)) {
             matcher.guard = Some(loose);

@@ -37,6 +37,15 @@ pub struct Metrics {
     /// `levy_settlements_total{state,reason}`: payments reaching settled, failed or
     /// needs_review, by reason (`ok` for settled).
     pub settlements: IntCounterVec,
+    /// `levy_channel_vouchers_total{network}`: channel vouchers that bought a response.
+    pub channel_vouchers: IntCounterVec,
+    /// `levy_channel_claims_total{network}`: channels claimed on chain (one per channel per
+    /// claim transaction).
+    pub channel_claims: IntCounterVec,
+    /// `levy_channel_claim_failures_total{network}`: claim transactions that failed.
+    pub channel_claim_failures: IntCounterVec,
+    /// `levy_channel_shortfalls_total`: claims cut to what was left in escrow.
+    pub channel_shortfalls: IntCounter,
     /// `levy_settlement_queue_depth`: payments waiting for a batch.
     pub queue_depth: IntGauge,
     /// `levy_unsettled_value`: atomic units charged but not yet settled or failed.
@@ -184,6 +193,29 @@ pub fn metrics() -> &'static Metrics {
             &["state", "reason"]
         )
         .expect("levy_settlements_total registers once"),
+        channel_vouchers: register_int_counter_vec!(
+            "levy_channel_vouchers_total",
+            "Channel vouchers that bought a response",
+            &["network"]
+        )
+        .expect("levy_channel_vouchers_total registers once"),
+        channel_claims: register_int_counter_vec!(
+            "levy_channel_claims_total",
+            "Channels claimed on chain",
+            &["network"]
+        )
+        .expect("levy_channel_claims_total registers once"),
+        channel_claim_failures: register_int_counter_vec!(
+            "levy_channel_claim_failures_total",
+            "Channel claim transactions that failed",
+            &["network"]
+        )
+        .expect("levy_channel_claim_failures_total registers once"),
+        channel_shortfalls: register_int_counter!(
+            "levy_channel_shortfalls_total",
+            "Channel claims cut to what was left in escrow"
+        )
+        .expect("levy_channel_shortfalls_total registers once"),
         queue_depth: register_int_gauge!("levy_settlement_queue_depth", "Payments waiting for a batch")
             .expect("levy_settlement_queue_depth registers once"),
         unsettled_value: register_gauge!(

@@ -179,6 +179,16 @@ pub enum Scheme {
         /// Permit2's EIP-712 domain separator on this chain, computed once.
         permit2_domain: B256,
     },
+    /// A voucher on an escrow channel (`batch-settlement`) for exactly `amount` more than the
+    /// channel's charged total.
+    Batch {
+        /// levy's key that signs claims and refunds (`extra.receiverAuthorizer`).
+        receiver_authorizer: Address,
+        /// Seconds a payer's withdrawal waits (`extra.withdrawDelay`).
+        withdraw_delay: u64,
+        /// The deposit levy asks for (`extra.minDeposit`), atomic units.
+        min_deposit: U256,
+    },
 }
 
 impl Scheme {
@@ -187,6 +197,7 @@ impl Scheme {
         match self {
             Scheme::Exact => crate::x402::SCHEME_EXACT,
             Scheme::Upto { .. } => crate::x402::SCHEME_UPTO,
+            Scheme::Batch { .. } => crate::channel::SCHEME_BATCH,
         }
     }
 

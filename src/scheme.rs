@@ -143,11 +143,13 @@ pub trait PaymentScheme: Sync {
 }
 
 impl Scheme {
-    /// The scheme a requirement is issued under.
-    pub fn implementation(&self) -> &'static dyn PaymentScheme {
+    /// The scheme a requirement is issued under; `None` for channel vouchers, which are
+    /// not one-off authorizations (see `channel`).
+    pub fn implementation(&self) -> Option<&'static dyn PaymentScheme> {
         match self {
-            Scheme::Exact => &EXACT,
-            Scheme::Upto { .. } => &UPTO,
+            Scheme::Exact => Some(&EXACT),
+            Scheme::Upto { .. } => Some(&UPTO),
+            Scheme::Batch { .. } => None,
         }
     }
 }

@@ -15,6 +15,7 @@
 
 mod batch;
 pub mod chain;
+pub mod channels;
 pub mod deploy;
 mod engine;
 pub mod exposure;
@@ -137,6 +138,8 @@ struct Inner {
     /// The drain rate the engine projects with, payments per second (f64 bits).
     drain_rate: std::sync::atomic::AtomicU64,
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
+    /// Escrow channels, when configured.
+    channels: Option<channels::Channels>,
     /// Found by the journal replay at open; taken once by whoever owns the replay set.
     live_at_open: Mutex<Vec<LiveAuthorization>>,
     /// Set when the engine stops: no payment is journaled for settlement before its response
@@ -197,6 +200,11 @@ impl Settlement {
                 None
             }
         };
+        let channels = config
+            .channels
+            .clone()
+            .map(channels::Channels::open)
+            .transpose()?;
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
         let ledger = Ledger::new(config.limits);
         let funds = Funds::new(config.funds);
@@ -218,12 +226,18 @@ impl Settlement {
                 queued: std::sync::atomic::AtomicUsize::new(0),
                 drain_rate: std::sync::atomic::AtomicU64::new(0),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
+                channels,
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         settlement.recover()?;
         Ok(settlement)
+    }
+
+    /// The escrow channels, when configured.
+    pub fn channels(&self) -> Option<&channels::Channels> {
+        self.inner.channels.as_ref()
     }
 
     /// The settler address.

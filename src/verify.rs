@@ -335,14 +335,11 @@ pub fn verify(
             let requirement = requirements
                 .get(index)
                 .ok_or(Rejection::NoMatchingRequirements)?;
-            requirement.scheme.implementation().verify(
-                &payment,
-                &signature,
-                requirement,
-                index,
-                now,
-                policy,
-            )
+            let scheme = requirement
+                .scheme
+                .implementation()
+                .ok_or(Rejection::Malformed("payload.type"))?;
+            scheme.verify(&payment, &signature, requirement, index, now, policy)
         }
         1 => {
             let scheme = payment

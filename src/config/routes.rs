@@ -10,6 +10,7 @@ use super::{
     address, check_url, invalid, lookup_upstream, schema, Access, Asset, Metered, Network, Paywall,
     Route, Upstream,
 };
+use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
@@ -22,7 +23,7 @@ pub(super) fn build_route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
-    default_pay_to: Option<Address>,
+    defaults: Defaults,
 ) -> Result<(Matcher, Route), ConfigError> {
     let host = match &route.host {
         None => HostPattern::Any,
@@ -68,6 +69,7 @@ pub(super) fn build_route(
             ("amount", route.amount.is_some()),
             ("pay_to", route.pay_to.is_some()),
             ("accepts", !route.accepts.is_empty()),
+            ("channel", route.channel.is_some()),
         ] {
             if set {
                 return Err(invalid(
@@ -78,13 +80,7 @@ pub(super) fn build_route(
         }
         Access::Free
     } else {
-        Access::Priced(Box::new(paywall(
-            path,
-            route,
-            networks,
-            assets,
-            default_pay_to,
-        )?))
+        Access::Priced(Box::new(paywall(path, route, networks, assets, defaults)?))
     };
     let matcher = Matcher {
         host,
@@ -110,7 +106,7 @@ pub(super) fn paywall(
     route: &schema::Route,
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
-    default_pay_to: Option<Address>,
+    defaults: Defaults,
 ) -> Result<Paywall, ConfigError> {
     let price = match (&route.price, &route.amount) {
         (Some(_), Some(_)) => {
@@ -141,7 +137,7 @@ pub(super) fn paywall(
         .as_deref()
         .map(|a| address(&format!("{path}.pay_to"), a))
         .transpose()?
-        .or(default_pay_to);
+        .or(defaults.pay_to);
     if route.accepts.is_empty() {
         return Err(invalid(
             format!("{path}.accepts"),
@@ -165,6 +161,36 @@ pub(super) fn paywall(
     let mut requirements = Vec::with_capacity(route.accepts.len() * 2);
     let mut rates = Vec::with_capacity(route.accepts.len() * 2);
     let mut offers: Vec<Offer<'_>> = Vec::new();
+    if let Some(terms) = &route.channel {
+        let at = format!("{path}.channel");
+        let (key, price) = price
+            .as_ref()
+            .ok_or_else(|| invalid(&at, "channels sell a fixed price: give `price` or `amount`"))?;
+        let authorizer = defaults.channel_authorizer.ok_or_else(|| {
+            invalid(
+                &at,
+                "needs `levy.settlement.channels` (levy's receiver-authorizer key)",
+            )
+        })?;
+        if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&terms.withdraw_delay_seconds) {
+            return Err(invalid(
+                format!("{at}.withdraw_delay_seconds"),
+                format!("must be between {MIN_WITHDRAW_DELAY} and {MAX_WITHDRAW_DELAY}"),
+            ));
+        }
+        let min_deposit = terms
+            .min_deposit
+            .as_deref()
+            .map(|text| parse_price(&format!("{at}.min_deposit"), text))
+            .transpose()?;
+        offers.push(Offer::Channel {
+            key,
+            price,
+            authorizer,
+            withdraw_delay: terms.withdraw_delay_seconds,
+            min_deposit,
+        });
+    }
     if let Some(meter) = &meter {
         offers.push(Offer::Metered(meter));
     }
@@ -210,8 +236,33 @@ pub(super) fn paywall(
                         )
                     })
             };
-            let (amount, scheme, rate) = match offer {
+            let (amount, scheme, rate) = match &offer {
                 Offer::Fixed(key, price) => (in_asset(key, price)?, Scheme::Exact, None),
+                Offer::Channel {
+                    key,
+                    price,
+                    authorizer,
+                    withdraw_delay,
+                    min_deposit,
+                } => {
+                    let amount = in_asset(key, price)?;
+                    let min_deposit = match min_deposit {
+                        Some(p) => in_asset("channel.min_deposit", p)?,
+                        None => amount.saturating_mul(alloy_primitives::U256::from(10)),
+                    };
+                    if min_deposit < amount {
+                        return Err(invalid(
+                            format!("{path}.channel.min_deposit"),
+                            "must be at least the price",
+                        ));
+                    }
+                    let scheme = Scheme::Batch {
+                        receiver_authorizer: *authorizer,
+                        withdraw_delay: *withdraw_delay,
+                        min_deposit,
+                    };
+                    (amount, scheme, None)
+                }
                 Offer::Metered(m) => {
                     let batcher = network.batcher.ok_or_else(|| {
                         invalid(
@@ -283,13 +334,40 @@ pub(super) fn paywall(
     })
 }
 
+/// What every route inherits from the top of the config.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Defaults {
+    /// `levy.pay_to`.
+    pub pay_to: Option<Address>,
+    /// `levy.settlement.channels.authorizer`: who signs channel claims.
+    pub channel_authorizer: Option<Address>,
+}
+
 /// What a priced route offers per accepted pair.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) enum Offer<'a> {
+    /// `batch-settlement` vouchers at a fixed price.
+    Channel {
+        key: &'static str,
+        price: &'a Price,
+        authorizer: Address,
+        withdraw_delay: u64,
+        min_deposit: Option<Price>,
+    },
     /// `upto`, metered.
     Metered(&'a MeterPrices),
     /// `exact` at a fixed price (the key it was written under).
     Fixed(&'static str, &'a Price),
+}
+
+/// A price written as dollars (`"$0.01"`) or atomic units (`"10000"`), at YAML path `at`.
+fn parse_price(at: &str, text: &str) -> Result<Price, ConfigError> {
+    let parsed = if text.trim_start().starts_with('$') {
+        Price::parse_dollars(text)
+    } else {
+        parse_atomic(text).map(Price::Atomic)
+    };
+    parsed.map_err(|e| invalid(at, e))
 }
 
 /// A `meter:` section, parsed but not yet in any asset's units.
@@ -304,14 +382,7 @@ pub(super) struct MeterPrices {
 
 impl MeterPrices {
     pub(super) fn parse(path: &str, m: &schema::Meter) -> Result<Self, ConfigError> {
-        let amount = |key: &str, text: &str| {
-            let parsed = if text.trim_start().starts_with('$') {
-                Price::parse_dollars(text)
-            } else {
-                parse_atomic(text).map(Price::Atomic)
-            };
-            parsed.map_err(|e| invalid(format!("{path}.{key}"), e))
-        };
+        let amount = |key: &str, text: &str| parse_price(&format!("{path}.{key}"), text);
         let unit = match m.unit {
             schema::MeterUnit::Bytes => Unit::Bytes {
                 per: match m.per {

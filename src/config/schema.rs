@@ -110,6 +110,8 @@ pub struct Settlement {
     pub funds: Funds,
     #[serde(default)]
     pub facilitator: Option<Facilitator>,
+    #[serde(default)]
+    pub channels: Option<Channels>,
 }
 
 /// The balance check before serving batched payments, and the deny list.
@@ -305,6 +307,43 @@ pub struct Route {
     /// Charge for what the response delivers (`upto`) instead of a fixed price.
     #[serde(default)]
     pub meter: Option<Meter>,
+    /// Also sell the fixed price through escrow channels (`batch-settlement`), offered first.
+    #[serde(default)]
+    pub channel: Option<ChannelTerms>,
+}
+
+/// A route's channel terms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTerms {
+    /// Seconds a payer's withdrawal waits (900 to 2592000).
+    #[serde(default = "default_withdraw_delay_seconds")]
+    pub withdraw_delay_seconds: u64,
+    /// The deposit asked for: `"$0.20"` or atomic units; default 10 × the price.
+    #[serde(default)]
+    pub min_deposit: Option<String>,
+}
+
+/// Channel settlement: levy's receiver-authorizer key, which signs claims and refunds and
+/// sends channel transactions, and how often claims go out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channels {
+    /// The authorizer's address, as offered in challenges (checked against the key).
+    pub authorizer: String,
+    #[serde(default = "default_channel_key_env")]
+    pub key_env: String,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Charged vouchers are claimed at least this often.
+    #[serde(default = "default_claim_every_seconds")]
+    pub claim_every_seconds: u64,
+    /// Open channels are checked for payer withdrawals this often (claimed at once if so).
+    #[serde(default = "default_watch_every_seconds")]
+    pub watch_every_seconds: u64,
+    /// Channels per claim transaction.
+    #[serde(default = "default_max_claims")]
+    pub max_claims: usize,
 }
 
 /// A metered route's unit and prices.
@@ -431,6 +470,21 @@ fn default_loss_window_seconds() -> u64 {
 }
 fn default_max_timeout_seconds() -> u64 {
     300
+}
+fn default_withdraw_delay_seconds() -> u64 {
+    900
+}
+fn default_channel_key_env() -> String {
+    "LEVY_CHANNEL_KEY".to_owned()
+}
+fn default_claim_every_seconds() -> u64 {
+    60
+}
+fn default_watch_every_seconds() -> u64 {
+    10
+}
+fn default_max_claims() -> usize {
+    100
 }
 fn default_asset() -> String {
     "usdc".to_owned()

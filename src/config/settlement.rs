@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{check_url, invalid, schema, Access, Network, Route};
 use crate::pricing::parse_atomic;
 use crate::routing::RouteTable;
+use crate::settle::channels::ChannelsSpec;
 use crate::settle::exposure::Limits;
 use crate::settle::funds::{FundsConfig, OnRpcError};
 use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig};
@@ -121,6 +122,75 @@ pub(super) fn settlement(
             })
         }
     };
+    let channel_networks: Vec<String> = routes
+        .iter()
+        .filter_map(|(_, route)| match &route.access {
+            Access::Priced(p) => Some(p.requirements.iter()),
+            Access::Free => None,
+        })
+        .flatten()
+        .filter(|r| matches!(r.scheme, crate::pricing::Scheme::Batch { .. }))
+        .map(|r| r.network_name.clone())
+        .collect();
+    let channels = match &s.channels {
+        None => None,
+        Some(c) => {
+            let at = format!("{path}.channels");
+            if facilitator.is_some() {
+                return Err(invalid(
+                    &at,
+                    "channels are claimed by levy itself; they cannot be used with a facilitator",
+                ));
+            }
+            if c.claim_every_seconds == 0 {
+                return Err(invalid(
+                    format!("{at}.claim_every_seconds"),
+                    "must be greater than zero",
+                ));
+            }
+            let most = crate::channel::MIN_WITHDRAW_DELAY / 3;
+            if c.watch_every_seconds == 0 || c.watch_every_seconds > most {
+                return Err(invalid(
+                    format!("{at}.watch_every_seconds"),
+                    format!("must be between 1 and {most}, so a withdrawal is seen long before it can complete"),
+                ));
+            }
+            if c.max_claims == 0 || c.max_claims > 500 {
+                return Err(invalid(
+                    format!("{at}.max_claims"),
+                    "must be between 1 and 500",
+                ));
+            }
+            let mut rpcs = Vec::new();
+            for name in &channel_networks {
+                let Some(network) = networks.get(name) else {
+                    continue;
+                };
+                let rpc_url = network.rpc_url.clone().ok_or_else(|| {
+                    invalid(
+                        format!("levy.networks.{name}.rpc_url"),
+                        "missing; channels need an RPC endpoint",
+                    )
+                })?;
+                if !rpcs.iter().any(|(n, _, _)| n == name) {
+                    rpcs.push((name.clone(), rpc_url, network.chain_id));
+                }
+            }
+            let mut log_path = std::ffi::OsString::from(&s.journal_path);
+            log_path.push(".channels");
+            Some(ChannelsSpec {
+                authorizer: super::address(&format!("{at}.authorizer"), &c.authorizer)?,
+                key_env: c.key_env.clone(),
+                key_file: c.key_file.clone().map(Into::into),
+                claim_every: Duration::from_secs(c.claim_every_seconds),
+                watch_every: Duration::from_secs(c.watch_every_seconds),
+                max_claims: c.max_claims,
+                log_path: log_path.into(),
+                rpcs,
+                rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
+            })
+        }
+    };
     let mut chains = Vec::new();
     for name in used.into_iter().filter(|_| facilitator.is_none()) {
         let Some(network) = networks.get(&name) else {
@@ -176,5 +246,6 @@ pub(super) fn settlement(
         key_file: s.settler_key_file.clone().map(Into::into),
         chains,
         facilitator,
+        channels,
     })
 }

@@ -23,6 +23,9 @@ impl Settlement {
     /// run, then settles what is due.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         self.check_supported().await;
+        if let Some(channels) = self.inner.channels.clone() {
+            tokio::spawn(async move { channels.run().await });
+        }
         self.resume_inflight().await;
         let mut urgent = self.inner.urgent_rx.lock().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -303,7 +303,10 @@ fn decode(id: &str, bytes: &[u8]) -> Result<PaymentRecord, JournalError> {
 }
 
 /// Appends one framed record to `buf`.
-fn frame(record: &PaymentRecord, buf: &mut Vec<u8>) -> Result<(), JournalError> {
+pub(super) fn frame<T: serde::Serialize>(
+    record: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), JournalError> {
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME_HEADER]);
     serde_json::to_writer(&mut *buf, record).map_err(storage)?;
@@ -316,7 +319,7 @@ fn frame(record: &PaymentRecord, buf: &mut Vec<u8>) -> Result<(), JournalError> 
 }
 
 /// The frame at the start of `bytes`, if it is whole and intact: its record and length.
-fn frame_at(bytes: &[u8]) -> Option<(PaymentRecord, usize)> {
+fn frame_at<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<(T, usize)> {
     let header = bytes.get(..FRAME_HEADER)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
@@ -329,19 +332,19 @@ fn frame_at(bytes: &[u8]) -> Option<(PaymentRecord, usize)> {
 }
 
 /// What a log's bytes hold: every intact record, and how many bytes were not part of one.
-struct Unframed {
-    records: Vec<PaymentRecord>,
+pub(super) struct Unframed<T> {
+    pub records: Vec<T>,
     /// Bytes skipped between intact frames: damage, not a torn tail (records followed them).
-    skipped: usize,
+    pub skipped: usize,
     /// Bytes after the last intact frame: a write cut off by a crash before its sync
     /// returned (nobody was told it was durable), or damage at the very end.
-    tail: usize,
+    pub tail: usize,
 }
 
 /// The records in a log's bytes. A damaged stretch does not end the replay: the bytes after
 /// it are searched for the next intact frame (length, CRC-32 and JSON all agreeing), so
 /// records written after damage are not lost with it.
-fn unframe(bytes: &[u8]) -> Unframed {
+pub(super) fn unframe<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Unframed<T> {
     let mut records = Vec::new();
     let (mut at, mut skipped, mut end) = (0, 0, 0);
     while at < bytes.len() {
@@ -377,7 +380,7 @@ fn replay_log(db: &Database, path: &Path) -> Result<(), JournalError> {
         records,
         skipped,
         tail,
-    } = unframe(&bytes);
+    } = unframe::<PaymentRecord>(&bytes);
     if skipped > 0 {
         // Damage inside the log: keep the evidence before the log is emptied.
         let mut aside = path.as_os_str().to_owned();

@@ -172,6 +172,8 @@ pub struct SettlementConfig {
     pub chains: Vec<ChainSpec>,
     /// Settle (and optionally verify) through an x402 facilitator instead of levy's own key.
     pub facilitator: Option<FacilitatorSpec>,
+    /// Escrow channels (`batch-settlement`), when a route sells through them.
+    pub channels: Option<super::channels::ChannelsSpec>,
 }
 
 /// What a batched payment gets while the settlement queue is projected to drain later than

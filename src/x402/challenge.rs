@@ -201,6 +201,19 @@ fn extra(r: &Requirement) -> Map<String, Value> {
             Value::String(facilitator.to_checksum(None)),
         );
     }
+    if let Scheme::Batch {
+        receiver_authorizer,
+        withdraw_delay,
+        min_deposit,
+    } = r.scheme
+    {
+        extra.insert(
+            "receiverAuthorizer".into(),
+            Value::String(receiver_authorizer.to_checksum(None)),
+        );
+        extra.insert("withdrawDelay".into(), Value::from(withdraw_delay));
+        extra.insert("minDeposit".into(), Value::String(min_deposit.to_string()));
+    }
     extra
 }
 
@@ -268,10 +281,10 @@ fn render_html(requirements: &[Requirement], description: &str) -> String {
     for r in requirements {
         options.push_str(&format!(
             "<li><strong>{}{} {}</strong> on {} (<code>{}</code>), paid to <code>{}</code></li>\n",
-            if r.scheme == Scheme::Exact {
-                ""
-            } else {
-                "up to "
+            match r.scheme {
+                Scheme::Exact => "",
+                Scheme::Upto { .. } => "up to ",
+                Scheme::Batch { .. } => "per call from a deposit, ",
             },
             format_units(r.amount, r.decimals),
             html_escape(&r.asset_name.to_ascii_uppercase()),

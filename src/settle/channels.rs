@@ -1,0 +1,623 @@
+//! Escrow channels (`batch-settlement`) on chain: every channel's ledger in memory and in
+//! the channel log, one request in flight per channel (a lease), deposits sent on the
+//! request path, and the claimer: every `claim_every` it claims all charged vouchers,
+//! many channels per `claimWithSignature` transaction signed by levy's receiver
+//! authorizer, and sweeps them to the receivers with `settle` in the same transaction;
+//! every `watch_every` it looks for payer withdrawals and claims those channels at once, long
+//! before their withdraw delay ends. Claims are built from the chain's `totalClaimed`, read
+//! just before: a claim whose fate was unknown is never repeated, only completed.
+//!
+//! Channel transactions are sent from the authorizer's own account, one at a time, so they
+//! never race the settlement engine's nonces.
+
+mod log;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use alloy::network::EthereumWallet;
+use alloy::primitives::{Address, Bytes, B256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::signers::SignerSync;
+use alloy::sol_types::SolCall;
+
+use crate::channel::{
+    claim_batch_digest, ChannelError, Checked, Claim, IBatchSettlement, Ledger, Offer,
+    SignedVoucher, BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+};
+use crate::metrics::metrics;
+pub use log::ChannelLog;
+
+use super::journal::JournalError;
+use super::SettleError;
+
+/// What channel settlement needs, from `levy.settlement.channels`.
+#[derive(Debug, Clone)]
+pub struct ChannelsSpec {
+    pub authorizer: Address,
+    pub key_env: String,
+    pub key_file: Option<PathBuf>,
+    pub claim_every: Duration,
+    pub watch_every: Duration,
+    pub max_claims: usize,
+    /// `<journal_path>.channels`.
+    pub log_path: PathBuf,
+    /// RPC endpoint and chain id per network name.
+    pub rpcs: Vec<(String, String, u64)>,
+    pub rpc_timeout: Duration,
+}
+
+/// Why a channel payment is not served.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A 402 with this reason.
+    Rejected(ChannelError),
+    /// A 402 telling the client where the channel stands, so it can re-sign.
+    Corrective(ChannelError, Box<Ledger>),
+    /// The chain could not be asked: 503, retry.
+    Unavailable(String),
+}
+
+/// A channel held for one request: its voucher is admitted for `price`.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub voucher: SignedVoucher,
+    pub price: u128,
+}
+
+struct Slot {
+    ledger: Ledger,
+    busy_until: Option<Instant>,
+}
+
+struct ChainSender {
+    provider: DynProvider,
+    chain_id: u64,
+}
+
+struct Inner {
+    spec: ChannelsSpec,
+    signer: PrivateKeySigner,
+    chains: HashMap<String, ChainSender>,
+    slots: Mutex<HashMap<B256, Slot>>,
+    log: ChannelLog,
+    /// One channel transaction at a time.
+    sending: tokio::sync::Mutex<()>,
+}
+
+/// Handle to the channels.
+#[derive(Clone)]
+pub struct Channels {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn journal(e: JournalError) -> SettleError {
+    SettleError::Journal(e)
+}
+
+impl Channels {
+    /// Reads the authorizer key (it must be `spec.authorizer`'s) and the channel log.
+    pub fn open(spec: ChannelsSpec) -> Result<Self, SettleError> {
+        let text = match &spec.key_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|_| SettleError::KeyFile(file.display().to_string()))?,
+            None => std::env::var(&spec.key_env)
+                .map_err(|_| SettleError::NoKey(spec.key_env.clone()))?,
+        };
+        let signer: PrivateKeySigner = text.trim().parse().map_err(|_| SettleError::BadKey)?;
+        if signer.address() != spec.authorizer {
+            return Err(SettleError::Setup(format!(
+                "the channel key is {}'s, but levy.settlement.channels.authorizer is {}",
+                signer.address(),
+                spec.authorizer
+            )));
+        }
+        let mut chains = HashMap::new();
+        for (network, rpc_url, chain_id) in &spec.rpcs {
+            let url = rpc_url
+                .parse()
+                .map_err(|e| SettleError::Setup(format!("bad RPC URL for {network}: {e}")))?;
+            let provider = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(signer.clone()))
+                .connect_http(url)
+                .erased();
+            chains.insert(
+                network.clone(),
+                ChainSender {
+                    provider,
+                    chain_id: *chain_id,
+                },
+            );
+        }
+        let (log, ledgers) = ChannelLog::open(&spec.log_path).map_err(journal)?;
+        if !ledgers.is_empty() {
+            ::log::info!("channel log: {} channels restored", ledgers.len());
+        }
+        let slots = ledgers
+            .into_iter()
+            .map(|(id, ledger)| {
+                (
+                    id,
+                    Slot {
+                        ledger,
+                        busy_until: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                spec,
+                signer,
+                chains,
+                slots: Mutex::new(slots),
+                log,
+                sending: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// levy's receiver authorizer.
+    pub fn authorizer(&self) -> Address {
+        self.inner.signer.address()
+    }
+
+    /// A channel's ledger as levy holds it.
+    pub fn ledger(&self, channel_id: B256) -> Option<Ledger> {
+        lock(&self.inner.slots)
+            .get(&channel_id)
+            .map(|s| s.ledger.clone())
+    }
+
+    /// Takes the channel of a checked payload for one request at `price`: deposits first
+    /// when the payload carries one, then admits its voucher. Holds the channel until
+    /// [`Channels::commit`] or [`Channels::release`] (or `hold` passes).
+    pub async fn lease(
+        &self,
+        checked: Checked,
+        offer: &Offer,
+        network: &str,
+        hold: Duration,
+    ) -> Result<Lease, Refusal> {
+        let voucher = checked.voucher().clone();
+        let id = voucher.channel_id;
+        if !self.is_known(id) {
+            let ledger = self
+                .read_ledger(network, id, voucher.config)
+                .await
+                .map_err(Refusal::Unavailable)?;
+            lock(&self.inner.slots).entry(id).or_insert(Slot {
+                ledger,
+                busy_until: None,
+            });
+        }
+        self.take(id, hold)?;
+        let lease = Lease {
+            voucher,
+            price: offer.price,
+        };
+        if let Checked::Deposit(_, deposit) = &checked {
+            if let Err(refusal) = self.deposit(network, &lease.voucher, deposit).await {
+                self.release(&lease);
+                return Err(refusal);
+            }
+        }
+        let admitted = {
+            let slots = lock(&self.inner.slots);
+            match slots.get(&id) {
+                Some(slot) => {
+                    slot.ledger
+                        .admits(&lease.voucher, offer.price)
+                        .map_err(|e| match e {
+                            ChannelError::CumulativeMismatch { .. }
+                            | ChannelError::BelowClaimed => {
+                                Refusal::Corrective(e, Box::new(slot.ledger.clone()))
+                            }
+                            e => Refusal::Rejected(e),
+                        })
+                }
+                None => Err(Refusal::Rejected(ChannelError::NotFound)),
+            }
+        };
+        if let Err(refusal) = admitted {
+            self.release(&lease);
+            return Err(refusal);
+        }
+        Ok(lease)
+    }
+
+    fn is_known(&self, id: B256) -> bool {
+        lock(&self.inner.slots).contains_key(&id)
+    }
+
+    fn take(&self, id: B256, hold: Duration) -> Result<(), Refusal> {
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots
+            .get_mut(&id)
+            .ok_or(Refusal::Rejected(ChannelError::NotFound))?;
+        let now = Instant::now();
+        if slot.busy_until.is_some_and(|until| until > now) {
+            return Err(Refusal::Rejected(ChannelError::Busy));
+        }
+        slot.busy_until = Some(now + hold);
+        Ok(())
+    }
+
+    /// Lets the channel go uncharged (the origin failed, the client left).
+    pub fn release(&self, lease: &Lease) {
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
+            slot.busy_until = None;
+        }
+    }
+
+    /// Charges a leased channel for its request: the new ledger is in the channel log
+    /// before this returns (and before the response leaves). Returns the ledger the
+    /// client is told about.
+    pub async fn commit(&self, lease: &Lease) -> Result<Ledger, SettleError> {
+        let id = lease.voucher.channel_id;
+        let mut next = lock(&self.inner.slots)
+            .get(&id)
+            .map(|s| s.ledger.clone())
+            .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?;
+        next.charge(&lease.voucher, lease.price);
+        let written = self.inner.log.put(next.clone()).await;
+        let mut slots = lock(&self.inner.slots);
+        if let Some(slot) = slots.get_mut(&id) {
+            slot.busy_until = None;
+            if written.is_ok() {
+                slot.ledger.merge(&next);
+            }
+        }
+        drop(slots);
+        written.map_err(journal)?;
+        metrics()
+            .channel_vouchers
+            .with_label_values(&[&next.network])
+            .inc();
+        Ok(next)
+    }
+
+    /// Reads a channel levy has no ledger for from the escrow.
+    async fn read_ledger(
+        &self,
+        network: &str,
+        id: B256,
+        config: crate::channel::ChannelConfig,
+    ) -> Result<Ledger, String> {
+        let chain = self.chain(network)?;
+        let (balance, claimed, withdraw_at, refund_nonce) = self.read_state(chain, id).await?;
+        let mut ledger = Ledger::new(
+            id,
+            config,
+            network.to_owned(),
+            chain.chain_id,
+            balance,
+            claimed,
+        );
+        ledger.withdraw_requested_at = withdraw_at;
+        ledger.refund_nonce = refund_nonce;
+        Ok(ledger)
+    }
+
+    fn chain(&self, network: &str) -> Result<&ChainSender, String> {
+        self.inner
+            .chains
+            .get(network)
+            .ok_or_else(|| format!("no RPC endpoint for network {network}"))
+    }
+
+    /// `(balance, totalClaimed, withdrawRequestedAt, refundNonce)` on chain.
+    async fn read_state(
+        &self,
+        chain: &ChainSender,
+        id: B256,
+    ) -> Result<(u128, u128, u64, u64), String> {
+        let channels = self
+            .call(
+                chain,
+                IBatchSettlement::channelsCall { channelId: id }.abi_encode(),
+            )
+            .await?;
+        let channels = IBatchSettlement::channelsCall::abi_decode_returns(&channels)
+            .map_err(|e| format!("channels(): {e}"))?;
+        let pending = self
+            .call(
+                chain,
+                IBatchSettlement::pendingWithdrawalsCall { channelId: id }.abi_encode(),
+            )
+            .await?;
+        let pending = IBatchSettlement::pendingWithdrawalsCall::abi_decode_returns(&pending)
+            .map_err(|e| format!("pendingWithdrawals(): {e}"))?;
+        let nonce = self
+            .call(
+                chain,
+                IBatchSettlement::refundNonceCall { channelId: id }.abi_encode(),
+            )
+            .await?;
+        let nonce = IBatchSettlement::refundNonceCall::abi_decode_returns(&nonce)
+            .map_err(|e| format!("refundNonce(): {e}"))?;
+        Ok((
+            channels.balance,
+            channels.totalClaimed,
+            pending.initiatedAt.to::<u64>(),
+            nonce.saturating_to::<u64>(),
+        ))
+    }
+
+    async fn call(&self, chain: &ChainSender, data: Vec<u8>) -> Result<Bytes, String> {
+        let request = TransactionRequest::default()
+            .to(BATCH_SETTLEMENT_ADDRESS)
+            .input(Bytes::from(data).into());
+        match tokio::time::timeout(self.inner.spec.rpc_timeout, chain.provider.call(request)).await
+        {
+            Err(_) => Err("eth_call timed out".into()),
+            Ok(result) => result.map_err(|e| format!("eth_call: {e}")),
+        }
+    }
+
+    /// Sends one escrow transaction and waits for its receipt; `Ok` only when it succeeded.
+    async fn send(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
+        let _turn = self.inner.sending.lock().await;
+        let request = TransactionRequest::default()
+            .to(BATCH_SETTLEMENT_ADDRESS)
+            .input(Bytes::from(data).into());
+        let timeout = self.inner.spec.rpc_timeout * 6;
+        let sent = tokio::time::timeout(timeout, async {
+            let pending = chain
+                .provider
+                .send_transaction(request)
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            pending
+                .with_timeout(Some(timeout))
+                .get_receipt()
+                .await
+                .map_err(|e| format!("receipt: {e}"))
+        })
+        .await
+        .map_err(|_| "the transaction was not mined in time".to_owned())??;
+        if sent.status() {
+            Ok(sent.transaction_hash)
+        } else {
+            Err(format!("transaction {} reverted", sent.transaction_hash))
+        }
+    }
+
+    /// Sends a payload's deposit on chain and credits the channel with what the escrow
+    /// says it now holds.
+    async fn deposit(
+        &self,
+        network: &str,
+        voucher: &SignedVoucher,
+        deposit: &crate::channel::Deposit,
+    ) -> Result<(), Refusal> {
+        let chain = self.chain(network).map_err(Refusal::Unavailable)?;
+        let call = IBatchSettlement::depositCall {
+            config: voucher.config.to_sol(),
+            amount: deposit.amount,
+            collector: ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+            collectorData: deposit.collector_data(),
+        };
+        match self.send(chain, call.abi_encode()).await {
+            Ok(hash) => ::log::info!(
+                "channel {}: deposit of {} in {hash}",
+                voucher.channel_id,
+                deposit.amount
+            ),
+            Err(e) => {
+                ::log::info!("channel {}: deposit failed: {e}", voucher.channel_id);
+                return Err(Refusal::Rejected(ChannelError::DepositFailed));
+            }
+        }
+        let (balance, claimed, withdraw_at, refund_nonce) = self
+            .read_state(chain, voucher.channel_id)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&voucher.channel_id) {
+            slot.ledger.balance = balance;
+            slot.ledger.total_claimed = slot.ledger.total_claimed.max(claimed);
+            slot.ledger.withdraw_requested_at = withdraw_at;
+            slot.ledger.refund_nonce = refund_nonce;
+        }
+        Ok(())
+    }
+
+    /// Claims and sweeps until stopped: everything charged every `claim_every`, channels
+    /// with a payer withdrawal pending as soon as the watch sees it.
+    pub async fn run(&self) {
+        let spec = &self.inner.spec;
+        let tick = spec.watch_every.min(spec.claim_every);
+        let mut last_claim = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            if last_claim.elapsed() >= spec.claim_every {
+                last_claim = Instant::now();
+                self.claim_where(|_| true).await;
+            } else {
+                let withdrawing = self.watch_withdrawals().await;
+                if !withdrawing.is_empty() {
+                    self.claim_where(|l| withdrawing.contains(&l.channel_id))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Claims every charged voucher now (the claimer does it on its own schedule).
+    pub async fn claim_now(&self) {
+        self.claim_where(|_| true).await;
+    }
+
+    /// The channels with something to claim whose payer asked to withdraw, read fresh.
+    async fn watch_withdrawals(&self) -> Vec<B256> {
+        let open: Vec<Ledger> = lock(&self.inner.slots)
+            .values()
+            .filter(|s| s.ledger.claim().is_some())
+            .map(|s| s.ledger.clone())
+            .collect();
+        let mut withdrawing = Vec::new();
+        for ledger in open {
+            let Ok(chain) = self.chain(&ledger.network) else {
+                continue;
+            };
+            match self.read_state(chain, ledger.channel_id).await {
+                Ok((_, _, at, _)) if at > 0 => {
+                    if ledger.withdraw_requested_at == 0 {
+                        ::log::info!(
+                            "channel {}: the payer asked to withdraw; claiming now",
+                            ledger.channel_id
+                        );
+                    }
+                    if let Some(slot) = lock(&self.inner.slots).get_mut(&ledger.channel_id) {
+                        slot.ledger.withdraw_requested_at = at;
+                    }
+                    withdrawing.push(ledger.channel_id);
+                }
+                Ok(_) => {}
+                Err(e) => ::log::warn!("channel {}: {e}", ledger.channel_id),
+            }
+        }
+        withdrawing
+    }
+
+    /// Claims the charged vouchers of the channels `pick` selects, per network, in
+    /// transactions of at most `max_claims` channels.
+    async fn claim_where(&self, pick: impl Fn(&Ledger) -> bool) {
+        let candidates: Vec<Ledger> = lock(&self.inner.slots)
+            .values()
+            .filter(|s| pick(&s.ledger) && s.ledger.claim().is_some())
+            .map(|s| s.ledger.clone())
+            .collect();
+        let mut by_network: HashMap<String, Vec<Ledger>> = HashMap::new();
+        for ledger in candidates {
+            by_network
+                .entry(ledger.network.clone())
+                .or_default()
+                .push(ledger);
+        }
+        for (network, ledgers) in by_network {
+            let Ok(chain) = self.chain(&network) else {
+                continue;
+            };
+            for group in ledgers.chunks(self.inner.spec.max_claims.max(1)) {
+                self.claim_group(&network, chain, group).await;
+            }
+        }
+    }
+
+    /// One claim transaction: refreshes each channel from the chain (a claim that landed
+    /// unseen is taken as done, a balance cut by a withdrawal caps the claim), then claims
+    /// and sweeps in one `multicall`.
+    async fn claim_group(&self, network: &str, chain: &ChainSender, group: &[Ledger]) {
+        let mut claims: Vec<Claim> = Vec::new();
+        for ledger in group {
+            let fresh = match self.read_state(chain, ledger.channel_id).await {
+                Ok(state) => state,
+                Err(e) => {
+                    ::log::warn!(
+                        "channel {}: cannot read it before claiming: {e}",
+                        ledger.channel_id
+                    );
+                    continue;
+                }
+            };
+            let (balance, claimed, withdraw_at, refund_nonce) = fresh;
+            let mut current = ledger.clone();
+            current.balance = balance;
+            current.total_claimed = claimed;
+            current.withdraw_requested_at = withdraw_at;
+            current.refund_nonce = refund_nonce;
+            if let Some(slot) = lock(&self.inner.slots).get_mut(&ledger.channel_id) {
+                slot.ledger.balance = balance;
+                slot.ledger.total_claimed = slot.ledger.total_claimed.max(claimed);
+                slot.ledger.withdraw_requested_at = withdraw_at;
+                slot.ledger.refund_nonce = refund_nonce;
+            }
+            if let Some(mut claim) = current.claim() {
+                if claim.total_claimed > balance {
+                    ::log::error!(
+                        "channel {}: charged {} but only {balance} is left in escrow; claiming what is there",
+                        ledger.channel_id,
+                        claim.total_claimed
+                    );
+                    metrics().channel_shortfalls.inc();
+                    claim.total_claimed = balance;
+                }
+                if claim.total_claimed > claimed {
+                    claims.push(claim);
+                }
+            }
+        }
+        if claims.is_empty() {
+            return;
+        }
+        let digest = claim_batch_digest(chain.chain_id, &claims);
+        let signature = match self.inner.signer.sign_hash_sync(&digest) {
+            Ok(s) => Bytes::from(s.as_bytes().to_vec()),
+            Err(e) => {
+                ::log::error!("cannot sign a claim batch: {e}");
+                return;
+            }
+        };
+        let mut calls: Vec<Bytes> = vec![IBatchSettlement::claimWithSignatureCall {
+            voucherClaims: claims.iter().map(Claim::to_sol).collect(),
+            authorizerSignature: signature,
+        }
+        .abi_encode()
+        .into()];
+        let mut sweeps: Vec<(Address, Address)> = claims
+            .iter()
+            .map(|c| (c.config.receiver, c.config.token))
+            .collect();
+        sweeps.sort();
+        sweeps.dedup();
+        for (receiver, token) in sweeps {
+            calls.push(
+                IBatchSettlement::settleCall { receiver, token }
+                    .abi_encode()
+                    .into(),
+            );
+        }
+        let data = IBatchSettlement::multicallCall { data: calls }.abi_encode();
+        match self.send(chain, data).await {
+            Ok(hash) => {
+                ::log::info!("{network}: claimed {} channels in {hash}", claims.len());
+                metrics()
+                    .channel_claims
+                    .with_label_values(&[network])
+                    .inc_by(claims.len() as u64);
+                for claim in &claims {
+                    let updated = {
+                        let mut slots = lock(&self.inner.slots);
+                        slots.get_mut(&claim.channel_id).map(|slot| {
+                            slot.ledger.total_claimed =
+                                slot.ledger.total_claimed.max(claim.total_claimed);
+                            slot.ledger.clone()
+                        })
+                    };
+                    if let Some(ledger) = updated {
+                        if let Err(e) = self.inner.log.put(ledger).await {
+                            ::log::error!("channel log: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Whether it landed is read from the chain before the next claim.
+                ::log::warn!("{network}: claim of {} channels failed: {e}", claims.len());
+                metrics()
+                    .channel_claim_failures
+                    .with_label_values(&[network])
+                    .inc();
+            }
+        }
+    }
+}
