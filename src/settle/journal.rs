@@ -748,7 +748,7 @@ mod tests {
         let second = log.len() - first;
         frame(&record("pay_3"), &mut log).expect("frame");
         log[first + FRAME_HEADER + 3] ^= 0xff;
-        let unframed = unframe(&log);
+        let unframed = unframe::<PaymentRecord>(&log);
         assert_eq!(unframed.records, vec![record("pay_1"), record("pay_3")]);
         assert_eq!(unframed.skipped, second);
         assert_eq!(unframed.tail, 0);
