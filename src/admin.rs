@@ -4,7 +4,8 @@
 //! - `GET /settlements?state=pending|submitted|settled|failed|needs_review&limit=N&after=ID`:
 //!   a listing in acceptance order, `limit` (default 1000, at most 10 000) at a time; `next`
 //!   is the `after` of the next page;
-//! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue.
+//! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue;
+//! - `POST /channels/claim`: claims every charged channel voucher now.
 //!
 //! Bind it to loopback or an internal network; it has no authentication.
 
@@ -82,6 +83,21 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /channels/claim`: claims every charged channel voucher now, instead of at the
+    /// claimer's next turn (before maintenance, or to see the money move).
+    async fn claim_channels(&self, method: &Method) -> Response<Vec<u8>> {
+        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+            return plain(StatusCode::NOT_FOUND, "channels are not configured\n");
+        };
+        if method != Method::POST {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        channels.claim_now().await;
+        plain(StatusCode::OK, "claimed\n")
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -96,6 +112,7 @@ impl ServeHttp for AdminApp {
             p if p == "/settlements" || p.starts_with("/settlements/") => {
                 self.settlements(&method, p, query.as_deref()).await
             }
+            "/channels/claim" => self.claim_channels(&method).await,
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try /metrics, /healthz, /readyz or /settlements\n",

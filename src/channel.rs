@@ -321,6 +321,30 @@ pub struct Offer {
     pub min_deposit: u128,
 }
 
+impl Offer {
+    /// The channel terms of a `batch-settlement` requirement; `None` for other schemes.
+    pub fn of(r: &crate::pricing::Requirement) -> Option<Offer> {
+        let crate::pricing::Scheme::Batch {
+            receiver_authorizer,
+            withdraw_delay,
+            min_deposit,
+        } = r.scheme
+        else {
+            return None;
+        };
+        Some(Offer {
+            chain_id: r.chain_id,
+            token: r.asset,
+            token_domain: r.domain_separator,
+            receiver: r.pay_to,
+            receiver_authorizer,
+            withdraw_delay,
+            price: u128::try_from(r.amount).ok()?,
+            min_deposit: u128::try_from(min_deposit).ok()?,
+        })
+    }
+}
+
 /// A voucher with its signature recovered to the channel's voucher signer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedVoucher {

@@ -147,6 +147,15 @@ pub struct Paywall {
     pub metered: Option<Metered>,
 }
 
+impl Paywall {
+    /// Whether the route sells through escrow channels.
+    pub fn offers_channels(&self) -> bool {
+        self.requirements
+            .iter()
+            .any(|r| matches!(r.scheme, crate::pricing::Scheme::Batch { .. }))
+    }
+}
+
 /// What a metered route counts and charges.
 #[derive(Debug, Clone)]
 pub struct Metered {

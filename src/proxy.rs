@@ -3,6 +3,7 @@
 //! rewrite forwarding headers (`headers`), report failures, log and count. The request's
 //! state lives in `ctx`; a response levy writes itself goes through `respond`.
 
+mod channel;
 mod charge;
 mod ctx;
 mod headers;
@@ -96,6 +97,7 @@ impl ProxyHttp for LevyProxy {
             upstream: None,
             outcome: Outcome::Pending,
             payment: PaymentState::None,
+            channel: channel::ChannelStep::None,
             failure: None,
         }
     }
@@ -209,6 +211,11 @@ impl ProxyHttp for LevyProxy {
             upstream_request
                 .insert_header(names.amount.clone(), paid.verified.amount.to_string())?;
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
+        }
+        if let channel::ChannelStep::Leased { lease, .. } = &ctx.channel {
+            let payer = lease.voucher.config.payer.to_checksum(None);
+            upstream_request.insert_header(names.payer.clone(), payer)?;
+            upstream_request.insert_header(names.amount.clone(), lease.price.to_string())?;
         }
 
         if let Some(ip) = session

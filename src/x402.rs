@@ -239,6 +239,9 @@ pub struct SettleResponse {
     pub amount: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extensions: Option<Value>,
+    /// Scheme-specific facts (`batch-settlement`: `chargedAmount` and `channelState`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 /// Encodes bytes as x402 header values are encoded: standard alphabet, padded.

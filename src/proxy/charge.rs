@@ -7,6 +7,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::channel::ChannelStep;
 use super::ctx::{Release, RequestCtx, STATUS_PATH};
 use super::headers::make_private;
 use super::respond::Reply;
@@ -26,6 +27,7 @@ impl LevyProxy {
     /// set and the route's counters. A payment still reserved when the exchange fails or
     /// ends was never answered (connect failure, timeout, client gone): `Release::Unserved`.
     pub(super) fn release(&self, ctx: &mut RequestCtx, why: Release) {
+        self.release_channel(ctx);
         ctx.release(self.nonces.as_ref(), self.metrics_of(ctx), why);
     }
 
@@ -73,6 +75,9 @@ impl LevyProxy {
         let Access::Priced(paywall) = &route.access else {
             return None;
         };
+        if matches!(ctx.channel, ChannelStep::Checked { .. }) {
+            return self.lease_channel(session, paywall, ctx).await;
+        }
         let paid = ctx.reserved()?;
         if settlement.verifies_remotely() {
             if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
@@ -309,6 +314,9 @@ impl LevyProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if matches!(ctx.channel, ChannelStep::Leased { .. }) {
+            return self.settle_channel(response, ctx).await;
+        }
         let nonces = self.nonces.as_ref();
         if response.status.as_u16() >= 400 && ctx.reserved().is_some() {
             self.release(ctx, Release::Unserved);
@@ -347,6 +355,7 @@ impl LevyProxy {
             payer: paid.verified.payer.to_checksum(None),
             amount: None,
             extensions: Some(serde_json::json!({ "levy": levy_ext })),
+            extra: None,
         };
         let encoded = x402::encode_header(
             serde_json::to_string(&receipt)

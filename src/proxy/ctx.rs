@@ -187,6 +187,8 @@ pub struct RequestCtx {
     pub(super) upstream: Option<Arc<Upstream>>,
     pub(super) outcome: Outcome,
     pub(super) payment: PaymentState,
+    /// A channel payment's progress (`batch-settlement`); apart from `payment`.
+    pub(super) channel: super::channel::ChannelStep,
     /// Overrides the reason text of a failure response.
     pub(super) failure: Option<&'static str>,
 }

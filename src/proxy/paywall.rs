@@ -125,6 +125,15 @@ impl LevyProxy {
                 x402::V1_PAYMENT_REQUIRED_ERROR,
             ));
         };
+        match self.check_channel_payment(header.as_bytes(), paywall, ctx) {
+            Some(Ok(())) => return None,
+            Some(Err(e)) => {
+                log::debug!("channel payment refused on {}: {e}", ctx.route_label());
+                ctx.outcome = Outcome::PaymentRejected;
+                return Some(self.challenge(session, paywall, e.reason(), e.reason()));
+            }
+            None => {}
+        }
         match self.accept_payment(header.as_bytes(), paywall) {
             Ok(mut paid) => {
                 if let Some(m) = self.metrics_of(ctx) {

@@ -367,6 +367,7 @@ impl Channels {
     async fn send(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
         let _turn = self.inner.sending.lock().await;
         let request = TransactionRequest::default()
+            .from(self.inner.signer.address())
             .to(BATCH_SETTLEMENT_ADDRESS)
             .input(Bytes::from(data).into());
         let timeout = self.inner.spec.rpc_timeout * 6;

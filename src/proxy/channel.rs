@@ -1,0 +1,227 @@
+//! Channel payments (`batch-settlement`) through the request's phases: the inline checks
+//! when the header arrives, the lease (and a deposit) before forwarding, and on the origin's
+//! answer the charge (journaled before the response leaves, with the `PAYMENT-RESPONSE`
+//! the official client keeps its ledger by) or the release.
+
+use std::time::Duration;
+
+use http::header::HeaderName;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+use super::ctx::RequestCtx;
+use super::headers::make_private;
+use super::respond::Reply;
+use super::{LevyProxy, Outcome};
+use crate::channel::{self, ChannelError, Checked, Offer, SCHEME_BATCH};
+use crate::clock::unix_now;
+use crate::config::Paywall;
+use crate::settle::channels::{Lease, Refusal};
+use crate::x402::{self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE};
+
+/// Where a request's channel payment stands.
+#[derive(Debug, Default)]
+pub enum ChannelStep {
+    /// None was sent.
+    #[default]
+    None,
+    /// Checked inline against the requirement at `index`; not yet leased.
+    Checked { checked: Box<Checked>, index: usize },
+    /// The channel is held for this request.
+    Leased { lease: Lease, network: String },
+}
+
+impl LevyProxy {
+    /// Takes a payment header for a channel payment when the route sells through channels
+    /// and the payload names the scheme: `Some(Ok)` checked, `Some(Err)` the 402 to answer,
+    /// `None` not a channel payment.
+    pub(super) fn check_channel_payment(
+        &self,
+        header: &[u8],
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Result<(), ChannelError>> {
+        if !paywall.offers_channels() || header.len() > crate::verify::MAX_HEADER_BYTES {
+            return None;
+        }
+        let json = x402::decode_header(header)?;
+        if !channel::names_scheme(&json) {
+            return None;
+        }
+        let checked = channel::decode(&json).and_then(|payment| {
+            let issued = paywall.challenge.accepts_v2();
+            let index = issued
+                .iter()
+                .position(|r| {
+                    r.scheme == SCHEME_BATCH
+                        && r.scheme == payment.accepted.scheme
+                        && r.network == payment.accepted.network
+                        && r.asset.eq_ignore_ascii_case(&payment.accepted.asset)
+                        && r.amount == payment.accepted.amount
+                })
+                .ok_or(ChannelError::Malformed("accepted"))?;
+            let offer = paywall
+                .requirements
+                .get(index)
+                .and_then(Offer::of)
+                .ok_or(ChannelError::Malformed("accepted"))?;
+            let checked = channel::check(&payment.payload, &offer, unix_now())?;
+            Ok((checked, index))
+        });
+        Some(checked.map(|(checked, index)| {
+            ctx.channel = ChannelStep::Checked {
+                checked: Box::new(checked),
+                index,
+            };
+        }))
+    }
+
+    /// Leases the checked channel payment's channel (depositing first when asked to);
+    /// `Some(reply)` refuses the request.
+    pub(super) async fn lease_channel(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Reply> {
+        let ChannelStep::Checked { checked, index } = std::mem::take(&mut ctx.channel) else {
+            return None;
+        };
+        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+            return Some(Reply::text(503, "channels are not configured"));
+        };
+        let requirement = paywall.requirements.get(index)?;
+        let offer = Offer::of(requirement)?;
+        let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
+        match channels
+            .lease(*checked, &offer, &requirement.network_name, hold)
+            .await
+        {
+            Ok(lease) => {
+                if let Some(m) = self.metrics_of(ctx) {
+                    m.payments_verified.inc();
+                }
+                ctx.channel = ChannelStep::Leased {
+                    lease,
+                    network: requirement.network.clone(),
+                };
+                None
+            }
+            Err(Refusal::Rejected(e)) => {
+                log::debug!("channel payment refused on {}: {e}", ctx.route_label());
+                Some(self.refuse_channel(session, paywall, ctx, e.reason(), None))
+            }
+            Err(Refusal::Corrective(e, ledger)) => {
+                let mut extra = serde_json::Map::new();
+                extra.insert("channelState".into(), ledger.state_json());
+                if let Some(voucher) = ledger.voucher_json() {
+                    extra.insert("voucherState".into(), voucher);
+                }
+                Some(self.refuse_channel(session, paywall, ctx, e.reason(), Some((index, extra))))
+            }
+            Err(Refusal::Unavailable(why)) => {
+                log::warn!("channel payment on {}: {why}", ctx.route_label());
+                ctx.outcome = Outcome::SettlementUnavailable;
+                Some(
+                    Reply::text(503, "cannot read the channel now; retry later")
+                        .header(http::header::RETRY_AFTER, "2"),
+                )
+            }
+        }
+    }
+
+    /// A 402 for a refused channel payment; `corrective` adds the channel's state to the
+    /// batch-settlement entry so the client can re-sign.
+    fn refuse_channel(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        reason: &'static str,
+        corrective: Option<(usize, serde_json::Map<String, serde_json::Value>)>,
+    ) -> Reply {
+        ctx.outcome = Outcome::PaymentRejected;
+        crate::metrics::metrics()
+            .payments_rejected
+            .with_label_values(&[ctx.route_label(), reason])
+            .inc();
+        let reply = self.challenge(session, paywall, reason, reason);
+        let Some((index, extra)) = corrective else {
+            return reply;
+        };
+        let url = self.resource_url(session, paywall);
+        let header = paywall
+            .challenge
+            .render_extended(reason, &url, index, extra);
+        reply.header(HeaderName::from_static(PAYMENT_REQUIRED), header)
+    }
+
+    /// On the origin's answer: below 400 the channel is charged (in the channel log before
+    /// this returns) and the response says so; otherwise it is released.
+    pub(super) async fn settle_channel(
+        &self,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let ChannelStep::Leased { lease, network } = std::mem::take(&mut ctx.channel) else {
+            return Ok(());
+        };
+        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+            return Ok(());
+        };
+        if response.status.as_u16() >= 400 {
+            channels.release(&lease);
+            ctx.outcome = Outcome::PaymentReleased;
+            crate::metrics::metrics()
+                .payments_released
+                .with_label_values(&[ctx.route_label()])
+                .inc();
+            return Ok(());
+        }
+        let ledger = match channels.commit(&lease).await {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                log::error!("cannot record a channel voucher: {e}");
+                ctx.failure = Some("cannot record the payment; nothing was charged");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "channel log write failed",
+                ));
+            }
+        };
+        let receipt = SettleResponse {
+            success: true,
+            transaction: String::new(),
+            network,
+            payer: lease.voucher.config.payer.to_checksum(None),
+            amount: Some(lease.price.to_string()),
+            extensions: None,
+            extra: Some(serde_json::json!({
+                "chargedAmount": lease.price.to_string(),
+                "channelState": ledger.state_json(),
+            })),
+        };
+        let encoded = x402::encode_header(
+            serde_json::to_string(&receipt)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        response.insert_header(PAYMENT_RESPONSE, encoded)?;
+        make_private(response)?;
+        ctx.outcome = Outcome::Paid;
+        if let Some(m) = self.metrics_of(ctx) {
+            m.payments_charged.inc();
+        }
+        Ok(())
+    }
+
+    /// Lets a leased channel go uncharged (the exchange failed or ended unanswered).
+    pub(super) fn release_channel(&self, ctx: &mut RequestCtx) {
+        if let ChannelStep::Leased { lease, .. } = std::mem::take(&mut ctx.channel) {
+            if let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) {
+                channels.release(&lease);
+            }
+        }
+    }
+}
