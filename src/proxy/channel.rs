@@ -29,7 +29,7 @@ pub enum ChannelStep {
     /// Checked inline against the requirement at `index`; not yet leased.
     Checked { checked: Box<Checked>, index: usize },
     /// The channel is held for this request.
-    Leased { lease: Lease, network: String },
+    Leased { lease: Box<Lease>, network: String },
 }
 
 impl LevyProxy {
@@ -103,7 +103,7 @@ impl LevyProxy {
                     m.payments_verified.inc();
                 }
                 ctx.channel = ChannelStep::Leased {
-                    lease,
+                    lease: Box::new(lease),
                     network: requirement.network.clone(),
                 };
                 None
