@@ -192,3 +192,65 @@ impl Writer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{ChannelConfig, Ledger};
+    use alloy_primitives::{Address, Bytes};
+
+    fn ledger(id: u8, charged: u128, claimed: u128) -> Ledger {
+        let config = ChannelConfig {
+            payer: Address::repeat_byte(1),
+            payer_authorizer: Address::repeat_byte(1),
+            receiver: Address::repeat_byte(2),
+            receiver_authorizer: Address::repeat_byte(3),
+            token: Address::repeat_byte(4),
+            withdraw_delay: 900,
+            salt: B256::ZERO,
+        };
+        let mut l = Ledger::new(
+            B256::repeat_byte(id),
+            config,
+            "n".into(),
+            1,
+            10_000,
+            claimed,
+        );
+        l.charged = charged;
+        l.signed_max = charged;
+        l.signature = Bytes::from(vec![id; 65]);
+        l
+    }
+
+    #[test]
+    fn every_channel_s_latest_voucher_survives_a_reopen_and_a_late_claim_record_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.channels");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        {
+            let (log, restored) = ChannelLog::open(&path).unwrap();
+            assert!(restored.is_empty());
+            rt.block_on(async {
+                log.put(ledger(1, 1000, 0)).await.unwrap();
+                log.put(ledger(1, 2000, 0)).await.unwrap();
+                log.put(ledger(2, 500, 0)).await.unwrap();
+                // A claim record written after a newer voucher: it must not roll the
+                // voucher back.
+                log.put(ledger(1, 1000, 1000)).await.unwrap();
+            });
+        }
+        let (_log, restored) = ChannelLog::open(&path).unwrap();
+        let one = &restored[&B256::repeat_byte(1)];
+        assert_eq!(
+            (one.charged, one.signed_max, one.total_claimed),
+            (2000, 2000, 1000)
+        );
+        assert_eq!(restored[&B256::repeat_byte(2)].charged, 500);
+        // Reopening compacted the log to one record per channel; it still reads the same.
+        let (_log, again) = ChannelLog::open(&path).unwrap();
+        assert_eq!(again, restored);
+    }
+}
