@@ -16,7 +16,7 @@ use alloy_primitives::{b256, keccak256, Address, Bytes, Signature, B256, U256};
 use alloy_sol_types::{sol, SolValue};
 use serde::{Deserialize, Serialize};
 
-use crate::verify::typed_digest;
+use crate::verify::{parse_nonce as parse_b256, parse_time, typed_digest};
 use crate::x402::{AcceptedRequirements, Number};
 
 /// The scheme's x402 name.
@@ -667,13 +667,6 @@ fn parse_config(wire: &WireConfig) -> Result<ChannelConfig, ChannelError> {
     })
 }
 
-fn parse_b256(text: &str) -> Option<B256> {
-    let hex = text.strip_prefix("0x")?;
-    (hex.len() == 64)
-        .then(|| B256::from_str(text).ok())
-        .flatten()
-}
-
 fn parse_signature(text: &str) -> Option<Signature> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
     if hex.len() != 130 {
@@ -687,12 +680,6 @@ fn parse_signature(text: &str) -> Option<Signature> {
 fn parse_u128(text: &str) -> Option<u128> {
     (!text.is_empty() && text.len() <= 39 && text.bytes().all(|b| b.is_ascii_digit()))
         .then(|| text.parse().ok())
-        .flatten()
-}
-
-fn parse_time(text: &str) -> Option<u64> {
-    (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| text.parse::<u64>().ok().or(Some(u64::MAX)))
         .flatten()
 }
 

@@ -573,14 +573,16 @@ fn parse_signature(text: &str) -> Result<Presented, Rejection> {
     Err(malformed)
 }
 
-fn parse_address(text: &str) -> Option<Address> {
+/// A `0x`-prefixed 20-byte hex address.
+pub(crate) fn parse_address(text: &str) -> Option<Address> {
     let hex = text.strip_prefix("0x")?;
     (hex.len() == 40)
         .then(|| Address::from_str(text).ok())
         .flatten()
 }
 
-fn parse_nonce(text: &str) -> Option<B256> {
+/// A `0x`-prefixed 32-byte hex word.
+pub(crate) fn parse_nonce(text: &str) -> Option<B256> {
     let hex = text.strip_prefix("0x")?;
     (hex.len() == 64)
         .then(|| B256::from_str(text).ok())
@@ -594,7 +596,7 @@ fn parse_uint(text: &str) -> Option<U256> {
 }
 
 /// Unix seconds; values beyond `u64` saturate (they are far past any expiry rule).
-fn parse_time(text: &str) -> Option<u64> {
+pub(crate) fn parse_time(text: &str) -> Option<u64> {
     parse_uint(text).map(|v| u64::try_from(v).unwrap_or(u64::MAX))
 }
 

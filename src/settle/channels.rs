@@ -321,29 +321,17 @@ impl Channels {
         id: B256,
     ) -> Result<(u128, u128, u64, u64), String> {
         let channels = self
-            .call(
-                chain,
-                IBatchSettlement::channelsCall { channelId: id }.abi_encode(),
-            )
+            .view(chain, IBatchSettlement::channelsCall { channelId: id })
             .await?;
-        let channels = IBatchSettlement::channelsCall::abi_decode_returns(&channels)
-            .map_err(|e| format!("channels(): {e}"))?;
         let pending = self
-            .call(
+            .view(
                 chain,
-                IBatchSettlement::pendingWithdrawalsCall { channelId: id }.abi_encode(),
+                IBatchSettlement::pendingWithdrawalsCall { channelId: id },
             )
             .await?;
-        let pending = IBatchSettlement::pendingWithdrawalsCall::abi_decode_returns(&pending)
-            .map_err(|e| format!("pendingWithdrawals(): {e}"))?;
         let nonce = self
-            .call(
-                chain,
-                IBatchSettlement::refundNonceCall { channelId: id }.abi_encode(),
-            )
+            .view(chain, IBatchSettlement::refundNonceCall { channelId: id })
             .await?;
-        let nonce = IBatchSettlement::refundNonceCall::abi_decode_returns(&nonce)
-            .map_err(|e| format!("refundNonce(): {e}"))?;
         Ok((
             channels.balance,
             channels.totalClaimed,
@@ -352,15 +340,19 @@ impl Channels {
         ))
     }
 
-    async fn call(&self, chain: &ChainSender, data: Vec<u8>) -> Result<Bytes, String> {
+    /// One view call on the escrow, decoded.
+    async fn view<C: SolCall>(&self, chain: &ChainSender, call: C) -> Result<C::Return, String> {
         let request = TransactionRequest::default()
             .to(BATCH_SETTLEMENT_ADDRESS)
-            .input(Bytes::from(data).into());
-        match tokio::time::timeout(self.inner.spec.rpc_timeout, chain.provider.call(request)).await
-        {
-            Err(_) => Err("eth_call timed out".into()),
-            Ok(result) => result.map_err(|e| format!("eth_call: {e}")),
-        }
+            .input(Bytes::from(call.abi_encode()).into());
+        let output =
+            match tokio::time::timeout(self.inner.spec.rpc_timeout, chain.provider.call(request))
+                .await
+            {
+                Err(_) => return Err(format!("{} timed out", C::SIGNATURE)),
+                Ok(result) => result.map_err(|e| format!("{}: {e}", C::SIGNATURE))?,
+            };
+        C::abi_decode_returns(&output).map_err(|e| format!("{}: {e}", C::SIGNATURE))
     }
 
     /// Sends one escrow transaction and waits for its receipt; `Ok` only when it succeeded.
