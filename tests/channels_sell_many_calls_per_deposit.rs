@@ -130,3 +130,82 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 2);
     assert_eq!(s.chain.balance(payee), before + U256::from(200 * 1000));
 }
+
+/// A voucher signed in Rust for the official client's channel (payer key 0, default salt).
+fn voucher_header(authorizer: Address, max_claimable: u128) -> String {
+    use alloy::signers::SignerSync;
+    use levy::channel::{voucher_digest, ChannelConfig};
+    let payer = signer(KEYS[0]);
+    let config = ChannelConfig {
+        payer: payer.address(),
+        payer_authorizer: payer.address(),
+        receiver: PAY_TO.parse().expect("pay_to"),
+        receiver_authorizer: authorizer,
+        token: crate::support::chain::BASE_SEPOLIA_USDC,
+        withdraw_delay: 900,
+        salt: alloy::primitives::B256::ZERO,
+    };
+    let id = config.id(84532);
+    let signature = payer
+        .sign_hash_sync(&voucher_digest(84532, id, max_claimable))
+        .expect("sign");
+    let payment = serde_json::json!({
+        "x402Version": 2,
+        "accepted": {"scheme": "batch-settlement", "network": "eip155:84532", "amount": "1000",
+                     "asset": config.token, "payTo": config.receiver, "maxTimeoutSeconds": 300, "extra": {}},
+        "payload": {"type": "voucher", "channelConfig": {
+            "payer": config.payer, "payerAuthorizer": config.payer_authorizer,
+            "receiver": config.receiver, "receiverAuthorizer": config.receiver_authorizer,
+            "token": config.token, "withdrawDelay": 900, "salt": config.salt},
+            "voucher": {"channelId": id, "maxClaimableAmount": max_claimable.to_string(),
+                        "signature": alloy::primitives::Bytes::from(signature.as_bytes().to_vec())}},
+    });
+    levy::x402::encode_header(payment.to_string().as_bytes())
+}
+
+#[test]
+fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_the_channel_state() {
+    let s = channel_setup(200_000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(&url, 1);
+    assert_eq!(result["statuses"]["200"], 1, "{result}");
+    let authorizer = signer(AUTHORIZER_KEY).address();
+
+    // The next voucher must be for 2000; one for 1000 again is stale.
+    let r = request(
+        s.levy.addr,
+        &format!(
+            "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
+            voucher_header(authorizer, 1000)
+        ),
+    );
+    assert_eq!(r.status, 402);
+    let headers = r.headers_named("payment-required");
+    assert_eq!(headers.len(), 1, "exactly one challenge header");
+    let challenge: Value =
+        serde_json::from_slice(&levy::x402::decode_header(headers[0].as_bytes()).expect("base64"))
+            .expect("json");
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+    );
+    let extra = &challenge["accepts"][0]["extra"];
+    assert_eq!(
+        extra["channelState"]["chargedCumulativeAmount"], "1000",
+        "{challenge}"
+    );
+    assert_eq!(
+        extra["voucherState"]["signedMaxClaimable"], "1000",
+        "{challenge}"
+    );
+
+    // The right amount is served.
+    let r = request(
+        s.levy.addr,
+        &format!(
+            "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
+            voucher_header(authorizer, 2000)
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use http::header::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
@@ -18,7 +17,7 @@ use crate::channel::{self, ChannelError, Checked, Offer, SCHEME_BATCH};
 use crate::clock::unix_now;
 use crate::config::Paywall;
 use crate::settle::channels::{Lease, Refusal};
-use crate::x402::{self, SettleResponse, PAYMENT_REQUIRED, PAYMENT_RESPONSE};
+use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE};
 
 /// Where a request's channel payment stands.
 #[derive(Debug, Default)]
@@ -146,15 +145,14 @@ impl LevyProxy {
             .payments_rejected
             .with_label_values(&[ctx.route_label(), reason])
             .inc();
-        let reply = self.challenge(session, paywall, reason, reason);
         let Some((index, extra)) = corrective else {
-            return reply;
+            return self.challenge(session, paywall, reason, reason);
         };
         let url = self.resource_url(session, paywall);
-        let header = paywall
+        let rendered = paywall
             .challenge
             .render_extended(reason, &url, index, extra);
-        reply.header(HeaderName::from_static(PAYMENT_REQUIRED), header)
+        self.challenge_reply(session, paywall, rendered)
     }
 
     /// On the origin's answer: below 400 the channel is charged (in the channel log before

@@ -24,6 +24,7 @@ use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
 use crate::verify::{self, Rejection, Version};
+use crate::x402::challenge::Rendered;
 use crate::x402::{self, PAYMENT_REQUIRED};
 
 impl LevyProxy {
@@ -245,9 +246,19 @@ impl LevyProxy {
         v2_error: &str,
         v1_error: &str,
     ) -> Reply {
-        let req = session.req_header();
         let url = self.resource_url(session, paywall);
         let rendered = paywall.challenge.render(v2_error, v1_error, &url);
+        self.challenge_reply(session, paywall, rendered)
+    }
+
+    /// The 402 carrying a rendered challenge (the HTML page for browsers).
+    pub(super) fn challenge_reply(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        rendered: Rendered,
+    ) -> Reply {
+        let req = session.req_header();
         let reply = if is_browser(req) {
             Reply::new(402, "text/html; charset=utf-8", paywall.challenge.html())
         } else {

@@ -181,29 +181,29 @@ impl Challenge {
         }
     }
 
-    /// The `PAYMENT-REQUIRED` header of a challenge whose `accepts[index].extra` carries
-    /// `additions` too (a corrective answer about one payment).
+    /// [`Self::render`], with `additions` in the v2 `accepts[index].extra` (a corrective
+    /// answer about one payment; rare, so the prepared document is re-parsed).
     pub fn render_extended(
         &self,
-        v2_error: &str,
+        error: &str,
         request_url: &str,
         index: usize,
         additions: Map<String, Value>,
-    ) -> String {
-        let rendered = self.render(v2_error, v2_error, request_url);
+    ) -> Rendered {
+        let mut rendered = self.render(error, error, request_url);
         let document = super::decode_header(rendered.header.as_bytes())
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
-        let Some(mut document) = document else {
-            return rendered.header;
-        };
-        if let Some(Value::Object(extra)) = document
-            .get_mut("accepts")
-            .and_then(|a| a.get_mut(index))
-            .and_then(|e| e.get_mut("extra"))
-        {
-            extra.extend(additions);
+        if let Some(mut document) = document {
+            if let Some(Value::Object(extra)) = document
+                .get_mut("accepts")
+                .and_then(|a| a.get_mut(index))
+                .and_then(|e| e.get_mut("extra"))
+            {
+                extra.extend(additions);
+            }
+            rendered.header = encode_header(to_json(&document).as_bytes());
         }
-        encode_header(to_json(&document).as_bytes())
+        rendered
     }
 
     /// The HTML page shown to browsers, the same for every request to the route.
