@@ -34,6 +34,9 @@ pub const MAX_WITHDRAW_DELAY: u64 = 2_592_000;
 /// `keccak256("ChannelConfig(address payer,address payerAuthorizer,address receiver,address receiverAuthorizer,address token,uint40 withdrawDelay,bytes32 salt)")`.
 const CHANNEL_CONFIG_TYPEHASH: B256 =
     b256!("1c9a06ceab9b0ebbd3301dc56c9111bb6d9af421356dc9ccb3b7084c755db308");
+/// `keccak256("Voucher(bytes32 channelId,uint128 maxClaimableAmount)")`.
+const VOUCHER_TYPEHASH: B256 =
+    b256!("1e1bd6ff84c3e0d9029a292b212e039c0ca97ec497c55191a4a5874294609a69");
 /// `keccak256("ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)")`.
 const RECEIVE_WITH_AUTHORIZATION_TYPEHASH: B256 =
     b256!("d099cc98ef71107a616c4f0f941f04c322d8e254fe26b3c6668db87aae413de8");
@@ -104,9 +107,9 @@ impl ChannelConfig {
         }
     }
 
-    /// The channel id on chain `chain_id`: the EIP-712 digest of the config under the
-    /// escrow's domain.
-    pub fn id(&self, chain_id: u64) -> B256 {
+    /// The channel id: the EIP-712 digest of the config under the escrow's domain
+    /// separator `domain` (see [`domain_separator`]).
+    pub fn id(&self, domain: &B256) -> B256 {
         let mut data = [0u8; 32 * 8];
         data[..32].copy_from_slice(CHANNEL_CONFIG_TYPEHASH.as_slice());
         for (i, a) in [
@@ -123,7 +126,7 @@ impl ChannelConfig {
         }
         data[32 * 6 + 24..32 * 7].copy_from_slice(&self.withdraw_delay.to_be_bytes());
         data[32 * 7..].copy_from_slice(self.salt.as_slice());
-        typed_digest(&domain_separator(chain_id), &keccak256(data))
+        typed_digest(domain, &keccak256(data))
     }
 
     /// Who signs its vouchers.
@@ -153,15 +156,15 @@ pub fn domain_separator(chain_id: u64) -> B256 {
     )
 }
 
-/// The digest a voucher for `max_claimable` on `channel_id` signs.
-pub fn voucher_digest(chain_id: u64, channel_id: B256, max_claimable: u128) -> B256 {
-    let typehash = keccak256("Voucher(bytes32 channelId,uint128 maxClaimableAmount)");
-    let message = keccak256((typehash, channel_id, U256::from(max_claimable)).abi_encode());
-    typed_digest(&domain_separator(chain_id), &message)
+/// The digest a voucher for `max_claimable` on `channel_id` signs, under the escrow's
+/// domain separator `domain`.
+pub fn voucher_digest(domain: &B256, channel_id: B256, max_claimable: u128) -> B256 {
+    let message = keccak256((VOUCHER_TYPEHASH, channel_id, U256::from(max_claimable)).abi_encode());
+    typed_digest(domain, &message)
 }
 
 /// The digest levy's authorizer signs to claim `claims` in one `claimWithSignature`.
-pub fn claim_batch_digest(chain_id: u64, claims: &[Claim]) -> B256 {
+pub fn claim_batch_digest(domain: &B256, claims: &[Claim]) -> B256 {
     let entry_type =
         keccak256("ClaimEntry(bytes32 channelId,uint128 maxClaimableAmount,uint128 totalClaimed)");
     let batch_type = keccak256(
@@ -178,15 +181,15 @@ pub fn claim_batch_digest(chain_id: u64, claims: &[Claim]) -> B256 {
         entries.extend_from_slice(keccak256(entry.abi_encode()).as_slice());
     }
     let message = keccak256((batch_type, keccak256(&entries)).abi_encode());
-    typed_digest(&domain_separator(chain_id), &message)
+    typed_digest(domain, &message)
 }
 
 /// The digest levy's authorizer signs for a cooperative refund.
-pub fn refund_digest(chain_id: u64, channel_id: B256, nonce: u64, amount: u128) -> B256 {
+pub fn refund_digest(domain: &B256, channel_id: B256, nonce: u64, amount: u128) -> B256 {
     let typehash = keccak256("Refund(bytes32 channelId,uint256 nonce,uint128 amount)");
     let message =
         keccak256((typehash, channel_id, U256::from(nonce), U256::from(amount)).abi_encode());
-    typed_digest(&domain_separator(chain_id), &message)
+    typed_digest(domain, &message)
 }
 
 /// The ERC-3009 nonce of a deposit into `channel_id`: `keccak256(abi.encode(channelId,
@@ -310,7 +313,8 @@ pub struct WireErc3009 {
 /// What a route offers to channels on one (network, asset) pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
-    pub chain_id: u64,
+    /// The escrow's EIP-712 domain separator on the requirement's chain.
+    pub escrow_domain: B256,
     pub token: Address,
     /// The token's EIP-712 domain separator (for the deposit's ERC-3009 signature).
     pub token_domain: B256,
@@ -328,12 +332,13 @@ impl Offer {
             receiver_authorizer,
             withdraw_delay,
             min_deposit,
+            escrow_domain,
         } = r.scheme
         else {
             return None;
         };
         Some(Offer {
-            chain_id: r.chain_id,
+            escrow_domain,
             token: r.asset,
             token_domain: r.domain_separator,
             receiver: r.pay_to,
@@ -594,7 +599,7 @@ fn signed_voucher(
     if config.withdraw_delay != offer.withdraw_delay {
         return Err(ChannelError::WithdrawDelayMismatch);
     }
-    let channel_id = config.id(offer.chain_id);
+    let channel_id = config.id(&offer.escrow_domain);
     let claimed =
         parse_b256(&voucher.channel_id).ok_or(ChannelError::Malformed("voucher.channelId"))?;
     if claimed != channel_id {
@@ -604,7 +609,7 @@ fn signed_voucher(
         .ok_or(ChannelError::Malformed("voucher.maxClaimableAmount"))?;
     let signature =
         parse_signature(&voucher.signature).ok_or(ChannelError::Malformed("voucher.signature"))?;
-    let digest = voucher_digest(offer.chain_id, channel_id, max_claimable);
+    let digest = voucher_digest(&offer.escrow_domain, channel_id, max_claimable);
     if recover(&signature, digest) != Some(config.voucher_signer()) {
         return Err(ChannelError::VoucherSignature);
     }

@@ -188,6 +188,8 @@ pub enum Scheme {
         withdraw_delay: u64,
         /// The deposit levy asks for (`extra.minDeposit`), atomic units.
         min_deposit: U256,
+        /// The escrow's EIP-712 domain separator on this chain, computed once.
+        escrow_domain: B256,
     },
 }
 

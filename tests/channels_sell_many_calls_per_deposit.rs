@@ -134,7 +134,7 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
 /// A voucher signed in Rust for the official client's channel (payer key 0, default salt).
 fn voucher_header(authorizer: Address, max_claimable: u128) -> String {
     use alloy::signers::SignerSync;
-    use levy::channel::{voucher_digest, ChannelConfig};
+    use levy::channel::{domain_separator, voucher_digest, ChannelConfig};
     let payer = signer(KEYS[0]);
     let config = ChannelConfig {
         payer: payer.address(),
@@ -145,9 +145,10 @@ fn voucher_header(authorizer: Address, max_claimable: u128) -> String {
         withdraw_delay: 900,
         salt: alloy::primitives::B256::ZERO,
     };
-    let id = config.id(84532);
+    let domain = domain_separator(84532);
+    let id = config.id(&domain);
     let signature = payer
-        .sign_hash_sync(&voucher_digest(84532, id, max_claimable))
+        .sign_hash_sync(&voucher_digest(&domain, id, max_claimable))
         .expect("sign");
     let payment = serde_json::json!({
         "x402Version": 2,

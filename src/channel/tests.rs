@@ -11,9 +11,13 @@ fn payer() -> PrivateKeySigner {
     PAYER_KEY.parse().unwrap()
 }
 
+fn domain() -> B256 {
+    domain_separator(84532)
+}
+
 fn offer() -> Offer {
     Offer {
-        chain_id: 84532,
+        escrow_domain: domain(),
         token: USDC,
         token_domain: B256::repeat_byte(7),
         receiver: RECEIVER,
@@ -46,8 +50,10 @@ fn wire(config: &ChannelConfig) -> serde_json::Value {
 }
 
 fn voucher_payload(config: &ChannelConfig, max: u128, key: &PrivateKeySigner) -> ChannelPayload {
-    let id = config.id(84532);
-    let signature = key.sign_hash_sync(&voucher_digest(84532, id, max)).unwrap();
+    let id = config.id(&domain());
+    let signature = key
+        .sign_hash_sync(&voucher_digest(&domain(), id, max))
+        .unwrap();
     serde_json::from_value(serde_json::json!({
         "type": "voucher",
         "channelConfig": wire(config),
@@ -60,7 +66,7 @@ fn voucher_payload(config: &ChannelConfig, max: u128, key: &PrivateKeySigner) ->
 fn ledger(balance: u128, charged: u128) -> Ledger {
     let config = config();
     let mut l = Ledger::new(
-        config.id(84532),
+        config.id(&domain()),
         config,
         "base-sepolia".into(),
         84532,
@@ -81,13 +87,17 @@ fn the_typehashes_are_those_of_the_published_type_strings() {
         RECEIVE_WITH_AUTHORIZATION_TYPEHASH,
         keccak256("ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)")
     );
+    assert_eq!(
+        VOUCHER_TYPEHASH,
+        keccak256("Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
+    );
 }
 
 #[test]
 fn the_channel_id_is_the_one_the_official_client_computes() {
     // @x402/evm 2.27.0 computeChannelId for this config on eip155:84532.
     assert_eq!(
-        config().id(84532),
+        config().id(&domain()),
         b256!("e430f5d342281584387091fce7a70e48ea78c3b4818f2ca53991943554e96e3c")
     );
 }

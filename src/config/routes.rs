@@ -260,6 +260,7 @@ pub(super) fn paywall(
                         receiver_authorizer: *authorizer,
                         withdraw_delay: *withdraw_delay,
                         min_deposit,
+                        escrow_domain: crate::channel::domain_separator(network.chain_id),
                     };
                     (amount, scheme, None)
                 }

@@ -77,6 +77,8 @@ struct Slot {
 struct ChainSender {
     provider: DynProvider,
     chain_id: u64,
+    /// The escrow's EIP-712 domain separator on this chain.
+    escrow_domain: B256,
 }
 
 struct Inner {
@@ -134,6 +136,7 @@ impl Channels {
                 ChainSender {
                     provider,
                     chain_id: *chain_id,
+                    escrow_domain: crate::channel::domain_separator(*chain_id),
                 },
             );
         }
@@ -552,7 +555,7 @@ impl Channels {
         if claims.is_empty() {
             return;
         }
-        let digest = claim_batch_digest(chain.chain_id, &claims);
+        let digest = claim_batch_digest(&chain.escrow_domain, &claims);
         let signature = match self.inner.signer.sign_hash_sync(&digest) {
             Ok(s) => Bytes::from(s.as_bytes().to_vec()),
             Err(e) => {

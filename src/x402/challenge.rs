@@ -230,6 +230,7 @@ fn extra(r: &Requirement) -> Map<String, Value> {
         receiver_authorizer,
         withdraw_delay,
         min_deposit,
+        ..
     } = r.scheme
     {
         extra.insert(
