@@ -158,16 +158,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the settler key from the configured file or environment variable. The key is
-/// never logged.
-fn settler_key(
-    config: &SettlementConfig,
+/// Reads a private key (hex) from `file`, or else from the environment variable `env`.
+/// The key is never logged.
+fn read_key(
+    file: Option<&std::path::Path>,
+    env: &str,
 ) -> Result<alloy::signers::local::PrivateKeySigner, SettleError> {
-    let text = match &config.key_file {
+    let text = match file {
         Some(file) => std::fs::read_to_string(file)
             .map_err(|_| SettleError::KeyFile(file.display().to_string()))?,
-        None => std::env::var(&config.key_env)
-            .map_err(|_| SettleError::NoKey(config.key_env.clone()))?,
+        None => std::env::var(env).map_err(|_| SettleError::NoKey(env.to_owned()))?,
     };
     text.trim().parse().map_err(|_| SettleError::BadKey)
 }
@@ -184,7 +184,7 @@ impl Settlement {
                 spec.verify,
             )),
             None => {
-                let signer = settler_key(&config)?;
+                let signer = read_key(config.key_file.as_deref(), &config.key_env)?;
                 check_chain_ids(&config.chains, config.rpc_timeout)?;
                 for spec in &config.chains {
                     let chain = Chain::new(

@@ -108,13 +108,7 @@ fn journal(e: JournalError) -> SettleError {
 impl Channels {
     /// Reads the authorizer key (it must be `spec.authorizer`'s) and the channel log.
     pub fn open(spec: ChannelsSpec) -> Result<Self, SettleError> {
-        let text = match &spec.key_file {
-            Some(file) => std::fs::read_to_string(file)
-                .map_err(|_| SettleError::KeyFile(file.display().to_string()))?,
-            None => std::env::var(&spec.key_env)
-                .map_err(|_| SettleError::NoKey(spec.key_env.clone()))?,
-        };
-        let signer: PrivateKeySigner = text.trim().parse().map_err(|_| SettleError::BadKey)?;
+        let signer = super::read_key(spec.key_file.as_deref(), &spec.key_env)?;
         if signer.address() != spec.authorizer {
             return Err(SettleError::Setup(format!(
                 "the channel key is {}'s, but levy.settlement.channels.authorizer is {}",
