@@ -96,11 +96,15 @@ pub(super) fn settlement(
         }
     }
     let mut used: Vec<String> = Vec::new();
+    let mut channel_networks: Vec<&str> = Vec::new();
     for (_, route) in routes.iter() {
         if let Access::Priced(p) = &route.access {
             for r in &p.requirements {
                 if !used.contains(&r.network_name) {
                     used.push(r.network_name.clone());
+                }
+                if matches!(r.scheme, crate::pricing::Scheme::Batch { .. }) {
+                    channel_networks.push(&r.network_name);
                 }
             }
         }
@@ -122,16 +126,25 @@ pub(super) fn settlement(
             })
         }
     };
-    let channel_networks: Vec<String> = routes
-        .iter()
-        .filter_map(|(_, route)| match &route.access {
-            Access::Priced(p) => Some(p.requirements.iter()),
-            Access::Free => None,
-        })
-        .flatten()
-        .filter(|r| matches!(r.scheme, crate::pricing::Scheme::Batch { .. }))
-        .map(|r| r.network_name.clone())
-        .collect();
+    let mut chains = Vec::new();
+    for name in used.into_iter().filter(|_| facilitator.is_none()) {
+        let Some(network) = networks.get(&name) else {
+            continue;
+        };
+        let rpc_url = network.rpc_url.clone().ok_or_else(|| {
+            invalid(
+                format!("levy.networks.{name}.rpc_url"),
+                "missing; settlement needs an RPC endpoint",
+            )
+        })?;
+        chains.push(ChainSpec {
+            network: name,
+            chain_id: network.chain_id,
+            rpc_url,
+            multicall: network.multicall,
+            batcher: network.batcher,
+        });
+    }
     let channels = match &s.channels {
         None => None,
         Some(c) => {
@@ -161,21 +174,12 @@ pub(super) fn settlement(
                     "must be between 1 and 500",
                 ));
             }
-            let mut rpcs = Vec::new();
-            for name in &channel_networks {
-                let Some(network) = networks.get(name) else {
-                    continue;
-                };
-                let rpc_url = network.rpc_url.clone().ok_or_else(|| {
-                    invalid(
-                        format!("levy.networks.{name}.rpc_url"),
-                        "missing; channels need an RPC endpoint",
-                    )
-                })?;
-                if !rpcs.iter().any(|(n, _, _)| n == name) {
-                    rpcs.push((name.clone(), rpc_url, network.chain_id));
-                }
-            }
+            // Every network a channel route accepts has a chain: it is a priced network.
+            let rpcs = chains
+                .iter()
+                .filter(|chain| channel_networks.contains(&chain.network.as_str()))
+                .map(|chain| (chain.network.clone(), chain.rpc_url.clone(), chain.chain_id))
+                .collect();
             let mut log_path = std::ffi::OsString::from(&s.journal_path);
             log_path.push(".channels");
             Some(ChannelsSpec {
@@ -191,25 +195,6 @@ pub(super) fn settlement(
             })
         }
     };
-    let mut chains = Vec::new();
-    for name in used.into_iter().filter(|_| facilitator.is_none()) {
-        let Some(network) = networks.get(&name) else {
-            continue;
-        };
-        let rpc_url = network.rpc_url.clone().ok_or_else(|| {
-            invalid(
-                format!("levy.networks.{name}.rpc_url"),
-                "missing; settlement needs an RPC endpoint",
-            )
-        })?;
-        chains.push(ChainSpec {
-            network: name,
-            chain_id: network.chain_id,
-            rpc_url,
-            multicall: network.multicall,
-            batcher: network.batcher,
-        });
-    }
     Ok(SettlementConfig {
         journal_path: s.journal_path.clone().into(),
         max_batch: s.max_batch,
