@@ -688,6 +688,16 @@ fn parse_u128(text: &str) -> Option<u128> {
         .flatten()
 }
 
+/// What the escrow says about a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escrowed {
+    pub balance: u128,
+    pub total_claimed: u128,
+    /// Unix seconds; 0 when no withdrawal is pending.
+    pub withdraw_requested_at: u64,
+    pub refund_nonce: u64,
+}
+
 /// levy's ledger of one channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -718,22 +728,29 @@ impl Ledger {
         config: ChannelConfig,
         network: String,
         chain_id: u64,
-        balance: u128,
-        total_claimed: u128,
+        escrowed: &Escrowed,
     ) -> Self {
         Self {
             channel_id,
             config,
             network,
             chain_id,
-            balance,
-            total_claimed,
-            charged: total_claimed,
+            balance: escrowed.balance,
+            total_claimed: escrowed.total_claimed,
+            charged: escrowed.total_claimed,
             signed_max: 0,
             signature: Bytes::new(),
-            withdraw_requested_at: 0,
-            refund_nonce: 0,
+            withdraw_requested_at: escrowed.withdraw_requested_at,
+            refund_nonce: escrowed.refund_nonce,
         }
+    }
+
+    /// Takes in what the escrow says now; what levy knows was claimed only grows.
+    pub fn observe(&mut self, escrowed: &Escrowed) {
+        self.balance = escrowed.balance;
+        self.total_claimed = self.total_claimed.max(escrowed.total_claimed);
+        self.withdraw_requested_at = escrowed.withdraw_requested_at;
+        self.refund_nonce = escrowed.refund_nonce;
     }
 
     /// Whether `voucher` pays exactly `price` on top of what was charged, within the balance.

@@ -70,8 +70,12 @@ fn ledger(balance: u128, charged: u128) -> Ledger {
         config,
         "base-sepolia".into(),
         84532,
-        balance,
-        0,
+        &Escrowed {
+            balance,
+            total_claimed: 0,
+            withdraw_requested_at: 0,
+            refund_nonce: 0,
+        },
     );
     l.charged = charged;
     l

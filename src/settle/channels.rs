@@ -26,7 +26,7 @@ use alloy::signers::SignerSync;
 use alloy::sol_types::SolCall;
 
 use crate::channel::{
-    claim_batch_digest, ChannelError, Checked, Claim, IBatchSettlement, Ledger, Offer,
+    claim_batch_digest, ChannelError, Checked, Claim, Escrowed, IBatchSettlement, Ledger, Offer,
     SignedVoucher, BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 };
 use crate::metrics::metrics;
@@ -290,18 +290,14 @@ impl Channels {
         config: crate::channel::ChannelConfig,
     ) -> Result<Ledger, String> {
         let chain = self.chain(network)?;
-        let (balance, claimed, withdraw_at, refund_nonce) = self.read_state(chain, id).await?;
-        let mut ledger = Ledger::new(
+        let escrowed = self.read_state(chain, id).await?;
+        Ok(Ledger::new(
             id,
             config,
             network.to_owned(),
             chain.chain_id,
-            balance,
-            claimed,
-        );
-        ledger.withdraw_requested_at = withdraw_at;
-        ledger.refund_nonce = refund_nonce;
-        Ok(ledger)
+            &escrowed,
+        ))
     }
 
     fn chain(&self, network: &str) -> Result<&ChainSender, String> {
@@ -311,12 +307,8 @@ impl Channels {
             .ok_or_else(|| format!("no RPC endpoint for network {network}"))
     }
 
-    /// `(balance, totalClaimed, withdrawRequestedAt, refundNonce)` on chain.
-    async fn read_state(
-        &self,
-        chain: &ChainSender,
-        id: B256,
-    ) -> Result<(u128, u128, u64, u64), String> {
+    /// What the escrow says about channel `id` now.
+    async fn read_state(&self, chain: &ChainSender, id: B256) -> Result<Escrowed, String> {
         let channels = self
             .view(chain, IBatchSettlement::channelsCall { channelId: id })
             .await?;
@@ -329,12 +321,12 @@ impl Channels {
         let nonce = self
             .view(chain, IBatchSettlement::refundNonceCall { channelId: id })
             .await?;
-        Ok((
-            channels.balance,
-            channels.totalClaimed,
-            pending.initiatedAt.to::<u64>(),
-            nonce.saturating_to::<u64>(),
-        ))
+        Ok(Escrowed {
+            balance: channels.balance,
+            total_claimed: channels.totalClaimed,
+            withdraw_requested_at: pending.initiatedAt.to::<u64>(),
+            refund_nonce: nonce.saturating_to::<u64>(),
+        })
     }
 
     /// One view call on the escrow, decoded.
@@ -407,15 +399,12 @@ impl Channels {
                 return Err(Refusal::Rejected(ChannelError::DepositFailed));
             }
         }
-        let (balance, claimed, withdraw_at, refund_nonce) = self
+        let escrowed = self
             .read_state(chain, voucher.channel_id)
             .await
             .map_err(Refusal::Unavailable)?;
         if let Some(slot) = lock(&self.inner.slots).get_mut(&voucher.channel_id) {
-            slot.ledger.balance = balance;
-            slot.ledger.total_claimed = slot.ledger.total_claimed.max(claimed);
-            slot.ledger.withdraw_requested_at = withdraw_at;
-            slot.ledger.refund_nonce = refund_nonce;
+            slot.ledger.observe(&escrowed);
         }
         Ok(())
     }
@@ -459,7 +448,10 @@ impl Channels {
                 continue;
             };
             match self.read_state(chain, ledger.channel_id).await {
-                Ok((_, _, at, _)) if at > 0 => {
+                Ok(Escrowed {
+                    withdraw_requested_at: at,
+                    ..
+                }) if at > 0 => {
                     if ledger.withdraw_requested_at == 0 {
                         ::log::info!(
                             "channel {}: the payer asked to withdraw; claiming now",
@@ -509,8 +501,8 @@ impl Channels {
     async fn claim_group(&self, network: &str, chain: &ChainSender, group: &[Ledger]) {
         let mut claims: Vec<Claim> = Vec::new();
         for ledger in group {
-            let fresh = match self.read_state(chain, ledger.channel_id).await {
-                Ok(state) => state,
+            let escrowed = match self.read_state(chain, ledger.channel_id).await {
+                Ok(escrowed) => escrowed,
                 Err(e) => {
                     ::log::warn!(
                         "channel {}: cannot read it before claiming: {e}",
@@ -519,17 +511,13 @@ impl Channels {
                     continue;
                 }
             };
-            let (balance, claimed, withdraw_at, refund_nonce) = fresh;
+            let (balance, claimed) = (escrowed.balance, escrowed.total_claimed);
+            // The claim is built on what the chain says was claimed, nothing else.
             let mut current = ledger.clone();
-            current.balance = balance;
+            current.observe(&escrowed);
             current.total_claimed = claimed;
-            current.withdraw_requested_at = withdraw_at;
-            current.refund_nonce = refund_nonce;
             if let Some(slot) = lock(&self.inner.slots).get_mut(&ledger.channel_id) {
-                slot.ledger.balance = balance;
-                slot.ledger.total_claimed = slot.ledger.total_claimed.max(claimed);
-                slot.ledger.withdraw_requested_at = withdraw_at;
-                slot.ledger.refund_nonce = refund_nonce;
+                slot.ledger.observe(&escrowed);
             }
             if let Some(mut claim) = current.claim() {
                 if claim.total_claimed > balance {

@@ -196,7 +196,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::{ChannelConfig, Ledger};
+    use crate::channel::{ChannelConfig, Escrowed, Ledger};
     use alloy_primitives::{Address, Bytes};
 
     fn ledger(id: u8, charged: u128, claimed: u128) -> Ledger {
@@ -214,8 +214,12 @@ mod tests {
             config,
             "n".into(),
             1,
-            10_000,
-            claimed,
+            &Escrowed {
+                balance: 10_000,
+                total_claimed: claimed,
+                withdraw_requested_at: 0,
+                refund_nonce: 0,
+            },
         );
         l.charged = charged;
         l.signed_max = charged;
