@@ -393,7 +393,7 @@ pub(crate) fn verify_exact_v2(
 
 /// The index of the issued requirement `accepted` echoes: core fields equal (addresses
 /// without regard to case) and every issued `extra` key present with the same value.
-fn match_v2(
+pub(crate) fn match_v2(
     accepted: &AcceptedRequirements,
     issued: &[PaymentRequirementsV2],
 ) -> Result<usize, Rejection> {

@@ -131,8 +131,9 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
     assert_eq!(s.chain.balance(payee), before + U256::from(200 * 1000));
 }
 
-/// A voucher signed in Rust for the official client's channel (payer key 0, default salt).
-fn voucher_header(authorizer: Address, max_claimable: u128) -> String {
+/// A voucher signed in Rust for the official client's channel (payer key 0, default salt),
+/// accepting `accepted` (the challenge's batch-settlement entry, echoed as clients do).
+fn voucher_header(accepted: &Value, authorizer: Address, max_claimable: u128) -> String {
     use alloy::signers::SignerSync;
     use levy::channel::{domain_separator, voucher_digest, ChannelConfig};
     let payer = signer(KEYS[0]);
@@ -152,8 +153,7 @@ fn voucher_header(authorizer: Address, max_claimable: u128) -> String {
         .expect("sign");
     let payment = serde_json::json!({
         "x402Version": 2,
-        "accepted": {"scheme": "batch-settlement", "network": "eip155:84532", "amount": "1000",
-                     "asset": config.token, "payTo": config.receiver, "maxTimeoutSeconds": 300, "extra": {}},
+        "accepted": accepted,
         "payload": {"type": "voucher", "channelConfig": {
             "payer": config.payer, "payerAuthorizer": config.payer_authorizer,
             "receiver": config.receiver, "receiverAuthorizer": config.receiver_authorizer,
@@ -171,13 +171,26 @@ fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_th
     let result = pay_channel(&url, 1);
     assert_eq!(result["statuses"]["200"], 1, "{result}");
     let authorizer = signer(AUTHORIZER_KEY).address();
+    let unpaid = request(s.levy.addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
+    let offered: Value = serde_json::from_slice(
+        &levy::x402::decode_header(
+            unpaid
+                .header("payment-required")
+                .expect("challenge")
+                .as_bytes(),
+        )
+        .expect("base64"),
+    )
+    .expect("json");
+    let accepted = &offered["accepts"][0];
+    assert_eq!(accepted["scheme"], "batch-settlement");
 
     // The next voucher must be for 2000; one for 1000 again is stale.
     let r = request(
         s.levy.addr,
         &format!(
             "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
-            voucher_header(authorizer, 1000)
+            voucher_header(accepted, authorizer, 1000)
         ),
     );
     assert_eq!(r.status, 402);
@@ -205,7 +218,7 @@ fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_th
         s.levy.addr,
         &format!(
             "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
-            voucher_header(authorizer, 2000)
+            voucher_header(accepted, authorizer, 2000)
         ),
     );
     assert_eq!(r.status, 200, "{}", r.text());

@@ -13,7 +13,7 @@ use super::ctx::RequestCtx;
 use super::headers::make_private;
 use super::respond::Reply;
 use super::{LevyProxy, Outcome};
-use crate::channel::{self, ChannelError, Checked, Offer, SCHEME_BATCH};
+use crate::channel::{self, ChannelError, Checked, Offer};
 use crate::clock::unix_now;
 use crate::config::Paywall;
 use crate::settle::channels::{Lease, Refusal};
@@ -49,17 +49,8 @@ impl LevyProxy {
             return None;
         }
         let checked = channel::decode(&json).and_then(|payment| {
-            let issued = paywall.challenge.accepts_v2();
-            let index = issued
-                .iter()
-                .position(|r| {
-                    r.scheme == SCHEME_BATCH
-                        && r.scheme == payment.accepted.scheme
-                        && r.network == payment.accepted.network
-                        && r.asset.eq_ignore_ascii_case(&payment.accepted.asset)
-                        && r.amount == payment.accepted.amount
-                })
-                .ok_or(ChannelError::Malformed("accepted"))?;
+            let index = crate::verify::match_v2(&payment.accepted, paywall.challenge.accepts_v2())
+                .map_err(|_| ChannelError::Malformed("accepted"))?;
             let offer = paywall
                 .requirements
                 .get(index)
