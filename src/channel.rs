@@ -758,6 +758,17 @@ impl Ledger {
         if self.balance == 0 {
             return Err(ChannelError::NotFound);
         }
+        self.in_step(voucher, price)?;
+        if voucher.max_claimable > self.balance {
+            return Err(ChannelError::ExceedsBalance);
+        }
+        Ok(())
+    }
+
+    /// Whether `voucher` is the channel's next cumulative amount for a request at `price`
+    /// (what [`Ledger::admits`] checks besides the balance): levy asks this before it
+    /// submits a deposit, so a client out of step is corrected before its money moves.
+    pub fn in_step(&self, voucher: &SignedVoucher, price: u128) -> Result<(), ChannelError> {
         let expected = self.charged.saturating_add(price);
         if voucher.max_claimable < self.total_claimed {
             return Err(ChannelError::BelowClaimed);
@@ -767,9 +778,6 @@ impl Ledger {
                 signed: voucher.max_claimable,
                 expected,
             });
-        }
-        if voucher.max_claimable > self.balance {
-            return Err(ChannelError::ExceedsBalance);
         }
         Ok(())
     }

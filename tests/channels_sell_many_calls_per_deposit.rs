@@ -1,15 +1,22 @@
 //! Escrow channels (`batch-settlement`): the official TypeScript client funds one channel with
 //! one deposit and pays many calls with vouchers; levy claims them all in one transaction.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256};
+use alloy::sol;
+use alloy::sol_types::SolCall;
 use serde_json::Value;
 
-use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::chain::{signer, TestChain, BATCH_SETTLEMENT, KEYS};
 use crate::support::settle::settlement_yaml;
+use levy::channel::ChannelConfig;
+
+use crate::support::client::Response;
+use crate::support::pay::decode;
+use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// levy's receiver authorizer in these tests: anvil key 4, its own account.
@@ -18,13 +25,12 @@ const AUTHORIZER_KEY: &str = KEYS[4];
 pub(crate) struct ChannelSetup {
     pub chain: TestChain,
     pub levy: Levy,
-    pub _origin: Origin,
+    pub origin: Origin,
     pub _dir: tempfile::TempDir,
 }
 
-/// A chain, an origin and levy selling `/ticks` at 1000 atomic units through channels (and
-/// exact), with a minimum deposit of `min_deposit` and claims only when asked.
-pub(crate) fn channel_setup(min_deposit: u64) -> ChannelSetup {
+/// A chain with the payer (key 0) funded and levy's authorizer given gas.
+fn channel_chain() -> TestChain {
     let chain = TestChain::start();
     chain.mint(signer(KEYS[0]).address(), 10_000_000);
     // The authorizer sends deposits and claims: it needs gas.
@@ -32,9 +38,14 @@ pub(crate) fn channel_setup(min_deposit: u64) -> ChannelSetup {
         "anvil_setBalance",
         serde_json::json!([signer(AUTHORIZER_KEY).address(), "0x56BC75E2D63100000"]),
     );
-    let origin = Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key_file = dir.path().join("channel.key");
+    chain
+}
+
+/// The `levy:` YAML selling `/ticks` at 1000 atomic units through channels (and exact), with
+/// a minimum deposit of `min_deposit`, state in `dir` and claims only when asked (or when a
+/// payer asks to withdraw).
+fn channel_yaml(chain: &TestChain, origin: &Origin, dir: &Path, min_deposit: u64) -> String {
+    let key_file = dir.join("channel.key");
     std::fs::write(&key_file, AUTHORIZER_KEY).expect("write key");
     let channels = format!(
         "    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n      watch_every_seconds: 1\n",
@@ -44,35 +55,84 @@ pub(crate) fn channel_setup(min_deposit: u64) -> ChannelSetup {
     let route = format!(
         "    - {{name: ticks, path: /ticks, amount: 1000, accepts: [{{network: base-sepolia}}], channel: {{min_deposit: \"{min_deposit}\"}}}}\n"
     );
-    let levy = Levy::start(&format!(
+    format!(
         "{}{}{}  routes:\n{route}",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
-        settlement_yaml(dir.path(), &channels),
-    ));
+        settlement_yaml(dir, &channels),
+    )
+}
+
+/// [`channel_setup_with`] an origin that answers every call at once.
+pub(crate) fn channel_setup(min_deposit: u64) -> ChannelSetup {
+    channel_setup_with(min_deposit, |_| Reply::ok(r#"{"tick":1}"#))
+}
+
+/// A chain, an origin answering with `handler` and levy in front of it (see [`channel_yaml`]).
+pub(crate) fn channel_setup_with(
+    min_deposit: u64,
+    handler: impl Fn(&crate::support::origin::Seen) -> Reply + Send + Sync + 'static,
+) -> ChannelSetup {
+    let chain = channel_chain();
+    let origin = Origin::start(handler);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&channel_yaml(&chain, &origin, dir.path(), min_deposit));
     ChannelSetup {
         chain,
         levy,
-        _origin: origin,
+        origin,
         _dir: dir,
     }
 }
 
-/// Runs the official TypeScript batch-settlement client for `count` calls.
-pub(crate) fn pay_channel(url: &str, count: usize) -> Value {
+/// The official batch-settlement clients.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Client {
+    /// `@x402/evm`'s `BatchSettlementEvmScheme` through `@x402/fetch`.
+    TypeScript,
+    /// `x402`'s `BatchSettlementEvmScheme` through the requests adapter.
+    Python,
+}
+
+/// Runs an official batch-settlement client (payer key 0) for `count` calls on one channel;
+/// returns its report: `{statuses, deposits, last: {paymentResponse}, errors}`.
+pub(crate) fn pay_channel(client: Client, url: &str, count: usize) -> Value {
+    pay_channel_reading(client, url, count, None)
+}
+
+/// [`pay_channel`] with the client reading the chain at `rpc_url` (as it must to adopt
+/// levy's channel state from a corrective challenge).
+pub(crate) fn pay_channel_reading(
+    client: Client,
+    url: &str,
+    count: usize,
+    rpc_url: Option<&str>,
+) -> Value {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let out = Command::new("node")
-        .arg("pay-channel.mjs")
+    let mut command = match client {
+        Client::TypeScript => {
+            let mut c = Command::new("node");
+            c.arg("pay-channel.mjs");
+            c
+        }
+        Client::Python => {
+            let mut c = Command::new(dir.join(".venv/bin/python"));
+            c.arg("pay_channel.py");
+            c
+        }
+    };
+    let out = command
         .arg(url)
         .arg(count.to_string())
         .current_dir(&dir)
         .env("PAYER_KEY", KEYS[0])
+        .envs(rpc_url.map(|url| ("X402_RPC_URL", url)))
         .output()
         .expect("run the client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
         panic!(
-            "no JSON\nstdout: {stdout}\nstderr: {}",
+            "{client:?} client: no JSON\nstdout: {stdout}\nstderr: {}",
             String::from_utf8_lossy(&out.stderr)
         )
     })
@@ -98,8 +158,9 @@ pub(crate) fn wait_balance(chain: &TestChain, who: Address, want: U256) {
     }
 }
 
-#[test]
-fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_one_transaction() {
+/// `client` pays 200 calls from one deposit; one claim transaction raises the payee by
+/// exactly 200 × price, and a second claim finds nothing to send.
+fn two_hundred_calls_one_deposit_one_claim(client: Client) {
     let s = channel_setup(200_000);
     let payee: Address = PAY_TO.parse().expect("pay_to");
     let before = s.chain.balance(payee);
@@ -107,7 +168,7 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
     let sent_before = s.chain.tx_count(authorizer);
 
     let url = format!("http://{}/ticks", s.levy.addr);
-    let result = pay_channel(&url, 200);
+    let result = pay_channel(client, &url, 200);
     assert_eq!(result["statuses"]["200"], 200, "{result}");
     assert_eq!(result["deposits"], 1, "{result}");
     let last = &result["last"]["paymentResponse"];
@@ -117,6 +178,7 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
         "{result}"
     );
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 1, "one deposit");
+    assert_eq!(s.origin.seen().len(), 200);
 
     claim_now(&s.levy);
     wait_balance(&s.chain, payee, before + U256::from(200 * 1000));
@@ -131,13 +193,22 @@ fn the_official_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_o
     assert_eq!(s.chain.balance(payee), before + U256::from(200 * 1000));
 }
 
-/// A voucher signed in Rust for the official client's channel (payer key 0, default salt),
-/// accepting `accepted` (the challenge's batch-settlement entry, echoed as clients do).
-fn voucher_header(accepted: &Value, authorizer: Address, max_claimable: u128) -> String {
-    use alloy::signers::SignerSync;
-    use levy::channel::{domain_separator, voucher_digest, ChannelConfig};
+#[test]
+fn the_official_typescript_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_one_transaction(
+) {
+    two_hundred_calls_one_deposit_one_claim(Client::TypeScript);
+}
+
+#[test]
+fn the_official_python_client_pays_200_calls_from_one_deposit_and_levy_claims_them_in_one_transaction(
+) {
+    two_hundred_calls_one_deposit_one_claim(Client::Python);
+}
+
+/// The official clients' channel with levy (payer key 0, default salt, the offered delay).
+fn payer_channel(authorizer: Address) -> ChannelConfig {
     let payer = signer(KEYS[0]);
-    let config = ChannelConfig {
+    ChannelConfig {
         payer: payer.address(),
         payer_authorizer: payer.address(),
         receiver: PAY_TO.parse().expect("pay_to"),
@@ -145,60 +216,68 @@ fn voucher_header(accepted: &Value, authorizer: Address, max_claimable: u128) ->
         token: crate::support::chain::BASE_SEPOLIA_USDC,
         withdraw_delay: 900,
         salt: alloy::primitives::B256::ZERO,
-    };
+    }
+}
+
+/// A voucher signed in Rust by payer key 0 for the channel `config`, accepting `accepted`
+/// (the challenge's batch-settlement entry, echoed as clients do).
+fn voucher_header(accepted: &Value, config: &ChannelConfig, max_claimable: u128) -> String {
+    use alloy::signers::SignerSync;
+    use levy::channel::{domain_separator, voucher_digest};
     let domain = domain_separator(84532);
     let id = config.id(&domain);
-    let signature = payer
+    let signature = signer(KEYS[0])
         .sign_hash_sync(&voucher_digest(&domain, id, max_claimable))
         .expect("sign");
     let payment = serde_json::json!({
         "x402Version": 2,
         "accepted": accepted,
-        "payload": {"type": "voucher", "channelConfig": {
-            "payer": config.payer, "payerAuthorizer": config.payer_authorizer,
-            "receiver": config.receiver, "receiverAuthorizer": config.receiver_authorizer,
-            "token": config.token, "withdrawDelay": 900, "salt": config.salt},
+        "payload": {"type": "voucher", "channelConfig": config,
             "voucher": {"channelId": id, "maxClaimableAmount": max_claimable.to_string(),
                         "signature": alloy::primitives::Bytes::from(signature.as_bytes().to_vec())}},
     });
     levy::x402::encode_header(payment.to_string().as_bytes())
 }
 
+/// The batch-settlement entry of the route's challenge.
+fn offered(levy: &Levy) -> Value {
+    let unpaid = request(levy.addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
+    let offered = decode(unpaid.header("payment-required").expect("challenge"));
+    let accepted = offered["accepts"][0].clone();
+    assert_eq!(accepted["scheme"], "batch-settlement");
+    accepted
+}
+
+/// GETs `/ticks` paying with `header`.
+fn get_paying(levy: &Levy, header: &str) -> Response {
+    request(
+        levy.addr,
+        &format!("GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"),
+    )
+}
+
+/// The error code of a refusal, which must be one challenge header.
+fn refusal(r: &Response) -> Value {
+    assert_eq!(r.status, 402, "{}", r.text());
+    let headers = r.headers_named("payment-required");
+    assert_eq!(headers.len(), 1, "exactly one challenge header");
+    decode(headers[0])
+}
+
 #[test]
 fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_the_channel_state() {
     let s = channel_setup(200_000);
     let url = format!("http://{}/ticks", s.levy.addr);
-    let result = pay_channel(&url, 1);
+    let result = pay_channel(Client::TypeScript, &url, 1);
     assert_eq!(result["statuses"]["200"], 1, "{result}");
-    let authorizer = signer(AUTHORIZER_KEY).address();
-    let unpaid = request(s.levy.addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
-    let offered: Value = serde_json::from_slice(
-        &levy::x402::decode_header(
-            unpaid
-                .header("payment-required")
-                .expect("challenge")
-                .as_bytes(),
-        )
-        .expect("base64"),
-    )
-    .expect("json");
-    let accepted = &offered["accepts"][0];
-    assert_eq!(accepted["scheme"], "batch-settlement");
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let accepted = &offered(&s.levy);
 
     // The next voucher must be for 2000; one for 1000 again is stale.
-    let r = request(
-        s.levy.addr,
-        &format!(
-            "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
-            voucher_header(accepted, authorizer, 1000)
-        ),
-    );
-    assert_eq!(r.status, 402);
-    let headers = r.headers_named("payment-required");
-    assert_eq!(headers.len(), 1, "exactly one challenge header");
-    let challenge: Value =
-        serde_json::from_slice(&levy::x402::decode_header(headers[0].as_bytes()).expect("base64"))
-            .expect("json");
+    let challenge = refusal(&get_paying(
+        &s.levy,
+        &voucher_header(accepted, &channel, 1000),
+    ));
     assert_eq!(
         challenge["error"],
         "invalid_batch_settlement_evm_cumulative_amount_mismatch"
@@ -214,12 +293,263 @@ fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_th
     );
 
     // The right amount is served.
+    let r = get_paying(&s.levy, &voucher_header(accepted, &channel, 2000));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_voucher_that_claims_more_than_the_price_or_the_deposit_is_refused_and_nothing_is_served() {
+    // The client deposits the announced minimum, two calls' worth, and spends it all.
+    let s = channel_setup(2000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 2);
+    assert_eq!(result["statuses"]["200"], 2, "{result}");
+    assert_eq!(result["deposits"], 1, "{result}");
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let accepted = &offered(&s.levy);
+
+    // The next call's voucher is for 3000, more than the 2000 deposited.
+    let challenge = refusal(&get_paying(
+        &s.levy,
+        &voucher_header(accepted, &channel, 3000),
+    ));
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_cumulative_exceeds_balance"
+    );
+    // A voucher for more than one price's worth over what was charged claims too much.
+    let challenge = refusal(&get_paying(
+        &s.levy,
+        &voucher_header(accepted, &channel, 9000),
+    ));
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+    );
+    assert_eq!(
+        s.origin.seen().len(),
+        2,
+        "a refused voucher reached the origin"
+    );
+
+    // Only what was served is claimed.
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let before = s.chain.balance(payee);
+    claim_now(&s.levy);
+    wait_balance(&s.chain, payee, before + U256::from(2000));
+}
+
+#[test]
+fn a_voucher_for_a_channel_to_another_receiver_or_authorizer_is_refused() {
+    let s = channel_setup(200_000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    assert_eq!(
+        pay_channel(Client::TypeScript, &url, 1)["statuses"]["200"],
+        1
+    );
+    let accepted = &offered(&s.levy);
+    let levys = payer_channel(signer(AUTHORIZER_KEY).address());
+
+    let to_another = ChannelConfig {
+        receiver: signer(KEYS[3]).address(),
+        ..levys
+    };
+    let challenge = refusal(&get_paying(
+        &s.levy,
+        &voucher_header(accepted, &to_another, 2000),
+    ));
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_receiver_mismatch"
+    );
+    let other_authorizer = ChannelConfig {
+        receiver_authorizer: signer(KEYS[3]).address(),
+        ..levys
+    };
+    let challenge = refusal(&get_paying(
+        &s.levy,
+        &voucher_header(accepted, &other_authorizer, 2000),
+    ));
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_receiver_authorizer_mismatch"
+    );
+    assert_eq!(
+        s.origin.seen().len(),
+        1,
+        "a refused voucher reached the origin"
+    );
+    // The channel itself is untouched: its next voucher is still 2000.
+    assert_eq!(
+        get_paying(&s.levy, &voucher_header(accepted, &levys, 2000)).status,
+        200
+    );
+}
+
+#[test]
+fn a_second_request_on_a_channel_while_one_is_in_flight_is_refused_as_busy() {
+    let s = channel_setup_with(200_000, |_| {
+        std::thread::sleep(Duration::from_millis(700));
+        Reply::ok(r#"{"tick":1}"#)
+    });
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 1);
+    assert_eq!(result["statuses"]["200"], 1, "{result}");
+    let accepted = offered(&s.levy);
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+
+    let first = {
+        let (addr, header) = (s.levy.addr, voucher_header(&accepted, &channel, 2000));
+        std::thread::spawn(move || {
+            request(
+                addr,
+                &format!("GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    // Both the voucher after the one in flight and a copy of it are turned away.
+    for max in [3000, 2000] {
+        let challenge = refusal(&get_paying(
+            &s.levy,
+            &voucher_header(&accepted, &channel, max),
+        ));
+        assert_eq!(
+            challenge["error"],
+            "invalid_batch_settlement_evm_channel_busy"
+        );
+    }
+    assert_eq!(first.join().expect("first request").status, 200);
+    // Once it is done, the channel takes the next voucher.
+    assert_eq!(
+        get_paying(&s.levy, &voucher_header(&accepted, &channel, 3000)).status,
+        200
+    );
+    assert_eq!(s.origin.seen().len(), 3);
+}
+
+sol! {
+    struct PayerChannel {
+        address payer;
+        address payerAuthorizer;
+        address receiver;
+        address receiverAuthorizer;
+        address token;
+        uint40 withdrawDelay;
+        bytes32 salt;
+    }
+
+    /// The payer's side of the escrow.
+    interface IPayerSide {
+        function initiateWithdraw(PayerChannel config, uint128 amount) external;
+        function finalizeWithdraw(PayerChannel config) external;
+    }
+}
+
+#[test]
+fn when_the_payer_asks_to_withdraw_levy_claims_what_it_served_before_the_delay_ends() {
+    let s = channel_setup(200_000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 5);
+    assert_eq!(result["statuses"]["200"], 5, "{result}");
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payer = signer(KEYS[0]).address();
+    let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));
+
+    let c = payer_channel(signer(AUTHORIZER_KEY).address());
+    let config = PayerChannel {
+        payer: c.payer,
+        payerAuthorizer: c.payer_authorizer,
+        receiver: c.receiver,
+        receiverAuthorizer: c.receiver_authorizer,
+        token: c.token,
+        withdrawDelay: alloy::primitives::Uint::<40, 1>::from(c.withdraw_delay),
+        salt: c.salt,
+    };
+    s.chain.send_as(
+        KEYS[0],
+        BATCH_SETTLEMENT,
+        IPayerSide::initiateWithdrawCall {
+            config: config.clone(),
+            amount: 200_000,
+        }
+        .abi_encode(),
+    );
+    // The claimer's own schedule is an hour away: only the watch can claim this.
+    wait_balance(&s.chain, payee, payee_before + U256::from(5 * 1000));
+
+    // When the delay is over, the payer gets back only what levy did not serve.
+    s.chain.rpc("evm_increaseTime", serde_json::json!([901]));
+    s.chain.rpc("evm_mine", serde_json::json!([]));
+    s.chain.send_as(
+        KEYS[0],
+        BATCH_SETTLEMENT,
+        IPayerSide::finalizeWithdrawCall { config }.abi_encode(),
+    );
+    assert_eq!(
+        s.chain.balance(payer),
+        payer_before + U256::from(200_000 - 5 * 1000)
+    );
+}
+
+/// The escrow's balance and total claimed for the official clients' channel.
+fn escrowed(chain: &TestChain) -> (u128, u128) {
+    use levy::channel::{domain_separator, IBatchSettlement};
+    let id = payer_channel(signer(AUTHORIZER_KEY).address()).id(&domain_separator(84532));
+    let out = chain.call(
+        BATCH_SETTLEMENT,
+        IBatchSettlement::channelsCall { channelId: id }.abi_encode(),
+    );
+    let r = IBatchSettlement::channelsCall::abi_decode_returns(&out).expect("channels");
+    (r.balance, r.totalClaimed)
+}
+
+#[test]
+fn a_sigkill_between_calls_loses_no_voucher() {
+    let chain = channel_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, addr, admin) = process_config(
+        dir.path(),
+        &channel_yaml(&chain, &origin, dir.path(), 400_000),
+    );
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let before = chain.balance(payee);
+    let url = format!("http://{addr}/ticks");
+
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let result = pay_channel(Client::TypeScript, &url, 100);
+    assert_eq!(result["statuses"]["200"], 100, "{result}");
+    levy.sigkill();
+
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    // A fresh client that cannot read the chain offers a new deposit with a first voucher;
+    // levy answers where the channel stands before any money moves.
+    let result = pay_channel(Client::TypeScript, &url, 1);
+    assert_eq!(result["deposits"], 1, "{result}");
+    assert_eq!(
+        result["errors"][0], "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+        "{result}"
+    );
+    assert_eq!(escrowed(&chain), (400_000, 0), "the deposit was sent");
+    // A fresh client knows nothing of the channel; levy's corrective challenge tells it
+    // where the channel stands, which only the journal knows (nothing was claimed yet).
+    let result = pay_channel_reading(Client::TypeScript, &url, 100, Some(&chain.rpc_url));
+    assert_eq!(result["statuses"]["200"], 100, "{result}");
+    assert_eq!(result["deposits"], 0, "{result}");
+    assert_eq!(
+        result["last"]["paymentResponse"]["extra"]["channelState"]["chargedCumulativeAmount"],
+        "200000",
+        "{result}"
+    );
     let r = request(
-        s.levy.addr,
-        &format!(
-            "GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {}\r\n\r\n",
-            voucher_header(accepted, authorizer, 2000)
-        ),
+        admin,
+        "POST /channels/claim HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    wait_balance(&chain, payee, before + U256::from(200 * 1000));
+    assert_eq!(escrowed(&chain), (400_000, 200_000));
+    assert_eq!(origin.seen().len(), 200);
 }

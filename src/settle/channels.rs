@@ -202,33 +202,42 @@ impl Channels {
             price: offer.price,
         };
         if let Checked::Deposit(_, deposit) = &checked {
-            if let Err(refusal) = self.deposit(network, &lease.voucher, deposit).await {
+            // A client out of step learns where the channel stands before its deposit is
+            // sent (a deposit is a transaction that cannot be taken back).
+            let step = self.judge(id, |ledger| ledger.in_step(&lease.voucher, offer.price));
+            let deposited = match step {
+                Ok(()) => self.deposit(network, &lease.voucher, deposit).await,
+                Err(refusal) => Err(refusal),
+            };
+            if let Err(refusal) = deposited {
                 self.release(&lease);
                 return Err(refusal);
             }
         }
-        let admitted = {
-            let slots = lock(&self.inner.slots);
-            match slots.get(&id) {
-                Some(slot) => {
-                    slot.ledger
-                        .admits(&lease.voucher, offer.price)
-                        .map_err(|e| match e {
-                            ChannelError::CumulativeMismatch { .. }
-                            | ChannelError::BelowClaimed => {
-                                Refusal::Corrective(e, Box::new(slot.ledger.clone()))
-                            }
-                            e => Refusal::Rejected(e),
-                        })
-                }
-                None => Err(Refusal::Rejected(ChannelError::NotFound)),
-            }
-        };
-        if let Err(refusal) = admitted {
+        if let Err(refusal) = self.judge(id, |ledger| ledger.admits(&lease.voucher, offer.price)) {
             self.release(&lease);
             return Err(refusal);
         }
         Ok(lease)
+    }
+
+    /// Applies a ledger check to channel `id`; a client out of step gets the ledger back
+    /// for a corrective challenge.
+    fn judge(
+        &self,
+        id: B256,
+        check: impl Fn(&Ledger) -> Result<(), ChannelError>,
+    ) -> Result<(), Refusal> {
+        let slots = lock(&self.inner.slots);
+        let slot = slots
+            .get(&id)
+            .ok_or(Refusal::Rejected(ChannelError::NotFound))?;
+        check(&slot.ledger).map_err(|e| match e {
+            ChannelError::CumulativeMismatch { .. } | ChannelError::BelowClaimed => {
+                Refusal::Corrective(e, Box::new(slot.ledger.clone()))
+            }
+            e => Refusal::Rejected(e),
+        })
     }
 
     fn is_known(&self, id: B256) -> bool {

@@ -1,13 +1,19 @@
 // Makes COUNT paid calls to a URL with the official batch-settlement client
 // (@x402/evm BatchSettlementEvmScheme through @x402/fetch), one channel for all of them.
-// Usage: PAYER_KEY=0x… node pay-channel.mjs URL COUNT
+// Usage: PAYER_KEY=0x… [X402_RPC_URL=…] node pay-channel.mjs URL COUNT
+// X402_RPC_URL gives the client chain reads, which it needs to adopt levy's channel state
+// from a corrective 402 when it has lost its own.
 // Prints one JSON line: {statuses: {status: count}, deposits, last: {paymentResponse}, errors}.
 import { wrapFetchWithPaymentFromConfig, decodePaymentResponseHeader } from "@x402/fetch";
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
+import { toClientEvmSigner } from "@x402/evm";
+import { createPublicClient, http } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 
 const [url, count] = [process.argv[2], Number(process.argv[3] || 1)];
 const account = privateKeyToAccount(process.env.PAYER_KEY);
+const rpc = process.env.X402_RPC_URL;
+const signer = rpc ? toClientEvmSigner(account, createPublicClient({ transport: http(rpc) })) : account;
 let deposits = 0;
 const counting = async (input, init) => {
   const request = new Request(input, init);
@@ -16,7 +22,7 @@ const counting = async (input, init) => {
   return fetch(request);
 };
 const pay = wrapFetchWithPaymentFromConfig(counting, {
-  schemes: [{ network: "eip155:*", client: new BatchSettlementEvmScheme(account) }],
+  schemes: [{ network: "eip155:*", client: new BatchSettlementEvmScheme(signer) }],
 });
 const statuses = {};
 const errors = [];
