@@ -23,6 +23,7 @@ pub mod facilitator;
 pub mod funds;
 pub mod journal;
 mod record;
+pub mod state_log;
 pub mod upto;
 
 use std::collections::HashMap;

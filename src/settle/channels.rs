@@ -10,7 +10,6 @@
 //! Channel transactions are sent from the authorizer's own account, one at a time, so they
 //! never race the settlement engine's nonces.
 
-mod log;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,10 +29,21 @@ use crate::channel::{
     SignedVoucher, BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 };
 use crate::metrics::metrics;
-pub use log::ChannelLog;
 
 use super::journal::JournalError;
+use super::state_log::{Mergeable, StateLog};
 use super::SettleError;
+
+
+impl Mergeable for Ledger {
+    type Key = B256;
+    fn key(&self) -> B256 {
+        self.channel_id
+    }
+    fn merge(&mut self, other: &Ledger) {
+        Ledger::merge(self, other);
+    }
+}
 
 /// What channel settlement needs, from `levy.settlement.channels`.
 #[derive(Debug, Clone)]
@@ -86,7 +96,7 @@ struct Inner {
     signer: PrivateKeySigner,
     chains: HashMap<String, ChainSender>,
     slots: Mutex<HashMap<B256, Slot>>,
-    log: ChannelLog,
+    log: StateLog<Ledger>,
     /// One channel transaction at a time.
     sending: tokio::sync::Mutex<()>,
 }
@@ -134,7 +144,7 @@ impl Channels {
                 },
             );
         }
-        let (log, ledgers) = ChannelLog::open(&spec.log_path).map_err(journal)?;
+        let (log, ledgers) = StateLog::open(&spec.log_path, "channel").map_err(journal)?;
         if !ledgers.is_empty() {
             ::log::info!("channel log: {} channels restored", ledgers.len());
         }

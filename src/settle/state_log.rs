@@ -1,40 +1,62 @@
-//! The channel log: every channel's ledger, written before a voucher's response leaves levy
-//! and after each claim. Append-only frames (the journal's framing: length, CRC-32, JSON),
-//! one write and one `fdatasync` per group of waiting callers; read back at open, a
-//! channel's records folded with [`Ledger::merge`]. Rewritten whole when it has grown.
+//! A state log: the latest state of many keyed records (channel ledgers, session bundles),
+//! written before the response that depends on it leaves levy. Append-only frames (the
+//! journal's framing: length, CRC-32, JSON), one write and one `fdatasync` per group of
+//! waiting callers; read back at open, a key's records folded with [`Mergeable::merge`].
+//! Rewritten whole (one record per key) when it has grown.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::Hash;
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 
-use alloy_primitives::B256;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::channel::Ledger;
 use crate::settle::journal::{frame, unframe, JournalError};
 
-/// The log is rewritten with one record per channel once it is this large.
+/// The log is rewritten with one record per key once it is this large.
 const COMPACT_AT: u64 = 16 << 20;
 
-struct Job {
-    ledger: Ledger,
+/// A record a [`StateLog`] keeps: records of one key fold into one, in any order.
+pub trait Mergeable: Serialize + DeserializeOwned + Clone + Send + 'static {
+    type Key: Eq + Hash + Clone + Send + 'static;
+    /// The key records fold under.
+    fn key(&self) -> Self::Key;
+    /// Folds in another record of the same key; the result must not depend on the order
+    /// records were written in (a write that lost a race must not roll state back).
+    fn merge(&mut self, other: &Self);
+}
+
+struct Job<R> {
+    record: R,
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// Handle to the log's writer thread.
-pub struct ChannelLog {
-    jobs: Mutex<mpsc::Sender<Job>>,
+/// Handle to a log's writer thread.
+pub struct StateLog<R> {
+    jobs: Mutex<mpsc::Sender<Job<R>>>,
 }
 
 fn storage(e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(e.to_string())
 }
 
-impl ChannelLog {
-    /// Opens (or creates) the log at `path`; returns it and every channel's ledger in it.
-    pub fn open(path: &Path) -> Result<(Self, HashMap<B256, Ledger>), JournalError> {
+fn fold<R: Mergeable>(into: &mut HashMap<R::Key, R>, record: &R) {
+    match into.get_mut(&record.key()) {
+        Some(known) => known.merge(record),
+        None => {
+            into.insert(record.key(), record.clone());
+        }
+    }
+}
+
+impl<R: Mergeable> StateLog<R> {
+    /// Opens (or creates) the log at `path`; returns it and every key's folded record.
+    /// `what` names the records in log lines and the writer thread.
+    pub fn open(path: &Path, what: &str) -> Result<(Self, HashMap<R::Key, R>), JournalError> {
         let mut bytes = Vec::new();
         match File::open(path) {
             Ok(mut file) => {
@@ -48,24 +70,20 @@ impl ChannelLog {
                 })
             }
         }
-        let unframed = unframe::<Ledger>(&bytes);
+        let unframed = unframe::<R>(&bytes);
         if unframed.skipped > 0 {
             log::error!(
-                "channel log {}: {} damaged bytes between intact records",
+                "{what} log {}: {} damaged bytes between intact records",
                 path.display(),
                 unframed.skipped
             );
         }
-        let mut ledgers: HashMap<B256, Ledger> = HashMap::new();
-        for record in unframed.records {
-            match ledgers.get_mut(&record.channel_id) {
-                Some(known) => known.merge(&record),
-                None => {
-                    ledgers.insert(record.channel_id, record);
-                }
-            }
+        let mut records: HashMap<R::Key, R> = HashMap::new();
+        for record in &unframed.records {
+            fold(&mut records, record);
         }
         let mut writer = Writer {
+            what: what.to_owned(),
             path: path.to_owned(),
             file: File::options()
                 .create(true)
@@ -76,30 +94,30 @@ impl ChannelLog {
                     message: e.to_string(),
                 })?,
             bytes: 0,
-            latest: ledgers.clone(),
+            latest: records.clone(),
         };
         // A torn tail is cut off and the rest rewritten, so appends stay readable.
         writer.compact()?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job<R>>();
         std::thread::Builder::new()
-            .name("levy-channel-log".into())
+            .name(format!("levy-{what}-log"))
             .spawn(move || writer.run(&rx))
             .map_err(storage)?;
         Ok((
             Self {
                 jobs: Mutex::new(tx),
             },
-            ledgers,
+            records,
         ))
     }
 
-    /// Appends a ledger; returns once it is on disk.
-    pub async fn put(&self, ledger: Ledger) -> Result<(), JournalError> {
+    /// Appends a record; returns once it is on disk.
+    pub async fn put(&self, record: R) -> Result<(), JournalError> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(Job { ledger, done })
+            .send(Job { record, done })
             .map_err(|_| JournalError::WriterGone)?;
         answer
             .await
@@ -108,16 +126,17 @@ impl ChannelLog {
     }
 }
 
-struct Writer {
+struct Writer<R: Mergeable> {
+    what: String,
     path: PathBuf,
     file: File,
     bytes: u64,
-    /// Every channel's folded ledger, for compaction.
-    latest: HashMap<B256, Ledger>,
+    /// Every key's folded record, for compaction.
+    latest: HashMap<R::Key, R>,
 }
 
-impl Writer {
-    fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+impl<R: Mergeable> Writer<R> {
+    fn run(mut self, jobs: &mpsc::Receiver<Job<R>>) {
         let mut buf = Vec::new();
         while let Ok(first) = jobs.recv() {
             let mut group = vec![first];
@@ -125,28 +144,23 @@ impl Writer {
             buf.clear();
             let result = group
                 .iter()
-                .try_for_each(|job| frame(&job.ledger, &mut buf))
+                .try_for_each(|job| frame(&job.record, &mut buf))
                 .and_then(|()| self.append(&buf))
                 .map_err(|e| e.to_string());
-            if result.is_ok() {
-                for job in &group {
-                    match self.latest.get_mut(&job.ledger.channel_id) {
-                        Some(known) => known.merge(&job.ledger),
-                        None => {
-                            self.latest
-                                .insert(job.ledger.channel_id, job.ledger.clone());
-                        }
+            match &result {
+                Ok(()) => {
+                    for job in &group {
+                        fold(&mut self.latest, &job.record);
                     }
                 }
-            } else if let Err(e) = &result {
-                log::error!("channel log write failed: {e}");
+                Err(e) => log::error!("{} log write failed: {e}", self.what),
             }
             for job in group {
                 let _ = job.done.send(result.clone());
             }
             if self.bytes >= COMPACT_AT {
                 if let Err(e) = self.compact() {
-                    log::error!("channel log compaction failed: {e}");
+                    log::error!("{} log compaction failed: {e}", self.what);
                 }
             }
         }
@@ -165,11 +179,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Rewrites the log with one record per channel (write aside, sync, rename).
+    /// Rewrites the log with one record per key (write aside, sync, rename).
     fn compact(&mut self) -> Result<(), JournalError> {
         let mut buf = Vec::new();
-        for ledger in self.latest.values() {
-            frame(ledger, &mut buf)?;
+        for record in self.latest.values() {
+            frame(record, &mut buf)?;
         }
         let mut aside = self.path.as_os_str().to_owned();
         aside.push(".new");
@@ -197,7 +211,7 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::channel::{ChannelConfig, Escrowed, Ledger};
-    use alloy_primitives::{Address, Bytes};
+    use alloy_primitives::{Address, Bytes, B256};
 
     fn ledger(id: u8, charged: u128, claimed: u128) -> Ledger {
         let config = ChannelConfig {
@@ -235,7 +249,7 @@ mod tests {
             .build()
             .unwrap();
         {
-            let (log, restored) = ChannelLog::open(&path).unwrap();
+            let (log, restored) = StateLog::<Ledger>::open(&path, "channel").unwrap();
             assert!(restored.is_empty());
             rt.block_on(async {
                 log.put(ledger(1, 1000, 0)).await.unwrap();
@@ -246,7 +260,7 @@ mod tests {
                 log.put(ledger(1, 1000, 1000)).await.unwrap();
             });
         }
-        let (_log, restored) = ChannelLog::open(&path).unwrap();
+        let (_log, restored) = StateLog::<Ledger>::open(&path, "channel").unwrap();
         let one = &restored[&B256::repeat_byte(1)];
         assert_eq!(
             (one.charged, one.signed_max, one.total_claimed),
@@ -254,7 +268,7 @@ mod tests {
         );
         assert_eq!(restored[&B256::repeat_byte(2)].charged, 500);
         // Reopening compacted the log to one record per channel; it still reads the same.
-        let (_log, again) = ChannelLog::open(&path).unwrap();
+        let (_log, again) = StateLog::<Ledger>::open(&path, "channel").unwrap();
         assert_eq!(again, restored);
     }
 }
