@@ -22,6 +22,7 @@ pub mod routing;
 pub mod scheme;
 pub mod server;
 pub mod services;
+pub mod session;
 pub mod settle;
 pub mod verify;
 pub mod x402;

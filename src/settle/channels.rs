@@ -10,7 +10,6 @@
 //! Channel transactions are sent from the authorizer's own account, one at a time, so they
 //! never race the settlement engine's nonces.
 
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,7 +32,6 @@ use crate::metrics::metrics;
 use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
 use super::SettleError;
-
 
 impl Mergeable for Ledger {
     type Key = B256;
