@@ -145,6 +145,8 @@ pub struct Paywall {
     pub challenge: Challenge,
     /// A metered route's unit and, per requirement (`None` for `exact` ones), its rates.
     pub metered: Option<Metered>,
+    /// What one payment buys on a bundle route, drawn on with `sign-in-with-x` proofs.
+    pub bundle: Option<crate::session::Quota>,
 }
 
 impl Paywall {
@@ -375,6 +377,19 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         }
         Some(s) => Some(settlement(s, &routes, &networks)?),
     };
+    if settlement.is_none() {
+        if let Some((i, _)) = levy
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.bundle.is_some())
+        {
+            return Err(invalid(
+                format!("levy.routes[{i}].bundle"),
+                "needs `levy.settlement`: bundles are kept next to its journal",
+            ));
+        }
+    }
     // A metered charge is settled through levy's batcher with levy's key: a facilitator
     // would be handed the ceiling.
     let metered = routes

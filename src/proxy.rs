@@ -10,6 +10,7 @@ mod headers;
 mod metering;
 mod paywall;
 mod respond;
+mod session;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ impl ProxyHttp for LevyProxy {
             outcome: Outcome::Pending,
             payment: PaymentState::None,
             channel: channel::ChannelStep::None,
+            session: session::SessionStep::None,
             failure: None,
         }
     }
@@ -174,9 +176,13 @@ impl ProxyHttp for LevyProxy {
         // Payment proofs are for levy; the origin never sees them. Payer headers come from
         // levy alone: whatever a client sent under those names is dropped.
         let names = &self.config.payer_headers;
-        for name in [&PAYMENT_SIGNATURE_HEADER, &X_PAYMENT_HEADER]
-            .into_iter()
-            .chain(names.all())
+        for name in [
+            &PAYMENT_SIGNATURE_HEADER,
+            &X_PAYMENT_HEADER,
+            &session::SIGN_IN_WITH_X_HEADER,
+        ]
+        .into_iter()
+        .chain(names.all())
         {
             // Checking first is cheaper than a removal, and these are usually absent.
             if upstream_request.headers.contains_key(name) {
@@ -216,6 +222,9 @@ impl ProxyHttp for LevyProxy {
             let payer = lease.voucher.config.payer.to_checksum(None);
             upstream_request.insert_header(names.payer.clone(), payer)?;
             upstream_request.insert_header(names.amount.clone(), lease.price.to_string())?;
+        }
+        if let session::SessionStep::Drawing { draw, .. } = &ctx.session {
+            upstream_request.insert_header(names.payer.clone(), draw.payer.to_checksum(None))?;
         }
 
         if let Some(ip) = session
@@ -267,6 +276,7 @@ impl ProxyHttp for LevyProxy {
             return Ok(());
         }
         ctx.outcome = Outcome::Forwarded;
+        self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
         if ctx
             .route
@@ -332,6 +342,7 @@ impl ProxyHttp for LevyProxy {
         if let Some(metering) = ctx.metering() {
             metering.on_body(body.as_deref().unwrap_or_default(), end_of_stream);
         }
+        Self::count_draw_bytes(ctx, body.as_deref());
         Ok(None)
     }
 
@@ -349,6 +360,7 @@ impl ProxyHttp for LevyProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.finish_metering(session, e, ctx).await;
+        self.finish_draw(ctx).await;
         self.release(ctx, Release::Unserved);
         let elapsed = ctx.started.elapsed();
         if let Some(m) = self.metrics_of(ctx) {

@@ -23,6 +23,7 @@ pub mod facilitator;
 pub mod funds;
 pub mod journal;
 mod record;
+pub mod sessions;
 pub mod state_log;
 pub mod upto;
 
@@ -141,6 +142,7 @@ struct Inner {
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
     /// Escrow channels, when configured.
     channels: Option<channels::Channels>,
+    sessions: Option<sessions::Sessions>,
     /// Found by the journal replay at open; taken once by whoever owns the replay set.
     live_at_open: Mutex<Vec<LiveAuthorization>>,
     /// Set when the engine stops: no payment is journaled for settlement before its response
@@ -206,6 +208,11 @@ impl Settlement {
             .clone()
             .map(channels::Channels::open)
             .transpose()?;
+        let sessions = config
+            .bundles
+            .as_deref()
+            .map(|path| sessions::Sessions::open(path, alloy::primitives::B256::random()))
+            .transpose()?;
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
         let ledger = Ledger::new(config.limits);
         let funds = Funds::new(config.funds);
@@ -228,6 +235,7 @@ impl Settlement {
                 drain_rate: std::sync::atomic::AtomicU64::new(0),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
                 channels,
+                sessions,
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -239,6 +247,11 @@ impl Settlement {
     /// The escrow channels, when configured.
     pub fn channels(&self) -> Option<&channels::Channels> {
         self.inner.channels.as_ref()
+    }
+
+    /// The session bundles, when a route sells them.
+    pub fn sessions(&self) -> Option<&sessions::Sessions> {
+        self.inner.sessions.as_ref()
     }
 
     /// The settler address.

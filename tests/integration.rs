@@ -16,6 +16,7 @@ mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;
 mod request_forms_cannot_dodge_a_price;
 mod routes_match_on_host_method_and_path_in_order;
+mod sessions_sell_prepaid_bundles;
 mod settlement_keeps_up_or_levy_holds_back;
 mod settlement_never_stalls;
 mod settlement_survives_crashes_and_outages;

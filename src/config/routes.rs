@@ -14,6 +14,7 @@ use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
+use crate::session::Quota;
 use crate::x402::challenge::Challenge;
 use crate::ConfigError;
 
@@ -70,6 +71,7 @@ pub(super) fn build_route(
             ("pay_to", route.pay_to.is_some()),
             ("accepts", !route.accepts.is_empty()),
             ("channel", route.channel.is_some()),
+            ("bundle", route.bundle.is_some()),
         ] {
             if set {
                 return Err(invalid(
@@ -108,7 +110,13 @@ pub(super) fn paywall(
     assets: &BTreeMap<(String, String), Asset>,
     defaults: Defaults,
 ) -> Result<Paywall, ConfigError> {
+    let bundle = route
+        .bundle
+        .as_ref()
+        .map(|b| bundle_terms(path, route, b))
+        .transpose()?;
     let price = match (&route.price, &route.amount) {
+        (None, None) if bundle.is_some() => bundle.as_ref().map(|(_, price)| ("bundle.price", price.clone())),
         (Some(_), Some(_)) => {
             return Err(invalid(
                 format!("{path}.amount"),
@@ -332,7 +340,46 @@ pub(super) fn paywall(
             unit: m.unit,
             rates,
         }),
+        bundle: bundle.map(|(quota, _)| quota),
     })
+}
+
+/// A route's `bundle:`: its price and what one purchase buys.
+fn bundle_terms(
+    path: &str,
+    route: &schema::Route,
+    terms: &schema::BundleTerms,
+) -> Result<(Quota, Price), ConfigError> {
+    let at = format!("{path}.bundle");
+    for (key, set) in [
+        ("price", route.price.is_some()),
+        ("amount", route.amount.is_some()),
+        ("meter", route.meter.is_some()),
+        ("channel", route.channel.is_some()),
+    ] {
+        if set {
+            return Err(invalid(
+                format!("{path}.{key}"),
+                "not allowed with `bundle`: a bundle route is priced by `bundle.price`",
+            ));
+        }
+    }
+    let price = parse_price(&format!("{at}.price"), &terms.price)?;
+    let quota = match (terms.calls, terms.seconds, terms.bytes) {
+        (Some(n), None, None) => ("calls", Quota::Calls(n)),
+        (None, Some(n), None) => ("seconds", Quota::Seconds(n)),
+        (None, None, Some(n)) => ("bytes", Quota::Bytes(n)),
+        _ => {
+            return Err(invalid(
+                &at,
+                "give exactly one of `calls`, `seconds` or `bytes`",
+            ))
+        }
+    };
+    if let (key, Quota::Calls(0) | Quota::Seconds(0) | Quota::Bytes(0)) = quota {
+        return Err(invalid(format!("{at}.{key}"), "must be greater than zero"));
+    }
+    Ok((quota.1, price))
 }
 
 /// What every route inherits from the top of the config.

@@ -310,6 +310,24 @@ pub struct Route {
     /// Also sell the fixed price through escrow channels (`batch-settlement`), offered first.
     #[serde(default)]
     pub channel: Option<ChannelTerms>,
+    /// Sell a prepaid bundle: one payment of `price`, then calls drawn with
+    /// `sign-in-with-x` proofs until the bundle is spent.
+    #[serde(default)]
+    pub bundle: Option<BundleTerms>,
+}
+
+/// A route's bundle: its price and exactly one of what it buys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleTerms {
+    /// `"$0.01"` or atomic units.
+    pub price: String,
+    #[serde(default)]
+    pub calls: Option<u64>,
+    #[serde(default)]
+    pub seconds: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
 }
 
 /// A route's channel terms.

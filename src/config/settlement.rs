@@ -232,5 +232,13 @@ pub(super) fn settlement(
         chains,
         facilitator,
         channels,
+        bundles: routes
+            .iter()
+            .any(|(_, r)| matches!(&r.access, Access::Priced(p) if p.bundle.is_some()))
+            .then(|| {
+                let mut path = std::ffi::OsString::from(&s.journal_path);
+                path.push(".bundles");
+                path.into()
+            }),
     })
 }

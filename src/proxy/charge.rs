@@ -28,6 +28,7 @@ impl LevyProxy {
     /// ends was never answered (connect failure, timeout, client gone): `Release::Unserved`.
     pub(super) fn release(&self, ctx: &mut RequestCtx, why: Release) {
         self.release_channel(ctx);
+        self.cancel_draw(ctx);
         ctx.release(self.nonces.as_ref(), self.metrics_of(ctx), why);
     }
 
@@ -368,8 +369,9 @@ impl LevyProxy {
         };
         response.insert_header(name, encoded)?;
         make_private(response)?;
-        let amount = paid.verified.amount;
+        let (amount, payer) = (paid.verified.amount, paid.verified.payer);
         ctx.charge(nonces, self.metrics_of(ctx), paid, amount);
+        self.grant_bundle(response, ctx, payer).await?;
         Ok(())
     }
 

@@ -189,6 +189,8 @@ pub struct RequestCtx {
     pub(super) payment: PaymentState,
     /// A channel payment's progress (`batch-settlement`); apart from `payment`.
     pub(super) channel: super::channel::ChannelStep,
+    /// A bundle draw's progress (`sign-in-with-x`); apart from `payment`.
+    pub(super) session: super::session::SessionStep,
     /// Overrides the reason text of a failure response.
     pub(super) failure: Option<&'static str>,
 }

@@ -113,11 +113,22 @@ impl LevyProxy {
             ctx.outcome = Outcome::Preflight;
             return Some(preflight(req));
         }
-        let Some(header) = req
+        let payment = req
             .headers
             .get(PAYMENT_SIGNATURE_HEADER)
-            .or_else(|| req.headers.get(X_PAYMENT_HEADER))
-        else {
+            .or_else(|| req.headers.get(X_PAYMENT_HEADER));
+        if payment.is_none() {
+            match self.draw_on_bundle(session, paywall, ctx) {
+                Some(Ok(())) => return None,
+                Some(Err(reason)) => {
+                    log::debug!("bundle draw refused on {}: {reason}", ctx.route_label());
+                    ctx.outcome = Outcome::PaymentRequired;
+                    return Some(self.challenge(session, paywall, reason, reason));
+                }
+                None => {}
+            }
+        }
+        let Some(header) = payment else {
             ctx.outcome = Outcome::PaymentRequired;
             return Some(self.challenge(
                 session,
@@ -246,8 +257,13 @@ impl LevyProxy {
         v2_error: &str,
         v1_error: &str,
     ) -> Reply {
-        let url = self.resource_url(session, paywall);
-        let rendered = paywall.challenge.render(v2_error, v1_error, &url);
+        let rendered = match self.render_bundle_challenge(session, paywall, v2_error, v1_error) {
+            Some(rendered) => rendered,
+            None => {
+                let url = self.resource_url(session, paywall);
+                paywall.challenge.render(v2_error, v1_error, &url)
+            }
+        };
         self.challenge_reply(session, paywall, rendered)
     }
 
@@ -280,6 +296,11 @@ impl LevyProxy {
             // The challenge ignores the request URL when the route fixes its resource.
             return String::new();
         }
+        self.request_url(session)
+    }
+
+    /// The absolute URL requested, as levy's public address names it.
+    pub(super) fn request_url(&self, session: &Session) -> String {
         let req = session.req_header();
         let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
         match &self.config.public_url {

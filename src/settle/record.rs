@@ -174,6 +174,8 @@ pub struct SettlementConfig {
     pub facilitator: Option<FacilitatorSpec>,
     /// Escrow channels (`batch-settlement`), when a route sells through them.
     pub channels: Option<super::channels::ChannelsSpec>,
+    /// The bundle log (`<journal_path>.bundles`), when a route sells bundles.
+    pub bundles: Option<PathBuf>,
 }
 
 /// What a batched payment gets while the settlement queue is projected to drain later than

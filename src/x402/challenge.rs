@@ -17,8 +17,10 @@ pub struct Challenge {
     accepts_v1: Vec<PaymentRequirementsV1>,
     /// `,"description":..,"mimeType":..}}` closing the v2 `resource` object.
     v2_resource_tail: String,
-    /// `,"accepts":[...]}` closing the v2 document.
-    v2_accepts_tail: String,
+    /// `,"accepts":[...]` after the v2 resource.
+    v2_accepts: String,
+    /// The route's fixed `extensions` entries (`"name":{...}`, comma-separated), if any.
+    v2_extensions: String,
     /// Each v1 entry split around its `resource` value.
     v1_entries: Vec<(String, String)>,
     /// The configured resource URL, JSON-escaped, when the route fixes one.
@@ -79,22 +81,24 @@ impl Challenge {
             json_string(description),
             json_string(mime_type)
         );
-        let extensions = if requirements
+        let v2_extensions = if requirements
             .iter()
             .any(|r| matches!(r.scheme, Scheme::Upto { .. }))
         {
-            format!(r#","extensions":{}"#, eip2612_declaration())
+            let object = eip2612_declaration().to_string();
+            object[1..object.len() - 1].to_owned()
         } else {
             String::new()
         };
-        let v2_accepts_tail = format!(r#","accepts":{}{extensions}}}"#, to_json(&accepts_v2));
+        let v2_accepts = format!(r#","accepts":{}"#, to_json(&accepts_v2));
         let v1_entries = accepts_v1.iter().map(split_v1_entry).collect();
         Self {
             html: render_html(requirements, description).into(),
             accepts_v2,
             accepts_v1,
             v2_resource_tail,
-            v2_accepts_tail,
+            v2_accepts,
+            v2_extensions,
             v1_entries,
             fixed_resource: resource.map(json_string),
         }
@@ -142,19 +146,48 @@ impl Challenge {
     /// Renders the header and v1 body for one request. `v2_error` and `v1_error` are the
     /// `error` strings of each document; `request_url` is the absolute URL requested.
     pub fn render(&self, v2_error: &str, v1_error: &str, request_url: &str) -> Rendered {
+        self.render_with(v2_error, v1_error, request_url, None)
+    }
+
+    /// [`Self::render`] with one more v2 `extensions` entry made for this request
+    /// (`(name, value)`, e.g. a fresh `sign-in-with-x` challenge).
+    pub fn render_with(
+        &self,
+        v2_error: &str,
+        v1_error: &str,
+        request_url: &str,
+        extension: Option<(&str, &Value)>,
+    ) -> Rendered {
         let url = match &self.fixed_resource {
             Some(fixed) => fixed.clone(),
             None => json_string(request_url),
         };
         let mut v2 = String::with_capacity(
-            64 + url.len() + self.v2_resource_tail.len() + self.v2_accepts_tail.len(),
+            80 + url.len()
+                + self.v2_resource_tail.len()
+                + self.v2_accepts.len()
+                + self.v2_extensions.len(),
         );
         v2.push_str(r#"{"x402Version":2,"error":"#);
         v2.push_str(&json_string(v2_error));
         v2.push_str(r#","resource":{"url":"#);
         v2.push_str(&url);
         v2.push_str(&self.v2_resource_tail);
-        v2.push_str(&self.v2_accepts_tail);
+        v2.push_str(&self.v2_accepts);
+        if !self.v2_extensions.is_empty() || extension.is_some() {
+            v2.push_str(r#","extensions":{"#);
+            v2.push_str(&self.v2_extensions);
+            if let Some((name, value)) = extension {
+                if !self.v2_extensions.is_empty() {
+                    v2.push(',');
+                }
+                v2.push_str(&json_string(name));
+                v2.push(':');
+                v2.push_str(&value.to_string());
+            }
+            v2.push('}');
+        }
+        v2.push('}');
 
         let mut v1 = String::with_capacity(
             64 + self

@@ -1,0 +1,237 @@
+//! Bundle routes in the proxy: a `SIGN-IN-WITH-X` proof draws a call on the payer's bundle
+//! (checked inline, the nonce spent and the call admitted atomically), the served call is
+//! debited before its response leaves (bytes once the body has gone), and a charged
+//! payment on the route buys the payer a bundle. Every 402 of the route carries a fresh
+//! `sign-in-with-x` challenge.
+
+use http::header::HeaderName;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use super::{LevyProxy, RequestCtx};
+use crate::clock::{unix_ms, unix_now};
+use crate::config::Paywall;
+use crate::session::{self, Bundle, Expected, Quota, SIGN_IN_WITH_X};
+use crate::settle::sessions::{Draw, Sessions};
+use crate::settle::Settlement;
+use crate::x402::challenge::Rendered;
+
+pub(super) const SIGN_IN_WITH_X_HEADER: HeaderName = HeaderName::from_static(SIGN_IN_WITH_X);
+/// What is left of the payer's bundle after this call (calls, bytes or seconds).
+const BUNDLE_REMAINING: HeaderName = HeaderName::from_static("x-levy-bundle-remaining");
+
+/// Where a request's bundle draw stands.
+#[derive(Debug, Default)]
+pub enum SessionStep {
+    /// The request draws on no bundle.
+    #[default]
+    None,
+    /// Admitted on the payer's bundle; `served` once the origin answered below 400,
+    /// `bytes` of body sent so far.
+    Drawing {
+        draw: Box<Draw>,
+        served: bool,
+        bytes: u64,
+    },
+}
+
+/// The chains a route takes payment on, which proofs may name.
+fn chain_ids(paywall: &Paywall) -> Vec<u64> {
+    let mut ids: Vec<u64> = paywall.requirements.iter().map(|r| r.chain_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl LevyProxy {
+    fn sessions(&self) -> Option<&Sessions> {
+        self.settlement.as_ref().and_then(Settlement::sessions)
+    }
+
+    /// The challenge of a bundle route, with a fresh `sign-in-with-x` declaration.
+    pub(super) fn render_bundle_challenge(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        v2_error: &str,
+        v1_error: &str,
+    ) -> Option<Rendered> {
+        paywall.bundle?;
+        let sessions = self.sessions()?;
+        let url = self.request_url(session);
+        let chains = chain_ids(paywall);
+        let declaration = sessions.issuer().declaration(
+            &Expected {
+                scope: &url,
+                resource_url: &url,
+                chain_ids: &chains,
+            },
+            unix_ms(),
+        );
+        let resource = self.resource_url(session, paywall);
+        Some(paywall.challenge.render_with(
+            v2_error,
+            v1_error,
+            &resource,
+            Some((SIGN_IN_WITH_X, &declaration)),
+        ))
+    }
+
+    /// On a bundle route, a request with a `SIGN-IN-WITH-X` proof and no payment draws on
+    /// the payer's bundle: `Some(Ok)` admitted, `Some(Err(reason))` for the 402, `None` when
+    /// there is no proof to look at.
+    pub(super) fn draw_on_bundle(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Result<(), &'static str>> {
+        let quota = paywall.bundle?;
+        let header = session.req_header().headers.get(SIGN_IN_WITH_X_HEADER)?;
+        let settlement = self.settlement.as_ref()?;
+        let sessions = settlement.sessions()?;
+        let route = ctx.route.as_ref()?.name.clone();
+        let admitted = (|| {
+            let proof = session::decode(header.as_bytes()).map_err(|e| e.reason())?;
+            let url = self.request_url(session);
+            let chains = chain_ids(paywall);
+            let expected = Expected {
+                scope: &url,
+                resource_url: &url,
+                chain_ids: &chains,
+            };
+            let payer = sessions
+                .issuer()
+                .check(&proof, &expected, unix_ms())
+                .map_err(|e| e.reason())?;
+            if let Some(reason) = settlement.denied(payer) {
+                // A payer whose payment failed to settle draws nothing meanwhile.
+                return Err(reason);
+            }
+            sessions
+                .draw(payer, &route, quota, &proof.nonce, unix_now())
+                .map_err(|e| e.reason())
+        })();
+        Some(admitted.map(|draw| {
+            ctx.session = SessionStep::Drawing {
+                draw: Box::new(draw),
+                served: false,
+                bytes: 0,
+            };
+        }))
+    }
+
+    /// The origin answered a drawing request: below 400 a calls or seconds bundle is
+    /// debited now (in the log before the response leaves); 400 and above lets it go.
+    pub(super) async fn answer_draw(
+        &self,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let SessionStep::Drawing { draw, served, .. } = &mut ctx.session else {
+            return Ok(());
+        };
+        let Some(sessions) = self.sessions() else {
+            return Ok(());
+        };
+        if response.status.as_u16() >= 400 {
+            sessions.cancel(draw);
+            ctx.session = SessionStep::None;
+            return Ok(());
+        }
+        *served = true;
+        if matches!(draw.quota, Quota::Bytes(_)) {
+            // Debited when the body has gone (see `finish_draw`).
+            if let Some(bundle) = sessions.bundle(draw.payer, &draw.route) {
+                remaining_header(response, &bundle, draw.quota)?;
+            }
+            return Ok(());
+        }
+        let SessionStep::Drawing { draw, .. } = std::mem::take(&mut ctx.session) else {
+            return Ok(());
+        };
+        match sessions.finish(&draw, 0).await {
+            Ok(bundle) => remaining_header(response, &bundle, draw.quota)?,
+            Err(e) => log::error!("cannot record a bundle call of {}: {e}", draw.payer),
+        }
+        Ok(())
+    }
+
+    /// Counts body bytes of a drawing request.
+    pub(super) fn count_draw_bytes(ctx: &mut RequestCtx, body: Option<&[u8]>) {
+        if let SessionStep::Drawing { bytes, .. } = &mut ctx.session {
+            *bytes += body.map_or(0, |b| b.len() as u64);
+        }
+    }
+
+    /// The exchange ended: a served bytes draw is debited what was sent; anything else
+    /// still drawing was not served and is let go.
+    pub(super) async fn finish_draw(&self, ctx: &mut RequestCtx) {
+        let SessionStep::Drawing {
+            draw,
+            served,
+            bytes,
+        } = std::mem::take(&mut ctx.session)
+        else {
+            return;
+        };
+        let Some(sessions) = self.sessions() else {
+            return;
+        };
+        if served {
+            if let Err(e) = sessions.finish(&draw, bytes).await {
+                log::error!("cannot record {bytes} bundle bytes of {}: {e}", draw.payer);
+            }
+        } else {
+            sessions.cancel(&draw);
+        }
+    }
+
+    /// Lets an admitted draw go (the exchange failed before the origin answered).
+    pub(super) fn cancel_draw(&self, ctx: &mut RequestCtx) {
+        if let SessionStep::Drawing { draw, .. } = std::mem::take(&mut ctx.session) {
+            if let Some(sessions) = self.sessions() {
+                sessions.cancel(&draw);
+            }
+        }
+    }
+
+    /// A payment was charged on a bundle route: the payer's bundle grows by one purchase
+    /// (in the log before the response leaves).
+    pub(super) async fn grant_bundle(
+        &self,
+        response: &mut ResponseHeader,
+        ctx: &RequestCtx,
+        payer: alloy_primitives::Address,
+    ) -> pingora::Result<()> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Ok(());
+        };
+        let crate::config::Access::Priced(paywall) = &route.access else {
+            return Ok(());
+        };
+        let (Some(quota), Some(sessions)) = (paywall.bundle, self.sessions()) else {
+            return Ok(());
+        };
+        match sessions.grant(payer, &route.name, quota, unix_now()).await {
+            Ok(bundle) => remaining_header(response, &bundle, quota)?,
+            Err(e) => log::error!(
+                "a bundle bought by {payer} on {} is not in the log: {e}",
+                route.name
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn remaining_header(
+    response: &mut ResponseHeader,
+    bundle: &Bundle,
+    quota: Quota,
+) -> pingora::Result<()> {
+    response.insert_header(
+        BUNDLE_REMAINING,
+        format!("{} {}", bundle.remaining(quota, unix_now()), quota.unit()),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Prepaid bundles (`sign-in-with-x`): one payment buys a bundle of calls; the official
+//! clients' sign-in-with-x hooks then call without paying until it is spent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use alloy::primitives::{Address, U256};
+use serde_json::Value;
+
+use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::pay::decode;
+use crate::support::process::{process_config, spawn_levy, wait_listening};
+use crate::support::settle::{settlement_yaml, wait_settled};
+use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
+
+/// The bundle's price in atomic units; it buys ten calls.
+const PRICE: u64 = 1000;
+
+/// The `levy:` YAML selling a ten-call bundle of `/feed` for 1000 atomic units.
+fn bundle_yaml(chain: &TestChain, origin: &Origin, dir: &Path) -> String {
+    format!(
+        "{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{PRICE}\", calls: 10}}}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir, ""),
+    )
+}
+
+fn funded_chain() -> TestChain {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    chain
+}
+
+/// The official clients with their sign-in-with-x hooks.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    /// `@x402/fetch` with `createSIWxClientExtension` of `@x402/extensions`.
+    TypeScript,
+    /// `x402`'s async httpx client with `create_siwx_client_extension`.
+    Python,
+}
+
+/// Runs an official client (payer key 0) for `count` calls; returns its report:
+/// `{statuses, paid, proofs, calls: [{status, paid, proof, remaining}], errors}`.
+fn call(client: Client, url: &str, count: usize) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let mut command = match client {
+        Client::TypeScript => {
+            let mut c = Command::new("node");
+            c.arg("pay-bundle.mjs");
+            c
+        }
+        Client::Python => {
+            let mut c = Command::new(dir.join(".venv/bin/python"));
+            c.arg("pay_bundle.py");
+            c
+        }
+    };
+    let out = command
+        .arg(url)
+        .arg(count.to_string())
+        .current_dir(&dir)
+        .env("PAYER_KEY", KEYS[0])
+        .output()
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "{client:?} client: no JSON\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Which of a report's calls were paid (`true`) or drawn on the bundle (`false`).
+fn paid_pattern(report: &Value) -> Vec<bool> {
+    report["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| {
+            assert_eq!(c["status"], 200, "{report}");
+            c["paid"].as_bool().expect("paid")
+        })
+        .collect()
+}
+
+/// `client` buys a ten-call bundle with its first call, makes ten more without paying, and
+/// pays again on the twelfth; levy settles exactly the two payments.
+fn one_payment_buys_ten_more_calls(client: Client) {
+    let chain = funded_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&bundle_yaml(&chain, &origin, dir.path()));
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let before = chain.balance(payee);
+
+    let report = call(client, &format!("http://{}/feed", levy.addr), 12);
+    let mut expected = vec![true];
+    expected.extend([false; 10]);
+    expected.push(true);
+    assert_eq!(paid_pattern(&report), expected, "{report}");
+    assert_eq!(report["calls"][0]["remaining"], "10 calls", "{report}");
+    assert_eq!(report["calls"][10]["remaining"], "0 calls", "{report}");
+    assert_eq!(origin.seen().len(), 12);
+    // The origin learns who drew on a bundle.
+    let payer = signer(KEYS[0]).address().to_checksum(None);
+    assert_eq!(
+        origin.seen()[5].header("x-levy-payer"),
+        Some(payer.as_str())
+    );
+    assert_eq!(origin.seen()[5].header("sign-in-with-x"), None);
+
+    wait_settled(levy.admin, 2);
+    assert_eq!(chain.balance(payee), before + U256::from(2 * PRICE));
+}
+
+#[test]
+fn the_official_typescript_client_buys_a_ten_call_bundle_with_one_payment() {
+    one_payment_buys_ten_more_calls(Client::TypeScript);
+}
+
+#[test]
+fn the_official_python_client_buys_a_ten_call_bundle_with_one_payment() {
+    one_payment_buys_ten_more_calls(Client::Python);
+}
+
+#[test]
+fn a_replayed_sign_in_with_x_header_is_refused() {
+    let chain = funded_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&bundle_yaml(&chain, &origin, dir.path()));
+    let report = call(Client::TypeScript, &format!("http://{}/feed", levy.addr), 2);
+    assert_eq!(paid_pattern(&report), vec![true, false], "{report}");
+    let proof = report["calls"][1]["proof"].as_str().expect("a proof");
+
+    let replayed = request(
+        levy.addr,
+        &format!(
+            "GET /feed HTTP/1.1\r\nHost: {}\r\nSIGN-IN-WITH-X: {proof}\r\n\r\n",
+            levy.addr
+        ),
+    );
+    assert_eq!(replayed.status, 402, "{}", replayed.text());
+    let challenge = decode(replayed.header("payment-required").expect("challenge"));
+    assert_eq!(challenge["error"], "invalid_siwx_nonce");
+    // The answer is a full challenge: it can be paid, or signed in to again.
+    assert!(challenge["extensions"]["sign-in-with-x"]["info"]["nonce"].is_string());
+    assert_eq!(origin.seen().len(), 2, "the replay reached the origin");
+}
+
+#[test]
+fn a_bundle_outlives_a_sigkill() {
+    let chain = funded_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, addr, _admin) =
+        process_config(dir.path(), &bundle_yaml(&chain, &origin, dir.path()));
+    let url = format!("http://{addr}/feed");
+
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let report = call(Client::TypeScript, &url, 4);
+    assert_eq!(
+        paid_pattern(&report),
+        vec![true, false, false, false],
+        "{report}"
+    );
+    levy.sigkill();
+
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    // Seven calls are left of the ten; the eighth pays.
+    let report = call(Client::TypeScript, &url, 8);
+    let mut expected = vec![false; 7];
+    expected.push(true);
+    assert_eq!(paid_pattern(&report), expected, "{report}");
+}
