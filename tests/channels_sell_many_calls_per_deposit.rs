@@ -553,3 +553,79 @@ fn a_sigkill_between_calls_loses_no_voucher() {
     assert_eq!(escrowed(&chain), (400_000, 200_000));
     assert_eq!(origin.seen().len(), 200);
 }
+
+/// The gas of every transaction `who` sent in blocks after `after` (anvil mines each
+/// transaction in its own block).
+fn gas_sent_by(chain: &TestChain, who: Address, after: u64) -> u64 {
+    let hex = |v: &Value| {
+        u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
+    };
+    let latest = hex(&chain.rpc("eth_blockNumber", serde_json::json!([])));
+    let mut gas = 0;
+    for n in after + 1..=latest {
+        let block = chain.rpc(
+            "eth_getBlockByNumber",
+            serde_json::json!([format!("{n:#x}"), true]),
+        );
+        for tx in block["transactions"].as_array().expect("transactions") {
+            if tx["from"].as_str().and_then(|f| f.parse::<Address>().ok()) == Some(who) {
+                let hash = tx["hash"].as_str().expect("hash").parse().expect("hash");
+                gas += chain.gas_used(hash);
+            }
+        }
+    }
+    gas
+}
+
+fn block_number(chain: &TestChain) -> u64 {
+    let v = chain.rpc("eth_blockNumber", serde_json::json!([]));
+    u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
+}
+
+/// Prints the figures BENCHMARKS.md reports: gas per request for 200 requests paid through
+/// one channel (its deposit and its claim) and 200 paid with `exact` (one batch of 200).
+#[test]
+fn two_hundred_channel_requests_cost_a_fraction_of_the_gas_of_two_hundred_exact_ones() {
+    let s = channel_setup(200_000);
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    // Warm the payee's balance slot, as the exact gas figures do.
+    s.chain.mint(payee, 1);
+    let authorizer = signer(AUTHORIZER_KEY).address();
+    let start = block_number(&s.chain);
+    let result = pay_channel(
+        Client::TypeScript,
+        &format!("http://{}/ticks", s.levy.addr),
+        200,
+    );
+    assert_eq!(result["statuses"]["200"], 200, "{result}");
+    let before = s.chain.balance(payee);
+    claim_now(&s.levy);
+    wait_balance(&s.chain, payee, before + U256::from(200 * 1000));
+    let channel_gas = gas_sent_by(&s.chain, authorizer, start);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exact = crate::support::settle::settling_levy(
+        &s.chain,
+        &s.origin,
+        dir.path(),
+        "    max_batch: 200\n    max_delay_ms: 60000\n",
+        "",
+    );
+    let terms = crate::support::pay::challenge(&exact, "/data/x");
+    let start = block_number(&s.chain);
+    for _ in 0..200 {
+        let header = crate::support::pay::sign_for(&terms, KEYS[0]).1;
+        let paid = crate::support::pay::paid_get("/data/x", "PAYMENT-SIGNATURE", &header);
+        assert_eq!(request(exact.addr, &paid).status, 200);
+    }
+    crate::support::settle::wait_all_final(exact.admin, Duration::from_secs(120));
+    let settler = signer(crate::support::chain::SETTLER_KEY).address();
+    let exact_gas = gas_sent_by(&s.chain, settler, start);
+    eprintln!(
+        "200 requests: channel {channel_gas} gas ({} per request: one deposit, one claim), exact {exact_gas} gas ({} per request), exact / channel = {:.1}",
+        channel_gas / 200,
+        exact_gas / 200,
+        exact_gas as f64 / channel_gas as f64
+    );
+    assert!(channel_gas * 10 < exact_gas, "{channel_gas} vs {exact_gas}");
+}
