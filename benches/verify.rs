@@ -1,7 +1,10 @@
 //! The hot path of a paid request, measured beside its floor:
 //! - `verify_and_reserve`: decode the header, match the requirement, hash EIP-712, recover
 //!   the signer and reserve the nonce, each iteration a different pre-signed payment;
-//! - `bare_recover`: one libsecp256k1 public-key recovery of a precomputed digest.
+//! - `bare_recover`: one libsecp256k1 public-key recovery of a precomputed digest;
+//! - `voucher_check`: a `batch-settlement` voucher's path to a lease: decode the header,
+//!   check the channel against the offer, recover the voucher signer, admit it on the
+//!   channel's ledger (what an exact payment's `verify_and_reserve` is to a channel).
 //!
 //! The ratio of the two is the overhead levy adds around the cryptography (target ≤ 1.2).
 //!
@@ -124,6 +127,19 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    let (offer, vouchers, ledger) = vouchers(&payer, &accepted);
+    group.bench_function("voucher_check", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % vouchers.len();
+            let json = levy::x402::decode_header(vouchers[i].as_bytes()).expect("base64");
+            let payment = levy::channel::decode(&json).expect("decodes");
+            let checked = levy::channel::check(&payment.payload, &offer, t).expect("valid");
+            // Every voucher is the first after a charge of 1000 on its own ledger.
+            black_box(ledger.in_step(checked.voucher(), 1000).is_ok())
+        })
+    });
+
     group.bench_function("bare_recover", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -136,6 +152,68 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// An offer, pre-signed vouchers (each for 2000 on its own salt's channel) and a ledger
+/// that has charged 1000, so every voucher is in step.
+fn vouchers(
+    payer: &Payer,
+    accepted: &serde_json::Value,
+) -> (levy::channel::Offer, Vec<String>, levy::channel::Ledger) {
+    use levy::channel::{
+        domain_separator as escrow_domain, voucher_digest, ChannelConfig, Escrowed, Ledger, Offer,
+    };
+    let r = requirement();
+    let offer = Offer {
+        escrow_domain: escrow_domain(84532),
+        token: r.asset,
+        token_domain: r.domain_separator,
+        receiver: r.pay_to,
+        receiver_authorizer: address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65"),
+        withdraw_delay: 900,
+        price: 1000,
+        min_deposit: 10_000,
+    };
+    let config = |salt: B256| ChannelConfig {
+        payer: payer.address(),
+        payer_authorizer: payer.address(),
+        receiver: offer.receiver,
+        receiver_authorizer: offer.receiver_authorizer,
+        token: offer.token,
+        withdraw_delay: 900,
+        salt,
+    };
+    let headers = (0..2000u32)
+        .map(|i| {
+            let config = config(alloy_primitives::keccak256(i.to_be_bytes()));
+            let id = config.id(&offer.escrow_domain);
+            let signature = payer
+                .sign_digest(voucher_digest(&offer.escrow_domain, id, 2000))
+                .expect("sign");
+            let payment = serde_json::json!({
+                "x402Version": 2,
+                "accepted": accepted,
+                "payload": {"type": "voucher", "channelConfig": config,
+                    "voucher": {"channelId": id, "maxClaimableAmount": "2000",
+                                "signature": alloy_primitives::Bytes::from(signature.to_vec())}},
+            });
+            levy::x402::encode_header(payment.to_string().as_bytes())
+        })
+        .collect();
+    let mut ledger = Ledger::new(
+        B256::ZERO,
+        config(B256::ZERO),
+        "base-sepolia".into(),
+        84532,
+        &Escrowed {
+            balance: 10_000,
+            total_claimed: 0,
+            withdraw_requested_at: 0,
+            refund_nonce: 0,
+        },
+    );
+    ledger.charged = 1000;
+    (offer, headers, ledger)
 }
 
 criterion_group!(benches, bench);

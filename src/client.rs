@@ -56,7 +56,7 @@ impl Payer {
     }
 
     /// Signs a 32-byte digest: 65 bytes `r ‖ s ‖ v` with `v` 27 or 28.
-    fn sign_digest(&self, digest: B256) -> Result<[u8; 65], ClientError> {
+    pub fn sign_digest(&self, digest: B256) -> Result<[u8; 65], ClientError> {
         alloy_consensus::crypto::secp256k1::sign_message(self.secret, digest)
             .map(|signature| signature.as_bytes())
             .map_err(|_| ClientError::Signing)

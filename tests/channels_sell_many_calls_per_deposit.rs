@@ -1,8 +1,7 @@
 //! Escrow channels (`batch-settlement`): the official TypeScript client funds one channel with
 //! one deposit and pays many calls with vouchers; levy claims them all in one transaction.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256};
@@ -15,6 +14,7 @@ use crate::support::settle::settlement_yaml;
 use levy::channel::ChannelConfig;
 
 use crate::support::client::Response;
+use crate::support::interop::{run_script, Runtime};
 use crate::support::pay::decode;
 use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
@@ -108,34 +108,13 @@ pub(crate) fn pay_channel_reading(
     count: usize,
     rpc_url: Option<&str>,
 ) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let mut command = match client {
-        Client::TypeScript => {
-            let mut c = Command::new("node");
-            c.arg("pay-channel.mjs");
-            c
-        }
-        Client::Python => {
-            let mut c = Command::new(dir.join(".venv/bin/python"));
-            c.arg("pay_channel.py");
-            c
-        }
+    let (runtime, script) = match client {
+        Client::TypeScript => (Runtime::Node, "pay-channel.mjs"),
+        Client::Python => (Runtime::Python, "pay_channel.py"),
     };
-    let out = command
-        .arg(url)
-        .arg(count.to_string())
-        .current_dir(&dir)
-        .env("PAYER_KEY", KEYS[0])
-        .envs(rpc_url.map(|url| ("X402_RPC_URL", url)))
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
-        panic!(
-            "{client:?} client: no JSON\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let count = count.to_string();
+    let envs: Vec<(&str, &str)> = rpc_url.map(|u| ("X402_RPC_URL", u)).into_iter().collect();
+    run_script(runtime, script, &[url, &count], &envs)
 }
 
 pub(crate) fn claim_now(levy: &Levy) {

@@ -1,13 +1,13 @@
 //! Prepaid bundles (`sign-in-with-x`): one payment buys a bundle of calls; the official
 //! clients' sign-in-with-x hooks then call without paying until it is spent.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use alloy::primitives::{Address, U256};
 use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::interop::{run_script, Runtime};
 use crate::support::pay::decode;
 use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::settle::{settlement_yaml, wait_settled};
@@ -44,33 +44,11 @@ enum Client {
 /// Runs an official client (payer key 0) for `count` calls; returns its report:
 /// `{statuses, paid, proofs, calls: [{status, paid, proof, remaining}], errors}`.
 fn call(client: Client, url: &str, count: usize) -> Value {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    let mut command = match client {
-        Client::TypeScript => {
-            let mut c = Command::new("node");
-            c.arg("pay-bundle.mjs");
-            c
-        }
-        Client::Python => {
-            let mut c = Command::new(dir.join(".venv/bin/python"));
-            c.arg("pay_bundle.py");
-            c
-        }
+    let (runtime, script) = match client {
+        Client::TypeScript => (Runtime::Node, "pay-bundle.mjs"),
+        Client::Python => (Runtime::Python, "pay_bundle.py"),
     };
-    let out = command
-        .arg(url)
-        .arg(count.to_string())
-        .current_dir(&dir)
-        .env("PAYER_KEY", KEYS[0])
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
-        panic!(
-            "{client:?} client: no JSON\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    run_script(runtime, script, &[url, &count.to_string()], &[])
 }
 
 /// Which of a report's calls were paid (`true`) or drawn on the bundle (`false`).

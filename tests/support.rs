@@ -6,6 +6,7 @@
 pub mod chain;
 pub mod client;
 pub mod h2_origin;
+pub mod interop;
 pub mod lagging_rpc;
 pub mod origin;
 pub mod outage;
