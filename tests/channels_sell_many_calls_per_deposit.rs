@@ -1,6 +1,7 @@
 //! Escrow channels (`batch-settlement`): the official TypeScript client funds one channel with
 //! one deposit and pays many calls with vouchers; levy claims them all in one transaction.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -117,9 +118,10 @@ pub(crate) fn pay_channel_reading(
     run_script(runtime, script, &[url, &count], &envs)
 }
 
-pub(crate) fn claim_now(levy: &Levy) {
+/// Asks levy (its admin listener at `admin`) to claim every channel now.
+pub(crate) fn claim_now(admin: SocketAddr) {
     let r = request(
-        levy.admin,
+        admin,
         "POST /channels/claim HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -159,7 +161,7 @@ fn two_hundred_calls_one_deposit_one_claim(client: Client) {
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 1, "one deposit");
     assert_eq!(s.origin.seen().len(), 200);
 
-    claim_now(&s.levy);
+    claim_now(s.levy.admin);
     wait_balance(&s.chain, payee, before + U256::from(200 * 1000));
     assert_eq!(
         s.chain.tx_count(authorizer),
@@ -167,7 +169,7 @@ fn two_hundred_calls_one_deposit_one_claim(client: Client) {
         "one deposit and one claim transaction"
     );
     // Claiming again finds nothing new to claim and sends nothing.
-    claim_now(&s.levy);
+    claim_now(s.levy.admin);
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 2);
     assert_eq!(s.chain.balance(payee), before + U256::from(200 * 1000));
 }
@@ -227,10 +229,10 @@ fn offered(levy: &Levy) -> Value {
     accepted
 }
 
-/// GETs `/ticks` paying with `header`.
-fn get_paying(levy: &Levy, header: &str) -> Response {
+/// GETs `/ticks` from levy at `addr`, paying with `header`.
+fn get_paying(addr: SocketAddr, header: &str) -> Response {
     request(
-        levy.addr,
+        addr,
         &format!("GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"),
     )
 }
@@ -254,7 +256,7 @@ fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_th
 
     // The next voucher must be for 2000; one for 1000 again is stale.
     let challenge = refusal(&get_paying(
-        &s.levy,
+        s.levy.addr,
         &voucher_header(accepted, &channel, 1000),
     ));
     assert_eq!(
@@ -272,7 +274,7 @@ fn a_voucher_for_a_stale_cumulative_amount_gets_one_corrective_challenge_with_th
     );
 
     // The right amount is served.
-    let r = get_paying(&s.levy, &voucher_header(accepted, &channel, 2000));
+    let r = get_paying(s.levy.addr, &voucher_header(accepted, &channel, 2000));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -289,7 +291,7 @@ fn a_voucher_that_claims_more_than_the_price_or_the_deposit_is_refused_and_nothi
 
     // The next call's voucher is for 3000, more than the 2000 deposited.
     let challenge = refusal(&get_paying(
-        &s.levy,
+        s.levy.addr,
         &voucher_header(accepted, &channel, 3000),
     ));
     assert_eq!(
@@ -298,7 +300,7 @@ fn a_voucher_that_claims_more_than_the_price_or_the_deposit_is_refused_and_nothi
     );
     // A voucher for more than one price's worth over what was charged claims too much.
     let challenge = refusal(&get_paying(
-        &s.levy,
+        s.levy.addr,
         &voucher_header(accepted, &channel, 9000),
     ));
     assert_eq!(
@@ -314,7 +316,7 @@ fn a_voucher_that_claims_more_than_the_price_or_the_deposit_is_refused_and_nothi
     // Only what was served is claimed.
     let payee: Address = PAY_TO.parse().expect("pay_to");
     let before = s.chain.balance(payee);
-    claim_now(&s.levy);
+    claim_now(s.levy.admin);
     wait_balance(&s.chain, payee, before + U256::from(2000));
 }
 
@@ -334,7 +336,7 @@ fn a_voucher_for_a_channel_to_another_receiver_or_authorizer_is_refused() {
         ..levys
     };
     let challenge = refusal(&get_paying(
-        &s.levy,
+        s.levy.addr,
         &voucher_header(accepted, &to_another, 2000),
     ));
     assert_eq!(
@@ -346,7 +348,7 @@ fn a_voucher_for_a_channel_to_another_receiver_or_authorizer_is_refused() {
         ..levys
     };
     let challenge = refusal(&get_paying(
-        &s.levy,
+        s.levy.addr,
         &voucher_header(accepted, &other_authorizer, 2000),
     ));
     assert_eq!(
@@ -360,7 +362,7 @@ fn a_voucher_for_a_channel_to_another_receiver_or_authorizer_is_refused() {
     );
     // The channel itself is untouched: its next voucher is still 2000.
     assert_eq!(
-        get_paying(&s.levy, &voucher_header(accepted, &levys, 2000)).status,
+        get_paying(s.levy.addr, &voucher_header(accepted, &levys, 2000)).status,
         200
     );
 }
@@ -379,18 +381,13 @@ fn a_second_request_on_a_channel_while_one_is_in_flight_is_refused_as_busy() {
 
     let first = {
         let (addr, header) = (s.levy.addr, voucher_header(&accepted, &channel, 2000));
-        std::thread::spawn(move || {
-            request(
-                addr,
-                &format!("GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"),
-            )
-        })
+        std::thread::spawn(move || get_paying(addr, &header))
     };
     std::thread::sleep(Duration::from_millis(150));
     // Both the voucher after the one in flight and a copy of it are turned away.
     for max in [3000, 2000] {
         let challenge = refusal(&get_paying(
-            &s.levy,
+            s.levy.addr,
             &voucher_header(&accepted, &channel, max),
         ));
         assert_eq!(
@@ -401,7 +398,7 @@ fn a_second_request_on_a_channel_while_one_is_in_flight_is_refused_as_busy() {
     assert_eq!(first.join().expect("first request").status, 200);
     // Once it is done, the channel takes the next voucher.
     assert_eq!(
-        get_paying(&s.levy, &voucher_header(&accepted, &channel, 3000)).status,
+        get_paying(s.levy.addr, &voucher_header(&accepted, &channel, 3000)).status,
         200
     );
     assert_eq!(s.origin.seen().len(), 3);
@@ -523,11 +520,7 @@ fn a_sigkill_between_calls_loses_no_voucher() {
         "200000",
         "{result}"
     );
-    let r = request(
-        admin,
-        "POST /channels/claim HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    claim_now(admin);
     wait_balance(&chain, payee, before + U256::from(200 * 1000));
     assert_eq!(escrowed(&chain), (400_000, 200_000));
     assert_eq!(origin.seen().len(), 200);
@@ -536,10 +529,7 @@ fn a_sigkill_between_calls_loses_no_voucher() {
 /// The gas of every transaction `who` sent in blocks after `after` (anvil mines each
 /// transaction in its own block).
 fn gas_sent_by(chain: &TestChain, who: Address, after: u64) -> u64 {
-    let hex = |v: &Value| {
-        u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
-    };
-    let latest = hex(&chain.rpc("eth_blockNumber", serde_json::json!([])));
+    let latest = block_number(chain);
     let mut gas = 0;
     for n in after + 1..=latest {
         let block = chain.rpc(
@@ -556,6 +546,7 @@ fn gas_sent_by(chain: &TestChain, who: Address, after: u64) -> u64 {
     gas
 }
 
+/// The chain's latest block.
 fn block_number(chain: &TestChain) -> u64 {
     let v = chain.rpc("eth_blockNumber", serde_json::json!([]));
     u64::from_str_radix(v.as_str().expect("hex").trim_start_matches("0x"), 16).expect("hex")
@@ -578,7 +569,7 @@ fn two_hundred_channel_requests_cost_a_fraction_of_the_gas_of_two_hundred_exact_
     );
     assert_eq!(result["statuses"]["200"], 200, "{result}");
     let before = s.chain.balance(payee);
-    claim_now(&s.levy);
+    claim_now(s.levy.admin);
     wait_balance(&s.chain, payee, before + U256::from(200 * 1000));
     let channel_gas = gas_sent_by(&s.chain, authorizer, start);
 

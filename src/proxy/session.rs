@@ -68,11 +68,12 @@ impl LevyProxy {
             },
             unix_ms(),
         );
-        let resource = self.resource_url(session, paywall);
+        // A route that fixes its resource URL has it in the challenge already; `url` is
+        // then ignored there.
         Some(paywall.challenge.render_with(
             v2_error,
             v1_error,
-            &resource,
+            &url,
             Some((SIGN_IN_WITH_X, &declaration)),
         ))
     }
