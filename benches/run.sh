@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
 #   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
-#   | levy metered (upto, batched), then levy free and paid again at a fixed offered rate (open loop)
+#   | levy metered (upto, batched) | levy channel vouchers, then levy free and paid again at a fixed offered rate (open loop)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +48,8 @@ PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
-# levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys.
+# levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys, $5 the
+# channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY).
 levy_config() {
   cat > "$WORK/$1.yaml" <<YAML
 pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
@@ -61,23 +62,27 @@ levy:
   # One payer pays at thousands of requests a second: caps off, so that every payment is
   # deferred; hour-long authorizations, so that the engine's backlog stays within bounds.
   settlement: {journal_path: $WORK/$1.redb, max_batch: 200, max_delay_ms: 500,
-               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited$4}
+               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited$4,
+               channels: {authorizer: "$5"}}
   upstreams: {origin: {address: 127.0.0.1:19000}}
   routes:
     - {name: free, path: /free/*, free: true}
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
     - {name: now, path: /now/*, price: "\$0.001", settle: before_response, accepts: [{network: base-sepolia}]}
+    - {name: channel, path: /channel/*, price: "\$0.001", accepts: [{network: base-sepolia}], channel: {}}
     - {name: metered, path: /metered/*, meter: {unit: bytes, price: "\$0.0001", ceiling: "\$0.01"}, max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
 YAML
 }
-levy_config levy 19003 19004 ""
+levy_config levy 19003 19004 "" 0x90F79bf6EB2c4f870365E785982E1f101E93b906
 # The same levy with the payer-state cache off (funds not checked), on other ports, with its
 # own journal and settler key: the side-by-side baseline of the funds check.
-levy_config levy-nofunds 19005 19006 ", funds: {check: false}"
+levy_config levy-nofunds 19005 19006 ", funds: {check: false}" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
+  LEVY_CHANNEL_KEY=0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6 \
   ./target/release/levy -c "$WORK/levy.yaml" & PIDS+=($!)
 LEVY_PID=$!
 LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
+  LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
   ./target/release/levy -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
 NOFUNDS_PID=$!
 for p in 19000 19001 19002 19003 19005; do wait_port $p; done
@@ -111,6 +116,8 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     echo "levy paid, batched, funds check off|$(load --url http://127.0.0.1:19005/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $NOFUNDS_PID)"
     drain
     echo "levy metered (upto), batched|$(load --url http://127.0.0.1:19003/metered/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
+    drain
+    echo "levy channel vouchers (batch-settlement)|$(load --url http://127.0.0.1:19003/channel/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   done
   # Let the batched backlog settle first, so before_response measures its own path.
   drain

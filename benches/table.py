@@ -53,6 +53,8 @@ ratios = [
     f"| paid CPU with the funds check − without, per request | {(cpu('levy paid, batched') or 0) - (cpu('levy paid, batched, funds check off') or 0):.1f} µs | ≤ 2 µs |",
     f"| metered (upto) / exact paid throughput, both batched | {r['levy metered (upto), batched']['rps'] / paid['rps']:.2f} | – |",
     f"| metered (upto) CPU − exact paid CPU per request | {(cpu('levy metered (upto), batched') or 0) - (cpu('levy paid, batched') or 0):.1f} µs | – |",
+    f"| channel voucher / exact paid throughput, both batched | {r['levy channel vouchers (batch-settlement)']['rps'] / paid['rps']:.2f} | – |",
+    f"| channel voucher CPU − exact paid CPU per request | {(cpu('levy channel vouchers (batch-settlement)') or 0) - (cpu('levy paid, batched') or 0):.1f} µs | – |",
     f"| RSS of 1 000 000 live nonces | {nonces['rss_growth_mib']:.0f} MiB ({nonces['bytes_per_nonce']:.0f} B each) | ≤ 256 MiB |",
 ]
 section = "\n".join([

@@ -2,7 +2,9 @@
 //! reports throughput, latency percentiles, errors and the CPU time a process (levy) spent per
 //! request. With `--pay` it first pre-signs N unique x402 payments offline (from the URL's
 //! own 402 challenge: its first requirement, EIP-3009 for `exact`, a Permit2 ceiling for
-//! `upto`) and sends a different one with every request.
+//! `upto`) and sends a different one with every request. For `batch-settlement` each
+//! connection opens its own channel: one deposit per channel before the clock starts (levy
+//! submits it on chain), then N / connections cumulative vouchers, one per request.
 //!
 //!     cargo run --release --example load -- --url http://127.0.0.1:8080/x --connections 16 \
 //!         --seconds 10 [--pay --payments 200000 --key 0x…] [--pid PID] [--expect 200] \
@@ -21,7 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use levy::client::{random_nonce, sign, upto, Payer, Terms};
+use alloy_primitives::B256;
+use levy::client::{channel::Channel, random_nonce, sign, upto, Payer, Terms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -188,6 +191,82 @@ fn presign(challenge: &serde_json::Value, key: &str, count: usize) -> Vec<String
         .collect()
 }
 
+/// What each connection sends: its own channel's vouchers (after a deposit sent before the
+/// clock starts), or a share of one pool of single-use payments.
+enum Payments {
+    None,
+    Pool(Vec<String>),
+    Channels {
+        deposits: Vec<String>,
+        vouchers: Vec<Vec<String>>,
+    },
+}
+
+impl Payments {
+    fn of(challenge: &serde_json::Value, key: &str, count: usize, connections: usize) -> Self {
+        let accepted = &challenge["accepts"][0];
+        if accepted["scheme"] == levy::channel::SCHEME_BATCH {
+            let (deposits, vouchers) = channels(accepted, key, count, connections);
+            Payments::Channels { deposits, vouchers }
+        } else {
+            Payments::Pool(presign(challenge, key, count))
+        }
+    }
+}
+
+/// One channel per connection: its deposit (carrying the voucher for the first request, and
+/// enough for all of them) and `count / connections` more vouchers, cumulative.
+fn channels(
+    accepted: &serde_json::Value,
+    key: &str,
+    count: usize,
+    connections: usize,
+) -> (Vec<String>, Vec<Vec<String>>) {
+    let payer = Payer::from_hex(key).expect("key");
+    let price: u128 = accepted["amount"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("amount");
+    let min_deposit: u128 = accepted["extra"]["minDeposit"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let per = count.div_ceil(connections) as u128;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let handles: Vec<_> = (0..connections)
+        .map(|_| {
+            let (payer, accepted) = (payer.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                let channel = Channel::open(&payer, &accepted, B256::random()).expect("channel");
+                let amount = ((per + 1) * price).max(min_deposit);
+                let deposit = channel
+                    .deposit(amount, price, now - 600, now + 3600)
+                    .expect("sign");
+                let vouchers = (2..=per + 1)
+                    .map(|k| channel.voucher(k * price).expect("sign"))
+                    .collect::<Vec<_>>();
+                (deposit, vouchers)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("signer"))
+        .unzip()
+}
+
+/// Sends `payment` once on a fresh connection; panics unless the answer is 200.
+async fn pay_once(host: &str, path: &str, payment: &str) {
+    let mut stream = TcpStream::connect(host).await.expect("connect");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nPAYMENT-SIGNATURE: {payment}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let status = read_response(&mut stream, &mut Vec::new()).await;
+    assert_eq!(status, Some(200), "a channel deposit was refused");
+}
+
 /// Microseconds per libsecp256k1 public-key recovery, measured here and now, so that paid
 /// CPU can be expressed in recoveries from the same run.
 fn recover_us() -> f64 {
@@ -211,12 +290,31 @@ async fn main() {
     let a = args();
     let recover = recover_us();
     let (host, path) = split_url(&a.url);
-    let payments: Arc<Vec<String>> = Arc::new(if a.pay {
+    let payments = if a.pay {
         let challenge = challenge_of(&host, &path).await;
-        presign(&challenge, &a.key, a.payments)
+        Payments::of(&challenge, &a.key, a.payments, a.connections)
     } else {
-        Vec::new()
-    });
+        Payments::None
+    };
+    // Channels are funded before the clock starts: the deposits go on chain.
+    let (pool, mut vouchers) = match payments {
+        Payments::None => (Vec::new(), Vec::new()),
+        Payments::Pool(pool) => (pool, Vec::new()),
+        Payments::Channels { deposits, vouchers } => {
+            let sends: Vec<_> = deposits
+                .into_iter()
+                .map(|d| {
+                    let (host, path) = (host.clone(), path.clone());
+                    tokio::spawn(async move { pay_once(&host, &path, &d).await })
+                })
+                .collect();
+            for send in sends {
+                send.await.expect("deposit");
+            }
+            (Vec::new(), vouchers)
+        }
+    };
+    let payments = Arc::new(pool);
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let cpu_before = a.pid.map(cpu_seconds);
@@ -235,7 +333,9 @@ async fn main() {
                 Arc::clone(&next),
             );
             let expect = a.expect;
+            let own = (c < vouchers.len()).then(|| std::mem::take(&mut vouchers[c]));
             tokio::spawn(async move {
+                let mut own = own.map(Vec::into_iter);
                 let mut latencies = Vec::with_capacity(100_000);
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let mut stream = TcpStream::connect(&host).await.ok();
@@ -251,7 +351,12 @@ async fn main() {
                         stream = TcpStream::connect(&host).await.ok();
                         continue;
                     };
-                    let request = if payments.is_empty() {
+                    let request = if let Some(own) = own.as_mut() {
+                        let Some(p) = own.next() else { break };
+                        format!(
+                            "GET {path} HTTP/1.1\r\nHost: {host}\r\nPAYMENT-SIGNATURE: {p}\r\n\r\n"
+                        )
+                    } else if payments.is_empty() {
                         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")
                     } else {
                         let i = next.fetch_add(1, Ordering::Relaxed);

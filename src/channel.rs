@@ -621,8 +621,9 @@ fn signed_voucher(
     })
 }
 
-/// The token-domain digest of an ERC-3009 `ReceiveWithAuthorization` to the collector.
-fn receive_digest(
+/// The token-domain digest (`token_domain`) of an ERC-3009 `ReceiveWithAuthorization` from
+/// `from` to the deposit collector: what a deposit's `erc3009Authorization.signature` signs.
+pub fn receive_digest(
     token_domain: &B256,
     from: Address,
     value: u128,

@@ -1,4 +1,5 @@
-//! The paying side of x402 `exact` on EVM (and `upto`, in `client/upto.rs`): sign an EIP-3009 authorization and build the
+//! The paying side of x402 `exact` on EVM (`upto` in `client/upto.rs`, `batch-settlement` in
+//! `client/channel.rs`): sign an EIP-3009 authorization and build the
 //! `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (v1) header. An implementation independent of
 //! the verifier's parsing, used by `levy pay`, the load tool, benches and tests. Pure.
 
@@ -11,6 +12,7 @@ use crate::pricing::domain_separator;
 use crate::verify::transfer_digest;
 use crate::x402::encode_header;
 
+pub mod channel;
 pub mod upto;
 
 /// Why a payment cannot be made.
