@@ -443,6 +443,8 @@ pub enum ChannelError {
     RefundAmount,
     #[error("nothing is left to refund in this channel")]
     RefundNoBalance,
+    #[error("the refund transaction failed")]
+    RefundFailed,
 }
 
 impl ChannelError {
@@ -489,6 +491,7 @@ impl ChannelError {
             ChannelError::Busy => "invalid_batch_settlement_evm_channel_busy",
             ChannelError::RefundAmount => "invalid_batch_settlement_evm_refund_amount_invalid",
             ChannelError::RefundNoBalance => "invalid_batch_settlement_evm_refund_no_balance",
+            ChannelError::RefundFailed => "invalid_batch_settlement_evm_refund_transaction_failed",
         }
     }
 }
@@ -699,6 +702,17 @@ pub struct Escrowed {
     pub refund_nonce: u64,
 }
 
+/// A cooperative refund levy agreed to (see [`Ledger::refund`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundPlan {
+    /// Collects what was charged beyond what is claimed, before the refund.
+    pub claim: Option<Claim>,
+    /// Returned to the payer.
+    pub amount: u128,
+    /// The escrow's refund nonce the authorizer signs.
+    pub nonce: u64,
+}
+
 /// levy's ledger of one channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -800,6 +814,34 @@ impl Ledger {
             max_claimable: self.signed_max,
             signature: self.signature.clone(),
             total_claimed: total,
+        })
+    }
+
+    /// What a cooperative refund under `voucher` returns to the payer: `requested`, or
+    /// everything not charged when `None`, capped at what is not charged. The voucher is
+    /// zero-charge (for exactly what was charged); what was charged and not yet claimed is
+    /// claimed in the same transaction, first, so a refund never returns what levy earned.
+    pub fn refund(
+        &self,
+        voucher: &SignedVoucher,
+        requested: Option<u128>,
+    ) -> Result<RefundPlan, ChannelError> {
+        self.in_step(voucher, 0)?;
+        let remainder = self.balance.saturating_sub(self.charged);
+        if remainder == 0 {
+            return Err(ChannelError::RefundNoBalance);
+        }
+        let claim = (self.charged > self.total_claimed).then(|| Claim {
+            channel_id: self.channel_id,
+            config: self.config,
+            max_claimable: voucher.max_claimable,
+            signature: voucher.signature.clone(),
+            total_claimed: self.charged,
+        });
+        Ok(RefundPlan {
+            claim,
+            amount: requested.map_or(remainder, |r| r.min(remainder)),
+            nonce: self.refund_nonce,
         })
     }
 

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub channel_claim_failures: IntCounterVec,
     /// `levy_channel_shortfalls_total`: claims cut to what was left in escrow.
     pub channel_shortfalls: IntCounter,
+    /// `levy_channel_refunds_total{network}`: cooperative refunds sent on chain.
+    pub channel_refunds: IntCounterVec,
     /// `levy_settlement_queue_depth`: payments waiting for a batch.
     pub queue_depth: IntGauge,
     /// `levy_unsettled_value`: atomic units charged but not yet settled or failed.
@@ -216,6 +218,12 @@ pub fn metrics() -> &'static Metrics {
             "Channel claims cut to what was left in escrow"
         )
         .expect("levy_channel_shortfalls_total registers once"),
+        channel_refunds: register_int_counter_vec!(
+            "levy_channel_refunds_total",
+            "Cooperative channel refunds sent on chain",
+            &["network"]
+        )
+        .expect("levy_channel_refunds_total registers once"),
         queue_depth: register_int_gauge!("levy_settlement_queue_depth", "Payments waiting for a batch")
             .expect("levy_settlement_queue_depth registers once"),
         unsettled_value: register_gauge!(

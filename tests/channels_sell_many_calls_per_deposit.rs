@@ -21,7 +21,7 @@ use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// levy's receiver authorizer in these tests: anvil key 4, its own account.
-const AUTHORIZER_KEY: &str = KEYS[4];
+pub(crate) const AUTHORIZER_KEY: &str = KEYS[4];
 
 pub(crate) struct ChannelSetup {
     pub chain: TestChain,
@@ -98,7 +98,7 @@ pub(crate) enum Client {
 /// Runs an official batch-settlement client (payer key 0) for `count` calls on one channel;
 /// returns its report: `{statuses, deposits, last: {paymentResponse}, errors}`.
 pub(crate) fn pay_channel(client: Client, url: &str, count: usize) -> Value {
-    pay_channel_reading(client, url, count, None)
+    pay_channel_with(client, url, count, &[])
 }
 
 /// [`pay_channel`] with the client reading the chain at `rpc_url` (as it must to adopt
@@ -109,13 +109,23 @@ pub(crate) fn pay_channel_reading(
     count: usize,
     rpc_url: Option<&str>,
 ) -> Value {
+    let envs: Vec<(&str, &str)> = rpc_url.map(|u| ("X402_RPC_URL", u)).into_iter().collect();
+    pay_channel_with(client, url, count, &envs)
+}
+
+/// [`pay_channel`] with the script's options in `envs` (`X402_RPC_URL`, `X402_REFUND`).
+pub(crate) fn pay_channel_with(
+    client: Client,
+    url: &str,
+    count: usize,
+    envs: &[(&str, &str)],
+) -> Value {
     let (runtime, script) = match client {
         Client::TypeScript => (Runtime::Node, "pay-channel.mjs"),
         Client::Python => (Runtime::Python, "pay_channel.py"),
     };
     let count = count.to_string();
-    let envs: Vec<(&str, &str)> = rpc_url.map(|u| ("X402_RPC_URL", u)).into_iter().collect();
-    run_script(runtime, script, &[url, &count], &envs)
+    run_script(runtime, script, &[url, &count], envs)
 }
 
 /// Asks levy (its admin listener at `admin`) to claim every channel now.
@@ -187,7 +197,7 @@ fn the_official_python_client_pays_200_calls_from_one_deposit_and_levy_claims_th
 }
 
 /// The official clients' channel with levy (payer key 0, default salt, the offered delay).
-fn payer_channel(authorizer: Address) -> ChannelConfig {
+pub(crate) fn payer_channel(authorizer: Address) -> ChannelConfig {
     let payer = signer(KEYS[0]);
     ChannelConfig {
         payer: payer.address(),
@@ -202,7 +212,27 @@ fn payer_channel(authorizer: Address) -> ChannelConfig {
 
 /// A voucher signed in Rust by payer key 0 for the channel `config`, accepting `accepted`
 /// (the challenge's batch-settlement entry, echoed as clients do).
-fn voucher_header(accepted: &Value, config: &ChannelConfig, max_claimable: u128) -> String {
+pub(crate) fn voucher_header(
+    accepted: &Value,
+    config: &ChannelConfig,
+    max_claimable: u128,
+) -> String {
+    signed_payload(
+        accepted,
+        config,
+        max_claimable,
+        serde_json::json!({"type": "voucher"}),
+    )
+}
+
+/// A payload of `kind` (`{"type": …}` and any fields of its own) carrying a voucher for
+/// `max_claimable` signed by payer key 0 on the channel `config`.
+pub(crate) fn signed_payload(
+    accepted: &Value,
+    config: &ChannelConfig,
+    max_claimable: u128,
+    mut kind: Value,
+) -> String {
     use alloy::signers::SignerSync;
     use levy::channel::{domain_separator, voucher_digest};
     let domain = domain_separator(84532);
@@ -210,18 +240,16 @@ fn voucher_header(accepted: &Value, config: &ChannelConfig, max_claimable: u128)
     let signature = signer(KEYS[0])
         .sign_hash_sync(&voucher_digest(&domain, id, max_claimable))
         .expect("sign");
-    let payment = serde_json::json!({
-        "x402Version": 2,
-        "accepted": accepted,
-        "payload": {"type": "voucher", "channelConfig": config,
-            "voucher": {"channelId": id, "maxClaimableAmount": max_claimable.to_string(),
-                        "signature": alloy::primitives::Bytes::from(signature.as_bytes().to_vec())}},
-    });
+    kind["channelConfig"] = serde_json::json!(config);
+    kind["voucher"] = serde_json::json!({"channelId": id,
+        "maxClaimableAmount": max_claimable.to_string(),
+        "signature": alloy::primitives::Bytes::from(signature.as_bytes().to_vec())});
+    let payment = serde_json::json!({"x402Version": 2, "accepted": accepted, "payload": kind});
     levy::x402::encode_header(payment.to_string().as_bytes())
 }
 
 /// The batch-settlement entry of the route's challenge.
-fn offered(levy: &Levy) -> Value {
+pub(crate) fn offered(levy: &Levy) -> Value {
     let unpaid = request(levy.addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
     let offered = decode(unpaid.header("payment-required").expect("challenge"));
     let accepted = offered["accepts"][0].clone();
@@ -230,7 +258,7 @@ fn offered(levy: &Levy) -> Value {
 }
 
 /// GETs `/ticks` from levy at `addr`, paying with `header`.
-fn get_paying(addr: SocketAddr, header: &str) -> Response {
+pub(crate) fn get_paying(addr: SocketAddr, header: &str) -> Response {
     request(
         addr,
         &format!("GET /ticks HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"),
@@ -238,7 +266,7 @@ fn get_paying(addr: SocketAddr, header: &str) -> Response {
 }
 
 /// The error code of a refusal, which must be one challenge header.
-fn refusal(r: &Response) -> Value {
+pub(crate) fn refusal(r: &Response) -> Value {
     assert_eq!(r.status, 402, "{}", r.text());
     let headers = r.headers_named("payment-required");
     assert_eq!(headers.len(), 1, "exactly one challenge header");
@@ -469,7 +497,7 @@ fn when_the_payer_asks_to_withdraw_levy_claims_what_it_served_before_the_delay_e
 }
 
 /// The escrow's balance and total claimed for the official clients' channel.
-fn escrowed(chain: &TestChain) -> (u128, u128) {
+pub(crate) fn escrowed(chain: &TestChain) -> (u128, u128) {
     use levy::channel::{domain_separator, IBatchSettlement};
     let id = payer_channel(signer(AUTHORIZER_KEY).address()).id(&domain_separator(84532));
     let out = chain.call(

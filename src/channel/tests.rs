@@ -190,3 +190,46 @@ fn only_a_json_naming_the_scheme_is_taken_for_a_channel_payment() {
     assert!(!names_scheme(br#"{"accepted":{"scheme":"exact"}}"#));
     assert!(!names_scheme(br#"{"note":"batch-settlements"}"#));
 }
+
+#[test]
+fn a_refund_returns_only_what_was_not_charged_and_claims_the_charged_part_first() {
+    let l = ledger(5000, 2000);
+    let voucher = |max| check(&voucher_payload(&config(), max, &payer()), &offer(), 0).unwrap();
+    let plan = l.refund(voucher(2000).voucher(), None).unwrap();
+    assert_eq!((plan.amount, plan.nonce), (3000, 0));
+    let claim = plan.claim.unwrap();
+    assert_eq!((claim.max_claimable, claim.total_claimed), (2000, 2000));
+    // A partial refund; a request for more than is left gets what is left.
+    assert_eq!(
+        l.refund(voucher(2000).voucher(), Some(1000))
+            .unwrap()
+            .amount,
+        1000
+    );
+    assert_eq!(
+        l.refund(voucher(2000).voucher(), Some(9000))
+            .unwrap()
+            .amount,
+        3000
+    );
+    // The refund voucher charges nothing: one for more (or less) is out of step.
+    assert_eq!(
+        l.refund(voucher(3000).voucher(), None),
+        Err(ChannelError::CumulativeMismatch {
+            signed: 3000,
+            expected: 2000
+        })
+    );
+    // All claimed already: no claim rides along.
+    let mut claimed = ledger(5000, 2000);
+    claimed.total_claimed = 2000;
+    assert_eq!(
+        claimed.refund(voucher(2000).voucher(), None).unwrap().claim,
+        None
+    );
+    // Nothing beyond the charge is left.
+    assert_eq!(
+        ledger(2000, 2000).refund(voucher(2000).voucher(), None),
+        Err(ChannelError::RefundNoBalance)
+    );
+}

@@ -1,7 +1,8 @@
 //! Channel payments (`batch-settlement`) through the request's phases: the inline checks
 //! when the header arrives, the lease (and a deposit) before forwarding, and on the origin's
 //! answer the charge (journaled before the response leaves, with the `PAYMENT-RESPONSE`
-//! the official client keeps its ledger by) or the release.
+//! the official client keeps its ledger by) or the release. A cooperative refund is
+//! answered by levy itself, once the refund is on chain; it never reaches the origin.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use super::{LevyProxy, Outcome};
 use crate::channel::{self, ChannelError, Checked, Offer};
 use crate::clock::unix_now;
 use crate::config::Paywall;
-use crate::settle::channels::{Lease, Refusal};
+use crate::settle::channels::{Lease, Refunded, Refusal};
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE};
 
 /// Where a request's channel payment stands.
@@ -84,6 +85,18 @@ impl LevyProxy {
         let requirement = paywall.requirements.get(index)?;
         let offer = Offer::of(requirement)?;
         let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
+        if let Checked::Refund(voucher, amount) = *checked {
+            let refunded = channels
+                .refund(&voucher, amount, &requirement.network_name, hold)
+                .await;
+            return Some(match refunded {
+                Ok(done) => {
+                    ctx.outcome = Outcome::Refunded;
+                    refund_reply(&done, &requirement.network)
+                }
+                Err(refusal) => self.refused(session, paywall, ctx, index, refusal),
+            });
+        }
         match channels
             .lease(*checked, &offer, &requirement.network_name, hold)
             .await
@@ -98,25 +111,37 @@ impl LevyProxy {
                 };
                 None
             }
-            Err(Refusal::Rejected(e)) => {
+            Err(refusal) => Some(self.refused(session, paywall, ctx, index, refusal)),
+        }
+    }
+
+    /// The answer to a refused channel payment (or refund) on the requirement at `index`.
+    fn refused(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+        index: usize,
+        refusal: Refusal,
+    ) -> Reply {
+        match refusal {
+            Refusal::Rejected(e) => {
                 log::debug!("channel payment refused on {}: {e}", ctx.route_label());
-                Some(self.refuse_channel(session, paywall, ctx, e.reason(), None))
+                self.refuse_channel(session, paywall, ctx, e.reason(), None)
             }
-            Err(Refusal::Corrective(e, ledger)) => {
+            Refusal::Corrective(e, ledger) => {
                 let mut extra = serde_json::Map::new();
                 extra.insert("channelState".into(), ledger.state_json());
                 if let Some(voucher) = ledger.voucher_json() {
                     extra.insert("voucherState".into(), voucher);
                 }
-                Some(self.refuse_channel(session, paywall, ctx, e.reason(), Some((index, extra))))
+                self.refuse_channel(session, paywall, ctx, e.reason(), Some((index, extra)))
             }
-            Err(Refusal::Unavailable(why)) => {
+            Refusal::Unavailable(why) => {
                 log::warn!("channel payment on {}: {why}", ctx.route_label());
                 ctx.outcome = Outcome::SettlementUnavailable;
-                Some(
-                    Reply::text(503, "cannot read the channel now; retry later")
-                        .header(http::header::RETRY_AFTER, "2"),
-                )
+                Reply::text(503, "cannot read the channel now; retry later")
+                    .header(http::header::RETRY_AFTER, "2")
             }
         }
     }
@@ -213,4 +238,38 @@ impl LevyProxy {
             }
         }
     }
+}
+
+/// levy's own 200 for a refund that landed: its `PAYMENT-RESPONSE` names the transaction,
+/// the amount returned and the channel's state after it (the official client drops or
+/// shrinks its channel record by it).
+fn refund_reply(done: &Refunded, network: &str) -> Reply {
+    let receipt = SettleResponse {
+        success: true,
+        transaction: done.transaction.to_string(),
+        network: network.to_owned(),
+        payer: done.ledger.config.payer.to_checksum(None),
+        amount: Some(done.amount.to_string()),
+        extensions: None,
+        extra: Some(serde_json::json!({"channelState": done.ledger.state_json()})),
+    };
+    let body = serde_json::json!({
+        "channelId": done.ledger.channel_id.to_string(),
+        "refunded": done.amount.to_string(),
+        "transaction": done.transaction.to_string(),
+    });
+    Reply::new(200, "application/json", body.to_string())
+        .header(
+            http::HeaderName::from_static(PAYMENT_RESPONSE),
+            x402::encode_header(
+                serde_json::to_string(&receipt)
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
+        )
+        .header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .header(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            super::CORS_EXPOSE,
+        )
 }

@@ -49,14 +49,16 @@ pub enum Outcome {
     Status,
     /// Settlement before the response could not complete.
     SettlementUnavailable,
+    /// A channel's cooperative refund was sent on chain (answered by levy, not forwarded).
+    Refunded,
 }
 
 // Outcome numbers index per-route tables; the last variant must stay below COUNT.
-const _: () = assert!(Outcome::SettlementUnavailable as usize + 1 == Outcome::COUNT);
+const _: () = assert!(Outcome::Refunded as usize + 1 == Outcome::COUNT);
 
 impl Outcome {
     /// How many outcomes there are (for per-outcome tables).
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +77,7 @@ impl Outcome {
             Outcome::InternalError => "internal_error",
             Outcome::Status => "status",
             Outcome::SettlementUnavailable => "settlement_unavailable",
+            Outcome::Refunded => "refunded",
         }
     }
 }

@@ -23,9 +23,12 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::SignerSync;
 use alloy::sol_types::SolCall;
 
+use alloy::primitives::U256;
+
 use crate::channel::{
-    claim_batch_digest, ChannelError, Checked, Claim, Escrowed, IBatchSettlement, Ledger, Offer,
-    SignedVoucher, BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    claim_batch_digest, refund_digest, ChannelError, Checked, Claim, Escrowed, IBatchSettlement,
+    Ledger, Offer, RefundPlan, SignedVoucher, BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 };
 use crate::metrics::metrics;
 
@@ -75,6 +78,16 @@ pub enum Refusal {
 pub struct Lease {
     pub voucher: SignedVoucher,
     pub price: u128,
+}
+
+/// A cooperative refund that landed.
+#[derive(Debug, Clone)]
+pub struct Refunded {
+    pub transaction: B256,
+    /// Returned to the payer.
+    pub amount: u128,
+    /// The channel after it.
+    pub ledger: Ledger,
 }
 
 struct Slot {
@@ -194,16 +207,7 @@ impl Channels {
     ) -> Result<Lease, Refusal> {
         let voucher = checked.voucher().clone();
         let id = voucher.channel_id;
-        if !self.is_known(id) {
-            let ledger = self
-                .read_ledger(network, id, voucher.config)
-                .await
-                .map_err(Refusal::Unavailable)?;
-            lock(&self.inner.slots).entry(id).or_insert(Slot {
-                ledger,
-                busy_until: None,
-            });
-        }
+        self.know(network, &voucher).await?;
         self.take(id, hold)?;
         let lease = Lease {
             voucher,
@@ -231,11 +235,11 @@ impl Channels {
 
     /// Applies a ledger check to channel `id`; a client out of step gets the ledger back
     /// for a corrective challenge.
-    fn judge(
+    fn judge<T>(
         &self,
         id: B256,
-        check: impl Fn(&Ledger) -> Result<(), ChannelError>,
-    ) -> Result<(), Refusal> {
+        check: impl Fn(&Ledger) -> Result<T, ChannelError>,
+    ) -> Result<T, Refusal> {
         let slots = lock(&self.inner.slots);
         let slot = slots
             .get(&id)
@@ -248,8 +252,161 @@ impl Channels {
         })
     }
 
-    fn is_known(&self, id: B256) -> bool {
-        lock(&self.inner.slots).contains_key(&id)
+    /// Makes sure levy has a ledger for `voucher`'s channel, reading one from the escrow
+    /// for a channel it has not seen.
+    async fn know(&self, network: &str, voucher: &SignedVoucher) -> Result<(), Refusal> {
+        let id = voucher.channel_id;
+        if lock(&self.inner.slots).contains_key(&id) {
+            return Ok(());
+        }
+        let ledger = self
+            .read_ledger(network, id, voucher.config)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        lock(&self.inner.slots).entry(id).or_insert(Slot {
+            ledger,
+            busy_until: None,
+        });
+        Ok(())
+    }
+
+    /// A cooperative refund under a checked zero-charge `voucher`: `requested` (or all
+    /// that is not charged) back to the payer, in one escrow transaction that first claims
+    /// what was charged and sweeps it to the receiver. The channel is held meanwhile and
+    /// read fresh from the chain first (its balance and refund nonce).
+    pub async fn refund(
+        &self,
+        voucher: &SignedVoucher,
+        requested: Option<u128>,
+        network: &str,
+        hold: Duration,
+    ) -> Result<Refunded, Refusal> {
+        let id = voucher.channel_id;
+        let chain = self.chain(network).map_err(Refusal::Unavailable)?;
+        self.know(network, voucher).await?;
+        self.take(id, hold)?;
+        let refunded = self.refund_held(chain, voucher, requested).await;
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+            slot.busy_until = None;
+        }
+        let refunded = refunded?;
+        if let Err(e) = self.inner.log.put(refunded.ledger.clone()).await {
+            // The chain holds the refund; the ledger is read from it again before any claim.
+            ::log::error!("channel log: {e}");
+        }
+        Ok(refunded)
+    }
+
+    async fn refund_held(
+        &self,
+        chain: &ChainSender,
+        voucher: &SignedVoucher,
+        requested: Option<u128>,
+    ) -> Result<Refunded, Refusal> {
+        let id = voucher.channel_id;
+        let before = self
+            .read_state(chain, id)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+            slot.ledger.observe(&before);
+        }
+        let plan = self.judge(id, |ledger| ledger.refund(voucher, requested))?;
+        let data = self
+            .refund_call(chain, voucher, &plan)
+            .map_err(Refusal::Unavailable)?;
+        let transaction = match self.send(chain, data).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                // Whether it landed is read from the chain before anything else is done
+                // with this channel; the refund nonce keeps it from landing twice.
+                ::log::warn!("channel {id}: refund failed: {e}");
+                return Err(Refusal::Rejected(ChannelError::RefundFailed));
+            }
+        };
+        let after = self.read_state(chain, id).await.unwrap_or(Escrowed {
+            balance: before.balance.saturating_sub(plan.amount),
+            total_claimed: plan
+                .claim
+                .as_ref()
+                .map_or(before.total_claimed, |c| c.total_claimed),
+            withdraw_requested_at: before.withdraw_requested_at,
+            refund_nonce: plan.nonce + 1,
+        });
+        let ledger = {
+            let mut slots = lock(&self.inner.slots);
+            let slot = slots
+                .get_mut(&id)
+                .ok_or(Refusal::Rejected(ChannelError::NotFound))?;
+            slot.ledger.observe(&after);
+            slot.ledger.clone()
+        };
+        let amount = before.balance.saturating_sub(after.balance);
+        ::log::info!("channel {id}: refunded {amount} in {transaction}");
+        metrics()
+            .channel_refunds
+            .with_label_values(&[&ledger.network])
+            .inc();
+        Ok(Refunded {
+            transaction,
+            amount,
+            ledger,
+        })
+    }
+
+    /// The escrow `multicall` of a refund: the claim (signed as a batch of one) and the
+    /// sweep when something was charged, then `refundWithSignature`.
+    fn refund_call(
+        &self,
+        chain: &ChainSender,
+        voucher: &SignedVoucher,
+        plan: &RefundPlan,
+    ) -> Result<Vec<u8>, String> {
+        let sign = |digest: B256| {
+            self.inner
+                .signer
+                .sign_hash_sync(&digest)
+                .map(|s| Bytes::from(s.as_bytes().to_vec()))
+                .map_err(|e| format!("cannot sign: {e}"))
+        };
+        let config = voucher.config;
+        let mut calls: Vec<Bytes> = Vec::new();
+        if let Some(claim) = &plan.claim {
+            let claims = std::slice::from_ref(claim);
+            calls.push(
+                IBatchSettlement::claimWithSignatureCall {
+                    voucherClaims: vec![claim.to_sol()],
+                    authorizerSignature: sign(claim_batch_digest(&chain.escrow_domain, claims))?,
+                }
+                .abi_encode()
+                .into(),
+            );
+            calls.push(
+                IBatchSettlement::settleCall {
+                    receiver: config.receiver,
+                    token: config.token,
+                }
+                .abi_encode()
+                .into(),
+            );
+        }
+        let digest = refund_digest(
+            &chain.escrow_domain,
+            voucher.channel_id,
+            plan.nonce,
+            plan.amount,
+        );
+        calls.push(
+            IBatchSettlement::refundWithSignatureCall {
+                config: config.to_sol(),
+                amount: plan.amount,
+                nonce: U256::from(plan.nonce),
+                receiverAuthorizerSignature: sign(digest)?,
+            }
+            .abi_encode()
+            .into(),
+        );
+        Ok(IBatchSettlement::multicallCall { data: calls }.abi_encode())
     }
 
     fn take(&self, id: B256, hold: Duration) -> Result<(), Refusal> {

@@ -1,9 +1,11 @@
 // Makes COUNT paid calls to a URL with the official batch-settlement client
 // (@x402/evm BatchSettlementEvmScheme through @x402/fetch), one channel for all of them.
-// Usage: PAYER_KEY=0x… [X402_RPC_URL=…] node pay-channel.mjs URL COUNT
+// Usage: PAYER_KEY=0x… [X402_RPC_URL=…] [X402_REFUND=all|AMOUNT] node pay-channel.mjs URL COUNT
 // X402_RPC_URL gives the client chain reads, which it needs to adopt levy's channel state
-// from a corrective 402 when it has lost its own.
-// Prints one JSON line: {statuses: {status: count}, deposits, last: {paymentResponse}, errors}.
+// from a corrective 402 when it has lost its own. X402_REFUND asks for the channel's
+// unspent balance (or AMOUNT of it) back after the calls, with the client's own refund().
+// Prints one JSON line: {statuses: {status: count}, deposits, last: {paymentResponse},
+// errors, refund: {settleResponse} | {error}}.
 import { wrapFetchWithPaymentFromConfig, decodePaymentResponseHeader } from "@x402/fetch";
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
 import { toClientEvmSigner } from "@x402/evm";
@@ -21,8 +23,9 @@ const counting = async (input, init) => {
   if (header && JSON.parse(Buffer.from(header, "base64").toString()).payload?.type === "deposit") deposits += 1;
   return fetch(request);
 };
+const scheme = new BatchSettlementEvmScheme(signer);
 const pay = wrapFetchWithPaymentFromConfig(counting, {
-  schemes: [{ network: "eip155:*", client: new BatchSettlementEvmScheme(signer) }],
+  schemes: [{ network: "eip155:*", client: scheme }],
 });
 const statuses = {};
 const errors = [];
@@ -42,4 +45,13 @@ for (let i = 0; i < count; i++) {
     if (errors.length < 5) errors.push(String(error?.message ?? error));
   }
 }
-process.stdout.write(JSON.stringify({ statuses, deposits, last, errors }) + "\n");
+let refund;
+const asked = process.env.X402_REFUND;
+if (asked) {
+  try {
+    refund = { settleResponse: await scheme.refund(url, asked === "all" ? {} : { amount: asked }) };
+  } catch (error) {
+    refund = { error: String(error?.message ?? error) };
+  }
+}
+process.stdout.write(JSON.stringify({ statuses, deposits, last, errors, refund }) + "\n");

@@ -1,10 +1,12 @@
 """Makes COUNT paid calls to a URL with the official x402 Python batch-settlement client
 (BatchSettlementEvmScheme through the requests adapter), one channel for all of them.
 
-Usage: PAYER_KEY=0x... [X402_RPC_URL=...] .venv/bin/python pay_channel.py URL COUNT
+Usage: PAYER_KEY=0x... [X402_RPC_URL=...] [X402_REFUND=all|AMOUNT] .venv/bin/python pay_channel.py URL COUNT
 X402_RPC_URL gives the client chain reads, which it needs to adopt levy's channel state from a
-corrective 402 when it has lost its own.
-Prints one JSON line: {statuses: {status: count}, deposits, last: {paymentResponse}, errors}.
+corrective 402 when it has lost its own. X402_REFUND asks for the channel's unspent balance (or
+AMOUNT of it) back after the calls, with the client's own refund().
+Prints one JSON line: {statuses: {status: count}, deposits, last: {paymentResponse}, errors,
+refund: {settleResponse} | {error}}.
 """
 
 import base64
@@ -17,7 +19,7 @@ from eth_account import Account
 from x402 import x402ClientSync
 from x402.http.clients.requests import wrapRequestsWithPayment
 from x402.http.utils import decode_payment_response_header
-from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
+from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme, RefundOptions
 from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 
 
@@ -33,7 +35,8 @@ def main() -> None:
     account = Account.from_key(os.environ["PAYER_KEY"])
     rpc_url = os.environ.get("X402_RPC_URL")
     signer = EthAccountSignerWithRPC(account, rpc_url) if rpc_url else EthAccountSigner(account)
-    client.register("eip155:*", BatchSettlementEvmScheme(signer))
+    scheme = BatchSettlementEvmScheme(signer)
+    client.register("eip155:*", scheme)
     session = wrapRequestsWithPayment(requests.Session(), client)
     statuses: dict[str, int] = {}
     errors: list[str] = []
@@ -59,7 +62,15 @@ def main() -> None:
         if response.status_code != 200 and len(errors) < 5:
             required = response.headers.get("PAYMENT-REQUIRED")
             errors.append(json.loads(base64.b64decode(required)).get("error") if required else f"status {response.status_code}")
-    print(json.dumps({"statuses": statuses, "deposits": deposits, "last": last, "errors": errors}))
+    refund = None
+    asked = os.environ.get("X402_REFUND")
+    if asked:
+        try:
+            options = RefundOptions(amount=None if asked == "all" else asked)
+            refund = {"settleResponse": scheme.refund(url, options).model_dump(by_alias=True)}
+        except Exception as error:  # reported, not raised: the test reads it
+            refund = {"error": str(error)}
+    print(json.dumps({"statuses": statuses, "deposits": deposits, "last": last, "errors": errors, "refund": refund}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+//! Cooperative refunds on escrow channels: a payer asks for what it has not spent with the
+//! official client's own `refund()`, and levy sends it back in one transaction that first
+//! claims what was charged, so the payee never loses a served call.
+
+use alloy::primitives::{Address, U256};
+use serde_json::json;
+
+use crate::channels_sell_many_calls_per_deposit::{
+    channel_setup, escrowed, get_paying, offered, pay_channel, pay_channel_with, payer_channel,
+    refusal, signed_payload, voucher_header, Client, AUTHORIZER_KEY,
+};
+use crate::support::chain::{signer, KEYS};
+use crate::support::PAY_TO;
+
+/// `client` deposits 20 000, pays 5 calls at 1000 and asks for the rest back: the payer gets
+/// exactly 15 000, the payee exactly 5 000 (claimed in the same transaction), and levy
+/// answers the refund itself.
+fn a_full_refund_returns_exactly_the_unspent_deposit(client: Client) {
+    let s = channel_setup(20_000);
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payer = signer(KEYS[0]).address();
+    let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));
+    let authorizer = signer(AUTHORIZER_KEY).address();
+    let sent_before = s.chain.tx_count(authorizer);
+
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel_with(client, &url, 5, &[("X402_REFUND", "all")]);
+    assert_eq!(result["statuses"]["200"], 5, "{result}");
+    let refund = &result["refund"]["settleResponse"];
+    assert_eq!(refund["success"], true, "{result}");
+    assert_eq!(refund["amount"], "15000", "{result}");
+    assert_eq!(
+        refund["extra"]["channelState"]["chargedCumulativeAmount"], "5000",
+        "{result}"
+    );
+
+    assert_eq!(s.chain.balance(payer), payer_before - U256::from(5000));
+    assert_eq!(s.chain.balance(payee), payee_before + U256::from(5000));
+    assert_eq!(escrowed(&s.chain), (5000, 5000), "nothing is left to claim");
+    assert_eq!(
+        s.chain.tx_count(authorizer),
+        sent_before + 2,
+        "the deposit, then one transaction for claim and refund"
+    );
+    assert_eq!(
+        s.origin.seen().len(),
+        5,
+        "the refund never reaches the origin"
+    );
+}
+
+#[test]
+fn the_official_typescript_client_gets_its_unspent_deposit_back_and_the_payee_keeps_every_served_call(
+) {
+    a_full_refund_returns_exactly_the_unspent_deposit(Client::TypeScript);
+}
+
+#[test]
+fn the_official_python_client_gets_its_unspent_deposit_back_and_the_payee_keeps_every_served_call()
+{
+    a_full_refund_returns_exactly_the_unspent_deposit(Client::Python);
+}
+
+#[test]
+fn a_partial_refund_leaves_the_channel_open_for_more_calls() {
+    let s = channel_setup(20_000);
+    let payer = signer(KEYS[0]).address();
+    let payer_before = s.chain.balance(payer);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel_with(Client::TypeScript, &url, 2, &[("X402_REFUND", "4000")]);
+    assert_eq!(
+        result["refund"]["settleResponse"]["amount"], "4000",
+        "{result}"
+    );
+    assert_eq!(
+        s.chain.balance(payer),
+        payer_before - U256::from(20_000 - 4000)
+    );
+    assert_eq!(escrowed(&s.chain), (16_000, 2000));
+
+    // The channel still pays: the next voucher is for 3000 of the 16 000 left.
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let r = get_paying(
+        s.levy.addr,
+        &voucher_header(&offered(&s.levy), &channel, 3000),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_refund_out_of_step_is_corrected_and_one_with_nothing_left_is_refused() {
+    let s = channel_setup(20_000);
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payee_before = s.chain.balance(payee);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 3);
+    assert_eq!(result["statuses"]["200"], 3, "{result}");
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let accepted = offered(&s.levy);
+    let refund = |max: u128| {
+        get_paying(
+            s.levy.addr,
+            &signed_payload(&accepted, &channel, max, json!({"type": "refund"})),
+        )
+    };
+
+    // A refund voucher that charges something (3000 was charged, not 4000) is out of step.
+    let challenge = refusal(&refund(4000));
+    assert_eq!(
+        challenge["error"],
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+    );
+    assert_eq!(
+        challenge["accepts"][0]["extra"]["channelState"]["chargedCumulativeAmount"],
+        "3000"
+    );
+    assert_eq!(escrowed(&s.chain), (20_000, 0), "nothing moved");
+
+    let r = refund(3000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(escrowed(&s.chain), (3000, 3000));
+    // Asked again: nothing beyond the charge is left.
+    assert_eq!(
+        refusal(&refund(3000))["error"],
+        "invalid_batch_settlement_evm_refund_no_balance"
+    );
+    // What was served was claimed for the payee by the refund's own transaction.
+    assert_eq!(s.chain.balance(payee), payee_before + U256::from(3000));
+}
