@@ -734,6 +734,9 @@ pub struct Ledger {
     /// When the payer asked to withdraw (unix seconds; 0: not asked).
     pub withdraw_requested_at: u64,
     pub refund_nonce: u64,
+    /// When levy last served a call on it, or first saw it (unix seconds).
+    #[serde(default)]
+    pub last_used: u64,
 }
 
 impl Ledger {
@@ -757,6 +760,7 @@ impl Ledger {
             signature: Bytes::new(),
             withdraw_requested_at: escrowed.withdraw_requested_at,
             refund_nonce: escrowed.refund_nonce,
+            last_used: 0,
         }
     }
 
@@ -827,19 +831,40 @@ impl Ledger {
         requested: Option<u128>,
     ) -> Result<RefundPlan, ChannelError> {
         self.in_step(voucher, 0)?;
-        let remainder = self.balance.saturating_sub(self.charged);
-        if remainder == 0 {
-            return Err(ChannelError::RefundNoBalance);
-        }
-        let claim = (self.charged > self.total_claimed).then(|| Claim {
+        let mut plan = self.returning(requested)?;
+        plan.claim = (self.charged > self.total_claimed).then(|| Claim {
             channel_id: self.channel_id,
             config: self.config,
             max_claimable: voucher.max_claimable,
             signature: voucher.signature.clone(),
             total_claimed: self.charged,
         });
+        Ok(plan)
+    }
+
+    /// levy's own refund of a channel left idle: everything not charged, with what was
+    /// charged claimed first under the latest voucher.
+    pub fn idle_refund(&self) -> Result<RefundPlan, ChannelError> {
+        let mut plan = self.returning(None)?;
+        plan.claim = self.claim();
+        Ok(plan)
+    }
+
+    /// Whether levy should refund this channel now, at unix second `now`: nobody paid on it
+    /// for `idle` seconds and something is left beyond what was charged.
+    pub fn is_idle(&self, now: u64, idle: u64) -> bool {
+        now.saturating_sub(self.last_used) >= idle && self.balance > self.charged
+    }
+
+    /// A refund of `requested` (everything not charged when `None`), capped at that, with
+    /// no claim yet.
+    fn returning(&self, requested: Option<u128>) -> Result<RefundPlan, ChannelError> {
+        let remainder = self.balance.saturating_sub(self.charged);
+        if remainder == 0 {
+            return Err(ChannelError::RefundNoBalance);
+        }
         Ok(RefundPlan {
-            claim,
+            claim: None,
             amount: requested.map_or(remainder, |r| r.min(remainder)),
             nonce: self.refund_nonce,
         })
@@ -857,6 +882,7 @@ impl Ledger {
         self.balance = later.balance;
         self.withdraw_requested_at = later.withdraw_requested_at;
         self.refund_nonce = self.refund_nonce.max(later.refund_nonce);
+        self.last_used = self.last_used.max(later.last_used);
     }
 
     /// `channelState` as the official client reads it.

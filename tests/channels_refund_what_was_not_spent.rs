@@ -6,11 +6,12 @@ use alloy::primitives::{Address, U256};
 use serde_json::json;
 
 use crate::channels_sell_many_calls_per_deposit::{
-    channel_setup, escrowed, get_paying, offered, pay_channel, pay_channel_with, payer_channel,
-    refusal, signed_payload, voucher_header, Client, AUTHORIZER_KEY,
+    channel_setup, channel_setup_configured, escrowed, get_paying, offered, pay_channel,
+    pay_channel_with, payer_channel, refusal, signed_payload, voucher_header, wait_balance, Client,
+    AUTHORIZER_KEY,
 };
 use crate::support::chain::{signer, KEYS};
-use crate::support::PAY_TO;
+use crate::support::{Reply, PAY_TO};
 
 /// `client` deposits 20 000, pays 5 calls at 1000 and asks for the rest back: the payer gets
 /// exactly 15 000, the payee exactly 5 000 (claimed in the same transaction), and levy
@@ -126,4 +127,22 @@ fn a_refund_out_of_step_is_corrected_and_one_with_nothing_left_is_refused() {
     );
     // What was served was claimed for the payee by the refund's own transaction.
     assert_eq!(s.chain.balance(payee), payee_before + U256::from(3000));
+}
+
+#[test]
+fn a_channel_left_idle_is_refunded_by_levy_after_its_charged_calls_are_claimed() {
+    let s = channel_setup_configured(20_000, "      refund_idle_after_seconds: 2\n", |_| {
+        Reply::ok(r#"{"tick":1}"#)
+    });
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payer = signer(KEYS[0]).address();
+    let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 4);
+    assert_eq!(result["statuses"]["200"], 4, "{result}");
+
+    // Nobody pays for 2 s: levy claims the 4 calls and returns the other 16 000, unasked.
+    wait_balance(&s.chain, payer, payer_before - U256::from(4000));
+    assert_eq!(s.chain.balance(payee), payee_before + U256::from(4000));
+    assert_eq!(escrowed(&s.chain), (4000, 4000));
 }

@@ -45,11 +45,17 @@ fn channel_chain() -> TestChain {
 /// The `levy:` YAML selling `/ticks` at 1000 atomic units through channels (and exact), with
 /// a minimum deposit of `min_deposit`, state in `dir` and claims only when asked (or when a
 /// payer asks to withdraw).
-fn channel_yaml(chain: &TestChain, origin: &Origin, dir: &Path, min_deposit: u64) -> String {
+fn channel_yaml(
+    chain: &TestChain,
+    origin: &Origin,
+    dir: &Path,
+    min_deposit: u64,
+    more_channel_settings: &str,
+) -> String {
     let key_file = dir.join("channel.key");
     std::fs::write(&key_file, AUTHORIZER_KEY).expect("write key");
     let channels = format!(
-        "    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n      watch_every_seconds: 1\n",
+        "    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n      watch_every_seconds: 1\n{more_channel_settings}",
         signer(AUTHORIZER_KEY).address(),
         key_file.display()
     );
@@ -74,10 +80,26 @@ pub(crate) fn channel_setup_with(
     min_deposit: u64,
     handler: impl Fn(&crate::support::origin::Seen) -> Reply + Send + Sync + 'static,
 ) -> ChannelSetup {
+    channel_setup_configured(min_deposit, "", handler)
+}
+
+/// [`channel_setup_with`] more `levy.settlement.channels` settings (YAML lines, indented
+/// six spaces).
+pub(crate) fn channel_setup_configured(
+    min_deposit: u64,
+    more_channel_settings: &str,
+    handler: impl Fn(&crate::support::origin::Seen) -> Reply + Send + Sync + 'static,
+) -> ChannelSetup {
     let chain = channel_chain();
     let origin = Origin::start(handler);
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&channel_yaml(&chain, &origin, dir.path(), min_deposit));
+    let levy = Levy::start(&channel_yaml(
+        &chain,
+        &origin,
+        dir.path(),
+        min_deposit,
+        more_channel_settings,
+    ));
     ChannelSetup {
         chain,
         levy,
@@ -515,7 +537,7 @@ fn a_sigkill_between_calls_loses_no_voucher() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, addr, admin) = process_config(
         dir.path(),
-        &channel_yaml(&chain, &origin, dir.path(), 400_000),
+        &channel_yaml(&chain, &origin, dir.path(), 400_000, ""),
     );
     let payee: Address = PAY_TO.parse().expect("pay_to");
     let before = chain.balance(payee);

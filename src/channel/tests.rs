@@ -233,3 +233,18 @@ fn a_refund_returns_only_what_was_not_charged_and_claims_the_charged_part_first(
         Err(ChannelError::RefundNoBalance)
     );
 }
+
+#[test]
+fn a_channel_is_idle_once_unused_for_long_enough_with_something_left_to_return() {
+    let mut l = ledger(5000, 2000);
+    l.last_used = 1000;
+    assert!(!l.is_idle(1059, 60));
+    assert!(l.is_idle(1060, 60));
+    assert!(!ledger(2000, 2000).is_idle(u64::MAX, 60), "nothing left");
+    // levy's own refund claims under the latest voucher it holds.
+    let v = check(&voucher_payload(&config(), 3000, &payer()), &offer(), 0).unwrap();
+    l.charge(v.voucher(), 1000);
+    let plan = l.idle_refund().unwrap();
+    assert_eq!(plan.amount, 5000 - 3000);
+    assert_eq!(plan.claim.unwrap().total_claimed, 3000);
+}

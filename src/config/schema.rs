@@ -362,6 +362,10 @@ pub struct Channels {
     /// Channels per claim transaction.
     #[serde(default = "default_max_claims")]
     pub max_claims: usize,
+    /// A channel with no paid call for this long gets what it has not spent sent back to
+    /// its payer (claiming what was charged first); unset: never.
+    #[serde(default)]
+    pub refund_idle_after_seconds: Option<u64>,
 }
 
 /// A metered route's unit and prices.

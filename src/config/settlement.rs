@@ -168,6 +168,12 @@ pub(super) fn settlement(
                     format!("must be between 1 and {most}, so a withdrawal is seen long before it can complete"),
                 ));
             }
+            if c.refund_idle_after_seconds == Some(0) {
+                return Err(invalid(
+                    format!("{at}.refund_idle_after_seconds"),
+                    "must be at least 1 (leave it out to never refund idle channels)",
+                ));
+            }
             if c.max_claims == 0 || c.max_claims > 500 {
                 return Err(invalid(
                     format!("{at}.max_claims"),
@@ -189,6 +195,7 @@ pub(super) fn settlement(
                 claim_every: Duration::from_secs(c.claim_every_seconds),
                 watch_every: Duration::from_secs(c.watch_every_seconds),
                 max_claims: c.max_claims,
+                refund_idle_after: c.refund_idle_after_seconds.map(Duration::from_secs),
                 log_path: log_path.into(),
                 rpcs,
                 rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),

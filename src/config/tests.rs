@@ -513,3 +513,20 @@ fn levy_check_shows_the_default_exposure_caps_and_loss_budget() {
         "levy.settlement.loss_budget",
     );
 }
+
+#[test]
+fn channel_settings_out_of_range_are_named() {
+    let settlement = |channel_keys: &str| {
+        format!(
+            "  settlement:\n    journal_path: /tmp/j.redb\n    channels:\n      authorizer: \"{PAY_TO}\"\n{channel_keys}"
+        )
+    };
+    assert_error(
+        &yaml(&priced(""), &settlement("      refund_idle_after_seconds: 0\n")),
+        "levy.settlement.channels.refund_idle_after_seconds: must be at least 1",
+    );
+    assert_error(
+        &yaml(&priced(""), &settlement("      watch_every_seconds: 0\n")),
+        "levy.settlement.channels.watch_every_seconds: must be between 1 and 300",
+    );
+}

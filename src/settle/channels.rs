@@ -6,6 +6,8 @@
 //! every `watch_every` it looks for payer withdrawals and claims those channels at once, long
 //! before their withdraw delay ends. Claims are built from the chain's `totalClaimed`, read
 //! just before: a claim whose fate was unknown is never repeated, only completed.
+//! Cooperative refunds (asked by the payer, or levy's own for channels left idle) claim what
+//! was charged and return the rest in one transaction.
 //!
 //! Channel transactions are sent from the authorizer's own account, one at a time, so they
 //! never race the settlement engine's nonces.
@@ -55,6 +57,8 @@ pub struct ChannelsSpec {
     pub claim_every: Duration,
     pub watch_every: Duration,
     pub max_claims: usize,
+    /// Channels unused this long are refunded what they have not spent; `None`: never.
+    pub refund_idle_after: Option<Duration>,
     /// `<journal_path>.channels`.
     pub log_path: PathBuf,
     /// RPC endpoint and chain id per network name.
@@ -259,10 +263,11 @@ impl Channels {
         if lock(&self.inner.slots).contains_key(&id) {
             return Ok(());
         }
-        let ledger = self
+        let mut ledger = self
             .read_ledger(network, id, voucher.config)
             .await
             .map_err(Refusal::Unavailable)?;
+        ledger.last_used = crate::clock::unix_now();
         lock(&self.inner.slots).entry(id).or_insert(Slot {
             ledger,
             busy_until: None,
@@ -281,11 +286,48 @@ impl Channels {
         network: &str,
         hold: Duration,
     ) -> Result<Refunded, Refusal> {
-        let id = voucher.channel_id;
         let chain = self.chain(network).map_err(Refusal::Unavailable)?;
         self.know(network, voucher).await?;
-        self.take(id, hold)?;
-        let refunded = self.refund_held(chain, voucher, requested).await;
+        self.take(voucher.channel_id, hold)?;
+        self.refund_taken(chain, voucher.channel_id, |ledger| {
+            ledger.refund(voucher, requested)
+        })
+        .await
+    }
+
+    /// Refunds every channel nobody paid on for `idle` that has something left (and is not
+    /// in use), one transaction each.
+    async fn refund_idle(&self, idle: Duration) {
+        let now = crate::clock::unix_now();
+        let idle_channels: Vec<(B256, String)> = lock(&self.inner.slots)
+            .values()
+            .filter(|s| s.ledger.is_idle(now, idle.as_secs()))
+            .map(|s| (s.ledger.channel_id, s.ledger.network.clone()))
+            .collect();
+        for (id, network) in idle_channels {
+            let Ok(chain) = self.chain(&network) else {
+                continue;
+            };
+            if self.take(id, self.inner.spec.rpc_timeout * 8).is_err() {
+                continue; // a call is paying on it: not idle after all
+            }
+            match self.refund_taken(chain, id, Ledger::idle_refund).await {
+                Ok(done) => ::log::info!("channel {id}: idle; its payer got {} back", done.amount),
+                Err(Refusal::Rejected(ChannelError::RefundNoBalance)) => {}
+                Err(e) => ::log::warn!("channel {id}: idle refund failed: {e:?}"),
+            }
+        }
+    }
+
+    /// A refund of the held channel `id` as `plan_of` decides from its ledger, read fresh
+    /// from the chain; the channel is let go and its new ledger written afterwards.
+    async fn refund_taken(
+        &self,
+        chain: &ChainSender,
+        id: B256,
+        plan_of: impl Fn(&Ledger) -> Result<RefundPlan, ChannelError>,
+    ) -> Result<Refunded, Refusal> {
+        let refunded = self.refund_held(chain, id, plan_of).await;
         if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
             slot.busy_until = None;
         }
@@ -300,20 +342,24 @@ impl Channels {
     async fn refund_held(
         &self,
         chain: &ChainSender,
-        voucher: &SignedVoucher,
-        requested: Option<u128>,
+        id: B256,
+        plan_of: impl Fn(&Ledger) -> Result<RefundPlan, ChannelError>,
     ) -> Result<Refunded, Refusal> {
-        let id = voucher.channel_id;
         let before = self
             .read_state(chain, id)
             .await
             .map_err(Refusal::Unavailable)?;
-        if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+        let config = {
+            let mut slots = lock(&self.inner.slots);
+            let slot = slots
+                .get_mut(&id)
+                .ok_or(Refusal::Rejected(ChannelError::NotFound))?;
             slot.ledger.observe(&before);
-        }
-        let plan = self.judge(id, |ledger| ledger.refund(voucher, requested))?;
+            slot.ledger.config
+        };
+        let plan = self.judge(id, plan_of)?;
         let data = self
-            .refund_call(chain, voucher, &plan)
+            .refund_call(chain, id, &config, &plan)
             .map_err(Refusal::Unavailable)?;
         let transaction = match self.send(chain, data).await {
             Ok(hash) => hash,
@@ -359,7 +405,8 @@ impl Channels {
     fn refund_call(
         &self,
         chain: &ChainSender,
-        voucher: &SignedVoucher,
+        channel_id: B256,
+        config: &crate::channel::ChannelConfig,
         plan: &RefundPlan,
     ) -> Result<Vec<u8>, String> {
         let sign = |digest: B256| {
@@ -369,7 +416,6 @@ impl Channels {
                 .map(|s| Bytes::from(s.as_bytes().to_vec()))
                 .map_err(|e| format!("cannot sign: {e}"))
         };
-        let config = voucher.config;
         let mut calls: Vec<Bytes> = Vec::new();
         if let Some(claim) = &plan.claim {
             let claims = std::slice::from_ref(claim);
@@ -390,12 +436,7 @@ impl Channels {
                 .into(),
             );
         }
-        let digest = refund_digest(
-            &chain.escrow_domain,
-            voucher.channel_id,
-            plan.nonce,
-            plan.amount,
-        );
+        let digest = refund_digest(&chain.escrow_domain, channel_id, plan.nonce, plan.amount);
         calls.push(
             IBatchSettlement::refundWithSignatureCall {
                 config: config.to_sol(),
@@ -439,6 +480,7 @@ impl Channels {
             .map(|s| s.ledger.clone())
             .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?;
         next.charge(&lease.voucher, lease.price);
+        next.last_used = crate::clock::unix_now();
         let written = self.inner.log.put(next.clone()).await;
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get_mut(&id) {
@@ -600,6 +642,9 @@ impl Channels {
                     self.claim_where(|l| withdrawing.contains(&l.channel_id))
                         .await;
                 }
+            }
+            if let Some(idle) = spec.refund_idle_after {
+                self.refund_idle(idle).await;
             }
         }
     }
