@@ -4,11 +4,13 @@
 //! against what levy offered, and the ledger of one channel: which voucher pays for the
 //! next request, what levy may claim, what the client is told. No I/O, no clock.
 //!
-//! A channel is the escrow of one payer for one receiver. Its ledger has three amounts:
+//! A channel is the escrow of one payer for one receiver. Its ledger has four amounts:
 //! `balance` (deposited, less refunds and withdrawals; claimed funds stay counted),
-//! `charged` (the cumulative price of the requests levy served on it) and `signed_max` (the
-//! payer's latest voucher: "the receiver may claim up to this much in all"). Each request
-//! comes with a voucher for exactly `charged + price`; levy claims `charged` on chain later.
+//! `charged` (what levy earned: the cumulative price of the requests it served), `unearned`
+//! (the unused part of metered calls' ceilings) and `signed_max` (the payer's latest
+//! voucher: "the receiver may claim up to this much in all"). Each request comes with a
+//! voucher for exactly `charged + unearned + price` (the protocol's cumulative amount);
+//! levy claims `charged` on chain later, and a refund returns everything else.
 
 use std::str::FromStr;
 
@@ -726,8 +728,13 @@ pub struct Ledger {
     pub balance: u128,
     /// Claimed on chain.
     pub total_claimed: u128,
-    /// The cumulative price of the requests served on this channel.
+    /// What levy earned on this channel: the cumulative price of the calls served (for a
+    /// metered route, what they delivered). What claims collect.
     pub charged: u128,
+    /// Reserved on the protocol's ledger but not earned: the unused part of metered calls'
+    /// ceilings. It goes back to the payer on refund or withdrawal.
+    #[serde(default)]
+    pub unearned: u128,
     /// The latest voucher levy holds, and its signature (empty: none yet).
     pub signed_max: u128,
     pub signature: Bytes,
@@ -756,6 +763,7 @@ impl Ledger {
             balance: escrowed.balance,
             total_claimed: escrowed.total_claimed,
             charged: escrowed.total_claimed,
+            unearned: 0,
             signed_max: 0,
             signature: Bytes::new(),
             withdraw_requested_at: escrowed.withdraw_requested_at,
@@ -788,7 +796,7 @@ impl Ledger {
     /// (what [`Ledger::admits`] checks besides the balance): levy asks this before it
     /// submits a deposit, so a client out of step is corrected before its money moves.
     pub fn in_step(&self, voucher: &SignedVoucher, price: u128) -> Result<(), ChannelError> {
-        let expected = self.charged.saturating_add(price);
+        let expected = self.cumulative().saturating_add(price);
         if voucher.max_claimable < self.total_claimed {
             return Err(ChannelError::BelowClaimed);
         }
@@ -801,11 +809,33 @@ impl Ledger {
         Ok(())
     }
 
+    /// The protocol's cumulative charge (`chargedCumulativeAmount`): what was earned plus
+    /// what metered calls reserved and did not use. The next voucher is for this plus a price.
+    pub fn cumulative(&self) -> u128 {
+        self.charged.saturating_add(self.unearned)
+    }
+
     /// Takes `price` for a served request under `voucher` (already admitted).
     pub fn charge(&mut self, voucher: &SignedVoucher, price: u128) {
         self.charged = self.charged.saturating_add(price);
         self.signed_max = voucher.max_claimable;
         self.signature = voucher.signature.clone();
+    }
+
+    /// Takes a metered call's `ceiling` onto the protocol's ledger under `voucher` (already
+    /// admitted) without earning any of it yet: [`Ledger::earn`] moves what the response
+    /// delivered into what levy claims.
+    pub fn reserve(&mut self, voucher: &SignedVoucher, ceiling: u128) {
+        self.unearned = self.unearned.saturating_add(ceiling);
+        self.signed_max = voucher.max_claimable;
+        self.signature = voucher.signature.clone();
+    }
+
+    /// Earns `amount` of what metered calls reserved (never more than that).
+    pub fn earn(&mut self, amount: u128) {
+        let amount = amount.min(self.unearned);
+        self.unearned -= amount;
+        self.charged = self.charged.saturating_add(amount);
     }
 
     /// What levy can claim now: everything charged beyond what is claimed, under the latest
@@ -823,7 +853,7 @@ impl Ledger {
 
     /// What a cooperative refund under `voucher` returns to the payer: `requested`, or
     /// everything not charged when `None`, capped at what is not charged. The voucher is
-    /// zero-charge (for exactly what was charged); what was charged and not yet claimed is
+    /// zero-charge (for exactly the cumulative amount); what was charged and not yet claimed is
     /// claimed in the same transaction, first, so a refund never returns what levy earned.
     pub fn refund(
         &self,
@@ -877,7 +907,9 @@ impl Ledger {
             self.signed_max = later.signed_max;
             self.signature = later.signature.clone();
         }
+        let cumulative = self.cumulative().max(later.cumulative());
         self.charged = self.charged.max(later.charged);
+        self.unearned = cumulative.saturating_sub(self.charged);
         self.total_claimed = self.total_claimed.max(later.total_claimed);
         self.balance = later.balance;
         self.withdraw_requested_at = later.withdraw_requested_at;
@@ -893,7 +925,7 @@ impl Ledger {
             "totalClaimed": self.total_claimed.to_string(),
             "withdrawRequestedAt": self.withdraw_requested_at,
             "refundNonce": self.refund_nonce.to_string(),
-            "chargedCumulativeAmount": self.charged.to_string(),
+            "chargedCumulativeAmount": self.cumulative().to_string(),
         })
     }
 

@@ -248,3 +248,38 @@ fn a_channel_is_idle_once_unused_for_long_enough_with_something_left_to_return()
     assert_eq!(plan.amount, 5000 - 3000);
     assert_eq!(plan.claim.unwrap().total_claimed, 3000);
 }
+
+#[test]
+fn a_metered_call_reserves_its_ceiling_and_levy_claims_only_what_it_earned() {
+    let mut l = ledger(50_000, 0);
+    let voucher = |max| check(&voucher_payload(&config(), max, &payer()), &offer(), 0).unwrap();
+    // Two metered calls with a ceiling of 10 000 each, delivering 2 500 and 4 000.
+    let first = voucher(10_000);
+    assert_eq!(l.admits(first.voucher(), 10_000), Ok(()));
+    l.reserve(first.voucher(), 10_000);
+    l.earn(2500);
+    let second = voucher(20_000);
+    assert_eq!(l.admits(second.voucher(), 10_000), Ok(()));
+    l.reserve(second.voucher(), 10_000);
+    l.earn(4000);
+    // The client's ledger runs at the ceiling; levy's claim is what was delivered.
+    assert_eq!(l.state_json()["chargedCumulativeAmount"], "20000");
+    let claim = l.claim().unwrap();
+    assert_eq!((claim.max_claimable, claim.total_claimed), (20_000, 6500));
+    // A refund (its voucher for the cumulative 20 000) returns all that was not earned.
+    let plan = l.refund(voucher(20_000).voucher(), None).unwrap();
+    assert_eq!(plan.amount, 50_000 - 6500);
+    // Earning never exceeds what was reserved.
+    l.earn(1_000_000);
+    assert_eq!((l.charged, l.unearned), (20_000, 0));
+}
+
+#[test]
+fn merging_keeps_the_larger_cumulative_and_the_larger_earning() {
+    let mut a = ledger(50_000, 2000);
+    a.unearned = 8000; // cumulative 10 000, earned 2 000
+    let mut b = ledger(50_000, 5000);
+    b.unearned = 0; // cumulative 5 000, earned 5 000
+    a.merge(&b);
+    assert_eq!((a.charged, a.cumulative()), (5000, 10_000));
+}
