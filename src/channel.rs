@@ -735,6 +735,11 @@ pub struct Ledger {
     /// ceilings. It goes back to the payer on refund or withdrawal.
     #[serde(default)]
     pub unearned: u128,
+    /// The ceilings of metered calls whose responses are still streaming (part of
+    /// `unearned`, not refundable until they end). Not kept across restarts: a stream cut by
+    /// one earns nothing.
+    #[serde(skip)]
+    pub streaming: u128,
     /// The latest voucher levy holds, and its signature (empty: none yet).
     pub signed_max: u128,
     pub signature: Bytes,
@@ -764,6 +769,7 @@ impl Ledger {
             total_claimed: escrowed.total_claimed,
             charged: escrowed.total_claimed,
             unearned: 0,
+            streaming: 0,
             signed_max: 0,
             signature: Bytes::new(),
             withdraw_requested_at: escrowed.withdraw_requested_at,
@@ -827,15 +833,26 @@ impl Ledger {
     /// delivered into what levy claims.
     pub fn reserve(&mut self, voucher: &SignedVoucher, ceiling: u128) {
         self.unearned = self.unearned.saturating_add(ceiling);
+        self.streaming = self.streaming.saturating_add(ceiling);
         self.signed_max = voucher.max_claimable;
         self.signature = voucher.signature.clone();
     }
 
-    /// Earns `amount` of what metered calls reserved (never more than that).
-    pub fn earn(&mut self, amount: u128) {
-        let amount = amount.min(self.unearned);
+    /// Earns `amount` of a metered call reserved at `ceiling` whose response ended (never
+    /// more than what is reserved).
+    pub fn earn(&mut self, amount: u128, ceiling: u128) {
+        self.streaming = self.streaming.saturating_sub(ceiling);
+        let amount = amount.min(ceiling).min(self.unearned);
         self.unearned -= amount;
         self.charged = self.charged.saturating_add(amount);
+    }
+
+    /// What is neither earned nor held for a response still streaming: what a refund may
+    /// return.
+    fn refundable(&self) -> u128 {
+        self.balance
+            .saturating_sub(self.charged)
+            .saturating_sub(self.streaming)
     }
 
     /// What levy can claim now: everything charged beyond what is claimed, under the latest
@@ -883,13 +900,13 @@ impl Ledger {
     /// Whether levy should refund this channel now, at unix second `now`: nobody paid on it
     /// for `idle` seconds and something is left beyond what was charged.
     pub fn is_idle(&self, now: u64, idle: u64) -> bool {
-        now.saturating_sub(self.last_used) >= idle && self.balance > self.charged
+        now.saturating_sub(self.last_used) >= idle && self.refundable() > 0
     }
 
     /// A refund of `requested` (everything not charged when `None`), capped at that, with
     /// no claim yet.
     fn returning(&self, requested: Option<u128>) -> Result<RefundPlan, ChannelError> {
-        let remainder = self.balance.saturating_sub(self.charged);
+        let remainder = self.refundable();
         if remainder == 0 {
             return Err(ChannelError::RefundNoBalance);
         }

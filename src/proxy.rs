@@ -360,6 +360,7 @@ impl ProxyHttp for LevyProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.finish_metering(session, e, ctx).await;
+        self.finish_channel_metering(session, e, ctx).await;
         self.finish_draw(ctx).await;
         self.release(ctx, Release::Unserved);
         let elapsed = ctx.started.elapsed();

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::channels_sell_many_calls_per_deposit::{
     channel_setup, channel_setup_configured, escrowed, get_paying, offered, pay_channel,
-    pay_channel_with, payer_channel, refusal, signed_payload, voucher_header, wait_balance, Client,
-    AUTHORIZER_KEY,
+    pay_channel_with, payer_channel, refusal, signed_payload, ticks_route, voucher_header,
+    wait_balance, Client, AUTHORIZER_KEY,
 };
 use crate::support::chain::{signer, KEYS};
 use crate::support::{Reply, PAY_TO};
@@ -131,9 +131,11 @@ fn a_refund_out_of_step_is_corrected_and_one_with_nothing_left_is_refused() {
 
 #[test]
 fn a_channel_left_idle_is_refunded_by_levy_after_its_charged_calls_are_claimed() {
-    let s = channel_setup_configured(20_000, "      refund_idle_after_seconds: 2\n", |_| {
-        Reply::ok(r#"{"tick":1}"#)
-    });
+    let s = channel_setup_configured(
+        &ticks_route(20_000),
+        "      refund_idle_after_seconds: 2\n",
+        |_| Reply::ok(r#"{"tick":1}"#),
+    );
     let payee: Address = PAY_TO.parse().expect("pay_to");
     let payer = signer(KEYS[0]).address();
     let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));

@@ -42,14 +42,21 @@ fn channel_chain() -> TestChain {
     chain
 }
 
-/// The `levy:` YAML selling `/ticks` at 1000 atomic units through channels (and exact), with
-/// a minimum deposit of `min_deposit`, state in `dir` and claims only when asked (or when a
-/// payer asks to withdraw).
+/// The `/ticks` route: 1000 atomic units a call through channels (and exact), with a
+/// minimum deposit of `min_deposit`.
+pub(crate) fn ticks_route(min_deposit: u64) -> String {
+    format!(
+        "    - {{name: ticks, path: /ticks, amount: 1000, accepts: [{{network: base-sepolia}}], channel: {{min_deposit: \"{min_deposit}\"}}}}\n"
+    )
+}
+
+/// The `levy:` YAML selling `route` (see [`ticks_route`]), with channel state in `dir` and
+/// claims only when asked (or when a payer asks to withdraw).
 fn channel_yaml(
     chain: &TestChain,
     origin: &Origin,
     dir: &Path,
-    min_deposit: u64,
+    route: &str,
     more_channel_settings: &str,
 ) -> String {
     let key_file = dir.join("channel.key");
@@ -58,9 +65,6 @@ fn channel_yaml(
         "    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n      watch_every_seconds: 1\n{more_channel_settings}",
         signer(AUTHORIZER_KEY).address(),
         key_file.display()
-    );
-    let route = format!(
-        "    - {{name: ticks, path: /ticks, amount: 1000, accepts: [{{network: base-sepolia}}], channel: {{min_deposit: \"{min_deposit}\"}}}}\n"
     );
     format!(
         "{}{}{}  routes:\n{route}",
@@ -80,13 +84,13 @@ pub(crate) fn channel_setup_with(
     min_deposit: u64,
     handler: impl Fn(&crate::support::origin::Seen) -> Reply + Send + Sync + 'static,
 ) -> ChannelSetup {
-    channel_setup_configured(min_deposit, "", handler)
+    channel_setup_configured(&ticks_route(min_deposit), "", handler)
 }
 
-/// [`channel_setup_with`] more `levy.settlement.channels` settings (YAML lines, indented
-/// six spaces).
+/// [`channel_setup_with`] `route` and more `levy.settlement.channels` settings (YAML lines,
+/// indented six spaces).
 pub(crate) fn channel_setup_configured(
-    min_deposit: u64,
+    route: &str,
     more_channel_settings: &str,
     handler: impl Fn(&crate::support::origin::Seen) -> Reply + Send + Sync + 'static,
 ) -> ChannelSetup {
@@ -97,7 +101,7 @@ pub(crate) fn channel_setup_configured(
         &chain,
         &origin,
         dir.path(),
-        min_deposit,
+        route,
         more_channel_settings,
     ));
     ChannelSetup {
@@ -537,7 +541,7 @@ fn a_sigkill_between_calls_loses_no_voucher() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (config, addr, admin) = process_config(
         dir.path(),
-        &channel_yaml(&chain, &origin, dir.path(), 400_000, ""),
+        &channel_yaml(&chain, &origin, dir.path(), &ticks_route(400_000), ""),
     );
     let payee: Address = PAY_TO.parse().expect("pay_to");
     let before = chain.balance(payee);

@@ -12,6 +12,7 @@ mod charged_payments_settle_on_a_real_chain;
 mod contract_wallets_pay_and_settle;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod metered_routes_charge_for_what_was_delivered;
+mod metered_routes_on_channels_earn_what_they_deliver;
 mod metered_streams_flow_through_and_charge_what_left;
 mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;

@@ -257,11 +257,16 @@ fn a_metered_call_reserves_its_ceiling_and_levy_claims_only_what_it_earned() {
     let first = voucher(10_000);
     assert_eq!(l.admits(first.voucher(), 10_000), Ok(()));
     l.reserve(first.voucher(), 10_000);
-    l.earn(2500);
+    l.earn(2500, 10_000);
     let second = voucher(20_000);
     assert_eq!(l.admits(second.voucher(), 10_000), Ok(()));
     l.reserve(second.voucher(), 10_000);
-    l.earn(4000);
+    // While the second response streams, its ceiling cannot be refunded.
+    assert_eq!(
+        l.refund(voucher(20_000).voucher(), None).unwrap().amount,
+        50_000 - 2500 - 10_000
+    );
+    l.earn(4000, 10_000);
     // The client's ledger runs at the ceiling; levy's claim is what was delivered.
     assert_eq!(l.state_json()["chargedCumulativeAmount"], "20000");
     let claim = l.claim().unwrap();
@@ -269,9 +274,11 @@ fn a_metered_call_reserves_its_ceiling_and_levy_claims_only_what_it_earned() {
     // A refund (its voucher for the cumulative 20 000) returns all that was not earned.
     let plan = l.refund(voucher(20_000).voucher(), None).unwrap();
     assert_eq!(plan.amount, 50_000 - 6500);
-    // Earning never exceeds what was reserved.
-    l.earn(1_000_000);
-    assert_eq!((l.charged, l.unearned), (20_000, 0));
+    // A call never earns more than its ceiling.
+    let third = voucher(30_000);
+    l.reserve(third.voucher(), 10_000);
+    l.earn(1_000_000, 10_000);
+    assert_eq!((l.charged, l.unearned, l.streaming), (16_500, 13_500, 0));
 }
 
 #[test]

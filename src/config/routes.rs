@@ -171,9 +171,16 @@ pub(super) fn paywall(
     let mut offers: Vec<Offer<'_>> = Vec::new();
     if let Some(terms) = &route.channel {
         let at = format!("{path}.channel");
-        let (key, price) = price
-            .as_ref()
-            .ok_or_else(|| invalid(&at, "channels sell a fixed price: give `price` or `amount`"))?;
+        let channel_price = match (&meter, &price) {
+            (Some(m), _) => ChannelPrice::Metered(m),
+            (None, Some((key, price))) => ChannelPrice::Fixed(key, price),
+            (None, None) => {
+                return Err(invalid(
+                    &at,
+                    "channels sell a fixed price or a meter: give `price`, `amount` or `meter`",
+                ))
+            }
+        };
         let authorizer = defaults.channel_authorizer.ok_or_else(|| {
             invalid(
                 &at,
@@ -192,8 +199,7 @@ pub(super) fn paywall(
             .map(|text| parse_price(&format!("{at}.min_deposit"), text))
             .transpose()?;
         offers.push(Offer::Channel {
-            key,
-            price,
+            price: channel_price,
             authorizer,
             withdraw_delay: terms.withdraw_delay_seconds,
             min_deposit,
@@ -247,13 +253,18 @@ pub(super) fn paywall(
             let (amount, scheme, rate) = match &offer {
                 Offer::Fixed(key, price) => (in_asset(key, price)?, Scheme::Exact, None),
                 Offer::Channel {
-                    key,
                     price,
                     authorizer,
                     withdraw_delay,
                     min_deposit,
                 } => {
-                    let amount = in_asset(key, price)?;
+                    let (amount, rate) = match price {
+                        ChannelPrice::Fixed(key, price) => (in_asset(key, price)?, None),
+                        ChannelPrice::Metered(m) => {
+                            let r = m.rates(&in_asset, asset.decimals)?;
+                            (r.ceiling, Some(r))
+                        }
+                    };
                     let min_deposit = match min_deposit {
                         Some(p) => in_asset("channel.min_deposit", p)?,
                         None => amount.saturating_mul(alloy_primitives::U256::from(10)),
@@ -270,7 +281,7 @@ pub(super) fn paywall(
                         min_deposit,
                         escrow_domain: crate::channel::domain_separator(network.chain_id),
                     };
-                    (amount, scheme, None)
+                    (amount, scheme, rate)
                 }
                 Offer::Metered(m) => {
                     let batcher = network.batcher.ok_or_else(|| {
@@ -394,10 +405,10 @@ pub(super) struct Defaults {
 /// What a priced route offers per accepted pair.
 #[derive(Clone)]
 pub(super) enum Offer<'a> {
-    /// `batch-settlement` vouchers at a fixed price.
+    /// `batch-settlement` vouchers at a fixed price, or (on a metered route) at the meter's
+    /// ceiling, earning what each call delivers.
     Channel {
-        key: &'static str,
-        price: &'a Price,
+        price: ChannelPrice<'a>,
         authorizer: Address,
         withdraw_delay: u64,
         min_deposit: Option<Price>,
@@ -406,6 +417,15 @@ pub(super) enum Offer<'a> {
     Metered(&'a MeterPrices),
     /// `exact` at a fixed price (the key it was written under).
     Fixed(&'static str, &'a Price),
+}
+
+/// What a channel voucher pays per call.
+#[derive(Clone)]
+pub(super) enum ChannelPrice<'a> {
+    /// The route's fixed price (the key it was written under).
+    Fixed(&'static str, &'a Price),
+    /// The meter's ceiling; the call earns its metered charge.
+    Metered(&'a MeterPrices),
 }
 
 /// A price written as dollars (`"$0.01"`) or atomic units (`"10000"`), at YAML path `at`.

@@ -522,11 +522,48 @@ fn channel_settings_out_of_range_are_named() {
         )
     };
     assert_error(
-        &yaml(&priced(""), &settlement("      refund_idle_after_seconds: 0\n")),
+        &yaml(
+            &priced(""),
+            &settlement("      refund_idle_after_seconds: 0\n"),
+        ),
         "levy.settlement.channels.refund_idle_after_seconds: must be at least 1",
     );
     assert_error(
         &yaml(&priced(""), &settlement("      watch_every_seconds: 0\n")),
         "levy.settlement.channels.watch_every_seconds: must be between 1 and 300",
     );
+}
+
+#[test]
+fn a_metered_route_with_a_channel_sells_vouchers_at_its_ceiling_ahead_of_upto() {
+    let channels = format!(
+        "{BATCHER}  settlement:\n    journal_path: /tmp/j.redb\n    channels:\n      authorizer: \"{PAY_TO}\"\n"
+    );
+    let config = Config::from_yaml(&yaml(
+        &metered(
+            "{unit: bytes, price: \"$0.0001\", ceiling: \"$0.05\"}",
+            "      channel: {}\n",
+        ),
+        &channels,
+    ))
+    .expect("valid");
+    let (_, route) = config.routes.iter().next().expect("one route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("route should be priced")
+    };
+    let offered: Vec<(&str, String)> = paywall
+        .challenge
+        .accepts_v2()
+        .iter()
+        .map(|r| (r.scheme.as_str(), r.amount.clone()))
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            ("batch-settlement", "50000".to_owned()),
+            ("upto", "50000".to_owned())
+        ]
+    );
+    let rates = &paywall.metered.as_ref().expect("metered").rates;
+    assert!(rates[0].is_some(), "the channel entry is metered too");
 }

@@ -18,6 +18,9 @@ use crate::channel::{self, ChannelError, Checked, Offer};
 use crate::clock::unix_now;
 use crate::config::Paywall;
 use crate::settle::channels::{Lease, Refunded, Refusal};
+use alloy_primitives::B256;
+
+use super::metering::Metering;
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE};
 
 /// Where a request's channel payment stands.
@@ -28,8 +31,29 @@ pub enum ChannelStep {
     None,
     /// Checked inline against the requirement at `index`; not yet leased.
     Checked { checked: Box<Checked>, index: usize },
-    /// The channel is held for this request.
-    Leased { lease: Box<Lease>, network: String },
+    /// The channel is held for this request; a metered one counts what it delivers.
+    Leased {
+        lease: Box<Lease>,
+        network: String,
+        metering: Option<Box<Metering>>,
+    },
+    /// A metered call's ceiling is on the channel's ledger; its response is streaming and
+    /// what it delivers is earned when it ends.
+    Metering {
+        channel_id: B256,
+        ceiling: u128,
+        metering: Box<Metering>,
+    },
+}
+
+impl ChannelStep {
+    /// The metering of a streaming metered channel call.
+    pub(super) fn metering(&mut self) -> Option<&mut Metering> {
+        match self {
+            ChannelStep::Metering { metering, .. } => Some(metering),
+            _ => None,
+        }
+    }
 }
 
 impl LevyProxy {
@@ -85,6 +109,10 @@ impl LevyProxy {
         let requirement = paywall.requirements.get(index)?;
         let offer = Offer::of(requirement)?;
         let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
+        let metering = paywall.metered.as_ref().and_then(|m| {
+            let rates = m.rates.get(index).copied().flatten()?;
+            Some(Box::new(Metering::new(m.unit.clone(), rates)))
+        });
         if let Checked::Refund(voucher, amount) = *checked {
             let refunded = channels
                 .refund(&voucher, amount, &requirement.network_name, hold)
@@ -98,7 +126,13 @@ impl LevyProxy {
             });
         }
         match channels
-            .lease(*checked, &offer, &requirement.network_name, hold)
+            .lease(
+                *checked,
+                &offer,
+                &requirement.network_name,
+                hold,
+                metering.is_some(),
+            )
             .await
         {
             Ok(lease) => {
@@ -108,6 +142,7 @@ impl LevyProxy {
                 ctx.channel = ChannelStep::Leased {
                     lease: Box::new(lease),
                     network: requirement.network.clone(),
+                    metering,
                 };
                 None
             }
@@ -172,13 +207,20 @@ impl LevyProxy {
     }
 
     /// On the origin's answer: below 400 the channel is charged (in the channel log before
-    /// this returns) and the response says so; otherwise it is released.
+    /// this returns) and the response says so; otherwise it is released. A metered call is
+    /// charged its ceiling on the protocol's ledger (what the response says, so the client's
+    /// next voucher is in step) and earns what it delivers when it ends.
     pub(super) async fn settle_channel(
         &self,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let ChannelStep::Leased { lease, network } = std::mem::take(&mut ctx.channel) else {
+        let ChannelStep::Leased {
+            lease,
+            network,
+            metering,
+        } = std::mem::take(&mut ctx.channel)
+        else {
             return Ok(());
         };
         let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
@@ -227,7 +269,45 @@ impl LevyProxy {
         if let Some(m) = self.metrics_of(ctx) {
             m.payments_charged.inc();
         }
+        if let Some(mut metering) = metering {
+            metering.on_headers(response);
+            ctx.channel = ChannelStep::Metering {
+                channel_id: lease.voucher.channel_id,
+                ceiling: lease.price,
+                metering,
+            };
+        }
         Ok(())
+    }
+
+    /// Once a metered channel call's response has ended: what it delivered is earned (in the
+    /// channel log before this returns); the rest of its ceiling stays the payer's.
+    pub(super) async fn finish_channel_metering(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        ctx: &mut RequestCtx,
+    ) {
+        let ChannelStep::Metering {
+            channel_id,
+            ceiling,
+            metering,
+        } = std::mem::take(&mut ctx.channel)
+        else {
+            return;
+        };
+        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+            return;
+        };
+        let (units, amount) = self.metered_charge(session, e, ctx, &metering);
+        let amount = u128::try_from(amount).unwrap_or(u128::MAX);
+        if let Err(e) = channels.earn(channel_id, amount, ceiling).await {
+            log::error!("cannot record channel {channel_id} earning {amount}: {e}");
+        }
+        log::debug!(
+            "metered channel call on {}: {units} units, {amount} earned",
+            ctx.route_label()
+        );
     }
 
     /// Lets a leased channel go uncharged (the exchange failed or ended unanswered).

@@ -10,6 +10,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use super::channel::ChannelStep;
 use super::ctx::{Release, RequestCtx, STATUS_PATH};
 use super::headers::make_private;
+use super::metering::Metering;
 use super::respond::Reply;
 use super::{LevyProxy, Outcome};
 use crate::clock::unix_now;
@@ -433,6 +434,32 @@ impl LevyProxy {
     /// by the client: what was flushed to it), and journals it: a charge above zero is
     /// queued for a batch, zero is journaled `void` and sends no transaction. Either way the
     /// Permit2 nonce stays used.
+    /// What a metered response that has ended delivered, in units and in atomic units
+    /// charged, counted in the route's metrics.
+    pub(super) fn metered_charge(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        ctx: &RequestCtx,
+        metering: &Metering,
+    ) -> (u64, alloy_primitives::U256) {
+        let origin_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+        let ending = metering.ending(origin_failed);
+        let (units, amount) = metering.charge(ending, session.body_bytes_sent() as u64);
+        let route = ctx.route_label();
+        metrics()
+            .metered_units
+            .with_label_values(&[route, metering.unit_name()])
+            .inc_by(units);
+        if !amount.is_zero() {
+            metrics()
+                .metered_amount
+                .with_label_values(&[route])
+                .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+        }
+        (units, amount)
+    }
+
     pub(super) async fn finish_metering(
         &self,
         session: &Session,
@@ -445,14 +472,8 @@ impl LevyProxy {
         let Some(metering) = paid.metering.take() else {
             return;
         };
-        let origin_failed = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
-        let ending = metering.ending(origin_failed);
-        let (units, amount) = metering.charge(ending, session.body_bytes_sent() as u64);
+        let (units, amount) = self.metered_charge(session, e, ctx, &metering);
         let route = ctx.route_label().to_owned();
-        metrics()
-            .metered_units
-            .with_label_values(&[route.as_str(), metering.unit_name()])
-            .inc_by(units);
         let mut record = paid.record(&route);
         record.amount = amount;
         let mut hold = paid.hold.take();
@@ -473,14 +494,8 @@ impl LevyProxy {
                 );
             }
         }
-        if !amount.is_zero() {
-            metrics()
-                .metered_amount
-                .with_label_values(&[route.as_str()])
-                .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
-        }
         log::debug!(
-            "metered payment {} on route {route}: {units} units, {amount} charged ({ending:?})",
+            "metered payment {} on route {route}: {units} units, {amount} charged",
             paid.id
         );
         ctx.charge(self.nonces.as_ref(), self.metrics_of(ctx), paid, amount);

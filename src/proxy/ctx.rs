@@ -342,7 +342,7 @@ impl RequestCtx {
     pub(super) fn metering(&mut self) -> Option<&mut Metering> {
         match &mut self.payment {
             PaymentState::Metering(paid) => paid.metering.as_mut(),
-            _ => None,
+            _ => self.channel.metering(),
         }
     }
 }

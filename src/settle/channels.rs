@@ -77,11 +77,15 @@ pub enum Refusal {
     Unavailable(String),
 }
 
-/// A channel held for one request: its voucher is admitted for `price`.
+/// A channel held for one request: its voucher is admitted for `price` (for a metered
+/// route, the ceiling).
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub voucher: SignedVoucher,
     pub price: u128,
+    /// The call is metered: the commit reserves `price`, and [`Channels::earn`] takes what
+    /// the response delivered.
+    pub metered: bool,
 }
 
 /// A cooperative refund that landed.
@@ -208,6 +212,7 @@ impl Channels {
         offer: &Offer,
         network: &str,
         hold: Duration,
+        metered: bool,
     ) -> Result<Lease, Refusal> {
         let voucher = checked.voucher().clone();
         let id = voucher.channel_id;
@@ -216,6 +221,7 @@ impl Channels {
         let lease = Lease {
             voucher,
             price: offer.price,
+            metered,
         };
         if let Checked::Deposit(_, deposit) = &checked {
             // A client out of step learns where the channel stands before its deposit is
@@ -479,14 +485,25 @@ impl Channels {
             .get(&id)
             .map(|s| s.ledger.clone())
             .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?;
-        next.charge(&lease.voucher, lease.price);
+        if lease.metered {
+            next.reserve(&lease.voucher, lease.price);
+        } else {
+            next.charge(&lease.voucher, lease.price);
+        }
         next.last_used = crate::clock::unix_now();
         let written = self.inner.log.put(next.clone()).await;
         let mut slots = lock(&self.inner.slots);
         if let Some(slot) = slots.get_mut(&id) {
             slot.busy_until = None;
             if written.is_ok() {
-                slot.ledger.merge(&next);
+                // The same step on the live ledger, which a metered call ending meanwhile
+                // may have moved on.
+                if lease.metered {
+                    slot.ledger.reserve(&lease.voucher, lease.price);
+                } else {
+                    slot.ledger.charge(&lease.voucher, lease.price);
+                }
+                slot.ledger.last_used = next.last_used;
             }
         }
         drop(slots);
@@ -496,6 +513,20 @@ impl Channels {
             .with_label_values(&[&next.network])
             .inc();
         Ok(next)
+    }
+
+    /// Earns `amount` of the `ceiling` a metered call on channel `id` reserved (once its
+    /// response ended), in the channel log before this returns.
+    pub async fn earn(&self, id: B256, amount: u128, ceiling: u128) -> Result<(), SettleError> {
+        let next = {
+            let mut slots = lock(&self.inner.slots);
+            let slot = slots
+                .get_mut(&id)
+                .ok_or_else(|| SettleError::Setup("a metered channel vanished".into()))?;
+            slot.ledger.earn(amount, ceiling);
+            slot.ledger.clone()
+        };
+        self.inner.log.put(next).await.map_err(journal)
     }
 
     /// Reads a channel levy has no ledger for from the escrow.
