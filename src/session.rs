@@ -153,6 +153,36 @@ pub struct Proof {
     pub signature: String,
 }
 
+/// The longest contract-wallet signature a proof may carry, in bytes (an ERC-6492 wrapper
+/// included).
+const MAX_SIGNATURE_BYTES: usize = 2 * 1024;
+
+/// Who signed a proof, as far as levy can tell without the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProofSigner {
+    /// An EOA: the signature recovered to the proof's address.
+    Eoa(Address),
+    /// Not an ECDSA signature of the proof's address: valid only if the chain says so
+    /// (EIP-1271 for a deployed contract wallet, ERC-6492 for one not deployed yet) over
+    /// `digest`, the EIP-191 hash of the SIWE message.
+    Contract {
+        address: Address,
+        chain_id: u64,
+        digest: B256,
+        signature: Vec<u8>,
+    },
+}
+
+impl ProofSigner {
+    /// The signer, where no chain can be asked: a contract wallet's proof is refused.
+    pub fn eoa(self) -> Result<Address, ProofError> {
+        match self {
+            ProofSigner::Eoa(address) => Ok(address),
+            ProofSigner::Contract { .. } => Err(ProofError::Signature),
+        }
+    }
+}
+
 /// Why a proof was refused; [`ProofError::reason`] is the extension's code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
@@ -352,14 +382,15 @@ impl Issuer {
     }
 
     /// Checks a proof at `now_ms` against what levy issued: domain, URI origin, times,
-    /// levy's own nonce for this route, the chain, then the EOA signature. Returns the
-    /// signer. Whether the nonce was used before is the caller's to decide.
+    /// levy's own nonce for this route, the chain, then the signature: an EOA's is recovered
+    /// here; any other is handed back for the chain to judge (a contract wallet's). Whether
+    /// the nonce was used before is the caller's to decide.
     pub fn check(
         &self,
         proof: &Proof,
         expected: &Expected<'_>,
         now_ms: u64,
-    ) -> Result<Address, ProofError> {
+    ) -> Result<ProofSigner, ProofError> {
         let (origin, authority) =
             origin_of(expected.resource_url).ok_or(ProofError::DomainMismatch)?;
         if proof.domain.to_ascii_lowercase() != authority {
@@ -405,16 +436,27 @@ impl Issuer {
             .signature
             .strip_prefix("0x")
             .unwrap_or(&proof.signature);
-        let mut raw = [0u8; 65];
-        alloy_primitives::hex::decode_to_slice(hex, &mut raw)
-            .map_err(|_| ProofError::MalformedSignature)?;
-        let signature =
-            Signature::from_raw_array(&raw).map_err(|_| ProofError::MalformedSignature)?;
-        let digest = eip191_hash_message(siwe_message(proof, &address, chain_id));
-        match alloy_consensus::crypto::secp256k1::recover_signer(&signature, digest) {
-            Ok(signer) if signer == address => Ok(address),
-            _ => Err(ProofError::Signature),
+        if hex.len() < 130 || hex.len() > 2 * MAX_SIGNATURE_BYTES {
+            return Err(ProofError::MalformedSignature);
         }
+        let bytes =
+            alloy_primitives::hex::decode(hex).map_err(|_| ProofError::MalformedSignature)?;
+        let digest = eip191_hash_message(siwe_message(proof, &address, chain_id));
+        let recovered = <[u8; 65]>::try_from(bytes.as_slice())
+            .ok()
+            .and_then(|raw| Signature::from_raw_array(&raw).ok())
+            .and_then(|signature| {
+                alloy_consensus::crypto::secp256k1::recover_signer(&signature, digest).ok()
+            });
+        if recovered == Some(address) {
+            return Ok(ProofSigner::Eoa(address));
+        }
+        Ok(ProofSigner::Contract {
+            address,
+            chain_id,
+            digest,
+            signature: bytes,
+        })
     }
 }
 

@@ -36,7 +36,18 @@ fn wallet_payment(
     owner_key: &str,
     wrap: impl Fn(Vec<u8>) -> Vec<u8>,
 ) -> (B256, String) {
-    let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
+    wallet_payment_for(levy, "/data/x", wallet, owner_key, wrap)
+}
+
+/// [`wallet_payment`] for the route at `path`.
+pub(crate) fn wallet_payment_for(
+    levy: &Levy,
+    path: &str,
+    wallet: Address,
+    owner_key: &str,
+    wrap: impl Fn(Vec<u8>) -> Vec<u8>,
+) -> (B256, String) {
+    let accepted = challenge(levy, path)["accepts"][0].clone();
     let terms = Terms::from_v2(&accepted).expect("terms");
     let (valid_after, valid_before, nonce) = (now() - 600, now() + 300, random_nonce());
     let domain = terms.domain_separator();
@@ -89,7 +100,24 @@ fn status(response: &Response) -> Value {
         .clone()
 }
 
-fn wallet_of(chain: &TestChain, factory: Address, owner: Address, salt: B256) -> Address {
+/// An EIP-1271 test wallet owned by `owner_key`, deployed on `chain`.
+pub(crate) fn deployed_wallet(chain: &TestChain, owner_key: &str) -> Address {
+    let factory = chain.deploy_artifact("TestWalletFactory");
+    let owner = signer(owner_key).address();
+    let salt = B256::repeat_byte(1);
+    chain.send(
+        factory,
+        ITestWalletFactory::deployCall { owner, salt }.abi_encode(),
+    );
+    wallet_of(chain, factory, owner, salt)
+}
+
+pub(crate) fn wallet_of(
+    chain: &TestChain,
+    factory: Address,
+    owner: Address,
+    salt: B256,
+) -> Address {
     let answer = chain.call(
         factory,
         ITestWalletFactory::walletAddressCall { owner, salt }.abi_encode(),
@@ -100,14 +128,7 @@ fn wallet_of(chain: &TestChain, factory: Address, owner: Address, salt: B256) ->
 #[test]
 fn a_deployed_eip1271_wallet_pays_and_settles_and_a_wrong_key_is_refused() {
     let chain = TestChain::start();
-    let factory = chain.deploy_artifact("TestWalletFactory");
-    let owner = signer(KEYS[2]).address();
-    let salt = B256::repeat_byte(1);
-    chain.send(
-        factory,
-        ITestWalletFactory::deployCall { owner, salt }.abi_encode(),
-    );
-    let wallet = wallet_of(&chain, factory, owner, salt);
+    let wallet = deployed_wallet(&chain, KEYS[2]);
     chain.mint(wallet, 10 * PRICE);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");

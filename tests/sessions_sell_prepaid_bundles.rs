@@ -156,3 +156,83 @@ fn a_bundle_outlives_a_sigkill() {
     expected.push(true);
     assert_eq!(paid_pattern(&report), expected, "{report}");
 }
+
+/// A `SIGN-IN-WITH-X` header answering the latest challenge of `levy`'s `/feed` for
+/// `address` (on Base Sepolia), its SIWE message signed (EIP-191) by `key`.
+fn proof_header(levy: &Levy, address: Address, key: &str) -> String {
+    let unpaid = request(
+        levy.addr,
+        &format!("GET /feed HTTP/1.1\r\nHost: {}\r\n\r\n", levy.addr),
+    );
+    let challenge = decode(unpaid.header("payment-required").expect("challenge"));
+    let info = &challenge["extensions"]["sign-in-with-x"]["info"];
+    let mut proof = serde_json::json!({
+        "domain": info["domain"], "address": address.to_checksum(None),
+        "statement": info["statement"], "uri": info["uri"], "version": info["version"],
+        "chainId": "eip155:84532", "type": "eip191", "nonce": info["nonce"],
+        "issuedAt": info["issuedAt"], "expirationTime": info["expirationTime"],
+        "signature": "",
+    });
+    let parsed: levy::session::Proof = serde_json::from_value(proof.clone()).expect("proof");
+    let message = levy::session::siwe_message(&parsed, &address, 84532);
+    let digest = alloy::primitives::eip191_hash_message(message);
+    let secret = alloy::primitives::B256::from_slice(&alloy::hex::decode(key).expect("key"));
+    let signature = alloy_consensus::crypto::secp256k1::sign_message(secret, digest)
+        .expect("sign")
+        .as_bytes();
+    proof["signature"] = format!("0x{}", alloy::hex::encode(signature)).into();
+    levy::x402::encode_header(proof.to_string().as_bytes())
+}
+
+#[test]
+fn a_contract_wallet_buys_a_bundle_and_signs_in_through_its_owner_and_a_strangers_proof_is_refused()
+{
+    let chain = TestChain::start();
+    let wallet = crate::contract_wallets_pay_and_settle::deployed_wallet(&chain, KEYS[2]);
+    chain.mint(wallet, 10 * PRICE);
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&bundle_yaml(&chain, &origin, dir.path()));
+
+    // The wallet pays once (EIP-1271, checked on chain) and so buys ten calls.
+    let (_, payment) = crate::contract_wallets_pay_and_settle::wallet_payment_for(
+        &levy,
+        "/feed",
+        wallet,
+        KEYS[2],
+        |s| s,
+    );
+    let bought = request(
+        levy.addr,
+        &format!(
+            "GET /feed HTTP/1.1\r\nHost: {}\r\nPAYMENT-SIGNATURE: {payment}\r\n\r\n",
+            levy.addr
+        ),
+    );
+    assert_eq!(bought.status, 200, "{}", bought.text());
+    let sign_in = |key: &str| {
+        request(
+            levy.addr,
+            &format!(
+                "GET /feed HTTP/1.1\r\nHost: {}\r\nSIGN-IN-WITH-X: {}\r\n\r\n",
+                levy.addr,
+                proof_header(&levy, wallet, key)
+            ),
+        )
+    };
+
+    // A proof for the wallet signed by a key that does not own it: the wallet says no.
+    let refused = sign_in(KEYS[3]);
+    assert_eq!(refused.status, 402, "{}", refused.text());
+    assert_eq!(
+        decode(refused.header("payment-required").expect("challenge"))["error"],
+        "invalid_siwx_signature"
+    );
+    assert_eq!(origin.seen().len(), 1);
+
+    // Signed by its owner: the wallet accepts it, and the call draws on the bundle.
+    let drawn = sign_in(KEYS[2]);
+    assert_eq!(drawn.status, 200, "{}", drawn.text());
+    assert_eq!(drawn.header("x-levy-bundle-remaining"), Some("9 calls"));
+    assert_eq!(origin.seen().len(), 2);
+}

@@ -12,6 +12,7 @@ use super::ctx::{Release, RequestCtx, STATUS_PATH};
 use super::headers::make_private;
 use super::metering::Metering;
 use super::respond::Reply;
+use super::session::SessionStep;
 use super::{LevyProxy, Outcome};
 use crate::clock::unix_now;
 use crate::config::{Access, Paywall, SettleMode};
@@ -79,6 +80,9 @@ impl LevyProxy {
         };
         if matches!(ctx.channel, ChannelStep::Checked { .. }) {
             return self.lease_channel(session, paywall, ctx).await;
+        }
+        if matches!(ctx.session, SessionStep::Proving(_)) {
+            return self.prove_contract_signer(session, paywall, ctx).await;
         }
         let paid = ctx.reserved()?;
         if settlement.verifies_remotely() {

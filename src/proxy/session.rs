@@ -11,9 +11,9 @@ use pingora::proxy::Session;
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Paywall;
-use crate::session::{self, Bundle, Expected, Quota, SIGN_IN_WITH_X};
+use crate::session::{self, Bundle, Expected, ProofSigner, Quota, SIGN_IN_WITH_X};
 use crate::settle::sessions::{Draw, Sessions};
-use crate::settle::Settlement;
+use crate::settle::{Settlement, SignatureCheck};
 use crate::x402::challenge::Rendered;
 
 pub(super) const SIGN_IN_WITH_X_HEADER: HeaderName = HeaderName::from_static(SIGN_IN_WITH_X);
@@ -33,6 +33,26 @@ pub enum SessionStep {
         served: bool,
         bytes: u64,
     },
+    /// A proof signed by a contract wallet, waiting for the chain's verdict before it draws.
+    Proving(Box<Proving>),
+}
+
+/// A contract wallet's proof that passed every inline check but its signature.
+#[derive(Debug)]
+pub struct Proving {
+    signer: ProofSigner,
+    /// The operator's name of the network the proof's chain is.
+    network: String,
+    ticket: Ticket,
+}
+
+/// What a proof asks to draw: a call on `route`'s bundle of `quota`, under the proof's
+/// single-use `nonce`.
+#[derive(Debug)]
+struct Ticket {
+    route: String,
+    quota: Quota,
+    nonce: String,
 }
 
 /// The chains a route takes payment on, which proofs may name.
@@ -79,8 +99,9 @@ impl LevyProxy {
     }
 
     /// On a bundle route, a request with a `SIGN-IN-WITH-X` proof and no payment draws on
-    /// the payer's bundle: `Some(Ok)` admitted, `Some(Err(reason))` for the 402, `None` when
-    /// there is no proof to look at.
+    /// the payer's bundle: `Some(Ok)` admitted (or, for a contract wallet's proof, waiting
+    /// for the chain's verdict in [`LevyProxy::prove_contract_signer`]), `Some(Err(reason))`
+    /// for the 402, `None` when there is no proof to look at.
     pub(super) fn draw_on_bundle(
         &self,
         session: &Session,
@@ -92,7 +113,7 @@ impl LevyProxy {
         let settlement = self.settlement.as_ref()?;
         let sessions = settlement.sessions()?;
         let route = ctx.route.as_ref()?.name.clone();
-        let admitted = (|| {
+        let checked = (|| {
             let proof = session::decode(header.as_bytes()).map_err(|e| e.reason())?;
             let url = self.request_url(session);
             let chains = chain_ids(paywall);
@@ -101,25 +122,122 @@ impl LevyProxy {
                 resource_url: &url,
                 chain_ids: &chains,
             };
-            let payer = sessions
+            let signer = sessions
                 .issuer()
                 .check(&proof, &expected, unix_ms())
                 .map_err(|e| e.reason())?;
-            if let Some(reason) = settlement.denied(payer) {
-                // A payer whose payment failed to settle draws nothing meanwhile.
-                return Err(reason);
-            }
-            sessions
-                .draw(payer, &route, quota, &proof.nonce, unix_now())
-                .map_err(|e| e.reason())
+            Ok((signer, proof.nonce))
         })();
-        Some(admitted.map(|draw| {
-            ctx.session = SessionStep::Drawing {
-                draw: Box::new(draw),
-                served: false,
-                bytes: 0,
-            };
-        }))
+        let (signer, nonce) = match checked {
+            Ok(checked) => checked,
+            Err(reason) => return Some(Err(reason)),
+        };
+        let payer = match signer {
+            ProofSigner::Eoa(payer) => payer,
+            ProofSigner::Contract { chain_id, .. } => {
+                // Only levy's own RPC can judge it; it does so before the request goes on.
+                let network = paywall
+                    .requirements
+                    .iter()
+                    .find(|r| r.chain_id == chain_id)
+                    .map(|r| r.network_name.clone());
+                let Some(network) = network.filter(|_| settlement.checks_signatures()) else {
+                    return Some(Err(session::ProofError::Signature.reason()));
+                };
+                ctx.session = SessionStep::Proving(Box::new(Proving {
+                    signer,
+                    network,
+                    ticket: Ticket {
+                        route,
+                        quota,
+                        nonce,
+                    },
+                }));
+                return Some(Ok(()));
+            }
+        };
+        let ticket = Ticket {
+            route,
+            quota,
+            nonce,
+        };
+        Some(Self::admit_draw(settlement, sessions, payer, &ticket, ctx))
+    }
+
+    /// Draws on `payer`'s bundle as `ticket` asks (its nonce spent atomically with it).
+    fn admit_draw(
+        settlement: &Settlement,
+        sessions: &Sessions,
+        payer: alloy_primitives::Address,
+        ticket: &Ticket,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), &'static str> {
+        if let Some(reason) = settlement.denied(payer) {
+            // A payer whose payment failed to settle draws nothing meanwhile.
+            return Err(reason);
+        }
+        let draw = sessions
+            .draw(
+                payer,
+                &ticket.route,
+                ticket.quota,
+                &ticket.nonce,
+                unix_now(),
+            )
+            .map_err(|e| e.reason())?;
+        ctx.session = SessionStep::Drawing {
+            draw: Box::new(draw),
+            served: false,
+            bytes: 0,
+        };
+        Ok(())
+    }
+
+    /// Before forwarding a contract wallet's proof: the chain judges its signature (EIP-1271,
+    /// or ERC-6492 for a wallet not deployed yet), then it draws as an EOA's would.
+    /// `Some(reply)` refuses the request.
+    pub(super) async fn prove_contract_signer(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<super::Reply> {
+        let SessionStep::Proving(proving) = std::mem::take(&mut ctx.session) else {
+            return None;
+        };
+        let settlement = self.settlement.as_ref()?;
+        let sessions = settlement.sessions()?;
+        let ProofSigner::Contract {
+            address,
+            digest,
+            signature,
+            ..
+        } = &proving.signer
+        else {
+            return None;
+        };
+        let refuse = |reason: &'static str, ctx: &mut RequestCtx| {
+            ctx.outcome = super::Outcome::PaymentRequired;
+            self.challenge(session, paywall, reason, reason)
+        };
+        match settlement
+            .check_signature(&proving.network, *address, *digest, signature)
+            .await
+        {
+            SignatureCheck::Valid => {}
+            SignatureCheck::Invalid => {
+                return Some(refuse(session::ProofError::Signature.reason(), ctx))
+            }
+            SignatureCheck::Unknown => {
+                return Some(self.retry_later(
+                    ctx,
+                    "cannot check the wallet's signature now; retry later",
+                    "2",
+                ))
+            }
+        }
+        let drawn = Self::admit_draw(settlement, sessions, *address, &proving.ticket, ctx);
+        drawn.err().map(|reason| refuse(reason, ctx))
     }
 
     /// The origin answered a drawing request: below 400 a calls or seconds bundle is

@@ -77,7 +77,10 @@ fn answer(issuer: &Issuer, edit: impl FnOnce(&mut Proof)) -> Proof {
 fn a_proof_of_levy_s_own_challenge_recovers_to_the_payer() {
     let issuer = Issuer::new(B256::repeat_byte(7));
     let proof = answer(&issuer, |_| {});
-    assert_eq!(issuer.check(&proof, &EXPECTED, NOW_MS + 1000), Ok(PAYER));
+    assert_eq!(
+        issuer.check(&proof, &EXPECTED, NOW_MS + 1000),
+        Ok(ProofSigner::Eoa(PAYER))
+    );
 }
 
 #[test]
@@ -141,17 +144,24 @@ fn each_broken_rule_gets_its_own_reason() {
         issuer.check(&answer(&issuer, |_| {}), &other_route, NOW_MS),
         Err(ProofError::Nonce)
     );
-    // Another signer's signature, or the payer's over a different message.
+    // Another signer's signature, or the payer's over a different message: not an EOA's
+    // proof, so only the chain may still take it (a contract wallet's), and without one it
+    // is refused.
     let mut forged = answer(&issuer, |_| {});
     forged.address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8".into();
-    assert_eq!(
-        issuer.check(&forged, &EXPECTED, NOW_MS),
-        Err(ProofError::Signature)
-    );
+    let signer = issuer.check(&forged, &EXPECTED, NOW_MS).unwrap();
+    assert!(matches!(
+        &signer,
+        ProofSigner::Contract { address, chain_id: 84532, signature, .. }
+            if address.to_string() == forged.address && signature.len() == 65
+    ));
+    assert_eq!(signer.eoa(), Err(ProofError::Signature));
     let mut altered = answer(&issuer, |_| {});
     altered.statement = Some("something else".into());
     assert_eq!(
-        issuer.check(&altered, &EXPECTED, NOW_MS),
+        issuer
+            .check(&altered, &EXPECTED, NOW_MS)
+            .and_then(ProofSigner::eoa),
         Err(ProofError::Signature)
     );
     let mut short = answer(&issuer, |_| {});
