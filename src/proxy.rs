@@ -176,14 +176,12 @@ impl ProxyHttp for LevyProxy {
         // Payment proofs are for levy; the origin never sees them. Payer headers come from
         // levy alone: whatever a client sent under those names is dropped.
         let names = &self.config.payer_headers;
-        for name in [
+        let proofs = [
             &PAYMENT_SIGNATURE_HEADER,
             &X_PAYMENT_HEADER,
             &session::SIGN_IN_WITH_X_HEADER,
-        ]
-        .into_iter()
-        .chain(names.all())
-        {
+        ];
+        for name in proofs.into_iter().chain(names.all()) {
             // Checking first is cheaper than a removal, and these are usually absent.
             if upstream_request.headers.contains_key(name) {
                 upstream_request.remove_header(name);
@@ -200,7 +198,7 @@ impl ProxyHttp for LevyProxy {
                 .keys()
                 .filter(|k| {
                     let dashed = k.as_str().replace('_', "-");
-                    [&PAYMENT_SIGNATURE_HEADER, &X_PAYMENT_HEADER]
+                    proofs
                         .into_iter()
                         .chain(names.all())
                         .any(|n| n.as_str() == dashed)
