@@ -114,13 +114,7 @@ fn a_replayed_sign_in_with_x_header_is_refused() {
     assert_eq!(paid_pattern(&report), vec![true, false], "{report}");
     let proof = report["calls"][1]["proof"].as_str().expect("a proof");
 
-    let replayed = request(
-        levy.addr,
-        &format!(
-            "GET /feed HTTP/1.1\r\nHost: {}\r\nSIGN-IN-WITH-X: {proof}\r\n\r\n",
-            levy.addr
-        ),
-    );
+    let replayed = get_feed(&levy, "SIGN-IN-WITH-X", proof);
     assert_eq!(replayed.status, 402, "{}", replayed.text());
     let challenge = decode(replayed.header("payment-required").expect("challenge"));
     assert_eq!(challenge["error"], "invalid_siwx_nonce");
@@ -155,6 +149,17 @@ fn a_bundle_outlives_a_sigkill() {
     let mut expected = vec![false; 7];
     expected.push(true);
     assert_eq!(paid_pattern(&report), expected, "{report}");
+}
+
+/// GETs `levy`'s `/feed` with one header `name: value`.
+fn get_feed(levy: &Levy, name: &str, value: &str) -> crate::support::Response {
+    request(
+        levy.addr,
+        &format!(
+            "GET /feed HTTP/1.1\r\nHost: {}\r\n{name}: {value}\r\n\r\n",
+            levy.addr
+        ),
+    )
 }
 
 /// A `SIGN-IN-WITH-X` header answering the latest challenge of `levy`'s `/feed` for
@@ -202,24 +207,9 @@ fn a_contract_wallet_buys_a_bundle_and_signs_in_through_its_owner_and_a_stranger
         KEYS[2],
         |s| s,
     );
-    let bought = request(
-        levy.addr,
-        &format!(
-            "GET /feed HTTP/1.1\r\nHost: {}\r\nPAYMENT-SIGNATURE: {payment}\r\n\r\n",
-            levy.addr
-        ),
-    );
+    let bought = get_feed(&levy, "PAYMENT-SIGNATURE", &payment);
     assert_eq!(bought.status, 200, "{}", bought.text());
-    let sign_in = |key: &str| {
-        request(
-            levy.addr,
-            &format!(
-                "GET /feed HTTP/1.1\r\nHost: {}\r\nSIGN-IN-WITH-X: {}\r\n\r\n",
-                levy.addr,
-                proof_header(&levy, wallet, key)
-            ),
-        )
-    };
+    let sign_in = |key: &str| get_feed(&levy, "SIGN-IN-WITH-X", &proof_header(&levy, wallet, key));
 
     // A proof for the wallet signed by a key that does not own it: the wallet says no.
     let refused = sign_in(KEYS[3]);

@@ -185,6 +185,25 @@ fn metered(meter: &str, extra_keys: &str) -> String {
     ))
 }
 
+/// The paywall of a config's only route.
+fn only_paywall(config: &Config) -> &Paywall {
+    let (_, route) = config.routes.iter().next().expect("one route");
+    let Access::Priced(paywall) = &route.access else {
+        panic!("route should be priced")
+    };
+    paywall
+}
+
+/// The v2 challenge's entries as (scheme, amount), in order.
+fn offered(paywall: &Paywall) -> Vec<(&str, String)> {
+    paywall
+        .challenge
+        .accepts_v2()
+        .iter()
+        .map(|r| (r.scheme.as_str(), r.amount.clone()))
+        .collect()
+}
+
 #[test]
 fn a_metered_route_offers_upto_first_and_its_fixed_price_after() {
     let config = Config::from_yaml(&yaml(
@@ -195,16 +214,8 @@ fn a_metered_route_offers_upto_first_and_its_fixed_price_after() {
         BATCHER,
     ))
     .expect("valid");
-    let (_, route) = config.routes.iter().next().expect("one route");
-    let Access::Priced(paywall) = &route.access else {
-        panic!("route should be priced")
-    };
-    let offered: Vec<(&str, String)> = paywall
-        .challenge
-        .accepts_v2()
-        .iter()
-        .map(|r| (r.scheme.as_str(), r.amount.clone()))
-        .collect();
+    let paywall = only_paywall(&config);
+    let offered = offered(paywall);
     assert_eq!(
         offered,
         [("upto", "50000".to_owned()), ("exact", "10000".to_owned())]
@@ -547,16 +558,8 @@ fn a_metered_route_with_a_channel_sells_vouchers_at_its_ceiling_ahead_of_upto() 
         &channels,
     ))
     .expect("valid");
-    let (_, route) = config.routes.iter().next().expect("one route");
-    let Access::Priced(paywall) = &route.access else {
-        panic!("route should be priced")
-    };
-    let offered: Vec<(&str, String)> = paywall
-        .challenge
-        .accepts_v2()
-        .iter()
-        .map(|r| (r.scheme.as_str(), r.amount.clone()))
-        .collect();
+    let paywall = only_paywall(&config);
+    let offered = offered(paywall);
     assert_eq!(
         offered,
         [
