@@ -21,11 +21,12 @@ use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
 /// Serves the admin endpoints.
 pub struct AdminApp {
     settlement: Option<Settlement>,
+    shared: Option<crate::state::Shared>,
 }
 
 impl AdminApp {
-    pub fn new(settlement: Option<Settlement>) -> Self {
-        Self { settlement }
+    pub fn new(settlement: Option<Settlement>, shared: Option<crate::state::Shared>) -> Self {
+        Self { settlement, shared }
     }
 
     async fn settlements(
@@ -108,7 +109,14 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/metrics" => metrics_page(),
             "/healthz" => plain(StatusCode::OK, "ok\n"),
-            "/readyz" => plain(StatusCode::OK, "ready\n"),
+            "/readyz" => match self.shared.as_ref().and_then(|s| s.unhealthy()) {
+                // Priced routes answer 503 meanwhile; free routes still work.
+                Some(why) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: shared state (Redis) is unavailable: {why}\n"),
+                ),
+                None => plain(StatusCode::OK, "ready\n"),
+            },
             p if p == "/settlements" || p.starts_with("/settlements/") => {
                 self.settlements(&method, p, query.as_deref()).await
             }

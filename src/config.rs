@@ -78,6 +78,8 @@ pub struct Config {
     pub payer_headers: PayerHeaders,
     /// The settlement engine's settings; `None` when payments are not settled on chain.
     pub settlement: Option<SettlementConfig>,
+    /// Redis, when replicas share state (`levy.state.redis`); `None`: embedded.
+    pub state: Option<crate::state::RedisSpec>,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -412,6 +414,10 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         .as_ref()
         .is_some_and(|s| s.facilitator.is_none() && !s.chains.is_empty());
 
+    let state = match &levy.state {
+        schema::State::Embedded => None,
+        schema::State::Redis(r) => Some(redis_spec(r)?),
+    };
     Ok(Config {
         pingora: file.pingora,
         data_listener,
@@ -425,6 +431,37 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         policy,
         payer_headers,
         settlement,
+        state,
+    })
+}
+
+fn redis_spec(r: &schema::RedisState) -> Result<crate::state::RedisSpec, ConfigError> {
+    let at = "levy.state.redis";
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| r.url.starts_with(scheme))
+    {
+        return Err(invalid(
+            format!("{at}.url"),
+            "must start with redis://, rediss:// or redis+unix://",
+        ));
+    }
+    if r.key_prefix.is_empty() {
+        return Err(invalid(
+            format!("{at}.key_prefix"),
+            "must not be empty (levy's keys would mix with others')",
+        ));
+    }
+    if !(1..=10_000).contains(&r.timeout_ms) {
+        return Err(invalid(
+            format!("{at}.timeout_ms"),
+            "must be between 1 and 10000",
+        ));
+    }
+    Ok(crate::state::RedisSpec {
+        url: r.url.clone(),
+        key_prefix: r.key_prefix.clone(),
+        timeout: std::time::Duration::from_millis(r.timeout_ms),
     })
 }
 

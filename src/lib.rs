@@ -24,6 +24,7 @@ pub mod server;
 pub mod services;
 pub mod session;
 pub mod settle;
+pub mod state;
 pub mod verify;
 pub mod x402;
 

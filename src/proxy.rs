@@ -53,6 +53,8 @@ pub struct LevyProxy {
     config: Arc<Config>,
     nonces: Arc<dyn NonceStore>,
     settlement: Option<Settlement>,
+    /// State shared with other replicas (Redis), if any.
+    shared: Option<crate::state::Shared>,
     /// One per route, by `Route::index`, then one for unmatched requests.
     route_metrics: Vec<RouteMetrics>,
 }
@@ -62,6 +64,7 @@ impl LevyProxy {
         config: Arc<Config>,
         nonces: Arc<dyn NonceStore>,
         settlement: Option<Settlement>,
+        shared: Option<crate::state::Shared>,
     ) -> Self {
         let mut route_metrics: Vec<RouteMetrics> = config
             .routes
@@ -73,6 +76,7 @@ impl LevyProxy {
             config,
             nonces,
             settlement,
+            shared,
             route_metrics,
         }
     }

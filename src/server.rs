@@ -14,8 +14,9 @@ use crate::admin::AdminApp;
 use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::LevyProxy;
-use crate::services::{NonceSweeper, SettlementService};
+use crate::services::{NonceSweeper, SettlementService, StateWatch};
 use crate::settle::{SettleError, Settlement};
+use crate::state::{Shared, SharedNonceStore};
 
 /// Builds the server. `opt` carries pingora's command-line flags (daemon, upgrade, test);
 /// its `conf` path is ignored because levy loads the file itself. Fails when the settlement
@@ -43,11 +44,29 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
             None
         }
     };
+    let shared = config
+        .state
+        .clone()
+        .map(Shared::open)
+        .transpose()
+        .map_err(|e| SettleError::Setup(e.to_string()))?;
     let config = Arc::new(config);
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
-    let nonces: Arc<dyn NonceStore> = Arc::new(MemoryNonceStore::default());
+    let nonces: Arc<dyn NonceStore> = match &shared {
+        Some(shared) => {
+            log::info!("state shared through Redis ({shared:?})");
+            Arc::new(SharedNonceStore::new(shared.clone()))
+        }
+        None => Arc::new(MemoryNonceStore::default()),
+    };
+    if let Some(shared) = &shared {
+        server.add_service(background_service(
+            "shared state watch",
+            StateWatch::new(shared.clone()),
+        ));
+    }
     if let Some(settlement) = &settlement {
         restore_used_nonces(&config, settlement, nonces.as_ref());
     }
@@ -64,13 +83,18 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
 
     let mut proxy = http_proxy_service(
         &server.configuration,
-        LevyProxy::new(Arc::clone(&config), Arc::clone(&nonces), settlement.clone()),
+        LevyProxy::new(
+            Arc::clone(&config),
+            Arc::clone(&nonces),
+            settlement.clone(),
+            shared.clone(),
+        ),
     );
     proxy.add_tcp(&config.data_listener.to_string());
     server.add_service(proxy);
 
     if let Some(admin) = config.admin_listener {
-        let mut service = Service::new("levy admin".to_owned(), AdminApp::new(settlement));
+        let mut service = Service::new("levy admin".to_owned(), AdminApp::new(settlement, shared));
         service.add_tcp(&admin.to_string());
         server.add_service(service);
     }

@@ -54,3 +54,24 @@ impl BackgroundService for SettlementService {
         self.settlement.run(shutdown).await;
     }
 }
+
+/// Pings the shared state's Redis once a second, so readiness follows it.
+pub struct StateWatch {
+    shared: crate::state::Shared,
+}
+
+impl StateWatch {
+    pub fn new(shared: crate::state::Shared) -> Self {
+        Self { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for StateWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.shared.watch(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod origin;
 pub mod outage;
 pub mod pay;
 pub mod process;
+pub mod redis;
 pub mod settle;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -47,6 +47,58 @@ pub struct Levy {
     /// How loosely priced routes match request paths.
     #[serde(default)]
     pub priced_paths: PricedPaths,
+    /// Where the state replicas share lives: `embedded` (one levy) or `redis: {…}`.
+    #[serde(default)]
+    pub state: State,
+}
+
+/// `levy.state`: `embedded`, or `redis: {url: …}`.
+#[derive(Debug, Default)]
+pub enum State {
+    /// In this process and its journal only: one levy.
+    #[default]
+    Embedded,
+    /// Shared through Redis, for several replicas.
+    Redis(RedisState),
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Shared {
+            redis: RedisState,
+        }
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(s) if s == "embedded" => Ok(State::Embedded),
+            serde_yaml::Value::Mapping(m) => {
+                serde_yaml::from_value::<Shared>(serde_yaml::Value::Mapping(m))
+                    .map(|s| State::Redis(s.redis))
+                    .map_err(D::Error::custom)
+            }
+            _ => Err(D::Error::custom("expected `embedded` or `redis: {url: …}`")),
+        }
+    }
+}
+
+/// `levy.state.redis`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisState {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+unix:///path`.
+    pub url: String,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_key_prefix() -> String {
+    "levy:v1:".to_owned()
+}
+fn default_redis_timeout_ms() -> u64 {
+    250
 }
 
 /// Spellings that priced routes treat as the same path (all on by default, so that an origin

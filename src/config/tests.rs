@@ -570,3 +570,43 @@ fn a_metered_route_with_a_channel_sells_vouchers_at_its_ceiling_ahead_of_upto() 
     let rates = &paywall.metered.as_ref().expect("metered").rates;
     assert!(rates[0].is_some(), "the channel entry is metered too");
 }
+
+#[test]
+fn shared_state_is_embedded_by_default_and_a_bad_redis_section_is_named() {
+    let config = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    assert_eq!(config.state, None);
+    let embedded = Config::from_yaml(&yaml(&priced(""), "  state: embedded\n")).expect("valid");
+    assert_eq!(embedded.state, None);
+    let redis = Config::from_yaml(&yaml(
+        &priced(""),
+        "  state:\n    redis: {url: \"redis://10.0.0.5:6379/2\"}\n",
+    ))
+    .expect("valid");
+    let spec = redis.state.expect("redis");
+    assert_eq!(
+        (spec.key_prefix.as_str(), spec.timeout.as_millis()),
+        ("levy:v1:", 250)
+    );
+    assert_error(
+        &yaml(&priced(""), "  state:\n    redis: {url: \"http://x\"}\n"),
+        "levy.state.redis.url: must start with redis://",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  state:\n    redis: {url: \"redis://x\", key_prefix: \"\"}\n",
+        ),
+        "levy.state.redis.key_prefix: must not be empty",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            "  state:\n    redis: {url: \"redis://x\", pool: 3}\n",
+        ),
+        "unknown field `pool`",
+    );
+    assert_error(
+        &yaml(&priced(""), "  state: shared\n"),
+        "expected `embedded` or `redis: {url: …}`",
+    );
+}

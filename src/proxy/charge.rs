@@ -21,6 +21,7 @@ use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
+use crate::state::Claim;
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
@@ -44,6 +45,39 @@ impl LevyProxy {
     ) -> Reply {
         self.release(ctx, Release::Refused(reason));
         self.challenge(session, paywall, reason, reason)
+    }
+
+    /// With shared state, a reserved payment must also be this replica's among all replicas
+    /// (one Redis round trip); `Some(reply)` refuses it: replayed or in flight elsewhere
+    /// (402), or Redis unavailable (503, nothing charged).
+    async fn claim_across_replicas(
+        &self,
+        session: &Session,
+        paywall: &Paywall,
+        ctx: &mut RequestCtx,
+    ) -> Option<Reply> {
+        let shared = self.shared.as_ref()?;
+        let paid = ctx.reserved()?;
+        let replay = paid.verified.scheme().replay(&paid.verified);
+        match shared.claim_nonce(&replay.key, replay.until).await {
+            Claim::Claimed => None,
+            Claim::Used => {
+                let reason = paid.verified.scheme().replayed().reason();
+                Some(self.refuse_payment(session, paywall, ctx, reason))
+            }
+            Claim::InFlight => {
+                let reason = Rejection::InFlight.reason();
+                Some(self.refuse_payment(session, paywall, ctx, reason))
+            }
+            Claim::Unavailable(why) => {
+                log::warn!("shared state unavailable: {why}");
+                Some(self.retry_later(
+                    ctx,
+                    "cannot check the payment with the other replicas now; retry later",
+                    "2",
+                ))
+            }
+        }
     }
 
     /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
@@ -73,11 +107,14 @@ impl LevyProxy {
         session: &Session,
         ctx: &mut RequestCtx,
     ) -> Option<Reply> {
-        let settlement = self.settlement.as_ref()?;
         let route = ctx.route.clone()?;
         let Access::Priced(paywall) = &route.access else {
             return None;
         };
+        if let Some(reply) = self.claim_across_replicas(session, paywall, ctx).await {
+            return Some(reply);
+        }
+        let settlement = self.settlement.as_ref()?;
         if matches!(ctx.channel, ChannelStep::Checked { .. }) {
             return self.lease_channel(session, paywall, ctx).await;
         }

@@ -1,0 +1,421 @@
+//! State that replicas share (`levy.state.redis`), on Redis: for now the replay set. Each
+//! replica keeps its own in-process set and journal; Redis only decides which replica may
+//! take an authorization, so one payment buys one response however many replicas it is sent
+//! to.
+//!
+//! A claim is one Lua script, one round trip: it returns the key's owner, or sets the key
+//! (`held:<replica>`; a replica holds an authorization at most once, its own replay set sees
+//! to that) to expire at the authorization's own deadline plus a margin, so every replica's
+//! keys expire together whatever their clocks say. A charged payment's key becomes
+//! `used:<replica>`; a released one is deleted, only by the replica that holds it
+//! (compare-and-delete). Both happen off the request path, through [`SharedNonceStore`],
+//! levy's replay set when state is shared. Redis errors fail closed: the caller answers 503
+//! and charges nothing.
+//!
+//! Keys name the money: `<prefix>{<payer>}:n:<chain>:<asset>:<nonce>`; the payer in braces
+//! is a Redis Cluster hash tag, so one payer's keys share a slot.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use tokio::sync::OnceCell;
+
+use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
+
+/// Seconds a replay key outlives its authorization's deadline (clock differences between
+/// replicas and the chain).
+const EXPIRY_MARGIN_SECONDS: u64 = 120;
+
+/// What `levy.state.redis` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    pub url: String,
+    /// Put in front of every key, so levy deployments (or versions) sharing one Redis
+    /// cannot collide.
+    pub key_prefix: String,
+    /// How long one Redis command may take before levy gives up on it (and answers 503).
+    pub timeout: Duration,
+}
+
+/// Why shared state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("levy.state.redis.url: {0}")]
+    Url(String),
+    #[error("cannot reach Redis at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "Redis at {url} has `maxmemory-policy {policy}`: it may evict keys, and an evicted replay key lets a payment be spent twice; set `maxmemory-policy noeviction`"
+    )]
+    Evicts { url: String, policy: String },
+}
+
+/// Who holds an authorization, as far as every replica is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This request holds it now.
+    Claimed,
+    /// A request (on this replica or another) holds it right now.
+    InFlight,
+    /// It already paid for a response.
+    Used,
+    /// Redis could not be asked: nothing may be charged.
+    Unavailable(String),
+}
+
+/// Returns the key's value when it exists; otherwise sets it to expire at `ARGV[2]` (unix
+/// milliseconds) and returns nothing.
+const CLAIM: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return false
+";
+
+/// Replaces the key's value with `ARGV[2]` (keeping its expiry) if it is still `ARGV[1]`.
+const MARK_USED: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+";
+
+/// Deletes the key if it is still `ARGV[1]`.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+struct Inner {
+    spec: RedisSpec,
+    client: Client,
+    /// Made on first use, in the runtime that serves requests.
+    conn: OnceCell<ConnectionManager>,
+    /// This process's name in key values.
+    replica: String,
+    /// Why the last command failed; `None` after a success.
+    last_error: Mutex<Option<String>>,
+    claim: Script,
+    mark_used: Script,
+    release: Script,
+}
+
+/// Handle to the shared state.
+#[derive(Clone)]
+pub struct Shared {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &redacted(&self.inner.spec.url))
+            .field("replica", &self.inner.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Connects to Redis once to check it can hold levy's state (reachable, no eviction),
+    /// then returns a handle whose connection is made on first use.
+    pub fn open(spec: RedisSpec) -> Result<Self, StateError> {
+        let client = Client::open(spec.url.as_str()).map_err(|e| StateError::Url(e.to_string()))?;
+        check_policy(&client, &spec)?;
+        let replica = format!("{}-{:08x}", std::process::id(), rand_u32(),);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                spec,
+                client,
+                conn: OnceCell::new(),
+                replica,
+                last_error: Mutex::new(None),
+                claim: Script::new(CLAIM),
+                mark_used: Script::new(MARK_USED),
+                release: Script::new(RELEASE),
+            }),
+        })
+    }
+
+    /// Why Redis could not be used last time, if it could not.
+    pub fn unhealthy(&self) -> Option<String> {
+        lock(&self.inner.last_error).clone()
+    }
+
+    /// Claims `key` until the authorization's deadline `valid_before` (unix seconds), for
+    /// every replica.
+    pub async fn claim_nonce(&self, key: &NonceKey, valid_before: u64) -> Claim {
+        let expires_ms = valid_before
+            .saturating_add(EXPIRY_MARGIN_SECONDS)
+            .saturating_mul(1000);
+        let held = self.held();
+        let answer: Result<Option<String>, String> = self
+            .run(|mut conn, inner| {
+                let key = self.nonce_key(key);
+                async move {
+                    inner
+                        .claim
+                        .key(key)
+                        .arg(held)
+                        .arg(expires_ms)
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await;
+        match answer {
+            Ok(None) => Claim::Claimed,
+            Ok(Some(owner)) if owner.starts_with("used:") => Claim::Used,
+            Ok(Some(_)) => Claim::InFlight,
+            Err(e) => Claim::Unavailable(e),
+        }
+    }
+
+    /// Marks a claimed authorization used (its payment was charged), in the background.
+    pub fn mark_used(&self, key: &NonceKey) {
+        let (held, used) = (self.held(), format!("used:{}", self.inner.replica));
+        let key = self.nonce_key(key);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let done: Result<i64, String> = this
+                .run(|mut conn, inner| async move {
+                    inner
+                        .mark_used
+                        .key(key)
+                        .arg(held)
+                        .arg(used)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await;
+            if let Err(e) = done {
+                // The key stays `held` until it expires: still refused everywhere.
+                log::warn!("cannot mark a payment used in Redis: {e}");
+            }
+        });
+    }
+
+    /// Gives a claimed authorization back (nothing was charged), in the background; only
+    /// this replica's own claim is deleted.
+    pub fn release_nonce(&self, key: &NonceKey) {
+        let held = self.held();
+        let key = self.nonce_key(key);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let done: Result<i64, String> = this
+                .run(|mut conn, inner| async move {
+                    inner
+                        .release
+                        .key(key)
+                        .arg(held)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await;
+            if let Err(e) = done {
+                // Until it expires the payer must sign a new authorization: nothing is lost.
+                log::warn!("cannot release a payment in Redis: {e}");
+            }
+        });
+    }
+
+    /// Asks Redis whether it answers (for `/readyz` and the watcher).
+    pub async fn ping(&self) -> Result<(), String> {
+        self.run(
+            |mut conn, _| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Pings Redis every `every` until the process ends, so `/readyz` tells when it is gone
+    /// and back even while no paid request comes.
+    pub async fn watch(&self, every: Duration) {
+        loop {
+            let _ = self.ping().await;
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn held(&self) -> String {
+        format!("held:{}", self.inner.replica)
+    }
+
+    fn nonce_key(&self, key: &NonceKey) -> String {
+        nonce_key(&self.inner.spec.key_prefix, key)
+    }
+
+    /// Runs one command on the shared connection within the timeout, recording the outcome
+    /// for [`Shared::unhealthy`].
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T, String>
+    where
+        F: FnOnce(ConnectionManager, Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let inner = &self.inner;
+        let outcome = tokio::time::timeout(inner.spec.timeout, async {
+            let conn = inner
+                .conn
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(inner.spec.timeout))
+                        .set_response_timeout(Some(inner.spec.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_secs(1));
+                    inner
+                        .client
+                        .get_connection_manager_with_config(config)
+                        .await
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .clone();
+            command(conn, Arc::clone(inner))
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| Err("Redis did not answer in time".to_owned()));
+        *lock(&inner.last_error) = outcome.as_ref().err().cloned();
+        outcome
+    }
+}
+
+/// The Redis key of an authorization: the payer in braces (a Cluster hash tag), then what
+/// makes the authorization unique.
+fn nonce_key(prefix: &str, key: &NonceKey) -> String {
+    format!(
+        "{prefix}{{{:#x}}}:n:{}:{:#x}:{:#x}",
+        key.from, key.chain_id, key.asset, key.nonce
+    )
+}
+
+/// levy's replay set when state is shared: this process's own set decides among its own
+/// requests (no round trip), Redis among replicas ([`Shared::claim_nonce`], asked before a
+/// payment is forwarded); commits and releases go to both.
+pub struct SharedNonceStore {
+    local: MemoryNonceStore,
+    shared: Shared,
+}
+
+impl SharedNonceStore {
+    pub fn new(shared: Shared) -> Self {
+        Self {
+            local: MemoryNonceStore::default(),
+            shared,
+        }
+    }
+}
+
+impl NonceStore for SharedNonceStore {
+    fn reserve(&self, key: &NonceKey, expires_at: u64) -> Reservation {
+        self.local.reserve(key, expires_at)
+    }
+    fn commit(&self, key: &NonceKey) {
+        self.local.commit(key);
+        self.shared.mark_used(key);
+    }
+    fn release(&self, key: &NonceKey) {
+        self.local.release(key);
+        self.shared.release_nonce(key);
+    }
+    fn purge_expired(&self, now: u64) -> usize {
+        self.local.purge_expired(now)
+    }
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+}
+
+/// Refuses a Redis that cannot be reached or may evict keys.
+fn check_policy(client: &Client, spec: &RedisSpec) -> Result<(), StateError> {
+    let url = redacted(&spec.url);
+    let unreachable = |reason: String| StateError::Unreachable {
+        url: url.clone(),
+        reason,
+    };
+    let check = || -> Result<String, StateError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unreachable(format!("cannot start a runtime: {e}")))?;
+        runtime.block_on(async {
+            let ask = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(spec.timeout.max(Duration::from_secs(2)), ask).await {
+                Err(_) => Err(unreachable("it did not answer in time".into())),
+                Ok(Err(e)) => Err(unreachable(e.to_string())),
+                Ok(Ok(pair)) => Ok(pair.get(1).cloned().unwrap_or_default()),
+            }
+        })
+    };
+    // A thread of its own: the caller may already be inside a runtime.
+    let policy = std::thread::scope(|scope| {
+        scope
+            .spawn(check)
+            .join()
+            .unwrap_or_else(|_| Err(unreachable("the check panicked".into())))
+    })?;
+    if policy != "noeviction" {
+        return Err(StateError::Evicts { url, policy });
+    }
+    Ok(())
+}
+
+/// A Redis URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_owned(),
+    }
+}
+
+fn rand_u32() -> u32 {
+    let bytes = alloy_primitives::B256::random();
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{address, b256};
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            redacted("redis://levy:s3cret@10.0.0.5:6379/0"),
+            "redis://…@10.0.0.5:6379/0"
+        );
+        assert_eq!(redacted("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+    }
+
+    #[test]
+    fn one_payers_replay_keys_share_a_cluster_hash_tag() {
+        let key = NonceKey {
+            chain_id: 84532,
+            asset: address!("036CbD53842c5426634e7929541eC2318f3dCF7e"),
+            from: address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
+            nonce: b256!("00000000000000000000000000000000000000000000000000000000000000aa"),
+        };
+        assert_eq!(
+            nonce_key("levy:v1:", &key),
+            "levy:v1:{0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266}:n:84532:\
+             0x036cbd53842c5426634e7929541ec2318f3dcf7e:\
+             0x00000000000000000000000000000000000000000000000000000000000000aa"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Several levy replicas as one, with `levy.state.redis`: a real redis-server and real levy
+//! processes on loopback. One payment buys one response however many replicas it is sent
+//! to; without Redis, priced routes fail closed and free routes keep serving.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use crate::support::chain::KEYS;
+use crate::support::pay::{challenge_at, paid_get, sign_for};
+use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
+use crate::support::redis::RedisServer;
+use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// A `levy:` section with a free `/free/*` and a priced `/data/*` route in front of
+/// `origin`, its state in `redis`.
+fn replica_yaml(origin: &Origin, redis: &RedisServer) -> String {
+    format!(
+        "{}  pay_to: \"{PAY_TO}\"\n{}  routes:\n    - {{name: free, path: /free/*, free: true}}\n    - {{name: data, path: /data/*, price: \"$0.001\", accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        redis.state_yaml(),
+    )
+}
+
+/// `count` levy processes sharing `redis`; their data addresses.
+fn replicas(
+    count: usize,
+    origin: &Origin,
+    redis: &RedisServer,
+) -> (Vec<LevyProcess>, Vec<SocketAddr>, Vec<tempfile::TempDir>) {
+    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..count {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, addr, _) = process_config(dir.path(), &replica_yaml(origin, redis));
+        processes.push(spawn_levy(&config));
+        addrs.push(addr);
+        dirs.push(dir);
+    }
+    for addr in &addrs {
+        wait_listening(*addr);
+    }
+    (processes, addrs, dirs)
+}
+
+#[test]
+fn one_payment_sent_to_three_replicas_at_once_is_served_exactly_once() {
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let (_processes, addrs, _dirs) = replicas(3, &origin, &redis);
+    for round in 0..5 {
+        let (_, payment) = sign_for(&challenge_at(addrs[0], "/data/x"), KEYS[0]);
+        let start = Arc::new(Barrier::new(addrs.len()));
+        let sends: Vec<_> = addrs
+            .iter()
+            .map(|addr| {
+                let (addr, payment, start) = (*addr, payment.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment)).status
+                })
+            })
+            .collect();
+        let mut statuses: Vec<u16> = sends
+            .into_iter()
+            .map(|s| s.join().expect("sender"))
+            .collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 402, 402], "round {round}");
+        assert_eq!(origin.seen().len(), round + 1, "one response per payment");
+        // Sent again, to any replica, it buys nothing more.
+        for addr in &addrs {
+            let again = request(*addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment));
+            assert_eq!(again.status, 402, "{}", again.text());
+        }
+    }
+}
+
+#[test]
+fn without_redis_priced_routes_fail_closed_free_routes_serve_and_levy_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::echo();
+    let levy = Levy::start(&replica_yaml(&origin, &redis));
+    let pay = |levy: &Levy| {
+        let (_, payment) = sign_for(&challenge_at(levy.addr, "/data/x"), KEYS[0]);
+        request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment),
+        )
+    };
+    let ready = |levy: &Levy| request(levy.admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
+    assert_eq!(pay(&levy).status, 200);
+
+    redis.stop();
+    let refused = pay(&levy);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("2"));
+    let free = request(levy.addr, "GET /free/x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(free.status, 200);
+    let not_ready = ready(&levy);
+    assert_eq!(not_ready.status, 503);
+    assert!(not_ready.text().contains("Redis"), "{}", not_ready.text());
+    assert_eq!(
+        origin.seen().len(),
+        2,
+        "the refused payment never reached the origin"
+    );
+
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready(&levy).status != 200 {
+        assert!(Instant::now() < deadline, "levy never saw Redis come back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(pay(&levy).status, 200);
+}
+
+#[test]
+fn levy_refuses_to_start_on_a_redis_that_may_evict_keys() {
+    let redis = RedisServer::start_with_policy("allkeys-lru");
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, _, _) = process_config(dir.path(), &replica_yaml(&origin, &redis));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_levy"))
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .expect("run levy");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("maxmemory-policy allkeys-lru") && stderr.contains("noeviction"),
+        "{stderr}"
+    );
+}

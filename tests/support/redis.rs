@@ -1,0 +1,72 @@
+//! A real `redis-server` on a free loopback port for one test (the Debian package; `.ci/run`
+//! installs it), stopped when dropped. It can be stopped and started again on the same port
+//! to act out an outage.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    policy: String,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A Redis that never evicts (as levy requires).
+    pub fn start() -> RedisServer {
+        Self::start_with_policy("noeviction")
+    }
+
+    /// A Redis with `maxmemory-policy` `policy`.
+    pub fn start_with_policy(policy: &str) -> RedisServer {
+        let mut server = RedisServer {
+            port: super::free_port(),
+            policy: policy.to_owned(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// levy's `levy.state` section for this server.
+    pub fn state_yaml(&self) -> String {
+        format!("  state:\n    redis:\n      url: {}\n", self.url())
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (SIGKILL: what a crash or a partition looks like to levy).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", &self.policy])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server (the Debian package redis-server) must be installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
