@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
 #   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
-#   | levy metered (upto, batched) | levy channel vouchers, then levy free and paid again at a fixed offered rate (open loop)
+#   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +49,12 @@ PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
 # levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys, $5 the
-# channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY).
+# channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY), $6 extra levy keys.
 levy_config() {
   cat > "$WORK/$1.yaml" <<YAML
 pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
 levy:
+${6:-}
   access_log: false
   listeners: {data: 127.0.0.1:$2, admin: 127.0.0.1:$3}
   networks:
@@ -85,12 +86,25 @@ LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab3
   LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
   ./target/release/levy -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
 NOFUNDS_PID=$!
-for p in 19000 19001 19002 19003 19005; do wait_port $p; done
+# The same levy with its replay set shared through Redis (one replica: what a Redis round
+# trip costs a paid request), with its own journal, settler and channel keys.
+redis-server --port 19379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+wait_port 19379
+levy_config levy-redis 19007 19008 "" 0x976EA74026E726554dB657fA54763abd0C3a0aa9 \
+  "  state: {redis: {url: \"redis://127.0.0.1:19379/0\"}}"
+LEVY_SETTLER_KEY=0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba LEVY_LOG=warn \
+  LEVY_CHANNEL_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e \
+  ./target/release/levy -c "$WORK/levy-redis.yaml" & PIDS+=($!)
+REDIS_LEVY_PID=$!
+# Lua calls (claims and used marks) Redis has run so far.
+redis_scripts() { redis-cli -p 19379 info commandstats | awk -F'[:=,]' '/^cmdstat_eval(sha)?:/{n+=$3} END{print n+0}'; }
+for p in 19000 19001 19002 19003 19005 19007; do wait_port $p; done
 
-# Waits (up to 5 minutes) until levy's settlement queue is empty.
+# Waits (up to 5 minutes) until the settlement queue of the levy whose admin port is $1
+# (default levy's) is empty.
 drain() {
   for _ in $(seq 1 600); do
-    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
+    depth=$(curl -s "http://127.0.0.1:${1:-19004}/metrics" | awk '/^levy_settlement_queue_depth /{print $2}')
     [ "${depth:-1}" = "0" ] && return 0
     sleep 0.5
   done
@@ -114,6 +128,11 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     drain
     echo "levy paid, batched|$(load --url http://127.0.0.1:19003/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
     echo "levy paid, batched, funds check off|$(load --url http://127.0.0.1:19005/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $NOFUNDS_PID)"
+    drain 19008
+    before=$(redis_scripts)
+    result=$(load --url http://127.0.0.1:19007/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $REDIS_LEVY_PID)
+    sleep 1 # the used marks go out after the response
+    echo "levy paid, batched, state on Redis|$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["redis_scripts"]=int(sys.argv[2]); print(json.dumps(d))' "$result" $(( $(redis_scripts) - before )))"
     drain
     echo "levy metered (upto), batched|$(load --url http://127.0.0.1:19003/metered/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
     drain
