@@ -181,48 +181,51 @@ impl Shared {
 
     /// Marks a claimed authorization used (its payment was charged), in the background.
     pub fn mark_used(&self, key: &NonceKey) {
-        let (held, used) = (self.held(), format!("used:{}", self.inner.replica));
-        let key = self.nonce_key(key);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let done: Result<i64, String> = this
-                .run(|mut conn, inner| async move {
-                    inner
-                        .mark_used
-                        .key(key)
-                        .arg(held)
-                        .arg(used)
-                        .invoke_async(&mut conn)
-                        .await
-                })
-                .await;
-            if let Err(e) = done {
-                // The key stays `held` until it expires: still refused everywhere.
-                log::warn!("cannot mark a payment used in Redis: {e}");
-            }
-        });
+        let args = vec![self.held(), format!("used:{}", self.inner.replica)];
+        // On failure the key stays `held` until it expires: still refused everywhere.
+        self.in_background(
+            |i| &i.mark_used,
+            self.nonce_key(key),
+            args,
+            "mark a payment used",
+        );
     }
 
     /// Gives a claimed authorization back (nothing was charged), in the background; only
     /// this replica's own claim is deleted.
     pub fn release_nonce(&self, key: &NonceKey) {
-        let held = self.held();
-        let key = self.nonce_key(key);
+        // On failure the payer must sign a new authorization until it expires: nothing is
+        // lost.
+        self.in_background(
+            |i| &i.release,
+            self.nonce_key(key),
+            vec![self.held()],
+            "release a payment",
+        );
+    }
+
+    /// Runs the script `pick` chooses on `key` with `args`, off the request path; a failure
+    /// is logged as not being able to `what`.
+    fn in_background(
+        &self,
+        pick: fn(&Inner) -> &Script,
+        key: String,
+        args: Vec<String>,
+        what: &'static str,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let done: Result<i64, String> = this
                 .run(|mut conn, inner| async move {
-                    inner
-                        .release
-                        .key(key)
-                        .arg(held)
-                        .invoke_async(&mut conn)
-                        .await
+                    let mut call = pick(&inner).key(key);
+                    for arg in &args {
+                        call.arg(arg);
+                    }
+                    call.invoke_async(&mut conn).await
                 })
                 .await;
             if let Err(e) = done {
-                // Until it expires the payer must sign a new authorization: nothing is lost.
-                log::warn!("cannot release a payment in Redis: {e}");
+                log::warn!("cannot {what} in Redis: {e}");
             }
         });
     }

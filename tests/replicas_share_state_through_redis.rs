@@ -7,10 +7,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::support::chain::KEYS;
-use crate::support::pay::{challenge_at, paid_get, sign_for};
+use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
 use crate::support::redis::RedisServer;
-use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// A `levy:` section with a free `/free/*` and a priced `/data/*` route in front of
 /// `origin`, its state in `redis`.
@@ -67,11 +67,65 @@ fn one_payment_sent_to_three_replicas_at_once_is_served_exactly_once() {
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 402, 402], "round {round}");
         assert_eq!(origin.seen().len(), round + 1, "one response per payment");
-        // Sent again, to any replica, it buys nothing more.
+        // Sent again, to any replica, it buys nothing more: it is used (once the serving
+        // replica's mark has reached Redis, just after its response).
         for addr in &addrs {
-            let again = request(*addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment));
-            assert_eq!(again.status, 402, "{}", again.text());
+            assert_eq!(
+                refusal_settling_on(*addr, &payment, "invalid_exact_evm_nonce_already_used"),
+                "invalid_exact_evm_nonce_already_used"
+            );
         }
+    }
+}
+
+/// The refusal reason of `payment` at `addr`, asked again (for up to 5 s) until it is
+/// `expected`.
+fn refusal_settling_on(addr: SocketAddr, payment: &str, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", payment));
+        assert_eq!(again.status, 402, "{}", again.text());
+        let reason = decode(again.header("payment-required").expect("challenge"))["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if reason == expected || Instant::now() > deadline {
+            return reason;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_payment_released_by_one_replica_can_be_spent_on_another() {
+    let redis = RedisServer::start();
+    let origin = Origin::start(|seen| {
+        if seen.target.contains("fail") {
+            Reply::status(500, "broken")
+        } else {
+            Reply::ok("fine")
+        }
+    });
+    let (_processes, addrs, _dirs) = replicas(2, &origin, &redis);
+    let (_, payment) = sign_for(&challenge_at(addrs[0], "/data/x"), KEYS[0]);
+    // The origin fails: nothing is charged and the authorization is given back.
+    let failed = request(
+        addrs[0],
+        &paid_get("/data/fail", "PAYMENT-SIGNATURE", &payment),
+    );
+    assert_eq!(failed.status, 500);
+    // The release reaches Redis just after the response; then the other replica takes it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let served = request(
+            addrs[1],
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment),
+        );
+        if served.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", served.text());
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
