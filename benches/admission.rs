@@ -76,7 +76,8 @@ fn admission(c: &mut Criterion) {
                 let FundsView::Known(balance) = view else {
                     panic!("a warm entry was not found");
                 };
-                let (admission, hold) = ledger.reserve(payer, U256::from(1000), Some(balance), 1);
+                let (admission, hold) =
+                    ledger.reserve(payer, U256::from(1000), Some(balance), 1, None);
                 assert_eq!(admission, Admission::Defer);
                 drop(black_box(hold));
             })

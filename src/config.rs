@@ -416,7 +416,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
 
     let state = match &levy.state {
         schema::State::Embedded => None,
-        schema::State::Redis(r) => Some(redis_spec(r)?),
+        schema::State::Redis(r) => Some(redis_spec(r, data_listener)?),
     };
     Ok(Config {
         pingora: file.pingora,
@@ -435,7 +435,10 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     })
 }
 
-fn redis_spec(r: &schema::RedisState) -> Result<crate::state::RedisSpec, ConfigError> {
+fn redis_spec(
+    r: &schema::RedisState,
+    data_listener: SocketAddr,
+) -> Result<crate::state::RedisSpec, ConfigError> {
     let at = "levy.state.redis";
     if !["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
@@ -462,7 +465,20 @@ fn redis_spec(r: &schema::RedisState) -> Result<crate::state::RedisSpec, ConfigE
         url: r.url.clone(),
         key_prefix: r.key_prefix.clone(),
         timeout: std::time::Duration::from_millis(r.timeout_ms),
+        replica: r
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", hostname(), data_listener.port())),
     })
+}
+
+/// This machine's host name (for the default replica name).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "levy".to_owned())
 }
 
 fn payer_headers(names: &schema::PayerHeaders) -> Result<PayerHeaders, ConfigError> {

@@ -54,6 +54,14 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
+    if let (Some(shared), Some(settlement)) = (&shared, &settlement) {
+        // This replica's exposure, as its journal holds it, replaces whatever a previous run
+        // left in Redis; every change after goes there too.
+        let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
+        shared
+            .publish_exposure(&unsettled)
+            .map_err(|e| SettleError::Setup(e.to_string()))?;
+    }
     let nonces: Arc<dyn NonceStore> = match &shared {
         Some(shared) => {
             log::info!("state shared through Redis ({shared:?})");

@@ -451,10 +451,20 @@ impl Settlement {
         payer: Address,
         amount: U256,
         balance: Option<U256>,
+        shares: Option<exposure::Shares>,
     ) -> (Admission, Option<Hold>) {
         self.inner
             .ledger
-            .reserve(payer, amount, balance, unix_now())
+            .reserve(payer, amount, balance, unix_now(), shares)
+    }
+
+    /// Shares this engine's exposure with other replicas: `mirror` is told every change from
+    /// now on. Returns the unsettled value per payer now (the journal's), for the caller to
+    /// publish first.
+    pub fn share_exposure(&self, mirror: Arc<dyn exposure::Mirror>) -> Vec<(Address, U256)> {
+        let now = self.inner.ledger.per_payer();
+        self.inner.ledger.share(mirror);
+        now
     }
 
     /// How close to `validBefore` a charged payment may be and still wait for a batch: the

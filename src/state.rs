@@ -14,6 +14,12 @@
 //!
 //! Keys name the money: `<prefix>{<payer>}:n:<chain>:<asset>:<nonce>`; the payer in braces
 //! is a Redis Cluster hash tag, so one payer's keys share a slot.
+//!
+//! Exposure (unsettled value per payer and in total) is counted per replica: one hash per
+//! payer and one for the total, a field per replica, so a restarted replica replaces its own
+//! share with what its journal says and never counts a payment twice. A payment's reservation
+//! adds to both and reads both sums back in one script, so two replicas reserving at once
+//! each see the other's share. These keys share the tag `{exposure}`: one Cluster slot.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +28,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::sync::OnceCell;
 
+use alloy_primitives::{Address, U256};
+
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
+use crate::settle::exposure::{Mirror, Shares};
 
 /// Seconds a replay key outlives its authorization's deadline (clock differences between
 /// replicas and the chain).
@@ -37,6 +46,9 @@ pub struct RedisSpec {
     pub key_prefix: String,
     /// How long one Redis command may take before levy gives up on it (and answers 503).
     pub timeout: Duration,
+    /// This replica's name, the same across its restarts (its share of exposure is kept
+    /// under it).
+    pub replica: String,
 }
 
 /// Why shared state cannot be used.
@@ -83,6 +95,43 @@ end
 return 0
 ";
 
+/// Adds `ARGV[2]` to this replica's field `ARGV[1]` of the payer's (`KEYS[1]`) and the total
+/// (`KEYS[2]`) exposure, notes the payer's key in the replica's index (`KEYS[3]`), and returns
+/// both sums over every replica.
+const RESERVE: &str = r"
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[3], KEYS[1])
+local function sum(key)
+  local s = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do s = s + tonumber(v) end
+  return string.format('%d', s)
+end
+return {sum(KEYS[1]), sum(KEYS[2])}
+";
+
+/// Adds `ARGV[2]` (negative: removes) to this replica's field `ARGV[1]` of the payer's and the
+/// total exposure, never below zero.
+const MOVE: &str = r"
+for i = 1, 2 do
+  local v = redis.call('HINCRBY', KEYS[i], ARGV[1], ARGV[2])
+  if v <= 0 then redis.call('HDEL', KEYS[i], ARGV[1]) end
+end
+if tonumber(ARGV[2]) > 0 then redis.call('SADD', KEYS[3], KEYS[1]) end
+return 0
+";
+
+/// Forgets this replica's whole share (field `ARGV[1]` of every payer hash in its index
+/// `KEYS[1]`, and of the total `KEYS[2]`).
+const FORGET: &str = r"
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  redis.call('HDEL', key, ARGV[1])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 0
+";
+
 /// Deletes the key if it is still `ARGV[1]`.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -103,6 +152,8 @@ struct Inner {
     claim: Script,
     mark_used: Script,
     release: Script,
+    reserve: Script,
+    move_exposure: Script,
 }
 
 /// Handle to the shared state.
@@ -130,7 +181,7 @@ impl Shared {
     pub fn open(spec: RedisSpec) -> Result<Self, StateError> {
         let client = Client::open(spec.url.as_str()).map_err(|e| StateError::Url(e.to_string()))?;
         check_policy(&client, &spec)?;
-        let replica = format!("{}-{:08x}", std::process::id(), rand_u32(),);
+        let replica = spec.replica.clone();
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
@@ -141,6 +192,8 @@ impl Shared {
                 claim: Script::new(CLAIM),
                 mark_used: Script::new(MARK_USED),
                 release: Script::new(RELEASE),
+                reserve: Script::new(RESERVE),
+                move_exposure: Script::new(MOVE),
             }),
         })
     }
@@ -230,6 +283,138 @@ impl Shared {
         });
     }
 
+    /// Counts `amount` in `payer`'s and the total exposure of this replica and returns the
+    /// sums over every replica, this payment included.
+    pub async fn reserve_exposure(&self, payer: Address, amount: U256) -> Result<Shares, String> {
+        let keys = self.exposure_keys(payer);
+        let (field, amount) = (self.inner.replica.clone(), amount.to_string());
+        let sums: Vec<String> = self
+            .run(|mut conn, inner| async move {
+                inner
+                    .reserve
+                    .key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .arg(field)
+                    .arg(amount)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let parse = |i: usize| {
+            sums.get(i)
+                .and_then(|v| U256::from_str_radix(v, 10).ok())
+                .ok_or_else(|| "Redis answered an unreadable exposure sum".to_owned())
+        };
+        Ok(Shares {
+            payer: parse(0)?,
+            total: parse(1)?,
+        })
+    }
+
+    /// Replaces this replica's share of exposure with `per_payer` (what its journal holds
+    /// unsettled), before it serves: what a previous run left counted is forgotten.
+    pub fn publish_exposure(&self, per_payer: &[(Address, U256)]) -> Result<(), StateError> {
+        let url = redacted(&self.inner.spec.url);
+        let field = self.inner.replica.clone();
+        let prefix = &self.inner.spec.key_prefix;
+        let index = format!("{prefix}{{exposure}}:replica:{field}");
+        let total = format!("{prefix}{{exposure}}:total");
+        let sum: U256 = per_payer.iter().map(|(_, v)| *v).sum();
+        let publish = || -> Result<(), StateError> {
+            let unreachable = |reason: String| StateError::Unreachable {
+                url: url.clone(),
+                reason,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| unreachable(format!("cannot start a runtime: {e}")))?;
+            runtime.block_on(async {
+                let mut conn = self
+                    .inner
+                    .client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))?;
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                pipe.cmd("EVAL")
+                    .arg(FORGET)
+                    .arg(2)
+                    .arg(&index)
+                    .arg(&total)
+                    .arg(&field)
+                    .ignore();
+                for (payer, value) in per_payer {
+                    let key = exposure_payer_key(prefix, *payer);
+                    pipe.cmd("HSET")
+                        .arg(&key)
+                        .arg(&field)
+                        .arg(value.to_string())
+                        .ignore();
+                    pipe.cmd("SADD").arg(&index).arg(&key).ignore();
+                }
+                if !sum.is_zero() {
+                    pipe.cmd("HSET")
+                        .arg(&total)
+                        .arg(&field)
+                        .arg(sum.to_string())
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| unreachable(e.to_string()))
+            })
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(publish).join().unwrap_or_else(|_| {
+                Err(StateError::Unreachable {
+                    url: redacted(&self.inner.spec.url),
+                    reason: "publishing exposure panicked".into(),
+                })
+            })
+        })
+    }
+
+    /// The payer's exposure hash, the total's, and this replica's index of payer hashes.
+    fn exposure_keys(&self, payer: Address) -> [String; 3] {
+        let prefix = &self.inner.spec.key_prefix;
+        [
+            exposure_payer_key(prefix, payer),
+            format!("{prefix}{{exposure}}:total"),
+            format!("{prefix}{{exposure}}:replica:{}", self.inner.replica),
+        ]
+    }
+
+    /// Moves this replica's share of `payer`'s exposure by `delta` (signed), off the request
+    /// path.
+    fn move_exposure(&self, payer: Address, delta: String) {
+        let keys = self.exposure_keys(payer);
+        let field = self.inner.replica.clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let done: Result<i64, String> = this
+                .run(|mut conn, inner| async move {
+                    inner
+                        .move_exposure
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .key(&keys[2])
+                        .arg(field)
+                        .arg(delta)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await;
+            if let Err(e) = done {
+                // Counted too high until this replica restarts: payments settle first sooner,
+                // nothing is lost.
+                log::warn!("cannot update the shared exposure in Redis: {e}");
+            }
+        });
+    }
+
     /// Asks Redis whether it answers (for `/readyz` and the watcher).
     pub async fn ping(&self) -> Result<(), String> {
         self.run(
@@ -290,6 +475,20 @@ impl Shared {
         *lock(&inner.last_error) = outcome.as_ref().err().cloned();
         outcome
     }
+}
+
+impl Mirror for Shared {
+    fn added(&self, payer: Address, amount: U256) {
+        self.move_exposure(payer, amount.to_string());
+    }
+    fn removed(&self, payer: Address, amount: U256) {
+        self.move_exposure(payer, format!("-{amount}"));
+    }
+}
+
+/// A payer's exposure hash (all exposure keys share the `{exposure}` Cluster slot).
+fn exposure_payer_key(prefix: &str, payer: Address) -> String {
+    format!("{prefix}{{exposure}}:payer:{payer:#x}")
 }
 
 /// The Redis key of an authorization: the payer in braces (a Cluster hash tag), then what
@@ -385,11 +584,6 @@ pub fn redacted(url: &str) -> String {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
         _ => url.to_owned(),
     }
-}
-
-fn rand_u32() -> u32 {
-    let bytes = alloy_primitives::B256::random();
-    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::support::chain::KEYS;
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
 use crate::support::redis::RedisServer;
+use crate::support::settle::{settlement_yaml_signed_by, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// A `levy:` section with a free `/free/*` and a priced `/data/*` route in front of
@@ -184,5 +185,70 @@ fn levy_refuses_to_start_on_a_redis_that_may_evict_keys() {
     assert!(
         stderr.contains("maxmemory-policy allkeys-lru") && stderr.contains("noeviction"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_exposure_cap_holds_across_replicas_under_concurrency() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    // At most 3 000 (three payments) unsettled per payer across both replicas; deferred
+    // payments wait a minute for their batch, so they stay unsettled throughout.
+    let settlement = "    max_delay_ms: 60000\n    max_unsettled_per_payer: 3000\n";
+    let mut processes = Vec::new();
+    let mut addrs = Vec::new();
+    let mut dirs = Vec::new();
+    for settler in [SETTLER_KEY, KEYS[3]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml_signed_by(dir.path(), settler, settlement),
+            redis.state_yaml(),
+        );
+        let (config, addr, _) = process_config(dir.path(), &yaml);
+        processes.push(spawn_levy(&config));
+        addrs.push(addr);
+        dirs.push(dir);
+    }
+    for addr in &addrs {
+        wait_listening(*addr);
+    }
+    let terms = challenge_at(addrs[0], "/data/x");
+    let payments: Vec<String> = (0..8).map(|_| sign_for(&terms, KEYS[0]).1).collect();
+    let start = Arc::new(Barrier::new(payments.len()));
+    let sends: Vec<_> = payments
+        .into_iter()
+        .enumerate()
+        .map(|(i, payment)| {
+            let (addr, start) = (addrs[i % 2], Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let r = request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment));
+                assert_eq!(r.status, 200, "{}", r.text());
+                decode(r.header("payment-response").expect("receipt"))["extensions"]["levy"]
+                    ["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let statuses: Vec<String> = sends
+        .into_iter()
+        .map(|s| s.join().expect("sender"))
+        .collect();
+    let deferred = statuses.iter().filter(|s| *s == "pending").count();
+    assert!(
+        deferred <= 3,
+        "{deferred} payments deferred past a cap of three: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "settled").count(),
+        8 - deferred,
+        "{statuses:?}"
     );
 }

@@ -92,6 +92,9 @@ pub struct RedisState {
     pub key_prefix: String,
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
+    /// This replica's name, stable across its restarts; default `<host name>:<data port>`.
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 fn default_key_prefix() -> String {

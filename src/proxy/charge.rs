@@ -80,6 +80,45 @@ impl LevyProxy {
         }
     }
 
+    /// With shared state: counts `amount` in `payer`'s and the total exposure of every
+    /// replica (one round trip) and returns the sums, this payment included; `Err` is the 503
+    /// when Redis cannot be asked.
+    async fn shared_exposure(
+        &self,
+        payer: alloy_primitives::Address,
+        amount: alloy_primitives::U256,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<crate::settle::exposure::Shares>, Reply> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        match shared.reserve_exposure(payer, amount).await {
+            Ok(shares) => Ok(Some(shares)),
+            Err(why) => {
+                log::warn!("shared state unavailable: {why}");
+                Err(self.retry_later(
+                    ctx,
+                    "cannot check the payment with the other replicas now; retry later",
+                    "2",
+                ))
+            }
+        }
+    }
+
+    /// A payment refused as unfunded after it was counted in the shared exposure is taken
+    /// out of it again (a reserved one leaves when its hold does).
+    fn unshare_unfunded(
+        &self,
+        hold: &Option<crate::settle::exposure::Hold>,
+        shares: Option<crate::settle::exposure::Shares>,
+        payer: alloy_primitives::Address,
+        amount: alloy_primitives::U256,
+    ) {
+        if let (None, Some(_), Some(shared)) = (hold, shares, &self.shared) {
+            crate::settle::exposure::Mirror::removed(shared, payer, amount);
+        }
+    }
+
     /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
     /// 503 to answer (`funds.on_rpc_error`).
     pub(super) fn funds_unread(
@@ -186,7 +225,16 @@ impl LevyProxy {
         } else {
             None
         };
-        let (mut admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        let shares = match self
+            .shared_exposure(verified.payer, verified.amount, ctx)
+            .await
+        {
+            Ok(shares) => shares,
+            Err(reply) => return Some(reply),
+        };
+        let (mut admission, hold) =
+            settlement.reserve(verified.payer, verified.amount, balance, shares);
+        self.unshare_unfunded(&hold, shares, verified.payer, verified.amount);
         if batched && admission == Admission::Defer {
             match settlement.backlog(verified.valid_before) {
                 None => {}
@@ -302,7 +350,16 @@ impl LevyProxy {
         } else {
             None
         };
-        let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance);
+        let shares = match self
+            .shared_exposure(verified.payer, verified.amount, ctx)
+            .await
+        {
+            Ok(shares) => shares,
+            Err(reply) => return Some(reply),
+        };
+        let (admission, hold) =
+            settlement.reserve(verified.payer, verified.amount, balance, shares);
+        self.unshare_unfunded(&hold, shares, verified.payer, verified.amount);
         match admission {
             Admission::Unfunded => {
                 Some(self.refuse_payment(session, paywall, ctx, "permit2_insufficient_balance"))

@@ -3,7 +3,8 @@
 //! atomically with the check ([`Ledger::reserve`], under one lock), so concurrent payments
 //! from one payer cannot all pass a cap they exceed together; it stays counted while the
 //! payment is unsettled and leaves when the payment is final or released. Pure: no I/O,
-//! callers pass the time.
+//! callers pass the time. With replicas, the sums across all of them come from the caller
+//! ([`Shares`]), and every later change is told to a [`Mirror`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -91,10 +92,25 @@ impl State {
     }
 }
 
+/// Unsettled value across every replica, this payment included, as the shared state
+/// counted it when it reserved the payment there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    pub payer: U256,
+    pub total: U256,
+}
+
+/// Where a ledger's changes are also told: the state replicas share.
+pub trait Mirror: Send + Sync {
+    fn added(&self, payer: Address, amount: U256);
+    fn removed(&self, payer: Address, amount: U256);
+}
+
 /// Unsettled value per payer and in total, and recent losses.
 pub struct Ledger {
     limits: Limits,
     state: Mutex<State>,
+    mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -106,45 +122,66 @@ impl Ledger {
         Arc::new(Self {
             limits,
             state: Mutex::new(State::default()),
+            mirror: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on every change is also told to `mirror` (once; later calls are ignored).
+    pub fn share(&self, mirror: Arc<dyn Mirror>) {
+        let _ = self.mirror.set(mirror);
+    }
+
+    /// Unsettled value per payer, for publishing to the shared state at start.
+    pub fn per_payer(&self) -> Vec<(Address, U256)> {
+        lock(&self.state)
+            .per_payer
+            .iter()
+            .map(|(p, v)| (*p, *v))
+            .collect()
     }
 
     /// Checks and reserves `amount` for `payer` in one step. `balance` is the payer's known
     /// on-chain balance (already net of what settled since it was read), `None` when it is
     /// not known. Anything but [`Admission::Unfunded`] returns a [`Hold`] that keeps the
     /// amount counted until it is released (dropped) or handed to settlement
-    /// ([`Hold::keep`]).
+    /// ([`Hold::keep`]). `shares`, with replicas, are the sums across all of them with this
+    /// payment already counted there; the checks use them instead of this replica's own.
     pub fn reserve(
         self: &Arc<Self>,
         payer: Address,
         amount: U256,
         balance: Option<U256>,
         now: u64,
+        shares: Option<Shares>,
     ) -> (Admission, Option<Hold>) {
         let mut state = lock(&self.state);
-        let payer_before = state.per_payer.get(&payer).copied().unwrap_or_default();
-        if balance.is_some_and(|b| payer_before + amount > b) {
+        let (payer_after, total_after) = match shares {
+            Some(s) => (s.payer, s.total),
+            None => (
+                state.per_payer.get(&payer).copied().unwrap_or_default() + amount,
+                state.total + amount,
+            ),
+        };
+        if balance.is_some_and(|b| payer_after > b) {
             return (Admission::Unfunded, None);
         }
         state.forget_losses_before(now.saturating_sub(self.limits.loss_window_seconds));
         let admission = if self.limits.loss_budget.is_some_and(|b| state.lost > b) {
             Admission::SettleFirst(Pressure::LossBudget)
-        } else if self
-            .limits
-            .per_payer
-            .is_some_and(|cap| payer_before + amount > cap)
-        {
+        } else if self.limits.per_payer.is_some_and(|cap| payer_after > cap) {
             Admission::SettleFirst(Pressure::PayerCap)
-        } else if self
-            .limits
-            .total
-            .is_some_and(|cap| state.total + amount > cap)
-        {
+        } else if self.limits.total.is_some_and(|cap| total_after > cap) {
             Admission::SettleFirst(Pressure::TotalCap)
         } else {
             Admission::Defer
         };
         state.add(payer, amount);
+        drop(state);
+        if shares.is_none() {
+            if let Some(mirror) = self.mirror.get() {
+                mirror.added(payer, amount);
+            }
+        }
         let hold = Hold {
             ledger: Arc::clone(self),
             payer,
@@ -157,11 +194,17 @@ impl Ledger {
     /// Counts a payment that is unsettled without a request holding it (journal replay).
     pub fn add_unsettled(&self, payer: Address, amount: U256) {
         lock(&self.state).add(payer, amount);
+        if let Some(mirror) = self.mirror.get() {
+            mirror.added(payer, amount);
+        }
     }
 
     /// A payment is final (settled, failed, withdrawn): its value stops counting.
     pub fn remove_unsettled(&self, payer: Address, amount: U256) {
         lock(&self.state).remove(payer, amount);
+        if let Some(mirror) = self.mirror.get() {
+            mirror.removed(payer, amount);
+        }
     }
 
     /// Records value that was served and then failed to settle.
@@ -254,9 +297,9 @@ mod tests {
     #[test]
     fn the_second_payment_over_the_payer_cap_settles_first_even_while_the_first_is_in_flight() {
         let ledger = ledger(10, 1000, 1000);
-        let (first, hold) = ledger.reserve(PAYER, U256::from(10), None, 0);
+        let (first, hold) = ledger.reserve(PAYER, U256::from(10), None, 0, None);
         assert_eq!(first, Admission::Defer);
-        let (second, _h2) = ledger.reserve(PAYER, U256::from(10), None, 0);
+        let (second, _h2) = ledger.reserve(PAYER, U256::from(10), None, 0, None);
         assert_eq!(second, Admission::SettleFirst(Pressure::PayerCap));
         drop(hold);
         assert_eq!(ledger.of(PAYER), U256::from(10));
@@ -265,10 +308,10 @@ mod tests {
     #[test]
     fn a_released_hold_frees_its_share_and_a_kept_one_stays_until_finished() {
         let ledger = ledger(100, 100, 100);
-        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0);
+        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0, None);
         drop(hold);
         assert_eq!(ledger.total(), U256::ZERO);
-        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0);
+        let (_, hold) = ledger.reserve(PAYER, U256::from(40), None, 0, None);
         hold.expect("hold").keep();
         assert_eq!(ledger.total(), U256::from(40));
         ledger.remove_unsettled(PAYER, U256::from(40));
@@ -279,9 +322,9 @@ mod tests {
     fn a_balance_that_does_not_cover_unsettled_plus_this_payment_is_unfunded() {
         let ledger = ledger(1000, 1000, 1000);
         let balance = Some(U256::from(15));
-        let (a, _h) = ledger.reserve(PAYER, U256::from(10), balance, 0);
+        let (a, _h) = ledger.reserve(PAYER, U256::from(10), balance, 0, None);
         assert_eq!(a, Admission::Defer);
-        let (b, none) = ledger.reserve(PAYER, U256::from(10), balance, 0);
+        let (b, none) = ledger.reserve(PAYER, U256::from(10), balance, 0, None);
         assert_eq!(b, Admission::Unfunded);
         assert!(none.is_none());
         assert_eq!(ledger.of(PAYER), U256::from(10));
@@ -291,10 +334,33 @@ mod tests {
     fn losses_over_the_budget_force_settlement_first_until_the_window_passes() {
         let ledger = ledger(1000, 1000, 50);
         ledger.record_loss(U256::from(60), 100);
-        let (a, _h) = ledger.reserve(Address::repeat_byte(2), U256::from(1), None, 130);
+        let (a, _h) = ledger.reserve(Address::repeat_byte(2), U256::from(1), None, 130, None);
         assert_eq!(a, Admission::SettleFirst(Pressure::LossBudget));
-        let (b, _h) = ledger.reserve(Address::repeat_byte(3), U256::from(1), None, 161);
+        let (b, _h) = ledger.reserve(Address::repeat_byte(3), U256::from(1), None, 161, None);
         assert_eq!(b, Admission::Defer);
         assert_eq!(ledger.lost(161), U256::ZERO);
+    }
+
+    #[test]
+    fn with_replicas_the_caps_use_the_sums_across_all_of_them() {
+        let ledger = ledger(10, 1000, 1000);
+        // Other replicas already hold 8 of this payer's exposure: 8 + 5 is over the cap.
+        let shares = Shares {
+            payer: U256::from(13),
+            total: U256::from(13),
+        };
+        let (admission, hold) = ledger.reserve(PAYER, U256::from(5), None, 0, Some(shares));
+        assert_eq!(admission, Admission::SettleFirst(Pressure::PayerCap));
+        assert_eq!(
+            ledger.of(PAYER),
+            U256::from(5),
+            "only this replica's share is local"
+        );
+        drop(hold);
+        assert_eq!(ledger.of(PAYER), U256::ZERO);
+        // A balance that does not cover the sum across replicas is unfunded.
+        let (unfunded, none) =
+            ledger.reserve(PAYER, U256::from(5), Some(U256::from(12)), 0, Some(shares));
+        assert_eq!((unfunded, none.is_none()), (Admission::Unfunded, true));
     }
 }

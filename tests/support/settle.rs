@@ -14,8 +14,13 @@ pub const PRICE: u64 = 1000;
 /// `pay_to` plus a `settlement:` section journaling into `dir`, with the settler key in a file
 /// there; `extra` holds further `settlement` keys, indented by four spaces.
 pub fn settlement_yaml(dir: &Path, extra: &str) -> String {
+    settlement_yaml_signed_by(dir, SETTLER_KEY, extra)
+}
+
+/// [`settlement_yaml`] with `settler_key` as the settler (each replica has its own).
+pub fn settlement_yaml_signed_by(dir: &Path, settler_key: &str, extra: &str) -> String {
     let key_file = dir.join("settler.key");
-    std::fs::write(&key_file, SETTLER_KEY).expect("write key");
+    std::fs::write(&key_file, settler_key).expect("write key");
     format!(
         "  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    settler_key_file: {}\n{extra}",
         dir.join("journal.redb").display(),
