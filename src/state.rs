@@ -238,7 +238,7 @@ impl Shared {
         // On failure the key stays `held` until it expires: still refused everywhere.
         self.in_background(
             |i| &i.mark_used,
-            self.nonce_key(key),
+            vec![self.nonce_key(key)],
             args,
             "mark a payment used",
         );
@@ -251,18 +251,18 @@ impl Shared {
         // lost.
         self.in_background(
             |i| &i.release,
-            self.nonce_key(key),
+            vec![self.nonce_key(key)],
             vec![self.held()],
             "release a payment",
         );
     }
 
-    /// Runs the script `pick` chooses on `key` with `args`, off the request path; a failure
+    /// Runs the script `pick` chooses on `keys` with `args`, off the request path; a failure
     /// is logged as not being able to `what`.
     fn in_background(
         &self,
         pick: fn(&Inner) -> &Script,
-        key: String,
+        keys: Vec<String>,
         args: Vec<String>,
         what: &'static str,
     ) {
@@ -270,7 +270,10 @@ impl Shared {
         tokio::spawn(async move {
             let done: Result<i64, String> = this
                 .run(|mut conn, inner| async move {
-                    let mut call = pick(&inner).key(key);
+                    let mut call = pick(&inner).prepare_invoke();
+                    for key in &keys {
+                        call.key(key);
+                    }
                     for arg in &args {
                         call.arg(arg);
                     }
@@ -388,31 +391,16 @@ impl Shared {
     }
 
     /// Moves this replica's share of `payer`'s exposure by `delta` (signed), off the request
-    /// path.
+    /// path. On failure it stays counted too high until this replica restarts: payments
+    /// settle first sooner, nothing is lost.
     fn move_exposure(&self, payer: Address, delta: String) {
-        let keys = self.exposure_keys(payer);
-        let field = self.inner.replica.clone();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let done: Result<i64, String> = this
-                .run(|mut conn, inner| async move {
-                    inner
-                        .move_exposure
-                        .key(&keys[0])
-                        .key(&keys[1])
-                        .key(&keys[2])
-                        .arg(field)
-                        .arg(delta)
-                        .invoke_async(&mut conn)
-                        .await
-                })
-                .await;
-            if let Err(e) = done {
-                // Counted too high until this replica restarts: payments settle first sooner,
-                // nothing is lost.
-                log::warn!("cannot update the shared exposure in Redis: {e}");
-            }
-        });
+        let args = vec![self.inner.replica.clone(), delta];
+        self.in_background(
+            |i| &i.move_exposure,
+            self.exposure_keys(payer).to_vec(),
+            args,
+            "update the shared exposure",
+        );
     }
 
     /// Asks Redis whether it answers (for `/readyz` and the watcher).
