@@ -54,14 +54,6 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
-    if let (Some(shared), Some(settlement)) = (&shared, &settlement) {
-        // This replica's exposure, as its journal holds it, replaces whatever a previous run
-        // left in Redis; every change after goes there too.
-        let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
-        shared
-            .publish_exposure(&unsettled)
-            .map_err(|e| SettleError::Setup(e.to_string()))?;
-    }
     let nonces: Arc<dyn NonceStore> = match &shared {
         Some(shared) => {
             log::info!("state shared through Redis ({shared:?})");
@@ -76,7 +68,16 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         ));
     }
     if let Some(settlement) = &settlement {
-        restore_used_nonces(&config, settlement, nonces.as_ref());
+        let used = restore_used_nonces(&config, settlement, nonces.as_ref());
+        if let Some(shared) = &shared {
+            // This replica's exposure and used authorizations, as its journal holds them,
+            // replace whatever a previous run left in Redis; every change after goes there
+            // too.
+            let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
+            shared
+                .publish_journal(&unsettled, &used)
+                .map_err(|e| SettleError::Setup(e.to_string()))?;
+        }
     }
     server.add_service(background_service(
         "nonce sweeper",
@@ -111,9 +112,13 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
 
 /// Marks every still-valid authorization the journal holds as used, so that a payment
 /// charged before a restart cannot buy a second response after it.
-fn restore_used_nonces(config: &Config, settlement: &Settlement, nonces: &dyn NonceStore) {
+fn restore_used_nonces(
+    config: &Config,
+    settlement: &Settlement,
+    nonces: &dyn NonceStore,
+) -> Vec<(NonceKey, u64)> {
     let live = settlement.take_live_authorizations();
-    let mut restored = 0usize;
+    let mut restored = Vec::new();
     for authorization in live {
         let chain_id = match config.networks.get(&authorization.network) {
             _ if authorization.chain_id != 0 => authorization.chain_id,
@@ -134,12 +139,14 @@ fn restore_used_nonces(config: &Config, settlement: &Settlement, nonces: &dyn No
         };
         if nonces.reserve(&key, authorization.valid_before) == Reservation::Reserved {
             nonces.commit(&key);
-            restored += 1;
+            restored.push((key, authorization.valid_before));
         }
     }
-    if restored > 0 {
+    if !restored.is_empty() {
         log::info!(
-            "replay set: {restored} authorizations charged before the restart are still valid"
+            "replay set: {} authorizations charged before the restart are still valid",
+            restored.len()
         );
     }
+    restored
 }

@@ -315,9 +315,16 @@ impl Shared {
         })
     }
 
-    /// Replaces this replica's share of exposure with `per_payer` (what its journal holds
-    /// unsettled), before it serves: what a previous run left counted is forgotten.
-    pub fn publish_exposure(&self, per_payer: &[(Address, U256)]) -> Result<(), StateError> {
+    /// What this replica's journal says, told to Redis before it serves, in one pipeline:
+    /// its share of exposure becomes `per_payer` (what the journal holds unsettled; what a
+    /// previous run left counted is forgotten), and the authorizations it charged that are
+    /// still valid (`used`, with their deadlines) are marked used for every replica, so a
+    /// Redis that lost them cannot let another replica take them.
+    pub fn publish_journal(
+        &self,
+        per_payer: &[(Address, U256)],
+        used: &[(NonceKey, u64)],
+    ) -> Result<(), StateError> {
         let url = redacted(&self.inner.spec.url);
         let field = self.inner.replica.clone();
         let prefix = &self.inner.spec.key_prefix;
@@ -363,6 +370,18 @@ impl Shared {
                         .arg(&total)
                         .arg(&field)
                         .arg(sum.to_string())
+                        .ignore();
+                }
+                let mark = format!("used:{field}");
+                for (key, valid_before) in used {
+                    let expires_ms = valid_before
+                        .saturating_add(EXPIRY_MARGIN_SECONDS)
+                        .saturating_mul(1000);
+                    pipe.cmd("SET")
+                        .arg(nonce_key(prefix, key))
+                        .arg(&mark)
+                        .arg("PXAT")
+                        .arg(expires_ms)
                         .ignore();
                 }
                 pipe.query_async::<()>(&mut conn)
@@ -511,11 +530,17 @@ impl NonceStore for SharedNonceStore {
     }
     fn commit(&self, key: &NonceKey) {
         self.local.commit(key);
-        self.shared.mark_used(key);
+        // At start, outside any runtime, the journal's authorizations are restored here and
+        // then published all at once ([`Shared::publish_journal`]).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.shared.mark_used(key);
+        }
     }
     fn release(&self, key: &NonceKey) {
         self.local.release(key);
-        self.shared.release_nonce(key);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.shared.release_nonce(key);
+        }
     }
     fn purge_expired(&self, now: u64) -> usize {
         self.local.purge_expired(now)

@@ -252,3 +252,48 @@ fn the_exposure_cap_holds_across_replicas_under_concurrency() {
         "{statuses:?}"
     );
 }
+
+#[test]
+fn a_restarted_replica_puts_its_journals_unsettled_payments_back_into_the_shared_exposure() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    let mut redis = RedisServer::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml_signed_by(
+            dir.path(),
+            SETTLER_KEY,
+            "    max_delay_ms: 60000\n    max_unsettled_per_payer: 3000\n"
+        ),
+        redis.state_yaml(),
+    );
+    let (config, addr, _) = process_config(dir.path(), &yaml);
+    let status_of_a_payment = || {
+        let (_, payment) = sign_for(&challenge_at(addr, "/data/x"), KEYS[0]);
+        let r = request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment));
+        assert_eq!(r.status, 200, "{}", r.text());
+        decode(r.header("payment-response").expect("receipt"))["extensions"]["levy"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    assert_eq!(status_of_a_payment(), "pending");
+    assert_eq!(status_of_a_payment(), "pending");
+
+    // levy dies with two payments unsettled in its journal, and Redis loses everything.
+    levy.sigkill();
+    redis.stop();
+    redis.resume();
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    // Its journal's 2 000 are counted again at start: one more fits under the cap of 3 000,
+    // the next settles first.
+    assert_eq!(status_of_a_payment(), "pending");
+    assert_eq!(status_of_a_payment(), "settled");
+}
