@@ -64,6 +64,15 @@ pub enum StateError {
     Evicts { url: String, policy: String },
 }
 
+/// What a shared exposure reservation found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Counted: the sums over every replica, this payment included.
+    Counted(Shares),
+    /// Not counted: a replica denied the payer, for this reason.
+    Denied(String),
+}
+
 /// Who holds an authorization, as far as every replica is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -95,10 +104,13 @@ end
 return 0
 ";
 
-/// Adds `ARGV[2]` to this replica's field `ARGV[1]` of the payer's (`KEYS[1]`) and the total
-/// (`KEYS[2]`) exposure, notes the payer's key in the replica's index (`KEYS[3]`), and returns
-/// both sums over every replica.
+/// Unless the payer is denied (`KEYS[4]` holds the reason, returned alone), adds `ARGV[2]`
+/// to this replica's field `ARGV[1]` of the payer's (`KEYS[1]`) and the total (`KEYS[2]`)
+/// exposure, notes the payer's key in the replica's index (`KEYS[3]`), and returns both sums
+/// over every replica.
 const RESERVE: &str = r"
+local denied = redis.call('GET', KEYS[4])
+if denied then return {denied} end
 redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[3], KEYS[1])
@@ -154,6 +166,7 @@ struct Inner {
     release: Script,
     reserve: Script,
     move_exposure: Script,
+    deny: Script,
 }
 
 /// Handle to the shared state.
@@ -194,6 +207,7 @@ impl Shared {
                 release: Script::new(RELEASE),
                 reserve: Script::new(RESERVE),
                 move_exposure: Script::new(MOVE),
+                deny: Script::new(DENY),
             }),
         })
     }
@@ -287,9 +301,10 @@ impl Shared {
     }
 
     /// Counts `amount` in `payer`'s and the total exposure of this replica and returns the
-    /// sums over every replica, this payment included.
-    pub async fn reserve_exposure(&self, payer: Address, amount: U256) -> Result<Shares, String> {
+    /// sums over every replica, this payment included, unless a replica denied the payer.
+    pub async fn reserve_exposure(&self, payer: Address, amount: U256) -> Result<Reserved, String> {
         let keys = self.exposure_keys(payer);
+        let deny = deny_key(&self.inner.spec.key_prefix, payer);
         let (field, amount) = (self.inner.replica.clone(), amount.to_string());
         let sums: Vec<String> = self
             .run(|mut conn, inner| async move {
@@ -298,21 +313,25 @@ impl Shared {
                     .key(&keys[0])
                     .key(&keys[1])
                     .key(&keys[2])
+                    .key(deny)
                     .arg(field)
                     .arg(amount)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
+        if let [reason] = sums.as_slice() {
+            return Ok(Reserved::Denied(reason.clone()));
+        }
         let parse = |i: usize| {
             sums.get(i)
                 .and_then(|v| U256::from_str_radix(v, 10).ok())
                 .ok_or_else(|| "Redis answered an unreadable exposure sum".to_owned())
         };
-        Ok(Shares {
+        Ok(Reserved::Counted(Shares {
             payer: parse(0)?,
             total: parse(1)?,
-        })
+        }))
     }
 
     /// What this replica's journal says, told to Redis before it serves, in one pipeline:
@@ -491,7 +510,30 @@ impl Mirror for Shared {
     fn removed(&self, payer: Address, amount: U256) {
         self.move_exposure(payer, format!("-{amount}"));
     }
+    fn denied(&self, payer: Address, reason: &'static str, until: u64) {
+        // On failure only this replica refuses the payer: nothing is lost, the exposure caps
+        // still bound what the others serve it.
+        let key = deny_key(&self.inner.spec.key_prefix, payer);
+        let until_ms = until.saturating_mul(1000).to_string();
+        self.in_background(
+            |i| &i.deny,
+            vec![key],
+            vec![reason.to_owned(), until_ms],
+            "share a payer denial",
+        );
+    }
 }
+
+/// Where a payer's denial is kept (in the `{exposure}` slot, read by the reservation).
+fn deny_key(prefix: &str, payer: Address) -> String {
+    format!("{prefix}{{exposure}}:deny:{payer:#x}")
+}
+
+/// Sets the denial `ARGV[1]` to expire at `ARGV[2]` (unix milliseconds).
+const DENY: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 0
+";
 
 /// A payer's exposure hash (all exposure keys share the `{exposure}` Cluster slot).
 fn exposure_payer_key(prefix: &str, payer: Address) -> String {

@@ -10,7 +10,7 @@ use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
 use crate::support::redis::RedisServer;
-use crate::support::settle::{settlement_yaml_signed_by, PRICE};
+use crate::support::settle::{settlement_yaml_signed_by, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// A `levy:` section with a free `/free/*` and a priced `/data/*` route in front of
@@ -296,4 +296,56 @@ fn a_restarted_replica_puts_its_journals_unsettled_payments_back_into_the_shared
     // the next settles first.
     assert_eq!(status_of_a_payment(), "pending");
     assert_eq!(status_of_a_payment(), "settled");
+}
+
+#[test]
+fn a_payer_denied_by_one_replica_is_refused_by_the_others() {
+    let chain = TestChain::start();
+    let payer = KEYS[4];
+    chain.mint(signer(payer).address(), 100 * PRICE);
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let mut processes = Vec::new();
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for settler in [SETTLER_KEY, KEYS[3]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml_signed_by(dir.path(), settler, "    max_delay_ms: 500\n"),
+            redis.state_yaml(),
+        );
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        processes.push(spawn_levy(&config));
+        replicas.push((addr, admin));
+        dirs.push(dir);
+    }
+    for (addr, _) in &replicas {
+        wait_listening(*addr);
+    }
+    let terms = challenge_at(replicas[0].0, "/data/x");
+    let pay = |addr: SocketAddr| {
+        let (signed, header) = sign_for(&terms, payer);
+        (
+            signed,
+            request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &header)),
+        )
+    };
+    // Served by the first replica, then the payer cancels the authorization on chain: its
+    // settlement fails and that replica denies the payer.
+    let (signed, served) = pay(replicas[0].0);
+    assert_eq!(served.status, 200, "{}", served.text());
+    chain.cancel(payer, signed.nonce);
+    wait_all_final(replicas[0].1, Duration::from_secs(30));
+
+    // The other replica refuses it too.
+    let (_, next) = pay(replicas[1].0);
+    assert_eq!(next.status, 402, "{}", next.text());
+    assert_eq!(
+        decode(next.header("payment-required").expect("challenge"))["error"],
+        "payer_denied"
+    );
+    assert_eq!(origin.seen().len(), 1);
 }

@@ -21,7 +21,7 @@ use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
-use crate::state::Claim;
+use crate::state::{Claim, Reserved};
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
@@ -81,10 +81,12 @@ impl LevyProxy {
     }
 
     /// With shared state: counts `amount` in `payer`'s and the total exposure of every
-    /// replica (one round trip) and returns the sums, this payment included; `Err` is the 503
-    /// when Redis cannot be asked.
+    /// replica (one round trip) and returns the sums, this payment included; `Err` is the 402
+    /// for a payer another replica denied, or the 503 when Redis cannot be asked.
     async fn shared_exposure(
         &self,
+        session: &Session,
+        paywall: &Paywall,
         payer: alloy_primitives::Address,
         amount: alloy_primitives::U256,
         ctx: &mut RequestCtx,
@@ -93,7 +95,11 @@ impl LevyProxy {
             return Ok(None);
         };
         match shared.reserve_exposure(payer, amount).await {
-            Ok(shares) => Ok(Some(shares)),
+            Ok(Reserved::Counted(shares)) => Ok(Some(shares)),
+            Ok(Reserved::Denied(reason)) => {
+                log::debug!("payer {payer} is denied by another replica: {reason}");
+                Err(self.refuse_payment(session, paywall, ctx, "payer_denied"))
+            }
             Err(why) => {
                 log::warn!("shared state unavailable: {why}");
                 Err(self.retry_later(
@@ -226,7 +232,7 @@ impl LevyProxy {
             None
         };
         let shares = match self
-            .shared_exposure(verified.payer, verified.amount, ctx)
+            .shared_exposure(session, paywall, verified.payer, verified.amount, ctx)
             .await
         {
             Ok(shares) => shares,
@@ -351,7 +357,7 @@ impl LevyProxy {
             None
         };
         let shares = match self
-            .shared_exposure(verified.payer, verified.amount, ctx)
+            .shared_exposure(session, paywall, verified.payer, verified.amount, ctx)
             .await
         {
             Ok(shares) => shares,

@@ -412,6 +412,9 @@ impl Settlement {
                     if let Some(reason) = deny_reason(r) {
                         log::warn!("payer {} denied for {deny_for} s: {reason}", r.payer);
                         self.inner.funds.deny(r.payer, reason, now + deny_for);
+                        self.inner
+                            .ledger
+                            .share_denial(r.payer, reason, now + deny_for);
                         self.inner.funds.forget(key).await;
                     }
                 }

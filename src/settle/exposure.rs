@@ -104,6 +104,8 @@ pub struct Shares {
 pub trait Mirror: Send + Sync {
     fn added(&self, payer: Address, amount: U256);
     fn removed(&self, payer: Address, amount: U256);
+    /// The payer is refused until `until` (unix seconds) for `reason`.
+    fn denied(&self, payer: Address, reason: &'static str, until: u64);
 }
 
 /// Unsettled value per payer and in total, and recent losses.
@@ -204,6 +206,14 @@ impl Ledger {
         lock(&self.state).remove(payer, amount);
         if let Some(mirror) = self.mirror.get() {
             mirror.removed(payer, amount);
+        }
+    }
+
+    /// Tells the mirror, if any, that `payer` is denied until `until` (the deny list itself
+    /// is the funds cache's).
+    pub fn share_denial(&self, payer: Address, reason: &'static str, until: u64) {
+        if let Some(mirror) = self.mirror.get() {
+            mirror.denied(payer, reason, until);
         }
     }
 
