@@ -43,6 +43,52 @@ fn replicas(
     (processes, addrs, dirs)
 }
 
+/// The `levy:` section of a settling replica: `/data/*` at [`PRICE`] on the test chain,
+/// its journal in `dir`, signed by `settler`, with `settlement` keys, its state in `redis`.
+fn settling_yaml(
+    chain: &TestChain,
+    origin: &Origin,
+    redis: &RedisServer,
+    dir: &std::path::Path,
+    settler: &str,
+    settlement: &str,
+) -> String {
+    format!(
+        "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml_signed_by(dir, settler, settlement),
+        redis.state_yaml(),
+    )
+}
+
+/// Two settling replicas (own settler keys and journals) sharing `redis`: their processes,
+/// (data, admin) addresses and directories.
+fn settling_replicas(
+    chain: &TestChain,
+    origin: &Origin,
+    redis: &RedisServer,
+    settlement: &str,
+) -> (
+    Vec<LevyProcess>,
+    Vec<(SocketAddr, SocketAddr)>,
+    Vec<tempfile::TempDir>,
+) {
+    let (mut processes, mut replicas, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for settler in [SETTLER_KEY, KEYS[3]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = settling_yaml(chain, origin, redis, dir.path(), settler, settlement);
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        processes.push(spawn_levy(&config));
+        replicas.push((addr, admin));
+        dirs.push(dir);
+    }
+    for (addr, _) in &replicas {
+        wait_listening(*addr);
+    }
+    (processes, replicas, dirs)
+}
+
 #[test]
 fn one_payment_sent_to_three_replicas_at_once_is_served_exactly_once() {
     let redis = RedisServer::start();
@@ -197,26 +243,8 @@ fn the_exposure_cap_holds_across_replicas_under_concurrency() {
     // At most 3 000 (three payments) unsettled per payer across both replicas; deferred
     // payments wait a minute for their batch, so they stay unsettled throughout.
     let settlement = "    max_delay_ms: 60000\n    max_unsettled_per_payer: 3000\n";
-    let mut processes = Vec::new();
-    let mut addrs = Vec::new();
-    let mut dirs = Vec::new();
-    for settler in [SETTLER_KEY, KEYS[3]] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = format!(
-            "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
-            upstream_yaml(origin.addr),
-            chain.levy_yaml(),
-            settlement_yaml_signed_by(dir.path(), settler, settlement),
-            redis.state_yaml(),
-        );
-        let (config, addr, _) = process_config(dir.path(), &yaml);
-        processes.push(spawn_levy(&config));
-        addrs.push(addr);
-        dirs.push(dir);
-    }
-    for addr in &addrs {
-        wait_listening(*addr);
-    }
+    let (_processes, replicas, _dirs) = settling_replicas(&chain, &origin, &redis, settlement);
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|(a, _)| *a).collect();
     let terms = challenge_at(addrs[0], "/data/x");
     let payments: Vec<String> = (0..8).map(|_| sign_for(&terms, KEYS[0]).1).collect();
     let start = Arc::new(Barrier::new(payments.len()));
@@ -260,16 +288,13 @@ fn a_restarted_replica_puts_its_journals_unsettled_payments_back_into_the_shared
     let mut redis = RedisServer::start();
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml_signed_by(
-            dir.path(),
-            SETTLER_KEY,
-            "    max_delay_ms: 60000\n    max_unsettled_per_payer: 3000\n"
-        ),
-        redis.state_yaml(),
+    let yaml = settling_yaml(
+        &chain,
+        &origin,
+        &redis,
+        dir.path(),
+        SETTLER_KEY,
+        "    max_delay_ms: 60000\n    max_unsettled_per_payer: 3000\n",
     );
     let (config, addr, _) = process_config(dir.path(), &yaml);
     let status_of_a_payment = || {
@@ -305,26 +330,8 @@ fn a_payer_denied_by_one_replica_is_refused_by_the_others() {
     chain.mint(signer(payer).address(), 100 * PRICE);
     let redis = RedisServer::start();
     let origin = Origin::echo();
-    let mut processes = Vec::new();
-    let mut replicas = Vec::new();
-    let mut dirs = Vec::new();
-    for settler in [SETTLER_KEY, KEYS[3]] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = format!(
-            "{}{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
-            upstream_yaml(origin.addr),
-            chain.levy_yaml(),
-            settlement_yaml_signed_by(dir.path(), settler, "    max_delay_ms: 500\n"),
-            redis.state_yaml(),
-        );
-        let (config, addr, admin) = process_config(dir.path(), &yaml);
-        processes.push(spawn_levy(&config));
-        replicas.push((addr, admin));
-        dirs.push(dir);
-    }
-    for (addr, _) in &replicas {
-        wait_listening(*addr);
-    }
+    let (_processes, replicas, _dirs) =
+        settling_replicas(&chain, &origin, &redis, "    max_delay_ms: 500\n");
     let terms = challenge_at(replicas[0].0, "/data/x");
     let pay = |addr: SocketAddr| {
         let (signed, header) = sign_for(&terms, payer);
