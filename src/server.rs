@@ -54,31 +54,31 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
+    let local = MemoryNonceStore::default();
+    let used = match &settlement {
+        Some(settlement) => restore_used_nonces(&config, settlement, &local),
+        None => Vec::new(),
+    };
     let nonces: Arc<dyn NonceStore> = match &shared {
         Some(shared) => {
             log::info!("state shared through Redis ({shared:?})");
-            Arc::new(SharedNonceStore::new(shared.clone()))
+            if let Some(settlement) = &settlement {
+                // This replica's exposure and used authorizations, as its journal holds
+                // them, replace whatever a previous run left in Redis; every change after
+                // goes there too.
+                let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
+                shared
+                    .publish_journal(&unsettled, &used)
+                    .map_err(|e| SettleError::Setup(e.to_string()))?;
+            }
+            server.add_service(background_service(
+                "shared state watch",
+                StateWatch::new(shared.clone()),
+            ));
+            Arc::new(SharedNonceStore::new(shared.clone(), local))
         }
-        None => Arc::new(MemoryNonceStore::default()),
+        None => Arc::new(local),
     };
-    if let Some(shared) = &shared {
-        server.add_service(background_service(
-            "shared state watch",
-            StateWatch::new(shared.clone()),
-        ));
-    }
-    if let Some(settlement) = &settlement {
-        let used = restore_used_nonces(&config, settlement, nonces.as_ref());
-        if let Some(shared) = &shared {
-            // This replica's exposure and used authorizations, as its journal holds them,
-            // replace whatever a previous run left in Redis; every change after goes there
-            // too.
-            let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
-            shared
-                .publish_journal(&unsettled, &used)
-                .map_err(|e| SettleError::Setup(e.to_string()))?;
-        }
-    }
     server.add_service(background_service(
         "nonce sweeper",
         NonceSweeper::new(Arc::clone(&nonces)),

@@ -1,7 +1,7 @@
-//! State that replicas share (`levy.state.redis`), on Redis: for now the replay set. Each
-//! replica keeps its own in-process set and journal; Redis only decides which replica may
-//! take an authorization, so one payment buys one response however many replicas it is sent
-//! to.
+//! State that replicas share (`levy.state.redis`), on Redis: the replay set, exposure and
+//! the payer deny list. Each replica keeps its own in-process replay set and journal; Redis
+//! decides which replica may take an authorization, so one payment buys one response however
+//! many replicas it is sent to, and sums what every replica has served unsettled.
 //!
 //! A claim is one Lua script, one round trip: it returns the key's owner, or sets the key
 //! (`held:<replica>`; a replica holds an authorization at most once, its own replay set sees
@@ -157,8 +157,6 @@ struct Inner {
     client: Client,
     /// Made on first use, in the runtime that serves requests.
     conn: OnceCell<ConnectionManager>,
-    /// This process's name in key values.
-    replica: String,
     /// Why the last command failed; `None` after a success.
     last_error: Mutex<Option<String>>,
     claim: Script,
@@ -179,7 +177,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("url", &redacted(&self.inner.spec.url))
-            .field("replica", &self.inner.replica)
+            .field("replica", &self.inner.spec.replica)
             .finish_non_exhaustive()
     }
 }
@@ -194,13 +192,11 @@ impl Shared {
     pub fn open(spec: RedisSpec) -> Result<Self, StateError> {
         let client = Client::open(spec.url.as_str()).map_err(|e| StateError::Url(e.to_string()))?;
         check_policy(&client, &spec)?;
-        let replica = spec.replica.clone();
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
                 client,
                 conn: OnceCell::new(),
-                replica,
                 last_error: Mutex::new(None),
                 claim: Script::new(CLAIM),
                 mark_used: Script::new(MARK_USED),
@@ -220,9 +216,7 @@ impl Shared {
     /// Claims `key` until the authorization's deadline `valid_before` (unix seconds), for
     /// every replica.
     pub async fn claim_nonce(&self, key: &NonceKey, valid_before: u64) -> Claim {
-        let expires_ms = valid_before
-            .saturating_add(EXPIRY_MARGIN_SECONDS)
-            .saturating_mul(1000);
+        let expires_ms = expiry_ms(valid_before);
         let held = self.held();
         let answer: Result<Option<String>, String> = self
             .run(|mut conn, inner| {
@@ -248,7 +242,7 @@ impl Shared {
 
     /// Marks a claimed authorization used (its payment was charged), in the background.
     pub fn mark_used(&self, key: &NonceKey) {
-        let args = vec![self.held(), format!("used:{}", self.inner.replica)];
+        let args = vec![self.held(), self.used()];
         // On failure the key stays `held` until it expires: still refused everywhere.
         self.in_background(
             |i| &i.mark_used,
@@ -305,7 +299,7 @@ impl Shared {
     pub async fn reserve_exposure(&self, payer: Address, amount: U256) -> Result<Reserved, String> {
         let keys = self.exposure_keys(payer);
         let deny = deny_key(&self.inner.spec.key_prefix, payer);
-        let (field, amount) = (self.inner.replica.clone(), amount.to_string());
+        let (field, amount) = (self.inner.spec.replica.clone(), amount.to_string());
         let sums: Vec<String> = self
             .run(|mut conn, inner| async move {
                 inner
@@ -344,87 +338,57 @@ impl Shared {
         per_payer: &[(Address, U256)],
         used: &[(NonceKey, u64)],
     ) -> Result<(), StateError> {
-        let url = redacted(&self.inner.spec.url);
-        let field = self.inner.replica.clone();
-        let prefix = &self.inner.spec.key_prefix;
-        let index = format!("{prefix}{{exposure}}:replica:{field}");
-        let total = format!("{prefix}{{exposure}}:total");
+        let spec = &self.inner.spec;
+        let (prefix, field) = (&spec.key_prefix, &spec.replica);
+        let index = exposure_index_key(prefix, field);
+        let total = exposure_total_key(prefix);
         let sum: U256 = per_payer.iter().map(|(_, v)| *v).sum();
-        let publish = || -> Result<(), StateError> {
-            let unreachable = |reason: String| StateError::Unreachable {
-                url: url.clone(),
-                reason,
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| unreachable(format!("cannot start a runtime: {e}")))?;
-            runtime.block_on(async {
-                let mut conn = self
-                    .inner
-                    .client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                pipe.cmd("EVAL")
-                    .arg(FORGET)
-                    .arg(2)
-                    .arg(&index)
-                    .arg(&total)
-                    .arg(&field)
-                    .ignore();
-                for (payer, value) in per_payer {
-                    let key = exposure_payer_key(prefix, *payer);
-                    pipe.cmd("HSET")
-                        .arg(&key)
-                        .arg(&field)
-                        .arg(value.to_string())
-                        .ignore();
-                    pipe.cmd("SADD").arg(&index).arg(&key).ignore();
-                }
-                if !sum.is_zero() {
-                    pipe.cmd("HSET")
-                        .arg(&total)
-                        .arg(&field)
-                        .arg(sum.to_string())
-                        .ignore();
-                }
-                let mark = format!("used:{field}");
-                for (key, valid_before) in used {
-                    let expires_ms = valid_before
-                        .saturating_add(EXPIRY_MARGIN_SECONDS)
-                        .saturating_mul(1000);
-                    pipe.cmd("SET")
-                        .arg(nonce_key(prefix, key))
-                        .arg(&mark)
-                        .arg("PXAT")
-                        .arg(expires_ms)
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))
-            })
-        };
-        std::thread::scope(|scope| {
-            scope.spawn(publish).join().unwrap_or_else(|_| {
-                Err(StateError::Unreachable {
-                    url: redacted(&self.inner.spec.url),
-                    reason: "publishing exposure panicked".into(),
-                })
-            })
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("EVAL")
+            .arg(FORGET)
+            .arg(2)
+            .arg(&index)
+            .arg(&total)
+            .arg(field)
+            .ignore();
+        for (payer, value) in per_payer {
+            let key = exposure_payer_key(prefix, *payer);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(field)
+                .arg(value.to_string())
+                .ignore();
+            pipe.cmd("SADD").arg(&index).arg(&key).ignore();
+        }
+        if !sum.is_zero() {
+            pipe.cmd("HSET")
+                .arg(&total)
+                .arg(field)
+                .arg(sum.to_string())
+                .ignore();
+        }
+        let mark = self.used();
+        for (key, valid_before) in used {
+            pipe.cmd("SET")
+                .arg(nonce_key(prefix, key))
+                .arg(&mark)
+                .arg("PXAT")
+                .arg(expiry_ms(*valid_before))
+                .ignore();
+        }
+        at_start(&self.inner.client, spec, None, |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
         })
     }
 
     /// The payer's exposure hash, the total's, and this replica's index of payer hashes.
     fn exposure_keys(&self, payer: Address) -> [String; 3] {
-        let prefix = &self.inner.spec.key_prefix;
+        let spec = &self.inner.spec;
         [
-            exposure_payer_key(prefix, payer),
-            format!("{prefix}{{exposure}}:total"),
-            format!("{prefix}{{exposure}}:replica:{}", self.inner.replica),
+            exposure_payer_key(&spec.key_prefix, payer),
+            exposure_total_key(&spec.key_prefix),
+            exposure_index_key(&spec.key_prefix, &spec.replica),
         ]
     }
 
@@ -432,7 +396,7 @@ impl Shared {
     /// path. On failure it stays counted too high until this replica restarts: payments
     /// settle first sooner, nothing is lost.
     fn move_exposure(&self, payer: Address, delta: String) {
-        let args = vec![self.inner.replica.clone(), delta];
+        let args = vec![self.inner.spec.replica.clone(), delta];
         self.in_background(
             |i| &i.move_exposure,
             self.exposure_keys(payer).to_vec(),
@@ -460,7 +424,11 @@ impl Shared {
     }
 
     fn held(&self) -> String {
-        format!("held:{}", self.inner.replica)
+        format!("held:{}", self.inner.spec.replica)
+    }
+
+    fn used(&self) -> String {
+        format!("used:{}", self.inner.spec.replica)
     }
 
     fn nonce_key(&self, key: &NonceKey) -> String {
@@ -540,6 +508,16 @@ fn exposure_payer_key(prefix: &str, payer: Address) -> String {
     format!("{prefix}{{exposure}}:payer:{payer:#x}")
 }
 
+/// The total exposure hash.
+fn exposure_total_key(prefix: &str) -> String {
+    format!("{prefix}{{exposure}}:total")
+}
+
+/// The set of payer hashes a replica has a share in.
+fn exposure_index_key(prefix: &str, replica: &str) -> String {
+    format!("{prefix}{{exposure}}:replica:{replica}")
+}
+
 /// The Redis key of an authorization: the payer in braces (a Cluster hash tag), then what
 /// makes the authorization unique.
 fn nonce_key(prefix: &str, key: &NonceKey) -> String {
@@ -558,11 +536,10 @@ pub struct SharedNonceStore {
 }
 
 impl SharedNonceStore {
-    pub fn new(shared: Shared) -> Self {
-        Self {
-            local: MemoryNonceStore::default(),
-            shared,
-        }
+    /// Wraps `local`, this process's own set (the journal's authorizations already restored
+    /// into it; [`Shared::publish_journal`] tells Redis about those).
+    pub fn new(shared: Shared, local: MemoryNonceStore) -> Self {
+        Self { local, shared }
     }
 }
 
@@ -572,17 +549,11 @@ impl NonceStore for SharedNonceStore {
     }
     fn commit(&self, key: &NonceKey) {
         self.local.commit(key);
-        // At start, outside any runtime, the journal's authorizations are restored here and
-        // then published all at once ([`Shared::publish_journal`]).
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.shared.mark_used(key);
-        }
+        self.shared.mark_used(key);
     }
     fn release(&self, key: &NonceKey) {
         self.local.release(key);
-        if tokio::runtime::Handle::try_current().is_ok() {
-            self.shared.release_nonce(key);
-        }
+        self.shared.release_nonce(key);
     }
     fn purge_expired(&self, now: u64) -> usize {
         self.local.purge_expired(now)
@@ -594,43 +565,74 @@ impl NonceStore for SharedNonceStore {
 
 /// Refuses a Redis that cannot be reached or may evict keys.
 fn check_policy(client: &Client, spec: &RedisSpec) -> Result<(), StateError> {
-    let url = redacted(&spec.url);
+    let limit = spec.timeout.max(Duration::from_secs(2));
+    let pair = at_start(client, spec, Some(limit), |mut conn| async move {
+        redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async::<Vec<String>>(&mut conn)
+            .await
+    })?;
+    let policy = pair.get(1).cloned().unwrap_or_default();
+    if policy != "noeviction" {
+        return Err(StateError::Evicts {
+            url: redacted(&spec.url),
+            policy,
+        });
+    }
+    Ok(())
+}
+
+/// Runs `command` on a connection of its own, before levy serves: on a runtime and a thread
+/// of their own (the caller may already be inside a runtime), within `limit` if any.
+fn at_start<T, F, Fut>(
+    client: &Client,
+    spec: &RedisSpec,
+    limit: Option<Duration>,
+    command: F,
+) -> Result<T, StateError>
+where
+    T: Send,
+    F: FnOnce(redis::aio::MultiplexedConnection) -> Fut + Send,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
     let unreachable = |reason: String| StateError::Unreachable {
-        url: url.clone(),
+        url: redacted(&spec.url),
         reason,
     };
-    let check = || -> Result<String, StateError> {
+    let run = || -> Result<T, StateError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| unreachable(format!("cannot start a runtime: {e}")))?;
         runtime.block_on(async {
             let ask = async {
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("maxmemory-policy")
-                    .query_async::<Vec<String>>(&mut conn)
-                    .await
+                let conn = client.get_multiplexed_async_connection().await?;
+                command(conn).await
             };
-            match tokio::time::timeout(spec.timeout.max(Duration::from_secs(2)), ask).await {
-                Err(_) => Err(unreachable("it did not answer in time".into())),
-                Ok(Err(e)) => Err(unreachable(e.to_string())),
-                Ok(Ok(pair)) => Ok(pair.get(1).cloned().unwrap_or_default()),
-            }
+            let answer = match limit {
+                Some(limit) => tokio::time::timeout(limit, ask)
+                    .await
+                    .map_err(|_| unreachable("it did not answer in time".into()))?,
+                None => ask.await,
+            };
+            answer.map_err(|e| unreachable(e.to_string()))
         })
     };
-    // A thread of its own: the caller may already be inside a runtime.
-    let policy = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
-            .spawn(check)
+            .spawn(run)
             .join()
-            .unwrap_or_else(|_| Err(unreachable("the check panicked".into())))
-    })?;
-    if policy != "noeviction" {
-        return Err(StateError::Evicts { url, policy });
-    }
-    Ok(())
+            .unwrap_or_else(|_| Err(unreachable("the call panicked".into())))
+    })
+}
+
+/// When a replay key expires, in unix milliseconds: the authorization's deadline
+/// `valid_before` (unix seconds) plus the margin.
+fn expiry_ms(valid_before: u64) -> u64 {
+    valid_before
+        .saturating_add(EXPIRY_MARGIN_SECONDS)
+        .saturating_mul(1000)
 }
 
 /// A Redis URL without its password, for messages.
