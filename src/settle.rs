@@ -326,12 +326,6 @@ impl Settlement {
         std::mem::take(&mut *lock(&self.inner.live_at_open))
     }
 
-    /// Whether levy can ask a chain about contract wallets' signatures (its own RPC, not a
-    /// facilitator's).
-    pub fn checks_signatures(&self) -> bool {
-        !self.uses_facilitator() && !self.inner.chains.is_empty()
-    }
-
     /// Asks the chain whether a contract wallet's signature is valid (EIP-1271, or ERC-6492
     /// for a wallet not deployed yet), within the funds read deadline.
     pub async fn check_signature(

@@ -141,7 +141,8 @@ impl LevyProxy {
                     .iter()
                     .find(|r| r.chain_id == chain_id)
                     .map(|r| r.network_name.clone());
-                let Some(network) = network.filter(|_| settlement.checks_signatures()) else {
+                let Some(network) = network.filter(|_| self.config.policy.contract_signatures)
+                else {
                     return Some(Err(session::ProofError::Signature.reason()));
                 };
                 ctx.session = SessionStep::Proving(Box::new(Proving {
