@@ -244,6 +244,13 @@ pub struct SettleResponse {
     pub extra: Option<Value>,
 }
 
+impl SettleResponse {
+    /// The header value: the JSON, base64-encoded.
+    pub fn header_value(&self) -> String {
+        encode_header(serde_json::to_string(self).unwrap_or_default().as_bytes())
+    }
+}
+
 /// Encodes bytes as x402 header values are encoded: standard alphabet, padded.
 pub fn encode_header(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)

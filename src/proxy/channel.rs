@@ -258,11 +258,7 @@ impl LevyProxy {
                 "channelState": ledger.state_json(),
             })),
         };
-        let encoded = x402::encode_header(
-            serde_json::to_string(&receipt)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        let encoded = receipt.header_value();
         response.insert_header(PAYMENT_RESPONSE, encoded)?;
         make_private(response)?;
         ctx.outcome = Outcome::Paid;
@@ -341,11 +337,7 @@ fn refund_reply(done: &Refunded, network: &str) -> Reply {
     Reply::new(200, "application/json", body.to_string())
         .header(
             http::HeaderName::from_static(PAYMENT_RESPONSE),
-            x402::encode_header(
-                serde_json::to_string(&receipt)
-                    .unwrap_or_default()
-                    .as_bytes(),
-            ),
+            receipt.header_value(),
         )
         .header(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
         .header(

@@ -23,7 +23,7 @@ use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
 use crate::state::{Claim, Reserved};
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
-use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
+use crate::x402::{SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
 
 impl LevyProxy {
     /// Releases the request's reserved payment uncharged, for `why`, against levy's replay
@@ -69,14 +69,7 @@ impl LevyProxy {
                 let reason = Rejection::InFlight.reason();
                 Some(self.refuse_payment(session, paywall, ctx, reason))
             }
-            Claim::Unavailable(why) => {
-                log::warn!("shared state unavailable: {why}");
-                Some(self.retry_later(
-                    ctx,
-                    "cannot check the payment with the other replicas now; retry later",
-                    "2",
-                ))
-            }
+            Claim::Unavailable(why) => Some(self.shared_unavailable(ctx, &why)),
         }
     }
 
@@ -100,15 +93,18 @@ impl LevyProxy {
                 log::debug!("payer {payer} is denied by another replica: {reason}");
                 Err(self.refuse_payment(session, paywall, ctx, "payer_denied"))
             }
-            Err(why) => {
-                log::warn!("shared state unavailable: {why}");
-                Err(self.retry_later(
-                    ctx,
-                    "cannot check the payment with the other replicas now; retry later",
-                    "2",
-                ))
-            }
+            Err(why) => Err(self.shared_unavailable(ctx, &why)),
         }
+    }
+
+    /// The 503 for a paid request while Redis cannot be asked (nothing is charged).
+    fn shared_unavailable(&self, ctx: &mut RequestCtx, why: &str) -> Reply {
+        log::warn!("shared state unavailable: {why}");
+        self.retry_later(
+            ctx,
+            "cannot check the payment with the other replicas now; retry later",
+            "2",
+        )
     }
 
     /// A payment refused as unfunded after it was counted in the shared exposure is taken
@@ -463,11 +459,7 @@ impl LevyProxy {
             extensions: Some(serde_json::json!({ "levy": levy_ext })),
             extra: None,
         };
-        let encoded = x402::encode_header(
-            serde_json::to_string(&receipt)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        let encoded = receipt.header_value();
         let name = match paid.verified.version {
             Version::V2 => PAYMENT_RESPONSE,
             Version::V1 => X_PAYMENT_RESPONSE,
