@@ -415,45 +415,58 @@ impl Channels {
         config: &crate::channel::ChannelConfig,
         plan: &RefundPlan,
     ) -> Result<Vec<u8>, String> {
-        let sign = |digest: B256| {
-            self.inner
-                .signer
-                .sign_hash_sync(&digest)
-                .map(|s| Bytes::from(s.as_bytes().to_vec()))
-                .map_err(|e| format!("cannot sign: {e}"))
+        let mut calls = match &plan.claim {
+            Some(claim) => self.claim_calls(chain, std::slice::from_ref(claim))?,
+            None => Vec::new(),
         };
-        let mut calls: Vec<Bytes> = Vec::new();
-        if let Some(claim) = &plan.claim {
-            let claims = std::slice::from_ref(claim);
-            calls.push(
-                IBatchSettlement::claimWithSignatureCall {
-                    voucherClaims: vec![claim.to_sol()],
-                    authorizerSignature: sign(claim_batch_digest(&chain.escrow_domain, claims))?,
-                }
-                .abi_encode()
-                .into(),
-            );
-            calls.push(
-                IBatchSettlement::settleCall {
-                    receiver: config.receiver,
-                    token: config.token,
-                }
-                .abi_encode()
-                .into(),
-            );
-        }
         let digest = refund_digest(&chain.escrow_domain, channel_id, plan.nonce, plan.amount);
         calls.push(
             IBatchSettlement::refundWithSignatureCall {
                 config: config.to_sol(),
                 amount: plan.amount,
                 nonce: U256::from(plan.nonce),
-                receiverAuthorizerSignature: sign(digest)?,
+                receiverAuthorizerSignature: self.sign(digest)?,
             }
             .abi_encode()
             .into(),
         );
         Ok(IBatchSettlement::multicallCall { data: calls }.abi_encode())
+    }
+
+    /// The escrow calls that claim `claims` (one `claimWithSignature`, signed by the
+    /// authorizer as one batch) and sweep what they claim to each receiver (`settle`, once per
+    /// receiver and token).
+    fn claim_calls(&self, chain: &ChainSender, claims: &[Claim]) -> Result<Vec<Bytes>, String> {
+        let signature = self.sign(claim_batch_digest(&chain.escrow_domain, claims))?;
+        let mut calls: Vec<Bytes> = vec![IBatchSettlement::claimWithSignatureCall {
+            voucherClaims: claims.iter().map(Claim::to_sol).collect(),
+            authorizerSignature: signature,
+        }
+        .abi_encode()
+        .into()];
+        let mut sweeps: Vec<(Address, Address)> = claims
+            .iter()
+            .map(|c| (c.config.receiver, c.config.token))
+            .collect();
+        sweeps.sort();
+        sweeps.dedup();
+        for (receiver, token) in sweeps {
+            calls.push(
+                IBatchSettlement::settleCall { receiver, token }
+                    .abi_encode()
+                    .into(),
+            );
+        }
+        Ok(calls)
+    }
+
+    /// The authorizer's signature of `digest`.
+    fn sign(&self, digest: B256) -> Result<Bytes, String> {
+        self.inner
+            .signer
+            .sign_hash_sync(&digest)
+            .map(|s| Bytes::from(s.as_bytes().to_vec()))
+            .map_err(|e| format!("cannot sign: {e}"))
     }
 
     fn take(&self, id: B256, hold: Duration) -> Result<(), Refusal> {
@@ -787,33 +800,13 @@ impl Channels {
         if claims.is_empty() {
             return;
         }
-        let digest = claim_batch_digest(&chain.escrow_domain, &claims);
-        let signature = match self.inner.signer.sign_hash_sync(&digest) {
-            Ok(s) => Bytes::from(s.as_bytes().to_vec()),
+        let calls = match self.claim_calls(chain, &claims) {
+            Ok(calls) => calls,
             Err(e) => {
-                ::log::error!("cannot sign a claim batch: {e}");
+                ::log::error!("cannot build a claim batch: {e}");
                 return;
             }
         };
-        let mut calls: Vec<Bytes> = vec![IBatchSettlement::claimWithSignatureCall {
-            voucherClaims: claims.iter().map(Claim::to_sol).collect(),
-            authorizerSignature: signature,
-        }
-        .abi_encode()
-        .into()];
-        let mut sweeps: Vec<(Address, Address)> = claims
-            .iter()
-            .map(|c| (c.config.receiver, c.config.token))
-            .collect();
-        sweeps.sort();
-        sweeps.dedup();
-        for (receiver, token) in sweeps {
-            calls.push(
-                IBatchSettlement::settleCall { receiver, token }
-                    .abi_encode()
-                    .into(),
-            );
-        }
         let data = IBatchSettlement::multicallCall { data: calls }.abi_encode();
         match self.send(chain, data).await {
             Ok(hash) => {
