@@ -109,10 +109,7 @@ impl LevyProxy {
         let requirement = paywall.requirements.get(index)?;
         let offer = Offer::of(requirement)?;
         let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
-        let metering = paywall.metered.as_ref().and_then(|m| {
-            let rates = m.rates.get(index).copied().flatten()?;
-            Some(Box::new(Metering::new(m.unit.clone(), rates)))
-        });
+        let metering = Metering::for_requirement(paywall, index).map(Box::new);
         if let Checked::Refund(voucher, amount) = *checked {
             let refunded = channels
                 .refund(&voucher, amount, &requirement.network_name, hold)

@@ -29,6 +29,14 @@ pub struct Metering {
 }
 
 impl Metering {
+    /// The metering of a response paid under the route's requirement at `index`; `None`
+    /// when that requirement is not metered.
+    pub fn for_requirement(paywall: &crate::config::Paywall, index: usize) -> Option<Self> {
+        let metered = paywall.metered.as_ref()?;
+        let rates = metered.rates.get(index).copied().flatten()?;
+        Some(Self::new(metered.unit.clone(), rates))
+    }
+
     pub fn new(unit: Unit, rates: Rates) -> Self {
         Self {
             unit,

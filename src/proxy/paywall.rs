@@ -200,10 +200,7 @@ impl LevyProxy {
         }
         let metering = match scheme.charge() {
             Charge::Whole => None,
-            Charge::Metered => paywall.metered.as_ref().and_then(|m| {
-                let rates = m.rates.get(verified.requirement).copied().flatten()?;
-                Some(Metering::new(m.unit.clone(), rates))
-            }),
+            Charge::Metered => Metering::for_requirement(paywall, verified.requirement),
         };
         let requirement = paywall.requirements.get(verified.requirement);
         let network = match verified.version {
