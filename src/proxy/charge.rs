@@ -107,20 +107,6 @@ impl LevyProxy {
         )
     }
 
-    /// A payment refused as unfunded after it was counted in the shared exposure is taken
-    /// out of it again (a reserved one leaves when its hold does).
-    fn unshare_unfunded(
-        &self,
-        hold: &Option<crate::settle::exposure::Hold>,
-        shares: Option<crate::settle::exposure::Shares>,
-        payer: alloy_primitives::Address,
-        amount: alloy_primitives::U256,
-    ) {
-        if let (None, Some(_), Some(shared)) = (hold, shares, &self.shared) {
-            crate::settle::exposure::Mirror::removed(shared, payer, amount);
-        }
-    }
-
     /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err` is the
     /// 503 to answer (`funds.on_rpc_error`).
     pub(super) fn funds_unread(
@@ -236,7 +222,6 @@ impl LevyProxy {
         };
         let (mut admission, hold) =
             settlement.reserve(verified.payer, verified.amount, balance, shares);
-        self.unshare_unfunded(&hold, shares, verified.payer, verified.amount);
         if batched && admission == Admission::Defer {
             match settlement.backlog(verified.valid_before) {
                 None => {}
@@ -361,7 +346,6 @@ impl LevyProxy {
         };
         let (admission, hold) =
             settlement.reserve(verified.payer, verified.amount, balance, shares);
-        self.unshare_unfunded(&hold, shares, verified.payer, verified.amount);
         match admission {
             Admission::Unfunded => {
                 Some(self.refuse_payment(session, paywall, ctx, "permit2_insufficient_balance"))

@@ -165,6 +165,11 @@ impl Ledger {
             ),
         };
         if balance.is_some_and(|b| payer_after > b) {
+            drop(state);
+            // The shared state counted it already: it leaves again with nothing reserved.
+            if let (Some(_), Some(mirror)) = (shares, self.mirror.get()) {
+                mirror.removed(payer, amount);
+            }
             return (Admission::Unfunded, None);
         }
         state.forget_losses_before(now.saturating_sub(self.limits.loss_window_seconds));
@@ -372,5 +377,34 @@ mod tests {
         let (unfunded, none) =
             ledger.reserve(PAYER, U256::from(5), Some(U256::from(12)), 0, Some(shares));
         assert_eq!((unfunded, none.is_none()), (Admission::Unfunded, true));
+    }
+
+    #[test]
+    fn a_payment_counted_in_the_shared_state_and_refused_as_unfunded_is_taken_out_again() {
+        #[derive(Default)]
+        struct Recorder(Mutex<Vec<(&'static str, U256)>>);
+        impl Mirror for Recorder {
+            fn added(&self, _: Address, amount: U256) {
+                lock_moves(&self.0).push(("added", amount));
+            }
+            fn removed(&self, _: Address, amount: U256) {
+                lock_moves(&self.0).push(("removed", amount));
+            }
+            fn denied(&self, _: Address, _: &'static str, _: u64) {}
+        }
+        fn lock_moves<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+            m.lock().unwrap()
+        }
+        let ledger = ledger(10, 1000, 1000);
+        let recorder = Arc::new(Recorder::default());
+        ledger.share(recorder.clone());
+        let shares = Shares {
+            payer: U256::from(13),
+            total: U256::from(13),
+        };
+        let (admission, _) =
+            ledger.reserve(PAYER, U256::from(5), Some(U256::from(12)), 0, Some(shares));
+        assert_eq!(admission, Admission::Unfunded);
+        assert_eq!(*lock_moves(&recorder.0), [("removed", U256::from(5))]);
     }
 }
