@@ -59,6 +59,8 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         deferred: true,
         chain_id: 84532,
         upto: None,
+        shared: None,
+        entry: None,
     }
 }
 

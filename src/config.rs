@@ -461,7 +461,14 @@ fn redis_spec(
             "must be between 1 and 10000",
         ));
     }
+    if !(2..=3_600).contains(&r.takeover_after_seconds) {
+        return Err(invalid(
+            format!("{at}.takeover_after_seconds"),
+            "must be between 2 and 3600",
+        ));
+    }
     Ok(crate::state::RedisSpec {
+        takeover_after: std::time::Duration::from_secs(r.takeover_after_seconds),
         url: r.url.clone(),
         key_prefix: r.key_prefix.clone(),
         timeout: std::time::Duration::from_millis(r.timeout_ms),

@@ -63,9 +63,10 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         Some(shared) => {
             log::info!("state shared through Redis ({shared:?})");
             if let Some(settlement) = &settlement {
-                // This replica's exposure and used authorizations, as its journal holds
-                // them, replace whatever a previous run left in Redis; every change after
-                // goes there too.
+                // Payments settle through the queue replicas share; this replica's
+                // exposure and used authorizations, as its journal holds them, replace
+                // whatever a previous run left in Redis; every change after goes there too.
+                settlement.share_queue(Arc::new(shared.clone()), shared.takeover_after());
                 let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
                 shared
                     .publish_journal(&unsettled, &used)

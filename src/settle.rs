@@ -22,6 +22,7 @@ pub mod exposure;
 pub mod facilitator;
 pub mod funds;
 pub mod journal;
+pub mod queue;
 mod record;
 pub mod sessions;
 pub mod state_log;
@@ -90,6 +91,11 @@ impl InFlight {
         self.0.get(network).map_or(0, |b| b.len())
     }
 
+    /// Whether a batch with this nonce is in flight on `network`.
+    fn has(&self, network: &str, nonce: u64) -> bool {
+        self.0.get(network).is_some_and(|b| b.contains_key(&nonce))
+    }
+
     /// Adds a batch, or replaces the one with its nonce.
     fn insert(&mut self, batch: BatchRecord) {
         self.0
@@ -148,6 +154,8 @@ struct Inner {
     /// Set when the engine stops: no payment is journaled for settlement before its response
     /// any more (it could not be settled, and would settle after a restart without one).
     stopping: std::sync::atomic::AtomicBool,
+    /// The settlement queue replicas share, when state is on Redis.
+    link: std::sync::OnceLock<queue::Link>,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -238,6 +246,7 @@ impl Settlement {
                 sessions,
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                link: std::sync::OnceLock::new(),
             }),
         };
         settlement.recover()?;
@@ -477,8 +486,14 @@ impl Settlement {
     ) -> Result<(), SettleError> {
         record.queued_ms = unix_ms();
         record.deferred = true;
+        record.shared = self.sharing_as();
         self.inner.journal.accept(vec![record.clone()]).await?;
         self.keep(&record, hold);
+        if let Some(link) = self.inner.link.get() {
+            // Any replica's engine settles it from here.
+            self.hand_to_queue(link, record).await;
+            return Ok(());
+        }
         let waiting = {
             let mut queue = lock(&self.inner.queue);
             queue.push(record);
@@ -576,8 +591,15 @@ impl Settlement {
         record.reason = None;
         record.detail = None;
         record.updated_at = unix_now();
+        if record.shared.is_some() {
+            record.entry = None;
+        }
         self.inner.journal.put(vec![record.clone()]).await?;
-        lock(&self.inner.queue).push(record.clone());
+        match (&record.shared, self.inner.link.get()) {
+            // Back in the shared queue; its exposure stayed counted there.
+            (Some(_), Some(link)) => self.requeue_shared(link, record.clone()).await,
+            _ => lock(&self.inner.queue).push(record.clone()),
+        }
         self.inner.wake.notify_one();
         Ok(Some(record))
     }

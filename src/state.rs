@@ -19,7 +19,9 @@
 //! payer and one for the total, a field per replica, so a restarted replica replaces its own
 //! share with what its journal says and never counts a payment twice. A payment's reservation
 //! adds to both and reads both sums back in one script, so two replicas reserving at once
-//! each see the other's share. These keys share the tag `{exposure}`: one Cluster slot.
+//! each see the other's share. These keys, and the settlement queue's ([`queue`]), share the
+//! tag `{ledger}`: one Cluster slot, so one script can move a payment's exposure along with
+//! the payment.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +34,8 @@ use alloy_primitives::{Address, U256};
 
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::settle::exposure::{Mirror, Shares};
+
+mod queue;
 
 /// Seconds a replay key outlives its authorization's deadline (clock differences between
 /// replicas and the chain).
@@ -49,6 +53,8 @@ pub struct RedisSpec {
     /// This replica's name, the same across its restarts (its share of exposure is kept
     /// under it).
     pub replica: String,
+    /// How long a replica's queued payments may go unrenewed before another takes them.
+    pub takeover_after: Duration,
 }
 
 /// Why shared state cannot be used.
@@ -206,6 +212,11 @@ impl Shared {
                 deny: Script::new(DENY),
             }),
         })
+    }
+
+    /// How long a replica's queued payments may go unrenewed before another takes them.
+    pub fn takeover_after(&self) -> Duration {
+        self.inner.spec.takeover_after
     }
 
     /// Why Redis could not be used last time, if it could not.
@@ -492,9 +503,9 @@ impl Mirror for Shared {
     }
 }
 
-/// Where a payer's denial is kept (in the `{exposure}` slot, read by the reservation).
+/// Where a payer's denial is kept (in the `{ledger}` slot, read by the reservation).
 fn deny_key(prefix: &str, payer: Address) -> String {
-    format!("{prefix}{{exposure}}:deny:{payer:#x}")
+    format!("{prefix}{{ledger}}:deny:{payer:#x}")
 }
 
 /// Sets the denial `ARGV[1]` to expire at `ARGV[2]` (unix milliseconds).
@@ -503,19 +514,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 return 0
 ";
 
-/// A payer's exposure hash (all exposure keys share the `{exposure}` Cluster slot).
+/// A payer's exposure hash (all exposure and queue keys share the `{ledger}` Cluster slot).
 fn exposure_payer_key(prefix: &str, payer: Address) -> String {
-    format!("{prefix}{{exposure}}:payer:{payer:#x}")
+    format!("{prefix}{{ledger}}:payer:{payer:#x}")
 }
 
 /// The total exposure hash.
 fn exposure_total_key(prefix: &str) -> String {
-    format!("{prefix}{{exposure}}:total")
+    format!("{prefix}{{ledger}}:total")
 }
 
 /// The set of payer hashes a replica has a share in.
 fn exposure_index_key(prefix: &str, replica: &str) -> String {
-    format!("{prefix}{{exposure}}:replica:{replica}")
+    format!("{prefix}{{ledger}}:replica:{replica}")
 }
 
 /// The Redis key of an authorization: the payer in braces (a Cluster hash tag), then what

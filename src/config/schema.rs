@@ -95,6 +95,14 @@ pub struct RedisState {
     /// This replica's name, stable across its restarts; default `<host name>:<data port>`.
     #[serde(default)]
     pub replica: Option<String>,
+    /// A replica that has not renewed its queued payments this long is taken to be gone:
+    /// another settles them.
+    #[serde(default = "default_takeover_after_seconds")]
+    pub takeover_after_seconds: u64,
+}
+
+fn default_takeover_after_seconds() -> u64 {
+    30
 }
 
 fn default_key_prefix() -> String {

@@ -176,6 +176,8 @@ impl Paid {
                     permit2612,
                 }),
             },
+            shared: None,
+            entry: None,
         }
     }
 }

@@ -202,7 +202,18 @@ impl Settlement {
             submitted_at: now,
             fees: signed.fees,
             replaced: Vec::new(),
+            settler: Some(chain.settler()),
         };
+        // Recorded in the shared queue before broadcast, so a replica that takes these
+        // payments over reconciles this transaction instead of sending its own.
+        if let Err(lost) = self.may_send(Some(&batch), &send).await {
+            for r in &mut send {
+                r.state = SettlementState::Pending;
+                r.tx_hash = None;
+            }
+            self.keep_queued(&mut send, &lost);
+            return;
+        }
         // Journal before broadcast: whatever happens next, the hash is known.
         if let Err(e) = self
             .inner
@@ -364,7 +375,13 @@ impl Settlement {
             submitted_at: now,
             fees: signed.fees,
             replaced,
+            settler: Some(chain.settler()),
         };
+        if self.may_send(Some(&next), &records).await.is_err() {
+            // Taken over meanwhile (or Redis cannot say): the first stays out, re-broadcast.
+            let _ = chain.broadcast(&batch.raw_tx).await;
+            return;
+        }
         if let Err(e) = self.inner.journal.put_batch(next.clone(), records).await {
             log::error!("cannot journal the replacement of {}: {e}", batch.tx_hash);
             return;
@@ -447,11 +464,16 @@ impl Settlement {
         let mut hashes: Vec<B256> = submitted.iter().filter_map(|r| r.tx_hash).collect();
         hashes.sort();
         hashes.dedup();
+        let mine = self.settler();
         let mut inflight = self.inner.inflight.lock().await;
         for hash in hashes {
             if let Ok(Some(batch)) = self.inner.journal.batch(&hash.to_string()) {
                 log::info!("resuming batch {} on {}", batch.tx_hash, batch.network);
-                inflight.insert(batch);
+                if batch.settler.is_some_and(|s| Some(s) != mine) {
+                    self.adopt(batch);
+                } else {
+                    inflight.insert(batch);
+                }
             }
         }
     }

@@ -47,6 +47,7 @@ impl Settlement {
                 _ = self.inner.wake.notified() => {}
                 _ = tick.tick() => {}
             }
+            self.tend_queue().await;
             loop {
                 // Payments waiting on a before_response settlement go ahead of any backlog.
                 let mut jobs = Vec::new();
@@ -339,6 +340,7 @@ impl Settlement {
         if let Err(e) = self.inner.journal.put(records.clone()).await {
             log::error!("cannot journal a settlement retry: {e}");
         }
+        self.tell_outcomes(&finals).await;
         for r in &finals {
             metrics()
                 .settlements
@@ -385,8 +387,10 @@ impl Settlement {
         }
         let label = reason.map_or("ok", Reason::as_str);
         let deny_for = self.inner.config.funds.deny_for.as_secs();
+        self.tell_outcomes(&records).await;
         for r in &records {
-            if state.is_final() {
+            // A shared payment's exposure is the shared queue's, which the outcome cleared.
+            if state.is_final() && r.shared.is_none() {
                 self.inner.ledger.remove_unsettled(r.payer, r.amount);
             }
             let chain_id = match r.chain_id {
@@ -473,8 +477,12 @@ impl Settlement {
     pub(super) async fn settle_with_facilitator(
         &self,
         facilitator: &Facilitator,
-        batch: Vec<PaymentRecord>,
+        mut batch: Vec<PaymentRecord>,
     ) {
+        if let Err(lost) = self.may_send(None, &batch).await {
+            self.keep_queued(&mut batch, &lost);
+            return;
+        }
         for record in batch {
             match facilitator.settle(&record).await {
                 FacilitatorOutcome::Settled(hash) => {

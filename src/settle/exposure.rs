@@ -214,6 +214,13 @@ impl Ledger {
         }
     }
 
+    /// A payment's value stops counting here because something else counts it from now on
+    /// (the settlement queue replicas share took it, with its exposure): the mirror is not
+    /// told.
+    pub fn hand_over(&self, payer: Address, amount: U256) {
+        lock(&self.state).remove(payer, amount);
+    }
+
     /// Tells the mirror, if any, that `payer` is denied until `until` (the deny list itself
     /// is the funds cache's).
     pub fn share_denial(&self, payer: Address, reason: &'static str, until: u64) {

@@ -55,7 +55,7 @@ fn storage(e: impl std::fmt::Display) -> JournalError {
 /// A write to the store (durable once committed there).
 enum StoreWrite {
     Payments(Vec<PaymentRecord>),
-    Batch(BatchRecord, Vec<PaymentRecord>),
+    Batch(Box<BatchRecord>, Vec<PaymentRecord>),
     /// Deletes final payments last updated, and valid, before this unix second, and the
     /// batches all of whose payments are gone or final and that were sent before it.
     Prune(u64),
@@ -225,7 +225,7 @@ impl Journal {
         batch: BatchRecord,
         records: Vec<PaymentRecord>,
     ) -> Result<(), JournalError> {
-        Self::submit(&self.senders().store, StoreWrite::Batch(batch, records)).await
+        Self::submit(&self.senders().store, StoreWrite::Batch(Box::new(batch), records)).await
     }
 
     /// Deletes what retention no longer needs: final payments updated (and no longer valid)
@@ -673,6 +673,8 @@ mod tests {
             deferred: true,
             chain_id: 84532,
             upto: None,
+            shared: None,
+            entry: None,
         }
     }
 

@@ -114,6 +114,13 @@ pub struct PaymentRecord {
     /// `valid_before` its deadline and `amount` what was charged. `None` for `exact`.
     #[serde(default)]
     pub upto: Option<upto::UptoTerms>,
+    /// On the shared settlement queue (`levy.state.redis`): the replica that accepted it,
+    /// which keeps its record until the outcome comes back from whichever replica settled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<String>,
+    /// A shared payment's place in the queue, on the copy of the replica that settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
 }
 
 /// A broadcast batch transaction, journaled before broadcast.
@@ -132,6 +139,11 @@ pub struct BatchRecord {
     /// at higher fees; any one of them may still be mined.
     #[serde(default)]
     pub replaced: Vec<String>,
+    /// The key that signed it (absent in batches journaled before it was kept). A batch
+    /// another replica's key signed was adopted from the shared queue: levy only
+    /// re-broadcasts it and reads its receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settler: Option<Address>,
 }
 
 /// A chain the engine settles on.
