@@ -62,6 +62,42 @@ fn settling_yaml(
     )
 }
 
+/// A settling replica not started yet: its config file, (data, admin) addresses and
+/// directory.
+struct Replica {
+    config: std::path::PathBuf,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Signed by `settler`, its own journal, `settlement` keys, its state in `redis`.
+    fn new(
+        chain: &TestChain,
+        origin: &Origin,
+        redis: &RedisServer,
+        settler: &str,
+        settlement: &str,
+    ) -> Replica {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = settling_yaml(chain, origin, redis, dir.path(), settler, settlement);
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        Replica {
+            config,
+            addr,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn start(&self) -> LevyProcess {
+        let process = spawn_levy(&self.config);
+        wait_listening(self.addr);
+        process
+    }
+}
+
 /// Two settling replicas (own settler keys and journals) sharing `redis`: their processes,
 /// (data, admin) addresses and directories.
 fn settling_replicas(
@@ -72,21 +108,15 @@ fn settling_replicas(
 ) -> (
     Vec<LevyProcess>,
     Vec<(SocketAddr, SocketAddr)>,
-    Vec<tempfile::TempDir>,
+    Vec<Replica>,
 ) {
-    let (mut processes, mut replicas, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-    for settler in [SETTLER_KEY, KEYS[3]] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = settling_yaml(chain, origin, redis, dir.path(), settler, settlement);
-        let (config, addr, admin) = process_config(dir.path(), &yaml);
-        processes.push(spawn_levy(&config));
-        replicas.push((addr, admin));
-        dirs.push(dir);
-    }
-    for (addr, _) in &replicas {
-        wait_listening(*addr);
-    }
-    (processes, replicas, dirs)
+    let replicas: Vec<Replica> = [SETTLER_KEY, KEYS[3]]
+        .into_iter()
+        .map(|settler| Replica::new(chain, origin, redis, settler, settlement))
+        .collect();
+    let processes = replicas.iter().map(Replica::start).collect();
+    let addrs = replicas.iter().map(|r| (r.addr, r.admin)).collect();
+    (processes, addrs, replicas)
 }
 
 #[test]
@@ -355,4 +385,226 @@ fn a_payer_denied_by_one_replica_is_refused_by_the_others() {
         "payer_denied"
     );
     assert_eq!(origin.seen().len(), 1);
+}
+
+/// The settler keys of three settling replicas.
+const SETTLERS: [&str; 3] = [SETTLER_KEY, KEYS[3], KEYS[5]];
+
+/// Sends `payments` to `addrs` round-robin from `threads` threads; each must be served.
+fn pay_round_robin(addrs: &[SocketAddr], payments: Vec<String>, threads: usize) {
+    let payments = Arc::new(payments);
+    let senders: Vec<_> = (0..threads)
+        .map(|t| {
+            let (payments, addrs) = (Arc::clone(&payments), addrs.to_vec());
+            std::thread::spawn(move || {
+                for i in (t..payments.len()).step_by(threads) {
+                    let r = request(
+                        addrs[i % addrs.len()],
+                        &paid_get("/data/x", "PAYMENT-SIGNATURE", &payments[i]),
+                    );
+                    assert_eq!(r.status, 200, "payment {i}: {}", r.text());
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+}
+
+/// Every settled payment in `admin`'s journal: id and transaction.
+fn settled_at(admin: SocketAddr) -> Vec<(String, String)> {
+    let listing = request(
+        admin,
+        "GET /settlements?state=settled&limit=10000 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .json();
+    listing["settlements"]
+        .as_array()
+        .expect("a listing")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or_default().to_owned(),
+                r["transaction"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every payment settled once on chain: the payee received exactly `count` prices, each
+/// journal that holds a payment agrees on its transaction, and together they hold `count`.
+fn assert_settled_once(chain: &TestChain, paid_before: u64, admins: &[SocketAddr], count: usize) {
+    let payee: alloy::primitives::Address = PAY_TO.parse().expect("payee");
+    assert_eq!(
+        chain.balance(payee),
+        alloy::primitives::U256::from(paid_before + count as u64 * PRICE),
+        "the payee received each payment exactly once"
+    );
+    let mut by_id = std::collections::HashMap::new();
+    for admin in admins {
+        for (id, tx) in settled_at(*admin) {
+            let seen = by_id.entry(id.clone()).or_insert_with(|| tx.clone());
+            assert_eq!(*seen, tx, "{id} settled in two transactions");
+        }
+    }
+    assert_eq!(by_id.len(), count);
+}
+
+#[test]
+fn a_thousand_payments_spread_over_three_replicas_all_settle_exactly_once_on_chain() {
+    let chain = TestChain::start();
+    let payer = KEYS[0];
+    chain.mint(signer(payer).address(), 2_000 * PRICE);
+    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let replicas: Vec<Replica> = SETTLERS
+        .iter()
+        .map(|settler| Replica::new(&chain, &origin, &redis, settler, "    max_delay_ms: 300\n"))
+        .collect();
+    let _processes: Vec<LevyProcess> = replicas.iter().map(Replica::start).collect();
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let terms = challenge_at(addrs[0], "/data/x");
+    let payments: Vec<String> = (0..1_000).map(|_| sign_for(&terms, payer).1).collect();
+
+    pay_round_robin(&addrs, payments, 6);
+
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin).collect();
+    for admin in &admins {
+        wait_all_final(*admin, Duration::from_secs(120));
+    }
+    assert_settled_once(&chain, paid_before, &admins, 1_000);
+    let settling = SETTLERS
+        .iter()
+        .filter(|key| chain.tx_count(signer(key).address()) > 0)
+        .count();
+    assert!(
+        settling >= 2,
+        "only {settling} replica settled: the queue is not shared"
+    );
+    assert_eq!(origin.seen().len(), 1_000);
+}
+
+#[test]
+fn a_replica_killed_with_payments_queued_has_them_settled_by_the_others() {
+    let chain = TestChain::start();
+    let payer = KEYS[0];
+    chain.mint(signer(payer).address(), 1_000 * PRICE);
+    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let quick = "    max_delay_ms: 300\n";
+    // The first replica holds its batch a minute; the others settle at once and take over
+    // payments their owner has not renewed for three seconds.
+    let state = format!("{}      takeover_after_seconds: 3\n", redis.state_yaml());
+    let with_takeover = |settler: &str, settlement: &str| {
+        let replica = Replica::new(&chain, &origin, &redis, settler, settlement);
+        let yaml = std::fs::read_to_string(&replica.config).expect("config");
+        std::fs::write(&replica.config, yaml.replace(&redis.state_yaml(), &state)).expect("config");
+        replica
+    };
+    let first = with_takeover(SETTLERS[0], "    max_delay_ms: 60000\n");
+    let others = [
+        with_takeover(SETTLERS[1], quick),
+        with_takeover(SETTLERS[2], quick),
+    ];
+    let mut killed = first.start();
+    let terms = challenge_at(first.addr, "/data/x");
+    let payments: Vec<String> = (0..30).map(|_| sign_for(&terms, payer).1).collect();
+    pay_round_robin(&[first.addr], payments, 3);
+    // All thirty are the first replica's to settle, queued behind its minute of delay.
+    let queue = "levy:v1:{ledger}:queue";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["XPENDING", queue, "settlers"]).lines().next() != Some("30") {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never took its payments"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    killed.sigkill();
+
+    let _others: Vec<LevyProcess> = others.iter().map(Replica::start).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while others
+        .iter()
+        .map(|r| settled_at(r.admin).len())
+        .sum::<usize>()
+        < 30
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the others never took the payments over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        chain.tx_count(signer(SETTLERS[0]).address()),
+        0,
+        "the killed replica sent nothing"
+    );
+
+    // Back, the first replica learns what became of its payments and settles none again.
+    let _back = first.start();
+    wait_all_final(first.admin, Duration::from_secs(30));
+    let mut admins: Vec<SocketAddr> = others.iter().map(|r| r.admin).collect();
+    admins.push(first.admin);
+    assert_settled_once(&chain, paid_before, &admins, 30);
+    assert_eq!(
+        settled_at(first.admin).len(),
+        30,
+        "its journal says settled"
+    );
+    assert_eq!(chain.tx_count(signer(SETTLERS[0]).address()), 0);
+}
+
+#[test]
+fn a_batch_broadcast_by_a_replica_that_died_is_reconciled_not_sent_again() {
+    // Blocks every four seconds: the batch is broadcast and not yet mined when its
+    // replica dies.
+    let chain = TestChain::with_block_time(4);
+    let payer = KEYS[0];
+    chain.mint(signer(payer).address(), 1_000 * PRICE);
+    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let state = format!("{}      takeover_after_seconds: 2\n", redis.state_yaml());
+    let with_takeover = |settler: &str| {
+        let replica = Replica::new(&chain, &origin, &redis, settler, "    max_delay_ms: 1000\n");
+        let yaml = std::fs::read_to_string(&replica.config).expect("config");
+        std::fs::write(&replica.config, yaml.replace(&redis.state_yaml(), &state)).expect("config");
+        replica
+    };
+    let first = with_takeover(SETTLERS[0]);
+    let other = with_takeover(SETTLERS[1]);
+    let mut killed = first.start();
+    let terms = challenge_at(first.addr, "/data/x");
+    let payments: Vec<String> = (0..10).map(|_| sign_for(&terms, payer).1).collect();
+    pay_round_robin(&[first.addr], payments, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::settle::settlements_in(first.admin, "submitted") < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the first replica never broadcast its batch"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed.sigkill();
+
+    let _other = other.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while settled_at(other.admin).len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the other replica never reconciled the batch"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_settled_once(&chain, paid_before, &[other.admin], 10);
+    assert_eq!(
+        chain.tx_count(signer(SETTLERS[1]).address()),
+        0,
+        "the batch was read, not sent again"
+    );
 }

@@ -225,7 +225,11 @@ impl Journal {
         batch: BatchRecord,
         records: Vec<PaymentRecord>,
     ) -> Result<(), JournalError> {
-        Self::submit(&self.senders().store, StoreWrite::Batch(Box::new(batch), records)).await
+        Self::submit(
+            &self.senders().store,
+            StoreWrite::Batch(Box::new(batch), records),
+        )
+        .await
     }
 
     /// Deletes what retention no longer needs: final payments updated (and no longer valid)

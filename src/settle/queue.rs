@@ -81,11 +81,10 @@ pub trait SharedQueue: Send + Sync {
     /// This replica's name (a payment's `shared` origin).
     fn replica(&self) -> &str;
 
-    /// Appends a payment, once: a payment appended before (or finished) is left alone.
-    /// `moves_exposure`: its share of exposure moves from this replica's count to the
-    /// queue's (it was counted as this replica's when it was reserved); otherwise the
-    /// queue's count gains it.
-    async fn append(&self, record: &PaymentRecord, moves_exposure: bool) -> Result<(), String>;
+    /// Appends a payment, once: a payment appended before (or finished) is left alone. The
+    /// queue counts its exposure from its first append on; `counted_here`: this replica
+    /// counted it too (when it reserved it, or again after a restart), and stops.
+    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), String>;
 
     /// Up to `count` payments no replica has taken yet, now this replica's.
     async fn take_new(&self, count: usize) -> Result<Vec<Taken>, String>;
@@ -150,16 +149,22 @@ fn enough(max_batch: usize) -> usize {
 impl Settlement {
     /// Settles through `queue`, shared with other replicas, from now on: call before the
     /// engine runs and before exposure is shared. The journal's shared payments leave this
-    /// replica's own queue and exposure (the shared queue counts them); its own payments the
-    /// queue may never have taken are offered again when the engine starts.
+    /// replica's own queue; their exposure is the shared queue's, except for this replica's
+    /// own payments that the queue may never have taken: they stay counted here until the
+    /// engine, when it starts, has offered them again.
     pub fn share_queue(&self, queue: Arc<dyn SharedQueue>, takeover_after: Duration) {
         let me = queue.replica().to_owned();
+        let unsure = |r: &PaymentRecord| {
+            r.shared.as_deref() == Some(me.as_str())
+                && r.entry.is_none()
+                && r.state == SettlementState::Pending
+        };
         let mut to_append = Vec::new();
         {
             let mut local = lock(&self.inner.queue);
             local.retain(|r| {
-                if r.shared.as_deref() == Some(me.as_str()) && r.entry.is_none() {
-                    to_append.push((r.clone(), false));
+                if unsure(r) {
+                    to_append.push((r.clone(), true));
                 }
                 r.shared.is_none()
             });
@@ -168,7 +173,7 @@ impl Settlement {
         if let Ok(open) = self
             .inner
             .journal
-            .payments(|r| !r.state.is_final() && r.shared.is_some())
+            .payments(|r| !r.state.is_final() && r.shared.is_some() && !unsure(r))
         {
             for r in open {
                 self.inner.ledger.hand_over(r.payer, r.amount);
@@ -228,7 +233,10 @@ impl Settlement {
             return;
         }
         if let Err(e) = link.queue.finished(&outcomes).await {
-            log::warn!("cannot tell Redis {} settlement outcomes ({e}); will retry", outcomes.len());
+            log::warn!(
+                "cannot tell Redis {} settlement outcomes ({e}); will retry",
+                outcomes.len()
+            );
             lock(&link.to_tell).extend(outcomes);
         }
     }
@@ -251,7 +259,10 @@ impl Settlement {
         match link.queue.sending(batch, records).await {
             Ok(Sending::Clear) => Ok(()),
             Ok(Sending::Lost(ids)) => {
-                log::warn!("{} queued payments were taken over by another replica", ids.len());
+                log::warn!(
+                    "{} queued payments were taken over by another replica",
+                    ids.len()
+                );
                 Err(ids)
             }
             Err(e) => {
@@ -452,7 +463,10 @@ impl Settlement {
         }
         if !finished.is_empty() {
             if let Err(e) = link.queue.finished(&finished).await {
-                log::warn!("cannot tell Redis {} outcomes ({e}); will retry", finished.len());
+                log::warn!(
+                    "cannot tell Redis {} outcomes ({e}); will retry",
+                    finished.len()
+                );
                 lock(&link.to_tell).extend(finished);
             }
         }
@@ -486,8 +500,7 @@ impl Settlement {
                 if record.state == d.state && record.tx_hash == d.tx_hash {
                     continue;
                 }
-                if d.state == SettlementState::Settled && record.state != SettlementState::Settled
-                {
+                if d.state == SettlementState::Settled && record.state != SettlementState::Settled {
                     let chain_id = match record.chain_id {
                         0 => self.chain_id_of(&record.network),
                         id => id,
@@ -543,7 +556,13 @@ impl Settlement {
             match mined {
                 Some((hash, receipt)) => self.apply_receipt(hash, &receipt, records).await,
                 None if unix_now()
-                    < since + self.inner.config.receipt_timeout.as_secs().max(INCLUSION_GRACE) =>
+                    < since
+                        + self
+                            .inner
+                            .config
+                            .receipt_timeout
+                            .as_secs()
+                            .max(INCLUSION_GRACE) =>
                 {
                     let _ = chain.broadcast(&batch.raw_tx).await;
                     continue;

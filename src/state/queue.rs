@@ -71,23 +71,22 @@ end
 ";
 
 /// Appends payment `ARGV[4]` (origin `ARGV[3]`, record `ARGV[5]`) unless its key says it
-/// was appended before (a payment back from review goes in again). A first append adds its
-/// value `ARGV[6]` to the queue's share of payer `ARGV[8]`'s and the total exposure, taken
-/// from the origin's share when `ARGV[7]` is 1.
+/// was appended before (a payment back from review goes in again). The queue's share of
+/// payer `ARGV[8]`'s and the total exposure gains its value `ARGV[6]` on its first append;
+/// when `ARGV[7]` is 1 the origin counted it as its own, and its share loses it, appended
+/// now or before.
 const APPEND: &str = r"
 local key = P .. 'pay:' .. ARGV[4]
 local state = redis.call('GET', key)
-if state and state ~= 'review' then return 0 end
-redis.call('XADD', Q, '*', 'id', ARGV[4], 'origin', ARGV[3], 'record', ARGV[5])
-redis.call('SET', key, 'queued')
-if not state then
-  for _, hash in ipairs({P .. 'payer:' .. ARGV[8], P .. 'total'}) do
-    redis.call('HINCRBY', hash, QF, ARGV[6])
-    if ARGV[7] == '1' then
-      if redis.call('HINCRBY', hash, ARGV[3], '-' .. ARGV[6]) <= 0 then
-        redis.call('HDEL', hash, ARGV[3])
-      end
-    end
+local fresh = not state
+if fresh or state == 'review' then
+  redis.call('XADD', Q, '*', 'id', ARGV[4], 'origin', ARGV[3], 'record', ARGV[5])
+  redis.call('SET', key, 'queued')
+end
+for _, hash in ipairs({P .. 'payer:' .. ARGV[8], P .. 'total'}) do
+  if fresh then redis.call('HINCRBY', hash, QF, ARGV[6]) end
+  if ARGV[7] == '1' and redis.call('HINCRBY', hash, ARGV[3], '-' .. ARGV[6]) <= 0 then
+    redis.call('HDEL', hash, ARGV[3])
   end
 end
 return 1
@@ -238,7 +237,9 @@ impl Shared {
                 let mut record: PaymentRecord = match serde_json::from_str(record) {
                     Ok(record) => record,
                     Err(e) => {
-                        log::error!("shared queue entry {entry} is unreadable ({e}); left for an operator");
+                        log::error!(
+                            "shared queue entry {entry} is unreadable ({e}); left for an operator"
+                        );
                         return None;
                     }
                 };
@@ -258,14 +259,14 @@ impl SharedQueue for Shared {
         &self.inner.spec.replica
     }
 
-    async fn append(&self, record: &PaymentRecord, moves_exposure: bool) -> Result<(), String> {
+    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), String> {
         let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
         let args = vec![
             self.inner.spec.replica.clone(),
             record.id.clone(),
             json,
             record.amount.to_string(),
-            if moves_exposure { "1" } else { "0" }.to_owned(),
+            if counted_here { "1" } else { "0" }.to_owned(),
             format!("{:#x}", record.payer),
         ];
         self.queue_call::<i64>(&scripts().append, args)

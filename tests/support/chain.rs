@@ -47,18 +47,21 @@ pub const DEPOSIT_COLLECTOR: Address =
     alloy::primitives::address!("4020806089470a89826cB9fB1f4059150b550004");
 
 /// anvil's development keys (public knowledge; test chain only).
-pub const KEYS: [&str; 5] = [
+pub const KEYS: [&str; 7] = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
     "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926e",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
 ];
 /// Circle's USDC on Base Sepolia, where the harness places TestUSDC.
 pub const BASE_SEPOLIA_USDC: Address =
     alloy::primitives::address!("036CbD53842c5426634e7929541eC2318f3dCF7e");
 
-/// Key 1 settles; key 2 deploys and mints; keys 0, 3 and 4 pay.
+/// Key 1 settles; key 2 deploys and mints; keys 0, 3 and 4 pay; 5 and 6 settle for more
+/// replicas.
 pub const SETTLER_KEY: &str = KEYS[1];
 const DEPLOYER_KEY: &str = KEYS[2];
 
