@@ -151,7 +151,8 @@ impl Settlement {
     /// engine runs and before exposure is shared. The journal's shared payments leave this
     /// replica's own queue; their exposure is the shared queue's, except for this replica's
     /// own payments that the queue may never have taken: they stay counted here until the
-    /// engine, when it starts, has offered them again.
+    /// engine, when it starts, has offered them again (it offers every pending payment of
+    /// its own again: appending is idempotent, and a queue that lost one gets it back).
     pub fn share_queue(&self, queue: Arc<dyn SharedQueue>, takeover_after: Duration) {
         let me = queue.replica().to_owned();
         let unsure = |r: &PaymentRecord| {
@@ -163,8 +164,10 @@ impl Settlement {
         {
             let mut local = lock(&self.inner.queue);
             local.retain(|r| {
-                if unsure(r) {
-                    to_append.push((r.clone(), true));
+                // Offered again (a no-op unless the queue lost it, to a failover that lost
+                // writes).
+                if r.shared.as_deref() == Some(me.as_str()) {
+                    to_append.push((r.clone(), unsure(r)));
                 }
                 r.shared.is_none()
             });
