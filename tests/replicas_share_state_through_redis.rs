@@ -608,3 +608,48 @@ fn a_batch_broadcast_by_a_replica_that_died_is_reconciled_not_sent_again() {
         "the batch was read, not sent again"
     );
 }
+
+#[test]
+fn with_redis_frozen_for_ten_seconds_paid_routes_wait_and_every_payment_still_settles_once() {
+    let chain = TestChain::start();
+    let payer = KEYS[0];
+    chain.mint(signer(payer).address(), 1_000 * PRICE);
+    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let redis = RedisServer::start();
+    let origin = Origin::echo();
+    let (_processes, replicas, _dirs) =
+        settling_replicas(&chain, &origin, &redis, "    max_delay_ms: 2000\n");
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|(a, _)| *a).collect();
+    let terms = challenge_at(addrs[0], "/data/x");
+    let payments: Vec<String> = (0..20).map(|_| sign_for(&terms, payer).1).collect();
+    pay_round_robin(&addrs, payments, 4);
+
+    // Redis stops answering while the payments wait for their batch.
+    redis.freeze();
+    let started = Instant::now();
+    for addr in &addrs {
+        let (_, payment) = sign_for(&terms, payer);
+        let refused = request(*addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment));
+        assert_eq!(refused.status, 503, "{}", refused.text());
+        assert_eq!(refused.header("retry-after"), Some("2"));
+    }
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+    redis.thaw();
+
+    let admins: Vec<SocketAddr> = replicas.iter().map(|(_, a)| *a).collect();
+    for admin in &admins {
+        wait_all_final(*admin, Duration::from_secs(60));
+    }
+    assert_settled_once(&chain, paid_before, &admins, 20);
+    assert_eq!(
+        origin.seen().len(),
+        20,
+        "nothing refused reached the origin"
+    );
+    let (_, payment) = sign_for(&terms, payer);
+    let served = request(
+        addrs[1],
+        &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment),
+    );
+    assert_eq!(served.status, 200, "{}", served.text());
+}

@@ -338,9 +338,19 @@ impl Settlement {
         if now_ms >= link.renewed_ms.load(Acquire) + takeover_ms / 4 {
             let mine = link.queue.renew().await?;
             link.renewed_ms.store(now_ms, Release);
-            let mut local = lock(&self.inner.queue);
-            local.retain(|r| r.entry.as_ref().is_none_or(|e| mine.contains(e)));
-            self.set_queued(local.len());
+            let held = {
+                let mut local = lock(&self.inner.queue);
+                local.retain(|r| r.entry.as_ref().is_none_or(|e| mine.contains(e)));
+                self.set_queued(local.len());
+                local.iter().filter(|r| r.entry.is_some()).count()
+            };
+            if mine.len() > held {
+                // Entries this replica owns and does not hold: in its batches in flight, or
+                // given to it by a read whose answer it never got (a timeout while Redis
+                // still had the call). Read them again.
+                let own = link.queue.take_own().await?;
+                self.take(link, own).await;
+            }
         }
         let max_batch = self.inner.config.max_batch;
         if now_ms >= link.looked_ms.load(Acquire) + takeover_ms / 2 {
@@ -426,8 +436,9 @@ impl Settlement {
                     finished.push(outcome_of(&known, &record));
                     continue;
                 }
-                if known.state == SettlementState::Submitted && sent.is_none() {
-                    // In a batch of ours that is still being resolved.
+                if known.state == SettlementState::Submitted {
+                    // In a batch this replica resolves already (its own, or one it adopted:
+                    // both are journaled and resumed after a restart).
                     continue;
                 }
             }

@@ -142,7 +142,8 @@ return {}
 /// final (1/0), payer, value, outcome JSON. Consumer `ARGV[3]` acknowledges and deletes the
 /// entry; the first time only, the key says `done:<state>` for `ARGV[4]` seconds (final)
 /// or `review`, a final payment's value leaves the queue's share of exposure, and the
-/// outcome goes to the origin's inbox (unless that is `ARGV[3]`).
+/// outcome goes to the origin's inbox (unless that is `ARGV[3]`; an inbox nobody reads any
+/// more keeps its last million).
 const FINISH: &str = r"
 for i = 5, #ARGV, 8 do
   local entry, id, origin, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -162,7 +163,7 @@ for i = 5, #ARGV, 8 do
       redis.call('SET', key, 'review')
     end
     if origin ~= ARGV[3] then
-      redis.call('XADD', P .. 'outcomes:' .. origin, '*', 'id', id, 'outcome', ARGV[i + 7])
+      redis.call('XADD', P .. 'outcomes:' .. origin, 'MAXLEN', '~', '1000000', '*', 'id', id, 'outcome', ARGV[i + 7])
     end
   end
 end

@@ -56,6 +56,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, what an
+    /// overloaded or partitioned Redis looks like; [`RedisServer::thaw`] brings it back with
+    /// its data.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port (empty: nothing is persisted).
     pub fn resume(&mut self) {
         let child = Command::new("redis-server")
@@ -77,6 +97,9 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.thaw();
+        }
         self.stop();
     }
 }
