@@ -91,6 +91,17 @@ impl Replica {
         }
     }
 
+    /// The same, its queued payments taken over after `seconds` without renewal.
+    fn taking_over_after(self, redis: &RedisServer, seconds: u64) -> Replica {
+        let yaml = std::fs::read_to_string(&self.config).expect("config");
+        let state = format!(
+            "{}      takeover_after_seconds: {seconds}\n",
+            redis.state_yaml()
+        );
+        std::fs::write(&self.config, yaml.replace(&redis.state_yaml(), &state)).expect("config");
+        self
+    }
+
     fn start(&self) -> LevyProcess {
         let process = spawn_levy(&self.config);
         wait_listening(self.addr);
@@ -387,6 +398,14 @@ fn a_payer_denied_by_one_replica_is_refused_by_the_others() {
     assert_eq!(origin.seen().len(), 1);
 }
 
+/// `chain` with `units` prices minted to `payer`, and what the payee held before any payment.
+fn funded(chain: TestChain, payer: &str, units: u64) -> (TestChain, u64) {
+    chain.mint(signer(payer).address(), units * PRICE);
+    let payee = PAY_TO.parse().expect("payee");
+    let before = u64::try_from(chain.balance(payee)).expect("a u64 balance");
+    (chain, before)
+}
+
 /// The settler keys of three settling replicas.
 const SETTLERS: [&str; 3] = [SETTLER_KEY, KEYS[3], KEYS[5]];
 
@@ -453,10 +472,8 @@ fn assert_settled_once(chain: &TestChain, paid_before: u64, admins: &[SocketAddr
 
 #[test]
 fn a_thousand_payments_spread_over_three_replicas_all_settle_exactly_once_on_chain() {
-    let chain = TestChain::start();
     let payer = KEYS[0];
-    chain.mint(signer(payer).address(), 2_000 * PRICE);
-    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let (chain, paid_before) = funded(TestChain::start(), payer, 2_000);
     let redis = RedisServer::start();
     let origin = Origin::echo();
     let replicas: Vec<Replica> = SETTLERS
@@ -488,21 +505,15 @@ fn a_thousand_payments_spread_over_three_replicas_all_settle_exactly_once_on_cha
 
 #[test]
 fn a_replica_killed_with_payments_queued_has_them_settled_by_the_others() {
-    let chain = TestChain::start();
     let payer = KEYS[0];
-    chain.mint(signer(payer).address(), 1_000 * PRICE);
-    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let (chain, paid_before) = funded(TestChain::start(), payer, 1_000);
     let redis = RedisServer::start();
     let origin = Origin::echo();
     let quick = "    max_delay_ms: 300\n";
     // The first replica holds its batch a minute; the others settle at once and take over
     // payments their owner has not renewed for three seconds.
-    let state = format!("{}      takeover_after_seconds: 3\n", redis.state_yaml());
     let with_takeover = |settler: &str, settlement: &str| {
-        let replica = Replica::new(&chain, &origin, &redis, settler, settlement);
-        let yaml = std::fs::read_to_string(&replica.config).expect("config");
-        std::fs::write(&replica.config, yaml.replace(&redis.state_yaml(), &state)).expect("config");
-        replica
+        Replica::new(&chain, &origin, &redis, settler, settlement).taking_over_after(&redis, 3)
     };
     let first = with_takeover(SETTLERS[0], "    max_delay_ms: 60000\n");
     let others = [
@@ -563,18 +574,13 @@ fn a_replica_killed_with_payments_queued_has_them_settled_by_the_others() {
 fn a_batch_broadcast_by_a_replica_that_died_is_reconciled_not_sent_again() {
     // Blocks every four seconds: the batch is broadcast and not yet mined when its
     // replica dies.
-    let chain = TestChain::with_block_time(4);
     let payer = KEYS[0];
-    chain.mint(signer(payer).address(), 1_000 * PRICE);
-    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let (chain, paid_before) = funded(TestChain::with_block_time(4), payer, 1_000);
     let redis = RedisServer::start();
     let origin = Origin::echo();
-    let state = format!("{}      takeover_after_seconds: 2\n", redis.state_yaml());
     let with_takeover = |settler: &str| {
-        let replica = Replica::new(&chain, &origin, &redis, settler, "    max_delay_ms: 1000\n");
-        let yaml = std::fs::read_to_string(&replica.config).expect("config");
-        std::fs::write(&replica.config, yaml.replace(&redis.state_yaml(), &state)).expect("config");
-        replica
+        Replica::new(&chain, &origin, &redis, settler, "    max_delay_ms: 1000\n")
+            .taking_over_after(&redis, 2)
     };
     let first = with_takeover(SETTLERS[0]);
     let other = with_takeover(SETTLERS[1]);
@@ -611,10 +617,8 @@ fn a_batch_broadcast_by_a_replica_that_died_is_reconciled_not_sent_again() {
 
 #[test]
 fn with_redis_frozen_for_ten_seconds_paid_routes_wait_and_every_payment_still_settles_once() {
-    let chain = TestChain::start();
     let payer = KEYS[0];
-    chain.mint(signer(payer).address(), 1_000 * PRICE);
-    let paid_before = u64::try_from(chain.balance(PAY_TO.parse().expect("payee"))).expect("u64");
+    let (chain, paid_before) = funded(TestChain::start(), payer, 1_000);
     let redis = RedisServer::start();
     let origin = Origin::echo();
     let (_processes, replicas, _dirs) =
