@@ -19,6 +19,8 @@ from x402.http.clients.httpx import x402AsyncTransport
 from x402.mechanisms.evm.exact import ExactEvmScheme
 from x402.mechanisms.evm.signers import EthAccountSigner
 
+from tally import Tally
+
 
 async def main() -> None:
     url, count = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
@@ -36,21 +38,17 @@ async def main() -> None:
             sent["proof"] = request.headers.get("SIGN-IN-WITH-X")
             return await super().handle_async_request(request)
 
-    statuses: dict[str, int] = {}
+    tally = Tally()
     calls: list[dict] = []
-    errors: list[str] = []
     transport = x402AsyncTransport(client, transport=Recording())
     async with httpx.AsyncClient(transport=transport, timeout=30) as http:
         for _ in range(count):
             try:
                 response = await http.get(url)
-            except Exception as error:  # the client's own report is what the tests look at
-                statuses["error"] = statuses.get("error", 0) + 1
-                if len(errors) < 5:
-                    errors.append(str(error))
+            except Exception as error:
+                tally.failed(error)
                 continue
-            key = str(response.status_code)
-            statuses[key] = statuses.get(key, 0) + 1
+            tally.status(response.status_code)
             calls.append(
                 {
                     "status": response.status_code,
@@ -61,7 +59,7 @@ async def main() -> None:
             )
     paid = sum(1 for c in calls if c["paid"])
     proofs = sum(1 for c in calls if not c["paid"] and c["proof"])
-    print(json.dumps({"statuses": statuses, "paid": paid, "proofs": proofs, "calls": calls, "errors": errors}))
+    print(json.dumps({"statuses": tally.statuses, "paid": paid, "proofs": proofs, "calls": calls, "errors": tally.errors}))
 
 
 if __name__ == "__main__":

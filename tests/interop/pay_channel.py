@@ -22,6 +22,8 @@ from x402.http.utils import decode_payment_response_header
 from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme, RefundOptions
 from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC
 
+from tally import Tally
+
 
 def payload_type(header: str | None) -> str | None:
     if not header:
@@ -38,20 +40,16 @@ def main() -> None:
     scheme = BatchSettlementEvmScheme(signer)
     client.register("eip155:*", scheme)
     session = wrapRequestsWithPayment(requests.Session(), client)
-    statuses: dict[str, int] = {}
-    errors: list[str] = []
+    tally = Tally()
     deposits = 0
     last = None
     for _ in range(count):
         try:
             response = session.get(url, timeout=30)
-        except Exception as error:  # the client's own report is what the tests look at
-            statuses["error"] = statuses.get("error", 0) + 1
-            if len(errors) < 5:
-                errors.append(str(error))
+        except Exception as error:
+            tally.failed(error)
             continue
-        key = str(response.status_code)
-        statuses[key] = statuses.get(key, 0) + 1
+        tally.status(response.status_code)
         if payload_type(response.request.headers.get("PAYMENT-SIGNATURE")) == "deposit":
             deposits += 1
         header = response.headers.get("PAYMENT-RESPONSE")
@@ -59,9 +57,9 @@ def main() -> None:
             "paymentResponse": decode_payment_response_header(header).model_dump(by_alias=True) if header else None,
             "body": response.text,
         }
-        if response.status_code != 200 and len(errors) < 5:
+        if response.status_code != 200:
             required = response.headers.get("PAYMENT-REQUIRED")
-            errors.append(json.loads(base64.b64decode(required)).get("error") if required else f"status {response.status_code}")
+            tally.note(json.loads(base64.b64decode(required)).get("error") if required else f"status {response.status_code}")
     refund = None
     asked = os.environ.get("X402_REFUND")
     if asked:
@@ -70,7 +68,7 @@ def main() -> None:
             refund = {"settleResponse": scheme.refund(url, options).model_dump(by_alias=True)}
         except Exception as error:  # reported, not raised: the test reads it
             refund = {"error": str(error)}
-    print(json.dumps({"statuses": statuses, "deposits": deposits, "last": last, "errors": errors, "refund": refund}))
+    print(json.dumps({"statuses": tally.statuses, "deposits": deposits, "last": last, "errors": tally.errors, "refund": refund}))
 
 
 if __name__ == "__main__":
