@@ -324,22 +324,17 @@ impl Settlement {
         chain: &Chain,
         batch: &BatchRecord,
     ) -> Result<bool, ChainError> {
-        for text in std::iter::once(&batch.tx_hash).chain(batch.replaced.iter().rev()) {
-            let Ok(hash) = text.parse::<B256>() else {
-                continue;
-            };
-            if let Some(mined) = chain.receipt(hash).await? {
-                let records = self.batch_records(batch);
-                self.apply_receipt(hash, &mined, records).await;
-                self.inner
-                    .inflight
-                    .lock()
-                    .await
-                    .remove(&batch.network, batch.nonce);
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let Some((hash, mined)) = find_receipt(chain, batch).await? else {
+            return Ok(false);
+        };
+        let records = self.batch_records(batch);
+        self.apply_receipt(hash, &mined, records).await;
+        self.inner
+            .inflight
+            .lock()
+            .await
+            .remove(&batch.network, batch.nonce);
+        Ok(true)
     }
 
     /// Re-signs a stuck batch with its nonce and calls at higher fees, journals the new
@@ -486,4 +481,21 @@ impl Settlement {
             }
         }
     }
+}
+
+/// The receipt of the batch's transaction or of one it replaced (newest first), if one is
+/// mined.
+pub(super) async fn find_receipt(
+    chain: &Chain,
+    batch: &BatchRecord,
+) -> Result<Option<(B256, Mined)>, ChainError> {
+    for text in std::iter::once(&batch.tx_hash).chain(batch.replaced.iter().rev()) {
+        let Ok(hash) = text.parse::<B256>() else {
+            continue;
+        };
+        if let Some(mined) = chain.receipt(hash).await? {
+            return Ok(Some((hash, mined)));
+        }
+    }
+    Ok(None)
 }

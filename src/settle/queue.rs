@@ -552,20 +552,9 @@ impl Settlement {
             let Some(chain) = self.inner.chains.get(&batch.network) else {
                 continue;
             };
-            let mut mined = None;
-            for text in std::iter::once(&batch.tx_hash).chain(batch.replaced.iter().rev()) {
-                let Ok(hash) = text.parse::<B256>() else {
-                    continue;
-                };
-                match chain.receipt(hash).await {
-                    Ok(Some(receipt)) => {
-                        mined = Some((hash, receipt));
-                        break;
-                    }
-                    Ok(None) => {}
-                    Err(_) => return,
-                }
-            }
+            let Ok(mined) = super::batch::find_receipt(chain, &batch).await else {
+                return;
+            };
             let records = self.batch_records(&batch);
             match mined {
                 Some((hash, receipt)) => self.apply_receipt(hash, &receipt, records).await,
