@@ -786,6 +786,16 @@ impl Ledger {
         self.refund_nonce = escrowed.refund_nonce;
     }
 
+    /// What the escrow said last, as levy holds it.
+    pub fn escrowed(&self) -> Escrowed {
+        Escrowed {
+            balance: self.balance,
+            total_claimed: self.total_claimed,
+            withdraw_requested_at: self.withdraw_requested_at,
+            refund_nonce: self.refund_nonce,
+        }
+    }
+
     /// Whether `voucher` pays exactly `price` on top of what was charged, within the balance.
     pub fn admits(&self, voucher: &SignedVoucher, price: u128) -> Result<(), ChannelError> {
         if self.balance == 0 {

@@ -67,6 +67,9 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
                 // exposure and used authorizations, as its journal holds them, replace
                 // whatever a previous run left in Redis; every change after goes there too.
                 settlement.share_queue(Arc::new(shared.clone()), shared.takeover_after());
+                if let Some(channels) = settlement.channels() {
+                    channels.share(Arc::new(shared.clone()));
+                }
                 let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
                 shared
                     .publish_journal(&unsettled, &used)

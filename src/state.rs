@@ -35,6 +35,7 @@ use alloy_primitives::{Address, U256};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::settle::exposure::{Mirror, Shares};
 
+mod channels;
 mod queue;
 
 /// Seconds a replay key outlives its authorization's deadline (clock differences between

@@ -31,7 +31,7 @@ pub(crate) struct ChannelSetup {
 }
 
 /// A chain with the payer (key 0) funded and levy's authorizer given gas.
-fn channel_chain() -> TestChain {
+pub(crate) fn channel_chain() -> TestChain {
     let chain = TestChain::start();
     chain.mint(signer(KEYS[0]).address(), 10_000_000);
     // The authorizer sends deposits and claims: it needs gas.
@@ -52,7 +52,7 @@ pub(crate) fn ticks_route(min_deposit: u64) -> String {
 
 /// The `levy:` YAML selling `route` (see [`ticks_route`]), with channel state in `dir` and
 /// claims only when asked (or when a payer asks to withdraw).
-fn channel_yaml(
+pub(crate) fn channel_yaml(
     chain: &TestChain,
     origin: &Origin,
     dir: &Path,
@@ -276,7 +276,12 @@ pub(crate) fn signed_payload(
 
 /// The batch-settlement entry of the route's challenge.
 pub(crate) fn offered(levy: &Levy) -> Value {
-    let unpaid = request(levy.addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
+    offered_at(levy.addr)
+}
+
+/// [`offered`] by levy at `addr`.
+pub(crate) fn offered_at(addr: SocketAddr) -> Value {
+    let unpaid = request(addr, "GET /ticks HTTP/1.1\r\nHost: a\r\n\r\n");
     let offered = decode(unpaid.header("payment-required").expect("challenge"));
     let accepted = offered["accepts"][0].clone();
     assert_eq!(accepted["scheme"], "batch-settlement");

@@ -16,6 +16,7 @@ mod metered_routes_on_channels_earn_what_they_deliver;
 mod metered_streams_flow_through_and_charge_what_left;
 mod official_clients_pay_through_levy;
 mod operators_can_check_a_config_and_watch_levy;
+mod replicas_share_channels_and_sessions;
 mod replicas_share_state_through_redis;
 mod request_forms_cannot_dodge_a_price;
 mod routes_match_on_host_method_and_path_in_order;

@@ -11,10 +11,15 @@
 //!
 //! Channel transactions are sent from the authorizer's own account, one at a time, so they
 //! never race the settlement engine's nonces.
+//!
+//! With state shared on Redis ([`shared`]), every replica serves every channel: the ledger,
+//! the hold per request and the authorizer's turn to send live there, this replica's slots
+//! are a cache of them, and one replica at a time claims, watches and refunds.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use alloy::network::EthereumWallet;
@@ -37,6 +42,9 @@ use crate::metrics::metrics;
 use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
 use super::SettleError;
+use shared::{Put, SharedChannels, Took, Versioned, CLAIMER_LOCK, MAX_ATTEMPTS, SENDER_LOCK};
+
+pub mod shared;
 
 impl Mergeable for Ledger {
     type Key = B256;
@@ -86,6 +94,20 @@ pub struct Lease {
     /// The call is metered: the commit reserves `price`, and [`Channels::earn`] takes what
     /// the response delivered.
     pub metered: bool,
+    /// With shared state: the hold's token and the version of the ledger it admitted on.
+    held: Option<(String, u64)>,
+}
+
+impl Lease {
+    /// What the request does to its channel's ledger: its price charged, or (metered) its
+    /// ceiling reserved.
+    fn step(&self, ledger: &mut Ledger) {
+        if self.metered {
+            ledger.reserve(&self.voucher, self.price);
+        } else {
+            ledger.charge(&self.voucher, self.price);
+        }
+    }
 }
 
 /// A cooperative refund that landed.
@@ -118,6 +140,11 @@ struct Inner {
     log: StateLog<Ledger>,
     /// One channel transaction at a time.
     sending: tokio::sync::Mutex<()>,
+    /// The state replicas share, when they do.
+    shared: OnceLock<Arc<dyn SharedChannels>>,
+    /// What makes this run's hold tokens unique: a random run id and a counter.
+    run_id: u64,
+    tokens: AtomicU64,
 }
 
 /// Handle to the channels.
@@ -187,8 +214,50 @@ impl Channels {
                 slots: Mutex::new(slots),
                 log,
                 sending: tokio::sync::Mutex::new(()),
+                shared: OnceLock::new(),
+                run_id: rand_u64(),
+                tokens: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// From now on channels are shared with the other replicas through `shared` (called
+    /// once, before levy serves).
+    pub fn share(&self, shared: Arc<dyn SharedChannels>) {
+        if self.inner.shared.set(shared).is_err() {
+            ::log::warn!("channels were shared already");
+        }
+    }
+
+    fn shared(&self) -> Option<&Arc<dyn SharedChannels>> {
+        self.inner.shared.get()
+    }
+
+    /// A token no other hold (of any replica, any run) has.
+    fn token(&self, shared: &dyn SharedChannels) -> String {
+        let n = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{:016x}:{n}", shared.replica(), self.inner.run_id)
+    }
+
+    /// Puts `ledger` in this replica's cache, keeping what it streams locally.
+    fn install(&self, ledger: Ledger) {
+        let mut slots = lock(&self.inner.slots);
+        match slots.get_mut(&ledger.channel_id) {
+            Some(slot) => {
+                let streaming = slot.ledger.streaming;
+                slot.ledger = ledger;
+                slot.ledger.streaming = streaming;
+            }
+            None => {
+                slots.insert(
+                    ledger.channel_id,
+                    Slot {
+                        ledger,
+                        busy_until: None,
+                    },
+                );
+            }
+        }
     }
 
     /// levy's receiver authorizer.
@@ -216,19 +285,19 @@ impl Channels {
     ) -> Result<Lease, Refusal> {
         let voucher = checked.voucher().clone();
         let id = voucher.channel_id;
-        self.know(network, &voucher).await?;
-        self.take(id, hold)?;
-        let lease = Lease {
+        let held = self.hold(network, &voucher, hold).await?;
+        let mut lease = Lease {
             voucher,
             price: offer.price,
             metered,
+            held,
         };
         if let Checked::Deposit(_, deposit) = &checked {
             // A client out of step learns where the channel stands before its deposit is
             // sent (a deposit is a transaction that cannot be taken back).
             let step = self.judge(id, |ledger| ledger.in_step(&lease.voucher, offer.price));
             let deposited = match step {
-                Ok(()) => self.deposit(network, &lease.voucher, deposit).await,
+                Ok(()) => self.deposit(network, &mut lease, deposit).await,
                 Err(refusal) => Err(refusal),
             };
             if let Err(refusal) = deposited {
@@ -262,6 +331,94 @@ impl Channels {
         })
     }
 
+    /// Holds `voucher`'s channel for one request for `hold`, with its ledger in this
+    /// replica's cache: read from the escrow for a channel nobody has seen, from the shared
+    /// state when replicas share it (then returns the hold's token and the ledger's version).
+    async fn hold(
+        &self,
+        network: &str,
+        voucher: &SignedVoucher,
+        hold: Duration,
+    ) -> Result<Option<(String, u64)>, Refusal> {
+        let id = voucher.channel_id;
+        let Some(shared) = self.shared() else {
+            self.know(network, voucher).await?;
+            self.take(id, hold)?;
+            return Ok(None);
+        };
+        let token = self.token(shared.as_ref());
+        let found = match shared.take(id, &token, hold).await {
+            Ok(Took::Held(found)) => found,
+            Ok(Took::Busy) => return Err(Refusal::Rejected(ChannelError::Busy)),
+            Err(e) => return Err(Refusal::Unavailable(e)),
+        };
+        let Versioned { ledger, version } = match found {
+            Some(found) => *found,
+            None => match self.read_ledger(network, id, voucher.config).await {
+                Ok(mut ledger) => {
+                    ledger.last_used = crate::clock::unix_now();
+                    Versioned { ledger, version: 0 }
+                }
+                Err(e) => {
+                    self.let_go(id, &token);
+                    return Err(Refusal::Unavailable(e));
+                }
+            },
+        };
+        self.install(ledger);
+        Ok(Some((token, version)))
+    }
+
+    /// Lets the shared hold `token` on channel `id` go, in the background.
+    fn let_go(&self, id: B256, token: &str) {
+        let Some(shared) = self.shared().cloned() else {
+            return;
+        };
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = shared.let_go(id, &token).await {
+                // It lapses by itself when its time passes.
+                ::log::warn!("channel {id}: cannot let its hold go: {e}");
+            }
+        });
+    }
+
+    /// Applies `step` to channel `id`'s shared ledger (read, changed, written unless it
+    /// changed meanwhile, again until it did not) and to the cache; returns the ledger and
+    /// its version. Without shared state, only the cache.
+    async fn update(
+        &self,
+        id: B256,
+        step: impl Fn(&mut Ledger),
+    ) -> Result<Option<Versioned>, String> {
+        let Some(shared) = self.shared() else {
+            let mut slots = lock(&self.inner.slots);
+            return Ok(slots.get_mut(&id).map(|slot| {
+                step(&mut slot.ledger);
+                Versioned {
+                    ledger: slot.ledger.clone(),
+                    version: 0,
+                }
+            }));
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut current) = shared.get(id).await? else {
+                return Ok(None);
+            };
+            step(&mut current.ledger);
+            if let Put::Written(version) =
+                shared.put(&current.ledger, current.version, None).await?
+            {
+                self.install(current.ledger.clone());
+                return Ok(Some(Versioned {
+                    ledger: current.ledger,
+                    version,
+                }));
+            }
+        }
+        Err(format!("channel {id} kept changing; gave up writing it"))
+    }
+
     /// Makes sure levy has a ledger for `voucher`'s channel, reading one from the escrow
     /// for a channel it has not seen.
     async fn know(&self, network: &str, voucher: &SignedVoucher) -> Result<(), Refusal> {
@@ -293,9 +450,9 @@ impl Channels {
         hold: Duration,
     ) -> Result<Refunded, Refusal> {
         let chain = self.chain(network).map_err(Refusal::Unavailable)?;
-        self.know(network, voucher).await?;
-        self.take(voucher.channel_id, hold)?;
-        self.refund_taken(chain, voucher.channel_id, |ledger| {
+        let held = self.hold(network, voucher, hold).await?;
+        let token = held.map(|(token, _)| token);
+        self.refund_taken(chain, voucher.channel_id, token.as_deref(), |ledger| {
             ledger.refund(voucher, requested)
         })
         .await
@@ -314,10 +471,31 @@ impl Channels {
             let Ok(chain) = self.chain(&network) else {
                 continue;
             };
-            if self.take(id, self.inner.spec.rpc_timeout * 8).is_err() {
+            let hold = self.inner.spec.rpc_timeout * 8;
+            let token = match self.shared() {
+                None => self.take(id, hold).map(|()| None).map_err(|_| ()),
+                Some(shared) => {
+                    let token = self.token(shared.as_ref());
+                    match shared.take(id, &token, hold).await {
+                        Ok(Took::Held(Some(found))) => {
+                            self.install(found.ledger);
+                            Ok(Some(token))
+                        }
+                        Ok(Took::Held(None)) => {
+                            self.let_go(id, &token);
+                            Err(())
+                        }
+                        Ok(Took::Busy) | Err(_) => Err(()),
+                    }
+                }
+            };
+            let Ok(token) = token else {
                 continue; // a call is paying on it: not idle after all
-            }
-            match self.refund_taken(chain, id, Ledger::idle_refund).await {
+            };
+            match self
+                .refund_taken(chain, id, token.as_deref(), Ledger::idle_refund)
+                .await
+            {
                 Ok(done) => ::log::info!("channel {id}: idle; its payer got {} back", done.amount),
                 Err(Refusal::Rejected(ChannelError::RefundNoBalance)) => {}
                 Err(e) => ::log::warn!("channel {id}: idle refund failed: {e:?}"),
@@ -331,11 +509,23 @@ impl Channels {
         &self,
         chain: &ChainSender,
         id: B256,
+        token: Option<&str>,
         plan_of: impl Fn(&Ledger) -> Result<RefundPlan, ChannelError>,
     ) -> Result<Refunded, Refusal> {
         let refunded = self.refund_held(chain, id, plan_of).await;
+        if let Ok(done) = &refunded {
+            // What the chain says after the refund, on the shared ledger too (the chain is
+            // read again before any claim, should this fail).
+            let escrowed = done.ledger.escrowed();
+            if let Err(e) = self.update(id, |ledger| ledger.observe(&escrowed)).await {
+                ::log::warn!("channel {id}: cannot share its refund: {e}");
+            }
+        }
         if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
             slot.busy_until = None;
+        }
+        if let Some(token) = token {
+            self.let_go(id, token);
         }
         let refunded = refunded?;
         if let Err(e) = self.inner.log.put(refunded.ledger.clone()).await {
@@ -487,22 +677,93 @@ impl Channels {
         if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
             slot.busy_until = None;
         }
+        if let Some((token, _)) = &lease.held {
+            self.let_go(lease.voucher.channel_id, token);
+        }
     }
 
     /// Charges a leased channel for its request: the new ledger is in the channel log
     /// before this returns (and before the response leaves). Returns the ledger the
     /// client is told about.
     pub async fn commit(&self, lease: &Lease) -> Result<Ledger, SettleError> {
+        let next = match &lease.held {
+            None => self.commit_here(lease).await?,
+            Some((token, version)) => self.commit_shared(lease, token, *version).await?,
+        };
+        metrics()
+            .channel_vouchers
+            .with_label_values(&[&next.network])
+            .inc();
+        Ok(next)
+    }
+
+    /// [`Channels::commit`] on the shared ledger: written if it is still at `version`, or
+    /// on the newer ledger if the voucher is still that one's next; then in the log.
+    async fn commit_shared(
+        &self,
+        lease: &Lease,
+        token: &str,
+        version: u64,
+    ) -> Result<Ledger, SettleError> {
+        let id = lease.voucher.channel_id;
+        let shared = self
+            .shared()
+            .ok_or_else(|| SettleError::Shared("a shared hold without shared state".into()))?;
+        let vanished = || SettleError::Shared(format!("channel {id} vanished"));
+        let mut base = Versioned {
+            ledger: self.ledger(id).ok_or_else(vanished)?,
+            version,
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let mut next = base.ledger.clone();
+            lease.step(&mut next);
+            next.last_used = crate::clock::unix_now();
+            let put = shared.put(&next, base.version, Some(token)).await;
+            match put.map_err(SettleError::Shared)? {
+                Put::Written(_) => {
+                    self.install(next.clone());
+                    if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+                        if lease.metered {
+                            slot.ledger.streaming =
+                                slot.ledger.streaming.saturating_add(lease.price);
+                        }
+                        slot.busy_until = None;
+                    }
+                    self.inner.log.put(next.clone()).await.map_err(journal)?;
+                    return Ok(next);
+                }
+                Put::Lost => {
+                    return Err(SettleError::Shared(format!(
+                        "channel {id}: the hold ran out and another request took it"
+                    )))
+                }
+                Put::Stale => {
+                    base = shared
+                        .get(id)
+                        .await
+                        .map_err(SettleError::Shared)?
+                        .ok_or_else(vanished)?;
+                    if let Err(e) = base.ledger.in_step(&lease.voucher, lease.price) {
+                        return Err(SettleError::Shared(format!(
+                            "channel {id} was charged meanwhile: {e}"
+                        )));
+                    }
+                }
+            }
+        }
+        Err(SettleError::Shared(format!(
+            "channel {id} kept changing; gave up writing it"
+        )))
+    }
+
+    /// [`Channels::commit`] on this replica's own ledger.
+    async fn commit_here(&self, lease: &Lease) -> Result<Ledger, SettleError> {
         let id = lease.voucher.channel_id;
         let mut next = lock(&self.inner.slots)
             .get(&id)
             .map(|s| s.ledger.clone())
             .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?;
-        if lease.metered {
-            next.reserve(&lease.voucher, lease.price);
-        } else {
-            next.charge(&lease.voucher, lease.price);
-        }
+        lease.step(&mut next);
         next.last_used = crate::clock::unix_now();
         let written = self.inner.log.put(next.clone()).await;
         let mut slots = lock(&self.inner.slots);
@@ -511,31 +772,33 @@ impl Channels {
             if written.is_ok() {
                 // The same step on the live ledger, which a metered call ending meanwhile
                 // may have moved on.
-                if lease.metered {
-                    slot.ledger.reserve(&lease.voucher, lease.price);
-                } else {
-                    slot.ledger.charge(&lease.voucher, lease.price);
-                }
+                lease.step(&mut slot.ledger);
                 slot.ledger.last_used = next.last_used;
             }
         }
         drop(slots);
         written.map_err(journal)?;
-        metrics()
-            .channel_vouchers
-            .with_label_values(&[&next.network])
-            .inc();
         Ok(next)
     }
 
     /// Earns `amount` of the `ceiling` a metered call on channel `id` reserved (once its
     /// response ended), in the channel log before this returns.
     pub async fn earn(&self, id: B256, amount: u128, ceiling: u128) -> Result<(), SettleError> {
-        let next = {
+        let vanished = || SettleError::Setup("a metered channel vanished".into());
+        let next = if self.shared().is_some() {
+            // The stream's ceiling stops being held here first, whatever the shared ledger
+            // says.
+            if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+                slot.ledger.streaming = slot.ledger.streaming.saturating_sub(ceiling);
+            }
+            let earned = self.update(id, |ledger| ledger.earn(amount, ceiling)).await;
+            earned
+                .map_err(SettleError::Shared)?
+                .ok_or_else(vanished)?
+                .ledger
+        } else {
             let mut slots = lock(&self.inner.slots);
-            let slot = slots
-                .get_mut(&id)
-                .ok_or_else(|| SettleError::Setup("a metered channel vanished".into()))?;
+            let slot = slots.get_mut(&id).ok_or_else(vanished)?;
             slot.ledger.earn(amount, ceiling);
             slot.ledger.clone()
         };
@@ -607,6 +870,28 @@ impl Channels {
     /// Sends one escrow transaction and waits for its receipt; `Ok` only when it succeeded.
     async fn send(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
         let _turn = self.inner.sending.lock().await;
+        let Some(shared) = self.shared() else {
+            return self.send_now(chain, data).await;
+        };
+        // The authorizer's turn over every replica, held past the longest send.
+        let token = self.token(shared.as_ref());
+        let hold = self.inner.spec.rpc_timeout * 8;
+        let deadline = Instant::now() + self.inner.spec.rpc_timeout * 6;
+        while !shared.lock(SENDER_LOCK, &token, hold).await? {
+            if Instant::now() > deadline {
+                return Err("another replica kept the authorizer's turn to send".to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sent = self.send_now(chain, data).await;
+        if let Err(e) = shared.unlock(SENDER_LOCK, &token).await {
+            ::log::warn!("cannot let the authorizer's turn to send go (it lapses): {e}");
+        }
+        sent
+    }
+
+    /// [`Channels::send`], this replica's turn taken.
+    async fn send_now(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
         let request = TransactionRequest::default()
             .from(self.inner.signer.address())
             .to(BATCH_SETTLEMENT_ADDRESS)
@@ -638,9 +923,10 @@ impl Channels {
     async fn deposit(
         &self,
         network: &str,
-        voucher: &SignedVoucher,
+        lease: &mut Lease,
         deposit: &crate::channel::Deposit,
     ) -> Result<(), Refusal> {
+        let voucher = &lease.voucher;
         let chain = self.chain(network).map_err(Refusal::Unavailable)?;
         let call = IBatchSettlement::depositCall {
             config: voucher.config.to_sol(),
@@ -659,11 +945,21 @@ impl Channels {
                 return Err(Refusal::Rejected(ChannelError::DepositFailed));
             }
         }
+        let id = voucher.channel_id;
         let escrowed = self
-            .read_state(chain, voucher.channel_id)
+            .read_state(chain, id)
             .await
             .map_err(Refusal::Unavailable)?;
-        if let Some(slot) = lock(&self.inner.slots).get_mut(&voucher.channel_id) {
+        if let Some((_, version)) = &mut lease.held {
+            // The balance is shared at once; the commit then writes on top of it.
+            let updated = self.update(id, |ledger| ledger.observe(&escrowed)).await;
+            if let Some(now) = updated.map_err(Refusal::Unavailable)? {
+                *version = now.version;
+                return Ok(());
+            }
+            // No replica wrote this channel yet: the commit writes it, balance included.
+        }
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
             slot.ledger.observe(&escrowed);
         }
         Ok(())
@@ -675,8 +971,12 @@ impl Channels {
         let spec = &self.inner.spec;
         let tick = spec.watch_every.min(spec.claim_every);
         let mut last_claim = Instant::now();
+        let mut token = None;
         loop {
             tokio::time::sleep(tick).await;
+            if !self.leads(&mut token, tick).await {
+                continue;
+            }
             if last_claim.elapsed() >= spec.claim_every {
                 last_claim = Instant::now();
                 self.claim_where(|_| true).await;
@@ -693,6 +993,38 @@ impl Channels {
         }
     }
 
+    /// Whether this replica is the one that claims, watches and refunds: always, unless
+    /// replicas share channels; then the one holding the claimer lock (`token`, made on
+    /// first use), taken or renewed here for a few ticks.
+    async fn leads(&self, token: &mut Option<String>, tick: Duration) -> bool {
+        let Some(shared) = self.shared() else {
+            return true;
+        };
+        let token = token.get_or_insert_with(|| self.token(shared.as_ref()));
+        let hold = (tick * 3).max(self.inner.spec.rpc_timeout * 8);
+        match shared.lock(CLAIMER_LOCK, token, hold).await {
+            Ok(leads) => leads,
+            Err(e) => {
+                ::log::warn!("cannot tell which replica claims channels: {e}");
+                false
+            }
+        }
+    }
+
+    /// Reads every shared channel into this replica's cache (nothing to do when channels
+    /// are not shared).
+    async fn refresh(&self) -> Result<(), String> {
+        let Some(shared) = self.shared() else {
+            return Ok(());
+        };
+        for id in shared.list().await? {
+            if let Some(found) = shared.get(id).await? {
+                self.install(found.ledger);
+            }
+        }
+        Ok(())
+    }
+
     /// Claims every charged voucher now (the claimer does it on its own schedule).
     pub async fn claim_now(&self) {
         self.claim_where(|_| true).await;
@@ -700,6 +1032,10 @@ impl Channels {
 
     /// The channels with something to claim whose payer asked to withdraw, read fresh.
     async fn watch_withdrawals(&self) -> Vec<B256> {
+        if let Err(e) = self.refresh().await {
+            ::log::warn!("cannot read the shared channels: {e}");
+            return Vec::new();
+        }
         let open: Vec<Ledger> = lock(&self.inner.slots)
             .values()
             .filter(|s| s.ledger.claim().is_some())
@@ -736,6 +1072,10 @@ impl Channels {
     /// Claims the charged vouchers of the channels `pick` selects, per network, in
     /// transactions of at most `max_claims` channels.
     async fn claim_where(&self, pick: impl Fn(&Ledger) -> bool) {
+        if let Err(e) = self.refresh().await {
+            ::log::warn!("cannot read the shared channels: {e}");
+            return;
+        }
         let candidates: Vec<Ledger> = lock(&self.inner.slots)
             .values()
             .filter(|s| pick(&s.ledger) && s.ledger.claim().is_some())
@@ -816,18 +1156,21 @@ impl Channels {
                     .with_label_values(&[network])
                     .inc_by(claims.len() as u64);
                 for claim in &claims {
-                    let updated = {
-                        let mut slots = lock(&self.inner.slots);
-                        slots.get_mut(&claim.channel_id).map(|slot| {
-                            slot.ledger.total_claimed =
-                                slot.ledger.total_claimed.max(claim.total_claimed);
-                            slot.ledger.clone()
+                    let claimed = claim.total_claimed;
+                    let updated = self
+                        .update(claim.channel_id, |ledger| {
+                            ledger.total_claimed = ledger.total_claimed.max(claimed);
                         })
-                    };
-                    if let Some(ledger) = updated {
-                        if let Err(e) = self.inner.log.put(ledger).await {
-                            ::log::error!("channel log: {e}");
+                        .await;
+                    match updated {
+                        Ok(Some(now)) => {
+                            if let Err(e) = self.inner.log.put(now.ledger).await {
+                                ::log::error!("channel log: {e}");
+                            }
                         }
+                        Ok(None) => {}
+                        // The chain holds the claim; the next one reads it from there.
+                        Err(e) => ::log::warn!("channel {}: {e}", claim.channel_id),
                     }
                 }
             }
@@ -841,4 +1184,10 @@ impl Channels {
             }
         }
     }
+}
+
+/// A random number (a run's id in hold tokens).
+fn rand_u64() -> u64 {
+    let bytes = B256::random();
+    u64::from_be_bytes(bytes.0[..8].try_into().unwrap_or_default())
 }

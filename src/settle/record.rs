@@ -243,6 +243,9 @@ pub enum SettleError {
     NotInReview(SettlementState),
     #[error("the settlement engine is not running")]
     Stopped,
+    /// The state replicas share could not be used or disagreed; nothing was charged.
+    #[error("shared state: {0}")]
+    Shared(String),
 }
 
 /// Why a payment is not (yet) settled: a closed set, journaled and used as a metric label

@@ -1,0 +1,218 @@
+//! Shared channels on Redis: per channel, a hash with the ledger's JSON and its version,
+//! and a hold key (a token with an expiry: `SET NX PX`, let go only by its token), both
+//! under the channel's own hash tag `{ch:<id>}`, so one script sees both on any Cluster
+//! node; a set of every channel written (what the claimer reads), and the named locks.
+
+use std::time::Duration;
+
+use alloy_primitives::B256;
+use redis::Script;
+
+use super::Shared;
+use crate::channel::Ledger;
+use crate::settle::channels::shared::{Put, SharedChannels, Took, Versioned};
+
+/// Holds the channel (`KEYS[2]`) for token `ARGV[1]` for `ARGV[2]` ms unless another token
+/// does; returns `held` and, when written, the ledger's JSON and version (`KEYS[1]`).
+const TAKE: &str = r"
+local h = redis.call('GET', KEYS[2])
+if h and h ~= ARGV[1] then return {'busy'} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local got = redis.call('HMGET', KEYS[1], 'rec', 'ver')
+if not got[1] then return {'held'} end
+return {'held', got[1], got[2]}
+";
+
+/// Writes ledger `ARGV[2]` if the version is still `ARGV[1]` and, with a token `ARGV[3]`,
+/// no other token holds the channel (its own hold is let go).
+const PUT: &str = r"
+local h = redis.call('GET', KEYS[2])
+if ARGV[3] ~= '' and h and h ~= ARGV[3] then return {'lost'} end
+local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+if ver ~= tonumber(ARGV[1]) then return {'stale'} end
+redis.call('HSET', KEYS[1], 'rec', ARGV[2], 'ver', ver + 1)
+if ARGV[3] ~= '' and h == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return {'written', tostring(ver + 1)}
+";
+
+/// Takes or renews lock `KEYS[1]` for token `ARGV[1]` for `ARGV[2]` ms.
+const LOCK: &str = r"
+local h = redis.call('GET', KEYS[1])
+if h and h ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+struct Scripts {
+    take: Script,
+    put: Script,
+    lock: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        take: Script::new(TAKE),
+        put: Script::new(PUT),
+        lock: Script::new(LOCK),
+    })
+}
+
+impl Shared {
+    /// Channel `id`'s ledger key and hold key.
+    fn channel_keys(&self, id: B256) -> [String; 2] {
+        let base = format!("{}{{ch:{id:x}}}:", self.inner.spec.key_prefix);
+        [format!("{base}ledger"), format!("{base}hold")]
+    }
+
+    fn channel_index(&self) -> String {
+        format!("{}channels", self.inner.spec.key_prefix)
+    }
+
+    fn lock_key(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.inner.spec.key_prefix)
+    }
+
+    /// Runs `script` on `keys` with `args`.
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
+        self.run(|mut conn, _| async move {
+            let mut call = script.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            for arg in &args {
+                call.arg(arg);
+            }
+            call.invoke_async(&mut conn).await
+        })
+        .await
+    }
+}
+
+/// A ledger and its version as Redis holds them.
+fn versioned(rec: &str, ver: &str) -> Result<Versioned, String> {
+    let ledger: Ledger =
+        serde_json::from_str(rec).map_err(|e| format!("a shared channel is unreadable: {e}"))?;
+    let version = ver
+        .parse()
+        .map_err(|_| format!("a shared channel's version is `{ver}`"))?;
+    Ok(Versioned { ledger, version })
+}
+
+#[async_trait::async_trait]
+impl SharedChannels for Shared {
+    fn replica(&self) -> &str {
+        &self.inner.spec.replica
+    }
+
+    async fn get(&self, id: B256) -> Result<Option<Versioned>, String> {
+        let [ledger, _] = self.channel_keys(id);
+        let got: (Option<String>, Option<String>) = self
+            .run(|mut conn, _| async move {
+                redis::cmd("HMGET")
+                    .arg(&ledger)
+                    .arg("rec")
+                    .arg("ver")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match got {
+            (Some(rec), Some(ver)) => versioned(&rec, &ver).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, String> {
+        let ms = hold.as_millis().max(1).to_string();
+        let got: Vec<String> = self
+            .script(
+                &scripts().take,
+                self.channel_keys(id).to_vec(),
+                vec![token.to_owned(), ms],
+            )
+            .await?;
+        match got.as_slice() {
+            [busy] if busy == "busy" => Ok(Took::Busy),
+            [_] => Ok(Took::Held(None)),
+            [_, rec, ver] => Ok(Took::Held(Some(Box::new(versioned(rec, ver)?)))),
+            other => Err(format!("unexpected answer to a channel hold: {other:?}")),
+        }
+    }
+
+    async fn put(&self, ledger: &Ledger, version: u64, token: Option<&str>) -> Result<Put, String> {
+        let id = ledger.channel_id;
+        let json = serde_json::to_string(ledger).map_err(|e| e.to_string())?;
+        let args = vec![version.to_string(), json, token.unwrap_or("").to_owned()];
+        let got: Vec<String> = self
+            .script(&scripts().put, self.channel_keys(id).to_vec(), args)
+            .await?;
+        let put = match got.as_slice() {
+            [what] if what == "stale" => Put::Stale,
+            [what] if what == "lost" => Put::Lost,
+            [_, ver] => Put::Written(ver.parse().map_err(|_| format!("version `{ver}`"))?),
+            other => return Err(format!("unexpected answer to a channel write: {other:?}")),
+        };
+        if put == Put::Written(1) {
+            // The first write: the claimer finds the channel from now on.
+            let index = self.channel_index();
+            let member = format!("{id:x}");
+            self.run(|mut conn, _| async move {
+                redis::cmd("SADD")
+                    .arg(&index)
+                    .arg(&member)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await?;
+        }
+        Ok(put)
+    }
+
+    async fn let_go(&self, id: B256, token: &str) -> Result<(), String> {
+        let [_, hold] = self.channel_keys(id);
+        self.script::<i64>(&self.inner.release, vec![hold], vec![token.to_owned()])
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self) -> Result<Vec<B256>, String> {
+        let index = self.channel_index();
+        let members: Vec<String> = self
+            .run(|mut conn, _| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(&index)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
+    }
+
+    async fn lock(&self, name: &str, token: &str, hold: Duration) -> Result<bool, String> {
+        let ms = hold.as_millis().max(1).to_string();
+        let got: i64 = self
+            .script(
+                &scripts().lock,
+                vec![self.lock_key(name)],
+                vec![token.to_owned(), ms],
+            )
+            .await?;
+        Ok(got == 1)
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), String> {
+        self.script::<i64>(
+            &self.inner.release,
+            vec![self.lock_key(name)],
+            vec![token.to_owned()],
+        )
+        .await
+        .map(|_| ())
+    }
+}

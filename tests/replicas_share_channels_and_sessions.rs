@@ -1,0 +1,154 @@
+//! Channels and prepaid bundles served by several levy replicas sharing a real redis-server:
+//! a payer's vouchers or calls may reach any replica, and every replica sees the same
+//! channel and the same bundle.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+
+use crate::channels_sell_many_calls_per_deposit::{
+    channel_chain, channel_yaml, claim_now, get_paying, offered_at, pay_channel, payer_channel,
+    refusal, ticks_route, voucher_header, wait_balance, Client, AUTHORIZER_KEY,
+};
+use crate::support::chain::{signer, TestChain};
+use crate::support::pay::decode;
+use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
+use crate::support::redis::RedisServer;
+use crate::support::{Origin, Reply, PAY_TO};
+
+/// A replica's (data, admin) addresses.
+type Addrs = (SocketAddr, SocketAddr);
+
+/// `count` levy processes selling `/ticks` through channels, sharing `redis`.
+fn channel_replicas(
+    count: usize,
+    chain: &TestChain,
+    origin: &Origin,
+    redis: &RedisServer,
+) -> (Vec<LevyProcess>, Vec<Addrs>, Vec<tempfile::TempDir>) {
+    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..count {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = channel_yaml(chain, origin, dir.path(), &ticks_route(200_000), "")
+            + &redis.state_yaml();
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        processes.push(spawn_levy(&config));
+        addrs.push((addr, admin));
+        dirs.push(dir);
+    }
+    for (addr, _) in &addrs {
+        wait_listening(*addr);
+    }
+    (processes, addrs, dirs)
+}
+
+/// The channel's cumulative charge a paid response reports.
+fn charged_cumulative(r: &crate::support::client::Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let receipt = decode(r.header("payment-response").expect("a receipt"));
+    receipt["extra"]["channelState"]["chargedCumulativeAmount"]
+        .as_str()
+        .expect("a cumulative amount")
+        .to_owned()
+}
+
+#[test]
+fn a_channels_vouchers_sent_to_different_replicas_stay_consistent_and_are_claimed_once() {
+    let redis = RedisServer::start();
+    let chain = channel_chain();
+    let origin = Origin::start(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        Reply::ok(r#"{"tick":1}"#)
+    });
+    let (_processes, replicas, _dirs) = channel_replicas(3, &chain, &origin, &redis);
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let before = chain.balance(payee);
+    let authorizer = signer(AUTHORIZER_KEY).address();
+    let sent_before = chain.tx_count(authorizer);
+
+    // The official client opens the channel on one replica: one deposit, five calls.
+    let url = format!("http://{}/ticks", replicas[0].0);
+    let opened = pay_channel(Client::TypeScript, &url, 5);
+    assert_eq!(opened["statuses"]["200"], 5, "{opened}");
+    assert_eq!(opened["deposits"], 1, "{opened}");
+
+    // Its next vouchers go round the replicas; each one sees what the others charged.
+    let accepted = offered_at(replicas[1].0);
+    let channel = payer_channel(authorizer);
+    let mut cumulative = 5_000u128;
+    for i in 0..30 {
+        cumulative += 1000;
+        let r = get_paying(
+            replicas[(i + 1) % 3].0,
+            &voucher_header(&accepted, &channel, cumulative),
+        );
+        assert_eq!(charged_cumulative(&r), cumulative.to_string());
+    }
+
+    // A voucher one replica took is stale on every other: a corrective challenge with the
+    // channel as the replicas share it.
+    for (addr, _) in &replicas {
+        let challenge = refusal(&get_paying(
+            *addr,
+            &voucher_header(&accepted, &channel, cumulative),
+        ));
+        assert_eq!(
+            challenge["error"],
+            "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+        );
+        assert_eq!(
+            challenge["accepts"][0]["extra"]["channelState"]["chargedCumulativeAmount"],
+            cumulative.to_string(),
+            "{challenge}"
+        );
+    }
+
+    // The next voucher sent to all three at once is served by exactly one.
+    for _ in 0..5 {
+        cumulative += 1000;
+        let header = voucher_header(&accepted, &channel, cumulative);
+        let start = Arc::new(Barrier::new(replicas.len()));
+        let sent: Vec<_> = replicas
+            .iter()
+            .map(|(addr, _)| {
+                let (addr, header, start) = (*addr, header.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    get_paying(addr, &header)
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = sent
+            .into_iter()
+            .map(|t| t.join().expect("request").status)
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 402),
+            "{statuses:?}"
+        );
+    }
+    assert_eq!(
+        origin.seen().len(),
+        40,
+        "five, thirty and five calls served"
+    );
+
+    // Any replica claims all forty calls in one transaction; another finds nothing left.
+    claim_now(replicas[2].1);
+    wait_balance(&chain, payee, before + U256::from(40 * 1000));
+    assert_eq!(
+        chain.tx_count(authorizer),
+        sent_before + 2,
+        "one deposit and one claim"
+    );
+    claim_now(replicas[0].1);
+    assert_eq!(chain.tx_count(authorizer), sent_before + 2);
+    assert_eq!(chain.balance(payee), before + U256::from(40 * 1000));
+}
