@@ -7,10 +7,12 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
+use serde_json::json;
 
 use crate::channels_sell_many_calls_per_deposit::{
-    channel_chain, channel_yaml, claim_now, get_paying, offered_at, pay_channel, payer_channel,
-    refusal, ticks_route, voucher_header, wait_balance, Client, AUTHORIZER_KEY,
+    channel_chain, channel_yaml, claim_now, escrowed, get_paying, offered_at, pay_channel,
+    payer_channel, refusal, signed_payload, ticks_route, voucher_header, wait_balance, Client,
+    AUTHORIZER_KEY,
 };
 use crate::support::chain::{signer, TestChain};
 use crate::support::pay::decode;
@@ -151,4 +153,50 @@ fn a_channels_vouchers_sent_to_different_replicas_stay_consistent_and_are_claime
     claim_now(replicas[0].1);
     assert_eq!(chain.tx_count(authorizer), sent_before + 2);
     assert_eq!(chain.balance(payee), before + U256::from(40 * 1000));
+}
+
+#[test]
+fn a_refund_asked_of_one_replica_returns_exactly_what_no_replica_charged() {
+    let redis = RedisServer::start();
+    let chain = channel_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
+    let (_processes, replicas, _dirs) = channel_replicas(3, &chain, &origin, &redis);
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payee_before = chain.balance(payee);
+    let url = format!("http://{}/ticks", replicas[0].0);
+    let opened = pay_channel(Client::TypeScript, &url, 3);
+    assert_eq!(opened["statuses"]["200"], 3, "{opened}");
+    let accepted = offered_at(replicas[1].0);
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    for cumulative in [4000, 5000] {
+        let r = get_paying(
+            replicas[1].0,
+            &voucher_header(&accepted, &channel, cumulative),
+        );
+        assert_eq!(charged_cumulative(&r), cumulative.to_string());
+    }
+    let deposited = escrowed(&chain).0;
+
+    let refund = |addr: SocketAddr, max: u128| {
+        get_paying(
+            addr,
+            &signed_payload(&accepted, &channel, max, json!({"type": "refund"})),
+        )
+    };
+    let r = refund(replicas[2].0, 5000);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(escrowed(&chain), (5000, 5000), "of {deposited}, 5000 kept");
+    assert_eq!(chain.balance(payee), payee_before + U256::from(5000));
+    // Every replica knows the channel has nothing left to give back or to spend.
+    assert_eq!(
+        refusal(&refund(replicas[0].0, 5000))["error"],
+        "invalid_batch_settlement_evm_refund_no_balance"
+    );
+    assert_eq!(
+        refusal(&get_paying(
+            replicas[1].0,
+            &voucher_header(&accepted, &channel, 6000)
+        ))["error"],
+        "invalid_batch_settlement_evm_cumulative_exceeds_balance"
+    );
 }
