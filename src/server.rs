@@ -70,6 +70,12 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
                 if let Some(channels) = settlement.channels() {
                     channels.share(Arc::new(shared.clone()));
                 }
+                if let Some(sessions) = settlement.sessions() {
+                    let secret = shared
+                        .issuer_secret(alloy::primitives::B256::random())
+                        .map_err(|e| SettleError::Setup(e.to_string()))?;
+                    sessions.share(Arc::new(shared.clone()), secret);
+                }
                 let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
                 shared
                     .publish_journal(&unsettled, &used)

@@ -645,3 +645,17 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
             .unwrap_or_else(|_| Err(SettleError::Setup("chain id check panicked".into())))
     })
 }
+
+/// A random id of this run: the tokens it hands out (holds on shared channels, places in
+/// shared bundles) differ from those of any other run of any replica.
+pub(crate) fn run_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let random = alloy::primitives::B256::random();
+        random
+            .0
+            .iter()
+            .take(8)
+            .fold(0, |id, byte| (id << 8) | u64::from(*byte))
+    })
+}

@@ -37,6 +37,7 @@ use crate::settle::exposure::{Mirror, Shares};
 
 mod channels;
 mod queue;
+mod sessions;
 
 /// Seconds a replay key outlives its authorization's deadline (clock differences between
 /// replicas and the chain).
@@ -445,6 +446,25 @@ impl Shared {
 
     fn nonce_key(&self, key: &NonceKey) -> String {
         nonce_key(&self.inner.spec.key_prefix, key)
+    }
+    /// Runs `script` on `keys` with `args` (through [`Shared::run`]).
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<T, String> {
+        self.run(|mut conn, _| async move {
+            let mut call = script.prepare_invoke();
+            for key in &keys {
+                call.key(key);
+            }
+            for arg in &args {
+                call.arg(arg);
+            }
+            call.invoke_async(&mut conn).await
+        })
+        .await
     }
 
     /// Runs one command on the shared connection within the timeout, recording the outcome

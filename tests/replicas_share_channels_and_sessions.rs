@@ -14,11 +14,15 @@ use crate::channels_sell_many_calls_per_deposit::{
     payer_channel, refusal, signed_payload, ticks_route, voucher_header, wait_balance, Client,
     AUTHORIZER_KEY,
 };
-use crate::support::chain::{signer, TestChain};
+use crate::sessions_sell_prepaid_bundles::{
+    call, get_feed_at, paid_pattern, proof_header_at, Client as Bundles, PRICE as BUNDLE_PRICE,
+};
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::pay::decode;
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
 use crate::support::redis::RedisServer;
-use crate::support::{Origin, Reply, PAY_TO};
+use crate::support::settle::settlement_yaml_signed_by;
+use crate::support::{upstream_yaml, Origin, Reply, PAY_TO};
 
 /// A replica's (data, admin) addresses.
 type Addrs = (SocketAddr, SocketAddr);
@@ -199,4 +203,103 @@ fn a_refund_asked_of_one_replica_returns_exactly_what_no_replica_charged() {
         ))["error"],
         "invalid_batch_settlement_evm_cumulative_exceeds_balance"
     );
+}
+
+/// `count` levy processes selling a ten-call bundle of `/feed`, each settling with its own
+/// key, sharing `redis`.
+fn bundle_replicas(
+    count: usize,
+    chain: &TestChain,
+    origin: &Origin,
+    redis: &RedisServer,
+) -> (Vec<LevyProcess>, Vec<Addrs>, Vec<tempfile::TempDir>) {
+    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for settler in [SETTLER_KEY, KEYS[3], KEYS[5]].into_iter().take(count) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "{}{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{BUNDLE_PRICE}\", calls: 10}}}}\n",
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml_signed_by(dir.path(), settler, ""),
+            redis.state_yaml(),
+        );
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        processes.push(spawn_levy(&config));
+        addrs.push((addr, admin));
+        dirs.push(dir);
+    }
+    for (addr, _) in &addrs {
+        wait_listening(*addr);
+    }
+    (processes, addrs, dirs)
+}
+
+#[test]
+fn a_bundle_bought_on_one_replica_admits_exactly_its_calls_over_all_of_them() {
+    let redis = RedisServer::start();
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    let origin = Origin::start(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        Reply::ok(r#"{"feed":1}"#)
+    });
+    let (_processes, replicas, _dirs) = bundle_replicas(3, &chain, &origin, &redis);
+    // Behind a load balancer every replica is asked for the same host.
+    let host = replicas[0].0.to_string();
+
+    // The official client buys the bundle from one replica (and draws one call).
+    let report = call(Bundles::TypeScript, &format!("http://{host}/feed"), 2);
+    assert_eq!(paid_pattern(&report), vec![true, false], "{report}");
+
+    // Twelve proofs, each answering a challenge of another replica, sent at once over all
+    // three: the nine calls left are served, not one more.
+    let payer = signer(KEYS[0]).address();
+    let proofs: Vec<String> = (0..12)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(3)); // a challenge of its own
+            proof_header_at(replicas[i % 3].0, &host, payer, KEYS[0])
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(proofs.len()));
+    let sent: Vec<_> = proofs
+        .iter()
+        .enumerate()
+        .map(|(i, proof)| {
+            let (addr, host, proof) = (replicas[(i + 1) % 3].0, host.clone(), proof.clone());
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                get_feed_at(addr, &host, "SIGN-IN-WITH-X", &proof)
+            })
+        })
+        .collect();
+    let answers: Vec<_> = sent
+        .into_iter()
+        .map(|t| t.join().expect("request"))
+        .collect();
+    let served = answers.iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        served,
+        9,
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for refused in answers.iter().filter(|r| r.status != 200) {
+        let challenge = decode(refused.header("payment-required").expect("challenge"));
+        assert_eq!(challenge["error"], "bundle_used_up");
+    }
+    assert_eq!(origin.seen().len(), 2 + 9);
+
+    // A proof one replica admitted is spent on every other.
+    let used = answers
+        .iter()
+        .position(|r| r.status == 200)
+        .map(|i| proofs[i].clone())
+        .expect("a served proof");
+    for (addr, _) in &replicas {
+        let replayed = get_feed_at(*addr, &host, "SIGN-IN-WITH-X", &used);
+        let challenge = decode(replayed.header("payment-required").expect("challenge"));
+        assert_eq!(challenge["error"], "invalid_siwx_nonce");
+    }
+    assert_eq!(origin.seen().len(), 2 + 9);
 }

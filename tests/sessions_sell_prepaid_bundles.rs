@@ -1,6 +1,7 @@
 //! Prepaid bundles (`sign-in-with-x`): one payment buys a bundle of calls; the official
 //! clients' sign-in-with-x hooks then call without paying until it is spent.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use alloy::primitives::{Address, U256};
@@ -14,7 +15,7 @@ use crate::support::settle::{settlement_yaml, wait_settled};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// The bundle's price in atomic units; it buys ten calls.
-const PRICE: u64 = 1000;
+pub(crate) const PRICE: u64 = 1000;
 
 /// The `levy:` YAML selling a ten-call bundle of `/feed` for 1000 atomic units.
 fn bundle_yaml(chain: &TestChain, origin: &Origin, dir: &Path) -> String {
@@ -34,7 +35,7 @@ fn funded_chain() -> TestChain {
 
 /// The official clients with their sign-in-with-x hooks.
 #[derive(Clone, Copy, Debug)]
-enum Client {
+pub(crate) enum Client {
     /// `@x402/fetch` with `createSIWxClientExtension` of `@x402/extensions`.
     TypeScript,
     /// `x402`'s async httpx client with `create_siwx_client_extension`.
@@ -43,7 +44,7 @@ enum Client {
 
 /// Runs an official client (payer key 0) for `count` calls; returns its report:
 /// `{statuses, paid, proofs, calls: [{status, paid, proof, remaining}], errors}`.
-fn call(client: Client, url: &str, count: usize) -> Value {
+pub(crate) fn call(client: Client, url: &str, count: usize) -> Value {
     let (runtime, script) = match client {
         Client::TypeScript => (Runtime::Node, "pay-bundle.mjs"),
         Client::Python => (Runtime::Python, "pay_bundle.py"),
@@ -52,7 +53,7 @@ fn call(client: Client, url: &str, count: usize) -> Value {
 }
 
 /// Which of a report's calls were paid (`true`) or drawn on the bundle (`false`).
-fn paid_pattern(report: &Value) -> Vec<bool> {
+pub(crate) fn paid_pattern(report: &Value) -> Vec<bool> {
     report["calls"]
         .as_array()
         .expect("calls")
@@ -153,22 +154,31 @@ fn a_bundle_outlives_a_sigkill() {
 
 /// GETs `levy`'s `/feed` with one header `name: value`.
 fn get_feed(levy: &Levy, name: &str, value: &str) -> crate::support::Response {
+    get_feed_at(levy.addr, &levy.addr.to_string(), name, value)
+}
+
+/// GETs `/feed` of levy at `addr`, for `Host: host`, with one header `name: value`.
+pub(crate) fn get_feed_at(
+    addr: SocketAddr,
+    host: &str,
+    name: &str,
+    value: &str,
+) -> crate::support::Response {
     request(
-        levy.addr,
-        &format!(
-            "GET /feed HTTP/1.1\r\nHost: {}\r\n{name}: {value}\r\n\r\n",
-            levy.addr
-        ),
+        addr,
+        &format!("GET /feed HTTP/1.1\r\nHost: {host}\r\n{name}: {value}\r\n\r\n"),
     )
 }
 
 /// A `SIGN-IN-WITH-X` header answering the latest challenge of `levy`'s `/feed` for
 /// `address` (on Base Sepolia), its SIWE message signed (EIP-191) by `key`.
 fn proof_header(levy: &Levy, address: Address, key: &str) -> String {
-    let unpaid = request(
-        levy.addr,
-        &format!("GET /feed HTTP/1.1\r\nHost: {}\r\n\r\n", levy.addr),
-    );
+    proof_header_at(levy.addr, &levy.addr.to_string(), address, key)
+}
+
+/// [`proof_header`] for the challenge of levy at `addr` for `Host: host`.
+pub(crate) fn proof_header_at(addr: SocketAddr, host: &str, address: Address, key: &str) -> String {
+    let unpaid = request(addr, &format!("GET /feed HTTP/1.1\r\nHost: {host}\r\n\r\n"));
     let challenge = decode(unpaid.header("payment-required").expect("challenge"));
     let info = &challenge["extensions"]["sign-in-with-x"]["info"];
     let mut proof = serde_json::json!({

@@ -29,10 +29,21 @@ pub use origin::{Origin, Reply};
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    // A port is free once its probe closes, so the kernel may hand it out again: never give
+    // one twice, or two listeners of concurrent tests (levy processes, Redis, anvil) would
+    // race for it and a test could talk to another test's server.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 struct TestSignal(Mutex<Option<oneshot::Receiver<()>>>);

@@ -146,7 +146,7 @@ impl LevyProxy {
             return self.lease_channel(session, paywall, ctx).await;
         }
         if matches!(ctx.session, SessionStep::Proving(_)) {
-            return self.prove_contract_signer(session, paywall, ctx).await;
+            return self.admit_proof(session, paywall, ctx).await;
         }
         let paid = ctx.reserved()?;
         if settlement.verifies_remotely() {

@@ -12,7 +12,7 @@ use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Paywall;
 use crate::session::{self, Bundle, Expected, ProofSigner, Quota, SIGN_IN_WITH_X};
-use crate::settle::sessions::{Draw, Sessions};
+use crate::settle::sessions::{Draw, DrawRefusal, Sessions};
 use crate::settle::{Settlement, SignatureCheck};
 use crate::x402::challenge::Rendered;
 
@@ -33,17 +33,26 @@ pub enum SessionStep {
         served: bool,
         bytes: u64,
     },
-    /// A proof signed by a contract wallet, waiting for the chain's verdict before it draws.
+    /// A proof that passed its inline checks, to draw before the request goes on (a
+    /// contract wallet's once the chain says its signature is good).
     Proving(Box<Proving>),
 }
 
-/// A contract wallet's proof that passed every inline check but its signature.
+/// A proof that passed every inline check (a contract wallet's: all but its signature).
 #[derive(Debug)]
 pub struct Proving {
     signer: ProofSigner,
-    /// The operator's name of the network the proof's chain is.
-    network: String,
+    /// For a contract wallet: the operator's name of the network the proof's chain is.
+    network: Option<String>,
     ticket: Ticket,
+}
+
+/// Why a proof draws nothing.
+enum Undrawn {
+    /// A 402 with this reason.
+    Refused(&'static str),
+    /// The shared bundle state cannot be reached: 503, retry.
+    Unavailable,
 }
 
 /// What a proof asks to draw: a call on `route`'s bundle of `quota`, under the proof's
@@ -99,9 +108,9 @@ impl LevyProxy {
     }
 
     /// On a bundle route, a request with a `SIGN-IN-WITH-X` proof and no payment draws on
-    /// the payer's bundle: `Some(Ok)` admitted (or, for a contract wallet's proof, waiting
-    /// for the chain's verdict in [`LevyProxy::prove_contract_signer`]), `Some(Err(reason))`
-    /// for the 402, `None` when there is no proof to look at.
+    /// the payer's bundle: `Some(Ok)` the proof is good and draws in
+    /// [`LevyProxy::admit_proof`] (a contract wallet's once the chain judged its
+    /// signature), `Some(Err(reason))` for the 402, `None` when there is no proof to look at.
     pub(super) fn draw_on_bundle(
         &self,
         session: &Session,
@@ -132,8 +141,8 @@ impl LevyProxy {
             Ok(checked) => checked,
             Err(reason) => return Some(Err(reason)),
         };
-        let payer = match signer {
-            ProofSigner::Eoa(payer) => payer,
+        let network = match signer {
+            ProofSigner::Eoa(_) => None,
             ProofSigner::Contract { chain_id, .. } => {
                 // Only levy's own RPC can judge it; it does so before the request goes on.
                 let network = paywall
@@ -145,47 +154,40 @@ impl LevyProxy {
                 else {
                     return Some(Err(session::ProofError::Signature.reason()));
                 };
-                ctx.session = SessionStep::Proving(Box::new(Proving {
-                    signer,
-                    network,
-                    ticket: Ticket {
-                        route,
-                        quota,
-                        nonce,
-                    },
-                }));
-                return Some(Ok(()));
+                Some(network)
             }
         };
-        let ticket = Ticket {
-            route,
-            quota,
-            nonce,
-        };
-        Some(Self::admit_draw(settlement, sessions, payer, &ticket, ctx))
+        ctx.session = SessionStep::Proving(Box::new(Proving {
+            signer,
+            network,
+            ticket: Ticket {
+                route,
+                quota,
+                nonce,
+            },
+        }));
+        Some(Ok(()))
     }
 
     /// Draws on `payer`'s bundle as `ticket` asks (its nonce spent atomically with it).
-    fn admit_draw(
+    async fn admit_draw(
         settlement: &Settlement,
         sessions: &Sessions,
         payer: alloy_primitives::Address,
         ticket: &Ticket,
         ctx: &mut RequestCtx,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Undrawn> {
         if let Some(reason) = settlement.denied(payer) {
             // A payer whose payment failed to settle draws nothing meanwhile.
-            return Err(reason);
+            return Err(Undrawn::Refused(reason));
         }
         let draw = sessions
-            .draw(
-                payer,
-                &ticket.route,
-                ticket.quota,
-                &ticket.nonce,
-                unix_now(),
-            )
-            .map_err(|e| e.reason())?;
+            .draw(payer, &ticket.route, ticket.quota, &ticket.nonce, unix_ms())
+            .await
+            .map_err(|e| match e {
+                DrawRefusal::Unavailable => Undrawn::Unavailable,
+                e => Undrawn::Refused(e.reason()),
+            })?;
         ctx.session = SessionStep::Drawing {
             draw: Box::new(draw),
             served: false,
@@ -194,10 +196,10 @@ impl LevyProxy {
         Ok(())
     }
 
-    /// Before forwarding a contract wallet's proof: the chain judges its signature (EIP-1271,
-    /// or ERC-6492 for a wallet not deployed yet), then it draws as an EOA's would.
-    /// `Some(reply)` refuses the request.
-    pub(super) async fn prove_contract_signer(
+    /// Before forwarding a proof: it draws on its signer's bundle; a contract wallet's only
+    /// once the chain judged its signature (EIP-1271, or ERC-6492 for a wallet not deployed
+    /// yet). `Some(reply)` refuses the request.
+    pub(super) async fn admit_proof(
         &self,
         session: &Session,
         paywall: &Paywall,
@@ -208,37 +210,49 @@ impl LevyProxy {
         };
         let settlement = self.settlement.as_ref()?;
         let sessions = settlement.sessions()?;
-        let ProofSigner::Contract {
-            address,
-            digest,
-            signature,
-            ..
-        } = &proving.signer
-        else {
-            return None;
-        };
         let refuse = |reason: &'static str, ctx: &mut RequestCtx| {
             ctx.outcome = super::Outcome::PaymentRequired;
             self.challenge(session, paywall, reason, reason)
         };
-        match settlement
-            .check_signature(&proving.network, *address, *digest, signature)
-            .await
-        {
-            SignatureCheck::Valid => {}
-            SignatureCheck::Invalid => {
+        let payer = match (&proving.signer, &proving.network) {
+            (ProofSigner::Eoa(payer), _) => *payer,
+            (
+                ProofSigner::Contract {
+                    address,
+                    digest,
+                    signature,
+                    ..
+                },
+                Some(network),
+            ) => match settlement
+                .check_signature(network, *address, *digest, signature)
+                .await
+            {
+                SignatureCheck::Valid => *address,
+                SignatureCheck::Invalid => {
+                    return Some(refuse(session::ProofError::Signature.reason(), ctx))
+                }
+                SignatureCheck::Unknown => {
+                    return Some(self.retry_later(
+                        ctx,
+                        "cannot check the wallet's signature now; retry later",
+                        "2",
+                    ))
+                }
+            },
+            (ProofSigner::Contract { .. }, None) => {
                 return Some(refuse(session::ProofError::Signature.reason(), ctx))
             }
-            SignatureCheck::Unknown => {
-                return Some(self.retry_later(
-                    ctx,
-                    "cannot check the wallet's signature now; retry later",
-                    "2",
-                ))
-            }
+        };
+        match Self::admit_draw(settlement, sessions, payer, &proving.ticket, ctx).await {
+            Ok(()) => None,
+            Err(Undrawn::Refused(reason)) => Some(refuse(reason, ctx)),
+            Err(Undrawn::Unavailable) => Some(self.retry_later(
+                ctx,
+                "cannot reach the shared bundle state; retry later",
+                "2",
+            )),
         }
-        let drawn = Self::admit_draw(settlement, sessions, *address, &proving.ticket, ctx);
-        drawn.err().map(|reason| refuse(reason, ctx))
     }
 
     /// The origin answered a drawing request: below 400 a calls or seconds bundle is

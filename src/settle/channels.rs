@@ -142,8 +142,7 @@ struct Inner {
     sending: tokio::sync::Mutex<()>,
     /// The state replicas share, when they do.
     shared: OnceLock<Arc<dyn SharedChannels>>,
-    /// What makes this run's hold tokens unique: a random run id and a counter.
-    run_id: u64,
+    /// Counts this run's hold tokens.
     tokens: AtomicU64,
 }
 
@@ -215,7 +214,6 @@ impl Channels {
                 log,
                 sending: tokio::sync::Mutex::new(()),
                 shared: OnceLock::new(),
-                run_id: rand_u64(),
                 tokens: AtomicU64::new(0),
             }),
         })
@@ -236,7 +234,7 @@ impl Channels {
     /// A token no other hold (of any replica, any run) has.
     fn token(&self, shared: &dyn SharedChannels) -> String {
         let n = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
-        format!("{}:{:016x}:{n}", shared.replica(), self.inner.run_id)
+        format!("{}:{:016x}:{n}", shared.replica(), super::run_id())
     }
 
     /// Puts `ledger` in this replica's cache, keeping what it streams locally.
@@ -1184,10 +1182,4 @@ impl Channels {
             }
         }
     }
-}
-
-/// A random number (a run's id in hold tokens).
-fn rand_u64() -> u64 {
-    let bytes = B256::random();
-    u64::from_be_bytes(bytes.0[..8].try_into().unwrap_or_default())
 }

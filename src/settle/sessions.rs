@@ -5,10 +5,15 @@
 //! A purchase is granted once its payment is charged (journaled). A call drawing on a
 //! bundle is admitted atomically (counted in flight), then debited when the origin served
 //! it, or let go uncharged when it did not.
+//!
+//! With state shared on Redis ([`shared`]) the bundles, the calls in flight and the spent
+//! nonces are the replicas' (this replica's slots are a cache, its log a record of what it
+//! saw), and every replica keys challenge nonces with one secret.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
@@ -16,6 +21,9 @@ use alloy_primitives::{Address, B256};
 use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
 use crate::session::{Bundle, Exhausted, Issuer, Quota, MAX_AGE_MS};
+use shared::{SharedSessions, DRAW_HOLD};
+
+pub mod shared;
 
 impl Mergeable for Bundle {
     type Key = (Address, String);
@@ -33,7 +41,11 @@ struct Slot {
 }
 
 struct Inner {
-    issuer: Issuer,
+    /// Keyed with the replicas' shared secret, or this run's own (made on first use).
+    issuer: OnceLock<Issuer>,
+    own_secret: B256,
+    shared: OnceLock<Arc<dyn SharedSessions>>,
+    tokens: AtomicU64,
     slots: Mutex<HashMap<(Address, String), Slot>>,
     log: StateLog<Bundle>,
     /// Nonces of admitted proofs, kept as long as a proof with them could be valid.
@@ -52,6 +64,8 @@ pub struct Draw {
     pub payer: Address,
     pub route: String,
     pub quota: Quota,
+    /// With shared state: the token the call holds its place in the bundle under.
+    pub token: Option<String>,
 }
 
 /// Why a valid proof draws nothing.
@@ -61,6 +75,9 @@ pub enum DrawRefusal {
     Replayed,
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
+    /// The shared state could not be asked (the caller answers 503; nothing changed).
+    #[error("the shared bundle state cannot be reached")]
+    Unavailable,
 }
 
 impl DrawRefusal {
@@ -70,6 +87,7 @@ impl DrawRefusal {
             DrawRefusal::Replayed => "invalid_siwx_nonce",
             DrawRefusal::Exhausted(Exhausted::UsedUp) => "bundle_used_up",
             DrawRefusal::Exhausted(Exhausted::Expired) => "bundle_expired",
+            DrawRefusal::Unavailable => "shared_state_unavailable",
         }
     }
 }
@@ -100,7 +118,10 @@ impl Sessions {
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
-                issuer: Issuer::new(secret),
+                issuer: OnceLock::new(),
+                own_secret: secret,
+                shared: OnceLock::new(),
+                tokens: AtomicU64::new(0),
                 slots: Mutex::new(slots),
                 log,
                 spent: moka::sync::Cache::builder()
@@ -110,9 +131,37 @@ impl Sessions {
         })
     }
 
+    /// From now on bundles and spent nonces are shared with the other replicas through
+    /// `shared`, and challenge nonces keyed with their common `secret` (called once, before
+    /// levy serves).
+    pub fn share(&self, shared: Arc<dyn SharedSessions>, secret: B256) {
+        let shared_now = self.inner.shared.set(shared).is_ok();
+        if !shared_now || self.inner.issuer.set(Issuer::new(secret)).is_err() {
+            log::warn!("sessions were shared too late or twice");
+        }
+    }
+
     /// Issues challenges and checks proofs.
     pub fn issuer(&self) -> &Issuer {
-        &self.inner.issuer
+        self.inner
+            .issuer
+            .get_or_init(|| Issuer::new(self.inner.own_secret))
+    }
+
+    fn shared(&self) -> Option<&Arc<dyn SharedSessions>> {
+        self.inner.shared.get()
+    }
+
+    /// Puts `bundle` in this replica's cache.
+    fn cache(&self, bundle: &Bundle) {
+        let mut slots = lock(&self.inner.slots);
+        let slot = slots
+            .entry((bundle.payer, bundle.route.clone()))
+            .or_insert_with(|| Slot {
+                bundle: bundle.clone(),
+                in_flight: 0,
+            });
+        slot.bundle = bundle.clone();
     }
 
     /// A payer's bundle on a route, as levy holds it.
@@ -131,6 +180,15 @@ impl Sessions {
         quota: Quota,
         now: u64,
     ) -> Result<Bundle, JournalError> {
+        if let Some(shared) = self.shared() {
+            let bundle = shared
+                .grant(payer, route, quota, now)
+                .await
+                .map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
+            self.cache(&bundle);
+            self.inner.log.put(bundle.clone()).await?;
+            return Ok(bundle);
+        }
         let bundle = {
             let mut slots = lock(&self.inner.slots);
             let slot = slots
@@ -146,9 +204,42 @@ impl Sessions {
         Ok(bundle)
     }
 
-    /// Admits one call by `payer` on `route` at `now`, under a proof with `nonce`: the
-    /// nonce is spent and the call counted in flight, or nothing changes.
-    pub fn draw(
+    /// Admits one call by `payer` on `route` at `now_ms` (Unix milliseconds), under a
+    /// proof with `nonce`: the nonce is spent and the call counted in flight, or nothing
+    /// changes.
+    pub async fn draw(
+        &self,
+        payer: Address,
+        route: &str,
+        quota: Quota,
+        nonce: &str,
+        now_ms: u64,
+    ) -> Result<Draw, DrawRefusal> {
+        let Some(shared) = self.shared() else {
+            return self.draw_here(payer, route, quota, nonce, now_ms / 1000);
+        };
+        let n = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
+        let draw = Draw {
+            payer,
+            route: route.to_owned(),
+            quota,
+            token: Some(format!("{}:{:016x}:{n}", shared.replica(), super::run_id())),
+        };
+        match shared.draw(&draw, nonce, now_ms, DRAW_HOLD).await {
+            Ok(Ok(bundle)) => {
+                self.cache(&bundle);
+                Ok(draw)
+            }
+            Ok(Err(refusal)) => Err(refusal),
+            Err(e) => {
+                log::warn!("cannot draw on {payer}'s bundle: {e}");
+                Err(DrawRefusal::Unavailable)
+            }
+        }
+    }
+
+    /// [`Sessions::draw`] on this replica's own bundles, at `now` (Unix seconds).
+    fn draw_here(
         &self,
         payer: Address,
         route: &str,
@@ -171,11 +262,28 @@ impl Sessions {
             payer,
             route: route.to_owned(),
             quota,
+            token: None,
         })
     }
 
     /// Debits a served call (`bytes` of body); returns the bundle once it is in the log.
     pub async fn finish(&self, draw: &Draw, bytes: u64) -> Result<Bundle, JournalError> {
+        if let Some(shared) = self.shared() {
+            let used = match draw.quota {
+                Quota::Calls(_) => 1,
+                Quota::Bytes(_) => bytes,
+                Quota::Seconds(_) => 0,
+            };
+            let bundle = shared
+                .finish(draw, used)
+                .await
+                .map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
+            self.cache(&bundle);
+            if used > 0 {
+                self.inner.log.put(bundle.clone()).await?;
+            }
+            return Ok(bundle);
+        }
         let bundle = {
             let mut slots = lock(&self.inner.slots);
             let Some(slot) = slots.get_mut(&(draw.payer, draw.route.clone())) else {
@@ -194,6 +302,16 @@ impl Sessions {
 
     /// Lets an admitted call go uncharged (the origin failed, the client left).
     pub fn cancel(&self, draw: &Draw) {
+        if let Some(shared) = self.shared().cloned() {
+            let draw = draw.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.finish(&draw, 0).await {
+                    // Its place lapses by itself.
+                    log::warn!("cannot let a call on {}'s bundle go: {e}", draw.payer);
+                }
+            });
+            return;
+        }
         if let Some(slot) = lock(&self.inner.slots).get_mut(&(draw.payer, draw.route.clone())) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
         }

@@ -72,26 +72,6 @@ impl Shared {
     fn lock_key(&self, name: &str) -> String {
         format!("{}lock:{name}", self.inner.spec.key_prefix)
     }
-
-    /// Runs `script` on `keys` with `args`.
-    async fn script<T: redis::FromRedisValue>(
-        &self,
-        script: &Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<T, String> {
-        self.run(|mut conn, _| async move {
-            let mut call = script.prepare_invoke();
-            for key in &keys {
-                call.key(key);
-            }
-            for arg in &args {
-                call.arg(arg);
-            }
-            call.invoke_async(&mut conn).await
-        })
-        .await
-    }
 }
 
 /// A ledger and its version as Redis holds them.
