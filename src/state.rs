@@ -1,7 +1,9 @@
-//! State that replicas share (`levy.state.redis`), on Redis: the replay set, exposure and
-//! the payer deny list. Each replica keeps its own in-process replay set and journal; Redis
-//! decides which replica may take an authorization, so one payment buys one response however
-//! many replicas it is sent to, and sums what every replica has served unsettled.
+//! State that replicas share (`levy.state.redis`), on Redis: the replay set, exposure, the
+//! payer deny list, the settlement queue (`queue`), channel ledgers (`channels`) and
+//! bundles with their sign-in-with-x nonces (`sessions`). Each replica keeps its own
+//! in-process replay set and journal; Redis decides which replica may take an authorization,
+//! so one payment buys one response however many replicas it is sent to, and sums what every
+//! replica has served unsettled.
 //!
 //! A claim is one Lua script, one round trip: it returns the key's owner, or sets the key
 //! (`held:<replica>`; a replica holds an authorization at most once, its own replay set sees
@@ -19,7 +21,7 @@
 //! payer and one for the total, a field per replica, so a restarted replica replaces its own
 //! share with what its journal says and never counts a payment twice. A payment's reservation
 //! adds to both and reads both sums back in one script, so two replicas reserving at once
-//! each see the other's share. These keys, and the settlement queue's ([`queue`]), share the
+//! each see the other's share. These keys, and the settlement queue's (`queue`), share the
 //! tag `{ledger}`: one Cluster slot, so one script can move a payment's exposure along with
 //! the payment.
 
