@@ -169,6 +169,11 @@ struct Inner {
     conn: OnceCell<ConnectionManager>,
     /// Why the last command failed; `None` after a success.
     last_error: Mutex<Option<String>>,
+    /// The epoch every replica found in Redis at start; when Redis no longer has it, Redis
+    /// lost levy's state (a restart without persistence, a failover to a copy that lacked
+    /// it) and this replica fails closed until it is restarted and republishes.
+    epoch: String,
+    lost: Mutex<Option<String>>,
     claim: Script,
     mark_used: Script,
     release: Script,
@@ -202,12 +207,15 @@ impl Shared {
     pub fn open(spec: RedisSpec) -> Result<Self, StateError> {
         let client = Client::open(spec.url.as_str()).map_err(|e| StateError::Url(e.to_string()))?;
         check_policy(&client, &spec)?;
+        let epoch = join_epoch(&client, &spec)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 spec,
                 client,
                 conn: OnceCell::new(),
                 last_error: Mutex::new(None),
+                epoch,
+                lost: Mutex::new(None),
                 claim: Script::new(CLAIM),
                 mark_used: Script::new(MARK_USED),
                 release: Script::new(RELEASE),
@@ -225,7 +233,9 @@ impl Shared {
 
     /// Why Redis could not be used last time, if it could not.
     pub fn unhealthy(&self) -> Option<String> {
-        lock(&self.inner.last_error).clone()
+        lock(&self.inner.lost)
+            .clone()
+            .or_else(|| lock(&self.inner.last_error).clone())
     }
 
     /// Claims `key` until the authorization's deadline `valid_before` (unix seconds), for
@@ -433,9 +443,31 @@ impl Shared {
     /// and back even while no paid request comes.
     pub async fn watch(&self, every: Duration) {
         loop {
-            let _ = self.ping().await;
+            if let Ok(Some(why)) = self.check_epoch().await {
+                log::error!("{why}");
+                *lock(&self.inner.lost) = Some(why);
+            }
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// Why Redis no longer holds levy's state, if it does not: its epoch key is gone or
+    /// another (`Err`: Redis could not be asked).
+    async fn check_epoch(&self) -> Result<Option<String>, String> {
+        let key = epoch_key(&self.inner.spec.key_prefix);
+        let now: Option<String> =
+            self.run(|mut conn, _| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(
+            (now.as_deref() != Some(self.inner.epoch.as_str())).then(|| {
+                "Redis lost levy's shared state (its epoch key is gone or new: a restart without \
+             persistence, or a failover to a copy without it); priced routes answer 503 until \
+             this replica is restarted and republishes its journal"
+                    .to_owned()
+            }),
+        )
     }
 
     fn held(&self) -> String {
@@ -477,6 +509,9 @@ impl Shared {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let inner = &self.inner;
+        if let Some(lost) = lock(&inner.lost).clone() {
+            return Err(lost);
+        }
         let outcome = tokio::time::timeout(inner.spec.timeout, async {
             let conn = inner
                 .conn
@@ -615,6 +650,26 @@ fn check_policy(client: &Client, spec: &RedisSpec) -> Result<(), StateError> {
         });
     }
     Ok(())
+}
+
+fn epoch_key(prefix: &str) -> String {
+    format!("{prefix}epoch")
+}
+
+/// The epoch of levy's state in Redis: the one a replica set before, or a new one.
+fn join_epoch(client: &Client, spec: &RedisSpec) -> Result<String, StateError> {
+    let limit = spec.timeout.max(Duration::from_secs(2));
+    let key = epoch_key(&spec.key_prefix);
+    let mine = format!("{:016x}", crate::settle::run_id());
+    at_start(client, spec, Some(limit), |mut conn| async move {
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&mine)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        redis::cmd("GET").arg(&key).query_async(&mut conn).await
+    })
 }
 
 /// Runs `command` on a connection of its own, before levy serves: on a runtime and a thread

@@ -105,6 +105,7 @@ impl Replica {
     fn start(&self) -> LevyProcess {
         let process = spawn_levy(&self.config);
         wait_listening(self.addr);
+        wait_listening(self.admin);
         process
     }
 }
@@ -232,7 +233,7 @@ fn without_redis_priced_routes_fail_closed_free_routes_serve_and_levy_recovers_b
     let ready = |levy: &Levy| request(levy.admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
     assert_eq!(pay(&levy).status, 200);
 
-    redis.stop();
+    redis.stop(); // SIGKILL; it comes back with its data
     let refused = pay(&levy);
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert_eq!(refused.header("retry-after"), Some("2"));
@@ -254,6 +255,63 @@ fn without_redis_priced_routes_fail_closed_free_routes_serve_and_levy_recovers_b
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(pay(&levy).status, 200);
+}
+
+#[test]
+fn a_redis_that_comes_back_empty_is_noticed_and_priced_routes_fail_closed_until_a_restart() {
+    let (chain, _) = funded(TestChain::start(), KEYS[0], 10);
+    let mut redis = RedisServer::start();
+    let origin = Origin::echo();
+    let replica = Replica::new(
+        &chain,
+        &origin,
+        &redis,
+        SETTLER_KEY,
+        "    max_delay_ms: 60000\n",
+    );
+    let (addr, admin) = (replica.addr, replica.admin);
+    let mut levy = replica.start();
+    let terms = challenge_at(addr, "/data/x");
+    let (_, spent) = sign_for(&terms, KEYS[0]);
+    let pay = |payment: &str| request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", payment));
+    let ready = || request(admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
+    assert_eq!(pay(&spent).status, 200);
+
+    // Redis forgets every used authorization: serving on, another replica would sell
+    // `spent` again.
+    redis.restart_empty();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = ready();
+        if answer.text().contains("lost") {
+            assert_eq!(answer.status, 503);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "levy never noticed Redis lost its state: {}",
+            answer.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refused = pay(&sign_for(&terms, KEYS[0]).1);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after"), Some("2"));
+    // (This replica's own replay set still knows the spent one.)
+    assert_eq!(pay(&spent).status, 402);
+
+    // Restarted, it republishes what its journal holds: the spent payment is used again.
+    levy.sigkill();
+    let _levy = replica.start();
+    assert_eq!(ready().status, 200, "{}", ready().text());
+    let replayed = pay(&spent);
+    assert_eq!(replayed.status, 402, "{}", replayed.text());
+    assert_eq!(pay(&sign_for(&terms, KEYS[0]).1).status, 200);
+    assert_eq!(
+        origin.seen().len(),
+        2,
+        "only the two payments served reached the origin"
+    );
 }
 
 #[test]
@@ -354,8 +412,7 @@ fn a_restarted_replica_puts_its_journals_unsettled_payments_back_into_the_shared
 
     // levy dies with two payments unsettled in its journal, and Redis loses everything.
     levy.sigkill();
-    redis.stop();
-    redis.resume();
+    redis.restart_empty();
     let _levy = spawn_levy(&config);
     wait_listening(addr);
     // Its journal's 2 000 are counted again at start: one more fits under the cap of 3 000,

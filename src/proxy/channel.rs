@@ -224,7 +224,7 @@ impl LevyProxy {
             return Ok(());
         };
         if response.status.as_u16() >= 400 {
-            channels.release(&lease);
+            channels.release_now(&lease).await;
             ctx.outcome = Outcome::PaymentReleased;
             crate::metrics::metrics()
                 .payments_released

@@ -299,12 +299,12 @@ impl Channels {
                 Err(refusal) => Err(refusal),
             };
             if let Err(refusal) = deposited {
-                self.release(&lease);
+                self.release_now(&lease).await;
                 return Err(refusal);
             }
         }
         if let Err(refusal) = self.judge(id, |ledger| ledger.admits(&lease.voucher, offer.price)) {
-            self.release(&lease);
+            self.release_now(&lease).await;
             return Err(refusal);
         }
         Ok(lease)
@@ -522,8 +522,10 @@ impl Channels {
         if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
             slot.busy_until = None;
         }
-        if let Some(token) = token {
-            self.let_go(id, token);
+        if let (Some(shared), Some(token)) = (self.shared(), token) {
+            if let Err(e) = shared.let_go(id, token).await {
+                ::log::warn!("channel {id}: cannot let its hold go (it lapses): {e}");
+            }
         }
         let refunded = refunded?;
         if let Err(e) = self.inner.log.put(refunded.ledger.clone()).await {
@@ -670,7 +672,22 @@ impl Channels {
         Ok(())
     }
 
-    /// Lets the channel go uncharged (the origin failed, the client left).
+    /// [`Channels::release`], returning once the shared hold is gone: a client told "no"
+    /// may try again at once, on any replica.
+    pub async fn release_now(&self, lease: &Lease) {
+        if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
+            slot.busy_until = None;
+        }
+        if let (Some(shared), Some((token, _))) = (self.shared(), &lease.held) {
+            let id = lease.voucher.channel_id;
+            if let Err(e) = shared.let_go(id, token).await {
+                ::log::warn!("channel {id}: cannot let its hold go (it lapses): {e}");
+            }
+        }
+    }
+
+    /// Lets the channel go uncharged (the origin failed, the client left), the shared hold
+    /// in the background.
     pub fn release(&self, lease: &Lease) {
         if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
             slot.busy_until = None;

@@ -1,6 +1,8 @@
 //! A real `redis-server` on a free loopback port for one test (the Debian package; `.ci/run`
-//! installs it), stopped when dropped. It can be stopped and started again on the same port
-//! to act out an outage.
+//! installs it), stopped when dropped, persisting to a directory of its own (append-only
+//! file, as levy's README asks; written before each reply, so a SIGKILL loses nothing, and
+//! never fsynced: the machine does not crash in a test). It can be stopped and started again on the same port to act
+//! out an outage, with its data or without.
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +12,7 @@ pub struct RedisServer {
     pub port: u16,
     policy: String,
     child: Option<Child>,
+    data: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -24,6 +27,7 @@ impl RedisServer {
             port: super::free_port(),
             policy: policy.to_owned(),
             child: None,
+            data: tempfile::tempdir().expect("a directory for Redis's data"),
         };
         server.resume();
         server
@@ -76,11 +80,13 @@ impl RedisServer {
         assert!(status.success());
     }
 
-    /// Starts it again on the same port (empty: nothing is persisted).
+    /// Starts it again on the same port, with the data it had.
     pub fn resume(&mut self) {
+        let dir = self.data.path().display().to_string();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "no"])
+            .args(["--dir", &dir])
             .args(["--maxmemory-policy", &self.policy])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -92,6 +98,16 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl RedisServer {
+    /// Stops the server and starts it again with nothing: what a restart without
+    /// persistence, or a failover to a copy that lacked the data, looks like.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.data.path().join("appendonlydir"));
+        self.resume();
     }
 }
 
