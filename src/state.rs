@@ -658,13 +658,22 @@ fn epoch_key(prefix: &str) -> String {
 
 /// The epoch of levy's state in Redis: the one a replica set before, or a new one.
 fn join_epoch(client: &Client, spec: &RedisSpec) -> Result<String, StateError> {
-    let limit = spec.timeout.max(Duration::from_secs(2));
-    let key = epoch_key(&spec.key_prefix);
     let mine = format!("{:016x}", crate::settle::run_id());
+    set_once(client, spec, epoch_key(&spec.key_prefix), mine)
+}
+
+/// Key `key`'s value, which is `value` unless a replica set it first (at start).
+fn set_once(
+    client: &Client,
+    spec: &RedisSpec,
+    key: String,
+    value: String,
+) -> Result<String, StateError> {
+    let limit = spec.timeout.max(Duration::from_secs(2));
     at_start(client, spec, Some(limit), |mut conn| async move {
         let _: Option<String> = redis::cmd("SET")
             .arg(&key)
-            .arg(&mine)
+            .arg(&value)
             .arg("NX")
             .query_async(&mut conn)
             .await?;

@@ -27,27 +27,36 @@ use crate::support::{upstream_yaml, Origin, Reply, PAY_TO};
 /// A replica's (data, admin) addresses.
 type Addrs = (SocketAddr, SocketAddr);
 
+/// Started levy processes, their addresses and their directories.
+type Replicas = (Vec<LevyProcess>, Vec<Addrs>, Vec<tempfile::TempDir>);
+
+/// `count` levy processes, the `i`th configured by `yaml(i, its directory)`.
+fn start_replicas(count: usize, yaml: impl Fn(usize, &std::path::Path) -> String) -> Replicas {
+    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..count {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, addr, admin) = process_config(dir.path(), &yaml(i, dir.path()));
+        processes.push(spawn_levy(&config));
+        addrs.push((addr, admin));
+        dirs.push(dir);
+    }
+    for (addr, admin) in &addrs {
+        wait_listening(*addr);
+        wait_listening(*admin);
+    }
+    (processes, addrs, dirs)
+}
+
 /// `count` levy processes selling `/ticks` through channels, sharing `redis`.
 fn channel_replicas(
     count: usize,
     chain: &TestChain,
     origin: &Origin,
     redis: &RedisServer,
-) -> (Vec<LevyProcess>, Vec<Addrs>, Vec<tempfile::TempDir>) {
-    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..count {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = channel_yaml(chain, origin, dir.path(), &ticks_route(200_000), "")
-            + &redis.state_yaml();
-        let (config, addr, admin) = process_config(dir.path(), &yaml);
-        processes.push(spawn_levy(&config));
-        addrs.push((addr, admin));
-        dirs.push(dir);
-    }
-    for (addr, _) in &addrs {
-        wait_listening(*addr);
-    }
-    (processes, addrs, dirs)
+) -> Replicas {
+    start_replicas(count, |_, dir| {
+        channel_yaml(chain, origin, dir, &ticks_route(200_000), "") + &redis.state_yaml()
+    })
 }
 
 /// The channel's cumulative charge a paid response reports.
@@ -212,26 +221,17 @@ fn bundle_replicas(
     chain: &TestChain,
     origin: &Origin,
     redis: &RedisServer,
-) -> (Vec<LevyProcess>, Vec<Addrs>, Vec<tempfile::TempDir>) {
-    let (mut processes, mut addrs, mut dirs) = (Vec::new(), Vec::new(), Vec::new());
-    for settler in [SETTLER_KEY, KEYS[3], KEYS[5]].into_iter().take(count) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let yaml = format!(
+) -> Replicas {
+    let settlers = [SETTLER_KEY, KEYS[3], KEYS[5]];
+    start_replicas(count.min(settlers.len()), |i, dir| {
+        format!(
             "{}{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{BUNDLE_PRICE}\", calls: 10}}}}\n",
             upstream_yaml(origin.addr),
             chain.levy_yaml(),
-            settlement_yaml_signed_by(dir.path(), settler, ""),
+            settlement_yaml_signed_by(dir, settlers[i], ""),
             redis.state_yaml(),
-        );
-        let (config, addr, admin) = process_config(dir.path(), &yaml);
-        processes.push(spawn_levy(&config));
-        addrs.push((addr, admin));
-        dirs.push(dir);
-    }
-    for (addr, _) in &addrs {
-        wait_listening(*addr);
-    }
-    (processes, addrs, dirs)
+        )
+    })
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use alloy_primitives::{Address, B256};
 use redis::Script;
 
-use super::{at_start, Shared, StateError};
+use super::{set_once, Shared, StateError};
 use crate::session::{Bundle, Exhausted, Quota, MAX_AGE_MS};
 use crate::settle::sessions::shared::SharedSessions;
 use crate::settle::sessions::{Draw, DrawRefusal};
@@ -91,21 +91,7 @@ impl Shared {
     /// one first (asked once, at start).
     pub fn issuer_secret(&self, mine: B256) -> Result<B256, StateError> {
         let key = format!("{}siwx-secret", self.inner.spec.key_prefix);
-        let mine = mine.to_string();
-        let got: String = at_start(
-            &self.inner.client,
-            &self.inner.spec,
-            Some(self.inner.spec.timeout * 4),
-            |mut conn| async move {
-                let _: Option<String> = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&mine)
-                    .arg("NX")
-                    .query_async(&mut conn)
-                    .await?;
-                redis::cmd("GET").arg(&key).query_async(&mut conn).await
-            },
-        )?;
+        let got = set_once(&self.inner.client, &self.inner.spec, key, mine.to_string())?;
         got.parse().map_err(|_| StateError::Unreachable {
             url: super::redacted(&self.inner.spec.url),
             reason: "its challenge secret is not 32 bytes of hex".into(),
