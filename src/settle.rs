@@ -646,8 +646,14 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
     })
 }
 
-/// A random id of this run: the tokens it hands out (holds on shared channels, places in
-/// shared bundles) differ from those of any other run of any replica.
+/// A token no other (of any run of any replica) has: `replica`, this run's id and the next
+/// number of `counter` (holds on shared channels, places in shared bundles).
+pub(crate) fn run_token(replica: &str, counter: &std::sync::atomic::AtomicU64) -> String {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{replica}:{:016x}:{n}", run_id())
+}
+
+/// A random id of this run.
 pub(crate) fn run_id() -> u64 {
     static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *ID.get_or_init(|| {

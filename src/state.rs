@@ -301,18 +301,7 @@ impl Shared {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let done: Result<i64, String> = this
-                .run(|mut conn, inner| async move {
-                    let mut call = pick(&inner).prepare_invoke();
-                    for key in &keys {
-                        call.key(key);
-                    }
-                    for arg in &args {
-                        call.arg(arg);
-                    }
-                    call.invoke_async(&mut conn).await
-                })
-                .await;
+            let done: Result<i64, String> = this.script(pick(&this.inner), keys, args).await;
             if let Err(e) = done {
                 log::warn!("cannot {what} in Redis: {e}");
             }
@@ -428,15 +417,6 @@ impl Shared {
             args,
             "update the shared exposure",
         );
-    }
-
-    /// Asks Redis whether it answers (for `/readyz` and the watcher).
-    pub async fn ping(&self) -> Result<(), String> {
-        self.run(
-            |mut conn, _| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
-        )
-        .await
-        .map(|_| ())
     }
 
     /// Pings Redis every `every` until the process ends, so `/readyz` tells when it is gone

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -233,8 +233,7 @@ impl Channels {
 
     /// A token no other hold (of any replica, any run) has.
     fn token(&self, shared: &dyn SharedChannels) -> String {
-        let n = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
-        format!("{}:{:016x}:{n}", shared.replica(), super::run_id())
+        super::run_token(shared.replica(), &self.inner.tokens)
     }
 
     /// Puts `ledger` in this replica's cache, keeping what it streams locally.
@@ -344,12 +343,7 @@ impl Channels {
             self.take(id, hold)?;
             return Ok(None);
         };
-        let token = self.token(shared.as_ref());
-        let found = match shared.take(id, &token, hold).await {
-            Ok(Took::Held(found)) => found,
-            Ok(Took::Busy) => return Err(Refusal::Rejected(ChannelError::Busy)),
-            Err(e) => return Err(Refusal::Unavailable(e)),
-        };
+        let (token, found) = self.take_shared(shared.as_ref(), id, hold).await?;
         let Versioned { ledger, version } = match found {
             Some(found) => *found,
             None => match self.read_ledger(network, id, voucher.config).await {
@@ -358,7 +352,7 @@ impl Channels {
                     Versioned { ledger, version: 0 }
                 }
                 Err(e) => {
-                    self.let_go(id, &token);
+                    let_go(shared.as_ref(), id, &token).await;
                     return Err(Refusal::Unavailable(e));
                 }
             },
@@ -367,18 +361,20 @@ impl Channels {
         Ok(Some((token, version)))
     }
 
-    /// Lets the shared hold `token` on channel `id` go, in the background.
-    fn let_go(&self, id: B256, token: &str) {
-        let Some(shared) = self.shared().cloned() else {
-            return;
-        };
-        let token = token.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = shared.let_go(id, &token).await {
-                // It lapses by itself when its time passes.
-                ::log::warn!("channel {id}: cannot let its hold go: {e}");
-            }
-        });
+    /// Takes channel `id`'s shared hold for `hold` under a new token; returns the token and
+    /// the ledger a replica wrote, if one did.
+    async fn take_shared(
+        &self,
+        shared: &dyn SharedChannels,
+        id: B256,
+        hold: Duration,
+    ) -> Result<(String, Option<Box<Versioned>>), Refusal> {
+        let token = self.token(shared);
+        match shared.take(id, &token, hold).await {
+            Ok(Took::Held(found)) => Ok((token, found)),
+            Ok(Took::Busy) => Err(Refusal::Rejected(ChannelError::Busy)),
+            Err(e) => Err(Refusal::Unavailable(e)),
+        }
     }
 
     /// Applies `step` to channel `id`'s shared ledger (read, changed, written unless it
@@ -471,21 +467,19 @@ impl Channels {
             };
             let hold = self.inner.spec.rpc_timeout * 8;
             let token = match self.shared() {
-                None => self.take(id, hold).map(|()| None).map_err(|_| ()),
-                Some(shared) => {
-                    let token = self.token(shared.as_ref());
-                    match shared.take(id, &token, hold).await {
-                        Ok(Took::Held(Some(found))) => {
-                            self.install(found.ledger);
-                            Ok(Some(token))
-                        }
-                        Ok(Took::Held(None)) => {
-                            self.let_go(id, &token);
-                            Err(())
-                        }
-                        Ok(Took::Busy) | Err(_) => Err(()),
+                None => self.take(id, hold).map(|()| None),
+                Some(shared) => match self.take_shared(shared.as_ref(), id, hold).await {
+                    Ok((token, Some(found))) => {
+                        self.install(found.ledger);
+                        Ok(Some(token))
                     }
-                }
+                    Ok((token, None)) => {
+                        // Listed but not written: nothing to refund from.
+                        let_go(shared.as_ref(), id, &token).await;
+                        continue;
+                    }
+                    Err(refusal) => Err(refusal),
+                },
             };
             let Ok(token) = token else {
                 continue; // a call is paying on it: not idle after all
@@ -523,9 +517,7 @@ impl Channels {
             slot.busy_until = None;
         }
         if let (Some(shared), Some(token)) = (self.shared(), token) {
-            if let Err(e) = shared.let_go(id, token).await {
-                ::log::warn!("channel {id}: cannot let its hold go (it lapses): {e}");
-            }
+            let_go(shared.as_ref(), id, token).await;
         }
         let refunded = refunded?;
         if let Err(e) = self.inner.log.put(refunded.ledger.clone()).await {
@@ -675,26 +667,27 @@ impl Channels {
     /// [`Channels::release`], returning once the shared hold is gone: a client told "no"
     /// may try again at once, on any replica.
     pub async fn release_now(&self, lease: &Lease) {
-        if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
-            slot.busy_until = None;
-        }
-        if let (Some(shared), Some((token, _))) = (self.shared(), &lease.held) {
-            let id = lease.voucher.channel_id;
-            if let Err(e) = shared.let_go(id, token).await {
-                ::log::warn!("channel {id}: cannot let its hold go (it lapses): {e}");
-            }
+        if let Some((shared, token)) = self.release_here(lease) {
+            let_go(shared.as_ref(), lease.voucher.channel_id, &token).await;
         }
     }
 
     /// Lets the channel go uncharged (the origin failed, the client left), the shared hold
     /// in the background.
     pub fn release(&self, lease: &Lease) {
+        if let Some((shared, token)) = self.release_here(lease) {
+            let id = lease.voucher.channel_id;
+            tokio::spawn(async move { let_go(shared.as_ref(), id, &token).await });
+        }
+    }
+
+    /// Lets `lease`'s channel go on this replica; returns its shared hold, if it has one.
+    fn release_here(&self, lease: &Lease) -> Option<(Arc<dyn SharedChannels>, String)> {
         if let Some(slot) = lock(&self.inner.slots).get_mut(&lease.voucher.channel_id) {
             slot.busy_until = None;
         }
-        if let Some((token, _)) = &lease.held {
-            self.let_go(lease.voucher.channel_id, token);
-        }
+        let (token, _) = lease.held.as_ref()?;
+        Some((Arc::clone(self.shared()?), token.clone()))
     }
 
     /// Charges a leased channel for its request: the new ledger is in the channel log
@@ -799,24 +792,18 @@ impl Channels {
     /// Earns `amount` of the `ceiling` a metered call on channel `id` reserved (once its
     /// response ended), in the channel log before this returns.
     pub async fn earn(&self, id: B256, amount: u128, ceiling: u128) -> Result<(), SettleError> {
-        let vanished = || SettleError::Setup("a metered channel vanished".into());
-        let next = if self.shared().is_some() {
-            // The stream's ceiling stops being held here first, whatever the shared ledger
-            // says.
+        if self.shared().is_some() {
+            // The stream's ceiling is held here, not in the shared ledger: it stops being
+            // held here first.
             if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
                 slot.ledger.streaming = slot.ledger.streaming.saturating_sub(ceiling);
             }
-            let earned = self.update(id, |ledger| ledger.earn(amount, ceiling)).await;
-            earned
-                .map_err(SettleError::Shared)?
-                .ok_or_else(vanished)?
-                .ledger
-        } else {
-            let mut slots = lock(&self.inner.slots);
-            let slot = slots.get_mut(&id).ok_or_else(vanished)?;
-            slot.ledger.earn(amount, ceiling);
-            slot.ledger.clone()
-        };
+        }
+        let earned = self.update(id, |ledger| ledger.earn(amount, ceiling)).await;
+        let next = earned
+            .map_err(SettleError::Shared)?
+            .ok_or_else(|| SettleError::Setup("a metered channel vanished".into()))?
+            .ledger;
         self.inner.log.put(next).await.map_err(journal)
     }
 
@@ -992,6 +979,10 @@ impl Channels {
             if !self.leads(&mut token, tick).await {
                 continue;
             }
+            if let Err(e) = self.refresh().await {
+                ::log::warn!("cannot read the shared channels: {e}");
+                continue;
+            }
             if last_claim.elapsed() >= spec.claim_every {
                 last_claim = Instant::now();
                 self.claim_where(|_| true).await;
@@ -1027,7 +1018,7 @@ impl Channels {
     }
 
     /// Reads every shared channel into this replica's cache (nothing to do when channels
-    /// are not shared).
+    /// are not shared): before the claimer's work, which reads the cache.
     async fn refresh(&self) -> Result<(), String> {
         let Some(shared) = self.shared() else {
             return Ok(());
@@ -1042,15 +1033,15 @@ impl Channels {
 
     /// Claims every charged voucher now (the claimer does it on its own schedule).
     pub async fn claim_now(&self) {
+        if let Err(e) = self.refresh().await {
+            ::log::warn!("cannot read the shared channels: {e}");
+            return;
+        }
         self.claim_where(|_| true).await;
     }
 
     /// The channels with something to claim whose payer asked to withdraw, read fresh.
     async fn watch_withdrawals(&self) -> Vec<B256> {
-        if let Err(e) = self.refresh().await {
-            ::log::warn!("cannot read the shared channels: {e}");
-            return Vec::new();
-        }
         let open: Vec<Ledger> = lock(&self.inner.slots)
             .values()
             .filter(|s| s.ledger.claim().is_some())
@@ -1087,10 +1078,6 @@ impl Channels {
     /// Claims the charged vouchers of the channels `pick` selects, per network, in
     /// transactions of at most `max_claims` channels.
     async fn claim_where(&self, pick: impl Fn(&Ledger) -> bool) {
-        if let Err(e) = self.refresh().await {
-            ::log::warn!("cannot read the shared channels: {e}");
-            return;
-        }
         let candidates: Vec<Ledger> = lock(&self.inner.slots)
             .values()
             .filter(|s| pick(&s.ledger) && s.ledger.claim().is_some())
@@ -1198,5 +1185,12 @@ impl Channels {
                     .inc();
             }
         }
+    }
+}
+
+/// Lets the shared hold `token` on channel `id` go (it lapses by itself should this fail).
+async fn let_go(shared: &dyn SharedChannels, id: B256, token: &str) {
+    if let Err(e) = shared.let_go(id, token).await {
+        ::log::warn!("channel {id}: cannot let its hold go (it lapses): {e}");
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -218,12 +218,11 @@ impl Sessions {
         let Some(shared) = self.shared() else {
             return self.draw_here(payer, route, quota, nonce, now_ms / 1000);
         };
-        let n = self.inner.tokens.fetch_add(1, Ordering::Relaxed);
         let draw = Draw {
             payer,
             route: route.to_owned(),
             quota,
-            token: Some(format!("{}:{:016x}:{n}", shared.replica(), super::run_id())),
+            token: Some(super::run_token(shared.replica(), &self.inner.tokens)),
         };
         match shared.draw(&draw, nonce, now_ms, DRAW_HOLD).await {
             Ok(Ok(bundle)) => {

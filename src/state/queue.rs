@@ -217,15 +217,10 @@ impl Shared {
         args: Vec<String>,
     ) -> Result<T, String> {
         let prefix = self.ledger_prefix();
-        self.run(|mut conn, _| async move {
-            let mut call = script.prepare_invoke();
-            call.key(format!("{prefix}queue")).arg(&prefix).arg(GROUP);
-            for arg in &args {
-                call.arg(arg);
-            }
-            call.invoke_async(&mut conn).await
-        })
-        .await
+        let stream = format!("{prefix}queue");
+        let mut all = vec![prefix, GROUP.to_owned()];
+        all.extend(args);
+        self.script(script, vec![stream], all).await
     }
 
     /// Reads the triples `describe` returns.
