@@ -5,9 +5,12 @@
 //!   a listing in acceptance order, `limit` (default 1000, at most 10 000) at a time; `next`
 //!   is the `after` of the next page;
 //! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue;
-//! - `POST /channels/claim`: claims every charged channel voucher now.
+//! - `POST /channels/claim`: claims every charged channel voucher now;
+//! - `POST /reload`: re-reads the config file and swaps routes, prices and upstreams (as
+//!   `SIGHUP` does); 200 with the route count, or 422 with what `levy check` would say.
 //!
-//! Bind it to loopback or an internal network; it has no authentication.
+//! With `levy.admin.token_env` or `token_file`, everything but `/healthz` and `/readyz`
+//! needs `Authorization: Bearer <token>` (401 otherwise). Without one, bind it to loopback.
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -16,17 +19,48 @@ use pingora::protocols::http::ServerSession;
 use pingora_prometheus::prometheus::{self, Encoder, TextEncoder};
 use serde_json::json;
 
+use crate::config::AdminToken;
+use crate::reload::Reloader;
 use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     settlement: Option<Settlement>,
     shared: Option<crate::state::Shared>,
+    reloader: Reloader,
+    token: Option<AdminToken>,
 }
 
 impl AdminApp {
-    pub fn new(settlement: Option<Settlement>, shared: Option<crate::state::Shared>) -> Self {
-        Self { settlement, shared }
+    pub fn new(
+        settlement: Option<Settlement>,
+        shared: Option<crate::state::Shared>,
+        reloader: Reloader,
+        token: Option<AdminToken>,
+    ) -> Self {
+        Self {
+            settlement,
+            shared,
+            reloader,
+            token,
+        }
+    }
+
+    /// `POST /reload`.
+    async fn reload(&self, method: &Method) -> Response<Vec<u8>> {
+        if method != Method::POST {
+            return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        match self.reloader.reload_async().await {
+            Ok(applied) => json_response(
+                StatusCode::OK,
+                &json!({ "reloaded": true, "routes": applied.routes }),
+            ),
+            Err(e) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "reloaded": false, "error": e.to_string() }),
+            ),
+        }
     }
 
     async fn settlements(
@@ -106,6 +140,21 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
         let method = req.method.clone();
+        let open = matches!(path.as_str(), "/healthz" | "/readyz");
+        if let Some(token) = self.token.as_ref().filter(|_| !open) {
+            let authorization = req.headers.get(http::header::AUTHORIZATION);
+            if !token.admits(authorization.map(|v| v.as_bytes())) {
+                let mut response = plain(
+                    StatusCode::UNAUTHORIZED,
+                    "this admin API needs Authorization: Bearer <token>\n",
+                );
+                response.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"levy admin\""),
+                );
+                return response;
+            }
+        }
         match path.as_str() {
             "/metrics" => metrics_page(),
             "/healthz" => plain(StatusCode::OK, "ok\n"),
@@ -121,6 +170,7 @@ impl ServeHttp for AdminApp {
                 self.settlements(&method, p, query.as_deref()).await
             }
             "/channels/claim" => self.claim_channels(&method).await,
+            "/reload" => self.reload(&method).await,
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try /metrics, /healthz, /readyz or /settlements\n",

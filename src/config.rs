@@ -5,13 +5,15 @@
 mod builtin;
 mod checks;
 mod describe;
+mod listeners;
 mod networks;
 mod routes;
 mod schema;
 mod settlement;
 mod upstreams;
 
-use checks::{address, check_url, invalid, socket_addr};
+use checks::{address, check_url, invalid};
+pub use listeners::{AdminToken, CertificateFiles, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
 use routes::{build_route, Defaults};
@@ -57,10 +59,14 @@ pub enum ConfigError {
 pub struct Config {
     /// pingora's server settings.
     pub pingora: ServerConf,
-    /// Where the data plane listens.
-    pub data_listener: SocketAddr,
-    /// Where metrics, health and the admin API listen, if anywhere.
-    pub admin_listener: Option<SocketAddr>,
+    /// `pingora` as loaded, written out: what a reload compares (the server takes `pingora`).
+    pingora_text: String,
+    /// Where the data plane, metrics and the admin API listen.
+    pub listeners: Listeners,
+    /// The admin API's bearer token; `None`: no authentication.
+    pub admin_token: Option<AdminToken>,
+    /// The file this config was read from (`None` when built from text): what a reload reads.
+    pub file: Option<std::path::PathBuf>,
     pub routes: RouteTable<Arc<Route>>,
     /// What happens to a request no route matches.
     pub unmatched: Unmatched,
@@ -183,7 +189,38 @@ impl Config {
             file: file.display().to_string(),
             source,
         })?;
-        Self::from_yaml(&text)
+        let mut config = Self::from_yaml(&text)?;
+        config.file = Some(file.to_path_buf());
+        Ok(config)
+    }
+
+    /// The keys a running levy cannot change that `new` changes, by YAML path: a reload
+    /// to `new` is refused while this is not empty (a restart or `levy -u` applies them).
+    pub fn fixed_changes(&self, new: &Config) -> Vec<&'static str> {
+        let old_tls = self.listeners.tls.as_ref().map(|t| (t.address, t.http2));
+        let new_tls = new.listeners.tls.as_ref().map(|t| (t.address, t.http2));
+        [
+            ("pingora", self.pingora_text != new.pingora_text),
+            (
+                "levy.listeners.data",
+                self.listeners.data != new.listeners.data,
+            ),
+            ("levy.listeners.tls (address, http2)", old_tls != new_tls),
+            (
+                "levy.listeners.admin",
+                self.listeners.admin != new.listeners.admin,
+            ),
+            ("levy.admin", self.admin_token != new.admin_token),
+            ("levy.networks / levy.assets", self.networks != new.networks),
+            (
+                "levy.settlement (or a route needing channels or bundles it has not)",
+                self.settlement != new.settlement,
+            ),
+            ("levy.state", self.state != new.state),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Parses and validates YAML text.
@@ -222,19 +259,8 @@ struct Asset {
 
 fn build(file: schema::File) -> Result<Config, ConfigError> {
     let levy = file.levy;
-    let data_listener = socket_addr("levy.listeners.data", &levy.listeners.data)?;
-    let admin_listener = levy
-        .listeners
-        .admin
-        .as_deref()
-        .map(|a| socket_addr("levy.listeners.admin", a))
-        .transpose()?;
-    if admin_listener == Some(data_listener) {
-        return Err(invalid(
-            "levy.listeners.admin",
-            "must differ from levy.listeners.data",
-        ));
-    }
+    let listeners = listeners::listeners(&levy.listeners)?;
+    let admin_token = listeners::admin_token(&levy.admin)?;
     let networks = networks(&levy.networks)?;
     let assets = assets(&levy.assets, &networks)?;
     let upstreams = upstreams(&levy.upstreams)?;
@@ -416,12 +442,14 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
 
     let state = match &levy.state {
         schema::State::Embedded => None,
-        schema::State::Redis(r) => Some(redis_spec(r, data_listener)?),
+        schema::State::Redis(r) => Some(redis_spec(r, listeners.primary())?),
     };
     Ok(Config {
+        pingora_text: file.pingora.to_yaml(),
         pingora: file.pingora,
-        data_listener,
-        admin_listener,
+        listeners,
+        admin_token,
+        file: None,
         routes,
         unmatched,
         networks,

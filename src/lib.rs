@@ -18,6 +18,7 @@ pub mod nonce;
 pub mod pay;
 pub mod pricing;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod scheme;
 pub mod server;
@@ -25,6 +26,7 @@ pub mod services;
 pub mod session;
 pub mod settle;
 pub mod state;
+pub mod tls;
 pub mod verify;
 pub mod x402;
 

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub metered_units: IntCounterVec,
     /// `levy_metered_amount_total{route}`: atomic units metered routes charged.
     pub metered_amount: IntCounterVec,
+    /// `levy_config_reloads_total{outcome}`: reloads `applied` or `refused`.
+    pub config_reloads: IntCounterVec,
+    /// `levy_config_loaded_timestamp_seconds`: when the table now served was loaded.
+    pub config_loaded: IntGauge,
 }
 
 /// Per-route handles to the hottest series, resolved once instead of hashing label values
@@ -292,6 +296,17 @@ pub fn metrics() -> &'static Metrics {
             &["route"]
         )
         .expect("levy_metered_amount_total registers once"),
+        config_reloads: register_int_counter_vec!(
+            "levy_config_reloads_total",
+            "Config reloads (SIGHUP or POST /reload), by outcome: applied or refused",
+            &["outcome"]
+        )
+        .expect("levy_config_reloads_total registers once"),
+        config_loaded: register_int_gauge!(
+            "levy_config_loaded_timestamp_seconds",
+            "Unix time the route table now served was loaded"
+        )
+        .expect("levy_config_loaded_timestamp_seconds registers once"),
         }
     });
     &METRICS

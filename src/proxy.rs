@@ -48,24 +48,16 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// levy's proxy: routes, the paywall and forwarding.
-pub struct LevyProxy {
-    config: Arc<Config>,
-    nonces: Arc<dyn NonceStore>,
-    settlement: Option<Settlement>,
-    /// State shared with other replicas (Redis), if any.
-    shared: Option<crate::state::Shared>,
+/// What a config reload swaps at once: the config (routes, prices, upstreams) and the
+/// metric handles of its routes. A request keeps the one it started with to its end.
+pub struct Live {
+    pub config: Arc<Config>,
     /// One per route, by `Route::index`, then one for unmatched requests.
     route_metrics: Vec<RouteMetrics>,
 }
 
-impl LevyProxy {
-    pub fn new(
-        config: Arc<Config>,
-        nonces: Arc<dyn NonceStore>,
-        settlement: Option<Settlement>,
-        shared: Option<crate::state::Shared>,
-    ) -> Self {
+impl Live {
+    pub fn new(config: Arc<Config>) -> Self {
         let mut route_metrics: Vec<RouteMetrics> = config
             .routes
             .iter()
@@ -74,20 +66,50 @@ impl LevyProxy {
         route_metrics.push(RouteMetrics::new("-", Outcome::COUNT));
         Self {
             config,
-            nonces,
-            settlement,
-            shared,
             route_metrics,
         }
     }
 
-    /// The cached metric handles of the request's route.
-    fn metrics_of(&self, ctx: &RequestCtx) -> Option<&RouteMetrics> {
-        let index = ctx
-            .route
-            .as_ref()
-            .map_or(self.config.routes.len(), |r| r.index);
+    /// The cached metric handles of `route` (`None`: unmatched requests').
+    pub(crate) fn metrics_of(
+        &self,
+        route: Option<&Arc<crate::config::Route>>,
+    ) -> Option<&RouteMetrics> {
+        let index = route.map_or(self.config.routes.len(), |r| r.index);
         self.route_metrics.get(index)
+    }
+}
+
+/// The live table, shared by the proxy and whatever reloads it.
+pub type LiveTable = Arc<arc_swap::ArcSwap<Live>>;
+
+/// levy's proxy: routes, the paywall and forwarding.
+pub struct LevyProxy {
+    live: LiveTable,
+    nonces: Arc<dyn NonceStore>,
+    settlement: Option<Settlement>,
+    /// State shared with other replicas (Redis), if any.
+    shared: Option<crate::state::Shared>,
+}
+
+impl LevyProxy {
+    pub fn new(
+        live: LiveTable,
+        nonces: Arc<dyn NonceStore>,
+        settlement: Option<Settlement>,
+        shared: Option<crate::state::Shared>,
+    ) -> Self {
+        Self {
+            live,
+            nonces,
+            settlement,
+            shared,
+        }
+    }
+
+    /// The cached metric handles of the request's route.
+    fn metrics_of(ctx: &RequestCtx) -> Option<&RouteMetrics> {
+        ctx.live.metrics_of(ctx.route.as_ref())
     }
 }
 
@@ -97,6 +119,7 @@ impl ProxyHttp for LevyProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            live: self.live.load_full(),
             started: Instant::now(),
             route: None,
             upstream: None,
@@ -125,7 +148,7 @@ impl ProxyHttp for LevyProxy {
                     ctx.outcome,
                     Outcome::PaymentRequired | Outcome::PaymentRejected
                 ) {
-                    if let Some(m) = self.metrics_of(ctx) {
+                    if let Some(m) = Self::metrics_of(ctx) {
                         m.challenges.inc();
                     }
                 }
@@ -179,7 +202,7 @@ impl ProxyHttp for LevyProxy {
     ) -> pingora::Result<()> {
         // Payment proofs are for levy; the origin never sees them. Payer headers come from
         // levy alone: whatever a client sent under those names is dropped.
-        let names = &self.config.payer_headers;
+        let names = &ctx.live.config.payer_headers;
         let proofs = [
             &PAYMENT_SIGNATURE_HEADER,
             &X_PAYMENT_HEADER,
@@ -248,7 +271,12 @@ impl ProxyHttp for LevyProxy {
             let _ = write!(forwarded_for, "{ip}");
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, "http")?;
+        let proto = if headers::over_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
         let original_host = session.req_header().headers.get(header::HOST).cloned();
         match original_host {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,
@@ -366,14 +394,14 @@ impl ProxyHttp for LevyProxy {
         self.finish_draw(ctx).await;
         self.release(ctx, Release::Unserved);
         let elapsed = ctx.started.elapsed();
-        if let Some(m) = self.metrics_of(ctx) {
+        if let Some(m) = Self::metrics_of(ctx) {
             m.observe(
                 ctx.outcome as usize,
                 ctx.outcome.as_str(),
                 elapsed.as_secs_f64(),
             );
         }
-        if self.config.access_log {
+        if ctx.live.config.access_log {
             access_log(session, ctx, elapsed);
         }
     }

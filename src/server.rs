@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
@@ -13,10 +15,12 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
-use crate::proxy::LevyProxy;
-use crate::services::{NonceSweeper, SettlementService, StateWatch};
+use crate::proxy::{LevyProxy, Live, LiveTable};
+use crate::reload::Reloader;
+use crate::services::{NonceSweeper, ReloadOnHangup, SettlementService, StateWatch};
 use crate::settle::{SettleError, Settlement};
 use crate::state::{Shared, SharedNonceStore};
+use crate::tls::Certificates;
 
 /// Builds the server. `opt` carries pingora's command-line flags (daemon, upgrade, test);
 /// its `conf` path is ignored because levy loads the file itself. Fails when the settlement
@@ -26,11 +30,20 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     for warning in config.warnings() {
         log::warn!("config: {warning}");
     }
-    if let Some(admin) = config.admin_listener.filter(|a| !a.ip().is_loopback()) {
-        log::warn!(
-            "the admin listener {admin} is not on loopback: it has no authentication, so bind it to loopback or a private network only"
-        );
+    if let Some(admin) = config.listeners.admin.filter(|a| !a.ip().is_loopback()) {
+        if config.admin_token.is_none() {
+            log::warn!(
+                "the admin listener {admin} is not on loopback and has no token: anyone who reaches it can read payments and requeue or claim them; set levy.admin.token_env or token_file"
+            );
+        }
     }
+    let certificates = config
+        .listeners
+        .tls
+        .as_ref()
+        .map(|tls| Certificates::load(&tls.certificates).map(Arc::new))
+        .transpose()
+        .map_err(|e| SettleError::Setup(format!("levy.listeners.tls.certificates: {e}")))?;
     let settlement = match config.settlement.clone() {
         Some(settings) => Some(Settlement::open(settings)?),
         None => {
@@ -51,6 +64,8 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         .transpose()
         .map_err(|e| SettleError::Setup(e.to_string()))?;
     let config = Arc::new(config);
+    let live: LiveTable = Arc::new(ArcSwap::from_pointee(Live::new(Arc::clone(&config))));
+    let reloader = Reloader::new(Arc::clone(&live), certificates.clone());
     let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
     server.bootstrap();
 
@@ -100,20 +115,38 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         ));
     }
 
+    server.add_service(background_service(
+        "reload on SIGHUP",
+        ReloadOnHangup::new(reloader.clone()),
+    ));
+
     let mut proxy = http_proxy_service(
         &server.configuration,
         LevyProxy::new(
-            Arc::clone(&config),
+            live,
             Arc::clone(&nonces),
             settlement.clone(),
             shared.clone(),
         ),
     );
-    proxy.add_tcp(&config.data_listener.to_string());
+    if let Some(data) = config.listeners.data {
+        proxy.add_tcp(&data.to_string());
+    }
+    if let (Some(tls), Some(certificates)) = (&config.listeners.tls, certificates) {
+        // The paths are unused: the resolver picks the certificate by SNI.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| SettleError::Setup(format!("levy.listeners.tls: {e}")))?;
+        settings.set_cert_resolver(certificates);
+        if tls.http2 {
+            settings.enable_h2();
+        }
+        proxy.add_tls_with_settings(&tls.address.to_string(), None, settings);
+    }
     server.add_service(proxy);
 
-    if let Some(admin) = config.admin_listener {
-        let mut service = Service::new("levy admin".to_owned(), AdminApp::new(settlement, shared));
+    if let Some(admin) = config.listeners.admin {
+        let app = AdminApp::new(settlement, shared, reloader, config.admin_token.clone());
+        let mut service = Service::new("levy admin".to_owned(), app);
         service.add_tcp(&admin.to_string());
         server.add_service(service);
     }

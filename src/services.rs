@@ -75,3 +75,42 @@ impl BackgroundService for StateWatch {
         }
     }
 }
+
+/// Reloads the config on `SIGHUP` (what `systemctl reload` can send when the binary is not
+/// replaced).
+pub struct ReloadOnHangup {
+    reloader: crate::reload::Reloader,
+}
+
+impl ReloadOnHangup {
+    pub fn new(reloader: crate::reload::Reloader) -> Self {
+        Self { reloader }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload through POST /reload only: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                hangup = hangups.recv() => {
+                    if hangup.is_none() {
+                        break;
+                    }
+                    log::info!("SIGHUP: reloading the config");
+                    // The outcome is logged and counted by the reloader.
+                    let _ = self.reloader.reload_async().await;
+                }
+            }
+        }
+    }
+}

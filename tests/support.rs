@@ -14,6 +14,7 @@ pub mod pay;
 pub mod process;
 pub mod redis;
 pub mod settle;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;

@@ -50,6 +50,9 @@ pub struct Levy {
     /// Where the state replicas share lives: `embedded` (one levy) or `redis: {…}`.
     #[serde(default)]
     pub state: State,
+    /// The admin API's authentication.
+    #[serde(default)]
+    pub admin: Admin,
 }
 
 /// `levy.state`: `embedded`, or `redis: {url: …}`.
@@ -283,9 +286,43 @@ impl Default for PayerHeaders {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listeners {
-    pub data: String,
+    /// Plain HTTP (and h2c) data listener.
+    #[serde(default)]
+    pub data: Option<String>,
     #[serde(default)]
     pub admin: Option<String>,
+    /// TLS data listener.
+    #[serde(default)]
+    pub tls: Option<TlsListener>,
+}
+
+/// `levy.listeners.tls`: an address and its certificates, chosen by SNI.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub address: String,
+    pub certificates: Vec<Certificate>,
+    /// Offer HTTP/2 through ALPN (`h2`, then `http/1.1`).
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+/// One certificate chain and its private key, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `levy.admin`: the admin API's bearer token, from an environment variable or a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

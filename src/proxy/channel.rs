@@ -133,7 +133,7 @@ impl LevyProxy {
             .await
         {
             Ok(lease) => {
-                if let Some(m) = self.metrics_of(ctx) {
+                if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
                 ctx.channel = ChannelStep::Leased {
@@ -259,7 +259,7 @@ impl LevyProxy {
         response.insert_header(PAYMENT_RESPONSE, encoded)?;
         make_private(response)?;
         ctx.outcome = Outcome::Paid;
-        if let Some(m) = self.metrics_of(ctx) {
+        if let Some(m) = Self::metrics_of(ctx) {
             m.payments_charged.inc();
         }
         if let Some(mut metering) = metering {

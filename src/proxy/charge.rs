@@ -32,7 +32,7 @@ impl LevyProxy {
     pub(super) fn release(&self, ctx: &mut RequestCtx, why: Release) {
         self.release_channel(ctx);
         self.cancel_draw(ctx);
-        ctx.release(self.nonces.as_ref(), self.metrics_of(ctx), why);
+        ctx.release(self.nonces.as_ref(), why);
     }
 
     /// Refuses a reserved payment with a 402 carrying `reason` (a fixed x402-style code).
@@ -382,7 +382,8 @@ impl LevyProxy {
     /// The 503 for a payment whose transfer is out but unconfirmed: it names the payment
     /// and its status page, so the client can check before paying again.
     pub(super) fn settlement_pending(&self, id: &str) -> Reply {
-        let base = self.config.public_url.as_deref().unwrap_or("");
+        let live = self.live.load();
+        let base = live.config.public_url.as_deref().unwrap_or("");
         let body = serde_json::json!({
             "error": "settlement_pending",
             "paymentId": id,
@@ -430,7 +431,7 @@ impl LevyProxy {
         };
         let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
         if self.settlement.is_some() {
-            let base = self.config.public_url.as_deref().unwrap_or("");
+            let base = ctx.live.config.public_url.as_deref().unwrap_or("");
             levy_ext["statusUrl"] =
                 serde_json::Value::String(format!("{base}{STATUS_PATH}{}", paid.id));
         }
@@ -451,7 +452,7 @@ impl LevyProxy {
         response.insert_header(name, encoded)?;
         make_private(response)?;
         let (amount, payer) = (paid.verified.amount, paid.verified.payer);
-        ctx.charge(nonces, self.metrics_of(ctx), paid, amount);
+        ctx.charge(nonces, paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
     }
@@ -578,7 +579,7 @@ impl LevyProxy {
             "metered payment {} on route {route}: {units} units, {amount} charged",
             paid.id
         );
-        ctx.charge(self.nonces.as_ref(), self.metrics_of(ctx), paid, amount);
+        ctx.charge(self.nonces.as_ref(), paid, amount);
     }
 }
 

@@ -10,7 +10,6 @@ use alloy_primitives::{B256, U256};
 use super::metering::Metering;
 use crate::clock::unix_now;
 use crate::config::{Route, Upstream};
-use crate::metrics::RouteMetrics;
 use crate::nonce::NonceStore;
 use crate::settle::exposure::Hold;
 use crate::settle::{PaymentRecord, SettlementState};
@@ -187,6 +186,8 @@ pub const STATUS_PATH: &str = "/_levy/settlements/";
 
 /// Per-request state.
 pub struct RequestCtx {
+    /// The table this request was routed by: a reload meanwhile does not change it.
+    pub(super) live: Arc<super::Live>,
     pub(super) started: Instant,
     pub(super) route: Option<Arc<Route>>,
     pub(super) upstream: Option<Arc<Upstream>>,
@@ -252,12 +253,7 @@ impl RequestCtx {
     /// Reserved → Released: frees its authorization and counts why. A payment settled
     /// upfront cannot be released (its money moved): it is charged instead. With nothing
     /// reserved, a refusal is still counted (a payment refused before it was reserved).
-    pub(super) fn release(
-        &mut self,
-        nonces: &dyn NonceStore,
-        metrics: Option<&RouteMetrics>,
-        why: Release,
-    ) {
+    pub(super) fn release(&mut self, nonces: &dyn NonceStore, why: Release) {
         match std::mem::replace(&mut self.payment, PaymentState::Released) {
             PaymentState::Reserved(paid) => {
                 nonces.release(&paid.verified.key);
@@ -267,7 +263,7 @@ impl RequestCtx {
             }
             PaymentState::SettledUpfront(paid, _) => {
                 let amount = paid.verified.amount;
-                self.charge(nonces, metrics, paid, amount);
+                self.charge(nonces, paid, amount);
                 return;
             }
             PaymentState::None => self.payment = PaymentState::None,
@@ -299,16 +295,10 @@ impl RequestCtx {
 
     /// → Charged: its authorization becomes used for good and, when `amount` is above zero,
     /// it counts as a payment that bought a response.
-    pub(super) fn charge(
-        &mut self,
-        nonces: &dyn NonceStore,
-        metrics: Option<&RouteMetrics>,
-        paid: Box<Paid>,
-        amount: U256,
-    ) {
+    pub(super) fn charge(&mut self, nonces: &dyn NonceStore, paid: Box<Paid>, amount: U256) {
         nonces.commit(&paid.verified.key);
         if !amount.is_zero() {
-            if let Some(m) = metrics {
+            if let Some(m) = self.live.metrics_of(self.route.as_ref()) {
                 m.payments_charged.inc();
             }
         }

@@ -4,6 +4,7 @@
 
 use http::header::{self, HeaderName};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 
 use super::ctx::Outcome;
@@ -223,4 +224,9 @@ pub(super) fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     for name in nominated {
         resp.remove_header(name.as_str());
     }
+}
+
+/// Whether the client reached levy over TLS.
+pub(super) fn over_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }

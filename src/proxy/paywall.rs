@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 
 use super::ctx::{Paid, Release, RequestCtx, STATUS_PATH};
 use super::headers::{
-    is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
+    self, is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
 };
 use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
@@ -53,7 +53,9 @@ impl LevyProxy {
     /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
     pub(super) fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
         let req = session.req_header();
-        if let Some(reply) = screen(req, self.config.max_request_header_bytes) {
+        let live = Arc::clone(&ctx.live);
+        let config = &live.config;
+        if let Some(reply) = screen(req, config.max_request_header_bytes) {
             ctx.outcome = Outcome::BadRequest;
             return Some(reply);
         }
@@ -69,7 +71,7 @@ impl LevyProxy {
             }
         };
         let key = RequestKey::new(host, req.method.as_str(), path);
-        let route = match self.config.routes.lookup(&key) {
+        let route = match config.routes.lookup(&key) {
             Lookup::Found(route) => Some(route),
             Lookup::NotFound => None,
             Lookup::EncodedSeparator => {
@@ -81,7 +83,7 @@ impl LevyProxy {
             }
         };
         let Some(route) = route else {
-            return match &self.config.unmatched {
+            return match &config.unmatched {
                 Unmatched::NotFound => {
                     ctx.outcome = Outcome::NotFound;
                     Some(Reply::text(404, "no route matches this request"))
@@ -148,7 +150,7 @@ impl LevyProxy {
         }
         match self.accept_payment(header.as_bytes(), paywall) {
             Ok(mut paid) => {
-                if let Some(m) = self.metrics_of(ctx) {
+                if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
                 if self
@@ -185,7 +187,7 @@ impl LevyProxy {
             &paywall.requirements,
             paywall.challenge.accepts_v2(),
             unix_now(),
-            &self.config.policy,
+            &self.live.load().config.policy,
         );
         metrics()
             .verify_duration
@@ -300,16 +302,22 @@ impl LevyProxy {
     pub(super) fn request_url(&self, session: &Session) -> String {
         let req = session.req_header();
         let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
-        match &self.config.public_url {
+        let live = self.live.load();
+        match &live.config.public_url {
             Some(base) => format!("{base}{path}"),
             None => {
                 let host = request_host(req);
                 let host = if host.is_empty() {
-                    self.config.data_listener.to_string()
+                    live.config.listeners.primary().to_string()
                 } else {
                     host.to_owned()
                 };
-                format!("http://{host}{path}")
+                let scheme = if headers::over_tls(session) {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{host}{path}")
             }
         }
     }

@@ -150,7 +150,8 @@ impl LevyProxy {
                     .iter()
                     .find(|r| r.chain_id == chain_id)
                     .map(|r| r.network_name.clone());
-                let Some(network) = network.filter(|_| self.config.policy.contract_signatures)
+                let Some(network) =
+                    network.filter(|_| self.live.load().config.policy.contract_signatures)
                 else {
                     return Some(Err(session::ProofError::Signature.reason()));
                 };

@@ -57,7 +57,7 @@ impl Mergeable for Ledger {
 }
 
 /// What channel settlement needs, from `levy.settlement.channels`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelsSpec {
     pub authorizer: Address,
     pub key_env: String,

@@ -147,7 +147,7 @@ pub struct BatchRecord {
 }
 
 /// A chain the engine settles on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
     pub network: String,
     pub chain_id: u64,
@@ -158,7 +158,7 @@ pub struct ChainSpec {
 }
 
 /// The settlement engine's settings (see README for each key).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementConfig {
     pub journal_path: PathBuf,
     pub max_batch: usize,
@@ -203,7 +203,7 @@ pub enum OnBacklog {
 }
 
 /// A facilitator to settle through.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FacilitatorSpec {
     pub url: String,
     /// Also ask the facilitator's `/verify` before forwarding a paid request.

@@ -32,6 +32,20 @@ impl LevyProcess {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends `signal` (`HUP`, `QUIT`, …) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} levy");
+    }
+
     pub fn sigkill(&mut self) {
         self.0.kill().expect("SIGKILL levy");
         self.0.wait().expect("reap levy");

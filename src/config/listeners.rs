@@ -1,0 +1,178 @@
+//! The `listeners:` and `admin:` sections: where levy listens (plain, TLS with certificates
+//! chosen by SNI, admin) and the admin API's bearer token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::checks::{invalid, socket_addr};
+use super::schema;
+use crate::ConfigError;
+
+/// Where levy listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Plain HTTP/1.1 (and h2c) data listener.
+    pub data: Option<SocketAddr>,
+    /// TLS data listener.
+    pub tls: Option<TlsListener>,
+    /// Metrics, health and the admin API.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// The data listener a default replica name or URL names: the plain one, else TLS.
+    pub fn primary(&self) -> SocketAddr {
+        match (&self.data, &self.tls) {
+            (Some(data), _) => *data,
+            (None, Some(tls)) => tls.address,
+            // `listeners` refuses a config with neither.
+            (None, None) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
+/// A TLS data listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub address: SocketAddr,
+    /// The first one is served to clients that send no SNI or a name no certificate has.
+    pub certificates: Vec<CertificateFiles>,
+    /// Offer `h2` before `http/1.1` in ALPN.
+    pub http2: bool,
+}
+
+/// A PEM certificate chain and its private key, read at start and on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin API's bearer token; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether an `Authorization` header value carries this token (compared in constant
+    /// time, so timing does not tell how much of a guess was right).
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let expected = self.0.as_bytes();
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(…)")
+    }
+}
+
+pub(super) fn listeners(l: &schema::Listeners) -> Result<Listeners, ConfigError> {
+    let data = l
+        .data
+        .as_deref()
+        .map(|a| socket_addr("levy.listeners.data", a))
+        .transpose()?;
+    let admin = l
+        .admin
+        .as_deref()
+        .map(|a| socket_addr("levy.listeners.admin", a))
+        .transpose()?;
+    let tls = l.tls.as_ref().map(tls_listener).transpose()?;
+    if data.is_none() && tls.is_none() {
+        return Err(invalid(
+            "levy.listeners",
+            "needs a data listener: `data` (plain HTTP), `tls`, or both",
+        ));
+    }
+    let tls_address = tls.as_ref().map(|t| t.address);
+    if data.is_some() && data == tls_address {
+        return Err(invalid(
+            "levy.listeners.tls.address",
+            "must differ from levy.listeners.data",
+        ));
+    }
+    if admin.is_some() && (admin == data || admin == tls_address) {
+        return Err(invalid(
+            "levy.listeners.admin",
+            "must differ from the data listeners",
+        ));
+    }
+    Ok(Listeners { data, tls, admin })
+}
+
+fn tls_listener(t: &schema::TlsListener) -> Result<TlsListener, ConfigError> {
+    let address = socket_addr("levy.listeners.tls.address", &t.address)?;
+    if t.certificates.is_empty() {
+        return Err(invalid(
+            "levy.listeners.tls.certificates",
+            "at least one certificate (cert and key files) is required",
+        ));
+    }
+    let certificates: Vec<CertificateFiles> = t
+        .certificates
+        .iter()
+        .map(|c| CertificateFiles {
+            cert: c.cert.clone().into(),
+            key: c.key.clone().into(),
+        })
+        .collect();
+    // Loaded here so that `levy check` and a reload catch a bad file, not the first handshake.
+    for (i, files) in certificates.iter().enumerate() {
+        crate::tls::CertifiedFiles::load(files)
+            .map_err(|e| invalid(format!("levy.listeners.tls.certificates[{i}]"), e))?;
+    }
+    Ok(TlsListener {
+        address,
+        certificates,
+        http2: t.http2,
+    })
+}
+
+pub(super) fn admin_token(a: &schema::Admin) -> Result<Option<AdminToken>, ConfigError> {
+    let token = match (&a.token_env, &a.token_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "levy.admin",
+                "set `token_env` or `token_file`, not both",
+            ))
+        }
+        (Some(name), None) => std::env::var(name).map_err(|_| {
+            invalid(
+                "levy.admin.token_env",
+                format!("the environment variable `{name}` is not set"),
+            )
+        })?,
+        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+            invalid(
+                "levy.admin.token_file",
+                format!("cannot read `{file}`: {e}"),
+            )
+        })?,
+    };
+    let token = token.trim();
+    let at = if a.token_env.is_some() {
+        "levy.admin.token_env"
+    } else {
+        "levy.admin.token_file"
+    };
+    if token.len() < 16 {
+        return Err(invalid(at, "the token must be at least 16 characters"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            at,
+            "the token must be printable ASCII without spaces",
+        ));
+    }
+    Ok(Some(AdminToken(token.to_owned())))
+}
