@@ -68,6 +68,8 @@ pub struct Config {
     /// The file this config was read from (`None` when built from text): what a reload reads.
     pub file: Option<std::path::PathBuf>,
     pub routes: RouteTable<Arc<Route>>,
+    /// Every upstream, by name (their pools' health checks run from here).
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// What happens to a request no route matches.
     pub unmatched: Unmatched,
     /// Every network routes may name, built-in ones included, by the operator's name.
@@ -103,11 +105,11 @@ impl PayerHeaders {
 }
 
 /// Where a request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// Resolved at load time.
-    pub address: SocketAddr,
+    /// Its addresses, their health and the choice among them.
+    pub pool: Arc<crate::pool::Pool>,
     pub tls: bool,
     /// Speak HTTP/2 to it (h2c without TLS); the only way an origin's trailers reach levy.
     pub http2: bool,
@@ -451,6 +453,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         admin_token,
         file: None,
         routes,
+        upstreams,
         unmatched,
         networks,
         public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),

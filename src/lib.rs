@@ -16,6 +16,7 @@ pub mod meter;
 pub mod metrics;
 pub mod nonce;
 pub mod pay;
+pub mod pool;
 pub mod pricing;
 pub mod proxy;
 pub mod reload;

@@ -6,8 +6,8 @@ use std::sync::{LazyLock, OnceLock};
 
 use pingora_prometheus::prometheus::{
     register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
-    register_int_counter, register_int_counter_vec, register_int_gauge, Gauge, GaugeVec, Histogram,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    Gauge, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Every metric levy exports.
@@ -82,6 +82,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `levy_config_loaded_timestamp_seconds`: when the table now served was loaded.
     pub config_loaded: IntGauge,
+    /// `levy_upstream_backend_healthy{upstream,backend}`: 1 while the health check passes.
+    pub upstream_healthy: IntGaugeVec,
 }
 
 /// Per-route handles to the hottest series, resolved once instead of hashing label values
@@ -307,6 +309,12 @@ pub fn metrics() -> &'static Metrics {
             "Unix time the route table now served was loaded"
         )
         .expect("levy_config_loaded_timestamp_seconds registers once"),
+        upstream_healthy: register_int_gauge_vec!(
+            "levy_upstream_backend_healthy",
+            "1 while an upstream backend passes its health check, 0 while it fails",
+            &["upstream", "backend"]
+        )
+        .expect("levy_upstream_backend_healthy registers once"),
         }
     });
     &METRICS

@@ -123,6 +123,7 @@ impl ProxyHttp for LevyProxy {
             started: Instant::now(),
             route: None,
             upstream: None,
+            tried: Vec::new(),
             outcome: Outcome::Pending,
             payment: PaymentState::None,
             channel: channel::ChannelStep::None,
@@ -160,13 +161,22 @@ impl ProxyHttp for LevyProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         let upstream = ctx.upstream.as_ref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "no upstream chosen for request")
         })?;
-        let mut peer = HttpPeer::new(upstream.address, upstream.tls, upstream.sni.clone());
+        let req = session.req_header();
+        let key = [request_host(req).as_bytes(), req.uri.path().as_bytes()].concat();
+        let address = upstream.pool.pick(&key, &ctx.tried).ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                "every backend of the upstream failed",
+            )
+        })?;
+        ctx.tried.push(address);
+        let mut peer = HttpPeer::new(address, upstream.tls, upstream.sni.clone());
         peer.options.connection_timeout = Some(upstream.connect_timeout);
         peer.options.read_timeout = Some(upstream.read_timeout);
         peer.options.write_timeout = Some(upstream.write_timeout);
@@ -186,11 +196,20 @@ impl ProxyHttp for LevyProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // One address per upstream: retrying the same peer only multiplies the wait.
-        e.set_retry(false);
+        // The backend is skipped for a while and, where the pool has another one not yet
+        // tried, the request goes there (nothing has been sent, nothing charged). Retrying
+        // the same backend only multiplies the wait.
+        let retry = match (&ctx.upstream, ctx.tried.last()) {
+            (Some(upstream), Some(failed)) => {
+                upstream.pool.eject(*failed);
+                upstream.pool.several() && upstream.pool.pick(&[], &ctx.tried).is_some()
+            }
+            _ => false,
+        };
+        e.set_retry(retry);
         e
     }
 

@@ -17,7 +17,9 @@ use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::{LevyProxy, Live, LiveTable};
 use crate::reload::Reloader;
-use crate::services::{NonceSweeper, ReloadOnHangup, SettlementService, StateWatch};
+use crate::services::{
+    NonceSweeper, ReloadOnHangup, SettlementService, StateWatch, UpstreamHealth,
+};
 use crate::settle::{SettleError, Settlement};
 use crate::state::{Shared, SharedNonceStore};
 use crate::tls::Certificates;
@@ -115,6 +117,10 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         ));
     }
 
+    server.add_service(background_service(
+        "upstream health",
+        UpstreamHealth::new(Arc::clone(&live)),
+    ));
     server.add_service(background_service(
         "reload on SIGHUP",
         ReloadOnHangup::new(reloader.clone()),

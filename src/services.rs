@@ -114,3 +114,34 @@ impl BackgroundService for ReloadOnHangup {
         }
     }
 }
+
+/// Runs the upstream pools' health checks and DNS re-resolution, for whatever table is live
+/// (a reload's new pools are checked from the next tick).
+pub struct UpstreamHealth {
+    live: crate::proxy::LiveTable,
+}
+
+impl UpstreamHealth {
+    pub fn new(live: crate::proxy::LiveTable) -> Self {
+        Self { live }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for UpstreamHealth {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    let live = self.live.load_full();
+                    for upstream in live.config.upstreams.values() {
+                        upstream.pool.maintain().await;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -29,3 +29,4 @@ mod settlement_through_a_facilitator;
 mod tls_listeners_serve_h2_and_http1_by_sni;
 mod unfunded_and_cheating_payers_get_nothing;
 mod upstream_failures_get_502_and_504;
+mod upstream_pools_keep_serving_when_a_backend_fails;

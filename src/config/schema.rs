@@ -354,7 +354,22 @@ pub struct Asset {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub address: String,
+    /// One `host:port`; or `addresses`, for a pool.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// `round_robin` (default) or `consistent_hash` (by host and path).
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// How long a backend that failed a connection is skipped.
+    #[serde(default = "default_eject_for_ms")]
+    pub eject_for_ms: u64,
+    /// How often host names are resolved again.
+    #[serde(default = "default_resolve_every_seconds")]
+    pub resolve_every_seconds: u64,
     #[serde(default)]
     pub tls: bool,
     /// Speak HTTP/2 to the origin: over TLS offered by ALPN (HTTP/1.1 the fallback), in
@@ -371,6 +386,52 @@ pub struct Upstream {
     pub read_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
     pub write_timeout_ms: u64,
+}
+
+/// `levy.upstreams.<name>.balance`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    ConsistentHash,
+}
+
+/// `levy.upstreams.<name>.health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// An HTTP path to `GET` (healthy below 400); without it, a TCP connect.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "default_check_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "one")]
+    pub healthy_after: usize,
+    #[serde(default = "one")]
+    pub unhealthy_after: usize,
+}
+
+fn default_eject_for_ms() -> u64 {
+    10_000
+}
+
+fn default_resolve_every_seconds() -> u64 {
+    30
+}
+
+fn default_check_interval_ms() -> u64 {
+    2_000
+}
+
+fn default_check_timeout_ms() -> u64 {
+    1_000
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Deserialize)]

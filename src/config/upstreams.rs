@@ -2,11 +2,11 @@
 //! `Host` rewriting; and the lookup routes use.
 
 use std::collections::BTreeMap;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{invalid, schema, Upstream};
+use crate::pool::{Balance, HealthCheck, Pool, PoolSpec, Probe};
 use crate::ConfigError;
 
 pub(super) fn upstreams(
@@ -21,27 +21,51 @@ pub(super) fn upstreams(
     let mut out = BTreeMap::new();
     for (name, u) in declared {
         let path = format!("levy.upstreams.{name}");
-        let (host, _port) = u
-            .address
-            .rsplit_once(':')
-            .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            .ok_or_else(|| {
-                invalid(
-                    format!("{path}.address"),
-                    format!("`{}` is not host:port", u.address),
-                )
-            })?;
-        let address = u
-            .address
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                invalid(
-                    format!("{path}.address"),
-                    format!("cannot resolve `{}`", u.address),
-                )
-            })?;
+        let (key, addresses) = match (&u.address, u.addresses.is_empty()) {
+            (Some(a), true) => ("address", vec![a.clone()]),
+            (None, false) => ("addresses", u.addresses.clone()),
+            (Some(_), false) => {
+                return Err(invalid(&path, "set `address` or `addresses`, not both"))
+            }
+            (None, true) => {
+                return Err(invalid(
+                    &path,
+                    "needs `address` (host:port) or `addresses` (a list of them)",
+                ))
+            }
+        };
+        let mut host = "";
+        for (i, a) in addresses.iter().enumerate() {
+            let at = if key == "address" {
+                format!("{path}.address")
+            } else {
+                format!("{path}.addresses[{i}]")
+            };
+            let (h, _port) = a
+                .rsplit_once(':')
+                .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                .ok_or_else(|| invalid(&at, format!("`{a}` is not host:port")))?;
+            if i == 0 {
+                host = h;
+            }
+        }
+        let host = host.to_owned();
+        for (key, ms) in [
+            ("eject_for_ms", u.eject_for_ms),
+            ("resolve_every_seconds", u.resolve_every_seconds),
+        ] {
+            if ms == 0 {
+                return Err(invalid(
+                    format!("{path}.{key}"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        let health_check = u
+            .health_check
+            .as_ref()
+            .map(|c| health_check(&format!("{path}.health_check"), c))
+            .transpose()?;
         for (key, ms) in [
             ("connect_timeout_ms", u.connect_timeout_ms),
             ("read_timeout_ms", u.read_timeout_ms),
@@ -70,11 +94,26 @@ pub(super) fn upstreams(
                 .trim_end_matches(']')
                 .to_owned()
         });
+        let check_host = u.host.clone().unwrap_or_else(|| sni.clone());
+        let pool = Pool::start(PoolSpec {
+            name: name.clone(),
+            addresses,
+            balance: match u.balance {
+                schema::Balance::RoundRobin => Balance::RoundRobin,
+                schema::Balance::ConsistentHash => Balance::ConsistentHash,
+            },
+            health_check,
+            eject_for: Duration::from_millis(u.eject_for_ms),
+            resolve_every: Duration::from_secs(u.resolve_every_seconds),
+            host: check_host,
+            tls: u.tls,
+        })
+        .map_err(|e| invalid(format!("{path}.{key}"), e))?;
         out.insert(
             name.clone(),
             Arc::new(Upstream {
                 name: name.clone(),
-                address,
+                pool: Arc::new(pool),
                 tls: u.tls,
                 http2: u.http2,
                 sni,
@@ -99,5 +138,37 @@ pub(super) fn lookup_upstream(
             path,
             format!("unknown upstream `{name}` (known: {})", known.join(", ")),
         )
+    })
+}
+
+fn health_check(at: &str, c: &schema::HealthCheck) -> Result<HealthCheck, ConfigError> {
+    for (key, value) in [
+        ("interval_ms", c.interval_ms),
+        ("timeout_ms", c.timeout_ms),
+        ("healthy_after", c.healthy_after as u64),
+        ("unhealthy_after", c.unhealthy_after as u64),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("{at}.{key}"), "must be greater than zero"));
+        }
+    }
+    let probe = match &c.path {
+        None => Probe::Tcp,
+        Some(p) if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_control() || b == b' ') => {
+            Probe::Http { path: p.clone() }
+        }
+        Some(p) => {
+            return Err(invalid(
+                format!("{at}.path"),
+                format!("`{p}` is not an absolute path"),
+            ))
+        }
+    };
+    Ok(HealthCheck {
+        probe,
+        every: Duration::from_millis(c.interval_ms),
+        timeout: Duration::from_millis(c.timeout_ms),
+        healthy_after: c.healthy_after,
+        unhealthy_after: c.unhealthy_after,
     })
 }

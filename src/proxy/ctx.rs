@@ -191,6 +191,8 @@ pub struct RequestCtx {
     pub(super) started: Instant,
     pub(super) route: Option<Arc<Route>>,
     pub(super) upstream: Option<Arc<Upstream>>,
+    /// The backends this request was sent to, in order (a connect failure retries another).
+    pub(super) tried: Vec<std::net::SocketAddr>,
     pub(super) outcome: Outcome,
     pub(super) payment: PaymentState,
     /// A channel payment's progress (`batch-settlement`); apart from `payment`.

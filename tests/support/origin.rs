@@ -77,7 +77,12 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin whose answers come from `handler`.
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Origin::start_on(0, handler)
+    }
+
+    /// Starts an origin on loopback port `port` (0: any free one).
+    pub fn start_on(port: u16, handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Origin {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler: Arc<Handler> = Arc::new(handler);
