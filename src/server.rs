@@ -3,6 +3,7 @@
 //! sweeper, settlement engine). Used by the binary and the tests.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
@@ -46,7 +47,18 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         .map(|tls| Certificates::load(&tls.certificates).map(Arc::new))
         .transpose()
         .map_err(|e| SettleError::Setup(format!("levy.listeners.tls.certificates: {e}")))?;
+    // The listening sockets first: with `-u` they come from the old process, which then
+    // drains and exits, and only then lets go of the journal this process waits for.
+    let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);
+    let handover_wait = Duration::from_secs(
+        pingora_conf.grace_period_seconds.unwrap_or(300)
+            + pingora_conf.graceful_shutdown_timeout_seconds.unwrap_or(5)
+            + 60,
+    );
+    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
+    server.bootstrap();
     let settlement = match config.settlement.clone() {
+        Some(settings) if upgrading => Some(Settlement::open_when_free(settings, handover_wait)?),
         Some(settings) => Some(Settlement::open(settings)?),
         None => {
             let priced = config
@@ -68,8 +80,6 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     let config = Arc::new(config);
     let live: LiveTable = Arc::new(ArcSwap::from_pointee(Live::new(Arc::clone(&config))));
     let reloader = Reloader::new(Arc::clone(&live), certificates.clone());
-    let mut server = Server::new_with_opt_and_conf(opt, pingora_conf);
-    server.bootstrap();
 
     let local = MemoryNonceStore::default();
     let used = match &settlement {

@@ -39,7 +39,7 @@ use chain::Chain;
 use exposure::{Admission, Hold, Ledger};
 use facilitator::Facilitator;
 use funds::{Funds, FundsView};
-use journal::Journal;
+use journal::{Journal, JournalError};
 
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
@@ -186,6 +186,33 @@ fn read_key(
 impl Settlement {
     /// Opens the journal, reads the key and prepares one chain client per network. Call
     /// [`Settlement::run`] (the background service does) to start settling.
+    /// [`Settlement::open`], waiting up to `wait` while another process holds the journal:
+    /// a levy started with `-u` takes the listening sockets first and then the journal,
+    /// which the old process lets go when it has drained its requests and exited.
+    pub fn open_when_free(config: SettlementConfig, wait: Duration) -> Result<Self, SettleError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match Self::open(config.clone()) {
+                Err(SettleError::Journal(JournalError::InUse(path)))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        log::warn!("waiting for the old process to drain and hand over the journal at {path}");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                opened => {
+                    if said && opened.is_ok() {
+                        log::warn!("journal taken over; serving");
+                    }
+                    return opened;
+                }
+            }
+        }
+    }
+
     pub fn open(config: SettlementConfig) -> Result<Self, SettleError> {
         let journal = Journal::open(&config.journal_path)?;
         let mut chains = HashMap::new();

@@ -40,6 +40,9 @@ const FRAME_HEADER: usize = 8;
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {message}")]
     Open { path: String, message: String },
+    /// Another process (a levy being upgraded from, or a second levy) holds it.
+    #[error("the journal at {0} is open in another process")]
+    InUse(String),
     #[error("journal storage failed: {0}")]
     Storage(String),
     #[error("the journal writer has stopped")]
@@ -143,7 +146,12 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_error(e.to_string()))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                JournalError::InUse(path.display().to_string())
+            }
+            e => open_error(e.to_string()),
+        })?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(PAYMENTS).map_err(storage)?;
         txn.open_table(BATCHES).map_err(storage)?;

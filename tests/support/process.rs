@@ -46,6 +46,20 @@ impl LevyProcess {
         assert!(status.success(), "kill -{signal} levy");
     }
 
+    /// Waits up to `patience` for the process to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("poll levy") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn sigkill(&mut self) {
         self.0.kill().expect("SIGKILL levy");
         self.0.wait().expect("reap levy");
@@ -61,7 +75,13 @@ impl Drop for LevyProcess {
 
 /// Starts the levy binary with `config`, logging warnings to the test output.
 pub fn spawn_levy(config: &std::path::Path) -> LevyProcess {
+    spawn_levy_with(config, &[])
+}
+
+/// [`spawn_levy`] with more command-line arguments (`-u` to take over from a running levy).
+pub fn spawn_levy_with(config: &std::path::Path, args: &[&str]) -> LevyProcess {
     let child = Command::new(env!("CARGO_BIN_EXE_levy"))
+        .args(args)
         .arg("-c")
         .arg(config)
         .env("LEVY_LOG", "warn")
