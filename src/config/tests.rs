@@ -610,3 +610,110 @@ fn shared_state_is_embedded_by_default_and_a_bad_redis_section_is_named() {
         "expected `embedded` or `redis: {url: …}`",
     );
 }
+
+#[test]
+fn a_config_without_a_data_or_tls_listener_is_refused() {
+    let text = yaml(&priced(""), "").replace("    data: 127.0.0.1:8080\n", "");
+    assert_error(&text, "levy.listeners: needs a data listener");
+}
+
+#[test]
+fn a_tls_listener_names_the_certificate_it_cannot_read() {
+    let text = yaml(
+        &priced(""),
+        "",
+    )
+    .replace(
+        "    admin: 127.0.0.1:9180\n",
+        "    admin: 127.0.0.1:9180\n    tls:\n      address: 127.0.0.1:8443\n      certificates:\n        - {cert: /nonexistent/a.pem, key: /nonexistent/a.key}\n",
+    );
+    assert_error(
+        &text,
+        "levy.listeners.tls.certificates[0]: cannot read `/nonexistent/a.pem`",
+    );
+}
+
+#[test]
+fn an_upstream_needs_one_of_address_or_addresses() {
+    let both = yaml(&priced(""), "").replace(
+        "      address: 127.0.0.1:9000\n",
+        "      address: 127.0.0.1:9000\n      addresses: [\"127.0.0.1:9001\"]\n",
+    );
+    assert_error(
+        &both,
+        "levy.upstreams.api: set `address` or `addresses`, not both",
+    );
+    let pool = yaml(&priced(""), "").replace(
+        "      address: 127.0.0.1:9000\n",
+        "      addresses: [\"127.0.0.1:9001\", \"nonsense\"]\n",
+    );
+    assert_error(
+        &pool,
+        "levy.upstreams.api.addresses[1]: `nonsense` is not host:port",
+    );
+    let check = yaml(&priced(""), "").replace(
+        "      address: 127.0.0.1:9000\n",
+        "      address: 127.0.0.1:9000\n      health_check: {path: health}\n",
+    );
+    assert_error(
+        &check,
+        "levy.upstreams.api.health_check.path: `health` is not an absolute path",
+    );
+}
+
+#[test]
+fn an_admin_token_must_be_long_enough_and_come_from_one_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "short\n").expect("write");
+    let short = yaml(
+        &priced(""),
+        &format!("  admin: {{token_file: {}}}\n", file.display()),
+    );
+    assert_error(
+        &short,
+        "levy.admin.token_file: the token must be at least 16 characters",
+    );
+    std::fs::write(&file, "a-token-long-enough-to-use\n").expect("write");
+    let config = Config::from_yaml(&yaml(
+        &priced(""),
+        &format!("  admin: {{token_file: {}}}\n", file.display()),
+    ))
+    .expect("valid");
+    let token = config.admin_token.expect("token");
+    assert!(token.admits(Some(b"Bearer a-token-long-enough-to-use")));
+    assert!(!token.admits(Some(b"Bearer a-token-long-enough-to-usE")));
+    assert!(!token.admits(Some(b"a-token-long-enough-to-use")));
+    assert!(!token.admits(None));
+    assert!(
+        !format!("{token:?}").contains("long-enough"),
+        "Debug shows the token"
+    );
+    let both = yaml(
+        &priced(""),
+        &format!(
+            "  admin: {{token_env: X, token_file: {}}}\n",
+            file.display()
+        ),
+    );
+    assert_error(
+        &both,
+        "levy.admin: set `token_env` or `token_file`, not both",
+    );
+}
+
+#[test]
+fn a_reload_names_the_keys_a_running_levy_cannot_change() {
+    let old = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    let repriced =
+        Config::from_yaml(&yaml(&priced(""), "").replace("$0.001", "$0.002")).expect("valid");
+    assert!(old.fixed_changes(&repriced).is_empty());
+    let moved = Config::from_yaml(&yaml(&priced(""), "").replace("8080", "8081")).expect("valid");
+    assert_eq!(old.fixed_changes(&moved), vec!["levy.listeners.data"]);
+    let threads = Config::from_yaml(&format!(
+        "pingora:\n  threads: 4\n{}",
+        yaml(&priced(""), "")
+    ))
+    .expect("valid");
+    assert_eq!(old.fixed_changes(&threads), vec!["pingora"]);
+}
