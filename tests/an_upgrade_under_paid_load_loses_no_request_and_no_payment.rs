@@ -11,6 +11,9 @@ use crate::support::settle::{settlement_yaml, wait_all_final};
 use crate::support::{request, send, upstream_yaml, Origin, PAY_TO};
 
 const PRICE: u64 = 1000;
+
+/// A payment's nonce and the status it was answered with (`None`: no answer).
+type Outcomes = Arc<Mutex<Vec<(B256, Option<u16>)>>>;
 const ROUTES: &str =
     "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n";
 
@@ -52,7 +55,7 @@ fn levy_dash_u_under_paid_load_loses_no_request_and_no_payment() {
     );
 
     // Paying clients, each request on a new connection, before, during and after the upgrade.
-    let outcomes: Arc<Mutex<Vec<(B256, Option<u16>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let outcomes: Outcomes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..3)
         .map(|_| {
