@@ -17,10 +17,11 @@ fn pool_yaml(addresses: &[String], extra: &str) -> String {
     )
 }
 
+/// The metrics registry is the process's: the priced route's name is this file's own.
 fn routes() -> String {
     format!(
         "  routes:\n    \
-         - {{name: weather, path: /weather/*, price: \"$0.001\", pay_to: \"{PAY_TO}\", accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: pooled, path: /weather/*, price: \"$0.001\", pay_to: \"{PAY_TO}\", accepts: [{{network: base-sepolia}}]}}\n    \
          - {{name: open, path: /*, free: true}}\n"
     )
 }
@@ -132,9 +133,9 @@ fn a_refused_connection_is_retried_on_another_backend_and_the_payment_charged_on
         std::thread::sleep(Duration::from_millis(60));
     }
     assert_eq!(a.seen().len(), 8);
-    levy.metric_reaches("levy_payments_charged_total{route=\"weather\"}", 8);
+    levy.metric_reaches("levy_payments_charged_total{route=\"pooled\"}", 8);
     assert_eq!(
-        levy.metric("levy_payments_released_total{route=\"weather\"}"),
+        levy.metric("levy_payments_released_total{route=\"pooled\"}"),
         0
     );
 }

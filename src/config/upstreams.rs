@@ -50,17 +50,6 @@ pub(super) fn upstreams(
             }
         }
         let host = host.to_owned();
-        for (key, ms) in [
-            ("eject_for_ms", u.eject_for_ms),
-            ("resolve_every_seconds", u.resolve_every_seconds),
-        ] {
-            if ms == 0 {
-                return Err(invalid(
-                    format!("{path}.{key}"),
-                    "must be greater than zero",
-                ));
-            }
-        }
         let health_check = u
             .health_check
             .as_ref()
@@ -70,6 +59,8 @@ pub(super) fn upstreams(
             ("connect_timeout_ms", u.connect_timeout_ms),
             ("read_timeout_ms", u.read_timeout_ms),
             ("write_timeout_ms", u.write_timeout_ms),
+            ("eject_for_ms", u.eject_for_ms),
+            ("resolve_every_seconds", u.resolve_every_seconds),
         ] {
             if ms == 0 {
                 return Err(invalid(
