@@ -144,6 +144,16 @@ fn inet(backend: &Backend) -> Option<SocketAddr> {
     backend.addr.as_inet().copied()
 }
 
+fn untried<'a>(
+    backends: &'a BTreeSet<Backend>,
+    tried: &'a [SocketAddr],
+) -> impl Iterator<Item = SocketAddr> + 'a {
+    backends
+        .iter()
+        .filter_map(inet)
+        .filter(move |a| !tried.contains(a))
+}
+
 impl Pool {
     /// Resolves every address now (a name that does not resolve is an error) and builds
     /// the pool with all backends healthy until checked. Blocks: call it where blocking is
@@ -211,7 +221,7 @@ impl Pool {
     }
 
     /// Whether the pool has more than one address to try.
-    pub fn several(&self) -> bool {
+    fn several(&self) -> bool {
         self.backends().len() > 1
     }
 
@@ -222,10 +232,16 @@ impl Pool {
         }
     }
 
-    /// A healthy backend not in `tried` and not ejected; `key` steers consistent hashing.
-    /// When every backend is down or tried, the least recently ejected untried one (a pool
-    /// never refuses outright: the health check may lag behind a recovery).
-    pub fn pick(&self, key: &[u8], tried: &[SocketAddr]) -> Option<SocketAddr> {
+    /// A healthy backend not in `tried` and not ejected; a consistent-hash pool hashes
+    /// `host` and `path`. When every backend is down or tried, the least recently ejected
+    /// untried one (a pool never refuses outright: the health check may lag behind a
+    /// recovery). A one-backend pool answers without locking or hashing: on the request
+    /// path for every upstream, most of which have one address.
+    pub fn pick(&self, host: &str, path: &str, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let backends = self.backends();
+        if backends.len() == 1 {
+            return untried(&backends, tried).next();
+        }
         let now = Instant::now();
         let ejected = self
             .ejected
@@ -238,17 +254,21 @@ impl Pool {
         };
         const MAX_ITERATIONS: usize = 256;
         let chosen = match &self.balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITERATIONS, usable),
-            Balancer::Hash(lb) => lb.select_with(key, MAX_ITERATIONS, usable),
+            Balancer::RoundRobin(lb) => lb.select_with(&[], MAX_ITERATIONS, usable),
+            Balancer::Hash(lb) => {
+                let key = [host.as_bytes(), path.as_bytes()].concat();
+                lb.select_with(&key, MAX_ITERATIONS, usable)
+            }
         };
         if let Some(addr) = chosen.as_ref().and_then(inet) {
             return Some(addr);
         }
-        self.backends()
-            .iter()
-            .filter_map(inet)
-            .filter(|a| !tried.contains(a))
-            .min_by_key(|a| ejected.get(a).copied())
+        untried(&backends, tried).min_by_key(|a| ejected.get(a).copied())
+    }
+
+    /// Whether a backend not in `tried` is left (where a failed connection can retry).
+    pub fn has_untried(&self, tried: &[SocketAddr]) -> bool {
+        untried(&self.backends(), tried).next().is_some()
     }
 
     /// Skips `addr` for `eject_for`, after it refused or timed out a connection.

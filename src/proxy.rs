@@ -168,8 +168,8 @@ impl ProxyHttp for LevyProxy {
             Error::explain(ErrorType::InternalError, "no upstream chosen for request")
         })?;
         let req = session.req_header();
-        let key = [request_host(req).as_bytes(), req.uri.path().as_bytes()].concat();
-        let address = upstream.pool.pick(&key, &ctx.tried).ok_or_else(|| {
+        let (host, path) = (request_host(req), req.uri.path());
+        let address = upstream.pool.pick(host, path, &ctx.tried).ok_or_else(|| {
             Error::explain(
                 ErrorType::ConnectNoRoute,
                 "every backend of the upstream failed",
@@ -205,7 +205,7 @@ impl ProxyHttp for LevyProxy {
         let retry = match (&ctx.upstream, ctx.tried.last()) {
             (Some(upstream), Some(failed)) => {
                 upstream.pool.eject(*failed);
-                upstream.pool.several() && upstream.pool.pick(&[], &ctx.tried).is_some()
+                upstream.pool.has_untried(&ctx.tried)
             }
             _ => false,
         };
@@ -290,12 +290,7 @@ impl ProxyHttp for LevyProxy {
             let _ = write!(forwarded_for, "{ip}");
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
         }
-        let proto = if headers::over_tls(session) {
-            "https"
-        } else {
-            "http"
-        };
-        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream_request.insert_header(X_FORWARDED_PROTO, headers::scheme(session))?;
         let original_host = session.req_header().headers.get(header::HOST).cloned();
         match original_host {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST, host)?,

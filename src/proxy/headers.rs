@@ -226,7 +226,12 @@ pub(super) fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-/// Whether the client reached levy over TLS.
-pub(super) fn over_tls(session: &Session) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+/// `https` when the client reached levy over TLS, else `http` (for `X-Forwarded-Proto` and
+/// the resource URLs of challenges).
+pub(super) fn scheme(session: &Session) -> &'static str {
+    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
+    } else {
+        "http"
+    }
 }

@@ -312,12 +312,7 @@ impl LevyProxy {
                 } else {
                     host.to_owned()
                 };
-                let scheme = if headers::over_tls(session) {
-                    "https"
-                } else {
-                    "http"
-                };
-                format!("{scheme}://{host}{path}")
+                format!("{}://{host}{path}", headers::scheme(session))
             }
         }
     }
