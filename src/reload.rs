@@ -24,8 +24,6 @@ pub enum ReloadError {
         file: String,
         keys: Vec<&'static str>,
     },
-    #[error("{file}: levy.listeners.tls.certificates: {problem}")]
-    Certificates { file: String, problem: String },
 }
 
 /// What an applied reload loaded.
@@ -102,12 +100,7 @@ impl Reloader {
             return Err(ReloadError::Fixed { file: shown, keys });
         }
         if let (Some(certificates), Some(tls)) = (&self.certificates, &new.listeners.tls) {
-            certificates
-                .reload(&tls.certificates)
-                .map_err(|e| ReloadError::Certificates {
-                    file: shown.clone(),
-                    problem: e.to_string(),
-                })?;
+            certificates.serve(Arc::clone(&tls.certificates));
         }
         for warning in new.warnings() {
             log::warn!("config: {warning}");

@@ -44,9 +44,7 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         .listeners
         .tls
         .as_ref()
-        .map(|tls| Certificates::load(&tls.certificates).map(Arc::new))
-        .transpose()
-        .map_err(|e| SettleError::Setup(format!("levy.listeners.tls.certificates: {e}")))?;
+        .map(|tls| Arc::new(Certificates::new(Arc::clone(&tls.certificates))));
     // The listening sockets first: with `-u` they come from the old process, which then
     // drains and exits, and only then lets go of the journal this process waits for.
     let upgrading = opt.as_ref().is_some_and(|o| o.upgrade);

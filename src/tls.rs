@@ -1,6 +1,6 @@
-//! TLS at the edge: certificate chains and keys read from PEM files, the one served chosen by
-//! the client's SNI, and the whole set swapped at once when the config is reloaded (so a
-//! renewed certificate is served without a restart).
+//! TLS at the edge: certificate chains and keys read from PEM files (when the config is
+//! loaded), the one served chosen by the client's SNI, and the whole set swapped at once when
+//! the config is reloaded (so a renewed certificate is served without a restart).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -97,23 +97,17 @@ pub struct Certificates {
 }
 
 impl Certificates {
-    /// Loads every chain; fails on the first that cannot be served.
-    pub fn load(files: &[CertificateFiles]) -> Result<Self, TlsError> {
-        Ok(Self {
-            loaded: ArcSwap::from_pointee(load_all(files)?),
-        })
+    /// Serves `loaded` (as the config loaded them).
+    pub fn new(loaded: Arc<Vec<CertifiedFiles>>) -> Self {
+        Self {
+            loaded: ArcSwap::new(loaded),
+        }
     }
 
-    /// Re-reads the files and serves them from the next handshake on; on an error the
-    /// certificates served so far stay.
-    pub fn reload(&self, files: &[CertificateFiles]) -> Result<(), TlsError> {
-        self.loaded.store(Arc::new(load_all(files)?));
-        Ok(())
+    /// Serves `loaded` from the next handshake on (a reloaded config's certificates).
+    pub fn serve(&self, loaded: Arc<Vec<CertifiedFiles>>) {
+        self.loaded.store(loaded);
     }
-}
-
-fn load_all(files: &[CertificateFiles]) -> Result<Vec<CertifiedFiles>, TlsError> {
-    files.iter().map(CertifiedFiles::load).collect()
 }
 
 impl ResolvesServerCert for Certificates {

@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::checks::{invalid, socket_addr};
 use super::schema;
+use crate::tls::CertifiedFiles;
 use crate::ConfigError;
 
 /// Where levy listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Listeners {
     /// Plain HTTP/1.1 (and h2c) data listener.
     pub data: Option<SocketAddr>,
@@ -32,16 +34,18 @@ impl Listeners {
 }
 
 /// A TLS data listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TlsListener {
     pub address: SocketAddr,
-    /// The first one is served to clients that send no SNI or a name no certificate has.
-    pub certificates: Vec<CertificateFiles>,
+    /// Read and checked at load (so `levy check` and a reload catch a bad file, not the
+    /// first handshake); the first is served to clients that send no SNI or a name no
+    /// certificate has.
+    pub certificates: Arc<Vec<CertifiedFiles>>,
     /// Offer `h2` before `http/1.1` in ALPN.
     pub http2: bool,
 }
 
-/// A PEM certificate chain and its private key, read at start and on every reload.
+/// A PEM certificate chain and its private key, read at load (start and every reload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
@@ -117,22 +121,22 @@ fn tls_listener(t: &schema::TlsListener) -> Result<TlsListener, ConfigError> {
             "at least one certificate (cert and key files) is required",
         ));
     }
-    let certificates: Vec<CertificateFiles> = t
+    let certificates = t
         .certificates
         .iter()
-        .map(|c| CertificateFiles {
-            cert: c.cert.clone().into(),
-            key: c.key.clone().into(),
+        .enumerate()
+        .map(|(i, c)| {
+            let files = CertificateFiles {
+                cert: c.cert.clone().into(),
+                key: c.key.clone().into(),
+            };
+            CertifiedFiles::load(&files)
+                .map_err(|e| invalid(format!("levy.listeners.tls.certificates[{i}]"), e))
         })
-        .collect();
-    // Loaded here so that `levy check` and a reload catch a bad file, not the first handshake.
-    for (i, files) in certificates.iter().enumerate() {
-        crate::tls::CertifiedFiles::load(files)
-            .map_err(|e| invalid(format!("levy.listeners.tls.certificates[{i}]"), e))?;
-    }
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TlsListener {
         address,
-        certificates,
+        certificates: Arc::new(certificates),
         http2: t.http2,
     })
 }
