@@ -42,7 +42,7 @@ WORK_STEALING=false THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:190
 BARE_PID=$!
 
 # The test chain and levy.
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent & PIDS+=($!)
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.

@@ -2,6 +2,7 @@
 //! keys under `levy:`), validates it, and produces the internal [`Config`] that the rest of
 //! levy uses. Every error names the YAML path of the offending key and the problem.
 
+mod alerts;
 mod builtin;
 mod checks;
 mod describe;
@@ -88,6 +89,10 @@ pub struct Config {
     pub settlement: Option<SettlementConfig>,
     /// Redis, when replicas share state (`levy.state.redis`); `None`: embedded.
     pub state: Option<crate::state::RedisSpec>,
+    /// Where every payment's steps are appended (`levy.audit_log`).
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Where alerts are sent (`levy.webhooks`).
+    pub webhooks: Option<crate::alerts::WebhooksSpec>,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -219,6 +224,8 @@ impl Config {
                 self.settlement != new.settlement,
             ),
             ("levy.state", self.state != new.state),
+            ("levy.audit_log", self.audit_log != new.audit_log),
+            ("levy.webhooks", self.webhooks != new.webhooks),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -263,6 +270,8 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     let levy = file.levy;
     let listeners = listeners::listeners(&levy.listeners)?;
     let admin_token = listeners::admin_token(&levy.admin)?;
+    let audit_log = alerts::audit_log(levy.audit_log.as_deref())?;
+    let webhooks = alerts::webhooks(levy.webhooks.as_ref())?;
     let networks = networks(&levy.networks)?;
     let assets = assets(&levy.assets, &networks)?;
     let upstreams = upstreams(&levy.upstreams)?;
@@ -463,6 +472,8 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         payer_headers,
         settlement,
         state,
+        audit_log,
+        webhooks,
     })
 }
 

@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod alerts;
 pub mod channel;
 pub mod client;
 pub mod clock;

@@ -84,6 +84,14 @@ pub struct Metrics {
     pub config_loaded: IntGauge,
     /// `levy_upstream_backend_healthy{upstream,backend}`: 1 while the health check passes.
     pub upstream_healthy: IntGaugeVec,
+    /// `levy_payments_charged_value_total{route}`: atomic units charged (what paid
+    /// requests bought, before settlement).
+    pub charged_value: IntCounterVec,
+    /// `levy_audit_dropped_total`: audit lines dropped because the writer fell behind.
+    pub audit_dropped: IntCounter,
+    /// `levy_webhooks_total{type,outcome}`: webhook attempts `delivered`, `retried` or
+    /// `gave_up`.
+    pub webhooks: IntCounterVec,
 }
 
 /// Per-route handles to the hottest series, resolved once instead of hashing label values
@@ -94,6 +102,7 @@ pub struct RouteMetrics {
     pub challenges: IntCounter,
     pub payments_verified: IntCounter,
     pub payments_charged: IntCounter,
+    pub charged_value: IntCounter,
 }
 
 impl RouteMetrics {
@@ -107,6 +116,7 @@ impl RouteMetrics {
             challenges: m.challenges.with_label_values(&[route]),
             payments_verified: m.payments_verified.with_label_values(&[route]),
             payments_charged: m.payments_charged.with_label_values(&[route]),
+            charged_value: m.charged_value.with_label_values(&[route]),
         }
     }
 
@@ -315,6 +325,23 @@ pub fn metrics() -> &'static Metrics {
             &["upstream", "backend"]
         )
         .expect("levy_upstream_backend_healthy registers once"),
+        charged_value: register_int_counter_vec!(
+            "levy_payments_charged_value_total",
+            "Atomic units charged for paid responses, by route",
+            &["route"]
+        )
+        .expect("levy_payments_charged_value_total registers once"),
+        audit_dropped: register_int_counter!(
+            "levy_audit_dropped_total",
+            "Audit log lines dropped because the writer fell behind"
+        )
+        .expect("levy_audit_dropped_total registers once"),
+        webhooks: register_int_counter_vec!(
+            "levy_webhooks_total",
+            "Webhook delivery attempts, by alert type and outcome (delivered, retried, gave_up)",
+            &["type", "outcome"]
+        )
+        .expect("levy_webhooks_total registers once"),
         }
     });
     &METRICS

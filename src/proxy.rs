@@ -90,6 +90,8 @@ pub struct LevyProxy {
     settlement: Option<Settlement>,
     /// State shared with other replicas (Redis), if any.
     shared: Option<crate::state::Shared>,
+    /// Where paid requests' payment steps are audited, if anywhere.
+    audit: Option<Arc<crate::alerts::AuditLog>>,
 }
 
 impl LevyProxy {
@@ -104,7 +106,15 @@ impl LevyProxy {
             nonces,
             settlement,
             shared,
+            audit: None,
         }
+    }
+
+    /// Audits each payment's steps on the request path (accepted, released, charged) to
+    /// `audit`.
+    pub fn with_audit(mut self, audit: Option<Arc<crate::alerts::AuditLog>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The cached metric handles of the request's route.
@@ -129,6 +139,7 @@ impl ProxyHttp for LevyProxy {
             channel: channel::ChannelStep::None,
             session: session::SessionStep::None,
             failure: None,
+            audit: self.audit.clone(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::alerts::AuditLog;
 use crate::config::Config;
 use crate::metrics::metrics;
 use crate::proxy::{Live, LiveTable};
@@ -37,6 +38,9 @@ pub struct Applied {
 pub struct Reloader {
     live: LiveTable,
     certificates: Option<Arc<Certificates>>,
+    /// Reopened on every reload, whatever its outcome (logrotate's `postrotate` sends
+    /// SIGHUP).
+    audit: Option<Arc<AuditLog>>,
     one_at_a_time: Arc<Mutex<()>>,
 }
 
@@ -48,8 +52,15 @@ impl Reloader {
         Self {
             live,
             certificates,
+            audit: None,
             one_at_a_time: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Reopens `audit` at its path on each reload.
+    pub fn with_audit(mut self, audit: Option<Arc<AuditLog>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Reloads now, blocking (it reads files and resolves upstream names): call it from a
@@ -59,6 +70,9 @@ impl Reloader {
             .one_at_a_time
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(audit) = &self.audit {
+            audit.reopen();
+        }
         let outcome = self.load_and_swap();
         match &outcome {
             Ok(applied) => {

@@ -14,6 +14,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::alerts::{Alerts, AuditLog, Webhooks};
 use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::{LevyProxy, Live, LiveTable};
@@ -75,9 +76,16 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         .map(Shared::open)
         .transpose()
         .map_err(|e| SettleError::Setup(e.to_string()))?;
+    let alerts = Arc::new(open_alerts(&config)?);
+    if let Some(settlement) = &settlement {
+        settlement.set_alerts(Arc::clone(&alerts));
+    } else if alerts.webhooks.is_some() {
+        log::warn!("levy.webhooks: no `settlement` section, so none of its alerts can happen");
+    }
     let config = Arc::new(config);
     let live: LiveTable = Arc::new(ArcSwap::from_pointee(Live::new(Arc::clone(&config))));
-    let reloader = Reloader::new(Arc::clone(&live), certificates.clone());
+    let reloader =
+        Reloader::new(Arc::clone(&live), certificates.clone()).with_audit(alerts.audit.clone());
 
     let local = MemoryNonceStore::default();
     let used = match &settlement {
@@ -141,7 +149,8 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
             Arc::clone(&nonces),
             settlement.clone(),
             shared.clone(),
-        ),
+        )
+        .with_audit(alerts.audit.clone()),
     );
     if let Some(data) = config.listeners.data {
         proxy.add_tcp(&data.to_string());
@@ -165,6 +174,24 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
         server.add_service(service);
     }
     Ok(server)
+}
+
+/// Opens the audit log and prepares the webhooks the config names.
+fn open_alerts(config: &Config) -> Result<Alerts, SettleError> {
+    let audit = config
+        .audit_log
+        .as_deref()
+        .map(AuditLog::open)
+        .transpose()
+        .map_err(|e| SettleError::Setup(format!("levy.audit_log: {e}")))?
+        .map(Arc::new);
+    let webhooks = config
+        .webhooks
+        .clone()
+        .map(Webhooks::new)
+        .transpose()
+        .map_err(|e| SettleError::Setup(format!("levy.webhooks: {e}")))?;
+    Ok(Alerts { audit, webhooks })
 }
 
 /// Marks every still-valid authorization the journal holds as used, so that a payment

@@ -41,6 +41,7 @@ use facilitator::Facilitator;
 use funds::{Funds, FundsView};
 use journal::{Journal, JournalError};
 
+use crate::alerts::{Alert, Alerts, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 use engine::{deny_reason, publish_unsettled};
@@ -156,6 +157,8 @@ struct Inner {
     stopping: std::sync::atomic::AtomicBool,
     /// The settlement queue replicas share, when state is on Redis.
     link: std::sync::OnceLock<queue::Link>,
+    /// The audit log and webhooks, when configured.
+    alerts: std::sync::OnceLock<Arc<Alerts>>,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -274,10 +277,32 @@ impl Settlement {
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 link: std::sync::OnceLock::new(),
+                alerts: std::sync::OnceLock::new(),
             }),
         };
         settlement.recover()?;
         Ok(settlement)
+    }
+
+    /// Where payments' steps are audited and alerts sent from now on (set once, at start).
+    pub fn set_alerts(&self, alerts: Arc<Alerts>) {
+        let _ = self.inner.alerts.set(alerts);
+    }
+
+    /// Writes `event` for each of `records` to the audit log, if there is one.
+    pub(super) fn audit(&self, event: AuditEvent, records: &[PaymentRecord]) {
+        if let Some(alerts) = self.inner.alerts.get() {
+            for r in records {
+                alerts.audit(|| r.audit_entry(event));
+            }
+        }
+    }
+
+    /// Sends `alert` to the webhooks, if any.
+    pub(super) fn alert(&self, alert: Alert) {
+        if let Some(alerts) = self.inner.alerts.get() {
+            alerts.alert(alert);
+        }
     }
 
     /// The escrow channels, when configured.
@@ -622,6 +647,7 @@ impl Settlement {
             record.entry = None;
         }
         self.inner.journal.put(vec![record.clone()]).await?;
+        self.audit(AuditEvent::Requeued, std::slice::from_ref(&record));
         match (&record.shared, self.inner.link.get()) {
             // Back in the shared queue; its exposure stayed counted there.
             (Some(_), Some(link)) => self.requeue_shared(link, record.clone()).await,

@@ -1,5 +1,5 @@
 //! Checks shared by the sections: a config error at a YAML path, socket addresses, EIP-55
-//! addresses and URLs.
+//! addresses, URLs and secrets read from the environment or a file.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -62,4 +62,50 @@ pub(super) fn check_url(path: &str, url: &str) -> Result<(), ConfigError> {
     } else {
         Err(invalid(path, format!("`{url}` is not an http(s) URL")))
     }
+}
+
+/// A secret at `section` given as `<name>_env` (an environment variable) or `<name>_file`:
+/// trimmed, printable ASCII without spaces, at least 16 characters. `None` when neither is set.
+pub(super) fn secret(
+    section: &str,
+    name: &str,
+    env: Option<&str>,
+    file: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    let (at, text) = match (env, file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                section,
+                format!("set `{name}_env` or `{name}_file`, not both"),
+            ))
+        }
+        (Some(var), None) => {
+            let at = format!("{section}.{name}_env");
+            let text = std::env::var(var).map_err(|_| {
+                invalid(&at, format!("the environment variable `{var}` is not set"))
+            })?;
+            (at, text)
+        }
+        (None, Some(file)) => {
+            let at = format!("{section}.{name}_file");
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| invalid(&at, format!("cannot read `{file}`: {e}")))?;
+            (at, text)
+        }
+    };
+    let text = text.trim();
+    if text.len() < 16 {
+        return Err(invalid(
+            at,
+            format!("the {name} must be at least 16 characters"),
+        ));
+    }
+    if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            at,
+            format!("the {name} must be printable ASCII without spaces"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::checks::{invalid, socket_addr};
+use super::checks::{invalid, secret, socket_addr};
 use super::schema;
 use crate::tls::CertifiedFiles;
 use crate::ConfigError;
@@ -142,41 +142,11 @@ fn tls_listener(t: &schema::TlsListener) -> Result<TlsListener, ConfigError> {
 }
 
 pub(super) fn admin_token(a: &schema::Admin) -> Result<Option<AdminToken>, ConfigError> {
-    let token = match (&a.token_env, &a.token_file) {
-        (None, None) => return Ok(None),
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "levy.admin",
-                "set `token_env` or `token_file`, not both",
-            ))
-        }
-        (Some(name), None) => std::env::var(name).map_err(|_| {
-            invalid(
-                "levy.admin.token_env",
-                format!("the environment variable `{name}` is not set"),
-            )
-        })?,
-        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
-            invalid(
-                "levy.admin.token_file",
-                format!("cannot read `{file}`: {e}"),
-            )
-        })?,
-    };
-    let token = token.trim();
-    let at = if a.token_env.is_some() {
-        "levy.admin.token_env"
-    } else {
-        "levy.admin.token_file"
-    };
-    if token.len() < 16 {
-        return Err(invalid(at, "the token must be at least 16 characters"));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            at,
-            "the token must be printable ASCII without spaces",
-        ));
-    }
-    Ok(Some(AdminToken(token.to_owned())))
+    let token = secret(
+        "levy.admin",
+        "token",
+        a.token_env.as_deref(),
+        a.token_file.as_deref(),
+    )?;
+    Ok(token.map(AdminToken))
 }

@@ -53,6 +53,54 @@ pub struct Levy {
     /// The admin API's authentication.
     #[serde(default)]
     pub admin: Admin,
+    /// A file every payment's steps are appended to, one JSON line each.
+    #[serde(default)]
+    pub audit_log: Option<String>,
+    /// Where alerts are POSTed.
+    #[serde(default)]
+    pub webhooks: Option<Webhooks>,
+}
+
+/// `levy.webhooks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    pub endpoints: Vec<WebhookEndpoint>,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_webhook_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_webhook_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Alert when a settler's gas balance falls below this many gwei.
+    #[serde(default)]
+    pub settler_gas_below_gwei: Option<u64>,
+}
+
+/// `levy.webhooks.endpoints[i]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Alert types it receives; all when absent.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_webhook_max_attempts() -> u32 {
+    8
+}
+
+fn default_webhook_retry_backoff_ms() -> u64 {
+    1_000
 }
 
 /// `levy.state`: `embedded`, or `redis: {url: …}`.

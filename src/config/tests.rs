@@ -717,3 +717,68 @@ fn a_reload_names_the_keys_a_running_levy_cannot_change() {
     .expect("valid");
     assert_eq!(old.fixed_changes(&threads), vec!["pingora"]);
 }
+
+#[test]
+fn webhooks_need_a_secret_known_events_and_an_http_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-long-enough-to-sign\n").expect("write");
+    let hooks = |endpoint: &str| {
+        yaml(
+            &priced(""),
+            &format!("  webhooks:\n    settler_gas_below_gwei: 5000000\n    endpoints:\n      - {endpoint}\n"),
+        )
+    };
+    let with_secret = |rest: &str| {
+        hooks(&format!(
+            "{{url: \"http://127.0.0.1:9300/hooks\", secret_file: {}{rest}}}",
+            secret.display()
+        ))
+    };
+    let config = Config::from_yaml(&with_secret("")).expect("valid");
+    let spec = config.webhooks.expect("webhooks");
+    assert_eq!(
+        spec.endpoints[0].events,
+        crate::alerts::AlertKind::ALL.to_vec()
+    );
+    assert_eq!(spec.endpoints[0].secret, b"a-secret-long-enough-to-sign");
+    assert_eq!(spec.settler_gas_below_gwei, Some(5_000_000));
+    assert!(
+        !format!("{spec:?}").contains("long-enough"),
+        "Debug shows the secret"
+    );
+    let only = Config::from_yaml(&with_secret(", events: [payment.needs_review]")).expect("valid");
+    assert_eq!(
+        only.webhooks.expect("webhooks").endpoints[0].events,
+        vec![crate::alerts::AlertKind::NeedsReview]
+    );
+    assert_error(
+        &with_secret(", events: [needs_review]"),
+        "levy.webhooks.endpoints[0].events: unknown event `needs_review` (known: payment.needs_review, settler.gas_low, settlement.loss_budget_tripped)",
+    );
+    assert_error(
+        &hooks("{url: \"http://127.0.0.1:9300/hooks\"}"),
+        "levy.webhooks.endpoints[0]: set `secret_env` or `secret_file`: receivers verify each delivery's signature with it",
+    );
+    assert_error(
+        &hooks(&format!(
+            "{{url: \"ftp://x\", secret_file: {}}}",
+            secret.display()
+        )),
+        "levy.webhooks.endpoints[0].url: `ftp://x` is not an http(s) URL",
+    );
+    assert_error(
+        &yaml(&priced(""), "  audit_log: /nonexistent/dir/audit.jsonl\n"),
+        "levy.audit_log: `/nonexistent/dir/audit.jsonl` is not a file in an existing directory",
+    );
+    let audited = yaml(
+        &priced(""),
+        &format!(
+            "  audit_log: {}\n",
+            dir.path().join("audit.jsonl").display()
+        ),
+    );
+    let old = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    let new = Config::from_yaml(&audited).expect("valid");
+    assert_eq!(old.fixed_changes(&new), vec!["levy.audit_log"]);
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 use alloy_primitives::{B256, U256};
 
 use super::metering::Metering;
+use crate::alerts::{AuditLog, Entry, Event};
 use crate::clock::unix_now;
 use crate::config::{Route, Upstream};
 use crate::nonce::NonceStore;
@@ -201,6 +202,8 @@ pub struct RequestCtx {
     pub(super) session: super::session::SessionStep,
     /// Overrides the reason text of a failure response.
     pub(super) failure: Option<&'static str>,
+    /// Where the payment's steps are audited, if anywhere.
+    pub(super) audit: Option<Arc<AuditLog>>,
 }
 
 impl RequestCtx {
@@ -218,7 +221,28 @@ impl RequestCtx {
 
     /// None → Reserved: a verified payment whose authorization the replay set holds.
     pub(super) fn reserve(&mut self, paid: Paid) {
+        self.audit(&paid, Event::Accepted, paid.verified.amount, None);
         self.payment = PaymentState::Reserved(Box::new(paid));
+    }
+
+    /// Writes one step of `paid` to the audit log, if there is one.
+    fn audit(&self, paid: &Paid, event: Event, amount: U256, reason: Option<&'static str>) {
+        if let Some(audit) = &self.audit {
+            let v = &paid.verified;
+            audit.write(Entry {
+                event,
+                id: paid.id.clone(),
+                route: self.route_label().to_owned(),
+                network: paid.network_name.clone(),
+                payer: v.payer,
+                pay_to: v.to,
+                asset: v.token(),
+                amount,
+                nonce: v.key.nonce,
+                tx_hash: None,
+                reason,
+            });
+        }
     }
 
     /// The payment the request goes upstream with: reserved, or settled upfront.
@@ -258,6 +282,12 @@ impl RequestCtx {
     pub(super) fn release(&mut self, nonces: &dyn NonceStore, why: Release) {
         match std::mem::replace(&mut self.payment, PaymentState::Released) {
             PaymentState::Reserved(paid) => {
+                let reason = match why {
+                    Release::Unserved => "unserved",
+                    Release::Refused(reason) => reason,
+                    Release::Withdrawn => "withdrawn",
+                };
+                self.audit(&paid, Event::Released, paid.verified.amount, Some(reason));
                 nonces.release(&paid.verified.key);
                 if why == Release::Unserved {
                     metrics_released(self.route_label());
@@ -299,9 +329,12 @@ impl RequestCtx {
     /// it counts as a payment that bought a response.
     pub(super) fn charge(&mut self, nonces: &dyn NonceStore, paid: Box<Paid>, amount: U256) {
         nonces.commit(&paid.verified.key);
+        self.audit(&paid, Event::Charged, amount, None);
         if !amount.is_zero() {
             if let Some(m) = self.live.metrics_of(self.route.as_ref()) {
                 m.payments_charged.inc();
+                m.charged_value
+                    .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
             }
         }
         self.outcome = Outcome::Paid;

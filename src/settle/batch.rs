@@ -9,6 +9,7 @@ use alloy::primitives::{Address, B256, U256};
 
 use super::chain::{AuthorizationFate, Chain, ChainError, Mined};
 use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, MAX_FEE_BUMPS};
+use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
 use crate::metrics::metrics;
 
@@ -229,6 +230,7 @@ impl Settlement {
             lock(&self.inner.queue).extend(send);
             return;
         }
+        self.audit(AuditEvent::Submitted, &send);
         self.inner
             .next_nonce
             .lock()
@@ -377,10 +379,16 @@ impl Settlement {
             let _ = chain.broadcast(&batch.raw_tx).await;
             return;
         }
-        if let Err(e) = self.inner.journal.put_batch(next.clone(), records).await {
+        if let Err(e) = self
+            .inner
+            .journal
+            .put_batch(next.clone(), records.clone())
+            .await
+        {
             log::error!("cannot journal the replacement of {}: {e}", batch.tx_hash);
             return;
         }
+        self.audit(AuditEvent::Submitted, &records);
         log::warn!(
             "batch {} not mined after {} s; replaced by {} at max fee {} wei",
             batch.tx_hash,

@@ -10,11 +10,13 @@ use alloy::primitives::{B256, U256};
 use tokio::sync::mpsc;
 
 use super::chain::ChainError;
+use super::exposure::LossOutcome;
 use super::facilitator::{Facilitator, FacilitatorOutcome};
 use super::{
     lock, settle_window_seconds, OnBacklog, PaymentRecord, Reason, SettleError, Settlement,
     SettlementState, Urgent, DENY_REASONS,
 };
+use crate::alerts::{Alert, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 
@@ -324,7 +326,7 @@ impl Settlement {
             }
             r.reason = reason;
             r.updated_at = now;
-            r.tx_hash = None;
+            let last_tx = r.tx_hash.take();
             let exponent = r.attempts.min(6);
             let backoff = config.retry_backoff.as_secs().max(1) * (1u64 << exponent);
             r.next_attempt_at = now + backoff.min(60);
@@ -334,13 +336,17 @@ impl Settlement {
                 SettlementState::Pending
             };
             if r.state == SettlementState::NeedsReview {
-                finals.push(r.clone());
+                // The operator's review starts from the transaction it was last sent in.
+                let mut reviewed = r.clone();
+                reviewed.tx_hash = last_tx;
+                finals.push(reviewed);
             }
         }
         if let Err(e) = self.inner.journal.put(records.clone()).await {
             log::error!("cannot journal a settlement retry: {e}");
         }
         self.tell_outcomes(&finals).await;
+        self.reviews(&finals);
         for r in &finals {
             metrics()
                 .settlements
@@ -388,6 +394,12 @@ impl Settlement {
         let label = reason.map_or("ok", Reason::as_str);
         let deny_for = self.inner.config.funds.deny_for.as_secs();
         self.tell_outcomes(&records).await;
+        match state {
+            SettlementState::Settled => self.audit(AuditEvent::Settled, &records),
+            SettlementState::Failed => self.audit(AuditEvent::Failed, &records),
+            SettlementState::NeedsReview => self.reviews(&records),
+            _ => {}
+        }
         for r in &records {
             // A shared payment's exposure is the shared queue's, which the outcome cleared.
             if state.is_final() && r.shared.is_none() {
@@ -408,7 +420,16 @@ impl Settlement {
                 }
                 SettlementState::Failed => {
                     if r.deferred {
-                        self.inner.ledger.record_loss(r.amount, now);
+                        if let LossOutcome::Tripped { lost, budget } =
+                            self.inner.ledger.record_loss(r.amount, now)
+                        {
+                            log::error!("loss budget tripped: {lost} lost within the window (budget {budget}); every payment now settles before its response");
+                            self.alert(Alert::LossBudgetTripped {
+                                lost,
+                                budget,
+                                window_seconds: self.inner.config.limits.loss_window_seconds,
+                            });
+                        }
                         metrics()
                             .lost_value
                             .inc_by(u64::try_from(r.amount).unwrap_or(u64::MAX));
@@ -430,6 +451,23 @@ impl Settlement {
                 .inc();
         }
         publish_unsettled(self.inner.ledger.total());
+    }
+
+    /// Audits payments that reached `needs_review` and alerts the webhooks about each.
+    fn reviews(&self, records: &[PaymentRecord]) {
+        self.audit(AuditEvent::NeedsReview, records);
+        for r in records {
+            self.alert(Alert::NeedsReview {
+                payment_id: r.id.clone(),
+                route: r.route.clone(),
+                network: r.network.clone(),
+                payer: r.payer,
+                amount: r.amount,
+                error: r.reason.map_or("unknown", Reason::as_str),
+                tx_hash: r.tx_hash,
+                attempts: r.attempts,
+            });
+        }
     }
 
     /// The chain id of an operator's network name (0 when levy does not settle on it).
@@ -531,12 +569,14 @@ impl Settlement {
                     .await
                     .unwrap_or(Err(ChainError::Timeout("eth_getBalance")))
             {
+                let gwei =
+                    u64::try_from(balance / U256::from(1_000_000_000u64)).unwrap_or(u64::MAX);
                 m.settler_balance
                     .with_label_values(&[network.as_str()])
-                    .set(
-                        u64::try_from(balance / U256::from(1_000_000_000u64)).unwrap_or(u64::MAX)
-                            as f64,
-                    );
+                    .set(gwei as f64);
+                if let Some(webhooks) = self.inner.alerts.get().and_then(|a| a.webhooks.as_ref()) {
+                    webhooks.settler_balance(network, chain.settler(), gwei);
+                }
             }
         }
     }

@@ -34,6 +34,15 @@ pub enum Admission {
     Unfunded,
 }
 
+/// What one more loss did to the loss budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossOutcome {
+    /// Still within it (or there is none, or it was already over).
+    WithinBudget,
+    /// This loss took the window's losses over the budget.
+    Tripped { lost: U256, budget: U256 },
+}
+
 /// Why a payment must settle before it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pressure {
@@ -230,10 +239,19 @@ impl Ledger {
     }
 
     /// Records value that was served and then failed to settle.
-    pub fn record_loss(&self, amount: U256, at: u64) {
+    pub fn record_loss(&self, amount: U256, at: u64) -> LossOutcome {
         let mut state = lock(&self.state);
+        state.forget_losses_before(at.saturating_sub(self.limits.loss_window_seconds));
+        let before = state.lost;
         state.losses.push_back((at, amount));
         state.lost += amount;
+        match self.limits.loss_budget {
+            Some(budget) if before <= budget && state.lost > budget => LossOutcome::Tripped {
+                lost: state.lost,
+                budget,
+            },
+            _ => LossOutcome::WithinBudget,
+        }
     }
 
     /// Value lost within the window ending `now`.
@@ -355,12 +373,28 @@ mod tests {
     #[test]
     fn losses_over_the_budget_force_settlement_first_until_the_window_passes() {
         let ledger = ledger(1000, 1000, 50);
-        ledger.record_loss(U256::from(60), 100);
+        assert_eq!(
+            ledger.record_loss(U256::from(60), 100),
+            LossOutcome::Tripped {
+                lost: U256::from(60),
+                budget: U256::from(50)
+            }
+        );
+        // Already over: the budget trips once, not on every further loss.
+        assert_eq!(
+            ledger.record_loss(U256::from(5), 100),
+            LossOutcome::WithinBudget
+        );
         let (a, _h) = ledger.reserve(Address::repeat_byte(2), U256::from(1), None, 130, None);
         assert_eq!(a, Admission::SettleFirst(Pressure::LossBudget));
         let (b, _h) = ledger.reserve(Address::repeat_byte(3), U256::from(1), None, 161, None);
         assert_eq!(b, Admission::Defer);
         assert_eq!(ledger.lost(161), U256::ZERO);
+        // Once the window forgot them, the next loss over the budget trips it again.
+        assert!(matches!(
+            ledger.record_loss(U256::from(51), 200),
+            LossOutcome::Tripped { .. }
+        ));
     }
 
     #[test]

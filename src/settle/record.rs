@@ -123,6 +123,25 @@ pub struct PaymentRecord {
     pub entry: Option<String>,
 }
 
+impl PaymentRecord {
+    /// Its audit-log line for `event`.
+    pub fn audit_entry(&self, event: crate::alerts::Event) -> crate::alerts::Entry {
+        crate::alerts::Entry {
+            event,
+            id: self.id.clone(),
+            route: self.route.clone(),
+            network: self.network.clone(),
+            payer: self.payer,
+            pay_to: self.to,
+            asset: self.asset,
+            amount: self.amount,
+            nonce: self.nonce,
+            tx_hash: self.tx_hash,
+            reason: self.reason.map(Reason::as_str),
+        }
+    }
+}
+
 /// A broadcast batch transaction, journaled before broadcast.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchRecord {

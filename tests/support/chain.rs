@@ -129,6 +129,11 @@ impl TestChain {
                 "--chain-id",
                 "84532",
                 "--silent",
+                // Keep past states in memory only: by default anvil writes every state
+                // beyond its in-memory window under ~/.foundry/anvil/tmp and never
+                // removes them when it is killed (gigabytes per full test run).
+                "--prune-history",
+                "1024",
             ])
             .args(extra)
             .stdout(Stdio::null())
