@@ -2,13 +2,15 @@
 # Installs what the tests run against: the pinned test chain (anvil) and Solidity compiler in
 # contracts/node_modules, the official x402 clients (tests/interop/install.sh), and the
 # Debian packages redis-server (the replica tests start their own), openssl (test
-# certificates) and curl (the TLS and HTTP/2 client). Safe to run repeatedly.
+# certificates), curl (the TLS and HTTP/2 client), prometheus (its promtool tests the alert
+# rules in deploy/) and chromium (renders the admin dashboard headless). Safe to run
+# repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npm ci --prefix contracts --no-audit --no-fund
 tests/interop/install.sh
 missing=()
-for pair in redis-server:redis-server openssl:openssl curl:curl; do
+for pair in redis-server:redis-server openssl:openssl curl:curl promtool:prometheus chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,7 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
-  # The redis package starts a system Redis on 6379; the tests use their own.
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # The redis and prometheus packages start system services; the tests need neither.
   ($sudo_cmd service redis-server stop || true) >/dev/null 2>&1
+  ($sudo_cmd service prometheus stop || true) >/dev/null 2>&1
 fi

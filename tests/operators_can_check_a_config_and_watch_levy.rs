@@ -103,3 +103,55 @@ fn health_and_readiness_answer_on_the_admin_listener() {
     assert_eq!(levy.admin_get("/readyz").status, 200);
     assert_eq!(levy.admin_get("/nope").status, 404);
 }
+
+/// The `levy_*` metric names `text` mentions (histogram series suffixes removed).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("levy_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let name = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_pass_their_promtool_tests_and_name_only_metrics_levy_exports() {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "levy-alerts.test.yml"])
+        .current_dir(format!("{deploy}/prometheus"))
+        .output()
+        .expect("promtool (Debian package prometheus; tests/install.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = metric_names(include_str!("../src/metrics.rs"));
+    for file in ["prometheus/levy-alerts.yml", "grafana/levy-dashboard.json"] {
+        let text = std::fs::read_to_string(format!("{deploy}/{file}")).expect("read");
+        let used = metric_names(&text);
+        assert!(used.len() >= 5, "{file} names {used:?}");
+        let unknown: Vec<&String> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} names metrics levy does not export: {unknown:?}"
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{deploy}/grafana/levy-dashboard.json")).expect("read"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(dashboard["panels"].as_array().expect("panels").len() >= 10);
+}
