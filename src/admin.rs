@@ -7,10 +7,15 @@
 //! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue;
 //! - `POST /channels/claim`: claims every charged channel voucher now;
 //! - `POST /reload`: re-reads the config file and swaps routes, prices and upstreams (as
-//!   `SIGHUP` does); 200 with the route count, or 422 with what `levy check` would say.
+//!   `SIGHUP` does); 200 with the route count, or 422 with what `levy check` would say;
+//! - `GET /dashboard`: the status page for people ([`dashboard`]), fed by
+//!   `GET /dashboard/summary`.
 //!
-//! With `levy.admin.token_env` or `token_file`, everything but `/healthz` and `/readyz`
-//! needs `Authorization: Bearer <token>` (401 otherwise). Without one, bind it to loopback.
+//! With `levy.admin.token_env` or `token_file`, everything but `/healthz`, `/readyz` and the
+//! dashboard's (data-free) page needs `Authorization: Bearer <token>` (401 otherwise).
+//! Without one, bind it to loopback.
+
+mod dashboard;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -140,7 +145,7 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
         let method = req.method.clone();
-        let open = matches!(path.as_str(), "/healthz" | "/readyz");
+        let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/dashboard");
         if let Some(token) = self.token.as_ref().filter(|_| !open) {
             let authorization = req.headers.get(http::header::AUTHORIZATION);
             if !token.admits(authorization.map(|v| v.as_bytes())) {
@@ -171,9 +176,11 @@ impl ServeHttp for AdminApp {
             }
             "/channels/claim" => self.claim_channels(&method).await,
             "/reload" => self.reload(&method).await,
+            "/dashboard" => dashboard::page(),
+            "/dashboard/summary" => dashboard::summary(self.settlement.as_ref()).await,
             _ => plain(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz or /settlements\n",
+                "not found; try /dashboard, /metrics, /healthz, /readyz or /settlements\n",
             ),
         }
     }

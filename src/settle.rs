@@ -26,6 +26,7 @@ pub mod queue;
 mod record;
 pub mod sessions;
 pub mod state_log;
+pub mod summary;
 pub mod upto;
 
 use std::collections::HashMap;

@@ -276,29 +276,39 @@ impl Journal {
         &self,
         filter: impl Fn(&PaymentRecord) -> bool,
     ) -> Result<Vec<PaymentRecord>, JournalError> {
+        let mut out = Vec::new();
+        let mut sorted = true;
+        self.visit(|record| {
+            if filter(&record) {
+                sorted &= out
+                    .last()
+                    .is_none_or(|last: &PaymentRecord| last.id < record.id);
+                out.push(record);
+            }
+        })?;
+        if !sorted {
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(out)
+    }
+
+    /// Hands every payment, at its newest state, to `visit`: the stored ones in id order,
+    /// then those still staged.
+    pub fn visit(&self, mut visit: impl FnMut(PaymentRecord)) -> Result<(), JournalError> {
         // The store snapshot first: a payment still staged after it is at least as new as its
         // stored copy (the writer updates staged copies before every commit and removes them
         // only after).
         let txn = self.db.begin_read().map_err(storage)?;
         let staged = lock(&self.staged).clone();
         let table = txn.open_table(PAYMENTS).map_err(storage)?;
-        let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
             let (key, value) = entry.map_err(storage)?;
-            if staged.contains_key(key.value()) {
-                continue;
-            }
-            let record = decode(key.value(), value.value())?;
-            if filter(&record) {
-                out.push(record);
+            if !staged.contains_key(key.value()) {
+                visit(decode(key.value(), value.value())?);
             }
         }
-        let before = out.len();
-        out.extend(staged.into_values().filter(|r| filter(r)));
-        if out.len() > before {
-            out.sort_by(|a, b| a.id.cmp(&b.id));
-        }
-        Ok(out)
+        staged.into_values().for_each(visit);
+        Ok(())
     }
 
     /// Every payment in a state that passes `filter`, in id order.
