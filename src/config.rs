@@ -18,7 +18,7 @@ pub use listeners::{AdminToken, CertificateFiles, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
 use routes::{build_route, Defaults};
-pub use schema::SettleMode;
+pub use schema::{Mode, SettleMode};
 use settlement::settlement;
 use upstreams::{lookup_upstream, upstreams};
 
@@ -150,6 +150,8 @@ pub enum Access {
 /// The price of a priced route and its prepared challenge.
 #[derive(Debug)]
 pub struct Paywall {
+    /// Whether the price is enforced, or only verified and counted (`shadow`).
+    pub mode: Mode,
     /// The price as written, for display.
     pub price_text: String,
     /// When this route's payments move on chain.
@@ -340,6 +342,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             Defaults {
                 pay_to: default_pay_to,
                 channel_authorizer,
+                mode: levy.mode,
             },
         )?;
         route.index = i;

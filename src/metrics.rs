@@ -87,6 +87,11 @@ pub struct Metrics {
     /// `levy_payments_charged_value_total{route}`: atomic units charged (what paid
     /// requests bought, before settlement).
     pub charged_value: IntCounterVec,
+    /// `levy_shadow_requests_total{route,verdict}`: requests on `shadow` routes, by what
+    /// enforcing would have done: `would_charge`, `would_challenge` or `would_reject`.
+    pub shadow_requests: IntCounterVec,
+    /// `levy_shadow_value_total{route}`: atomic units `shadow` routes would have charged.
+    pub shadow_value: IntCounterVec,
     /// `levy_audit_dropped_total`: audit lines dropped because the writer fell behind.
     pub audit_dropped: IntCounter,
     /// `levy_webhooks_total{type,outcome}`: webhook attempts `delivered`, `retried` or
@@ -331,6 +336,18 @@ pub fn metrics() -> &'static Metrics {
             &["route"]
         )
         .expect("levy_payments_charged_value_total registers once"),
+        shadow_requests: register_int_counter_vec!(
+            "levy_shadow_requests_total",
+            "Requests on shadow routes, by what enforcing would have done",
+            &["route", "verdict"]
+        )
+        .expect("levy_shadow_requests_total registers once"),
+        shadow_value: register_int_counter_vec!(
+            "levy_shadow_value_total",
+            "Atomic units shadow routes would have charged",
+            &["route"]
+        )
+        .expect("levy_shadow_value_total registers once"),
         audit_dropped: register_int_counter!(
             "levy_audit_dropped_total",
             "Audit log lines dropped because the writer fell behind"

@@ -330,13 +330,17 @@ impl ProxyHttp for LevyProxy {
             // bought).
             return Ok(());
         }
-        ctx.outcome = Outcome::Forwarded;
+        if ctx.outcome != Outcome::Shadowed {
+            ctx.outcome = Outcome::Forwarded;
+        }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
-        if ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| matches!(r.access, Access::Priced(_)))
+        // A shadow route passes the origin's answer as it is: it must behave as without levy.
+        if ctx.outcome != Outcome::Shadowed
+            && ctx
+                .route
+                .as_ref()
+                .is_some_and(|r| matches!(r.access, Access::Priced(_)))
         {
             if !upstream_response
                 .headers

@@ -30,7 +30,11 @@ impl Config {
                         .iter()
                         .map(|r| format!("{} {}@{}", r.amount, r.asset_name, r.network_name))
                         .collect();
-                    format!("{} = {}", p.price_text, offers.join(" | "))
+                    let shadow = match p.mode {
+                        super::Mode::Shadow => " (shadow: never charged)",
+                        super::Mode::Enforce => "",
+                    };
+                    format!("{} = {}{shadow}", p.price_text, offers.join(" | "))
                 }
             };
             rows.push([

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use alloy_primitives::{Address, U256};
 
 use super::{
-    address, check_url, invalid, lookup_upstream, schema, Access, Asset, Metered, Network, Paywall,
-    Route, Upstream,
+    address, check_url, invalid, lookup_upstream, schema, Access, Asset, Metered, Mode, Network,
+    Paywall, Route, Upstream,
 };
 use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
@@ -72,6 +72,7 @@ pub(super) fn build_route(
             ("accepts", !route.accepts.is_empty()),
             ("channel", route.channel.is_some()),
             ("bundle", route.bundle.is_some()),
+            ("mode", route.mode.is_some()),
         ] {
             if set {
                 return Err(invalid(
@@ -343,6 +344,7 @@ pub(super) fn paywall(
         (None, None) => String::new(),
     };
     Ok(Paywall {
+        mode: route.mode.unwrap_or(defaults.mode),
         settle: route.settle,
         price_text,
         requirements,
@@ -400,6 +402,8 @@ pub(super) struct Defaults {
     pub pay_to: Option<Address>,
     /// `levy.settlement.channels.authorizer`: who signs channel claims.
     pub channel_authorizer: Option<Address>,
+    /// `levy.mode`.
+    pub mode: Mode,
 }
 
 /// What a priced route offers per accepted pair.

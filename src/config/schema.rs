@@ -53,6 +53,9 @@ pub struct Levy {
     /// The admin API's authentication.
     #[serde(default)]
     pub admin: Admin,
+    /// `enforce` (default) or `shadow`, for priced routes that do not set their own.
+    #[serde(default)]
+    pub mode: Mode,
     /// A file every payment's steps are appended to, one JSON line each.
     #[serde(default)]
     pub audit_log: Option<String>,
@@ -280,6 +283,18 @@ pub struct Facilitator {
     pub verify: bool,
     #[serde(default = "default_facilitator_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// Whether a priced route enforces its price.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Unpaid requests get 402; paid ones are charged.
+    #[default]
+    Enforce,
+    /// Every request is forwarded: payments are verified and counted, what would have been
+    /// charged or refused is logged and counted, nothing is charged and nobody gets 402.
+    Shadow,
 }
 
 /// When a route's payments move on chain.
@@ -523,6 +538,9 @@ pub struct Route {
     /// `sign-in-with-x` proofs until the bundle is spent.
     #[serde(default)]
     pub bundle: Option<BundleTerms>,
+    /// `enforce` or `shadow`; `levy.mode` when absent.
+    #[serde(default)]
+    pub mode: Option<Mode>,
 }
 
 /// A route's bundle: its price and exactly one of what it buys.

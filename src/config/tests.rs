@@ -782,3 +782,20 @@ fn webhooks_need_a_secret_known_events_and_an_http_url() {
     let new = Config::from_yaml(&audited).expect("valid");
     assert_eq!(old.fixed_changes(&new), vec!["levy.audit_log"]);
 }
+
+#[test]
+fn shadow_mode_comes_from_the_route_or_else_from_levy_mode_and_only_on_priced_routes() {
+    let global = Config::from_yaml(&yaml(&priced(""), "  mode: shadow\n")).expect("valid");
+    assert_eq!(only_paywall(&global).mode, super::Mode::Shadow);
+    let overridden = Config::from_yaml(&yaml(&priced("      mode: enforce\n"), "  mode: shadow\n"))
+        .expect("valid");
+    assert_eq!(only_paywall(&overridden).mode, super::Mode::Enforce);
+    let default = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    assert_eq!(only_paywall(&default).mode, super::Mode::Enforce);
+    assert!(global.describe().contains("(shadow: never charged)"));
+    assert_error(
+        &yaml(&route("      free: true\n      mode: shadow\n"), ""),
+        "levy.routes[0].mode: not allowed on a free route",
+    );
+    assert!(error(&yaml(&priced("      mode: audit\n"), "")).contains("unknown variant `audit`"));
+}

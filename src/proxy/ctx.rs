@@ -51,14 +51,16 @@ pub enum Outcome {
     SettlementUnavailable,
     /// A channel's cooperative refund was sent on chain (answered by levy, not forwarded).
     Refunded,
+    /// Forwarded on a priced route in `shadow` mode (nothing charged, never a 402).
+    Shadowed,
 }
 
 // Outcome numbers index per-route tables; the last variant must stay below COUNT.
-const _: () = assert!(Outcome::Refunded as usize + 1 == Outcome::COUNT);
+const _: () = assert!(Outcome::Shadowed as usize + 1 == Outcome::COUNT);
 
 impl Outcome {
     /// How many outcomes there are (for per-outcome tables).
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +80,7 @@ impl Outcome {
             Outcome::Status => "status",
             Outcome::SettlementUnavailable => "settlement_unavailable",
             Outcome::Refunded => "refunded",
+            Outcome::Shadowed => "shadowed",
         }
     }
 }

@@ -17,7 +17,7 @@ use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
-use crate::config::{Access, Paywall, Unmatched};
+use crate::config::{Access, Mode, Paywall, Unmatched};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
 use crate::routing::{Lookup, RequestKey};
@@ -98,6 +98,10 @@ impl LevyProxy {
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
             Access::Free => None,
+            Access::Priced(paywall) if paywall.mode == Mode::Shadow => {
+                self.shadow(session, paywall, ctx);
+                None
+            }
             Access::Priced(paywall) => self.paywall_reply(session, paywall, ctx),
         }
     }
@@ -171,6 +175,68 @@ impl LevyProxy {
                 let reason = rejection.reason();
                 self.release(ctx, Release::Refused(reason));
                 Some(self.challenge(session, paywall, reason, reason))
+            }
+        }
+    }
+
+    /// A `shadow` route's request, always forwarded: its payment, if any, is verified and
+    /// checked against the replay set (reserved and at once released: nothing is charged and
+    /// the authorization stays usable), and what enforcing would have done is counted in
+    /// `levy_shadow_requests_total` and `levy_shadow_value_total` and logged.
+    fn shadow(&self, session: &Session, paywall: &Paywall, ctx: &mut RequestCtx) {
+        ctx.outcome = Outcome::Shadowed;
+        let req = session.req_header();
+        let header = req
+            .headers
+            .get(PAYMENT_SIGNATURE_HEADER)
+            .or_else(|| req.headers.get(X_PAYMENT_HEADER));
+        let route = ctx.route_label();
+        let m = metrics();
+        let Some(header) = header else {
+            log::debug!("shadow {route}: would answer 402 (no payment)");
+            m.shadow_requests
+                .with_label_values(&[route, "would_challenge"])
+                .inc();
+            return;
+        };
+        let verified = verify::verify(
+            header.as_bytes(),
+            &paywall.requirements,
+            paywall.challenge.accepts_v2(),
+            unix_now(),
+            &ctx.live.config.policy,
+        )
+        .and_then(|verified| {
+            let scheme = verified.scheme();
+            let replay = scheme.replay(&verified);
+            match self.nonces.reserve(&replay.key, replay.until) {
+                Reservation::Reserved => {
+                    self.nonces.release(&replay.key);
+                    Ok(verified)
+                }
+                Reservation::InFlight => Err(Rejection::InFlight),
+                Reservation::AlreadyUsed => Err(scheme.replayed()),
+            }
+        });
+        match verified {
+            Ok(verified) => {
+                log::info!(
+                    "shadow {route}: would charge {} from {}",
+                    verified.amount,
+                    verified.payer
+                );
+                m.shadow_requests
+                    .with_label_values(&[route, "would_charge"])
+                    .inc();
+                m.shadow_value
+                    .with_label_values(&[route])
+                    .inc_by(u64::try_from(verified.amount).unwrap_or(u64::MAX));
+            }
+            Err(rejection) => {
+                log::info!("shadow {route}: would refuse the payment: {rejection}");
+                m.shadow_requests
+                    .with_label_values(&[route, "would_reject"])
+                    .inc();
             }
         }
     }
