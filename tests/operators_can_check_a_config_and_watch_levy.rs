@@ -155,3 +155,47 @@ fn the_alert_rules_pass_their_promtool_tests_and_name_only_metrics_levy_exports(
     .expect("the dashboard is JSON");
     assert!(dashboard["panels"].as_array().expect("panels").len() >= 10);
 }
+
+#[test]
+fn the_container_image_and_the_helm_chart_ship_configs_that_levy_check_accepts() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in [
+        "conf/levy.container.yaml",
+        "deploy/helm/levy/files/levy.yaml",
+    ] {
+        // The upstream is a name only the container's network resolves, and the volume is
+        // the pod's: checked here against loopback and a temp dir, everything else as shipped.
+        let text = std::fs::read_to_string(format!("{root}/{file}"))
+            .expect("read")
+            .replace("origin:9000", "127.0.0.1:9000")
+            .replace("/var/lib/levy", &dir.path().display().to_string());
+        let copy = dir.path().join("levy.yaml");
+        std::fs::write(&copy, text).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_levy"))
+            .args(["check", "-c"])
+            .arg(&copy)
+            .env("LEVY_ADMIN_TOKEN", "a-token-for-the-check-0123")
+            .output()
+            .expect("run levy check");
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The image: built in one stage, run in another as a non-root user, checking its config
+    // before it starts.
+    let dockerfile =
+        std::fs::read_to_string(format!("{root}/deploy/docker/Dockerfile")).expect("Dockerfile");
+    assert_eq!(dockerfile.matches("\nFROM ").count(), 2);
+    assert!(dockerfile.contains("\nUSER 10001:10001\n"));
+    assert!(dockerfile.contains("levy check -c \\\"$LEVY_CONFIG\\\" && exec levy"));
+    // The chart checks the config in an init container and probes the admin listener.
+    let deployment =
+        std::fs::read_to_string(format!("{root}/deploy/helm/levy/templates/deployment.yaml"))
+            .expect("deployment");
+    assert!(deployment.contains("command: [\"levy\", \"check\", \"-c\", \"/etc/levy/levy.yaml\"]"));
+    assert!(deployment.contains("path: /healthz") && deployment.contains("path: /readyz"));
+}
