@@ -663,12 +663,13 @@ fn prune(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use alloy::primitives::{Address, Bytes, B256, U256};
 
     use super::*;
 
-    fn record(id: &str) -> PaymentRecord {
+    /// A pending payment `id` (the other settlement tests start from it too).
+    pub(in crate::settle) fn record(id: &str) -> PaymentRecord {
         PaymentRecord {
             id: id.to_owned(),
             route: "paid".into(),

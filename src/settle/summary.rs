@@ -88,7 +88,6 @@ impl Settlement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy::primitives::{Address, Bytes, B256};
 
     fn record(
         id: &str,
@@ -97,35 +96,13 @@ mod tests {
         amount: u64,
         at: u64,
     ) -> PaymentRecord {
-        PaymentRecord {
-            id: id.into(),
-            route: route.into(),
-            network: "base-sepolia".into(),
-            asset: Address::repeat_byte(1),
-            payer: Address::repeat_byte(2),
-            to: Address::repeat_byte(3),
-            amount: U256::from(amount),
-            valid_after: 0,
-            valid_before: 0,
-            nonce: B256::ZERO,
-            signature: Bytes::new(),
-            state,
-            attempts: 0,
-            tx_hash: None,
-            reason: None,
-            detail: None,
-            accepted_at: at,
-            updated_at: at,
-            next_attempt_at: 0,
-            payload: None,
-            requirement: None,
-            queued_ms: 0,
-            deferred: true,
-            chain_id: 84532,
-            upto: None,
-            shared: None,
-            entry: None,
-        }
+        let mut record = super::super::journal::tests::record(id);
+        record.route = route.into();
+        record.state = state;
+        record.amount = U256::from(amount);
+        record.accepted_at = at;
+        record.updated_at = at;
+        record
     }
 
     #[test]
