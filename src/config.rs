@@ -343,6 +343,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 pay_to: default_pay_to,
                 channel_authorizer,
                 mode: levy.mode,
+                paywall: levy.paywall.as_ref(),
             },
         )?;
         route.index = i;

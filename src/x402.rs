@@ -4,6 +4,7 @@
 //! Field names follow the x402 specification exactly (camelCase on the wire).
 
 pub mod challenge;
+pub mod paywall;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;

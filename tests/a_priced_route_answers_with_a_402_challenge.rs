@@ -214,3 +214,47 @@ fn a_fixed_resource_url_and_public_url_shape_the_resource_field() {
     );
     assert_eq!(based["accepts"][0]["amount"], "7");
 }
+
+#[test]
+fn the_browser_page_carries_this_requests_terms_under_a_strict_csp_unless_the_route_turns_it_off() {
+    let origin = Origin::echo();
+    let levy = Levy::start(&format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  paywall: {{title: \"Lima weather\"}}\n  routes:\n    \
+         - {{name: wallet-page, path: /wallet/*, price: \"$0.001\", accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: plain-page, path: /plain/*, price: \"$0.001\", paywall: false, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr)
+    ));
+    let browse = |path: &str| {
+        request(
+            levy.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: levy.test\r\nAccept: text/html\r\nUser-Agent: Mozilla/5.0\r\n\r\n"
+            ),
+        )
+    };
+    let page = browse("/wallet/lima");
+    assert_eq!(page.status, 402);
+    let csp = page.header("content-security-policy").expect("a CSP");
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"));
+    let terms = page.header("payment-required").expect("header");
+    let text = page.text();
+    assert!(text.contains(&format!("data-terms=\"{terms}\"")));
+    assert!(text.contains("<title>Lima weather</title>"));
+    // Each request's own resource is in its terms.
+    let other = browse("/wallet/quito");
+    let other_terms = other.header("payment-required").expect("header");
+    assert_ne!(terms, other_terms);
+    assert!(decode(other_terms)["resource"]["url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with("/wallet/quito")));
+
+    let plain = browse("/plain/lima");
+    assert_eq!(plain.status, 402);
+    assert!(plain.header("content-security-policy").is_none());
+    assert!(!plain.text().contains("x402-app"));
+    assert!(plain.text().contains("x402 client"));
+}

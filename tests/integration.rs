@@ -20,6 +20,7 @@ mod official_clients_pay_through_levy;
 mod operators_are_alerted_and_every_payment_is_audited;
 mod operators_can_check_a_config_and_watch_levy;
 mod operators_see_a_live_dashboard;
+mod people_pay_from_the_browser_paywall;
 mod replicas_share_channels_and_sessions;
 mod replicas_share_state_through_redis;
 mod request_forms_cannot_dodge_a_price;

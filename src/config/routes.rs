@@ -16,6 +16,7 @@ use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme}
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
 use crate::session::Quota;
 use crate::x402::challenge::Challenge;
+use crate::x402::paywall::{Look, WalletPage};
 use crate::ConfigError;
 
 pub(super) fn build_route(
@@ -24,7 +25,7 @@ pub(super) fn build_route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
-    defaults: Defaults,
+    defaults: Defaults<'_>,
 ) -> Result<(Matcher, Route), ConfigError> {
     let host = match &route.host {
         None => HostPattern::Any,
@@ -109,7 +110,7 @@ pub(super) fn paywall(
     route: &schema::Route,
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
-    defaults: Defaults,
+    defaults: Defaults<'_>,
 ) -> Result<Paywall, ConfigError> {
     let bundle = route
         .bundle
@@ -331,12 +332,23 @@ pub(super) fn paywall(
             rates.push(rate);
         }
     }
-    let challenge = Challenge::new(
+    let mut challenge = Challenge::new(
         &requirements,
         &route.description,
         &route.mime_type,
         route.resource.as_deref(),
     );
+    if let Some(look) = paywall_look(path, route.paywall.as_ref(), defaults.paywall)? {
+        let page = WalletPage::new(&requirements, &route.description, &look).map_err(|e| {
+            let at = if route.paywall.is_some() {
+                format!("{path}.paywall.template")
+            } else {
+                "levy.paywall.template".to_owned()
+            };
+            invalid(at, e)
+        })?;
+        challenge = challenge.with_wallet(page);
+    }
     let price_text = match (&meter, &price) {
         (Some(m), Some((_, p))) => format!("{} (or {p} fixed)", m.describe()),
         (Some(m), None) => m.describe(),
@@ -355,6 +367,68 @@ pub(super) fn paywall(
         }),
         bundle: bundle.map(|(quota, _)| quota),
     })
+}
+
+/// The paywall page's look for a route: its own keys over `levy.paywall`'s; `None` when
+/// either says `false`.
+fn paywall_look(
+    path: &str,
+    own: Option<&schema::PaywallSetting>,
+    global: Option<&schema::PaywallSetting>,
+) -> Result<Option<Look>, ConfigError> {
+    use schema::PaywallSetting::{Off, On};
+    let (own, global) = match (own, global) {
+        (Some(Off), _) | (None, Some(Off)) => return Ok(None),
+        (Some(On(own)), Some(On(global))) => (Some((format!("{path}.paywall"), own)), Some(global)),
+        (Some(On(own)), _) => (Some((format!("{path}.paywall"), own)), None),
+        (None, Some(On(global))) => (None, Some(global)),
+        (None, None) => (None, None),
+    };
+    let pick = |key: fn(&schema::PaywallLook) -> &Option<String>| -> Option<(String, String)> {
+        own.as_ref()
+            .and_then(|(at, look)| key(look).clone().map(|v| (at.clone(), v)))
+            .or_else(|| {
+                global.and_then(|look| key(look).clone().map(|v| ("levy.paywall".to_owned(), v)))
+            })
+    };
+    let color = |(at, value): (String, String), key: &str| {
+        let hex = value.strip_prefix('#').unwrap_or("");
+        if matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(value)
+        } else {
+            Err(invalid(
+                format!("{at}.{key}"),
+                format!("`{value}` is not a colour (#rgb or #rrggbb)"),
+            ))
+        }
+    };
+    let logo_url = match pick(|l| &l.logo_url) {
+        Some((at, url)) => {
+            check_url(&format!("{at}.logo_url"), &url)?;
+            Some(url)
+        }
+        None => None,
+    };
+    let template = match pick(|l| &l.template) {
+        Some((at, file)) => Some(std::fs::read_to_string(&file).map_err(|e| {
+            invalid(
+                format!("{at}.template"),
+                format!("cannot read `{file}`: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(Some(Look {
+        title: pick(|l| &l.title).map(|(_, t)| t),
+        logo_url,
+        accent_color: pick(|l| &l.accent_color)
+            .map(|v| color(v, "accent_color"))
+            .transpose()?,
+        background_color: pick(|l| &l.background_color)
+            .map(|v| color(v, "background_color"))
+            .transpose()?,
+        template,
+    }))
 }
 
 /// A route's `bundle:`: its price and what one purchase buys.
@@ -397,13 +471,15 @@ fn bundle_terms(
 
 /// What every route inherits from the top of the config.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Defaults {
+pub(super) struct Defaults<'a> {
     /// `levy.pay_to`.
     pub pay_to: Option<Address>,
     /// `levy.settlement.channels.authorizer`: who signs channel claims.
     pub channel_authorizer: Option<Address>,
     /// `levy.mode`.
     pub mode: Mode,
+    /// `levy.paywall`.
+    pub paywall: Option<&'a schema::PaywallSetting>,
 }
 
 /// What a priced route offers per accepted pair.

@@ -56,6 +56,9 @@ pub struct Levy {
     /// `enforce` (default) or `shadow`, for priced routes that do not set their own.
     #[serde(default)]
     pub mode: Mode,
+    /// The page browsers get with a 402, for every priced route (`false`: the plain page).
+    #[serde(default)]
+    pub paywall: Option<PaywallSetting>,
     /// A file every payment's steps are appended to, one JSON line each.
     #[serde(default)]
     pub audit_log: Option<String>,
@@ -541,6 +544,49 @@ pub struct Route {
     /// `enforce` or `shadow`; `levy.mode` when absent.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// This route's paywall page, over `levy.paywall` key by key (`false`: the plain page).
+    #[serde(default)]
+    pub paywall: Option<PaywallSetting>,
+}
+
+/// `paywall: false`, `true`, or the page's look.
+#[derive(Debug)]
+pub enum PaywallSetting {
+    Off,
+    On(PaywallLook),
+}
+
+impl<'de> Deserialize<'de> for PaywallSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Bool(false) => Ok(PaywallSetting::Off),
+            serde_yaml::Value::Bool(true) => Ok(PaywallSetting::On(PaywallLook::default())),
+            map @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(map)
+                .map(PaywallSetting::On)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected `false`, `true` or {title, logo_url, accent_color, background_color, template}",
+            )),
+        }
+    }
+}
+
+/// The paywall page's look; each key unset falls back to `levy.paywall`, then the built-in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaywallLook {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    #[serde(default)]
+    pub accent_color: Option<String>,
+    #[serde(default)]
+    pub background_color: Option<String>,
+    /// An HTML file with `{{app}}` and `{{script}}` placeholders.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// A route's bundle: its price and exactly one of what it buys.

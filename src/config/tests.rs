@@ -799,3 +799,48 @@ fn shadow_mode_comes_from_the_route_or_else_from_levy_mode_and_only_on_priced_ro
     );
     assert!(error(&yaml(&priced("      mode: audit\n"), "")).contains("unknown variant `audit`"));
 }
+
+#[test]
+fn a_paywall_look_names_the_key_it_cannot_use() {
+    assert_error(
+        &yaml(&priced(""), "  paywall: {accent_color: blue}\n"),
+        "levy.paywall.accent_color: `blue` is not a colour (#rgb or #rrggbb)",
+    );
+    assert_error(
+        &yaml(&priced("      paywall: {logo_url: \"ftp://x\"}\n"), ""),
+        "levy.routes[0].paywall.logo_url: `ftp://x` is not an http(s) URL",
+    );
+    assert_error(
+        &yaml(&priced(""), "  paywall: {template: /nonexistent/page.html}\n"),
+        "levy.paywall.template: cannot read `/nonexistent/page.html`: No such file or directory (os error 2)",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = dir.path().join("page.html");
+    std::fs::write(&template, "<html>{{script}}</html>").expect("write");
+    assert_error(
+        &yaml(
+            &priced(&format!(
+                "      paywall: {{template: {}}}\n",
+                template.display()
+            )),
+            "",
+        ),
+        "levy.routes[0].paywall.template: the template has no {{app}} placeholder",
+    );
+    assert!(error(&yaml(&priced(""), "  paywall: maybe\n")).contains("expected `false`, `true`"));
+    // A route's own keys win over levy.paywall's, and `false` anywhere keeps the plain page.
+    let config = Config::from_yaml(&yaml(
+        &priced("      paywall: {title: Ours}\n"),
+        "  paywall: {title: Theirs, accent_color: \"#123\"}\n",
+    ))
+    .expect("valid");
+    let page = only_paywall(&config).challenge.page("dGVybXM=");
+    let html = String::from_utf8(page.body.to_vec()).expect("utf-8");
+    assert!(html.contains("<title>Ours</title>") && html.contains("--accent:#123"));
+    let off = Config::from_yaml(&yaml(
+        &priced("      paywall: false\n"),
+        "  paywall: {title: T}\n",
+    ))
+    .expect("valid");
+    assert!(only_paywall(&off).challenge.page("dGVybXM=").csp.is_none());
+}

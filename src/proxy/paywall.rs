@@ -341,7 +341,12 @@ impl LevyProxy {
     ) -> Reply {
         let req = session.req_header();
         let reply = if is_browser(req) {
-            Reply::new(402, "text/html; charset=utf-8", paywall.challenge.html())
+            let page = paywall.challenge.page(&rendered.header);
+            let reply = Reply::new(402, "text/html; charset=utf-8", page.body);
+            match page.csp {
+                Some(csp) => reply.header(header::CONTENT_SECURITY_POLICY, csp),
+                None => reply,
+            }
         } else {
             Reply::new(402, "application/json", rendered.v1_body)
         }

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::paywall::WalletPage;
 use super::{encode_header, PaymentRequirementsV1, PaymentRequirementsV2, SCHEME_EXACT};
 use crate::pricing::Scheme;
 use crate::pricing::{format_units, Requirement};
@@ -25,7 +26,18 @@ pub struct Challenge {
     v1_entries: Vec<(String, String)>,
     /// The configured resource URL, JSON-escaped, when the route fixes one.
     fixed_resource: Option<String>,
+    /// The plain page: the price and how to pay from code.
     html: Bytes,
+    /// The paywall page with a wallet, when the route has one.
+    wallet: Option<WalletPage>,
+}
+
+/// The HTML a browser gets with a 402.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub body: Bytes,
+    /// The `Content-Security-Policy` it must be served under, if any.
+    pub csp: Option<String>,
 }
 
 /// The `extensions` of a challenge offering `upto`: levy's batcher settles through
@@ -94,6 +106,7 @@ impl Challenge {
         let v1_entries = accepts_v1.iter().map(split_v1_entry).collect();
         Self {
             html: render_html(requirements, description).into(),
+            wallet: None,
             accepts_v2,
             accepts_v1,
             v2_resource_tail,
@@ -243,6 +256,26 @@ impl Challenge {
     pub fn html(&self) -> Bytes {
         self.html.clone()
     }
+
+    /// Browsers get `page`, with a wallet, instead of the plain page.
+    pub fn with_wallet(mut self, page: WalletPage) -> Self {
+        self.wallet = Some(page);
+        self
+    }
+
+    /// The page for a browser whose challenge's `PAYMENT-REQUIRED` value is `terms`.
+    pub fn page(&self, terms: &str) -> Page {
+        match &self.wallet {
+            Some(wallet) => Page {
+                body: wallet.render(terms),
+                csp: Some(wallet.csp().to_owned()),
+            },
+            None => Page {
+                body: self.html.clone(),
+                csp: None,
+            },
+        }
+    }
 }
 
 fn extra(r: &Requirement) -> Map<String, Value> {
@@ -368,7 +401,7 @@ send it in the <code>PAYMENT-SIGNATURE</code> header (or <code>X-PAYMENT</code> 
     )
 }
 
-fn html_escape(s: &str) -> String {
+pub(super) fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -384,13 +417,14 @@ fn html_escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use alloy_primitives::{address, U256};
 
     use super::*;
     use crate::x402::decode_header;
 
-    fn requirement(v1: Option<&str>) -> Requirement {
+    /// A Base Sepolia USDC requirement of 0.001 (with a v1 network name when `v1` is set).
+    pub(in crate::x402) fn requirement(v1: Option<&str>) -> Requirement {
         Requirement {
             network: "eip155:84532".into(),
             v1_network: v1.map(Into::into),
