@@ -31,9 +31,10 @@ fn json_origin() -> Origin {
 }
 
 /// A person opens `path` in Chromium with a test wallet holding payer key 0 and clicks
-/// through; screenshots go to the test's target dir.
-fn browse(levy: &Levy, chain: &TestChain, path: &str, wallet: &str) -> Value {
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
+/// through; screenshots go to the test's target dir as `<shots>-402.png` and
+/// `<shots>-paid.png` (or `-rejected.png`).
+fn browse(levy: &Levy, chain: &TestChain, path: &str, wallet: &str, shots: &str) -> Value {
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots);
     let report = run_script(
         Runtime::Node,
         "browser-pay.mjs",
@@ -68,7 +69,7 @@ fn a_person_with_a_wallet_buys_the_resource_from_the_402_page_and_it_settles() {
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = shop(&chain, &origin, dir.path());
 
-    let report = browse(&levy, &chain, "/reports/today", "sign");
+    let report = browse(&levy, &chain, "/reports/today", "sign", "paywall");
     assert_eq!(report["status"], 402);
     assert!(report["csp"]
         .as_str()
@@ -151,7 +152,13 @@ fn a_person_who_rejects_the_signature_is_told_so_and_pays_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = shop(&chain, &origin, dir.path());
 
-    let report = browse(&levy, &chain, "/reports/today", "reject");
+    let report = browse(
+        &levy,
+        &chain,
+        "/reports/today",
+        "reject",
+        "paywall-rejecting",
+    );
     assert_eq!(report["status"], 402);
     assert_eq!(report["paid"], false, "{report}");
     assert_eq!(
@@ -161,4 +168,30 @@ fn a_person_who_rejects_the_signature_is_told_so_and_pays_nothing() {
     assert!(origin.seen().is_empty());
     assert_eq!(settlements_in(levy.admin, "pending"), 0);
     assert_eq!(settlements_in(levy.admin, "settled"), 0);
+}
+
+#[test]
+fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
+    let origin = Origin::start(|_| {
+        let page = "<!doctype html><h1>Market report</h1><p>Up 3%</p><script>document.title='ran'</script>";
+        Reply::Raw(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                page.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = shop(&chain, &origin, dir.path());
+    let report = browse(&levy, &chain, "/reports/html", "sign", "paywall-html");
+    assert_eq!(report["paid"], true, "{report}");
+    assert_eq!(
+        report["frames"],
+        serde_json::json!(["Market report\n\nUp 3%"]),
+        "{report}"
+    );
+    assert_eq!(report["cspViolations"], serde_json::json!([]), "{report}");
 }

@@ -3,7 +3,7 @@
 // wallet announces itself over EIP-6963, answers reads from the chain's RPC and signs typed
 // data with a funded key (or rejects, as a person clicking "Reject" does).
 //
-//   node browser-pay.mjs <url> <rpc url> <private key> <screenshot dir> <sign|reject>
+//   node browser-pay.mjs <url> <rpc url> <private key> <screenshot path prefix> <sign|reject>
 //
 // Prints one JSON line: what the person saw, CSP violations, and the axe-core findings.
 import { createRequire } from "node:module";
@@ -81,7 +81,7 @@ try {
   out.title = await page.title();
   out.prices = await page.$$eval(".choice label", (ls) => ls.map((l) => l.textContent));
   out.walletButton = await page.$eval("#x402-wallets button", (b) => b.textContent);
-  await page.screenshot({ path: `${shots}/paywall-402.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}-402.png`, fullPage: true });
   // Focus order: what Tab reaches, in order.
   out.tabOrder = [];
   for (let i = 0; i < 3; i++) {
@@ -101,11 +101,15 @@ try {
   out.message = await page.$eval("#x402-message", (m) => (m.hidden ? "" : m.textContent));
   out.resultStatus = await page.$eval("#x402-result-status", (h) => h.textContent);
   out.result = await page.$eval("#x402-body", (b) => b.textContent);
+  out.frames = [];
+  for (const frame of page.frames().filter((f) => f !== page.mainFrame())) {
+    out.frames.push(await frame.evaluate(() => document.body && document.body.innerText).catch((e) => "error: " + e.message));
+  }
   out.paymentId = await page.$eval("#x402-payment-id", (c) => c.textContent);
   out.statusUrl = await page.$eval("#x402-status", (a) => a.getAttribute("href"));
   out.focused = await page.evaluate(() => document.activeElement && document.activeElement.id);
   out.cspViolations = await page.evaluate(() => window.__cspViolations || []);
-  await page.screenshot({ path: `${shots}/paywall-${mode === "reject" ? "rejected" : "paid"}.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}-${mode === "reject" ? "rejected" : "paid"}.png`, fullPage: true });
 
   // The accessibility basics, with axe-core (its script injected past the page's CSP, in a
   // page of its own so the payment above ran under the real policy).
