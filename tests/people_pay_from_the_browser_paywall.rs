@@ -195,3 +195,20 @@ fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
     );
     assert_eq!(report["cspViolations"], serde_json::json!([]), "{report}");
 }
+
+#[test]
+fn a_wallet_without_enough_usdc_is_told_its_balance_before_it_signs() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), PRICE / 2);
+    let origin = json_origin();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = shop(&chain, &origin, dir.path());
+    let report = browse(&levy, &chain, "/reports/today", "sign", "paywall-poor");
+    assert_eq!(report["paid"], false, "{report}");
+    assert_eq!(
+        report["message"],
+        "This wallet holds 0.0005 USDC on base-sepolia; the price is 0.001 USDC. Nothing was paid."
+    );
+    assert!(report["signed"].is_null(), "the wallet was asked to sign");
+    assert!(origin.seen().is_empty());
+}
