@@ -9,16 +9,31 @@ use crate::support::interop::{run_script, Runtime};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
-/// levy settling on `chain` in front of `origin`, its priced route dressed as a shop's.
-fn shop(chain: &TestChain, origin: &Origin, dir: &Path) -> Levy {
-    Levy::start(&format!(
+/// A shop: levy settling on a fresh chain in front of `origin`, its priced route dressed as
+/// a shop's, and payer key 0 holding `balance` atomic units.
+struct Shop {
+    chain: TestChain,
+    levy: Levy,
+    _dir: tempfile::TempDir,
+}
+
+fn shop(origin: &Origin, balance: u64) -> Shop {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), balance);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
         "{}{}{}  paywall: {{title: \"Acme reports\", accent_color: \"#0b5d3b\"}}\n  routes:\n    \
          - {{name: browser-report, path: /reports/*, amount: {PRICE}, description: \"Today's market report\", \
          accepts: [{{network: base-sepolia}}]}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
-        settlement_yaml(dir, "    max_delay_ms: 200\n"),
-    ))
+        settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
+    ));
+    Shop {
+        chain,
+        levy,
+        _dir: dir,
+    }
 }
 
 fn json_origin() -> Origin {
@@ -33,7 +48,8 @@ fn json_origin() -> Origin {
 /// A person opens `path` in Chromium with a test wallet holding payer key 0 and clicks
 /// through; screenshots go to the test's target dir as `<shots>-402.png` and
 /// `<shots>-paid.png` (or `-rejected.png`).
-fn browse(levy: &Levy, chain: &TestChain, path: &str, wallet: &str, shots: &str) -> Value {
+fn browse(shop: &Shop, path: &str, wallet: &str, shots: &str) -> Value {
+    let (levy, chain) = (&shop.levy, &shop.chain);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots);
     let report = run_script(
         Runtime::Node,
@@ -63,13 +79,11 @@ fn serious(report: &Value) -> Vec<&Value> {
 
 #[test]
 fn a_person_with_a_wallet_buys_the_resource_from_the_402_page_and_it_settles() {
-    let chain = TestChain::start();
-    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
     let origin = json_origin();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = shop(&chain, &origin, dir.path());
+    let shop = shop(&origin, 10 * PRICE);
+    let (levy, chain) = (&shop.levy, &shop.chain);
 
-    let report = browse(&levy, &chain, "/reports/today", "sign", "paywall");
+    let report = browse(&shop, "/reports/today", "sign", "paywall");
     assert_eq!(report["status"], 402);
     assert!(report["csp"]
         .as_str()
@@ -146,19 +160,11 @@ fn a_person_with_a_wallet_buys_the_resource_from_the_402_page_and_it_settles() {
 
 #[test]
 fn a_person_who_rejects_the_signature_is_told_so_and_pays_nothing() {
-    let chain = TestChain::start();
-    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
     let origin = json_origin();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = shop(&chain, &origin, dir.path());
+    let shop = shop(&origin, 10 * PRICE);
+    let levy = &shop.levy;
 
-    let report = browse(
-        &levy,
-        &chain,
-        "/reports/today",
-        "reject",
-        "paywall-rejecting",
-    );
+    let report = browse(&shop, "/reports/today", "reject", "paywall-rejecting");
     assert_eq!(report["status"], 402);
     assert_eq!(report["paid"], false, "{report}");
     assert_eq!(
@@ -172,8 +178,6 @@ fn a_person_who_rejects_the_signature_is_told_so_and_pays_nothing() {
 
 #[test]
 fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
-    let chain = TestChain::start();
-    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
     let origin = Origin::start(|_| {
         let page = "<!doctype html><h1>Market report</h1><p>Up 3%</p><script>document.title='ran'</script>";
         Reply::Raw(
@@ -184,9 +188,9 @@ fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
             .into_bytes(),
         )
     });
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = shop(&chain, &origin, dir.path());
-    let report = browse(&levy, &chain, "/reports/html", "sign", "paywall-html");
+    let shop = shop(&origin, 10 * PRICE);
+
+    let report = browse(&shop, "/reports/html", "sign", "paywall-html");
     assert_eq!(report["paid"], true, "{report}");
     assert_eq!(
         report["frames"],
@@ -198,12 +202,10 @@ fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
 
 #[test]
 fn a_wallet_without_enough_usdc_is_told_its_balance_before_it_signs() {
-    let chain = TestChain::start();
-    chain.mint(signer(KEYS[0]).address(), PRICE / 2);
     let origin = json_origin();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = shop(&chain, &origin, dir.path());
-    let report = browse(&levy, &chain, "/reports/today", "sign", "paywall-poor");
+    let shop = shop(&origin, PRICE / 2);
+
+    let report = browse(&shop, "/reports/today", "sign", "paywall-poor");
     assert_eq!(report["paid"], false, "{report}");
     assert_eq!(
         report["message"],
