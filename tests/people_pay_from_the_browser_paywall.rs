@@ -18,13 +18,23 @@ struct Shop {
 }
 
 fn shop(origin: &Origin, balance: u64) -> Shop {
+    shop_selling(
+        origin,
+        balance,
+        &format!(
+            "{{name: browser-report, path: /reports/*, amount: {PRICE}, description: \"Today's market report\", \
+             accepts: [{{network: base-sepolia}}]}}"
+        ),
+    )
+}
+
+/// [`shop`] with its one route written as `route` (a YAML flow map).
+fn shop_selling(origin: &Origin, balance: u64, route: &str) -> Shop {
     let chain = TestChain::start();
     chain.mint(signer(KEYS[0]).address(), balance);
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = Levy::start(&format!(
-        "{}{}{}  paywall: {{title: \"Acme reports\", accent_color: \"#0b5d3b\"}}\n  routes:\n    \
-         - {{name: browser-report, path: /reports/*, amount: {PRICE}, description: \"Today's market report\", \
-         accepts: [{{network: base-sepolia}}]}}\n",
+        "{}{}{}  paywall: {{title: \"Acme reports\", accent_color: \"#0b5d3b\"}}\n  routes:\n    - {route}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
         settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
@@ -213,4 +223,33 @@ fn a_wallet_without_enough_usdc_is_told_its_balance_before_it_signs() {
     );
     assert!(report["signed"].is_null(), "the wallet was asked to sign");
     assert!(origin.seen().is_empty());
+}
+
+#[test]
+fn a_metered_route_pays_its_fixed_price_fallback_from_the_page_and_one_without_says_to_pay_from_code(
+) {
+    let origin = json_origin();
+    let metered = |fallback: &str| {
+        format!(
+            "{{name: browser-feed, path: /feed/*,{fallback} accepts: [{{network: base-sepolia}}], \
+             meter: {{unit: records, price: \"10\", ceiling: \"100000\"}}}}"
+        )
+    };
+    let shop = shop_selling(&origin, 10 * PRICE, &metered(&format!(" amount: {PRICE},")));
+    let report = browse(&shop, "/feed/today", "sign", "paywall-metered");
+    assert_eq!(
+        report["prices"][0],
+        "up to 0.1 USDC on base-sepolia, metered: pay from code"
+    );
+    assert_eq!(report["prices"][1], "0.001 USDC on base-sepolia");
+    assert_eq!(report["payable"], serde_json::json!(["x402-accept-1"]));
+    assert_eq!(report["paid"], true, "{report}");
+    assert_eq!(report["signed"]["message"]["value"], PRICE.to_string());
+
+    let only = shop_selling(&origin, 10 * PRICE, &metered(""));
+    let report = browse(&only, "/feed/today", "sign", "paywall-metered-only");
+    assert_eq!(report["payable"], serde_json::json!([]));
+    assert!(report["unpayable"]
+        .as_str()
+        .is_some_and(|t| t.contains("metered (upto) or channel payments")));
 }

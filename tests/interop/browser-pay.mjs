@@ -77,9 +77,20 @@ try {
   out.status = response.status();
   out.csp = response.headers()["content-security-policy"] || null;
   await page.waitForSelector("body[data-ready=true]", { timeout: 10000 });
-  await page.waitForSelector("#x402-wallets button", { visible: true, timeout: 10000 });
+  await page.waitForFunction(
+    () => document.querySelector("#x402-wallets button") || !document.getElementById("x402-unpayable").hidden,
+    { timeout: 10000 },
+  );
   out.title = await page.title();
   out.prices = await page.$$eval(".choice label", (ls) => ls.map((l) => l.textContent));
+  out.payable = await page.$$eval(".choice input:not([disabled])", (is) => is.map((i) => i.id));
+  out.unpayable = await page.$eval("#x402-unpayable", (p) => (p.hidden ? "" : p.textContent));
+  if (out.unpayable) {
+    await page.screenshot({ path: `${shots}-402.png`, fullPage: true });
+    console.log(JSON.stringify(out));
+    await browser.close();
+    process.exit(0);
+  }
   out.walletButton = await page.$eval("#x402-wallets button", (b) => b.textContent);
   await page.screenshot({ path: `${shots}-402.png`, fullPage: true });
   // Focus order: what Tab reaches, in order.

@@ -221,7 +221,7 @@
   }
 
   if (payable.length === 0) {
-    $("x402-offer").hidden = true;
+    // The prices stay: they say what a program pays.
     $("x402-unpayable").hidden = false;
   } else {
     payable.forEach((li, i) => { const input = li.querySelector("input"); input.disabled = false; if (i === 0) input.checked = true; });
