@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
-#   origin direct | nginx | bare Pingora | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
+#   origin direct | nginx | bare Pingora | bare Pingora with levy's forwarding work | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
 #   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
@@ -40,6 +40,10 @@ NGINX
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 WORK_STEALING=false THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19002 127.0.0.1:19000 & PIDS+=($!)
 BARE_PID=$!
+# The same bare proxy doing levy's forwarding work (X-Forwarded-*, peer timeouts, hop-by-hop
+# headers dropped): against it, levy's free route measures levy's own cost.
+FORWARDING=levy WORK_STEALING=false THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19012 127.0.0.1:19000 & PIDS+=($!)
+FORWARDING_PID=$!
 
 # The test chain and levy.
 contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
@@ -100,7 +104,7 @@ REDIS_LEVY_PID=$!
 # run inside scripts are counted by Redis too, so only those it sends itself; the health PING
 # once a second is left out).
 redis_calls() { redis-cli -p 19379 info commandstats | awk -F'[:=,]' '/^cmdstat_(eval|evalsha|xrange):/{n+=$3} END{print n+0}'; }
-for p in 19000 19001 19002 19003 19005 19007; do wait_port $p; done
+for p in 19000 19001 19002 19012 19003 19005 19007; do wait_port $p; done
 
 # Waits (up to 5 minutes) until the settlement queue of the levy whose admin port is $1
 # (default levy's) is empty.
@@ -115,9 +119,10 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
 {
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
   echo "nginx|$(load --url http://127.0.0.1:19001/x)"
-  # The pair the first target compares, measured twice, interleaved (table.py averages them).
+  # The baselines the first targets compare, measured twice, interleaved (table.py averages them).
   for _ in 1 2; do
     echo "bare Pingora|$(load --url http://127.0.0.1:19002/x --pid $BARE_PID)"
+    echo "bare Pingora, levy's forwarding work|$(load --url http://127.0.0.1:19012/x --pid $FORWARDING_PID)"
     echo "levy free route|$(load --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   done
   echo "levy 402 challenge|$(load --url http://127.0.0.1:19003/paid/x --expect 402 --pid $LEVY_PID)"

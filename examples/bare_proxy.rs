@@ -1,9 +1,17 @@
 //! The baseline for levy's benchmarks: a bare Pingora reverse proxy from the same build, with
 //! nothing but `upstream_peer`. Same pingora version, same allocator, same runtime settings.
+//! With `FORWARDING=levy` it also does the forwarding work levy does on a free route and
+//! nothing else: `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request, connect,
+//! read and write timeouts on the peer, and hop-by-hop headers dropped from the response, so
+//! that levy's free route against it measures levy's own cost (routing, metrics, its checks).
 //!
 //!     cargo run --release --example bare_proxy -- 127.0.0.1:19002 127.0.0.1:19000
 
+use std::fmt::Write;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -14,7 +22,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: String,
+    /// Do levy's forwarding work too.
+    forwarding: bool,
 }
+
+/// Response headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -25,11 +45,62 @@ impl ProxyHttp for Bare {
         _session: &mut Session,
         _ctx: &mut (),
     ) -> pingora::Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.as_str(),
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
+        if self.forwarding {
+            peer.options.connection_timeout = Some(Duration::from_millis(5_000));
+            peer.options.read_timeout = Some(Duration::from_millis(60_000));
+            peer.options.write_timeout = Some(Duration::from_millis(60_000));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> pingora::Result<()> {
+        if !self.forwarding {
+            return Ok(());
+        }
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let mut forwarded_for = String::with_capacity(64);
+            if let Some(Ok(prior)) = upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.to_str())
+            {
+                forwarded_for.push_str(prior);
+                forwarded_for.push_str(", ");
+            }
+            let _ = write!(forwarded_for, "{ip}");
+            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
+        }
+        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session.req_header().headers.get("host").cloned() {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut (),
+    ) -> pingora::Result<()> {
+        if self.forwarding {
+            for name in HOP_BY_HOP {
+                if upstream_response.headers.contains_key(name) {
+                    upstream_response.remove_header(name);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -55,7 +126,14 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let forwarding = std::env::var("FORWARDING").is_ok_and(|v| v == "levy");
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream,
+            forwarding,
+        },
+    );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     server.run_forever();
