@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# levy's paid route beside the reference x402 server (@x402/express 2.27 with the published
+# facilitator in process, benches/peers/express) on one anvil chain, with the same load tool
+# paying each with unique pre-signed payments, and whether every 200 settled on chain (the
+# payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
+# run, interleaved twice.
+# Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+CONNS=${2:-16}
+W=$(mktemp -d); PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EXIT
+bash deploy/setup.sh
+[ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
+[ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
+cargo build --release --bin levy --example origin --example load
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+RPC=http://127.0.0.1:19545
+PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
+PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
+wait_port 19545
+read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py $RPC \
+  0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
+./target/release/examples/origin 127.0.0.1:19000 >/dev/null & PIDS+=($!)
+cat > $W/levy.yaml <<YAML
+pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $W/l.pid, upgrade_sock: $W/l.sock}
+levy:
+  access_log: false
+  listeners: {data: 127.0.0.1:19003, admin: 127.0.0.1:19004}
+  networks:
+    base-sepolia: {rpc_url: "$RPC", multicall: "$MULTICALL", batcher: "$BATCHER"}
+  pay_to: "$PAY_TO"
+  settlement: {journal_path: $W/levy.redb, max_batch: 200, max_delay_ms: 500,
+               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited}
+  upstreams: {origin: {address: 127.0.0.1:19000}}
+  routes:
+    - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
+YAML
+LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
+  ./target/release/levy -c $W/levy.yaml & PIDS+=($!)
+LEVY_PID=$!
+# The facilitator's account is anvil account 7.
+(cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
+  exec node server.mjs 19020 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
+EXPRESS_PID=$!
+for p in 19000 19003 19020; do wait_port $p; done
+
+balance() {
+  python3 - "$RPC" "$PAY_TO" <<'PY'
+import json, sys, urllib.request
+rpc, who = sys.argv[1:3]
+data = "0x70a08231" + who[2:].lower().rjust(64, "0")
+body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
+                   "params": [{"to": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "data": data}, "latest"]}).encode()
+print(int(json.load(urllib.request.urlopen(urllib.request.Request(rpc, body, {"content-type": "application/json"})))["result"], 16))
+PY
+}
+drain() {
+  for _ in $(seq 1 600); do
+    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
+    open=$(curl -s "http://127.0.0.1:19004/settlements?state=submitted&limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
+    [ "${depth:-1}" = "0" ] && [ "$open" = "0" ] && return 0
+    sleep 0.5
+  done
+}
+# One run: $1 label, $2 URL, $3 pid, $4 payments to pre-sign; the JSON of the load tool plus
+# the payments that settled on chain for it.
+run() {
+  before=$(balance)
+  result=$(./target/release/examples/load --seconds $SECS --connections $CONNS --url "$2" --pay --payments $4 --key $PAYER_KEY --pid $3)
+  [ "$1" = levy ] && drain
+  sleep 2
+  after=$(balance)
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; print(json.dumps(d))' \
+    "$result" "$before" "$after" "$1"
+}
+for _ in 1 2; do
+  run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
+  run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
+done
