@@ -71,11 +71,15 @@ drain() {
 run() {
   before=$(balance)
   result=$(./target/release/examples/load --seconds $SECS --connections $CONNS --url "$2" --pay --payments $4 --key $PAYER_KEY --pid $3)
+  # How long after the load stopped the last payment settled (x402-express settles each
+  # before answering; levy's batches catch up).
+  started=$(date +%s.%N)
   [ "$1" = levy ] && drain
+  drained=$(python3 -c "import sys; print(round($(date +%s.%N) - $started, 1))")
   sleep 2
   after=$(balance)
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; print(json.dumps(d))' \
-    "$result" "$before" "$after" "$1"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; d["settled_after_s"]=float(sys.argv[5]); d["settled_per_s"]=d["settled"]/(d["seconds"]+d["settled_after_s"]); print(json.dumps(d))' \
+    "$result" "$before" "$after" "$1" "$drained"
 }
 for _ in 1 2; do
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
