@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # levy's paid route beside the reference x402 server (@x402/express 2.27 with the published
-# facilitator in process, benches/peers/express) on one anvil chain, with the same load tool
+# facilitator in process, and with it over HTTP: benches/peers/express, tests/interop's
+# facilitator) on one anvil chain, with the same load tool
 # paying each with unique pre-signed payments, and whether every 200 settled on chain (the
 # payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
 # run, interleaved twice.
@@ -14,6 +15,7 @@ trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EX
 bash deploy/setup.sh
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
 [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
+[ -d tests/interop/node_modules ] || tests/interop/install.sh
 cargo build --release --bin levy --example origin --example load
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -46,7 +48,13 @@ LEVY_PID=$!
 (cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
   exec node server.mjs 19020 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
 EXPRESS_PID=$!
-for p in 19000 19003 19020; do wait_port $p; done
+# The same server with the facilitator over HTTP (its account is anvil account 8).
+(cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
+  exec node facilitator.mjs 19022 $RPC >/dev/null) & PIDS+=($!)
+wait_port 19022
+(cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 exec node server.mjs 19021 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
+EXPRESS_HTTP_PID=$!
+for p in 19000 19003 19020 19021; do wait_port $p; done
 
 balance() {
   python3 - "$RPC" "$PAY_TO" <<'PY'
@@ -84,4 +92,5 @@ run() {
 for _ in 1 2; do
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
   run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
+  run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
 done

@@ -6,10 +6,12 @@
 // JSON body, as the example origin does.
 //
 //   FACILITATOR_KEY=0x… node server.mjs PORT RPC_URL PAY_TO
+//   FACILITATOR_URL=http://… node server.mjs PORT RPC_URL PAY_TO   (a facilitator over HTTP)
 import express from "express";
 import { paymentMiddleware, x402ResourceServer } from "@x402/express";
 import { ExactEvmScheme } from "@x402/evm/exact/server";
 import { x402Facilitator } from "@x402/core/facilitator";
+import { HTTPFacilitatorClient } from "@x402/core/server";
 import { registerExactEvmScheme } from "@x402/evm/exact/facilitator";
 import { toFacilitatorEvmSigner } from "@x402/evm";
 import { createWalletClient, http, nonceManager, publicActions } from "viem";
@@ -17,20 +19,26 @@ import { privateKeyToAccount } from "viem/accounts";
 import { baseSepolia } from "viem/chains";
 
 const [port, rpcUrl, payTo] = process.argv.slice(2);
-const account = privateKeyToAccount(process.env.FACILITATOR_KEY, { nonceManager });
-const client = createWalletClient({ account, chain: baseSepolia, transport: http(rpcUrl) }).extend(publicActions);
-const facilitator = new x402Facilitator();
-registerExactEvmScheme(facilitator, {
-  signer: toFacilitatorEvmSigner(Object.assign(client, { address: account.address })),
-  networks: "eip155:84532",
-});
-// The facilitator in process: the resource server calls it directly, no HTTP hop.
-const local = {
-  verify: (payload, requirements) => facilitator.verify(payload, requirements),
-  settle: (payload, requirements) => facilitator.settle(payload, requirements),
-  getSupported: async () => facilitator.getSupported(),
-};
-const resourceServer = new x402ResourceServer(local).register("eip155:84532", new ExactEvmScheme());
+
+/// The facilitator in process: the resource server calls it directly, no HTTP hop.
+function inProcess() {
+  const account = privateKeyToAccount(process.env.FACILITATOR_KEY, { nonceManager });
+  const client = createWalletClient({ account, chain: baseSepolia, transport: http(rpcUrl) }).extend(publicActions);
+  const facilitator = new x402Facilitator();
+  registerExactEvmScheme(facilitator, {
+    signer: toFacilitatorEvmSigner(Object.assign(client, { address: account.address })),
+    networks: "eip155:84532",
+  });
+  return {
+    verify: (payload, requirements) => facilitator.verify(payload, requirements),
+    settle: (payload, requirements) => facilitator.settle(payload, requirements),
+    getSupported: async () => facilitator.getSupported(),
+  };
+}
+const facilitator = process.env.FACILITATOR_URL
+  ? new HTTPFacilitatorClient({ url: process.env.FACILITATOR_URL })
+  : inProcess();
+const resourceServer = new x402ResourceServer(facilitator).register("eip155:84532", new ExactEvmScheme());
 
 const app = express();
 app.use(
