@@ -6,6 +6,7 @@
 # payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
 # run, interleaved twice.
 # Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
+# MAX_BATCH sets levy's settlement.max_batch (default 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -23,6 +24,7 @@ RPC=http://127.0.0.1:19545
 PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
+ANVIL_PID=$!
 wait_port 19545
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py $RPC \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
@@ -35,7 +37,7 @@ levy:
   networks:
     base-sepolia: {rpc_url: "$RPC", multicall: "$MULTICALL", batcher: "$BATCHER"}
   pay_to: "$PAY_TO"
-  settlement: {journal_path: $W/levy.redb, max_batch: 200, max_delay_ms: 500,
+  settlement: {journal_path: $W/levy.redb, max_batch: ${MAX_BATCH:-200}, max_delay_ms: 500,
                max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited}
   upstreams: {origin: {address: 127.0.0.1:19000}}
   routes:
@@ -76,8 +78,11 @@ drain() {
 }
 # One run: $1 label, $2 URL, $3 pid, $4 payments to pre-sign; the JSON of the load tool plus
 # the payments that settled on chain for it.
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/$1/stat; }
 run() {
   before=$(balance)
+  anvil_before=$(cpu_s $ANVIL_PID)
   result=$(./target/release/examples/load --seconds $SECS --connections $CONNS --url "$2" --pay --payments $4 --key $PAYER_KEY --pid $3)
   # How long after the load stopped the last payment settled (x402-express settles each
   # before answering; levy's batches catch up).
@@ -86,8 +91,9 @@ run() {
   drained=$(python3 -c "import sys; print(round($(date +%s.%N) - $started, 1))")
   sleep 2
   after=$(balance)
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; d["settled_after_s"]=float(sys.argv[5]); d["settled_per_s"]=d["settled"]/(d["seconds"]+d["settled_after_s"]); print(json.dumps(d))' \
-    "$result" "$before" "$after" "$1" "$drained"
+  anvil_after=$(cpu_s $ANVIL_PID)
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; d["settled_after_s"]=float(sys.argv[5]); d["settled_per_s"]=d["settled"]/(d["seconds"]+d["settled_after_s"]); d["anvil_cpu_us_per_settled"]=(float(sys.argv[7])-float(sys.argv[6]))*1e6/max(d["settled"],1); print(json.dumps(d))' \
+    "$result" "$before" "$after" "$1" "$drained" "$anvil_before" "$anvil_after"
 }
 for _ in 1 2; do
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
