@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
 #   origin direct | nginx | bare Pingora | bare Pingora with levy's forwarding work | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
-#   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop)
+#   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop),
+#   | @x402/express paid (facilitator in process, and over HTTP)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ trap cleanup EXIT
 bash deploy/setup.sh
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
+[ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
+[ -d tests/interop/node_modules ] || tests/interop/install.sh
 cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -104,7 +107,20 @@ REDIS_LEVY_PID=$!
 # run inside scripts are counted by Redis too, so only those it sends itself; the health PING
 # once a second is left out).
 redis_calls() { redis-cli -p 19379 info commandstats | awk -F'[:=,]' '/^cmdstat_(eval|evalsha|xrange):/{n+=$3} END{print n+0}'; }
-for p in 19000 19001 19002 19012 19003 19005 19007; do wait_port $p; done
+# The reference x402 server (@x402/express 2.27, benches/peers/express) on the same chain, in
+# front of nothing: its facilitator in process (anvil account 7, viem's nonce manager), and over
+# HTTP as documented (tests/interop's facilitator, anvil account 8). benches/peers.sh also
+# checks on chain that every 200 settled.
+(cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
+  exec node server.mjs 19020 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
+EXPRESS_PID=$!
+(cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
+  exec node facilitator.mjs 19022 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+wait_port 19022
+(cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 \
+  exec node server.mjs 19021 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
+EXPRESS_HTTP_PID=$!
+for p in 19000 19001 19002 19012 19003 19005 19007 19020 19021; do wait_port $p; done
 
 # Waits (up to 5 minutes) until the settlement queue of the levy whose admin port is $1
 # (default levy's) is empty.
@@ -152,6 +168,8 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   # connections / throughput.
   echo "levy free route, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   echo "levy paid, batched, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  echo "@x402/express, facilitator in process|$(load --url http://127.0.0.1:19020/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_PID)"
+  echo "@x402/express, facilitator over HTTP|$(load --url http://127.0.0.1:19021/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_HTTP_PID)"
 } > "$WORK/results.txt"
 NONCES=$(./target/release/examples/nonce_memory)
 python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE"
