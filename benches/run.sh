@@ -168,6 +168,9 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   # connections / throughput.
   echo "levy free route, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   echo "levy paid, batched, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  # The peers settle each payment before answering: levy's backlogs must not hold up their
+  # transactions on the shared chain.
+  drain; drain 19006; drain 19008
   echo "@x402/express, facilitator in process|$(load --url http://127.0.0.1:19020/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_PID)"
   echo "@x402/express, facilitator over HTTP|$(load --url http://127.0.0.1:19021/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_HTTP_PID)"
 } > "$WORK/results.txt"
