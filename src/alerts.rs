@@ -10,6 +10,12 @@ pub mod webhook;
 pub use audit::{AuditLog, Entry, Event};
 pub use webhook::{Alert, AlertKind, EndpointSpec, Webhooks, WebhooksSpec};
 
+/// Serialises an amount in atomic units as a decimal string (alloy's own serde writes hex),
+/// for the audit log and the webhooks alike.
+fn decimal<S: serde::Serializer>(amount: &alloy_primitives::U256, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(amount)
+}
+
 /// The configured sinks (`levy.audit_log`, `levy.webhooks`), opened once at start.
 #[derive(Default)]
 pub struct Alerts {

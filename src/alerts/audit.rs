@@ -58,7 +58,7 @@ pub struct Entry {
     pub pay_to: Address,
     pub asset: Address,
     /// Atomic units: what was authorized (`accepted`), charged or settled.
-    #[serde(serialize_with = "decimal")]
+    #[serde(serialize_with = "super::decimal")]
     pub amount: U256,
     /// The authorization's nonce (EIP-3009) or Permit2 nonce.
     pub nonce: B256,
@@ -66,10 +66,6 @@ pub struct Entry {
     pub tx_hash: Option<B256>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
-}
-
-fn decimal<S: serde::Serializer>(amount: &U256, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(amount)
 }
 
 #[derive(Serialize)]

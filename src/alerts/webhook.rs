@@ -56,7 +56,7 @@ pub enum Alert {
         route: String,
         network: String,
         payer: Address,
-        #[serde(serialize_with = "decimal")]
+        #[serde(serialize_with = "super::decimal")]
         amount: U256,
         /// levy's reason code (`rpc_unavailable`, `facilitator_refused_retry`, …).
         error: &'static str,
@@ -75,16 +75,12 @@ pub enum Alert {
     /// Value served and then lost within the loss window passed the loss budget: every
     /// payment now settles before its response until the losses age out.
     LossBudgetTripped {
-        #[serde(serialize_with = "decimal")]
+        #[serde(serialize_with = "super::decimal")]
         lost: U256,
-        #[serde(serialize_with = "decimal")]
+        #[serde(serialize_with = "super::decimal")]
         budget: U256,
         window_seconds: u64,
     },
-}
-
-fn decimal<S: serde::Serializer>(amount: &U256, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(amount)
 }
 
 impl Alert {
@@ -168,7 +164,10 @@ impl Webhooks {
     /// Delivers `alert` to each endpoint that subscribes to it, in the background.
     pub fn send(&self, alert: Alert) {
         let kind = alert.kind();
-        let id = format!("evt_{}", hex(&B256::random().0[..12]));
+        let id = format!(
+            "evt_{}",
+            alloy_primitives::hex::encode(&B256::random()[..12])
+        );
         let body = serde_json::json!({
             "type": kind.as_str(),
             "timestamp": unix_now(),
@@ -238,10 +237,6 @@ impl Webhooks {
             });
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Delivery {
