@@ -19,6 +19,8 @@ const STYLE_CSS: &str = include_str!("paywall/style.css");
 const APP_HTML: &str = include_str!("paywall/app.html");
 const PAGE_HTML: &str = include_str!("paywall/page.html");
 const TERMS: &str = "{{terms}}";
+/// The script is the same on every route's page: hashed once, not per route and load.
+static APP_JS_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| hash(APP_JS));
 
 /// How an operator dresses the page (`levy.paywall`, a route's `paywall`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,7 +97,7 @@ impl WalletPage {
             .unwrap_or_default();
         let csp = format!(
             "default-src 'none'; script-src '{}'; style-src '{}'; img-src data: {images}; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-            hash(APP_JS),
+            *APP_JS_HASH,
             hash(&style),
         );
         Ok(Self {
