@@ -1,16 +1,17 @@
 //! Journal write cost per payment, as the paid path and the settlement engine use it:
 //! 16 concurrent callers each accept payments one at a time (the hot path: accept log,
 //! group commit), then the engine's two state writes per payment (submitted, settled) in
-//! batches of 200. Prints CPU and wall time per payment and the accept latency percentiles.
-//! For comparison, in the same run: the previous design, where the paid path committed each
-//! payment straight into the redb store under a random (hash) id.
+//! batches of 200. Prints CPU and wall time per payment and the accept latency percentiles,
+//! for `sync` durability (answered after the `fdatasync`) and `async` (answered once
+//! written). For comparison, in the same run: the first design, where the paid path
+//! committed each payment straight into the redb store under a random (hash) id.
 //!
 //!     cargo run --release --example journal_load -- [payments per round, default 50000]
 
 use std::time::Instant;
 
 use alloy_primitives::{keccak256, Address, Bytes, B256, U256};
-use levy::settle::journal::Journal;
+use levy::settle::journal::{Durability, Journal};
 use levy::settle::{PaymentRecord, SettlementState};
 
 /// CPU seconds this process has used (user + system).
@@ -71,12 +72,18 @@ async fn main() {
         .map(|s| s.parse().expect("payments per round"))
         .unwrap_or(50_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let journal = Journal::open(&dir.path().join("journal.redb")).expect("journal");
-    for (round, store_direct) in [(0u64, false), (1, true), (2, false), (3, true)] {
-        let what = if store_direct {
-            "previous design, redb commit per payment, random ids"
-        } else {
-            "accept log"
+    let journal = Journal::open(
+        &dir.path().join("journal.redb"),
+        std::time::Duration::from_millis(50),
+    )
+    .expect("journal");
+    let designs = [None, Some(Durability::Sync), Some(Durability::Async)];
+    for (round, design) in (0u64..).zip(designs.iter().chain(&designs).copied()) {
+        let store_direct = design.is_none();
+        let what = match design {
+            None => "first design, redb commit per payment, random ids",
+            Some(Durability::Sync) => "accept log, sync",
+            Some(Durability::Async) => "accept log, async",
         };
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let callers: Vec<_> = (0..16u64)
@@ -88,10 +95,11 @@ async fn main() {
                         let t = Instant::now();
                         let id = round * n + i * 16 + k;
                         let r = record(id, store_direct);
-                        if store_direct {
-                            journal.put(vec![r]).await.expect("put");
-                        } else {
-                            journal.accept(vec![r]).await.expect("accept");
+                        match design {
+                            None => journal.put(vec![r]).await.expect("put"),
+                            Some(durability) => {
+                                journal.accept(vec![r], durability).await.expect("accept")
+                            }
                         }
                         latencies.push(t.elapsed().as_micros());
                     }

@@ -156,6 +156,8 @@ pub struct Paywall {
     pub price_text: String,
     /// When this route's payments move on chain.
     pub settle: SettleMode,
+    /// How durable a charged payment is when its response leaves.
+    pub durability: crate::settle::journal::Durability,
     /// One per `accepts` entry, in order: a metered route's `upto` entries first, then its
     /// fixed-price `exact` fallback, if any.
     pub requirements: Vec<Requirement>,

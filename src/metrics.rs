@@ -94,6 +94,11 @@ pub struct Metrics {
     pub shadow_value: IntCounterVec,
     /// `levy_audit_dropped_total`: audit lines dropped because the writer fell behind.
     pub audit_dropped: IntCounter,
+    /// `levy_journal_accept_seconds`: from handing charged payments to the accept log until
+    /// they are durable (waiting for the group, the write and the `fdatasync`).
+    pub journal_accept: Histogram,
+    /// `levy_journal_group_payments`: payments made durable by one accept-log sync.
+    pub journal_group: Histogram,
     /// `levy_webhooks_total{type,outcome}`: webhook attempts `delivered`, `retried` or
     /// `gave_up`.
     pub webhooks: IntCounterVec,
@@ -208,6 +213,18 @@ pub fn metrics() -> &'static Metrics {
             vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01]
         )
         .expect("levy_verify_duration_seconds registers once"),
+        journal_accept: register_histogram!(
+            "levy_journal_accept_seconds",
+            "Time from handing charged payments to the accept log until they are durable",
+            vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1]
+        )
+        .expect("levy_journal_accept_seconds registers once"),
+        journal_group: register_histogram!(
+            "levy_journal_group_payments",
+            "Payments made durable by one accept-log sync",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
+        )
+        .expect("levy_journal_group_payments registers once"),
         live_nonces: register_int_gauge!("levy_live_nonces", "Authorizations held in the replay set")
             .expect("levy_live_nonces registers once"),
         settlements: register_int_counter_vec!(

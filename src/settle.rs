@@ -40,7 +40,7 @@ use chain::Chain;
 use exposure::{Admission, Hold, Ledger};
 use facilitator::Facilitator;
 use funds::{Funds, FundsView};
-use journal::{Journal, JournalError};
+use journal::{Durability, Journal, JournalError};
 
 use crate::alerts::{Alert, Alerts, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
@@ -218,7 +218,7 @@ impl Settlement {
     }
 
     pub fn open(config: SettlementConfig) -> Result<Self, SettleError> {
-        let journal = Journal::open(&config.journal_path)?;
+        let journal = Journal::open(&config.journal_path, config.async_window)?;
         let mut chains = HashMap::new();
         let facilitator = match &config.facilitator {
             Some(spec) => Some((
@@ -529,18 +529,23 @@ impl Settlement {
         settle_window_seconds(self.inner.config.max_delay)
     }
 
-    /// Journals a charged payment (durably, before its response leaves) and queues it;
+    /// Journals a charged payment (before its response leaves, as durably as `durability`
+    /// asks) and queues it;
     /// `hold` is its reserved exposure, which from now on counts until the payment is
     /// final.
     pub async fn accept(
         &self,
         mut record: PaymentRecord,
         hold: Option<Hold>,
+        durability: Durability,
     ) -> Result<(), SettleError> {
         record.queued_ms = unix_ms();
         record.deferred = true;
         record.shared = self.sharing_as();
-        self.inner.journal.accept(vec![record.clone()]).await?;
+        self.inner
+            .journal
+            .accept(vec![record.clone()], durability)
+            .await?;
         self.keep(&record, hold);
         if let Some(link) = self.inner.link.get() {
             // Any replica's engine settles it from here.
@@ -566,7 +571,10 @@ impl Settlement {
     pub async fn record_void(&self, mut record: PaymentRecord) -> Result<(), SettleError> {
         record.state = SettlementState::Void;
         record.amount = U256::ZERO;
-        self.inner.journal.accept(vec![record]).await?;
+        self.inner
+            .journal
+            .accept(vec![record], Durability::Sync)
+            .await?;
         Ok(())
     }
 
@@ -584,7 +592,10 @@ impl Settlement {
         {
             return Err(SettleError::Stopped);
         }
-        self.inner.journal.accept(vec![record.clone()]).await?;
+        self.inner
+            .journal
+            .accept(vec![record.clone()], Durability::Sync)
+            .await?;
         self.keep(&record, hold);
         let (reply, answer) = oneshot::channel();
         if let Err(refused) = self.inner.urgent_tx.send(Urgent { record, reply }).await {

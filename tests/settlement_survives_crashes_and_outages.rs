@@ -19,7 +19,8 @@ const PRICE: u64 = 1000;
 type Outcome = (B256, Option<u16>);
 
 const ROUTES: &str = "  routes:\n    - {name: data, path: /data/*, amount: 1000, accepts: [{network: base-sepolia}]}\n    \
-                      - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n";
+                      - {name: now, path: /now/*, amount: 1000, settle: before_response, accepts: [{network: base-sepolia}]}\n    \
+                      - {name: fast, path: /fast/*, amount: 1000, durability: async, accepts: [{network: base-sepolia}]}\n";
 
 /// A levy process's config: the test chain, batching as given, the two routes above.
 fn process_config(
@@ -122,6 +123,19 @@ fn a_payer_denied_for_a_canceled_authorization_stays_denied_after_a_restart() {
 
 #[test]
 fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
+    sigkill_during_paid_traffic("/data/x");
+}
+
+/// `durability: async` answers once the payment is written to the log, before its sync: a
+/// SIGKILL (the kernel keeps what was written) still loses none.
+#[test]
+fn a_sigkill_during_paid_traffic_on_an_async_durability_route_loses_no_payment() {
+    sigkill_during_paid_traffic("/fast/x");
+}
+
+/// Paid traffic from two clients on `path`, SIGKILL in the middle, a restart, more traffic:
+/// every 200 settles exactly once and nothing else is charged.
+fn sigkill_during_paid_traffic(path: &'static str) {
     let chain = TestChain::start();
     let payer = signer(KEYS[0]).address();
     chain.mint(payer, 100_000_000);
@@ -136,7 +150,7 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
 
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
-    let terms = request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n");
+    let terms = request(addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
     let terms: Value = decode(terms.header("payment-required").expect("challenge"));
 
     // Paid traffic from two clients; SIGKILL in the middle; restart; more traffic.
@@ -148,7 +162,7 @@ fn a_sigkill_during_paid_traffic_loses_no_payment_and_settles_none_twice() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let (signed, header) = sign_for(&terms, KEYS[0]);
-                    let raw = paid_get("/data/x", "PAYMENT-SIGNATURE", &header);
+                    let raw = paid_get(path, "PAYMENT-SIGNATURE", &header);
                     let status = TcpStream::connect(addr)
                         .ok()
                         .and_then(|_| send(addr, raw.as_bytes()))

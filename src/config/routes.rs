@@ -358,6 +358,7 @@ pub(super) fn paywall(
     Ok(Paywall {
         mode: route.mode.unwrap_or(defaults.mode),
         settle: route.settle,
+        durability: route.durability,
         price_text,
         requirements,
         challenge,

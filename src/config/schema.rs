@@ -206,6 +206,8 @@ pub struct Settlement {
     pub on_backlog: OnBacklog,
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
+    #[serde(default = "default_async_window_ms")]
+    pub async_window_ms: u64,
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_retry_backoff_ms")]
@@ -531,6 +533,10 @@ pub struct Route {
     pub resource: Option<String>,
     #[serde(default)]
     pub settle: SettleMode,
+    /// `sync` (default) or `async`: how durable a charged payment is when its response
+    /// leaves.
+    #[serde(default)]
+    pub durability: crate::settle::journal::Durability,
     /// Charge for what the response delivers (`upto`) instead of a fixed price.
     #[serde(default)]
     pub meter: Option<Meter>,
@@ -730,6 +736,10 @@ fn default_max_batch() -> usize {
 fn default_max_in_flight() -> usize {
     4
 }
+fn default_async_window_ms() -> u64 {
+    50
+}
+
 fn default_max_delay_ms() -> u64 {
     1_000
 }

@@ -211,6 +211,7 @@ pub(super) fn settlement(
             schema::OnBacklog::Refuse => OnBacklog::Refuse,
         },
         max_delay: Duration::from_millis(s.max_delay_ms),
+        async_window: Duration::from_millis(s.async_window_ms),
         max_attempts: s.max_attempts,
         retry_backoff: Duration::from_millis(s.retry_backoff_ms),
         receipt_timeout: Duration::from_millis(s.receipt_timeout_ms),

@@ -470,7 +470,7 @@ impl LevyProxy {
         };
         let expiring = paid.verified.valid_before < unix_now() + settlement.settle_window_seconds();
         let (record, hold) = (paid.record(&route), paid.hold.take());
-        let id = record.id.clone();
+        let (id, durability) = (record.id.clone(), paid.durability);
         if expiring {
             // Too close to validBefore for a batch: settle before the response leaves, or
             // serve nothing.
@@ -497,7 +497,7 @@ impl LevyProxy {
                     ));
                 }
             }
-        } else if let Err(e) = settlement.accept(record, hold).await {
+        } else if let Err(e) = settlement.accept(record, hold, durability).await {
             log::error!("cannot journal payment {id}: {e}");
             self.release(ctx, Release::Withdrawn);
             ctx.failure = Some("cannot record the payment; nothing was charged");
@@ -566,7 +566,7 @@ impl LevyProxy {
                 drop(hold);
                 settlement.record_void(record).await
             } else {
-                settlement.accept(record, hold).await
+                settlement.accept(record, hold, paid.durability).await
             };
             if let Err(e) = journaled {
                 log::error!(

@@ -13,6 +13,7 @@ use crate::clock::unix_now;
 use crate::config::{Route, Upstream};
 use crate::nonce::NonceStore;
 use crate::settle::exposure::Hold;
+use crate::settle::journal::Durability;
 use crate::settle::{PaymentRecord, SettlementState};
 use crate::verify::{Authorized, VerifiedPayment};
 
@@ -135,6 +136,8 @@ pub struct Paid {
     pub hold: Option<Hold>,
     /// A metered payment's usage count (`upto`).
     pub metering: Option<Metering>,
+    /// How durable its charge is when the response leaves (the route's `durability`).
+    pub durability: Durability,
 }
 
 impl Paid {

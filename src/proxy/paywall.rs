@@ -287,6 +287,7 @@ impl LevyProxy {
             requirement: None,
             hold: None,
             metering,
+            durability: paywall.durability,
         })
     }
 

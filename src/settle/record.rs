@@ -186,6 +186,9 @@ pub struct SettlementConfig {
     /// What a batched payment gets while the queue cannot drain before it expires.
     pub on_backlog: OnBacklog,
     pub max_delay: Duration,
+    /// How long an `async`-durability payment may go unsynced before such payments wait for
+    /// the sync too.
+    pub async_window: Duration,
     pub max_attempts: u32,
     pub retry_backoff: Duration,
     pub receipt_timeout: Duration,

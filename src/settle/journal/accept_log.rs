@@ -1,0 +1,754 @@
+//! The accept log: where a charged payment becomes durable before its response leaves.
+//!
+//! Two preallocated files, `<journal>.accepts` and `<journal>.accepts-b`; one is *active*.
+//! A caller frames its payments on its own thread and writes them at the active file's tail
+//! (one `pwrite` under a short lock); a syncer thread `fdatasync`s whatever was written since
+//! its last sync, one sync for every caller that arrived meanwhile (group commit). The files
+//! are written over in place, never appended to, so a sync carries data only: no new size or
+//! block to record first, one device round trip fewer per sync than an append.
+//!
+//! [`Durability::Sync`] callers are answered after the sync that covers their bytes.
+//! [`Durability::Async`] callers as soon as the bytes are in the file (the kernel's page
+//! cache: they survive a levy crash or SIGKILL, not a power loss), and the syncer covers them
+//! within moments; when the disk falls behind by more than the log's async window, async
+//! callers wait for the sync like sync ones, so a power loss can cost at most that window.
+//!
+//! Each file opens with a header (magic, generation) and every frame carries its file's
+//! generation, so bytes from an earlier use of the file are recognised as stale. The active
+//! file is left for the other once it has grown past [`ROTATE_AT`] or been active for
+//! [`ROTATE_AFTER`]; the file left behind is *retired* — given a new generation, which
+//! invalidates its frames — once every payment in it is in the store.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{lock, storage, unframe, JournalError, Staged, StagedRecord};
+use crate::settle::PaymentRecord;
+
+/// How durable a charged payment is when its response leaves. Configured per route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// On disk (`fdatasync`ed): survives a crash of levy, of the kernel, or of the power.
+    #[default]
+    Sync,
+    /// Written to the log (the kernel's cache) and synced within the async window: survives
+    /// a crash of levy; a power loss can cost the payments of that window.
+    Async,
+}
+
+/// The file header: magic, then the generation (little endian).
+const MAGIC: &[u8; 8] = b"LEVYACC2";
+const HEADER: u64 = 12;
+/// Each frame: payload length, generation, CRC-32 of generation and payload (little endian).
+const FRAME_HEADER: usize = 12;
+/// Each file is preallocated (written with zeros) to this size, and grown by [`GROW_BY`]
+/// when a backlog in the store keeps it active past it.
+const PREALLOCATE: u64 = 4 << 20;
+const GROW_BY: u64 = 1 << 20;
+/// The active file is left for the other once it holds this much...
+const ROTATE_AT: u64 = 2 << 20;
+/// ...or has been active this long (so no payment sits in a log for long after the store
+/// has it, whatever the traffic).
+const ROTATE_AFTER: Duration = Duration::from_secs(600);
+/// How often an idle syncer looks for a file to retire.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
+/// The log. Dropping it syncs and answers what is pending and stops the syncer.
+pub(super) struct AcceptLog {
+    shared: Arc<Shared>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Shared {
+    tail: Mutex<Tail>,
+    /// The syncer waits here for unsynced bytes.
+    wake: Condvar,
+    staged: Staged,
+    async_window: Duration,
+}
+
+struct LogFile {
+    file: Arc<File>,
+    path: PathBuf,
+    generation: u32,
+    /// Where the next frame goes.
+    at: u64,
+    /// Through here the file is known durable (in this generation).
+    synced_at: u64,
+    /// Preallocated length.
+    len: u64,
+    unsynced: bool,
+    /// Bumped when the file is given a new generation.
+    epoch: u64,
+}
+
+struct Waiter {
+    ticket: u64,
+    records: Vec<PaymentRecord>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+struct Tail {
+    files: [LogFile; 2],
+    active: usize,
+    /// Tickets: one per write, in order.
+    written: u64,
+    /// The last ticket written to the inactive file, until that file is retired.
+    retiring: Option<u64>,
+    activated: Instant,
+    next_generation: u32,
+    /// When the oldest write not yet synced was made.
+    oldest_unsynced: Option<Instant>,
+    waiters: Vec<Waiter>,
+    syncer_idle: bool,
+    stopping: bool,
+}
+
+/// What a write asks of its caller.
+pub(super) enum Written {
+    /// Durable as asked; the payments are staged for the store.
+    Done,
+    /// The answer comes after the sync that covers the write.
+    AfterSync(oneshot::Receiver<Result<(), String>>),
+}
+
+impl AcceptLog {
+    /// Opens the two files at `path` (the store's path), replays into `replay` whatever
+    /// either holds in its current generation (or in the previous, appended format), then
+    /// gives both a new generation and starts the syncer.
+    pub(super) fn open(
+        path: &Path,
+        staged: Staged,
+        async_window: Duration,
+        replay: impl FnOnce(Vec<PaymentRecord>) -> Result<(), JournalError>,
+    ) -> Result<Self, JournalError> {
+        let paths = [log_path(path, ""), log_path(path, "-b")];
+        let mut records = Vec::new();
+        let mut next_generation = 1;
+        for path in &paths {
+            let read = read_log(path)?;
+            next_generation = next_generation.max(read.generation.wrapping_add(1).max(1));
+            records.extend(read.records);
+        }
+        replay(records)?;
+        let mut files = Vec::new();
+        for path in paths {
+            let generation = next_generation;
+            next_generation = next_generation.wrapping_add(1).max(1);
+            files.push(prepare(&path, generation)?);
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(storage)?;
+        }
+        let files: [LogFile; 2] = files
+            .try_into()
+            .map_err(|_| JournalError::Storage("accept log files".into()))?;
+        let shared = Arc::new(Shared {
+            tail: Mutex::new(Tail {
+                files,
+                active: 0,
+                written: 0,
+                retiring: None,
+                activated: Instant::now(),
+                next_generation,
+                oldest_unsynced: None,
+                waiters: Vec::new(),
+                syncer_idle: false,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+            staged,
+            async_window,
+        });
+        Ok(Self {
+            shared,
+            syncer: Mutex::new(None),
+        })
+    }
+
+    /// Starts the syncer (on first write, not at open: a daemonising fork after open would
+    /// lose the thread).
+    fn start(&self) -> Result<(), JournalError> {
+        let mut syncer = lock(&self.syncer);
+        if syncer.is_none() {
+            let shared = Arc::clone(&self.shared);
+            *syncer = Some(
+                std::thread::Builder::new()
+                    .name("levy-accept-log".into())
+                    .spawn(move || shared.run())
+                    .map_err(storage)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `records` at the active file's tail. What the caller waits for after depends
+    /// on `durability` (see [`Written`]); a failed write is an error and stages nothing.
+    pub(super) fn write(
+        &self,
+        records: Vec<PaymentRecord>,
+        durability: Durability,
+    ) -> Result<Written, JournalError> {
+        if lock(&self.syncer).is_none() {
+            self.start()?;
+        }
+        let mut buf = Vec::new();
+        let mut frames = Vec::with_capacity(records.len());
+        for record in &records {
+            let start = buf.len();
+            buf.extend_from_slice(&[0; FRAME_HEADER]);
+            serde_json::to_writer(&mut buf, record).map_err(storage)?;
+            frames.push(start);
+        }
+        let shared = &*self.shared;
+        let mut tail = lock(&shared.tail);
+        if tail.stopping {
+            return Err(JournalError::WriterGone);
+        }
+        tail.rotate_if_due();
+        let active = tail.active;
+        let file = &mut tail.files[active];
+        seal(&mut buf, &frames, file.generation)?;
+        let frames_len = buf.len() as u64;
+        // A zero frame header after the last frame marks the clean end for a replay (the
+        // next write goes over it).
+        buf.extend_from_slice(&[0; FRAME_HEADER]);
+        if file.at + buf.len() as u64 > file.len {
+            let grow = GROW_BY.max(buf.len() as u64);
+            file.file
+                .write_all_at(&vec![0; usize::try_from(grow).map_err(storage)?], file.len)
+                .map_err(storage)?;
+            file.len += grow;
+        }
+        file.file.write_all_at(&buf, file.at).map_err(storage)?;
+        file.at += frames_len;
+        file.unsynced = true;
+        tail.written += 1;
+        let ticket = tail.written;
+        let now = Instant::now();
+        let behind = tail
+            .oldest_unsynced
+            .is_some_and(|t| now.duration_since(t) > shared.async_window);
+        tail.oldest_unsynced.get_or_insert(now);
+        let written = if durability == Durability::Async && !behind {
+            stage(&shared.staged, records, ticket);
+            Written::Done
+        } else {
+            let (done, answer) = oneshot::channel();
+            tail.waiters.push(Waiter {
+                ticket,
+                records,
+                done,
+            });
+            Written::AfterSync(answer)
+        };
+        if tail.syncer_idle {
+            tail.syncer_idle = false;
+            shared.wake.notify_one();
+        }
+        Ok(written)
+    }
+}
+
+impl Drop for AcceptLog {
+    fn drop(&mut self) {
+        lock(&self.shared.tail).stopping = true;
+        self.shared.wake.notify_one();
+        if let Some(syncer) = lock(&self.syncer).take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+fn stage(staged: &Staged, records: Vec<PaymentRecord>, ticket: u64) {
+    let mut staged = lock(staged);
+    for record in records {
+        staged.insert(record.id.clone(), StagedRecord { record, ticket });
+    }
+}
+
+/// Fills in the frame headers of `buf` (frames starting at `frames`) for `generation`.
+fn seal(buf: &mut [u8], frames: &[usize], generation: u32) -> Result<(), JournalError> {
+    let gen = generation.to_le_bytes();
+    for (i, &start) in frames.iter().enumerate() {
+        let end = frames.get(i + 1).copied().unwrap_or(buf.len());
+        let payload = &buf[start + FRAME_HEADER..end];
+        let len = u32::try_from(payload.len()).map_err(storage)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&gen);
+        crc.update(payload);
+        let crc = crc.finalize();
+        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        buf[start + 4..start + 8].copy_from_slice(&gen);
+        buf[start + 8..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
+    Ok(())
+}
+
+impl Tail {
+    fn dirty(&self) -> bool {
+        self.files.iter().any(|f| f.unsynced)
+    }
+
+    /// Moves writes to the other file when the active one is full or old and the other is
+    /// retired.
+    fn rotate_if_due(&mut self) {
+        let file = &self.files[self.active];
+        let due =
+            file.at >= ROTATE_AT || (file.at > HEADER && self.activated.elapsed() >= ROTATE_AFTER);
+        if due && self.retiring.is_none() {
+            self.retiring = Some(self.written);
+            self.active = 1 - self.active;
+            self.activated = Instant::now();
+        }
+    }
+
+    /// Gives the inactive file a new generation once every payment written to it is in the
+    /// store (nothing of it waits for a sync or sits staged).
+    fn retire_if_stored(&mut self, staged: &Staged) {
+        let Some(last) = self.retiring else {
+            return;
+        };
+        if self.waiters.iter().any(|w| w.ticket <= last)
+            || lock(staged).values().any(|s| s.ticket <= last)
+        {
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = generation.wrapping_add(1).max(1);
+        let file = &mut self.files[1 - self.active];
+        match file.file.write_all_at(&header(generation), 0) {
+            Ok(()) => {
+                file.generation = generation;
+                file.at = HEADER;
+                file.synced_at = HEADER;
+                file.unsynced = true;
+                file.epoch += 1;
+                self.retiring = None;
+            }
+            Err(e) => log::error!("cannot retire accept log {}: {e}", file.path.display()),
+        }
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        loop {
+            let mut tail = lock(&self.tail);
+            tail.retire_if_stored(&self.staged);
+            if !tail.dirty() {
+                if tail.stopping {
+                    return;
+                }
+                tail.syncer_idle = true;
+                let (mut tail, _) = self
+                    .wake
+                    .wait_timeout(tail, IDLE_CHECK)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                tail.syncer_idle = false;
+                continue;
+            }
+            let target = tail.written;
+            let syncing: Vec<(usize, Arc<File>, u64, u64)> = tail
+                .files
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, f)| f.unsynced)
+                .map(|(i, f)| {
+                    f.unsynced = false;
+                    (i, Arc::clone(&f.file), f.at, f.epoch)
+                })
+                .collect();
+            tail.oldest_unsynced = None;
+            drop(tail);
+            let result = syncing
+                .iter()
+                .try_for_each(|(_, file, _, _)| file.sync_data())
+                .map_err(|e| e.to_string());
+            let mut tail = lock(&self.tail);
+            let answered: Vec<Waiter> = match &result {
+                Ok(()) => {
+                    for (i, _, at, epoch) in &syncing {
+                        let file = &mut tail.files[*i];
+                        if file.epoch == *epoch {
+                            file.synced_at = file.synced_at.max(*at);
+                        }
+                    }
+                    let (done, waiting) = std::mem::take(&mut tail.waiters)
+                        .into_iter()
+                        .partition(|w| w.ticket <= target);
+                    tail.waiters = waiting;
+                    // Staged before the log lock is let go: a retirement never sees them
+                    // in neither place.
+                    let mut staged = lock(&self.staged);
+                    for waiter in &done {
+                        for record in &waiter.records {
+                            staged.insert(
+                                record.id.clone(),
+                                StagedRecord {
+                                    record: record.clone(),
+                                    ticket: waiter.ticket,
+                                },
+                            );
+                        }
+                    }
+                    done
+                }
+                Err(e) => {
+                    log::error!("accept log sync failed: {e}");
+                    tail.unsync_since_last_sync();
+                    std::mem::take(&mut tail.waiters)
+                }
+            };
+            drop(tail);
+            if !answered.is_empty() {
+                crate::metrics::metrics()
+                    .journal_group
+                    .observe(answered.iter().map(|w| w.records.len()).sum::<usize>() as f64);
+            }
+            for waiter in answered {
+                let _ = waiter.done.send(result.clone());
+            }
+        }
+    }
+}
+
+impl Tail {
+    /// After a failed sync, what was written since the last good one may or may not be on
+    /// disk, and its callers are told it failed: overwrite it with zeros, so that no replay
+    /// brings it back, and write there again.
+    fn unsync_since_last_sync(&mut self) {
+        for file in &mut self.files {
+            if file.at > file.synced_at {
+                let zeros = vec![0; usize::try_from(file.at - file.synced_at).unwrap_or(0)];
+                if let Err(e) = file.file.write_all_at(&zeros, file.synced_at) {
+                    log::error!("cannot clear the accept log after a failed sync: {e}");
+                }
+                file.at = file.synced_at;
+                file.unsynced = true;
+            }
+        }
+    }
+}
+
+fn header(generation: u32) -> [u8; HEADER as usize] {
+    let mut header = [0; HEADER as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&generation.to_le_bytes());
+    header
+}
+
+/// The path of one of the log's files for a store at `path`.
+pub(super) fn log_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".accepts");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Preallocates the file at `path` (zeros written, so later writes allocate nothing) and
+/// gives it `generation`, durably.
+fn prepare(path: &Path, generation: u32) -> Result<LogFile, JournalError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(storage)?;
+    let mut len = file.metadata().map_err(storage)?.len();
+    if len < PREALLOCATE {
+        let zeros = vec![0; usize::try_from(PREALLOCATE - len).map_err(storage)?];
+        file.write_all_at(&zeros, len).map_err(storage)?;
+        len = PREALLOCATE;
+    }
+    file.write_all_at(&header(generation), 0).map_err(storage)?;
+    file.sync_all().map_err(storage)?;
+    Ok(LogFile {
+        file: Arc::new(file),
+        path: path.to_owned(),
+        generation,
+        at: HEADER,
+        synced_at: HEADER,
+        len,
+        unsynced: false,
+        epoch: 0,
+    })
+}
+
+/// What one log file holds.
+struct Read {
+    records: Vec<PaymentRecord>,
+    generation: u32,
+}
+
+/// The payments the file at `path` holds in its current generation (or, for a file in the
+/// previous format — frames appended with no header — all of its intact frames). Every write
+/// ends with a zero frame header, so the frames end cleanly there; anything else after the
+/// last intact frame is a write cut off by a crash (its callers were never answered), and
+/// damage between intact frames is logged and the file copied aside.
+fn read_log(path: &Path) -> Result<Read, JournalError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Read {
+                records: Vec::new(),
+                generation: 0,
+            })
+        }
+        Err(e) => return Err(storage(e)),
+    };
+    let Some(generation) = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .and_then(|rest| rest.get(..4))
+        .map(|g| u32::from_le_bytes([g[0], g[1], g[2], g[3]]))
+    else {
+        let unframed = unframe::<PaymentRecord>(&bytes);
+        report(path, unframed.skipped, unframed.tail)?;
+        return Ok(Read {
+            records: unframed.records,
+            generation: 0,
+        });
+    };
+    let body = &bytes[HEADER as usize..];
+    let mut records = Vec::new();
+    let (mut at, mut skipped, mut end, mut clean) = (0, 0, 0, false);
+    while at < body.len() {
+        match frame_at(&body[at..], generation) {
+            Frame::Intact(record, len) => {
+                records.push(*record);
+                skipped += at - end;
+                at += len;
+                end = at;
+            }
+            // The end marker after the last write.
+            Frame::End if at == end => {
+                clean = true;
+                break;
+            }
+            // Damage: look for intact frames after it.
+            Frame::End | Frame::Damaged => at += 1,
+        }
+    }
+    let torn = if clean { 0 } else { body.len() - end };
+    report(path, skipped, torn)?;
+    Ok(Read {
+        records,
+        generation,
+    })
+}
+
+/// Logs what a replay skipped, and keeps a copy of a damaged log.
+fn report(path: &Path, skipped: usize, tail: usize) -> Result<(), JournalError> {
+    if skipped > 0 {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".damaged-{}", crate::clock::unix_now()));
+        std::fs::copy(path, &aside).map_err(storage)?;
+        log::error!(
+            "accept log {}: {skipped} damaged bytes between intact records (copied to {})",
+            path.display(),
+            PathBuf::from(aside).display(),
+        );
+    }
+    if tail > 0 {
+        log::warn!(
+            "accept log {}: ignoring an unfinished write at its end ({tail} bytes to the end of the file)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+enum Frame {
+    Intact(Box<PaymentRecord>, usize),
+    /// Zeros, or a frame of an earlier generation: nothing of this generation from here.
+    End,
+    Damaged,
+}
+
+fn frame_at(bytes: &[u8], generation: u32) -> Frame {
+    let Some(header) = bytes.get(..FRAME_HEADER) else {
+        return if bytes.iter().all(|&b| b == 0) {
+            Frame::End
+        } else {
+            Frame::Damaged
+        };
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, gen, crc) = (word(0) as usize, word(4), word(8));
+    if header.iter().all(|&b| b == 0) {
+        return Frame::End;
+    }
+    let Some(payload) = bytes.get(FRAME_HEADER..FRAME_HEADER + len) else {
+        return Frame::Damaged;
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&gen.to_le_bytes());
+    hasher.update(payload);
+    if hasher.finalize() != crc {
+        return Frame::Damaged;
+    }
+    if gen != generation {
+        return Frame::End;
+    }
+    match serde_json::from_slice(payload) {
+        Ok(record) => Frame::Intact(Box::new(record), FRAME_HEADER + len),
+        Err(_) => Frame::Damaged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settle::journal::tests::record;
+
+    const WINDOW: Duration = Duration::from_millis(50);
+
+    /// Opens the log at `path` as the journal does; returns it and what it replayed.
+    fn open(path: &Path, staged: &Staged) -> (AcceptLog, Vec<String>) {
+        let mut replayed = Vec::new();
+        let log = AcceptLog::open(path, Arc::clone(staged), WINDOW, |records| {
+            replayed = records.into_iter().map(|r| r.id).collect();
+            Ok(())
+        })
+        .expect("open");
+        (log, replayed)
+    }
+
+    fn write(log: &AcceptLog, id: &str, durability: Durability) {
+        match log.write(vec![record(id)], durability).expect("write") {
+            Written::Done => {}
+            Written::AfterSync(answer) => {
+                answer.blocking_recv().expect("answered").expect("synced")
+            }
+        }
+    }
+
+    #[test]
+    fn sync_and_async_payments_written_before_a_crash_are_replayed_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let staged = Staged::default();
+        let (log, replayed) = open(&path, &staged);
+        assert!(replayed.is_empty());
+        write(&log, "pay_1", Durability::Sync);
+        write(&log, "pay_2", Durability::Async);
+        assert_eq!(lock(&staged).len(), 2, "both are staged for the store");
+        drop(log);
+        // Nothing moved them into a store: the next open replays both...
+        let (log, replayed) = open(&path, &Staged::default());
+        assert_eq!(replayed, ["pay_1", "pay_2"]);
+        drop(log);
+        // ...and, once replayed, the files start a new generation: never replayed again.
+        let (_log, replayed) = open(&path, &Staged::default());
+        assert!(replayed.is_empty(), "{replayed:?}");
+        assert_eq!(
+            std::fs::metadata(log_path(&path, "")).expect("log").len(),
+            PREALLOCATE,
+            "written in place, not appended"
+        );
+    }
+
+    #[test]
+    fn a_write_cut_off_by_a_crash_is_ignored_and_the_whole_ones_before_it_survive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let (log, _) = open(&path, &Staged::default());
+        write(&log, "pay_1", Durability::Sync);
+        write(&log, "pay_2", Durability::Sync);
+        drop(log);
+        let first = FRAME_HEADER + serde_json::to_vec(&record("pay_1")).expect("json").len();
+        let second = FRAME_HEADER + serde_json::to_vec(&record("pay_2")).expect("json").len();
+        let torn_at = HEADER + (first + second) as u64 - 10;
+        let file = File::options()
+            .write(true)
+            .open(log_path(&path, ""))
+            .expect("log");
+        file.write_all_at(&[0xaa; 10], torn_at).expect("tear");
+        let (_log, replayed) = open(&path, &Staged::default());
+        assert_eq!(replayed, ["pay_1"]);
+    }
+
+    #[test]
+    fn a_damaged_frame_does_not_hide_the_frames_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let (log, _) = open(&path, &Staged::default());
+        for id in ["pay_1", "pay_2", "pay_3"] {
+            write(&log, id, Durability::Sync);
+        }
+        drop(log);
+        let first = FRAME_HEADER + serde_json::to_vec(&record("pay_1")).expect("json").len();
+        let file = File::options()
+            .write(true)
+            .open(log_path(&path, ""))
+            .expect("log");
+        file.write_all_at(b"X", HEADER + first as u64 + 20)
+            .expect("damage");
+        let (_log, replayed) = open(&path, &Staged::default());
+        assert_eq!(replayed, ["pay_1", "pay_3"]);
+        let copies = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+            })
+            .count();
+        assert_eq!(copies, 1, "the damaged log is kept aside");
+    }
+
+    #[test]
+    fn a_full_file_is_retired_only_once_the_store_has_everything_in_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.redb");
+        let staged = Staged::default();
+        let (log, _) = open(&path, &staged);
+        let frame = (FRAME_HEADER
+            + serde_json::to_vec(&record("pay_000000"))
+                .expect("json")
+                .len()) as u64;
+        let to_fill = (ROTATE_AT - HEADER).div_ceil(frame);
+        for i in 0..to_fill {
+            write(&log, &format!("pay_{i:06}"), Durability::Async);
+        }
+        // The next write goes to the other file; the first is retiring.
+        write(&log, "pay_next", Durability::Sync);
+        std::thread::sleep(IDLE_CHECK * 2);
+        drop(log);
+        // The store never took them: both files still hold their payments.
+        let (log, replayed) = open(&path, &staged);
+        assert_eq!(replayed.len() as u64, to_fill + 1);
+        lock(&staged).clear();
+        for i in 0..to_fill {
+            write(&log, &format!("pay_{i:06}"), Durability::Async);
+        }
+        write(&log, "pay_next", Durability::Sync);
+        // Now the store "has" the first file's payments (nothing of it is staged): once the
+        // syncer retires it, only the active file's payment is left to replay.
+        lock(&staged).retain(|id, _| id == "pay_next");
+        std::thread::sleep(IDLE_CHECK * 3);
+        drop(log);
+        let (_log, replayed) = open(&path, &Staged::default());
+        assert_eq!(replayed, ["pay_next"]);
+    }
+
+    #[test]
+    fn a_write_after_the_log_stops_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = open(&dir.path().join("j.redb"), &Staged::default());
+        lock(&log.shared.tail).stopping = true;
+        assert!(matches!(
+            log.write(vec![record("pay_1")], Durability::Sync),
+            Err(JournalError::WriterGone)
+        ));
+    }
+}
