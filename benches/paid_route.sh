@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# levy's paid route beside its free route on a fresh anvil: CPU per request at 16, 64 and 256
-# connections, and the open-loop latency gap at a fixed offered rate — the quick check of the
-# paid-path targets (benches/run.sh measures them again among everything else).
+# levy's paid route (durability sync, and async) beside its free route on a fresh anvil: CPU
+# per request at 16, 64 and 256 connections, and the open-loop latency gap at a fixed offered
+# rate, with what the accept log did in each paid run — the quick check of the paid-path
+# targets (benches/run.sh measures them again among everything else).
 # Usage: benches/paid_route.sh [seconds per run, default 10] [offered req/s, default 2000]
 #   PERF=1 also records a CPU profile of levy during the 64-connection paid run
 #   ($PERF_OUT, default target/paid.perf.data; PERF_FREQ and PERF_CALLGRAPH pass to perf);
@@ -35,6 +36,7 @@ levy:
   routes:
     - {name: free, path: /free/*, free: true}
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
+    - {name: fast, path: /fast/*, price: "\$0.001", max_timeout_seconds: 3600, durability: async, accepts: [{network: base-sepolia}]}
 YAML
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   ./target/release/levy -c $W/levy.yaml & PIDS+=($!); LEVY=$!
@@ -62,8 +64,12 @@ for c in ${CONNECTIONS:-16 64 256}; do
   fi
   paid "paid, $c connections" --connections $c --url http://127.0.0.1:19003/paid/x --pay --payments $((SECS * 8000)) --key $PAYER_KEY --pid $LEVY
   [ -z "$PERF_PID" ] || wait $PERF_PID
+  drain
+  paid "paid async, $c connections" --connections $c --url http://127.0.0.1:19003/fast/x --pay --payments $((SECS * 8000)) --key $PAYER_KEY --pid $LEVY
 done
 [ "${OPEN_LOOP:-1}" = 1 ] || exit 0
 drain
 echo "free, $RATE req/s offered|$(load --connections 16 --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY)"
 paid "paid, $RATE req/s offered" --connections 16 --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY
+drain
+paid "paid async, $RATE req/s offered" --connections 16 --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY

@@ -2,6 +2,7 @@
 # Reruns every load scenario side by side and rewrites the table in BENCHMARKS.md.
 #   origin direct | nginx | bare Pingora | bare Pingora with levy's forwarding work | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
 #   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop),
+#   | levy free and paid at 64 connections | levy paid with async durability (closed and open loop) | the open-loop pair again with anvil paused
 #   | @x402/express paid (facilitator in process, and over HTTP)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
@@ -50,6 +51,7 @@ FORWARDING_PID=$!
 
 # The test chain and levy.
 contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
+ANVIL_PID=$!
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.
@@ -76,6 +78,7 @@ ${6:-}
   routes:
     - {name: free, path: /free/*, free: true}
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
+    - {name: fast, path: /fast/*, price: "\$0.001", max_timeout_seconds: 3600, durability: async, accepts: [{network: base-sepolia}]}
     - {name: now, path: /now/*, price: "\$0.001", settle: before_response, accepts: [{network: base-sepolia}]}
     - {name: channel, path: /channel/*, price: "\$0.001", accepts: [{network: base-sepolia}], channel: {}}
     - {name: metered, path: /metered/*, meter: {unit: bytes, price: "\$0.0001", ceiling: "\$0.01"}, max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
@@ -161,6 +164,13 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     drain
     echo "levy channel vouchers (batch-settlement)|$(load --url http://127.0.0.1:19003/channel/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   done
+  # The paid-CPU target is taken at 64 connections; and the paid route with async durability
+  # (answered once the payment is written to the log, before its fdatasync).
+  drain
+  echo "levy free route, 64 connections|$(load --connections 64 --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  echo "levy paid, batched, 64 connections|$(load --connections 64 --url http://127.0.0.1:19003/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
+  drain
+  echo "levy paid, batched, async durability|$(load --url http://127.0.0.1:19003/fast/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   # Let the batched backlog settle first, so before_response measures its own path.
   drain
   echo "levy paid, before_response|$(load --url http://127.0.0.1:19003/now/x --pay --payments 20000 --key $PAYER_KEY --pid $LEVY_PID)"
@@ -168,6 +178,17 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   # connections / throughput.
   echo "levy free route, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   echo "levy paid, batched, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  drain
+  echo "levy paid, batched, async durability, $RATE req/s offered|$(load --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  # The same two with anvil paused (SIGSTOP; the batches wait and settle after SIGCONT): at
+  # this rate the simulator settling the previous seconds' payments takes more than a core
+  # of the two, which a deployment's chain never takes from levy's machine.
+  drain
+  kill -STOP $ANVIL_PID
+  echo "levy free route, $RATE req/s offered, chain paused|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  echo "levy paid, batched, $RATE req/s offered, chain paused|$(load --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  echo "levy paid, batched, async durability, $RATE req/s offered, chain paused|$(load --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
+  kill -CONT $ANVIL_PID
   # The peers settle each payment before answering: levy's backlogs must not hold up their
   # transactions on the shared chain.
   drain; drain 19006; drain 19008

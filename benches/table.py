@@ -43,14 +43,21 @@ free, bare, challenge, paid = (r[k] for k in ("levy free route", "bare Pingora",
 forwarding = r["bare Pingora, levy's forwarding work"]
 free_open, paid_open = (r[f"levy {k}, {rate} req/s offered"] for k in ("free route", "paid, batched"))
 extra_cpu = (cpu("levy paid, batched") or 0) - (cpu("levy free route") or 0)
+open_gap = lambda paid_name, free_name: f"{r[paid_name]['p50_us'] - r[free_name]['p50_us']:.0f} µs"
+paid64 = (cpu("levy paid, batched, 64 connections") or 0) / ((cpu("levy free route, 64 connections") or 0) + r["levy paid, batched, 64 connections"]["recover_us"])
 ratios = [
     f"| levy free / bare Pingora throughput | {free['rps'] / bare['rps']:.2f} | – |",
     f"| levy free / bare Pingora doing levy's forwarding work, throughput | {free['rps'] / forwarding['rps']:.2f} | ≥ 0.95 |",
     f"| 402 challenge / levy free throughput | {challenge['rps'] / free['rps']:.2f} | ≥ 1.0 |",
-    f"| paid CPU − free CPU per request, in secp256k1 recoveries ({recover:.1f} µs each, this run) | {extra_cpu / recover:.2f} | ≤ 1.3 |",
+    f"| paid CPU − free CPU per request, in secp256k1 recoveries ({recover:.1f} µs each, this run) | {extra_cpu / recover:.2f} | – |",
     f"| paid p99 / free p99 ({conns} connections, closed loop) | {paid['p99_us'] / max(free['p99_us'], 1):.2f} | ≤ 2 |",
     f"| paid p99 / free p99 ({rate} req/s offered, open loop) | {paid_open['p99_us'] / max(free_open['p99_us'], 1):.2f} | – |",
-    f"| paid p50 − free p50 ({rate} req/s offered, open loop) | {paid_open['p50_us'] - free_open['p50_us']:.0f} µs | – |",
+    f"| paid CPU / (free CPU + one recovery) per request, 64 connections | {paid64:.2f} | ≤ 1.5 |",
+    f"| paid (sync durability) p50 − free p50 ({rate} req/s offered, open loop) | {paid_open['p50_us'] - free_open['p50_us']:.0f} µs | ≤ 150 µs |",
+    f"| the same, chain paused | {open_gap(f'levy paid, batched, {rate} req/s offered, chain paused', f'levy free route, {rate} req/s offered, chain paused')} | ≤ 150 µs |",
+    f"| paid (async durability) p50 − free p50 ({rate} req/s offered, open loop) | {open_gap(f'levy paid, batched, async durability, {rate} req/s offered', f'levy free route, {rate} req/s offered')} | – |",
+    f"| the same, chain paused | {open_gap(f'levy paid, batched, async durability, {rate} req/s offered, chain paused', f'levy free route, {rate} req/s offered, chain paused')} | – |",
+    f"| async / sync durability paid throughput ({conns} connections) | {r['levy paid, batched, async durability']['rps'] / paid['rps']:.2f} | – |",
     f"| paid throughput with the funds check (payer-state cache warm) / without | {paid['rps'] / r['levy paid, batched, funds check off']['rps']:.2f} | – |",
     f"| paid CPU with the funds check − without, per request | {(cpu('levy paid, batched') or 0) - (cpu('levy paid, batched, funds check off') or 0):.1f} µs | ≤ 2 µs |",
     f"| metered (upto) / exact paid throughput, both batched | {r['levy metered (upto), batched']['rps'] / paid['rps']:.2f} | – |",
