@@ -23,7 +23,7 @@ wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 RPC=http://127.0.0.1:19545
 PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!)
 ANVIL_PID=$!
 wait_port 19545
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py $RPC \

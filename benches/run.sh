@@ -49,8 +49,10 @@ BARE_PID=$!
 FORWARDING=levy WORK_STEALING=false THREADS=1 ./target/release/examples/bare_proxy 127.0.0.1:19012 127.0.0.1:19000 & PIDS+=($!)
 FORWARDING_PID=$!
 
-# The test chain and levy.
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 1024 & PIDS+=($!)
+# The test chain and levy. anvil keeps 64 past states and the transactions of the last 2048
+# blocks in memory: with 1024 states it grew to 23 GB and was killed for memory once levy's
+# paid runs had settled some 500 000 payments on it.
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!)
 ANVIL_PID=$!
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80

@@ -34,7 +34,15 @@ impl Config {
                         super::Mode::Shadow => " (shadow: never charged)",
                         super::Mode::Enforce => "",
                     };
-                    format!("{} = {}{shadow}", p.price_text, offers.join(" | "))
+                    let durability = match p.durability {
+                        crate::settle::journal::Durability::Async => " (async durability)",
+                        crate::settle::journal::Durability::Sync => "",
+                    };
+                    format!(
+                        "{} = {}{shadow}{durability}",
+                        p.price_text,
+                        offers.join(" | ")
+                    )
                 }
             };
             rows.push([

@@ -74,6 +74,7 @@ pub(super) fn build_route(
             ("channel", route.channel.is_some()),
             ("bundle", route.bundle.is_some()),
             ("mode", route.mode.is_some()),
+            ("durability", route.durability.is_some()),
         ] {
             if set {
                 return Err(invalid(
@@ -358,7 +359,7 @@ pub(super) fn paywall(
     Ok(Paywall {
         mode: route.mode.unwrap_or(defaults.mode),
         settle: route.settle,
-        durability: route.durability,
+        durability: route.durability.unwrap_or_default(),
         price_text,
         requirements,
         challenge,

@@ -536,7 +536,7 @@ pub struct Route {
     /// `sync` (default) or `async`: how durable a charged payment is when its response
     /// leaves.
     #[serde(default)]
-    pub durability: crate::settle::journal::Durability,
+    pub durability: Option<crate::settle::journal::Durability>,
     /// Charge for what the response delivers (`upto`) instead of a fixed price.
     #[serde(default)]
     pub meter: Option<Meter>,

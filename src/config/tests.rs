@@ -1,6 +1,7 @@
 //! Every validation error a user can hit, with the message they see.
 
 use super::*;
+use crate::settle::journal::Durability;
 
 const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
@@ -798,6 +799,21 @@ fn shadow_mode_comes_from_the_route_or_else_from_levy_mode_and_only_on_priced_ro
         "levy.routes[0].mode: not allowed on a free route",
     );
     assert!(error(&yaml(&priced("      mode: audit\n"), "")).contains("unknown variant `audit`"));
+}
+
+#[test]
+fn durability_is_sync_unless_a_priced_route_asks_for_async() {
+    let default = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    assert_eq!(only_paywall(&default).durability, Durability::Sync);
+    let fast = Config::from_yaml(&yaml(&priced("      durability: async\n"), "")).expect("valid");
+    assert_eq!(only_paywall(&fast).durability, Durability::Async);
+    assert!(fast.describe().contains("(async durability)"));
+    assert_error(
+        &yaml(&route("      free: true\n      durability: async\n"), ""),
+        "levy.routes[0].durability: not allowed on a free route",
+    );
+    assert!(error(&yaml(&priced("      durability: eventually\n"), ""))
+        .contains("unknown variant `eventually`, expected `sync` or `async`"));
 }
 
 #[test]

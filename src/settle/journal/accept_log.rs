@@ -439,10 +439,12 @@ impl Tail {
     }
 }
 
-fn header(generation: u32) -> [u8; HEADER as usize] {
-    let mut header = [0; HEADER as usize];
+/// A file's header for `generation`, followed by an end marker: whatever the file held
+/// before (an earlier generation, or the previous format) is never read as this one's.
+fn header(generation: u32) -> [u8; HEADER as usize + FRAME_HEADER] {
+    let mut header = [0; HEADER as usize + FRAME_HEADER];
     header[..8].copy_from_slice(MAGIC);
-    header[8..].copy_from_slice(&generation.to_le_bytes());
+    header[8..HEADER as usize].copy_from_slice(&generation.to_le_bytes());
     header
 }
 
