@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # levy's paid route beside the reference x402 server (@x402/express 2.27 with the published
 # facilitator in process, and with it over HTTP: benches/peers/express, tests/interop's
-# facilitator) on one anvil chain, with the same load tool
+# facilitator) and the Rust one (x402-axum 2.0.2, benches/peers/axum, with the published
+# facilitator over HTTP, its account under viem's nonce manager) on one anvil chain, with the same load tool
 # paying each with unique pre-signed payments, and whether every 200 settled on chain (the
 # payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
 # run, interleaved twice.
@@ -18,6 +19,7 @@ bash deploy/setup.sh
 [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
 [ -d tests/interop/node_modules ] || tests/interop/install.sh
 cargo build --release --bin levy --example origin --example load
+cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 RPC=http://127.0.0.1:19545
@@ -56,7 +58,13 @@ EXPRESS_PID=$!
 wait_port 19022
 (cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 exec node server.mjs 19021 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
 EXPRESS_HTTP_PID=$!
-for p in 19000 19003 19020 19021; do wait_port $p; done
+# x402-axum with a facilitator of its own over HTTP (anvil account 9, nonce manager on).
+(cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
+  exec node facilitator.mjs 19024 $RPC >/dev/null) & PIDS+=($!)
+wait_port 19024
+benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 $PAY_TO >/dev/null & PIDS+=($!)
+AXUM_PID=$!
+for p in 19000 19003 19020 19021 19023; do wait_port $p; done
 
 balance() {
   python3 - "$RPC" "$PAY_TO" <<'PY'
@@ -99,4 +107,5 @@ for _ in 1 2; do
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
   run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
   run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
+  run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000
 done

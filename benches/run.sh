@@ -3,7 +3,7 @@
 #   origin direct | nginx | bare Pingora | bare Pingora with levy's forwarding work | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
 #   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop),
 #   | levy free and paid at 64 connections | levy paid with async durability (closed and open loop) | the open-loop pair again with anvil paused
-#   | @x402/express paid (facilitator in process, and over HTTP)
+#   | @x402/express paid (facilitator in process, and over HTTP) | x402-axum paid (facilitator over HTTP)
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonintera
 [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
 [ -d tests/interop/node_modules ] || tests/interop/install.sh
 cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory
+cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -125,7 +126,14 @@ wait_port 19022
 (cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 \
   exec node server.mjs 19021 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
 EXPRESS_HTTP_PID=$!
-for p in 19000 19001 19002 19012 19003 19005 19007 19020 19021; do wait_port $p; done
+# The Rust x402 middleware (x402-axum 2.0.2, benches/peers/axum) with the published facilitator
+# over HTTP, its account (anvil account 9) under viem's nonce manager.
+(cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
+  exec node facilitator.mjs 19024 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+wait_port 19024
+benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null & PIDS+=($!)
+AXUM_PID=$!
+for p in 19000 19001 19002 19012 19003 19005 19007 19020 19021 19023; do wait_port $p; done
 
 # Waits (up to 5 minutes) until the settlement queue of the levy whose admin port is $1
 # (default levy's) is empty.
@@ -196,6 +204,7 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   drain; drain 19006; drain 19008
   echo "@x402/express, facilitator in process|$(load --url http://127.0.0.1:19020/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_PID)"
   echo "@x402/express, facilitator over HTTP|$(load --url http://127.0.0.1:19021/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_HTTP_PID)"
+  echo "x402-axum, facilitator over HTTP|$(load --url http://127.0.0.1:19023/paid/x --pay --payments 6000 --key $PAYER_KEY --pid $AXUM_PID)"
 } > "$WORK/results.txt"
 NONCES=$(./target/release/examples/nonce_memory)
 python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE"

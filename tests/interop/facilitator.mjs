@@ -2,16 +2,22 @@
 // x402Facilitator with @x402/evm's exact scheme), serving /verify, /settle and /supported
 // for one chain. levy's facilitator-mode tests run it against anvil.
 // Usage: FACILITATOR_KEY=0x… node facilitator.mjs PORT RPC_URL
+// NONCE_MANAGER=1 gives its account viem's nonce manager (concurrent settlements then do not
+// collide on the account nonce; the benchmarks' x402-axum peer uses it that way).
 import http from "node:http";
 import { x402Facilitator } from "@x402/core/facilitator";
 import { registerExactEvmScheme } from "@x402/evm/exact/facilitator";
 import { toFacilitatorEvmSigner } from "@x402/evm";
 import { createWalletClient, http as viemHttp, publicActions } from "viem";
+import { nonceManager } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { baseSepolia } from "viem/chains";
 
 const [port, rpcUrl] = process.argv.slice(2);
-const account = privateKeyToAccount(process.env.FACILITATOR_KEY);
+const account = privateKeyToAccount(
+  process.env.FACILITATOR_KEY,
+  process.env.NONCE_MANAGER === "1" ? { nonceManager } : {},
+);
 const client = createWalletClient({ account, chain: baseSepolia, transport: viemHttp(rpcUrl) }).extend(publicActions);
 const signer = toFacilitatorEvmSigner(Object.assign(client, { address: account.address }));
 const facilitator = new x402Facilitator();
