@@ -590,20 +590,22 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn an_accepted_payment_is_readable_at_once_and_after_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("journal.redb");
-        runtime().block_on(async {
-            let journal = Journal::open(&path, WINDOW).expect("open");
-            journal
-                .accept(vec![record("pay_1")], Durability::Sync)
-                .await
-                .expect("accept");
+    fn an_accepted_payment_is_readable_at_once_and_after_a_reopen_whatever_its_durability() {
+        for durability in [Durability::Sync, Durability::Async] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("journal.redb");
+            runtime().block_on(async {
+                let journal = Journal::open(&path, WINDOW).expect("open");
+                journal
+                    .accept(vec![record("pay_1")], durability)
+                    .await
+                    .expect("accept");
+                assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
+                assert_eq!(journal.payments(|_| true).expect("list").len(), 1);
+            });
+            let journal = Journal::open(&path, WINDOW).expect("reopen");
             assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
-            assert_eq!(journal.payments(|_| true).expect("list").len(), 1);
-        });
-        let journal = Journal::open(&path, WINDOW).expect("reopen");
-        assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
+        }
     }
 
     #[test]
@@ -647,22 +649,6 @@ pub(super) mod tests {
         // nothing to move (the store's copy would win anyway), and no stale record.
         let journal = Journal::open(&path, WINDOW).expect("reopen");
         assert_eq!(journal.payments(|_| true).expect("list").len(), 1);
-    }
-
-    #[test]
-    fn an_async_payment_is_readable_at_once_and_after_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("journal.redb");
-        runtime().block_on(async {
-            let journal = Journal::open(&path, WINDOW).expect("open");
-            journal
-                .accept(vec![record("pay_1")], Durability::Async)
-                .await
-                .expect("accept");
-            assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
-        });
-        let journal = Journal::open(&path, WINDOW).expect("reopen");
-        assert_eq!(journal.get("pay_1").expect("get"), Some(record("pay_1")));
     }
 
     #[test]
