@@ -6,7 +6,7 @@
 # Usage: benches/paid_route.sh [seconds per run, default 10] [offered req/s, default 2000]
 #   PERF=1 also records a CPU profile of levy during the 64-connection paid run
 #   ($PERF_OUT, default target/paid.perf.data; PERF_FREQ and PERF_CALLGRAPH pass to perf);
-#   CONNECTIONS="64" picks the closed-loop runs, OPEN_LOOP=0 leaves the open-loop pair out.
+#   CONNECTIONS="64" picks the closed-loop runs (CONNECTIONS="" none), OPEN_LOOP=0 leaves the open-loop runs out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -17,7 +17,7 @@ trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EX
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
 ./target/release/examples/origin 127.0.0.1:19000 >/dev/null & PIDS+=($!)
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!)
+contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!); ANVIL=$!
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
@@ -55,7 +55,7 @@ journal() { curl -s http://127.0.0.1:19004/metrics | awk '/^levy_journal_(accept
 # What the accept log did during a run, from journal's output before ($1..$4) and after ($5..$8).
 journal_delta() { python3 -c 'import sys; a=list(map(float,sys.argv[1:])); n=a[5]-a[1]; g=a[7]-a[3]; print("accept log: %.0f us mean wait for durability, %.1f payments per sync" % ((a[4]-a[0])/max(n,1)*1e6, (a[6]-a[2])/max(g,1)))' "$@"; }
 paid() { local before; before=$(journal); echo "$1|$(load "${@:2}")"; echo "  $(journal_delta $before $(journal))"; }
-for c in ${CONNECTIONS:-16 64 256}; do
+for c in ${CONNECTIONS-16 64 256}; do
   echo "free, $c connections|$(load --connections $c --url http://127.0.0.1:19003/free/x --pid $LEVY)"
   drain
   PERF_PID=
@@ -73,3 +73,13 @@ echo "free, $RATE req/s offered|$(load --connections 16 --rate $RATE --url http:
 paid "paid, $RATE req/s offered" --connections 16 --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY
 drain
 paid "paid async, $RATE req/s offered" --connections 16 --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY
+# The open-loop runs again with anvil paused (SIGSTOP): at this rate the simulator takes more
+# than a core settling, which a deployment's chain never takes from levy's machine. A second
+# of paid traffic first warms the funds cache (30 s); the free route goes last.
+drain
+./target/release/examples/load --seconds 1 --connections 16 --url http://127.0.0.1:19003/paid/x --pay --payments 4000 --key $PAYER_KEY >/dev/null
+kill -STOP $ANVIL
+paid "paid, $RATE req/s offered, chain paused" --connections 16 --rate $RATE --url http://127.0.0.1:19003/paid/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY
+paid "paid async, $RATE req/s offered, chain paused" --connections 16 --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECS * 5 / 4)) --key $PAYER_KEY --pid $LEVY
+echo "free, $RATE req/s offered, chain paused|$(load --connections 16 --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY)"
+kill -CONT $ANVIL
