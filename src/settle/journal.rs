@@ -358,17 +358,42 @@ pub(super) struct Unframed<T> {
 /// it are searched for the next intact frame (length, CRC-32 and JSON all agreeing), so
 /// records written after damage are not lost with it.
 pub(super) fn unframe<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Unframed<T> {
+    scan(bytes, |at| {
+        frame_at(at).map_or(Frame::Damaged, |(record, len)| Frame::Intact(record, len))
+    })
+}
+
+/// What a log's bytes hold at one position, as a log format's parser reads them.
+pub(super) enum Frame<T> {
+    /// A whole record and the bytes it takes.
+    Intact(T, usize),
+    /// The format's end marker: nothing more was written here.
+    End,
+    Damaged,
+}
+
+/// Reads `bytes` frame by frame with `parse`. The records end cleanly at an [`Frame::End`]
+/// right after the last intact frame; anything else stops only at the end of `bytes`, with
+/// damaged stretches searched byte by byte for intact frames after them.
+pub(super) fn scan<T>(bytes: &[u8], parse: impl Fn(&[u8]) -> Frame<T>) -> Unframed<T> {
     let mut records = Vec::new();
     let (mut at, mut skipped, mut end) = (0, 0, 0);
     while at < bytes.len() {
-        match frame_at(&bytes[at..]) {
-            Some((record, len)) => {
+        match parse(&bytes[at..]) {
+            Frame::Intact(record, len) => {
                 records.push(record);
                 skipped += at - end;
                 at += len;
                 end = at;
             }
-            None => at += 1,
+            Frame::End if at == end => {
+                return Unframed {
+                    records,
+                    skipped,
+                    tail: 0,
+                }
+            }
+            Frame::End | Frame::Damaged => at += 1,
         }
     }
     Unframed {

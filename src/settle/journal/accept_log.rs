@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{lock, storage, unframe, JournalError, Staged, StagedRecord};
+use super::{lock, scan, storage, unframe, Frame, JournalError, Staged, StagedRecord};
 use crate::settle::PaymentRecord;
 
 /// How durable a charged payment is when its response leaves. Configured per route.
@@ -90,7 +90,9 @@ struct LogFile {
 
 struct Waiter {
     ticket: u64,
+    /// Its payments, until they are staged, and how many.
     records: Vec<PaymentRecord>,
+    payments: usize,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -133,14 +135,14 @@ impl AcceptLog {
         let mut next_generation = 1;
         for path in &paths {
             let read = read_log(path)?;
-            next_generation = next_generation.max(read.generation.wrapping_add(1).max(1));
+            next_generation = next_generation.max(after(read.generation));
             records.extend(read.records);
         }
         replay(records)?;
         let mut files = Vec::new();
         for path in paths {
             let generation = next_generation;
-            next_generation = next_generation.wrapping_add(1).max(1);
+            next_generation = after(next_generation);
             files.push(prepare(&path, generation)?);
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -174,8 +176,8 @@ impl AcceptLog {
         })
     }
 
-    /// Starts the syncer (on first write, not at open: a daemonising fork after open would
-    /// lose the thread).
+    /// Starts the syncer unless it runs (on first write, not at open: a daemonising fork
+    /// after open would lose the thread).
     fn start(&self) -> Result<(), JournalError> {
         let mut syncer = lock(&self.syncer);
         if syncer.is_none() {
@@ -197,9 +199,7 @@ impl AcceptLog {
         records: Vec<PaymentRecord>,
         durability: Durability,
     ) -> Result<Written, JournalError> {
-        if lock(&self.syncer).is_none() {
-            self.start()?;
-        }
+        self.start()?;
         let mut buf = Vec::new();
         let mut frames = Vec::with_capacity(records.len());
         for record in &records {
@@ -239,12 +239,13 @@ impl AcceptLog {
             .is_some_and(|t| now.duration_since(t) > shared.async_window);
         tail.oldest_unsynced.get_or_insert(now);
         let written = if durability == Durability::Async && !behind {
-            stage(&shared.staged, records, ticket);
+            stage(&mut lock(&shared.staged), records, ticket);
             Written::Done
         } else {
             let (done, answer) = oneshot::channel();
             tail.waiters.push(Waiter {
                 ticket,
+                payments: records.len(),
                 records,
                 done,
             });
@@ -268,8 +269,12 @@ impl Drop for AcceptLog {
     }
 }
 
-fn stage(staged: &Staged, records: Vec<PaymentRecord>, ticket: u64) {
-    let mut staged = lock(staged);
+/// Stages `records`, written as `ticket`, for the store writer.
+fn stage(
+    staged: &mut std::collections::HashMap<String, StagedRecord>,
+    records: Vec<PaymentRecord>,
+    ticket: u64,
+) {
     for record in records {
         staged.insert(record.id.clone(), StagedRecord { record, ticket });
     }
@@ -323,7 +328,7 @@ impl Tail {
             return;
         }
         let generation = self.next_generation;
-        self.next_generation = generation.wrapping_add(1).max(1);
+        self.next_generation = after(generation);
         let file = &mut self.files[1 - self.active];
         match file.file.write_all_at(&header(generation), 0) {
             Ok(()) => {
@@ -335,6 +340,22 @@ impl Tail {
                 self.retiring = None;
             }
             Err(e) => log::error!("cannot retire accept log {}: {e}", file.path.display()),
+        }
+    }
+
+    /// After a failed sync, what was written since the last good one may or may not be on
+    /// disk, and its callers are told it failed: overwrite it with zeros, so that no replay
+    /// brings it back, and write there again.
+    fn unsync_since_last_sync(&mut self) {
+        for file in &mut self.files {
+            if file.at > file.synced_at {
+                let zeros = vec![0; usize::try_from(file.at - file.synced_at).unwrap_or(0)];
+                if let Err(e) = file.file.write_all_at(&zeros, file.synced_at) {
+                    log::error!("cannot clear the accept log after a failed sync: {e}");
+                }
+                file.at = file.synced_at;
+                file.unsynced = true;
+            }
         }
     }
 }
@@ -382,23 +403,19 @@ impl Shared {
                             file.synced_at = file.synced_at.max(*at);
                         }
                     }
-                    let (done, waiting) = std::mem::take(&mut tail.waiters)
+                    let (mut done, waiting): (Vec<Waiter>, _) = std::mem::take(&mut tail.waiters)
                         .into_iter()
                         .partition(|w| w.ticket <= target);
                     tail.waiters = waiting;
                     // Staged before the log lock is let go: a retirement never sees them
                     // in neither place.
                     let mut staged = lock(&self.staged);
-                    for waiter in &done {
-                        for record in &waiter.records {
-                            staged.insert(
-                                record.id.clone(),
-                                StagedRecord {
-                                    record: record.clone(),
-                                    ticket: waiter.ticket,
-                                },
-                            );
-                        }
+                    for waiter in &mut done {
+                        stage(
+                            &mut staged,
+                            std::mem::take(&mut waiter.records),
+                            waiter.ticket,
+                        );
                     }
                     done
                 }
@@ -412,7 +429,7 @@ impl Shared {
             if !answered.is_empty() {
                 crate::metrics::metrics()
                     .journal_group
-                    .observe(answered.iter().map(|w| w.records.len()).sum::<usize>() as f64);
+                    .observe(answered.iter().map(|w| w.payments).sum::<usize>() as f64);
             }
             for waiter in answered {
                 let _ = waiter.done.send(result.clone());
@@ -421,22 +438,9 @@ impl Shared {
     }
 }
 
-impl Tail {
-    /// After a failed sync, what was written since the last good one may or may not be on
-    /// disk, and its callers are told it failed: overwrite it with zeros, so that no replay
-    /// brings it back, and write there again.
-    fn unsync_since_last_sync(&mut self) {
-        for file in &mut self.files {
-            if file.at > file.synced_at {
-                let zeros = vec![0; usize::try_from(file.at - file.synced_at).unwrap_or(0)];
-                if let Err(e) = file.file.write_all_at(&zeros, file.synced_at) {
-                    log::error!("cannot clear the accept log after a failed sync: {e}");
-                }
-                file.at = file.synced_at;
-                file.unsynced = true;
-            }
-        }
-    }
+/// The generation after `generation` (never 0: that is a file in the previous format).
+fn after(generation: u32) -> u32 {
+    generation.wrapping_add(1).max(1)
 }
 
 /// A file's header for `generation`, followed by an end marker: whatever the file held
@@ -520,30 +524,10 @@ fn read_log(path: &Path) -> Result<Read, JournalError> {
             generation: 0,
         });
     };
-    let body = &bytes[HEADER as usize..];
-    let mut records = Vec::new();
-    let (mut at, mut skipped, mut end, mut clean) = (0, 0, 0, false);
-    while at < body.len() {
-        match frame_at(&body[at..], generation) {
-            Frame::Intact(record, len) => {
-                records.push(*record);
-                skipped += at - end;
-                at += len;
-                end = at;
-            }
-            // The end marker after the last write.
-            Frame::End if at == end => {
-                clean = true;
-                break;
-            }
-            // Damage: look for intact frames after it.
-            Frame::End | Frame::Damaged => at += 1,
-        }
-    }
-    let torn = if clean { 0 } else { body.len() - end };
-    report(path, skipped, torn)?;
+    let unframed = scan(&bytes[HEADER as usize..], |at| frame_at(at, generation));
+    report(path, unframed.skipped, unframed.tail)?;
     Ok(Read {
-        records,
+        records: unframed.records,
         generation,
     })
 }
@@ -569,14 +553,9 @@ fn report(path: &Path, skipped: usize, tail: usize) -> Result<(), JournalError> 
     Ok(())
 }
 
-enum Frame {
-    Intact(Box<PaymentRecord>, usize),
-    /// Zeros, or a frame of an earlier generation: nothing of this generation from here.
-    End,
-    Damaged,
-}
-
-fn frame_at(bytes: &[u8], generation: u32) -> Frame {
+/// The frame at the start of `bytes` in this format: zeros (the end marker after every
+/// write) and intact frames of an earlier generation both end this generation's records.
+fn frame_at(bytes: &[u8], generation: u32) -> Frame<PaymentRecord> {
     let Some(header) = bytes.get(..FRAME_HEADER) else {
         return if bytes.iter().all(|&b| b == 0) {
             Frame::End
@@ -603,7 +582,7 @@ fn frame_at(bytes: &[u8], generation: u32) -> Frame {
         return Frame::End;
     }
     match serde_json::from_slice(payload) {
-        Ok(record) => Frame::Intact(Box::new(record), FRAME_HEADER + len),
+        Ok(record) => Frame::Intact(record, FRAME_HEADER + len),
         Err(_) => Frame::Damaged,
     }
 }
