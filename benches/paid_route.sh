@@ -4,7 +4,8 @@
 # rate, with what the accept log did in each paid run — the quick check of the paid-path
 # targets (benches/run.sh measures them again among everything else).
 # Usage: benches/paid_route.sh [seconds per run, default 10] [offered req/s, default 2000]
-#   PERF=1 also records a CPU profile of levy during the 64-connection paid run
+#   PERF=1 also records a CPU profile of levy during one paid run: the one labelled $PERF_RUN
+#   (default "paid, 64 connections"; e.g. "paid, 2000 req/s offered, chain paused")
 #   ($PERF_OUT, default target/paid.perf.data; PERF_FREQ and PERF_CALLGRAPH pass to perf);
 #   CONNECTIONS="64" picks the closed-loop runs (CONNECTIONS="" none), OPEN_LOOP=0 leaves the open-loop runs out.
 set -euo pipefail
@@ -54,16 +55,19 @@ load() { ./target/release/examples/load --seconds $SECS "$@"; }
 journal() { curl -s http://127.0.0.1:19004/metrics | awk '/^levy_journal_(accept_seconds|group_payments)_(sum|count) /{printf "%s ", $2}'; }
 # What the accept log did during a run, from journal's output before ($1..$4) and after ($5..$8).
 journal_delta() { python3 -c 'import sys; a=list(map(float,sys.argv[1:])); n=a[5]-a[1]; g=a[7]-a[3]; print("accept log: %.0f us mean wait for durability, %.1f payments per sync" % ((a[4]-a[0])/max(n,1)*1e6, (a[6]-a[2])/max(g,1)))' "$@"; }
-paid() { local before; before=$(journal); echo "$1|$(load "${@:2}")"; echo "  $(journal_delta $before $(journal))"; }
+paid() {
+  local before perf=; before=$(journal)
+  if [ "${PERF:-}" = 1 ] && [ "$1" = "${PERF_RUN:-paid, 64 connections}" ]; then
+    perf record -F ${PERF_FREQ:-999} --call-graph ${PERF_CALLGRAPH:-dwarf} -o "${PERF_OUT:-target/paid.perf.data}" -p $LEVY -- sleep $((SECS - 1)) 2>/dev/null & perf=$!
+  fi
+  echo "$1|$(load "${@:2}")"
+  [ -z "$perf" ] || wait $perf
+  echo "  $(journal_delta $before $(journal))"
+}
 for c in ${CONNECTIONS-16 64 256}; do
   echo "free, $c connections|$(load --connections $c --url http://127.0.0.1:19003/free/x --pid $LEVY)"
   drain
-  PERF_PID=
-  if [ "${PERF:-}" = 1 ] && [ $c = 64 ]; then
-    perf record -F ${PERF_FREQ:-999} --call-graph ${PERF_CALLGRAPH:-dwarf} -o "${PERF_OUT:-target/paid.perf.data}" -p $LEVY -- sleep $((SECS - 1)) 2>/dev/null & PERF_PID=$!
-  fi
   paid "paid, $c connections" --connections $c --url http://127.0.0.1:19003/paid/x --pay --payments $((SECS * 8000)) --key $PAYER_KEY --pid $LEVY
-  [ -z "$PERF_PID" ] || wait $PERF_PID
   drain
   paid "paid async, $c connections" --connections $c --url http://127.0.0.1:19003/fast/x --pay --payments $((SECS * 8000)) --key $PAYER_KEY --pid $LEVY
 done

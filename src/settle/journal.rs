@@ -7,7 +7,10 @@
 //! current state and every batch transaction. The store writer moves accepted payments from
 //! the log into the store in bulk — together with the settlement engine's next write, or once
 //! they have waited [`MOVE_AFTER`] — and the log retires a file once everything in it is in
-//! the store. At open, whatever the log holds that the store lacks is moved over first.
+//! the store. A move on its own is committed without a sync (the log still holds what it
+//! moves, and a sync there would queue the log's own syncs behind it); the log retires a file
+//! only after a durable commit — every state change is one — has covered its payments. At
+//! open, whatever the log holds that the store lacks is moved over first.
 //!
 //! Payment ids sort by acceptance time, so those bulk inserts and the per-batch state updates
 //! that follow touch neighbouring B-tree pages instead of one random page per payment.
@@ -18,6 +21,7 @@ pub use accept_log::Durability;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -76,9 +80,21 @@ struct Job<W> {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// Payments that are durable in the accept log but not yet in the store, by id. Readers look
-/// here first; the store writer removes entries only after the store has committed them.
-type Staged = Arc<Mutex<HashMap<String, StagedRecord>>>;
+/// What the accept log hands the store writer: the payments durable in the log but not yet
+/// in the store, and whether the store's commits that took the others in are durable yet.
+type Staged = Arc<Handoff>;
+
+#[derive(Default)]
+struct Handoff {
+    /// Payments durable in the log but not yet in the store, by id. Readers look here first;
+    /// the store writer removes entries only after the store has committed them.
+    records: Mutex<HashMap<String, StagedRecord>>,
+    /// A commit that moved payments without a sync has landed since the last durable one:
+    /// what left `records` may not be on disk yet, so the log keeps its file.
+    unsynced_moves: AtomicBool,
+    /// The log waits for a durable commit to retire a file.
+    durable_wanted: AtomicBool,
+}
 
 /// A staged payment at its newest state, and the accept-log write that holds it.
 struct StagedRecord {
@@ -236,7 +252,7 @@ impl Journal {
 
     /// One payment by id.
     pub fn get(&self, id: &str) -> Result<Option<PaymentRecord>, JournalError> {
-        if let Some(staged) = lock(&self.staged).get(id) {
+        if let Some(staged) = lock(&self.staged.records).get(id) {
             return Ok(Some(staged.record.clone()));
         }
         let txn = self.db.begin_read().map_err(storage)?;
@@ -287,7 +303,7 @@ impl Journal {
         // stored copy (the writer updates staged copies before every commit and removes them
         // only after).
         let txn = self.db.begin_read().map_err(storage)?;
-        let staged: HashMap<String, PaymentRecord> = lock(&self.staged)
+        let staged: HashMap<String, PaymentRecord> = lock(&self.staged.records)
             .iter()
             .map(|(id, s)| (id.clone(), s.record.clone()))
             .collect();
@@ -430,6 +446,15 @@ fn replay_into_store(db: &Database, records: &[PaymentRecord]) -> Result<(), Jou
     Ok(())
 }
 
+/// How a store commit ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Synced to disk before it returns.
+    Durable,
+    /// Left in redb's memory until the next durable commit: for moves the log still holds.
+    Unsynced,
+}
+
 /// Commits state changes to the store, moving the staged payments in with them (or on its
 /// own every [`MOVE_AFTER`]).
 struct StoreWriter {
@@ -444,7 +469,7 @@ impl StoreWriter {
                 Ok(job) => Some(job),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.store_and_answer(Vec::new());
+                    self.store_and_answer(Vec::new(), Commit::Durable);
                     return;
                 }
             };
@@ -452,14 +477,18 @@ impl StoreWriter {
                 .into_iter()
                 .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
                 .collect();
-            if !group.is_empty() || !lock(&self.staged).is_empty() {
-                self.store_and_answer(group);
+            // State changes are durable when answered; moves alone need not be (the log
+            // still holds them), until the log wants a file back.
+            if !group.is_empty() || self.staged.durable_wanted.swap(false, Ordering::AcqRel) {
+                self.store_and_answer(group, Commit::Durable);
+            } else if !lock(&self.staged.records).is_empty() {
+                self.store_and_answer(group, Commit::Unsynced);
             }
         }
     }
 
-    fn store_and_answer(&self, jobs: Vec<Job<StoreWrite>>) {
-        let result = self.store(&jobs).map_err(|e| e.to_string());
+    fn store_and_answer(&self, jobs: Vec<Job<StoreWrite>>, commit: Commit) {
+        let result = self.store(&jobs, commit).map_err(|e| e.to_string());
         if let Err(e) = &result {
             log::error!("journal commit of {} writes failed: {e}", jobs.len());
         }
@@ -469,9 +498,9 @@ impl StoreWriter {
     }
 
     /// One transaction: the staged payments (at their newest state) and `jobs`' writes.
-    fn store(&self, jobs: &[Job<StoreWrite>]) -> Result<(), JournalError> {
+    fn store(&self, jobs: &[Job<StoreWrite>], commit: Commit) -> Result<(), JournalError> {
         let moving: Vec<PaymentRecord> = {
-            let mut staged = lock(&self.staged);
+            let mut staged = lock(&self.staged.records);
             // Readers see the newest state of a staged payment until the commit lands.
             for record in jobs.iter().flat_map(records) {
                 if let Some(old) = staged.get_mut(&record.id) {
@@ -483,7 +512,13 @@ impl StoreWriter {
             moving.sort_unstable_by(|a, b| a.id.cmp(&b.id));
             moving
         };
-        let txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        if commit == Commit::Unsynced {
+            txn.set_durability(redb::Durability::None);
+            // Before the commit removes anything from the staged payments (see
+            // `retire_if_stored`).
+            self.staged.unsynced_moves.store(true, Ordering::Release);
+        }
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             let mut batches = txn.open_table(BATCHES).map_err(storage)?;
@@ -516,7 +551,11 @@ impl StoreWriter {
             }
         }
         txn.commit().map_err(storage)?;
-        let mut staged = lock(&self.staged);
+        if commit == Commit::Durable {
+            // Durable, and so is every commit before it.
+            self.staged.unsynced_moves.store(false, Ordering::Release);
+        }
+        let mut staged = lock(&self.staged.records);
         for record in &moving {
             staged.remove(&record.id);
         }

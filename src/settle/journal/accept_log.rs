@@ -22,6 +22,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -239,7 +240,7 @@ impl AcceptLog {
             .is_some_and(|t| now.duration_since(t) > shared.async_window);
         tail.oldest_unsynced.get_or_insert(now);
         let written = if durability == Durability::Async && !behind {
-            stage(&mut lock(&shared.staged), records, ticket);
+            stage(&mut lock(&shared.staged.records), records, ticket);
             Written::Done
         } else {
             let (done, answer) = oneshot::channel();
@@ -316,15 +317,22 @@ impl Tail {
         }
     }
 
-    /// Gives the inactive file a new generation once every payment written to it is in the
-    /// store (nothing of it waits for a sync or sits staged).
+    /// Gives the inactive file a new generation once every payment written to it is durable
+    /// in the store: nothing of it waits for a sync or sits staged, and the store has made
+    /// durable the commits that took it in (or is asked to).
     fn retire_if_stored(&mut self, staged: &Staged) {
         let Some(last) = self.retiring else {
             return;
         };
         if self.waiters.iter().any(|w| w.ticket <= last)
-            || lock(staged).values().any(|s| s.ticket <= last)
+            || lock(&staged.records).values().any(|s| s.ticket <= last)
         {
+            return;
+        }
+        // Read after the staged payments: the writer marks a commit unsynced before it
+        // removes what the commit took from them.
+        if staged.unsynced_moves.load(Ordering::Acquire) {
+            staged.durable_wanted.store(true, Ordering::Release);
             return;
         }
         let generation = self.next_generation;
@@ -409,7 +417,7 @@ impl Shared {
                     tail.waiters = waiting;
                     // Staged before the log lock is let go: a retirement never sees them
                     // in neither place.
-                    let mut staged = lock(&self.staged);
+                    let mut staged = lock(&self.staged.records);
                     for waiter in &mut done {
                         stage(
                             &mut staged,
@@ -623,7 +631,11 @@ mod tests {
         assert!(replayed.is_empty());
         write(&log, "pay_1", Durability::Sync);
         write(&log, "pay_2", Durability::Async);
-        assert_eq!(lock(&staged).len(), 2, "both are staged for the store");
+        assert_eq!(
+            lock(&staged.records).len(),
+            2,
+            "both are staged for the store"
+        );
         drop(log);
         // Nothing moved them into a store: the next open replays both...
         let (log, replayed) = open(&path, &Staged::default());
@@ -688,7 +700,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_file_is_retired_only_once_the_store_has_everything_in_it() {
+    fn a_full_file_is_retired_only_once_the_store_has_everything_in_it_durably() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.redb");
         let staged = Staged::default();
@@ -708,14 +720,29 @@ mod tests {
         // The store never took them: both files still hold their payments.
         let (log, replayed) = open(&path, &staged);
         assert_eq!(replayed.len() as u64, to_fill + 1);
-        lock(&staged).clear();
+        lock(&staged.records).clear();
         for i in 0..to_fill {
             write(&log, &format!("pay_{i:06}"), Durability::Async);
         }
         write(&log, "pay_next", Durability::Sync);
-        // Now the store "has" the first file's payments (nothing of it is staged): once the
-        // syncer retires it, only the active file's payment is left to replay.
-        lock(&staged).retain(|id, _| id == "pay_next");
+        // Now the store has the first file's payments (nothing of it is staged), but from a
+        // commit not yet synced: the log keeps the file and asks for a durable commit.
+        staged.unsynced_moves.store(true, Ordering::Release);
+        lock(&staged.records).retain(|id, _| id == "pay_next");
+        std::thread::sleep(IDLE_CHECK * 3);
+        assert!(staged.durable_wanted.load(Ordering::Acquire));
+        drop(log);
+        let (log, replayed) = open(&path, &staged);
+        assert_eq!(replayed.len() as u64, to_fill + 1, "nothing retired yet");
+        lock(&staged.records).clear();
+        for i in 0..to_fill {
+            write(&log, &format!("pay_{i:06}"), Durability::Async);
+        }
+        write(&log, "pay_next", Durability::Sync);
+        // Once that commit is durable, the syncer retires the file: only the active file's
+        // payment is left to replay.
+        staged.unsynced_moves.store(false, Ordering::Release);
+        lock(&staged.records).retain(|id, _| id == "pay_next");
         std::thread::sleep(IDLE_CHECK * 3);
         drop(log);
         let (_log, replayed) = open(&path, &Staged::default());
