@@ -66,45 +66,10 @@ benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 $P
 AXUM_PID=$!
 for p in 19000 19003 19020 19021 19023; do wait_port $p; done
 
-balance() {
-  python3 - "$RPC" "$PAY_TO" <<'PY'
-import json, sys, urllib.request
-rpc, who = sys.argv[1:3]
-data = "0x70a08231" + who[2:].lower().rjust(64, "0")
-body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
-                   "params": [{"to": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "data": data}, "latest"]}).encode()
-print(int(json.load(urllib.request.urlopen(urllib.request.Request(rpc, body, {"content-type": "application/json"})))["result"], 16))
-PY
-}
-drain() {
-  for _ in $(seq 1 600); do
-    depth=$(curl -s http://127.0.0.1:19004/metrics | awk '/^levy_settlement_queue_depth /{print $2}')
-    open=$(curl -s "http://127.0.0.1:19004/settlements?state=submitted&limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
-    [ "${depth:-1}" = "0" ] && [ "$open" = "0" ] && return 0
-    sleep 0.5
-  done
-}
-# One run: $1 label, $2 URL, $3 pid, $4 payments to pre-sign; the JSON of the load tool plus
-# the payments that settled on chain for it.
-# CPU seconds (user + system) a process has used so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/$1/stat; }
-run() {
-  before=$(balance)
-  anvil_before=$(cpu_s $ANVIL_PID)
-  result=$(./target/release/examples/load --seconds $SECS --connections $CONNS --url "$2" --pay --payments $4 --key $PAYER_KEY --pid $3)
-  # How long after the load stopped the last payment settled (x402-express settles each
-  # before answering; levy's batches catch up).
-  started=$(date +%s.%N)
-  [ "$1" = levy ] && drain
-  drained=$(python3 -c "import sys; print(round($(date +%s.%N) - $started, 1))")
-  sleep 2
-  after=$(balance)
-  anvil_after=$(cpu_s $ANVIL_PID)
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["settled"]=(int(sys.argv[3])-int(sys.argv[2]))//1000; d["scenario"]=sys.argv[4]; d["settled_after_s"]=float(sys.argv[5]); d["settled_per_s"]=d["settled"]/(d["seconds"]+d["settled_after_s"]); d["anvil_cpu_us_per_settled"]=(float(sys.argv[7])-float(sys.argv[6]))*1e6/max(d["settled"],1); print(json.dumps(d))' \
-    "$result" "$before" "$after" "$1" "$drained" "$anvil_before" "$anvil_after"
-}
+. benches/settled.sh
+run() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; print(json.dumps(d))' "$(settled_run $SECS $CONNS "${@:2}")" "$1"; }
 for _ in 1 2; do
-  run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000
+  run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004
   run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
   run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
   run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000

@@ -3,7 +3,10 @@
 #   origin direct | nginx | bare Pingora | bare Pingora with levy's forwarding work | levy free | levy 402 | levy paid (batched) | levy paid (before_response),
 #   | levy metered (upto, batched) | levy channel vouchers | levy paid with state on Redis, then levy free and paid again at a fixed offered rate (open loop),
 #   | levy free and paid at 64 connections | levy paid with async durability (closed and open loop) | the open-loop pair again with anvil paused
-#   | @x402/express paid (facilitator in process, and over HTTP) | x402-axum paid (facilitator over HTTP)
+#   | levy free and paid with 2 pingora threads at 64 connections,
+#   and first, on the fresh chain, paid runs whose 200s are checked on chain (the sustained rate):
+#   levy | @x402/express (facilitator in process, and over HTTP) | x402-axum (facilitator over HTTP);
+#   and last, the journal's accept log alone at 1, 4, 16 and 64 concurrent callers (examples/journal_load).
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +15,8 @@ CONNS=${2:-16}
 RATE=${3:-2000}
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+stop_all() { for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done; PIDS=(); }
+cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 bash deploy/setup.sh
@@ -20,7 +24,7 @@ command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonintera
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
 [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
 [ -d tests/interop/node_modules ] || tests/interop/install.sh
-cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory
+cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory --example journal_load
 cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -57,6 +61,9 @@ contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 19545 --ch
 ANVIL_PID=$!
 wait_port 19545
 PAYER_KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
+RPC=http://127.0.0.1:19545
+PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
+. benches/settled.sh
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.
 read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
@@ -64,7 +71,7 @@ read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19
 # channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY), $6 extra levy keys.
 levy_config() {
   cat > "$WORK/$1.yaml" <<YAML
-pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
+pingora: {threads: ${7:-1}, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
 levy:
 ${6:-}
   access_log: false
@@ -146,6 +153,13 @@ drain() {
 }
 load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections "$CONNS" "$@"; }
 {
+  # On the fresh chain: what each server sustains with every 200 settled on chain (the peers
+  # settle each payment before answering; levy's batches catch up after the load).
+  echo "levy paid, batched, every 200 settled|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004)"
+  echo "@x402/express, facilitator in process|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000)"
+  echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000)"
+  echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000)"
+  kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
   echo "nginx|$(load --url http://127.0.0.1:19001/x)"
   # The baselines the first targets compare, measured twice, interleaved (table.py averages them).
@@ -174,11 +188,28 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     drain
     echo "levy channel vouchers (batch-settlement)|$(load --url http://127.0.0.1:19003/channel/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   done
-  # The paid-CPU target is taken at 64 connections; and the paid route with async durability
-  # (answered once the payment is written to the log, before its fdatasync).
+  # The scaling rows' levy (2 pingora threads) takes the no-funds-check levy's settler account
+  # (anvil account 2) once that one's settlement is done.
+  settled_drain 19006
+  kill $NOFUNDS_PID
+  levy_config levy-2t 19009 19010 "" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65 "" 2
+  LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
+    LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
+    ./target/release/levy -c "$WORK/levy-2t.yaml" & PIDS+=($!)
+  TWO_THREADS_PID=$!
+  wait_port 19009
+  # The paid-CPU target is taken at 64 connections, and the scaling rows beside it: 1 and 2
+  # pingora threads. The 2-thread levy is stopped after its run: its settlement backlog would
+  # take the cores from the runs after.
   drain
   echo "levy free route, 64 connections|$(load --connections 64 --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
+  echo "levy free route, 2 threads, 64 connections|$(load --connections 64 --url http://127.0.0.1:19009/free/x --pid $TWO_THREADS_PID)"
   echo "levy paid, batched, 64 connections|$(load --connections 64 --url http://127.0.0.1:19003/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
+  drain
+  echo "levy paid, batched, 2 threads, 64 connections|$(load --connections 64 --url http://127.0.0.1:19009/paid/x --pay --payments 120000 --key $PAYER_KEY --pid $TWO_THREADS_PID)"
+  kill -STOP $TWO_THREADS_PID
+  # The paid route with async durability (answered once the payment is written to the log,
+  # before its fdatasync).
   drain
   echo "levy paid, batched, async durability|$(load --url http://127.0.0.1:19003/fast/x --pay --payments 120000 --key $PAYER_KEY --pid $LEVY_PID)"
   # Let the batched backlog settle first, so before_response measures its own path.
@@ -202,12 +233,9 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   echo "levy paid, batched, async durability, $RATE req/s offered, chain paused|$(load --rate $RATE --url http://127.0.0.1:19003/fast/x --pay --payments $((RATE * SECONDS_EACH * 5 / 4)) --key $PAYER_KEY --pid $LEVY_PID)"
   echo "levy free route, $RATE req/s offered, chain paused|$(load --rate $RATE --url http://127.0.0.1:19003/free/x --pid $LEVY_PID)"
   kill -CONT $ANVIL_PID
-  # The peers settle each payment before answering: levy's backlogs must not hold up their
-  # transactions on the shared chain.
-  drain; drain 19006; drain 19008
-  echo "@x402/express, facilitator in process|$(load --url http://127.0.0.1:19020/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_PID)"
-  echo "@x402/express, facilitator over HTTP|$(load --url http://127.0.0.1:19021/paid/x --pay --payments 3000 --key $PAYER_KEY --pid $EXPRESS_HTTP_PID)"
-  echo "x402-axum, facilitator over HTTP|$(load --url http://127.0.0.1:19023/paid/x --pay --payments 6000 --key $PAYER_KEY --pid $AXUM_PID)"
 } > "$WORK/results.txt"
+# The load is over: nothing else takes a core from the journal's sweep.
+stop_all
 NONCES=$(./target/release/examples/nonce_memory)
-python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE"
+./target/release/examples/journal_load --callers 1,4,16,64 20000 > "$WORK/journal.txt"
+python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE" "$WORK/journal.txt"

@@ -7,6 +7,12 @@
 //! committed each payment straight into the redb store under a random (hash) id.
 //!
 //!     cargo run --release --example journal_load -- [payments per round, default 50000]
+//!
+//! With `--callers 1,4,16,64` instead, it measures the accept log alone as concurrency grows:
+//! for each caller count, a `sync` round and an `async` round of accepts, one JSON line each
+//! (CPU and wall µs per payment, latency p50/p99, payments per sync).
+//!
+//!     cargo run --release --example journal_load -- --callers 1,4,16,64 [payments per round]
 
 use std::time::Instant;
 
@@ -65,18 +71,101 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
     }
 }
 
+/// `callers` concurrent callers accepting `n` payments in all, one at a time, with ids from
+/// `first`: the process CPU and wall time, and every accept's latency in µs, sorted.
+async fn accept_round(
+    journal: &Journal,
+    callers: u64,
+    n: u64,
+    first: u64,
+    design: Option<Durability>,
+) -> (f64, f64, Vec<u128>) {
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let tasks: Vec<_> = (0..callers)
+        .map(|k| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                for i in 0..n / callers {
+                    let t = Instant::now();
+                    let r = record(first + i * callers + k, design.is_none());
+                    match design {
+                        None => journal.put(vec![r]).await.expect("put"),
+                        Some(durability) => {
+                            journal.accept(vec![r], durability).await.expect("accept")
+                        }
+                    }
+                    latencies.push(t.elapsed().as_micros());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("caller"));
+    }
+    latencies.sort_unstable();
+    (cpu_seconds() - cpu, wall.elapsed().as_secs_f64(), latencies)
+}
+
+/// The `--callers` sweep: the accept log's cost per payment as concurrency grows.
+async fn sweep(journal: &Journal, counts: &[u64], n: u64) {
+    let group = &levy::metrics::metrics().journal_group;
+    let mut first = 0;
+    for &callers in counts {
+        for durability in [Durability::Sync, Durability::Async] {
+            let syncs = (group.get_sample_sum(), group.get_sample_count());
+            let (cpu, wall, latencies) =
+                accept_round(journal, callers, n, first, Some(durability)).await;
+            first += n;
+            let paid = latencies.len().max(1);
+            let at = |q: usize| latencies.get(paid * q / 100).copied().unwrap_or(0);
+            let grouped = group.get_sample_sum() - syncs.0;
+            let synced = group.get_sample_count() - syncs.1;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "callers": callers,
+                    "durability": format!("{durability:?}").to_lowercase(),
+                    "payments": paid,
+                    "cpu_us_per_payment": cpu * 1e6 / paid as f64,
+                    "wall_us_per_payment": wall * 1e6 / paid as f64,
+                    "p50_us": at(50),
+                    "p99_us": at(99),
+                    // Async callers do not wait for a sync, so only sync rounds have groups.
+                    "payments_per_sync": (durability == Durability::Sync)
+                        .then(|| grouped / synced.max(1) as f64),
+                })
+            );
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let counts: Option<Vec<u64>> =
+        (args.first().map(String::as_str) == Some("--callers")).then(|| {
+            args.get(1)
+                .expect("--callers 1,4,16")
+                .split(',')
+                .map(|c| c.parse().expect("a caller count"))
+                .collect()
+        });
+    let n: u64 = args
+        .get(if counts.is_some() { 2 } else { 0 })
         .map(|s| s.parse().expect("payments per round"))
-        .unwrap_or(50_000);
+        .unwrap_or(if counts.is_some() { 20_000 } else { 50_000 });
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = Journal::open(
         &dir.path().join("journal.redb"),
         std::time::Duration::from_millis(50),
     )
     .expect("journal");
+    if let Some(counts) = counts {
+        return sweep(&journal, &counts, n).await;
+    }
     let designs = [None, Some(Durability::Sync), Some(Durability::Async)];
     for (round, design) in (0u64..).zip(designs.iter().chain(&designs).copied()) {
         let store_direct = design.is_none();
@@ -85,38 +174,12 @@ async fn main() {
             Some(Durability::Sync) => "accept log, sync",
             Some(Durability::Async) => "accept log, async",
         };
-        let (cpu, wall) = (cpu_seconds(), Instant::now());
-        let callers: Vec<_> = (0..16u64)
-            .map(|k| {
-                let journal = journal.clone();
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    for i in 0..n / 16 {
-                        let t = Instant::now();
-                        let id = round * n + i * 16 + k;
-                        let r = record(id, store_direct);
-                        match design {
-                            None => journal.put(vec![r]).await.expect("put"),
-                            Some(durability) => {
-                                journal.accept(vec![r], durability).await.expect("accept")
-                            }
-                        }
-                        latencies.push(t.elapsed().as_micros());
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        for caller in callers {
-            latencies.extend(caller.await.expect("caller"));
-        }
-        latencies.sort_unstable();
+        let (cpu, wall, latencies) = accept_round(&journal, 16, n, round * n, design).await;
         let at = |q: usize| latencies[latencies.len() * q / 100];
         println!(
             "round {round} ({what}): accept CPU {:.1} µs/payment, wall {:.1} µs/payment, latency p50 {} µs p99 {} µs",
-            (cpu_seconds() - cpu) * 1e6 / n as f64,
-            wall.elapsed().as_secs_f64() * 1e6 / n as f64,
+            cpu * 1e6 / n as f64,
+            wall * 1e6 / n as f64,
             at(50),
             at(99)
         );
