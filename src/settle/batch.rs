@@ -29,8 +29,9 @@ impl Settlement {
             .await;
             return;
         };
-        let checks = match chain.precheck(&batch).await {
-            Ok(checks) => checks,
+        let total = batch.len();
+        let (checks, simulated) = match chain.precheck(&batch).await {
+            Ok(prechecked) => (prechecked.checks, prechecked.gas),
             Err(e) => {
                 log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
                 self.requeue_pending(batch, Some(Reason::RpcUnavailable), false)
@@ -110,7 +111,9 @@ impl Settlement {
         if send.is_empty() {
             return;
         }
-        self.send_batch(network, chain, send).await;
+        // The simulation's gas sizes the transaction only if it sends what was simulated.
+        let simulated = simulated.filter(|_| send.len() == total);
+        self.send_batch(network, chain, send, simulated).await;
     }
 
     /// A payment whose authorization is already marked used on chain: find out how.
@@ -162,6 +165,7 @@ impl Settlement {
         network: &str,
         chain: &Chain,
         mut send: Vec<PaymentRecord>,
+        mut simulated: Option<u64>,
     ) {
         let nonce = match self.nonce_for(network, chain).await {
             Ok(n) => n,
@@ -173,10 +177,11 @@ impl Settlement {
             }
         };
         let signed = loop {
-            match chain.sign_batch(&send, nonce, None).await {
+            match chain.sign_batch(&send, nonce, None, simulated).await {
                 Ok(signed) => break signed,
                 Err(ChainError::TooMuchGas { .. }) if send.len() > 1 => {
                     // Too big for a block: send the nearest half now, the rest next.
+                    simulated = None;
                     let rest = send.split_off(send.len() / 2);
                     lock(&self.inner.queue).extend(rest);
                 }
@@ -347,7 +352,7 @@ impl Settlement {
             return;
         }
         let signed = match chain
-            .sign_batch(&records, batch.nonce, Some(batch.fees))
+            .sign_batch(&records, batch.nonce, Some(batch.fees), None)
             .await
         {
             Ok(signed) => signed,

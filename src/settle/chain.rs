@@ -5,6 +5,7 @@
 //! use and cancel events for reconciliation. Every RPC call has a timeout.
 
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
@@ -13,6 +14,7 @@ use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::{TransactionBuilder, TxSignerSync};
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
+use alloy::rpc::types::simulate::{SimBlock, SimulatePayload};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
@@ -142,6 +144,20 @@ pub struct Chain {
     /// levy's `LevyBatcher`, which settles `upto` payments.
     batcher: Option<Address>,
     timeout: Duration,
+    /// The node refused `eth_simulateV1`: batches are simulated with `eth_call` and their
+    /// gas estimated with `eth_estimateGas` instead.
+    no_simulate: AtomicBool,
+}
+
+/// [`Chain::precheck`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prechecked {
+    /// One per payment, in order.
+    pub checks: Vec<Precheck>,
+    /// The gas the whole batch used in its simulation, where the node reports it
+    /// (`eth_simulateV1`): [`Chain::sign_batch`] sizes the same batch from it instead of
+    /// estimating its gas again.
+    pub gas: Option<u64>,
 }
 
 impl Chain {
@@ -160,6 +176,7 @@ impl Chain {
             multicall,
             batcher,
             timeout,
+            no_simulate: AtomicBool::new(false),
         })
     }
 
@@ -242,9 +259,12 @@ impl Chain {
     /// Whether each payment's authorization is used and the payer's balance, in one
     /// multicall read, then the batch simulated as the settler would send it, at the latest
     /// block. A simulation that reverts as a whole settles nothing.
-    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
+    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Prechecked, ChainError> {
         let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
-            return Ok(Vec::new());
+            return Ok(Prechecked {
+                checks: Vec::new(),
+                gas: None,
+            });
         };
         let mut calls = Vec::with_capacity(payments.len() * 2);
         for p in payments {
@@ -262,12 +282,12 @@ impl Chain {
             .from(self.settler())
             .to(target)
             .input(data.into());
-        let transfers = match self.call_latest(request).await {
-            Ok(output) => scheme.batch_outcomes(payments, &output)?,
-            Err(ChainError::Rpc { .. }) => vec![false; payments.len()],
-            Err(e) => return Err(e),
+        let (output, gas) = self.simulate(request).await?;
+        let transfers = match output {
+            Some(output) => scheme.batch_outcomes(payments, &output)?,
+            None => vec![false; payments.len()],
         };
-        Ok(reads
+        let checks = reads
             .chunks(2)
             .zip(payments)
             .zip(transfers.into_iter().chain(std::iter::repeat(false)))
@@ -277,7 +297,61 @@ impl Chain {
                 balance: read_balance(&pair[1]),
                 transfers,
             })
-            .collect())
+            .collect();
+        Ok(Prechecked { checks, gas })
+    }
+
+    /// Runs `request` once at the latest block: its output (`None` when it reverted as a
+    /// whole) and, where the node offers `eth_simulateV1`, the gas it used. A node without
+    /// it (any error answer) is asked with `eth_call` from then on.
+    async fn simulate(
+        &self,
+        request: TransactionRequest,
+    ) -> Result<(Option<Bytes>, Option<u64>), ChainError> {
+        if !self.no_simulate.load(Ordering::Relaxed) {
+            let payload = SimulatePayload {
+                block_state_calls: vec![SimBlock {
+                    block_overrides: None,
+                    state_overrides: None,
+                    calls: vec![request.clone()],
+                }],
+                trace_transfers: false,
+                validation: false,
+                return_full_transactions: false,
+            };
+            match self
+                .rpc(
+                    "eth_simulateV1",
+                    self.provider.simulate(&payload).block_id(BlockId::latest()),
+                )
+                .await
+            {
+                Ok(blocks) => {
+                    let call = blocks
+                        .first()
+                        .and_then(|block| block.calls.first())
+                        .ok_or_else(|| ChainError::Decode("eth_simulateV1: no result".into()))?;
+                    return Ok((
+                        call.status.then(|| call.return_data.clone()),
+                        Some(call.gas_used),
+                    ));
+                }
+                Err(ChainError::Rpc { message, .. }) => {
+                    log::info!(
+                        "chain {}: no eth_simulateV1 ({message}); batches are simulated with \
+                         eth_call and their gas estimated with eth_estimateGas",
+                        self.chain_id
+                    );
+                    self.no_simulate.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match self.call_latest(request).await {
+            Ok(output) => Ok((Some(output), None)),
+            Err(ChainError::Rpc { .. }) => Ok((None, None)),
+            Err(e) => Err(e),
+        }
     }
 
     /// One `aggregate3` read through the multicall contract at the latest block; the answer
@@ -369,7 +443,10 @@ impl Chain {
     /// Builds and signs one transaction that transfers every payment through `aggregate3`.
     ///
     /// `floor` is the fees of a transaction this one replaces (same nonce, same calls): each
-    /// fee is raised to at least a quarter above it, so nodes accept the replacement. A
+    /// fee is raised to at least a quarter above it, so nodes accept the replacement.
+    /// `simulated` is the gas these same payments used in their pre-check's simulation
+    /// ([`Prechecked::gas`]); without it the gas is estimated (`eth_estimateGas`, which a
+    /// node answers by running the batch many times over). A
     /// batch whose gas would exceed most of a block is refused with
     /// [`ChainError::TooMuchGas`]: split it.
     pub async fn sign_batch(
@@ -377,19 +454,27 @@ impl Chain {
         payments: &[PaymentRecord],
         nonce: u64,
         floor: Option<Fees>,
+        simulated: Option<u64>,
     ) -> Result<SignedBatch, ChainError> {
         let (target, data) = self.batch_call(payments)?;
-        let estimate_request = TransactionRequest::default()
-            .from(self.settler())
-            .to(target)
-            .input(data.clone().into());
-        let gas = self
-            .rpc(
-                "eth_estimateGas",
-                self.provider.estimate_gas(estimate_request),
-            )
-            .await?;
-        let gas_limit = gas + gas / 4 + 21_000;
+        let gas_limit = match simulated {
+            // Gas used is what is left after refunds (at most a fifth of it) and the inner
+            // calls need 64/63 of theirs at hand: half again covers both.
+            Some(used) => used + used / 2 + 21_000,
+            None => {
+                let estimate_request = TransactionRequest::default()
+                    .from(self.settler())
+                    .to(target)
+                    .input(data.clone().into());
+                let gas = self
+                    .rpc(
+                        "eth_estimateGas",
+                        self.provider.estimate_gas(estimate_request),
+                    )
+                    .await?;
+                gas + gas / 4 + 21_000
+            }
+        };
         let block = self
             .rpc(
                 "eth_getBlockByNumber",
