@@ -1,6 +1,7 @@
 //! Settlement keeps moving when a chain does not cooperate: a batch the chain will not mine
-//! at its fees is replaced at higher ones, and an RPC endpoint of the wrong chain stops levy
-//! at start instead of sending transactions nobody mines.
+//! at its fees is replaced at higher ones, an RPC endpoint of the wrong chain stops levy
+//! at start instead of sending transactions nobody mines, and a node without
+//! `eth_simulateV1` settles like one with it.
 
 use std::time::{Duration, Instant};
 
@@ -156,4 +157,55 @@ fn payments_settled_on_chain_are_never_refused_or_reviewed_when_the_rpc_serves_r
         chain.balance(PAY_TO.parse().expect("payee")),
         U256::from(6 * PRICE)
     );
+}
+
+#[test]
+fn batches_are_sized_by_their_one_simulation_and_a_node_without_eth_simulate_v1_settles_them_too() {
+    for refused in [&[][..], &["eth_simulateV1"][..]] {
+        let chain = TestChain::start();
+        let payer = signer(KEYS[0]);
+        chain.mint(payer.address(), 100 * PRICE);
+        let rpc = LaggingRpc::refusing(&chain.rpc_url, Duration::ZERO, refused);
+        let origin = Origin::echo();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let levy = Levy::start(&format!(
+            "{}{}{}  routes:\n    \
+             - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+            upstream_yaml(origin.addr),
+            chain.levy_yaml_via(&rpc.url),
+            settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
+        ));
+        let terms = challenge(&levy, "/data/x");
+        for _ in 0..5 {
+            let (_, header) = sign_for(&terms, KEYS[0]);
+            let response = request(
+                levy.addr,
+                &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+            );
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        wait_all_final(levy.admin, Duration::from_secs(60));
+        assert_eq!(
+            settlements_in(levy.admin, "settled"),
+            5,
+            "refused: {refused:?}"
+        );
+        assert_eq!(
+            chain.balance(PAY_TO.parse().expect("payee")),
+            U256::from(5 * PRICE)
+        );
+        if refused.is_empty() {
+            assert!(rpc.calls("eth_simulateV1") > 0);
+            assert_eq!(
+                rpc.calls("eth_estimateGas"),
+                0,
+                "the simulation sized the batch"
+            );
+        } else {
+            assert!(
+                rpc.calls("eth_estimateGas") > 0,
+                "without it, the gas is estimated"
+            );
+        }
+    }
 }

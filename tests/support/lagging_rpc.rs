@@ -1,7 +1,8 @@
 //! A JSON-RPC proxy in front of the test chain whose receipts and logs lag its state: a
 //! transaction's receipt and its logs are served only `lag` after the proxy first saw them,
 //! while `eth_call`, balances and nonces are current. Some providers behave so (their nodes
-//! answer state and receipts from different replicas).
+//! answer state and receipts from different replicas). It can also refuse methods, as nodes
+//! that lack them do, and counts the calls of each method.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -16,13 +17,20 @@ use super::client::{fill, read_head, read_response};
 /// The proxy; it serves until the test process ends.
 pub struct LaggingRpc {
     pub url: String,
+    calls: Calls,
 }
 
 type FirstSeen = Arc<Mutex<HashMap<String, Instant>>>;
+type Calls = Arc<Mutex<HashMap<String, usize>>>;
 
 impl LaggingRpc {
     /// Proxies to the node at `upstream` (`http://host:port`).
     pub fn start(upstream: &str, lag: Duration) -> LaggingRpc {
+        Self::refusing(upstream, lag, &[])
+    }
+
+    /// The same, answering each of `refused` with JSON-RPC's "method not found".
+    pub fn refusing(upstream: &str, lag: Duration, refused: &[&str]) -> LaggingRpc {
         let target: SocketAddr = upstream
             .trim_start_matches("http://")
             .parse()
@@ -30,27 +38,66 @@ impl LaggingRpc {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let seen = FirstSeen::default();
+        let calls = Calls::default();
+        let counted = Arc::clone(&calls);
+        let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|m| m.to_string()).collect());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let seen = Arc::clone(&seen);
-                std::thread::spawn(move || serve(client, target, lag, &seen));
+                let calls = Arc::clone(&counted);
+                let refused = Arc::clone(&refused);
+                std::thread::spawn(move || serve(client, target, lag, &seen, &calls, &refused));
             }
         });
-        LaggingRpc { url }
+        LaggingRpc { url, calls }
+    }
+
+    /// How many times `method` was called through the proxy so far.
+    pub fn calls(&self, method: &str) -> usize {
+        self.calls
+            .lock()
+            .expect("calls")
+            .get(method)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
 /// Serves one keep-alive connection.
-fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, seen: &FirstSeen) {
+fn serve(
+    mut client: TcpStream,
+    target: SocketAddr,
+    lag: Duration,
+    seen: &FirstSeen,
+    calls: &Calls,
+    refused: &[String],
+) {
     let mut buf = Vec::new();
     loop {
         let Some(body) = read_request(&mut client, &mut buf) else {
             return;
         };
-        let Some(answer) = forward(target, &body) else {
-            return;
+        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let method = request["method"].as_str().unwrap_or_default().to_owned();
+        *calls
+            .lock()
+            .expect("calls")
+            .entry(method.clone())
+            .or_default() += 1;
+        let answer = if refused.contains(&method) {
+            serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "error": {"code": -32601, "message": format!("the method {method} does not exist/is not available")},
+            })
+            .to_string()
+            .into_bytes()
+        } else {
+            let Some(answer) = forward(target, &body) else {
+                return;
+            };
+            delay_receipts(&body, answer, lag, seen)
         };
-        let answer = delay_receipts(&body, answer, lag, seen);
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             answer.len()
