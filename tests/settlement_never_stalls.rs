@@ -27,6 +27,21 @@ fn quantity(value: &serde_json::Value) -> u64 {
     .expect("hex quantity")
 }
 
+/// Five paid requests to `/data/x` from `KEYS[0]`, each answered 200; waits until every
+/// payment is final.
+fn pay_five_and_wait(levy: &Levy) {
+    let terms = challenge(levy, "/data/x");
+    for _ in 0..5 {
+        let (_, header) = sign_for(&terms, KEYS[0]);
+        let response = request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    wait_all_final(levy.admin, Duration::from_secs(60));
+}
+
 #[test]
 fn a_batch_priced_under_the_base_fee_is_replaced_and_settles() {
     let chain = TestChain::start();
@@ -139,16 +154,7 @@ fn payments_settled_on_chain_are_never_refused_or_reviewed_when_the_rpc_serves_r
     assert!(chain.authorization_used(payer.address(), signed.nonce));
 
     // Batched.
-    let terms = challenge(&levy, "/data/x");
-    for _ in 0..5 {
-        let (_, header) = sign_for(&terms, KEYS[0]);
-        let response = request(
-            levy.addr,
-            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
-        );
-        assert_eq!(response.status, 200, "{}", response.text());
-    }
-    wait_all_final(levy.admin, Duration::from_secs(60));
+    pay_five_and_wait(&levy);
     let count = |state: &str| settlements_in(levy.admin, state);
     assert_eq!(count("settled"), 6);
     assert_eq!(count("needs_review"), 0);
@@ -175,16 +181,7 @@ fn batches_are_sized_by_their_one_simulation_and_a_node_without_eth_simulate_v1_
             chain.levy_yaml_via(&rpc.url),
             settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
         ));
-        let terms = challenge(&levy, "/data/x");
-        for _ in 0..5 {
-            let (_, header) = sign_for(&terms, KEYS[0]);
-            let response = request(
-                levy.addr,
-                &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
-            );
-            assert_eq!(response.status, 200, "{}", response.text());
-        }
-        wait_all_final(levy.admin, Duration::from_secs(60));
+        pay_five_and_wait(&levy);
         assert_eq!(
             settlements_in(levy.admin, "settled"),
             5,

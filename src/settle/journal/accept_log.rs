@@ -717,14 +717,20 @@ mod tests {
         write(&log, "pay_next", Durability::Sync);
         std::thread::sleep(IDLE_CHECK * 2);
         drop(log);
+        // Reopens: nothing was retired, every payment is replayed; then writes the same
+        // payments again (a full file, then one in the other file).
+        let reopen_and_fill = || {
+            let (log, replayed) = open(&path, &staged);
+            assert_eq!(replayed.len() as u64, to_fill + 1, "nothing retired");
+            lock(&staged.records).clear();
+            for i in 0..to_fill {
+                write(&log, &format!("pay_{i:06}"), Durability::Async);
+            }
+            write(&log, "pay_next", Durability::Sync);
+            log
+        };
         // The store never took them: both files still hold their payments.
-        let (log, replayed) = open(&path, &staged);
-        assert_eq!(replayed.len() as u64, to_fill + 1);
-        lock(&staged.records).clear();
-        for i in 0..to_fill {
-            write(&log, &format!("pay_{i:06}"), Durability::Async);
-        }
-        write(&log, "pay_next", Durability::Sync);
+        let log = reopen_and_fill();
         // Now the store has the first file's payments (nothing of it is staged), but from a
         // commit not yet synced: the log keeps the file and asks for a durable commit.
         staged.unsynced_moves.store(true, Ordering::Release);
@@ -732,13 +738,7 @@ mod tests {
         std::thread::sleep(IDLE_CHECK * 3);
         assert!(staged.durable_wanted.load(Ordering::Acquire));
         drop(log);
-        let (log, replayed) = open(&path, &staged);
-        assert_eq!(replayed.len() as u64, to_fill + 1, "nothing retired yet");
-        lock(&staged.records).clear();
-        for i in 0..to_fill {
-            write(&log, &format!("pay_{i:06}"), Durability::Async);
-        }
-        write(&log, "pay_next", Durability::Sync);
+        let log = reopen_and_fill();
         // Once that commit is durable, the syncer retires the file: only the active file's
         // payment is left to replay.
         staged.unsynced_moves.store(false, Ordering::Release);
