@@ -98,6 +98,14 @@ impl InFlight {
         self.0.get(network).is_some_and(|b| b.contains_key(&nonce))
     }
 
+    /// The nonce after the highest one in flight on `network` (0 with none).
+    fn next_nonce(&self, network: &str) -> u64 {
+        self.0
+            .get(network)
+            .and_then(|b| b.keys().next_back())
+            .map_or(0, |n| n + 1)
+    }
+
     /// Adds a batch, or replaces the one with its nonce.
     fn insert(&mut self, batch: BatchRecord) {
         self.0

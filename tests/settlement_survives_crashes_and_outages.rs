@@ -7,10 +7,11 @@ use alloy::primitives::{B256, U256};
 use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
 use crate::support::process::{process_config as config_in, spawn_levy, wait_listening};
-use crate::support::settle::{open_settlements, settlement_yaml, wait_all_final};
+use crate::support::settle::{open_settlements, settlement_yaml, settlements_in, wait_all_final};
 use crate::support::{request, send, upstream_yaml, Levy, Origin, PAY_TO};
 
 const PRICE: u64 = 1000;
@@ -304,5 +305,67 @@ fn with_the_rpc_unreachable_for_twenty_seconds_serving_goes_on_and_everything_se
     assert_eq!(
         chain.balance(PAY_TO.parse().expect("payee")),
         U256::from(during.len() as u64 * PRICE)
+    );
+}
+
+/// A batch journaled before a crash whose transaction never reached the node keeps its
+/// settler nonce after the restart: it is broadcast again and settles, and the batches after
+/// the restart take the nonces after it (given its nonce, a new batch would take its place
+/// in flight and leave its payments submitted for good).
+#[test]
+fn a_batch_that_never_reached_the_node_before_a_crash_settles_after_the_restart() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_via = |chain_yaml: String| {
+        config_in(
+            dir.path(),
+            &format!(
+                "{}{chain_yaml}{}{ROUTES}",
+                upstream_yaml(origin.addr),
+                settlement_yaml(dir.path(), "    max_batch: 20\n    max_delay_ms: 200\n"),
+            ),
+        )
+    };
+    let pay_three = |addr: SocketAddr| {
+        let terms = decode(
+            request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
+                .header("payment-required")
+                .expect("challenge"),
+        );
+        for _ in 0..3 {
+            let (_, header) = sign_for(&terms, KEYS[0]);
+            let paid = request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &header));
+            assert_eq!(paid.status, 200, "{}", paid.text());
+        }
+    };
+
+    // The first levy's node answers everything but its transactions.
+    let rpc = LaggingRpc::refusing(&chain.rpc_url, Duration::ZERO, &["eth_sendRawTransaction"]);
+    let (config, addr, admin) = config_via(chain.levy_yaml_via(&rpc.url));
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    pay_three(addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while settlements_in(admin, "submitted") < 3 || rpc.calls("eth_sendRawTransaction") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch was never journaled and sent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    levy.sigkill();
+
+    // Restarted against the node itself, with more payments after the restart.
+    let (config, addr, admin) = config_via(chain.levy_yaml());
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    pay_three(addr);
+    wait_all_final(admin, Duration::from_secs(60));
+    assert_eq!(settlements_in(admin, "settled"), 6);
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(6_000)
     );
 }

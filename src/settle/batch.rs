@@ -150,12 +150,19 @@ impl Settlement {
         }
     }
 
+    /// The settler nonce for the next batch on `network`: the node's pending nonce, but past
+    /// every batch of ours still in flight. After a restart, a batch journaled before the
+    /// crash may never have reached the node; its nonce is still its own (it is re-broadcast
+    /// or replaced), and a new batch given it would take its place in flight and leave its
+    /// payments submitted for good.
     pub(super) async fn nonce_for(&self, network: &str, chain: &Chain) -> Result<u64, ChainError> {
+        // Read before `next_nonce` is locked: resolving takes the two in the other order.
+        let past_inflight = self.inner.inflight.lock().await.next_nonce(network);
         let mut nonces = self.inner.next_nonce.lock().await;
         if let Some(n) = nonces.get(network) {
             return Ok(*n);
         }
-        let n = chain.pending_nonce().await?;
+        let n = chain.pending_nonce().await?.max(past_inflight);
         nonces.insert(network.to_owned(), n);
         Ok(n)
     }
