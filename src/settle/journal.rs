@@ -478,8 +478,10 @@ impl StoreWriter {
                 .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
                 .collect();
             // State changes are durable when answered; moves alone need not be (the log
-            // still holds them), until the log wants a file back.
-            if !group.is_empty() || self.staged.durable_wanted.swap(false, Ordering::AcqRel) {
+            // still holds them), until the log wants a file back. Any durable commit answers
+            // that want.
+            let wanted = self.staged.durable_wanted.swap(false, Ordering::AcqRel);
+            if !group.is_empty() || wanted {
                 self.store_and_answer(group, Commit::Durable);
             } else if !lock(&self.staged.records).is_empty() {
                 self.store_and_answer(group, Commit::Unsynced);

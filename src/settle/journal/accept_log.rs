@@ -288,10 +288,7 @@ fn seal(buf: &mut [u8], frames: &[usize], generation: u32) -> Result<(), Journal
         let end = frames.get(i + 1).copied().unwrap_or(buf.len());
         let payload = &buf[start + FRAME_HEADER..end];
         let len = u32::try_from(payload.len()).map_err(storage)?;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&gen);
-        crc.update(payload);
-        let crc = crc.finalize();
+        let crc = frame_crc(generation, payload);
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         buf[start + 4..start + 8].copy_from_slice(&gen);
         buf[start + 8..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
@@ -446,6 +443,14 @@ impl Shared {
     }
 }
 
+/// A frame's checksum: CRC-32 over its generation (little endian), then its payload.
+fn frame_crc(generation: u32, payload: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&generation.to_le_bytes());
+    crc.update(payload);
+    crc.finalize()
+}
+
 /// The generation after `generation` (never 0: that is a file in the previous format).
 fn after(generation: u32) -> u32 {
     generation.wrapping_add(1).max(1)
@@ -580,10 +585,7 @@ fn frame_at(bytes: &[u8], generation: u32) -> Frame<PaymentRecord> {
     let Some(payload) = bytes.get(FRAME_HEADER..FRAME_HEADER + len) else {
         return Frame::Damaged;
     };
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&gen.to_le_bytes());
-    hasher.update(payload);
-    if hasher.finalize() != crc {
+    if frame_crc(gen, payload) != crc {
         return Frame::Damaged;
     }
     if gen != generation {
