@@ -96,7 +96,7 @@ fn serve(
             let Some(answer) = forward(target, &body) else {
                 return;
             };
-            delay_receipts(&body, answer, lag, seen)
+            delay_receipts(&method, answer, lag, seen)
         };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -141,11 +141,8 @@ fn forward(target: SocketAddr, body: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Hides receipts and logs of transactions first seen less than `lag` ago.
-fn delay_receipts(request: &[u8], answer: Vec<u8>, lag: Duration, seen: &FirstSeen) -> Vec<u8> {
-    let (Ok(request), Ok(mut answer_json)) = (
-        serde_json::from_slice::<Value>(request),
-        serde_json::from_slice::<Value>(&answer),
-    ) else {
+fn delay_receipts(method: &str, answer: Vec<u8>, lag: Duration, seen: &FirstSeen) -> Vec<u8> {
+    let Ok(mut answer_json) = serde_json::from_slice::<Value>(&answer) else {
         return answer;
     };
     let hidden = |hash: &str| {
@@ -155,8 +152,8 @@ fn delay_receipts(request: &[u8], answer: Vec<u8>, lag: Duration, seen: &FirstSe
             .or_insert_with(Instant::now);
         first.elapsed() < lag
     };
-    match request["method"].as_str() {
-        Some("eth_getTransactionReceipt") => {
+    match method {
+        "eth_getTransactionReceipt" => {
             let hash = answer_json["result"]["transactionHash"]
                 .as_str()
                 .map(str::to_owned);
@@ -164,7 +161,7 @@ fn delay_receipts(request: &[u8], answer: Vec<u8>, lag: Duration, seen: &FirstSe
                 answer_json["result"] = Value::Null;
             }
         }
-        Some("eth_getLogs") => {
+        "eth_getLogs" => {
             if let Some(logs) = answer_json["result"].as_array_mut() {
                 logs.retain(|log| !log["transactionHash"].as_str().is_some_and(hidden));
             }
