@@ -68,6 +68,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         upto: None,
         shared: None,
         entry: None,
+        isolate: false,
     }
 }
 

@@ -5,6 +5,9 @@
 //!   a listing in acceptance order, `limit` (default 1000, at most 10 000) at a time; `next`
 //!   is the `after` of the next page;
 //! - `POST /settlements/{id}/requeue`: puts a `needs_review` payment back in the queue;
+//! - `POST /settlements/{id}/resolve?as=settled&transaction=0x…|as=written_off|as=retry`:
+//!   resolves a `needs_review` payment: settled in that transaction (levy checks its
+//!   receipt), written off (not settled, the loss stands), or settled again;
 //! - `POST /channels/claim`: claims every charged channel voucher now;
 //! - `POST /reload`: re-reads the config file and swaps routes, prices and upstreams (as
 //!   `SIGHUP` does); 200 with the route count, or 422 with what `levy check` would say;
@@ -26,7 +29,7 @@ use serde_json::json;
 
 use crate::config::AdminToken;
 use crate::reload::Reloader;
-use crate::settle::{PaymentRecord, SettleError, Settlement, SettlementState};
+use crate::settle::{PaymentRecord, Resolution, SettleError, Settlement, SettlementState};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
@@ -110,14 +113,43 @@ impl AdminApp {
                 Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
                 Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             },
-            (&Method::POST, Some((id, "requeue"))) => match settlement.requeue(id).await {
-                Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
-                Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
-                Err(e @ SettleError::NotInReview(_)) => {
-                    plain(StatusCode::CONFLICT, &format!("{e}\n"))
-                }
-                Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
-            },
+            (&Method::POST, Some((id, "requeue"))) => {
+                resolved(settlement.resolve(id, Resolution::Retry).await)
+            }
+            (&Method::POST, Some((id, "resolve"))) => {
+                let param = |name: &str| {
+                    query.and_then(|q| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    })
+                };
+                let resolution = match (param("as"), param("transaction")) {
+                    (Some("settled"), Some(tx)) => match tx.parse() {
+                        Ok(tx) => Resolution::Settled(tx),
+                        Err(_) => {
+                            return plain(
+                                StatusCode::BAD_REQUEST,
+                                "transaction must be a 32-byte hex hash\n",
+                            )
+                        }
+                    },
+                    (Some("settled"), None) => {
+                        return plain(
+                            StatusCode::BAD_REQUEST,
+                            "as=settled needs transaction=<the hash that settled it>\n",
+                        )
+                    }
+                    (Some("written_off"), _) => Resolution::WrittenOff,
+                    (Some("retry"), _) => Resolution::Retry,
+                    _ => {
+                        return plain(
+                            StatusCode::BAD_REQUEST,
+                            "as must be settled, written_off or retry\n",
+                        )
+                    }
+                };
+                resolved(settlement.resolve(id, resolution).await)
+            }
             _ => plain(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -183,6 +215,22 @@ impl ServeHttp for AdminApp {
                 "not found; try /dashboard, /metrics, /healthz, /readyz or /settlements\n",
             ),
         }
+    }
+}
+
+/// The answer to a resolution: the record as it now stands, 404 for an unknown id, 409 for a
+/// payment not in review, 422 for a transaction that does not show it, 503 when the chain
+/// could not be asked.
+fn resolved(outcome: Result<Option<PaymentRecord>, SettleError>) -> Response<Vec<u8>> {
+    match outcome {
+        Ok(Some(record)) => json_response(StatusCode::OK, &record_json(&record)),
+        Ok(None) => plain(StatusCode::NOT_FOUND, "no such payment\n"),
+        Err(e @ SettleError::NotInReview(_)) => plain(StatusCode::CONFLICT, &format!("{e}\n")),
+        Err(e @ (SettleError::NotSettledBy(_) | SettleError::NoChain(_))) => {
+            plain(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e}\n"))
+        }
+        Err(e @ SettleError::Chain(_)) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
 }
 

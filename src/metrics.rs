@@ -63,6 +63,12 @@ pub struct Metrics {
     /// `levy_funds_read_failures_total`: payer balance reads that failed or ran past their
     /// deadline.
     pub funds_unknown: IntCounter,
+    /// `levy_settlement_isolation_simulations_total`: simulations run beyond a batch's first
+    /// to find which payments break it.
+    pub isolation_simulations: IntCounter,
+    /// `levy_settlement_reverted_transactions_total`: settlement transactions mined with a
+    /// payment in them that did not transfer.
+    pub reverted_transactions: IntCounter,
     /// `levy_lost_value_total`: atomic units served before settlement that then failed to
     /// settle.
     pub lost_value: IntCounter,
@@ -292,6 +298,16 @@ pub fn metrics() -> &'static Metrics {
             &["network"]
         )
         .expect("levy_settler_balance_gwei registers once"),
+        isolation_simulations: register_int_counter!(
+            "levy_settlement_isolation_simulations_total",
+            "Simulations run beyond a batch's first to find which payments break it"
+        )
+        .expect("levy_settlement_isolation_simulations_total registers once"),
+        reverted_transactions: register_int_counter!(
+            "levy_settlement_reverted_transactions_total",
+            "Settlement transactions mined with a payment in them that did not transfer"
+        )
+        .expect("levy_settlement_reverted_transactions_total registers once"),
         funds_unknown: register_int_counter!(
             "levy_funds_read_failures_total",
             "Payer balance reads that failed or ran past their deadline"

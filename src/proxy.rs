@@ -139,6 +139,7 @@ impl ProxyHttp for LevyProxy {
             channel: channel::ChannelStep::None,
             session: session::SessionStep::None,
             failure: None,
+            failure_reply: None,
             audit: self.audit.clone(),
         }
     }
@@ -377,7 +378,10 @@ impl ProxyHttp for LevyProxy {
             if session.response_written().is_some() {
                 // Headers already went out; the only honest signal left is closing.
                 error_code = 0;
-            } else if let Err(write_error) = Reply::text(status, ctx.failure.unwrap_or(reason))
+            } else if let Err(write_error) = ctx
+                .failure_reply
+                .take()
+                .unwrap_or_else(|| Reply::text(status, ctx.failure.unwrap_or(reason)))
                 .close()
                 .send(session)
                 .await

@@ -48,7 +48,7 @@ use crate::metrics::metrics;
 use engine::{deny_reason, publish_unsettled};
 pub use record::{
     BatchRecord, ChainSpec, FacilitatorSpec, LiveAuthorization, OnBacklog, PaymentRecord, Reason,
-    SettleError, SettlementConfig, SettlementState, SignatureCheck,
+    Resolution, SettleError, SettlementConfig, SettlementState, SignatureCheck,
 };
 
 /// Seconds to allow a transaction to be mined, on top of the batch delay.
@@ -62,8 +62,9 @@ pub fn settle_window_seconds(max_delay: Duration) -> u64 {
 
 /// Failure reasons that say the payer never could or never meant to pay: the payer goes on
 /// the deny list.
-const DENY_REASONS: [Reason; 5] = [
+const DENY_REASONS: [Reason; 6] = [
     Reason::TransferWouldRevert,
+    Reason::TransferReverted,
     Reason::InsufficientBalance,
     Reason::AuthorizationCanceled,
     Reason::Standard("invalid_exact_evm_insufficient_balance"),
@@ -350,6 +351,15 @@ impl Settlement {
                 && record
                     .reason
                     .is_some_and(|r| NEVER_SENT_REASONS.contains(&r));
+            let lost = matches!(
+                record.state,
+                SettlementState::Failed | SettlementState::NeedsReview
+            );
+            if lost && record.deferred && record.updated_at >= loss_since {
+                self.inner
+                    .ledger
+                    .record_loss(record.amount, record.updated_at);
+            }
             if record.state == SettlementState::Failed {
                 // The deny list and the loss budget outlive a restart.
                 if let Some(reason) = deny_reason(&record) {
@@ -358,11 +368,6 @@ impl Settlement {
                             .funds
                             .deny(record.payer, reason, record.updated_at + deny_for);
                     }
-                }
-                if record.deferred && record.updated_at >= loss_since {
-                    self.inner
-                        .ledger
-                        .record_loss(record.amount, record.updated_at);
                 }
             }
             if record.valid_before > now && !never_sent {
@@ -375,7 +380,7 @@ impl Settlement {
                     valid_before: record.valid_before,
                 });
             }
-            if record.state.is_final() {
+            if !record.state.holds_exposure() {
                 continue;
             }
             self.inner.ledger.add_unsettled(record.payer, record.amount);
@@ -657,6 +662,7 @@ impl Settlement {
         if record.state != SettlementState::NeedsReview {
             return Err(SettleError::NotInReview(record.state));
         }
+        self.forgive(&record);
         record.state = SettlementState::Pending;
         record.attempts = 0;
         record.next_attempt_at = 0;
@@ -669,12 +675,88 @@ impl Settlement {
         self.inner.journal.put(vec![record.clone()]).await?;
         self.audit(AuditEvent::Requeued, std::slice::from_ref(&record));
         match (&record.shared, self.inner.link.get()) {
-            // Back in the shared queue; its exposure stayed counted there.
+            // Back in the shared queue, whose exposure counts it again.
             (Some(_), Some(link)) => self.requeue_shared(link, record.clone()).await,
-            _ => lock(&self.inner.queue).push(record.clone()),
+            _ => {
+                // Settling again: its exposure counts again until it is final.
+                self.keep(&record, None);
+                lock(&self.inner.queue).push(record.clone());
+            }
         }
         self.inner.wake.notify_one();
         Ok(Some(record))
+    }
+
+    /// Resolves a `needs_review` payment as an operator says ([`Resolution`]): journaled,
+    /// audited and told to the shared queue like any outcome. `Ok(None)` for an unknown id.
+    pub async fn resolve(
+        &self,
+        id: &str,
+        resolution: Resolution,
+    ) -> Result<Option<PaymentRecord>, SettleError> {
+        let tx = match resolution {
+            Resolution::Retry => return self.requeue(id).await,
+            Resolution::Settled(tx) => Some(tx),
+            Resolution::WrittenOff => None,
+        };
+        let Some(mut record) = self.inner.journal.get(id)? else {
+            return Ok(None);
+        };
+        if record.state != SettlementState::NeedsReview {
+            return Err(SettleError::NotInReview(record.state));
+        }
+        if let Some(tx) = tx {
+            let chain = self
+                .inner
+                .chains
+                .get(&record.network)
+                .ok_or_else(|| SettleError::NoChain(record.network.clone()))?;
+            let shows_it = chain.receipt(tx).await?.is_some_and(|mined| {
+                mined.success && mined.used.contains(&record.authorization_key())
+            });
+            if !shows_it {
+                return Err(SettleError::NotSettledBy(tx));
+            }
+            self.forgive(&record);
+            record.state = SettlementState::Settled;
+            record.reason = None;
+        } else {
+            record.state = SettlementState::Failed;
+            record.reason = Some(Reason::WrittenOff);
+        }
+        record.tx_hash = tx.or(record.tx_hash);
+        record.detail = None;
+        record.updated_at = unix_now();
+        self.inner.journal.put(vec![record.clone()]).await?;
+        self.tell_outcomes(std::slice::from_ref(&record)).await;
+        let event = match tx {
+            Some(_) => AuditEvent::Settled,
+            None => AuditEvent::WrittenOff,
+        };
+        self.audit(event, std::slice::from_ref(&record));
+        if tx.is_some() {
+            let chain_id = match record.chain_id {
+                0 => self.chain_id_of(&record.network),
+                id => id,
+            };
+            let key = (chain_id, record.asset, record.payer);
+            self.inner.funds.spent(key, record.amount).await;
+        }
+        log::info!(
+            "payment {} resolved from review as {}",
+            record.id,
+            record.state.as_str()
+        );
+        Ok(Some(record))
+    }
+
+    /// Takes back the loss a served payment counted when it went to review.
+    fn forgive(&self, record: &PaymentRecord) {
+        if record.deferred {
+            self.inner
+                .ledger
+                .forgive_loss(record.amount, record.updated_at);
+        }
     }
 }
 

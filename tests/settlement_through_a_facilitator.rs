@@ -225,3 +225,67 @@ fn a_facilitator_that_rate_limits_is_retried_and_its_ambiguous_answers_are_never
         "the origin served the pending payment"
     );
 }
+
+/// A payment that nears its `validBefore` while the origin answers is settled before the
+/// response leaves; when that settlement's outcome is unknown (the facilitator rate-limits),
+/// the client gets the same 503 as before the request: JSON naming the payment and its
+/// status page, never a bare text.
+#[test]
+fn a_settlement_with_an_unknown_outcome_after_the_origin_answered_names_the_payment() {
+    let facilitator = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nslow down\n"
+                .to_vec(),
+        )
+    });
+    let origin = Origin::start(|_| {
+        std::thread::sleep(Duration::from_secs(5));
+        Reply::ok("slow data")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "  upstreams:\n    origin:\n      address: {}\n      read_timeout_ms: 20000\n  \
+         pay_to: \"{PAY_TO}\"\n  payments: {{valid_before_margin_seconds: 5}}\n  settlement:\n    \
+         journal_path: {}\n    max_delay_ms: 100\n    retry_backoff_ms: 100\n    \
+         receipt_timeout_ms: 1000\n    facilitator: {{url: \"http://{}\"}}\n  routes:\n    \
+         - {{name: later, path: /later/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n",
+        origin.addr,
+        dir.path().join("journal.redb").display(),
+        facilitator.addr,
+    ));
+    // Valid for 16 s: batched at admission, too close to validBefore (a batch may take
+    // 13 s here) once the origin has taken 5.
+    let accepted = challenge(&levy, "/later/x")["accepts"][0].clone();
+    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
+    let payer = levy::client::Payer::from_hex(KEYS[0]).expect("key");
+    let now = crate::support::pay::now();
+    let header = levy::client::sign(
+        &payer,
+        &terms,
+        now - 600,
+        now + 16,
+        levy::client::random_nonce(),
+    )
+    .expect("sign")
+    .v2_header(&accepted, None);
+    let mut stream = std::net::TcpStream::connect(levy.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::io::Write::write_all(
+        &mut stream,
+        paid_get("/later/x", "PAYMENT-SIGNATURE", &header).as_bytes(),
+    )
+    .expect("send");
+    let pending = crate::support::client::read_response(&mut stream).expect("a response");
+    assert_eq!(pending.status, 503, "{}", pending.text());
+    assert!(!pending.text().contains("slow data"));
+    let body = pending.json();
+    assert_eq!(body["error"], "settlement_pending", "{body}");
+    let id = body["paymentId"].as_str().expect("payment id");
+    assert!(body["statusUrl"].as_str().expect("status").ends_with(id));
+    assert_ne!(
+        levy.admin_get(&format!("/settlements/{id}")).json()["state"],
+        "failed"
+    );
+}

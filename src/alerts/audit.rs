@@ -41,6 +41,8 @@ pub enum Event {
     NeedsReview,
     /// An operator put a `needs_review` payment back in the queue.
     Requeued,
+    /// An operator wrote a `needs_review` payment off: it will not be settled.
+    WrittenOff,
 }
 
 /// One line of the audit log (`atMs` is added when it is written). Its field names are the

@@ -477,9 +477,10 @@ impl LevyProxy {
             match settlement.settle_now(record, hold).await {
                 Ok(hash) => ctx.settled_upfront(hash),
                 Err(SettleError::Pending) => {
+                    // The transfer is out there: name the payment and its status page, as
+                    // the request-phase settlement does.
                     ctx.unresolved();
-                    ctx.failure =
-                        Some("settlement pending; check the payment status before paying again");
+                    ctx.failure_reply = Some(self.settlement_pending(&id));
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(503),
                         "settlement outcome unknown",

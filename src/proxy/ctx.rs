@@ -184,6 +184,7 @@ impl Paid {
             },
             shared: None,
             entry: None,
+            isolate: false,
         }
     }
 }
@@ -208,6 +209,9 @@ pub struct RequestCtx {
     pub(super) session: super::session::SessionStep,
     /// Overrides the reason text of a failure response.
     pub(super) failure: Option<&'static str>,
+    /// A whole response to answer a failure with instead of its text (one that names the
+    /// payment whose outcome is not known yet).
+    pub(super) failure_reply: Option<super::respond::Reply>,
     /// Where the payment's steps are audited, if anywhere.
     pub(super) audit: Option<Arc<AuditLog>>,
 }

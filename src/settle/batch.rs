@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 
-use super::chain::{AuthorizationFate, Chain, ChainError, Mined};
+use super::chain::{AuthorizationFate, Chain, ChainError, Mined, Transfer};
 use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, MAX_FEE_BUMPS};
 use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
@@ -29,22 +29,20 @@ impl Settlement {
             .await;
             return;
         };
-        let total = batch.len();
-        let (checks, simulated) = match chain.precheck(&batch).await {
-            Ok(prechecked) => (prechecked.checks, prechecked.gas),
+        let checks = match chain.precheck(&batch).await {
+            Ok(checks) => checks,
             Err(e) => {
                 log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
-                self.requeue_pending(batch, Some(Reason::RpcUnavailable), false)
+                self.requeue_pending(batch, Some(Reason::RpcUnavailable), !e.is_unknown())
                     .await;
                 return;
             }
         };
         let now = unix_now();
         let mut balances: HashMap<(Address, Address), U256> = HashMap::new();
-        let mut send = Vec::new();
+        let mut candidates = Vec::new();
         let (mut expired, mut broke) = (Vec::new(), Vec::new());
         let (mut used, mut unread) = (Vec::new(), Vec::new());
-        let (mut refused, mut early) = (Vec::new(), Vec::new());
         for (record, check) in batch.into_iter().zip(checks) {
             if check.used {
                 used.push(record);
@@ -66,27 +64,8 @@ impl Settlement {
                 continue;
             }
             *balance -= record.amount;
-            if !check.transfers {
-                // Unused, funded, yet the token refuses the transfer: the signature does not
-                // hold on chain (a contract or delegated account that says no). Sending it
-                // would only burn gas on every retry. An authorization that may not be valid
-                // on chain yet (its validAfter within the chain's clock lag) is retried.
-                if record.valid_after + 60 > now {
-                    early.push(record);
-                } else {
-                    refused.push(record);
-                }
-                continue;
-            }
-            send.push(record);
+            candidates.push(record);
         }
-        self.finish(
-            refused,
-            SettlementState::Failed,
-            Some(Reason::TransferWouldRevert),
-            None,
-        )
-        .await;
         self.finish(
             expired,
             SettlementState::Failed,
@@ -103,17 +82,57 @@ impl Settlement {
         .await;
         self.requeue_pending(unread, Some(Reason::RpcUnavailable), false)
             .await;
-        self.requeue_pending(early, Some(Reason::NotYetValid), true)
-            .await;
         for record in used {
             self.reconcile_used(chain, record).await;
         }
+        if candidates.is_empty() {
+            return;
+        }
+        let simulated = match chain.simulate_transfers(&candidates).await {
+            Ok(simulated) => simulated,
+            Err(e) => {
+                // Not one simulation ran: nothing is known of any payment.
+                log::warn!("settlement on {network}: simulation failed, will retry: {e}");
+                self.requeue_pending(candidates, Some(Reason::RpcUnavailable), !e.is_unknown())
+                    .await;
+                return;
+            }
+        };
+        if simulated.runs > 1 {
+            metrics()
+                .isolation_simulations
+                .inc_by((simulated.runs - 1) as u64);
+        }
+        let (mut send, mut refused, mut early, mut unknown) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (record, transfer) in candidates.into_iter().zip(simulated.transfers) {
+            match transfer {
+                Transfer::Succeeds => send.push(record),
+                // An authorization that may not be valid on chain yet (its validAfter within
+                // the chain's clock lag) is retried.
+                Transfer::Refused if record.valid_after + 60 > now => early.push(record),
+                // Unused, funded, and its transfer fails when run alone: the signature does
+                // not hold on chain (a contract or delegated account that says no). Sending
+                // it would only burn gas on every retry.
+                Transfer::Refused => refused.push(record),
+                Transfer::Unknown => unknown.push(record),
+            }
+        }
+        self.finish(
+            refused,
+            SettlementState::Failed,
+            Some(Reason::TransferWouldRevert),
+            None,
+        )
+        .await;
+        self.requeue_pending(early, Some(Reason::NotYetValid), true)
+            .await;
+        self.requeue_pending(unknown, Some(Reason::RpcUnavailable), false)
+            .await;
         if send.is_empty() {
             return;
         }
-        // The simulation's gas sizes the transaction only if it sends what was simulated.
-        let simulated = simulated.filter(|_| send.len() == total);
-        self.send_batch(network, chain, send, simulated).await;
+        self.send_batch(network, chain, send, simulated.gas).await;
     }
 
     /// A payment whose authorization is already marked used on chain: find out how.
@@ -141,10 +160,11 @@ impl Settlement {
             }
             Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
             Err(e) => {
-                // Counted: a node that can never answer (a log range it refuses) must not
-                // keep a payment, and its exposure, open forever.
+                // Levy not knowing counts nothing against the payment; an answer the node
+                // gives every time (say, a log range it refuses) is counted, so that it ends
+                // in review instead of holding the payment open forever.
                 log::warn!("reconciling {}: {e}", record.id);
-                self.requeue_pending(vec![record], Some(Reason::RpcUnavailable), true)
+                self.requeue_pending(vec![record], Some(Reason::RpcUnavailable), !e.is_unknown())
                     .await
             }
         }
@@ -342,7 +362,7 @@ impl Settlement {
             return Ok(false);
         };
         let records = self.batch_records(batch);
-        self.apply_receipt(hash, &mined, records).await;
+        self.apply_receipt(chain, hash, &mined, records).await;
         self.inner
             .inflight
             .lock()
@@ -431,8 +451,14 @@ impl Settlement {
             .collect()
     }
 
+    /// Finishes a mined batch's payments: those its receipt shows used are settled. One that
+    /// did not transfer although its simulation said it would is sent alone from then on
+    /// (an honest payment settles so; a batch cannot tell which of its payments broke it),
+    /// and one that fails alone on chain as well is the payer's doing: failed, denied and
+    /// counted, unless its authorization was used by another transaction meanwhile.
     pub(super) async fn apply_receipt(
         &self,
+        chain: &Chain,
         hash: B256,
         mined: &Mined,
         records: Vec<PaymentRecord>,
@@ -459,12 +485,44 @@ impl Settlement {
         );
         self.finish(settled, SettlementState::Settled, None, Some(hash))
             .await;
+        if unsettled.is_empty() {
+            return;
+        }
+        metrics().reverted_transactions.inc();
         let reason = if mined.success {
             Reason::TransferReverted
         } else {
             Reason::BatchReverted
         };
-        self.requeue_pending(unsettled, Some(reason), true).await;
+        let (alone, mut batched): (Vec<_>, Vec<_>) = unsettled.into_iter().partition(|r| r.isolate);
+        for record in alone {
+            match chain.fate(&record).await {
+                Ok(AuthorizationFate::Unused) => {
+                    log::warn!(
+                        "payment {} simulated fine and failed alone on chain in {hash}: its \
+                         payer is at fault",
+                        record.id
+                    );
+                    self.finish(
+                        vec![record],
+                        SettlementState::Failed,
+                        Some(Reason::TransferReverted),
+                        Some(hash),
+                    )
+                    .await
+                }
+                Ok(_) => self.reconcile_used(chain, record).await,
+                Err(e) => {
+                    log::warn!("reading {} after its batch failed: {e}", record.id);
+                    self.requeue_pending(vec![record], Some(reason), false)
+                        .await
+                }
+            }
+        }
+        for r in &mut batched {
+            r.isolate = true;
+        }
+        self.requeue_pending(batched, Some(reason), true).await;
     }
 
     /// After a restart: batches journaled as submitted go back in flight for reconciling.

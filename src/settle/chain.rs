@@ -15,10 +15,12 @@ use alloy::network::{TransactionBuilder, TxSignerSync};
 use alloy::primitives::{Address, Bytes, TxKind, B256, U256};
 use alloy::providers::{Provider, ProviderBuilder, RootProvider};
 use alloy::rpc::types::simulate::{SimBlock, SimulatePayload};
+use alloy::rpc::types::state::{AccountOverride, StateOverride};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolValue};
+use alloy::transports::{RpcError, TransportError};
 
 use super::funds::UptoPayerState;
 use super::upto;
@@ -69,21 +71,110 @@ static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
 
-/// Why a chain operation failed.
+/// Why a chain operation failed, sorted by what the failure says about a payment.
+///
+/// Only [`ChainError::Reverted`] is an answer about the call itself (the node ran it and it
+/// reverted); [`ChainError::Unsupported`] and the setup errors say something about levy's
+/// configuration; everything else is levy not knowing ([`ChainError::is_unknown`]) and is
+/// never a verdict on a payer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChainError {
     #[error("RPC call `{0}` timed out")]
     Timeout(&'static str),
+    /// No usable answer: a refused or reset connection, an HTTP error status (429, 5xx), a
+    /// node-side error such as "header not found" or a rate limit, or a body that is not
+    /// JSON-RPC.
     #[error("RPC call `{call}` failed: {message}")]
-    Rpc { call: &'static str, message: String },
+    Transient { call: &'static str, message: String },
+    /// The node says the method does not exist (JSON-RPC -32601 or its words for it).
+    #[error("the node has no `{call}`: {message}")]
+    Unsupported { call: &'static str, message: String },
+    /// The node answered the request with a JSON-RPC error that is none of the above (a log
+    /// range it will not serve, a request it finds invalid): it will likely answer so again.
+    #[error("RPC call `{call}` refused by the node ({code}): {message}")]
+    Node {
+        call: &'static str,
+        code: i64,
+        message: String,
+    },
+    /// The node ran the call and it reverted (an `eth_call` or a gas estimate).
+    #[error("`{call}` reverted: {message}")]
+    Reverted { call: &'static str, message: String },
     #[error("unexpected chain answer: {0}")]
     Decode(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("bad RPC URL: {0}")]
+    Url(String),
     #[error("the batch needs {gas} gas, too much of the block gas limit {block}")]
     TooMuchGas { gas: u64, block: u64 },
     #[error(transparent)]
     Scheme(#[from] SchemeError),
+}
+
+impl ChainError {
+    /// Whether the failure only says levy could not find out (a time-out, a transport or
+    /// node error, an answer it could not read): retry later, decide nothing.
+    pub fn is_unknown(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Timeout(_) | ChainError::Transient { .. } | ChainError::Decode(_)
+        )
+    }
+
+    /// Sorts an RPC client error by what it says: "method not found" is
+    /// [`ChainError::Unsupported`], an execution revert is [`ChainError::Reverted`], a
+    /// transport failure, an HTTP error status, a malformed body or a JSON-RPC error that
+    /// names a passing condition (a rate limit, a block the node has not seen yet, an
+    /// internal error) is [`ChainError::Transient`], and any other JSON-RPC error is
+    /// [`ChainError::Node`].
+    pub fn classify(call: &'static str, error: &TransportError) -> ChainError {
+        let message = error.to_string();
+        let RpcError::ErrorResp(payload) = error else {
+            return ChainError::Transient { call, message };
+        };
+        let words = payload.message.to_ascii_lowercase();
+        let unsupported = payload.code == -32601
+            || [
+                "method not found",
+                "does not exist",
+                "unsupported method",
+                "not supported",
+            ]
+            .iter()
+            .any(|w| words.contains(w));
+        let reverted = payload.code == 3
+            || ["execution reverted", "revert", "out of gas"]
+                .iter()
+                .any(|w| words.contains(w));
+        let passing = matches!(payload.code, -32005 | -32007 | -32016 | -32603)
+            || [
+                "limit",
+                "header not found",
+                "unknown block",
+                "timeout",
+                "timed out",
+                "busy",
+                "try again",
+                "unavailable",
+                "capacity",
+            ]
+            .iter()
+            .any(|w| words.contains(w));
+        if unsupported {
+            ChainError::Unsupported { call, message }
+        } else if reverted {
+            ChainError::Reverted { call, message }
+        } else if passing {
+            ChainError::Transient { call, message }
+        } else {
+            ChainError::Node {
+                call,
+                code: payload.code,
+                message,
+            }
+        }
+    }
 }
 
 /// What the chain says about one authorization.
@@ -105,8 +196,38 @@ pub struct Precheck {
     pub used: bool,
     /// `None` when the read failed: unknown, not zero.
     pub balance: Option<U256>,
-    /// Whether its transfer succeeded when the whole batch was simulated, in order.
-    pub transfers: bool,
+}
+
+/// What simulating a payment's transfer said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// It transferred in a simulation that ran.
+    Succeeds,
+    /// It failed in a simulation of this transfer alone: the node's evidence that the token
+    /// (or the payer's account) refuses it.
+    Refused,
+    /// No simulation that could tell finished (RPC trouble): nothing is known.
+    Unknown,
+}
+
+/// [`Chain::simulate_transfers`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Simulated {
+    /// One per payment, in order.
+    pub transfers: Vec<Transfer>,
+    /// The gas the whole batch used in its one simulation, when every transfer succeeded in
+    /// it and the node reports gas (`eth_simulateV1`): [`Chain::sign_batch`] sizes the same
+    /// batch from it instead of estimating its gas again.
+    pub gas: Option<u64>,
+    /// How many simulations it took (1 unless something in the batch failed).
+    pub runs: usize,
+}
+
+/// One simulation of a batch call.
+struct SimulationRun {
+    /// `None` when the call reverted as a whole.
+    output: Option<Bytes>,
+    gas: Option<u64>,
 }
 
 /// A mined transaction, reduced to what settlement needs.
@@ -147,17 +268,6 @@ pub struct Chain {
     /// The node refused `eth_simulateV1`: batches are simulated with `eth_call` and their
     /// gas estimated with `eth_estimateGas` instead.
     no_simulate: AtomicBool,
-}
-
-/// [`Chain::precheck`]'s answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prechecked {
-    /// One per payment, in order.
-    pub checks: Vec<Precheck>,
-    /// The gas the whole batch used in its simulation, where the node reports it
-    /// (`eth_simulateV1`): [`Chain::sign_batch`] sizes the same batch from it instead of
-    /// estimating its gas again.
-    pub gas: Option<u64>,
 }
 
 impl Chain {
@@ -241,30 +351,25 @@ impl Chain {
         self.signer.address()
     }
 
-    async fn rpc<T, E: std::fmt::Display>(
+    /// Runs one RPC call under the chain's timeout, its error sorted by
+    /// [`ChainError::classify`].
+    async fn rpc<T>(
         &self,
         call: &'static str,
-        fut: impl IntoFuture<Output = Result<T, E>>,
+        fut: impl IntoFuture<Output = Result<T, TransportError>>,
     ) -> Result<T, ChainError> {
         match tokio::time::timeout(self.timeout, fut.into_future()).await {
             Err(_) => Err(ChainError::Timeout(call)),
-            Ok(Err(e)) => Err(ChainError::Rpc {
-                call,
-                message: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(ChainError::classify(call, &e)),
             Ok(Ok(v)) => Ok(v),
         }
     }
 
     /// Whether each payment's authorization is used and the payer's balance, in one
-    /// multicall read, then the batch simulated as the settler would send it, at the latest
-    /// block. A simulation that reverts as a whole settles nothing.
-    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Prechecked, ChainError> {
+    /// multicall read at the latest block.
+    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
         let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
-            return Ok(Prechecked {
-                checks: Vec::new(),
-                gas: None,
-            });
+            return Ok(Vec::new());
         };
         let mut calls = Vec::with_capacity(payments.len() * 2);
         for p in payments {
@@ -277,42 +382,136 @@ impl Chain {
             calls.push(balance_call(p.asset, p.payer, true));
         }
         let reads = self.read_many(calls).await?;
+        Ok(reads
+            .chunks(2)
+            .zip(payments)
+            .map(|(pair, p)| Precheck {
+                // A failed read counts as "used" so the payment is reconciled, never sent blind.
+                used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
+                balance: read_balance(&pair[1]),
+            })
+            .collect())
+    }
+
+    /// Simulates the batch that would settle `payments` (all of one scheme), as the settler
+    /// would send it at today's gas price, at the latest block, and finds out what each
+    /// transfer does.
+    ///
+    /// A batch that reverts as a whole is bisected until the payments that break it are run
+    /// alone; a transfer that fails inside a batch is run alone too. Only a payment whose
+    /// transfer fails in a simulation of itself alone is [`Transfer::Refused`]; one whose
+    /// simulation could not be run (RPC trouble) stays [`Transfer::Unknown`]. `Err` when not
+    /// even the first simulation could be run.
+    pub async fn simulate_transfers(
+        &self,
+        payments: &[PaymentRecord],
+    ) -> Result<Simulated, ChainError> {
+        let mut transfers = vec![Transfer::Unknown; payments.len()];
+        let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
+            return Ok(Simulated {
+                transfers,
+                gas: None,
+                runs: 0,
+            });
+        };
+        let gas_price = self.simulation_gas_price().await?;
+        let whole = self.simulate(payments, gas_price).await?;
+        let mut runs = 1;
+        let mut todo = vec![(0..payments.len(), Some(whole.output))];
+        while let Some((range, known)) = todo.pop() {
+            let part = &payments[range.clone()];
+            let output = match known {
+                Some(output) => output,
+                None => {
+                    runs += 1;
+                    match self.simulate(part, gas_price).await {
+                        Ok(run) => run.output,
+                        Err(e) => {
+                            log::warn!(
+                                "chain {}: simulating {} payment(s) alone failed ({e}); they wait",
+                                self.chain_id,
+                                part.len()
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let alone = range.len() == 1;
+            let Some(output) = output else {
+                if alone {
+                    transfers[range.start] = Transfer::Refused;
+                } else {
+                    let middle = range.start + range.len() / 2;
+                    todo.push((middle..range.end, None));
+                    todo.push((range.start..middle, None));
+                }
+                continue;
+            };
+            let outcomes = match scheme.batch_outcomes(part, &output) {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    log::warn!("chain {}: unreadable simulation ({e})", self.chain_id);
+                    continue;
+                }
+            };
+            for (i, transfers_ok) in range.clone().zip(outcomes) {
+                if transfers_ok {
+                    transfers[i] = Transfer::Succeeds;
+                } else if alone {
+                    transfers[i] = Transfer::Refused;
+                } else {
+                    todo.push((i..i + 1, None));
+                }
+            }
+        }
+        let all = transfers.iter().all(|t| *t == Transfer::Succeeds);
+        Ok(Simulated {
+            transfers,
+            gas: whole.gas.filter(|_| all && runs == 1),
+            runs,
+        })
+    }
+
+    /// The gas price a batch is simulated at: what the settler would offer now. A transfer
+    /// whose signature check behaves differently at a zero gas price (a contract account
+    /// can read it) is then seen as the chain will see it.
+    async fn simulation_gas_price(&self) -> Result<u128, ChainError> {
+        let fees = self
+            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
+            .await?;
+        Ok(fees.max_fee_per_gas.max(1))
+    }
+
+    /// Runs the batch call of `payments` once at the latest block, from the settler at
+    /// `gas_price` (with a balance that covers any gas, so only the calls decide): its output
+    /// (`None` when it reverted as a whole) and, where the node offers `eth_simulateV1`, the
+    /// gas it used. A node that says it has no `eth_simulateV1` is asked with `eth_call` from
+    /// then on; any other error is levy not knowing, and is returned.
+    async fn simulate(
+        &self,
+        payments: &[PaymentRecord],
+        gas_price: u128,
+    ) -> Result<SimulationRun, ChainError> {
         let (target, data) = self.batch_call(payments)?;
         let request = TransactionRequest::default()
             .from(self.settler())
             .to(target)
-            .input(data.into());
-        let (output, gas) = self.simulate(request).await?;
-        let transfers = match output {
-            Some(output) => scheme.batch_outcomes(payments, &output)?,
-            None => vec![false; payments.len()],
-        };
-        let checks = reads
-            .chunks(2)
-            .zip(payments)
-            .zip(transfers.into_iter().chain(std::iter::repeat(false)))
-            .map(|((pair, p), transfers)| Precheck {
-                // A failed read counts as "used" so the payment is reconciled, never sent blind.
-                used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
-                balance: read_balance(&pair[1]),
-                transfers,
-            })
-            .collect();
-        Ok(Prechecked { checks, gas })
-    }
-
-    /// Runs `request` once at the latest block: its output (`None` when it reverted as a
-    /// whole) and, where the node offers `eth_simulateV1`, the gas it used. A node without
-    /// it (any error answer) is asked with `eth_call` from then on.
-    async fn simulate(
-        &self,
-        request: TransactionRequest,
-    ) -> Result<(Option<Bytes>, Option<u64>), ChainError> {
+            .input(data.into())
+            .gas_price(gas_price);
+        let mut overrides = StateOverride::default();
+        overrides.insert(
+            self.settler(),
+            AccountOverride {
+                balance: Some(U256::MAX >> 8),
+                ..AccountOverride::default()
+            },
+        );
         if !self.no_simulate.load(Ordering::Relaxed) {
             let payload = SimulatePayload {
                 block_state_calls: vec![SimBlock {
                     block_overrides: None,
-                    state_overrides: None,
+                    state_overrides: Some(overrides.clone()),
                     calls: vec![request.clone()],
                 }],
                 trace_transfers: false,
@@ -331,12 +530,12 @@ impl Chain {
                         .first()
                         .and_then(|block| block.calls.first())
                         .ok_or_else(|| ChainError::Decode("eth_simulateV1: no result".into()))?;
-                    return Ok((
-                        call.status.then(|| call.return_data.clone()),
-                        Some(call.gas_used),
-                    ));
+                    return Ok(SimulationRun {
+                        output: call.status.then(|| call.return_data.clone()),
+                        gas: Some(call.gas_used),
+                    });
                 }
-                Err(ChainError::Rpc { message, .. }) => {
+                Err(ChainError::Unsupported { message, .. }) => {
                     log::info!(
                         "chain {}: no eth_simulateV1 ({message}); batches are simulated with \
                          eth_call and their gas estimated with eth_estimateGas",
@@ -347,9 +546,20 @@ impl Chain {
                 Err(e) => return Err(e),
             }
         }
-        match self.call_latest(request).await {
-            Ok(output) => Ok((Some(output), None)),
-            Err(ChainError::Rpc { .. }) => Ok((None, None)),
+        let call = self
+            .provider
+            .call(request)
+            .block(BlockId::latest())
+            .overrides(overrides);
+        match self.rpc("eth_call", call).await {
+            Ok(output) => Ok(SimulationRun {
+                output: Some(output),
+                gas: None,
+            }),
+            Err(ChainError::Reverted { .. }) => Ok(SimulationRun {
+                output: None,
+                gas: None,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -445,7 +655,7 @@ impl Chain {
     /// `floor` is the fees of a transaction this one replaces (same nonce, same calls): each
     /// fee is raised to at least a quarter above it, so nodes accept the replacement.
     /// `simulated` is the gas these same payments used in their pre-check's simulation
-    /// ([`Prechecked::gas`]); without it the gas is estimated (`eth_estimateGas`, which a
+    /// ([`Simulated::gas`]); without it the gas is estimated (`eth_estimateGas`, which a
     /// node answers by running the batch many times over). A
     /// batch whose gas would exceed most of a block is refused with
     /// [`ChainError::TooMuchGas`]: split it.
@@ -662,10 +872,9 @@ impl Chain {
 
 /// A plain JSON-RPC client of `rpc_url` (no fillers: levy sets nonce, gas and fees itself).
 fn http_provider(rpc_url: &str) -> Result<RootProvider, ChainError> {
-    let url = rpc_url.parse().map_err(|e| ChainError::Rpc {
-        call: "connect",
-        message: format!("bad RPC URL: {e}"),
-    })?;
+    let url = rpc_url
+        .parse()
+        .map_err(|e| ChainError::Url(format!("{e}")))?;
     Ok(ProviderBuilder::new()
         .disable_recommended_fillers()
         .connect_http(url)
@@ -679,10 +888,7 @@ pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainE
     let provider = http_provider(rpc_url)?;
     match tokio::time::timeout(timeout, provider.get_chain_id()).await {
         Err(_) => Err(ChainError::Timeout("eth_chainId")),
-        Ok(Err(e)) => Err(ChainError::Rpc {
-            call: "eth_chainId",
-            message: e.to_string(),
-        }),
+        Ok(Err(e)) => Err(ChainError::classify("eth_chainId", &e)),
         Ok(Ok(id)) => Ok(id),
     }
 }

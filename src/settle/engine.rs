@@ -158,8 +158,10 @@ impl Settlement {
     }
 
     /// The next batch to send, if one is due: `max_batch` payments are waiting, the oldest
-    /// waited `max_delay`, or one nears its `validBefore`. Nearest `validBefore` first; one network per batch; none for a
-    /// network whose previous batch is still unresolved.
+    /// waited `max_delay`, or one nears its `validBefore`. Nearest `validBefore` first; one
+    /// network per batch; none for a
+    /// network whose previous batch is still unresolved; a payment marked to go alone
+    /// ([`PaymentRecord::isolate`]) is a batch of its own.
     pub(super) fn take_due(&self) -> Option<(String, Vec<PaymentRecord>)> {
         let inflight = self.inner.inflight.try_lock().ok()?;
         let mut queue = lock(&self.inner.queue);
@@ -212,6 +214,14 @@ impl Settlement {
         let mut batch: Vec<PaymentRecord> =
             chosen.into_iter().map(|i| queue.swap_remove(i)).collect();
         batch.sort_by_key(|r| r.valid_before);
+        if batch.len() > 1 {
+            // A payment that failed in a mined batch goes alone: the rest wait for the next.
+            if let Some(i) = batch.iter().position(|r| r.isolate) {
+                let alone = batch.remove(i);
+                queue.extend(batch);
+                batch = vec![alone];
+            }
+        }
         self.set_queued(queue.len());
         Some((network, batch))
     }
@@ -347,12 +357,8 @@ impl Settlement {
         }
         self.tell_outcomes(&finals).await;
         self.reviews(&finals);
-        for r in &finals {
-            metrics()
-                .settlements
-                .with_label_values(&["needs_review", r.reason.map_or("unknown", Reason::as_str)])
-                .inc();
-        }
+        self.account(&finals, SettlementState::NeedsReview, now)
+            .await;
         let mut queue = lock(&self.inner.queue);
         queue.extend(
             records
@@ -370,7 +376,8 @@ impl Settlement {
         metrics().queue_depth.set(len as i64);
     }
 
-    /// Marks payments final (settled or failed) in the journal and drops their exposure.
+    /// Marks payments settled, failed or in review in the journal, tells and audits it, and
+    /// settles the books ([`Settlement::account`]).
     pub(super) async fn finish(
         &self,
         mut records: Vec<PaymentRecord>,
@@ -391,8 +398,6 @@ impl Settlement {
         if let Err(e) = self.inner.journal.put(records.clone()).await {
             log::error!("cannot journal {} settlement outcomes: {e}", records.len());
         }
-        let label = reason.map_or("ok", Reason::as_str);
-        let deny_for = self.inner.config.funds.deny_for.as_secs();
         self.tell_outcomes(&records).await;
         match state {
             SettlementState::Settled => self.audit(AuditEvent::Settled, &records),
@@ -400,9 +405,23 @@ impl Settlement {
             SettlementState::NeedsReview => self.reviews(&records),
             _ => {}
         }
-        for r in &records {
+        self.account(&records, state, now).await;
+    }
+
+    /// The books after payments reached `state`: their exposure is released once they no
+    /// longer hold any (final, or in review); a settled payment is spent from its payer's
+    /// cached funds; a served payment that failed or went to review counts against the loss
+    /// budget; a failure that is the payer's doing denies the payer.
+    pub(super) async fn account(
+        &self,
+        records: &[PaymentRecord],
+        state: SettlementState,
+        now: u64,
+    ) {
+        let deny_for = self.inner.config.funds.deny_for.as_secs();
+        for r in records {
             // A shared payment's exposure is the shared queue's, which the outcome cleared.
-            if state.is_final() && r.shared.is_none() {
+            if !state.holds_exposure() && r.shared.is_none() {
                 self.inner.ledger.remove_unsettled(r.payer, r.amount);
             }
             let chain_id = match r.chain_id {
@@ -410,47 +429,51 @@ impl Settlement {
                 id => id,
             };
             let key = (chain_id, r.asset, r.payer);
-            match state {
-                SettlementState::Settled => {
-                    self.inner.funds.spent(key, r.amount).await;
-                    if r.deferred {
-                        // The queue's drain rate: before-response payments never queue.
-                        note_settled(&self.inner.settled_recently, now);
-                    }
+            if state == SettlementState::Settled {
+                self.inner.funds.spent(key, r.amount).await;
+                if r.deferred {
+                    // The queue's drain rate: before-response payments never queue.
+                    note_settled(&self.inner.settled_recently, now);
                 }
-                SettlementState::Failed => {
-                    if r.deferred {
-                        if let LossOutcome::Tripped { lost, budget } =
-                            self.inner.ledger.record_loss(r.amount, now)
-                        {
-                            log::error!("loss budget tripped: {lost} lost within the window (budget {budget}); every payment now settles before its response");
-                            self.alert(Alert::LossBudgetTripped {
-                                lost,
-                                budget,
-                                window_seconds: self.inner.config.limits.loss_window_seconds,
-                            });
-                        }
-                        metrics()
-                            .lost_value
-                            .inc_by(u64::try_from(r.amount).unwrap_or(u64::MAX));
-                    }
-                    if let Some(reason) = deny_reason(r) {
-                        log::warn!("payer {} denied for {deny_for} s: {reason}", r.payer);
-                        self.inner.funds.deny(r.payer, reason, now + deny_for);
-                        self.inner
-                            .ledger
-                            .share_denial(r.payer, reason, now + deny_for);
-                        self.inner.funds.forget(key).await;
-                    }
+            }
+            let lost = matches!(
+                state,
+                SettlementState::Failed | SettlementState::NeedsReview
+            );
+            if lost && r.deferred {
+                self.count_loss(r.amount, now);
+            }
+            if state == SettlementState::Failed {
+                if let Some(reason) = deny_reason(r) {
+                    log::warn!("payer {} denied for {deny_for} s: {reason}", r.payer);
+                    self.inner.funds.deny(r.payer, reason, now + deny_for);
+                    self.inner
+                        .ledger
+                        .share_denial(r.payer, reason, now + deny_for);
+                    self.inner.funds.forget(key).await;
                 }
-                _ => {}
             }
             metrics()
                 .settlements
-                .with_label_values(&[state.as_str(), label])
+                .with_label_values(&[state.as_str(), r.reason.map_or("ok", Reason::as_str)])
                 .inc();
         }
         publish_unsettled(self.inner.ledger.total());
+    }
+
+    /// Counts a served payment's value as lost; alerts when that trips the loss budget.
+    fn count_loss(&self, amount: U256, now: u64) {
+        if let LossOutcome::Tripped { lost, budget } = self.inner.ledger.record_loss(amount, now) {
+            log::error!("loss budget tripped: {lost} lost within the window (budget {budget}); every payment now settles before its response");
+            self.alert(Alert::LossBudgetTripped {
+                lost,
+                budget,
+                window_seconds: self.inner.config.limits.loss_window_seconds,
+            });
+        }
+        metrics()
+            .lost_value
+            .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
     }
 
     /// Audits payments that reached `needs_review` and alerts the webhooks about each.

@@ -254,6 +254,20 @@ impl Ledger {
         }
     }
 
+    /// Takes back a loss recorded at `at` for `amount` (an operator found the payment
+    /// settled, or sends it again); nothing when the window forgot it already.
+    pub fn forgive_loss(&self, amount: U256, at: u64) {
+        let mut state = lock(&self.state);
+        if let Some(i) = state
+            .losses
+            .iter()
+            .position(|&(when, value)| when == at && value == amount)
+        {
+            state.losses.remove(i);
+            state.lost = state.lost.saturating_sub(amount);
+        }
+    }
+
     /// Value lost within the window ending `now`.
     pub fn lost(&self, now: u64) -> U256 {
         let mut state = lock(&self.state);

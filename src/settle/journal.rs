@@ -643,6 +643,7 @@ pub(super) mod tests {
             upto: None,
             shared: None,
             entry: None,
+            isolate: false,
         }
     }
 

@@ -109,8 +109,8 @@ pub trait SharedQueue: Send + Sync {
         records: &[PaymentRecord],
     ) -> Result<Sending, String>;
 
-    /// Payments are final (or need review): off the queue, their exposure gone (final
-    /// only), and each outcome on its way to its origin. Repeating one changes nothing.
+    /// Payments are final (or need review): off the queue, their exposure gone, and each
+    /// outcome on its way to its origin. Repeating one changes nothing.
     async fn finished(&self, outcomes: &[Outcome]) -> Result<(), String>;
 
     /// Outcomes of this replica's payments that other replicas settled, oldest first.
@@ -217,8 +217,8 @@ impl Settlement {
         }
     }
 
-    /// Puts a payment back from review in the shared queue (its exposure is still counted
-    /// there).
+    /// Puts a payment back from review in the shared queue (its exposure counts there
+    /// again).
     pub(super) async fn requeue_shared(&self, link: &Link, record: PaymentRecord) {
         if let Err(e) = link.queue.append(&record, false).await {
             log::warn!("cannot requeue {} in Redis ({e}); will retry", record.id);
@@ -557,7 +557,7 @@ impl Settlement {
             };
             let records = self.batch_records(&batch);
             match mined {
-                Some((hash, receipt)) => self.apply_receipt(hash, &receipt, records).await,
+                Some((hash, receipt)) => self.apply_receipt(chain, hash, &receipt, records).await,
                 None if unix_now()
                     < since
                         + self

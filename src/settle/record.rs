@@ -26,7 +26,8 @@ pub enum SettlementState {
     Settled,
     /// Will not settle (canceled, no balance, expired); `reason` says why.
     Failed,
-    /// Retries exhausted or the chain's answer is ambiguous: an operator must look.
+    /// Retries exhausted or the chain's answer is ambiguous: an operator must look. Its
+    /// exposure is released and its value counted as lost until an operator resolves it.
     NeedsReview,
     /// A metered payment whose response delivered nothing billable: nothing to charge, no
     /// transaction.
@@ -64,6 +65,13 @@ impl SettlementState {
             self,
             SettlementState::Settled | SettlementState::Failed | SettlementState::Void
         )
+    }
+
+    /// Whether a payment in this state still counts against its payer's and the total
+    /// exposure caps: only while levy is still settling it (pending or submitted). One in
+    /// review waits for an operator and holds nothing: it was counted as a loss instead.
+    pub fn holds_exposure(self) -> bool {
+        matches!(self, SettlementState::Pending | SettlementState::Submitted)
     }
 }
 
@@ -121,6 +129,10 @@ pub struct PaymentRecord {
     /// A shared payment's place in the queue, on the copy of the replica that settles it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<String>,
+    /// Its transfer did not happen in a mined batch although it simulated fine: it is sent
+    /// alone from then on, and if it fails alone on chain too, its payer is at fault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolate: bool,
 }
 
 impl PaymentRecord {
@@ -260,9 +272,15 @@ pub enum SettleError {
     /// The outcome is not known yet (the transaction is out there); it will be reconciled.
     #[error("settlement outcome not known yet")]
     Pending,
-    /// Only a payment that needs review can be requeued.
+    /// Only a payment that needs review can be requeued or resolved.
     #[error("payment is {}, not needs_review", .0.as_str())]
     NotInReview(SettlementState),
+    /// The transaction an operator named does not show this payment transferred.
+    #[error("transaction {0} did not transfer this payment")]
+    NotSettledBy(B256),
+    /// The payment's network has no chain levy settles on (it cannot check a transaction).
+    #[error("levy does not settle on network {0}")]
+    NoChain(String),
     #[error("the settlement engine is not running")]
     Stopped,
     /// The state replicas share could not be used or disagreed; nothing was charged.
@@ -289,6 +307,8 @@ pub enum Reason {
     RpcUnavailable,
     FacilitatorUnavailable,
     FacilitatorRefusedRetry,
+    /// An operator wrote it off from review.
+    WrittenOff,
     /// Anything not in this list.
     SettlementFailed,
     /// A facilitator's answer that is one of x402's standard reasons.
@@ -296,7 +316,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    const OWN: [Reason; 16] = [
+    const OWN: [Reason; 17] = [
         Reason::NotYetValid,
         Reason::TransferWouldRevert,
         Reason::InsufficientBalance,
@@ -312,6 +332,7 @@ impl Reason {
         Reason::RpcUnavailable,
         Reason::FacilitatorUnavailable,
         Reason::FacilitatorRefusedRetry,
+        Reason::WrittenOff,
         Reason::SettlementFailed,
     ];
 
@@ -333,6 +354,7 @@ impl Reason {
             Reason::RpcUnavailable => "rpc_unavailable",
             Reason::FacilitatorUnavailable => "facilitator_unavailable",
             Reason::FacilitatorRefusedRetry => "facilitator_refused_retry",
+            Reason::WrittenOff => "written_off",
             Reason::SettlementFailed => "settlement_failed",
             Reason::Standard(code) => code,
         }
@@ -374,6 +396,18 @@ impl<'de> Deserialize<'de> for Reason {
         let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
         Ok(Reason::from_code(&text))
     }
+}
+
+/// How an operator resolves a payment in review (`POST /settlements/{id}/resolve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// It was transferred on chain in this transaction; levy reads the receipt first and
+    /// refuses a transaction that does not show it.
+    Settled(B256),
+    /// It will not be settled: the value stays counted as lost; its payer is not denied.
+    WrittenOff,
+    /// Settle it again from the start (attempts reset).
+    Retry,
 }
 
 /// What the chain said of a contract wallet's signature.

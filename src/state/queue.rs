@@ -72,19 +72,20 @@ end
 
 /// Appends payment `ARGV[4]` (origin `ARGV[3]`, record `ARGV[5]`) unless its key says it
 /// was appended before (a payment back from review goes in again). The queue's share of
-/// payer `ARGV[8]`'s and the total exposure gains its value `ARGV[6]` on its first append;
-/// when `ARGV[7]` is 1 the origin counted it as its own, and its share loses it, appended
-/// now or before.
+/// payer `ARGV[8]`'s and the total exposure gains its value `ARGV[6]` on its first append
+/// and again when it comes back from review (which released it); when `ARGV[7]` is 1 the
+/// origin counted it as its own, and its share loses it, appended now or before.
 const APPEND: &str = r"
 local key = P .. 'pay:' .. ARGV[4]
 local state = redis.call('GET', key)
 local fresh = not state
-if fresh or state == 'review' then
+local counts = fresh or state == 'review'
+if counts then
   redis.call('XADD', Q, '*', 'id', ARGV[4], 'origin', ARGV[3], 'record', ARGV[5])
   redis.call('SET', key, 'queued')
 end
 for _, hash in ipairs({P .. 'payer:' .. ARGV[8], P .. 'total'}) do
-  if fresh then redis.call('HINCRBY', hash, QF, ARGV[6]) end
+  if counts then redis.call('HINCRBY', hash, QF, ARGV[6]) end
   if ARGV[7] == '1' and redis.call('HINCRBY', hash, ARGV[3], '-' .. ARGV[6]) <= 0 then
     redis.call('HDEL', hash, ARGV[3])
   end
@@ -141,9 +142,9 @@ return {}
 /// Finishes payments, eight arguments each from `ARGV[5]` on: entry, id, origin, state,
 /// final (1/0), payer, value, outcome JSON. Consumer `ARGV[3]` acknowledges and deletes the
 /// entry; the first time only, the key says `done:<state>` for `ARGV[4]` seconds (final)
-/// or `review`, a final payment's value leaves the queue's share of exposure, and the
-/// outcome goes to the origin's inbox (unless that is `ARGV[3]`; an inbox nobody reads any
-/// more keeps its last million).
+/// or `review`, the payment's value leaves the queue's share of exposure (once: a payment
+/// resolved from review released it already), and the outcome goes to the origin's inbox
+/// (unless that is `ARGV[3]`; an inbox nobody reads any more keeps its last million).
 const FINISH: &str = r"
 for i = 5, #ARGV, 8 do
   local entry, id, origin, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -152,13 +153,15 @@ for i = 5, #ARGV, 8 do
   local key = P .. 'pay:' .. id
   local was = redis.call('GET', key)
   if not (was and string.sub(was, 1, 5) == 'done:') then
-    if ARGV[i + 4] == '1' then
-      redis.call('SET', key, 'done:' .. state, 'EX', ARGV[4])
+    if was ~= 'review' then
       for _, hash in ipairs({P .. 'payer:' .. ARGV[i + 5], P .. 'total'}) do
         if redis.call('HINCRBY', hash, QF, '-' .. ARGV[i + 6]) <= 0 then
           redis.call('HDEL', hash, QF)
         end
       end
+    end
+    if ARGV[i + 4] == '1' then
+      redis.call('SET', key, 'done:' .. state, 'EX', ARGV[4])
     else
       redis.call('SET', key, 'review')
     end

@@ -315,6 +315,45 @@ impl TestChain {
     }
 
     /// How many transactions `who` has sent.
+    /// How many transactions sent by `who` were mined reverted, block by block.
+    pub fn reverted_txs_from(&self, who: Address) -> usize {
+        let latest = self.rpc("eth_blockNumber", serde_json::json!([]));
+        let latest = u64::from_str_radix(
+            latest
+                .as_str()
+                .expect("block number")
+                .trim_start_matches("0x"),
+            16,
+        )
+        .expect("block number hex");
+        let mut reverted = 0;
+        for number in 0..=latest {
+            let block = self.rpc(
+                "eth_getBlockByNumber",
+                serde_json::json!([format!("0x{number:x}"), true]),
+            );
+            for tx in block["transactions"].as_array().into_iter().flatten() {
+                let from: Option<Address> = tx["from"].as_str().and_then(|f| f.parse().ok());
+                if from != Some(who) {
+                    continue;
+                }
+                let receipt =
+                    self.rpc("eth_getTransactionReceipt", serde_json::json!([tx["hash"]]));
+                if receipt["status"] == "0x0" {
+                    reverted += 1;
+                }
+            }
+        }
+        reverted
+    }
+
+    /// Deploys the artifact `name` with ABI-encoded constructor arguments `args`.
+    pub fn deploy_artifact_with(&self, name: &str, args: &[u8]) -> Address {
+        let mut code = artifact(name).to_vec();
+        code.extend_from_slice(args);
+        self.deploy(code.into())
+    }
+
     pub fn tx_count(&self, who: Address) -> u64 {
         self.rt
             .block_on(self.deployer.get_transaction_count(who).into_future())

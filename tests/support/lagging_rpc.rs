@@ -2,7 +2,8 @@
 //! transaction's receipt and its logs are served only `lag` after the proxy first saw them,
 //! while `eth_call`, balances and nonces are current. Some providers behave so (their nodes
 //! answer state and receipts from different replicas). It can also refuse methods, as nodes
-//! that lack them do, and counts the calls of each method.
+//! that lack them do, fail one method for a while the ways hosted endpoints fail ([`Fault`]),
+//! and counts the calls of each method.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,10 +19,28 @@ use super::client::{fill, read_head, read_response};
 pub struct LaggingRpc {
     pub url: String,
     calls: Calls,
+    faults: Faults,
+}
+
+/// How a call fails while a fault is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 429, as a rate-limited endpoint answers.
+    TooManyRequests,
+    /// HTTP 502, as an endpoint behind a failing load balancer answers.
+    BadGateway,
+    /// The connection is closed without an answer.
+    Reset,
+    /// No answer for this long, then the connection is closed.
+    Stall(Duration),
+    /// HTTP 200 with a body that is not JSON-RPC.
+    Malformed,
 }
 
 type FirstSeen = Arc<Mutex<HashMap<String, Instant>>>;
 type Calls = Arc<Mutex<HashMap<String, usize>>>;
+/// The fault each method gets, until when, and how many of its calls came meanwhile.
+type Faults = Arc<Mutex<HashMap<String, (Fault, Instant, usize)>>>;
 
 impl LaggingRpc {
     /// Proxies to the node at `upstream` (`http://host:port`).
@@ -40,16 +59,30 @@ impl LaggingRpc {
         let seen = FirstSeen::default();
         let calls = Calls::default();
         let counted = Arc::clone(&calls);
+        let faults = Faults::default();
+        let planned = Arc::clone(&faults);
         let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|m| m.to_string()).collect());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let seen = Arc::clone(&seen);
                 let calls = Arc::clone(&counted);
                 let refused = Arc::clone(&refused);
-                std::thread::spawn(move || serve(client, target, lag, &seen, &calls, &refused));
+                let faults = Arc::clone(&planned);
+                std::thread::spawn(move || {
+                    serve(client, target, lag, &seen, &calls, &refused, &faults)
+                });
             }
         });
-        LaggingRpc { url, calls }
+        LaggingRpc { url, calls, faults }
+    }
+
+    /// Fails every other call of `method` (the first included) with `fault` for the next
+    /// `period`, then heals: a flaky endpoint, whose failures land between calls that work.
+    pub fn inject(&self, method: &str, fault: Fault, period: Duration) {
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(method.to_owned(), (fault, Instant::now() + period, 0));
     }
 
     /// How many times `method` was called through the proxy so far.
@@ -71,6 +104,7 @@ fn serve(
     seen: &FirstSeen,
     calls: &Calls,
     refused: &[String],
+    faults: &Faults,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -84,6 +118,44 @@ fn serve(
             .expect("calls")
             .entry(method.clone())
             .or_default() += 1;
+        let fault = faults
+            .lock()
+            .expect("faults")
+            .get_mut(&method)
+            .filter(|(_, until, _)| Instant::now() < *until)
+            .and_then(|(fault, _, calls)| {
+                *calls += 1;
+                (*calls % 2 == 1).then_some(*fault)
+            });
+        let failed = match fault {
+            None => None,
+            Some(Fault::TooManyRequests) => {
+                Some(("429 Too Many Requests", b"rate limited".to_vec()))
+            }
+            Some(Fault::BadGateway) => {
+                Some(("502 Bad Gateway", b"<html>bad gateway</html>".to_vec()))
+            }
+            Some(Fault::Malformed) => Some(("200 OK", b"{\"jsonrpc\": \"2.0\", \"id\": ".to_vec())),
+            Some(Fault::Reset) => return,
+            Some(Fault::Stall(period)) => {
+                std::thread::sleep(period);
+                return;
+            }
+        };
+        if let Some((status, body)) = failed {
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            if client
+                .write_all(head.as_bytes())
+                .and_then(|()| client.write_all(&body))
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let answer = if refused.contains(&method) {
             serde_json::json!({
                 "jsonrpc": "2.0",

@@ -1,0 +1,304 @@
+//! levy's own uncertainty is never a verdict on a payer. An RPC endpoint that fails every
+//! other call of a method for a while (429, 502, a dropped connection, a stall, a body that
+//! is not JSON-RPC)
+//! only delays the payments it touches: after it heals every served payment settles, none
+//! fails or goes to review, and no payer is denied. Payments that break a batch on purpose
+//! (account code that behaves only at a zero gas price, an ERC-6492 factory that burns the
+//! multicall's gas) are found by simulating the batch in parts: the honest payments beside
+//! them settle, and only the poison payer is failed and denied, without a reverted
+//! transaction.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::{SolCall, SolValue};
+use serde_json::{json, Value};
+
+use crate::contract_wallets_pay_and_settle::{wallet_of, wallet_payment_for};
+use crate::support::chain::{signer, TestChain, SETTLER_KEY};
+use crate::support::lagging_rpc::{Fault, LaggingRpc};
+use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::settle::{settlement_yaml, wait_all_final, PRICE};
+use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
+
+/// The methods levy's settlement calls, each of which the endpoint may fail.
+const METHODS: [&str; 10] = [
+    "eth_call",
+    "eth_simulateV1",
+    "eth_estimateGas",
+    "eth_sendRawTransaction",
+    "eth_getTransactionReceipt",
+    "eth_getLogs",
+    "eth_getTransactionCount",
+    "eth_blockNumber",
+    "eth_feeHistory",
+    "eth_chainId",
+];
+
+/// The ways it fails; a stall outlasts levy's RPC timeout (1 s here).
+const FAULTS: [Fault; 5] = [
+    Fault::TooManyRequests,
+    Fault::BadGateway,
+    Fault::Reset,
+    Fault::Stall(Duration::from_millis(1500)),
+    Fault::Malformed,
+];
+
+/// How long each fault lasts before the endpoint heals.
+const FAULT_FOR: Duration = Duration::from_secs(3);
+
+fn random_key() -> String {
+    format!(
+        "0x{}",
+        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
+    )
+}
+
+/// levy settling on `rpc_url` with one batched route, `/data/*`.
+fn levy_via(chain: &TestChain, rpc_url: &str, origin: &Origin, dir: &std::path::Path) -> Levy {
+    Levy::start(&format!(
+        "{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(rpc_url),
+        settlement_yaml(
+            dir,
+            "    max_batch: 50\n    max_delay_ms: 1000\n    rpc_timeout_ms: 1000\n    max_unsettled_per_payer: 1000000\n",
+        ),
+    ))
+}
+
+fn pay(levy: &Levy, header: &str) -> Response {
+    request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header))
+}
+
+/// The payments in `state`, from the admin listing.
+fn records_in(levy: &Levy, state: &str) -> Vec<Value> {
+    levy.admin_get(&format!("/settlements?state={state}&limit=1000"))
+        .json()["settlements"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The x402 error of a 402 answer.
+fn refusal(response: &Response) -> String {
+    assert_eq!(response.status, 402, "{}", response.text());
+    decode(response.header("payment-required").expect("challenge"))["error"]
+        .as_str()
+        .expect("error")
+        .to_owned()
+}
+
+/// Which faults each method gets: with `LEVY_FAULT_MATRIX=all`, every fault on every
+/// method (tests/fault_matrix.sh); otherwise one fault per method, the kinds taken in turn.
+/// Last, 502s on the simulation and on `eth_call` at once (what a rate-limited endpoint
+/// gives a batch whose reads succeed and whose simulations do not).
+fn fault_plan() -> Vec<(Vec<&'static str>, Fault)> {
+    let all = std::env::var("LEVY_FAULT_MATRIX").is_ok_and(|v| v == "all");
+    let mut plan: Vec<(Vec<&'static str>, Fault)> = METHODS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, method)| {
+            let faults: Vec<Fault> = if all {
+                FAULTS.to_vec()
+            } else {
+                vec![FAULTS[i % FAULTS.len()]]
+            };
+            faults.into_iter().map(move |fault| (vec![*method], fault))
+        })
+        .collect();
+    plan.push((vec!["eth_simulateV1", "eth_call"], Fault::BadGateway));
+    plan
+}
+
+#[test]
+fn rpc_trouble_on_any_method_delays_honest_payments_and_fails_or_denies_none() {
+    let chain = TestChain::start();
+    let payers: Vec<String> = (0..3).map(|_| random_key()).collect();
+    for key in &payers {
+        chain.mint(signer(key).address(), 1_000 * PRICE);
+    }
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    let terms = challenge(&levy, "/data/x");
+    let mut served: Vec<(Address, B256)> = Vec::new();
+
+    for (methods, fault) in fault_plan() {
+        for method in &methods {
+            rpc.inject(method, fault, FAULT_FOR);
+        }
+        let healed_at = Instant::now() + FAULT_FOR;
+        for key in &payers {
+            let (signed, header) = sign_for(&terms, key);
+            let paid = pay(&levy, &header);
+            assert_eq!(
+                paid.status,
+                200,
+                "{methods:?} failing with {fault:?}: an honest payment was refused: {}",
+                paid.text()
+            );
+            served.push((signed.from, signed.nonce));
+        }
+        std::thread::sleep(healed_at.saturating_duration_since(Instant::now()));
+        wait_all_final(levy.admin, Duration::from_secs(60));
+        for state in ["failed", "needs_review"] {
+            let records = records_in(&levy, state);
+            assert!(
+                records.is_empty(),
+                "{methods:?} failing with {fault:?} left payments {state}: {records:?}"
+            );
+        }
+    }
+
+    for (payer, nonce) in &served {
+        assert!(
+            chain.authorization_used(*payer, *nonce),
+            "a served payment never settled"
+        );
+    }
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(served.len() as u64 * PRICE)
+    );
+    for key in &payers {
+        let paid = pay(&levy, &sign_for(&terms, key).1);
+        assert_eq!(
+            paid.status,
+            200,
+            "an honest payer was denied: {}",
+            paid.text()
+        );
+    }
+}
+
+/// Ten honest payers and one poison payer pay `/data/x` twice each; all of it lands in one
+/// batch. Returns the honest payments' `(payer, nonce)`.
+fn pay_beside_poison(
+    levy: &Levy,
+    chain: &TestChain,
+    poison: &dyn Fn() -> String,
+) -> Vec<(Address, B256)> {
+    let terms = challenge(levy, "/data/x");
+    let mut honest = Vec::new();
+    for round in 0..2 {
+        for _ in 0..5 {
+            let key = random_key();
+            chain.mint(signer(&key).address(), 10 * PRICE);
+            let (signed, header) = sign_for(&terms, &key);
+            assert_eq!(
+                pay(levy, &header).status,
+                200,
+                "an honest payment was refused"
+            );
+            honest.push((signed.from, signed.nonce));
+        }
+        let paid = pay(levy, &poison());
+        assert_eq!(
+            paid.status,
+            200,
+            "poison payment {round} was not served: {}",
+            paid.text()
+        );
+    }
+    honest
+}
+
+/// What both poison tests check once everything is final: the honest payments settled,
+/// only `poison_payer`'s two payments failed (the transfer refused alone), it alone is
+/// denied, and no settlement transaction reverted.
+fn only_the_poison_payer_pays_for_its_poison(
+    levy: &Levy,
+    chain: &TestChain,
+    honest: &[(Address, B256)],
+    poison_payer: Address,
+    poison: &dyn Fn() -> String,
+) {
+    wait_all_final(levy.admin, Duration::from_secs(90));
+    for (payer, nonce) in honest {
+        assert!(
+            chain.authorization_used(*payer, *nonce),
+            "an honest payment beside the poison never settled"
+        );
+    }
+    let failed = records_in(levy, "failed");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for record in &failed {
+        assert_eq!(
+            record["payer"].as_str().map(str::to_ascii_lowercase),
+            Some(format!("{poison_payer:?}").to_ascii_lowercase()),
+            "{record}"
+        );
+        assert_eq!(record["reason"], "transfer_would_revert", "{record}");
+    }
+    assert!(records_in(levy, "needs_review").is_empty());
+    assert_eq!(
+        chain.reverted_txs_from(signer(SETTLER_KEY).address()),
+        0,
+        "levy sent a transaction that reverted"
+    );
+    assert_eq!(refusal(&pay(levy, &poison())), "payer_denied");
+    let terms = challenge(levy, "/data/x");
+    let key = random_key();
+    chain.mint(signer(&key).address(), 10 * PRICE);
+    assert_eq!(pay(levy, &sign_for(&terms, &key).1).status, 200);
+}
+
+#[test]
+fn a_delegated_account_that_passes_only_at_zero_gas_price_is_found_and_alone_denied() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &chain.rpc_url, &origin, dir.path());
+    let poison_key = random_key();
+    let poison_payer = signer(&poison_key).address();
+    chain.mint(poison_payer, 100 * PRICE);
+    // The payer's account gets code that accepts any signature at a zero gas price and spins
+    // otherwise, as an EIP-7702 delegation can give it. Its signatures stay valid ECDSA, so
+    // levy serves it inline.
+    let delegate = chain.deploy_artifact("GasPriceDelegate");
+    let code = chain.rpc("eth_getCode", json!([format!("{delegate:?}"), "latest"]));
+    chain.rpc("anvil_setCode", json!([format!("{poison_payer:?}"), code]));
+    let terms = challenge(&levy, "/data/x");
+    let poison = || sign_for(&terms, &poison_key).1;
+
+    let honest = pay_beside_poison(&levy, &chain, &poison);
+    only_the_poison_payer_pays_for_its_poison(&levy, &chain, &honest, poison_payer, &poison);
+}
+
+alloy::sol! {
+    interface ISpinningWalletFactory {
+        function deploy(address owner, bytes32 salt) external returns (address);
+    }
+}
+
+#[test]
+fn an_erc6492_factory_that_spins_under_the_multicall_is_found_and_alone_denied() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &chain.rpc_url, &origin, dir.path());
+    // The factory deploys the wallet for levy's signature check at admission and burns the
+    // gas when the multicall calls it in a batch.
+    let factory =
+        chain.deploy_artifact_with("SpinningWalletFactory", &chain.multicall.abi_encode());
+    let owner_key = random_key();
+    let owner = signer(&owner_key).address();
+    let salt = B256::repeat_byte(7);
+    let wallet = wallet_of(&chain, factory, owner, salt);
+    chain.mint(wallet, 100 * PRICE);
+    let deploy: Bytes = ISpinningWalletFactory::deployCall { owner, salt }
+        .abi_encode()
+        .into();
+    let wrap = |inner: Vec<u8>| {
+        let mut wrapped = (factory, deploy.clone(), Bytes::from(inner)).abi_encode_params();
+        wrapped.extend_from_slice(&[0x64, 0x92].repeat(16));
+        wrapped
+    };
+    let poison = || wallet_payment_for(&levy, "/data/x", wallet, &owner_key, wrap).1;
+
+    let honest = pay_beside_poison(&levy, &chain, &poison);
+    only_the_poison_payer_pays_for_its_poison(&levy, &chain, &honest, wallet, &poison);
+}
