@@ -15,7 +15,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, U256};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use levy::settle::exposure::{Admission, Ledger, Limits};
-use levy::settle::funds::{Funds, FundsConfig, FundsView, OnRpcError};
+use levy::settle::funds::{Funds, FundsConfig, FundsView, OnRpcError, ReadError};
 
 const PAYERS: usize = 1_000;
 
@@ -27,6 +27,8 @@ fn funds() -> Funds {
         read_timeout: Duration::from_secs(1),
         on_rpc_error: OnRpcError::ServeWithinCaps,
         deny_for: Duration::from_secs(3600),
+        max_concurrent_reads: 64,
+        signature_checks_per_minute: 60,
     })
 }
 
@@ -50,7 +52,7 @@ fn admission(c: &mut Criterion) {
         for payer in &payers {
             let view = funds
                 .view((84532, asset, *payer), B256::ZERO, async {
-                    Ok::<_, ()>((U256::from(10u64.pow(12)), false))
+                    Ok::<_, ReadError>((U256::from(10u64.pow(12)), false))
                 })
                 .await;
             assert!(matches!(view, FundsView::Known(_)));
@@ -70,7 +72,7 @@ fn admission(c: &mut Criterion) {
                 assert!(funds.denied(payer, 1).is_none());
                 let view = funds
                     .view((84532, asset, payer), B256::repeat_byte(1), async {
-                        Err::<(U256, bool), ()>(())
+                        Err::<(U256, bool), _>(ReadError::Failed)
                     })
                     .await;
                 let FundsView::Known(balance) = view else {

@@ -63,6 +63,10 @@ pub struct Metrics {
     /// `levy_funds_read_failures_total`: payer balance reads that failed or ran past their
     /// deadline.
     pub funds_unknown: IntCounter,
+    /// `levy_admission_reads_refused_total{why}`: chain reads for admitting a payment that
+    /// were not started: `busy` (the chain's concurrent reads were all running) or
+    /// `client_budget` (the client used its signature checks for the minute).
+    pub admission_reads_refused: IntCounterVec,
     /// `levy_settlement_isolation_simulations_total`: simulations run beyond a batch's first
     /// to find which payments break it.
     pub isolation_simulations: IntCounter,
@@ -298,6 +302,12 @@ pub fn metrics() -> &'static Metrics {
             &["network"]
         )
         .expect("levy_settler_balance_gwei registers once"),
+        admission_reads_refused: register_int_counter_vec!(
+            "levy_admission_reads_refused_total",
+            "Chain reads for admitting a payment that were not started, by why",
+            &["why"]
+        )
+        .expect("levy_admission_reads_refused_total registers once"),
         isolation_simulations: register_int_counter!(
             "levy_settlement_isolation_simulations_total",
             "Simulations run beyond a batch's first to find which payments break it"

@@ -440,6 +440,15 @@ impl ProxyHttp for LevyProxy {
     }
 }
 
+/// The address of the client on the other end of the connection (not a forwarded one: a
+/// header is the client's to write).
+pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
 fn access_log(session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {
     let req = session.req_header();
     let status = session.response_written().map_or(0, |r| r.status.as_u16());

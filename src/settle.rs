@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use chain::Chain;
 use exposure::{Admission, Hold, Ledger};
 use facilitator::Facilitator;
-use funds::{Funds, FundsView};
+use funds::{Funds, FundsView, ReadError};
 use journal::{Durability, Journal, JournalError};
 
 use crate::alerts::{Alert, Alerts, Event as AuditEvent};
@@ -402,10 +402,14 @@ impl Settlement {
     }
 
     /// Asks the chain whether a contract wallet's signature is valid (EIP-1271, or ERC-6492
-    /// for a wallet not deployed yet), within the funds read deadline.
+    /// for a wallet not deployed yet), within the funds read deadline. A verdict already
+    /// known costs nothing; a new check takes one from `client`'s budget per minute
+    /// ([`SignatureCheck::OverBudget`] without one) and one of the chain's admission reads
+    /// ([`SignatureCheck::Busy`] when all are running).
     pub async fn check_signature(
         &self,
         network: &str,
+        client: Option<std::net::IpAddr>,
         signer: Address,
         digest: B256,
         signature: &[u8],
@@ -426,6 +430,25 @@ impl Settlement {
         if let Some(valid) = self.inner.funds.signature_verdict(&key) {
             return verdict(valid);
         }
+        if client.is_some_and(|client| !self.inner.funds.take_signature_check(client)) {
+            metrics()
+                .admission_reads_refused
+                .with_label_values(&["client_budget"])
+                .inc();
+            return SignatureCheck::OverBudget;
+        }
+        let Ok(_permit) = self
+            .inner
+            .funds
+            .read_gate(chain.chain_id())
+            .try_acquire_owned()
+        else {
+            metrics()
+                .admission_reads_refused
+                .with_label_values(&["busy"])
+                .inc();
+            return SignatureCheck::Busy;
+        };
         let read = chain.signature_valid(signer, digest, signature);
         match tokio::time::timeout(self.inner.config.funds.read_timeout, read).await {
             Ok(Ok(valid)) => {
@@ -471,17 +494,26 @@ impl Settlement {
         let Some(chain) = self.inner.chains.get(network) else {
             return FundsView::Unknown;
         };
+        let gate = self.inner.funds.read_gate(chain.chain_id());
+        let read = async move {
+            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
+            chain
+                .payer_state(asset, payer, nonce)
+                .await
+                .map_err(|_| ReadError::Failed)
+        };
         let view = self
             .inner
             .funds
-            .view(
-                (chain_id, asset, payer),
-                nonce,
-                chain.payer_state(asset, payer, nonce),
-            )
+            .view((chain_id, asset, payer), nonce, read)
             .await;
-        if view == FundsView::Unknown {
-            metrics().funds_unknown.inc();
+        match view {
+            FundsView::Unknown => metrics().funds_unknown.inc(),
+            FundsView::Busy => metrics()
+                .admission_reads_refused
+                .with_label_values(&["busy"])
+                .inc(),
+            _ => {}
         }
         view
     }
@@ -498,16 +530,26 @@ impl Settlement {
         let Some(chain) = self.inner.chains.get(network) else {
             return funds::UptoFunds::Unknown;
         };
+        let gate = self.inner.funds.read_gate(chain.chain_id());
+        let read = async move {
+            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
+            chain
+                .upto_payer_state(token, payer)
+                .await
+                .map_err(|_| ReadError::Failed)
+        };
         let view = self
             .inner
             .funds
-            .upto_view(
-                (chain_id, token, payer),
-                chain.upto_payer_state(token, payer),
-            )
+            .upto_view((chain_id, token, payer), read)
             .await;
-        if view == funds::UptoFunds::Unknown {
-            metrics().funds_unknown.inc();
+        match view {
+            funds::UptoFunds::Unknown => metrics().funds_unknown.inc(),
+            funds::UptoFunds::Busy => metrics()
+                .admission_reads_refused
+                .with_label_values(&["busy"])
+                .inc(),
+            funds::UptoFunds::Known { .. } => {}
         }
         view
     }

@@ -302,3 +302,83 @@ fn an_erc6492_factory_that_spins_under_the_multicall_is_found_and_alone_denied()
     let honest = pay_beside_poison(&levy, &chain, &poison);
     only_the_poison_payer_pays_for_its_poison(&levy, &chain, &honest, wallet, &poison);
 }
+
+/// A header for `/data/x` whose signature is not its payer's ECDSA signature: signed by
+/// `key` for a random `from` (a 65-byte signature that recovers to someone else), or, with
+/// `long`, 96 random bytes as a contract wallet's would be. Either can only be judged on
+/// chain.
+fn unverifiable_payment(challenge: &Value, key: &str, long: bool) -> String {
+    let accepted = challenge["accepts"][0].clone();
+    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
+    let payer = levy::client::Payer::from_hex(key).expect("key");
+    let now = crate::support::pay::now();
+    let mut signed = levy::client::sign(
+        &payer,
+        &terms,
+        now - 600,
+        now + 300,
+        levy::client::random_nonce(),
+    )
+    .expect("sign");
+    signed.from = Address::random();
+    let mut payload = json!({
+        "x402Version": 2,
+        "accepted": accepted,
+        "payload": signed.payload_json(),
+    });
+    if long {
+        payload["payload"]["signature"] = json!(format!(
+            "0x{}",
+            alloy::hex::encode(B256::random().0.repeat(3))
+        ));
+    }
+    levy::x402::encode_header(payload.to_string().as_bytes())
+}
+
+#[test]
+fn a_flood_of_signatures_only_the_chain_could_judge_costs_levy_at_most_its_budget_of_rpc_calls() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(&rpc.url),
+        settlement_yaml(
+            dir.path(),
+            "    max_delay_ms: 200\n    funds: {signature_checks_per_minute: 10, max_concurrent_reads: 4}\n",
+        ),
+    ));
+    let terms = challenge(&levy, "/data/x");
+    let honest = random_key();
+    chain.mint(signer(&honest).address(), 100 * PRICE);
+    let before = rpc.calls("eth_call");
+
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..200 {
+        let flood = unverifiable_payment(&terms, &random_key(), i % 2 == 0);
+        *statuses.entry(pay(&levy, &flood).status).or_default() += 1;
+        if i % 50 == 0 {
+            // A funded payer with its own ECDSA signature is served all along.
+            let paid = pay(&levy, &sign_for(&terms, &honest).1);
+            assert_eq!(paid.status, 200, "{}", paid.text());
+        }
+    }
+    let flood_calls = rpc.calls("eth_call") - before;
+    // Ten checks for the flood (and what the budget refilled meanwhile, at ten a minute),
+    // plus the honest payer's funds read and its batches' reads.
+    let checked = statuses.get(&402).copied().unwrap_or(0);
+    assert!((10..=12).contains(&checked), "{statuses:?}");
+    assert_eq!(
+        statuses.get(&429).copied(),
+        Some(200 - checked),
+        "{statuses:?}"
+    );
+    assert!(
+        flood_calls <= checked + 10,
+        "the flood cost {flood_calls} eth_calls: {statuses:?}"
+    );
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert!(records_in(&levy, "failed").is_empty());
+}

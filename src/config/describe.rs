@@ -89,6 +89,13 @@ impl Config {
                     "off"
                 },
             ));
+            if s.facilitator.is_none() {
+                out.push_str(&format!(
+                    "chain reads for admission: at most {} at once per network; {} signature \
+                     checks on chain per client address per minute\n",
+                    s.funds.max_concurrent_reads, s.funds.signature_checks_per_minute,
+                ));
+            }
         }
         for warning in self.warnings() {
             out.push_str(&format!("warning: {warning}\n"));

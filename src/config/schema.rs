@@ -246,6 +246,8 @@ pub struct Funds {
     pub read_timeout_ms: u64,
     pub on_rpc_error: OnRpcError,
     pub deny_seconds: u64,
+    pub max_concurrent_reads: u64,
+    pub signature_checks_per_minute: u64,
 }
 
 impl Default for Funds {
@@ -257,6 +259,8 @@ impl Default for Funds {
             read_timeout_ms: 1_000,
             on_rpc_error: OnRpcError::ServeWithinCaps,
             deny_seconds: 86_400,
+            max_concurrent_reads: 64,
+            signature_checks_per_minute: 60,
         }
     }
 }

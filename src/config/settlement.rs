@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use super::{check_url, invalid, schema, Access, Network, Route};
 use crate::pricing::parse_atomic;
 use crate::routing::RouteTable;
@@ -87,6 +89,11 @@ pub(super) fn settlement(
         ("funds.empty_cache_ms", s.funds.empty_cache_ms),
         ("funds.read_timeout_ms", s.funds.read_timeout_ms),
         ("funds.deny_seconds", s.funds.deny_seconds),
+        ("funds.max_concurrent_reads", s.funds.max_concurrent_reads),
+        (
+            "funds.signature_checks_per_minute",
+            s.funds.signature_checks_per_minute,
+        ),
     ] {
         if value == 0 {
             return Err(invalid(
@@ -234,6 +241,11 @@ pub(super) fn settlement(
                 schema::OnRpcError::Refuse => OnRpcError::Refuse,
             },
             deny_for: Duration::from_secs(s.funds.deny_seconds),
+            max_concurrent_reads: usize::try_from(s.funds.max_concurrent_reads)
+                .unwrap_or(usize::MAX)
+                .min(Semaphore::MAX_PERMITS),
+            signature_checks_per_minute: u32::try_from(s.funds.signature_checks_per_minute)
+                .unwrap_or(u32::MAX),
         },
         key_env: s.settler_key_env.clone(),
         key_file: s.settler_key_file.clone().map(Into::into),

@@ -496,6 +496,20 @@ fn bad_payer_header_names_are_refused() {
 }
 
 #[test]
+fn a_zero_admission_read_limit_names_the_key() {
+    let text = yaml(
+        &priced(""),
+        "  settlement:\n    journal_path: /tmp/j.redb\n    funds: {max_concurrent_reads: 0}\n",
+    );
+    let error = Config::from_yaml(&text).expect_err("refused").to_string();
+    assert!(
+        error.contains("settlement.funds.max_concurrent_reads")
+            && error.contains("greater than zero"),
+        "{error}"
+    );
+}
+
+#[test]
 fn levy_check_shows_the_default_exposure_caps_and_loss_budget() {
     let text = yaml(
         &priced(""),
@@ -506,6 +520,13 @@ fn levy_check_shows_the_default_exposure_caps_and_loss_budget() {
         described.contains(
             "exposure: per payer 1000000 atomic units, in total 100000000 atomic units; \
              loss budget 10000000 atomic units per 3600 s; funds check on"
+        ),
+        "{described}"
+    );
+    assert!(
+        described.contains(
+            "chain reads for admission: at most 64 at once per network; 60 signature checks \
+             on chain per client address per minute"
         ),
         "{described}"
     );

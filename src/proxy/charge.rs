@@ -165,9 +165,20 @@ impl LevyProxy {
         }
         let verified = paid.verified.clone();
         let network = paid.network_name.clone();
+        // The deny list costs nothing: before anything that reads the chain.
+        if let Some(reason) = settlement.denied(verified.payer) {
+            log::debug!("payer {} is denied: {reason}", verified.payer);
+            return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
+        }
         if let PayerSignature::Contract { bytes, digest } = &verified.signature {
             match settlement
-                .check_signature(&network, verified.payer, *digest, bytes)
+                .check_signature(
+                    &network,
+                    super::client_ip(session),
+                    verified.payer,
+                    *digest,
+                    bytes,
+                )
                 .await
             {
                 SignatureCheck::Valid => {}
@@ -175,18 +186,8 @@ impl LevyProxy {
                     let reason = Rejection::BadSignature.reason();
                     return Some(self.refuse_payment(session, paywall, ctx, reason));
                 }
-                SignatureCheck::Unknown => {
-                    return Some(self.retry_later(
-                        ctx,
-                        "cannot check the contract wallet's signature now; retry later with the same payment",
-                        "2",
-                    ));
-                }
+                unchecked => return Some(self.signature_unchecked(ctx, unchecked)),
             }
-        }
-        if let Some(reason) = settlement.denied(verified.payer) {
-            log::debug!("payer {} is denied: {reason}", verified.payer);
-            return Some(self.refuse_payment(session, paywall, ctx, "payer_denied"));
         }
         if verified.scheme().charge() == Charge::Metered {
             return self
@@ -204,6 +205,9 @@ impl LevyProxy {
                 FundsView::AuthorizationUsed => {
                     let reason = Rejection::AlreadyUsed.reason();
                     return Some(self.refuse_payment(session, paywall, ctx, reason));
+                }
+                FundsView::Busy => {
+                    return Some(self.signature_unchecked(ctx, SignatureCheck::Busy))
                 }
                 FundsView::Unknown => match self.funds_unread(settlement, ctx) {
                     Ok(()) => None,
@@ -329,6 +333,9 @@ impl LevyProxy {
                     return Some(Reply::new(412, "application/json", body.to_string()));
                 }
                 UptoFunds::Known { balance, .. } => Some(balance),
+                UptoFunds::Busy => {
+                    return Some(self.signature_unchecked(ctx, SignatureCheck::Busy))
+                }
                 UptoFunds::Unknown => match self.funds_unread(settlement, ctx) {
                     Ok(()) => None,
                     Err(reply) => return Some(reply),
@@ -364,6 +371,33 @@ impl LevyProxy {
                     "5",
                 ))
             }
+        }
+    }
+
+    /// The answer to a payment whose contract-wallet signature the chain was not asked
+    /// about: 429 when the client used its checks for the minute, 503 when the chain's
+    /// admission reads were all busy or it could not answer; the client may retry with the
+    /// same payment.
+    pub(super) fn signature_unchecked(&self, ctx: &mut RequestCtx, check: SignatureCheck) -> Reply {
+        match check {
+            SignatureCheck::OverBudget => {
+                self.release(ctx, Release::Withdrawn);
+                Reply::text(
+                    429,
+                    "too many signatures to check on chain from this client; retry later",
+                )
+                .header(header::RETRY_AFTER, "60")
+            }
+            SignatureCheck::Busy => self.retry_later(
+                ctx,
+                "levy is checking too many payments on chain at once; retry later with the same payment",
+                "1",
+            ),
+            _ => self.retry_later(
+                ctx,
+                "cannot check the wallet's signature now; retry later with the same payment",
+                "2",
+            ),
         }
     }
 

@@ -215,6 +215,7 @@ impl LevyProxy {
             ctx.outcome = super::Outcome::PaymentRequired;
             self.challenge(session, paywall, reason, reason)
         };
+        let client = super::client_ip(session);
         let payer = match (&proving.signer, &proving.network) {
             (ProofSigner::Eoa(payer), _) => *payer,
             (
@@ -226,20 +227,14 @@ impl LevyProxy {
                 },
                 Some(network),
             ) => match settlement
-                .check_signature(network, *address, *digest, signature)
+                .check_signature(network, client, *address, *digest, signature)
                 .await
             {
                 SignatureCheck::Valid => *address,
                 SignatureCheck::Invalid => {
                     return Some(refuse(session::ProofError::Signature.reason(), ctx))
                 }
-                SignatureCheck::Unknown => {
-                    return Some(self.retry_later(
-                        ctx,
-                        "cannot check the wallet's signature now; retry later",
-                        "2",
-                    ))
-                }
+                unchecked => return Some(self.signature_unchecked(ctx, unchecked)),
             },
             (ProofSigner::Contract { .. }, None) => {
                 return Some(refuse(session::ProofError::Signature.reason(), ctx))

@@ -5,12 +5,19 @@
 //! reads the chain once (concurrent misses for one payer share the read) within a deadline.
 //! Balances are kept net of what levy settled since the read, so a settled payment is never
 //! counted as money the payer still has.
+//!
+//! What unauthenticated requests can make levy read is bounded here too: at most
+//! `max_concurrent_reads` admission reads run per chain (more answer [`ReadError::Busy`]),
+//! and each client address has a budget of signature checks on chain per minute.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256, U256};
 use moka::Expiry;
+use tokio::sync::Semaphore;
 
 /// One payer's token on one chain.
 pub type FundsKey = (u64, Address, Address);
@@ -52,6 +59,17 @@ pub enum FundsView {
     AuthorizationUsed,
     /// The chain could not be read in time.
     Unknown,
+    /// As many admission reads of this chain as allowed were running: none was started.
+    Busy,
+}
+
+/// Why an admission read of the chain gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// `max_concurrent_reads` reads of the chain were running: this one was not started.
+    Busy,
+    /// The read failed (an RPC error) or ran past its deadline.
+    Failed,
 }
 
 /// What to do with a payment whose payer's balance cannot be read.
@@ -78,6 +96,11 @@ pub struct FundsConfig {
     pub on_rpc_error: OnRpcError,
     /// How long a payer whose payment failed on chain is refused.
     pub deny_for: Duration,
+    /// Admission reads (balances, contract-wallet signatures) that may run at once per chain.
+    pub max_concurrent_reads: usize,
+    /// Signature checks on chain (contract wallets, and signatures that do not recover to
+    /// their payer) one client address may cause per minute.
+    pub signature_checks_per_minute: u32,
 }
 
 /// Why a payer is refused.
@@ -148,6 +171,17 @@ pub struct Funds {
     /// Payers' token allowances to Permit2 (`upto`), trusted as briefly as an empty
     /// balance, so a payer who approves gets in soon.
     allowances: moka::future::Cache<FundsKey, Approval>,
+    /// Admission reads running, per chain id.
+    gates: Mutex<HashMap<u64, Arc<Semaphore>>>,
+    /// Each client address's budget of signature checks on chain (idle ones forgotten).
+    budgets: moka::sync::Cache<IpAddr, Arc<Mutex<Bucket>>>,
+}
+
+/// A token bucket: `tokens` left as of `at`, refilled continuously to its capacity.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 /// An `upto` payer's state as read from the chain.
@@ -179,6 +213,8 @@ pub enum UptoFunds {
     },
     /// The chain could not be read in time.
     Unknown,
+    /// As many admission reads of this chain as allowed were running: none was started.
+    Busy,
 }
 
 impl Funds {
@@ -204,15 +240,53 @@ impl Funds {
                 .max_capacity(1_000_000)
                 .time_to_live(config.empty_ttl)
                 .build(),
+            gates: Mutex::new(HashMap::new()),
+            budgets: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(120))
+                .build(),
+        }
+    }
+
+    /// The gate admission reads of chain `chain_id` pass: take a permit with
+    /// `try_acquire_owned` before reading, and answer [`ReadError::Busy`] without one.
+    pub fn read_gate(&self, chain_id: u64) -> Arc<Semaphore> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            gates
+                .entry(chain_id)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrent_reads))),
+        )
+    }
+
+    /// Takes one signature check on chain from `client`'s budget; `false` when it has none
+    /// left this minute.
+    pub fn take_signature_check(&self, client: IpAddr) -> bool {
+        let capacity = f64::from(self.config.signature_checks_per_minute);
+        let bucket = self.budgets.get_with(client, || {
+            Arc::new(Mutex::new(Bucket {
+                tokens: capacity,
+                at: Instant::now(),
+            }))
+        });
+        let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.at).as_secs_f64() * capacity / 60.0;
+        bucket.tokens = (bucket.tokens + refill).min(capacity);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
     /// An `upto` payer's balance, Permit2 allowance and EIP-2612 nonce for `key`, from the
     /// caches or read by `read` within the read deadline.
-    pub async fn upto_view<F, E>(&self, key: FundsKey, read: F) -> UptoFunds
+    pub async fn upto_view<F>(&self, key: FundsKey, read: F) -> UptoFunds
     where
-        F: std::future::Future<Output = Result<UptoPayerState, E>> + Send,
-        E: Send + Sync + 'static,
+        F: std::future::Future<Output = Result<UptoPayerState, ReadError>> + Send,
     {
         if let (Some(balance), Some(approval)) = (
             self.balances.get(&key).await,
@@ -243,7 +317,8 @@ impl Funds {
                     permit_nonce: approval.permit_nonce,
                 }
             }
-            Ok(Err(_)) | Err(_) => UptoFunds::Unknown,
+            Ok(Err(ReadError::Busy)) => UptoFunds::Busy,
+            Ok(Err(ReadError::Failed)) | Err(_) => UptoFunds::Unknown,
         }
     }
 
@@ -259,10 +334,9 @@ impl Funds {
 
     /// The payer's balance for `key`, from the cache or read by `read` (`(balance, used)` of
     /// the balance and `nonce`'s authorization state) within the read deadline.
-    pub async fn view<F, E>(&self, key: FundsKey, nonce: B256, read: F) -> FundsView
+    pub async fn view<F>(&self, key: FundsKey, nonce: B256, read: F) -> FundsView
     where
-        F: std::future::Future<Output = Result<(U256, bool), E>> + Send,
-        E: Send + Sync + 'static,
+        F: std::future::Future<Output = Result<(U256, bool), ReadError>> + Send,
     {
         if let Some(balance) = self.balances.get(&key).await {
             return self.seen(&balance, nonce);
@@ -273,12 +347,14 @@ impl Funds {
             .try_get_with(key, async move {
                 match tokio::time::timeout(timeout, read).await {
                     Ok(Ok((value, used))) => Ok(Arc::new(Balance::new(value, nonce, used))),
-                    Ok(Err(_)) | Err(_) => Err(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(ReadError::Failed),
                 }
             })
             .await;
         match loaded {
             Ok(balance) => self.seen(&balance, nonce),
+            Err(e) if *e == ReadError::Busy => FundsView::Busy,
             Err(_) => FundsView::Unknown,
         }
     }
@@ -326,6 +402,8 @@ mod tests {
             read_timeout: Duration::from_millis(200),
             on_rpc_error: OnRpcError::ServeWithinCaps,
             deny_for: Duration::from_secs(60),
+            max_concurrent_reads: 1,
+            signature_checks_per_minute: 2,
         })
     }
 
@@ -336,20 +414,24 @@ mod tests {
         let funds = funds();
         let nonce = B256::repeat_byte(7);
         let first = funds
-            .view(KEY, nonce, async { Ok::<_, ()>((U256::from(100), false)) })
+            .view(KEY, nonce, async {
+                Ok::<_, ReadError>((U256::from(100), false))
+            })
             .await;
         assert_eq!(first, FundsView::Known(U256::from(100)));
         let warm = funds
             .view(KEY, B256::repeat_byte(8), async {
                 panic!("a warm entry must not be read again");
                 #[allow(unreachable_code)]
-                Ok::<(U256, bool), ()>((U256::ZERO, false))
+                Ok::<(U256, bool), ReadError>((U256::ZERO, false))
             })
             .await;
         assert_eq!(warm, FundsView::Known(U256::from(100)));
         funds.spent(KEY, U256::from(30)).await;
         let after = funds
-            .view(KEY, nonce, async { Err::<(U256, bool), ()>(()) })
+            .view(KEY, nonce, async {
+                Err::<(U256, bool), _>(ReadError::Failed)
+            })
             .await;
         assert_eq!(after, FundsView::Known(U256::from(70)));
     }
@@ -359,21 +441,57 @@ mod tests {
         let funds = funds();
         let nonce = B256::repeat_byte(7);
         let used = funds
-            .view(KEY, nonce, async { Ok::<_, ()>((U256::from(5), true)) })
+            .view(KEY, nonce, async {
+                Ok::<_, ReadError>((U256::from(5), true))
+            })
             .await;
         assert_eq!(used, FundsView::AuthorizationUsed);
         let other = (2, KEY.1, KEY.2);
         let failed = funds
-            .view(other, nonce, async { Err::<(U256, bool), ()>(()) })
+            .view(other, nonce, async {
+                Err::<(U256, bool), _>(ReadError::Failed)
+            })
             .await;
         assert_eq!(failed, FundsView::Unknown);
         let slow = funds
             .view(other, nonce, async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                Ok::<_, ()>((U256::from(5), false))
+                Ok::<_, ReadError>((U256::from(5), false))
             })
             .await;
         assert_eq!(slow, FundsView::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_read_past_the_concurrency_cap_is_busy_and_starts_nothing() {
+        let funds = funds();
+        let gate = funds.read_gate(1);
+        let held = gate.clone().try_acquire_owned().expect("the one permit");
+        let gated = |gate: Arc<Semaphore>| async move {
+            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
+            Ok((U256::from(5), false))
+        };
+        let busy = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
+        assert_eq!(busy, FundsView::Busy);
+        // Another chain has a gate of its own.
+        let other = (2, KEY.1, KEY.2);
+        let read = funds
+            .view(other, B256::ZERO, gated(funds.read_gate(2)))
+            .await;
+        assert_eq!(read, FundsView::Known(U256::from(5)));
+        drop(held);
+        let after = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
+        assert_eq!(after, FundsView::Known(U256::from(5)));
+    }
+
+    #[test]
+    fn a_client_past_its_signature_budget_is_refused_while_others_are_not() {
+        let funds = funds();
+        let (greedy, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        assert!(funds.take_signature_check(greedy));
+        assert!(funds.take_signature_check(greedy));
+        assert!(!funds.take_signature_check(greedy));
+        assert!(funds.take_signature_check(other));
     }
 
     #[test]

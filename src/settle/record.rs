@@ -417,6 +417,10 @@ pub enum SignatureCheck {
     Invalid,
     /// The chain could not be asked in time.
     Unknown,
+    /// The client has used its signature checks for this minute: nothing was asked.
+    OverBudget,
+    /// As many admission reads of the chain as allowed were running: nothing was asked.
+    Busy,
 }
 
 /// An authorization levy charged that is still valid on chain: after a restart it must stay
