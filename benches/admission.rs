@@ -52,10 +52,10 @@ fn admission(c: &mut Criterion) {
         for payer in &payers {
             let view = funds
                 .view((84532, asset, *payer), B256::ZERO, async {
-                    Ok::<_, ReadError>((U256::from(10u64.pow(12)), false))
+                    Ok::<_, ReadError>((U256::from(10u64.pow(12)), false, 1))
                 })
                 .await;
-            assert!(matches!(view, FundsView::Known(_)));
+            assert!(matches!(view, FundsView::Known { .. }));
         }
     });
 
@@ -72,10 +72,10 @@ fn admission(c: &mut Criterion) {
                 assert!(funds.denied(payer, 1).is_none());
                 let view = funds
                     .view((84532, asset, payer), B256::repeat_byte(1), async {
-                        Err::<(U256, bool), _>(ReadError::Failed)
+                        Err::<(U256, bool, u64), _>(ReadError::Failed)
                     })
                     .await;
-                let FundsView::Known(balance) = view else {
+                let FundsView::Known { balance, .. } = view else {
                     panic!("a warm entry was not found");
                 };
                 let (admission, hold) =

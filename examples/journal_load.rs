@@ -69,6 +69,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         shared: None,
         entry: None,
         isolate: false,
+        admitted_block: 0,
     }
 }
 

@@ -382,3 +382,43 @@ fn a_flood_of_signatures_only_the_chain_could_judge_costs_levy_at_most_its_budge
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert!(records_in(&levy, "failed").is_empty());
 }
+
+/// The chain's latest block number.
+fn block_number(chain: &TestChain) -> u64 {
+    let hex = chain.rpc("eth_blockNumber", json!([]));
+    u64::from_str_radix(
+        hex.as_str().expect("block number").trim_start_matches("0x"),
+        16,
+    )
+    .expect("block number hex")
+}
+
+#[test]
+fn a_balance_read_from_a_node_behind_the_one_that_admitted_the_payment_denies_nobody() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    let key = random_key();
+    let payer = signer(&key).address();
+    let unfunded_at = block_number(&chain);
+    chain.mint(payer, 10 * PRICE);
+    let terms = challenge(&levy, "/data/x");
+    let (signed, header) = sign_for(&terms, &key);
+    assert_eq!(pay(&levy, &header).status, 200);
+
+    // The endpoint levy settles through falls behind, to before the payer was funded: its
+    // balance reads say 0, from a block older than the one the payment was admitted on.
+    rpc.stay_at(Some(unfunded_at));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        records_in(&levy, "failed").is_empty(),
+        "a read from a node behind failed the payment"
+    );
+    rpc.stay_at(None);
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert!(chain.authorization_used(payer, signed.nonce));
+    assert!(records_in(&levy, "failed").is_empty());
+    assert_eq!(pay(&levy, &sign_for(&terms, &key).1).status, 200);
+}

@@ -2,8 +2,8 @@
 pragma solidity ^0.8.20;
 
 /// @title BatchCall
-/// @notice Multicall3's `aggregate3` interface, for levy's test chain. On real networks levy
-/// uses the canonical Multicall3 deployment, which has the same function.
+/// @notice Multicall3's `aggregate3` and `getBlockNumber`, for levy's test chain. On real
+/// networks levy uses the canonical Multicall3 deployment, which has the same functions.
 contract BatchCall {
     struct Call3 {
         address target;
@@ -25,5 +25,11 @@ contract BatchCall {
             require(success || calls[i].allowFailure, "Multicall3: call failed");
             returnData[i] = Result(success, ret);
         }
+    }
+
+    /// @notice The number of the block the call runs in (read in the same `aggregate3` call
+    /// as a payer's balance, it says which block the balance is from).
+    function getBlockNumber() external view returns (uint256 blockNumber) {
+        blockNumber = block.number;
     }
 }

@@ -201,7 +201,12 @@ impl LevyProxy {
                 .funds(&network, key.chain_id, key.asset, verified.payer, key.nonce)
                 .await
             {
-                FundsView::Known(balance) => Some(balance),
+                FundsView::Known { balance, block } => {
+                    if let Some(paid) = ctx.reserved_mut() {
+                        paid.admitted_block = block;
+                    }
+                    Some(balance)
+                }
                 FundsView::AuthorizationUsed => {
                     let reason = Rejection::AlreadyUsed.reason();
                     return Some(self.refuse_payment(session, paywall, ctx, reason));

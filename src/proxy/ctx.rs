@@ -138,6 +138,8 @@ pub struct Paid {
     pub metering: Option<Metering>,
     /// How durable its charge is when the response leaves (the route's `durability`).
     pub durability: Durability,
+    /// The block of the balance read it was admitted on (0: none).
+    pub admitted_block: u64,
 }
 
 impl Paid {
@@ -185,6 +187,7 @@ impl Paid {
             shared: None,
             entry: None,
             isolate: false,
+            admitted_block: self.admitted_block,
         }
     }
 }

@@ -288,6 +288,7 @@ impl LevyProxy {
             hold: None,
             metering,
             durability: paywall.durability,
+            admitted_block: 0,
         })
     }
 

@@ -29,8 +29,8 @@ impl Settlement {
             .await;
             return;
         };
-        let checks = match chain.precheck(&batch).await {
-            Ok(checks) => checks,
+        let (checks, read_at) = match chain.precheck(&batch).await {
+            Ok(read) => read,
             Err(e) => {
                 log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
                 self.requeue_pending(batch, Some(Reason::RpcUnavailable), !e.is_unknown())
@@ -60,7 +60,13 @@ impl Settlement {
             };
             let balance = balances.entry((record.asset, record.payer)).or_insert(read);
             if *balance < record.amount {
-                broke.push(record);
+                if read_at < record.admitted_block {
+                    // Read from a block older than the one the payment was admitted on (a
+                    // node behind the one that admitted it): not a verdict. Read again later.
+                    unread.push(record);
+                } else {
+                    broke.push(record);
+                }
                 continue;
             }
             *balance -= record.amount;

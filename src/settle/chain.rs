@@ -50,6 +50,7 @@ sol! {
         struct Call3 { address target; bool allowFailure; bytes callData; }
         struct Result { bool success; bytes returnData; }
         function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData);
+        function getBlockNumber() external view returns (uint256 blockNumber);
     }
 }
 
@@ -366,12 +367,17 @@ impl Chain {
     }
 
     /// Whether each payment's authorization is used and the payer's balance, in one
-    /// multicall read at the latest block.
-    pub async fn precheck(&self, payments: &[PaymentRecord]) -> Result<Vec<Precheck>, ChainError> {
+    /// multicall read at the latest block, and which block that was (0 when the multicall
+    /// cannot say).
+    pub async fn precheck(
+        &self,
+        payments: &[PaymentRecord],
+    ) -> Result<(Vec<Precheck>, u64), ChainError> {
         let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
-        let mut calls = Vec::with_capacity(payments.len() * 2);
+        let mut calls = Vec::with_capacity(payments.len() * 2 + 1);
+        calls.push(self.block_number_call());
         for p in payments {
             let read = scheme.used_read(p);
             calls.push(IMulticall3::Call3 {
@@ -382,7 +388,10 @@ impl Chain {
             calls.push(balance_call(p.asset, p.payer, true));
         }
         let reads = self.read_many(calls).await?;
-        Ok(reads
+        let Some((block, reads)) = reads.split_first() else {
+            return Err(ChainError::Decode("aggregate3 returned no results".into()));
+        };
+        let checks = reads
             .chunks(2)
             .zip(payments)
             .map(|(pair, p)| Precheck {
@@ -390,7 +399,18 @@ impl Chain {
                 used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
                 balance: read_balance(&pair[1]),
             })
-            .collect())
+            .collect();
+        Ok((checks, read_block_number(block)))
+    }
+
+    /// `getBlockNumber()` of the multicall itself, as one call of a multicall read (allowed
+    /// to fail: a multicall without it reads as block 0, "unknown").
+    fn block_number_call(&self) -> IMulticall3::Call3 {
+        IMulticall3::Call3 {
+            target: self.multicall,
+            allowFailure: true,
+            callData: IMulticall3::getBlockNumberCall {}.abi_encode().into(),
+        }
     }
 
     /// Simulates the batch that would settle `payments` (all of one scheme), as the settler
@@ -595,14 +615,15 @@ impl Chain {
         .await
     }
 
-    /// A payer's token balance and whether `nonce`'s authorization is used (or canceled), in
-    /// one multicall read at the latest block.
+    /// A payer's token balance, whether `nonce`'s authorization is used (or canceled), and
+    /// the block they were read at (0 when the multicall cannot say), in one multicall read
+    /// at the latest block.
     pub async fn payer_state(
         &self,
         asset: Address,
         payer: Address,
         nonce: B256,
-    ) -> Result<(U256, bool), ChainError> {
+    ) -> Result<(U256, bool, u64), ChainError> {
         let calls = vec![
             balance_call(asset, payer, false),
             IMulticall3::Call3 {
@@ -615,9 +636,10 @@ impl Chain {
                 .abi_encode()
                 .into(),
             },
+            self.block_number_call(),
         ];
         let results = self.read_many(calls).await?;
-        let [balance, state] = results.as_slice() else {
+        let [balance, state, block] = results.as_slice() else {
             return Err(ChainError::Decode(
                 "aggregate3 returned the wrong number of results".into(),
             ));
@@ -626,7 +648,7 @@ impl Chain {
             .map_err(|e| ChainError::Decode(format!("balanceOf: {e}")))?;
         let used = IEip3009::authorizationStateCall::abi_decode_returns(&state.returnData)
             .map_err(|e| ChainError::Decode(format!("authorizationState: {e}")))?;
-        Ok((balance, used))
+        Ok((balance, used, read_block_number(block)))
     }
 
     /// Whether `signature` is `signer`'s over `digest`: ECDSA, EIP-1271 (a deployed contract
@@ -912,6 +934,17 @@ fn read_balance(result: &IMulticall3::Result) -> Option<U256> {
     } else {
         None
     }
+}
+
+/// The block number a `getBlockNumber` call of a multicall read answered; 0 when it failed.
+fn read_block_number(result: &IMulticall3::Result) -> u64 {
+    if !result.success {
+        return 0;
+    }
+    IMulticall3::getBlockNumberCall::abi_decode_returns(&result.returnData)
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// `(factory, factory calldata, inner signature)` of an ERC-6492 wrapped signature.

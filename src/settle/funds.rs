@@ -26,15 +26,18 @@ pub type FundsKey = (u64, Address, Address);
 #[derive(Debug)]
 pub struct Balance {
     value: Mutex<U256>,
+    /// The block it was read at (0: unknown).
+    block: u64,
     /// The authorization whose state was read with the balance, and whether it was used.
     first_nonce: B256,
     first_nonce_used: bool,
 }
 
 impl Balance {
-    pub fn new(value: U256, nonce: B256, nonce_used: bool) -> Self {
+    pub fn new(value: U256, block: u64, nonce: B256, nonce_used: bool) -> Self {
         Self {
             value: Mutex::new(value),
+            block,
             first_nonce: nonce,
             first_nonce_used: nonce_used,
         }
@@ -53,8 +56,9 @@ impl Balance {
 /// What a funds lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FundsView {
-    /// The payer's balance (net of levy's settlements since it was read).
-    Known(U256),
+    /// The payer's balance (net of levy's settlements since it was read), and the block it
+    /// was read at (0: unknown).
+    Known { balance: U256, block: u64 },
     /// The chain already marks this authorization used or canceled.
     AuthorizationUsed,
     /// The chain could not be read in time.
@@ -308,7 +312,7 @@ impl Funds {
                 let balance = self
                     .balances
                     .get_with(key, async move {
-                        Arc::new(Balance::new(state.balance, B256::ZERO, false))
+                        Arc::new(Balance::new(state.balance, 0, B256::ZERO, false))
                     })
                     .await;
                 UptoFunds::Known {
@@ -336,7 +340,7 @@ impl Funds {
     /// the balance and `nonce`'s authorization state) within the read deadline.
     pub async fn view<F>(&self, key: FundsKey, nonce: B256, read: F) -> FundsView
     where
-        F: std::future::Future<Output = Result<(U256, bool), ReadError>> + Send,
+        F: std::future::Future<Output = Result<(U256, bool, u64), ReadError>> + Send,
     {
         if let Some(balance) = self.balances.get(&key).await {
             return self.seen(&balance, nonce);
@@ -346,7 +350,9 @@ impl Funds {
             .balances
             .try_get_with(key, async move {
                 match tokio::time::timeout(timeout, read).await {
-                    Ok(Ok((value, used))) => Ok(Arc::new(Balance::new(value, nonce, used))),
+                    Ok(Ok((value, used, block))) => {
+                        Ok(Arc::new(Balance::new(value, block, nonce, used)))
+                    }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(ReadError::Failed),
                 }
@@ -363,7 +369,10 @@ impl Funds {
         if balance.first_nonce == nonce && balance.first_nonce_used {
             FundsView::AuthorizationUsed
         } else {
-            FundsView::Known(balance.get())
+            FundsView::Known {
+                balance: balance.get(),
+                block: balance.block,
+            }
         }
     }
 
@@ -415,25 +424,43 @@ mod tests {
         let nonce = B256::repeat_byte(7);
         let first = funds
             .view(KEY, nonce, async {
-                Ok::<_, ReadError>((U256::from(100), false))
+                Ok::<_, ReadError>((U256::from(100), false, 7))
             })
             .await;
-        assert_eq!(first, FundsView::Known(U256::from(100)));
+        assert_eq!(
+            first,
+            FundsView::Known {
+                balance: U256::from(100),
+                block: 7,
+            }
+        );
         let warm = funds
             .view(KEY, B256::repeat_byte(8), async {
                 panic!("a warm entry must not be read again");
                 #[allow(unreachable_code)]
-                Ok::<(U256, bool), ReadError>((U256::ZERO, false))
+                Ok::<(U256, bool, u64), ReadError>((U256::ZERO, false, 0))
             })
             .await;
-        assert_eq!(warm, FundsView::Known(U256::from(100)));
+        assert_eq!(
+            warm,
+            FundsView::Known {
+                balance: U256::from(100),
+                block: 7,
+            }
+        );
         funds.spent(KEY, U256::from(30)).await;
         let after = funds
             .view(KEY, nonce, async {
-                Err::<(U256, bool), _>(ReadError::Failed)
+                Err::<(U256, bool, u64), _>(ReadError::Failed)
             })
             .await;
-        assert_eq!(after, FundsView::Known(U256::from(70)));
+        assert_eq!(
+            after,
+            FundsView::Known {
+                balance: U256::from(70),
+                block: 7,
+            }
+        );
     }
 
     #[tokio::test]
@@ -442,21 +469,21 @@ mod tests {
         let nonce = B256::repeat_byte(7);
         let used = funds
             .view(KEY, nonce, async {
-                Ok::<_, ReadError>((U256::from(5), true))
+                Ok::<_, ReadError>((U256::from(5), true, 7))
             })
             .await;
         assert_eq!(used, FundsView::AuthorizationUsed);
         let other = (2, KEY.1, KEY.2);
         let failed = funds
             .view(other, nonce, async {
-                Err::<(U256, bool), _>(ReadError::Failed)
+                Err::<(U256, bool, u64), _>(ReadError::Failed)
             })
             .await;
         assert_eq!(failed, FundsView::Unknown);
         let slow = funds
             .view(other, nonce, async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                Ok::<_, ReadError>((U256::from(5), false))
+                Ok::<_, ReadError>((U256::from(5), false, 7))
             })
             .await;
         assert_eq!(slow, FundsView::Unknown);
@@ -469,7 +496,7 @@ mod tests {
         let held = gate.clone().try_acquire_owned().expect("the one permit");
         let gated = |gate: Arc<Semaphore>| async move {
             let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
-            Ok((U256::from(5), false))
+            Ok((U256::from(5), false, 7))
         };
         let busy = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
         assert_eq!(busy, FundsView::Busy);
@@ -478,10 +505,22 @@ mod tests {
         let read = funds
             .view(other, B256::ZERO, gated(funds.read_gate(2)))
             .await;
-        assert_eq!(read, FundsView::Known(U256::from(5)));
+        assert_eq!(
+            read,
+            FundsView::Known {
+                balance: U256::from(5),
+                block: 7,
+            }
+        );
         drop(held);
         let after = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
-        assert_eq!(after, FundsView::Known(U256::from(5)));
+        assert_eq!(
+            after,
+            FundsView::Known {
+                balance: U256::from(5),
+                block: 7,
+            }
+        );
     }
 
     #[test]

@@ -644,6 +644,7 @@ pub(super) mod tests {
             shared: None,
             entry: None,
             isolate: false,
+            admitted_block: 0,
         }
     }
 

@@ -133,6 +133,14 @@ pub struct PaymentRecord {
     /// alone from then on, and if it fails alone on chain too, its payer is at fault.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub isolate: bool,
+    /// The block of the balance read it was admitted on (0: none): a later read from an
+    /// older block (a node behind) says nothing about the payer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub admitted_block: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PaymentRecord {

@@ -3,7 +3,8 @@
 //! while `eth_call`, balances and nonces are current. Some providers behave so (their nodes
 //! answer state and receipts from different replicas). It can also refuse methods, as nodes
 //! that lack them do, fail one method for a while the ways hosted endpoints fail ([`Fault`]),
-//! and counts the calls of each method.
+//! answer `eth_call`s for the latest block from an older one (a node behind), and counts the
+//! calls of each method.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,6 +21,7 @@ pub struct LaggingRpc {
     pub url: String,
     calls: Calls,
     faults: Faults,
+    behind: Behind,
 }
 
 /// How a call fails while a fault is injected.
@@ -41,6 +43,8 @@ type FirstSeen = Arc<Mutex<HashMap<String, Instant>>>;
 type Calls = Arc<Mutex<HashMap<String, usize>>>;
 /// The fault each method gets, until when, and how many of its calls came meanwhile.
 type Faults = Arc<Mutex<HashMap<String, (Fault, Instant, usize)>>>;
+/// The block `eth_call`s for the latest one are answered at, while set.
+type Behind = Arc<Mutex<Option<u64>>>;
 
 impl LaggingRpc {
     /// Proxies to the node at `upstream` (`http://host:port`).
@@ -61,6 +65,8 @@ impl LaggingRpc {
         let counted = Arc::clone(&calls);
         let faults = Faults::default();
         let planned = Arc::clone(&faults);
+        let behind = Behind::default();
+        let pinned = Arc::clone(&behind);
         let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|m| m.to_string()).collect());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
@@ -68,12 +74,31 @@ impl LaggingRpc {
                 let calls = Arc::clone(&counted);
                 let refused = Arc::clone(&refused);
                 let faults = Arc::clone(&planned);
+                let behind = Arc::clone(&pinned);
                 std::thread::spawn(move || {
-                    serve(client, target, lag, &seen, &calls, &refused, &faults)
+                    let served = Served {
+                        seen: &seen,
+                        calls: &calls,
+                        refused: &refused,
+                        faults: &faults,
+                        behind: &behind,
+                    };
+                    serve(client, target, lag, &served)
                 });
             }
         });
-        LaggingRpc { url, calls, faults }
+        LaggingRpc {
+            url,
+            calls,
+            faults,
+            behind,
+        }
+    }
+
+    /// Answers `eth_call`s for the latest block at `block` instead (a node that is behind),
+    /// until called with `None`.
+    pub fn stay_at(&self, block: Option<u64>) {
+        *self.behind.lock().expect("behind") = block;
     }
 
     /// Fails every other call of `method` (the first included) with `fault` for the next
@@ -96,22 +121,38 @@ impl LaggingRpc {
     }
 }
 
+/// What every connection of the proxy shares.
+struct Served<'a> {
+    seen: &'a FirstSeen,
+    calls: &'a Calls,
+    refused: &'a [String],
+    faults: &'a Faults,
+    behind: &'a Behind,
+}
+
 /// Serves one keep-alive connection.
-fn serve(
-    mut client: TcpStream,
-    target: SocketAddr,
-    lag: Duration,
-    seen: &FirstSeen,
-    calls: &Calls,
-    refused: &[String],
-    faults: &Faults,
-) {
+fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, served: &Served) {
+    let Served {
+        seen,
+        calls,
+        refused,
+        faults,
+        behind,
+    } = served;
     let mut buf = Vec::new();
     loop {
         let Some(body) = read_request(&mut client, &mut buf) else {
             return;
         };
-        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let pinned = *behind.lock().expect("behind");
+        let body = match pinned {
+            Some(block) if request["method"] == "eth_call" && request["params"][1] == "latest" => {
+                request["params"][1] = Value::String(format!("0x{block:x}"));
+                request.to_string().into_bytes()
+            }
+            _ => body,
+        };
         let method = request["method"].as_str().unwrap_or_default().to_owned();
         *calls
             .lock()
