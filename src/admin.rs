@@ -8,7 +8,8 @@
 //! - `POST /settlements/{id}/resolve?as=settled&transaction=0x…|as=written_off|as=retry`:
 //!   resolves a `needs_review` payment: settled in that transaction (levy checks its
 //!   receipt), written off (not settled, the loss stands), or settled again;
-//! - `POST /channels/claim`: claims every charged channel voucher now;
+//! - `POST /channels/claim`: claims every charged channel voucher now: `200 {claimed,
+//!   failed: 0, transactions}`, or `503` when a channel could not be claimed;
 //! - `POST /reload`: re-reads the config file and swaps routes, prices and upstreams (as
 //!   `SIGHUP` does); 200 with the route count, or 422 with what `levy check` would say;
 //! - `GET /dashboard`: the status page for people ([`dashboard`]), fed by
@@ -157,7 +158,8 @@ impl AdminApp {
 
 impl AdminApp {
     /// `POST /channels/claim`: claims every charged channel voucher now, instead of at the
-    /// claimer's next turn (before maintenance, or to see the money move).
+    /// claimer's next turn (before maintenance, or to see the money move), and says what
+    /// was claimed; 503 when any channel could not be (it is tried again at the next turn).
     async fn claim_channels(&self, method: &Method) -> Response<Vec<u8>> {
         let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
             return plain(StatusCode::NOT_FOUND, "channels are not configured\n");
@@ -165,8 +167,24 @@ impl AdminApp {
         if method != Method::POST {
             return plain(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
         }
-        channels.claim_now().await;
-        plain(StatusCode::OK, "claimed\n")
+        match channels.claim_now().await {
+            Ok(report) => json_response(
+                if report.failed == 0 {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &json!({
+                    "claimed": report.claimed,
+                    "failed": report.failed,
+                    "transactions": report.transactions.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                }),
+            ),
+            Err(e) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "claimed": 0, "error": e }),
+            ),
+        }
     }
 }
 

@@ -154,13 +154,17 @@ pub(crate) fn pay_channel_with(
     run_script(runtime, script, &[url, &count], envs)
 }
 
-/// Asks levy (its admin listener at `admin`) to claim every channel now.
-pub(crate) fn claim_now(admin: SocketAddr) {
+/// Asks levy (its admin listener at `admin`) to claim every channel now; how many channels
+/// it claimed (it must have claimed every one it tried).
+pub(crate) fn claim_now(admin: SocketAddr) -> u64 {
     let r = request(
         admin,
         "POST /channels/claim HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    let report = r.json();
+    assert_eq!(report["failed"], 0, "{report}");
+    report["claimed"].as_u64().expect("claimed")
 }
 
 pub(crate) fn wait_balance(chain: &TestChain, who: Address, want: U256) {
@@ -197,7 +201,7 @@ fn two_hundred_calls_one_deposit_one_claim(client: Client) {
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 1, "one deposit");
     assert_eq!(s.origin.seen().len(), 200);
 
-    claim_now(s.levy.admin);
+    assert_eq!(claim_now(s.levy.admin), 1, "one channel claimed");
     wait_balance(&s.chain, payee, before + U256::from(200 * 1000));
     assert_eq!(
         s.chain.tx_count(authorizer),
@@ -205,7 +209,7 @@ fn two_hundred_calls_one_deposit_one_claim(client: Client) {
         "one deposit and one claim transaction"
     );
     // Claiming again finds nothing new to claim and sends nothing.
-    claim_now(s.levy.admin);
+    assert_eq!(claim_now(s.levy.admin), 0);
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 2);
     assert_eq!(s.chain.balance(payee), before + U256::from(200 * 1000));
 }

@@ -1031,13 +1031,15 @@ impl Channels {
         Ok(())
     }
 
-    /// Claims every charged voucher now (the claimer does it on its own schedule).
-    pub async fn claim_now(&self) {
+    /// Claims every charged voucher now (the claimer does it on its own schedule): what was
+    /// claimed in which transactions, and how many channels could not be (read or sent);
+    /// `Err` when the shared channels could not be read at all.
+    pub async fn claim_now(&self) -> Result<ClaimReport, String> {
         if let Err(e) = self.refresh().await {
             ::log::warn!("cannot read the shared channels: {e}");
-            return;
+            return Err(format!("cannot read the shared channels: {e}"));
         }
-        self.claim_where(|_| true).await;
+        Ok(self.claim_where(|_| true).await)
     }
 
     /// The channels with something to claim whose payer asked to withdraw, read fresh.
@@ -1077,7 +1079,7 @@ impl Channels {
 
     /// Claims the charged vouchers of the channels `pick` selects, per network, in
     /// transactions of at most `max_claims` channels.
-    async fn claim_where(&self, pick: impl Fn(&Ledger) -> bool) {
+    async fn claim_where(&self, pick: impl Fn(&Ledger) -> bool) -> ClaimReport {
         let candidates: Vec<Ledger> = lock(&self.inner.slots)
             .values()
             .filter(|s| pick(&s.ledger) && s.ledger.claim().is_some())
@@ -1090,20 +1092,29 @@ impl Channels {
                 .or_default()
                 .push(ledger);
         }
+        let mut report = ClaimReport::default();
         for (network, ledgers) in by_network {
             let Ok(chain) = self.chain(&network) else {
+                report.failed += ledgers.len();
                 continue;
             };
             for group in ledgers.chunks(self.inner.spec.max_claims.max(1)) {
-                self.claim_group(&network, chain, group).await;
+                self.claim_group(&network, chain, group, &mut report).await;
             }
         }
+        report
     }
 
     /// One claim transaction: refreshes each channel from the chain (a claim that landed
     /// unseen is taken as done, a balance cut by a withdrawal caps the claim), then claims
     /// and sweeps in one `multicall`.
-    async fn claim_group(&self, network: &str, chain: &ChainSender, group: &[Ledger]) {
+    async fn claim_group(
+        &self,
+        network: &str,
+        chain: &ChainSender,
+        group: &[Ledger],
+        report: &mut ClaimReport,
+    ) {
         let mut claims: Vec<Claim> = Vec::new();
         for ledger in group {
             let escrowed = match self.read_state(chain, ledger.channel_id).await {
@@ -1113,6 +1124,7 @@ impl Channels {
                         "channel {}: cannot read it before claiming: {e}",
                         ledger.channel_id
                     );
+                    report.failed += 1;
                     continue;
                 }
             };
@@ -1146,6 +1158,7 @@ impl Channels {
             Ok(calls) => calls,
             Err(e) => {
                 ::log::error!("cannot build a claim batch: {e}");
+                report.failed += claims.len();
                 return;
             }
         };
@@ -1153,6 +1166,8 @@ impl Channels {
         match self.send(chain, data).await {
             Ok(hash) => {
                 ::log::info!("{network}: claimed {} channels in {hash}", claims.len());
+                report.claimed += claims.len();
+                report.transactions.push(hash);
                 metrics()
                     .channel_claims
                     .with_label_values(&[network])
@@ -1179,6 +1194,7 @@ impl Channels {
             Err(e) => {
                 // Whether it landed is read from the chain before the next claim.
                 ::log::warn!("{network}: claim of {} channels failed: {e}", claims.len());
+                report.failed += claims.len();
                 metrics()
                     .channel_claim_failures
                     .with_label_values(&[network])
@@ -1186,6 +1202,18 @@ impl Channels {
             }
         }
     }
+}
+
+/// What one round of claims did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimReport {
+    /// Channels claimed.
+    pub claimed: usize,
+    /// The claim transactions sent.
+    pub transactions: Vec<B256>,
+    /// Channels with something to claim that could not be claimed (unreadable, or their
+    /// transaction failed); the next round tries again.
+    pub failed: usize,
 }
 
 /// Lets the shared hold `token` on channel `id` go (it lapses by itself should this fail).
