@@ -16,6 +16,7 @@ mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod metered_routes_charge_for_what_was_delivered;
 mod metered_routes_on_channels_earn_what_they_deliver;
 mod metered_streams_flow_through_and_charge_what_left;
+mod money_caps_and_fail_closed_modes_hold;
 mod official_clients_pay_through_levy;
 mod operators_are_alerted_and_every_payment_is_audited;
 mod operators_can_check_a_config_and_watch_levy;

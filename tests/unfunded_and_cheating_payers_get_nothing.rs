@@ -101,7 +101,13 @@ fn a_payer_that_cancels_after_being_served_is_denied_its_next_payment() {
     let next = pay(&levy, &sign_for(&terms, key).1);
     assert_eq!(reason(&next), "payer_denied");
     assert_eq!(origin.seen().len(), 1);
-    assert!(levy.metric("levy_lost_value_total") >= PRICE);
+    // Counted as lost: this levy's own failed record says the payment was served first.
+    let failed = levy.admin_get("/settlements?state=failed").json();
+    assert_eq!(failed["count"], 1, "{failed}");
+    assert_eq!(
+        failed["settlements"][0]["reason"], "authorization_canceled",
+        "{failed}"
+    );
     // An honest payer is unaffected.
     chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
     receipt(&pay(&levy, &sign_for(&terms, KEYS[0]).1));
