@@ -246,12 +246,24 @@ fn only_the_poison_payer_pays_for_its_poison(
     assert_eq!(pay(levy, &sign_for(&terms, &key).1).status, 200);
 }
 
+/// Finding the poison costs a handful of simulations, not one per payment per round: the
+/// batch's own, at most a bisection (2 per level, 4 levels for 12 payments) per poison
+/// payment, and the last checks' payment (5 measured in both tests).
+fn simulations_stay_few(rpc: &LaggingRpc) {
+    let simulations = rpc.calls("eth_simulateV1");
+    assert!(
+        simulations <= 1 + 2 * 2 * 4 + 1,
+        "{simulations} simulations"
+    );
+}
+
 #[test]
 fn a_delegated_account_that_passes_only_at_zero_gas_price_is_found_and_alone_denied() {
     let chain = TestChain::start();
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_via(&chain, &chain.rpc_url, &origin, dir.path());
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
     let poison_key = random_key();
     let poison_payer = signer(&poison_key).address();
     chain.mint(poison_payer, 100 * PRICE);
@@ -266,6 +278,7 @@ fn a_delegated_account_that_passes_only_at_zero_gas_price_is_found_and_alone_den
 
     let honest = pay_beside_poison(&levy, &chain, &poison);
     only_the_poison_payer_pays_for_its_poison(&levy, &chain, &honest, poison_payer, &poison);
+    simulations_stay_few(&rpc);
 }
 
 alloy::sol! {
@@ -279,7 +292,8 @@ fn an_erc6492_factory_that_spins_under_the_multicall_is_found_and_alone_denied()
     let chain = TestChain::start();
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_via(&chain, &chain.rpc_url, &origin, dir.path());
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
     // The factory deploys the wallet for levy's signature check at admission and burns the
     // gas when the multicall calls it in a batch.
     let factory =
@@ -301,6 +315,7 @@ fn an_erc6492_factory_that_spins_under_the_multicall_is_found_and_alone_denied()
 
     let honest = pay_beside_poison(&levy, &chain, &poison);
     only_the_poison_payer_pays_for_its_poison(&levy, &chain, &honest, wallet, &poison);
+    simulations_stay_few(&rpc);
 }
 
 /// A header for `/data/x` whose signature is not its payer's ECDSA signature: signed by
