@@ -289,3 +289,37 @@ fn a_settlement_with_an_unknown_outcome_after_the_origin_answered_names_the_paym
         "failed"
     );
 }
+
+/// A facilitator that cannot answer `/verify` has said nothing about the payment: the client
+/// gets 503 with `Retry-After` and may pay with it again, never a 402 calling it invalid.
+#[test]
+fn a_verify_the_facilitator_cannot_answer_is_a_503_not_a_refusal() {
+    let facilitator = Origin::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 12\r\n\r\nbad gateway\n"
+                .to_vec(),
+        )
+    });
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    \
+         facilitator: {{url: \"http://{}\", verify: true}}\n  routes:\n    \
+         - {{name: later, path: /later/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        dir.path().join("journal.redb").display(),
+        facilitator.addr,
+    ));
+    let (_, header) = sign_for(&challenge(&levy, "/later/x"), KEYS[0]);
+    let answer = request(
+        levy.addr,
+        &paid_get("/later/x", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.header("retry-after").is_some());
+    assert!(origin.seen().is_empty());
+    assert!(
+        !facilitator.seen().is_empty(),
+        "the facilitator was never asked"
+    );
+}

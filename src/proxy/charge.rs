@@ -19,6 +19,7 @@ use crate::config::{Access, Paywall, SettleMode};
 use crate::metrics::metrics;
 use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
+use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
 use crate::state::{Claim, Reserved};
@@ -150,17 +151,32 @@ impl LevyProxy {
         }
         let paid = ctx.reserved()?;
         if settlement.verifies_remotely() {
-            if let Err(reason) = settlement.verify_remotely(&paid.record(&route.name)).await {
-                log::info!(
-                    "facilitator refused a payment on route {}: {reason}",
-                    route.name
-                );
-                // Its standard x402 reason is repeated; its own words are not.
-                let code = match Reason::from_code(&reason) {
-                    Reason::SettlementFailed => "facilitator_invalid",
-                    code => code.as_str(),
-                };
-                return Some(self.refuse_payment(session, paywall, ctx, code));
+            match settlement.verify_remotely(&paid.record(&route.name)).await {
+                Verdict::Valid => {}
+                Verdict::Invalid(reason) => {
+                    log::info!(
+                        "facilitator refused a payment on route {}: {reason}",
+                        route.name
+                    );
+                    // Its standard x402 reason is repeated; its own words are not.
+                    let code = match Reason::from_code(&reason) {
+                        Reason::SettlementFailed => "facilitator_invalid",
+                        code => code.as_str(),
+                    };
+                    return Some(self.refuse_payment(session, paywall, ctx, code));
+                }
+                Verdict::Unavailable(why) => {
+                    // No answer is not a verdict on the payment: the client retries it.
+                    log::warn!(
+                        "facilitator /verify unavailable on route {}: {why}",
+                        route.name
+                    );
+                    return Some(self.retry_later(
+                        ctx,
+                        "cannot verify the payment with the facilitator now; retry later with the same payment",
+                        "2",
+                    ));
+                }
             }
         }
         let verified = paid.verified.clone();

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::chain::ChainError;
 use super::exposure::LossOutcome;
-use super::facilitator::{Facilitator, FacilitatorOutcome};
+use super::facilitator::{Facilitator, FacilitatorOutcome, Verdict};
 use super::{
     lock, settle_window_seconds, OnBacklog, PaymentRecord, Reason, SettleError, Settlement,
     SettlementState, Urgent, DENY_REASONS,
@@ -516,11 +516,12 @@ impl Settlement {
         self.inner.facilitator.is_some()
     }
 
-    /// Asks the facilitator's `/verify` about a payment; `Err(reason)` when it is not valid.
-    pub async fn verify_remotely(&self, record: &PaymentRecord) -> Result<(), String> {
+    /// Asks the facilitator's `/verify` about a payment (valid when levy does not verify
+    /// remotely).
+    pub async fn verify_remotely(&self, record: &PaymentRecord) -> Verdict {
         match &self.inner.facilitator {
             Some((facilitator, true)) => facilitator.verify(record).await,
-            _ => Ok(()),
+            _ => Verdict::Valid,
         }
     }
 

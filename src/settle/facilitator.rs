@@ -21,6 +21,17 @@ pub enum FacilitatorOutcome {
     Unavailable(String),
 }
 
+/// What a facilitator's `/verify` said about one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    /// Invalid, with the facilitator's reason.
+    Invalid(String),
+    /// No clear answer (network error, an HTTP error, an unreadable body): says nothing
+    /// about the payment.
+    Unavailable(String),
+}
+
 /// A facilitator endpoint.
 pub struct Facilitator {
     base: String,
@@ -104,17 +115,19 @@ impl Facilitator {
         }
     }
 
-    /// `POST /verify` for one payment: `Ok(())` when valid, `Err(reason)` otherwise.
-    pub async fn verify(&self, record: &PaymentRecord) -> Result<(), String> {
-        let body = Self::body(record)?;
-        let (status, value) = self
-            .post("/verify", &body)
-            .await
-            .map_err(|e| format!("facilitator_unavailable: {e}"))?;
-        match value["isValid"].as_bool() {
-            Some(true) => Ok(()),
-            Some(false) => Err(reason(&value, "invalidReason")),
-            None => Err(format!("facilitator_unavailable: HTTP {status}: {value}")),
+    /// `POST /verify` for one payment.
+    pub async fn verify(&self, record: &PaymentRecord) -> Verdict {
+        let body = match Self::body(record) {
+            Ok(body) => body,
+            Err(e) => return Verdict::Invalid(e),
+        };
+        match self.post("/verify", &body).await {
+            Err(e) => Verdict::Unavailable(e),
+            Ok((status, value)) => match value["isValid"].as_bool() {
+                Some(true) => Verdict::Valid,
+                Some(false) => Verdict::Invalid(reason(&value, "invalidReason")),
+                None => Verdict::Unavailable(format!("HTTP {status}: {value}")),
+            },
         }
     }
 

@@ -34,7 +34,9 @@ pub fn settlements_in(admin: SocketAddr, state: &str) -> usize {
         admin,
         &format!("GET /settlements?state={state} HTTP/1.1\r\nHost: a\r\n\r\n"),
     );
-    r.json()["count"].as_u64().expect("a settlement count") as usize
+    r.json()["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no settlement count: {} {}", r.status, r.text())) as usize
 }
 
 /// How many payments are still pending or submitted, from levy's admin listener.
