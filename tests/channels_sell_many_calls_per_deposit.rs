@@ -662,3 +662,44 @@ fn two_hundred_channel_requests_cost_a_fraction_of_the_gas_of_two_hundred_exact_
     );
     assert!(channel_gas * 10 < exact_gas, "{channel_gas} vs {exact_gas}");
 }
+
+/// Vouchers on a channel nobody deposited in cost levy one escrow read while it stays empty
+/// (two seconds at a time) and keep no slot for it: a flood of them is refused as
+/// `channel_not_found` without reading the chain for each.
+#[test]
+fn vouchers_for_a_channel_nobody_deposited_in_are_refused_after_one_read() {
+    let chain = channel_chain();
+    let rpc = crate::support::lagging_rpc::LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(
+        &channel_yaml(&chain, &origin, dir.path(), &ticks_route(1000), "")
+            .replace(&chain.rpc_url, &rpc.url),
+    );
+    let accepted = offered(&levy);
+    let empty = ChannelConfig {
+        salt: alloy::primitives::B256::repeat_byte(9),
+        ..payer_channel(signer(AUTHORIZER_KEY).address())
+    };
+    let before = rpc.calls("eth_call");
+    let started = Instant::now();
+    for _ in 0..20 {
+        let challenge = refusal(&get_paying(
+            levy.addr,
+            &voucher_header(&accepted, &empty, 1000),
+        ));
+        assert_eq!(
+            challenge["error"],
+            "invalid_batch_settlement_evm_channel_not_found"
+        );
+    }
+    // One read of the escrow (its channel, pending withdrawal and refund nonce) per two
+    // seconds the flood lasted, begun.
+    let windows = started.elapsed().as_secs() / 2 + 1;
+    let reads = rpc.calls("eth_call") - before;
+    assert!(
+        reads <= 3 * windows as usize,
+        "{reads} eth_calls in {windows} windows"
+    );
+    assert!(origin.seen().is_empty());
+}

@@ -144,7 +144,18 @@ struct Inner {
     shared: OnceLock<Arc<dyn SharedChannels>>,
     /// Counts this run's hold tokens.
     tokens: AtomicU64,
+    /// Channels read from the escrow with nothing in them, lately: a voucher for one is
+    /// refused without another read.
+    empty: moka::sync::Cache<B256, ()>,
+    /// Reads of channels levy has not seen that may run at once.
+    unknown_reads: tokio::sync::Semaphore,
 }
+
+/// How long a channel read with nothing in it is refused without another read.
+const EMPTY_CHANNEL_TTL: Duration = Duration::from_secs(2);
+
+/// Reads of unknown channels (three `eth_call`s each) that may run at once; beyond, 503.
+const UNKNOWN_CHANNEL_READS: usize = 16;
 
 /// Handle to the channels.
 #[derive(Clone)]
@@ -215,6 +226,11 @@ impl Channels {
                 sending: tokio::sync::Mutex::new(()),
                 shared: OnceLock::new(),
                 tokens: AtomicU64::new(0),
+                empty: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(EMPTY_CHANNEL_TTL)
+                    .build(),
+                unknown_reads: tokio::sync::Semaphore::new(UNKNOWN_CHANNEL_READS),
             }),
         })
     }
@@ -282,7 +298,8 @@ impl Channels {
     ) -> Result<Lease, Refusal> {
         let voucher = checked.voucher().clone();
         let id = voucher.channel_id;
-        let held = self.hold(network, &voucher, hold).await?;
+        let depositing = matches!(checked, Checked::Deposit(..));
+        let held = self.hold(network, &voucher, hold, depositing).await?;
         let mut lease = Lease {
             voucher,
             price: offer.price,
@@ -329,31 +346,31 @@ impl Channels {
     }
 
     /// Holds `voucher`'s channel for one request for `hold`, with its ledger in this
-    /// replica's cache: read from the escrow for a channel nobody has seen, from the shared
-    /// state when replicas share it (then returns the hold's token and the ledger's version).
+    /// replica's cache: read from the escrow for a channel nobody has seen
+    /// ([`Channels::read_unknown`]; `depositing` when the request brings the deposit), from
+    /// the shared state when replicas share it (then returns the hold's token and the
+    /// ledger's version).
     async fn hold(
         &self,
         network: &str,
         voucher: &SignedVoucher,
         hold: Duration,
+        depositing: bool,
     ) -> Result<Option<(String, u64)>, Refusal> {
         let id = voucher.channel_id;
         let Some(shared) = self.shared() else {
-            self.know(network, voucher).await?;
+            self.know(network, voucher, depositing).await?;
             self.take(id, hold)?;
             return Ok(None);
         };
         let (token, found) = self.take_shared(shared.as_ref(), id, hold).await?;
         let Versioned { ledger, version } = match found {
             Some(found) => *found,
-            None => match self.read_ledger(network, id, voucher.config).await {
-                Ok(mut ledger) => {
-                    ledger.last_used = crate::clock::unix_now();
-                    Versioned { ledger, version: 0 }
-                }
-                Err(e) => {
+            None => match self.read_unknown(network, voucher, depositing).await {
+                Ok(ledger) => Versioned { ledger, version: 0 },
+                Err(refusal) => {
                     let_go(shared.as_ref(), id, &token).await;
-                    return Err(Refusal::Unavailable(e));
+                    return Err(refusal);
                 }
             },
         };
@@ -415,21 +432,58 @@ impl Channels {
 
     /// Makes sure levy has a ledger for `voucher`'s channel, reading one from the escrow
     /// for a channel it has not seen.
-    async fn know(&self, network: &str, voucher: &SignedVoucher) -> Result<(), Refusal> {
+    async fn know(
+        &self,
+        network: &str,
+        voucher: &SignedVoucher,
+        depositing: bool,
+    ) -> Result<(), Refusal> {
         let id = voucher.channel_id;
         if lock(&self.inner.slots).contains_key(&id) {
             return Ok(());
         }
-        let mut ledger = self
-            .read_ledger(network, id, voucher.config)
-            .await
-            .map_err(Refusal::Unavailable)?;
-        ledger.last_used = crate::clock::unix_now();
+        let ledger = self.read_unknown(network, voucher, depositing).await?;
         lock(&self.inner.slots).entry(id).or_insert(Slot {
             ledger,
             busy_until: None,
         });
         Ok(())
+    }
+
+    /// Reads a channel levy has not seen from the escrow, within bounds an unauthenticated
+    /// client cannot push: at most [`UNKNOWN_CHANNEL_READS`] such reads at once (503
+    /// beyond), and a channel with nothing deposited or claimed gets no slot unless the
+    /// request brings its deposit; a voucher for it is refused as `NotFound`, without
+    /// another read for [`EMPTY_CHANNEL_TTL`].
+    async fn read_unknown(
+        &self,
+        network: &str,
+        voucher: &SignedVoucher,
+        depositing: bool,
+    ) -> Result<Ledger, Refusal> {
+        let id = voucher.channel_id;
+        if !depositing && self.inner.empty.contains_key(&id) {
+            return Err(Refusal::Rejected(ChannelError::NotFound));
+        }
+        let Ok(_permit) = self.inner.unknown_reads.try_acquire() else {
+            metrics()
+                .admission_reads_refused
+                .with_label_values(&["busy"])
+                .inc();
+            return Err(Refusal::Unavailable(
+                "too many unknown channels are being read at once".into(),
+            ));
+        };
+        let mut ledger = self
+            .read_ledger(network, id, voucher.config)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        if !depositing && ledger.balance == 0 && ledger.total_claimed == 0 {
+            self.inner.empty.insert(id, ());
+            return Err(Refusal::Rejected(ChannelError::NotFound));
+        }
+        ledger.last_used = crate::clock::unix_now();
+        Ok(ledger)
     }
 
     /// A cooperative refund under a checked zero-charge `voucher`: `requested` (or all
@@ -444,7 +498,7 @@ impl Channels {
         hold: Duration,
     ) -> Result<Refunded, Refusal> {
         let chain = self.chain(network).map_err(Refusal::Unavailable)?;
-        let held = self.hold(network, voucher, hold).await?;
+        let held = self.hold(network, voucher, hold, false).await?;
         let token = held.map(|(token, _)| token);
         self.refund_taken(chain, voucher.channel_id, token.as_deref(), |ledger| {
             ledger.refund(voucher, requested)
