@@ -267,12 +267,19 @@ fn a_delegated_account_that_passes_only_at_zero_gas_price_is_found_and_alone_den
     let poison_key = random_key();
     let poison_payer = signer(&poison_key).address();
     chain.mint(poison_payer, 100 * PRICE);
-    // The payer's account gets code that accepts any signature at a zero gas price and spins
-    // otherwise, as an EIP-7702 delegation can give it. Its signatures stay valid ECDSA, so
-    // levy serves it inline.
+    // The payer delegates its account (EIP-7702) to code that accepts any signature at a
+    // zero gas price and spins otherwise. Its signatures stay valid ECDSA, so levy serves it
+    // inline; the token asks the account's code.
     let delegate = chain.deploy_artifact("GasPriceDelegate");
-    let code = chain.rpc("eth_getCode", json!([format!("{delegate:?}"), "latest"]));
-    chain.rpc("anvil_setCode", json!([format!("{poison_payer:?}"), code]));
+    chain.delegate(&poison_key, delegate);
+    let code = chain.rpc(
+        "eth_getCode",
+        json!([format!("{poison_payer:?}"), "latest"]),
+    );
+    assert!(
+        code.as_str().is_some_and(|c| c.starts_with("0xef0100")),
+        "not delegated: {code}"
+    );
     let terms = challenge(&levy, "/data/x");
     let poison = || sign_for(&terms, &poison_key).1;
 

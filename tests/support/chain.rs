@@ -315,6 +315,37 @@ impl TestChain {
     }
 
     /// How many transactions `who` has sent.
+    /// Delegates the account of `key` to the code at `delegate` with an EIP-7702
+    /// authorization the account signs, sent in a type-4 transaction by the deployer.
+    pub fn delegate(&self, key: &str, delegate: Address) {
+        use alloy::eips::eip7702::Authorization;
+        use alloy::signers::SignerSync;
+        let account = signer(key);
+        let nonce = self.tx_count(account.address());
+        let authorization = Authorization {
+            chain_id: U256::from(84532),
+            address: delegate,
+            nonce,
+        };
+        let signature = account
+            .sign_hash_sync(&authorization.signature_hash())
+            .expect("sign the authorization");
+        // Sent to the deployer itself: the authorization is what it carries.
+        let mut tx = TransactionRequest::default().to(signer(DEPLOYER_KEY).address());
+        tx.authorization_list = Some(vec![authorization.into_signed(signature)]);
+        self.rt.block_on(async {
+            let receipt = self
+                .deployer
+                .send_transaction(tx)
+                .await
+                .expect("send the delegation")
+                .get_receipt()
+                .await
+                .expect("receipt");
+            assert!(receipt.status(), "delegation reverted");
+        });
+    }
+
     /// How many transactions sent by `who` were mined reverted, block by block.
     pub fn reverted_txs_from(&self, who: Address) -> usize {
         let latest = self.rpc("eth_blockNumber", serde_json::json!([]));
