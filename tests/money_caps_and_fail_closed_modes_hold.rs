@@ -1,7 +1,8 @@
 //! The settings that bound what levy risks, produced and checked: the cap on all payers'
-//! unsettled value makes the payment past it settle before its response, and with the chain
+//! unsettled value makes the payment past it settle before its response; with the chain
 //! unreachable, `funds.on_rpc_error: refuse` and a contract wallet's signature that cannot be
-//! checked each answer `503` with `Retry-After`, nothing forwarded and nothing charged.
+//! checked each answer `503` with `Retry-After`, nothing forwarded and nothing charged; and
+//! `on_backlog: refuse` does the same for a payment the queue could not settle in time.
 
 use std::time::Duration;
 
@@ -129,6 +130,58 @@ fn with_the_chain_unreachable_refuse_and_an_uncheckable_wallet_signature_answer_
     switch.restore();
     let paid = pay(&levy, &wallet_header);
     assert_eq!(served_status(&paid), "pending");
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert_eq!(settlements_in(levy.admin, "settled"), 1);
+}
+
+/// A payment valid for `seconds` from now, signed by `key` for `/data/x`.
+fn valid_for(levy: &Levy, key: &str, seconds: u64) -> String {
+    let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
+    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
+    let payer = levy::client::Payer::from_hex(key).expect("key");
+    let now = crate::support::pay::now();
+    levy::client::sign(
+        &payer,
+        &terms,
+        now - 600,
+        now + seconds,
+        levy::client::random_nonce(),
+    )
+    .expect("sign")
+    .v2_header(&accepted, None)
+}
+
+#[test]
+fn with_on_backlog_refuse_a_payment_the_queue_could_not_settle_in_time_gets_503_and_is_not_charged()
+{
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One payment per batch, a batch every settlement window (1 s + 12 s of mining): a
+    // payment valid for 20 s is projected to wait past its validBefore.
+    let levy = Levy::start(&format!(
+        "{}{}{}  payments: {{valid_before_margin_seconds: 5}}\n  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(
+            dir.path(),
+            "    max_batch: 1\n    max_delay_ms: 1000\n    on_backlog: refuse\n"
+        ),
+    ));
+    let short = pay(&levy, &valid_for(&levy, KEYS[0], 20));
+    assert_eq!(short.status, 503, "{}", short.text());
+    assert!(short.header("retry-after").is_some());
+    assert!(
+        origin.seen().is_empty(),
+        "the origin served a refused payment"
+    );
+    assert_eq!(levy.admin_get("/settlements").json()["count"], 0);
+
+    // One the queue can settle in time is served and settles.
+    let long = pay(&levy, &valid_for(&levy, KEYS[0], 300));
+    assert_eq!(served_status(&long), "pending");
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert_eq!(settlements_in(levy.admin, "settled"), 1);
 }
