@@ -7,22 +7,14 @@
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use alloy::signers::local::PrivateKeySigner;
 use serde_json::Value;
 
 use crate::contract_wallets_pay_and_settle::{deployed_wallet, wallet_payment_for};
-use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::chain::{random_key, signer, TestChain, KEYS};
 use crate::support::outage::Switch;
 use crate::support::pay::{challenge, decode, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
-
-fn random_key() -> String {
-    format!(
-        "0x{}",
-        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
-    )
-}
 
 fn pay(levy: &Levy, header: &str) -> Response {
     request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header))
@@ -87,12 +79,7 @@ fn the_payment_past_the_cap_on_all_payers_unsettled_value_settles_before_its_res
 fn with_the_chain_unreachable_refuse_and_an_uncheckable_wallet_signature_answer_503_and_charge_nothing(
 ) {
     let chain = TestChain::start();
-    let rpc = chain
-        .rpc_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("rpc addr");
-    let switch = Switch::start(rpc);
+    let switch = Switch::in_front_of(&chain.rpc_url);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = levy_via(

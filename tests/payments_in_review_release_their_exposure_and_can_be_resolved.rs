@@ -6,12 +6,11 @@
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, U256};
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 use levy::client::SignedAuthorization;
 use serde_json::Value;
 
-use crate::support::chain::{signer, TestChain};
+use crate::support::chain::{random_key, signer, TestChain};
 use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
@@ -29,13 +28,6 @@ alloy::sol! {
 
 /// How long the RPC endpoint hides a transaction's receipt and logs after it first saw them.
 const LAG: Duration = Duration::from_secs(4);
-
-fn random_key() -> String {
-    format!(
-        "0x{}",
-        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
-    )
-}
 
 /// Uses a payment's authorization on chain directly (as anyone holding it can), before
 /// levy's batch does; the transaction's hash.

@@ -11,14 +11,13 @@
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, Bytes, B256, U256};
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolValue};
 use serde_json::{json, Value};
 
 use crate::contract_wallets_pay_and_settle::{wallet_of, wallet_payment_for};
-use crate::support::chain::{signer, TestChain, SETTLER_KEY};
+use crate::support::chain::{random_key, signer, TestChain, SETTLER_KEY};
 use crate::support::lagging_rpc::{Fault, LaggingRpc};
-use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::pay::{challenge, paid_get, refusal_reason, sign_for};
 use crate::support::settle::{settlement_yaml, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
 
@@ -48,13 +47,6 @@ const FAULTS: [Fault; 5] = [
 /// How long each fault lasts before the endpoint heals.
 const FAULT_FOR: Duration = Duration::from_secs(3);
 
-fn random_key() -> String {
-    format!(
-        "0x{}",
-        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
-    )
-}
-
 /// levy settling on `rpc_url` with one batched route, `/data/*`.
 fn levy_via(chain: &TestChain, rpc_url: &str, origin: &Origin, dir: &std::path::Path) -> Levy {
     Levy::start(&format!(
@@ -79,15 +71,6 @@ fn records_in(levy: &Levy, state: &str) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// The x402 error of a 402 answer.
-fn refusal(response: &Response) -> String {
-    assert_eq!(response.status, 402, "{}", response.text());
-    decode(response.header("payment-required").expect("challenge"))["error"]
-        .as_str()
-        .expect("error")
-        .to_owned()
 }
 
 /// Which faults each method gets: with `LEVY_FAULT_MATRIX=all`, every fault on every
@@ -239,7 +222,7 @@ fn only_the_poison_payer_pays_for_its_poison(
         0,
         "levy sent a transaction that reverted"
     );
-    assert_eq!(refusal(&pay(levy, &poison())), "payer_denied");
+    assert_eq!(refusal_reason(&pay(levy, &poison())), "payer_denied");
     let terms = challenge(levy, "/data/x");
     let key = random_key();
     chain.mint(signer(&key).address(), 10 * PRICE);

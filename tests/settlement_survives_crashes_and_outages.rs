@@ -256,12 +256,7 @@ fn with_the_rpc_unreachable_for_twenty_seconds_serving_goes_on_and_everything_se
     let chain = TestChain::start();
     let payer = signer(KEYS[0]).address();
     chain.mint(payer, 100_000_000);
-    let rpc: SocketAddr = chain
-        .rpc_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("rpc addr");
-    let switch = Switch::start(rpc);
+    let switch = Switch::in_front_of(&chain.rpc_url);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = Levy::start(&format!(

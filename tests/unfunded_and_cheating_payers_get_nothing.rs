@@ -7,27 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
-use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 use levy::client::{random_nonce, sign, Payer, Terms};
 use serde_json::{json, Value};
 
-use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::chain::{random_key, signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::client::read_response;
-use crate::support::pay::{challenge, decode, now, paid_get, sign_for};
+use crate::support::pay::{challenge, decode, now, paid_get, refusal_reason, sign_for};
 use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
 use crate::support::{request, Levy, Origin, Reply, Response, PAY_TO};
 
 fn pay(levy: &Levy, header: &str) -> Response {
     request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header))
-}
-
-fn reason(response: &Response) -> String {
-    assert_eq!(response.status, 402, "{}", response.text());
-    decode(response.header("payment-required").expect("challenge"))["error"]
-        .as_str()
-        .expect("error")
-        .to_owned()
 }
 
 fn receipt(response: &Response) -> Value {
@@ -36,14 +27,6 @@ fn receipt(response: &Response) -> Value {
         response
             .header("payment-response")
             .expect("PAYMENT-RESPONSE"),
-    )
-}
-
-/// A fresh private key, as hex.
-fn throwaway_key() -> String {
-    format!(
-        "0x{}",
-        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
     )
 }
 
@@ -60,9 +43,12 @@ fn a_payer_with_no_balance_is_refused_before_the_origin_is_called() {
         "",
     );
     let terms = challenge(&levy, "/data/x");
-    let key = throwaway_key();
+    let key = random_key();
     let refused = pay(&levy, &sign_for(&terms, &key).1);
-    assert_eq!(reason(&refused), "invalid_exact_evm_insufficient_balance");
+    assert_eq!(
+        refusal_reason(&refused),
+        "invalid_exact_evm_insufficient_balance"
+    );
     assert!(
         origin.seen().is_empty(),
         "the origin served an unfunded payer"
@@ -75,7 +61,10 @@ fn a_payer_with_no_balance_is_refused_before_the_origin_is_called() {
     assert_eq!(receipt(&paid)["extensions"]["levy"]["status"], "pending");
     // Its balance is now spoken for: a second payment before settlement is refused.
     let second = pay(&levy, &sign_for(&terms, &key).1);
-    assert_eq!(reason(&second), "invalid_exact_evm_insufficient_balance");
+    assert_eq!(
+        refusal_reason(&second),
+        "invalid_exact_evm_insufficient_balance"
+    );
     assert_eq!(origin.seen().len(), 1);
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert_eq!(
@@ -99,7 +88,7 @@ fn a_payer_that_cancels_after_being_served_is_denied_its_next_payment() {
     wait_all_final(levy.admin, Duration::from_secs(30));
 
     let next = pay(&levy, &sign_for(&terms, key).1);
-    assert_eq!(reason(&next), "payer_denied");
+    assert_eq!(refusal_reason(&next), "payer_denied");
     assert_eq!(origin.seen().len(), 1);
     // Counted as lost: this levy's own failed record says the payment was served first.
     let failed = levy.admin_get("/settlements?state=failed").json();
@@ -187,11 +176,11 @@ fn an_attacker_rotating_fresh_keys_loses_levy_at_most_the_loss_budget_then_route
     let terms = challenge(&levy, "/data/x");
     let mut served = 0u64;
     for _ in 0..8 {
-        let response = pay(&levy, &sign_for(&terms, &throwaway_key()).1);
+        let response = pay(&levy, &sign_for(&terms, &random_key()).1);
         if response.status == 200 {
             served += 1;
         } else {
-            assert_eq!(reason(&response), "insufficient_balance");
+            assert_eq!(refusal_reason(&response), "insufficient_balance");
         }
         wait_all_final(levy.admin, Duration::from_secs(30));
     }
@@ -318,7 +307,7 @@ fn a_payer_whose_account_refuses_the_transfer_on_chain_fails_without_gas_and_is_
         "a transaction was sent for a transfer the simulation refused"
     );
     let next = pay(&levy, &sign_for(&terms, key).1);
-    assert_eq!(reason(&next), "payer_denied");
+    assert_eq!(refusal_reason(&next), "payer_denied");
 }
 
 alloy::sol! {

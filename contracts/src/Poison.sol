@@ -19,14 +19,17 @@ contract GasPriceDelegate {
 }
 
 /// @title SpinningWalletFactory
-/// @notice Deploys TestWallets as TestWalletFactory does (ERC-6492 counterfactual wallets),
-/// except when called by `spinFor` (the multicall levy settles through): then it burns all
-/// the gas it is given. A signature check that calls it from elsewhere sees a valid wallet.
+/// @notice Deploys TestWallets through a TestWalletFactory of its own (ERC-6492
+/// counterfactual wallets), except when called by `spinFor` (the multicall levy settles
+/// through): then it burns all the gas it is given. A signature check that calls it from
+/// elsewhere sees a valid wallet.
 contract SpinningWalletFactory {
     address public immutable spinFor;
+    TestWalletFactory public immutable wallets;
 
     constructor(address spinFor_) {
         spinFor = spinFor_;
+        wallets = new TestWalletFactory();
     }
 
     function deploy(address owner, bytes32 salt) external returns (address) {
@@ -36,15 +39,10 @@ contract SpinningWalletFactory {
                 spun++;
             }
         }
-        address wallet = walletAddress(owner, salt);
-        if (wallet.code.length == 0) {
-            new TestWallet{salt: salt}(owner);
-        }
-        return wallet;
+        return wallets.deploy(owner, salt);
     }
 
-    function walletAddress(address owner, bytes32 salt) public view returns (address) {
-        bytes32 codeHash = keccak256(abi.encodePacked(type(TestWallet).creationCode, abi.encode(owner)));
-        return address(uint160(uint256(keccak256(abi.encodePacked(bytes1(0xff), address(this), salt, codeHash)))));
+    function walletAddress(address owner, bytes32 salt) external view returns (address) {
+        return wallets.walletAddress(owner, salt);
     }
 }

@@ -105,6 +105,14 @@ pub fn signer(key: &str) -> PrivateKeySigner {
     key.parse().expect("test key")
 }
 
+/// A fresh private key nobody else uses, as hex (a payer of its own).
+pub fn random_key() -> String {
+    format!(
+        "0x{}",
+        alloy::hex::encode(PrivateKeySigner::random().to_bytes())
+    )
+}
+
 impl TestChain {
     /// Starts anvil and deploys TestUSDC("USDC", "2") and BatchCall.
     pub fn start() -> TestChain {
@@ -215,17 +223,24 @@ impl TestChain {
         let tx = TransactionRequest::default()
             .into_create()
             .input(code.into());
+        self.mine(tx, "deploy")
+            .contract_address
+            .expect("contract address")
+    }
+
+    /// Sends `tx` from the deployer and waits for its receipt, which must show success.
+    fn mine(&self, tx: TransactionRequest, what: &str) -> alloy::rpc::types::TransactionReceipt {
         self.rt.block_on(async {
             let receipt = self
                 .deployer
                 .send_transaction(tx)
                 .await
-                .expect("send deploy")
+                .unwrap_or_else(|e| panic!("send {what}: {e}"))
                 .get_receipt()
                 .await
-                .expect("deploy receipt");
-            assert!(receipt.status(), "deploy reverted");
-            receipt.contract_address.expect("contract address")
+                .unwrap_or_else(|e| panic!("{what} receipt: {e}"));
+            assert!(receipt.status(), "{what} reverted");
+            receipt
         })
     }
 
@@ -244,18 +259,7 @@ impl TestChain {
         let tx = TransactionRequest::default()
             .to(to)
             .input(Bytes::from(data).into());
-        self.rt.block_on(async {
-            let receipt = self
-                .deployer
-                .send_transaction(tx)
-                .await
-                .expect("send")
-                .get_receipt()
-                .await
-                .expect("receipt");
-            assert!(receipt.status(), "transaction reverted");
-            receipt.transaction_hash
-        })
+        self.mine(tx, "transaction").transaction_hash
     }
 
     /// Deploys a project contract (`contracts/out/<name>.json`) without constructor
@@ -333,17 +337,7 @@ impl TestChain {
         // Sent to the deployer itself: the authorization is what it carries.
         let mut tx = TransactionRequest::default().to(signer(DEPLOYER_KEY).address());
         tx.authorization_list = Some(vec![authorization.into_signed(signature)]);
-        self.rt.block_on(async {
-            let receipt = self
-                .deployer
-                .send_transaction(tx)
-                .await
-                .expect("send the delegation")
-                .get_receipt()
-                .await
-                .expect("receipt");
-            assert!(receipt.status(), "delegation reverted");
-        });
+        self.mine(tx, "delegation");
     }
 
     /// How many transactions sent by `who` were mined reverted, block by block.

@@ -184,20 +184,12 @@ fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, served: &Serv
             }
         };
         if let Some((status, body)) = failed {
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            if client
-                .write_all(head.as_bytes())
-                .and_then(|()| client.write_all(&body))
-                .is_err()
-            {
+            if !answer(&mut client, status, &body) {
                 return;
             }
             continue;
         }
-        let answer = if refused.contains(&method) {
+        let reply = if refused.contains(&method) {
             serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": request["id"],
@@ -211,18 +203,22 @@ fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, served: &Serv
             };
             delay_receipts(&method, answer, lag, seen)
         };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            answer.len()
-        );
-        if client
-            .write_all(head.as_bytes())
-            .and_then(|()| client.write_all(&answer))
-            .is_err()
-        {
+        if !answer(&mut client, "200 OK", &reply) {
             return;
         }
     }
+}
+
+/// Writes one JSON answer with `status`; whether the client took it.
+fn answer(client: &mut TcpStream, status: &str, body: &[u8]) -> bool {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client
+        .write_all(head.as_bytes())
+        .and_then(|()| client.write_all(body))
+        .is_ok()
 }
 
 /// The body of the next request on the connection (`Content-Length` framed).

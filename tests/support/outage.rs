@@ -14,6 +14,16 @@ pub struct Switch {
 }
 
 impl Switch {
+    /// A switch in front of the node at `rpc_url` (`http://host:port`).
+    pub fn in_front_of(rpc_url: &str) -> Switch {
+        Self::start(
+            rpc_url
+                .trim_start_matches("http://")
+                .parse()
+                .expect("an http://host:port RPC URL"),
+        )
+    }
+
     pub fn start(target: SocketAddr) -> Switch {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind switch");
         let addr = listener.local_addr().expect("addr");

@@ -81,6 +81,15 @@ pub fn paid_get(path: &str, header: &str, value: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n{header}: {value}\r\n\r\n")
 }
 
+/// The x402 reason of a refusal: the `error` of the `402`'s challenge header.
+pub fn refusal_reason(response: &super::Response) -> String {
+    assert_eq!(response.status, 402, "{}", response.text());
+    decode(response.header("payment-required").expect("challenge"))["error"]
+        .as_str()
+        .expect("error")
+        .to_owned()
+}
+
 /// A fresh authorization signed by `key` for the first requirement of `challenge`.
 pub fn sign_for(challenge: &Value, key: &str) -> (SignedAuthorization, String) {
     let accepted = challenge["accepts"][0].clone();
