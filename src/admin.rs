@@ -1,5 +1,6 @@
 //! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
-//! `/readyz`, and the settlement API:
+//! `/readyz` (both `503` once the journal's store failed a write to disk: a restart
+//! recovers it), and the settlement API:
 //! - `GET /settlements/{id}`: one payment's settlement record;
 //! - `GET /settlements?state=pending|submitted|settled|failed|needs_review&limit=N&after=ID`:
 //!   a listing in acceptance order, `limit` (default 1000, at most 10 000) at a time; `next`
@@ -157,6 +158,13 @@ impl AdminApp {
 }
 
 impl AdminApp {
+    /// Why the journal's store failed for good, if it has (then levy must restart).
+    fn journal_failed(&self) -> Option<String> {
+        self.settlement
+            .as_ref()
+            .and_then(Settlement::journal_failed)
+    }
+
     /// `POST /channels/claim`: claims every charged channel voucher now, instead of at the
     /// claimer's next turn (before maintenance, or to see the money move), and says what
     /// was claimed; 503 when any channel could not be (it is tried again at the next turn).
@@ -212,6 +220,13 @@ impl ServeHttp for AdminApp {
         }
         match path.as_str() {
             "/metrics" => metrics_page(),
+            "/healthz" | "/readyz" if self.journal_failed().is_some() => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "unhealthy: {}; restart levy\n",
+                    self.journal_failed().unwrap_or_default()
+                ),
+            ),
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" => match self.shared.as_ref().and_then(|s| s.unhealthy()) {
                 // Priced routes answer 503 meanwhile; free routes still work.

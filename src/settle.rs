@@ -463,6 +463,12 @@ impl Settlement {
         }
     }
 
+    /// Why the journal's store failed for good, once it has: levy must restart to settle
+    /// again (nothing accepted is lost; the accept log holds it).
+    pub fn journal_failed(&self) -> Option<String> {
+        self.inner.journal.failed()
+    }
+
     /// Checks a payer against the deny list.
     pub fn denied(&self, payer: Address) -> Option<&'static str> {
         self.inner

@@ -3,14 +3,14 @@
 # contracts/node_modules, the official x402 clients (tests/interop/install.sh), and the
 # Debian packages redis-server (the replica tests start their own), openssl (test
 # certificates), curl (the TLS and HTTP/2 client), prometheus (its promtool tests the alert
-# rules in deploy/) and chromium (renders the admin dashboard headless). Safe to run
-# repeatedly.
+# rules in deploy/), chromium (renders the admin dashboard headless) and strace (its fault
+# injection makes a running levy's disk syncs fail or wait). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 npm ci --prefix contracts --no-audit --no-fund
 tests/interop/install.sh
 missing=()
-for pair in redis-server:redis-server openssl:openssl curl:curl promtool:prometheus chromium:chromium; do
+for pair in redis-server:redis-server openssl:openssl curl:curl promtool:prometheus chromium:chromium strace:strace; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

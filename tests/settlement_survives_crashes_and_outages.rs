@@ -375,3 +375,124 @@ fn a_batch_that_never_reached_the_node_before_a_crash_settles_after_the_restart(
         U256::from(6_000)
     );
 }
+
+/// `strace` attached to a running levy, making one system call fail or wait (its fault
+/// injection); detached when dropped.
+struct Injected(std::process::Child);
+
+impl Injected {
+    /// Injects `spec` (strace's `-e inject=` syntax, e.g. `fdatasync:error=EIO`) into every
+    /// thread of process `pid`, once strace is attached.
+    fn into(pid: u32, spec: &str) -> Injected {
+        let syscall = spec.split(':').next().expect("a system call");
+        let child = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-p", &pid.to_string()])
+            .args([
+                "-e",
+                &format!("trace={syscall}"),
+                "-e",
+                &format!("inject={spec}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace is installed (tests/install.sh)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !traced(pid) {
+            assert!(Instant::now() < deadline, "strace did not attach to {pid}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Injected(child)
+    }
+}
+
+impl Drop for Injected {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether every thread of process `pid` has a tracer.
+fn traced(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().all(|thread| {
+        std::fs::read_to_string(thread.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l.trim_end() != "TracerPid:\t0")
+        })
+    })
+}
+
+/// A `sync` route's charge is on disk before its response leaves: while the disk holds
+/// `fdatasync`, the response waits for it; when the disk fails it, the client gets `503` and
+/// nothing is charged. The journal's store refuses writes after a failed one, so levy says
+/// it is unhealthy until restarted; after the restart the same payment buys the response,
+/// and everything accepted settles once.
+#[test]
+fn a_sync_route_answers_only_after_the_disk_and_a_failed_journal_write_charges_nothing() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 100 * PRICE);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, addr, admin) =
+        process_config(dir.path(), &origin, &chain, "    max_delay_ms: 200\n");
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let terms = decode(
+        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
+            .header("payment-required")
+            .expect("challenge"),
+    );
+    let pay = |header: &str| request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header));
+    let health = || request(admin, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(pay(&sign_for(&terms, KEYS[0]).1).status, 200);
+
+    // The disk takes 3 s to sync: the response leaves after it, not before.
+    {
+        let _held = Injected::into(levy.pid(), "fdatasync:delay_enter=3000000");
+        let started = Instant::now();
+        let held = pay(&sign_for(&terms, KEYS[0]).1);
+        assert_eq!(held.status, 200, "{}", held.text());
+        assert!(
+            started.elapsed() >= Duration::from_millis(2_900),
+            "answered in {:?}, before the sync",
+            started.elapsed()
+        );
+    }
+
+    // The disk fails every sync: 503, nothing charged.
+    let (signed, header) = sign_for(&terms, KEYS[0]);
+    {
+        let _failing = Injected::into(levy.pid(), "fdatasync:error=EIO");
+        let failed = pay(&header);
+        assert_eq!(failed.status, 503, "{}", failed.text());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health().status != 503 {
+            assert!(
+                Instant::now() < deadline,
+                "levy still says it is healthy with its journal store failed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert!(!chain.authorization_used(payer, signed.nonce));
+    // Restarted with the disk back: the same payment buys the response, and settles once.
+    levy.sigkill();
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    assert_eq!(health().status, 200);
+    let paid = pay(&header);
+    assert_eq!(paid.status, 200, "{}", paid.text());
+    wait_all_final(admin, Duration::from_secs(30));
+    assert!(chain.authorization_used(payer, signed.nonce));
+    assert_eq!(settlements_in(admin, "settled"), 3);
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(3 * PRICE)
+    );
+}

@@ -261,9 +261,12 @@ impl Settlement {
             .await
         {
             log::error!("cannot journal batch {}: {e}; not sending it", signed.hash);
+            // Not again at once: the journal may stay unwritable for a while.
+            let later = unix_now() + self.inner.config.retry_backoff.as_secs().max(1);
             for r in &mut send {
                 r.state = SettlementState::Pending;
                 r.tx_hash = None;
+                r.next_attempt_at = later;
             }
             lock(&self.inner.queue).extend(send);
             return;

@@ -52,10 +52,24 @@ pub enum JournalError {
     WriterGone,
     #[error("a journal record is corrupt: {0}")]
     Corrupt(String),
+    /// The disk failed one of the store's writes: the store refuses every write from then
+    /// on, and only a restart (which replays the accept log) brings it back.
+    #[error("the journal store failed a write to disk ({0}); restart levy to recover it")]
+    StoreFailed(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(e.to_string())
+}
+
+/// A store error, told apart: an I/O failure poisons the store ([`JournalError::StoreFailed`]),
+/// anything else is [`JournalError::Storage`].
+fn store_error(e: impl Into<redb::Error>) -> JournalError {
+    match e.into() {
+        redb::Error::Io(io) => JournalError::StoreFailed(io.to_string()),
+        redb::Error::PreviousIo => JournalError::StoreFailed("an earlier write failed".into()),
+        other => JournalError::Storage(other.to_string()),
+    }
 }
 
 /// A write to the store (durable once committed there).
@@ -94,6 +108,8 @@ struct Handoff {
     unsynced_moves: AtomicBool,
     /// The log waits for a durable commit to retire a file.
     durable_wanted: AtomicBool,
+    /// Why the store failed for good (see [`JournalError::StoreFailed`]), once it has.
+    store_failed: OnceLock<String>,
 }
 
 /// A staged payment at its newest state, and the accept-log write that holds it.
@@ -179,6 +195,11 @@ impl Journal {
                 thread: Mutex::new(None),
             }),
         })
+    }
+
+    /// Why the store failed for good, once it has ([`JournalError::StoreFailed`]).
+    pub fn failed(&self) -> Option<String> {
+        self.staged.store_failed.get().cloned()
     }
 
     fn store_sender(&self) -> &Mutex<mpsc::Sender<Job<StoreWrite>>> {
@@ -490,7 +511,16 @@ impl StoreWriter {
     }
 
     fn store_and_answer(&self, jobs: Vec<Job<StoreWrite>>, commit: Commit) {
-        let result = self.store(&jobs, commit).map_err(|e| e.to_string());
+        let result = self.store(&jobs, commit);
+        if let Err(JournalError::StoreFailed(why)) = &result {
+            if self.staged.store_failed.set(why.clone()).is_ok() {
+                log::error!(
+                    "the journal store failed a write to disk ({why}): it refuses writes until \
+                     levy restarts; what was accepted is in the accept log and is replayed then"
+                );
+            }
+        }
+        let result = result.map_err(|e| e.to_string());
         if let Err(e) = &result {
             log::error!("journal commit of {} writes failed: {e}", jobs.len());
         }
@@ -514,7 +544,7 @@ impl StoreWriter {
             moving.sort_unstable_by(|a, b| a.id.cmp(&b.id));
             moving
         };
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db.begin_write().map_err(store_error)?;
         if commit == Commit::Unsynced {
             txn.set_durability(redb::Durability::None);
             // Before the commit removes anything from the staged payments (see
@@ -552,7 +582,7 @@ impl StoreWriter {
                 }
             }
         }
-        txn.commit().map_err(storage)?;
+        txn.commit().map_err(store_error)?;
         if commit == Commit::Durable {
             // Durable, and so is every commit before it.
             self.staged.unsynced_moves.store(false, Ordering::Release);
