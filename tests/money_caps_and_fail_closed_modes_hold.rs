@@ -172,3 +172,33 @@ fn with_on_backlog_refuse_a_payment_the_queue_could_not_settle_in_time_gets_503_
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert_eq!(settlements_in(levy.admin, "settled"), 1);
 }
+
+/// A metered payment cannot settle before its response (what it costs is known only once
+/// the response ends): where an exact one would settle first, it gets 503 with
+/// `Retry-After`, and the origin is not called.
+#[test]
+fn a_metered_payment_past_its_payers_cap_gets_503_instead_of_an_unsettled_stream() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    chain.approve_permit2(KEYS[0]);
+    let origin = Origin::start(|_| crate::support::Reply::ok(vec![b'x'; 4096]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The ceiling (10 000) is over the payer's cap (5 000): the first stream already is.
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    - name: bytes\n      path: /bytes\n      \
+         accepts: [{{network: base-sepolia}}]\n      \
+         meter: {{unit: bytes, price: \"1\", ceiling: \"10000\"}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), "    max_unsettled_per_payer: 5000\n"),
+    ));
+    let header = crate::support::pay::upto_payment(levy.addr, "/bytes", KEYS[0]);
+    let refused = request(levy.addr, &paid_get("/bytes", "PAYMENT-SIGNATURE", &header));
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        origin.seen().is_empty(),
+        "the origin streamed an unsettled payment"
+    );
+    assert_eq!(levy.admin_get("/settlements").json()["count"], 0);
+}

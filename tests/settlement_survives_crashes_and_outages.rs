@@ -383,7 +383,7 @@ struct Injected(std::process::Child);
 impl Injected {
     /// Injects `spec` (strace's `-e inject=` syntax, e.g. `fdatasync:error=EIO`) into every
     /// thread of process `pid`, once strace is attached.
-    fn into(pid: u32, spec: &str) -> Injected {
+    fn attach(pid: u32, spec: &str) -> Injected {
         let syscall = spec.split(':').next().expect("a system call");
         let child = std::process::Command::new("strace")
             .args(["-f", "-qq", "-p", &pid.to_string()])
@@ -454,7 +454,7 @@ fn a_sync_route_answers_only_after_the_disk_and_a_failed_journal_write_charges_n
 
     // The disk takes 3 s to sync: the response leaves after it, not before.
     {
-        let _held = Injected::into(levy.pid(), "fdatasync:delay_enter=3000000");
+        let _held = Injected::attach(levy.pid(), "fdatasync:delay_enter=3000000");
         let started = Instant::now();
         let held = pay(&sign_for(&terms, KEYS[0]).1);
         assert_eq!(held.status, 200, "{}", held.text());
@@ -468,7 +468,7 @@ fn a_sync_route_answers_only_after_the_disk_and_a_failed_journal_write_charges_n
     // The disk fails every sync: 503, nothing charged.
     let (signed, header) = sign_for(&terms, KEYS[0]);
     {
-        let _failing = Injected::into(levy.pid(), "fdatasync:error=EIO");
+        let _failing = Injected::attach(levy.pid(), "fdatasync:error=EIO");
         let failed = pay(&header);
         assert_eq!(failed.status, 503, "{}", failed.text());
         let deadline = Instant::now() + Duration::from_secs(10);
