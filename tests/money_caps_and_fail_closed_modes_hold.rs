@@ -2,7 +2,7 @@
 //! unsettled value makes the payment past it settle before its response; with the chain
 //! unreachable, `funds.on_rpc_error: refuse` and a contract wallet's signature that cannot be
 //! checked each answer `503` with `Retry-After`, nothing forwarded and nothing charged; and
-//! `on_backlog: refuse` does the same for a payment the queue could not settle in time.
+//! `on_backlog: refuse`, and a metered payment past its payer's cap, do the same.
 
 use std::time::Duration;
 
@@ -195,6 +195,7 @@ fn a_metered_payment_past_its_payers_cap_gets_503_instead_of_an_unsettled_stream
     let header = crate::support::pay::upto_payment(levy.addr, "/bytes", KEYS[0]);
     let refused = request(levy.addr, &paid_get("/bytes", "PAYMENT-SIGNATURE", &header));
     assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("retry later"), "{}", refused.text());
     assert!(refused.header("retry-after").is_some());
     assert!(
         origin.seen().is_empty(),
