@@ -143,11 +143,6 @@ fn the_official_clients_pay_metered_feeds_for_what_was_delivered_in_one_batch() 
         s.chain.gas_used(tx),
         s.chain.gas_used(tx) / 4
     );
-    // The registry is shared by the tests in this process: at least these ten.
-    let counted = s
-        .levy
-        .metric("levy_metered_units_total{route=\"feed\",unit=\"records\"}");
-    assert!(counted >= 10, "{counted} records counted");
 }
 
 #[test]

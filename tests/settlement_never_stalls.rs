@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::lagging_rpc::LaggingRpc;
@@ -79,6 +79,14 @@ fn a_batch_priced_under_the_base_fee_is_replaced_and_settles() {
         assert!(Instant::now() < deadline, "levy never broadcast the batch");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let nonce_of =
+        |hash: &Value| chain.rpc("eth_getTransactionByHash", json!([hash]))["nonce"].clone();
+    let first = levy.admin_get(&format!("/settlements/{id}")).json()["transaction"].clone();
+    let first_nonce = nonce_of(&first);
+    assert!(
+        first_nonce.is_string(),
+        "the batch is not in the pool: {first}"
+    );
     chain.rpc(
         "anvil_setNextBlockBaseFeePerGas",
         json!([format!("{:#x}", 100_000_000_000u64)]),
@@ -98,7 +106,12 @@ fn a_batch_priced_under_the_base_fee_is_replaced_and_settles() {
         chain.balance(PAY_TO.parse().expect("payee")),
         U256::from(PRICE)
     );
-    assert!(levy.metric("levy_settlement_replacements_total") >= 1);
+    // Settled by a replacement: another transaction, with the first one's nonce.
+    assert_ne!(
+        record["transaction"], first,
+        "settled by the first transaction"
+    );
+    assert_eq!(nonce_of(&record["transaction"]), first_nonce);
 }
 
 #[test]

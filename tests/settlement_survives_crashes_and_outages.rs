@@ -294,7 +294,8 @@ fn with_the_rpc_unreachable_for_twenty_seconds_serving_goes_on_and_everything_se
         eager_status, 503,
         "settle-before-response cannot succeed without the chain"
     );
-    assert!(levy.metric("levy_settlement_queue_depth") > 0 || open_settlements(levy.admin) > 0);
+    // This levy's own journal (the queue-depth gauge is every in-process levy's).
+    assert!(open_settlements(levy.admin) > 0);
 
     switch.restore();
     wait_all_final(levy.admin, Duration::from_secs(60));

@@ -5,8 +5,10 @@ use crate::support::{upstream_yaml, Levy, Origin, Reply};
 #[test]
 fn an_unreachable_upstream_gets_502_with_a_reason() {
     let closed = crate::support::CLOSED_PORT;
+    // A route name of this test's own: the metrics registry is shared by every in-process
+    // levy, so the count below is this test's alone.
     let levy = Levy::start(&format!(
-        "{}  routes:\n    - {{name: open, path: /*, free: true}}\n",
+        "{}  routes:\n    - {{name: unreachable-502, path: /*, free: true}}\n",
         upstream_yaml(closed)
     ));
     let response = levy.get("/x");
@@ -14,8 +16,9 @@ fn an_unreachable_upstream_gets_502_with_a_reason() {
     assert_eq!(response.text(), "upstream unreachable\n");
     let metrics = levy.admin_get("/metrics").text();
     assert!(
-        metrics
-            .contains(r#"levy_upstream_errors_total{kind="upstream_unreachable",route="open"} 1"#),
+        metrics.contains(
+            r#"levy_upstream_errors_total{kind="upstream_unreachable",route="unreachable-502"} 1"#
+        ),
         "{metrics}"
     );
 }
