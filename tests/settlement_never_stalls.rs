@@ -178,13 +178,19 @@ fn payments_settled_on_chain_are_never_refused_or_reviewed_when_the_rpc_serves_r
     );
 }
 
+/// A node without `eth_simulateV1` (-32601) is asked with `eth_call` from then on; one that
+/// will not run the request as made (-32602) is asked with `eth_call` each time it refuses.
 #[test]
 fn batches_are_sized_by_their_one_simulation_and_a_node_without_eth_simulate_v1_settles_them_too() {
-    for refused in [&[][..], &["eth_simulateV1"][..]] {
+    for (refused, code) in [
+        (&[][..], -32601),
+        (&["eth_simulateV1"][..], -32601),
+        (&["eth_simulateV1"][..], -32602),
+    ] {
         let chain = TestChain::start();
         let payer = signer(KEYS[0]);
         chain.mint(payer.address(), 100 * PRICE);
-        let rpc = LaggingRpc::refusing(&chain.rpc_url, Duration::ZERO, refused);
+        let rpc = LaggingRpc::refusing_with(&chain.rpc_url, Duration::ZERO, refused, code);
         let origin = Origin::echo();
         let dir = tempfile::tempdir().expect("tempdir");
         let levy = Levy::start(&format!(
@@ -198,8 +204,9 @@ fn batches_are_sized_by_their_one_simulation_and_a_node_without_eth_simulate_v1_
         assert_eq!(
             settlements_in(levy.admin, "settled"),
             5,
-            "refused: {refused:?}"
+            "refused: {refused:?} ({code})"
         );
+        assert_eq!(settlements_in(levy.admin, "needs_review"), 0);
         assert_eq!(
             chain.balance(PAY_TO.parse().expect("payee")),
             U256::from(5 * PRICE)
@@ -215,6 +222,13 @@ fn batches_are_sized_by_their_one_simulation_and_a_node_without_eth_simulate_v1_
             assert!(
                 rpc.calls("eth_estimateGas") > 0,
                 "without it, the gas is estimated"
+            );
+        }
+        if code == -32601 && !refused.is_empty() {
+            assert_eq!(
+                rpc.calls("eth_simulateV1"),
+                1,
+                "asked again after 'not found'"
             );
         }
     }

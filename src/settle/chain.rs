@@ -507,7 +507,9 @@ impl Chain {
     /// `gas_price` (with a balance that covers any gas, so only the calls decide): its output
     /// (`None` when it reverted as a whole) and, where the node offers `eth_simulateV1`, the
     /// gas it used. A node that says it has no `eth_simulateV1` is asked with `eth_call` from
-    /// then on; any other error is levy not knowing, and is returned.
+    /// then on, one that refuses the request as made with `eth_call` this once, and one that
+    /// refuses the state override with a plain `eth_call`; any other error is levy not
+    /// knowing, and is returned.
     async fn simulate(
         &self,
         payments: &[PaymentRecord],
@@ -563,15 +565,34 @@ impl Chain {
                     );
                     self.no_simulate.store(true, Ordering::Relaxed);
                 }
+                // The node would not run this request as asked (its gas price, its state
+                // override): this once, `eth_call` asks it instead.
+                Err(e @ ChainError::Node { .. }) => {
+                    log::warn!("chain {}: {e}; simulating with eth_call", self.chain_id);
+                }
                 Err(e) => return Err(e),
             }
         }
-        let call = self
+        let with_fees = self
             .provider
-            .call(request)
+            .call(request.clone())
             .block(BlockId::latest())
             .overrides(overrides);
-        match self.rpc("eth_call", call).await {
+        let ran = match self.rpc("eth_call", with_fees).await {
+            Err(e @ ChainError::Node { .. }) => {
+                // An endpoint that refuses state overrides: run the batch plainly (at a zero
+                // gas price; what only fails at a real one is caught on chain and isolated).
+                log::warn!(
+                    "chain {}: {e}; simulating without the settler's gas price",
+                    self.chain_id
+                );
+                let mut plain = request;
+                plain.gas_price = None;
+                self.call_latest(plain).await
+            }
+            ran => ran,
+        };
+        match ran {
             Ok(output) => Ok(SimulationRun {
                 output: Some(output),
                 gas: None,

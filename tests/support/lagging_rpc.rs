@@ -54,6 +54,12 @@ impl LaggingRpc {
 
     /// The same, answering each of `refused` with JSON-RPC's "method not found".
     pub fn refusing(upstream: &str, lag: Duration, refused: &[&str]) -> LaggingRpc {
+        Self::refusing_with(upstream, lag, refused, -32601)
+    }
+
+    /// The same, answering each of `refused` with the JSON-RPC error `code` (-32601 is
+    /// "method not found"; another code is a node that will not run the request as made).
+    pub fn refusing_with(upstream: &str, lag: Duration, refused: &[&str], code: i64) -> LaggingRpc {
         let target: SocketAddr = upstream
             .trim_start_matches("http://")
             .parse()
@@ -80,6 +86,7 @@ impl LaggingRpc {
                         seen: &seen,
                         calls: &calls,
                         refused: &refused,
+                        refusal: code,
                         faults: &faults,
                         behind: &behind,
                     };
@@ -126,6 +133,8 @@ struct Served<'a> {
     seen: &'a FirstSeen,
     calls: &'a Calls,
     refused: &'a [String],
+    /// The JSON-RPC error code `refused` methods get.
+    refusal: i64,
     faults: &'a Faults,
     behind: &'a Behind,
 }
@@ -136,6 +145,7 @@ fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, served: &Serv
         seen,
         calls,
         refused,
+        refusal,
         faults,
         behind,
     } = served;
@@ -193,7 +203,11 @@ fn serve(mut client: TcpStream, target: SocketAddr, lag: Duration, served: &Serv
             serde_json::json!({
                 "jsonrpc": "2.0",
                 "id": request["id"],
-                "error": {"code": -32601, "message": format!("the method {method} does not exist/is not available")},
+                "error": if *refusal == -32601 {
+                    serde_json::json!({"code": -32601, "message": format!("the method {method} does not exist/is not available")})
+                } else {
+                    serde_json::json!({"code": refusal, "message": "invalid argument 0: json: cannot unmarshal"})
+                },
             })
             .to_string()
             .into_bytes()
