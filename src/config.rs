@@ -311,7 +311,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         path_params: levy.priced_paths.ignore_path_params,
         case: levy.priced_paths.ignore_case,
     };
-    let mut routes = RouteTable::default();
+    let mut routes: RouteTable<Arc<Route>> = RouteTable::default();
     let mut names = HashSet::new();
     let mut catch_all: Option<String> = None;
     for (i, route) in levy.routes.iter().enumerate() {
@@ -362,6 +362,21 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                     policy.valid_before_margin_seconds
                 ),
             ));
+        }
+        if matches!(route.access, Access::Priced(_)) {
+            let shadow = routes
+                .iter()
+                .find(|(earlier, _)| earlier.takes_all_of(&matcher));
+            if let Some((_, earlier)) = shadow {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "priced route `{}` ({}) can never match: route `{}` ({}) comes before \
+                         it and takes every request it would; put `{}` first",
+                        route.name, route.path_text, earlier.name, earlier.path_text, route.name
+                    ),
+                ));
+            }
         }
         let matches_everything = matcher.host == HostPattern::Any
             && matcher.methods.listed().is_none()

@@ -276,6 +276,15 @@ impl MethodSet {
         }
     }
 
+    /// Whether every method of `other` is one of these.
+    pub fn covers(&self, other: &MethodSet) -> bool {
+        match (&self.0, &other.0) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => theirs.iter().all(|m| mine.contains(m)),
+        }
+    }
+
     /// The listed methods, or `None` for any.
     pub fn listed(&self) -> Option<&[String]> {
         self.0.as_deref()
@@ -294,6 +303,23 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// Whether this matcher, placed before `later`, takes every request `later` would match
+    /// (so `later` never matches anything): any host or the same one, all of its methods, and
+    /// a path that covers its path.
+    pub fn takes_all_of(&self, later: &Matcher) -> bool {
+        (self.host == HostPattern::Any || self.host == later.host)
+            && self.methods.covers(&later.methods)
+            && (self.path == later.path || self.path.covers(&later.path))
+    }
+
+    /// Whether this matcher, placed before `later`, takes some of the requests `later` would
+    /// match.
+    pub fn takes_some_of(&self, later: &Matcher) -> bool {
+        (self.host == HostPattern::Any || self.host == later.host)
+            && self.methods.overlaps(&later.methods)
+            && (self.path == later.path || self.path.covers(&later.path))
+    }
+
     pub fn matches(&self, request: &RequestKey<'_>) -> bool {
         let loose = self.guard.unwrap_or(Looseness::STRICT);
         self.host.matches(&request.host)

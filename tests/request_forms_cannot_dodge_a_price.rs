@@ -231,3 +231,33 @@ fn levy_check_warns_when_a_fallthrough_covers_a_priced_path() {
     let config = levy::Config::from_yaml(&passing).expect("config");
     assert!(config.warnings()[0].starts_with("unmatched: pass"));
 }
+
+#[test]
+fn a_free_route_above_a_priced_route_it_covers_stops_the_config_naming_both() {
+    let origin = Origin::echo();
+    let routes = |free: &str| {
+        format!(
+            "levy:\n  listeners: {{data: 127.0.0.1:1}}\n{}  pay_to: \"{PAY_TO}\"\n  routes:\n    \
+             - {{name: api, path: /api/*, free: true{free}}}\n    \
+             - {{name: premium, path: /api/premium/*, amount: 5, accepts: [{{network: base}}]}}\n",
+            upstream_yaml(origin.addr)
+        )
+    };
+    // Every premium request would be served free.
+    let error = levy::Config::from_yaml(&routes(""))
+        .expect_err("the config loads")
+        .to_string();
+    assert!(
+        error.contains("levy.routes[1]") && error.contains("`premium`") && error.contains("`api`"),
+        "{error}"
+    );
+    // Free for GET only: the other methods still reach the priced route, GETs do not.
+    let config = levy::Config::from_yaml(&routes(", methods: [GET]")).expect("config");
+    let warnings = config.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`api`") && w.contains("`premium`") && w.contains("comes before")),
+        "{warnings:?}"
+    );
+}

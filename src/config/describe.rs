@@ -104,7 +104,8 @@ impl Config {
     }
 
     /// What in the route table lets a request the priced routes miss reach the origin
-    /// unpaid: a later free prefix route over a priced route's path, or `unmatched: pass`.
+    /// unpaid: a later free prefix route over a priced route's path, an earlier free route
+    /// that takes some of its methods, or `unmatched: pass`.
     /// A request spelled in a way levy does not normalise but the origin does would fall
     /// through to it.
     pub fn warnings(&self) -> Vec<String> {
@@ -123,6 +124,17 @@ impl Config {
             if let Some((_, free)) = free_cover {
                 warnings.push(format!(
                     "free route `{}` ({}) comes after priced route `{}` ({}) and covers its path: a request spelled so that `{}` misses it reaches the origin unpaid",
+                    free.name, free.path_text, route.name, route.path_text, route.name
+                ));
+            }
+            // One that takes all of it is refused when the config loads; part of it (some of
+            // its methods) reaches the origin unpaid.
+            let free_before = entries[..i]
+                .iter()
+                .find(|(m, r)| matches!(r.access, Access::Free) && m.takes_some_of(priced));
+            if let Some((_, free)) = free_before {
+                warnings.push(format!(
+                    "free route `{}` ({}) comes before priced route `{}` ({}) and takes some of its requests (the methods both match): those reach the origin unpaid; put `{}` first",
                     free.name, free.path_text, route.name, route.path_text, route.name
                 ));
             }
