@@ -546,8 +546,10 @@ fn recover(
         Presented::Long(bytes) => return for_chain(bytes.clone(), Rejection::SmartWalletSignature),
         Presented::Ecdsa(signature) => signature,
     };
+    // The token refuses a high-s ECDSA signature whoever signs: refused here, for every
+    // payer, before anything asks the chain.
     if signature.s() > SECP256K1N_HALF {
-        return for_chain(signature.as_bytes().to_vec(), Rejection::HighS);
+        return Err(Rejection::HighS);
     }
     match alloy_consensus::crypto::secp256k1::recover_signer(signature, digest) {
         Ok(signer) if signer == from => Ok(PayerSignature::Ecdsa(signature.as_bytes())),

@@ -427,3 +427,41 @@ fn a_balance_read_from_a_node_behind_the_one_that_admitted_the_payment_denies_no
     assert!(records_in(&levy, "failed").is_empty());
     assert_eq!(pay(&levy, &sign_for(&terms, &key).1).status, 200);
 }
+
+#[test]
+fn a_high_s_signature_is_refused_without_asking_the_chain() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    let key = random_key();
+    chain.mint(signer(&key).address(), 10 * PRICE);
+    let accepted = challenge(&levy, "/data/x")["accepts"][0].clone();
+    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
+    let payer = levy::client::Payer::from_hex(&key).expect("key");
+    let now = crate::support::pay::now();
+    let mut signed = levy::client::sign(
+        &payer,
+        &terms,
+        now - 600,
+        now + 300,
+        levy::client::random_nonce(),
+    )
+    .expect("sign");
+    // The same signature with s flipped to n - s (and v to match) still recovers to the
+    // payer, but the token refuses it.
+    let n = U256::from_str_radix(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+        16,
+    )
+    .expect("n");
+    let s = U256::from_be_slice(&signed.signature[32..64]);
+    signed.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    signed.signature[64] = if signed.signature[64] == 27 { 28 } else { 27 };
+    let before = rpc.calls("eth_call");
+    let refused = pay(&levy, &signed.v2_header(&accepted, None));
+    assert_eq!(refusal_reason(&refused), "invalid_exact_evm_signature");
+    assert_eq!(rpc.calls("eth_call"), before, "the chain was asked");
+    assert!(origin.seen().is_empty());
+}

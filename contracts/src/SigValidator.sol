@@ -11,6 +11,7 @@ pragma solidity ^0.8.20;
 contract SigValidator {
     bytes32 private constant ERC6492_SUFFIX = 0x6492649264926492649264926492649264926492649264926492649264926492;
     bytes4 private constant ERC1271_MAGIC = 0x1626ba7e;
+    uint256 private constant SECP256K1N_HALF = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
 
     constructor(address signer, bytes32 hash, bytes memory signature) {
         bool valid = _isValid(signer, hash, signature);
@@ -49,6 +50,8 @@ contract SigValidator {
             v := byte(0, mload(add(inner, 0x60)))
         }
         if (v < 27) v += 27;
+        // As the token checks an EOA's signature: low s, v 27 or 28.
+        if (uint256(s) > SECP256K1N_HALF || (v != 27 && v != 28)) return false;
         address recovered = ecrecover(hash, v, r, s);
         return recovered != address(0) && recovered == signer;
     }

@@ -387,6 +387,24 @@ fn a_high_s_signature_is_refused() {
 }
 
 #[test]
+fn a_high_s_signature_is_refused_inline_even_with_a_chain_to_ask() {
+    let mut s = signed();
+    let n = U256::from_str_radix(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+        16,
+    )
+    .unwrap();
+    let low_s = U256::from_be_slice(&s.signature[32..64]);
+    s.signature[32..64].copy_from_slice(&(n - low_s).to_be_bytes::<32>());
+    s.signature[64] = if s.signature[64] == 27 { 28 } else { 27 };
+    let header = s.v2_header(&route().accepted(), None);
+    assert_eq!(
+        verify_with_contract_wallets(&header).map(|v| v.signature),
+        Err(Rejection::HighS)
+    );
+}
+
+#[test]
 fn a_smart_wallet_signature_is_refused_with_a_reason() {
     let r = rejected(&tampered(|doc| {
         doc["payload"]["signature"] = json!(format!("0x{}", "ab".repeat(200)))
