@@ -236,7 +236,7 @@ impl Settlement {
             )),
             None => {
                 let signer = read_key(config.key_file.as_deref(), &config.key_env)?;
-                check_chain_ids(&config.chains, config.rpc_timeout)?;
+                check_chains(&config.chains, signer.address(), config.rpc_timeout)?;
                 for spec in &config.chains {
                     let chain = Chain::new(
                         &spec.rpc_url,
@@ -809,9 +809,14 @@ impl Settlement {
 }
 
 /// Refuses to start when a network's RPC endpoint answers for another chain (every balance
-/// read would be wrong and every transaction refused). An endpoint that cannot be reached
-/// now is only logged: settlement waits for it, serving goes on.
-fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), SettleError> {
+/// read would be wrong and every transaction refused), or when its batcher is owned by
+/// another key than the settler's (every metered payment would fail). An endpoint that
+/// cannot be reached now is only logged: settlement waits for it, serving goes on.
+fn check_chains(
+    chains: &[ChainSpec],
+    settler: Address,
+    timeout: Duration,
+) -> Result<(), SettleError> {
     if chains.is_empty() {
         return Ok(());
     }
@@ -834,6 +839,22 @@ fn check_chain_ids(chains: &[ChainSpec], timeout: Duration) -> Result<(), Settle
                         "cannot check the chain id of network {} now ({}); settlement starts when its RPC answers",
                         spec.network,
                         e
+                    ),
+                }
+                let Some(batcher) = spec.batcher.filter(|_| spec.metered) else {
+                    continue;
+                };
+                match chain::batcher_owner_at(&spec.rpc_url, batcher, timeout).await {
+                    Ok(owner) if owner != settler => {
+                        return Err(SettleError::Setup(format!(
+                            "levy.networks.{}.batcher {batcher} is owned by {owner}, not by this levy's settler key {settler}: every metered payment it settled would fail; give each replica a batcher of its own (`levy deploy-batcher`) or settle with {owner}'s key",
+                            spec.network
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "cannot read the owner of network {}'s batcher {batcher} now ({e})",
+                        spec.network
                     ),
                 }
             }

@@ -342,3 +342,33 @@ fn a_hundred_metered_payments_settle_in_one_transaction_for_less_gas_each() {
     eprintln!("gas per metered payment: batch of 1: {one}, of 10: {ten}, of 100: {hundred}");
     assert!(hundred < ten && ten < one, "{one} {ten} {hundred}");
 }
+
+/// The batcher settles only for its owner: a levy whose settler key is another's (a replica
+/// with a key of its own and the shared config's batcher) would fail every metered payment,
+/// so it does not start, and says whose batcher it is.
+#[test]
+fn a_levy_whose_settler_does_not_own_the_batcher_of_a_metered_route_does_not_start() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "levy:\n  listeners: {{data: 127.0.0.1:1}}\n{}{}{}  routes:\n    - name: feed\n      \
+         path: /feed\n      accepts: [{{network: base-sepolia}}]\n      \
+         meter: {{unit: bytes, price: \"1\", ceiling: \"{CEILING}\"}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        crate::support::settle::settlement_yaml_signed_by(dir.path(), KEYS[5], ""),
+    );
+    let config = levy::Config::from_yaml(&yaml).expect("config");
+    let Err(error) = levy::build_server(config, None) else {
+        panic!("levy started with another key's batcher");
+    };
+    let error = error.to_string();
+    let (owner, settler) = (signer(SETTLER_KEY).address(), signer(KEYS[5]).address());
+    assert!(
+        error.contains("levy.networks.base-sepolia.batcher")
+            && error.contains(&owner.to_string())
+            && error.contains(&settler.to_string()),
+        "{error}"
+    );
+}

@@ -104,14 +104,17 @@ pub(super) fn settlement(
     }
     let mut used: Vec<String> = Vec::new();
     let mut channel_networks: Vec<&str> = Vec::new();
+    let mut metered_networks: Vec<&str> = Vec::new();
     for (_, route) in routes.iter() {
         if let Access::Priced(p) = &route.access {
             for r in &p.requirements {
                 if !used.contains(&r.network_name) {
                     used.push(r.network_name.clone());
                 }
-                if matches!(r.scheme, crate::pricing::Scheme::Batch { .. }) {
-                    channel_networks.push(&r.network_name);
+                match r.scheme {
+                    crate::pricing::Scheme::Batch { .. } => channel_networks.push(&r.network_name),
+                    crate::pricing::Scheme::Upto { .. } => metered_networks.push(&r.network_name),
+                    crate::pricing::Scheme::Exact => {}
                 }
             }
         }
@@ -145,6 +148,7 @@ pub(super) fn settlement(
             )
         })?;
         chains.push(ChainSpec {
+            metered: metered_networks.contains(&name.as_str()),
             network: name,
             chain_id: network.chain_id,
             rpc_url,

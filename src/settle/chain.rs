@@ -936,6 +936,32 @@ pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainE
     }
 }
 
+sol! {
+    interface ILevyBatcher {
+        function owner() external view returns (address);
+    }
+}
+
+/// The owner of the `LevyBatcher` at `batcher` (the only key it lets settle), read with a
+/// client of its own.
+pub async fn batcher_owner_at(
+    rpc_url: &str,
+    batcher: Address,
+    timeout: Duration,
+) -> Result<Address, ChainError> {
+    let provider = http_provider(rpc_url)?;
+    let request = TransactionRequest::default()
+        .to(batcher)
+        .input(ILevyBatcher::ownerCall {}.abi_encode().into());
+    let output = match tokio::time::timeout(timeout, provider.call(request).into_future()).await {
+        Err(_) => return Err(ChainError::Timeout("eth_call")),
+        Ok(Err(e)) => return Err(ChainError::classify("eth_call", &e)),
+        Ok(Ok(output)) => output,
+    };
+    ILevyBatcher::ownerCall::abi_decode_returns(&output)
+        .map_err(|e| ChainError::Decode(format!("owner(): {e}")))
+}
+
 /// `balanceOf(payer)` on `token`, as one call of a multicall read.
 fn balance_call(token: Address, payer: Address, allow_failure: bool) -> IMulticall3::Call3 {
     IMulticall3::Call3 {

@@ -194,6 +194,8 @@ pub struct ChainSpec {
     pub multicall: Address,
     /// levy's `LevyBatcher` (settles `upto` payments).
     pub batcher: Option<Address>,
+    /// A metered route settles on this network: the batcher must be the settler's.
+    pub metered: bool,
 }
 
 /// The settlement engine's settings (see README for each key).
