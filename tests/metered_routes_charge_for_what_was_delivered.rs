@@ -372,3 +372,79 @@ fn a_levy_whose_settler_does_not_own_the_batcher_of_a_metered_route_does_not_sta
         "{error}"
     );
 }
+
+alloy::sol! {
+    interface IPermit2Nonces {
+        function invalidateUnorderedNonces(uint256 wordPos, uint256 mask) external;
+    }
+}
+
+/// A metered payer that spends its own Permit2 nonce after being served (Permit2's
+/// `invalidateUnorderedNonces`, before levy's batch) has canceled: its payment fails as
+/// `authorization_canceled`, and the payer is denied like an `exact` payer who cancels.
+#[test]
+fn a_metered_payer_that_spends_its_permit2_nonce_after_being_served_is_denied() {
+    use alloy::sol_types::SolCall;
+    let s = setup(2);
+    s.chain.approve_permit2(KEYS[3]);
+    let header = crate::support::pay::upto_payment(s.levy.addr, "/feed", KEYS[0]);
+    let served = request(
+        s.levy.addr,
+        &paid_get("/feed?n=3", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(served.status, 200, "{}", served.text());
+    // A stream's charge is journaled when it ends: its record is the only one so far.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        let listing = s.levy.admin_get("/settlements").json();
+        if let Some(id) = listing["settlements"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the stream was never charged");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // The payer spends the nonce itself while the payment waits for its batch.
+    let nonce: U256 = decode(&header)["payload"]["permit2Authorization"]["nonce"]
+        .as_str()
+        .expect("nonce")
+        .parse()
+        .expect("a decimal nonce");
+    s.chain.send_as(
+        KEYS[0],
+        crate::support::chain::PERMIT2,
+        IPermit2Nonces::invalidateUnorderedNoncesCall {
+            wordPos: nonce >> 8,
+            mask: U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>(),
+        }
+        .abi_encode(),
+    );
+    // Another payer's payment fills the batch.
+    let other = crate::support::pay::upto_payment(s.levy.addr, "/feed", KEYS[3]);
+    let paid = request(
+        s.levy.addr,
+        &paid_get("/feed?n=1", "PAYMENT-SIGNATURE", &other),
+    );
+    assert_eq!(paid.status, 200, "{}", paid.text());
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let record = s.levy.admin_get(&format!("/settlements/{id}")).json();
+        if record["state"] == "failed" || record["state"] == "needs_review" {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "never resolved: {record}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(record["state"], "failed", "{record}");
+    assert_eq!(record["reason"], "authorization_canceled", "{record}");
+    let next = crate::support::pay::upto_payment(s.levy.addr, "/feed", KEYS[0]);
+    let refused = request(
+        s.levy.addr,
+        &paid_get("/feed?n=1", "PAYMENT-SIGNATURE", &next),
+    );
+    assert_eq!(
+        crate::support::pay::refusal_reason(&refused),
+        "payer_denied"
+    );
+}

@@ -883,7 +883,32 @@ impl Chain {
                 return Ok(AuthorizationFate::Used(tx));
             }
         }
+        if payment.upto.is_some() && self.permit2_invalidated(payment, latest).await? {
+            return Ok(AuthorizationFate::Canceled);
+        }
         Ok(AuthorizationFate::UsedUnknown)
+    }
+
+    /// Whether a metered payment's payer spent its Permit2 nonce itself
+    /// (`invalidateUnorderedNonces`, whose event names the owner and carries the nonce's
+    /// word and bit) within the lookback: a cancel, the payer's doing.
+    async fn permit2_invalidated(
+        &self,
+        payment: &PaymentRecord,
+        latest: u64,
+    ) -> Result<bool, ChainError> {
+        let filter = Filter::new()
+            .address(crate::x402::PERMIT2_ADDRESS)
+            .event_signature(upto::NONCE_INVALIDATION_SIGNATURE)
+            .topic1(payment.payer.into_word())
+            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
+            .to_block(latest);
+        let logs = self
+            .rpc("eth_getLogs", self.provider.get_logs(&filter))
+            .await?;
+        Ok(logs
+            .iter()
+            .any(|log| upto::invalidates(&log.inner.data.data, payment.nonce)))
     }
 
     /// The settler's next nonce, counting pending transactions.

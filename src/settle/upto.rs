@@ -5,7 +5,7 @@
 
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::sol;
-use alloy::sol_types::{SolCall, SolEvent};
+use alloy::sol_types::{SolCall, SolEvent, SolValue};
 
 use super::PaymentRecord;
 use crate::x402::PERMIT2_ADDRESS;
@@ -13,6 +13,7 @@ use crate::x402::PERMIT2_ADDRESS;
 sol! {
     interface IPermit2 {
         function nonceBitmap(address owner, uint256 wordPos) external view returns (uint256);
+        event UnorderedNonceInvalidation(address indexed owner, uint256 word, uint256 mask);
     }
 
     interface IErc20Allowance {
@@ -126,6 +127,20 @@ pub fn bitmap_call(owner: Address, nonce: B256) -> (Vec<u8>, U256) {
     (call.abi_encode(), bit)
 }
 
+/// Permit2's `UnorderedNonceInvalidation(owner, word, mask)`: the owner spent nonces
+/// itself, without a transfer.
+pub const NONCE_INVALIDATION_SIGNATURE: B256 = IPermit2::UnorderedNonceInvalidation::SIGNATURE_HASH;
+
+/// Whether the data of an `UnorderedNonceInvalidation` event spends `nonce`.
+pub fn invalidates(data: &[u8], nonce: B256) -> bool {
+    let Ok((word, mask)) = <(U256, U256)>::abi_decode_params(data) else {
+        return false;
+    };
+    let nonce = U256::from_be_bytes(nonce.0);
+    let bit = U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>();
+    word == nonce >> 8 && mask & bit != U256::ZERO
+}
+
 /// Whether a `nonceBitmap` answer marks the nonce (of `bit`) used.
 pub fn bit_is_set(output: &[u8], bit: U256) -> Option<bool> {
     IPermit2::nonceBitmapCall::abi_decode_returns(output)
@@ -159,3 +174,19 @@ pub fn decode_permit_nonce(output: &[u8]) -> Option<U256> {
 
 /// The event signature levy's batcher emits per settled payment.
 pub const SETTLED_SIGNATURE: B256 = ILevyBatcher::UptoSettled::SIGNATURE_HASH;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_spends_exactly_the_nonces_of_its_word_and_mask() {
+        let nonce = B256::from(U256::from((7u64 << 8) | 5));
+        let event = |word: u64, mask: U256| (U256::from(word), mask).abi_encode_params();
+        assert!(invalidates(&event(7, U256::from(1u8) << 5), nonce));
+        assert!(invalidates(&event(7, U256::MAX), nonce));
+        assert!(!invalidates(&event(7, U256::from(1u8) << 4), nonce));
+        assert!(!invalidates(&event(6, U256::MAX), nonce));
+        assert!(!invalidates(b"not an event", nonce));
+    }
+}
