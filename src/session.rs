@@ -62,6 +62,10 @@ pub enum Exhausted {
     UsedUp,
     #[error("the bundle has expired")]
     Expired,
+    /// A bytes bundle serves one call at a time: what a call costs is known only once it
+    /// is served, so a second one at once could overdraw it by a whole response.
+    #[error("a call on this bytes bundle is in flight")]
+    InUse,
 }
 
 impl Bundle {
@@ -91,8 +95,10 @@ impl Bundle {
     pub fn admits(&self, quota: Quota, in_flight: u64, now: u64) -> Result<(), Exhausted> {
         match quota {
             Quota::Calls(_) if self.used.saturating_add(in_flight) < self.bought => Ok(()),
-            // Bytes are only known once served: admitted while any are left.
-            Quota::Bytes(_) if self.used < self.bought => Ok(()),
+            // Bytes are only known once served: admitted while any are left, one call at a
+            // time (the call that crosses the line is served whole, never several at once).
+            Quota::Bytes(_) if self.used < self.bought && in_flight == 0 => Ok(()),
+            Quota::Bytes(_) if self.used < self.bought => Err(Exhausted::InUse),
             Quota::Seconds(_) if now < self.expires_at => Ok(()),
             Quota::Seconds(_) => Err(Exhausted::Expired),
             Quota::Calls(_) | Quota::Bytes(_) => Err(Exhausted::UsedUp),

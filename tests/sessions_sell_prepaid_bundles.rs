@@ -236,3 +236,64 @@ fn a_contract_wallet_buys_a_bundle_and_signs_in_through_its_owner_and_a_stranger
     assert_eq!(drawn.header("x-levy-bundle-remaining"), Some("9 calls"));
     assert_eq!(origin.seen().len(), 2);
 }
+
+/// A bytes bundle serves one call at a time: twenty proofs sent at once for a 600-byte
+/// resource on a 1000-byte bundle get at most the bundle's bytes plus one response; the rest
+/// are told to retry (429), not to buy again.
+#[test]
+fn twenty_draws_at_once_on_a_bytes_bundle_serve_at_most_its_bytes_plus_one_response() {
+    let chain = funded_chain();
+    let origin = Origin::start(|_| {
+        // Slow enough that the twenty draws overlap.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Reply::ok(vec![b'x'; 600])
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{PRICE}\", bytes: 1000}}}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), ""),
+    ));
+    let terms = crate::support::pay::challenge(&levy, "/feed");
+    let bought = get_feed(
+        &levy,
+        "PAYMENT-SIGNATURE",
+        &crate::support::pay::sign_for(&terms, KEYS[0]).1,
+    );
+    assert_eq!(bought.status, 200, "{}", bought.text());
+
+    let payer = signer(KEYS[0]).address();
+    let proofs: Vec<String> = (0..20)
+        .map(|_| proof_header(&levy, payer, KEYS[0]))
+        .collect();
+    let addr = levy.addr;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(proofs.len()));
+    let answers: Vec<crate::support::Response> = proofs
+        .into_iter()
+        .map(|proof| {
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                get_feed_at(addr, &addr.to_string(), "SIGN-IN-WITH-X", &proof)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    let served: usize = answers
+        .iter()
+        .filter(|a| a.status == 200)
+        .map(|a| a.body.len())
+        .sum();
+    assert!(served > 0, "no draw was served");
+    assert!(
+        served <= 1000 + 600,
+        "{served} bytes served on a 1000-byte bundle"
+    );
+    for answer in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(answer.status, 429, "{}", answer.text());
+        assert!(answer.header("retry-after").is_some());
+    }
+}

@@ -54,14 +54,16 @@ pub enum Outcome {
     Refunded,
     /// Forwarded on a priced route in `shadow` mode (nothing charged, never a 402).
     Shadowed,
+    /// What the payment draws on is in use by another call: 429, retry when it ends.
+    Busy,
 }
 
 // Outcome numbers index per-route tables; the last variant must stay below COUNT.
-const _: () = assert!(Outcome::Shadowed as usize + 1 == Outcome::COUNT);
+const _: () = assert!(Outcome::Busy as usize + 1 == Outcome::COUNT);
 
 impl Outcome {
     /// How many outcomes there are (for per-outcome tables).
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +84,7 @@ impl Outcome {
             Outcome::SettlementUnavailable => "settlement_unavailable",
             Outcome::Refunded => "refunded",
             Outcome::Shadowed => "shadowed",
+            Outcome::Busy => "busy",
         }
     }
 }

@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Paywall;
-use crate::session::{self, Bundle, Expected, ProofSigner, Quota, SIGN_IN_WITH_X};
+use crate::session::{self, Bundle, Exhausted, Expected, ProofSigner, Quota, SIGN_IN_WITH_X};
 use crate::settle::sessions::{Draw, DrawRefusal, Sessions};
 use crate::settle::{Settlement, SignatureCheck};
 use crate::x402::challenge::Rendered;
@@ -53,6 +53,9 @@ enum Undrawn {
     Refused(&'static str),
     /// The shared bundle state cannot be reached: 503, retry.
     Unavailable,
+    /// A call on the payer's bytes bundle is in flight: 429, retry when it ends (a 402
+    /// would have the client buy another bundle).
+    InUse,
 }
 
 /// What a proof asks to draw: a call on `route`'s bundle of `quota`, under the proof's
@@ -187,6 +190,7 @@ impl LevyProxy {
             .await
             .map_err(|e| match e {
                 DrawRefusal::Unavailable => Undrawn::Unavailable,
+                DrawRefusal::Exhausted(Exhausted::InUse) => Undrawn::InUse,
                 e => Undrawn::Refused(e.reason()),
             })?;
         ctx.session = SessionStep::Drawing {
@@ -248,6 +252,16 @@ impl LevyProxy {
                 "cannot reach the shared bundle state; retry later",
                 "2",
             )),
+            Err(Undrawn::InUse) => {
+                ctx.outcome = super::Outcome::Busy;
+                Some(
+                    super::Reply::text(
+                        429,
+                        "a call on this bytes bundle is in flight; retry when it ends",
+                    )
+                    .header(http::header::RETRY_AFTER, "1"),
+                )
+            }
         }
     }
 

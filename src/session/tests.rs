@@ -201,6 +201,17 @@ fn a_seconds_bundle_lapses_and_a_new_purchase_extends_a_live_one() {
 }
 
 #[test]
+fn a_bytes_bundle_admits_one_call_at_a_time() {
+    let quota = Quota::Bytes(1000);
+    let mut b = Bundle::new(PAYER, "feed");
+    b.buy(quota, 0);
+    assert_eq!(b.admits(quota, 0, 0), Ok(()));
+    assert_eq!(b.admits(quota, 1, 0), Err(Exhausted::InUse));
+    b.debit(quota, 1000);
+    assert_eq!(b.admits(quota, 1, 0), Err(Exhausted::UsedUp));
+}
+
+#[test]
 fn a_bytes_bundle_serves_the_call_that_crosses_the_line_then_stops() {
     let quota = Quota::Bytes(1000);
     let mut b = Bundle::new(PAYER, "feed");

@@ -87,6 +87,7 @@ impl DrawRefusal {
             DrawRefusal::Replayed => "invalid_siwx_nonce",
             DrawRefusal::Exhausted(Exhausted::UsedUp) => "bundle_used_up",
             DrawRefusal::Exhausted(Exhausted::Expired) => "bundle_expired",
+            DrawRefusal::Exhausted(Exhausted::InUse) => "bundle_in_use",
             DrawRefusal::Unavailable => "shared_state_unavailable",
         }
     }

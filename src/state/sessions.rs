@@ -36,8 +36,9 @@ return fields()
 ";
 
 /// Spends nonce key `KEYS[3]` and admits token `ARGV[3]` into `KEYS[2]` at `ARGV[2]` (Unix
-/// ms) for `ARGV[4]` ms on a bundle of `ARGV[1]`, or answers `replayed`, `used_up` or
-/// `expired`; the nonce is kept `ARGV[5]` ms.
+/// ms) for `ARGV[4]` ms on a bundle of `ARGV[1]`, or answers `replayed`, `used_up`,
+/// `expired` or `in_use` (a bytes bundle with a call in flight); the nonce is kept `ARGV[5]`
+/// ms.
 const DRAW: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'replayed'} end
 local now = tonumber(ARGV[2])
@@ -46,6 +47,7 @@ local b = fields()
 local bought, used, exp = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
 if ARGV[1] == 'calls' and used + redis.call('ZCARD', KEYS[2]) >= bought then return {'used_up'} end
 if ARGV[1] == 'bytes' and used >= bought then return {'used_up'} end
+if ARGV[1] == 'bytes' and redis.call('ZCARD', KEYS[2]) > 0 then return {'in_use'} end
 if ARGV[1] == 'seconds' and math.floor(now / 1000) >= exp then return {'expired'} end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
@@ -171,6 +173,7 @@ impl SharedSessions for Shared {
             Some("replayed") => Err(DrawRefusal::Replayed),
             Some("used_up") => Err(DrawRefusal::Exhausted(Exhausted::UsedUp)),
             Some("expired") => Err(DrawRefusal::Exhausted(Exhausted::Expired)),
+            Some("in_use") => Err(DrawRefusal::Exhausted(Exhausted::InUse)),
             _ => Ok(bundle(draw.payer, &draw.route, &got)?),
         })
     }
