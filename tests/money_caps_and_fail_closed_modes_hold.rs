@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::contract_wallets_pay_and_settle::{deployed_wallet, wallet_payment_for};
 use crate::support::chain::{random_key, signer, TestChain, KEYS};
 use crate::support::outage::Switch;
-use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::pay::{challenge, decode, paid_get, sign_for, valid_for};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
 
@@ -121,23 +121,6 @@ fn with_the_chain_unreachable_refuse_and_an_uncheckable_wallet_signature_answer_
     assert_eq!(settlements_in(levy.admin, "settled"), 1);
 }
 
-/// A payment valid for `seconds` from now, signed by `key` for `/data/x`.
-fn valid_for(levy: &Levy, key: &str, seconds: u64) -> String {
-    let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
-    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
-    let payer = levy::client::Payer::from_hex(key).expect("key");
-    let now = crate::support::pay::now();
-    levy::client::sign(
-        &payer,
-        &terms,
-        now - 600,
-        now + seconds,
-        levy::client::random_nonce(),
-    )
-    .expect("sign")
-    .v2_header(&accepted, None)
-}
-
 #[test]
 fn with_on_backlog_refuse_a_payment_the_queue_could_not_settle_in_time_gets_503_and_is_not_charged()
 {
@@ -157,7 +140,7 @@ fn with_on_backlog_refuse_a_payment_the_queue_could_not_settle_in_time_gets_503_
             "    max_batch: 1\n    max_delay_ms: 1000\n    on_backlog: refuse\n"
         ),
     ));
-    let short = pay(&levy, &valid_for(&levy, KEYS[0], 20));
+    let short = pay(&levy, &valid_for(&levy, "/data/x", KEYS[0], 20));
     assert_eq!(short.status, 503, "{}", short.text());
     assert!(short.header("retry-after").is_some());
     assert!(
@@ -167,7 +150,7 @@ fn with_on_backlog_refuse_a_payment_the_queue_could_not_settle_in_time_gets_503_
     assert_eq!(levy.admin_get("/settlements").json()["count"], 0);
 
     // One the queue can settle in time is served and settles.
-    let long = pay(&levy, &valid_for(&levy, KEYS[0], 300));
+    let long = pay(&levy, &valid_for(&levy, "/data/x", KEYS[0], 300));
     assert_eq!(served_status(&long), "pending");
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert_eq!(settlements_in(levy.admin, "settled"), 1);

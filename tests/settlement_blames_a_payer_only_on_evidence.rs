@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use crate::contract_wallets_pay_and_settle::{wallet_of, wallet_payment_for};
 use crate::support::chain::{random_key, signer, TestChain, SETTLER_KEY};
 use crate::support::lagging_rpc::{Fault, LaggingRpc};
-use crate::support::pay::{challenge, paid_get, refusal_reason, sign_for};
+use crate::support::pay::{
+    challenge, make_high_s, paid_get, refusal_reason, sign_for, signed_until,
+};
 use crate::support::settle::{settlement_yaml, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
 
@@ -314,17 +316,7 @@ fn an_erc6492_factory_that_spins_under_the_multicall_is_found_and_alone_denied()
 /// chain.
 fn unverifiable_payment(challenge: &Value, key: &str, long: bool) -> String {
     let accepted = challenge["accepts"][0].clone();
-    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
-    let payer = levy::client::Payer::from_hex(key).expect("key");
-    let now = crate::support::pay::now();
-    let mut signed = levy::client::sign(
-        &payer,
-        &terms,
-        now - 600,
-        now + 300,
-        levy::client::random_nonce(),
-    )
-    .expect("sign");
+    let mut signed = signed_until(&accepted, key, 300);
     signed.from = Address::random();
     let mut payload = json!({
         "x402Version": 2,
@@ -438,27 +430,10 @@ fn a_high_s_signature_is_refused_without_asking_the_chain() {
     let key = random_key();
     chain.mint(signer(&key).address(), 10 * PRICE);
     let accepted = challenge(&levy, "/data/x")["accepts"][0].clone();
-    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
-    let payer = levy::client::Payer::from_hex(&key).expect("key");
-    let now = crate::support::pay::now();
-    let mut signed = levy::client::sign(
-        &payer,
-        &terms,
-        now - 600,
-        now + 300,
-        levy::client::random_nonce(),
-    )
-    .expect("sign");
-    // The same signature with s flipped to n - s (and v to match) still recovers to the
-    // payer, but the token refuses it.
-    let n = U256::from_str_radix(
-        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
-        16,
-    )
-    .expect("n");
-    let s = U256::from_be_slice(&signed.signature[32..64]);
-    signed.signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
-    signed.signature[64] = if signed.signature[64] == 27 { 28 } else { 27 };
+    let mut signed = signed_until(&accepted, &key, 300);
+    // The same signature with s flipped to n - s still recovers to the payer, but the token
+    // refuses it.
+    make_high_s(&mut signed.signature);
     let before = rpc.calls("eth_call");
     let refused = pay(&levy, &signed.v2_header(&accepted, None));
     assert_eq!(refusal_reason(&refused), "invalid_exact_evm_signature");

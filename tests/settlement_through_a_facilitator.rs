@@ -255,19 +255,7 @@ fn a_settlement_with_an_unknown_outcome_after_the_origin_answered_names_the_paym
     ));
     // Valid for 16 s: batched at admission, too close to validBefore (a batch may take
     // 13 s here) once the origin has taken 5.
-    let accepted = challenge(&levy, "/later/x")["accepts"][0].clone();
-    let terms = levy::client::Terms::from_v2(&accepted).expect("terms");
-    let payer = levy::client::Payer::from_hex(KEYS[0]).expect("key");
-    let now = crate::support::pay::now();
-    let header = levy::client::sign(
-        &payer,
-        &terms,
-        now - 600,
-        now + 16,
-        levy::client::random_nonce(),
-    )
-    .expect("sign")
-    .v2_header(&accepted, None);
+    let header = crate::support::pay::valid_for(&levy, "/later/x", KEYS[0], 16);
     let mut stream = std::net::TcpStream::connect(levy.addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::sol_types::SolCall;
-use levy::client::{random_nonce, sign, Payer, Terms};
 use serde_json::{json, Value};
 
 use crate::support::chain::{random_key, signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::client::read_response;
-use crate::support::pay::{challenge, decode, now, paid_get, refusal_reason, sign_for};
+use crate::support::pay::{challenge, decode, paid_get, refusal_reason, sign_for};
 use crate::support::settle::{settlement_yaml, settling_levy, wait_all_final, PRICE};
 use crate::support::{request, Levy, Origin, Reply, Response, PAY_TO};
 
@@ -214,12 +213,7 @@ fn levy_before_a_slow_origin(chain: &TestChain, origin: &Origin, dir: &std::path
 
 /// A payment valid for `seconds` from now.
 fn valid_for(levy: &Levy, seconds: u64) -> String {
-    let accepted = challenge(levy, "/data/x")["accepts"][0].clone();
-    let terms = Terms::from_v2(&accepted).expect("terms");
-    let payer = Payer::from_hex(KEYS[0]).expect("key");
-    sign(&payer, &terms, now() - 600, now() + seconds, random_nonce())
-        .expect("sign")
-        .v2_header(&accepted, None)
+    crate::support::pay::valid_for(levy, "/data/x", KEYS[0], seconds)
 }
 
 #[test]

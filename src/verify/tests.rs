@@ -369,17 +369,23 @@ fn a_tampered_authorization_is_refused() {
     assert_eq!(r, Rejection::BadSignature);
 }
 
-#[test]
-fn a_high_s_signature_is_refused() {
-    let mut s = signed();
+/// Turns a 65-byte signature into its high-s twin (s to n - s, v flipped), which recovers
+/// to the same signer.
+fn make_high_s(signature: &mut [u8; 65]) {
     let n = U256::from_str_radix(
         "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
         16,
     )
     .unwrap();
-    let low_s = U256::from_be_slice(&s.signature[32..64]);
-    s.signature[32..64].copy_from_slice(&(n - low_s).to_be_bytes::<32>());
-    s.signature[64] = if s.signature[64] == 27 { 28 } else { 27 };
+    let low_s = U256::from_be_slice(&signature[32..64]);
+    signature[32..64].copy_from_slice(&(n - low_s).to_be_bytes::<32>());
+    signature[64] = if signature[64] == 27 { 28 } else { 27 };
+}
+
+#[test]
+fn a_high_s_signature_is_refused() {
+    let mut s = signed();
+    make_high_s(&mut s.signature);
     let r = route();
     let rejection = r.verify(&s.v2_header(&r.accepted(), None)).unwrap_err();
     assert_eq!(rejection, Rejection::HighS);
@@ -389,14 +395,7 @@ fn a_high_s_signature_is_refused() {
 #[test]
 fn a_high_s_signature_is_refused_inline_even_with_a_chain_to_ask() {
     let mut s = signed();
-    let n = U256::from_str_radix(
-        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
-        16,
-    )
-    .unwrap();
-    let low_s = U256::from_be_slice(&s.signature[32..64]);
-    s.signature[32..64].copy_from_slice(&(n - low_s).to_be_bytes::<32>());
-    s.signature[64] = if s.signature[64] == 27 { 28 } else { 27 };
+    make_high_s(&mut s.signature);
     let header = s.v2_header(&route().accepted(), None);
     assert_eq!(
         verify_with_contract_wallets(&header).map(|v| v.signature),

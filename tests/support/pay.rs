@@ -90,6 +90,33 @@ pub fn refusal_reason(response: &super::Response) -> String {
         .to_owned()
 }
 
+/// An authorization signed by `key` for `accepted` (a challenge's requirement), valid from
+/// ten minutes ago until `seconds` from now.
+pub fn signed_until(accepted: &Value, key: &str, seconds: u64) -> SignedAuthorization {
+    let terms = Terms::from_v2(accepted).expect("terms");
+    let payer = Payer::from_hex(key).expect("key");
+    sign(&payer, &terms, now() - 600, now() + seconds, random_nonce()).expect("sign")
+}
+
+/// A `PAYMENT-SIGNATURE` for `levy`'s `path`, signed by `key`, valid for `seconds` from now.
+pub fn valid_for(levy: &Levy, path: &str, key: &str, seconds: u64) -> String {
+    let accepted = challenge(levy, path)["accepts"][0].clone();
+    signed_until(&accepted, key, seconds).v2_header(&accepted, None)
+}
+
+/// Turns a 65-byte signature into its high-s twin (s to n - s, v flipped): it still
+/// recovers to the signer, but tokens refuse it.
+pub fn make_high_s(signature: &mut [u8; 65]) {
+    let n = alloy::primitives::U256::from_str_radix(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
+        16,
+    )
+    .expect("n");
+    let s = alloy::primitives::U256::from_be_slice(&signature[32..64]);
+    signature[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
+    signature[64] = if signature[64] == 27 { 28 } else { 27 };
+}
+
 /// A fresh authorization signed by `key` for the first requirement of `challenge`.
 pub fn sign_for(challenge: &Value, key: &str) -> (SignedAuthorization, String) {
     let accepted = challenge["accepts"][0].clone();
