@@ -62,6 +62,17 @@ fn levy_via(chain: &TestChain, rpc_url: &str, origin: &Origin, dir: &std::path::
     ))
 }
 
+/// A test chain, the RPC proxy in front of it, an echo origin, a journal directory, and
+/// levy settling through the proxy (dropped in reverse order: levy first).
+fn behind_a_proxy() -> (TestChain, LaggingRpc, Origin, tempfile::TempDir, Levy) {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    (chain, rpc, origin, dir, levy)
+}
+
 fn pay(levy: &Levy, header: &str) -> Response {
     request(levy.addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header))
 }
@@ -392,11 +403,7 @@ fn block_number(chain: &TestChain) -> u64 {
 
 #[test]
 fn a_balance_read_from_a_node_behind_the_one_that_admitted_the_payment_denies_nobody() {
-    let chain = TestChain::start();
-    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
-    let origin = Origin::echo();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    let (chain, rpc, _origin, _dir, levy) = behind_a_proxy();
     let key = random_key();
     let payer = signer(&key).address();
     let unfunded_at = block_number(&chain);
@@ -422,11 +429,7 @@ fn a_balance_read_from_a_node_behind_the_one_that_admitted_the_payment_denies_no
 
 #[test]
 fn a_high_s_signature_is_refused_without_asking_the_chain() {
-    let chain = TestChain::start();
-    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
-    let origin = Origin::echo();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_via(&chain, &rpc.url, &origin, dir.path());
+    let (chain, rpc, origin, _dir, levy) = behind_a_proxy();
     let key = random_key();
     chain.mint(signer(&key).address(), 10 * PRICE);
     let accepted = challenge(&levy, "/data/x")["accepts"][0].clone();

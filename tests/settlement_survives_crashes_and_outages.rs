@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::outage::Switch;
-use crate::support::pay::{challenge, decode, paid_get, sign_for};
+use crate::support::pay::{challenge, challenge_at, decode, paid_get, sign_for};
 use crate::support::process::{process_config as config_in, spawn_levy, wait_listening};
 use crate::support::settle::{open_settlements, settlement_yaml, settlements_in, wait_all_final};
 use crate::support::{request, send, upstream_yaml, Levy, Origin, PAY_TO};
@@ -57,11 +57,7 @@ fn a_payment_charged_before_a_crash_is_refused_after_the_restart() {
     );
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
-    let terms = decode(
-        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
-            .header("payment-required")
-            .expect("challenge"),
-    );
+    let terms = challenge_at(addr, "/data/x");
     let (_, header) = sign_for(&terms, KEYS[0]);
     let paid = paid_get("/data/x", "PAYMENT-SIGNATURE", &header);
     assert_eq!(request(addr, &paid).status, 200);
@@ -94,11 +90,7 @@ fn a_payer_denied_for_a_canceled_authorization_stays_denied_after_a_restart() {
         process_config(dir.path(), &origin, &chain, "    max_delay_ms: 1500\n");
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
-    let terms = decode(
-        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
-            .header("payment-required")
-            .expect("challenge"),
-    );
+    let terms = challenge_at(addr, "/data/x");
     let (signed, header) = sign_for(&terms, KEYS[4]);
     assert_eq!(
         request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", &header)).status,
@@ -444,11 +436,7 @@ fn a_sync_route_answers_only_after_the_disk_and_a_failed_journal_write_charges_n
         process_config(dir.path(), &origin, &chain, "    max_delay_ms: 200\n");
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
-    let terms = decode(
-        request(addr, "GET /data/x HTTP/1.1\r\nHost: t\r\n\r\n")
-            .header("payment-required")
-            .expect("challenge"),
-    );
+    let terms = challenge_at(addr, "/data/x");
     let pay = |header: &str| request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header));
     let health = || request(admin, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(pay(&sign_for(&terms, KEYS[0]).1).status, 200);
