@@ -7,7 +7,9 @@
 # payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
 # run, interleaved twice.
 # Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
-# MAX_BATCH sets levy's settlement.max_batch (default 200).
+# MAX_BATCH sets levy's settlement.max_batch (default 200). BASELINE_LEVY=path/to/levy also
+# runs that build of levy (another commit's) beside this one, on the same chain with a settler
+# of its own, for a side-by-side ratio; PEERS=0 leaves the x402 peers out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -16,10 +18,13 @@ W=$(mktemp -d); PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $W' EXIT
 bash deploy/setup.sh
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
-[ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
-[ -d tests/interop/node_modules ] || tests/interop/install.sh
+PEERS=${PEERS:-1}
+if [ "$PEERS" = 1 ]; then
+  [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
+  [ -d tests/interop/node_modules ] || tests/interop/install.sh
+  cargo build --release --manifest-path benches/peers/axum/Cargo.toml
+fi
 cargo build --release --bin levy --example origin --example load
-cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 RPC=http://127.0.0.1:19545
@@ -48,6 +53,16 @@ YAML
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   ./target/release/levy -c $W/levy.yaml & PIDS+=($!)
 LEVY_PID=$!
+if [ -n "${BASELINE_LEVY:-}" ]; then
+  # The same config on other ports and its own journal; its settler is anvil account 6.
+  sed -e 's/19003/19005/; s/19004/19006/; s#levy.redb#base.redb#; s#l.pid#b.pid#; s#l.sock#b.sock#' \
+    $W/levy.yaml > $W/base.yaml
+  LEVY_SETTLER_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e LEVY_LOG=warn \
+    "$BASELINE_LEVY" -c $W/base.yaml & PIDS+=($!)
+  BASE_PID=$!
+  wait_port 19005
+fi
+if [ "$PEERS" = 1 ]; then
 # The facilitator's account is anvil account 7.
 (cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
   exec node server.mjs 19020 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
@@ -64,13 +79,20 @@ EXPRESS_HTTP_PID=$!
 wait_port 19024
 benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 $PAY_TO >/dev/null & PIDS+=($!)
 AXUM_PID=$!
-for p in 19000 19003 19020 19021 19023; do wait_port $p; done
+for p in 19020 19021 19023; do wait_port $p; done
+fi
+for p in 19000 19003; do wait_port $p; done
 
 . benches/settled.sh
 run() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; print(json.dumps(d))' "$(settled_run $SECS $CONNS "${@:2}")" "$1"; }
 for _ in 1 2; do
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004
-  run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
-  run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
-  run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000
+  if [ -n "${BASELINE_LEVY:-}" ]; then
+    run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
+  fi
+  if [ "$PEERS" = 1 ]; then
+    run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
+    run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
+    run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000
+  fi
 done

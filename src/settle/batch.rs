@@ -1,6 +1,9 @@
 //! One batch on its way on chain: the facilitator back end, the multicall pre-check that
-//! partitions a batch (expired, unfunded, already used, to send), signing and journaling
-//! before broadcast, receipts, fee bumps, and reconciling what a crash left in flight.
+//! partitions a batch (expired, unfunded, already used, unknown, to simulate), the
+//! simulation's verdicts (only a transfer that fails alone is the payer's doing), signing
+//! and journaling before broadcast, receipts (a payment that did not transfer goes alone
+//! next, and fails if it fails alone), fee bumps, and reconciling what a crash left in
+//! flight.
 
 use std::collections::HashMap;
 use std::time::Duration;

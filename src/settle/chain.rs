@@ -1,8 +1,11 @@
 //! One EVM chain as the settlement engine sees it: reads through Multicall3 `aggregate3`
-//! (each payment's nonce state and `balanceOf`), a signed batch transaction built by the
-//! payments' scheme ([`crate::scheme`]: `transferWithAuthorization` calls through
-//! `aggregate3` for `exact`, `LevyBatcher.settle` for `upto`), receipts, and the scheme's
-//! use and cancel events for reconciliation. Every RPC call has a timeout.
+//! (each payment's nonce state and `balanceOf`, and the block they are from), the batch
+//! simulated as the settler would send it and split until the payments that break it run
+//! alone, a signed batch transaction built by the payments' scheme ([`crate::scheme`]:
+//! `transferWithAuthorization` calls through `aggregate3` for `exact`, `LevyBatcher.settle`
+//! for `upto`), receipts, and the scheme's use and cancel events for reconciliation. Every
+//! RPC call has a timeout, and every RPC error is sorted by what it says about a payment
+//! ([`ChainError`]).
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
