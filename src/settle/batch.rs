@@ -222,8 +222,11 @@ impl Settlement {
                     lock(&self.inner.queue).extend(rest);
                 }
                 Err(e) => {
+                    // A node that cannot be reached counts nothing; a batch whose gas estimate
+                    // reverts (payments that pass alone and fail together) counts an attempt,
+                    // so that it cannot come back forever.
                     log::warn!("settlement on {network}: cannot build the batch: {e}");
-                    self.requeue_pending(send, Some(Reason::RpcUnavailable), false)
+                    self.requeue_pending(send, Some(Reason::RpcUnavailable), !e.is_unknown())
                         .await;
                     return;
                 }
