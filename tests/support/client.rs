@@ -50,9 +50,9 @@ pub fn request(addr: SocketAddr, raw: &str) -> Response {
 }
 
 /// Sends raw bytes on a new connection and reads one response; `None` when the server
-/// closes without answering.
+/// refuses the connection or closes it without answering (a levy killed meanwhile).
 pub fn send(addr: SocketAddr, raw: &[u8]) -> Option<Response> {
-    let mut stream = TcpStream::connect(addr).expect("connect to levy");
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
