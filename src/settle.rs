@@ -437,16 +437,7 @@ impl Settlement {
                 .inc();
             return SignatureCheck::OverBudget;
         }
-        let Ok(_permit) = self
-            .inner
-            .funds
-            .read_gate(chain.chain_id())
-            .try_acquire_owned()
-        else {
-            metrics()
-                .admission_reads_refused
-                .with_label_values(&["busy"])
-                .inc();
+        let Ok(_permit) = self.inner.funds.read_permit(chain.chain_id()) else {
             return SignatureCheck::Busy;
         };
         let read = chain.signature_valid(signer, digest, signature);
@@ -500,26 +491,17 @@ impl Settlement {
         let Some(chain) = self.inner.chains.get(network) else {
             return FundsView::Unknown;
         };
-        let gate = self.inner.funds.read_gate(chain.chain_id());
+        let cache = &self.inner.funds;
         let read = async move {
-            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
+            let _permit = cache.read_permit(chain.chain_id())?;
             chain
                 .payer_state(asset, payer, nonce)
                 .await
                 .map_err(|_| ReadError::Failed)
         };
-        let view = self
-            .inner
-            .funds
-            .view((chain_id, asset, payer), nonce, read)
-            .await;
-        match view {
-            FundsView::Unknown => metrics().funds_unknown.inc(),
-            FundsView::Busy => metrics()
-                .admission_reads_refused
-                .with_label_values(&["busy"])
-                .inc(),
-            _ => {}
+        let view = cache.view((chain_id, asset, payer), nonce, read).await;
+        if view == FundsView::Unknown {
+            metrics().funds_unknown.inc();
         }
         view
     }
@@ -536,26 +518,17 @@ impl Settlement {
         let Some(chain) = self.inner.chains.get(network) else {
             return funds::UptoFunds::Unknown;
         };
-        let gate = self.inner.funds.read_gate(chain.chain_id());
+        let cache = &self.inner.funds;
         let read = async move {
-            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
+            let _permit = cache.read_permit(chain.chain_id())?;
             chain
                 .upto_payer_state(token, payer)
                 .await
                 .map_err(|_| ReadError::Failed)
         };
-        let view = self
-            .inner
-            .funds
-            .upto_view((chain_id, token, payer), read)
-            .await;
-        match view {
-            funds::UptoFunds::Unknown => metrics().funds_unknown.inc(),
-            funds::UptoFunds::Busy => metrics()
-                .admission_reads_refused
-                .with_label_values(&["busy"])
-                .inc(),
-            funds::UptoFunds::Known { .. } => {}
+        let view = cache.upto_view((chain_id, token, payer), read).await;
+        if view == funds::UptoFunds::Unknown {
+            metrics().funds_unknown.inc();
         }
         view
     }

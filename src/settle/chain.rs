@@ -79,8 +79,8 @@ const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
 ///
 /// Only [`ChainError::Reverted`] is an answer about the call itself (the node ran it and it
 /// reverted); [`ChainError::Unsupported`] and the setup errors say something about levy's
-/// configuration; everything else is levy not knowing ([`ChainError::is_unknown`]) and is
-/// never a verdict on a payer.
+/// configuration; [`ChainError::Node`] is the node refusing the request as made; the rest is
+/// levy not knowing ([`ChainError::is_unknown`]). None of them is a verdict on a payer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ChainError {
     #[error("RPC call `{0}` timed out")]
@@ -117,8 +117,9 @@ pub enum ChainError {
 }
 
 impl ChainError {
-    /// Whether the failure only says levy could not find out (a time-out, a transport or
-    /// node error, an answer it could not read): retry later, decide nothing.
+    /// Whether the failure only says levy could not find out (a time-out, a transport
+    /// error or a passing node condition, an answer it could not read): retry later,
+    /// count nothing.
     pub fn is_unknown(&self) -> bool {
         matches!(
             self,
@@ -362,11 +363,7 @@ impl Chain {
         call: &'static str,
         fut: impl IntoFuture<Output = Result<T, TransportError>>,
     ) -> Result<T, ChainError> {
-        match tokio::time::timeout(self.timeout, fut.into_future()).await {
-            Err(_) => Err(ChainError::Timeout(call)),
-            Ok(Err(e)) => Err(ChainError::classify(call, &e)),
-            Ok(Ok(v)) => Ok(v),
-        }
+        timed(call, self.timeout, fut).await
     }
 
     /// Whether each payment's authorization is used and the payer's balance, in one
@@ -957,10 +954,19 @@ fn http_provider(rpc_url: &str) -> Result<RootProvider, ChainError> {
 /// connection outlives the runtime it is called on).
 pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainError> {
     let provider = http_provider(rpc_url)?;
-    match tokio::time::timeout(timeout, provider.get_chain_id()).await {
-        Err(_) => Err(ChainError::Timeout("eth_chainId")),
-        Ok(Err(e)) => Err(ChainError::classify("eth_chainId", &e)),
-        Ok(Ok(id)) => Ok(id),
+    timed("eth_chainId", timeout, provider.get_chain_id()).await
+}
+
+/// Runs one RPC call `call` under `timeout`, its error sorted by [`ChainError::classify`].
+async fn timed<T>(
+    call: &'static str,
+    timeout: Duration,
+    fut: impl IntoFuture<Output = Result<T, TransportError>>,
+) -> Result<T, ChainError> {
+    match tokio::time::timeout(timeout, fut.into_future()).await {
+        Err(_) => Err(ChainError::Timeout(call)),
+        Ok(Err(e)) => Err(ChainError::classify(call, &e)),
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
@@ -981,11 +987,7 @@ pub async fn batcher_owner_at(
     let request = TransactionRequest::default()
         .to(batcher)
         .input(ILevyBatcher::ownerCall {}.abi_encode().into());
-    let output = match tokio::time::timeout(timeout, provider.call(request).into_future()).await {
-        Err(_) => return Err(ChainError::Timeout("eth_call")),
-        Ok(Err(e)) => return Err(ChainError::classify("eth_call", &e)),
-        Ok(Ok(output)) => output,
-    };
+    let output = timed("eth_call", timeout, provider.call(request)).await?;
     ILevyBatcher::ownerCall::abi_decode_returns(&output)
         .map_err(|e| ChainError::Decode(format!("owner(): {e}")))
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, B256, U256};
 use moka::Expiry;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One payer's token on one chain.
 pub type FundsKey = (u64, Address, Address);
@@ -252,15 +252,24 @@ impl Funds {
         }
     }
 
-    /// The gate admission reads of chain `chain_id` pass: take a permit with
-    /// `try_acquire_owned` before reading, and answer [`ReadError::Busy`] without one.
-    pub fn read_gate(&self, chain_id: u64) -> Arc<Semaphore> {
-        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            gates
-                .entry(chain_id)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrent_reads))),
-        )
+    /// A permit for one admission read of chain `chain_id`, held while the read runs;
+    /// [`ReadError::Busy`] (and counted) when `max_concurrent_reads` are running there.
+    pub fn read_permit(&self, chain_id: u64) -> Result<OwnedSemaphorePermit, ReadError> {
+        let gate = {
+            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(
+                gates
+                    .entry(chain_id)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.config.max_concurrent_reads))),
+            )
+        };
+        gate.try_acquire_owned().map_err(|_| {
+            crate::metrics::metrics()
+                .admission_reads_refused
+                .with_label_values(&["busy"])
+                .inc();
+            ReadError::Busy
+        })
     }
 
     /// Takes one signature check on chain from `client`'s budget; `false` when it has none
@@ -492,19 +501,19 @@ mod tests {
     #[tokio::test]
     async fn a_read_past_the_concurrency_cap_is_busy_and_starts_nothing() {
         let funds = funds();
-        let gate = funds.read_gate(1);
-        let held = gate.clone().try_acquire_owned().expect("the one permit");
-        let gated = |gate: Arc<Semaphore>| async move {
-            let _permit = gate.try_acquire_owned().map_err(|_| ReadError::Busy)?;
-            Ok((U256::from(5), false, 7))
+        let held = funds.read_permit(1).expect("the one permit");
+        let gated = |funds: &Funds, chain_id| {
+            let permit = funds.read_permit(chain_id);
+            async move {
+                let _permit = permit?;
+                Ok((U256::from(5), false, 7))
+            }
         };
-        let busy = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
+        let busy = funds.view(KEY, B256::ZERO, gated(&funds, 1)).await;
         assert_eq!(busy, FundsView::Busy);
         // Another chain has a gate of its own.
         let other = (2, KEY.1, KEY.2);
-        let read = funds
-            .view(other, B256::ZERO, gated(funds.read_gate(2)))
-            .await;
+        let read = funds.view(other, B256::ZERO, gated(&funds, 2)).await;
         assert_eq!(
             read,
             FundsView::Known {
@@ -513,7 +522,7 @@ mod tests {
             }
         );
         drop(held);
-        let after = funds.view(KEY, B256::ZERO, gated(funds.read_gate(1))).await;
+        let after = funds.view(KEY, B256::ZERO, gated(&funds, 1)).await;
         assert_eq!(
             after,
             FundsView::Known {
