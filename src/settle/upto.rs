@@ -118,13 +118,19 @@ pub fn decode_settled(output: &[u8]) -> Result<Vec<bool>, String> {
 
 /// `nonceBitmap(owner, nonce >> 8)` calldata and the bit of `nonce` in the answer.
 pub fn bitmap_call(owner: Address, nonce: B256) -> (Vec<u8>, U256) {
-    let nonce = U256::from_be_bytes(nonce.0);
+    let (word, bit) = word_and_bit(nonce);
     let call = IPermit2::nonceBitmapCall {
         owner,
-        wordPos: nonce >> 8,
+        wordPos: word,
     };
-    let bit = U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>();
     (call.abi_encode(), bit)
+}
+
+/// Where Permit2 keeps an unordered nonce: its bitmap word and the bit in it.
+fn word_and_bit(nonce: B256) -> (U256, U256) {
+    let nonce = U256::from_be_bytes(nonce.0);
+    let bit = U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>();
+    (nonce >> 8, bit)
 }
 
 /// Permit2's `UnorderedNonceInvalidation(owner, word, mask)`: the owner spent nonces
@@ -136,9 +142,8 @@ pub fn invalidates(data: &[u8], nonce: B256) -> bool {
     let Ok((word, mask)) = <(U256, U256)>::abi_decode_params(data) else {
         return false;
     };
-    let nonce = U256::from_be_bytes(nonce.0);
-    let bit = U256::from(1u8) << (nonce & U256::from(0xffu8)).to::<usize>();
-    word == nonce >> 8 && mask & bit != U256::ZERO
+    let (nonce_word, bit) = word_and_bit(nonce);
+    word == nonce_word && mask & bit != U256::ZERO
 }
 
 /// Whether a `nonceBitmap` answer marks the nonce (of `bit`) used.
