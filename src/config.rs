@@ -18,7 +18,7 @@ pub use listeners::{AdminToken, CertificateFiles, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
 use routes::{build_route, Defaults};
-pub use schema::{Mode, SettleMode};
+pub use schema::{AtCeiling, Mode, SettleMode};
 use settlement::settlement;
 use upstreams::{lookup_upstream, upstreams};
 
@@ -181,6 +181,8 @@ impl Paywall {
 #[derive(Debug, Clone)]
 pub struct Metered {
     pub unit: Unit,
+    /// Whether a response ends once it delivered what the ceiling pays for.
+    pub at_ceiling: AtCeiling,
     /// By requirement index.
     pub rates: Vec<Option<Rates>>,
 }

@@ -58,6 +58,16 @@ pub enum Ending {
 }
 
 impl Rates {
+    /// The most units the ceiling pays for in whole (at least one: a ceiling below the unit
+    /// price still buys the first unit, at the ceiling); `None` when units are free.
+    pub fn units_at_ceiling(&self) -> Option<u64> {
+        if self.unit_price.is_zero() {
+            return None;
+        }
+        let units = self.ceiling / self.unit_price;
+        Some(u64::try_from(units).unwrap_or(u64::MAX).max(1))
+    }
+
     /// The charge for `units` delivered: nothing for nothing, else the unit price times the
     /// units, at least the minimum and at most the ceiling.
     pub fn charge(&self, units: u64, ending: Ending) -> U256 {
@@ -125,7 +135,14 @@ impl RecordCounter {
 
     /// Feeds the next chunk of the body.
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
+        self.feed_until(chunk, u64::MAX);
+    }
+
+    /// Feeds the next chunk of the body up to the end of record `limit`: returns how many
+    /// of the chunk's bytes that took when it ended there, `None` when the whole chunk was
+    /// fed without reaching it.
+    pub fn feed_until(&mut self, chunk: &[u8], limit: u64) -> Option<usize> {
+        for (at, &b) in chunk.iter().enumerate() {
             match b {
                 b'\n' => {
                     if self.events {
@@ -139,11 +156,15 @@ impl RecordCounter {
                         self.complete += 1;
                     }
                     self.line_has_content = false;
+                    if self.complete >= limit {
+                        return Some(at + 1);
+                    }
                 }
                 b' ' | b'\t' | b'\r' => {}
                 _ => self.line_has_content = true,
             }
         }
+        None
     }
 
     /// Records completed so far.
@@ -221,6 +242,30 @@ mod tests {
         c.feed(b":2}\n\n  \n{\"a\":3}");
         assert_eq!(c.complete(), 2);
         assert_eq!(c.finished(), 3);
+    }
+
+    #[test]
+    fn a_record_limit_ends_the_feed_right_after_the_last_record() {
+        let mut lines = RecordCounter::new(false);
+        assert_eq!(lines.feed_until(b"a\nb\n", 3), None);
+        assert_eq!(lines.feed_until(b"\nc\nd\n", 3), Some(3));
+        assert_eq!(lines.complete(), 3);
+        let mut events = RecordCounter::new(true);
+        assert_eq!(events.feed_until(b"data: 1\n\ndata: 2\n", 2), None);
+        assert_eq!(events.feed_until(b"\ndata: 3\n\n", 2), Some(1));
+        assert_eq!(events.finished(), 2);
+    }
+
+    #[test]
+    fn the_ceiling_pays_for_whole_units_and_at_least_one() {
+        let mut r = rates();
+        assert_eq!(r.units_at_ceiling(), Some(100));
+        r.ceiling = U256::from(10_050);
+        assert_eq!(r.units_at_ceiling(), Some(100));
+        r.ceiling = U256::from(50);
+        assert_eq!(r.units_at_ceiling(), Some(1));
+        r.unit_price = U256::ZERO;
+        assert_eq!(r.units_at_ceiling(), None);
     }
 
     #[test]

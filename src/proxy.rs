@@ -26,6 +26,7 @@ use pingora::{Error, ErrorType};
 use ctx::Release;
 pub use ctx::{Outcome, Paid, PaymentState, RequestCtx, STATUS_PATH};
 use headers::{classify, request_host, strip_hop_by_hop};
+use metering::{Flow, METERED_END};
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 
 use crate::config::{Access, Config};
@@ -318,7 +319,7 @@ impl ProxyHttp for LevyProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -336,6 +337,15 @@ impl ProxyHttp for LevyProxy {
         }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
+        if ctx.metering().is_some() && !session.is_http2() {
+            // levy may end a metered response early (at its ceiling, or before its
+            // authorization's deadline): over HTTP/1 the end of a close-delimited body is
+            // the connection's close, which a client reads as the whole response.
+            upstream_response.remove_header(&header::CONTENT_LENGTH);
+            upstream_response.remove_header(&header::TRANSFER_ENCODING);
+            upstream_response.insert_header(header::CONNECTION, "close")?;
+            session.set_keepalive(None);
+        }
         // A shadow route passes the origin's answer as it is: it must behave as without levy.
         if ctx.outcome != Outcome::Shadowed
             && ctx
@@ -397,13 +407,20 @@ impl ProxyHttp for LevyProxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
         if let Some(metering) = ctx.metering() {
-            metering.on_body(body.as_deref().unwrap_or_default(), end_of_stream);
+            // Closing is how a close-delimited response ends (see `response_filter`); but
+            // chunks filtered together are written together, after the filter: close only
+            // once everything passed before has been written.
+            if metering.on_body(body, end_of_stream) == Flow::Over
+                && session.body_bytes_sent() as u64 >= metering.passed()
+            {
+                return Err(Error::explain(ErrorType::Custom(METERED_END), METERED_END));
+            }
         }
         Self::count_draw_bytes(ctx, body.as_deref());
         Ok(None)
@@ -419,6 +436,10 @@ impl ProxyHttp for LevyProxy {
             metering.on_trailers(trailers);
         }
         Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        *error.etype() == ErrorType::Custom(METERED_END)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

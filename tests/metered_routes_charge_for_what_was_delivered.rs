@@ -55,7 +55,7 @@ fn setup(batch: usize) -> Setup {
             .split_once("n=")
             .and_then(|(_, n)| n.parse().ok())
             .unwrap_or(0);
-        if seen.target.starts_with("/feed") {
+        if seen.target.starts_with("/feed") || seen.target.starts_with("/onward") {
             ndjson(&records(n))
         } else if seen.target.starts_with("/bytes") {
             Reply::ok(vec![b'x'; n])
@@ -74,8 +74,14 @@ fn setup(batch: usize) -> Setup {
             path.trim_matches(|c| c == '/' || c == '*')
         )
     };
+    // The same feed, streaming on past its ceiling uncharged.
+    let onward = format!(
+        "    - name: onward\n      path: /onward\n      \
+         accepts: [{{network: base-sepolia}}]\n      \
+         meter: {{unit: records, price: \"{PER_RECORD}\", ceiling: \"{CEILING}\", at_ceiling: continue}}\n"
+    );
     let levy = Levy::start(&format!(
-        "{}{}{}  routes:\n{}{}{}",
+        "{}{}{}  routes:\n{}{}{}{onward}",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
         settlement_yaml(
@@ -146,14 +152,31 @@ fn the_official_clients_pay_metered_feeds_for_what_was_delivered_in_one_batch() 
 }
 
 #[test]
-fn usage_over_the_ceiling_is_charged_the_ceiling_and_an_origin_report_is_charged_as_reported() {
-    let s = setup(2);
+fn a_150_record_stream_through_a_100_record_ceiling_delivers_100_records_and_charges_100() {
+    let s = setup(4);
     let base = format!("http://{}", s.levy.addr);
-    let over = pay_upto(Client::FetchV2, &format!("{base}/feed?n=250"));
-    assert_eq!(over["body"], records(250));
+    assert_eq!(CEILING / PER_RECORD, 100);
+    let ended = pay_upto(Client::FetchV2, &format!("{base}/feed?n=150"));
+    assert_eq!(
+        ended["body"],
+        records(100),
+        "the response did not end at the ceiling's last record"
+    );
+    let bytes = pay_upto(Client::FetchV2, &format!("{base}/bytes?n=5000000"));
+    assert_eq!(
+        bytes["body"].as_str().map(str::len),
+        Some(1000 * 1024),
+        "1,000 KiB at {PER_KIB} a KiB is what the ceiling pays for"
+    );
+    let onward = pay_upto(Client::FetchV2, &format!("{base}/onward?n=150"));
+    assert_eq!(
+        onward["body"],
+        records(150),
+        "`at_ceiling: continue` streams on"
+    );
     let reported = pay_upto(Client::FetchV2, &format!("{base}/reported"));
     assert_eq!(reported["body"], "ok");
-    assert_eq!(settled(&s, 2), U256::from(CEILING + 1234));
+    assert_eq!(settled(&s, 4), U256::from(3 * CEILING + 1234));
 }
 
 #[test]

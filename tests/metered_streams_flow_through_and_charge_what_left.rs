@@ -11,7 +11,7 @@ use alloy::primitives::U256;
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::client::read_head;
 use crate::support::origin::Reply;
-use crate::support::pay::upto_payment;
+use crate::support::pay::{upto_payment, upto_payment_until};
 use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::settle::{settlement_yaml, wait_settled};
 use crate::support::{upstream_yaml, Levy, Origin, PAY_TO};
@@ -45,7 +45,15 @@ fn chain_and_config(origin: &Origin, dir: &std::path::Path, routes: &str) -> (Te
 /// Sends a paid `GET path` and reads the response head; returns the stream (positioned at
 /// the body), the status and the header lines.
 fn paid_stream(addr: SocketAddr, path: &str) -> (TcpStream, u16, String, Vec<u8>) {
-    let payment = upto_payment(addr, path, KEYS[0]);
+    paid_stream_with(addr, path, upto_payment(addr, path, KEYS[0]))
+}
+
+/// As [`paid_stream`], paid with `payment`.
+fn paid_stream_with(
+    addr: SocketAddr,
+    path: &str,
+    payment: String,
+) -> (TcpStream, u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -116,6 +124,73 @@ fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
     assert!(
         paid >= U256::from(51_200) && paid <= U256::from(51_200 + 51_200),
         "the payee received {paid}"
+    );
+}
+
+#[test]
+fn a_metered_stream_ends_in_time_for_its_charge_to_settle_before_the_permit2_deadline() {
+    // One record every 250 ms for 40 s: far longer than the authorization lasts.
+    const PRICE: u64 = 7;
+    let origin = Origin::start(|_| Reply::Paced {
+        head: "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+               Transfer-Encoding: chunked\r\n\r\n"
+            .into(),
+        chunks: (0..160)
+            .map(|i| format!("{{\"tick\":{i}}}\n").into_bytes())
+            .collect(),
+        every: Duration::from_millis(250),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route(
+            "ticks",
+            "/ticks",
+            &format!("unit: records, price: \"{PRICE}\""),
+        ),
+    );
+    // (A batch of up to 10 makes levy project a fast enough drain to take a payment that
+    // expires in 20 s.)
+    let yaml = yaml.replace("max_batch: 1\n", "max_batch: 10\n").replace(
+        "  routes:\n",
+        "  payments:\n    valid_before_margin_seconds: 15\n  routes:\n",
+    );
+    let levy = Levy::start(&yaml);
+
+    // Settling takes max_delay (10 ms, a second rounded up) plus 12 s to be mined: the
+    // stream must end 13 s before the deadline, here 7 s after it starts.
+    let started = std::time::Instant::now();
+    let deadline = crate::support::pay::now() + 20;
+    let payment = upto_payment_until(levy.addr, "/ticks", KEYS[0], Some(deadline));
+    let (mut stream, status, head, mut body) = paid_stream_with(levy.addr, "/ticks", payment);
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    stream
+        .read_to_end(&mut body)
+        .expect("the stream ends cleanly");
+    let lasted = started.elapsed();
+    let records = body.iter().filter(|&&b| b == b'\n').count();
+    eprintln!("the stream ended after {lasted:?} with {records} records");
+    assert!(
+        lasted < Duration::from_secs(12),
+        "the stream ran for {lasted:?}, too close to its deadline for the charge to settle"
+    );
+    assert!((10..=40).contains(&records), "{records} records delivered");
+    assert!(body.ends_with(b"}\n"), "the stream ended inside a record");
+
+    let charged = one_settlement(&chain, levy.admin);
+    assert_eq!(
+        charged,
+        U256::from(records as u64 * PRICE),
+        "the charge is not the records delivered"
+    );
+    assert!(
+        crate::support::pay::now() < deadline,
+        "settled only after the deadline"
     );
 }
 

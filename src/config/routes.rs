@@ -365,6 +365,7 @@ pub(super) fn paywall(
         challenge,
         metered: meter.map(|m| Metered {
             unit: m.unit,
+            at_ceiling: m.at_ceiling,
             rates,
         }),
         bundle: bundle.map(|(quota, _)| quota),
@@ -524,6 +525,7 @@ fn parse_price(at: &str, text: &str) -> Result<Price, ConfigError> {
 pub(super) struct MeterPrices {
     path: String,
     unit: Unit,
+    at_ceiling: schema::AtCeiling,
     price: Price,
     ceiling: Price,
     minimum: Option<Price>,
@@ -565,9 +567,22 @@ impl MeterPrices {
         if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
             return Err(invalid(format!("{path}.header"), "only for `unit: origin`"));
         }
+        let at_ceiling = match (m.at_ceiling, m.unit) {
+            (Some(schema::AtCeiling::End), schema::MeterUnit::Origin) => {
+                // Only the origin knows its units; levy cannot cut its response at one.
+                return Err(invalid(
+                    format!("{path}.at_ceiling"),
+                    "`end` needs a unit levy counts (bytes or records), not `origin`",
+                ));
+            }
+            (Some(choice), _) => choice,
+            (None, schema::MeterUnit::Origin) => schema::AtCeiling::Continue,
+            (None, _) => schema::AtCeiling::End,
+        };
         Ok(Self {
             path: path.to_owned(),
             unit,
+            at_ceiling,
             price: amount("price", &m.price)?,
             ceiling: amount("ceiling", &m.ceiling)?,
             minimum: m

@@ -673,6 +673,21 @@ pub struct Meter {
     /// `Settlement-Overrides`.
     #[serde(default)]
     pub header: Option<String>,
+    /// What a response does once it has delivered what the ceiling pays for: `end` (the
+    /// default for bytes and records) ends it at that record or byte; `continue` (the only
+    /// choice for `origin`, whose units levy cannot see) streams on uncharged.
+    #[serde(default)]
+    pub at_ceiling: Option<AtCeiling>,
+}
+
+/// What a metered response does at its ceiling.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AtCeiling {
+    /// The response ends after the last unit the ceiling pays for.
+    End,
+    /// The response streams on; nothing more is charged.
+    Continue,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

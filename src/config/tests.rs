@@ -277,6 +277,41 @@ fn meter_keys_that_do_not_fit_the_unit_are_refused() {
         ),
         "levy.routes[0].meter.price",
     );
+    assert_error(
+        &yaml(
+            &metered(
+                "{unit: origin, price: \"1\", ceiling: \"10\", at_ceiling: end}",
+                "",
+            ),
+            BATCHER,
+        ),
+        "levy.routes[0].meter.at_ceiling: `end` needs a unit levy counts",
+    );
+}
+
+#[test]
+fn a_metered_response_ends_at_its_ceiling_unless_the_route_says_continue_or_counts_origin_units() {
+    let at_ceiling = |meter: &str| {
+        let config = Config::from_yaml(&yaml(&metered(meter, ""), BATCHER)).expect("valid");
+        only_paywall(&config)
+            .metered
+            .as_ref()
+            .expect("metered")
+            .at_ceiling
+    };
+    use crate::config::AtCeiling;
+    assert_eq!(
+        at_ceiling("{unit: records, price: \"1\", ceiling: \"10\"}"),
+        AtCeiling::End
+    );
+    assert_eq!(
+        at_ceiling("{unit: bytes, price: \"1\", ceiling: \"10\", at_ceiling: continue}"),
+        AtCeiling::Continue
+    );
+    assert_eq!(
+        at_ceiling("{unit: origin, price: \"1\", ceiling: \"10\"}"),
+        AtCeiling::Continue
+    );
 }
 
 #[test]

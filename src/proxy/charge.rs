@@ -467,8 +467,15 @@ impl LevyProxy {
         }
         if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
             if let Some((mut paid, _)) = ctx.take_for_response() {
+                let deadline = paid.verified.valid_before;
                 if let Some(metering) = paid.metering.as_mut() {
                     metering.on_headers(response);
+                    if let Some(settlement) = &self.settlement {
+                        // The charge must still reach a batch and be mined before the
+                        // Permit2 deadline: the response ends in time for that.
+                        metering
+                            .end_by(deadline.saturating_sub(settlement.settle_window_seconds()));
+                    }
                 }
                 make_private(response)?;
                 ctx.begin_metering(paid);

@@ -59,6 +59,8 @@ pub(super) fn make_private(response: &mut ResponseHeader) -> pingora::Result<()>
 pub(super) fn classify(e: &Error) -> (Outcome, u16, &'static str) {
     use pingora::ErrorType::*;
     match e.etype() {
+        // levy ended a metered response itself: it was served.
+        Custom(super::metering::METERED_END) => (Outcome::Forwarded, 0, ""),
         HTTPStatus(402) => (Outcome::PaymentRejected, 402, "payment refused"),
         HTTPStatus(503) => (Outcome::SettlementUnavailable, 503, "try again later"),
         HTTPStatus(code) => (Outcome::BadRequest, *code, "request refused"),

@@ -1,11 +1,14 @@
 //! A metered (`upto`) response on its way to the client: what it has delivered so far,
-//! counted as the body streams past (nothing is buffered), and the charge once it ends.
+//! counted as the body streams past (nothing is buffered), where it must end (at the
+//! ceiling, or before its authorization's deadline), and the charge once it ends.
 
 use std::collections::VecDeque;
 
 use alloy_primitives::U256;
 use pingora::http::ResponseHeader;
 
+use crate::clock::unix_now;
+use crate::config::AtCeiling;
 use crate::meter::{byte_units, Ending, Rates, RecordCounter, Unit, SETTLEMENT_OVERRIDES};
 
 /// Chunk boundaries remembered for a client that leaves: the records of the chunks it was
@@ -26,6 +29,27 @@ pub struct Metering {
     reported: Option<String>,
     /// The body ended normally.
     complete: bool,
+    /// The most units the response may deliver (`at_ceiling: end`).
+    limit: Option<u64>,
+    /// Not a byte after this unix second: the charge must still settle before the
+    /// authorization's deadline.
+    cut_at: Option<u64>,
+    /// levy ended the response (at the limit or the cut-off); what follows is dropped.
+    ended: bool,
+}
+
+/// The error that closes a metered response levy ended (see [`Flow::Over`]): not a failure,
+/// and not logged as one.
+pub const METERED_END: &str = "metered response ended";
+
+/// What becomes of a chunk of a metered body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// It goes to the client (perhaps cut at the last unit the ceiling pays for).
+    Go,
+    /// The response already ended: the chunk was dropped and the response must close as
+    /// soon as what was passed before it has been written.
+    Over,
 }
 
 impl Metering {
@@ -34,10 +58,14 @@ impl Metering {
     pub fn for_requirement(paywall: &crate::config::Paywall, index: usize) -> Option<Self> {
         let metered = paywall.metered.as_ref()?;
         let rates = metered.rates.get(index).copied().flatten()?;
-        Some(Self::new(metered.unit.clone(), rates))
+        Some(Self::new(metered.unit.clone(), rates, metered.at_ceiling))
     }
 
-    pub fn new(unit: Unit, rates: Rates) -> Self {
+    pub fn new(unit: Unit, rates: Rates, at_ceiling: AtCeiling) -> Self {
+        let limit = match (&unit, at_ceiling) {
+            (Unit::Origin { .. }, _) | (_, AtCeiling::Continue) => None,
+            (_, AtCeiling::End) => rates.units_at_ceiling(),
+        };
         Self {
             unit,
             rates,
@@ -46,7 +74,31 @@ impl Metering {
             checkpoints: VecDeque::with_capacity(CHECKPOINTS),
             reported: None,
             complete: false,
+            limit,
+            cut_at: None,
+            ended: false,
         }
+    }
+
+    /// Ends the response at unix second `at` at the latest: what it delivered by then is
+    /// what it is charged.
+    pub fn end_by(&mut self, at: u64) {
+        self.cut_at = Some(at);
+    }
+
+    /// Body bytes passed on to the client connection so far.
+    pub fn passed(&self) -> u64 {
+        self.bytes
+    }
+
+    /// What the response delivered so far would cost if it ended now.
+    pub fn charge_so_far(&self) -> U256 {
+        let units = match &self.unit {
+            Unit::Bytes { per } => byte_units(self.bytes, *per),
+            Unit::Records => self.records.complete(),
+            Unit::Origin { .. } => u64::from(self.bytes > 0),
+        };
+        self.rates.charge(units, Ending::ClientGone)
     }
 
     pub fn unit_name(&self) -> &'static str {
@@ -91,24 +143,59 @@ impl Metering {
         }
     }
 
-    /// Counts one chunk of the body on its way to the client.
-    pub fn on_body(&mut self, chunk: &[u8], end_of_stream: bool) {
+    /// Counts one chunk of the body on its way to the client, cutting it after the last
+    /// unit the ceiling pays for. After that, or past the cut-off, a chunk is dropped: the
+    /// response has ended.
+    pub fn on_body(&mut self, body: &mut Option<bytes::Bytes>, end_of_stream: bool) -> Flow {
+        if !self.ended && self.cut_at.is_some_and(|at| unix_now() >= at) {
+            self.ended = true;
+        }
+        if self.ended {
+            *body = None;
+            if end_of_stream {
+                // The origin ended too: the response closes as it normally would.
+                self.complete = true;
+                return Flow::Go;
+            }
+            return Flow::Over;
+        }
+        let Some(chunk) = body.as_mut() else {
+            self.complete |= end_of_stream;
+            return Flow::Go;
+        };
+        let kept = match (&self.unit, self.limit) {
+            (Unit::Bytes { per }, Some(limit)) => {
+                let room = limit.saturating_mul(*per).saturating_sub(self.bytes);
+                (chunk.len() as u64 >= room).then_some(room as usize)
+            }
+            (Unit::Records, Some(limit)) => self.records.feed_until(chunk, limit),
+            (Unit::Records, None) => {
+                self.records.feed(chunk);
+                None
+            }
+            _ => None,
+        };
+        if let Some(kept) = kept {
+            chunk.truncate(kept);
+            self.ended = true;
+        }
         self.bytes += chunk.len() as u64;
         if self.unit == Unit::Records {
-            self.records.feed(chunk);
             if self.checkpoints.len() == CHECKPOINTS {
                 self.checkpoints.pop_front();
             }
             self.checkpoints
                 .push_back((self.bytes, self.records.complete()));
         }
-        if end_of_stream {
+        if end_of_stream || self.ended {
+            // What levy ended at the ceiling is a whole response: it was all sent.
             self.complete = true;
         }
+        Flow::Go
     }
 
-    /// How the response ended: completely, or cut short by the origin (`origin_failed`) or
-    /// by the client.
+    /// How the response ended: completely (or ended by levy), or cut short by the origin
+    /// (`origin_failed`) or by the client.
     pub fn ending(&self, origin_failed: bool) -> Ending {
         match (self.complete, origin_failed) {
             (true, _) => Ending::Complete,

@@ -43,6 +43,12 @@ pub enum Reply {
     Raw(Vec<u8>),
     /// Writes the head, then each chunk in chunked encoding with a pause between them.
     Chunked { head: String, chunks: Vec<Vec<u8>> },
+    /// As `Chunked`, with `every` between chunks.
+    Paced {
+        head: String,
+        chunks: Vec<Vec<u8>>,
+        every: Duration,
+    },
     /// Waits this long without answering, then closes.
     Stall(Duration),
 }
@@ -118,20 +124,33 @@ fn serve(mut stream: TcpStream, handler: &Handler, log: &Mutex<Vec<Seen>>) {
     let mut buf = Vec::new();
     while let Some(seen) = read_request(&mut stream, &mut buf) {
         log.lock().expect("origin log").push(seen.clone());
-        match handler(&seen) {
-            Reply::Raw(bytes) => {
-                if stream.write_all(&bytes).is_err() {
+        let reply = handler(&seen);
+        match reply {
+            Reply::Raw(ref bytes) => {
+                if stream.write_all(bytes).is_err() {
                     return;
                 }
             }
-            Reply::Chunked { head, chunks } => {
+            Reply::Chunked {
+                ref head,
+                ref chunks,
+            }
+            | Reply::Paced {
+                ref head,
+                ref chunks,
+                ..
+            } => {
+                let every = match &reply {
+                    Reply::Paced { every, .. } => *every,
+                    _ => Duration::from_millis(20),
+                };
                 if stream.write_all(head.as_bytes()).is_err() {
                     return;
                 }
                 for chunk in chunks {
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(every);
                     let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
-                    frame.extend_from_slice(&chunk);
+                    frame.extend_from_slice(chunk);
                     frame.extend_from_slice(b"\r\n");
                     if stream.write_all(&frame).is_err() {
                         return;

@@ -134,6 +134,17 @@ pub fn sign_for(challenge: &Value, key: &str) -> (SignedAuthorization, String) {
 /// a Permit2 ceiling signed by `key` with levy's Rust signer, valid for most of
 /// `maxTimeoutSeconds`.
 pub fn upto_payment(addr: std::net::SocketAddr, path: &str, key: &str) -> String {
+    upto_payment_until(addr, path, key, None)
+}
+
+/// As [`upto_payment`], with the Permit2 `deadline` given (unix seconds) instead of the
+/// longest the route allows.
+pub fn upto_payment_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    deadline: Option<u64>,
+) -> String {
     use levy::client::upto::{facilitator, random_permit2_nonce, sign_upto};
     let challenge = challenge_at(addr, path);
     let accepted = challenge["accepts"][0].clone();
@@ -144,7 +155,7 @@ pub fn upto_payment(addr: std::net::SocketAddr, path: &str, key: &str) -> String
         &Payer::from_hex(key).expect("key"),
         &terms,
         facilitator(&accepted).expect("facilitatorAddress"),
-        now() + timeout - 30,
+        deadline.unwrap_or(now() + timeout - 30),
         random_permit2_nonce(),
     )
     .expect("sign");
