@@ -26,6 +26,7 @@ pub mod queue;
 mod record;
 pub mod sessions;
 pub mod state_log;
+mod streams;
 pub mod summary;
 pub mod upto;
 
@@ -50,6 +51,7 @@ pub use record::{
     BatchRecord, ChainSpec, FacilitatorSpec, LiveAuthorization, OnBacklog, PaymentRecord, Reason,
     Resolution, SettleError, SettlementConfig, SettlementState, SignatureCheck,
 };
+pub use streams::{StreamClose, StreamTicket};
 
 /// Seconds to allow a transaction to be mined, on top of the batch delay.
 const INCLUSION_SECONDS: u64 = 12;
@@ -169,6 +171,8 @@ struct Inner {
     link: std::sync::OnceLock<queue::Link>,
     /// The audit log and webhooks, when configured.
     alerts: std::sync::OnceLock<Arc<Alerts>>,
+    /// Metered responses streaming now.
+    streams: streams::Streams,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -288,6 +292,7 @@ impl Settlement {
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 link: std::sync::OnceLock::new(),
                 alerts: std::sync::OnceLock::new(),
+                streams: streams::Streams::default(),
             }),
         };
         settlement.recover()?;
@@ -346,7 +351,13 @@ impl Settlement {
         })?;
         let mut queue = lock(&self.inner.queue);
         let mut live = lock(&self.inner.live_at_open);
-        for record in open {
+        let mut interrupted = Vec::new();
+        for mut record in open {
+            if record.state == SettlementState::Streaming {
+                // A metered response cut by a crash or a stop: charged its last checkpoint.
+                record = streams::interrupted(record, now);
+                interrupted.push(record.clone());
+            }
             let never_sent = record.state == SettlementState::Failed
                 && record
                     .reason
@@ -390,6 +401,13 @@ impl Settlement {
         }
         if !queue.is_empty() {
             log::info!("journal replay: {} payments waiting to settle", queue.len());
+        }
+        if !interrupted.is_empty() {
+            log::info!(
+                "journal replay: {} metered streams were cut by the last stop; each is charged what it delivered",
+                interrupted.len()
+            );
+            self.inner.journal.put_blocking(&interrupted)?;
         }
         publish_unsettled(self.inner.ledger.total());
         Ok(())
@@ -580,11 +598,18 @@ impl Settlement {
             .journal
             .accept(vec![record.clone()], durability)
             .await?;
+        self.enqueue(record, hold).await;
+        Ok(())
+    }
+
+    /// Queues a journaled charged payment for a batch; `hold` is its reserved exposure,
+    /// which from now on counts until the payment is final.
+    async fn enqueue(&self, record: PaymentRecord, hold: Option<Hold>) {
         self.keep(&record, hold);
         if let Some(link) = self.inner.link.get() {
             // Any replica's engine settles it from here.
             self.hand_to_queue(link, record).await;
-            return Ok(());
+            return;
         }
         let waiting = {
             let mut queue = lock(&self.inner.queue);
@@ -597,7 +622,6 @@ impl Settlement {
         if waiting % self.inner.config.max_batch.max(1) == 0 {
             self.inner.wake.notify_one();
         }
-        Ok(())
     }
 
     /// Journals a metered payment whose response delivered nothing billable: final as

@@ -304,3 +304,132 @@ fn an_origin_that_reports_its_usage_in_an_http2_trailer_is_charged_that() {
     );
     assert_eq!(one_settlement(&chain, levy.admin), U256::from(250 * 3));
 }
+
+/// An origin that sends `records` NDJSON lines, one every `every`.
+fn ticking(records: usize, every: Duration) -> Origin {
+    Origin::start(move |_| Reply::Paced {
+        head: "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+               Transfer-Encoding: chunked\r\n\r\n"
+            .into(),
+        chunks: (0..records)
+            .map(|i| format!("{{\"tick\":{i}}}\n").into_bytes())
+            .collect(),
+        every,
+    })
+}
+
+/// Reads a response body until `records` lines came (or the stream ends); returns them.
+fn read_records(stream: &mut TcpStream, mut body: Vec<u8>, records: usize) -> Vec<u8> {
+    let mut buf = [0u8; 4096];
+    while body.iter().filter(|&&b| b == b'\n').count() < records {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    body
+}
+
+#[test]
+fn a_levy_killed_mid_stream_charges_that_stream_after_restart_and_refuses_its_authorization() {
+    const PRICE: u64 = 11;
+    let origin = ticking(200, Duration::from_millis(100));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route(
+            "ticks",
+            "/ticks",
+            &format!("unit: records, price: \"{PRICE}\""),
+        ),
+    );
+    let (config, addr, admin) = process_config(dir.path(), &yaml);
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+
+    let payment = upto_payment(addr, "/ticks", KEYS[0]);
+    let (mut stream, status, head, body) = paid_stream_with(addr, "/ticks", payment.clone());
+    assert_eq!(status, 200, "{head}");
+    let body = read_records(&mut stream, body, 30);
+    // A checkpoint a second: let one cover the 30 records read.
+    std::thread::sleep(Duration::from_millis(1500));
+    levy.sigkill();
+    let read = body.iter().filter(|&&b| b == b'\n').count() as u64;
+    drop(stream);
+    let before = chain.balance(PAY_TO.parse().expect("pay_to"));
+    assert_eq!(before, U256::ZERO, "something settled before the kill");
+
+    let _levy = spawn_levy(&config);
+    wait_listening(addr);
+    let charged = one_settlement(&chain, admin);
+    eprintln!("read {read} records before levy was killed; charged {charged} after restart");
+    assert!(
+        charged >= U256::from(read * PRICE),
+        "charged {charged} for at least {read} records delivered"
+    );
+    assert!(
+        charged <= U256::from((read + 30) * PRICE),
+        "charged {charged}: far more than the {read} records delivered by the kill"
+    );
+
+    // The same authorization buys nothing after the restart.
+    let (_, status, head, _) = paid_stream_with(addr, "/ticks", payment);
+    assert_eq!(status, 402, "{head}");
+}
+
+#[test]
+fn an_origin_gone_quiet_past_the_cut_off_is_charged_what_it_delivered_before_the_deadline() {
+    const PRICE: u64 = 13;
+    // Ten records 6 s in, then nothing until 12 s in: the response's cut-off (7 s in, see
+    // above) passes while the origin is quiet, and levy takes the charge itself 2 s later.
+    let origin = Origin::start(|_| Reply::Paced {
+        head: "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+               Transfer-Encoding: chunked\r\n\r\n"
+            .into(),
+        chunks: vec![
+            (0..10)
+                .map(|i| format!("{{\"tick\":{i}}}\n"))
+                .collect::<String>()
+                .into_bytes(),
+            b"{\"tick\":\"late\"}\n".to_vec(),
+        ],
+        every: Duration::from_secs(6),
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &route(
+            "quiet",
+            "/quiet",
+            &format!("unit: records, price: \"{PRICE}\""),
+        ),
+    );
+    let yaml = yaml
+        .replace("max_batch: 1\n", "max_batch: 10\n")
+        .replace("read_timeout_ms: 1000", "read_timeout_ms: 60000")
+        .replace(
+            "  routes:\n",
+            "  payments:\n    valid_before_margin_seconds: 15\n  routes:\n",
+        );
+    let levy = Levy::start(&yaml);
+
+    let deadline = crate::support::pay::now() + 20;
+    let payment = upto_payment_until(levy.addr, "/quiet", KEYS[0], Some(deadline));
+    let (mut stream, status, head, body) = paid_stream_with(levy.addr, "/quiet", payment);
+    assert_eq!(status, 200, "{head}");
+    let charged = one_settlement(&chain, levy.admin);
+    assert!(
+        crate::support::pay::now() < deadline,
+        "settled only after the deadline"
+    );
+    assert_eq!(charged, U256::from(10 * PRICE), "the ten records delivered");
+    let mut body = body;
+    stream.read_to_end(&mut body).expect("the stream ends");
+    assert_eq!(
+        body.iter().filter(|&&b| b == b'\n').count(),
+        10,
+        "a record after the charge was taken reached the client"
+    );
+}

@@ -21,7 +21,9 @@ use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
-use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck};
+use crate::settle::{
+    OnBacklog, Reason, SettleError, Settlement, SignatureCheck, StreamClose, StreamTicket,
+};
 use crate::state::{Claim, Reserved};
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
 use crate::x402::{SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
@@ -466,15 +468,13 @@ impl LevyProxy {
             return Ok(());
         }
         if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
+            let stream = self.open_stream(ctx).await?;
             if let Some((mut paid, _)) = ctx.take_for_response() {
-                let deadline = paid.verified.valid_before;
                 if let Some(metering) = paid.metering.as_mut() {
                     metering.on_headers(response);
-                    if let Some(settlement) = &self.settlement {
-                        // The charge must still reach a batch and be mined before the
-                        // Permit2 deadline: the response ends in time for that.
-                        metering
-                            .end_by(deadline.saturating_sub(settlement.settle_window_seconds()));
+                    if let Some((ticket, cut_at)) = stream {
+                        metering.end_by(cut_at);
+                        metering.follow(ticket);
                     }
                 }
                 make_private(response)?;
@@ -517,6 +517,49 @@ impl LevyProxy {
         ctx.charge(nonces, paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
+    }
+
+    /// Journals a reserved metered payment as streaming before its first byte (its
+    /// authorization is then used for good; levy dying mid-stream charges what it delivered)
+    /// and says when its response must end: in time for its charge to be batched and mined
+    /// before the Permit2 deadline. If the journal cannot take it, nothing is charged and the
+    /// request fails.
+    async fn open_stream(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<(StreamTicket, u64)>> {
+        let Some(settlement) = &self.settlement else {
+            return Ok(None);
+        };
+        let route = ctx.route_label().to_owned();
+        let Some(paid) = ctx.reserved_mut() else {
+            return Ok(None);
+        };
+        let cut_at = paid
+            .verified
+            .valid_before
+            .saturating_sub(settlement.settle_window_seconds());
+        let mut record = paid.record(&route);
+        record.amount = paid
+            .metering
+            .as_ref()
+            .map(Metering::floor)
+            .unwrap_or_default();
+        match settlement
+            .open_stream(record, cut_at, paid.durability)
+            .await
+        {
+            Ok(ticket) => Ok(Some((ticket, cut_at))),
+            Err(e) => {
+                log::error!("cannot journal metered payment {}: {e}", paid.id);
+                self.release(ctx, Release::Withdrawn);
+                ctx.failure = Some("cannot record the payment; nothing was charged");
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "journal write failed",
+                ))
+            }
+        }
     }
 
     /// Makes a reserved whole-price payment's charge durable before its response leaves:
@@ -613,7 +656,7 @@ impl LevyProxy {
         let Some(mut paid) = ctx.take_metering() else {
             return;
         };
-        let Some(metering) = paid.metering.take() else {
+        let Some(mut metering) = paid.metering.take() else {
             return;
         };
         let (units, amount) = self.metered_charge(session, e, ctx, &metering);
@@ -624,18 +667,16 @@ impl LevyProxy {
         if let Some(hold) = hold.as_mut() {
             hold.shrink_to(amount);
         }
-        if let Some(settlement) = &self.settlement {
-            let journaled = if amount.is_zero() {
-                drop(hold);
-                settlement.record_void(record).await
-            } else {
-                settlement.accept(record, hold, paid.durability).await
-            };
-            if let Err(e) = journaled {
-                log::error!(
+        if let (Some(settlement), Some(ticket)) = (&self.settlement, metering.take_stream()) {
+            match settlement.close_stream(ticket, record, hold).await {
+                Ok(StreamClose::Charged) => {}
+                Ok(StreamClose::AlreadyTaken) => {
+                    log::debug!("metered payment {}: charged at its cut-off", paid.id);
+                }
+                Err(e) => log::error!(
                     "cannot journal metered payment {} ({amount} charged): {e}",
                     paid.id
-                );
+                ),
             }
         }
         log::debug!(

@@ -10,6 +10,7 @@ use pingora::http::ResponseHeader;
 use crate::clock::unix_now;
 use crate::config::AtCeiling;
 use crate::meter::{byte_units, Ending, Rates, RecordCounter, Unit, SETTLEMENT_OVERRIDES};
+use crate::settle::StreamTicket;
 
 /// Chunk boundaries remembered for a client that leaves: the records of the chunks it was
 /// sent are charged, and pingora's socket buffer holds at most a few chunks more.
@@ -36,6 +37,9 @@ pub struct Metering {
     cut_at: Option<u64>,
     /// levy ended the response (at the limit or the cut-off); what follows is dropped.
     ended: bool,
+    /// Its place among the settlement's streams: checkpointed, and taken by levy if it
+    /// outlives its cut-off.
+    stream: Option<StreamTicket>,
 }
 
 /// The error that closes a metered response levy ended (see [`Flow::Over`]): not a failure,
@@ -77,7 +81,23 @@ impl Metering {
             limit,
             cut_at: None,
             ended: false,
+            stream: None,
         }
+    }
+
+    /// What a response that started costs at least: the route's minimum.
+    pub fn floor(&self) -> U256 {
+        self.rates.minimum
+    }
+
+    /// Follows the response as the settlement's stream `ticket`.
+    pub fn follow(&mut self, ticket: StreamTicket) {
+        self.stream = Some(ticket);
+    }
+
+    /// The settlement's ticket of this response, once it ended.
+    pub fn take_stream(&mut self) -> Option<StreamTicket> {
+        self.stream.take()
     }
 
     /// Ends the response at unix second `at` at the latest: what it delivered by then is
@@ -150,6 +170,13 @@ impl Metering {
         if !self.ended && self.cut_at.is_some_and(|at| unix_now() >= at) {
             self.ended = true;
         }
+        if !self.ended && body.is_some() {
+            let amount = self.charge_so_far();
+            if self.stream.as_ref().is_some_and(|t| !t.progress(amount)) {
+                // levy took the charge already (the response outlived its cut-off).
+                self.ended = true;
+            }
+        }
         if self.ended {
             *body = None;
             if end_of_stream {
@@ -180,6 +207,10 @@ impl Metering {
             self.ended = true;
         }
         self.bytes += chunk.len() as u64;
+        if let Some(ticket) = &self.stream {
+            // Counted before it is sent: a checkpoint covers everything that may have left.
+            ticket.progress(self.charge_so_far());
+        }
         if self.unit == Unit::Records {
             if self.checkpoints.len() == CHECKPOINTS {
                 self.checkpoints.pop_front();

@@ -69,6 +69,7 @@ impl Settlement {
             let now = unix_now();
             if now != last_report {
                 last_report = now;
+                self.tend_streams(now).await;
                 self.report().await;
             }
             if now >= next_prune {
@@ -155,6 +156,7 @@ impl Settlement {
             self.withdraw(job.record, Reason::ShuttingDown).await;
             let _ = job.reply.send(Err(SettleError::Stopped));
         }
+        self.checkpoint_streams().await;
     }
 
     /// The next batch to send, if one is due: `max_batch` payments are waiting, the oldest

@@ -255,6 +255,22 @@ impl Journal {
         self.submit(StoreWrite::Payments(records)).await
     }
 
+    /// Writes (inserts or replaces) payment records in the store at once, on the calling
+    /// thread: for the replay at open, before anything else writes.
+    pub fn put_blocking(&self, records: &[PaymentRecord]) -> Result<(), JournalError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
+            for record in records {
+                let bytes = serde_json::to_vec(record).map_err(storage)?;
+                payments
+                    .insert(record.id.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
     /// Writes a batch transaction and its payments in one commit.
     pub async fn put_batch(
         &self,

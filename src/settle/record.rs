@@ -32,6 +32,10 @@ pub enum SettlementState {
     /// A metered payment whose response delivered nothing billable: nothing to charge, no
     /// transaction.
     Void,
+    /// A metered payment whose response is still streaming: its authorization is used, and
+    /// `amount` is what it had delivered at its last checkpoint, which it is charged if levy
+    /// stops before the response ends.
+    Streaming,
 }
 
 impl SettlementState {
@@ -43,6 +47,7 @@ impl SettlementState {
             SettlementState::Failed => "failed",
             SettlementState::NeedsReview => "needs_review",
             SettlementState::Void => "void",
+            SettlementState::Streaming => "streaming",
         }
     }
 
@@ -54,6 +59,7 @@ impl SettlementState {
             Self::Failed,
             Self::NeedsReview,
             Self::Void,
+            Self::Streaming,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)

@@ -40,7 +40,8 @@ impl Summary {
         match record.state {
             SettlementState::Settled => route.settled += record.amount,
             SettlementState::Failed => route.failed += record.amount,
-            SettlementState::Void => {}
+            // Still streaming: its charge is not known yet.
+            SettlementState::Void | SettlementState::Streaming => {}
             SettlementState::Pending
             | SettlementState::Submitted
             | SettlementState::NeedsReview => {
