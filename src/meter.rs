@@ -44,6 +44,9 @@ pub struct Rates {
     pub failure_floor: U256,
     /// The asset's decimals (for `$` amounts from the origin).
     pub decimals: u8,
+    /// `origin` units: what a client that left after receiving body bytes, before the origin
+    /// reported its usage, is charged (the route's `unreported` share of the ceiling).
+    pub unreported: U256,
 }
 
 /// How a metered response ended.
@@ -190,6 +193,7 @@ mod tests {
             minimum: U256::from(250),
             failure_floor: U256::from(1_000),
             decimals: 6,
+            unreported: U256::from(10_000),
         }
     }
 

@@ -305,6 +305,64 @@ fn an_origin_that_reports_its_usage_in_an_http2_trailer_is_charged_that() {
     assert_eq!(one_settlement(&chain, levy.admin), U256::from(250 * 3));
 }
 
+#[test]
+fn a_client_that_leaves_before_the_origins_report_pays_the_last_report_or_the_unreported_share() {
+    // Both origins stream 40 chunks, 100 ms apart; one reported 37 units in a header before
+    // its body, the other reports only at the end (a trailer that never comes in time).
+    let origin = Origin::start(|seen| {
+        let header = if seen.target.starts_with("/told") {
+            "X-Usage-Tokens: 37\r\n"
+        } else {
+            ""
+        };
+        Reply::Paced {
+            head: format!("HTTP/1.1 200 OK\r\n{header}Transfer-Encoding: chunked\r\n\r\n"),
+            chunks: vec![b"token ".to_vec(); 40],
+            every: Duration::from_millis(100),
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (chain, yaml) = chain_and_config(
+        &origin,
+        dir.path(),
+        &format!(
+            "{}{}",
+            route(
+                "told",
+                "/told",
+                "unit: origin, header: x-usage-tokens, price: \"3\""
+            ),
+            route(
+                "untold",
+                "/untold",
+                "unit: origin, header: x-usage-tokens, price: \"3\", unreported: \"50%\""
+            ),
+        ),
+    );
+    let levy = Levy::start(&yaml);
+    let payee: alloy::primitives::Address = PAY_TO.parse().expect("pay_to");
+    let mut paid = U256::ZERO;
+    for (path, expected) in [
+        ("/told", U256::from(37 * 3)),
+        ("/untold", U256::from(CEILING / 2)),
+    ] {
+        let (mut stream, status, head, mut body) = paid_stream(levy.addr, path);
+        assert_eq!(status, 200, "{head}");
+        while !String::from_utf8_lossy(&body).contains("token") {
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf).expect("read the body");
+            assert!(n > 0, "the body ended early");
+            body.extend_from_slice(&buf[..n]);
+        }
+        drop(stream);
+        let settled = if path == "/told" { 1 } else { 2 };
+        wait_settled(levy.admin, settled);
+        let now = chain.balance(payee);
+        assert_eq!(now - paid, expected, "{path}: a client that left early");
+        paid = now;
+    }
+}
+
 /// An origin that sends `records` NDJSON lines, one every `every`.
 fn ticking(records: usize, every: Duration) -> Origin {
     Origin::start(move |_| Reply::Paced {

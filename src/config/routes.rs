@@ -526,6 +526,8 @@ pub(super) struct MeterPrices {
     path: String,
     unit: Unit,
     at_ceiling: schema::AtCeiling,
+    /// `origin` units: the charge of a client that left before the report, as written.
+    unreported: Option<String>,
     price: Price,
     ceiling: Price,
     minimum: Option<Price>,
@@ -567,6 +569,12 @@ impl MeterPrices {
         if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
             return Err(invalid(format!("{path}.header"), "only for `unit: origin`"));
         }
+        if m.unreported.is_some() && m.unit != schema::MeterUnit::Origin {
+            return Err(invalid(
+                format!("{path}.unreported"),
+                "only for `unit: origin`",
+            ));
+        }
         let at_ceiling = match (m.at_ceiling, m.unit) {
             (Some(schema::AtCeiling::End), schema::MeterUnit::Origin) => {
                 // Only the origin knows its units; levy cannot cut its response at one.
@@ -583,6 +591,7 @@ impl MeterPrices {
             path: path.to_owned(),
             unit,
             at_ceiling,
+            unreported: m.unreported.clone(),
             price: amount("price", &m.price)?,
             ceiling: amount("ceiling", &m.ceiling)?,
             minimum: m
@@ -608,13 +617,23 @@ impl MeterPrices {
         let optional = |k: &str, p: &Option<Price>| {
             p.as_ref().map_or(Ok(U256::ZERO), |p| in_asset(&key(k), p))
         };
-        let rates = Rates {
+        let ceiling = in_asset(&key("ceiling"), &self.ceiling)?;
+        let mut rates = Rates {
             unit_price: in_asset(&key("price"), &self.price)?,
-            ceiling: in_asset(&key("ceiling"), &self.ceiling)?,
+            ceiling,
             minimum: optional("minimum", &self.minimum)?,
             failure_floor: optional("failure_floor", &self.failure_floor)?,
             decimals,
+            unreported: ceiling,
         };
+        if let Some(text) = &self.unreported {
+            rates.unreported = rates.override_amount(text).ok_or_else(|| {
+                invalid(
+                    format!("{}.unreported", self.path),
+                    format!("`{text}` is not a share of the ceiling (`\"50%\"`), `\"$…\"` or atomic units"),
+                )
+            })?;
+        }
         if rates.minimum > rates.ceiling {
             return Err(invalid(
                 format!("{}.minimum", self.path),

@@ -673,6 +673,10 @@ pub struct Meter {
     /// `Settlement-Overrides`.
     #[serde(default)]
     pub header: Option<String>,
+    /// `origin` only: what a client that leaves after receiving body bytes, before the
+    /// origin's report, is charged: `"100%"` of the ceiling (the default), `"$…"` or atomic.
+    #[serde(default)]
+    pub unreported: Option<String>,
     /// What a response does once it has delivered what the ceiling pays for: `end` (the
     /// default for bytes and records) ends it at that record or byte; `continue` (the only
     /// choice for `origin`, whose units levy cannot see) streams on uncharged.

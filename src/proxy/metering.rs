@@ -260,17 +260,24 @@ impl Metering {
     pub fn charge(&self, ending: Ending, sent: u64) -> (u64, U256) {
         let units = self.units(ending, sent);
         if let Unit::Origin { .. } = self.unit {
-            // The origin's own figure for a complete response; without one, or for a
-            // response cut short, a delivery costs the minimum.
             let reported = self
                 .reported
                 .as_deref()
-                .filter(|_| ending == Ending::Complete)
                 .and_then(|text| self.reported_amount(text));
-            return match reported {
-                Some(amount) => (units, amount),
-                None => (units, self.rates.charge(units, ending)),
+            let amount = match (ending, reported) {
+                // The origin's own figure for a complete response.
+                (Ending::Complete, Some(amount)) => amount,
+                // A client that left after receiving some of the body cannot dodge the
+                // report: it pays the origin's last figure (a header sent before the body),
+                // or else the route's `unreported` share of the ceiling.
+                (Ending::ClientGone, reported) if units > 0 => {
+                    reported.unwrap_or(self.rates.unreported)
+                }
+                // An origin failing mid-response (or a response without a report) costs a
+                // delivery's minimum.
+                _ => self.rates.charge(units, ending),
             };
+            return (units, amount);
         }
         (units, self.rates.charge(units, ending))
     }
