@@ -66,6 +66,18 @@ fn check(conf: &str) -> ExitCode {
     match levy::Config::load(conf) {
         Ok(config) => {
             print!("{}", config.describe());
+            if let Some(settlement) = &config.settlement {
+                match levy::settle::check_settler(settlement) {
+                    Ok(Some(settler)) => println!(
+                        "settler {settler}: each network's chain id and metered batcher owner checked"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("{conf}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             println!("{conf}: ok");
             ExitCode::SUCCESS
         }

@@ -805,6 +805,23 @@ impl Settlement {
     }
 }
 
+/// `levy check`'s look at the chains: with the settler key at hand (its file or variable),
+/// the checks levy makes before it starts (each RPC endpoint's chain id; each metered
+/// network's batcher owned by the settler). `None` when levy settles through a
+/// facilitator or the key is not set here (nothing to check against).
+pub fn check_settler(config: &SettlementConfig) -> Result<Option<Address>, SettleError> {
+    if config.facilitator.is_some() {
+        return Ok(None);
+    }
+    let signer = match read_key(config.key_file.as_deref(), &config.key_env) {
+        Ok(signer) => signer,
+        Err(SettleError::NoKey(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    check_chains(&config.chains, signer.address(), config.rpc_timeout)?;
+    Ok(Some(signer.address()))
+}
+
 /// Refuses to start when a network's RPC endpoint answers for another chain (every balance
 /// read would be wrong and every transaction refused), or when its batcher is owned by
 /// another key than the settler's (every metered payment would fail). An endpoint that

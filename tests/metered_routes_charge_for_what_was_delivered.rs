@@ -370,7 +370,7 @@ fn a_hundred_metered_payments_settle_in_one_transaction_for_less_gas_each() {
 /// with a key of its own and the shared config's batcher) would fail every metered payment,
 /// so it does not start, and says whose batcher it is.
 #[test]
-fn a_levy_whose_settler_does_not_own_the_batcher_of_a_metered_route_does_not_start() {
+fn a_batcher_owned_by_another_key_stops_levy_check_and_the_start_naming_both_addresses() {
     let chain = TestChain::start();
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -388,12 +388,24 @@ fn a_levy_whose_settler_does_not_own_the_batcher_of_a_metered_route_does_not_sta
     };
     let error = error.to_string();
     let (owner, settler) = (signer(SETTLER_KEY).address(), signer(KEYS[5]).address());
-    assert!(
-        error.contains("levy.networks.base-sepolia.batcher")
-            && error.contains(&owner.to_string())
-            && error.contains(&settler.to_string()),
-        "{error}"
-    );
+    let names_both = |text: &str| {
+        text.contains("levy.networks.base-sepolia.batcher")
+            && text.contains(&owner.to_string())
+            && text.contains(&settler.to_string())
+    };
+    assert!(names_both(&error), "{error}");
+
+    // `levy check` says the same before anyone starts it.
+    let file = dir.path().join("levy.yaml");
+    std::fs::write(&file, &yaml).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_levy"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run levy check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "levy check passed: {stderr}");
+    assert!(names_both(&stderr), "{stderr}");
 }
 
 alloy::sol! {
