@@ -210,6 +210,7 @@ fn vouchers(
             total_claimed: 0,
             withdraw_requested_at: 0,
             refund_nonce: 0,
+            read_at: 0,
         },
     );
     ledger.charged = 1000;

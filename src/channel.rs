@@ -447,6 +447,10 @@ pub enum ChannelError {
     RefundNoBalance,
     #[error("the refund transaction failed")]
     RefundFailed,
+    #[error("the payer asked to withdraw this channel: it takes no more calls")]
+    WithdrawPending,
+    #[error("a refund was made under this voucher already: pay a call first")]
+    RefundVoucherUsed,
 }
 
 impl ChannelError {
@@ -494,6 +498,8 @@ impl ChannelError {
             ChannelError::RefundAmount => "invalid_batch_settlement_evm_refund_amount_invalid",
             ChannelError::RefundNoBalance => "invalid_batch_settlement_evm_refund_no_balance",
             ChannelError::RefundFailed => "invalid_batch_settlement_evm_refund_transaction_failed",
+            ChannelError::WithdrawPending => "invalid_batch_settlement_evm_withdraw_pending",
+            ChannelError::RefundVoucherUsed => "invalid_batch_settlement_evm_refund_voucher_used",
         }
     }
 }
@@ -539,6 +545,10 @@ pub fn check(payload: &ChannelPayload, offer: &Offer, now: u64) -> Result<Checke
                 parse_u128(&p.deposit.amount.0).ok_or(ChannelError::Malformed("deposit.amount"))?;
             if amount == 0 {
                 return Err(ChannelError::Malformed("deposit.amount"));
+            }
+            if amount < offer.min_deposit {
+                // Refused before any transaction: levy pays a deposit's gas.
+                return Err(ChannelError::DepositBelowMinimum(offer.min_deposit));
             }
             let auth = p
                 .deposit
@@ -702,6 +712,8 @@ pub struct Escrowed {
     /// Unix seconds; 0 when no withdrawal is pending.
     pub withdraw_requested_at: u64,
     pub refund_nonce: u64,
+    /// When it was read (unix seconds).
+    pub read_at: u64,
 }
 
 /// A cooperative refund levy agreed to (see [`Ledger::refund`]).
@@ -749,6 +761,15 @@ pub struct Ledger {
     /// When levy last served a call on it, or first saw it (unix seconds).
     #[serde(default)]
     pub last_used: u64,
+    /// When the escrow was last read for it (unix seconds; 0: never): admission reads it
+    /// again once this is older than [`Ledger::sync_ttl`].
+    #[serde(default)]
+    pub synced_at: u64,
+    /// The cumulative amount of the voucher the last cooperative refund was made under:
+    /// a refund needs a newer voucher (one more call paid), so a refund payload replayed
+    /// sends no transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunded_under: Option<u128>,
 }
 
 impl Ledger {
@@ -775,6 +796,8 @@ impl Ledger {
             withdraw_requested_at: escrowed.withdraw_requested_at,
             refund_nonce: escrowed.refund_nonce,
             last_used: 0,
+            synced_at: escrowed.read_at,
+            refunded_under: None,
         }
     }
 
@@ -784,6 +807,7 @@ impl Ledger {
         self.total_claimed = self.total_claimed.max(escrowed.total_claimed);
         self.withdraw_requested_at = escrowed.withdraw_requested_at;
         self.refund_nonce = escrowed.refund_nonce;
+        self.synced_at = self.synced_at.max(escrowed.read_at);
     }
 
     /// What the escrow said last, as levy holds it.
@@ -793,7 +817,30 @@ impl Ledger {
             total_claimed: self.total_claimed,
             withdraw_requested_at: self.withdraw_requested_at,
             refund_nonce: self.refund_nonce,
+            read_at: self.synced_at,
         }
+    }
+
+    /// How long an escrow read is trusted at admission: a third of the channel's withdraw
+    /// delay, between 30 s and 5 min (as the reference servers do). A withdrawal needs the
+    /// whole delay, so one started is seen long before it can complete.
+    pub fn sync_ttl(&self) -> u64 {
+        (self.config.withdraw_delay / 3).clamp(30, 300)
+    }
+
+    /// Whether admission must read the escrow again at unix second `now`: the last read is
+    /// older than [`Ledger::sync_ttl`], or the payer asked to withdraw (until the escrow
+    /// says the withdrawal is done).
+    pub fn needs_sync(&self, now: u64) -> bool {
+        self.withdraw_requested_at != 0 || now >= self.synced_at.saturating_add(self.sync_ttl())
+    }
+
+    /// Whether the channel takes new calls at all: not while its payer is withdrawing.
+    pub fn open_for_calls(&self) -> Result<(), ChannelError> {
+        if self.withdraw_requested_at != 0 {
+            return Err(ChannelError::WithdrawPending);
+        }
+        Ok(())
     }
 
     /// Whether `voucher` pays exactly `price` on top of what was charged, within the balance.
@@ -801,6 +848,7 @@ impl Ledger {
         if self.balance == 0 {
             return Err(ChannelError::NotFound);
         }
+        self.open_for_calls()?;
         self.in_step(voucher, price)?;
         if voucher.max_claimable > self.balance {
             return Err(ChannelError::ExceedsBalance);
@@ -889,6 +937,9 @@ impl Ledger {
     ) -> Result<RefundPlan, ChannelError> {
         self.in_step(voucher, 0)?;
         let mut plan = self.returning(requested)?;
+        if self.refunded_under == Some(voucher.max_claimable) {
+            return Err(ChannelError::RefundVoucherUsed);
+        }
         plan.claim = (self.charged > self.total_claimed).then(|| Claim {
             channel_id: self.channel_id,
             config: self.config,
@@ -942,6 +993,8 @@ impl Ledger {
         self.withdraw_requested_at = later.withdraw_requested_at;
         self.refund_nonce = self.refund_nonce.max(later.refund_nonce);
         self.last_used = self.last_used.max(later.last_used);
+        self.synced_at = self.synced_at.max(later.synced_at);
+        self.refunded_under = self.refunded_under.max(later.refunded_under);
     }
 
     /// `channelState` as the official client reads it.

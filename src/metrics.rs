@@ -48,6 +48,9 @@ pub struct Metrics {
     pub channel_shortfalls: IntCounter,
     /// `levy_channel_refunds_total{network}`: cooperative refunds sent on chain.
     pub channel_refunds: IntCounterVec,
+    /// `levy_channel_resyncs_total{network}`: escrow reads at admission for a channel whose
+    /// state levy had too long, or whose payer is withdrawing.
+    pub channel_resyncs: IntCounterVec,
     /// `levy_settlement_queue_depth`: payments waiting for a batch.
     pub queue_depth: IntGauge,
     /// `levy_unsettled_value`: atomic units charged but not yet settled or failed.
@@ -249,6 +252,12 @@ pub fn metrics() -> &'static Metrics {
             &["network"]
         )
         .expect("levy_channel_vouchers_total registers once"),
+        channel_resyncs: register_int_counter_vec!(
+            "levy_channel_resyncs_total",
+            "Escrow reads at admission for a channel levy knew too long, or whose payer is withdrawing",
+            &["network"]
+        )
+        .expect("levy_channel_resyncs_total registers once"),
         channel_claims: register_int_counter_vec!(
             "levy_channel_claims_total",
             "Channels claimed on chain",

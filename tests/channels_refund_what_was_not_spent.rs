@@ -148,3 +148,62 @@ fn a_channel_left_idle_is_refunded_by_levy_after_its_charged_calls_are_claimed()
     assert_eq!(s.chain.balance(payee), payee_before + U256::from(4000));
     assert_eq!(escrowed(&s.chain), (4000, 4000));
 }
+
+#[test]
+fn a_refund_payload_replayed_100_times_sends_one_transaction_and_a_deposit_below_the_minimum_sends_none(
+) {
+    let s = channel_setup(20_000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 2);
+    assert_eq!(result["statuses"]["200"], 2, "{result}");
+    let authorizer = signer(AUTHORIZER_KEY).address();
+    let sent_before = s.chain.tx_count(authorizer);
+    let channel = payer_channel(authorizer);
+    let accepted = offered(&s.levy);
+    let refund_one = signed_payload(
+        &accepted,
+        &channel,
+        2000,
+        json!({"type": "refund", "amount": "1"}),
+    );
+    let mut refused = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..100 {
+        let r = get_paying(s.levy.addr, &refund_one);
+        if i == 0 {
+            assert_eq!(r.status, 200, "{}", r.text());
+            continue;
+        }
+        let reason = refusal(&r)["error"].as_str().unwrap_or("").to_owned();
+        *refused.entry(reason).or_default() += 1;
+    }
+    assert_eq!(
+        refused,
+        [(
+            "invalid_batch_settlement_evm_refund_voucher_used".to_owned(),
+            99
+        )]
+        .into(),
+    );
+    assert_eq!(
+        s.chain.tx_count(authorizer),
+        sent_before + 1,
+        "100 copies of one refund sent more than one transaction"
+    );
+    assert_eq!(escrowed(&s.chain), (20_000 - 1, 2000));
+
+    // A deposit of 1 (the route asks for at least 20 000) is refused before levy sends it.
+    let tiny = signed_payload(
+        &accepted,
+        &channel,
+        3000,
+        json!({"type": "deposit", "deposit": {"amount": "1", "authorization": {
+            "erc3009Authorization": {"validAfter": "0", "validBefore": "99999999999",
+                "salt": format!("0x{}", "11".repeat(32)), "signature": "0x00"}}}}),
+    );
+    let r = get_paying(s.levy.addr, &tiny);
+    assert_eq!(
+        refusal(&r)["error"],
+        "invalid_batch_settlement_evm_deposit_below_min_deposit"
+    );
+    assert_eq!(s.chain.tx_count(authorizer), sent_before + 1);
+}

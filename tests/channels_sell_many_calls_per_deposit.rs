@@ -485,18 +485,10 @@ sol! {
     }
 }
 
-#[test]
-fn when_the_payer_asks_to_withdraw_levy_claims_what_it_served_before_the_delay_ends() {
-    let s = channel_setup(200_000);
-    let url = format!("http://{}/ticks", s.levy.addr);
-    let result = pay_channel(Client::TypeScript, &url, 5);
-    assert_eq!(result["statuses"]["200"], 5, "{result}");
-    let payee: Address = PAY_TO.parse().expect("pay_to");
-    let payer = signer(KEYS[0]).address();
-    let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));
-
+/// The official clients' channel as the escrow's payer-side calls take it.
+fn payer_side_channel() -> PayerChannel {
     let c = payer_channel(signer(AUTHORIZER_KEY).address());
-    let config = PayerChannel {
+    PayerChannel {
         payer: c.payer,
         payerAuthorizer: c.payer_authorizer,
         receiver: c.receiver,
@@ -504,30 +496,76 @@ fn when_the_payer_asks_to_withdraw_levy_claims_what_it_served_before_the_delay_e
         token: c.token,
         withdrawDelay: alloy::primitives::Uint::<40, 1>::from(c.withdraw_delay),
         salt: c.salt,
-    };
-    s.chain.send_as(
+    }
+}
+
+/// The payer (key 0) asks the escrow to withdraw `amount` from the official clients' channel.
+pub(crate) fn initiate_withdraw(chain: &TestChain, amount: u128) {
+    chain.send_as(
         KEYS[0],
         BATCH_SETTLEMENT,
         IPayerSide::initiateWithdrawCall {
-            config: config.clone(),
-            amount: 200_000,
+            config: payer_side_channel(),
+            amount,
         }
         .abi_encode(),
     );
-    // The claimer's own schedule is an hour away: only the watch can claim this.
-    wait_balance(&s.chain, payee, payee_before + U256::from(5 * 1000));
+}
 
-    // When the delay is over, the payer gets back only what levy did not serve.
-    s.chain.rpc("evm_increaseTime", serde_json::json!([901]));
-    s.chain.rpc("evm_mine", serde_json::json!([]));
-    s.chain.send_as(
+/// The chain's clock moved past the withdraw delay, the payer finalizes its withdrawal.
+pub(crate) fn finalize_withdraw(chain: &TestChain) {
+    chain.rpc("evm_increaseTime", serde_json::json!([901]));
+    chain.rpc("evm_mine", serde_json::json!([]));
+    chain.send_as(
         KEYS[0],
         BATCH_SETTLEMENT,
-        IPayerSide::finalizeWithdrawCall { config }.abi_encode(),
+        IPayerSide::finalizeWithdrawCall {
+            config: payer_side_channel(),
+        }
+        .abi_encode(),
     );
+}
+
+#[test]
+fn when_the_payer_asks_to_withdraw_levy_claims_what_it_served_and_takes_no_voucher_on_the_withdrawn_deposit(
+) {
+    let s = channel_setup(200_000);
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 5);
+    assert_eq!(result["statuses"]["200"], 5, "{result}");
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payer = signer(KEYS[0]).address();
+    let (payee_before, payer_before) = (s.chain.balance(payee), s.chain.balance(payer));
+    let c = payer_channel(signer(AUTHORIZER_KEY).address());
+    initiate_withdraw(&s.chain, 200_000);
+    // The claimer's own schedule is an hour away: only the watch can claim this.
+    wait_balance(&s.chain, payee, payee_before + U256::from(5 * 1000));
+    // A channel whose payer is withdrawing takes no more calls.
+    let accepted = offered(&s.levy);
+    let served = s.origin.seen().len();
+    let next = voucher_header(&accepted, &c, 6 * 1000);
+    let r = get_paying(s.levy.addr, &next);
+    assert_eq!(
+        refusal(&r)["error"],
+        "invalid_batch_settlement_evm_withdraw_pending"
+    );
+
+    // When the delay is over, the payer gets back only what levy did not serve.
+    finalize_withdraw(&s.chain);
     assert_eq!(
         s.chain.balance(payer),
         payer_before + U256::from(200_000 - 5 * 1000)
+    );
+    // The deposit withdrawn, its old balance buys nothing: levy reads the escrow again.
+    let r = get_paying(s.levy.addr, &next);
+    assert_eq!(
+        refusal(&r)["error"],
+        "invalid_batch_settlement_evm_cumulative_exceeds_balance"
+    );
+    assert_eq!(
+        s.origin.seen().len(),
+        served,
+        "a call was served after the withdrawal"
     );
 }
 

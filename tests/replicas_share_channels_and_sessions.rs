@@ -10,9 +10,9 @@ use alloy::primitives::{Address, U256};
 use serde_json::json;
 
 use crate::channels_sell_many_calls_per_deposit::{
-    channel_chain, channel_yaml, claim_now, escrowed, get_paying, offered_at, pay_channel,
-    payer_channel, refusal, signed_payload, ticks_route, voucher_header, wait_balance, Client,
-    AUTHORIZER_KEY,
+    channel_chain, channel_yaml, claim_now, escrowed, finalize_withdraw, get_paying,
+    initiate_withdraw, offered_at, pay_channel, payer_channel, refusal, signed_payload,
+    ticks_route, voucher_header, wait_balance, Client, AUTHORIZER_KEY,
 };
 use crate::sessions_sell_prepaid_bundles::{
     call, get_feed_at, paid_pattern, proof_header_at, Client as Bundles, PRICE as BUNDLE_PRICE,
@@ -166,6 +166,46 @@ fn a_channels_vouchers_sent_to_different_replicas_stay_consistent_and_are_claime
     assert_eq!(claim_now(replicas[0].1), 0, "nothing left to claim");
     assert_eq!(chain.tx_count(authorizer), sent_before + 2);
     assert_eq!(chain.balance(payee), before + U256::from(40 * 1000));
+}
+
+#[test]
+fn vouchers_on_a_withdrawn_deposit_get_402_on_every_replica() {
+    let redis = RedisServer::start();
+    let chain = channel_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
+    let (_processes, replicas, _dirs) = channel_replicas(2, &chain, &origin, &redis);
+    let url = format!("http://{}/ticks", replicas[0].0);
+    let opened = pay_channel(Client::TypeScript, &url, 5);
+    assert_eq!(opened["statuses"]["200"], 5, "{opened}");
+    let payee: Address = PAY_TO.parse().expect("pay_to");
+    let payee_before = chain.balance(payee);
+
+    initiate_withdraw(&chain, 200_000);
+    // One replica's watch claims the five calls at once.
+    wait_balance(&chain, payee, payee_before + U256::from(5 * 1000));
+    finalize_withdraw(&chain);
+    assert_eq!(
+        escrowed(&chain),
+        (5000, 5000),
+        "the withdrawal left only what was claimed"
+    );
+
+    let accepted = offered_at(replicas[1].0);
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let served = origin.seen().len();
+    for (addr, _) in &replicas {
+        let r = get_paying(*addr, &voucher_header(&accepted, &channel, 6000));
+        assert_eq!(
+            refusal(&r)["error"],
+            "invalid_batch_settlement_evm_cumulative_exceeds_balance",
+            "replica {addr}"
+        );
+    }
+    assert_eq!(
+        origin.seen().len(),
+        served,
+        "a call was served on the withdrawn deposit"
+    );
 }
 
 #[test]

@@ -75,6 +75,7 @@ fn ledger(balance: u128, charged: u128) -> Ledger {
             total_claimed: 0,
             withdraw_requested_at: 0,
             refund_nonce: 0,
+            read_at: crate::clock::unix_now(),
         },
     );
     l.charged = charged;
@@ -289,4 +290,56 @@ fn merging_keeps_the_larger_cumulative_and_the_larger_earning() {
     b.unearned = 0; // cumulative 5 000, earned 5 000
     a.merge(&b);
     assert_eq!((a.charged, a.cumulative()), (5000, 10_000));
+}
+
+#[test]
+fn a_withdrawing_channel_takes_no_calls_and_a_read_older_than_a_third_of_the_delay_is_redone() {
+    let mut l = ledger(50_000, 0);
+    let voucher = check(&voucher_payload(&config(), 1000, &payer()), &offer(), 0).unwrap();
+    l.synced_at = 1_000;
+    // A 900 s delay: reads are trusted for 300 s.
+    assert_eq!(l.sync_ttl(), 300);
+    assert!(!l.needs_sync(1_299));
+    assert!(l.needs_sync(1_300));
+    assert_eq!(l.admits(voucher.voucher(), 1000), Ok(()));
+    l.observe(&Escrowed {
+        withdraw_requested_at: 1_100,
+        read_at: 1_100,
+        ..l.escrowed()
+    });
+    assert!(
+        l.needs_sync(1_101),
+        "a pending withdrawal is read on every call"
+    );
+    assert_eq!(
+        l.admits(voucher.voucher(), 1000),
+        Err(ChannelError::WithdrawPending)
+    );
+    // The withdrawal done: the balance is what was claimed, and a voucher beyond it fails.
+    l.observe(&Escrowed {
+        balance: 0,
+        withdraw_requested_at: 0,
+        read_at: 2_000,
+        ..l.escrowed()
+    });
+    assert_eq!(
+        l.admits(voucher.voucher(), 1000),
+        Err(ChannelError::NotFound)
+    );
+}
+
+#[test]
+fn a_refund_needs_a_voucher_newer_than_the_last_refund() {
+    let mut l = ledger(50_000, 2000);
+    let voucher = |max| check(&voucher_payload(&config(), max, &payer()), &offer(), 0).unwrap();
+    assert!(l.refund(voucher(2000).voucher(), Some(1)).is_ok());
+    l.refunded_under = Some(2000);
+    assert_eq!(
+        l.refund(voucher(2000).voucher(), Some(1)),
+        Err(ChannelError::RefundVoucherUsed)
+    );
+    // One more call paid: its voucher may refund again.
+    let next = voucher(3000);
+    l.charge(next.voucher(), 1000);
+    assert!(l.refund(voucher(3000).voucher(), Some(1)).is_ok());
 }

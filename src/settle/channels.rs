@@ -306,10 +306,18 @@ impl Channels {
             metered,
             held,
         };
+        if let Err(refusal) = self.resync(network, &mut lease).await {
+            self.release_now(&lease).await;
+            return Err(refusal);
+        }
         if let Checked::Deposit(_, deposit) = &checked {
-            // A client out of step learns where the channel stands before its deposit is
-            // sent (a deposit is a transaction that cannot be taken back).
-            let step = self.judge(id, |ledger| ledger.in_step(&lease.voucher, offer.price));
+            // A client out of step, or one withdrawing, learns where the channel stands
+            // before its deposit is sent (a deposit is a transaction that cannot be taken
+            // back).
+            let step = self.judge(id, |ledger| {
+                ledger.open_for_calls()?;
+                ledger.in_step(&lease.voucher, offer.price)
+            });
             let deposited = match step {
                 Ok(()) => self.deposit(network, &mut lease, deposit).await,
                 Err(refusal) => Err(refusal),
@@ -324,6 +332,38 @@ impl Channels {
             return Err(refusal);
         }
         Ok(lease)
+    }
+
+    /// Reads the held channel's escrow state again when levy's copy is too old to admit on
+    /// ([`Ledger::needs_sync`]: older than its TTL, or a withdrawal pending) and takes it
+    /// into the ledger, shared with the other replicas. A read that fails refuses the
+    /// request as unavailable (503): a withdrawn deposit must not be spent on calls.
+    async fn resync(&self, network: &str, lease: &mut Lease) -> Result<(), Refusal> {
+        let id = lease.voucher.channel_id;
+        let stale = self
+            .ledger(id)
+            .is_some_and(|ledger| ledger.needs_sync(crate::clock::unix_now()));
+        if !stale {
+            return Ok(());
+        }
+        let chain = self.chain(network).map_err(Refusal::Unavailable)?;
+        let escrowed = self
+            .read_state(chain, id)
+            .await
+            .map_err(Refusal::Unavailable)?;
+        let observed = self
+            .update(id, |ledger| ledger.observe(&escrowed))
+            .await
+            .map_err(Refusal::Unavailable)?;
+        if let (Some(observed), Some((_, version))) = (observed, lease.held.as_mut()) {
+            // The hold admits on the ledger as now written.
+            *version = observed.version;
+        }
+        metrics()
+            .channel_resyncs
+            .with_label_values(&[network])
+            .inc();
+        Ok(())
     }
 
     /// Applies a ledger check to channel `id`; a client out of step gets the ledger back
@@ -500,9 +540,14 @@ impl Channels {
         let chain = self.chain(network).map_err(Refusal::Unavailable)?;
         let held = self.hold(network, voucher, hold, false).await?;
         let token = held.map(|(token, _)| token);
-        self.refund_taken(chain, voucher.channel_id, token.as_deref(), |ledger| {
-            ledger.refund(voucher, requested)
-        })
+        let under = voucher.max_claimable;
+        self.refund_taken(
+            chain,
+            voucher.channel_id,
+            token.as_deref(),
+            Some(under),
+            |ledger| ledger.refund(voucher, requested),
+        )
         .await
     }
 
@@ -539,7 +584,7 @@ impl Channels {
                 continue; // a call is paying on it: not idle after all
             };
             match self
-                .refund_taken(chain, id, token.as_deref(), Ledger::idle_refund)
+                .refund_taken(chain, id, token.as_deref(), None, Ledger::idle_refund)
                 .await
             {
                 Ok(done) => ::log::info!("channel {id}: idle; its payer got {} back", done.amount),
@@ -556,14 +601,24 @@ impl Channels {
         chain: &ChainSender,
         id: B256,
         token: Option<&str>,
+        under: Option<u128>,
         plan_of: impl Fn(&Ledger) -> Result<RefundPlan, ChannelError>,
     ) -> Result<Refunded, Refusal> {
-        let refunded = self.refund_held(chain, id, plan_of).await;
-        if let Ok(done) = &refunded {
-            // What the chain says after the refund, on the shared ledger too (the chain is
-            // read again before any claim, should this fail).
+        let mut refunded = self.refund_held(chain, id, plan_of).await;
+        if let Ok(done) = refunded.as_mut() {
+            // What the chain says after the refund, and the voucher it was made under, on
+            // the shared ledger too (the chain is read again before any claim, should this
+            // fail).
             let escrowed = done.ledger.escrowed();
-            if let Err(e) = self.update(id, |ledger| ledger.observe(&escrowed)).await {
+            let step = |ledger: &mut Ledger| {
+                ledger.observe(&escrowed);
+                ledger.refunded_under = ledger.refunded_under.max(under);
+            };
+            step(&mut done.ledger);
+            if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
+                step(&mut slot.ledger);
+            }
+            if let Err(e) = self.update(id, step).await {
                 ::log::warn!("channel {id}: cannot share its refund: {e}");
             }
         }
@@ -620,6 +675,7 @@ impl Channels {
                 .map_or(before.total_claimed, |c| c.total_claimed),
             withdraw_requested_at: before.withdraw_requested_at,
             refund_nonce: plan.nonce + 1,
+            read_at: before.read_at,
         });
         let ledger = {
             let mut slots = lock(&self.inner.slots);
@@ -905,6 +961,7 @@ impl Channels {
             total_claimed: channels.totalClaimed,
             withdraw_requested_at: pending.initiatedAt.to::<u64>(),
             refund_nonce: nonce.saturating_to::<u64>(),
+            read_at: crate::clock::unix_now(),
         })
     }
 
@@ -1119,8 +1176,16 @@ impl Channels {
                             ledger.channel_id
                         );
                     }
-                    if let Some(slot) = lock(&self.inner.slots).get_mut(&ledger.channel_id) {
-                        slot.ledger.withdraw_requested_at = at;
+                    // On the shared ledger too: every replica's admission stops taking
+                    // vouchers on it.
+                    if let Err(e) = self
+                        .update(ledger.channel_id, |l| l.withdraw_requested_at = at)
+                        .await
+                    {
+                        ::log::warn!(
+                            "channel {}: cannot share its withdrawal: {e}",
+                            ledger.channel_id
+                        );
                     }
                     withdrawing.push(ledger.channel_id);
                 }
@@ -1187,8 +1252,13 @@ impl Channels {
             let mut current = ledger.clone();
             current.observe(&escrowed);
             current.total_claimed = claimed;
-            if let Some(slot) = lock(&self.inner.slots).get_mut(&ledger.channel_id) {
-                slot.ledger.observe(&escrowed);
+            // What the escrow holds now, on the shared ledger too (a withdrawn balance stops
+            // admitting vouchers on every replica).
+            if let Err(e) = self
+                .update(ledger.channel_id, |l| l.observe(&escrowed))
+                .await
+            {
+                ::log::warn!("channel {}: {e}", ledger.channel_id);
             }
             if let Some(mut claim) = current.claim() {
                 if claim.total_claimed > balance {

@@ -233,6 +233,7 @@ mod tests {
                 total_claimed: claimed,
                 withdraw_requested_at: 0,
                 refund_nonce: 0,
+                read_at: 0,
             },
         );
         l.charged = charged;
