@@ -267,8 +267,17 @@ fn resolved(outcome: Result<Option<PaymentRecord>, SettleError>) -> Response<Vec
     }
 }
 
-/// The JSON view of a payment record, shared by the admin API and the public status page.
+/// The JSON view of a payment record for operators (the admin API): the public status
+/// page's view plus `detail`, a facilitator's own words behind `reason`.
 pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
+    let mut view = public_record_json(r);
+    view["detail"] = json!(r.detail);
+    view
+}
+
+/// The JSON view of a payment record on the public status page: fixed codes only, never a
+/// third party's free text.
+pub fn public_record_json(r: &PaymentRecord) -> serde_json::Value {
     json!({
         "id": r.id,
         "state": r.state.as_str(),
@@ -280,7 +289,6 @@ pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
         "amount": r.amount.to_string(),
         "transaction": r.tx_hash.map(|h| h.to_string()),
         "reason": r.reason,
-        "detail": r.detail,
         "attempts": r.attempts,
         "acceptedAt": r.accepted_at,
         "updatedAt": r.updated_at,

@@ -276,7 +276,9 @@ impl ProxyHttp for LevyProxy {
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
         }
         if let channel::ChannelStep::Leased { lease, .. } = &ctx.channel {
-            let payer = lease.voucher.config.payer.to_checksum(None);
+            // The voucher proves its signer, not the channel's `payer`: anyone may fund a
+            // channel that names someone else as its payer.
+            let payer = lease.voucher.config.voucher_signer().to_checksum(None);
             upstream_request.insert_header(names.payer.clone(), payer)?;
             upstream_request.insert_header(names.amount.clone(), lease.price.to_string())?;
         }

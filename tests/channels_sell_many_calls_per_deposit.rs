@@ -467,6 +467,63 @@ fn a_second_request_on_a_channel_while_one_is_in_flight_is_refused_as_busy() {
     assert_eq!(s.origin.seen().len(), 3);
 }
 
+#[test]
+fn a_voucher_whose_hold_ran_out_during_a_slow_call_is_charged_once_though_two_calls_used_it() {
+    // The hold lasts the route's max_timeout_seconds (8); the slow call takes 9 s.
+    let route = ticks_route(200_000).replace("channel:", "max_timeout_seconds: 8, channel:");
+    let chain = channel_chain();
+    let origin = Origin::start(|seen| {
+        if seen.target.contains("slow") {
+            std::thread::sleep(Duration::from_secs(9));
+        }
+        Reply::ok(r#"{"tick":1}"#)
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = channel_yaml(&chain, &origin, dir.path(), &route, "")
+        .replace("read_timeout_ms: 1000", "read_timeout_ms: 20000")
+        .replace(
+            "  routes:\n",
+            "  payments:\n    valid_before_margin_seconds: 2\n  routes:\n",
+        );
+    let s = ChannelSetup {
+        levy: Levy::start(&yaml),
+        chain,
+        origin,
+        _dir: dir,
+    };
+    let url = format!("http://{}/ticks", s.levy.addr);
+    let result = pay_channel(Client::TypeScript, &url, 1);
+    assert_eq!(result["statuses"]["200"], 1, "{result}");
+    let accepted = offered(&s.levy);
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let voucher = voucher_header(&accepted, &channel, 2000);
+
+    let slow = {
+        let (addr, header) = (s.levy.addr, voucher.clone());
+        std::thread::spawn(move || {
+            request(
+                addr,
+                &format!(
+                    "GET /ticks?slow HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"
+                ),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(8500));
+    let quick = get_paying(s.levy.addr, &voucher);
+    assert_eq!(quick.status, 200, "{}", quick.text());
+    let slow = slow.join().expect("the slow call");
+    assert_eq!(
+        slow.status,
+        503,
+        "the second use of one voucher: {}",
+        slow.text()
+    );
+    // The channel moved on by one price: the next voucher is for 3000.
+    let r = get_paying(s.levy.addr, &voucher_header(&accepted, &channel, 3000));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 sol! {
     struct PayerChannel {
         address payer;

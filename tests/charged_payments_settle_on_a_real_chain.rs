@@ -67,7 +67,8 @@ fn five_hundred_paid_requests_settle_in_a_handful_of_batch_transactions() {
 }
 
 #[test]
-fn a_before_response_route_returns_a_transaction_hash_that_is_on_chain() {
+fn a_before_response_route_returns_an_on_chain_transaction_hash_and_its_public_status_shows_no_operator_detail(
+) {
     let chain = TestChain::start();
     let payer = signer(KEYS[0]).address();
     chain.mint(payer, 1_000_000);
@@ -114,6 +115,11 @@ fn a_before_response_route_returns_a_transaction_hash_that_is_on_chain() {
     assert_eq!(status.status, 200);
     assert_eq!(status.json()["state"], "settled");
     assert_eq!(status.json()["transaction"], hash.to_string());
+    // The public page shows fixed codes only: a facilitator's own words behind a reason
+    // (`detail`) are for operators, on the admin listener.
+    assert!(status.json().get("detail").is_none(), "{}", status.text());
+    let admin = levy.admin_get(&format!("/settlements/{id}")).json();
+    assert!(admin.get("detail").is_some(), "{admin}");
 }
 
 #[test]

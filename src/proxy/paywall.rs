@@ -39,7 +39,7 @@ impl LevyProxy {
             Ok(Some(record)) => Reply::new(
                 200,
                 "application/json",
-                crate::admin::record_json(&record).to_string(),
+                crate::admin::public_record_json(&record).to_string(),
             )
             .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             Ok(None) => Reply::text(404, "no such payment"),

@@ -877,10 +877,25 @@ impl Channels {
     /// [`Channels::commit`] on this replica's own ledger.
     async fn commit_here(&self, lease: &Lease) -> Result<Ledger, SettleError> {
         let id = lease.voucher.channel_id;
-        let mut next = lock(&self.inner.slots)
-            .get(&id)
-            .map(|s| s.ledger.clone())
-            .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?;
+        // A hold that ran out (a slow request) may have let a second request take the same
+        // voucher: only the first to commit is charged under it.
+        let out_of_step = |ledger: &Ledger| {
+            ledger
+                .in_step(&lease.voucher, lease.price)
+                .err()
+                .map(|e| SettleError::Setup(format!("channel {id} was charged meanwhile: {e}")))
+        };
+        let mut next = {
+            let slots = lock(&self.inner.slots);
+            let ledger = &slots
+                .get(&id)
+                .ok_or_else(|| SettleError::Setup("a leased channel vanished".into()))?
+                .ledger;
+            if let Some(e) = out_of_step(ledger) {
+                return Err(e);
+            }
+            ledger.clone()
+        };
         lease.step(&mut next);
         next.last_used = crate::clock::unix_now();
         let written = self.inner.log.put(next.clone()).await;
@@ -888,6 +903,11 @@ impl Channels {
         if let Some(slot) = slots.get_mut(&id) {
             slot.busy_until = None;
             if written.is_ok() {
+                if let Some(e) = out_of_step(&slot.ledger) {
+                    // Another commit under the same voucher landed meanwhile; the log
+                    // holds the same cumulative either way.
+                    return Err(e);
+                }
                 // The same step on the live ledger, which a metered call ending meanwhile
                 // may have moved on.
                 lease.step(&mut slot.ledger);
