@@ -72,10 +72,20 @@ impl<R: Mergeable> StateLog<R> {
         }
         let unframed = unframe::<R>(&bytes);
         if unframed.skipped > 0 {
+            // The compaction below drops what could not be read: keep the file as it was
+            // for whoever investigates (it holds vouchers and bundles, money).
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(format!(".damaged-{}", crate::clock::unix_now()));
+            let aside = PathBuf::from(aside);
+            let copied = std::fs::write(&aside, &bytes);
             log::error!(
-                "{what} log {}: {} damaged bytes between intact records",
+                "{what} log {}: {} damaged bytes between intact records; the file as found is {}",
                 path.display(),
-                unframed.skipped
+                unframed.skipped,
+                match copied {
+                    Ok(()) => format!("copied to {}", aside.display()),
+                    Err(e) => format!("not copied aside ({e})"),
+                }
             );
         }
         let mut records: HashMap<R::Key, R> = HashMap::new();
@@ -271,5 +281,35 @@ mod tests {
         // Reopening compacted the log to one record per channel; it still reads the same.
         let (_log, again) = StateLog::<Ledger>::open(&path, "channel").unwrap();
         assert_eq!(again, restored);
+    }
+
+    #[test]
+    fn a_damaged_log_is_copied_aside_as_found_before_it_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.channels");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        {
+            let (log, _) = StateLog::<Ledger>::open(&path, "channel").unwrap();
+            rt.block_on(async {
+                log.put(ledger(1, 1000, 0)).await.unwrap();
+                log.put(ledger(2, 500, 0)).await.unwrap();
+            });
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (_log, restored) = StateLog::<Ledger>::open(&path, "channel").unwrap();
+        assert!(restored.len() < 2, "the damaged record was read");
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), bytes);
     }
 }
