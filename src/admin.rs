@@ -39,6 +39,8 @@ pub struct AdminApp {
     shared: Option<crate::state::Shared>,
     reloader: Reloader,
     token: Option<AdminToken>,
+    /// Host names answered besides `localhost` and IP addresses.
+    hosts: Vec<String>,
 }
 
 impl AdminApp {
@@ -47,13 +49,71 @@ impl AdminApp {
         shared: Option<crate::state::Shared>,
         reloader: Reloader,
         token: Option<AdminToken>,
+        hosts: Vec<String>,
     ) -> Self {
         Self {
             settlement,
             shared,
             reloader,
             token,
+            hosts,
         }
+    }
+
+    /// Whether `host` (a `Host` header or an `Origin`'s host, port and brackets allowed)
+    /// names this admin API: an IP address, `localhost`, or one of `levy.admin.hosts`. A
+    /// page on another name that resolves to levy's address (DNS rebinding) is not.
+    fn knows_host(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host.as_str(), |(name, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    host.as_str()
+                }
+            }),
+        };
+        name == "localhost"
+            || name.parse::<std::net::IpAddr>().is_ok()
+            || self.hosts.iter().any(|h| h == name)
+    }
+
+    /// Refuses what a browser may send on someone else's behalf: a `Host` levy is not known
+    /// by (DNS rebinding), and a state-changing call from a page of another origin (CSRF:
+    /// browsers send `Origin` on cross-origin POSTs; `curl` and scripts send none).
+    fn refuse_foreign(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
+        let header = |name| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let host = header(http::header::HOST).or_else(|| req.uri.host().map(str::to_owned));
+        if let Some(host) = host.filter(|h| !self.knows_host(h)) {
+            return Some(plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!("the admin API does not answer to `{host}`; add it to levy.admin.hosts\n"),
+            ));
+        }
+        if req.method == Method::GET || req.method == Method::HEAD {
+            return None;
+        }
+        let foreign_origin = header(http::header::ORIGIN).is_some_and(|origin| {
+            let host = origin
+                .split_once("://")
+                .map_or(origin.as_str(), |(_, rest)| rest);
+            origin == "null" || !self.knows_host(host)
+        });
+        let cross_site = header(http::HeaderName::from_static("sec-fetch-site"))
+            .is_some_and(|site| site == "cross-site" || site == "same-site");
+        (foreign_origin || cross_site).then(|| {
+            plain(
+                StatusCode::FORBIDDEN,
+                "state-changing admin calls are not taken from another site's page\n",
+            )
+        })
     }
 
     /// `POST /reload`.
@@ -203,6 +263,9 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
         let method = req.method.clone();
+        if let Some(refusal) = self.refuse_foreign(req) {
+            return refusal;
+        }
         let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/dashboard");
         if let Some(token) = self.token.as_ref().filter(|_| !open) {
             let authorization = req.headers.get(http::header::AUTHORIZATION);

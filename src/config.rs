@@ -66,6 +66,9 @@ pub struct Config {
     pub listeners: Listeners,
     /// The admin API's bearer token; `None`: no authentication.
     pub admin_token: Option<AdminToken>,
+    /// Host names the admin API answers to besides `localhost` and IP addresses
+    /// (`levy.admin.hosts`, lowercase).
+    pub admin_hosts: Vec<String>,
     /// The file this config was read from (`None` when built from text): what a reload reads.
     pub file: Option<std::path::PathBuf>,
     pub routes: RouteTable<Arc<Route>>,
@@ -223,7 +226,10 @@ impl Config {
                 "levy.listeners.admin",
                 self.listeners.admin != new.listeners.admin,
             ),
-            ("levy.admin", self.admin_token != new.admin_token),
+            (
+                "levy.admin",
+                self.admin_token != new.admin_token || self.admin_hosts != new.admin_hosts,
+            ),
             ("levy.networks / levy.assets", self.networks != new.networks),
             (
                 "levy.settlement (or a route needing channels or bundles it has not)",
@@ -276,6 +282,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     let levy = file.levy;
     let listeners = listeners::listeners(&levy.listeners)?;
     let admin_token = listeners::admin_token(&levy.admin)?;
+    let admin_hosts = listeners::admin_hosts(&levy.admin)?;
     let audit_log = alerts::audit_log(levy.audit_log.as_deref())?;
     let webhooks = alerts::webhooks(levy.webhooks.as_ref())?;
     let networks = networks(&levy.networks)?;
@@ -483,6 +490,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         pingora: file.pingora,
         listeners,
         admin_token,
+        admin_hosts,
         file: None,
         routes,
         upstreams,

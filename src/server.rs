@@ -168,7 +168,13 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     server.add_service(proxy);
 
     if let Some(admin) = config.listeners.admin {
-        let app = AdminApp::new(settlement, shared, reloader, config.admin_token.clone());
+        let app = AdminApp::new(
+            settlement,
+            shared,
+            reloader,
+            config.admin_token.clone(),
+            config.admin_hosts.clone(),
+        );
         let mut service = Service::new("levy admin".to_owned(), app);
         service.add_tcp(&admin.to_string());
         server.add_service(service);

@@ -19,7 +19,7 @@ fn routes(price: &str, extra: &str) -> String {
 fn post(admin: SocketAddr, path: &str) -> Response {
     request(
         admin,
-        &format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"),
+        &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
     )
 }
 
@@ -113,7 +113,7 @@ fn a_reload_under_load_changes_a_price_with_zero_failed_requests() {
         "too little load to mean anything"
     );
 
-    let metrics = request(admin, "GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n").text();
+    let metrics = request(admin, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").text();
     assert!(
         metrics.contains("levy_config_reloads_total{outcome=\"applied\"} 1"),
         "{metrics}"
@@ -177,7 +177,7 @@ fn a_broken_config_is_refused_with_the_check_message_and_the_old_table_keeps_ser
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let metrics = request(admin, "GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n").text();
+    let metrics = request(admin, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").text();
     assert!(
         metrics.contains("levy_config_reloads_total{outcome=\"refused\"} 2"),
         "{metrics}"
@@ -208,7 +208,9 @@ fn the_admin_api_refuses_requests_without_its_token() {
             .unwrap_or_default();
         request(
             admin,
-            &format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n"),
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\r\n"
+            ),
         )
     };
     for (method, path) in [

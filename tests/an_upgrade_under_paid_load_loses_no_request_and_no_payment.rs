@@ -131,7 +131,7 @@ fn levy_dash_u_under_paid_load_loses_no_request_and_no_payment() {
     );
     let settled = request(
         admin,
-        "GET /settlements?state=settled HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /settlements?state=settled HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .json();
     assert_eq!(

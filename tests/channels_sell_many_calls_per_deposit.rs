@@ -159,7 +159,7 @@ pub(crate) fn pay_channel_with(
 pub(crate) fn claim_now(admin: SocketAddr) -> u64 {
     let r = request(
         admin,
-        "POST /channels/claim HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+        "POST /channels/claim HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let report = r.json();

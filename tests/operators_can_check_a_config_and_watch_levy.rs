@@ -104,6 +104,41 @@ fn health_and_readiness_answer_on_the_admin_listener() {
     assert_eq!(levy.admin_get("/nope").status, 404);
 }
 
+#[test]
+fn a_browser_page_cannot_drive_or_read_an_admin_api_without_a_token() {
+    let origin = Origin::echo();
+    let levy = Levy::start(&format!(
+        "{}  admin:\n    hosts: [levy-admin.internal]\n  routes: []\n",
+        upstream_yaml(origin.addr)
+    ));
+    let call = |head: &str| crate::support::request(levy.admin, &format!("{head}\r\n\r\n"));
+    // A page on a name rebound to levy's address (DNS rebinding) reads nothing.
+    let rebound = call("GET /metrics HTTP/1.1\r\nHost: attacker.example:9180");
+    assert_eq!(rebound.status, 421, "{}", rebound.text());
+    // A cross-site page's form or fetch cannot reload or claim.
+    let forged = call(
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nOrigin: https://attacker.example\r\nContent-Length: 0",
+    );
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    let forged = call(
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0",
+    );
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    // Operators' own tools are answered: by address, by localhost, by a configured name.
+    for host in [
+        "127.0.0.1:9180",
+        "localhost",
+        "[::1]:9180",
+        "levy-admin.internal",
+    ] {
+        let r = call(&format!("GET /healthz HTTP/1.1\r\nHost: {host}"));
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+    }
+    let scripted = call("POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0");
+    assert_ne!(scripted.status, 403, "{}", scripted.text());
+    assert_ne!(scripted.status, 421, "{}", scripted.text());
+}
+
 /// The `levy_*` metric names `text` mentions (histogram series suffixes removed).
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut names = std::collections::BTreeSet::new();

@@ -43,7 +43,7 @@ fn chromium(url: &str, profile: &Path, args: &[&str]) -> String {
 fn admin(levy: &Levy, path: &str) -> crate::support::Response {
     request(
         levy.admin,
-        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
     )
 }
 

@@ -74,14 +74,14 @@ impl Running {
 fn admin_post(levy: &Running, path: &str) -> Response {
     request(
         levy.admin,
-        &format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"),
+        &format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"),
     )
 }
 
 fn record(levy: &Running, id: &str) -> Value {
     request(
         levy.admin,
-        &format!("GET /settlements/{id} HTTP/1.1\r\nHost: admin\r\n\r\n"),
+        &format!("GET /settlements/{id} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
     )
     .json()
 }

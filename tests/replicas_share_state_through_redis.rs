@@ -230,7 +230,12 @@ fn without_redis_priced_routes_fail_closed_free_routes_serve_and_levy_recovers_b
             &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment),
         )
     };
-    let ready = |levy: &Levy| request(levy.admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
+    let ready = |levy: &Levy| {
+        request(
+            levy.admin,
+            "GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+    };
     assert_eq!(pay(&levy).status, 200);
 
     redis.stop(); // SIGKILL; it comes back with its data
@@ -274,7 +279,7 @@ fn a_redis_that_comes_back_empty_is_noticed_and_priced_routes_fail_closed_until_
     let terms = challenge_at(addr, "/data/x");
     let (_, spent) = sign_for(&terms, KEYS[0]);
     let pay = |payment: &str| request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", payment));
-    let ready = || request(admin, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
+    let ready = || request(admin, "GET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(pay(&spent).status, 200);
 
     // Redis forgets every used authorization: serving on, another replica would sell
@@ -492,7 +497,7 @@ fn pay_round_robin(addrs: &[SocketAddr], payments: Vec<String>, threads: usize) 
 fn settled_at(admin: SocketAddr) -> Vec<(String, String)> {
     let listing = request(
         admin,
-        "GET /settlements?state=settled&limit=10000 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /settlements?state=settled&limit=10000 HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .json();
     listing["settlements"]

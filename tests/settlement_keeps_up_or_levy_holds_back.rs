@@ -18,7 +18,7 @@ use crate::support::{free_port, request, upstream_yaml, Origin, PAY_TO};
 
 /// The value of an unlabelled metric, from a levy's admin listener.
 fn gauge(admin: std::net::SocketAddr, name: &str) -> f64 {
-    let text = request(admin, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").text();
+    let text = request(admin, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").text();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

@@ -74,7 +74,7 @@ fn a_payment_charged_before_a_crash_is_refused_after_the_restart() {
     assert_eq!(origin.seen().len(), 1, "the replay reached the origin");
     let pending = request(
         admin,
-        "GET /settlements?state=pending HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /settlements?state=pending HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .json();
     assert_eq!(pending["count"].as_u64(), Some(1), "{pending}");
@@ -231,7 +231,7 @@ fn sigkill_during_paid_traffic(path: &'static str) {
     );
     let body = request(
         admin,
-        "GET /settlements?state=settled HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET /settlements?state=settled HTTP/1.1\r\nHost: localhost\r\n\r\n",
     )
     .json();
     assert_eq!(
@@ -436,7 +436,7 @@ fn a_sync_route_answers_only_after_the_disk_and_a_failed_journal_write_charges_n
     wait_listening(addr);
     let terms = challenge_at(addr, "/data/x");
     let pay = |header: &str| request(addr, &paid_get("/data/x", "PAYMENT-SIGNATURE", header));
-    let health = || request(admin, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    let health = || request(admin, "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(pay(&sign_for(&terms, KEYS[0]).1).status, 200);
 
     // The disk takes 3 s to sync: the response leaves after it, not before.

@@ -131,7 +131,7 @@ impl Levy {
     pub fn admin_get(&self, path: &str) -> Response {
         request(
             self.admin,
-            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         )
     }
 }

@@ -145,7 +145,7 @@ fn certificates_are_reloaded_without_a_restart_and_a_broken_one_is_refused() {
     ca.issue("b", &["DNS:b.levy.test", "DNS:c.levy.test"]);
     let reload = request(
         admin,
-        "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(reload.status, 200, "{}", reload.text());
     let renewed = curl(&ca.cert, "c.levy.test", tls, "/free/x", true, &[]);
@@ -155,7 +155,7 @@ fn certificates_are_reloaded_without_a_restart_and_a_broken_one_is_refused() {
     std::fs::write(&b.cert, "not a certificate\n").expect("break the file");
     let refused = request(
         admin,
-        "POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n",
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(refused.status, 422, "{}", refused.text());
     assert!(

@@ -141,6 +141,29 @@ fn tls_listener(t: &schema::TlsListener) -> Result<TlsListener, ConfigError> {
     })
 }
 
+/// `levy.admin.hosts`, lowercase, each a bare host name (no port, no scheme).
+pub(super) fn admin_hosts(a: &schema::Admin) -> Result<Vec<String>, ConfigError> {
+    a.hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = host.trim().to_ascii_lowercase();
+            let bare = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if bare {
+                Ok(host)
+            } else {
+                Err(invalid(
+                    format!("levy.admin.hosts[{i}]"),
+                    format!("`{host}` is not a host name (no port or scheme)"),
+                ))
+            }
+        })
+        .collect()
+}
+
 pub(super) fn admin_token(a: &schema::Admin) -> Result<Option<AdminToken>, ConfigError> {
     let token = secret(
         "levy.admin",

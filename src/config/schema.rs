@@ -395,6 +395,10 @@ pub struct Admin {
     pub token_env: Option<String>,
     #[serde(default)]
     pub token_file: Option<String>,
+    /// Host names the admin API answers to besides `localhost` and IP addresses (a browser
+    /// page that rebinds its own name to levy's address is refused).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

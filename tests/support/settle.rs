@@ -32,7 +32,7 @@ pub fn settlement_yaml_signed_by(dir: &Path, settler_key: &str, extra: &str) -> 
 pub fn settlements_in(admin: SocketAddr, state: &str) -> usize {
     let r = request(
         admin,
-        &format!("GET /settlements?state={state} HTTP/1.1\r\nHost: a\r\n\r\n"),
+        &format!("GET /settlements?state={state} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
     );
     r.json()["count"]
         .as_u64()
@@ -64,7 +64,11 @@ pub fn wait_settled(admin: SocketAddr, n: usize) {
         assert!(
             Instant::now() < deadline,
             "{n} payments never settled: {}",
-            request(admin, "GET /settlements HTTP/1.1\r\nHost: a\r\n\r\n").text()
+            request(
+                admin,
+                "GET /settlements HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            )
+            .text()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
