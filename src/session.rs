@@ -17,7 +17,8 @@ pub const SIGN_IN_WITH_X: &str = "sign-in-with-x";
 pub const MAX_AGE_MS: u64 = 300_000;
 
 /// What one purchase of a bundle buys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Quota {
     /// This many calls after the paying one.
     Calls(u64),
@@ -87,6 +88,16 @@ impl Bundle {
         match quota {
             Quota::Calls(n) | Quota::Bytes(n) => self.bought = self.bought.saturating_add(n),
             Quota::Seconds(n) => self.expires_at = self.expires_at.max(now).saturating_add(n),
+        }
+    }
+
+    /// Takes back one purchase of `quota` (its payment failed to settle): what it added is
+    /// gone, what was used of it stays used.
+    pub fn revoke(&mut self, quota: Quota) {
+        self.purchases = self.purchases.saturating_sub(1);
+        match quota {
+            Quota::Calls(n) | Quota::Bytes(n) => self.bought = self.bought.saturating_sub(n),
+            Quota::Seconds(n) => self.expires_at = self.expires_at.saturating_sub(n),
         }
     }
 

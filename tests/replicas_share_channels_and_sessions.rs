@@ -262,16 +262,86 @@ fn bundle_replicas(
     origin: &Origin,
     redis: &RedisServer,
 ) -> Replicas {
+    bundle_replicas_settling(count, chain, origin, redis, "")
+}
+
+/// [`bundle_replicas`] with more `levy.settlement` settings (YAML lines, indented four).
+fn bundle_replicas_settling(
+    count: usize,
+    chain: &TestChain,
+    origin: &Origin,
+    redis: &RedisServer,
+    settlement: &str,
+) -> Replicas {
     let settlers = [SETTLER_KEY, KEYS[3], KEYS[5]];
     start_replicas(count.min(settlers.len()), |i, dir| {
         format!(
             "{}{}{}{}  routes:\n    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{BUNDLE_PRICE}\", calls: 10}}}}\n",
             upstream_yaml(origin.addr),
             chain.levy_yaml(),
-            settlement_yaml_signed_by(dir, settlers[i], ""),
+            settlement_yaml_signed_by(dir, settlers[i], settlement),
             redis.state_yaml(),
         )
     })
+}
+
+#[test]
+fn a_bundle_whose_purchase_fails_to_settle_is_taken_back_on_every_replica() {
+    let redis = RedisServer::start();
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    // Batches wait 4 s: time for the payer to cancel its payment first. The payer's denial
+    // lasts a second: after it, only the taken-back purchase refuses its draws.
+    let (_processes, replicas, _dirs) = bundle_replicas_settling(
+        2,
+        &chain,
+        &origin,
+        &redis,
+        "    max_delay_ms: 4000\n    funds:\n      deny_seconds: 1\n",
+    );
+    let host = replicas[0].0.to_string();
+    let payer = signer(KEYS[0]).address();
+
+    let unpaid = get_feed_at(replicas[0].0, &host, "X-Nothing", "1");
+    let challenge = decode(unpaid.header("payment-required").expect("challenge"));
+    let (signed, payment) = crate::support::pay::sign_for(&challenge, KEYS[0]);
+    let bought = get_feed_at(replicas[0].0, &host, "PAYMENT-SIGNATURE", &payment);
+    assert_eq!(bought.status, 200, "{}", bought.text());
+    let proof = proof_header_at(replicas[1].0, &host, payer, KEYS[0]);
+    let drawn = get_feed_at(replicas[1].0, &host, "SIGN-IN-WITH-X", &proof);
+    assert_eq!(
+        drawn.status,
+        200,
+        "a draw before the cancel: {}",
+        drawn.text()
+    );
+
+    chain.cancel(KEYS[0], signed.nonce);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while crate::support::settle::settlements_in(replicas[0].1, "failed") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the canceled payment never failed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let served = origin.seen().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    for (addr, _) in &replicas {
+        let proof = proof_header_at(*addr, &host, payer, KEYS[0]);
+        let r = get_feed_at(*addr, &host, "SIGN-IN-WITH-X", &proof);
+        assert_eq!(
+            refusal(&r)["error"],
+            "bundle_used_up",
+            "a draw after the purchase failed, on {addr}"
+        );
+    }
+    assert_eq!(
+        origin.seen().len(),
+        served,
+        "a call was served on the failed purchase"
+    );
 }
 
 #[test]

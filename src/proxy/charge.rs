@@ -570,11 +570,17 @@ impl LevyProxy {
             return Ok(());
         };
         let route = ctx.route_label().to_owned();
+        let bundle = ctx.route.as_ref().and_then(|r| match &r.access {
+            Access::Priced(paywall) => paywall.bundle,
+            _ => None,
+        });
         let Some(paid) = ctx.reserved_mut() else {
             return Ok(());
         };
         let expiring = paid.verified.valid_before < unix_now() + settlement.settle_window_seconds();
-        let (record, hold) = (paid.record(&route), paid.hold.take());
+        let (mut record, hold) = (paid.record(&route), paid.hold.take());
+        // What it buys is taken back if it fails to settle.
+        record.bundle = bundle;
         let (id, durability) = (record.id.clone(), paid.durability);
         if expiring {
             // Too close to validBefore for a batch: settle before the response leaves, or

@@ -191,6 +191,7 @@ impl Paid {
             entry: None,
             isolate: false,
             admitted_block: self.admitted_block,
+            bundle: None,
         }
     }
 }

@@ -185,6 +185,10 @@ impl LevyProxy {
             // A payer whose payment failed to settle draws nothing meanwhile.
             return Err(Undrawn::Refused(reason));
         }
+        if sessions.denied_elsewhere(payer).await.is_some() {
+            // Nor on a replica that has not seen the failure itself.
+            return Err(Undrawn::Refused("payer_denied"));
+        }
         let draw = sessions
             .draw(payer, &ticket.route, ticket.quota, &ticket.nonce, unix_ms())
             .await

@@ -446,6 +446,20 @@ impl Settlement {
                 self.count_loss(r.amount, now);
             }
             if state == SettlementState::Failed {
+                if let (Some(quota), Some(sessions)) = (r.bundle, self.inner.sessions.as_ref()) {
+                    // What it bought was never paid for.
+                    match sessions.revoke(r.payer, &r.route, quota).await {
+                        Ok(_) => log::warn!(
+                            "payment {}: its bundle purchase on {} is taken back",
+                            r.id,
+                            r.route
+                        ),
+                        Err(e) => log::error!(
+                            "payment {}: cannot take back its bundle purchase: {e}",
+                            r.id
+                        ),
+                    }
+                }
                 if let Some(reason) = deny_reason(r) {
                     log::warn!("payer {} denied for {deny_for} s: {reason}", r.payer);
                     self.inner.funds.deny(r.payer, reason, now + deny_for);

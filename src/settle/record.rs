@@ -143,6 +143,10 @@ pub struct PaymentRecord {
     /// older block (a node behind) says nothing about the payer.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub admitted_block: u64,
+    /// The bundle purchase it paid for (`sign-in-with-x` routes): taken back on every
+    /// replica if the payment fails to settle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<crate::session::Quota>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -300,6 +300,50 @@ impl Sessions {
         Ok(bundle)
     }
 
+    /// Takes back the purchase of `quota` on `payer`'s bundle on `route` whose payment failed
+    /// to settle, on every replica; in the log before this returns.
+    pub async fn revoke(
+        &self,
+        payer: Address,
+        route: &str,
+        quota: Quota,
+    ) -> Result<Bundle, JournalError> {
+        if let Some(shared) = self.shared() {
+            let bundle = shared
+                .revoke(payer, route, quota)
+                .await
+                .map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
+            self.cache(&bundle);
+            self.inner.log.put(bundle.clone()).await?;
+            return Ok(bundle);
+        }
+        let bundle = {
+            let mut slots = lock(&self.inner.slots);
+            let Some(slot) = slots.get_mut(&(payer, route.to_owned())) else {
+                return Err(JournalError::Storage(format!(
+                    "no bundle of {payer} on {route} to take back"
+                )));
+            };
+            slot.bundle.revoke(quota);
+            slot.bundle.clone()
+        };
+        self.inner.log.put(bundle.clone()).await?;
+        Ok(bundle)
+    }
+
+    /// Why another replica denied `payer` (shared state only; `None` without it, or when it
+    /// cannot be asked: the local deny list and the exposure caps still hold).
+    pub async fn denied_elsewhere(&self, payer: Address) -> Option<String> {
+        let shared = self.shared()?;
+        match shared.denied(payer).await {
+            Ok(reason) => reason,
+            Err(e) => {
+                log::warn!("cannot read the shared deny list: {e}");
+                None
+            }
+        }
+    }
+
     /// Lets an admitted call go uncharged (the origin failed, the client left).
     pub fn cancel(&self, draw: &Draw) {
         if let Some(shared) = self.shared().cloned() {

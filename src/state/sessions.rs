@@ -35,6 +35,17 @@ end
 return fields()
 ";
 
+/// Takes one purchase of `ARGV[2]` `ARGV[1]` back from bundle `KEYS[1]` (never below zero).
+const REVOKE: &str = r"
+local function take(field, n)
+  local left = tonumber(redis.call('HGET', KEYS[1], field) or '0') - n
+  redis.call('HSET', KEYS[1], field, math.max(left, 0))
+end
+take('purchases', 1)
+if ARGV[1] == 'seconds' then take('expires_at', tonumber(ARGV[2])) else take('bought', tonumber(ARGV[2])) end
+return fields()
+";
+
 /// Spends nonce key `KEYS[3]` and admits token `ARGV[3]` into `KEYS[2]` at `ARGV[2]` (Unix
 /// ms) for `ARGV[4]` ms on a bundle of `ARGV[1]`, or answers `replayed`, `used_up`,
 /// `expired` or `in_use` (a bytes bundle with a call in flight); the nonce is kept `ARGV[5]`
@@ -63,6 +74,7 @@ return fields()
 
 struct Scripts {
     grant: Script,
+    revoke: Script,
     draw: Script,
     finish: Script,
 }
@@ -73,6 +85,7 @@ fn scripts() -> &'static Scripts {
         let with = |body: &str| Script::new(&format!("{FIELDS}{body}"));
         Scripts {
             grant: with(GRANT),
+            revoke: with(REVOKE),
             draw: with(DRAW),
             finish: with(FINISH),
         }
@@ -146,6 +159,19 @@ impl SharedSessions for Shared {
             .script(&scripts().grant, self.bundle_keys(payer, route), args)
             .await?;
         bundle(payer, route, &fields)
+    }
+
+    async fn revoke(&self, payer: Address, route: &str, quota: Quota) -> Result<Bundle, String> {
+        let (unit, amount) = unit(quota);
+        let args = vec![unit.to_owned(), amount.to_string()];
+        let fields: Vec<String> = self
+            .script(&scripts().revoke, self.bundle_keys(payer, route), args)
+            .await?;
+        bundle(payer, route, &fields)
+    }
+
+    async fn denied(&self, payer: Address) -> Result<Option<String>, String> {
+        self.denial(payer).await
     }
 
     async fn draw(

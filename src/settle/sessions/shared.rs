@@ -39,6 +39,13 @@ pub trait SharedSessions: Send + Sync {
 
     /// Ends the admitted `draw`, debiting `used` (calls or bytes); returns the bundle.
     async fn finish(&self, draw: &Draw, used: u64) -> Result<Bundle, String>;
+
+    /// Takes one purchase of `quota` back from `payer`'s bundle on `route` (its payment
+    /// failed to settle); returns the bundle.
+    async fn revoke(&self, payer: Address, route: &str, quota: Quota) -> Result<Bundle, String>;
+
+    /// Why a replica denied `payer`, while the denial lasts.
+    async fn denied(&self, payer: Address) -> Result<Option<String>, String>;
 }
 
 /// How long an admitted call holds its place in a bundle if its replica never finishes it.
