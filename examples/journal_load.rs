@@ -70,6 +70,7 @@ fn record(i: u64, random_id: bool) -> PaymentRecord {
         entry: None,
         isolate: false,
         admitted_block: 0,
+        bundle: None,
     }
 }
 

@@ -691,6 +691,7 @@ pub(super) mod tests {
             entry: None,
             isolate: false,
             admitted_block: 0,
+            bundle: None,
         }
     }
 
