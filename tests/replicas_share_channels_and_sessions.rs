@@ -254,6 +254,63 @@ fn a_refund_asked_of_one_replica_returns_exactly_what_no_replica_charged() {
     );
 }
 
+#[test]
+fn a_refund_asked_of_one_replica_keeps_the_ceiling_of_a_metered_call_streaming_on_another() {
+    let redis = RedisServer::start();
+    let chain = channel_chain();
+    // 2 KiB a call; `?slow` streams it in four parts over 2.4 s.
+    let origin = Origin::start(|seen| {
+        if seen.target.contains("slow") {
+            Reply::Paced {
+                head: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+                chunks: vec![vec![b'x'; 512]; 4],
+                every: Duration::from_millis(600),
+            }
+        } else {
+            Reply::ok("x".repeat(2048))
+        }
+    });
+    // 1000 per started KiB, at most 10 000 a call.
+    let route = "    - {name: feed, path: /ticks, meter: {unit: bytes, price: \"1000\", per: 1024, ceiling: \"10000\"}, accepts: [{network: base-sepolia}], channel: {min_deposit: \"100000\"}}\n";
+    let (_processes, replicas, _dirs) = start_replicas(2, |_, dir| {
+        channel_yaml(&chain, &origin, dir, route, "") + &redis.state_yaml()
+    });
+    let url = format!("http://{}/ticks", replicas[0].0);
+    let opened = pay_channel(Client::TypeScript, &url, 1);
+    assert_eq!(opened["statuses"]["200"], 1, "{opened}");
+    assert_eq!(escrowed(&chain).0, 100_000);
+
+    // A second call streams on replica 0 under the voucher for 20 000 (its ceiling reserved).
+    let accepted = offered_at(replicas[0].0);
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    let streaming = {
+        let (addr, header) = (replicas[0].0, voucher_header(&accepted, &channel, 20_000));
+        std::thread::spawn(move || {
+            crate::support::request(
+                addr,
+                &format!(
+                    "GET /ticks?slow HTTP/1.1\r\nHost: a\r\nPAYMENT-SIGNATURE: {header}\r\n\r\n"
+                ),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    // Meanwhile replica 1 is asked for everything not charged: the first call earned 2000;
+    // the second's 10 000 ceiling is not the payer's to take back while it streams.
+    let r = get_paying(
+        replicas[1].0,
+        &signed_payload(&accepted, &channel, 20_000, json!({"type": "refund"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        escrowed(&chain).0,
+        2000 + 10_000,
+        "the refund returned a ceiling still streaming"
+    );
+    let streamed = streaming.join().expect("the streaming call");
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+}
+
 /// `count` levy processes selling a ten-call bundle of `/feed`, each settling with its own
 /// key, sharing `redis`.
 fn bundle_replicas(

@@ -42,6 +42,8 @@ pub enum ChannelStep {
     Metering {
         channel_id: B256,
         ceiling: u128,
+        /// Its hold's token, when replicas share the channel (its stream is noted under it).
+        token: Option<String>,
         metering: Box<Metering>,
     },
 }
@@ -267,6 +269,7 @@ impl LevyProxy {
             ctx.channel = ChannelStep::Metering {
                 channel_id: lease.voucher.channel_id,
                 ceiling: lease.price,
+                token: lease.token().map(str::to_owned),
                 metering,
             };
         }
@@ -284,6 +287,7 @@ impl LevyProxy {
         let ChannelStep::Metering {
             channel_id,
             ceiling,
+            token,
             metering,
         } = std::mem::take(&mut ctx.channel)
         else {
@@ -294,7 +298,10 @@ impl LevyProxy {
         };
         let (units, amount) = self.metered_charge(session, e, ctx, &metering);
         let amount = u128::try_from(amount).unwrap_or(u128::MAX);
-        if let Err(e) = channels.earn(channel_id, amount, ceiling).await {
+        if let Err(e) = channels
+            .earn(channel_id, amount, ceiling, token.as_deref())
+            .await
+        {
             log::error!("cannot record channel {channel_id} earning {amount}: {e}");
         }
         log::debug!(

@@ -98,7 +98,16 @@ pub struct Lease {
     held: Option<(String, u64)>,
 }
 
+/// How long a metered call's ceiling stays out of refunds on other replicas if its replica
+/// never says the call ended (it died mid-stream).
+const METERED_STREAM_HOLD: Duration = Duration::from_secs(3600);
+
 impl Lease {
+    /// Its shared hold's token (replicas sharing channels only).
+    pub fn token(&self) -> Option<&str> {
+        self.held.as_ref().map(|(token, _)| token.as_str())
+    }
+
     /// What the request does to its channel's ledger: its price charged, or (metered) its
     /// ceiling reserved.
     fn step(&self, ledger: &mut Ledger) {
@@ -646,12 +655,18 @@ impl Channels {
             .read_state(chain, id)
             .await
             .map_err(Refusal::Unavailable)?;
+        // Metered calls streaming on other replicas keep their ceilings too.
+        let elsewhere = match self.shared() {
+            Some(shared) => shared.streaming(id).await.map_err(Refusal::Unavailable)?,
+            None => 0,
+        };
         let config = {
             let mut slots = lock(&self.inner.slots);
             let slot = slots
                 .get_mut(&id)
                 .ok_or(Refusal::Rejected(ChannelError::NotFound))?;
             slot.ledger.observe(&before);
+            slot.ledger.streaming = slot.ledger.streaming.max(elsewhere);
             slot.ledger.config
         };
         let plan = self.judge(id, plan_of)?;
@@ -839,6 +854,16 @@ impl Channels {
             let put = shared.put(&next, base.version, Some(token)).await;
             match put.map_err(SettleError::Shared)? {
                 Put::Written(_) => {
+                    if lease.metered {
+                        // Its ceiling stays out of a refund asked of any replica until
+                        // the response ends.
+                        let until =
+                            crate::clock::unix_ms() + METERED_STREAM_HOLD.as_millis() as u64;
+                        shared
+                            .stream_started(id, token, lease.price, until)
+                            .await
+                            .map_err(SettleError::Shared)?;
+                    }
                     self.install(next.clone());
                     if let Some(slot) = lock(&self.inner.slots).get_mut(&id) {
                         if lease.metered {
@@ -921,7 +946,19 @@ impl Channels {
 
     /// Earns `amount` of the `ceiling` a metered call on channel `id` reserved (once its
     /// response ended), in the channel log before this returns.
-    pub async fn earn(&self, id: B256, amount: u128, ceiling: u128) -> Result<(), SettleError> {
+    pub async fn earn(
+        &self,
+        id: B256,
+        amount: u128,
+        ceiling: u128,
+        token: Option<&str>,
+    ) -> Result<(), SettleError> {
+        if let (Some(shared), Some(token)) = (self.shared(), token) {
+            if let Err(e) = shared.stream_ended(id, token).await {
+                // Its ceiling lapses out of the refund hold by itself.
+                ::log::warn!("channel {id}: cannot note its metered call ended: {e}");
+            }
+        }
         if self.shared().is_some() {
             // The stream's ceiling is held here, not in the shared ledger: it stops being
             // held here first.

@@ -65,6 +65,12 @@ impl Shared {
         [format!("{base}ledger"), format!("{base}hold")]
     }
 
+    /// Channel `id`'s metered calls streaming now: a sorted set of `<token>|<ceiling>` by
+    /// when each lapses (unix ms).
+    fn streams_key(&self, id: B256) -> String {
+        format!("{}{{ch:{id:x}}}:streams", self.inner.spec.key_prefix)
+    }
+
     fn channel_index(&self) -> String {
         format!("{}channels", self.inner.spec.key_prefix)
     }
@@ -106,6 +112,84 @@ impl SharedChannels for Shared {
             (Some(rec), Some(ver)) => versioned(&rec, &ver).map(Some),
             _ => Ok(None),
         }
+    }
+
+    async fn stream_started(
+        &self,
+        id: B256,
+        token: &str,
+        ceiling: u128,
+        until_ms: u64,
+    ) -> Result<(), String> {
+        let (key, member) = (self.streams_key(id), format!("{token}|{ceiling}"));
+        let now_ms = crate::clock::unix_ms();
+        self.run(|mut conn, _| async move {
+            // Calls whose replicas never said they ended go first.
+            redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now_ms)
+                .ignore()
+                .cmd("ZADD")
+                .arg(&key)
+                .arg(until_ms)
+                .arg(&member)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn stream_ended(&self, id: B256, token: &str) -> Result<(), String> {
+        let key = self.streams_key(id);
+        let members: Vec<String> = self
+            .run(|mut conn, _| async move {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let ours: Vec<String> = members
+            .into_iter()
+            .filter(|m| m.split('|').next() == Some(token))
+            .collect();
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let key = self.streams_key(id);
+        self.run(|mut conn, _| async move {
+            redis::cmd("ZREM")
+                .arg(&key)
+                .arg(&ours)
+                .query_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn streaming(&self, id: B256) -> Result<u128, String> {
+        let key = self.streams_key(id);
+        let now_ms = crate::clock::unix_ms();
+        let members: Vec<String> = self
+            .run(|mut conn, _| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(now_ms)
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| m.rsplit('|').next()?.parse::<u128>().ok())
+            .fold(0u128, u128::saturating_add))
     }
 
     async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, String> {

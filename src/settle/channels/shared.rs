@@ -55,6 +55,22 @@ pub trait SharedChannels: Send + Sync {
     /// Channel `id`'s ledger, if a replica wrote one.
     async fn get(&self, id: B256) -> Result<Option<Versioned>, String>;
 
+    /// Notes that a metered call (its hold's `token`) on channel `id` keeps `ceiling` out of
+    /// refunds on every replica until it ends, or `until_ms` (unix ms) passes.
+    async fn stream_started(
+        &self,
+        id: B256,
+        token: &str,
+        ceiling: u128,
+        until_ms: u64,
+    ) -> Result<(), String>;
+
+    /// The metered call `token` on channel `id` ended.
+    async fn stream_ended(&self, id: B256, token: &str) -> Result<(), String>;
+
+    /// The ceilings of channel `id`'s metered calls streaming now, on every replica.
+    async fn streaming(&self, id: B256) -> Result<u128, String>;
+
     /// Holds channel `id` for `hold` under `token` (unless another token holds it) and
     /// returns its ledger.
     async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, String>;
