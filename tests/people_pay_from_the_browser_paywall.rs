@@ -211,6 +211,31 @@ fn a_paid_html_page_is_shown_in_a_sandboxed_frame() {
 }
 
 #[test]
+fn a_payment_settled_before_a_failing_origin_is_reported_as_paid_not_as_nothing() {
+    let origin = Origin::start(|_| Reply::status(500, "the report generator is down"));
+    let shop = shop_selling(
+        &origin,
+        10 * PRICE,
+        &format!(
+            "{{name: browser-report, path: /reports/*, amount: {PRICE}, settle: before_response, \
+             accepts: [{{network: base-sepolia}}]}}"
+        ),
+    );
+
+    let report = browse(&shop, "/reports/today", "sign", "paywall-origin-down");
+    assert_eq!(
+        report["resultStatus"], "Paid, but the server answered 500.",
+        "{report}"
+    );
+    assert_eq!(report["paid"], true, "{report}");
+    assert_eq!(
+        shop.chain.balance(PAY_TO.parse().expect("pay_to")),
+        alloy::primitives::U256::from(PRICE),
+        "the payment settled before the origin failed"
+    );
+}
+
+#[test]
 fn a_wallet_without_enough_usdc_is_told_its_balance_before_it_signs() {
     let origin = json_origin();
     let shop = shop(&origin, PRICE / 2);

@@ -122,6 +122,7 @@
     if (busy) return;
     busy = true;
     $("x402-pay").setAttribute("aria-busy", "true");
+    let charged = null;
     try {
       const { li, accept } = chosen();
       const label = li.dataset.network;
@@ -163,10 +164,13 @@
       say("Paying…");
       const response = await fetch(location.href, { headers: { "PAYMENT-SIGNATURE": b64encode(JSON.stringify(payment)), Accept: "*/*" } });
       if (response.status === 402) refuse("The payment was refused: " + reasonOf(response) + ". Nothing was charged.");
-      await show(response);
+      charged = receiptOf(response);
+      await show(response, charged);
     } catch (e) {
       if (e instanceof Refusal) say(e.message, "error");
       else if (e && e.code === 4001) say("You rejected the request in your wallet. Nothing was paid.", "error");
+      // What was charged is the server's receipt's to say, not the exception's.
+      else if (charged) say("Paid (payment " + chargedId(charged) + "), but the page could not show the response: " + ((e && e.message) || e) + ".", "error");
       else say("The payment did not go through: " + ((e && e.message) || e) + ". Nothing was charged.", "error");
     } finally {
       busy = false;
@@ -174,13 +178,26 @@
     }
   }
 
-  async function show(response) {
+  // The server's receipt (`PAYMENT-RESPONSE`) of a charged payment, or null.
+  function receiptOf(response) {
+    try {
+      const receipt = JSON.parse(b64decode(response.headers.get("payment-response")));
+      return receipt && receipt.success ? receipt : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function chargedId(receipt) {
+    const levy = receipt.extensions && receipt.extensions.levy;
+    return (levy && levy.paymentId) || receipt.transaction || "receipt";
+  }
+
+  async function show(response, receipt) {
     const type = response.headers.get("content-type") || "";
     const out = $("x402-result");
     const body = $("x402-body");
     body.replaceChildren();
-    let receipt = null;
-    try { receipt = JSON.parse(b64decode(response.headers.get("payment-response"))); } catch (_) {}
     const levy = receipt && receipt.extensions && receipt.extensions.levy;
     if (levy && levy.paymentId) {
       $("x402-payment-id").textContent = levy.paymentId;
@@ -189,7 +206,11 @@
       link.hidden = !levy.statusUrl;
     }
     $("x402-receipt").hidden = !(levy && levy.paymentId);
-    $("x402-result-status").textContent = response.ok ? "Paid. The response:" : "Paid nothing: the server answered " + response.status + ".";
+    // Whether anything was paid is the receipt's to say: a payment settled before the
+    // response (or to be settled whatever the origin answered) is charged on an error too.
+    $("x402-result-status").textContent = receipt
+      ? (response.ok ? "Paid. The response:" : "Paid, but the server answered " + response.status + ".")
+      : "Paid nothing: the server answered " + response.status + ".";
     if (/json/.test(type)) {
       const pre = document.createElement("pre");
       const text = await response.text();
@@ -209,7 +230,8 @@
       const blob = await response.blob();
       const link = document.createElement("a");
       link.href = URL.createObjectURL(blob);
-      link.download = decodeURIComponent(location.pathname.split("/").pop() || "download");
+      const last = location.pathname.split("/").pop() || "download";
+      try { link.download = decodeURIComponent(last); } catch (_) { link.download = last; }
       link.textContent = "Download " + link.download + " (" + blob.size + " bytes)";
       body.append(link);
     }
@@ -217,7 +239,7 @@
     out.hidden = false;
     say("", "info");
     $("x402-result-status").focus();
-    document.body.dataset.paid = response.ok ? "true" : "false";
+    document.body.dataset.paid = receipt ? "true" : "false";
   }
 
   if (payable.length === 0) {
