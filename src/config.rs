@@ -278,6 +278,45 @@ struct Asset {
     usd: bool,
 }
 
+/// The exposure caps and the loss budget count atomic units, summed over every asset the
+/// priced routes accept: refuses assets whose atomic units differ in size (a cap would mean
+/// another amount for each), and with Redis, whose 64-bit counters overflow above about
+/// 9.2 tokens of an asset with more than 12 decimals, such assets.
+fn exposure_units(routes: &RouteTable<Arc<Route>>, redis: bool) -> Result<(), ConfigError> {
+    let mut first: Option<(&str, &str, u8)> = None;
+    for (_, route) in routes.iter() {
+        let Access::Priced(paywall) = &route.access else {
+            continue;
+        };
+        for r in &paywall.requirements {
+            let at = format!("levy.routes[`{}`].accepts", route.name);
+            if redis && r.decimals > 12 {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "asset `{}` has {} decimals: levy.state.redis counts exposure in 64-bit integers, which such amounts overflow above about 9.2 tokens",
+                        r.asset_name, r.decimals
+                    ),
+                ));
+            }
+            match first {
+                None => first = Some((&route.name, &r.asset_name, r.decimals)),
+                Some((other_route, other, decimals)) if decimals != r.decimals => {
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "asset `{}` has {} decimals but `{other}` (route `{other_route}`) has {decimals}: the exposure caps and the loss budget count atomic units over every asset, so they would mean different amounts",
+                            r.asset_name, r.decimals
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn build(file: schema::File) -> Result<Config, ConfigError> {
     let levy = file.levy;
     let listeners = listeners::listeners(&levy.listeners)?;
@@ -458,6 +497,9 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 "needs `levy.settlement`: bundles are kept next to its journal",
             ));
         }
+    }
+    if settlement.is_some() {
+        exposure_units(&routes, matches!(levy.state, schema::State::Redis(_)))?;
     }
     // A metered charge is settled through levy's batcher with levy's key: a facilitator
     // would be handed the ceiling.

@@ -916,3 +916,34 @@ fn a_paywall_look_names_the_key_it_cannot_use() {
     .expect("valid");
     assert!(only_paywall(&off).challenge.page("dGVybXM=").csp.is_none());
 }
+
+#[test]
+fn settled_routes_accepting_assets_of_different_decimals_or_redis_with_an_18_decimal_asset_are_refused(
+) {
+    let assets = "  networks:\n    local: {chain_id: 31337, rpc_url: \"http://127.0.0.1:8545\"}\n  assets:\n    \
+                  - {name: tok, network: local, address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", eip712_name: Tok, eip712_version: \"1\", decimals: 18}\n";
+    let settlement = "  settlement:\n    journal_path: /tmp/j.redb\n";
+    let both = route(&format!(
+        "      amount: \"1000\"\n      pay_to: \"{PAY_TO}\"\n      accepts:\n        - network: base-sepolia\n        - {{network: local, asset: tok}}\n"
+    ));
+    assert_error(
+        &yaml(&both, &format!("{assets}{settlement}")),
+        "asset `tok` has 18 decimals but `usdc` (route `r`) has 6",
+    );
+    // Without settlement nothing is capped: both may be accepted.
+    Config::from_yaml(&yaml(&both, assets)).expect("no caps without settlement");
+    let only_tok = route(&format!(
+        "      amount: \"1000\"\n      pay_to: \"{PAY_TO}\"\n      accepts:\n        - {{network: local, asset: tok}}\n"
+    ));
+    Config::from_yaml(&yaml(&only_tok, &format!("{assets}{settlement}")))
+        .expect("one asset of 18 decimals is fine on its own");
+    assert_error(
+        &yaml(
+            &only_tok,
+            &format!(
+                "{assets}{settlement}  state:\n    redis: {{url: \"redis://127.0.0.1:6379\"}}\n"
+            ),
+        ),
+        "asset `tok` has 18 decimals: levy.state.redis counts exposure in 64-bit integers",
+    );
+}
