@@ -149,6 +149,8 @@ struct Inner {
     log: StateLog<Ledger>,
     /// One channel transaction at a time.
     sending: tokio::sync::Mutex<()>,
+    /// Deposits waiting for their turn to send: a payer-asked refund waits behind them.
+    deposits_waiting: std::sync::atomic::AtomicUsize,
     /// The state replicas share, when they do.
     shared: OnceLock<Arc<dyn SharedChannels>>,
     /// Counts this run's hold tokens.
@@ -233,6 +235,7 @@ impl Channels {
                 slots: Mutex::new(slots),
                 log,
                 sending: tokio::sync::Mutex::new(()),
+                deposits_waiting: std::sync::atomic::AtomicUsize::new(0),
                 shared: OnceLock::new(),
                 tokens: AtomicU64::new(0),
                 empty: moka::sync::Cache::builder()
@@ -673,6 +676,18 @@ impl Channels {
         let data = self
             .refund_call(chain, id, &config, &plan)
             .map_err(Refusal::Unavailable)?;
+        // Deposits are sent on their request's path, with a payer waiting: a refund waits
+        // for them (up to a send's time-out) rather than take their turn.
+        let patience = Instant::now() + self.inner.spec.rpc_timeout * 6;
+        while self
+            .inner
+            .deposits_waiting
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && Instant::now() < patience
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let transaction = match self.send(chain, data).await {
             Ok(hash) => hash,
             Err(e) => {
@@ -1104,7 +1119,14 @@ impl Channels {
             collector: ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
             collectorData: deposit.collector_data(),
         };
-        match self.send(chain, call.abi_encode()).await {
+        self.inner
+            .deposits_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let sent = self.send(chain, call.abi_encode()).await;
+        self.inner
+            .deposits_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        match sent {
             Ok(hash) => ::log::info!(
                 "channel {}: deposit of {} in {hash}",
                 voucher.channel_id,
