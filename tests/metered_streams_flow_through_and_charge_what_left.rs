@@ -42,6 +42,28 @@ fn chain_and_config(origin: &Origin, dir: &std::path::Path, routes: &str) -> (Te
     (chain, yaml)
 }
 
+/// [`chain_and_config`] for a `/ticks` route charging `price` a record.
+fn ticks_config(origin: &Origin, dir: &std::path::Path, price: u64) -> (TestChain, String) {
+    chain_and_config(
+        origin,
+        dir,
+        &route(
+            "ticks",
+            "/ticks",
+            &format!("unit: records, price: \"{price}\""),
+        ),
+    )
+}
+
+/// `yaml` made to take authorizations that expire 20 s from now: allowed that short, and
+/// batches of up to 10, so levy projects a drain fast enough to settle them in time.
+fn short_lived(yaml: &str) -> String {
+    yaml.replace("max_batch: 1\n", "max_batch: 10\n").replace(
+        "  routes:\n",
+        "  payments:\n    valid_before_margin_seconds: 15\n  routes:\n",
+    )
+}
+
 /// Sends a paid `GET path` and reads the response head; returns the stream (positioned at
 /// the body), the status and the header lines.
 fn paid_stream(addr: SocketAddr, path: &str) -> (TcpStream, u16, String, Vec<u8>) {
@@ -131,31 +153,10 @@ fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
 fn a_metered_stream_ends_in_time_for_its_charge_to_settle_before_the_permit2_deadline() {
     // One record every 250 ms for 40 s: far longer than the authorization lasts.
     const PRICE: u64 = 7;
-    let origin = Origin::start(|_| Reply::Paced {
-        head: "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
-               Transfer-Encoding: chunked\r\n\r\n"
-            .into(),
-        chunks: (0..160)
-            .map(|i| format!("{{\"tick\":{i}}}\n").into_bytes())
-            .collect(),
-        every: Duration::from_millis(250),
-    });
+    let origin = ticking(160, Duration::from_millis(250));
     let dir = tempfile::tempdir().expect("tempdir");
-    let (chain, yaml) = chain_and_config(
-        &origin,
-        dir.path(),
-        &route(
-            "ticks",
-            "/ticks",
-            &format!("unit: records, price: \"{PRICE}\""),
-        ),
-    );
-    // (A batch of up to 10 makes levy project a fast enough drain to take a payment that
-    // expires in 20 s.)
-    let yaml = yaml.replace("max_batch: 1\n", "max_batch: 10\n").replace(
-        "  routes:\n",
-        "  payments:\n    valid_before_margin_seconds: 15\n  routes:\n",
-    );
+    let (chain, yaml) = ticks_config(&origin, dir.path(), PRICE);
+    let yaml = short_lived(&yaml);
     let levy = Levy::start(&yaml);
 
     // Settling takes max_delay (10 ms, a second rounded up) plus 12 s to be mined: the
@@ -393,15 +394,7 @@ fn a_levy_killed_mid_stream_charges_that_stream_after_restart_and_refuses_its_au
     const PRICE: u64 = 11;
     let origin = ticking(200, Duration::from_millis(100));
     let dir = tempfile::tempdir().expect("tempdir");
-    let (chain, yaml) = chain_and_config(
-        &origin,
-        dir.path(),
-        &route(
-            "ticks",
-            "/ticks",
-            &format!("unit: records, price: \"{PRICE}\""),
-        ),
-    );
+    let (chain, yaml) = ticks_config(&origin, dir.path(), PRICE);
     let (config, addr, admin) = process_config(dir.path(), &yaml);
     let mut levy = spawn_levy(&config);
     wait_listening(addr);
@@ -455,27 +448,13 @@ fn an_origin_gone_quiet_past_the_cut_off_is_charged_what_it_delivered_before_the
         every: Duration::from_secs(6),
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let (chain, yaml) = chain_and_config(
-        &origin,
-        dir.path(),
-        &route(
-            "quiet",
-            "/quiet",
-            &format!("unit: records, price: \"{PRICE}\""),
-        ),
-    );
-    let yaml = yaml
-        .replace("max_batch: 1\n", "max_batch: 10\n")
-        .replace("read_timeout_ms: 1000", "read_timeout_ms: 60000")
-        .replace(
-            "  routes:\n",
-            "  payments:\n    valid_before_margin_seconds: 15\n  routes:\n",
-        );
+    let (chain, yaml) = ticks_config(&origin, dir.path(), PRICE);
+    let yaml = short_lived(&yaml).replace("read_timeout_ms: 1000", "read_timeout_ms: 60000");
     let levy = Levy::start(&yaml);
 
     let deadline = crate::support::pay::now() + 20;
-    let payment = upto_payment_until(levy.addr, "/quiet", KEYS[0], Some(deadline));
-    let (mut stream, status, head, body) = paid_stream_with(levy.addr, "/quiet", payment);
+    let payment = upto_payment_until(levy.addr, "/ticks", KEYS[0], Some(deadline));
+    let (mut stream, status, head, body) = paid_stream_with(levy.addr, "/ticks", payment);
     assert_eq!(status, 200, "{head}");
     let charged = one_settlement(&chain, levy.admin);
     assert!(

@@ -182,13 +182,9 @@ impl Sessions {
         now: u64,
     ) -> Result<Bundle, JournalError> {
         if let Some(shared) = self.shared() {
-            let bundle = shared
-                .grant(payer, route, quota, now)
-                .await
-                .map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
-            self.cache(&bundle);
-            self.inner.log.put(bundle.clone()).await?;
-            return Ok(bundle);
+            return self
+                .keep_shared(shared.grant(payer, route, quota, now).await)
+                .await;
         }
         let bundle = {
             let mut slots = lock(&self.inner.slots);
@@ -201,6 +197,15 @@ impl Sessions {
             slot.bundle.buy(quota, now);
             slot.bundle.clone()
         };
+        self.inner.log.put(bundle.clone()).await?;
+        Ok(bundle)
+    }
+
+    /// A bundle as the shared state returned it after a change: cached here and written to
+    /// this replica's log before this returns.
+    async fn keep_shared(&self, changed: Result<Bundle, String>) -> Result<Bundle, JournalError> {
+        let bundle = changed.map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
+        self.cache(&bundle);
         self.inner.log.put(bundle.clone()).await?;
         Ok(bundle)
     }
@@ -309,13 +314,9 @@ impl Sessions {
         quota: Quota,
     ) -> Result<Bundle, JournalError> {
         if let Some(shared) = self.shared() {
-            let bundle = shared
-                .revoke(payer, route, quota)
-                .await
-                .map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
-            self.cache(&bundle);
-            self.inner.log.put(bundle.clone()).await?;
-            return Ok(bundle);
+            return self
+                .keep_shared(shared.revoke(payer, route, quota).await)
+                .await;
         }
         let bundle = {
             let mut slots = lock(&self.inner.slots);
