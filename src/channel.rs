@@ -997,6 +997,16 @@ impl Ledger {
         self.refunded_under = self.refunded_under.max(later.refunded_under);
     }
 
+    /// Folds in what another replica's log said of this channel, after Redis lost it: what
+    /// was charged, claimed and signed only grows; the balance only falls (a deposit one
+    /// log missed is read from the escrow again: the merged ledger counts as never read).
+    pub fn absorb(&mut self, logged: &Ledger) {
+        let balance = self.balance.min(logged.balance);
+        self.merge(logged);
+        self.balance = balance;
+        self.synced_at = 0;
+    }
+
     /// `channelState` as the official client reads it.
     pub fn state_json(&self) -> serde_json::Value {
         serde_json::json!({

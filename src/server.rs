@@ -109,6 +109,24 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
                         .map_err(|e| SettleError::Setup(e.to_string()))?;
                     sessions.share(Arc::new(shared.clone()), secret);
                 }
+                // What this replica's own logs say of channels and bundles goes back into a
+                // Redis that lost it (once per Redis epoch), before anyone is served.
+                let ledgers = settlement
+                    .channels()
+                    .map(|c| c.ledgers())
+                    .unwrap_or_default();
+                let bundles = settlement
+                    .sessions()
+                    .map(|s| s.bundles())
+                    .unwrap_or_default();
+                if let Some((channels, bundles)) = shared
+                    .republish_logs(ledgers, bundles)
+                    .map_err(|e| SettleError::Setup(e.to_string()))?
+                {
+                    if channels + bundles > 0 {
+                        log::warn!("republished {channels} channels and {bundles} bundles from this replica's logs into Redis");
+                    }
+                }
                 let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
                 shared
                     .publish_journal(&unsettled, &used)

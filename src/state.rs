@@ -396,6 +396,49 @@ impl Shared {
         })
     }
 
+    /// What this replica's channel and bundle logs say, put back into Redis before it serves
+    /// when Redis lost it: once per Redis epoch and replica (a marker says it was done), so
+    /// a plain restart changes nothing, and after a data loss every replica's restart folds
+    /// its logs in (charged amounts and bundle use only grow). Returns how many channels and
+    /// bundles were republished, `None` when this replica had done it for this epoch.
+    pub fn republish_logs(
+        &self,
+        ledgers: Vec<crate::channel::Ledger>,
+        bundles: Vec<crate::session::Bundle>,
+    ) -> Result<Option<(usize, usize)>, StateError> {
+        let spec = &self.inner.spec;
+        let marker = format!("{}republished:{}", spec.key_prefix, spec.replica);
+        let epoch = self.inner.epoch.clone();
+        let this = self.clone();
+        let limit = spec.timeout.max(Duration::from_secs(2)) * 10;
+        at_start(
+            &self.inner.client,
+            spec,
+            Some(limit),
+            move |mut conn| async move {
+                let done: Option<String> = redis::cmd("GET")
+                    .arg(&marker)
+                    .query_async(&mut conn)
+                    .await?;
+                if done.as_deref() == Some(epoch.as_str()) {
+                    return Ok(None);
+                }
+                for ledger in &ledgers {
+                    this.restore_channel(&mut conn, ledger).await?;
+                }
+                for bundle in &bundles {
+                    this.restore_bundle(&mut conn, bundle).await?;
+                }
+                redis::cmd("SET")
+                    .arg(&marker)
+                    .arg(&epoch)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok(Some((ledgers.len(), bundles.len())))
+            },
+        )
+    }
+
     /// The payer's exposure hash, the total's, and this replica's index of payer hashes.
     fn exposure_keys(&self, payer: Address) -> [String; 3] {
         let spec = &self.inner.spec;

@@ -470,3 +470,112 @@ fn a_bundle_bought_on_one_replica_admits_exactly_its_calls_over_all_of_them() {
     }
     assert_eq!(origin.seen().len(), 2 + 9);
 }
+
+#[test]
+fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_and_bundle_balance()
+{
+    let mut redis = RedisServer::start();
+    let chain = channel_chain();
+    let origin = Origin::start(|seen| {
+        if seen.target.starts_with("/feed") {
+            Reply::ok(r#"{"feed":1}"#)
+        } else {
+            Reply::ok(r#"{"tick":1}"#)
+        }
+    });
+    // Channels on /ticks (1000 a call), a ten-call bundle on /feed; each replica settles
+    // with a key of its own.
+    let settlers = [SETTLER_KEY, KEYS[3], KEYS[5]];
+    let mut replicas: Vec<(std::path::PathBuf, Addrs, tempfile::TempDir)> = Vec::new();
+    for settler in settlers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("channel.key");
+        std::fs::write(&key_file, AUTHORIZER_KEY).expect("write key");
+        let channels = format!(
+            "    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n      watch_every_seconds: 1\n",
+            signer(AUTHORIZER_KEY).address(),
+            key_file.display()
+        );
+        let yaml = format!(
+            "{}{}{}{}  routes:\n{}    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{BUNDLE_PRICE}\", calls: 10}}}}\n",
+            upstream_yaml(origin.addr),
+            chain.levy_yaml(),
+            settlement_yaml_signed_by(dir.path(), settler, &channels),
+            redis.state_yaml(),
+            ticks_route(200_000),
+        );
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        replicas.push((config, (addr, admin), dir));
+    }
+    let start = |replicas: &[(std::path::PathBuf, Addrs, tempfile::TempDir)]| {
+        let running: Vec<LevyProcess> = replicas.iter().map(|r| spawn_levy(&r.0)).collect();
+        for (_, (addr, admin), _) in replicas {
+            wait_listening(*addr);
+            wait_listening(*admin);
+        }
+        running
+    };
+    let mut running = start(&replicas);
+    let addr = |i: usize| replicas[i].1 .0;
+    let host = addr(0).to_string();
+    let payer = signer(KEYS[0]).address();
+
+    // A channel: the official client opens it on replica 0 with three calls, then vouchers
+    // go round the replicas up to 8000 charged.
+    let opened = pay_channel(Client::TypeScript, &format!("http://{}/ticks", addr(0)), 3);
+    assert_eq!(opened["statuses"]["200"], 3, "{opened}");
+    let accepted = offered_at(addr(1));
+    let channel = payer_channel(signer(AUTHORIZER_KEY).address());
+    for (i, cumulative) in (4000..=8000).step_by(1000).enumerate() {
+        let r = get_paying(
+            addr(i % 3),
+            &voucher_header(&accepted, &channel, cumulative),
+        );
+        assert_eq!(charged_cumulative(&r), cumulative.to_string());
+    }
+    // A bundle: bought (and drawn three times) by the official client on replica 0, then
+    // drawn twice more on the others: five of ten calls left.
+    let report = call(Bundles::TypeScript, &format!("http://{host}/feed"), 4);
+    assert_eq!(
+        paid_pattern(&report),
+        vec![true, false, false, false],
+        "{report}"
+    );
+    for i in [1, 2] {
+        let proof = proof_header_at(addr(i), &host, payer, KEYS[0]);
+        let drawn = get_feed_at(addr(i), &host, "SIGN-IN-WITH-X", &proof);
+        assert_eq!(drawn.status, 200, "{}", drawn.text());
+    }
+
+    // Redis comes back empty; the replicas notice and are restarted, as the README says.
+    redis.restart_empty();
+    for mut process in running.drain(..) {
+        process.sigkill();
+    }
+    running = start(&replicas);
+
+    // The channel stands where it stood: the charged 8000 is neither forgone nor charged
+    // again, whichever replica is asked.
+    let stale = refusal(&get_paying(
+        addr(2),
+        &voucher_header(&accepted, &channel, 8000),
+    ));
+    assert_eq!(
+        stale["accepts"][0]["extra"]["channelState"]["chargedCumulativeAmount"], "8000",
+        "{stale}"
+    );
+    let next = get_paying(addr(1), &voucher_header(&accepted, &channel, 9000));
+    assert_eq!(charged_cumulative(&next), "9000");
+    claim_now(replicas[0].1 .1);
+    assert_eq!(
+        escrowed(&chain).1,
+        9000,
+        "the claim is not what was charged"
+    );
+    // The bundle has its five calls left.
+    let proof = proof_header_at(addr(2), &host, payer, KEYS[0]);
+    let drawn = get_feed_at(addr(2), &host, "SIGN-IN-WITH-X", &proof);
+    assert_eq!(drawn.status, 200, "{}", drawn.text());
+    assert_eq!(drawn.header("x-levy-bundle-remaining"), Some("4 calls"));
+    drop(running);
+}

@@ -290,6 +290,14 @@ impl Channels {
         self.inner.signer.address()
     }
 
+    /// Every channel's ledger as this replica's log restored it (or levy holds it now).
+    pub fn ledgers(&self) -> Vec<Ledger> {
+        lock(&self.inner.slots)
+            .values()
+            .map(|s| s.ledger.clone())
+            .collect()
+    }
+
     /// A channel's ledger as levy holds it.
     pub fn ledger(&self, channel_id: B256) -> Option<Ledger> {
         lock(&self.inner.slots)

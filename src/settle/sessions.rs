@@ -165,6 +165,14 @@ impl Sessions {
         slot.bundle = bundle.clone();
     }
 
+    /// Every bundle as this replica's log restored it (or levy holds it now).
+    pub fn bundles(&self) -> Vec<Bundle> {
+        lock(&self.inner.slots)
+            .values()
+            .map(|s| s.bundle.clone())
+            .collect()
+    }
+
     /// A payer's bundle on a route, as levy holds it.
     pub fn bundle(&self, payer: Address, route: &str) -> Option<Bundle> {
         lock(&self.inner.slots)

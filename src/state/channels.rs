@@ -80,6 +80,66 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Puts what this replica's channel log says of a channel back into a Redis that lost
+    /// it, on connection `conn` at start: written as logged where no replica republished
+    /// it yet, otherwise folded into what one did ([`Ledger::absorb`]).
+    pub(super) async fn restore_channel(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        logged: &Ledger,
+    ) -> redis::RedisResult<()> {
+        let keys = self.channel_keys(logged.channel_id);
+        for _ in 0..crate::settle::channels::shared::MAX_ATTEMPTS {
+            let (rec, ver): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(&keys[0])
+                .arg("rec")
+                .arg("ver")
+                .query_async(conn)
+                .await?;
+            let (merged, version) = match rec.zip(ver).map(|(r, v)| versioned(&r, &v)) {
+                Some(Ok(shared)) => {
+                    let mut ledger = shared.ledger;
+                    ledger.absorb(logged);
+                    (ledger, shared.version)
+                }
+                Some(Err(e)) => {
+                    log::warn!("{e}: left as it is");
+                    return Ok(());
+                }
+                None => {
+                    let mut ledger = logged.clone();
+                    ledger.synced_at = 0;
+                    (ledger, 0)
+                }
+            };
+            let json = serde_json::to_string(&merged).unwrap_or_default();
+            let got: Vec<String> = scripts()
+                .put
+                .key(&keys[0])
+                .key(&keys[1])
+                .arg(version)
+                .arg(json)
+                .arg("")
+                .invoke_async(conn)
+                .await?;
+            if got.first().map(String::as_str) == Some("written") {
+                redis::cmd("SADD")
+                    .arg(self.channel_index())
+                    .arg(format!("{:x}", logged.channel_id))
+                    .query_async::<i64>(conn)
+                    .await?;
+                return Ok(());
+            }
+        }
+        log::warn!(
+            "channel {} kept changing while it was republished",
+            logged.channel_id
+        );
+        Ok(())
+    }
+}
+
 /// A ledger and its version as Redis holds them.
 fn versioned(rec: &str, ver: &str) -> Result<Versioned, String> {
     let ledger: Ledger =

@@ -23,6 +23,17 @@ local function fields()
 end
 ";
 
+/// Folds a replica's logged bundle (`ARGV`: bought, used, expires_at, purchases) into
+/// `KEYS[1]` after Redis lost it: each field only grows.
+const RESTORE: &str = r"
+local names = {'bought', 'used', 'expires_at', 'purchases'}
+local now = fields()
+for i = 1, 4 do
+  if tonumber(ARGV[i]) > tonumber(now[i]) then redis.call('HSET', KEYS[1], names[i], ARGV[i]) end
+end
+return 0
+";
+
 /// A purchase of `ARGV[2]` (`ARGV[1]`: calls, bytes or seconds) at `ARGV[3]` (Unix s).
 const GRANT: &str = r"
 redis.call('HINCRBY', KEYS[1], 'purchases', 1)
@@ -75,6 +86,7 @@ return fields()
 struct Scripts {
     grant: Script,
     revoke: Script,
+    restore: Script,
     draw: Script,
     finish: Script,
 }
@@ -86,6 +98,7 @@ fn scripts() -> &'static Scripts {
         Scripts {
             grant: with(GRANT),
             revoke: with(REVOKE),
+            restore: with(RESTORE),
             draw: with(DRAW),
             finish: with(FINISH),
         }
@@ -100,6 +113,26 @@ impl Shared {
             format!("{base}bundle:{route}"),
             format!("{base}drawing:{route}"),
         ]
+    }
+
+    /// Puts what this replica's bundle log says of a bundle back into a Redis that lost it,
+    /// on connection `conn` at start (folded into what another replica republished).
+    pub(super) async fn restore_bundle(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        logged: &Bundle,
+    ) -> redis::RedisResult<()> {
+        let keys = self.bundle_keys(logged.payer, &logged.route);
+        scripts()
+            .restore
+            .key(&keys[0])
+            .arg(logged.bought)
+            .arg(logged.used)
+            .arg(logged.expires_at)
+            .arg(logged.purchases)
+            .invoke_async::<i64>(conn)
+            .await
+            .map(|_| ())
     }
 
     /// The secret every replica keys challenge nonces with: `mine`, unless a replica set

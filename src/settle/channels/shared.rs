@@ -101,4 +101,4 @@ pub const SENDER_LOCK: &str = "channel-sender";
 pub const CLAIMER_LOCK: &str = "channel-claimer";
 
 /// How many times a write is retried on a ledger that keeps changing under it.
-pub(super) const MAX_ATTEMPTS: usize = 16;
+pub const MAX_ATTEMPTS: usize = 16;
