@@ -215,6 +215,19 @@ fn open_alerts(config: &Config) -> Result<Alerts, SettleError> {
         .map(Webhooks::new)
         .transpose()
         .map_err(|e| SettleError::Setup(format!("levy.webhooks: {e}")))?;
+    let webhooks = match (webhooks, &config.settlement) {
+        (Some(hooks), Some(settlement)) => {
+            // Pending deliveries wait next to the journal, and survive a restart.
+            let mut spool = settlement.journal_path.clone().into_os_string();
+            spool.push(".webhooks");
+            Some(
+                hooks
+                    .spooled_in(spool.into())
+                    .map_err(|e| SettleError::Setup(format!("levy.webhooks: {e}")))?,
+            )
+        }
+        (hooks, _) => hooks,
+    };
     Ok(Alerts { audit, webhooks })
 }
 

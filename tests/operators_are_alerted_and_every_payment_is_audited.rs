@@ -313,3 +313,84 @@ fn payments_are_audited_from_acceptance_to_settlement_and_losses_and_low_gas_rai
         alloy::primitives::U256::from(3 * PRICE)
     );
 }
+
+#[test]
+fn a_webhook_receiver_down_across_a_restart_gets_the_alert_after_it_comes_back_once_with_its_id() {
+    use crate::support::process::{process_config, spawn_levy, wait_listening};
+    // A facilitator that never settles: the payment's attempts run out into needs_review.
+    let facilitator = Origin::start(|_| Reply::status(429, "slow down"));
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The receiver is down; levy would retry in a minute.
+    let port = crate::support::free_port();
+    let secret_file = dir.path().join("webhook.secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let journal = dir.path().join("journal.redb");
+    let yaml = format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    max_delay_ms: 100\n    \
+         max_attempts: 2\n    retry_backoff_ms: 100\n    facilitator: {{url: \"http://{}\"}}\n  \
+         webhooks:\n    retry_backoff_ms: 60000\n    endpoints:\n      - url: http://127.0.0.1:{port}/hooks\n        \
+         secret_file: {}\n  routes:\n    \
+         - {{name: reviewed, path: /later/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        journal.display(),
+        facilitator.addr,
+        secret_file.display(),
+    );
+    let (config, addr, admin) = process_config(dir.path(), &yaml);
+    let mut levy = spawn_levy(&config);
+    wait_listening(addr);
+    let challenge = decode(
+        request(addr, "GET /later/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .header("payment-required")
+            .expect("challenge"),
+    );
+    let (_, header) = sign_for(&challenge, KEYS[0]);
+    let id = payment_id(&request(
+        addr,
+        &paid_get("/later/x", "PAYMENT-SIGNATURE", &header),
+    ));
+
+    // The alert is written down before its first (failed) attempt.
+    let spool = dir.path().join("journal.redb.webhooks");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spooled: Value = loop {
+        let file = std::fs::read_dir(&spool)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok());
+        if let Some(file) = file {
+            break serde_json::from_slice(&std::fs::read(file.path()).expect("read"))
+                .expect("json");
+        }
+        assert!(Instant::now() < deadline, "no alert was spooled");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        crate::support::settle::settlements_in(admin, "needs_review"),
+        1
+    );
+    levy.sigkill();
+
+    let receiver = Origin::start_on(port, |_| Reply::ok("ok"));
+    let _levy = spawn_levy(&config);
+    let hooks = hooks_of(&receiver, "payment.needs_review", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let hooks_now = hooks_of(&receiver, "payment.needs_review", 1);
+    assert_eq!(hooks_now.len(), 1, "delivered more than once");
+    assert_eq!(
+        hooks[0].header("webhook-id"),
+        spooled["id"].as_str(),
+        "not the original message id"
+    );
+    let body = verified(SECRET, &hooks[0]).expect("levy's signature verifies");
+    assert_eq!(body["data"]["paymentId"], id.as_str());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&spool).expect("spool").next().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered alert stays spooled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

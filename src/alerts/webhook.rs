@@ -2,8 +2,10 @@
 //! signed the Standard Webhooks way — `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` under the
 //! endpoint's secret — and retried with exponential backoff until it answers 2xx or the
-//! attempts run out. Each delivery is a task of its own; a process that stops drops the
-//! retries it had left (the metrics and the journal still show what happened).
+//! attempts run out. Each delivery is a task of its own, written to a spool directory
+//! (next to the journal) before its first attempt and removed once it is answered or given
+//! up: a levy that stops with deliveries pending resumes them at its next start, with
+//! their ids.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -129,6 +131,18 @@ pub struct Webhooks {
     http: reqwest::Client,
     /// Networks whose settler is below the gas threshold now (alerted once per crossing).
     gas_low: Mutex<std::collections::HashSet<String>>,
+    /// Where pending deliveries are kept until answered (`None`: in memory only).
+    spool: Option<std::path::PathBuf>,
+}
+
+/// A delivery as the spool keeps it: the endpoint by its URL (its secret stays in the
+/// config), the message id, its type and body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Spooled {
+    url: String,
+    id: String,
+    kind: String,
+    body: String,
 }
 
 /// The signature header's value for `body` sent as message `id` at `timestamp`.
@@ -158,7 +172,118 @@ impl Webhooks {
             spec,
             http,
             gas_low: Mutex::new(std::collections::HashSet::new()),
+            spool: None,
         })
+    }
+
+    /// Keeps pending deliveries in directory `dir` (created if missing) until answered.
+    pub fn spooled_in(mut self, dir: std::path::PathBuf) -> Result<Self, String> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create the webhook spool {}: {e}", dir.display()))?;
+        self.spool = Some(dir);
+        Ok(self)
+    }
+
+    /// Resumes the deliveries a previous run left in the spool, with their ids; one whose
+    /// endpoint is no longer configured is dropped. Call once, inside the runtime.
+    pub fn resume(&self) {
+        let Some(dir) = &self.spool else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let spooled: Option<Spooled> = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let found = spooled.as_ref().and_then(|s| {
+                let endpoint = self.spec.endpoints.iter().find(|e| e.url == s.url)?;
+                Some((s, endpoint, AlertKind::parse(&s.kind)?))
+            });
+            let Some((spooled, endpoint, kind)) = found else {
+                log::warn!(
+                    "webhook spool: dropping {} (unreadable, or its endpoint is gone)",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            log::info!(
+                "webhook {} to {}: resumed after a restart",
+                spooled.id,
+                spooled.url
+            );
+            self.deliver(
+                endpoint,
+                &spooled.id,
+                kind,
+                spooled.body.clone().into_bytes(),
+                Some(path),
+            );
+        }
+    }
+
+    /// Starts delivering `body` (message `id`) to `endpoint` in the background, from its
+    /// spool file `spooled` if it has one (removed once answered or given up).
+    fn deliver(
+        &self,
+        endpoint: &EndpointSpec,
+        id: &str,
+        kind: AlertKind,
+        body: Vec<u8>,
+        spooled: Option<std::path::PathBuf>,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            log::error!("no runtime to deliver webhook {id}");
+            return;
+        };
+        let delivery = Delivery {
+            http: self.http.clone(),
+            url: endpoint.url.clone(),
+            secret: endpoint.secret.clone(),
+            id: id.to_owned(),
+            kind,
+            body,
+            max_attempts: self.spec.max_attempts.max(1),
+            backoff: self.spec.retry_backoff,
+            spooled,
+        };
+        runtime.spawn(delivery.run());
+    }
+
+    /// Writes a delivery to the spool before its first attempt; its file.
+    fn spool(
+        &self,
+        endpoint: usize,
+        url: &str,
+        id: &str,
+        kind: AlertKind,
+        body: &[u8],
+    ) -> Option<std::path::PathBuf> {
+        let dir = self.spool.as_ref()?;
+        let path = dir.join(format!("{id}.{endpoint}.json"));
+        let spooled = Spooled {
+            url: url.to_owned(),
+            id: id.to_owned(),
+            kind: kind.as_str().to_owned(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        };
+        let written = serde_json::to_vec(&spooled)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                let mut file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+                std::io::Write::write_all(&mut file, &bytes)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(()) => Some(path),
+            Err(e) => {
+                log::error!("webhook {id}: cannot spool it ({e}); it is lost if levy stops first");
+                None
+            }
+        }
     }
 
     /// Delivers `alert` to each endpoint that subscribes to it, in the background.
@@ -185,27 +310,15 @@ impl Webhooks {
             kind.as_str(),
             String::from_utf8_lossy(&body)
         );
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            log::error!("no runtime to deliver webhook {id}");
-            return;
-        };
-        for endpoint in self
+        for (i, endpoint) in self
             .spec
             .endpoints
             .iter()
-            .filter(|e| e.events.contains(&kind))
+            .enumerate()
+            .filter(|(_, e)| e.events.contains(&kind))
         {
-            let delivery = Delivery {
-                http: self.http.clone(),
-                url: endpoint.url.clone(),
-                secret: endpoint.secret.clone(),
-                id: id.clone(),
-                kind,
-                body: body.clone(),
-                max_attempts: self.spec.max_attempts.max(1),
-                backoff: self.spec.retry_backoff,
-            };
-            runtime.spawn(delivery.run());
+            let spooled = self.spool(i, &endpoint.url, &id, kind, &body);
+            self.deliver(endpoint, &id, kind, body.clone(), spooled);
         }
     }
 
@@ -248,10 +361,21 @@ struct Delivery {
     body: Vec<u8>,
     max_attempts: u32,
     backoff: Duration,
+    /// Its spool file, removed once it is answered or given up.
+    spooled: Option<std::path::PathBuf>,
 }
 
 impl Delivery {
     async fn run(self) {
+        self.attempt().await;
+        if let Some(path) = &self.spooled {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("webhook {}: cannot remove its spool file: {e}", self.id);
+            }
+        }
+    }
+
+    async fn attempt(&self) {
         let mut delay = self.backoff;
         for attempt in 1..=self.max_attempts {
             let timestamp = unix_now();

@@ -25,6 +25,10 @@ impl Settlement {
     /// run, then settles what is due.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         self.check_supported().await;
+        if let Some(webhooks) = self.inner.alerts.get().and_then(|a| a.webhooks.as_ref()) {
+            // Alerts a previous run could not deliver go out now, with their ids.
+            webhooks.resume();
+        }
         if let Some(channels) = self.inner.channels.clone() {
             tokio::spawn(async move { channels.run().await });
         }
