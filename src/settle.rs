@@ -301,6 +301,9 @@ impl Settlement {
 
     /// Where payments' steps are audited and alerts sent from now on (set once, at start).
     pub fn set_alerts(&self, alerts: Arc<Alerts>) {
+        if let (Some(channels), Some(audit)) = (&self.inner.channels, &alerts.audit) {
+            channels.set_audit(Arc::clone(audit));
+        }
         let _ = self.inner.alerts.set(alerts);
     }
 

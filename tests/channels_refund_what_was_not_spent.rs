@@ -207,3 +207,84 @@ fn a_refund_payload_replayed_100_times_sends_one_transaction_and_a_deposit_below
     );
     assert_eq!(s.chain.tx_count(authorizer), sent_before + 1);
 }
+
+#[test]
+fn the_audit_log_accounts_for_every_deposit_voucher_claim_and_refund_the_chain_shows() {
+    let chain = crate::channels_sell_many_calls_per_deposit::channel_chain();
+    let origin = crate::support::Origin::start(|_| Reply::ok(r#"{"tick":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let yaml = format!(
+        "  audit_log: {}\n{}",
+        audit.display(),
+        crate::channels_sell_many_calls_per_deposit::channel_yaml(
+            &chain,
+            &origin,
+            dir.path(),
+            &ticks_route(20_000),
+            "",
+        )
+    );
+    let levy = crate::support::Levy::start(&yaml);
+    let payer = signer(KEYS[0]).address();
+    let payer_before = chain.balance(payer);
+    let url = format!("http://{}/ticks", levy.addr);
+    let result = pay_channel_with(Client::TypeScript, &url, 5, &[("X402_REFUND", "all")]);
+    assert_eq!(result["statuses"]["200"], 5, "{result}");
+
+    // Read the trail once it has the refund (the writer flushes at least once a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines.iter().any(|l| l["event"] == "refund") {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refund line: {lines:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let of = |event: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["event"] == event).collect()
+    };
+    let amount = |l: &serde_json::Value| -> u128 {
+        l["amount"]
+            .as_str()
+            .expect("amount")
+            .parse()
+            .expect("a number")
+    };
+    // One deposit, the one the chain shows; five vouchers of 1000, on the route.
+    let deposits = of("deposit");
+    assert_eq!(deposits.len(), 1, "{lines:?}");
+    let deposited = amount(deposits[0]);
+    let deposit_tx: alloy::primitives::B256 = deposits[0]["transaction"]
+        .as_str()
+        .expect("a transaction")
+        .parse()
+        .expect("a hash");
+    assert!(chain.gas_used(deposit_tx) > 0, "the deposit is on chain");
+    let vouchers = of("voucher");
+    assert_eq!(vouchers.len(), 5, "{lines:?}");
+    assert!(vouchers
+        .iter()
+        .all(|v| v["route"] == "ticks" && amount(v) == 1000));
+    // The refund's transaction claimed what the vouchers charged and returned the rest:
+    // the escrow and the payer's balance agree with the trail.
+    let (claims, refunds) = (of("claim"), of("refund"));
+    assert_eq!((claims.len(), refunds.len()), (1, 1), "{lines:?}");
+    assert_eq!(claims[0]["transaction"], refunds[0]["transaction"]);
+    let charged: u128 = vouchers.iter().map(|v| amount(v)).sum();
+    assert_eq!(amount(claims[0]), charged);
+    assert_eq!(amount(refunds[0]), deposited - charged);
+    assert_eq!(escrowed(&chain), (charged, charged));
+    assert_eq!(chain.balance(payer), payer_before - U256::from(charged));
+    assert!(lines
+        .iter()
+        .all(|l| l["payer"].as_str().map(str::to_lowercase) == Some(format!("{payer:#x}"))));
+}

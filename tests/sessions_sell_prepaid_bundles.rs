@@ -297,3 +297,56 @@ fn twenty_draws_at_once_on_a_bytes_bundle_serve_at_most_its_bytes_plus_one_respo
         assert!(answer.header("retry-after").is_some());
     }
 }
+
+#[test]
+fn the_audit_log_has_the_bundle_purchase_the_admin_api_knows_and_a_line_per_draw() {
+    let chain = funded_chain();
+    let origin = Origin::start(|_| Reply::ok(r#"{"feed":1}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let levy = Levy::start(&format!(
+        "  audit_log: {}\n{}",
+        audit.display(),
+        bundle_yaml(&chain, &origin, dir.path())
+    ));
+    let report = call(Client::TypeScript, &format!("http://{}/feed", levy.addr), 4);
+    assert_eq!(
+        paid_pattern(&report),
+        vec![true, false, false, false],
+        "{report}"
+    );
+    wait_settled(levy.admin, 1);
+
+    let listing = levy.admin_get("/settlements").json();
+    let bought = listing["settlements"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let events = |event: &str| -> Vec<&serde_json::Value> {
+            lines.iter().filter(|l| l["event"] == event).collect()
+        };
+        let draws = events("draw");
+        let purchase_settled = events("settled").iter().any(|l| l["id"] == bought.as_str());
+        if draws.len() == 3 && purchase_settled {
+            assert!(events("charged").iter().any(|l| l["id"] == bought.as_str()));
+            for draw in draws {
+                assert_eq!(draw["route"], "feed");
+                assert_eq!(draw["units"], 1);
+                assert_eq!(
+                    draw["payer"].as_str().map(str::to_lowercase),
+                    Some(format!("{:#x}", signer(KEYS[0]).address()))
+                );
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

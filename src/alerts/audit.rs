@@ -1,5 +1,6 @@
 //! The audit log: one JSON line per step of a payment's life (accepted, released, charged,
-//! submitted, settled, failed, needs_review, requeued), appended to a file by a thread of its
+//! submitted, settled, failed, needs_review, requeued), and of channels and bundles (a
+//! voucher charged, a deposit, a refund, a claim, a bundle draw), appended to a file by a thread of its
 //! own. Callers hand an [`Entry`] to a bounded queue and never wait; the thread writes what
 //! is queued, flushes, and syncs to disk at most once a second. The journal stays the record
 //! levy settles from; this is the trail people and log shippers read. `reopen` (on reload)
@@ -43,6 +44,18 @@ pub enum Event {
     Requeued,
     /// An operator wrote a `needs_review` payment off: it will not be settled.
     WrittenOff,
+    /// A channel voucher bought a call: `amount` more on the channel's cumulative charge
+    /// (for a metered call, its ceiling; what it earns is claimed). `nonce` is the channel.
+    Voucher,
+    /// A payer's deposit into a channel, sent by levy in `tx_hash`.
+    Deposit,
+    /// A channel's unspent balance returned to its payer in `tx_hash`.
+    Refund,
+    /// What a channel's vouchers earned, claimed and swept to the payee in `tx_hash`.
+    Claim,
+    /// A call drawn on a prepaid bundle: `units` (calls or bytes) of it; the purchase is the
+    /// bundle payment's own `charged` line.
+    Draw,
 }
 
 /// One line of the audit log (`atMs` is added when it is written). Its field names are the
@@ -68,6 +81,9 @@ pub struct Entry {
     pub tx_hash: Option<B256>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// A bundle draw's calls or bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +252,7 @@ mod tests {
             nonce: B256::repeat_byte(4),
             tx_hash: None,
             reason: None,
+            units: None,
         }
     }
 

@@ -245,6 +245,15 @@ impl LevyProxy {
                 ));
             }
         };
+        if let Some(audit) = &self.audit {
+            audit.write(crate::settle::channels::audit_entry(
+                crate::alerts::Event::Voucher,
+                &ledger,
+                ctx.route_label(),
+                lease.price,
+                None,
+            ));
+        }
         let receipt = SettleResponse {
             success: true,
             transaction: String::new(),

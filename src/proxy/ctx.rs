@@ -258,6 +258,7 @@ impl RequestCtx {
                 nonce: v.key.nonce,
                 tx_hash: None,
                 reason,
+                units: None,
             });
         }
     }

@@ -299,10 +299,36 @@ impl LevyProxy {
             return Ok(());
         };
         match sessions.finish(&draw, 0).await {
-            Ok(bundle) => remaining_header(response, &bundle, draw.quota)?,
+            Ok(bundle) => {
+                self.audit_draw(&draw, 1);
+                remaining_header(response, &bundle, draw.quota)?
+            }
             Err(e) => log::error!("cannot record a bundle call of {}: {e}", draw.payer),
         }
         Ok(())
+    }
+
+    /// The audit line of a call drawn on a bundle: `units` calls or bytes of it.
+    fn audit_draw(&self, draw: &crate::settle::sessions::Draw, units: u64) {
+        if let Some(audit) = &self.audit {
+            audit.write(crate::alerts::Entry {
+                event: crate::alerts::Event::Draw,
+                id: format!(
+                    "draw_{}",
+                    alloy_primitives::hex::encode(&alloy_primitives::B256::random()[..12])
+                ),
+                route: draw.route.clone(),
+                network: String::new(),
+                payer: draw.payer,
+                pay_to: alloy_primitives::Address::ZERO,
+                asset: alloy_primitives::Address::ZERO,
+                amount: alloy_primitives::U256::ZERO,
+                nonce: alloy_primitives::B256::ZERO,
+                tx_hash: None,
+                reason: None,
+                units: Some(units),
+            });
+        }
     }
 
     /// Counts body bytes of a drawing request.
@@ -327,8 +353,9 @@ impl LevyProxy {
             return;
         };
         if served {
-            if let Err(e) = sessions.finish(&draw, bytes).await {
-                log::error!("cannot record {bytes} bundle bytes of {}: {e}", draw.payer);
+            match sessions.finish(&draw, bytes).await {
+                Ok(_) => self.audit_draw(&draw, bytes),
+                Err(e) => log::error!("cannot record {bytes} bundle bytes of {}: {e}", draw.payer),
             }
         } else {
             sessions.cancel(&draw);

@@ -119,6 +119,39 @@ impl Lease {
     }
 }
 
+/// A channel's audit line for `event`: `amount` atomic units of `ledger`'s token, its id
+/// the channel and, for a voucher, its cumulative amount (`<channel>:<cumulative>`).
+pub fn audit_entry(
+    event: crate::alerts::Event,
+    ledger: &Ledger,
+    route: &str,
+    amount: u128,
+    tx_hash: Option<B256>,
+) -> crate::alerts::Entry {
+    let id = match event {
+        crate::alerts::Event::Voucher => format!("{}:{}", ledger.channel_id, ledger.cumulative()),
+        _ => format!(
+            "{}:{}",
+            ledger.channel_id,
+            tx_hash.map_or_else(String::new, |h| h.to_string())
+        ),
+    };
+    crate::alerts::Entry {
+        event,
+        id,
+        route: route.to_owned(),
+        network: ledger.network.clone(),
+        payer: ledger.config.payer,
+        pay_to: ledger.config.receiver,
+        asset: ledger.config.token,
+        amount: U256::from(amount),
+        nonce: ledger.channel_id,
+        tx_hash,
+        reason: None,
+        units: None,
+    }
+}
+
 /// A cooperative refund that landed.
 #[derive(Debug, Clone)]
 pub struct Refunded {
@@ -151,6 +184,8 @@ struct Inner {
     sending: tokio::sync::Mutex<()>,
     /// Deposits waiting for their turn to send: a payer-asked refund waits behind them.
     deposits_waiting: std::sync::atomic::AtomicUsize,
+    /// Where deposits, refunds and claims are audited, if anywhere.
+    audit: OnceLock<Arc<crate::alerts::AuditLog>>,
     /// The state replicas share, when they do.
     shared: OnceLock<Arc<dyn SharedChannels>>,
     /// Counts this run's hold tokens.
@@ -236,6 +271,7 @@ impl Channels {
                 log,
                 sending: tokio::sync::Mutex::new(()),
                 deposits_waiting: std::sync::atomic::AtomicUsize::new(0),
+                audit: OnceLock::new(),
                 shared: OnceLock::new(),
                 tokens: AtomicU64::new(0),
                 empty: moka::sync::Cache::builder()
@@ -257,6 +293,18 @@ impl Channels {
 
     fn shared(&self) -> Option<&Arc<dyn SharedChannels>> {
         self.inner.shared.get()
+    }
+
+    /// Audits deposits, refunds and claims to `audit` from now on (called once, at start).
+    pub fn set_audit(&self, audit: Arc<crate::alerts::AuditLog>) {
+        let _ = self.inner.audit.set(audit);
+    }
+
+    /// Writes `event`'s audit line for `ledger`, if levy keeps an audit log.
+    fn audit(&self, event: crate::alerts::Event, ledger: &Ledger, amount: u128, tx: B256) {
+        if let Some(audit) = self.inner.audit.get() {
+            audit.write(audit_entry(event, ledger, "", amount, Some(tx)));
+        }
     }
 
     /// A token no other hold (of any replica, any run) has.
@@ -725,6 +773,12 @@ impl Channels {
         };
         let amount = before.balance.saturating_sub(after.balance);
         ::log::info!("channel {id}: refunded {amount} in {transaction}");
+        if let Some(claim) = &plan.claim {
+            // What was charged went to the payee first, in the same transaction.
+            let claimed = claim.total_claimed.saturating_sub(before.total_claimed);
+            self.audit(crate::alerts::Event::Claim, &ledger, claimed, transaction);
+        }
+        self.audit(crate::alerts::Event::Refund, &ledger, amount, transaction);
         metrics()
             .channel_refunds
             .with_label_values(&[&ledger.network])
@@ -1135,11 +1189,16 @@ impl Channels {
             .deposits_waiting
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         match sent {
-            Ok(hash) => ::log::info!(
-                "channel {}: deposit of {} in {hash}",
-                voucher.channel_id,
-                deposit.amount
-            ),
+            Ok(hash) => {
+                ::log::info!(
+                    "channel {}: deposit of {} in {hash}",
+                    voucher.channel_id,
+                    deposit.amount
+                );
+                if let Some(ledger) = self.ledger(voucher.channel_id) {
+                    self.audit(crate::alerts::Event::Deposit, &ledger, deposit.amount, hash);
+                }
+            }
             Err(e) => {
                 ::log::info!("channel {}: deposit failed: {e}", voucher.channel_id);
                 return Err(Refusal::Rejected(ChannelError::DepositFailed));
@@ -1322,6 +1381,8 @@ impl Channels {
         report: &mut ClaimReport,
     ) {
         let mut claims: Vec<Claim> = Vec::new();
+        // What the chain said each claimed channel had claimed before, and its ledger.
+        let mut before: Vec<(u128, Ledger)> = Vec::new();
         for ledger in group {
             let escrowed = match self.read_state(chain, ledger.channel_id).await {
                 Ok(escrowed) => escrowed,
@@ -1359,6 +1420,7 @@ impl Channels {
                 }
                 if claim.total_claimed > claimed {
                     claims.push(claim);
+                    before.push((claimed, current.clone()));
                 }
             }
         }
@@ -1383,6 +1445,14 @@ impl Channels {
                     .channel_claims
                     .with_label_values(&[network])
                     .inc_by(claims.len() as u64);
+                for (claim, (claimed_before, ledger)) in claims.iter().zip(&before) {
+                    self.audit(
+                        crate::alerts::Event::Claim,
+                        ledger,
+                        claim.total_claimed.saturating_sub(*claimed_before),
+                        hash,
+                    );
+                }
                 for claim in &claims {
                     let claimed = claim.total_claimed;
                     let updated = self

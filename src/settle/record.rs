@@ -168,6 +168,7 @@ impl PaymentRecord {
             nonce: self.nonce,
             tx_hash: self.tx_hash,
             reason: self.reason.map(Reason::as_str),
+            units: None,
         }
     }
 }
