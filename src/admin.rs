@@ -305,7 +305,10 @@ impl ServeHttp for AdminApp {
             "/channels/claim" => self.claim_channels(&method).await,
             "/reload" => self.reload(&method).await,
             "/dashboard" => dashboard::page(),
-            "/dashboard/summary" => dashboard::summary(self.settlement.as_ref()).await,
+            "/dashboard/summary" => {
+                let unit = self.reloader.config().charge_unit();
+                dashboard::summary(self.settlement.as_ref(), unit).await
+            }
             _ => plain(
                 StatusCode::NOT_FOUND,
                 "not found; try /dashboard, /metrics, /healthz, /readyz or /settlements\n",

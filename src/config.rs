@@ -278,6 +278,22 @@ struct Asset {
     usd: bool,
 }
 
+impl Config {
+    /// The asset the priced routes charge in, as `(name, decimals)` (with settlement they
+    /// all share its decimals); `None` when no route is priced.
+    pub fn charge_unit(&self) -> Option<(String, u8)> {
+        self.routes
+            .iter()
+            .find_map(|(_, route)| match &route.access {
+                Access::Priced(paywall) => paywall
+                    .requirements
+                    .first()
+                    .map(|r| (r.asset_name.clone(), r.decimals)),
+                _ => None,
+            })
+    }
+}
+
 /// The exposure caps and the loss budget count atomic units, summed over every asset the
 /// priced routes accept: refuses assets whose atomic units differ in size (a cap would mean
 /// another amount for each), and with Redis, whose 64-bit counters overflow above about

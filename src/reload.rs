@@ -65,6 +65,11 @@ impl Reloader {
 
     /// Reloads now, blocking (it reads files and resolves upstream names): call it from a
     /// blocking task. The outcome is counted and logged.
+    /// The config levy serves with now.
+    pub fn config(&self) -> Arc<crate::config::Config> {
+        Arc::clone(&self.live.load().config)
+    }
+
     pub fn reload(&self) -> Result<Applied, ReloadError> {
         let _one = self
             .one_at_a_time

@@ -172,3 +172,42 @@ fn the_dashboard_renders_live_figures_in_a_headless_browser() {
     assert!(png.len() > 20_000, "a {} byte screenshot", png.len());
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+#[test]
+fn the_dashboard_shows_amounts_in_the_decimals_of_the_asset_the_routes_charge() {
+    let chain = TestChain::start();
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, TOKEN).expect("token");
+    let levy = Levy::start(&format!(
+        "{}{}  assets:\n    - {{name: tok, network: base-sepolia, address: \"0x5FbDB2315678afecb367f032d93F642f64180aa3\", \
+         eip712_name: Tok, eip712_version: \"1\", decimals: 18}}\n{}  admin: {{token_file: {}}}\n  routes:\n    \
+         - {{name: tok-feed, path: /data/*, amount: \"1000000000000000000\", accepts: [{{network: base-sepolia, asset: tok}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), ""),
+        token_file.display(),
+    ));
+    let summary = admin(&levy, "/dashboard/summary").json();
+    assert_eq!(
+        (summary["asset"].as_str(), summary["decimals"].as_u64()),
+        (Some("tok"), Some(18))
+    );
+
+    let profile = tempfile::tempdir().expect("profile");
+    let dom = chromium(
+        &format!("http://{}/dashboard#token={TOKEN}", levy.admin),
+        profile.path(),
+        &["--dump-dom"],
+    );
+    assert!(dom.contains("data-loaded=\"true\""), "{dom}");
+    assert_eq!(
+        text_after(&dom, "id=\"units\""),
+        "TOK (18 decimals), over the journal's retention period."
+    );
+    assert_eq!(
+        text_after(&dom, "id=\"tile-settled\""),
+        "0.000000000000000000"
+    );
+}

@@ -38,10 +38,15 @@ pub(super) fn page() -> Response<Vec<u8>> {
 }
 
 /// `GET /dashboard/summary`: the journal in figures (one pass over it, off the event loop)
-/// and the settlement gauges.
-pub(super) async fn summary(settlement: Option<&Settlement>) -> Response<Vec<u8>> {
+/// and the settlement gauges; amounts are atomic units of `unit` (the priced routes'
+/// asset: its name and decimals, which the page formats them by).
+pub(super) async fn summary(
+    settlement: Option<&Settlement>,
+    unit: Option<(String, u8)>,
+) -> Response<Vec<u8>> {
     let m = metrics();
     let now = unix_now();
+    let (asset, decimals) = unit.unwrap_or_else(|| ("usdc".into(), 6));
     let Some(settlement) = settlement.cloned() else {
         return json_response(
             StatusCode::OK,
@@ -98,6 +103,8 @@ pub(super) async fn summary(settlement: Option<&Settlement>) -> Response<Vec<u8>
         &json!({
             "generatedAt": now,
             "settlement": true,
+            "asset": asset,
+            "decimals": decimals,
             "states": figures.states,
             "routes": routes,
             "failures": figures.failures.iter().map(record_json).collect::<Vec<_>>(),
