@@ -408,9 +408,10 @@ impl Channels {
     /// request as unavailable (503): a withdrawn deposit must not be spent on calls.
     async fn resync(&self, network: &str, lease: &mut Lease) -> Result<(), Refusal> {
         let id = lease.voucher.channel_id;
-        let stale = self
-            .ledger(id)
-            .is_some_and(|ledger| ledger.needs_sync(crate::clock::unix_now()));
+        let now = crate::clock::unix_now();
+        let stale = lock(&self.inner.slots)
+            .get(&id)
+            .is_some_and(|slot| slot.ledger.needs_sync(now));
         if !stale {
             return Ok(());
         }
