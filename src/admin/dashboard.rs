@@ -37,7 +37,7 @@ pub(super) fn page() -> Response<Vec<u8>> {
     response
 }
 
-/// `GET /dashboard/summary`: the journal in figures (one pass over it, off the event loop)
+/// `GET /dashboard/summary`: the journal in figures (the tally its store keeps, read off the event loop)
 /// and the settlement gauges; amounts are atomic units of `unit` (the priced routes'
 /// asset: its name and decimals, which the page formats them by).
 pub(super) async fn summary(

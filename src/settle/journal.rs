@@ -110,6 +110,8 @@ struct Handoff {
     durable_wanted: AtomicBool,
     /// Why the store failed for good (see [`JournalError::StoreFailed`]), once it has.
     store_failed: OnceLock<String>,
+    /// The store's payments in figures, updated with every commit.
+    tally: Mutex<super::summary::Tally>,
 }
 
 /// A staged payment at its newest state, and the accept-log write that holds it.
@@ -185,7 +187,7 @@ impl Journal {
             db: Arc::clone(&db),
             staged: Arc::clone(&staged),
         };
-        Ok(Self {
+        let journal = Self {
             db,
             staged,
             writers: Arc::new(Writers {
@@ -194,7 +196,21 @@ impl Journal {
                 store: OnceLock::new(),
                 thread: Mutex::new(None),
             }),
-        })
+        };
+        // The figures, once; from here on every commit keeps them.
+        let mut tally = super::summary::Tally::default();
+        journal
+            .visit(|record| tally.change(None, Some(&record)))
+            .map_err(|e| open_error(e.to_string()))?;
+        *lock(&journal.staged.tally) = tally;
+        Ok(journal)
+    }
+
+    /// The journal in figures (as the store has committed it), with the `latest` most
+    /// recent failures.
+    pub fn summary(&self, latest: usize) -> super::summary::Summary {
+        let tally = lock(&self.staged.tally);
+        tally.summary(latest, |id| self.get(id).ok().flatten())
     }
 
     /// Why the store failed for good, once it has ([`JournalError::StoreFailed`]).
@@ -259,16 +275,22 @@ impl Journal {
     /// thread: for the replay at open, before anything else writes.
     pub fn put_blocking(&self, records: &[PaymentRecord]) -> Result<(), JournalError> {
         let txn = self.db.begin_write().map_err(storage)?;
+        let mut changes = Vec::new();
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             for record in records {
                 let bytes = serde_json::to_vec(record).map_err(storage)?;
-                payments
+                let old = payments
                     .insert(record.id.as_str(), bytes.as_slice())
-                    .map_err(storage)?;
+                    .map_err(storage)?
+                    .map(|old| decode(&record.id, old.value()))
+                    .transpose()?;
+                changes.push((old, Some(record.clone())));
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        tally_changes(&self.staged, &changes);
+        Ok(())
     }
 
     /// Writes a batch transaction and its payments in one commit.
@@ -567,20 +589,24 @@ impl StoreWriter {
             // `retire_if_stored`).
             self.staged.unsynced_moves.store(true, Ordering::Release);
         }
+        // What each write does to the figures, applied once the commit lands.
+        let mut changes: Vec<Change> = Vec::new();
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             let mut batches = txn.open_table(BATCHES).map_err(storage)?;
             let put = |payments: &mut redb::Table<'_, &str, &[u8]>,
                        record: &PaymentRecord|
-             -> Result<(), JournalError> {
+             -> Result<Change, JournalError> {
                 let bytes = serde_json::to_vec(record).map_err(storage)?;
-                payments
+                let old = payments
                     .insert(record.id.as_str(), bytes.as_slice())
-                    .map_err(storage)?;
-                Ok(())
+                    .map_err(storage)?
+                    .map(|old| decode(&record.id, old.value()))
+                    .transpose()?;
+                Ok((old, Some(record.clone())))
             };
             for record in &moving {
-                put(&mut payments, record)?;
+                changes.push(put(&mut payments, record)?);
             }
             let moved = |id: &str| moving.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok();
             for job in jobs {
@@ -591,14 +617,17 @@ impl StoreWriter {
                         .map_err(storage)?;
                 }
                 if let StoreWrite::Prune(before) = &job.write {
-                    prune(&mut payments, &mut batches, *before)?;
+                    for pruned in prune(&mut payments, &mut batches, *before)? {
+                        changes.push((Some(pruned), None));
+                    }
                 }
                 for record in records(job).filter(|r| !moved(&r.id)) {
-                    put(&mut payments, record)?;
+                    changes.push(put(&mut payments, record)?);
                 }
             }
         }
         txn.commit().map_err(store_error)?;
+        tally_changes(&self.staged, &changes);
         if commit == Commit::Durable {
             // Durable, and so is every commit before it.
             self.staged.unsynced_moves.store(false, Ordering::Release);
@@ -611,19 +640,33 @@ impl StoreWriter {
     }
 }
 
-/// See [`StoreWrite::Prune`].
+/// A record's copy before and after a write (`None`: absent).
+type Change = (Option<PaymentRecord>, Option<PaymentRecord>);
+
+/// Applies committed changes to the journal's figures.
+fn tally_changes(staged: &Handoff, changes: &[Change]) {
+    if changes.is_empty() {
+        return;
+    }
+    let mut tally = lock(&staged.tally);
+    for (old, new) in changes {
+        tally.change(old.as_ref(), new.as_ref());
+    }
+}
+
+/// See [`StoreWrite::Prune`]; returns the payments removed.
 fn prune(
     payments: &mut redb::Table<'_, &str, &[u8]>,
     batches: &mut redb::Table<'_, &str, &[u8]>,
     before: u64,
-) -> Result<(), JournalError> {
+) -> Result<Vec<PaymentRecord>, JournalError> {
     let mut open = std::collections::HashSet::new();
     let mut old = Vec::new();
     for entry in payments.iter().map_err(storage)? {
         let (key, value) = entry.map_err(storage)?;
         let record = decode(key.value(), value.value())?;
         if record.state.is_final() && record.updated_at < before && record.valid_before < before {
-            old.push(record.id);
+            old.push(record);
         } else if !record.state.is_final() {
             open.insert(record.id);
         }
@@ -637,8 +680,8 @@ fn prune(
             old_batches.push(batch.tx_hash);
         }
     }
-    for id in &old {
-        payments.remove(id.as_str()).map_err(storage)?;
+    for record in &old {
+        payments.remove(record.id.as_str()).map_err(storage)?;
     }
     for hash in &old_batches {
         batches.remove(hash.as_str()).map_err(storage)?;
@@ -650,7 +693,7 @@ fn prune(
             old_batches.len()
         );
     }
-    Ok(())
+    Ok(old)
 }
 
 #[cfg(test)]
