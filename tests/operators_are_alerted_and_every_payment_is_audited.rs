@@ -394,3 +394,140 @@ fn a_webhook_receiver_down_across_a_restart_gets_the_alert_after_it_comes_back_o
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_audit_log_of_exact_metered_channel_and_bundle_payments_reconciles_with_the_admin_api_and_the_chain(
+) {
+    use crate::channels_sell_many_calls_per_deposit::{
+        channel_chain, pay_channel_with, ticks_route, Client as Channels, AUTHORIZER_KEY,
+    };
+    use crate::sessions_sell_prepaid_bundles::{call, paid_pattern, Client as Bundles};
+    let chain = channel_chain();
+    chain.approve_permit2(KEYS[0]);
+    let origin = Origin::start(|seen| {
+        if seen.target.starts_with("/meter") {
+            Reply::ok("{\"r\":1}\n{\"r\":2}\n{\"r\":3}\n{\"r\":4}\n{\"r\":5}\n")
+        } else {
+            Reply::ok("{\"ok\":1}")
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("channel.key");
+    std::fs::write(&key_file, AUTHORIZER_KEY).expect("write key");
+    let channels = format!(
+        "    max_delay_ms: 200\n    channels:\n      authorizer: \"{}\"\n      key_file: {}\n      claim_every_seconds: 3600\n",
+        signer(AUTHORIZER_KEY).address(),
+        key_file.display()
+    );
+    let levy = Levy::start(&format!(
+        "{}{}{}  audit_log: {}\n  routes:\n    \
+         - {{name: exact, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n    \
+         - {{name: metered, path: /meter, accepts: [{{network: base-sepolia}}], meter: {{unit: records, price: \"100\", ceiling: \"10000\"}}}}\n\
+         {}    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{PRICE}\", calls: 10}}}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), &channels),
+        dir.path().join("audit.jsonl").display(),
+        ticks_route(20_000),
+    ));
+    let payee: alloy::primitives::Address = PAY_TO.parse().expect("pay_to");
+    let payee_before = chain.balance(payee);
+
+    // Two exact payments, a metered stream of five records, a channel (three calls and a
+    // refund), a bundle (bought, then drawn twice).
+    let terms = challenge(&levy, "/data/x");
+    for _ in 0..2 {
+        let paid = request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &sign_for(&terms, KEYS[0]).1),
+        );
+        assert_eq!(paid.status, 200, "{}", paid.text());
+    }
+    let metered = request(
+        levy.addr,
+        &paid_get(
+            "/meter",
+            "PAYMENT-SIGNATURE",
+            &crate::support::pay::upto_payment(levy.addr, "/meter", KEYS[0]),
+        ),
+    );
+    assert_eq!(metered.status, 200, "{}", metered.text());
+    let channel = pay_channel_with(
+        Channels::TypeScript,
+        &format!("http://{}/ticks", levy.addr),
+        3,
+        &[("X402_REFUND", "all")],
+    );
+    assert_eq!(channel["statuses"]["200"], 3, "{channel}");
+    let bundle = call(
+        Bundles::TypeScript,
+        &format!("http://{}/feed", levy.addr),
+        3,
+    );
+    assert_eq!(paid_pattern(&bundle), vec![true, false, false], "{bundle}");
+    wait_all_final(levy.admin, Duration::from_secs(30));
+
+    // Every payment the admin API knows is in the trail, charged and settled for what the
+    // journal says.
+    let listing = levy.admin_get("/settlements").json();
+    let payments = listing["settlements"]
+        .as_array()
+        .expect("settlements")
+        .clone();
+    assert_eq!(payments.len(), 4, "{listing}");
+    let mut settled_value = 0u128;
+    for payment in &payments {
+        let id = payment["id"].as_str().expect("id");
+        assert_eq!(payment["state"], "settled", "{payment}");
+        let trail = audit_of(dir.path(), id, "settled");
+        let of = |event: &str| trail.iter().find(|l| l["event"] == event).cloned();
+        let charged =
+            of("charged").unwrap_or_else(|| panic!("{id} has no charged line: {trail:?}"));
+        let settled =
+            of("settled").unwrap_or_else(|| panic!("{id} has no settled line: {trail:?}"));
+        assert_eq!(charged["amount"], payment["amount"], "{trail:?}");
+        assert_eq!(settled["transaction"], payment["transaction"], "{trail:?}");
+        settled_value += payment["amount"]
+            .as_str()
+            .expect("amount")
+            .parse::<u128>()
+            .expect("a number");
+    }
+    assert_eq!(
+        settled_value,
+        2 * u128::from(PRICE) + 500 + u128::from(PRICE)
+    );
+    // The channel's and the bundle's own lines; and what the payee received on chain is
+    // what the trail says it was paid: settled payments plus channel claims.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines = audit_lines(dir.path());
+        let draws = lines.iter().filter(|l| l["event"] == "draw").count();
+        if draws == 2 && lines.iter().any(|l| l["event"] == "refund") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "{lines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sum = |event: &str| -> u128 {
+        lines
+            .iter()
+            .filter(|l| l["event"] == event)
+            .map(|l| {
+                l["amount"]
+                    .as_str()
+                    .expect("amount")
+                    .parse::<u128>()
+                    .expect("a number")
+            })
+            .sum()
+    };
+    assert_eq!(lines.iter().filter(|l| l["event"] == "voucher").count(), 3);
+    assert_eq!(sum("voucher"), 3000);
+    assert_eq!(sum("claim"), sum("voucher"));
+    assert_eq!(
+        chain.balance(payee) - payee_before,
+        alloy::primitives::U256::from(settled_value + sum("claim")),
+        "the payee's balance and the trail disagree"
+    );
+}
