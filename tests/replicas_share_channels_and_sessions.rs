@@ -11,8 +11,8 @@ use serde_json::json;
 
 use crate::channels_sell_many_calls_per_deposit::{
     channel_chain, channel_yaml, claim_now, escrowed, finalize_withdraw, get_paying,
-    initiate_withdraw, offered_at, pay_channel, payer_channel, refusal, signed_payload,
-    ticks_route, voucher_header, wait_balance, Client, AUTHORIZER_KEY,
+    initiate_withdraw, offered_at, pay_channel, pay_channel_with, payer_channel, refusal,
+    signed_payload, ticks_route, voucher_header, wait_balance, Client, AUTHORIZER_KEY,
 };
 use crate::sessions_sell_prepaid_bundles::{
     call, get_feed_at, paid_pattern, proof_header_at, Client as Bundles, PRICE as BUNDLE_PRICE,
@@ -476,6 +476,9 @@ fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_
 {
     let mut redis = RedisServer::start();
     let chain = channel_chain();
+    // A second payer, with a channel and a bundle of its own.
+    let other = signer(KEYS[4]).address();
+    chain.mint(other, 10_000_000);
     let origin = Origin::start(|seen| {
         if seen.target.starts_with("/feed") {
             Reply::ok(r#"{"feed":1}"#)
@@ -546,6 +549,26 @@ fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_
         let drawn = get_feed_at(addr(i), &host, "SIGN-IN-WITH-X", &proof);
         assert_eq!(drawn.status, 200, "{}", drawn.text());
     }
+    // The second payer: a channel charged 2000 on replica 1, a bundle bought there and
+    // drawn once on replica 2 (nine of ten left).
+    let second = [("PAYER_KEY", KEYS[4])];
+    let opened = pay_channel_with(
+        Client::TypeScript,
+        &format!("http://{}/ticks", addr(1)),
+        2,
+        &second,
+    );
+    assert_eq!(opened["statuses"]["200"], 2, "{opened}");
+    let bought = crate::support::interop::run_script(
+        crate::support::interop::Runtime::Node,
+        "pay-bundle.mjs",
+        &[&format!("http://{}/feed", addr(1)), "1"],
+        &second,
+    );
+    assert_eq!(paid_pattern(&bought), vec![true], "{bought}");
+    let proof = proof_header_at(addr(2), &addr(1).to_string(), other, KEYS[4]);
+    let drawn = get_feed_at(addr(2), &addr(1).to_string(), "SIGN-IN-WITH-X", &proof);
+    assert_eq!(drawn.status, 200, "{}", drawn.text());
 
     // Redis comes back empty; the replicas notice and are restarted, as the README says.
     redis.restart_empty();
@@ -566,6 +589,22 @@ fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_
     );
     let next = get_paying(addr(1), &voucher_header(&accepted, &channel, 9000));
     assert_eq!(charged_cumulative(&next), "9000");
+    // The second payer's official client, starting afresh, adopts its channel at 2000 and
+    // pays the next call at 3000, with no new deposit.
+    let rpc = chain.rpc_url.clone();
+    let again = pay_channel_with(
+        Client::TypeScript,
+        &format!("http://{}/ticks", addr(0)),
+        1,
+        &[("PAYER_KEY", KEYS[4]), ("X402_RPC_URL", rpc.as_str())],
+    );
+    assert_eq!(again["statuses"]["200"], 1, "{again}");
+    assert_eq!(again["deposits"], 0, "{again}");
+    assert_eq!(
+        again["last"]["paymentResponse"]["extra"]["channelState"]["chargedCumulativeAmount"],
+        "3000",
+        "{again}"
+    );
     claim_now(replicas[0].1 .1);
     assert_eq!(
         escrowed(&chain).1,
@@ -577,5 +616,9 @@ fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_
     let drawn = get_feed_at(addr(2), &host, "SIGN-IN-WITH-X", &proof);
     assert_eq!(drawn.status, 200, "{}", drawn.text());
     assert_eq!(drawn.header("x-levy-bundle-remaining"), Some("4 calls"));
+    let proof = proof_header_at(addr(0), &addr(1).to_string(), other, KEYS[4]);
+    let drawn = get_feed_at(addr(0), &addr(1).to_string(), "SIGN-IN-WITH-X", &proof);
+    assert_eq!(drawn.status, 200, "{}", drawn.text());
+    assert_eq!(drawn.header("x-levy-bundle-remaining"), Some("8 calls"));
     drop(running);
 }
