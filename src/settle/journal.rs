@@ -279,13 +279,7 @@ impl Journal {
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             for record in records {
-                let bytes = serde_json::to_vec(record).map_err(storage)?;
-                let old = payments
-                    .insert(record.id.as_str(), bytes.as_slice())
-                    .map_err(storage)?
-                    .map(|old| decode(&record.id, old.value()))
-                    .transpose()?;
-                changes.push((old, Some(record.clone())));
+                changes.push(replace(&mut payments, record)?);
             }
         }
         txn.commit().map_err(storage)?;
@@ -594,19 +588,8 @@ impl StoreWriter {
         {
             let mut payments = txn.open_table(PAYMENTS).map_err(storage)?;
             let mut batches = txn.open_table(BATCHES).map_err(storage)?;
-            let put = |payments: &mut redb::Table<'_, &str, &[u8]>,
-                       record: &PaymentRecord|
-             -> Result<Change, JournalError> {
-                let bytes = serde_json::to_vec(record).map_err(storage)?;
-                let old = payments
-                    .insert(record.id.as_str(), bytes.as_slice())
-                    .map_err(storage)?
-                    .map(|old| decode(&record.id, old.value()))
-                    .transpose()?;
-                Ok((old, Some(record.clone())))
-            };
             for record in &moving {
-                changes.push(put(&mut payments, record)?);
+                changes.push(replace(&mut payments, record)?);
             }
             let moved = |id: &str| moving.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok();
             for job in jobs {
@@ -622,7 +605,7 @@ impl StoreWriter {
                     }
                 }
                 for record in records(job).filter(|r| !moved(&r.id)) {
-                    changes.push(put(&mut payments, record)?);
+                    changes.push(replace(&mut payments, record)?);
                 }
             }
         }
@@ -642,6 +625,20 @@ impl StoreWriter {
 
 /// A record's copy before and after a write (`None`: absent).
 type Change = (Option<PaymentRecord>, Option<PaymentRecord>);
+
+/// Writes `record` over its stored copy; the change, for the figures.
+fn replace(
+    payments: &mut redb::Table<'_, &str, &[u8]>,
+    record: &PaymentRecord,
+) -> Result<Change, JournalError> {
+    let bytes = serde_json::to_vec(record).map_err(storage)?;
+    let old = payments
+        .insert(record.id.as_str(), bytes.as_slice())
+        .map_err(storage)?
+        .map(|old| decode(&record.id, old.value()))
+        .transpose()?;
+    Ok((old, Some(record.clone())))
+}
 
 /// Applies committed changes to the journal's figures.
 fn tally_changes(staged: &Handoff, changes: &[Change]) {
