@@ -422,7 +422,7 @@ fn the_audit_log_of_exact_metered_channel_and_bundle_payments_reconciles_with_th
     let levy = Levy::start(&format!(
         "{}{}{}  audit_log: {}\n  routes:\n    \
          - {{name: exact, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n    \
-         - {{name: metered, path: /meter, accepts: [{{network: base-sepolia}}], meter: {{unit: records, price: \"100\", ceiling: \"10000\"}}}}\n\
+         - {{name: audited-stream, path: /meter, accepts: [{{network: base-sepolia}}], meter: {{unit: records, price: \"100\", ceiling: \"10000\"}}}}\n\
          {}    - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], bundle: {{price: \"{PRICE}\", calls: 10}}}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
