@@ -9,7 +9,9 @@
 # Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
 # MAX_BATCH sets levy's settlement.max_batch (default 200). BASELINE_LEVY=path/to/levy also
 # runs that build of levy (another commit's) beside this one, on the same chain with a settler
-# of its own, for a side-by-side ratio; PEERS=0 leaves the x402 peers out.
+# of its own, for a side-by-side ratio; PEERS=0 leaves the x402 peers out. METERED=1 makes
+# levy's route metered (upto, $0.001 per started KiB: the same charge for the example
+# origin's small body), paid with Permit2 ceilings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -50,6 +52,9 @@ levy:
   routes:
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
 YAML
+if [ "${METERED:-0}" = 1 ]; then
+  sed -i 's#price: "\$0.001", max_timeout_seconds#meter: {unit: bytes, price: "\$0.001", ceiling: "\$0.01"}, max_timeout_seconds#' $W/levy.yaml
+fi
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   ./target/release/levy -c $W/levy.yaml & PIDS+=($!)
 LEVY_PID=$!
@@ -57,6 +62,12 @@ if [ -n "${BASELINE_LEVY:-}" ]; then
   # The same config on other ports and its own journal; its settler is anvil account 6.
   sed -e 's/19003/19005/; s/19004/19006/; s#levy.redb#base.redb#; s#l.pid#b.pid#; s#l.sock#b.sock#' \
     $W/levy.yaml > $W/base.yaml
+  if [ "${METERED:-0}" = 1 ]; then
+    # Metered payments settle through a batcher the settler owns: one of its own.
+    BASE_BATCHER=$(LEVY_SETTLER_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e \
+      ./target/release/levy deploy-batcher --rpc-url $RPC | grep -o '0x[0-9a-fA-F]\{40\}' | tail -1)
+    sed -i "s#batcher: \"$BATCHER\"#batcher: \"$BASE_BATCHER\"#" $W/base.yaml
+  fi
   LEVY_SETTLER_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e LEVY_LOG=warn \
     "$BASELINE_LEVY" -c $W/base.yaml & PIDS+=($!)
   BASE_PID=$!
