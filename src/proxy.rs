@@ -339,14 +339,18 @@ impl ProxyHttp for LevyProxy {
         }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
-        if ctx.metering().is_some() && !session.is_http2() {
+        if ctx.metering().is_some()
+            && !session.is_http2()
+            && upstream_response
+                .headers
+                .contains_key(header::CONTENT_LENGTH)
+        {
             // levy may end a metered response early (at its ceiling, or before its
-            // authorization's deadline): over HTTP/1 the end of a close-delimited body is
-            // the connection's close, which a client reads as the whole response.
+            // authorization's deadline): a length promised up front could not be kept, so
+            // the body goes chunked, whose end levy can still write when the origin's
+            // comes.
             upstream_response.remove_header(&header::CONTENT_LENGTH);
-            upstream_response.remove_header(&header::TRANSFER_ENCODING);
-            upstream_response.insert_header(header::CONNECTION, "close")?;
-            session.set_keepalive(None);
+            upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
         // A shadow route passes the origin's answer as it is: it must behave as without levy.
         if ctx.outcome != Outcome::Shadowed
@@ -415,9 +419,9 @@ impl ProxyHttp for LevyProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
         if let Some(metering) = ctx.metering() {
-            // Closing is how a close-delimited response ends (see `response_filter`); but
-            // chunks filtered together are written together, after the filter: close only
-            // once everything passed before has been written.
+            // An origin that goes on past levy's end of the response is cut off (the
+            // connection closes); but chunks filtered together are written together, after
+            // the filter: close only once everything passed before has been written.
             if metering.on_body(body, end_of_stream) == Flow::Over
                 && session.body_bytes_sent() as u64 >= metering.passed()
             {

@@ -133,7 +133,8 @@ fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
         assert!(n > 0, "the stream ended after {received} bytes");
         received += n;
     }
-    assert_eq!(received, SIZE);
+    // (What came off the wire: the body, and its chunk framing.)
+    assert!(received >= SIZE);
     let (_, peak) = levy.memory_kib();
     eprintln!("levy resident: {before} KiB before a 50 MiB metered stream, {peak} KiB at peak");
     assert!(
@@ -166,22 +167,21 @@ fn a_metered_stream_ends_in_time_for_its_charge_to_settle_before_the_permit2_dea
     let payment = upto_payment_until(levy.addr, "/ticks", KEYS[0], Some(deadline));
     let (mut stream, status, head, mut body) = paid_stream_with(levy.addr, "/ticks", payment);
     assert_eq!(status, 200, "{head}");
-    assert!(
-        head.to_ascii_lowercase().contains("connection: close"),
-        "{head}"
-    );
-    stream
-        .read_to_end(&mut body)
-        .expect("the stream ends cleanly");
+    // The origin goes on: levy drops what follows its end and then closes the connection.
+    stream.read_to_end(&mut body).expect("the stream ends");
     let lasted = started.elapsed();
-    let records = body.iter().filter(|&&b| b == b'\n').count();
+    let records = records_in(&body);
     eprintln!("the stream ended after {lasted:?} with {records} records");
     assert!(
         lasted < Duration::from_secs(12),
         "the stream ran for {lasted:?}, too close to its deadline for the charge to settle"
     );
     assert!((10..=40).contains(&records), "{records} records delivered");
-    assert!(body.ends_with(b"}\n"), "the stream ended inside a record");
+    assert_eq!(
+        records,
+        count(&body, b"{\"tick\""),
+        "the stream ended inside a record"
+    );
 
     let charged = one_settlement(&chain, levy.admin);
     assert_eq!(
@@ -254,13 +254,9 @@ fn an_origin_that_reports_its_usage_in_a_header_is_charged_that_and_the_header_i
     let levy = Levy::start(&yaml);
     let (mut stream, status, head, mut body) = paid_stream(levy.addr, "/llm");
     assert_eq!(status, 200, "{head}");
-    while body.len() < 5 {
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf).expect("read the body");
-        assert!(n > 0);
-        body.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(body, b"hello");
+    read_to_last_chunk(&mut stream, &mut body);
+    // A metered body goes chunked (levy may end it early), keep-alive kept.
+    assert_eq!(body, b"5\r\nhello\r\n0\r\n\r\n");
     assert!(
         !head.to_ascii_lowercase().contains("x-usage-tokens"),
         "the usage header reached the client: {head}"
@@ -377,10 +373,35 @@ fn ticking(records: usize, every: Duration) -> Origin {
     })
 }
 
+/// Reads a chunked body on `stream` into `body` through its last (empty) chunk: the
+/// connection stays open for the next request.
+fn read_to_last_chunk(stream: &mut TcpStream, body: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    while !body.ends_with(b"0\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("read the body");
+        assert!(n > 0, "the response ended without its last chunk");
+        body.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// How often `needle` occurs in `haystack`.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+/// The whole NDJSON records (`{…}` and its newline) in a response body as it came off the
+/// wire, chunk framing and all (a chunk-size line never holds a `}`).
+fn records_in(body: &[u8]) -> usize {
+    count(body, b"}\n")
+}
+
 /// Reads a response body until `records` lines came (or the stream ends); returns them.
 fn read_records(stream: &mut TcpStream, mut body: Vec<u8>, records: usize) -> Vec<u8> {
     let mut buf = [0u8; 4096];
-    while body.iter().filter(|&&b| b == b'\n').count() < records {
+    while records_in(&body) < records {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => body.extend_from_slice(&buf[..n]),
@@ -406,7 +427,7 @@ fn a_levy_killed_mid_stream_charges_that_stream_after_restart_and_refuses_its_au
     // A checkpoint a second: let one cover the 30 records read.
     std::thread::sleep(Duration::from_millis(1500));
     levy.sigkill();
-    let read = body.iter().filter(|&&b| b == b'\n').count() as u64;
+    let read = records_in(&body) as u64;
     drop(stream);
     let before = chain.balance(PAY_TO.parse().expect("pay_to"));
     assert_eq!(before, U256::ZERO, "something settled before the kill");
@@ -463,9 +484,9 @@ fn an_origin_gone_quiet_past_the_cut_off_is_charged_what_it_delivered_before_the
     );
     assert_eq!(charged, U256::from(10 * PRICE), "the ten records delivered");
     let mut body = body;
-    stream.read_to_end(&mut body).expect("the stream ends");
+    read_to_last_chunk(&mut stream, &mut body);
     assert_eq!(
-        body.iter().filter(|&&b| b == b'\n').count(),
+        records_in(&body),
         10,
         "a record after the charge was taken reached the client"
     );

@@ -37,10 +37,17 @@ pub struct Metering {
     cut_at: Option<u64>,
     /// levy ended the response (at the limit or the cut-off); what follows is dropped.
     ended: bool,
+    /// When it did: an origin that has not ended its own response soon after is cut off.
+    ended_at: Option<std::time::Instant>,
     /// Its place among the settlement's streams: checkpointed, and taken by levy if it
     /// outlives its cut-off.
     stream: Option<StreamTicket>,
 }
+
+/// How long an origin may go on after levy ended its response (its chunks dropped) before
+/// the connection is closed: long enough for a finite response to end on its own, framed
+/// whole.
+const ORIGIN_END_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The error that closes a metered response levy ended (see [`Flow::Over`]): not a failure,
 /// and not logged as one.
@@ -49,10 +56,12 @@ pub const METERED_END: &str = "metered response ended";
 /// What becomes of a chunk of a metered body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
-    /// It goes to the client (perhaps cut at the last unit the ceiling pays for).
+    /// It goes to the client (perhaps cut at the last unit the ceiling pays for), or, the
+    /// response having ended, it was dropped while the origin is given a moment to end its
+    /// own (then the response ends as the origin's does, framed whole).
     Go,
-    /// The response already ended: the chunk was dropped and the response must close as
-    /// soon as what was passed before it has been written.
+    /// The response ended a while ago and the origin goes on: the chunk was dropped and the
+    /// connection must close as soon as what was passed before it has been written.
     Over,
 }
 
@@ -81,6 +90,7 @@ impl Metering {
             limit,
             cut_at: None,
             ended: false,
+            ended_at: None,
             stream: None,
         }
     }
@@ -104,6 +114,12 @@ impl Metering {
     /// what it is charged.
     pub fn end_by(&mut self, at: u64) {
         self.cut_at = Some(at);
+    }
+
+    /// levy ends the response here: what follows is dropped.
+    fn end(&mut self) {
+        self.ended = true;
+        self.ended_at.get_or_insert_with(std::time::Instant::now);
     }
 
     /// Body bytes passed on to the client connection so far.
@@ -168,13 +184,13 @@ impl Metering {
     /// response has ended.
     pub fn on_body(&mut self, body: &mut Option<bytes::Bytes>, end_of_stream: bool) -> Flow {
         if !self.ended && self.cut_at.is_some_and(|at| unix_now() >= at) {
-            self.ended = true;
+            self.end();
         }
         if !self.ended && body.is_some() {
             let amount = self.charge_so_far();
             if self.stream.as_ref().is_some_and(|t| !t.progress(amount)) {
                 // levy took the charge already (the response outlived its cut-off).
-                self.ended = true;
+                self.end();
             }
         }
         if self.ended {
@@ -184,7 +200,12 @@ impl Metering {
                 self.complete = true;
                 return Flow::Go;
             }
-            return Flow::Over;
+            let waited = self.ended_at.map_or(ORIGIN_END_GRACE, |at| at.elapsed());
+            return if waited >= ORIGIN_END_GRACE {
+                Flow::Over
+            } else {
+                Flow::Go
+            };
         }
         let Some(chunk) = body.as_mut() else {
             self.complete |= end_of_stream;
@@ -204,7 +225,7 @@ impl Metering {
         };
         if let Some(kept) = kept {
             chunk.truncate(kept);
-            self.ended = true;
+            self.end();
         }
         self.bytes += chunk.len() as u64;
         if let Some(ticket) = &self.stream {
