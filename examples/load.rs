@@ -89,12 +89,57 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Reads one response; returns its status.
+/// Reads more of the response into `buf`; `None` when the connection ended.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 16384];
+    let n = stream.read(&mut chunk).await.ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Some(())
+}
+
+/// Where a chunked body that starts at `at` in `buf` ends (after its last, empty chunk),
+/// reading more as needed.
+async fn chunked_end(stream: &mut TcpStream, buf: &mut Vec<u8>, mut at: usize) -> Option<usize> {
+    loop {
+        let line_end = loop {
+            if let Some(p) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+                break at + p;
+            }
+            read_more(stream, buf).await?;
+        };
+        let size_text = std::str::from_utf8(&buf[at..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        let next = line_end + 2 + size + 2;
+        while buf.len() < next {
+            read_more(stream, buf).await?;
+        }
+        at = next;
+        if size == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// Reads one response (its body by `Content-Length`, or chunked); returns its status.
 async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<u16> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end]).ok()?;
             let status: u16 = head.get(9..12)?.parse().ok()?;
+            let chunked = head.lines().any(|l| {
+                l.split_once(':').is_some_and(|(n, v)| {
+                    n.eq_ignore_ascii_case("transfer-encoding")
+                        && v.trim().eq_ignore_ascii_case("chunked")
+                })
+            });
+            if chunked {
+                let total = chunked_end(stream, buf, end + 4).await?;
+                buf.drain(..total);
+                return Some(status);
+            }
             let len: usize = head
                 .lines()
                 .find_map(|l| {
