@@ -186,12 +186,10 @@ impl Metering {
         if !self.ended && self.cut_at.is_some_and(|at| unix_now() >= at) {
             self.end();
         }
-        if !self.ended && body.is_some() {
-            let amount = self.charge_so_far();
-            if self.stream.as_ref().is_some_and(|t| !t.progress(amount)) {
-                // levy took the charge already (the response outlived its cut-off).
-                self.end();
-            }
+        if !self.ended && body.is_some() && self.stream.as_ref().is_some_and(StreamTicket::is_taken)
+        {
+            // levy took the charge already (the response outlived its cut-off).
+            self.end();
         }
         if self.ended {
             *body = None;

@@ -55,15 +55,39 @@ impl std::fmt::Debug for StreamTicket {
 }
 
 impl StreamTicket {
-    /// Notes what the response delivered so far costs. `false` once levy took its charge: it
-    /// must end now, delivering nothing more.
-    pub fn progress(&self, amount: U256) -> bool {
+    /// Whether levy took the response's charge (it outlived its cut-off): it must end now,
+    /// delivering nothing more.
+    pub fn is_taken(&self) -> bool {
+        lock(&self.0.progress).taken
+    }
+
+    /// Notes what the response delivered so far costs.
+    pub fn progress(&self, amount: U256) {
         let mut progress = lock(&self.0.progress);
-        if progress.taken {
-            return false;
-        }
         progress.amount = progress.amount.max(amount);
-        true
+    }
+}
+
+impl Live {
+    /// Takes the stream out of the streams that are live; what it delivered, if this caller
+    /// is the one to charge it (`None`: its charge was taken already).
+    fn take(&self, streams: &Streams) -> Option<U256> {
+        lock(&streams.live).remove(&self.record.id);
+        let mut progress = lock(&self.progress);
+        if progress.taken {
+            return None;
+        }
+        progress.taken = true;
+        Some(progress.amount)
+    }
+
+    /// Its record as it stands at unix second `now`, what it delivered noted as journaled.
+    fn checkpoint(&self, progress: &mut Progress, now: u64) -> PaymentRecord {
+        progress.journaled = progress.amount;
+        let mut record = self.record.clone();
+        record.amount = progress.amount;
+        record.updated_at = now;
+        record
     }
 }
 
@@ -116,13 +140,8 @@ impl Settlement {
         record: PaymentRecord,
         hold: Option<super::Hold>,
     ) -> Result<StreamClose, SettleError> {
-        lock(&self.inner.streams.live).remove(&ticket.0.record.id);
-        {
-            let mut progress = lock(&ticket.0.progress);
-            if progress.taken {
-                return Ok(StreamClose::AlreadyTaken);
-            }
-            progress.taken = true;
+        if ticket.0.take(&self.inner.streams).is_none() {
+            return Ok(StreamClose::AlreadyTaken);
         }
         self.charge_stream(record, hold).await?;
         Ok(StreamClose::Charged)
@@ -165,11 +184,7 @@ impl Settlement {
             if progress.taken || progress.amount == progress.journaled {
                 continue;
             }
-            progress.journaled = progress.amount;
-            let mut record = stream.record.clone();
-            record.amount = progress.amount;
-            record.updated_at = now;
-            checkpoints.push(record);
+            checkpoints.push(stream.checkpoint(&mut progress, now));
         }
         if checkpoints.is_empty() {
             return;
@@ -185,14 +200,7 @@ impl Settlement {
         let live: Vec<Arc<Live>> = lock(&self.inner.streams.live).values().cloned().collect();
         let records: Vec<PaymentRecord> = live
             .iter()
-            .map(|stream| {
-                let mut progress = lock(&stream.progress);
-                progress.journaled = progress.amount;
-                let mut record = stream.record.clone();
-                record.amount = progress.amount;
-                record.updated_at = unix_now();
-                record
-            })
+            .map(|stream| stream.checkpoint(&mut lock(&stream.progress), unix_now()))
             .collect();
         if records.is_empty() {
             return;
@@ -208,14 +216,8 @@ impl Settlement {
 
     /// Charges a stream that outlived its cut-off what it delivered, and ends it.
     async fn take_stream(&self, stream: &Live) {
-        lock(&self.inner.streams.live).remove(&stream.record.id);
-        let amount = {
-            let mut progress = lock(&stream.progress);
-            if progress.taken {
-                return;
-            }
-            progress.taken = true;
-            progress.amount
+        let Some(amount) = stream.take(&self.inner.streams) else {
+            return;
         };
         let mut record = stream.record.clone();
         record.amount = amount;
