@@ -584,17 +584,6 @@ impl Mirror for Shared {
     }
 }
 
-impl Shared {
-    /// Why a replica denied `payer`, while the denial lasts.
-    pub async fn denial(&self, payer: Address) -> Result<Option<String>, String> {
-        let key = deny_key(&self.inner.spec.key_prefix, payer);
-        self.run(
-            |mut conn, _| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await },
-        )
-        .await
-    }
-}
-
 /// Where a payer's denial is kept (in the `{ledger}` slot, read by the reservation).
 fn deny_key(prefix: &str, payer: Address) -> String {
     format!("{prefix}{{ledger}}:deny:{payer:#x}")

@@ -152,6 +152,22 @@ pub fn audit_entry(
     }
 }
 
+/// A deposit counted as waiting to send for as long as this lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// A cooperative refund that landed.
 #[derive(Debug, Clone)]
 pub struct Refunded {
@@ -1032,7 +1048,7 @@ impl Channels {
         token: Option<&str>,
     ) -> Result<(), SettleError> {
         if let (Some(shared), Some(token)) = (self.shared(), token) {
-            if let Err(e) = shared.stream_ended(id, token).await {
+            if let Err(e) = shared.stream_ended(id, token, ceiling).await {
                 // Its ceiling lapses out of the refund hold by itself.
                 ::log::warn!("channel {id}: cannot note its metered call ended: {e}");
             }
@@ -1182,13 +1198,11 @@ impl Channels {
             collector: ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
             collectorData: deposit.collector_data(),
         };
-        self.inner
-            .deposits_waiting
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let sent = self.send(chain, call.abi_encode()).await;
-        self.inner
-            .deposits_waiting
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let sent = {
+            // Counted while it waits and sends, however this ends (a dropped request too).
+            let _waiting = Waiting::on(&self.inner.deposits_waiting);
+            self.send(chain, call.abi_encode()).await
+        };
         match sent {
             Ok(hash) => {
                 ::log::info!(
@@ -1447,15 +1461,13 @@ impl Channels {
                     .with_label_values(&[network])
                     .inc_by(claims.len() as u64);
                 for (claim, (claimed_before, ledger)) in claims.iter().zip(&before) {
+                    let claimed = claim.total_claimed;
                     self.audit(
                         crate::alerts::Event::Claim,
                         ledger,
-                        claim.total_claimed.saturating_sub(*claimed_before),
+                        claimed.saturating_sub(*claimed_before),
                         hash,
                     );
-                }
-                for claim in &claims {
-                    let claimed = claim.total_claimed;
                     let updated = self
                         .update(claim.channel_id, |ledger| {
                             ledger.total_claimed = ledger.total_claimed.max(claimed);

@@ -65,7 +65,7 @@ impl Shared {
         [format!("{base}ledger"), format!("{base}hold")]
     }
 
-    /// Channel `id`'s metered calls streaming now: a sorted set of `<token>|<ceiling>` by
+    /// Channel `id`'s metered calls streaming now: a sorted set of [`stream_member`]s by
     /// when each lapses (unix ms).
     fn streams_key(&self, id: B256) -> String {
         format!("{}{{ch:{id:x}}}:streams", self.inner.spec.key_prefix)
@@ -78,9 +78,7 @@ impl Shared {
     fn lock_key(&self, name: &str) -> String {
         format!("{}lock:{name}", self.inner.spec.key_prefix)
     }
-}
 
-impl Shared {
     /// Puts what this replica's channel log says of a channel back into a Redis that lost
     /// it, on connection `conn` at start: written as logged where no replica republished
     /// it yet, otherwise folded into what one did ([`Ledger::absorb`]).
@@ -140,6 +138,11 @@ impl Shared {
     }
 }
 
+/// A metered call in a channel's streams set: its hold's token and its ceiling.
+fn stream_member(token: &str, ceiling: u128) -> String {
+    format!("{token}|{ceiling}")
+}
+
 /// A ledger and its version as Redis holds them.
 fn versioned(rec: &str, ver: &str) -> Result<Versioned, String> {
     let ledger: Ledger =
@@ -181,7 +184,7 @@ impl SharedChannels for Shared {
         ceiling: u128,
         until_ms: u64,
     ) -> Result<(), String> {
-        let (key, member) = (self.streams_key(id), format!("{token}|{ceiling}"));
+        let (key, member) = (self.streams_key(id), stream_member(token, ceiling));
         let now_ms = crate::clock::unix_ms();
         self.run(|mut conn, _| async move {
             // Calls whose replicas never said they ended go first.
@@ -202,30 +205,12 @@ impl SharedChannels for Shared {
         .await
     }
 
-    async fn stream_ended(&self, id: B256, token: &str) -> Result<(), String> {
-        let key = self.streams_key(id);
-        let members: Vec<String> = self
-            .run(|mut conn, _| async move {
-                redis::cmd("ZRANGE")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        let ours: Vec<String> = members
-            .into_iter()
-            .filter(|m| m.split('|').next() == Some(token))
-            .collect();
-        if ours.is_empty() {
-            return Ok(());
-        }
-        let key = self.streams_key(id);
+    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), String> {
+        let (key, member) = (self.streams_key(id), stream_member(token, ceiling));
         self.run(|mut conn, _| async move {
             redis::cmd("ZREM")
                 .arg(&key)
-                .arg(&ours)
+                .arg(&member)
                 .query_async::<i64>(&mut conn)
                 .await
         })

@@ -204,7 +204,11 @@ impl SharedSessions for Shared {
     }
 
     async fn denied(&self, payer: Address) -> Result<Option<String>, String> {
-        self.denial(payer).await
+        let key = super::deny_key(&self.inner.spec.key_prefix, payer);
+        self.run(
+            |mut conn, _| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await },
+        )
+        .await
     }
 
     async fn draw(

@@ -65,8 +65,8 @@ pub trait SharedChannels: Send + Sync {
         until_ms: u64,
     ) -> Result<(), String>;
 
-    /// The metered call `token` on channel `id` ended.
-    async fn stream_ended(&self, id: B256, token: &str) -> Result<(), String>;
+    /// The metered call `token` (noted with `ceiling`) on channel `id` ended.
+    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), String>;
 
     /// The ceilings of channel `id`'s metered calls streaming now, on every replica.
     async fn streaming(&self, id: B256) -> Result<u128, String>;
