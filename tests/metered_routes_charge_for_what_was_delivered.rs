@@ -428,7 +428,7 @@ fn a_metered_payer_that_spends_its_permit2_nonce_after_being_served_is_denied() 
         &paid_get("/feed?n=3", "PAYMENT-SIGNATURE", &header),
     );
     assert_eq!(served.status, 200, "{}", served.text());
-    // A stream's charge is journaled when it ends: its record is the only one so far.
+    // A stream is journaled before its first byte: its record is the only one so far.
     let deadline = Instant::now() + Duration::from_secs(10);
     let id = loop {
         let listing = s.levy.admin_get("/settlements").json();
