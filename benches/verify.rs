@@ -16,9 +16,10 @@ use alloy_primitives::{address, Signature, B256, U256};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use levy::client::{random_nonce, sign, Payer, Terms};
 use levy::nonce::{MemoryNonceStore, NonceStore, Reservation};
+use levy::pricing::challenge::Challenge;
 use levy::pricing::{domain_separator, Requirement};
-use levy::verify::{transfer_digest, verify, Policy};
-use levy::x402::challenge::Challenge;
+use levy::scheme::verify;
+use levy::verify::{transfer_digest, Policy};
 
 const PAYMENTS: usize = 20_000;
 

@@ -250,7 +250,7 @@ enum Payments {
 impl Payments {
     fn of(challenge: &serde_json::Value, key: &str, count: usize, connections: usize) -> Self {
         let accepted = &challenge["accepts"][0];
-        if accepted["scheme"] == levy::channel::SCHEME_BATCH {
+        if accepted["scheme"] == levy::x402::SCHEME_BATCH {
             let (deposits, vouchers) = channels(accepted, key, count, connections);
             Payments::Channels { deposits, vouchers }
         } else {

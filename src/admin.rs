@@ -30,6 +30,7 @@ use pingora_prometheus::prometheus::{self, Encoder, TextEncoder};
 use serde_json::json;
 
 use crate::config::AdminToken;
+use crate::record::record_json;
 use crate::reload::Reloader;
 use crate::settle::{PaymentRecord, Resolution, SettleError, Settlement, SettlementState};
 
@@ -250,7 +251,7 @@ impl AdminApp {
             ),
             Err(e) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({ "claimed": 0, "error": e }),
+                &json!({ "claimed": 0, "error": e.to_string() }),
             ),
         }
     }
@@ -331,34 +332,6 @@ fn resolved(outcome: Result<Option<PaymentRecord>, SettleError>) -> Response<Vec
         Err(e @ SettleError::Chain(_)) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n")),
         Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
     }
-}
-
-/// The JSON view of a payment record for operators (the admin API): the public status
-/// page's view plus `detail`, a facilitator's own words behind `reason`.
-pub fn record_json(r: &PaymentRecord) -> serde_json::Value {
-    let mut view = public_record_json(r);
-    view["detail"] = json!(r.detail);
-    view
-}
-
-/// The JSON view of a payment record on the public status page: fixed codes only, never a
-/// third party's free text.
-pub fn public_record_json(r: &PaymentRecord) -> serde_json::Value {
-    json!({
-        "id": r.id,
-        "state": r.state.as_str(),
-        "route": r.route,
-        "network": r.network,
-        "asset": r.asset.to_checksum(None),
-        "payer": r.payer.to_checksum(None),
-        "payTo": r.to.to_checksum(None),
-        "amount": r.amount.to_string(),
-        "transaction": r.tx_hash.map(|h| h.to_string()),
-        "reason": r.reason,
-        "attempts": r.attempts,
-        "acceptedAt": r.accepted_at,
-        "updatedAt": r.updated_at,
-    })
 }
 
 /// Listing pages: the default size and the largest allowed.

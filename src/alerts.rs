@@ -7,8 +7,8 @@
 pub mod audit;
 pub mod webhook;
 
-pub use audit::{AuditLog, Entry, Event};
-pub use webhook::{Alert, AlertKind, EndpointSpec, Webhooks, WebhooksSpec};
+pub use audit::{AuditError, AuditLog, Entry, Event};
+pub use webhook::{Alert, AlertKind, EndpointSpec, WebhookError, Webhooks, WebhooksSpec};
 
 /// Serialises an amount in atomic units as a decimal string (alloy's own serde writes hex),
 /// for the audit log and the webhooks alike.

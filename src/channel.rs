@@ -19,10 +19,8 @@ use alloy_sol_types::{sol, SolValue};
 use serde::{Deserialize, Serialize};
 
 use crate::verify::{parse_nonce as parse_b256, parse_time, typed_digest};
-use crate::x402::{AcceptedRequirements, Number};
+use crate::x402::{AcceptedRequirements, Number, SCHEME_BATCH};
 
-/// The scheme's x402 name.
-pub const SCHEME_BATCH: &str = "batch-settlement";
 /// `x402BatchSettlement`'s canonical address.
 pub const BATCH_SETTLEMENT_ADDRESS: Address =
     alloy_primitives::address!("4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");

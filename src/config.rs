@@ -13,8 +13,9 @@ mod schema;
 mod settlement;
 mod upstreams;
 
+pub use crate::tls::CertificateFiles;
 use checks::{address, check_url, invalid};
-pub use listeners::{AdminToken, CertificateFiles, Listeners, TlsListener};
+pub use listeners::{AdminToken, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
 use routes::{build_route, Defaults};
@@ -33,11 +34,11 @@ use http::HeaderName;
 use pingora::server::configuration::ServerConf;
 
 use crate::meter::{Rates, Unit};
+use crate::pricing::challenge::Challenge;
 use crate::pricing::Requirement;
 use crate::routing::{HostPattern, Looseness, RouteTable};
 use crate::settle::SettlementConfig;
 use crate::verify::Policy;
-use crate::x402::challenge::Challenge;
 
 /// A config that cannot be used. `Display` gives `path: problem`.
 #[derive(Debug, thiserror::Error)]

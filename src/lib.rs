@@ -20,6 +20,7 @@ pub mod pay;
 pub mod pool;
 pub mod pricing;
 pub mod proxy;
+pub mod record;
 pub mod reload;
 pub mod routing;
 pub mod scheme;
@@ -33,4 +34,4 @@ pub mod verify;
 pub mod x402;
 
 pub use config::{Config, ConfigError};
-pub use server::build_server;
+pub use server::{build_server, StartError};

@@ -1,6 +1,10 @@
 //! Prices: turns what an operator writes (`"$0.001"` or an atomic `amount`) into an exact
 //! amount of a token's atomic units, and describes what one route asks to be paid.
-//! Pure; never goes through a float.
+//! Pure; never goes through a float. What a route asks is rendered as an x402 challenge in
+//! [`challenge`] and as a browser's wallet page in [`paywall`].
+
+pub mod challenge;
+pub mod paywall;
 
 use std::fmt;
 
@@ -199,7 +203,7 @@ impl Scheme {
         match self {
             Scheme::Exact => crate::x402::SCHEME_EXACT,
             Scheme::Upto { .. } => crate::x402::SCHEME_UPTO,
-            Scheme::Batch { .. } => crate::channel::SCHEME_BATCH,
+            Scheme::Batch { .. } => crate::x402::SCHEME_BATCH,
         }
     }
 

@@ -11,6 +11,7 @@ mod metering;
 mod paywall;
 mod respond;
 mod session;
+mod tender;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use ctx::Release;
-pub use ctx::{Outcome, Paid, PaymentState, RequestCtx, STATUS_PATH};
+pub use ctx::{Outcome, RequestCtx, STATUS_PATH};
 use headers::{classify, request_host, strip_hop_by_hop};
 use metering::{Flow, METERED_END};
 pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
+use tender::Release;
+pub use tender::{Paid, PaymentState};
 
 use crate::config::{Access, Config};
 use crate::metrics::{metrics, RouteMetrics};
@@ -137,8 +139,8 @@ impl ProxyHttp for LevyProxy {
             tried: Vec::new(),
             outcome: Outcome::Pending,
             payment: PaymentState::None,
-            channel: channel::ChannelStep::None,
-            session: session::SessionStep::None,
+            channel: tender::ChannelStep::None,
+            session: tender::SessionStep::None,
             failure: None,
             failure_reply: None,
             audit: self.audit.clone(),
@@ -275,14 +277,14 @@ impl ProxyHttp for LevyProxy {
                 .insert_header(names.amount.clone(), paid.verified.amount.to_string())?;
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
         }
-        if let channel::ChannelStep::Leased { lease, .. } = &ctx.channel {
+        if let tender::ChannelStep::Leased { lease, .. } = &ctx.channel {
             // The voucher proves its signer, not the channel's `payer`: anyone may fund a
             // channel that names someone else as its payer.
             let payer = lease.voucher.config.voucher_signer().to_checksum(None);
             upstream_request.insert_header(names.payer.clone(), payer)?;
             upstream_request.insert_header(names.amount.clone(), lease.price.to_string())?;
         }
-        if let session::SessionStep::Drawing { draw, .. } = &ctx.session {
+        if let tender::SessionStep::Drawing { draw, .. } = &ctx.session {
             upstream_request.insert_header(names.payer.clone(), draw.payer.to_checksum(None))?;
         }
 

@@ -4,21 +4,33 @@
 //! settled and reconciled on chain. `exact` (EIP-3009) lives in `scheme/exact.rs`, `upto`
 //! (Permit2 through x402's upto proxy) in `scheme/upto.rs`; the verifier, the proxy and the
 //! settlement engine ask a payment for its [`PaymentScheme`] instead of branching on it.
-//! Pure: the implementations build calls and decode answers; `settle::chain` sends them.
+//! Pure: each scheme owns its contracts' ABI, builds its calls and decodes the answers;
+//! `settle::chain` sends them.
 
-mod exact;
-mod upto;
+pub mod exact;
+pub mod upto;
 
+use alloy::sol;
 use alloy_primitives::{Address, Bytes, B256};
 
 use crate::nonce::NonceKey;
 use crate::pricing::{Requirement, Scheme};
-use crate::settle::PaymentRecord;
-use crate::verify::{Authorized, Policy, Presented, Rejection, VerifiedPayment};
-use crate::x402::PaymentPayload;
+use crate::record::PaymentRecord;
+use crate::verify::{self, Authorized, Policy, Presented, Rejection, VerifiedPayment};
+use crate::x402::{PaymentPayload, PaymentRequirementsV2};
 
 pub use exact::Exact;
 pub use upto::Upto;
+
+sol! {
+    /// Multicall3: a batch of `exact` transfers, and the reads levy groups into one call.
+    interface IMulticall3 {
+        struct Call3 { address target; bool allowFailure; bytes callData; }
+        struct Result { bool success; bytes returnData; }
+        function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData);
+        function getBlockNumber() external view returns (uint256 blockNumber);
+    }
+}
 
 /// The `exact` scheme.
 pub static EXACT: Exact = Exact;
@@ -26,6 +38,39 @@ pub static EXACT: Exact = Exact;
 pub static UPTO: Upto = Upto;
 /// Every scheme levy speaks (a receipt's logs are read against each).
 pub static ALL: [&dyn PaymentScheme; 2] = [&EXACT, &UPTO];
+
+/// Verifies a payment header against a route's requirements (`requirements[i]` was issued as
+/// `issued[i]`): decoded once, then checked by the scheme of the requirement it accepted (v2)
+/// or as `exact` (v1).
+pub fn verify(
+    header: &[u8],
+    requirements: &[Requirement],
+    issued: &[PaymentRequirementsV2],
+    now: u64,
+    policy: &Policy,
+) -> Result<VerifiedPayment, Rejection> {
+    let payment = verify::decode(header)?;
+    let signature = verify::parse_signature(&payment.payload.signature)?;
+    match payment.x402_version {
+        2 => {
+            let accepted = payment
+                .accepted
+                .as_ref()
+                .ok_or(Rejection::Malformed("accepted"))?;
+            let index = verify::match_v2(accepted, issued)?;
+            let requirement = requirements
+                .get(index)
+                .ok_or(Rejection::NoMatchingRequirements)?;
+            let scheme = requirement
+                .scheme
+                .implementation()
+                .ok_or(Rejection::Malformed("payload.type"))?;
+            scheme.verify(&payment, &signature, requirement, index, now, policy)
+        }
+        1 => verify::verify_exact_v1(&payment, &signature, requirements, now, policy),
+        other => Err(Rejection::UnsupportedVersion(other)),
+    }
+}
 
 /// How a scheme's charge is fixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

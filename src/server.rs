@@ -14,7 +14,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::alerts::{Alerts, AuditLog, Webhooks};
+use crate::alerts::{Alerts, AuditError, AuditLog, WebhookError, Webhooks};
 use crate::config::{Access, Config};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::{LevyProxy, Live, LiveTable};
@@ -23,13 +23,28 @@ use crate::services::{
     NonceSweeper, ReloadOnHangup, SettlementService, StateWatch, UpstreamHealth,
 };
 use crate::settle::{SettleError, Settlement};
-use crate::state::{Shared, SharedNonceStore};
+use crate::state::{Shared, SharedNonceStore, StateError};
 use crate::tls::Certificates;
+
+/// Why levy could not start, by the part that failed. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    #[error("levy.state.redis: {0}")]
+    State(#[from] StateError),
+    #[error("levy.listeners.tls: {0}")]
+    Tls(Box<pingora::Error>),
+    #[error("levy.audit_log: {0}")]
+    Audit(#[from] AuditError),
+    #[error("levy.webhooks: {0}")]
+    Webhooks(#[from] WebhookError),
+}
 
 /// Builds the server. `opt` carries pingora's command-line flags (daemon, upgrade, test);
 /// its `conf` path is ignored because levy loads the file itself. Fails when the settlement
 /// engine cannot start (journal, settler key).
-pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, SettleError> {
+pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, StartError> {
     let pingora_conf = std::mem::take(&mut config.pingora);
     for warning in config.warnings() {
         log::warn!("config: {warning}");
@@ -70,12 +85,7 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
             None
         }
     };
-    let shared = config
-        .state
-        .clone()
-        .map(Shared::open)
-        .transpose()
-        .map_err(|e| SettleError::Setup(e.to_string()))?;
+    let shared = config.state.clone().map(Shared::open).transpose()?;
     let alerts = Arc::new(open_alerts(&config)?);
     if let Some(settlement) = &settlement {
         settlement.set_alerts(Arc::clone(&alerts));
@@ -104,9 +114,7 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
                     channels.share(Arc::new(shared.clone()));
                 }
                 if let Some(sessions) = settlement.sessions() {
-                    let secret = shared
-                        .issuer_secret(alloy::primitives::B256::random())
-                        .map_err(|e| SettleError::Setup(e.to_string()))?;
+                    let secret = shared.issuer_secret(alloy::primitives::B256::random())?;
                     sessions.share(Arc::new(shared.clone()), secret);
                 }
                 // What this replica's own logs say of channels and bundles goes back into a
@@ -119,18 +127,13 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
                     .sessions()
                     .map(|s| s.bundles())
                     .unwrap_or_default();
-                if let Some((channels, bundles)) = shared
-                    .republish_logs(ledgers, bundles)
-                    .map_err(|e| SettleError::Setup(e.to_string()))?
-                {
+                if let Some((channels, bundles)) = shared.republish_logs(ledgers, bundles)? {
                     if channels + bundles > 0 {
                         log::warn!("republished {channels} channels and {bundles} bundles from this replica's logs into Redis");
                     }
                 }
                 let unsettled = settlement.share_exposure(Arc::new(shared.clone()));
-                shared
-                    .publish_journal(&unsettled, &used)
-                    .map_err(|e| SettleError::Setup(e.to_string()))?;
+                shared.publish_journal(&unsettled, &used)?;
             }
             server.add_service(background_service(
                 "shared state watch",
@@ -175,8 +178,7 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
     }
     if let (Some(tls), Some(certificates)) = (&config.listeners.tls, certificates) {
         // The paths are unused: the resolver picks the certificate by SNI.
-        let mut settings = TlsSettings::intermediate("", "")
-            .map_err(|e| SettleError::Setup(format!("levy.listeners.tls: {e}")))?;
+        let mut settings = TlsSettings::intermediate("", "").map_err(StartError::Tls)?;
         settings.set_cert_resolver(certificates);
         if tls.http2 {
             settings.enable_h2();
@@ -201,30 +203,20 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Sett
 }
 
 /// Opens the audit log and prepares the webhooks the config names.
-fn open_alerts(config: &Config) -> Result<Alerts, SettleError> {
+fn open_alerts(config: &Config) -> Result<Alerts, StartError> {
     let audit = config
         .audit_log
         .as_deref()
         .map(AuditLog::open)
-        .transpose()
-        .map_err(|e| SettleError::Setup(format!("levy.audit_log: {e}")))?
+        .transpose()?
         .map(Arc::new);
-    let webhooks = config
-        .webhooks
-        .clone()
-        .map(Webhooks::new)
-        .transpose()
-        .map_err(|e| SettleError::Setup(format!("levy.webhooks: {e}")))?;
+    let webhooks = config.webhooks.clone().map(Webhooks::new).transpose()?;
     let webhooks = match (webhooks, &config.settlement) {
         (Some(hooks), Some(settlement)) => {
             // Pending deliveries wait next to the journal, and survive a restart.
             let mut spool = settlement.journal_path.clone().into_os_string();
             spool.push(".webhooks");
-            Some(
-                hooks
-                    .spooled_in(spool.into())
-                    .map_err(|e| SettleError::Setup(format!("levy.webhooks: {e}")))?,
-            )
+            Some(hooks.spooled_in(spool.into())?)
         }
         (hooks, _) => hooks,
     };

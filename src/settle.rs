@@ -28,7 +28,6 @@ pub mod sessions;
 pub mod state_log;
 mod streams;
 pub mod summary;
-pub mod upto;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,10 +45,11 @@ use journal::{Durability, Journal, JournalError};
 use crate::alerts::{Alert, Alerts, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
+pub use crate::record::{LiveAuthorization, PaymentRecord, Reason, SettlementState};
 use engine::{deny_reason, publish_unsettled};
 pub use record::{
-    BatchRecord, ChainSpec, FacilitatorSpec, LiveAuthorization, OnBacklog, PaymentRecord, Reason,
-    Resolution, SettleError, SettlementConfig, SettlementState, SignatureCheck,
+    BatchRecord, ChainSpec, FacilitatorSpec, OnBacklog, Resolution, SettleError, SettlementConfig,
+    SignatureCheck, Unavailable,
 };
 pub use streams::{StreamClose, StreamTicket};
 
@@ -234,10 +234,7 @@ impl Settlement {
         let journal = Journal::open(&config.journal_path, config.async_window)?;
         let mut chains = HashMap::new();
         let facilitator = match &config.facilitator {
-            Some(spec) => Some((
-                Facilitator::new(&spec.url, spec.timeout).map_err(SettleError::Setup)?,
-                spec.verify,
-            )),
+            Some(spec) => Some((Facilitator::new(&spec.url, spec.timeout)?, spec.verify)),
             None => {
                 let signer = read_key(config.key_file.as_deref(), &config.key_env)?;
                 check_chains(&config.chains, signer.address(), config.rpc_timeout)?;

@@ -36,6 +36,7 @@ use alloy_primitives::{Address, U256};
 
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::settle::exposure::{Mirror, Shares};
+use crate::settle::Unavailable;
 
 mod channels;
 mod queue;
@@ -93,7 +94,7 @@ pub enum Claim {
     /// It already paid for a response.
     Used,
     /// Redis could not be asked: nothing may be charged.
-    Unavailable(String),
+    Unavailable(Unavailable),
 }
 
 /// Returns the key's value when it exists; otherwise sets it to expire at `ARGV[2]` (unix
@@ -243,7 +244,7 @@ impl Shared {
     pub async fn claim_nonce(&self, key: &NonceKey, valid_before: u64) -> Claim {
         let expires_ms = expiry_ms(valid_before);
         let held = self.held();
-        let answer: Result<Option<String>, String> = self
+        let answer: Result<Option<String>, Unavailable> = self
             .run(|mut conn, inner| {
                 let key = self.nonce_key(key);
                 async move {
@@ -301,7 +302,7 @@ impl Shared {
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let done: Result<i64, String> = this.script(pick(&this.inner), keys, args).await;
+            let done: Result<i64, Unavailable> = this.script(pick(&this.inner), keys, args).await;
             if let Err(e) = done {
                 log::warn!("cannot {what} in Redis: {e}");
             }
@@ -310,7 +311,11 @@ impl Shared {
 
     /// Counts `amount` in `payer`'s and the total exposure of this replica and returns the
     /// sums over every replica, this payment included, unless a replica denied the payer.
-    pub async fn reserve_exposure(&self, payer: Address, amount: U256) -> Result<Reserved, String> {
+    pub async fn reserve_exposure(
+        &self,
+        payer: Address,
+        amount: U256,
+    ) -> Result<Reserved, Unavailable> {
         let keys = self.exposure_keys(payer);
         let deny = deny_key(&self.inner.spec.key_prefix, payer);
         let (field, amount) = (self.inner.spec.replica.clone(), amount.to_string());
@@ -476,7 +481,7 @@ impl Shared {
 
     /// Why Redis no longer holds levy's state, if it does not: its epoch key is gone or
     /// another (`Err`: Redis could not be asked).
-    async fn check_epoch(&self) -> Result<Option<String>, String> {
+    async fn check_epoch(&self) -> Result<Option<String>, Unavailable> {
         let key = epoch_key(&self.inner.spec.key_prefix);
         let now: Option<String> =
             self.run(|mut conn, _| async move {
@@ -510,7 +515,7 @@ impl Shared {
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> Result<T, String> {
+    ) -> Result<T, Unavailable> {
         self.run(|mut conn, _| async move {
             let mut call = script.prepare_invoke();
             for key in &keys {
@@ -526,14 +531,14 @@ impl Shared {
 
     /// Runs one command on the shared connection within the timeout, recording the outcome
     /// for [`Shared::unhealthy`].
-    async fn run<T, F, Fut>(&self, command: F) -> Result<T, String>
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T, Unavailable>
     where
         F: FnOnce(ConnectionManager, Arc<Inner>) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let inner = &self.inner;
         if let Some(lost) = lock(&inner.lost).clone() {
-            return Err(lost);
+            return Err(Unavailable::new(lost));
         }
         let outcome = tokio::time::timeout(inner.spec.timeout, async {
             let conn = inner
@@ -550,15 +555,15 @@ impl Shared {
                         .await
                 })
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(Unavailable::new)?
                 .clone();
             command(conn, Arc::clone(inner))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(Unavailable::new)
         })
         .await
-        .unwrap_or_else(|_| Err("Redis did not answer in time".to_owned()));
-        *lock(&inner.last_error) = outcome.as_ref().err().cloned();
+        .unwrap_or_else(|_| Err(Unavailable::new("Redis did not answer in time")));
+        *lock(&inner.last_error) = outcome.as_ref().err().map(ToString::to_string);
         outcome
     }
 }

@@ -2,7 +2,7 @@
 //! loaded), the one served chosen by the client's SNI, and the whole set swapped at once when
 //! the config is reloaded (so a renewed certificate is served without a restart).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,7 +11,12 @@ use pingora_rustls::{
     load_certs_and_key_files, ClientHello, CryptoProvider, ResolvesServerCert, ServerName,
 };
 
-use crate::config::CertificateFiles;
+/// A PEM certificate chain and its private key, read at load (start and every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A certificate that cannot be served.
 #[derive(Debug, thiserror::Error)]

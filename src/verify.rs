@@ -314,67 +314,42 @@ pub fn decode(header: &[u8]) -> Result<PaymentPayload, Rejection> {
     serde_json::from_slice(&json).map_err(|e| Rejection::BadJson(e.to_string()))
 }
 
-/// Verifies a payment header against a route's requirements (`requirements[i]` was issued as
-/// `issued[i]`).
-pub fn verify(
-    header: &[u8],
+/// Checks an `exact` v1 payload (EIP-3009) against a route's requirements: the first one
+/// on its network whose asset the signature was made for.
+pub(crate) fn verify_exact_v1(
+    payment: &PaymentPayload,
+    signature: &Presented,
     requirements: &[Requirement],
-    issued: &[PaymentRequirementsV2],
     now: u64,
     policy: &Policy,
 ) -> Result<VerifiedPayment, Rejection> {
-    let payment = decode(header)?;
-    let signature = parse_signature(&payment.payload.signature)?;
-    match payment.x402_version {
-        2 => {
-            let accepted = payment
-                .accepted
-                .as_ref()
-                .ok_or(Rejection::Malformed("accepted"))?;
-            let index = match_v2(accepted, issued)?;
-            let requirement = requirements
-                .get(index)
-                .ok_or(Rejection::NoMatchingRequirements)?;
-            let scheme = requirement
-                .scheme
-                .implementation()
-                .ok_or(Rejection::Malformed("payload.type"))?;
-            scheme.verify(&payment, &signature, requirement, index, now, policy)
-        }
-        1 => {
-            let scheme = payment
-                .scheme
-                .as_deref()
-                .ok_or(Rejection::Malformed("scheme"))?;
-            if scheme != SCHEME_EXACT {
-                return Err(Rejection::UnsupportedScheme(scheme.to_owned()));
-            }
-            let network = payment
-                .network
-                .as_deref()
-                .ok_or(Rejection::Malformed("network"))?;
-            let auth = ParsedAuthorization::parse(exact_authorization(&payment)?)?;
-            let mut first_error = None;
-            for (index, requirement) in requirements.iter().enumerate() {
-                if requirement.v1_network.as_deref() != Some(network)
-                    || requirement.scheme != Scheme::Exact
-                {
-                    continue;
-                }
-                // Several assets on one network: the signature tells which one was signed for.
-                match check(&auth, &signature, requirement, now, policy) {
-                    Ok(checked) => {
-                        return Ok(auth.into_verified(Version::V1, index, requirement, checked))
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            Err(first_error.unwrap_or_else(|| Rejection::UnofferedNetwork(network.to_owned())))
-        }
-        other => Err(Rejection::UnsupportedVersion(other)),
+    let scheme = payment
+        .scheme
+        .as_deref()
+        .ok_or(Rejection::Malformed("scheme"))?;
+    if scheme != SCHEME_EXACT {
+        return Err(Rejection::UnsupportedScheme(scheme.to_owned()));
     }
+    let network = payment
+        .network
+        .as_deref()
+        .ok_or(Rejection::Malformed("network"))?;
+    let auth = ParsedAuthorization::parse(exact_authorization(payment)?)?;
+    let mut first_error = None;
+    for (index, requirement) in requirements.iter().enumerate() {
+        if requirement.v1_network.as_deref() != Some(network) || requirement.scheme != Scheme::Exact
+        {
+            continue;
+        }
+        // Several assets on one network: the signature tells which one was signed for.
+        match check(&auth, signature, requirement, now, policy) {
+            Ok(checked) => return Ok(auth.into_verified(Version::V1, index, requirement, checked)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Rejection::UnofferedNetwork(network.to_owned())))
 }
 
 /// Checks an `exact` v2 payload (EIP-3009) against the requirement it accepted.
@@ -478,7 +453,8 @@ impl ParsedAuthorization {
             requirement: index,
             key: NonceKey {
                 chain_id: r.chain_id,
-                asset: crate::scheme::PaymentScheme::namespace(&crate::scheme::EXACT, r.asset),
+                // EIP-3009 nonces live in the token.
+                asset: r.asset,
                 from: self.from,
                 nonce: self.nonce,
             },
@@ -557,7 +533,7 @@ fn recover(
     }
 }
 
-fn parse_signature(text: &str) -> Result<Presented, Rejection> {
+pub(crate) fn parse_signature(text: &str) -> Result<Presented, Rejection> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
     let malformed = Rejection::Malformed("payload.signature");
     if hex.len() == 130 {

@@ -3,9 +3,6 @@
 //!
 //! Field names follow the x402 specification exactly (camelCase on the wire).
 
-pub mod challenge;
-pub mod paywall;
-
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -27,6 +24,8 @@ pub const SCHEME_EXACT: &str = "exact";
 /// The metered scheme: a Permit2 authorization for a ceiling; the charge is fixed after the
 /// response.
 pub const SCHEME_UPTO: &str = "upto";
+/// The channel scheme: vouchers against a deposit in `x402BatchSettlement`.
+pub const SCHEME_BATCH: &str = "batch-settlement";
 
 /// Permit2's canonical address (the same on every EVM chain).
 pub const PERMIT2_ADDRESS: alloy_primitives::Address =

@@ -288,7 +288,7 @@ fn levy_pay_falls_back_to_v1_when_the_server_only_speaks_v1() {
         ),
         Some(header) => {
             let now = crate::support::pay::now();
-            match levy::verify::verify(header.as_bytes(), &requirements, &issued, now, &Default::default()) {
+            match levy::scheme::verify(header.as_bytes(), &requirements, &issued, now, &Default::default()) {
                 Ok(v) if v.version == levy::verify::Version::V1 => Reply::ok("paid over v1"),
                 other => Reply::status(400, format!("{other:?}")),
             }

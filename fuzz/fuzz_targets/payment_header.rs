@@ -7,8 +7,9 @@
 
 use alloy_primitives::{address, U256};
 use levy::pricing::{domain_separator, Requirement};
-use levy::verify::{verify, Policy};
-use levy::x402::challenge::Challenge;
+use levy::scheme::verify;
+use levy::verify::Policy;
+use levy::pricing::challenge::Challenge;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

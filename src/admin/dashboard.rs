@@ -7,9 +7,10 @@
 use http::{Response, StatusCode};
 use serde_json::json;
 
-use super::{json_response, plain, record_json, respond};
+use super::{json_response, plain, respond};
 use crate::clock::unix_now;
 use crate::metrics::metrics;
+use crate::record::record_json;
 use crate::settle::Settlement;
 
 /// How many of the latest failures the summary lists.

@@ -162,12 +162,19 @@ pub fn sign(secret: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
+/// Why the webhooks cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot build the webhook client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot create the webhook spool {dir}: {source}")]
+    Spool { dir: String, source: std::io::Error },
+}
+
 impl Webhooks {
-    pub fn new(spec: WebhooksSpec) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(spec.timeout)
-            .build()
-            .map_err(|e| format!("cannot build the webhook client: {e}"))?;
+    /// The webhooks `spec` names, with no spool yet.
+    pub fn new(spec: WebhooksSpec) -> Result<Self, WebhookError> {
+        let http = reqwest::Client::builder().timeout(spec.timeout).build()?;
         Ok(Self {
             spec,
             http,
@@ -177,9 +184,11 @@ impl Webhooks {
     }
 
     /// Keeps pending deliveries in directory `dir` (created if missing) until answered.
-    pub fn spooled_in(mut self, dir: std::path::PathBuf) -> Result<Self, String> {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create the webhook spool {}: {e}", dir.display()))?;
+    pub fn spooled_in(mut self, dir: std::path::PathBuf) -> Result<Self, WebhookError> {
+        std::fs::create_dir_all(&dir).map_err(|source| WebhookError::Spool {
+            dir: dir.display().to_string(),
+            source,
+        })?;
         self.spool = Some(dir);
         Ok(self)
     }

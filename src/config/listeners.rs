@@ -2,12 +2,11 @@
 //! chosen by SNI, admin) and the admin API's bearer token.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::checks::{invalid, secret, socket_addr};
 use super::schema;
-use crate::tls::CertifiedFiles;
+use crate::tls::{CertificateFiles, CertifiedFiles};
 use crate::ConfigError;
 
 /// Where levy listens.
@@ -43,13 +42,6 @@ pub struct TlsListener {
     pub certificates: Arc<Vec<CertifiedFiles>>,
     /// Offer `h2` before `http/1.1` in ALPN.
     pub http2: bool,
-}
-
-/// A PEM certificate chain and its private key, read at load (start and every reload).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// The admin API's bearer token; `Debug` does not show it.

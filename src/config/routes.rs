@@ -12,11 +12,11 @@ use super::{
 };
 use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
+use crate::pricing::challenge::Challenge;
+use crate::pricing::paywall::{Look, WalletPage};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
 use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
 use crate::session::Quota;
-use crate::x402::challenge::Challenge;
-use crate::x402::paywall::{Look, WalletPage};
 use crate::ConfigError;
 
 pub(super) fn build_route(

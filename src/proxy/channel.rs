@@ -13,50 +13,15 @@ use pingora::{Error, ErrorType};
 use super::ctx::RequestCtx;
 use super::headers::make_private;
 use super::respond::Reply;
+use super::tender::ChannelStep;
 use super::{LevyProxy, Outcome};
 use crate::channel::{self, ChannelError, Checked, Offer};
 use crate::clock::unix_now;
 use crate::config::Paywall;
-use crate::settle::channels::{Lease, Refunded, Refusal};
-use alloy_primitives::B256;
+use crate::settle::channels::{Refunded, Refusal};
 
 use super::metering::Metering;
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE};
-
-/// Where a request's channel payment stands.
-#[derive(Debug, Default)]
-pub enum ChannelStep {
-    /// None was sent.
-    #[default]
-    None,
-    /// Checked inline against the requirement at `index`; not yet leased.
-    Checked { checked: Box<Checked>, index: usize },
-    /// The channel is held for this request; a metered one counts what it delivers.
-    Leased {
-        lease: Box<Lease>,
-        network: String,
-        metering: Option<Box<Metering>>,
-    },
-    /// A metered call's ceiling is on the channel's ledger; its response is streaming and
-    /// what it delivers is earned when it ends.
-    Metering {
-        channel_id: B256,
-        ceiling: u128,
-        /// Its hold's token, when replicas share the channel (its stream is noted under it).
-        token: Option<String>,
-        metering: Box<Metering>,
-    },
-}
-
-impl ChannelStep {
-    /// The metering of a streaming metered channel call.
-    pub(super) fn metering(&mut self) -> Option<&mut Metering> {
-        match self {
-            ChannelStep::Metering { metering, .. } => Some(metering),
-            _ => None,
-        }
-    }
-}
 
 impl LevyProxy {
     /// Takes a payment header for a channel payment when the route sells through channels

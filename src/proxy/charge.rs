@@ -7,12 +7,11 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use super::channel::ChannelStep;
-use super::ctx::{Release, RequestCtx, STATUS_PATH};
+use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::make_private;
 use super::metering::Metering;
 use super::respond::Reply;
-use super::session::SessionStep;
+use super::tender::{ChannelStep, Release, SessionStep};
 use super::{LevyProxy, Outcome};
 use crate::clock::unix_now;
 use crate::config::{Access, Paywall, SettleMode};
@@ -23,6 +22,7 @@ use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{
     OnBacklog, Reason, SettleError, Settlement, SignatureCheck, StreamClose, StreamTicket,
+    Unavailable,
 };
 use crate::state::{Claim, Reserved};
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment, Version};
@@ -101,7 +101,7 @@ impl LevyProxy {
     }
 
     /// The 503 for a paid request while Redis cannot be asked (nothing is charged).
-    fn shared_unavailable(&self, ctx: &mut RequestCtx, why: &str) -> Reply {
+    fn shared_unavailable(&self, ctx: &mut RequestCtx, why: &Unavailable) -> Reply {
         log::warn!("shared state unavailable: {why}");
         self.retry_later(
             ctx,

@@ -8,14 +8,10 @@ use std::time::Instant;
 use alloy_primitives::{B256, U256};
 
 use super::metering::Metering;
+use super::tender::{ChannelStep, Paid, PaymentState, Release, SessionStep};
 use crate::alerts::{AuditLog, Entry, Event};
-use crate::clock::unix_now;
 use crate::config::{Route, Upstream};
 use crate::nonce::NonceStore;
-use crate::settle::exposure::Hold;
-use crate::settle::journal::Durability;
-use crate::settle::{PaymentRecord, SettlementState};
-use crate::verify::{Authorized, VerifiedPayment};
 
 /// What happened to a request, as reported in metrics and access logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,113 +85,6 @@ impl Outcome {
     }
 }
 
-/// Where a request's payment stands. It changes only through the transitions on
-/// [`RequestCtx`], each of which settles the replay set and the counters in one place.
-pub enum PaymentState {
-    /// No payment involved (free route, unmatched, or not reached).
-    None,
-    /// Verified and reserved; the request is on its way upstream.
-    Reserved(Box<Paid>),
-    /// Settled on chain, in this transaction, before the request went upstream: the money
-    /// moved whatever the origin answers.
-    SettledUpfront(Box<Paid>, B256),
-    /// A metered response is streaming; its charge is fixed when it ends.
-    Metering(Box<Paid>),
-    /// Charged (journaled, or settled upfront); its authorization stays used.
-    Charged(Box<Paid>),
-    /// Released uncharged; the client may pay with the same authorization again.
-    Released,
-    /// Its transfer went out before forwarding but its outcome is unknown: the
-    /// authorization stays reserved until it expires, and the journal reconciles it.
-    Unresolved,
-}
-
-/// Why a reserved payment is released uncharged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Release {
-    /// The origin never answered, or answered 400 or above: counted as released.
-    Unserved,
-    /// levy refuses it under this x402 reason (the request ends `payment_rejected`).
-    Refused(&'static str),
-    /// levy cannot decide or record it now; the client may retry with it (the request ends
-    /// `settlement_unavailable` unless a later phase says otherwise).
-    Withdrawn,
-}
-
-/// A verified payment travelling with its request.
-pub struct Paid {
-    pub verified: VerifiedPayment,
-    /// levy's id for the payment.
-    pub id: String,
-    /// The network as the payload named it (CAIP-2 for v2, the v1 name for v1).
-    pub network: String,
-    /// The operator's name for the network (the settlement engine's key).
-    pub network_name: String,
-    /// The decoded payment payload and the matched requirement, kept only when a
-    /// facilitator settles (it needs them verbatim).
-    pub payload: Option<String>,
-    pub requirement: Option<serde_json::Value>,
-    /// Its reserved share of exposure while it is served (settled routes only).
-    pub hold: Option<Hold>,
-    /// A metered payment's usage count (`upto`).
-    pub metering: Option<Metering>,
-    /// How durable its charge is when the response leaves (the route's `durability`).
-    pub durability: Durability,
-    /// The block of the balance read it was admitted on (0: none).
-    pub admitted_block: u64,
-}
-
-impl Paid {
-    /// The journal record of this payment, charged now.
-    pub(super) fn record(&self, route: &str) -> PaymentRecord {
-        let v = &self.verified;
-        let now = unix_now();
-        PaymentRecord {
-            id: self.id.clone(),
-            route: route.to_owned(),
-            network: self.network_name.clone(),
-            asset: v.token(),
-            payer: v.payer,
-            to: v.to,
-            amount: v.amount,
-            valid_after: v.valid_after,
-            valid_before: v.valid_before,
-            nonce: v.key.nonce,
-            signature: v.signature.as_bytes().to_vec().into(),
-            state: SettlementState::Pending,
-            attempts: 0,
-            tx_hash: None,
-            reason: None,
-            detail: None,
-            accepted_at: now,
-            updated_at: now,
-            next_attempt_at: 0,
-            queued_ms: 0,
-            payload: self.payload.clone(),
-            requirement: self.requirement.clone(),
-            deferred: false,
-            chain_id: v.key.chain_id,
-            upto: match v.authorized {
-                Authorized::Exact => None,
-                Authorized::Upto {
-                    facilitator,
-                    permit2612,
-                    ..
-                } => Some(crate::settle::upto::UptoTerms {
-                    ceiling: v.amount,
-                    facilitator,
-                    permit2612,
-                }),
-            },
-            shared: None,
-            entry: None,
-            isolate: false,
-            admitted_block: self.admitted_block,
-            bundle: None,
-        }
-    }
-}
-
 /// Public path prefix of settlement status pages on the data listener.
 pub const STATUS_PATH: &str = "/_levy/settlements/";
 
@@ -211,9 +100,9 @@ pub struct RequestCtx {
     pub(super) outcome: Outcome,
     pub(super) payment: PaymentState,
     /// A channel payment's progress (`batch-settlement`); apart from `payment`.
-    pub(super) channel: super::channel::ChannelStep,
+    pub(super) channel: ChannelStep,
     /// A bundle draw's progress (`sign-in-with-x`); apart from `payment`.
-    pub(super) session: super::session::SessionStep,
+    pub(super) session: SessionStep,
     /// Overrides the reason text of a failure response.
     pub(super) failure: Option<&'static str>,
     /// A whole response to answer a failure with instead of its text (one that names the

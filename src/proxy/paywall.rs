@@ -9,22 +9,23 @@ use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
-use super::ctx::{Paid, Release, RequestCtx, STATUS_PATH};
+use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::{
     self, is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
 };
 use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
+use super::tender::{Paid, Release};
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::{Access, Mode, Paywall, Unmatched};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
+use crate::pricing::challenge::Rendered;
 use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
-use crate::verify::{self, Rejection, Version};
-use crate::x402::challenge::Rendered;
+use crate::verify::{Rejection, Version};
 use crate::x402::{self, PAYMENT_REQUIRED};
 
 impl LevyProxy {
@@ -39,7 +40,7 @@ impl LevyProxy {
             Ok(Some(record)) => Reply::new(
                 200,
                 "application/json",
-                crate::admin::public_record_json(&record).to_string(),
+                crate::record::public_record_json(&record).to_string(),
             )
             .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             Ok(None) => Reply::text(404, "no such payment"),
@@ -126,7 +127,8 @@ impl LevyProxy {
         if payment.is_none() {
             match self.draw_on_bundle(session, paywall, ctx) {
                 Some(Ok(())) => return None,
-                Some(Err(reason)) => {
+                Some(Err(why)) => {
+                    let reason = why.reason();
                     log::debug!("bundle draw refused on {}: {reason}", ctx.route_label());
                     ctx.outcome = Outcome::PaymentRequired;
                     return Some(self.challenge(session, paywall, reason, reason));
@@ -199,7 +201,7 @@ impl LevyProxy {
                 .inc();
             return;
         };
-        let verified = verify::verify(
+        let verified = crate::scheme::verify(
             header.as_bytes(),
             &paywall.requirements,
             paywall.challenge.accepts_v2(),
@@ -248,7 +250,7 @@ impl LevyProxy {
         paywall: &Paywall,
     ) -> Result<Paid, Rejection> {
         let started = Instant::now();
-        let verified = verify::verify(
+        let verified = crate::scheme::verify(
             header,
             &paywall.requirements,
             paywall.challenge.accepts_v2(),

@@ -8,44 +8,20 @@ use http::header::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::tender::{Proving, SessionStep, Ticket};
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::Paywall;
-use crate::session::{self, Bundle, Exhausted, Expected, ProofSigner, Quota, SIGN_IN_WITH_X};
-use crate::settle::sessions::{Draw, DrawRefusal, Sessions};
+use crate::pricing::challenge::Rendered;
+use crate::session::{
+    self, Bundle, Exhausted, Expected, ProofError, ProofSigner, Quota, SIGN_IN_WITH_X,
+};
+use crate::settle::sessions::{DrawRefusal, Sessions};
 use crate::settle::{Settlement, SignatureCheck};
-use crate::x402::challenge::Rendered;
 
 pub(super) const SIGN_IN_WITH_X_HEADER: HeaderName = HeaderName::from_static(SIGN_IN_WITH_X);
 /// What is left of the payer's bundle after this call (calls, bytes or seconds).
 const BUNDLE_REMAINING: HeaderName = HeaderName::from_static("x-levy-bundle-remaining");
-
-/// Where a request's bundle draw stands.
-#[derive(Debug, Default)]
-pub enum SessionStep {
-    /// The request draws on no bundle.
-    #[default]
-    None,
-    /// Admitted on the payer's bundle; `served` once the origin answered below 400,
-    /// `bytes` of body sent so far.
-    Drawing {
-        draw: Box<Draw>,
-        served: bool,
-        bytes: u64,
-    },
-    /// A proof that passed its inline checks, to draw before the request goes on (a
-    /// contract wallet's once the chain says its signature is good).
-    Proving(Box<Proving>),
-}
-
-/// A proof that passed every inline check (a contract wallet's: all but its signature).
-#[derive(Debug)]
-pub struct Proving {
-    signer: ProofSigner,
-    /// For a contract wallet: the operator's name of the network the proof's chain is.
-    network: Option<String>,
-    ticket: Ticket,
-}
 
 /// Why a proof draws nothing.
 enum Undrawn {
@@ -56,15 +32,6 @@ enum Undrawn {
     /// A call on the payer's bytes bundle is in flight: 429, retry when it ends (a 402
     /// would have the client buy another bundle).
     InUse,
-}
-
-/// What a proof asks to draw: a call on `route`'s bundle of `quota`, under the proof's
-/// single-use `nonce`.
-#[derive(Debug)]
-struct Ticket {
-    route: String,
-    quota: Quota,
-    nonce: String,
 }
 
 /// The chains a route takes payment on, which proofs may name.
@@ -113,20 +80,20 @@ impl LevyProxy {
     /// On a bundle route, a request with a `SIGN-IN-WITH-X` proof and no payment draws on
     /// the payer's bundle: `Some(Ok)` the proof is good and draws in
     /// [`LevyProxy::admit_proof`] (a contract wallet's once the chain judged its
-    /// signature), `Some(Err(reason))` for the 402, `None` when there is no proof to look at.
+    /// signature), `Some(Err(why))` for the 402, `None` when there is no proof to look at.
     pub(super) fn draw_on_bundle(
         &self,
         session: &Session,
         paywall: &Paywall,
         ctx: &mut RequestCtx,
-    ) -> Option<Result<(), &'static str>> {
+    ) -> Option<Result<(), ProofError>> {
         let quota = paywall.bundle?;
         let header = session.req_header().headers.get(SIGN_IN_WITH_X_HEADER)?;
         let settlement = self.settlement.as_ref()?;
         let sessions = settlement.sessions()?;
         let route = ctx.route.as_ref()?.name.clone();
         let checked = (|| {
-            let proof = session::decode(header.as_bytes()).map_err(|e| e.reason())?;
+            let proof = session::decode(header.as_bytes())?;
             let url = self.request_url(session);
             let chains = chain_ids(paywall);
             let expected = Expected {
@@ -134,10 +101,7 @@ impl LevyProxy {
                 resource_url: &url,
                 chain_ids: &chains,
             };
-            let signer = sessions
-                .issuer()
-                .check(&proof, &expected, unix_ms())
-                .map_err(|e| e.reason())?;
+            let signer = sessions.issuer().check(&proof, &expected, unix_ms())?;
             Ok((signer, proof.nonce))
         })();
         let (signer, nonce) = match checked {
@@ -156,7 +120,7 @@ impl LevyProxy {
                 let Some(network) =
                     network.filter(|_| self.live.load().config.policy.contract_signatures)
                 else {
-                    return Some(Err(session::ProofError::Signature.reason()));
+                    return Some(Err(ProofError::Signature));
                 };
                 Some(network)
             }

@@ -1,17 +1,19 @@
 //! `exact`: an EIP-3009 `transferWithAuthorization` for exactly the price, charged whole when
 //! the origin serves the response, batched as `aggregate3` calls through Multicall3 with
 //! `allowFailure`, and reconciled from `authorizationState` and the token's
-//! `AuthorizationUsed`/`AuthorizationCanceled` events.
+//! `AuthorizationUsed`/`AuthorizationCanceled` events. Its calldata is built in [`calls`].
+
+pub mod calls;
 
 use alloy::sol_types::{SolCall, SolEvent};
 use alloy_primitives::{Address, Bytes};
 
-use super::{Charge, PaymentScheme, Read, SchemeError, Targets, UseEvents};
+use super::{Charge, IMulticall3, PaymentScheme, Read, SchemeError, Targets, UseEvents};
 use crate::pricing::Requirement;
-use crate::settle::chain::{payment_calls, IEip3009, IMulticall3};
-use crate::settle::PaymentRecord;
+use crate::record::PaymentRecord;
 use crate::verify::{self, Policy, Presented, Rejection, VerifiedPayment};
 use crate::x402::PaymentPayload;
+use calls::{payment_calls, IEip3009};
 
 /// The `exact` scheme (EIP-3009).
 #[derive(Debug, Clone, Copy, Default)]

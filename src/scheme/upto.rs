@@ -1,13 +1,15 @@
 //! `upto`: a Permit2 `permitWitnessTransferFrom` for at most a ceiling, charged for what the
 //! response delivered once it ended, settled many per transaction through levy's batcher
 //! (the witness's facilitator), and reconciled from Permit2's nonce bitmap and the batcher's
-//! `UptoSettled` events. Calldata and decoding live in `settle::upto`.
+//! `UptoSettled` events. Calldata and decoding live in [`calls`].
+
+pub mod calls;
 
 use alloy_primitives::{Address, Bytes};
 
 use super::{Charge, PaymentScheme, Read, SchemeError, Targets, UseEvents};
 use crate::pricing::Requirement;
-use crate::settle::{upto, PaymentRecord};
+use crate::record::PaymentRecord;
 use crate::verify::{self, Policy, Presented, Rejection, VerifiedPayment};
 use crate::x402::{PaymentPayload, PERMIT2_ADDRESS};
 
@@ -52,7 +54,7 @@ impl PaymentScheme for Upto {
         targets: &Targets,
     ) -> Result<(Address, Bytes), SchemeError> {
         let batcher = targets.batcher.ok_or(SchemeError::NoBatcher)?;
-        Ok((batcher, upto::settle_calldata(payments)))
+        Ok((batcher, calls::settle_calldata(payments)))
     }
 
     fn batch_outcomes(
@@ -60,14 +62,14 @@ impl PaymentScheme for Upto {
         _payments: &[PaymentRecord],
         output: &[u8],
     ) -> Result<Vec<bool>, SchemeError> {
-        upto::decode_settled(output).map_err(|message| SchemeError::Decode {
+        calls::decode_settled(output).map_err(|e| SchemeError::Decode {
             call: "LevyBatcher.settle",
-            message,
+            message: e.to_string(),
         })
     }
 
     fn used_read(&self, payment: &PaymentRecord) -> Read {
-        let (data, _) = upto::bitmap_call(payment.payer, payment.nonce);
+        let (data, _) = calls::bitmap_call(payment.payer, payment.nonce);
         Read {
             target: PERMIT2_ADDRESS,
             data: data.into(),
@@ -75,14 +77,14 @@ impl PaymentScheme for Upto {
     }
 
     fn is_used(&self, payment: &PaymentRecord, output: &[u8]) -> Option<bool> {
-        let (_, bit) = upto::bitmap_call(payment.payer, payment.nonce);
-        upto::bit_is_set(output, bit)
+        let (_, bit) = calls::bitmap_call(payment.payer, payment.nonce);
+        calls::bit_is_set(output, bit)
     }
 
     fn use_events(&self, _token: Address, targets: &Targets) -> Result<UseEvents, SchemeError> {
         Ok(UseEvents {
             emitter: targets.batcher.ok_or(SchemeError::NoBatcher)?,
-            used: upto::SETTLED_SIGNATURE,
+            used: calls::SETTLED_SIGNATURE,
             canceled: None,
         })
     }

@@ -39,9 +39,10 @@ use crate::channel::{
 };
 use crate::metrics::metrics;
 
+use super::chain::ChainError;
 use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
-use super::SettleError;
+use super::{SettleError, Unavailable};
 use shared::{Put, SharedChannels, Took, Versioned, CLAIMER_LOCK, MAX_ATTEMPTS, SENDER_LOCK};
 
 pub mod shared;
@@ -81,8 +82,28 @@ pub enum Refusal {
     Rejected(ChannelError),
     /// A 402 telling the client where the channel stands, so it can re-sign.
     Corrective(ChannelError, Box<Ledger>),
-    /// The chain could not be asked: 503, retry.
-    Unavailable(String),
+    /// The chain or the shared state could not be asked: 503, retry.
+    Unavailable(ChannelsError),
+}
+
+/// Why a channel operation could not be done now: the chain, the shared state or the
+/// authorizer's key failed levy. None of them says anything about the payer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChannelsError {
+    #[error("no RPC endpoint for network {0}")]
+    NoChain(String),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Shared(#[from] Unavailable),
+    #[error("transaction {0} reverted")]
+    Reverted(B256),
+    #[error("another replica kept the authorizer's turn to send")]
+    NoTurn,
+    #[error("too many unknown channels are being read at once")]
+    Busy,
+    #[error("channel {0} kept changing; gave up writing it")]
+    Contended(B256),
 }
 
 /// A channel held for one request: its voucher is admitted for `price` (for a metered
@@ -515,7 +536,7 @@ impl Channels {
         match shared.take(id, &token, hold).await {
             Ok(Took::Held(found)) => Ok((token, found)),
             Ok(Took::Busy) => Err(Refusal::Rejected(ChannelError::Busy)),
-            Err(e) => Err(Refusal::Unavailable(e)),
+            Err(e) => Err(Refusal::Unavailable(e.into())),
         }
     }
 
@@ -526,7 +547,7 @@ impl Channels {
         &self,
         id: B256,
         step: impl Fn(&mut Ledger),
-    ) -> Result<Option<Versioned>, String> {
+    ) -> Result<Option<Versioned>, ChannelsError> {
         let Some(shared) = self.shared() else {
             let mut slots = lock(&self.inner.slots);
             return Ok(slots.get_mut(&id).map(|slot| {
@@ -552,7 +573,7 @@ impl Channels {
                 }));
             }
         }
-        Err(format!("channel {id} kept changing; gave up writing it"))
+        Err(ChannelsError::Contended(id))
     }
 
     /// Makes sure levy has a ledger for `voucher`'s channel, reading one from the escrow
@@ -595,9 +616,7 @@ impl Channels {
                 .admission_reads_refused
                 .with_label_values(&["busy"])
                 .inc();
-            return Err(Refusal::Unavailable(
-                "too many unknown channels are being read at once".into(),
-            ));
+            return Err(Refusal::Unavailable(ChannelsError::Busy));
         };
         let mut ledger = self
             .read_ledger(network, id, voucher.config)
@@ -733,7 +752,10 @@ impl Channels {
             .map_err(Refusal::Unavailable)?;
         // Metered calls streaming on other replicas keep their ceilings too.
         let elsewhere = match self.shared() {
-            Some(shared) => shared.streaming(id).await.map_err(Refusal::Unavailable)?,
+            Some(shared) => shared
+                .streaming(id)
+                .await
+                .map_err(|e| Refusal::Unavailable(e.into()))?,
             None => 0,
         };
         let config = {
@@ -815,7 +837,7 @@ impl Channels {
         channel_id: B256,
         config: &crate::channel::ChannelConfig,
         plan: &RefundPlan,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, ChannelsError> {
         let mut calls = match &plan.claim {
             Some(claim) => self.claim_calls(chain, std::slice::from_ref(claim))?,
             None => Vec::new(),
@@ -837,7 +859,11 @@ impl Channels {
     /// The escrow calls that claim `claims` (one `claimWithSignature`, signed by the
     /// authorizer as one batch) and sweep what they claim to each receiver (`settle`, once per
     /// receiver and token).
-    fn claim_calls(&self, chain: &ChainSender, claims: &[Claim]) -> Result<Vec<Bytes>, String> {
+    fn claim_calls(
+        &self,
+        chain: &ChainSender,
+        claims: &[Claim],
+    ) -> Result<Vec<Bytes>, ChannelsError> {
         let signature = self.sign(claim_batch_digest(&chain.escrow_domain, claims))?;
         let mut calls: Vec<Bytes> = vec![IBatchSettlement::claimWithSignatureCall {
             voucherClaims: claims.iter().map(Claim::to_sol).collect(),
@@ -862,12 +888,12 @@ impl Channels {
     }
 
     /// The authorizer's signature of `digest`.
-    fn sign(&self, digest: B256) -> Result<Bytes, String> {
+    fn sign(&self, digest: B256) -> Result<Bytes, ChannelsError> {
         self.inner
             .signer
             .sign_hash_sync(&digest)
             .map(|s| Bytes::from(s.as_bytes().to_vec()))
-            .map_err(|e| format!("cannot sign: {e}"))
+            .map_err(|e| ChainError::Signing(e.to_string()).into())
     }
 
     fn take(&self, id: B256, hold: Duration) -> Result<(), Refusal> {
@@ -933,10 +959,10 @@ impl Channels {
         version: u64,
     ) -> Result<Ledger, SettleError> {
         let id = lease.voucher.channel_id;
-        let shared = self
-            .shared()
-            .ok_or_else(|| SettleError::Shared("a shared hold without shared state".into()))?;
-        let vanished = || SettleError::Shared(format!("channel {id} vanished"));
+        let shared = self.shared().ok_or_else(|| {
+            SettleError::Shared(Unavailable::new("a shared hold without shared state"))
+        })?;
+        let vanished = || SettleError::Shared(Unavailable::new(format!("channel {id} vanished")));
         let mut base = Versioned {
             ledger: self.ledger(id).ok_or_else(vanished)?,
             version,
@@ -970,9 +996,9 @@ impl Channels {
                     return Ok(next);
                 }
                 Put::Lost => {
-                    return Err(SettleError::Shared(format!(
+                    return Err(SettleError::Shared(Unavailable::new(format!(
                         "channel {id}: the hold ran out and another request took it"
-                    )))
+                    ))))
                 }
                 Put::Stale => {
                     base = shared
@@ -981,16 +1007,16 @@ impl Channels {
                         .map_err(SettleError::Shared)?
                         .ok_or_else(vanished)?;
                     if let Err(e) = base.ledger.in_step(&lease.voucher, lease.price) {
-                        return Err(SettleError::Shared(format!(
+                        return Err(SettleError::Shared(Unavailable::new(format!(
                             "channel {id} was charged meanwhile: {e}"
-                        )));
+                        ))));
                     }
                 }
             }
         }
-        Err(SettleError::Shared(format!(
+        Err(SettleError::Shared(Unavailable::new(format!(
             "channel {id} kept changing; gave up writing it"
-        )))
+        ))))
     }
 
     /// [`Channels::commit`] on this replica's own ledger.
@@ -1062,7 +1088,7 @@ impl Channels {
         }
         let earned = self.update(id, |ledger| ledger.earn(amount, ceiling)).await;
         let next = earned
-            .map_err(SettleError::Shared)?
+            .map_err(|e| SettleError::Setup(e.to_string()))?
             .ok_or_else(|| SettleError::Setup("a metered channel vanished".into()))?
             .ledger;
         self.inner.log.put(next).await.map_err(journal)
@@ -1074,7 +1100,7 @@ impl Channels {
         network: &str,
         id: B256,
         config: crate::channel::ChannelConfig,
-    ) -> Result<Ledger, String> {
+    ) -> Result<Ledger, ChannelsError> {
         let chain = self.chain(network)?;
         let escrowed = self.read_state(chain, id).await?;
         Ok(Ledger::new(
@@ -1086,15 +1112,15 @@ impl Channels {
         ))
     }
 
-    fn chain(&self, network: &str) -> Result<&ChainSender, String> {
+    fn chain(&self, network: &str) -> Result<&ChainSender, ChannelsError> {
         self.inner
             .chains
             .get(network)
-            .ok_or_else(|| format!("no RPC endpoint for network {network}"))
+            .ok_or_else(|| ChannelsError::NoChain(network.to_owned()))
     }
 
     /// What the escrow says about channel `id` now.
-    async fn read_state(&self, chain: &ChainSender, id: B256) -> Result<Escrowed, String> {
+    async fn read_state(&self, chain: &ChainSender, id: B256) -> Result<Escrowed, ChannelsError> {
         let channels = self
             .view(chain, IBatchSettlement::channelsCall { channelId: id })
             .await?;
@@ -1117,7 +1143,11 @@ impl Channels {
     }
 
     /// One view call on the escrow, decoded.
-    async fn view<C: SolCall>(&self, chain: &ChainSender, call: C) -> Result<C::Return, String> {
+    async fn view<C: SolCall>(
+        &self,
+        chain: &ChainSender,
+        call: C,
+    ) -> Result<C::Return, ChannelsError> {
         let request = TransactionRequest::default()
             .to(BATCH_SETTLEMENT_ADDRESS)
             .input(Bytes::from(call.abi_encode()).into());
@@ -1125,14 +1155,15 @@ impl Channels {
             match tokio::time::timeout(self.inner.spec.rpc_timeout, chain.provider.call(request))
                 .await
             {
-                Err(_) => return Err(format!("{} timed out", C::SIGNATURE)),
-                Ok(result) => result.map_err(|e| format!("{}: {e}", C::SIGNATURE))?,
+                Err(_) => return Err(ChainError::Timeout(C::SIGNATURE).into()),
+                Ok(result) => result.map_err(|e| ChainError::classify(C::SIGNATURE, &e))?,
             };
-        C::abi_decode_returns(&output).map_err(|e| format!("{}: {e}", C::SIGNATURE))
+        C::abi_decode_returns(&output)
+            .map_err(|e| ChainError::Decode(format!("{}: {e}", C::SIGNATURE)).into())
     }
 
     /// Sends one escrow transaction and waits for its receipt; `Ok` only when it succeeded.
-    async fn send(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
+    async fn send(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, ChannelsError> {
         let _turn = self.inner.sending.lock().await;
         let Some(shared) = self.shared() else {
             return self.send_now(chain, data).await;
@@ -1143,7 +1174,7 @@ impl Channels {
         let deadline = Instant::now() + self.inner.spec.rpc_timeout * 6;
         while !shared.lock(SENDER_LOCK, &token, hold).await? {
             if Instant::now() > deadline {
-                return Err("another replica kept the authorizer's turn to send".to_owned());
+                return Err(ChannelsError::NoTurn);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1155,7 +1186,7 @@ impl Channels {
     }
 
     /// [`Channels::send`], this replica's turn taken.
-    async fn send_now(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, String> {
+    async fn send_now(&self, chain: &ChainSender, data: Vec<u8>) -> Result<B256, ChannelsError> {
         let request = TransactionRequest::default()
             .from(self.inner.signer.address())
             .to(BATCH_SETTLEMENT_ADDRESS)
@@ -1166,19 +1197,22 @@ impl Channels {
                 .provider
                 .send_transaction(request)
                 .await
-                .map_err(|e| format!("send: {e}"))?;
+                .map_err(|e| ChainError::classify("eth_sendTransaction", &e))?;
             pending
                 .with_timeout(Some(timeout))
                 .get_receipt()
                 .await
-                .map_err(|e| format!("receipt: {e}"))
+                .map_err(|e| ChainError::Transient {
+                    call: "eth_getTransactionReceipt",
+                    message: e.to_string(),
+                })
         })
         .await
-        .map_err(|_| "the transaction was not mined in time".to_owned())??;
+        .map_err(|_| ChainError::Timeout("eth_getTransactionReceipt"))??;
         if sent.status() {
             Ok(sent.transaction_hash)
         } else {
-            Err(format!("transaction {} reverted", sent.transaction_hash))
+            Err(ChannelsError::Reverted(sent.transaction_hash))
         }
     }
 
@@ -1291,7 +1325,7 @@ impl Channels {
 
     /// Reads every shared channel into this replica's cache (nothing to do when channels
     /// are not shared): before the claimer's work, which reads the cache.
-    async fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self) -> Result<(), ChannelsError> {
         let Some(shared) = self.shared() else {
             return Ok(());
         };
@@ -1306,10 +1340,10 @@ impl Channels {
     /// Claims every charged voucher now (the claimer does it on its own schedule): what was
     /// claimed in which transactions, and how many channels could not be (read or sent);
     /// `Err` when the shared channels could not be read at all.
-    pub async fn claim_now(&self) -> Result<ClaimReport, String> {
+    pub async fn claim_now(&self) -> Result<ClaimReport, ChannelsError> {
         if let Err(e) = self.refresh().await {
             ::log::warn!("cannot read the shared channels: {e}");
-            return Err(format!("cannot read the shared channels: {e}"));
+            return Err(e);
         }
         Ok(self.claim_where(|_| true).await)
     }

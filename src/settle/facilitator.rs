@@ -32,6 +32,27 @@ pub enum Verdict {
     Unavailable(String),
 }
 
+/// Why a facilitator could not be asked, or its answer not read. Says nothing about a
+/// payment.
+#[derive(Debug, thiserror::Error)]
+pub enum FacilitatorError {
+    #[error("cannot build the facilitator client: {0}")]
+    Client(reqwest::Error),
+    #[error("cannot reach the facilitator: {0}")]
+    Unreachable(reqwest::Error),
+    #[error("unreadable answer (HTTP {status}): {source}")]
+    Body { status: u16, source: reqwest::Error },
+}
+
+/// What levy journaled of a payment is not enough to send it to a facilitator.
+#[derive(Debug, thiserror::Error)]
+pub enum NotSendable {
+    #[error("no {0} journaled")]
+    Missing(&'static str),
+    #[error("journaled payload: {0}")]
+    Payload(#[from] serde_json::Error),
+}
+
 /// A facilitator endpoint.
 pub struct Facilitator {
     base: String,
@@ -39,25 +60,25 @@ pub struct Facilitator {
 }
 
 impl Facilitator {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+    /// A client of the facilitator at `url`, each request bounded by `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, FacilitatorError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(FacilitatorError::Client)?;
         Ok(Self {
             base: url.trim_end_matches('/').to_owned(),
             http,
         })
     }
 
-    fn body(record: &PaymentRecord) -> Result<Value, String> {
-        let payload: Value =
-            serde_json::from_str(record.payload.as_deref().ok_or("no payload journaled")?)
-                .map_err(|e| format!("journaled payload: {e}"))?;
+    fn body(record: &PaymentRecord) -> Result<Value, NotSendable> {
+        let payload = record.payload.as_deref();
+        let payload: Value = serde_json::from_str(payload.ok_or(NotSendable::Missing("payload"))?)?;
         let requirement = record
             .requirement
             .clone()
-            .ok_or("no requirement journaled")?;
+            .ok_or(NotSendable::Missing("requirement"))?;
         Ok(json!({
             "x402Version": payload.get("x402Version").cloned().unwrap_or(json!(2)),
             "paymentPayload": payload,
@@ -65,19 +86,19 @@ impl Facilitator {
         }))
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), FacilitatorError> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
             .json(body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(FacilitatorError::Unreachable)?;
         let status = response.status().as_u16();
         let value = response
             .json::<Value>()
             .await
-            .map_err(|e| format!("HTTP {status}: {e}"))?;
+            .map_err(|source| FacilitatorError::Body { status, source })?;
         Ok((status, value))
     }
 
@@ -85,10 +106,10 @@ impl Facilitator {
     pub async fn settle(&self, record: &PaymentRecord) -> FacilitatorOutcome {
         let body = match Self::body(record) {
             Ok(body) => body,
-            Err(e) => return FacilitatorOutcome::Refused(e),
+            Err(e) => return FacilitatorOutcome::Refused(e.to_string()),
         };
         match self.post("/settle", &body).await {
-            Err(e) => FacilitatorOutcome::Unavailable(e),
+            Err(e) => FacilitatorOutcome::Unavailable(e.to_string()),
             Ok((status, value)) => {
                 let tx = value["transaction"]
                     .as_str()
@@ -119,10 +140,10 @@ impl Facilitator {
     pub async fn verify(&self, record: &PaymentRecord) -> Verdict {
         let body = match Self::body(record) {
             Ok(body) => body,
-            Err(e) => return Verdict::Invalid(e),
+            Err(e) => return Verdict::Invalid(e.to_string()),
         };
         match self.post("/verify", &body).await {
-            Err(e) => Verdict::Unavailable(e),
+            Err(e) => Verdict::Unavailable(e.to_string()),
             Ok((status, value)) => match value["isValid"].as_bool() {
                 Some(true) => Verdict::Valid,
                 Some(false) => Verdict::Invalid(reason(&value, "invalidReason")),
@@ -132,14 +153,18 @@ impl Facilitator {
     }
 
     /// `GET /supported`: the `(x402Version, scheme, network)` kinds it settles.
-    pub async fn supported(&self) -> Result<Vec<(u64, String, String)>, String> {
+    pub async fn supported(&self) -> Result<Vec<(u64, String, String)>, FacilitatorError> {
         let response = self
             .http
             .get(format!("{}/supported", self.base))
             .send()
             .await
-            .map_err(|e| e.to_string())?;
-        let value: Value = response.json().await.map_err(|e| e.to_string())?;
+            .map_err(FacilitatorError::Unreachable)?;
+        let status = response.status().as_u16();
+        let value: Value = response
+            .json()
+            .await
+            .map_err(|source| FacilitatorError::Body { status, source })?;
         Ok(value["kinds"]
             .as_array()
             .into_iter()

@@ -39,7 +39,7 @@ const MOVE_AFTER: Duration = Duration::from_millis(200);
 const FRAME_HEADER: usize = 8;
 
 /// Why the journal failed. A payment that cannot be journaled is not charged.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot open the journal at {path}: {message}")]
     Open { path: String, message: String },
@@ -91,7 +91,7 @@ fn records(job: &Job<StoreWrite>) -> std::slice::Iter<'_, PaymentRecord> {
 /// Work for a writer thread and the caller's answer.
 struct Job<W> {
     write: W,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), JournalError>>,
 }
 
 /// What the accept log hands the store writer: the payments durable in the log but not yet
@@ -241,9 +241,7 @@ impl Journal {
         lock(self.store_sender())
             .send(Job { write, done })
             .map_err(|_| JournalError::WriterGone)?;
-        wait.await
-            .map_err(|_| JournalError::WriterGone)?
-            .map_err(JournalError::Storage)
+        wait.await.map_err(|_| JournalError::WriterGone)?
     }
 
     /// Records newly charged payments in the accept log; returns once they are as durable
@@ -257,10 +255,9 @@ impl Journal {
         let log = self.writers.log.as_ref().ok_or(JournalError::WriterGone)?;
         let result = match log.write(records, durability)? {
             accept_log::Written::Done => Ok(()),
-            accept_log::Written::AfterSync(answer) => answer
-                .await
-                .map_err(|_| JournalError::WriterGone)?
-                .map_err(JournalError::Storage),
+            accept_log::Written::AfterSync(answer) => {
+                answer.await.map_err(|_| JournalError::WriterGone)?
+            }
         };
         timer.observe_duration();
         result
@@ -552,7 +549,6 @@ impl StoreWriter {
                 );
             }
         }
-        let result = result.map_err(|e| e.to_string());
         if let Err(e) = &result {
             log::error!("journal commit of {} writes failed: {e}", jobs.len());
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use alloy::primitives::{B256, U256};
 
 use super::engine::publish_unsettled;
-use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState};
+use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, Unavailable};
 use crate::clock::{unix_ms, unix_now};
 
 /// A payment the queue gave this replica.
@@ -84,21 +84,21 @@ pub trait SharedQueue: Send + Sync {
     /// Appends a payment, once: a payment appended before (or finished) is left alone. The
     /// queue counts its exposure from its first append on; `counted_here`: this replica
     /// counted it too (when it reserved it, or again after a restart), and stops.
-    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), String>;
+    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), Unavailable>;
 
     /// Up to `count` payments no replica has taken yet, now this replica's.
-    async fn take_new(&self, count: usize) -> Result<Vec<Taken>, String>;
+    async fn take_new(&self, count: usize) -> Result<Vec<Taken>, Unavailable>;
 
     /// The payments this replica owns (after a restart).
-    async fn take_own(&self) -> Result<Vec<Taken>, String>;
+    async fn take_own(&self) -> Result<Vec<Taken>, Unavailable>;
 
     /// Up to `count` payments whose owner has not renewed them for `idle_ms`, now this
     /// replica's.
-    async fn take_over(&self, idle_ms: u64, count: usize) -> Result<Vec<Taken>, String>;
+    async fn take_over(&self, idle_ms: u64, count: usize) -> Result<Vec<Taken>, Unavailable>;
 
     /// Renews every payment this replica owns, so no other takes them over; returns their
     /// entries.
-    async fn renew(&self) -> Result<HashSet<String>, String>;
+    async fn renew(&self) -> Result<HashSet<String>, Unavailable>;
 
     /// Before `batch` (when it is a transaction) is broadcast: checks that this replica
     /// still owns each of `records`' shared payments and, if so, records the batch with
@@ -107,17 +107,17 @@ pub trait SharedQueue: Send + Sync {
         &self,
         batch: Option<&BatchRecord>,
         records: &[PaymentRecord],
-    ) -> Result<Sending, String>;
+    ) -> Result<Sending, Unavailable>;
 
     /// Payments are final (or need review): off the queue, their exposure gone, and each
     /// outcome on its way to its origin. Repeating one changes nothing.
-    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), String>;
+    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), Unavailable>;
 
     /// Outcomes of this replica's payments that other replicas settled, oldest first.
-    async fn inbox(&self, count: usize) -> Result<Vec<Delivered>, String>;
+    async fn inbox(&self, count: usize) -> Result<Vec<Delivered>, Unavailable>;
 
     /// The inbox entries the journal now holds.
-    async fn applied(&self, at: &[String]) -> Result<(), String>;
+    async fn applied(&self, at: &[String]) -> Result<(), Unavailable>;
 }
 
 /// The engine's link to the shared queue.
@@ -314,7 +314,7 @@ impl Settlement {
         self.resolve_adopted(link).await;
     }
 
-    async fn tend(&self, link: &Link) -> Result<(), String> {
+    async fn tend(&self, link: &Link) -> Result<(), Unavailable> {
         use Ordering::{Acquire, Release};
         let now_ms = unix_ms();
         let takeover_ms = link.takeover_after.as_millis() as u64;
@@ -382,7 +382,7 @@ impl Settlement {
     /// Offers the queue again what it could not take before. A payment whose deadline
     /// comes too close meanwhile is settled here instead (should the queue have taken it
     /// after all, its authorization still moves once: whoever comes second finds it used).
-    async fn append_again(&self, link: &Link) -> Result<(), String> {
+    async fn append_again(&self, link: &Link) -> Result<(), Unavailable> {
         let waiting = std::mem::take(&mut *lock(&link.to_append));
         let mut failed = None;
         let late = unix_now() + 2 * self.settle_window_seconds();
@@ -499,7 +499,7 @@ impl Settlement {
     }
 
     /// Applies outcomes other replicas sent for this replica's payments to its journal.
-    async fn read_inbox(&self, link: &Link) -> Result<(), String> {
+    async fn read_inbox(&self, link: &Link) -> Result<(), Unavailable> {
         loop {
             let delivered = link.queue.inbox(500).await?;
             if delivered.is_empty() {
@@ -535,7 +535,7 @@ impl Settlement {
                     .journal
                     .put(records)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Unavailable::new)?;
             }
             let at: Vec<String> = delivered.into_iter().map(|d| d.at).collect();
             link.queue.applied(&at).await?;

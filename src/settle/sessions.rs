@@ -20,6 +20,7 @@ use alloy_primitives::{Address, B256};
 
 use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
+use super::Unavailable;
 use crate::session::{Bundle, Exhausted, Issuer, Quota, MAX_AGE_MS};
 use shared::{SharedSessions, DRAW_HOLD};
 
@@ -211,7 +212,10 @@ impl Sessions {
 
     /// A bundle as the shared state returned it after a change: cached here and written to
     /// this replica's log before this returns.
-    async fn keep_shared(&self, changed: Result<Bundle, String>) -> Result<Bundle, JournalError> {
+    async fn keep_shared(
+        &self,
+        changed: Result<Bundle, Unavailable>,
+    ) -> Result<Bundle, JournalError> {
         let bundle = changed.map_err(|e| JournalError::Storage(format!("shared state: {e}")))?;
         self.cache(&bundle);
         self.inner.log.put(bundle.clone()).await?;

@@ -32,7 +32,7 @@ pub trait Mergeable: Serialize + DeserializeOwned + Clone + Send + 'static {
 
 struct Job<R> {
     record: R,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), JournalError>>,
 }
 
 /// Handle to a log's writer thread.
@@ -129,10 +129,7 @@ impl<R: Mergeable> StateLog<R> {
             .unwrap_or_else(|p| p.into_inner())
             .send(Job { record, done })
             .map_err(|_| JournalError::WriterGone)?;
-        answer
-            .await
-            .map_err(|_| JournalError::WriterGone)?
-            .map_err(JournalError::Storage)
+        answer.await.map_err(|_| JournalError::WriterGone)?
     }
 }
 
@@ -156,7 +153,7 @@ impl<R: Mergeable> Writer<R> {
                 .iter()
                 .try_for_each(|job| frame(&job.record, &mut buf))
                 .and_then(|()| self.append(&buf))
-                .map_err(|e| e.to_string());
+                .map_err(storage);
             match &result {
                 Ok(()) => {
                     for job in &group {

@@ -11,6 +11,7 @@ use redis::Script;
 use super::Shared;
 use crate::channel::Ledger;
 use crate::settle::channels::shared::{Put, SharedChannels, Took, Versioned};
+use crate::settle::Unavailable;
 
 /// Holds the channel (`KEYS[2]`) for token `ARGV[1]` for `ARGV[2]` ms unless another token
 /// does; returns `held` and, when written, the ledger's JSON and version (`KEYS[1]`).
@@ -144,7 +145,7 @@ fn stream_member(token: &str, ceiling: u128) -> String {
 }
 
 /// A ledger and its version as Redis holds them.
-fn versioned(rec: &str, ver: &str) -> Result<Versioned, String> {
+fn versioned(rec: &str, ver: &str) -> Result<Versioned, Unavailable> {
     let ledger: Ledger =
         serde_json::from_str(rec).map_err(|e| format!("a shared channel is unreadable: {e}"))?;
     let version = ver
@@ -159,7 +160,7 @@ impl SharedChannels for Shared {
         &self.inner.spec.replica
     }
 
-    async fn get(&self, id: B256) -> Result<Option<Versioned>, String> {
+    async fn get(&self, id: B256) -> Result<Option<Versioned>, Unavailable> {
         let [ledger, _] = self.channel_keys(id);
         let got: (Option<String>, Option<String>) = self
             .run(|mut conn, _| async move {
@@ -183,7 +184,7 @@ impl SharedChannels for Shared {
         token: &str,
         ceiling: u128,
         until_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Unavailable> {
         let (key, member) = (self.streams_key(id), stream_member(token, ceiling));
         let now_ms = crate::clock::unix_ms();
         self.run(|mut conn, _| async move {
@@ -205,7 +206,7 @@ impl SharedChannels for Shared {
         .await
     }
 
-    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), String> {
+    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), Unavailable> {
         let (key, member) = (self.streams_key(id), stream_member(token, ceiling));
         self.run(|mut conn, _| async move {
             redis::cmd("ZREM")
@@ -218,7 +219,7 @@ impl SharedChannels for Shared {
         .map(|_| ())
     }
 
-    async fn streaming(&self, id: B256) -> Result<u128, String> {
+    async fn streaming(&self, id: B256) -> Result<u128, Unavailable> {
         let key = self.streams_key(id);
         let now_ms = crate::clock::unix_ms();
         let members: Vec<String> = self
@@ -237,7 +238,7 @@ impl SharedChannels for Shared {
             .fold(0u128, u128::saturating_add))
     }
 
-    async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, String> {
+    async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, Unavailable> {
         let ms = hold.as_millis().max(1).to_string();
         let got: Vec<String> = self
             .script(
@@ -250,13 +251,18 @@ impl SharedChannels for Shared {
             [busy] if busy == "busy" => Ok(Took::Busy),
             [_] => Ok(Took::Held(None)),
             [_, rec, ver] => Ok(Took::Held(Some(Box::new(versioned(rec, ver)?)))),
-            other => Err(format!("unexpected answer to a channel hold: {other:?}")),
+            other => Err(format!("unexpected answer to a channel hold: {other:?}").into()),
         }
     }
 
-    async fn put(&self, ledger: &Ledger, version: u64, token: Option<&str>) -> Result<Put, String> {
+    async fn put(
+        &self,
+        ledger: &Ledger,
+        version: u64,
+        token: Option<&str>,
+    ) -> Result<Put, Unavailable> {
         let id = ledger.channel_id;
-        let json = serde_json::to_string(ledger).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(ledger)?;
         let args = vec![version.to_string(), json, token.unwrap_or("").to_owned()];
         let got: Vec<String> = self
             .script(&scripts().put, self.channel_keys(id).to_vec(), args)
@@ -265,7 +271,7 @@ impl SharedChannels for Shared {
             [what] if what == "stale" => Put::Stale,
             [what] if what == "lost" => Put::Lost,
             [_, ver] => Put::Written(ver.parse().map_err(|_| format!("version `{ver}`"))?),
-            other => return Err(format!("unexpected answer to a channel write: {other:?}")),
+            other => return Err(format!("unexpected answer to a channel write: {other:?}").into()),
         };
         if put == Put::Written(1) {
             // The first write: the claimer finds the channel from now on.
@@ -283,14 +289,14 @@ impl SharedChannels for Shared {
         Ok(put)
     }
 
-    async fn let_go(&self, id: B256, token: &str) -> Result<(), String> {
+    async fn let_go(&self, id: B256, token: &str) -> Result<(), Unavailable> {
         let [_, hold] = self.channel_keys(id);
         self.script::<i64>(&self.inner.release, vec![hold], vec![token.to_owned()])
             .await
             .map(|_| ())
     }
 
-    async fn list(&self) -> Result<Vec<B256>, String> {
+    async fn list(&self) -> Result<Vec<B256>, Unavailable> {
         let index = self.channel_index();
         let members: Vec<String> = self
             .run(|mut conn, _| async move {
@@ -303,7 +309,7 @@ impl SharedChannels for Shared {
         Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
     }
 
-    async fn lock(&self, name: &str, token: &str, hold: Duration) -> Result<bool, String> {
+    async fn lock(&self, name: &str, token: &str, hold: Duration) -> Result<bool, Unavailable> {
         let ms = hold.as_millis().max(1).to_string();
         let got: i64 = self
             .script(
@@ -315,7 +321,7 @@ impl SharedChannels for Shared {
         Ok(got == 1)
     }
 
-    async fn unlock(&self, name: &str, token: &str) -> Result<(), String> {
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), Unavailable> {
         self.script::<i64>(
             &self.inner.release,
             vec![self.lock_key(name)],

@@ -17,7 +17,7 @@ use redis::Script;
 
 use super::Shared;
 use crate::settle::queue::{Delivered, Outcome, Sending, SharedQueue, Taken};
-use crate::settle::{BatchRecord, PaymentRecord, Reason, SettlementState};
+use crate::settle::{BatchRecord, PaymentRecord, Reason, SettlementState, Unavailable};
 
 /// The consumer group every replica reads the queue in.
 const GROUP: &str = "settlers";
@@ -218,7 +218,7 @@ impl Shared {
         &self,
         script: &'static Script,
         args: Vec<String>,
-    ) -> Result<T, String> {
+    ) -> Result<T, Unavailable> {
         let prefix = self.ledger_prefix();
         let stream = format!("{prefix}queue");
         let mut all = vec![prefix, GROUP.to_owned()];
@@ -258,8 +258,8 @@ impl SharedQueue for Shared {
         &self.inner.spec.replica
     }
 
-    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), String> {
-        let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
+    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), Unavailable> {
+        let json = serde_json::to_string(record)?;
         let args = vec![
             self.inner.spec.replica.clone(),
             record.id.clone(),
@@ -273,7 +273,7 @@ impl SharedQueue for Shared {
             .map(|_| ())
     }
 
-    async fn take_new(&self, count: usize) -> Result<Vec<Taken>, String> {
+    async fn take_new(&self, count: usize) -> Result<Vec<Taken>, Unavailable> {
         let args = vec![
             self.inner.spec.replica.clone(),
             count.to_string(),
@@ -283,7 +283,7 @@ impl SharedQueue for Shared {
         Ok(self.taken(flat))
     }
 
-    async fn take_own(&self) -> Result<Vec<Taken>, String> {
+    async fn take_own(&self) -> Result<Vec<Taken>, Unavailable> {
         let args = vec![
             self.inner.spec.replica.clone(),
             MAX_ENTRIES.to_string(),
@@ -293,7 +293,7 @@ impl SharedQueue for Shared {
         Ok(self.taken(flat))
     }
 
-    async fn take_over(&self, idle_ms: u64, count: usize) -> Result<Vec<Taken>, String> {
+    async fn take_over(&self, idle_ms: u64, count: usize) -> Result<Vec<Taken>, Unavailable> {
         let args = vec![
             self.inner.spec.replica.clone(),
             idle_ms.to_string(),
@@ -303,7 +303,7 @@ impl SharedQueue for Shared {
         Ok(self.taken(flat))
     }
 
-    async fn renew(&self) -> Result<HashSet<String>, String> {
+    async fn renew(&self) -> Result<HashSet<String>, Unavailable> {
         let args = vec![self.inner.spec.replica.clone(), MAX_ENTRIES.to_string()];
         let ids: Vec<String> = self.queue_call(&scripts().renew, args).await?;
         Ok(ids.into_iter().collect())
@@ -313,12 +313,12 @@ impl SharedQueue for Shared {
         &self,
         batch: Option<&BatchRecord>,
         records: &[PaymentRecord],
-    ) -> Result<Sending, String> {
+    ) -> Result<Sending, Unavailable> {
         let mut args = vec![self.inner.spec.replica.clone()];
         match batch {
             Some(batch) => {
                 args.push(batch.tx_hash.clone());
-                args.push(serde_json::to_string(batch).map_err(|e| e.to_string())?);
+                args.push(serde_json::to_string(batch)?);
             }
             None => args.extend([String::new(), String::new()]),
         }
@@ -339,7 +339,7 @@ impl SharedQueue for Shared {
         })
     }
 
-    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), String> {
+    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), Unavailable> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -358,7 +358,7 @@ impl SharedQueue for Shared {
                 if o.state.is_final() { "1" } else { "0" }.to_owned(),
                 format!("{:#x}", o.payer),
                 o.amount.to_string(),
-                serde_json::to_string(&told).map_err(|e| e.to_string())?,
+                serde_json::to_string(&told)?,
             ]);
         }
         self.queue_call::<i64>(&scripts().finish, args)
@@ -366,7 +366,7 @@ impl SharedQueue for Shared {
             .map(|_| ())
     }
 
-    async fn inbox(&self, count: usize) -> Result<Vec<Delivered>, String> {
+    async fn inbox(&self, count: usize) -> Result<Vec<Delivered>, Unavailable> {
         let key = format!("{}outcomes:{}", self.ledger_prefix(), self.replica());
         let entries: redis::streams::StreamRangeReply = self
             .run(|mut conn, _| async move {
@@ -398,7 +398,7 @@ impl SharedQueue for Shared {
             .collect())
     }
 
-    async fn applied(&self, at: &[String]) -> Result<(), String> {
+    async fn applied(&self, at: &[String]) -> Result<(), Unavailable> {
         if at.is_empty() {
             return Ok(());
         }

@@ -13,6 +13,7 @@ use super::{set_once, Shared, StateError};
 use crate::session::{Bundle, Exhausted, Quota, MAX_AGE_MS};
 use crate::settle::sessions::shared::SharedSessions;
 use crate::settle::sessions::{Draw, DrawRefusal};
+use crate::settle::Unavailable;
 
 /// Returns the bundle's fields, as strings, in [`fields`]'s order.
 const FIELDS: &str = r"
@@ -157,11 +158,11 @@ fn unit(quota: Quota) -> (&'static str, u64) {
 }
 
 /// `payer`'s bundle on `route` from a script's four fields.
-fn bundle(payer: Address, route: &str, fields: &[String]) -> Result<Bundle, String> {
-    let number = |i: usize| -> Result<u64, String> {
+fn bundle(payer: Address, route: &str, fields: &[String]) -> Result<Bundle, Unavailable> {
+    let number = |i: usize| -> Result<u64, Unavailable> {
         let text = fields.get(i).ok_or("a bundle field is missing")?;
         text.parse()
-            .map_err(|_| format!("a shared bundle field is `{text}`"))
+            .map_err(|_| format!("a shared bundle field is `{text}`").into())
     };
     Ok(Bundle {
         payer,
@@ -185,7 +186,7 @@ impl SharedSessions for Shared {
         route: &str,
         quota: Quota,
         now: u64,
-    ) -> Result<Bundle, String> {
+    ) -> Result<Bundle, Unavailable> {
         let (unit, amount) = unit(quota);
         let args = vec![unit.to_owned(), amount.to_string(), now.to_string()];
         let fields: Vec<String> = self
@@ -194,7 +195,12 @@ impl SharedSessions for Shared {
         bundle(payer, route, &fields)
     }
 
-    async fn revoke(&self, payer: Address, route: &str, quota: Quota) -> Result<Bundle, String> {
+    async fn revoke(
+        &self,
+        payer: Address,
+        route: &str,
+        quota: Quota,
+    ) -> Result<Bundle, Unavailable> {
         let (unit, amount) = unit(quota);
         let args = vec![unit.to_owned(), amount.to_string()];
         let fields: Vec<String> = self
@@ -203,7 +209,7 @@ impl SharedSessions for Shared {
         bundle(payer, route, &fields)
     }
 
-    async fn denied(&self, payer: Address) -> Result<Option<String>, String> {
+    async fn denied(&self, payer: Address) -> Result<Option<String>, Unavailable> {
         let key = super::deny_key(&self.inner.spec.key_prefix, payer);
         self.run(
             |mut conn, _| async move { redis::cmd("GET").arg(key).query_async(&mut conn).await },
@@ -217,7 +223,7 @@ impl SharedSessions for Shared {
         nonce: &str,
         now_ms: u64,
         hold: Duration,
-    ) -> Result<Result<Bundle, DrawRefusal>, String> {
+    ) -> Result<Result<Bundle, DrawRefusal>, Unavailable> {
         let token = draw.token.clone().ok_or("a shared draw without a token")?;
         let mut keys = self.bundle_keys(draw.payer, &draw.route);
         keys.push(format!(
@@ -241,7 +247,7 @@ impl SharedSessions for Shared {
         })
     }
 
-    async fn finish(&self, draw: &Draw, used: u64) -> Result<Bundle, String> {
+    async fn finish(&self, draw: &Draw, used: u64) -> Result<Bundle, Unavailable> {
         let token = draw.token.clone().ok_or("a shared draw without a token")?;
         let fields: Vec<String> = self
             .script(

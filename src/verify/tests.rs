@@ -6,8 +6,9 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::client::{sign, Payer, SignedAuthorization, Terms};
+use crate::pricing::challenge::Challenge;
 use crate::pricing::domain_separator;
-use crate::x402::challenge::Challenge;
+use crate::scheme::verify;
 use crate::x402::encode_header;
 
 const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";

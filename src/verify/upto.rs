@@ -319,7 +319,8 @@ fn verify(
         requirement: index,
         key: NonceKey {
             chain_id: requirement.chain_id,
-            asset: crate::scheme::PaymentScheme::namespace(&crate::scheme::UPTO, auth.token),
+            // Permit2 nonces are per owner across tokens: keyed under Permit2.
+            asset: PERMIT2_ADDRESS,
             from: auth.owner,
             nonce: B256::from(auth.nonce),
         },

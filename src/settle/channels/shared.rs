@@ -15,6 +15,7 @@ use std::time::Duration;
 use alloy_primitives::B256;
 
 use crate::channel::Ledger;
+use crate::settle::Unavailable;
 
 /// A channel's ledger as the replicas share it, with the version it was read at (0: no
 /// replica has written it yet).
@@ -53,7 +54,7 @@ pub trait SharedChannels: Send + Sync {
     fn replica(&self) -> &str;
 
     /// Channel `id`'s ledger, if a replica wrote one.
-    async fn get(&self, id: B256) -> Result<Option<Versioned>, String>;
+    async fn get(&self, id: B256) -> Result<Option<Versioned>, Unavailable>;
 
     /// Notes that a metered call (its hold's `token`) on channel `id` keeps `ceiling` out of
     /// refunds on every replica until it ends, or `until_ms` (unix ms) passes.
@@ -63,34 +64,39 @@ pub trait SharedChannels: Send + Sync {
         token: &str,
         ceiling: u128,
         until_ms: u64,
-    ) -> Result<(), String>;
+    ) -> Result<(), Unavailable>;
 
     /// The metered call `token` (noted with `ceiling`) on channel `id` ended.
-    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), String>;
+    async fn stream_ended(&self, id: B256, token: &str, ceiling: u128) -> Result<(), Unavailable>;
 
     /// The ceilings of channel `id`'s metered calls streaming now, on every replica.
-    async fn streaming(&self, id: B256) -> Result<u128, String>;
+    async fn streaming(&self, id: B256) -> Result<u128, Unavailable>;
 
     /// Holds channel `id` for `hold` under `token` (unless another token holds it) and
     /// returns its ledger.
-    async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, String>;
+    async fn take(&self, id: B256, token: &str, hold: Duration) -> Result<Took, Unavailable>;
 
     /// Writes `ledger` if its channel is still at `version`. With `token`, only while no
     /// other token holds the channel, and the hold is let go with the write.
-    async fn put(&self, ledger: &Ledger, version: u64, token: Option<&str>) -> Result<Put, String>;
+    async fn put(
+        &self,
+        ledger: &Ledger,
+        version: u64,
+        token: Option<&str>,
+    ) -> Result<Put, Unavailable>;
 
     /// Lets channel `id` go, if `token` still holds it.
-    async fn let_go(&self, id: B256, token: &str) -> Result<(), String>;
+    async fn let_go(&self, id: B256, token: &str) -> Result<(), Unavailable>;
 
     /// Every channel a replica wrote.
-    async fn list(&self) -> Result<Vec<B256>, String>;
+    async fn list(&self) -> Result<Vec<B256>, Unavailable>;
 
     /// Takes (or renews) lock `name` for `hold` under `token`; `false` while another token
     /// holds it.
-    async fn lock(&self, name: &str, token: &str, hold: Duration) -> Result<bool, String>;
+    async fn lock(&self, name: &str, token: &str, hold: Duration) -> Result<bool, Unavailable>;
 
     /// Lets lock `name` go, if `token` holds it.
-    async fn unlock(&self, name: &str, token: &str) -> Result<(), String>;
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), Unavailable>;
 }
 
 /// The lock the authorizer's transactions are sent under: one at a time over every replica,

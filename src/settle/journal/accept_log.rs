@@ -94,7 +94,7 @@ struct Waiter {
     /// Its payments, until they are staged, and how many.
     records: Vec<PaymentRecord>,
     payments: usize,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), JournalError>>,
 }
 
 struct Tail {
@@ -118,7 +118,7 @@ pub(super) enum Written {
     /// Durable as asked; the payments are staged for the store.
     Done,
     /// The answer comes after the sync that covers the write.
-    AfterSync(oneshot::Receiver<Result<(), String>>),
+    AfterSync(oneshot::Receiver<Result<(), JournalError>>),
 }
 
 impl AcceptLog {
@@ -398,7 +398,7 @@ impl Shared {
             let result = syncing
                 .iter()
                 .try_for_each(|(_, file, _, _)| file.sync_data())
-                .map_err(|e| e.to_string());
+                .map_err(|e| JournalError::Storage(format!("accept log sync: {e}")));
             let mut tail = lock(&self.tail);
             let answered: Vec<Waiter> = match &result {
                 Ok(()) => {

@@ -9,6 +9,7 @@ use alloy_primitives::Address;
 
 use super::{Draw, DrawRefusal};
 use crate::session::{Bundle, Quota};
+use crate::settle::Unavailable;
 
 /// The shared bundle state. Every call is one atomic step; an `Err` is a store that could
 /// not be asked (nothing changed).
@@ -25,7 +26,7 @@ pub trait SharedSessions: Send + Sync {
         route: &str,
         quota: Quota,
         now: u64,
-    ) -> Result<Bundle, String>;
+    ) -> Result<Bundle, Unavailable>;
 
     /// Spends proof nonce `nonce` and admits `draw` (its token held for `hold`) at `now_ms`,
     /// or refuses it and changes nothing; returns the bundle.
@@ -35,17 +36,22 @@ pub trait SharedSessions: Send + Sync {
         nonce: &str,
         now_ms: u64,
         hold: Duration,
-    ) -> Result<Result<Bundle, DrawRefusal>, String>;
+    ) -> Result<Result<Bundle, DrawRefusal>, Unavailable>;
 
     /// Ends the admitted `draw`, debiting `used` (calls or bytes); returns the bundle.
-    async fn finish(&self, draw: &Draw, used: u64) -> Result<Bundle, String>;
+    async fn finish(&self, draw: &Draw, used: u64) -> Result<Bundle, Unavailable>;
 
     /// Takes one purchase of `quota` back from `payer`'s bundle on `route` (its payment
     /// failed to settle); returns the bundle.
-    async fn revoke(&self, payer: Address, route: &str, quota: Quota) -> Result<Bundle, String>;
+    async fn revoke(
+        &self,
+        payer: Address,
+        route: &str,
+        quota: Quota,
+    ) -> Result<Bundle, Unavailable>;
 
     /// Why a replica denied `payer`, while the denial lasts.
-    async fn denied(&self, payer: Address) -> Result<Option<String>, String>;
+    async fn denied(&self, payer: Address) -> Result<Option<String>, Unavailable>;
 }
 
 /// How long an admitted call holds its place in a bundle if its replica never finishes it.

@@ -11,8 +11,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
-use super::challenge::html_escape;
-use crate::pricing::{format_units, Requirement, Scheme};
+use super::{format_units, Requirement, Scheme};
 
 const APP_JS: &str = include_str!("paywall/app.js");
 const STYLE_CSS: &str = include_str!("paywall/style.css");
@@ -161,10 +160,26 @@ fn prices(requirements: &[Requirement]) -> String {
     out
 }
 
+/// `s` with the five HTML-special characters escaped.
+pub(super) fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::x402::challenge::tests::requirement;
+    use crate::pricing::challenge::tests::requirement;
 
     #[test]
     fn the_page_splices_each_requests_terms_and_escapes_what_the_config_says() {

@@ -6,10 +6,9 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::paywall::WalletPage;
-use super::{encode_header, PaymentRequirementsV1, PaymentRequirementsV2, SCHEME_EXACT};
-use crate::pricing::Scheme;
-use crate::pricing::{format_units, Requirement};
+use super::paywall::{html_escape, WalletPage};
+use super::{format_units, Requirement, Scheme};
+use crate::x402::{encode_header, PaymentRequirementsV1, PaymentRequirementsV2, SCHEME_EXACT};
 
 /// A route's prepared challenge.
 #[derive(Debug, Clone)]
@@ -47,7 +46,7 @@ fn eip2612_declaration() -> Value {
     let address = serde_json::json!({"type": "string", "pattern": "^0x[a-fA-F0-9]{40}$"});
     let uint = serde_json::json!({"type": "string", "pattern": "^[0-9]+$"});
     serde_json::json!({
-        super::EIP2612_GAS_SPONSORING: {
+        crate::x402::EIP2612_GAS_SPONSORING: {
             "info": {
                 "description": "levy settles with an EIP-2612 permit of the token to the canonical Permit2 when the payer has no allowance.",
                 "version": "1",
@@ -237,7 +236,7 @@ impl Challenge {
         additions: Map<String, Value>,
     ) -> Rendered {
         let mut rendered = self.render(error, error, request_url);
-        let document = super::decode_header(rendered.header.as_bytes())
+        let document = crate::x402::decode_header(rendered.header.as_bytes())
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
         if let Some(mut document) = document {
             if let Some(Value::Object(extra)) = document
@@ -401,21 +400,6 @@ send it in the <code>PAYMENT-SIGNATURE</code> header (or <code>X-PAYMENT</code> 
     )
 }
 
-pub(super) fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use alloy_primitives::{address, U256};
@@ -424,7 +408,7 @@ pub(super) mod tests {
     use crate::x402::decode_header;
 
     /// A Base Sepolia USDC requirement of 0.001 (with a v1 network name when `v1` is set).
-    pub(in crate::x402) fn requirement(v1: Option<&str>) -> Requirement {
+    pub(in crate::pricing) fn requirement(v1: Option<&str>) -> Requirement {
         Requirement {
             network: "eip155:84532".into(),
             v1_network: v1.map(Into::into),

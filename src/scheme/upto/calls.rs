@@ -7,7 +7,7 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent, SolValue};
 
-use super::PaymentRecord;
+use crate::record::{PaymentRecord, UptoTerms};
 use crate::x402::PERMIT2_ADDRESS;
 
 sol! {
@@ -43,20 +43,6 @@ sol! {
         event UptoFailed(address indexed owner, uint256 indexed nonce, bytes reason);
     }
 }
-
-/// The scheme-specific part of a journaled `upto` payment (its `amount` is what was charged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UptoTerms {
-    /// The most the payer authorized (`permitted.amount`).
-    pub ceiling: U256,
-    /// The witness's facilitator: the batcher that alone may settle it.
-    pub facilitator: Address,
-    /// The payer's EIP-2612 permit approving Permit2 (`eip2612GasSponsoring`), if sent.
-    #[serde(default)]
-    pub permit2612: Option<Permit2612>,
-}
-
-pub use crate::verify::upto::Permit2612;
 
 /// `LevyBatcher.settle` calldata for these payments (each must be an `upto` record).
 pub fn settle_calldata(payments: &[PaymentRecord]) -> Bytes {
@@ -112,8 +98,8 @@ pub fn settle_calldata(payments: &[PaymentRecord]) -> Bytes {
 }
 
 /// Decodes `LevyBatcher.settle`'s answer: which payments would settle.
-pub fn decode_settled(output: &[u8]) -> Result<Vec<bool>, String> {
-    ILevyBatcher::settleCall::abi_decode_returns(output).map_err(|e| e.to_string())
+pub fn decode_settled(output: &[u8]) -> Result<Vec<bool>, alloy::sol_types::Error> {
+    ILevyBatcher::settleCall::abi_decode_returns(output)
 }
 
 /// `nonceBitmap(owner, nonce >> 8)` calldata and the bit of `nonce` in the answer.
