@@ -114,7 +114,7 @@ async fn accept_round(
 
 /// The `--callers` sweep: the accept log's cost per payment as concurrency grows.
 async fn sweep(journal: &Journal, counts: &[u64], n: u64) {
-    let group = &levy::metrics::metrics().journal_group;
+    let group = &levy::metrics().journal_group;
     let mut first = 0;
     for &callers in counts {
         for durability in [Durability::Sync, Durability::Async] {

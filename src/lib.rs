@@ -1,37 +1,50 @@
 //! levy: an x402 paywall that runs as an edge reverse proxy on Pingora.
 //!
-//! The pure core (`x402`, `pricing`, `routing`, `meter`) never imports pingora; `config` turns the
-//! YAML file into the route table; `proxy`, `admin` and `server` are the Pingora glue.
+//! The crate's rooms, by layer (`docs/src/layers.md`; a test keeps imports downward):
+//! - ground: `clock`, `metrics`, `logging`, `x402` (the wire format), `tls`, `pool`, `alerts`;
+//! - pure core, no I/O: `pricing`, `routing`, `meter`, `nonce`, `verify`, `session`,
+//!   `channel`, `record`, `scheme`;
+//! - payer: `client`;
+//! - settlement: `settle` (it defines the shared-state ports);
+//! - shared-state adapters: `state` (Redis);
+//! - config: `config`;
+//! - glue (Pingora and the binary): `proxy`, `reload`, `admin`, `services`, `server`, `pay`.
+//!
+//! Public are the modules the binary, the tests, the benchmarks and the fuzz targets use;
+//! the rest is private so that the compiler reports what nothing uses.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod admin;
-pub mod alerts;
+mod admin;
+mod alerts;
 pub mod channel;
 pub mod client;
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod logging;
-pub mod meter;
-pub mod metrics;
+mod logging;
+mod meter;
+mod metrics;
 pub mod nonce;
-pub mod pay;
-pub mod pool;
+mod pay;
+mod pool;
 pub mod pricing;
-pub mod proxy;
-pub mod record;
-pub mod reload;
-pub mod routing;
+mod proxy;
+mod record;
+mod reload;
+mod routing;
 pub mod scheme;
-pub mod server;
-pub mod services;
+mod server;
+mod services;
 pub mod session;
 pub mod settle;
-pub mod state;
-pub mod tls;
+mod state;
+mod tls;
 pub mod verify;
 pub mod x402;
 
 pub use config::{Config, ConfigError};
+pub use logging::init as init_logging;
+pub use metrics::{metrics, Metrics};
+pub use pay::pay;
 pub use server::{build_server, StartError};

@@ -110,7 +110,7 @@ fn pay(url: &str, key_env: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(levy::pay::pay(url, &payer)) {
+    match runtime.block_on(levy::pay(url, &payer)) {
         Ok(report) => {
             print!("{}", report.lines);
             if (200..300).contains(&report.final_status) {
@@ -164,7 +164,7 @@ fn deploy_batcher(rpc_url: &str, key_env: &str, proxy: alloy_primitives::Address
 }
 
 fn run(mut opt: Opt) -> ExitCode {
-    levy::logging::init();
+    levy::init_logging();
     let Some(conf) = opt.conf.take() else {
         eprintln!("levy: no config file; run `levy -c conf/levy.example.yaml`");
         return ExitCode::FAILURE;

@@ -4,7 +4,7 @@
 //! [`challenge`] and as a browser's wallet page in [`paywall`].
 
 pub mod challenge;
-pub mod paywall;
+pub(crate) mod paywall;
 
 use std::fmt;
 

@@ -24,12 +24,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-pub use ctx::{Outcome, RequestCtx, STATUS_PATH};
+pub use ctx::{Outcome, RequestCtx};
 use headers::{classify, request_host, strip_hop_by_hop};
 use metering::{Flow, METERED_END};
-pub use respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
+pub use respond::{Reply, CORS_EXPOSE};
 use tender::Release;
-pub use tender::{Paid, PaymentState};
 
 use crate::config::{Access, Config};
 use crate::metrics::{metrics, RouteMetrics};
@@ -138,7 +137,7 @@ impl ProxyHttp for LevyProxy {
             upstream: None,
             tried: Vec::new(),
             outcome: Outcome::Pending,
-            payment: PaymentState::None,
+            payment: tender::PaymentState::None,
             channel: tender::ChannelStep::None,
             session: tender::SessionStep::None,
             failure: None,

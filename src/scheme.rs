@@ -7,8 +7,8 @@
 //! Pure: each scheme owns its contracts' ABI, builds its calls and decodes the answers;
 //! `settle::chain` sends them.
 
-pub mod exact;
-pub mod upto;
+pub(crate) mod exact;
+pub(crate) mod upto;
 
 use alloy::sol;
 use alloy_primitives::{Address, Bytes, B256};

@@ -14,20 +14,20 @@
 //! authorization impossible.
 
 mod batch;
-pub mod chain;
-pub mod channels;
+pub(crate) mod chain;
+pub(crate) mod channels;
 pub mod deploy;
 mod engine;
 pub mod exposure;
-pub mod facilitator;
+pub(crate) mod facilitator;
 pub mod funds;
 pub mod journal;
-pub mod queue;
+pub(crate) mod queue;
 mod record;
-pub mod sessions;
-pub mod state_log;
+pub(crate) mod sessions;
+pub(crate) mod state_log;
 mod streams;
-pub mod summary;
+pub(crate) mod summary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -17,7 +17,7 @@ use crate::x402::{
     SCHEME_EXACT,
 };
 
-pub mod upto;
+pub(crate) mod upto;
 
 /// Payment headers larger than this are refused before decoding.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;

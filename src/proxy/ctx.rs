@@ -245,7 +245,7 @@ impl RequestCtx {
             }
         }
         self.outcome = Outcome::Paid;
-        self.payment = PaymentState::Charged(paid);
+        self.payment = PaymentState::Charged;
     }
 
     /// Takes the payment out for the response phase: a reserved one with the hash of its

@@ -64,10 +64,6 @@ impl Reply {
         self
     }
 
-    pub fn status(&self) -> u16 {
-        self.status
-    }
-
     /// Writes the response. For `HEAD` requests the body is left out, its length kept.
     pub async fn send(self, session: &mut Session) -> pingora::Result<()> {
         let mut header = ResponseHeader::build(self.status, Some(self.headers.len() + 2))?;

@@ -29,7 +29,7 @@ pub enum PaymentState {
     /// A metered response is streaming; its charge is fixed when it ends.
     Metering(Box<Paid>),
     /// Charged (journaled, or settled upfront); its authorization stays used.
-    Charged(Box<Paid>),
+    Charged,
     /// Released uncharged; the client may pay with the same authorization again.
     Released,
     /// Its transfer went out before forwarding but its outcome is unknown: the

@@ -208,7 +208,6 @@ struct SimulationRun {
 pub struct Mined {
     pub success: bool,
     pub gas_used: u64,
-    pub effective_gas_price: u128,
     /// `(token, authorizer, nonce)` of every `AuthorizationUsed` in the receipt.
     pub used: Vec<(Address, Address, B256)>,
 }
@@ -218,7 +217,6 @@ pub struct Mined {
 pub struct SignedBatch {
     pub hash: B256,
     pub raw: Bytes,
-    pub nonce: u64,
     pub fees: Fees,
 }
 
@@ -751,14 +749,8 @@ impl Chain {
         Ok(SignedBatch {
             hash: *envelope.tx_hash(),
             raw: envelope.encoded_2718().into(),
-            nonce,
             fees,
         })
-    }
-
-    /// The chain id the RPC endpoint answers for.
-    pub async fn remote_chain_id(&self) -> Result<u64, ChainError> {
-        self.rpc("eth_chainId", self.provider.get_chain_id()).await
     }
 
     /// The chain id transactions are signed for.
@@ -797,7 +789,6 @@ impl Chain {
         Ok(Some(Mined {
             success: receipt.status(),
             gas_used: receipt.gas_used,
-            effective_gas_price: receipt.effective_gas_price,
             used,
         }))
     }
