@@ -3,6 +3,7 @@
 //! rewrite forwarding headers (`headers`), report failures, log and count. The request's
 //! state lives in `ctx`; a response levy writes itself goes through `respond`.
 
+mod admit;
 mod channel;
 mod charge;
 mod ctx;

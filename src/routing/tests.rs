@@ -1,0 +1,213 @@
+use super::*;
+
+fn path(p: &str) -> PathPattern {
+    PathPattern::parse(p).unwrap()
+}
+
+#[test]
+fn exact_paths_match_only_themselves() {
+    assert!(path("/a/b").matches("/a/b"));
+    assert!(!path("/a/b").matches("/a/b/c"));
+    assert!(!path("/a/b").matches("/a"));
+    assert!(!path("/a/b").matches("/a/b/"));
+    assert!(path("/a/b/").matches("/a/b/"));
+    assert!(path("/").matches("/"));
+    assert!(!path("/").matches("/x"));
+}
+
+#[test]
+fn prefix_paths_match_the_prefix_and_everything_below() {
+    let p = path("/api/*");
+    for yes in ["/api", "/api/", "/api/x", "/api/x/y/z"] {
+        assert!(p.matches(yes), "{yes}");
+    }
+    for no in ["/apix", "/ap", "/other/api"] {
+        assert!(!p.matches(no), "{no}");
+    }
+    assert!(path("/*").matches("/anything/at/all"));
+}
+
+#[test]
+fn params_match_exactly_one_segment() {
+    let p = path("/users/:id/posts");
+    assert!(p.matches("/users/42/posts"));
+    assert!(!p.matches("/users/posts"));
+    assert!(!p.matches("/users/4/2/posts"));
+}
+
+#[test]
+fn bad_path_patterns_are_refused() {
+    assert_eq!(
+        PathPattern::parse("api"),
+        Err(PatternError::PathNotAbsolute)
+    );
+    assert_eq!(
+        PathPattern::parse("/a/*/b"),
+        Err(PatternError::MisplacedWildcard)
+    );
+    assert_eq!(
+        PathPattern::parse("/a*"),
+        Err(PatternError::MisplacedWildcard)
+    );
+    assert_eq!(PathPattern::parse("/a/:"), Err(PatternError::EmptyParam));
+}
+
+#[test]
+fn hosts_match_exactly_or_by_subdomain() {
+    let exact = HostPattern::parse("API.example.com").unwrap();
+    assert!(exact.matches("api.example.com"));
+    assert!(!exact.matches("x.api.example.com"));
+    let wild = HostPattern::parse("*.example.com").unwrap();
+    assert!(wild.matches("a.example.com"));
+    assert!(wild.matches("a.b.example.com"));
+    assert!(!wild.matches("example.com"));
+    assert!(!wild.matches("badexample.com"));
+    assert_eq!(HostPattern::parse("http://x"), Err(PatternError::BadHost));
+    assert_eq!(HostPattern::parse("x:80"), Err(PatternError::BadHost));
+}
+
+#[test]
+fn hosts_are_normalised_before_matching() {
+    assert_eq!(normalize_host("API.Example.com:8080"), "api.example.com");
+    assert_eq!(normalize_host("example.com."), "example.com");
+    assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+}
+
+#[test]
+fn paths_are_normalised_so_priced_routes_cannot_be_dodged() {
+    for (raw, want) in [
+        ("/paid/x?q=1", "/paid/x"),
+        ("/free/../paid/x", "/paid/x"),
+        ("//paid//x", "/paid/x"),
+        ("/%70aid/x", "/paid/x"),
+        ("/paid%2fx", "/paid/x"),
+        ("/free/%2e%2e/paid", "/paid"),
+        ("/./paid/./x/", "/paid/x/"),
+        ("/../../etc", "/etc"),
+        ("", "/"),
+        ("/a\\..\\paid", "/paid"),
+    ] {
+        assert_eq!(normalize_path(raw.as_bytes()), want, "{raw}");
+    }
+}
+
+#[test]
+fn the_first_matching_route_wins() {
+    let mut table = RouteTable::default();
+    let any = |p: &str| Matcher {
+        host: HostPattern::Any,
+        methods: MethodSet::any(),
+        path: path(p),
+        guard: None,
+    };
+    table.push(any("/a/special"), "first");
+    table.push(any("/a/*"), "second");
+    table.push(
+        Matcher {
+            host: HostPattern::parse("*.example.com").unwrap(),
+            methods: MethodSet::only(["post".to_owned()]),
+            path: path("/*"),
+            guard: None,
+        },
+        "third",
+    );
+    let find = |host, method, p: &'static str| {
+        table
+            .find(&RequestKey::new(host, method, p.as_bytes()))
+            .copied()
+    };
+    assert_eq!(find("h", "GET", "/a/special"), Some("first"));
+    assert_eq!(find("h", "GET", "/a/other"), Some("second"));
+    assert_eq!(find("x.example.com", "POST", "/z"), Some("third"));
+    assert_eq!(find("x.example.com", "GET", "/z"), None);
+    assert_eq!(find("example.com", "POST", "/z"), None);
+}
+
+fn priced(p: &str) -> Matcher {
+    Matcher {
+        host: HostPattern::Any,
+        methods: MethodSet::only(["GET".to_owned()]),
+        path: path(p),
+        guard: Some(Looseness::LOOSE),
+    }
+}
+
+#[test]
+fn priced_paths_match_the_spellings_origins_serve_as_the_same_resource() {
+    let m = priced("/weather/:city");
+    for raw in [
+        "/weather/paris",
+        "/weather/paris/",
+        "/Weather/paris",
+        "/WEATHER/paris;jsessionid=1",
+        "/weather;x=1/paris",
+    ] {
+        assert!(
+            m.matches(&RequestKey::new("h", "GET", raw.as_bytes())),
+            "{raw}"
+        );
+    }
+    assert!(m.matches(&RequestKey::new("h", "get", b"/weather/paris")));
+    assert!(!m.matches(&RequestKey::new("h", "POST", b"/weather/paris")));
+    assert!(!m.matches(&RequestKey::new("h", "GET", b"/weather")));
+    let exact = priced("/report");
+    assert!(exact.matches(&RequestKey::new("h", "GET", b"/report/")));
+}
+
+#[test]
+fn free_paths_stay_strict() {
+    let mut m = priced("/docs");
+    m.guard = None;
+    assert!(m.matches(&RequestKey::new("h", "GET", b"/docs")));
+    assert!(!m.matches(&RequestKey::new("h", "GET", b"/docs/")));
+    assert!(!m.matches(&RequestKey::new("h", "GET", b"/Docs")));
+    assert!(!m.matches(&RequestKey::new("h", "get", b"/docs")));
+}
+
+#[test]
+fn an_encoded_separator_under_a_priced_head_is_refused() {
+    let mut table = RouteTable::default();
+    table.push(priced("/files/:name"), "files");
+    let mut free = priced("/*");
+    free.guard = None;
+    table.push(free, "free");
+    let look = |raw: &str| table.lookup(&RequestKey::new("h", "GET", raw.as_bytes()));
+    assert_eq!(look("/files/a%2Fb"), Lookup::EncodedSeparator);
+    assert_eq!(look("/files/a%5cb"), Lookup::EncodedSeparator);
+    assert_eq!(look("/FILES/a%2fb"), Lookup::EncodedSeparator);
+    assert_eq!(look("/files/ab"), Lookup::Found(&"files"));
+    assert_eq!(look("/other/a%2Fb"), Lookup::Found(&"free"));
+    assert_eq!(look("/other/x?q=a%2Fb"), Lookup::Found(&"free"));
+}
+
+#[test]
+fn request_targets_split_into_their_form_and_origin_path() {
+    assert_eq!(split_target(b"/a?b"), Target::Origin { path: b"/a?b" });
+    assert_eq!(
+        split_target(b"http://h:8080/weather/paris?x=1"),
+        Target::Absolute {
+            authority: "h:8080",
+            path: b"/weather/paris?x=1"
+        }
+    );
+    assert_eq!(
+        split_target(b"HTTPS://h"),
+        Target::Absolute {
+            authority: "h",
+            path: b"/"
+        }
+    );
+    assert_eq!(split_target(b"*"), Target::Asterisk);
+    assert_eq!(split_target(b"h:443"), Target::Other);
+    assert_eq!(split_target(b"http://u@h/x"), Target::Other);
+}
+
+#[test]
+fn a_free_prefix_covers_the_priced_paths_beneath_it() {
+    assert!(path("/*").covers(&path("/weather/:city")));
+    assert!(path("/weather/*").covers(&path("/weather/:city")));
+    assert!(!path("/other/*").covers(&path("/weather/:city")));
+    assert!(!path("/weather").covers(&path("/weather")));
+    assert!(!path("/:x/*").covers(&path("/weather/:city")));
+}
