@@ -570,7 +570,7 @@ fn after_redis_loses_its_data_the_replicas_logs_bring_back_every_channel_charge_
     let drawn = get_feed_at(addr(2), &addr(1).to_string(), "SIGN-IN-WITH-X", &proof);
     assert_eq!(drawn.status, 200, "{}", drawn.text());
 
-    // Redis comes back empty; the replicas notice and are restarted, as the README says.
+    // Redis comes back empty; the replicas notice and are restarted, as docs/src/replicas.md says.
     redis.restart_empty();
     for mut process in running.drain(..) {
         process.sigkill();

@@ -7,6 +7,12 @@
 //! RPC call has a timeout, and every RPC error is sorted by what it says about a payment
 //! ([`ChainError`]).
 
+mod error;
+mod fate;
+mod simulate;
+
+pub use error::ChainError;
+
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,13 +29,13 @@ use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolValue};
-use alloy::transports::{RpcError, TransportError};
+use alloy::transports::TransportError;
 
 use super::funds::UptoPayerState;
 use super::PaymentRecord;
 use crate::scheme::exact::calls::IEip3009;
 use crate::scheme::upto::calls as upto;
-use crate::scheme::{self, IMulticall3, SchemeError, Targets, EXACT};
+use crate::scheme::{self, IMulticall3, Targets, EXACT};
 
 /// The creation code of the project's `SigValidator` (contracts/src), run without deploying
 /// it: its constructor answers whether a signature is valid for a signer, ECDSA, EIP-1271 or
@@ -42,113 +48,6 @@ static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::
 
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
-
-/// Why a chain operation failed, sorted by what the failure says about a payment.
-///
-/// Only [`ChainError::Reverted`] is an answer about the call itself (the node ran it and it
-/// reverted); [`ChainError::Unsupported`] and the setup errors say something about levy's
-/// configuration; [`ChainError::Node`] is the node refusing the request as made; the rest is
-/// levy not knowing ([`ChainError::is_unknown`]). None of them is a verdict on a payer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ChainError {
-    #[error("RPC call `{0}` timed out")]
-    Timeout(&'static str),
-    /// No usable answer: a refused or reset connection, an HTTP error status (429, 5xx), a
-    /// node-side error such as "header not found" or a rate limit, or a body that is not
-    /// JSON-RPC.
-    #[error("RPC call `{call}` failed: {message}")]
-    Transient { call: &'static str, message: String },
-    /// The node says the method does not exist (JSON-RPC -32601 or its words for it).
-    #[error("the node has no `{call}`: {message}")]
-    Unsupported { call: &'static str, message: String },
-    /// The node answered the request with a JSON-RPC error that is none of the above (a log
-    /// range it will not serve, a request it finds invalid): it will likely answer so again.
-    #[error("RPC call `{call}` refused by the node ({code}): {message}")]
-    Node {
-        call: &'static str,
-        code: i64,
-        message: String,
-    },
-    /// The node ran the call and it reverted (an `eth_call` or a gas estimate).
-    #[error("`{call}` reverted: {message}")]
-    Reverted { call: &'static str, message: String },
-    #[error("unexpected chain answer: {0}")]
-    Decode(String),
-    #[error("signing failed: {0}")]
-    Signing(String),
-    #[error("bad RPC URL: {0}")]
-    Url(String),
-    #[error("the batch needs {gas} gas, too much of the block gas limit {block}")]
-    TooMuchGas { gas: u64, block: u64 },
-    #[error(transparent)]
-    Scheme(#[from] SchemeError),
-}
-
-impl ChainError {
-    /// Whether the failure only says levy could not find out (a time-out, a transport
-    /// error or a passing node condition, an answer it could not read): retry later,
-    /// count nothing.
-    pub fn is_unknown(&self) -> bool {
-        matches!(
-            self,
-            ChainError::Timeout(_) | ChainError::Transient { .. } | ChainError::Decode(_)
-        )
-    }
-
-    /// Sorts an RPC client error by what it says: "method not found" is
-    /// [`ChainError::Unsupported`], an execution revert is [`ChainError::Reverted`], a
-    /// transport failure, an HTTP error status, a malformed body or a JSON-RPC error that
-    /// names a passing condition (a rate limit, a block the node has not seen yet, an
-    /// internal error) is [`ChainError::Transient`], and any other JSON-RPC error is
-    /// [`ChainError::Node`].
-    pub fn classify(call: &'static str, error: &TransportError) -> ChainError {
-        let message = error.to_string();
-        let RpcError::ErrorResp(payload) = error else {
-            return ChainError::Transient { call, message };
-        };
-        let words = payload.message.to_ascii_lowercase();
-        let unsupported = payload.code == -32601
-            || [
-                "method not found",
-                "does not exist",
-                "unsupported method",
-                "not supported",
-            ]
-            .iter()
-            .any(|w| words.contains(w));
-        let reverted = payload.code == 3
-            || ["execution reverted", "revert", "out of gas"]
-                .iter()
-                .any(|w| words.contains(w));
-        let passing = matches!(payload.code, -32005 | -32007 | -32016 | -32603)
-            || [
-                "limit",
-                "header not found",
-                "unknown block",
-                "timeout",
-                "timed out",
-                "busy",
-                "try again",
-                "unavailable",
-                "capacity",
-            ]
-            .iter()
-            .any(|w| words.contains(w));
-        if unsupported {
-            ChainError::Unsupported { call, message }
-        } else if reverted {
-            ChainError::Reverted { call, message }
-        } else if passing {
-            ChainError::Transient { call, message }
-        } else {
-            ChainError::Node {
-                call,
-                code: payload.code,
-                message,
-            }
-        }
-    }
-}
 
 /// What the chain says about one authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,198 +278,6 @@ impl Chain {
         }
     }
 
-    /// Simulates the batch that would settle `payments` (all of one scheme), as the settler
-    /// would send it at today's gas price, at the latest block, and finds out what each
-    /// transfer does.
-    ///
-    /// A batch that reverts as a whole is bisected until the payments that break it are run
-    /// alone; a transfer that fails inside a batch is run alone too. Only a payment whose
-    /// transfer fails in a simulation of itself alone is [`Transfer::Refused`]; one whose
-    /// simulation could not be run (RPC trouble) stays [`Transfer::Unknown`]. `Err` when not
-    /// even the first simulation could be run.
-    pub async fn simulate_transfers(
-        &self,
-        payments: &[PaymentRecord],
-    ) -> Result<Simulated, ChainError> {
-        let mut transfers = vec![Transfer::Unknown; payments.len()];
-        let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
-            return Ok(Simulated {
-                transfers,
-                gas: None,
-                runs: 0,
-            });
-        };
-        let gas_price = self.simulation_gas_price().await?;
-        let whole = self.simulate(payments, gas_price).await?;
-        let mut runs = 1;
-        let mut todo = vec![(0..payments.len(), Some(whole.output))];
-        while let Some((range, known)) = todo.pop() {
-            let part = &payments[range.clone()];
-            let output = match known {
-                Some(output) => output,
-                None => {
-                    runs += 1;
-                    match self.simulate(part, gas_price).await {
-                        Ok(run) => run.output,
-                        Err(e) => {
-                            log::warn!(
-                                "chain {}: simulating {} payment(s) alone failed ({e}); they wait",
-                                self.chain_id,
-                                part.len()
-                            );
-                            continue;
-                        }
-                    }
-                }
-            };
-            let alone = range.len() == 1;
-            let Some(output) = output else {
-                if alone {
-                    transfers[range.start] = Transfer::Refused;
-                } else {
-                    let middle = range.start + range.len() / 2;
-                    todo.push((middle..range.end, None));
-                    todo.push((range.start..middle, None));
-                }
-                continue;
-            };
-            let outcomes = match scheme.batch_outcomes(part, &output) {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    log::warn!("chain {}: unreadable simulation ({e})", self.chain_id);
-                    continue;
-                }
-            };
-            for (i, transfers_ok) in range.clone().zip(outcomes) {
-                if transfers_ok {
-                    transfers[i] = Transfer::Succeeds;
-                } else if alone {
-                    transfers[i] = Transfer::Refused;
-                } else {
-                    todo.push((i..i + 1, None));
-                }
-            }
-        }
-        let all = transfers.iter().all(|t| *t == Transfer::Succeeds);
-        Ok(Simulated {
-            transfers,
-            gas: whole.gas.filter(|_| all && runs == 1),
-            runs,
-        })
-    }
-
-    /// The gas price a batch is simulated at: what the settler would offer now. A transfer
-    /// whose signature check behaves differently at a zero gas price (a contract account
-    /// can read it) is then seen as the chain will see it.
-    async fn simulation_gas_price(&self) -> Result<u128, ChainError> {
-        let fees = self
-            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
-            .await?;
-        Ok(fees.max_fee_per_gas.max(1))
-    }
-
-    /// Runs the batch call of `payments` once at the latest block, from the settler at
-    /// `gas_price` (with a balance that covers any gas, so only the calls decide): its output
-    /// (`None` when it reverted as a whole) and, where the node offers `eth_simulateV1`, the
-    /// gas it used. A node that says it has no `eth_simulateV1` is asked with `eth_call` from
-    /// then on, one that refuses the request as made with `eth_call` this once, and one that
-    /// refuses the state override with a plain `eth_call`; any other error is levy not
-    /// knowing, and is returned.
-    async fn simulate(
-        &self,
-        payments: &[PaymentRecord],
-        gas_price: u128,
-    ) -> Result<SimulationRun, ChainError> {
-        let (target, data) = self.batch_call(payments)?;
-        let request = TransactionRequest::default()
-            .from(self.settler())
-            .to(target)
-            .input(data.into())
-            .gas_price(gas_price);
-        let mut overrides = StateOverride::default();
-        overrides.insert(
-            self.settler(),
-            AccountOverride {
-                balance: Some(U256::MAX >> 8),
-                ..AccountOverride::default()
-            },
-        );
-        if !self.no_simulate.load(Ordering::Relaxed) {
-            let payload = SimulatePayload {
-                block_state_calls: vec![SimBlock {
-                    block_overrides: None,
-                    state_overrides: Some(overrides.clone()),
-                    calls: vec![request.clone()],
-                }],
-                trace_transfers: false,
-                validation: false,
-                return_full_transactions: false,
-            };
-            match self
-                .rpc(
-                    "eth_simulateV1",
-                    self.provider.simulate(&payload).block_id(BlockId::latest()),
-                )
-                .await
-            {
-                Ok(blocks) => {
-                    let call = blocks
-                        .first()
-                        .and_then(|block| block.calls.first())
-                        .ok_or_else(|| ChainError::Decode("eth_simulateV1: no result".into()))?;
-                    return Ok(SimulationRun {
-                        output: call.status.then(|| call.return_data.clone()),
-                        gas: Some(call.gas_used),
-                    });
-                }
-                Err(ChainError::Unsupported { message, .. }) => {
-                    log::info!(
-                        "chain {}: no eth_simulateV1 ({message}); batches are simulated with \
-                         eth_call and their gas estimated with eth_estimateGas",
-                        self.chain_id
-                    );
-                    self.no_simulate.store(true, Ordering::Relaxed);
-                }
-                // The node would not run this request as asked (its gas price, its state
-                // override): this once, `eth_call` asks it instead.
-                Err(e @ ChainError::Node { .. }) => {
-                    log::warn!("chain {}: {e}; simulating with eth_call", self.chain_id);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let with_fees = self
-            .provider
-            .call(request.clone())
-            .block(BlockId::latest())
-            .overrides(overrides);
-        let ran = match self.rpc("eth_call", with_fees).await {
-            Err(e @ ChainError::Node { .. }) => {
-                // An endpoint that refuses state overrides: run the batch plainly (at a zero
-                // gas price; what only fails at a real one is caught on chain and isolated).
-                log::warn!(
-                    "chain {}: {e}; simulating without the settler's gas price",
-                    self.chain_id
-                );
-                let mut plain = request;
-                plain.gas_price = None;
-                self.call_latest(plain).await
-            }
-            ran => ran,
-        };
-        match ran {
-            Ok(output) => Ok(SimulationRun {
-                output: Some(output),
-                gas: None,
-            }),
-            Err(ChainError::Reverted { .. }) => Ok(SimulationRun {
-                output: None,
-                gas: None,
-            }),
-            Err(e) => Err(e),
-        }
-    }
-
     /// One `aggregate3` read through the multicall contract at the latest block; the answer
     /// must hold one result per call.
     async fn read_many(
@@ -791,83 +498,6 @@ impl Chain {
             gas_used: receipt.gas_used,
             used,
         }))
-    }
-
-    /// What became of an authorization: whether its scheme's nonce is used, then which
-    /// transaction's use event names it (or its cancellation). A nonce used without such an
-    /// event was spent elsewhere, or the event is beyond the lookback.
-    pub async fn fate(&self, payment: &PaymentRecord) -> Result<AuthorizationFate, ChainError> {
-        let scheme = payment.scheme();
-        let read = scheme.used_read(payment);
-        let request = TransactionRequest::default()
-            .to(read.target)
-            .input(read.data.into());
-        let output = self.call_latest(request).await?;
-        let used = scheme
-            .is_used(payment, &output)
-            .ok_or_else(|| ChainError::Decode(format!("{} nonce state", scheme.name())))?;
-        if !used {
-            return Ok(AuthorizationFate::Unused);
-        }
-        let events = scheme.use_events(payment.asset, &self.targets())?;
-        // Bounded: providers refuse unbounded log ranges. The authorization can only have
-        // been used after levy accepted it, which is recent.
-        let latest = self
-            .rpc("eth_blockNumber", self.provider.get_block_number())
-            .await?;
-        let filter = Filter::new()
-            .address(events.emitter)
-            .event_signature(
-                events
-                    .canceled
-                    .into_iter()
-                    .chain([events.used])
-                    .collect::<Vec<_>>(),
-            )
-            .topic1(payment.payer.into_word())
-            .topic2(payment.nonce)
-            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
-            .to_block(latest);
-        let logs = self
-            .rpc("eth_getLogs", self.provider.get_logs(&filter))
-            .await?;
-        for log in logs {
-            if events
-                .canceled
-                .is_some_and(|canceled| log.topics().first() == Some(&canceled))
-            {
-                return Ok(AuthorizationFate::Canceled);
-            }
-            if let Some(tx) = log.transaction_hash {
-                return Ok(AuthorizationFate::Used(tx));
-            }
-        }
-        if payment.upto.is_some() && self.permit2_invalidated(payment, latest).await? {
-            return Ok(AuthorizationFate::Canceled);
-        }
-        Ok(AuthorizationFate::UsedUnknown)
-    }
-
-    /// Whether a metered payment's payer spent its Permit2 nonce itself
-    /// (`invalidateUnorderedNonces`, whose event names the owner and carries the nonce's
-    /// word and bit) within the lookback: a cancel, the payer's doing.
-    async fn permit2_invalidated(
-        &self,
-        payment: &PaymentRecord,
-        latest: u64,
-    ) -> Result<bool, ChainError> {
-        let filter = Filter::new()
-            .address(crate::x402::PERMIT2_ADDRESS)
-            .event_signature(upto::NONCE_INVALIDATION_SIGNATURE)
-            .topic1(payment.payer.into_word())
-            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
-            .to_block(latest);
-        let logs = self
-            .rpc("eth_getLogs", self.provider.get_logs(&filter))
-            .await?;
-        Ok(logs
-            .iter()
-            .any(|log| upto::invalidates(&log.inner.data.data, payment.nonce)))
     }
 
     /// The settler's next nonce, counting pending transactions.

@@ -49,7 +49,7 @@ pub struct ChainSpec {
     pub metered: bool,
 }
 
-/// The settlement engine's settings (see README for each key).
+/// The settlement engine's settings (see docs/src/configuration.md for each key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementConfig {
     pub journal_path: PathBuf,

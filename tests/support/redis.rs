@@ -1,6 +1,6 @@
 //! A real `redis-server` on a free loopback port for one test (the Debian package; `.ci/run`
 //! installs it), stopped when dropped, persisting to a directory of its own (append-only
-//! file, as levy's README asks; written before each reply, so a SIGKILL loses nothing, and
+//! file, as levy's docs ask (docs/src/replicas.md); written before each reply, so a SIGKILL loses nothing, and
 //! never fsynced: the machine does not crash in a test). It can be stopped and started again on the same port to act
 //! out an outage, with its data or without.
 

@@ -1,0 +1,233 @@
+//! A route as written: what it matches, its price and accepts, and its bundle, channel and
+//! meter terms.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    pub path: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub free: bool,
+    #[serde(default)]
+    pub price: Option<String>,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+    #[serde(default)]
+    pub pay_to: Option<String>,
+    #[serde(default)]
+    pub accepts: Vec<Accept>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub mime_type: String,
+    #[serde(default = "default_max_timeout_seconds")]
+    pub max_timeout_seconds: u64,
+    #[serde(default)]
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub settle: SettleMode,
+    /// `sync` (default) or `async`: how durable a charged payment is when its response
+    /// leaves.
+    #[serde(default)]
+    pub durability: Option<crate::settle::journal::Durability>,
+    /// Charge for what the response delivers (`upto`) instead of a fixed price.
+    #[serde(default)]
+    pub meter: Option<Meter>,
+    /// Also sell the fixed price through escrow channels (`batch-settlement`), offered first.
+    #[serde(default)]
+    pub channel: Option<ChannelTerms>,
+    /// Sell a prepaid bundle: one payment of `price`, then calls drawn with
+    /// `sign-in-with-x` proofs until the bundle is spent.
+    #[serde(default)]
+    pub bundle: Option<BundleTerms>,
+    /// `enforce` or `shadow`; `levy.mode` when absent.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// This route's paywall page, over `levy.paywall` key by key (`false`: the plain page).
+    #[serde(default)]
+    pub paywall: Option<PaywallSetting>,
+}
+
+/// `paywall: false`, `true`, or the page's look.
+#[derive(Debug)]
+pub enum PaywallSetting {
+    Off,
+    On(PaywallLook),
+}
+
+impl<'de> Deserialize<'de> for PaywallSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Bool(false) => Ok(PaywallSetting::Off),
+            serde_yaml::Value::Bool(true) => Ok(PaywallSetting::On(PaywallLook::default())),
+            map @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(map)
+                .map(PaywallSetting::On)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected `false`, `true` or {title, logo_url, accent_color, background_color, template}",
+            )),
+        }
+    }
+}
+
+/// The paywall page's look; each key unset falls back to `levy.paywall`, then the built-in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaywallLook {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    #[serde(default)]
+    pub accent_color: Option<String>,
+    #[serde(default)]
+    pub background_color: Option<String>,
+    /// An HTML file with `{{app}}` and `{{script}}` placeholders.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// A route's bundle: its price and exactly one of what it buys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleTerms {
+    /// `"$0.01"` or atomic units.
+    pub price: String,
+    #[serde(default)]
+    pub calls: Option<u64>,
+    #[serde(default)]
+    pub seconds: Option<u64>,
+    #[serde(default)]
+    pub bytes: Option<u64>,
+}
+
+/// A route's channel terms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTerms {
+    /// Seconds a payer's withdrawal waits (900 to 2592000).
+    #[serde(default = "default_withdraw_delay_seconds")]
+    pub withdraw_delay_seconds: u64,
+    /// The deposit asked for: `"$0.20"` or atomic units; default 10 × the price.
+    #[serde(default)]
+    pub min_deposit: Option<String>,
+}
+
+/// Channel settlement: levy's receiver-authorizer key, which signs claims and refunds and
+/// sends channel transactions, and how often claims go out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channels {
+    /// The authorizer's address, as offered in challenges (checked against the key).
+    pub authorizer: String,
+    #[serde(default = "default_channel_key_env")]
+    pub key_env: String,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// Charged vouchers are claimed at least this often.
+    #[serde(default = "default_claim_every_seconds")]
+    pub claim_every_seconds: u64,
+    /// Open channels are checked for payer withdrawals this often (claimed at once if so).
+    #[serde(default = "default_watch_every_seconds")]
+    pub watch_every_seconds: u64,
+    /// Channels per claim transaction.
+    #[serde(default = "default_max_claims")]
+    pub max_claims: usize,
+    /// A channel with no paid call for this long gets what it has not spent sent back to
+    /// its payer (claiming what was charged first); unset: never.
+    #[serde(default)]
+    pub refund_idle_after_seconds: Option<u64>,
+}
+
+/// A metered route's unit and prices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meter {
+    pub unit: MeterUnit,
+    /// Per unit (per `per` bytes for `bytes`): `"$0.0001"` or atomic units.
+    pub price: String,
+    /// Bytes per priced unit (`bytes` only); default 1024.
+    #[serde(default)]
+    pub per: Option<u64>,
+    /// The most one request may cost: the `upto` amount the payer signs.
+    pub ceiling: String,
+    /// Charged for any delivery above zero units.
+    #[serde(default)]
+    pub minimum: Option<String>,
+    /// When the origin fails mid-response, charges below this are dropped.
+    #[serde(default)]
+    pub failure_floor: Option<String>,
+    /// `origin` only: the response header the origin reports usage in; default
+    /// `Settlement-Overrides`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `origin` only: what a client that leaves after receiving body bytes, before the
+    /// origin's report, is charged: `"100%"` of the ceiling (the default), `"$…"` or atomic.
+    #[serde(default)]
+    pub unreported: Option<String>,
+    /// What a response does once it has delivered what the ceiling pays for: `end` (the
+    /// default for bytes and records) ends it at that record or byte; `continue` (the only
+    /// choice for `origin`, whose units levy cannot see) streams on uncharged.
+    #[serde(default)]
+    pub at_ceiling: Option<AtCeiling>,
+}
+
+/// What a metered response does at its ceiling.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AtCeiling {
+    /// The response ends after the last unit the ceiling pays for.
+    End,
+    /// The response streams on; nothing more is charged.
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MeterUnit {
+    Bytes,
+    Records,
+    Origin,
+}
+
+/// An atomic amount may be written as a YAML number or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Number(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    pub network: String,
+    #[serde(default = "default_asset")]
+    pub asset: String,
+    #[serde(default)]
+    pub pay_to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unmatched {
+    pub action: UnmatchedAction,
+    #[serde(default)]
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmatchedAction {
+    Pass,
+    NotFound,
+}

@@ -1,0 +1,199 @@
+//! A batch simulated as the settler would send it: one `eth_simulateV1` (or `eth_call`
+//! where the node has none) at the gas price the batch will pay, split until the payments
+//! that break it run alone, so one poison payment never takes an honest batch down with it.
+
+use super::*;
+
+impl Chain {
+    /// Simulates the batch that would settle `payments` (all of one scheme), as the settler
+    /// would send it at today's gas price, at the latest block, and finds out what each
+    /// transfer does.
+    ///
+    /// A batch that reverts as a whole is bisected until the payments that break it are run
+    /// alone; a transfer that fails inside a batch is run alone too. Only a payment whose
+    /// transfer fails in a simulation of itself alone is [`Transfer::Refused`]; one whose
+    /// simulation could not be run (RPC trouble) stays [`Transfer::Unknown`]. `Err` when not
+    /// even the first simulation could be run.
+    pub async fn simulate_transfers(
+        &self,
+        payments: &[PaymentRecord],
+    ) -> Result<Simulated, ChainError> {
+        let mut transfers = vec![Transfer::Unknown; payments.len()];
+        let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
+            return Ok(Simulated {
+                transfers,
+                gas: None,
+                runs: 0,
+            });
+        };
+        let gas_price = self.simulation_gas_price().await?;
+        let whole = self.simulate(payments, gas_price).await?;
+        let mut runs = 1;
+        let mut todo = vec![(0..payments.len(), Some(whole.output))];
+        while let Some((range, known)) = todo.pop() {
+            let part = &payments[range.clone()];
+            let output = match known {
+                Some(output) => output,
+                None => {
+                    runs += 1;
+                    match self.simulate(part, gas_price).await {
+                        Ok(run) => run.output,
+                        Err(e) => {
+                            log::warn!(
+                                "chain {}: simulating {} payment(s) alone failed ({e}); they wait",
+                                self.chain_id,
+                                part.len()
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            let alone = range.len() == 1;
+            let Some(output) = output else {
+                if alone {
+                    transfers[range.start] = Transfer::Refused;
+                } else {
+                    let middle = range.start + range.len() / 2;
+                    todo.push((middle..range.end, None));
+                    todo.push((range.start..middle, None));
+                }
+                continue;
+            };
+            let outcomes = match scheme.batch_outcomes(part, &output) {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    log::warn!("chain {}: unreadable simulation ({e})", self.chain_id);
+                    continue;
+                }
+            };
+            for (i, transfers_ok) in range.clone().zip(outcomes) {
+                if transfers_ok {
+                    transfers[i] = Transfer::Succeeds;
+                } else if alone {
+                    transfers[i] = Transfer::Refused;
+                } else {
+                    todo.push((i..i + 1, None));
+                }
+            }
+        }
+        let all = transfers.iter().all(|t| *t == Transfer::Succeeds);
+        Ok(Simulated {
+            transfers,
+            gas: whole.gas.filter(|_| all && runs == 1),
+            runs,
+        })
+    }
+
+    /// The gas price a batch is simulated at: what the settler would offer now. A transfer
+    /// whose signature check behaves differently at a zero gas price (a contract account
+    /// can read it) is then seen as the chain will see it.
+    pub(super) async fn simulation_gas_price(&self) -> Result<u128, ChainError> {
+        let fees = self
+            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
+            .await?;
+        Ok(fees.max_fee_per_gas.max(1))
+    }
+
+    /// Runs the batch call of `payments` once at the latest block, from the settler at
+    /// `gas_price` (with a balance that covers any gas, so only the calls decide): its output
+    /// (`None` when it reverted as a whole) and, where the node offers `eth_simulateV1`, the
+    /// gas it used. A node that says it has no `eth_simulateV1` is asked with `eth_call` from
+    /// then on, one that refuses the request as made with `eth_call` this once, and one that
+    /// refuses the state override with a plain `eth_call`; any other error is levy not
+    /// knowing, and is returned.
+    pub(super) async fn simulate(
+        &self,
+        payments: &[PaymentRecord],
+        gas_price: u128,
+    ) -> Result<SimulationRun, ChainError> {
+        let (target, data) = self.batch_call(payments)?;
+        let request = TransactionRequest::default()
+            .from(self.settler())
+            .to(target)
+            .input(data.into())
+            .gas_price(gas_price);
+        let mut overrides = StateOverride::default();
+        overrides.insert(
+            self.settler(),
+            AccountOverride {
+                balance: Some(U256::MAX >> 8),
+                ..AccountOverride::default()
+            },
+        );
+        if !self.no_simulate.load(Ordering::Relaxed) {
+            let payload = SimulatePayload {
+                block_state_calls: vec![SimBlock {
+                    block_overrides: None,
+                    state_overrides: Some(overrides.clone()),
+                    calls: vec![request.clone()],
+                }],
+                trace_transfers: false,
+                validation: false,
+                return_full_transactions: false,
+            };
+            match self
+                .rpc(
+                    "eth_simulateV1",
+                    self.provider.simulate(&payload).block_id(BlockId::latest()),
+                )
+                .await
+            {
+                Ok(blocks) => {
+                    let call = blocks
+                        .first()
+                        .and_then(|block| block.calls.first())
+                        .ok_or_else(|| ChainError::Decode("eth_simulateV1: no result".into()))?;
+                    return Ok(SimulationRun {
+                        output: call.status.then(|| call.return_data.clone()),
+                        gas: Some(call.gas_used),
+                    });
+                }
+                Err(ChainError::Unsupported { message, .. }) => {
+                    log::info!(
+                        "chain {}: no eth_simulateV1 ({message}); batches are simulated with \
+                         eth_call and their gas estimated with eth_estimateGas",
+                        self.chain_id
+                    );
+                    self.no_simulate.store(true, Ordering::Relaxed);
+                }
+                // The node would not run this request as asked (its gas price, its state
+                // override): this once, `eth_call` asks it instead.
+                Err(e @ ChainError::Node { .. }) => {
+                    log::warn!("chain {}: {e}; simulating with eth_call", self.chain_id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let with_fees = self
+            .provider
+            .call(request.clone())
+            .block(BlockId::latest())
+            .overrides(overrides);
+        let ran = match self.rpc("eth_call", with_fees).await {
+            Err(e @ ChainError::Node { .. }) => {
+                // An endpoint that refuses state overrides: run the batch plainly (at a zero
+                // gas price; what only fails at a real one is caught on chain and isolated).
+                log::warn!(
+                    "chain {}: {e}; simulating without the settler's gas price",
+                    self.chain_id
+                );
+                let mut plain = request;
+                plain.gas_price = None;
+                self.call_latest(plain).await
+            }
+            ran => ran,
+        };
+        match ran {
+            Ok(output) => Ok(SimulationRun {
+                output: Some(output),
+                gas: None,
+            }),
+            Err(ChainError::Reverted { .. }) => Ok(SimulationRun {
+                output: None,
+                gas: None,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
