@@ -28,6 +28,11 @@ enum Command {
         #[arg(short, long)]
         conf: String,
     },
+    /// Describe the config file itself.
+    Config {
+        #[command(subcommand)]
+        what: ConfigWhat,
+    },
     /// Pay for a URL as an x402 client would (v2, falling back to v1) and report each step.
     /// The payer's private key is read from the environment variable named by --key-env.
     Pay {
@@ -48,10 +53,25 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigWhat {
+    /// Print the JSON Schema of `levy.yaml` (for editors and validators).
+    Schema,
+    /// Print the configuration reference (Markdown), built from the same types.
+    Reference,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
+        Some(Command::Config { what }) => {
+            match what {
+                ConfigWhat::Schema => println!("{:#}", levy::config::json_schema()),
+                ConfigWhat::Reference => print!("{}", levy::config::reference_markdown()),
+            }
+            ExitCode::SUCCESS
+        }
         Some(Command::Pay { url, key_env }) => pay(&url, &key_env),
         Some(Command::DeployBatcher {
             rpc_url,

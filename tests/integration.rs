@@ -34,6 +34,7 @@ mod settlement_never_stalls;
 mod settlement_survives_crashes_and_outages;
 mod settlement_through_a_facilitator;
 mod shadow_routes_count_what_they_would_charge;
+mod the_config_schema_documents_every_key;
 mod the_docs_link_only_to_files_that_exist;
 mod the_source_tree_keeps_its_layers;
 mod tls_listeners_serve_h2_and_http1_by_sni;

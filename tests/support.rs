@@ -13,6 +13,7 @@ pub mod outage;
 pub mod pay;
 pub mod process;
 pub mod redis;
+pub mod schema;
 pub mod settle;
 pub mod tls;
 
@@ -79,6 +80,7 @@ impl Levy {
         );
         let config =
             levy::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
+        schema::accepts_what_levy_accepts(&yaml);
         let server =
             levy::build_server(config, None).unwrap_or_else(|e| panic!("levy did not start: {e}"));
         let (tx, rx) = oneshot::channel();

@@ -6,30 +6,75 @@ mod route;
 use std::collections::BTreeMap;
 
 use pingora::server::configuration::ServerConf;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 
 pub use route::*;
 
+/// The keys of pingora's `ServerConf` levy's users set, for the schema only (pingora reads
+/// the section itself, and ignores what it does not know).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct PingoraSection {
+    /// Worker threads of the proxy (default 1).
+    threads: Option<usize>,
+    /// Let idle worker threads steal tasks (default true; `false` runs one single-threaded
+    /// runtime per thread, faster at 1–2 threads).
+    work_stealing: Option<bool>,
+    /// Run in the background.
+    daemon: Option<bool>,
+    /// Where the process id is written.
+    pid_file: Option<String>,
+    /// The socket a new levy started with `-u` takes the listeners from.
+    upgrade_sock: Option<String>,
+    /// Where pingora's own errors are logged.
+    error_log: Option<String>,
+    /// The user to run as after binding.
+    user: Option<String>,
+    /// The group to run as after binding.
+    group: Option<String>,
+    /// Seconds to keep serving after a graceful shutdown starts (default 300).
+    grace_period_seconds: Option<u64>,
+    /// Seconds the services get to stop once the grace period is over.
+    graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Idle connections kept per upstream (default 128).
+    upstream_keepalive_pool_size: Option<usize>,
+    /// A CA bundle for TLS upstreams.
+    ca_file: Option<String>,
+}
+
 /// The whole file: pingora's own keys and levy's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// Pingora's own server settings, passed through (pingora ignores keys it does not know).
     #[serde(default)]
+    #[schemars(with = "PingoraSection")]
     pub pingora: ServerConf,
+    /// levy's settings. Unknown keys are errors.
     pub levy: Levy,
 }
 
-#[derive(Debug, Deserialize)]
+/// levy's own settings.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Levy {
+    /// Where levy listens: `data` (plain HTTP/1.1), `tls` and `admin`. Required.
     pub listeners: Listeners,
+    /// Networks routes may name, by name; the built-ins (`base`, `base-sepolia`, `avalanche`,
+    /// `avalanche-fuji`, `polygon`, `arbitrum`) are there unless overridden, key by key.
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Tokens routes may accept, see below. Default: built-ins.
     #[serde(default)]
     pub assets: Vec<Asset>,
+    /// Named origins routes forward to. Required.
     pub upstreams: BTreeMap<String, Upstream>,
+    /// The price table, in order, see below. Default: `[]`.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// What happens to a request no route matches: `{action: not_found}` (the default) or
+    /// `{action: pass, upstream}`.
     #[serde(default)]
     pub unmatched: Option<Unmatched>,
     /// Default `pay_to` for priced routes that do not name one.
@@ -38,8 +83,10 @@ pub struct Levy {
     /// Base of resource URLs in challenges, e.g. `https://api.example.com`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// JSON access log on stdout. Default: `true`.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// How paid requests are checked and what the origin is told of them.
     #[serde(default)]
     pub payments: Payments,
     /// On-chain settlement; without it payments are verified and charged but not settled.
@@ -72,14 +119,20 @@ pub struct Levy {
 }
 
 /// `levy.webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhooks {
+    /// `{url, secret_env \| secret_file, events}`; `events` defaults to all of
+    /// `payment.needs_review`, `settler.gas_low`, `settlement.loss_budget_tripped`.
+    /// (required with `webhooks`.)
     pub endpoints: Vec<WebhookEndpoint>,
+    /// Per delivery attempt. Default: `5000`.
     #[serde(default = "default_webhook_timeout_ms")]
     pub timeout_ms: u64,
+    /// Attempts per delivery. Default: `8`.
     #[serde(default = "default_webhook_max_attempts")]
     pub max_attempts: u32,
+    /// First retry's delay; doubles up to a minute. Default: `1000`.
     #[serde(default = "default_webhook_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
     /// Alert when a settler's gas balance falls below this many gwei.
@@ -88,12 +141,15 @@ pub struct Webhooks {
 }
 
 /// `levy.webhooks.endpoints[i]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookEndpoint {
+    /// Where alerts are POSTed (JSON, signed with the secret). Required.
     pub url: String,
+    /// Environment variable holding the signing secret.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// A file holding the signing secret (instead of `secret_env`).
     #[serde(default)]
     pub secret_file: Option<String>,
     /// Alert types it receives; all when absent.
@@ -143,14 +199,45 @@ impl<'de> Deserialize<'de> for State {
     }
 }
 
+impl JsonSchema for State {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "State".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let redis = generator.subschema_for::<RedisState>();
+        let mut redis_described = redis.clone();
+        redis_described.insert(
+            "description".into(),
+            "State shared by every replica in Redis (see \"Several replicas\").".into(),
+        );
+        json_schema!({
+            "description": "Where the state replicas share lives: `embedded` (one levy, its journal only) or `redis: {url, …}` (several replicas).",
+            "oneOf": [
+                { "const": "embedded" },
+                {
+                    "type": "object",
+                    "properties": { "redis": redis_described },
+                    "required": ["redis"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// `levy.state.redis`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisState {
     /// `redis://[user:password@]host:port[/db]`, `rediss://…` (TLS) or `redis+unix:///path`.
     pub url: String,
+    /// Put in front of every key levy writes, so several levy deployments can share one
+    /// Redis. Default: `levy:v1:`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// Deadline of each Redis call; a request that needs Redis and cannot get an answer in
+    /// time gets 503. Default: 250.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
     /// This replica's name, stable across its restarts; default `<host name>:<data port>`.
@@ -175,11 +262,14 @@ fn default_redis_timeout_ms() -> u64 {
 
 /// Spellings that priced routes treat as the same path (all on by default, so that an origin
 /// which serves them as one resource cannot be reached around the price).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PricedPaths {
+    /// Priced routes match with or without a trailing slash. Default: `true`.
     pub ignore_trailing_slash: bool,
+    /// Priced routes ignore `;params` at the end of a segment. Default: `true`.
     pub ignore_path_params: bool,
+    /// Priced routes match path literals and methods in any letter case. Default: `true`.
     pub ignore_case: bool,
 }
 
@@ -193,64 +283,129 @@ impl Default for PricedPaths {
     }
 }
 
-/// The settlement engine.
-#[derive(Debug, Deserialize)]
+/// On-chain settlement: the journal, the settler's key, batching, retries, the money caps and
+/// the loss budget. Without it payments are verified and charged but never settled. The engine
+/// settles on every network a priced route accepts, through that network's `rpc_url` and
+/// `multicall`; the settler account needs the chain's native token for gas.
+///
+/// The caps and the loss budget count atomic units summed over every asset and chain the priced
+/// routes accept, so a config with settlement refuses routes that accept assets of different
+/// decimals (a cap would mean a different amount for each), and with `levy.state.redis`, whose
+/// counters are 64-bit integers, assets of more than 12 decimals. They are per replica for the
+/// loss budget (each replica counts its own losses: N replicas allow N × `loss_budget`; set it
+/// to your budget divided by the replicas) and shared for the exposure caps. Give every replica
+/// its own `state.redis.replica` name. After Redis lost its data, restart every replica.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settlement {
+    /// The redb journal store (created if missing); the accept log sits beside it as
+    /// `<journal_path>.accepts` and `<journal_path>.accepts-b`: keep, move and back up the
+    /// three files together (the log can hold the last ~200 ms of charged payments that the
+    /// store does not have yet), and with them `<journal_path>.channels` and
+    /// `<journal_path>.bundles` (the channels' latest vouchers and the prepaid bundles:
+    /// money too); a damaged channel or bundle log is copied aside as `….damaged-<unix
+    /// time>` before levy compacts it. Required.
     pub journal_path: String,
+    /// Environment variable holding the settler's private key (hex); never logged. Default:
+    /// `LEVY_SETTLER_KEY`.
     #[serde(default = "default_key_env")]
     pub settler_key_env: String,
+    /// Read the key from this file instead.
     #[serde(default)]
     pub settler_key_file: Option<String>,
+    /// At most this many payments per transaction (1–500). Default: `50`.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Batches that may be broadcast and unresolved at once per network (consecutive
+    /// settler nonces), 1–64. Default: 4.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// What a batched payment gets while the queue cannot drain before it expires: settled
+    /// before its response, or `503` with `Retry-After`. Default: `settle_first`.
     #[serde(default)]
     pub on_backlog: OnBacklog,
+    /// A payment waits at most this long for its batch to fill. Default: `1000`.
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
+    /// An `async`-durability payment goes unsynced at most this long; when the disk falls
+    /// further behind, `async` payments wait for the sync too. Default: `50`.
     #[serde(default = "default_async_window_ms")]
     pub async_window_ms: u64,
+    /// On-chain failures before `needs_review`. Default: `5`.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, capped at 60 s. Default: `1000`.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// How long one batch waits for its receipt before it is left to reconciliation.
+    /// Default: `30000`.
     #[serde(default = "default_receipt_timeout_ms")]
     pub receipt_timeout_ms: u64,
+    /// A batch not mined this long is re-signed (same nonce, same calls) at higher fees; at
+    /// least 1000. Default: 15000.
     #[serde(default = "default_replace_after_ms")]
     pub replace_after_ms: u64,
+    /// Final payments are removed from the journal this long after they became final; `0`
+    /// keeps them forever; must cover `funds.deny_seconds` and `loss_window_seconds`.
+    /// Default: 30.
     #[serde(default = "default_retention_days")]
     pub retention_days: u64,
+    /// Timeout of each RPC call. Default: `5000`.
     #[serde(default = "default_rpc_timeout_ms")]
     pub rpc_timeout_ms: u64,
+    /// A payment that takes the payer's unsettled and in-flight value over this cap is
+    /// settled before its response. Default: 1000000 ($1 of USDC).
     #[serde(default = "default_max_unsettled_per_payer")]
     pub max_unsettled_per_payer: Amount,
+    /// The same, over all payers. Default: 100000000 ($100 of USDC).
     #[serde(default = "default_max_unsettled_total")]
     pub max_unsettled_total: Amount,
+    /// Value served then failed to settle, within `loss_window_seconds`, above which every
+    /// batched payment settles before its response. Default: 10000000 ($10 of USDC).
     #[serde(default = "default_loss_budget")]
     pub loss_budget: Amount,
+    /// The loss budget's rolling window. Default: 3600.
     #[serde(default = "default_loss_window_seconds")]
     pub loss_window_seconds: u64,
+    /// Reads of payers' balances before a batched payment is served, and the deny list.
     #[serde(default)]
     pub funds: Funds,
+    /// Settle through an x402 facilitator instead of levy's own key.
     #[serde(default)]
     pub facilitator: Option<Facilitator>,
+    /// Escrow channels (`batch-settlement`): levy's receiver authorizer and the claimer's
+    /// schedule; required by any route with `channel:`.
     #[serde(default)]
     pub channels: Option<Channels>,
 }
 
 /// The balance check before serving batched payments, and the deny list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Funds {
+    /// Read the payer's balance before serving a batched payment (chain mode). Default:
+    /// true.
     pub check: bool,
+    /// How long a read balance is trusted. Default: 30000.
     pub cache_ms: u64,
+    /// How long a zero balance is trusted. Default: 2000.
     pub empty_cache_ms: u64,
+    /// Deadline of one balance read. Default: 1000.
     pub read_timeout_ms: u64,
+    /// What a payment gets when its payer's balance cannot be read. Default:
+    /// `serve_within_caps`.
     pub on_rpc_error: OnRpcError,
+    /// How long a payer whose payment failed for a reason of its own
+    /// (`insufficient_balance`, `authorization_canceled`, `transfer_would_revert`,
+    /// `transfer_reverted`) is refused. Default: 86400.
     pub deny_seconds: u64,
+    /// Chain reads for admitting payments (balances, contract-wallet signatures) that may
+    /// run at once per network; a payment that would need one more gets `503` with
+    /// `Retry-After: 1` (a cached balance or verdict needs none). Default: 64.
     pub max_concurrent_reads: u64,
+    /// Signature checks on chain (contract wallets, and 65-byte signatures that do not
+    /// recover to their payer) one client address may cause per minute; past it, `429` with
+    /// `Retry-After: 60`. Default: 60.
     pub signature_checks_per_minute: u64,
 }
 
@@ -270,7 +425,7 @@ impl Default for Funds {
 }
 
 /// What a batched payment gets while the settlement queue is backlogged.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBacklog {
     #[default]
@@ -279,7 +434,7 @@ pub enum OnBacklog {
 }
 
 /// What to do with a batched payment whose payer's balance cannot be read.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRpcError {
     #[default]
@@ -287,19 +442,31 @@ pub enum OnRpcError {
     Refuse,
 }
 
-/// Settle through an x402 facilitator instead of levy's own key.
-#[derive(Debug, Deserialize)]
+/// Settle through an x402 facilitator instead of levy's own key. Each payment is settled by one
+/// `POST /settle` with the client's original payload and the matched requirement (journaled
+/// with the payment); `success: false` on HTTP 200 is a failure with the facilitator's
+/// `errorReason`; an unreachable facilitator is retried with backoff; a refusal of a retry
+/// (whose first answer was lost) goes to `needs_review` rather than `failed`, since it may echo
+/// the first attempt's success. levy logs what `/supported` lists at start.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Facilitator {
+    /// Settle through this x402 facilitator (`POST /settle`) instead of levy's own key; no
+    /// settler key is needed then.
     pub url: String,
+    /// Also ask its `POST /verify` before forwarding a paid request (a network round trip
+    /// on the hot path); an invalid answer is a `402` with the facilitator's reason, no
+    /// answer (a network error, an HTTP error, a body without `isValid`) a `503` with
+    /// `Retry-After`. Default: `false`.
     #[serde(default)]
     pub verify: bool,
+    /// HTTP timeout of facilitator calls. Default: `60000`.
     #[serde(default = "default_facilitator_timeout_ms")]
     pub timeout_ms: u64,
 }
 
 /// Whether a priced route enforces its price.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Unpaid requests get 402; paid ones are charged.
@@ -311,7 +478,7 @@ pub enum Mode {
 }
 
 /// When a route's payments move on chain.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SettleMode {
     /// Journaled and settled later in batches; the response does not wait.
@@ -322,11 +489,17 @@ pub enum SettleMode {
 }
 
 /// How payments are checked and reported to the origin.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Payments {
+    /// An authorization must stay valid at least this long (the settlement window); every
+    /// priced route's `max_timeout_seconds` must exceed it. Default: `30`.
     pub valid_before_margin_seconds: u64,
+    /// How far `validBefore` may exceed `now + maxTimeoutSeconds` (a client clock running
+    /// ahead). Default: `600`.
     pub clock_skew_seconds: u64,
+    /// The request headers levy sets for the origin on a paid request (any a client sent in
+    /// their place are removed).
     pub headers: PayerHeaders,
 }
 
@@ -341,11 +514,15 @@ impl Default for Payments {
 }
 
 /// Names of the headers that tell the origin who paid.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PayerHeaders {
+    /// Carries the payer address (checksummed) to the origin. Default: `X-Levy-Payer`.
     pub payer: String,
+    /// Carries the amount paid, in atomic units. Default: `X-Levy-Amount`.
     pub amount: String,
+    /// Carries levy's id for the payment (`pay_` + 12 hex digits of the acceptance time in
+    /// ms + 20 of a hash of the authorization). Default: `X-Levy-Payment-Id`.
     pub payment_id: String,
 }
 
@@ -359,12 +536,13 @@ impl Default for PayerHeaders {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listeners {
     /// Plain HTTP (and h2c) data listener.
     #[serde(default)]
     pub data: Option<String>,
+    /// Metrics, health, readiness and the admin API; must differ from the data listeners.
     #[serde(default)]
     pub admin: Option<String>,
     /// TLS data listener.
@@ -373,10 +551,13 @@ pub struct Listeners {
 }
 
 /// `levy.listeners.tls`: an address and its certificates, chosen by SNI.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsListener {
+    /// `IP:port` to accept TLS connections on. Required.
     pub address: String,
+    /// PEM certificate chains and their keys; the one served is chosen by the client's SNI, the
+    /// first for clients that send no name or one no certificate covers. Required.
     pub certificates: Vec<Certificate>,
     /// Offer HTTP/2 through ALPN (`h2`, then `http/1.1`).
     #[serde(default = "yes")]
@@ -384,19 +565,23 @@ pub struct TlsListener {
 }
 
 /// One certificate chain and its private key, PEM files.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
+    /// A PEM file with the certificate chain, leaf first. Required.
     pub cert: String,
+    /// A PEM file with the certificate's private key. Required.
     pub key: String,
 }
 
 /// `levy.admin`: the admin API's bearer token, from an environment variable or a file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
+    /// The admin API's bearer token, from an environment variable or a file.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The admin API's bearer token, from an environment variable or a file.
     #[serde(default)]
     pub token_file: Option<String>,
     /// Host names the admin API answers to besides `localhost` and IP addresses (a browser
@@ -405,43 +590,66 @@ pub struct Admin {
     pub hosts: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A network routes may name. Built in: `base` (8453), `base-sepolia` (84532), `avalanche`
+/// (43114), `avalanche-fuji` (43113), `polygon` (137), `arbitrum` (42161), each with a public
+/// RPC URL. Declaring a built-in name overrides only the keys you give (e.g. your own
+/// `rpc_url`).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
+    /// EVM chain id; required for a network levy does not know.
     pub chain_id: Option<u64>,
     /// Multicall3-compatible `aggregate3` contract; default the canonical deployment.
     pub multicall: Option<String>,
+    /// CAIP-2 id; default `eip155:<chain_id>`, must agree with it.
     pub caip2: Option<String>,
+    /// The network's x402 v1 name (e.g. `base-sepolia`); networks without one are left out
+    /// of the v1 body.
     pub v1_name: Option<String>,
+    /// JSON-RPC endpoint.
     pub rpc_url: Option<String>,
     /// levy's `LevyBatcher` on this network: the `facilitatorAddress` of metered routes.
     pub batcher: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A token routes may accept. Built in: `usdc` on every built-in network (Circle's USDC, 6
+/// decimals, EIP-712 name `USD Coin`, or `USDC` on Base Sepolia, version `2`).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Asset {
+    /// How routes refer to it (`asset: <name>`).
     pub name: String,
+    /// Where it lives.
     pub network: String,
+    /// Token contract (EIP-55 checksum checked when mixed case).
     pub address: String,
+    /// The token's EIP-712 domain; clients sign with these, so they must match the
+    /// contract.
     pub eip712_name: String,
+    /// The token's EIP-712 domain; clients sign with these, so they must match the
+    /// contract.
     pub eip712_version: String,
+    /// Atomic units per token = 10^decimals.
     pub decimals: u8,
+    /// Default `false`; a USD stablecoin, so `"$…"` prices may be used.
     #[serde(default)]
     pub usd: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// One `host:port`; or `addresses`, for a pool.
     #[serde(default)]
     pub address: Option<String>,
+    /// A pool (see "Running in production").
     #[serde(default)]
     pub addresses: Vec<String>,
     /// `round_robin` (default) or `consistent_hash` (by host and path).
     #[serde(default)]
     pub balance: Balance,
+    /// `{path, interval_ms: 2000, timeout_ms: 1000, healthy_after: 1, unhealthy_after: 1}`;
+    /// without `path` a TCP connect.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
     /// How long a backend that failed a connection is skipped.
@@ -450,26 +658,32 @@ pub struct Upstream {
     /// How often host names are resolved again.
     #[serde(default = "default_resolve_every_seconds")]
     pub resolve_every_seconds: u64,
+    /// Connect with TLS. Default: `false`.
     #[serde(default)]
     pub tls: bool,
     /// Speak HTTP/2 to the origin: over TLS offered by ALPN (HTTP/1.1 the fallback), in
     /// the clear with prior knowledge (h2c).
     #[serde(default)]
     pub http2: bool,
+    /// TLS server name. Default: host of the first address.
     #[serde(default)]
     pub sni: Option<String>,
+    /// Replaces the `Host` header sent upstream. Default: client's `Host`.
     #[serde(default)]
     pub host: Option<String>,
+    /// Connect timeout (→ 504). Default: `5000`.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Per-read timeout (→ 504). Default: `60000`.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Per-write timeout. Default: `60000`.
     #[serde(default = "default_read_timeout_ms")]
     pub write_timeout_ms: u64,
 }
 
 /// `levy.upstreams.<name>.balance`.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -478,18 +692,22 @@ pub enum Balance {
 }
 
 /// `levy.upstreams.<name>.health_check`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// An HTTP path to `GET` (healthy below 400); without it, a TCP connect.
     #[serde(default)]
     pub path: Option<String>,
+    /// How often each backend is checked. Default: 2000.
     #[serde(default = "default_check_interval_ms")]
     pub interval_ms: u64,
+    /// Deadline of one check. Default: 1000.
     #[serde(default = "default_check_timeout_ms")]
     pub timeout_ms: u64,
+    /// Consecutive passed checks that bring a backend back. Default: 1.
     #[serde(default = "one")]
     pub healthy_after: usize,
+    /// Consecutive failed checks that take a backend out. Default: 1.
     #[serde(default = "one")]
     pub unhealthy_after: usize,
 }

@@ -101,15 +101,13 @@ pub fn process_config(
 ) -> (std::path::PathBuf, SocketAddr, SocketAddr) {
     let (port, admin_port) = (super::free_port(), super::free_port());
     let config = dir.join("levy.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let text = format!(
             "pingora:\n  threads: 2\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 0\n  pid_file: {0}/levy.pid\n  \
              upgrade_sock: {0}/upgrade.sock\nlevy:\n  access_log: false\n  listeners:\n    data: 127.0.0.1:{port}\n    admin: 127.0.0.1:{admin_port}\n{levy_yaml}",
             dir.display(),
-        ),
-    )
-    .expect("write config");
+        );
+    std::fs::write(&config, &text).expect("write config");
+    super::schema::accepts_what_levy_accepts(&text);
     (
         config,
         SocketAddr::from(([127, 0, 0, 1], port)),

@@ -3,35 +3,58 @@
 
 use super::*;
 
-#[derive(Debug, Deserialize)]
+/// One entry of the price table; routes are tried in order and the first that matches wins. A
+/// route is either `free: true` or has exactly one of `price`, `amount`, `meter` and `bundle`
+/// (`meter` may keep `price`/`amount` as its `exact` fallback).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Unique; used in metrics and logs. Required.
     pub name: String,
+    /// `api.example.com` or `*.example.com` (any subdomain, not the apex); port ignored,
+    /// case-insensitive. Default: any host.
     #[serde(default)]
     pub host: Option<String>,
+    /// E.g. `[GET, HEAD]`. Default: any method.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// Exact `/a/b`, parameters `/users/:id` (one segment), prefix `/api/*` (matches
+    /// `/api`, `/api/` and below). Required.
     pub path: String,
+    /// Where the request goes. Default: the only upstream, if there is one.
     #[serde(default)]
     pub upstream: Option<String>,
+    /// Forward without payment; excludes the price keys. Default: `false`.
     #[serde(default)]
     pub free: bool,
+    /// US dollars, converted exactly (never through a float) to each accepted asset's
+    /// atomic units; only for `usd` assets; a price finer than the asset's decimals is an
+    /// error.
     #[serde(default)]
     pub price: Option<String>,
+    /// Price in atomic units, for any asset.
     #[serde(default)]
     pub amount: Option<Amount>,
+    /// Recipient. Default: `levy.pay_to`.
     #[serde(default)]
     pub pay_to: Option<String>,
+    /// One `accepts` entry each: `{network, asset (default usdc), pay_to (optional
+    /// override)}`. Required.
     #[serde(default)]
     pub accepts: Vec<Accept>,
+    /// Shown in challenges and the HTML page. Default: `""`.
     #[serde(default)]
     pub description: String,
+    /// The resource's MIME type, in challenges. Default: `""`.
     #[serde(default)]
     pub mime_type: String,
+    /// `maxTimeoutSeconds` of each requirement. Default: `300`.
     #[serde(default = "default_max_timeout_seconds")]
     pub max_timeout_seconds: u64,
+    /// Fixes the `resource` URL in challenges. Default: request URL.
     #[serde(default)]
     pub resource: Option<String>,
+    /// When the route's payments move on chain. Default: `batched`.
     #[serde(default)]
     pub settle: SettleMode,
     /// `sync` (default) or `async`: how durable a charged payment is when its response
@@ -79,39 +102,64 @@ impl<'de> Deserialize<'de> for PaywallSetting {
     }
 }
 
+impl JsonSchema for PaywallSetting {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PaywallSetting".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let look = generator.subschema_for::<PaywallLook>();
+        json_schema!({
+            "description": "The page browsers get with a 402: `true` (the built-in look), `false` (the plain page) or the look's keys.",
+            "oneOf": [{ "type": "boolean" }, look]
+        })
+    }
+}
+
 /// The paywall page's look; each key unset falls back to `levy.paywall`, then the built-in.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaywallLook {
+    /// The page's title and heading. Default: `Payment required`.
     #[serde(default)]
     pub title: Option<String>,
+    /// A logo shown above the title (its origin is allowed by the page's CSP).
     #[serde(default)]
     pub logo_url: Option<String>,
+    /// Buttons and focus rings (a CSS colour); keep white text readable on it.
     #[serde(default)]
     pub accent_color: Option<String>,
+    /// The page's background (a CSS colour).
     #[serde(default)]
     pub background_color: Option<String>,
-    /// An HTML file with `{{app}}` and `{{script}}` placeholders.
+    /// Your own page: an HTML file with `{{app}}` and `{{script}}` placeholders (required),
+    /// and optionally `{{title}}`, `{{logo}}`, `{{description}}` and `{{style}}`.
     #[serde(default)]
     pub template: Option<String>,
 }
 
 /// A route's bundle: its price and exactly one of what it buys.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleTerms {
     /// `"$0.01"` or atomic units.
     pub price: String,
+    /// What it buys: calls after the paying one, seconds from the payment, or response-body
+    /// bytes. Default: exactly one.
     #[serde(default)]
     pub calls: Option<u64>,
+    /// What it buys: calls after the paying one, seconds from the payment, or response-body
+    /// bytes. Default: exactly one.
     #[serde(default)]
     pub seconds: Option<u64>,
+    /// What it buys: calls after the paying one, seconds from the payment, or response-body
+    /// bytes. Default: exactly one.
     #[serde(default)]
     pub bytes: Option<u64>,
 }
 
 /// A route's channel terms.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelTerms {
     /// Seconds a payer's withdrawal waits (900 to 2592000).
@@ -124,13 +172,16 @@ pub struct ChannelTerms {
 
 /// Channel settlement: levy's receiver-authorizer key, which signs claims and refunds and
 /// sends channel transactions, and how often claims go out.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Channels {
     /// The authorizer's address, as offered in challenges (checked against the key).
     pub authorizer: String,
+    /// Environment variable holding the authorizer's key; it must be `authorizer`'s.
+    /// Default: `LEVY_CHANNEL_KEY`.
     #[serde(default = "default_channel_key_env")]
     pub key_env: String,
+    /// Read the authorizer key from this file instead.
     #[serde(default)]
     pub key_file: Option<String>,
     /// Charged vouchers are claimed at least this often.
@@ -149,9 +200,10 @@ pub struct Channels {
 }
 
 /// A metered route's unit and prices.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Meter {
+    /// What is counted. Required.
     pub unit: MeterUnit,
     /// Per unit (per `per` bytes for `bytes`): `"$0.0001"` or atomic units.
     pub price: String,
@@ -182,7 +234,7 @@ pub struct Meter {
 }
 
 /// What a metered response does at its ceiling.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AtCeiling {
     /// The response ends after the last unit the ceiling pays for.
@@ -191,7 +243,7 @@ pub enum AtCeiling {
     Continue,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MeterUnit {
     Bytes,
@@ -200,32 +252,39 @@ pub enum MeterUnit {
 }
 
 /// An atomic amount may be written as a YAML number or a string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Amount {
     Number(u64),
     Text(String),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Accept {
+    /// The network the payment is made on (a name under `networks`). Required.
     pub network: String,
+    /// The token (a name under `assets`). Default: `usdc`.
     #[serde(default = "default_asset")]
     pub asset: String,
+    /// The recipient for this entry, over the route's and `levy.pay_to`.
     #[serde(default)]
     pub pay_to: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What happens to a request no route matches. An `unmatched` default that no request can reach
+/// (because a route matches every request) is an error, as is a route after such a catch-all.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Unmatched {
+    /// What happens to a request no route matches. Default: `not_found`.
     pub action: UnmatchedAction,
+    /// Required with `action: pass`.
     #[serde(default)]
     pub upstream: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnmatchedAction {
     Pass,

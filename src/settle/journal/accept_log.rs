@@ -32,7 +32,7 @@ use super::{lock, scan, storage, unframe, Frame, JournalError, Staged, StagedRec
 use crate::settle::PaymentRecord;
 
 /// How durable a charged payment is when its response leaves. Configured per route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// On disk (`fdatasync`ed): survives a crash of levy, of the kernel, or of the power.
