@@ -1,7 +1,8 @@
 //! levy: an x402 paywall that runs as an edge reverse proxy on Pingora.
 //!
 //! The crate's rooms, by layer (`docs/src/layers.md`; a test keeps imports downward):
-//! - ground: `clock`, `metrics`, `logging`, `x402` (the wire format), `tls`, `pool`, `alerts`;
+//! - ground: `clock`, `sync`, `metrics`, `logging`, `x402` (the wire format), `tls`, `pool`,
+//!   `alerts`;
 //! - pure core, no I/O: `pricing`, `routing`, `meter`, `nonce`, `verify`, `session`,
 //!   `channel`, `record`, `scheme`;
 //! - payer: `client`;
@@ -39,6 +40,7 @@ mod services;
 pub mod session;
 pub mod settle;
 mod state;
+mod sync;
 mod tls;
 pub mod verify;
 pub mod x402;

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::sync::lock;
 use alloy_primitives::{keccak256, Address, B256};
 
 /// Identifies one EIP-3009 authorization.
@@ -109,9 +110,7 @@ impl MemoryNonceStore {
         // taken alone would let a payer steer every payment into one shard.
         let index =
             (std::hash::BuildHasher::hash_one(&self.spread, key) as usize) % self.shards.len();
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[index])
     }
 }
 
@@ -150,9 +149,7 @@ impl NonceStore for MemoryNonceStore {
     fn purge_expired(&self, now: u64) -> usize {
         let mut purged = 0;
         for shard in self.shards.iter() {
-            let mut map = shard
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut map = lock(shard);
             let before = map.len();
             map.retain(|_, e| e.expires_at >= now);
             purged += before - map.len();
@@ -161,14 +158,7 @@ impl NonceStore for MemoryNonceStore {
     }
 
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .len()
-            })
-            .sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }
 

@@ -48,6 +48,7 @@ use crate::alerts::{Alert, Alerts, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 pub use crate::record::{LiveAuthorization, PaymentRecord, Reason, SettlementState};
+use crate::sync::lock;
 use engine::{deny_reason, publish_unsettled};
 pub use record::{
     BatchRecord, ChainSpec, FacilitatorSpec, OnBacklog, Resolution, SettleError, SettlementConfig,
@@ -182,10 +183,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Settlement {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads a private key (hex) from `file`, or else from the environment variable `env`.

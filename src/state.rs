@@ -37,6 +37,7 @@ use alloy_primitives::{Address, U256};
 use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::settle::exposure::{Mirror, Shares};
 use crate::settle::Unavailable;
+use crate::sync::lock;
 
 mod channels;
 mod nonces;
@@ -200,10 +201,6 @@ impl std::fmt::Debug for Shared {
             .field("replica", &self.inner.spec.replica)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

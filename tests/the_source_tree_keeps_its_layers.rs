@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "ground",
         &[
-            "clock", "metrics", "logging", "x402", "tls", "pool", "alerts",
+            "clock", "sync", "metrics", "logging", "x402", "tls", "pool", "alerts",
         ],
     ),
     (

@@ -18,6 +18,7 @@ use sha2::Sha256;
 
 use crate::clock::unix_now;
 use crate::metrics::metrics;
+use crate::sync::lock;
 
 /// The kinds an endpoint can subscribe to, by their `type` in the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -339,10 +340,7 @@ impl Webhooks {
         };
         let low = balance_gwei < threshold_gwei;
         let crossed = {
-            let mut gas_low = self
-                .gas_low
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut gas_low = lock(&self.gas_low);
             if low {
                 gas_low.insert(network.to_owned())
             } else {

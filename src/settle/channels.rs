@@ -41,6 +41,7 @@ use crate::channel::{
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
 };
 use crate::metrics::metrics;
+use crate::sync::lock;
 
 use super::chain::ChainError;
 use super::journal::JournalError;
@@ -251,10 +252,6 @@ const UNKNOWN_CHANNEL_READS: usize = 16;
 #[derive(Clone)]
 pub struct Channels {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn journal(e: JournalError) -> SettleError {

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use alloy::primitives::{Address, U256};
 
 /// The limits a [`Ledger`] enforces; `None` is unlimited.
@@ -122,10 +123,6 @@ pub struct Ledger {
     limits: Limits,
     state: Mutex<State>,
     mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
-}
-
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Ledger {

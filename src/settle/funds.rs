@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use alloy::primitives::{Address, B256, U256};
 use moka::Expiry;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -44,11 +45,11 @@ impl Balance {
     }
 
     pub fn get(&self) -> U256 {
-        *self.value.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.value)
     }
 
     fn spend(&self, amount: U256) {
-        let mut value = self.value.lock().unwrap_or_else(|p| p.into_inner());
+        let mut value = lock(&self.value);
         *value = value.saturating_sub(amount);
     }
 }
@@ -256,7 +257,7 @@ impl Funds {
     /// [`ReadError::Busy`] (and counted) when `max_concurrent_reads` are running there.
     pub fn read_permit(&self, chain_id: u64) -> Result<OwnedSemaphorePermit, ReadError> {
         let gate = {
-            let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            let mut gates = lock(&self.gates);
             Arc::clone(
                 gates
                     .entry(chain_id)
@@ -282,7 +283,7 @@ impl Funds {
                 at: Instant::now(),
             }))
         });
-        let mut bucket = bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bucket = lock(&bucket);
         let now = Instant::now();
         let refill = now.duration_since(bucket.at).as_secs_f64() * capacity / 60.0;
         bucket.tokens = (bucket.tokens + refill).min(capacity);

@@ -29,6 +29,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::{BatchRecord, PaymentRecord, SettlementState};
+use crate::sync::lock;
 
 const PAYMENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("payments");
 const BATCHES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("batches");
@@ -118,12 +119,6 @@ struct Handoff {
 struct StagedRecord {
     record: PaymentRecord,
     ticket: u64,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The journal. Cheap to clone.

@@ -22,6 +22,7 @@ use super::journal::JournalError;
 use super::state_log::{Mergeable, StateLog};
 use super::Unavailable;
 use crate::session::{Bundle, Exhausted, Issuer, Quota, MAX_AGE_MS};
+use crate::sync::lock;
 use shared::{SharedSessions, DRAW_HOLD};
 
 pub mod shared;
@@ -92,10 +93,6 @@ impl DrawRefusal {
             DrawRefusal::Unavailable => "shared_state_unavailable",
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sessions {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::settle::journal::{frame, unframe, JournalError};
+use crate::sync::lock;
 
 /// The log is rewritten with one record per key once it is this large.
 const COMPACT_AT: u64 = 16 << 20;
@@ -124,9 +125,7 @@ impl<R: Mergeable> StateLog<R> {
     /// Appends a record; returns once it is on disk.
     pub async fn put(&self, record: R) -> Result<(), JournalError> {
         let (done, answer) = oneshot::channel();
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.jobs)
             .send(Job { record, done })
             .map_err(|_| JournalError::WriterGone)?;
         answer.await.map_err(|_| JournalError::WriterGone)?
