@@ -20,7 +20,7 @@ use crate::nonce::{MemoryNonceStore, NonceKey, NonceStore, Reservation};
 use crate::proxy::{LevyProxy, Live, LiveTable};
 use crate::reload::Reloader;
 use crate::services::{
-    NonceSweeper, ReloadOnHangup, SettlementService, StateWatch, UpstreamHealth,
+    ChannelClaimer, NonceSweeper, ReloadOnHangup, SettlementService, StateWatch, UpstreamHealth,
 };
 use crate::settle::{SettleError, Settlement};
 use crate::state::{Shared, SharedNonceStore, StateError};
@@ -152,6 +152,12 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
             "settlement",
             SettlementService::new(settlement.clone()),
         ));
+        if let Some(channels) = settlement.channels() {
+            server.add_service(background_service(
+                "channel claimer",
+                ChannelClaimer::new(channels.clone()),
+            ));
+        }
     }
 
     server.add_service(background_service(

@@ -55,6 +55,24 @@ impl BackgroundService for SettlementService {
     }
 }
 
+/// The channel claimer (claims, withdrawal watch, idle refunds), stopped with the server.
+pub struct ChannelClaimer {
+    channels: crate::settle::channels::Channels,
+}
+
+impl ChannelClaimer {
+    pub fn new(channels: crate::settle::channels::Channels) -> Self {
+        Self { channels }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ChannelClaimer {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.channels.run(shutdown).await;
+    }
+}
+
 /// Pings the shared state's Redis once a second, so readiness follows it.
 pub struct StateWatch {
     shared: crate::state::Shared,

@@ -29,9 +29,6 @@ impl Settlement {
             // Alerts a previous run could not deliver go out now, with their ids.
             webhooks.resume();
         }
-        if let Some(channels) = self.inner.channels.clone() {
-            tokio::spawn(async move { channels.run().await });
-        }
         self.resume_inflight().await;
         let mut urgent = self.inner.urgent_rx.lock().await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));

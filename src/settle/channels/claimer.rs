@@ -39,13 +39,17 @@ impl Channels {
 
     /// Claims and sweeps until stopped: everything charged every `claim_every`, channels
     /// with a payer withdrawal pending as soon as the watch sees it.
-    pub async fn run(&self) {
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let spec = &self.inner.spec;
         let tick = spec.watch_every.min(spec.claim_every);
         let mut last_claim = Instant::now();
         let mut token = None;
         loop {
-            tokio::time::sleep(tick).await;
+            // A round under way finishes first: a claim is never left half-sent.
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
             if !self.leads(&mut token, tick).await {
                 continue;
             }
@@ -65,6 +69,12 @@ impl Channels {
             }
             if let Some(idle) = spec.refund_idle_after {
                 self.refund_idle(idle).await;
+            }
+        }
+        // Another replica takes the claims over now, not once this one's turn lapses.
+        if let (Some(shared), Some(token)) = (self.shared(), token.as_deref()) {
+            if let Err(e) = shared.unlock(CLAIMER_LOCK, token).await {
+                ::log::warn!("cannot hand the channel claims over (the turn lapses): {e}");
             }
         }
     }
