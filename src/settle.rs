@@ -144,7 +144,8 @@ struct Inner {
     config: SettlementConfig,
     journal: Journal,
     chains: HashMap<String, Chain>,
-    facilitator: Option<(Facilitator, bool)>,
+    /// The facilitator payments settle through, when they do not settle on levy's chains.
+    facilitator: Option<Remote>,
     queue: Mutex<Vec<PaymentRecord>>,
     wake: Notify,
     ledger: Arc<Ledger>,
@@ -176,6 +177,13 @@ struct Inner {
     alerts: std::sync::OnceLock<Arc<Alerts>>,
     /// Metered responses streaming now.
     streams: streams::Streams,
+}
+
+/// A facilitator as levy's settlement back end.
+struct Remote {
+    client: Facilitator,
+    /// Every paid request also passes its `/verify` before it is forwarded.
+    verify_first: bool,
 }
 
 /// Handle to the settlement engine, shared by the proxy, the admin API and the background
@@ -233,7 +241,10 @@ impl Settlement {
         let journal = Journal::open(&config.journal_path, config.async_window)?;
         let mut chains = HashMap::new();
         let facilitator = match &config.facilitator {
-            Some(spec) => Some((Facilitator::new(&spec.url, spec.timeout)?, spec.verify)),
+            Some(spec) => Some(Remote {
+                client: Facilitator::new(&spec.url, spec.timeout)?,
+                verify_first: spec.verify,
+            }),
             None => {
                 let signer = read_key(config.key_file.as_deref(), &config.key_env)?;
                 check_chains(&config.chains, signer.address(), config.rpc_timeout)?;

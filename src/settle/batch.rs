@@ -11,6 +11,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, U256};
 
 use super::chain::{AuthorizationFate, Chain, ChainError, Mined, Transfer};
+use super::engine::{Final, Retry};
 use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, MAX_FEE_BUMPS};
 use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
@@ -18,25 +19,20 @@ use crate::metrics::metrics;
 
 impl Settlement {
     pub(super) async fn settle_batch(&self, network: &str, batch: Vec<PaymentRecord>) {
-        if let Some((facilitator, _)) = &self.inner.facilitator {
-            self.settle_with_facilitator(facilitator, batch).await;
+        if let Some(remote) = &self.inner.facilitator {
+            self.settle_with_facilitator(&remote.client, batch).await;
             return;
         }
         let Some(chain) = self.inner.chains.get(network) else {
-            self.finish(
-                batch,
-                SettlementState::NeedsReview,
-                Some(Reason::NoChainConfigured),
-                None,
-            )
-            .await;
+            self.finish(batch, Final::Review(Reason::NoChainConfigured))
+                .await;
             return;
         };
         let (checks, read_at) = match chain.precheck(&batch).await {
             Ok(read) => read,
             Err(e) => {
                 log::warn!("settlement on {network}: pre-check failed, will retry: {e}");
-                self.requeue_pending(batch, Some(Reason::RpcUnavailable), !e.is_unknown())
+                self.retry_later(batch, Retry::after(&e, Reason::RpcUnavailable))
                     .await;
                 return;
             }
@@ -75,21 +71,11 @@ impl Settlement {
             *balance -= record.amount;
             candidates.push(record);
         }
-        self.finish(
-            expired,
-            SettlementState::Failed,
-            Some(Reason::AuthorizationExpired),
-            None,
-        )
-        .await;
-        self.finish(
-            broke,
-            SettlementState::Failed,
-            Some(Reason::InsufficientBalance),
-            None,
-        )
-        .await;
-        self.requeue_pending(unread, Some(Reason::RpcUnavailable), false)
+        self.finish(expired, Final::Failed(Reason::AuthorizationExpired))
+            .await;
+        self.finish(broke, Final::Failed(Reason::InsufficientBalance))
+            .await;
+        self.retry_later(unread, Retry::Uncounted(Reason::RpcUnavailable))
             .await;
         for record in used {
             self.reconcile_used(chain, record).await;
@@ -102,7 +88,7 @@ impl Settlement {
             Err(e) => {
                 // Not one simulation ran: nothing is known of any payment.
                 log::warn!("settlement on {network}: simulation failed, will retry: {e}");
-                self.requeue_pending(candidates, Some(Reason::RpcUnavailable), !e.is_unknown())
+                self.retry_later(candidates, Retry::after(&e, Reason::RpcUnavailable))
                     .await;
                 return;
             }
@@ -127,16 +113,11 @@ impl Settlement {
                 Transfer::Unknown => unknown.push(record),
             }
         }
-        self.finish(
-            refused,
-            SettlementState::Failed,
-            Some(Reason::TransferWouldRevert),
-            None,
-        )
-        .await;
-        self.requeue_pending(early, Some(Reason::NotYetValid), true)
+        self.finish(refused, Final::Failed(Reason::TransferWouldRevert))
             .await;
-        self.requeue_pending(unknown, Some(Reason::RpcUnavailable), false)
+        self.retry_later(early, Retry::Counted(Reason::NotYetValid))
+            .await;
+        self.retry_later(unknown, Retry::Uncounted(Reason::RpcUnavailable))
             .await;
         if send.is_empty() {
             return;
@@ -147,33 +128,28 @@ impl Settlement {
     /// A payment whose authorization is already marked used on chain: find out how.
     pub(super) async fn reconcile_used(&self, chain: &Chain, record: PaymentRecord) {
         match chain.fate(&record).await {
-            Ok(AuthorizationFate::Used(tx)) => {
-                self.finish(vec![record], SettlementState::Settled, None, Some(tx))
-                    .await
-            }
+            Ok(AuthorizationFate::Used(tx)) => self.finish(vec![record], Final::Settled(tx)).await,
             Ok(AuthorizationFate::Canceled) => {
-                self.finish(
-                    vec![record],
-                    SettlementState::Failed,
-                    Some(Reason::AuthorizationCanceled),
-                    None,
-                )
-                .await
+                self.finish(vec![record], Final::Failed(Reason::AuthorizationCanceled))
+                    .await
             }
             Ok(AuthorizationFate::UsedUnknown) => {
                 // Used, but no event yet: a node whose state runs ahead of its logs (or a
                 // transfer by someone else). Look again with backoff; after max_attempts a
                 // person must.
-                self.requeue_pending(vec![record], Some(Reason::AuthorizationUsedElsewhere), true)
-                    .await
+                self.retry_later(
+                    vec![record],
+                    Retry::Counted(Reason::AuthorizationUsedElsewhere),
+                )
+                .await
             }
-            Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
+            Ok(AuthorizationFate::Unused) => self.retry_later(vec![record], Retry::Unchanged).await,
             Err(e) => {
                 // Levy not knowing counts nothing against the payment; an answer the node
                 // gives every time (say, a log range it refuses) is counted, so that it ends
                 // in review instead of holding the payment open forever.
                 log::warn!("reconciling {}: {e}", record.id);
-                self.requeue_pending(vec![record], Some(Reason::RpcUnavailable), !e.is_unknown())
+                self.retry_later(vec![record], Retry::after(&e, Reason::RpcUnavailable))
                     .await
             }
         }
@@ -207,7 +183,7 @@ impl Settlement {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("settlement on {network}: {e}");
-                self.requeue_pending(send, Some(Reason::RpcUnavailable), false)
+                self.retry_later(send, Retry::Uncounted(Reason::RpcUnavailable))
                     .await;
                 return;
             }
@@ -226,7 +202,7 @@ impl Settlement {
                     // reverts (payments that pass alone and fail together) counts an attempt,
                     // so that it cannot come back forever.
                     log::warn!("settlement on {network}: cannot build the batch: {e}");
-                    self.requeue_pending(send, Some(Reason::RpcUnavailable), !e.is_unknown())
+                    self.retry_later(send, Retry::after(&e, Reason::RpcUnavailable))
                         .await;
                     return;
                 }
@@ -452,7 +428,7 @@ impl Settlement {
 
     pub(super) async fn reconcile_used_or_unused(&self, chain: &Chain, record: PaymentRecord) {
         match chain.fate(&record).await {
-            Ok(AuthorizationFate::Unused) => self.requeue_pending(vec![record], None, false).await,
+            Ok(AuthorizationFate::Unused) => self.retry_later(vec![record], Retry::Unchanged).await,
             _ => self.reconcile_used(chain, record).await,
         }
     }
@@ -498,8 +474,7 @@ impl Settlement {
             },
             mined.success
         );
-        self.finish(settled, SettlementState::Settled, None, Some(hash))
-            .await;
+        self.finish(settled, Final::Settled(hash)).await;
         if unsettled.is_empty() {
             return;
         }
@@ -518,18 +493,12 @@ impl Settlement {
                          payer is at fault",
                         record.id
                     );
-                    self.finish(
-                        vec![record],
-                        SettlementState::Failed,
-                        Some(Reason::TransferReverted),
-                        Some(hash),
-                    )
-                    .await
+                    self.finish(vec![record], Final::Reverted(hash)).await
                 }
                 Ok(_) => self.reconcile_used(chain, record).await,
                 Err(e) => {
                     log::warn!("reading {} after its batch failed: {e}", record.id);
-                    self.requeue_pending(vec![record], Some(reason), false)
+                    self.retry_later(vec![record], Retry::Uncounted(reason))
                         .await
                 }
             }
@@ -537,7 +506,7 @@ impl Settlement {
         for r in &mut batched {
             r.isolate = true;
         }
-        self.requeue_pending(batched, Some(reason), true).await;
+        self.retry_later(batched, Retry::Counted(reason)).await;
     }
 
     /// After a restart: batches journaled as submitted go back in flight for reconciling.

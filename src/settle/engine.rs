@@ -20,6 +20,43 @@ use crate::alerts::{Alert, Event as AuditEvent};
 use crate::clock::{unix_ms, unix_now};
 use crate::metrics::metrics;
 
+/// Where a payment's settlement ended, as [`Settlement::finish`] writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Final {
+    /// Transferred on chain in this transaction.
+    Settled(B256),
+    /// Will not settle, for this reason.
+    Failed(Reason),
+    /// Its own transfer reverted in this mined transaction (`transfer_reverted`).
+    Reverted(B256),
+    /// An operator must look, for this reason; its exposure is released meanwhile.
+    Review(Reason),
+}
+
+/// Why payments go back in the queue, as [`Settlement::retry_later`] takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// A failure on chain: it counts against `max_attempts`, after which the payment goes
+    /// to review.
+    Counted(Reason),
+    /// levy could not find out (an RPC or facilitator it could not ask): not counted.
+    Uncounted(Reason),
+    /// Nothing happened to it (its authorization is still unused): back in line, its
+    /// reason cleared.
+    Unchanged,
+}
+
+impl Retry {
+    /// After a chain error: counted when the node answered, not when levy could not tell.
+    pub(super) fn after(error: &ChainError, reason: Reason) -> Retry {
+        if error.is_unknown() {
+            Retry::Uncounted(reason)
+        } else {
+            Retry::Counted(reason)
+        }
+    }
+}
+
 impl Settlement {
     /// The engine: runs until `shutdown` flips. Resumes batches left in flight by a previous
     /// run, then settles what is due.
@@ -318,18 +355,17 @@ impl Settlement {
             queue.retain(|r| r.id != record.id);
             self.set_queued(queue.len());
         }
-        self.finish(vec![record], SettlementState::Failed, Some(reason), None)
-            .await;
+        self.finish(vec![record], Final::Failed(reason)).await;
     }
 
-    /// Puts payments back in the queue after a failure. `attempt` counts the failure against
-    /// them (an on-chain failure); an unreachable RPC does not.
-    pub(super) async fn requeue_pending(
-        &self,
-        mut records: Vec<PaymentRecord>,
-        reason: Option<Reason>,
-        attempt: bool,
-    ) {
+    /// Puts payments back in the queue, for the reason `retry` gives; an attempt it counts
+    /// brings them closer to review.
+    pub(super) async fn retry_later(&self, mut records: Vec<PaymentRecord>, retry: Retry) {
+        let (reason, attempt) = match retry {
+            Retry::Counted(reason) => (Some(reason), true),
+            Retry::Uncounted(reason) => (Some(reason), false),
+            Retry::Unchanged => (None, false),
+        };
         let now = unix_now();
         let config = &self.inner.config;
         let mut finals = Vec::new();
@@ -381,16 +417,20 @@ impl Settlement {
 
     /// Marks payments settled, failed or in review in the journal, tells and audits it, and
     /// settles the books ([`Settlement::account`]).
-    pub(super) async fn finish(
-        &self,
-        mut records: Vec<PaymentRecord>,
-        state: SettlementState,
-        reason: Option<Reason>,
-        tx: Option<B256>,
-    ) {
+    pub(super) async fn finish(&self, mut records: Vec<PaymentRecord>, end: Final) {
         if records.is_empty() {
             return;
         }
+        let (state, reason, tx) = match end {
+            Final::Settled(tx) => (SettlementState::Settled, None, Some(tx)),
+            Final::Failed(reason) => (SettlementState::Failed, Some(reason), None),
+            Final::Reverted(tx) => (
+                SettlementState::Failed,
+                Some(Reason::TransferReverted),
+                Some(tx),
+            ),
+            Final::Review(reason) => (SettlementState::NeedsReview, Some(reason), None),
+        };
         let now = unix_now();
         for r in &mut records {
             r.state = state;
@@ -525,7 +565,7 @@ impl Settlement {
         self.inner
             .facilitator
             .as_ref()
-            .is_some_and(|(_, verify)| *verify)
+            .is_some_and(|remote| remote.verify_first)
     }
 
     /// Whether payments settle through a facilitator (which then needs the raw payload).
@@ -537,17 +577,17 @@ impl Settlement {
     /// remotely).
     pub async fn verify_remotely(&self, record: &PaymentRecord) -> Verdict {
         match &self.inner.facilitator {
-            Some((facilitator, true)) => facilitator.verify(record).await,
+            Some(remote) if remote.verify_first => remote.client.verify(record).await,
             _ => Verdict::Valid,
         }
     }
 
     /// Logs what the facilitator settles, or that it cannot be reached.
     pub(super) async fn check_supported(&self) {
-        let Some((facilitator, _)) = &self.inner.facilitator else {
+        let Some(remote) = &self.inner.facilitator else {
             return;
         };
-        match facilitator.supported().await {
+        match remote.client.supported().await {
             Ok(kinds) => log::info!("facilitator settles {} kinds", kinds.len()),
             Err(e) => log::warn!("facilitator /supported failed: {e}"),
         }
@@ -565,32 +605,25 @@ impl Settlement {
         for record in batch {
             match facilitator.settle(&record).await {
                 FacilitatorOutcome::Settled(hash) => {
-                    self.finish(vec![record], SettlementState::Settled, None, Some(hash))
-                        .await
+                    self.finish(vec![record], Final::Settled(hash)).await
                 }
                 FacilitatorOutcome::Refused(reason) if record.attempts > 0 => {
                     // An earlier attempt's answer was lost: this refusal may echo that
                     // attempt's success (nonce already used). A person must look.
                     log::warn!("facilitator refused a retry of {}: {reason}", record.id);
-                    self.finish(
-                        vec![record],
-                        SettlementState::NeedsReview,
-                        Some(Reason::FacilitatorRefusedRetry),
-                        None,
-                    )
-                    .await
+                    self.finish(vec![record], Final::Review(Reason::FacilitatorRefusedRetry))
+                        .await
                 }
                 FacilitatorOutcome::Refused(reason) => {
                     log::warn!("facilitator refused {}: {reason}", record.id);
                     let code = Reason::from_code(&reason);
                     let mut record = record;
                     record.detail = Some(reason);
-                    self.finish(vec![record], SettlementState::Failed, Some(code), None)
-                        .await
+                    self.finish(vec![record], Final::Failed(code)).await
                 }
                 FacilitatorOutcome::Unavailable(why) => {
                     log::warn!("facilitator unavailable, will retry: {why}");
-                    self.requeue_pending(vec![record], Some(Reason::FacilitatorUnavailable), true)
+                    self.retry_later(vec![record], Retry::Counted(Reason::FacilitatorUnavailable))
                         .await
                 }
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use alloy::primitives::{B256, U256};
 
-use super::engine::publish_unsettled;
+use super::engine::{publish_unsettled, Retry};
 use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, Unavailable};
 use crate::clock::{unix_ms, unix_now};
 
@@ -570,7 +570,7 @@ impl Settlement {
                     let _ = chain.broadcast(&batch.raw_tx).await;
                     continue;
                 }
-                None => self.requeue_pending(records, None, false).await,
+                None => self.retry_later(records, Retry::Unchanged).await,
             }
             lock(&link.adopted).retain(|(b, _)| b.tx_hash != batch.tx_hash);
         }
