@@ -66,10 +66,12 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
         Some(Command::Config { what }) => {
-            match what {
-                ConfigWhat::Schema => println!("{:#}", levy::config::json_schema()),
-                ConfigWhat::Reference => print!("{}", levy::config::reference_markdown()),
-            }
+            let text = match what {
+                ConfigWhat::Schema => format!("{:#}\n", levy::config::json_schema()),
+                ConfigWhat::Reference => levy::config::reference_markdown(),
+            };
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
             ExitCode::SUCCESS
         }
         Some(Command::Pay { url, key_env }) => pay(&url, &key_env),
