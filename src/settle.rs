@@ -626,3 +626,6 @@ pub(crate) fn run_id() -> u64 {
             .fold(0, |id, byte| (id << 8) | u64::from(*byte))
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -106,7 +106,6 @@ pub struct FacilitatorSpec {
     pub timeout: Duration,
 }
 
-/// Why settlement could not be started or a payment not settled.
 /// The state replicas share could not be used for one step: Redis unreachable, slow or
 /// without levy's state, or an answer levy cannot read. Nothing was decided about a
 /// payment: the caller answers 503 or tries again later. Carries the redacted cause.
@@ -139,6 +138,7 @@ impl From<serde_json::Error> for Unavailable {
     }
 }
 
+/// Why settlement could not be started or a payment not settled.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
     #[error("no settler key: set ${0} or settlement.settler_key_file")]
