@@ -87,6 +87,8 @@ pub struct Config {
     pub access_log: bool,
     /// Requests whose header block (names, values and separators) is larger get 431.
     pub max_request_header_bytes: usize,
+    /// How long one write to a client may wait for it to read before the connection closes.
+    pub client_write_timeout: Duration,
     /// Time rules for payment authorizations.
     pub policy: Policy,
     /// Headers that tell the origin who paid.
@@ -366,6 +368,12 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         contract_signatures: false,
     };
     let payer_headers = payer_headers(&levy.payments.headers)?;
+    if levy.client_write_timeout_ms == 0 {
+        return Err(invalid(
+            "levy.client_write_timeout_ms",
+            "must be greater than zero",
+        ));
+    }
     if levy.max_request_header_bytes < 1024 {
         return Err(invalid(
             "levy.max_request_header_bytes",
@@ -560,6 +568,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         access_log: levy.access_log,
         max_request_header_bytes: levy.max_request_header_bytes,
+        client_write_timeout: Duration::from_millis(levy.client_write_timeout_ms),
         policy,
         payer_headers,
         settlement,

@@ -153,6 +153,8 @@ impl ProxyHttp for LevyProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.started = Instant::now();
+        // A client that stops reading must not hold its response (and the upstream) open.
+        session.set_write_timeout(Some(ctx.live.config.client_write_timeout));
         let decided = match self.route(session, ctx) {
             None => self.settle_first(session, ctx).await,
             reply => reply,

@@ -95,6 +95,11 @@ pub struct Levy {
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// How long one write to a client may wait for the client to read, in ms; past it levy
+    /// closes the connection (a metered response is charged what it delivered), so a client
+    /// that stops reading cannot hold a stream and its upstream open. Default: 60000.
+    #[serde(default = "default_client_write_timeout_ms")]
+    pub client_write_timeout_ms: u64,
     /// How loosely priced routes match request paths.
     #[serde(default)]
     pub priced_paths: PricedPaths,
@@ -743,6 +748,9 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_max_request_header_bytes() -> usize {
     32 * 1024
+}
+fn default_client_write_timeout_ms() -> u64 {
+    60_000
 }
 fn default_facilitator_timeout_ms() -> u64 {
     60_000
