@@ -91,6 +91,10 @@ pub struct LevyProxy {
     live: LiveTable,
     nonces: Arc<dyn NonceStore>,
     settlement: Option<Settlement>,
+    /// Escrow channels and prepaid bundles, when a route sells them (run by settlement; the
+    /// proxy holds its own handles).
+    channels: Option<crate::settle::channels::Channels>,
+    sessions: Option<crate::settle::sessions::Sessions>,
     /// State shared with other replicas (Redis), if any.
     shared: Option<crate::state::Shared>,
     /// Where paid requests' payment steps are audited, if anywhere.
@@ -107,6 +111,8 @@ impl LevyProxy {
         Self {
             live,
             nonces,
+            channels: settlement.as_ref().and_then(|s| s.channels().cloned()),
+            sessions: settlement.as_ref().and_then(|s| s.sessions().cloned()),
             settlement,
             shared,
             audit: None,

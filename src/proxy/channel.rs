@@ -70,7 +70,7 @@ impl LevyProxy {
         let ChannelStep::Checked { checked, index } = std::mem::take(&mut ctx.channel) else {
             return None;
         };
-        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+        let Some(channels) = self.channels.as_ref() else {
             return Some(Reply::text(503, "channels are not configured"));
         };
         let requirement = paywall.requirements.get(index)?;
@@ -187,7 +187,7 @@ impl LevyProxy {
         else {
             return Ok(());
         };
-        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+        let Some(channels) = self.channels.as_ref() else {
             return Ok(());
         };
         if response.status.as_u16() >= 400 {
@@ -267,7 +267,7 @@ impl LevyProxy {
         else {
             return;
         };
-        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+        let Some(channels) = self.channels.as_ref() else {
             return;
         };
         let (units, amount) = self.metered_charge(session, e, ctx, &metering);
@@ -287,7 +287,7 @@ impl LevyProxy {
     /// Lets a leased channel go uncharged (the exchange failed or ended unanswered).
     pub(super) fn release_channel(&self, ctx: &mut RequestCtx) {
         if let ChannelStep::Leased { lease, .. } = std::mem::take(&mut ctx.channel) {
-            if let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) {
+            if let Some(channels) = self.channels.as_ref() {
                 channels.release(&lease);
             }
         }

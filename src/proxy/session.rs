@@ -44,7 +44,7 @@ fn chain_ids(paywall: &Paywall) -> Vec<u64> {
 
 impl LevyProxy {
     fn sessions(&self) -> Option<&Sessions> {
-        self.settlement.as_ref().and_then(Settlement::sessions)
+        self.sessions.as_ref()
     }
 
     /// The challenge of a bundle route, with a fresh `sign-in-with-x` declaration.
@@ -89,8 +89,7 @@ impl LevyProxy {
     ) -> Option<Result<(), ProofError>> {
         let quota = paywall.bundle?;
         let header = session.req_header().headers.get(SIGN_IN_WITH_X_HEADER)?;
-        let settlement = self.settlement.as_ref()?;
-        let sessions = settlement.sessions()?;
+        let sessions = self.sessions()?;
         let route = ctx.route.as_ref()?.name.clone();
         let checked = (|| {
             let proof = session::decode(header.as_bytes())?;
@@ -182,7 +181,7 @@ impl LevyProxy {
             return None;
         };
         let settlement = self.settlement.as_ref()?;
-        let sessions = settlement.sessions()?;
+        let sessions = self.sessions()?;
         let refuse = |reason: &'static str, ctx: &mut RequestCtx| {
             ctx.outcome = super::Outcome::PaymentRequired;
             self.challenge(session, paywall, reason, reason)
