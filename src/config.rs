@@ -15,7 +15,7 @@ mod settlement;
 mod upstreams;
 
 pub use crate::tls::CertificateFiles;
-use checks::{address, check_url, invalid};
+use checks::{address, check_url, invalid, positive, YamlPath};
 pub use listeners::{AdminToken, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
@@ -368,12 +368,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         contract_signatures: false,
     };
     let payer_headers = payer_headers(&levy.payments.headers)?;
-    if levy.client_write_timeout_ms == 0 {
-        return Err(invalid(
-            "levy.client_write_timeout_ms",
-            "must be greater than zero",
-        ));
-    }
+    positive("levy.client_write_timeout_ms", levy.client_write_timeout_ms)?;
     if levy.max_request_header_bytes < 1024 {
         return Err(invalid(
             "levy.max_request_header_bytes",
@@ -401,11 +396,11 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         if route.name.trim().is_empty() {
-            return Err(invalid(format!("{path}.name"), "must not be empty"));
+            return Err(invalid(path.key("name"), "must not be empty"));
         }
         if !names.insert(route.name.clone()) {
             return Err(invalid(
-                format!("{path}.name"),
+                path.key("name"),
                 format!("duplicate route name `{}`", route.name),
             ));
         }
@@ -431,7 +426,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             && max_timeout_seconds <= policy.valid_before_margin_seconds
         {
             return Err(invalid(
-                format!("{path}.max_timeout_seconds"),
+                path.key("max_timeout_seconds"),
                 format!(
                     "must exceed levy.payments.valid_before_margin_seconds ({}), or no client authorization can be settled",
                     policy.valid_before_margin_seconds
@@ -588,25 +583,22 @@ fn redis_spec(
         .any(|scheme| r.url.starts_with(scheme))
     {
         return Err(invalid(
-            format!("{at}.url"),
+            at.key("url"),
             "must start with redis://, rediss:// or redis+unix://",
         ));
     }
     if r.key_prefix.is_empty() {
         return Err(invalid(
-            format!("{at}.key_prefix"),
+            at.key("key_prefix"),
             "must not be empty (levy's keys would mix with others')",
         ));
     }
     if !(1..=10_000).contains(&r.timeout_ms) {
-        return Err(invalid(
-            format!("{at}.timeout_ms"),
-            "must be between 1 and 10000",
-        ));
+        return Err(invalid(at.key("timeout_ms"), "must be between 1 and 10000"));
     }
     if !(2..=3_600).contains(&r.takeover_after_seconds) {
         return Err(invalid(
-            format!("{at}.takeover_after_seconds"),
+            at.key("takeover_after_seconds"),
             "must be between 2 and 3600",
         ));
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::checks::{check_url, invalid, secret};
+use super::checks::{check_url, invalid, secret, YamlPath};
 use super::schema;
 use crate::alerts::{AlertKind, EndpointSpec, WebhooksSpec};
 use crate::ConfigError;
@@ -62,7 +62,7 @@ pub(super) fn webhooks(w: Option<&schema::Webhooks>) -> Result<Option<WebhooksSp
 }
 
 fn endpoint(at: &str, e: &schema::WebhookEndpoint) -> Result<EndpointSpec, ConfigError> {
-    check_url(&format!("{at}.url"), &e.url)?;
+    check_url(&at.key("url"), &e.url)?;
     let secret = secret(
         at,
         "secret",
@@ -82,7 +82,7 @@ fn endpoint(at: &str, e: &schema::WebhookEndpoint) -> Result<EndpointSpec, Confi
             .map(|name| {
                 AlertKind::parse(name).ok_or_else(|| {
                     invalid(
-                        format!("{at}.events"),
+                        at.key("events"),
                         format!(
                             "unknown event `{name}` (known: {})",
                             AlertKind::ALL.map(AlertKind::as_str).join(", ")

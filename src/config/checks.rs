@@ -8,6 +8,36 @@ use alloy_primitives::Address;
 
 use crate::ConfigError;
 
+/// Builds the YAML paths config errors name: `"levy.routes[2]".key("price")` is
+/// `levy.routes[2].price`, `"levy.routes".index(2)` is `levy.routes[2]`.
+pub(super) trait YamlPath {
+    fn key(&self, key: &str) -> String;
+    fn index(&self, i: usize) -> String;
+}
+
+impl YamlPath for str {
+    fn key(&self, key: &str) -> String {
+        format!("{self}.{key}")
+    }
+
+    fn index(&self, i: usize) -> String {
+        format!("{self}[{i}]")
+    }
+}
+
+/// `value`, unless it is zero: then the error at `path`.
+pub(super) fn positive<N: PartialEq + Default + Copy>(
+    path: &str,
+    value: N,
+) -> Result<N, ConfigError> {
+    if value == N::default() {
+        Err(invalid(path, "must be greater than zero"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// The error of the key at `path`: `problem`.
 pub(super) fn invalid(path: impl Into<String>, problem: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
@@ -81,14 +111,14 @@ pub(super) fn secret(
             ))
         }
         (Some(var), None) => {
-            let at = format!("{section}.{name}_env");
+            let at = section.key(&format!("{name}_env"));
             let text = std::env::var(var).map_err(|_| {
                 invalid(&at, format!("the environment variable `{var}` is not set"))
             })?;
             (at, text)
         }
         (None, Some(file)) => {
-            let at = format!("{section}.{name}_file");
+            let at = section.key(&format!("{name}_file"));
             let text = std::fs::read_to_string(file)
                 .map_err(|e| invalid(&at, format!("cannot read `{file}`: {e}")))?;
             (at, text)

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use alloy_primitives::Address;
 
-use super::{address, builtin, check_url, invalid, schema, Asset, Network};
+use super::{address, builtin, check_url, invalid, schema, Asset, Network, YamlPath};
 use crate::ConfigError;
 
 /// The chain id of a network by its x402 v1 name (`base-sepolia` → 84532), for the networks
@@ -43,7 +43,7 @@ pub(super) fn networks(
         let base = builtin::network(name);
         let chain_id = n.chain_id.or(base.map(|b| b.chain_id)).ok_or_else(|| {
             invalid(
-                format!("{path}.chain_id"),
+                path.key("chain_id"),
                 "missing (required for a network levy does not know)",
             )
         })?;
@@ -52,7 +52,7 @@ pub(super) fn networks(
             Some(c) if *c == format!("eip155:{chain_id}") => c.clone(),
             Some(c) => {
                 return Err(invalid(
-                    format!("{path}.caip2"),
+                    path.key("caip2"),
                     format!(
                         "`{c}` does not match chain_id {chain_id} (expected `eip155:{chain_id}`)"
                     ),
@@ -60,7 +60,7 @@ pub(super) fn networks(
             }
         };
         if let Some(url) = &n.rpc_url {
-            check_url(&format!("{path}.rpc_url"), url)?;
+            check_url(&path.key("rpc_url"), url)?;
         }
         let v1_name = n
             .v1_name
@@ -71,13 +71,13 @@ pub(super) fn networks(
             .clone()
             .or_else(|| base.map(|b| b.rpc_url.to_owned()));
         let multicall = match &n.multicall {
-            Some(a) => address(&format!("{path}.multicall"), a)?,
+            Some(a) => address(&path.key("multicall"), a)?,
             None => CANONICAL_MULTICALL3,
         };
         let batcher = n
             .batcher
             .as_deref()
-            .map(|a| address(&format!("{path}.batcher"), a))
+            .map(|a| address(&path.key("batcher"), a))
             .transpose()?;
         out.insert(
             name.clone(),
@@ -120,13 +120,13 @@ pub(super) fn assets(
         let path = format!("levy.assets[{i}]");
         if !networks.contains_key(&a.network) {
             return Err(invalid(
-                format!("{path}.network"),
+                path.key("network"),
                 format!("unknown network `{}`", a.network),
             ));
         }
         if !seen.insert((a.network.clone(), a.name.clone())) {
             return Err(invalid(
-                format!("{path}.name"),
+                path.key("name"),
                 format!(
                     "asset `{}` is declared twice on network `{}`",
                     a.name, a.network
@@ -134,18 +134,18 @@ pub(super) fn assets(
             ));
         }
         if a.decimals > 77 {
-            return Err(invalid(format!("{path}.decimals"), "must be at most 77"));
+            return Err(invalid(path.key("decimals"), "must be at most 77"));
         }
         if a.eip712_name.is_empty() || a.eip712_version.is_empty() {
             return Err(invalid(
-                format!("{path}.eip712_name"),
+                path.key("eip712_name"),
                 "the EIP-712 name and version must both be set; clients sign with them",
             ));
         }
         out.insert(
             (a.network.clone(), a.name.clone()),
             Asset {
-                address: address(&format!("{path}.address"), &a.address)?,
+                address: address(&path.key("address"), &a.address)?,
                 eip712_name: a.eip712_name.clone(),
                 eip712_version: a.eip712_version.clone(),
                 decimals: a.decimals,

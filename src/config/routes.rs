@@ -7,8 +7,8 @@ use std::sync::Arc;
 use alloy_primitives::{Address, U256};
 
 use super::{
-    address, check_url, invalid, lookup_upstream, schema, Access, Asset, Metered, Mode, Network,
-    Paywall, Route, Upstream,
+    address, check_url, invalid, lookup_upstream, positive, schema, Access, Asset, Metered, Mode,
+    Network, Paywall, Route, Upstream, YamlPath,
 };
 use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
@@ -29,13 +29,13 @@ pub(super) fn build_route(
 ) -> Result<(Matcher, Route), ConfigError> {
     let host = match &route.host {
         None => HostPattern::Any,
-        Some(h) => HostPattern::parse(h).map_err(|e| invalid(format!("{path}.host"), e))?,
+        Some(h) => HostPattern::parse(h).map_err(|e| invalid(path.key("host"), e))?,
     };
     let methods = match &route.methods {
         None => MethodSet::any(),
         Some(list) if list.is_empty() => {
             return Err(invalid(
-                format!("{path}.methods"),
+                path.key("methods"),
                 "must list at least one method",
             ))
         }
@@ -43,7 +43,7 @@ pub(super) fn build_route(
             for (j, m) in list.iter().enumerate() {
                 if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
                     return Err(invalid(
-                        format!("{path}.methods[{j}]"),
+                        path.key("methods").index(j),
                         format!("`{m}` is not an HTTP method"),
                     ));
                 }
@@ -51,15 +51,14 @@ pub(super) fn build_route(
             MethodSet::only(list.iter().cloned())
         }
     };
-    let path_pattern =
-        PathPattern::parse(&route.path).map_err(|e| invalid(format!("{path}.path"), e))?;
+    let path_pattern = PathPattern::parse(&route.path).map_err(|e| invalid(path.key("path"), e))?;
     let upstream = match &route.upstream {
-        Some(name) => lookup_upstream(&format!("{path}.upstream"), name, upstreams)?,
+        Some(name) => lookup_upstream(&path.key("upstream"), name, upstreams)?,
         None => match upstreams.values().collect::<Vec<_>>().as_slice() {
             [only] => Arc::clone(only),
             _ => {
                 return Err(invalid(
-                    format!("{path}.upstream"),
+                    path.key("upstream"),
                     "missing; name one of the upstreams",
                 ))
             }
@@ -77,10 +76,7 @@ pub(super) fn build_route(
             ("durability", route.durability.is_some()),
         ] {
             if set {
-                return Err(invalid(
-                    format!("{path}.{key}"),
-                    "not allowed on a free route",
-                ));
+                return Err(invalid(path.key(key), "not allowed on a free route"));
             }
         }
         Access::Free
@@ -122,7 +118,7 @@ pub(super) fn paywall(
         (None, None) if bundle.is_some() => bundle.as_ref().map(|(_, price)| ("bundle.price", price.clone())),
         (Some(_), Some(_)) => {
             return Err(invalid(
-                format!("{path}.amount"),
+                path.key("amount"),
                 "give either `price` or `amount`, not both",
             ))
         }
@@ -133,47 +129,42 @@ pub(super) fn paywall(
         )),
         (Some(text), None) => Some((
             "price",
-            Price::parse_dollars(text).map_err(|e| invalid(format!("{path}.price"), e))?,
+            Price::parse_dollars(text).map_err(|e| invalid(path.key("price"), e))?,
         )),
         (None, Some(schema::Amount::Number(n))) => {
             Some(("amount", Price::Atomic((*n).try_into().unwrap_or_default())))
         }
         (None, Some(schema::Amount::Text(t))) => Some((
             "amount",
-            Price::Atomic(parse_atomic(t).map_err(|e| invalid(format!("{path}.amount"), e))?),
+            Price::Atomic(parse_atomic(t).map_err(|e| invalid(path.key("amount"), e))?),
         )),
     };
     let route_pay_to = route
         .pay_to
         .as_deref()
-        .map(|a| address(&format!("{path}.pay_to"), a))
+        .map(|a| address(&path.key("pay_to"), a))
         .transpose()?
         .or(defaults.pay_to);
     if route.accepts.is_empty() {
         return Err(invalid(
-            format!("{path}.accepts"),
+            path.key("accepts"),
             "a priced route needs at least one accepted (network, asset) pair",
         ));
     }
-    if route.max_timeout_seconds == 0 {
-        return Err(invalid(
-            format!("{path}.max_timeout_seconds"),
-            "must be greater than zero",
-        ));
-    }
+    positive(&path.key("max_timeout_seconds"), route.max_timeout_seconds)?;
     if let Some(url) = &route.resource {
-        check_url(&format!("{path}.resource"), url)?;
+        check_url(&path.key("resource"), url)?;
     }
     let meter = route
         .meter
         .as_ref()
-        .map(|m| MeterPrices::parse(&format!("{path}.meter"), m))
+        .map(|m| MeterPrices::parse(&path.key("meter"), m))
         .transpose()?;
     let mut requirements = Vec::with_capacity(route.accepts.len() * 2);
     let mut rates = Vec::with_capacity(route.accepts.len() * 2);
     let mut offers: Vec<Offer<'_>> = Vec::new();
     if let Some(terms) = &route.channel {
-        let at = format!("{path}.channel");
+        let at = path.key("channel");
         let channel_price = match (&meter, &price) {
             (Some(m), _) => ChannelPrice::Metered(m),
             (None, Some((key, price))) => ChannelPrice::Fixed(key, price),
@@ -192,14 +183,14 @@ pub(super) fn paywall(
         })?;
         if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&terms.withdraw_delay_seconds) {
             return Err(invalid(
-                format!("{at}.withdraw_delay_seconds"),
+                at.key("withdraw_delay_seconds"),
                 format!("must be between {MIN_WITHDRAW_DELAY} and {MAX_WITHDRAW_DELAY}"),
             ));
         }
         let min_deposit = terms
             .min_deposit
             .as_deref()
-            .map(|text| parse_price(&format!("{at}.min_deposit"), text))
+            .map(|text| parse_price(&at.key("min_deposit"), text))
             .transpose()?;
         offers.push(Offer::Channel {
             price: channel_price,
@@ -216,10 +207,10 @@ pub(super) fn paywall(
     }
     for offer in offers {
         for (j, accept) in route.accepts.iter().enumerate() {
-            let at = format!("{path}.accepts[{j}]");
+            let at = path.key("accepts").index(j);
             let network = networks.get(&accept.network).ok_or_else(|| {
                 invalid(
-                    format!("{at}.network"),
+                    at.key("network"),
                     format!("unknown network `{}`", accept.network),
                 )
             })?;
@@ -227,7 +218,7 @@ pub(super) fn paywall(
                 .get(&(accept.network.clone(), accept.asset.clone()))
                 .ok_or_else(|| {
                     invalid(
-                        format!("{at}.asset"),
+                        at.key("asset"),
                         format!(
                             "unknown asset `{}` on network `{}`",
                             accept.asset, accept.network
@@ -235,10 +226,10 @@ pub(super) fn paywall(
                     )
                 })?;
             let pay_to = match &accept.pay_to {
-                Some(a) => address(&format!("{at}.pay_to"), a)?,
+                Some(a) => address(&at.key("pay_to"), a)?,
                 None => route_pay_to.ok_or_else(|| {
                     invalid(
-                        format!("{path}.pay_to"),
+                        path.key("pay_to"),
                         "missing; give `pay_to` on the route or `levy.pay_to`",
                     )
                 })?,
@@ -248,7 +239,7 @@ pub(super) fn paywall(
                     .to_atomic(asset.decimals, asset.usd, &accept.asset)
                     .map_err(|e| {
                         invalid(
-                            format!("{path}.{key}"),
+                            path.key(key),
                             format!("{e} (asset `{}` on `{}`)", accept.asset, accept.network),
                         )
                     })
@@ -274,7 +265,7 @@ pub(super) fn paywall(
                     };
                     if min_deposit < amount {
                         return Err(invalid(
-                            format!("{path}.channel.min_deposit"),
+                            path.key("channel.min_deposit"),
                             "must be at least the price",
                         ));
                     }
@@ -342,7 +333,7 @@ pub(super) fn paywall(
     if let Some(look) = paywall_look(path, route.paywall.as_ref(), defaults.paywall)? {
         let page = WalletPage::new(&requirements, &route.description, &look).map_err(|e| {
             let at = if route.paywall.is_some() {
-                format!("{path}.paywall.template")
+                path.key("paywall.template")
             } else {
                 "levy.paywall.template".to_owned()
             };
@@ -382,8 +373,8 @@ fn paywall_look(
     use schema::PaywallSetting::{Off, On};
     let (own, global) = match (own, global) {
         (Some(Off), _) | (None, Some(Off)) => return Ok(None),
-        (Some(On(own)), Some(On(global))) => (Some((format!("{path}.paywall"), own)), Some(global)),
-        (Some(On(own)), _) => (Some((format!("{path}.paywall"), own)), None),
+        (Some(On(own)), Some(On(global))) => (Some((path.key("paywall"), own)), Some(global)),
+        (Some(On(own)), _) => (Some((path.key("paywall"), own)), None),
         (None, Some(On(global))) => (None, Some(global)),
         (None, None) => (None, None),
     };
@@ -400,25 +391,23 @@ fn paywall_look(
             Ok(value)
         } else {
             Err(invalid(
-                format!("{at}.{key}"),
+                at.key(key),
                 format!("`{value}` is not a colour (#rgb or #rrggbb)"),
             ))
         }
     };
     let logo_url = match pick(|l| &l.logo_url) {
         Some((at, url)) => {
-            check_url(&format!("{at}.logo_url"), &url)?;
+            check_url(&at.key("logo_url"), &url)?;
             Some(url)
         }
         None => None,
     };
     let template = match pick(|l| &l.template) {
-        Some((at, file)) => Some(std::fs::read_to_string(&file).map_err(|e| {
-            invalid(
-                format!("{at}.template"),
-                format!("cannot read `{file}`: {e}"),
-            )
-        })?),
+        Some((at, file)) => Some(
+            std::fs::read_to_string(&file)
+                .map_err(|e| invalid(at.key("template"), format!("cannot read `{file}`: {e}")))?,
+        ),
         None => None,
     };
     Ok(Some(Look {
@@ -440,7 +429,7 @@ fn bundle_terms(
     route: &schema::Route,
     terms: &schema::BundleTerms,
 ) -> Result<(Quota, Price), ConfigError> {
-    let at = format!("{path}.bundle");
+    let at = path.key("bundle");
     for (key, set) in [
         ("price", route.price.is_some()),
         ("amount", route.amount.is_some()),
@@ -449,12 +438,12 @@ fn bundle_terms(
     ] {
         if set {
             return Err(invalid(
-                format!("{path}.{key}"),
+                path.key(key),
                 "not allowed with `bundle`: a bundle route is priced by `bundle.price`",
             ));
         }
     }
-    let price = parse_price(&format!("{at}.price"), &terms.price)?;
+    let price = parse_price(&at.key("price"), &terms.price)?;
     let quota = match (terms.calls, terms.seconds, terms.bytes) {
         (Some(n), None, None) => ("calls", Quota::Calls(n)),
         (None, Some(n), None) => ("seconds", Quota::Seconds(n)),
@@ -467,7 +456,7 @@ fn bundle_terms(
         }
     };
     if let (key, Quota::Calls(0) | Quota::Seconds(0) | Quota::Bytes(0)) = quota {
-        return Err(invalid(format!("{at}.{key}"), "must be greater than zero"));
+        return Err(invalid(at.key(key), "must be greater than zero"));
     }
     Ok((quota.1, price))
 }
@@ -536,14 +525,11 @@ pub(super) struct MeterPrices {
 
 impl MeterPrices {
     pub(super) fn parse(path: &str, m: &schema::Meter) -> Result<Self, ConfigError> {
-        let amount = |key: &str, text: &str| parse_price(&format!("{path}.{key}"), text);
+        let amount = |key: &str, text: &str| parse_price(&path.key(key), text);
         let unit = match m.unit {
             schema::MeterUnit::Bytes => Unit::Bytes {
                 per: match m.per {
-                    Some(0) => {
-                        return Err(invalid(format!("{path}.per"), "must be greater than zero"))
-                    }
-                    Some(per) => per,
+                    Some(per) => positive(&path.key("per"), per)?,
                     None => 1024,
                 },
             },
@@ -555,31 +541,25 @@ impl MeterPrices {
                     .unwrap_or(crate::meter::SETTLEMENT_OVERRIDES);
                 Unit::Origin {
                     header: http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                        invalid(
-                            format!("{path}.header"),
-                            format!("`{name}` is not a header name"),
-                        )
+                        invalid(path.key("header"), format!("`{name}` is not a header name"))
                     })?,
                 }
             }
         };
         if m.per.is_some() && m.unit != schema::MeterUnit::Bytes {
-            return Err(invalid(format!("{path}.per"), "only for `unit: bytes`"));
+            return Err(invalid(path.key("per"), "only for `unit: bytes`"));
         }
         if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
-            return Err(invalid(format!("{path}.header"), "only for `unit: origin`"));
+            return Err(invalid(path.key("header"), "only for `unit: origin`"));
         }
         if m.unreported.is_some() && m.unit != schema::MeterUnit::Origin {
-            return Err(invalid(
-                format!("{path}.unreported"),
-                "only for `unit: origin`",
-            ));
+            return Err(invalid(path.key("unreported"), "only for `unit: origin`"));
         }
         let at_ceiling = match (m.at_ceiling, m.unit) {
             (Some(schema::AtCeiling::End), schema::MeterUnit::Origin) => {
                 // Only the origin knows its units; levy cannot cut its response at one.
                 return Err(invalid(
-                    format!("{path}.at_ceiling"),
+                    path.key("at_ceiling"),
                     "`end` needs a unit levy counts (bytes or records), not `origin`",
                 ));
             }
@@ -629,16 +609,13 @@ impl MeterPrices {
         if let Some(text) = &self.unreported {
             rates.unreported = rates.override_amount(text).ok_or_else(|| {
                 invalid(
-                    format!("{}.unreported", self.path),
+                    self.path.key("unreported"),
                     format!("`{text}` is not a share of the ceiling (`\"50%\"`), `\"$…\"` or atomic units"),
                 )
             })?;
         }
         if rates.minimum > rates.ceiling {
-            return Err(invalid(
-                format!("{}.minimum", self.path),
-                "is above the ceiling",
-            ));
+            return Err(invalid(self.path.key("minimum"), "is above the ceiling"));
         }
         Ok(rates)
     }

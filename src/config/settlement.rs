@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::{check_url, invalid, schema, Access, Network, Route};
+use super::{check_url, invalid, positive, schema, Access, Network, Route, YamlPath};
 use crate::pricing::parse_atomic;
 use crate::routing::RouteTable;
 use crate::settle::channels::ChannelsSpec;
@@ -23,13 +23,10 @@ pub(super) fn settlement(
 ) -> Result<SettlementConfig, ConfigError> {
     let path = "levy.settlement";
     if s.journal_path.trim().is_empty() {
-        return Err(invalid(format!("{path}.journal_path"), "must name a file"));
+        return Err(invalid(path.key("journal_path"), "must name a file"));
     }
     if s.max_batch == 0 || s.max_batch > 500 {
-        return Err(invalid(
-            format!("{path}.max_batch"),
-            "must be between 1 and 500",
-        ));
+        return Err(invalid(path.key("max_batch"), "must be between 1 and 500"));
     }
     for (key, value) in [
         ("receipt_timeout_ms", s.receipt_timeout_ms),
@@ -37,40 +34,32 @@ pub(super) fn settlement(
         ("rpc_timeout_ms", s.rpc_timeout_ms),
         ("retry_backoff_ms", s.retry_backoff_ms),
     ] {
-        if value == 0 {
-            return Err(invalid(
-                format!("{path}.{key}"),
-                "must be greater than zero",
-            ));
-        }
+        positive(&path.key(key), value)?;
     }
     let retention = (s.retention_days > 0).then(|| s.retention_days.saturating_mul(86_400));
     if let Some(seconds) = retention {
         let needed = s.funds.deny_seconds.max(s.loss_window_seconds);
         if seconds < needed {
             return Err(invalid(
-                format!("{path}.retention_days"),
+                path.key("retention_days"),
                 format!("must keep records at least as long as funds.deny_seconds and loss_window_seconds ({needed} s), or 0 to keep them forever"),
             ));
         }
     }
     if s.max_in_flight == 0 || s.max_in_flight > 64 {
         return Err(invalid(
-            format!("{path}.max_in_flight"),
+            path.key("max_in_flight"),
             "must be between 1 and 64",
         ));
     }
     if s.replace_after_ms < 1000 {
         return Err(invalid(
-            format!("{path}.replace_after_ms"),
+            path.key("replace_after_ms"),
             "must be at least 1000",
         ));
     }
     if s.max_attempts == 0 {
-        return Err(invalid(
-            format!("{path}.max_attempts"),
-            "must be at least 1",
-        ));
+        return Err(invalid(path.key("max_attempts"), "must be at least 1"));
     }
     let cap = |key: &str,
                amount: &schema::Amount|
@@ -80,7 +69,7 @@ pub(super) fn settlement(
             schema::Amount::Number(n) => Ok(Some(alloy_primitives::U256::from(*n))),
             schema::Amount::Text(t) => parse_atomic(t)
                 .map(Some)
-                .map_err(|e| invalid(format!("{path}.{key}"), format!("{e} (or `unlimited`)"))),
+                .map_err(|e| invalid(path.key(key), format!("{e} (or `unlimited`)"))),
         }
     };
     for (key, value) in [
@@ -95,12 +84,7 @@ pub(super) fn settlement(
             s.funds.signature_checks_per_minute,
         ),
     ] {
-        if value == 0 {
-            return Err(invalid(
-                format!("{path}.{key}"),
-                "must be greater than zero",
-            ));
-        }
+        positive(&path.key(key), value)?;
     }
     let mut used: Vec<String> = Vec::new();
     let mut channel_networks: Vec<&str> = Vec::new();
@@ -122,13 +106,8 @@ pub(super) fn settlement(
     let facilitator = match &s.facilitator {
         None => None,
         Some(f) => {
-            check_url(&format!("{path}.facilitator.url"), &f.url)?;
-            if f.timeout_ms == 0 {
-                return Err(invalid(
-                    format!("{path}.facilitator.timeout_ms"),
-                    "must be greater than zero",
-                ));
-            }
+            check_url(&path.key("facilitator.url"), &f.url)?;
+            positive(&path.key("facilitator.timeout_ms"), f.timeout_ms)?;
             Some(FacilitatorSpec {
                 url: f.url.clone(),
                 verify: f.verify,
@@ -159,37 +138,29 @@ pub(super) fn settlement(
     let channels = match &s.channels {
         None => None,
         Some(c) => {
-            let at = format!("{path}.channels");
+            let at = path.key("channels");
             if facilitator.is_some() {
                 return Err(invalid(
                     &at,
                     "channels are claimed by levy itself; they cannot be used with a facilitator",
                 ));
             }
-            if c.claim_every_seconds == 0 {
-                return Err(invalid(
-                    format!("{at}.claim_every_seconds"),
-                    "must be greater than zero",
-                ));
-            }
+            positive(&at.key("claim_every_seconds"), c.claim_every_seconds)?;
             let most = crate::channel::MIN_WITHDRAW_DELAY / 3;
             if c.watch_every_seconds == 0 || c.watch_every_seconds > most {
                 return Err(invalid(
-                    format!("{at}.watch_every_seconds"),
+                    at.key("watch_every_seconds"),
                     format!("must be between 1 and {most}, so a withdrawal is seen long before it can complete"),
                 ));
             }
             if c.refund_idle_after_seconds == Some(0) {
                 return Err(invalid(
-                    format!("{at}.refund_idle_after_seconds"),
+                    at.key("refund_idle_after_seconds"),
                     "must be at least 1 (leave it out to never refund idle channels)",
                 ));
             }
             if c.max_claims == 0 || c.max_claims > 500 {
-                return Err(invalid(
-                    format!("{at}.max_claims"),
-                    "must be between 1 and 500",
-                ));
+                return Err(invalid(at.key("max_claims"), "must be between 1 and 500"));
             }
             // Every network a channel route accepts has a chain: it is a priced network.
             let rpcs = chains
@@ -200,7 +171,7 @@ pub(super) fn settlement(
             let mut log_path = std::ffi::OsString::from(&s.journal_path);
             log_path.push(".channels");
             Some(ChannelsSpec {
-                authorizer: super::address(&format!("{at}.authorizer"), &c.authorizer)?,
+                authorizer: super::address(&at.key("authorizer"), &c.authorizer)?,
                 key_env: c.key_env.clone(),
                 key_file: c.key_file.clone().map(Into::into),
                 claim_every: Duration::from_secs(c.claim_every_seconds),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{invalid, schema, Upstream};
+use super::{invalid, positive, schema, Upstream, YamlPath};
 use crate::pool::{Balance, HealthCheck, Pool, PoolSpec, Probe};
 use crate::ConfigError;
 
@@ -37,9 +37,9 @@ pub(super) fn upstreams(
         let mut host = "";
         for (i, a) in addresses.iter().enumerate() {
             let at = if key == "address" {
-                format!("{path}.address")
+                path.key("address")
             } else {
-                format!("{path}.addresses[{i}]")
+                path.key("addresses").index(i)
             };
             let (h, _port) = a
                 .rsplit_once(':')
@@ -53,7 +53,7 @@ pub(super) fn upstreams(
         let health_check = u
             .health_check
             .as_ref()
-            .map(|c| health_check(&format!("{path}.health_check"), c))
+            .map(|c| health_check(&path.key("health_check"), c))
             .transpose()?;
         for (key, ms) in [
             ("connect_timeout_ms", u.connect_timeout_ms),
@@ -62,12 +62,7 @@ pub(super) fn upstreams(
             ("eject_for_ms", u.eject_for_ms),
             ("resolve_every_seconds", u.resolve_every_seconds),
         ] {
-            if ms == 0 {
-                return Err(invalid(
-                    format!("{path}.{key}"),
-                    "must be greater than zero",
-                ));
-            }
+            positive(&path.key(key), ms)?;
         }
         if let Some(h) = &u.host {
             if h.is_empty()
@@ -75,7 +70,7 @@ pub(super) fn upstreams(
                     .any(|b| b.is_ascii_control() || b == b' ' || b == b'/')
             {
                 return Err(invalid(
-                    format!("{path}.host"),
+                    path.key("host"),
                     format!("`{h}` is not a valid Host header value"),
                 ));
             }
@@ -99,7 +94,7 @@ pub(super) fn upstreams(
             host: check_host,
             tls: u.tls,
         })
-        .map_err(|e| invalid(format!("{path}.{key}"), e))?;
+        .map_err(|e| invalid(path.key(key), e))?;
         out.insert(
             name.clone(),
             Arc::new(Upstream {
@@ -139,9 +134,7 @@ fn health_check(at: &str, c: &schema::HealthCheck) -> Result<HealthCheck, Config
         ("healthy_after", c.healthy_after as u64),
         ("unhealthy_after", c.unhealthy_after as u64),
     ] {
-        if value == 0 {
-            return Err(invalid(format!("{at}.{key}"), "must be greater than zero"));
-        }
+        positive(&at.key(key), value)?;
     }
     let probe = match &c.path {
         None => Probe::Tcp,
@@ -150,7 +143,7 @@ fn health_check(at: &str, c: &schema::HealthCheck) -> Result<HealthCheck, Config
         }
         Some(p) => {
             return Err(invalid(
-                format!("{at}.path"),
+                at.key("path"),
                 format!("`{p}` is not an absolute path"),
             ))
         }
