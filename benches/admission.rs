@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use levy::settle::exposure::{Admission, Ledger, Limits};
+use levy::settle::exposure::{Admission, ExposureBook, Limits};
 use levy::settle::funds::{Funds, FundsConfig, FundsView, OnRpcError, ReadError};
 
 const PAYERS: usize = 1_000;
@@ -38,7 +38,7 @@ fn admission(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let funds = funds();
-    let ledger: Arc<Ledger> = Ledger::new(Limits {
+    let ledger: Arc<ExposureBook> = ExposureBook::new(Limits {
         per_payer: Some(U256::from(1_000_000u64)),
         total: Some(U256::from(100_000_000u64)),
         loss_budget: Some(U256::from(10_000_000u64)),

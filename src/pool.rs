@@ -18,7 +18,7 @@ use crate::metrics::metrics;
 
 /// How a pool picks a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
+pub enum Balancing {
     RoundRobin,
     /// By a hash of the request's host and path: one resource keeps going to one backend
     /// while the set of healthy backends is stable.
@@ -53,7 +53,7 @@ pub struct PoolSpec {
     pub name: String,
     /// `host:port` as written; names are resolved again every `resolve_every`.
     pub addresses: Vec<String>,
-    pub balance: Balance,
+    pub balance: Balancing,
     pub health_check: Option<HealthCheck>,
     /// How long a backend that refused a connection is skipped.
     pub eject_for: Duration,
@@ -175,10 +175,10 @@ impl Pool {
             initial: Mutex::new(Some(resolved)),
         });
         let mut balancer = match spec.balance {
-            Balance::RoundRobin => {
+            Balancing::RoundRobin => {
                 Balancer::RoundRobin(LoadBalancer::from_backends(Backends::new(discovery)))
             }
-            Balance::ConsistentHash => {
+            Balancing::ConsistentHash => {
                 Balancer::Hash(LoadBalancer::from_backends(Backends::new(discovery)))
             }
         };

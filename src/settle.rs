@@ -39,7 +39,7 @@ use alloy::primitives::{Address, B256, U256};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use chain::Chain;
-use exposure::{Admission, Hold, Ledger};
+use exposure::{Admission, ExposureBook, Hold};
 use facilitator::Facilitator;
 use funds::{Funds, FundsView, ReadError};
 use journal::{Durability, Journal, JournalError};
@@ -148,7 +148,7 @@ struct Inner {
     facilitator: Option<Remote>,
     queue: Mutex<Vec<PaymentRecord>>,
     wake: Notify,
-    ledger: Arc<Ledger>,
+    ledger: Arc<ExposureBook>,
     funds: Funds,
     urgent_tx: mpsc::Sender<Urgent>,
     urgent_rx: tokio::sync::Mutex<mpsc::Receiver<Urgent>>,
@@ -273,7 +273,7 @@ impl Settlement {
             .map(|path| sessions::Sessions::open(path, alloy::primitives::B256::random()))
             .transpose()?;
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
-        let ledger = Ledger::new(config.limits);
+        let ledger = ExposureBook::new(config.limits);
         let funds = Funds::new(config.funds);
         let settlement = Self {
             inner: Arc::new(Inner {

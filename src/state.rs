@@ -91,7 +91,7 @@ pub enum Reserved {
 
 /// Who holds an authorization, as far as every replica is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub enum ReplayClaim {
     /// This request holds it now.
     Claimed,
     /// A request (on this replica or another) holds it right now.
@@ -242,7 +242,7 @@ impl Shared {
 
     /// Claims `key` until the authorization's deadline `valid_before` (unix seconds), for
     /// every replica.
-    pub async fn claim_nonce(&self, key: &NonceKey, valid_before: u64) -> Claim {
+    pub async fn claim_nonce(&self, key: &NonceKey, valid_before: u64) -> ReplayClaim {
         let expires_ms = expiry_ms(valid_before);
         let held = self.held();
         let answer: Result<Option<String>, Unavailable> = self
@@ -260,10 +260,10 @@ impl Shared {
             })
             .await;
         match answer {
-            Ok(None) => Claim::Claimed,
-            Ok(Some(owner)) if owner.starts_with("used:") => Claim::Used,
-            Ok(Some(_)) => Claim::InFlight,
-            Err(e) => Claim::Unavailable(e),
+            Ok(None) => ReplayClaim::Claimed,
+            Ok(Some(owner)) if owner.starts_with("used:") => ReplayClaim::Used,
+            Ok(Some(_)) => ReplayClaim::InFlight,
+            Err(e) => ReplayClaim::Unavailable(e),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{invalid, positive, schema, Upstream, YamlPath};
-use crate::pool::{Balance, HealthCheck, Pool, PoolSpec, Probe};
+use crate::pool::{Balancing, HealthCheck, Pool, PoolSpec, Probe};
 use crate::ConfigError;
 
 pub(super) fn upstreams(
@@ -85,8 +85,8 @@ pub(super) fn upstreams(
             name: name.clone(),
             addresses,
             balance: match u.balance {
-                schema::Balance::RoundRobin => Balance::RoundRobin,
-                schema::Balance::ConsistentHash => Balance::ConsistentHash,
+                schema::Balance::RoundRobin => Balancing::RoundRobin,
+                schema::Balance::ConsistentHash => Balancing::ConsistentHash,
             },
             health_check,
             eject_for: Duration::from_millis(u.eject_for_ms),

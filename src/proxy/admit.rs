@@ -17,7 +17,7 @@ use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck, Unavailable};
-use crate::state::{Claim, Reserved};
+use crate::state::{ReplayClaim, Reserved};
 use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment};
 
 impl LevyProxy {
@@ -55,16 +55,16 @@ impl LevyProxy {
         let paid = ctx.reserved()?;
         let replay = paid.verified.scheme().replay(&paid.verified);
         match shared.claim_nonce(&replay.key, replay.until).await {
-            Claim::Claimed => None,
-            Claim::Used => {
+            ReplayClaim::Claimed => None,
+            ReplayClaim::Used => {
                 let reason = paid.verified.scheme().replayed().reason();
                 Some(self.refuse_payment(session, paywall, ctx, reason))
             }
-            Claim::InFlight => {
+            ReplayClaim::InFlight => {
                 let reason = Rejection::InFlight.reason();
                 Some(self.refuse_payment(session, paywall, ctx, reason))
             }
-            Claim::Unavailable(why) => Some(self.shared_unavailable(ctx, &why)),
+            ReplayClaim::Unavailable(why) => Some(self.shared_unavailable(ctx, &why)),
         }
     }
 

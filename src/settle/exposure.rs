@@ -1,6 +1,6 @@
 //! Exposure: the value levy has served, or is serving, that has not moved on chain yet —
 //! per payer and in total — and the rolling loss budget. A payment's share is reserved
-//! atomically with the check ([`Ledger::reserve`], under one lock), so concurrent payments
+//! atomically with the check ([`ExposureBook::reserve`], under one lock), so concurrent payments
 //! from one payer cannot all pass a cap they exceed together; it stays counted while the
 //! payment is unsettled and leaves when the payment is final or released. Pure: no I/O,
 //! callers pass the time. With replicas, the sums across all of them come from the caller
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::sync::lock;
 use alloy::primitives::{Address, U256};
 
-/// The limits a [`Ledger`] enforces; `None` is unlimited.
+/// The limits a [`ExposureBook`] enforces; `None` is unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub per_payer: Option<U256>,
@@ -119,13 +119,13 @@ pub trait Mirror: Send + Sync {
 }
 
 /// Unsettled value per payer and in total, and recent losses.
-pub struct Ledger {
+pub struct ExposureBook {
     limits: Limits,
     state: Mutex<State>,
     mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
 }
 
-impl Ledger {
+impl ExposureBook {
     pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             limits,
@@ -289,7 +289,7 @@ impl Ledger {
 
 /// A reserved share of exposure, released when dropped unless kept.
 pub struct Hold {
-    ledger: Arc<Ledger>,
+    ledger: Arc<ExposureBook>,
     payer: Address,
     amount: U256,
     held: bool,
@@ -297,7 +297,7 @@ pub struct Hold {
 
 impl Hold {
     /// The payment was journaled: its value now counts as unsettled until settlement
-    /// finishes it ([`Ledger::remove_unsettled`]).
+    /// finishes it ([`ExposureBook::remove_unsettled`]).
     pub fn keep(mut self) {
         self.held = false;
     }
@@ -336,8 +336,8 @@ mod tests {
 
     const PAYER: Address = Address::repeat_byte(1);
 
-    fn ledger(per_payer: u64, total: u64, budget: u64) -> Arc<Ledger> {
-        Ledger::new(Limits {
+    fn ledger(per_payer: u64, total: u64, budget: u64) -> Arc<ExposureBook> {
+        ExposureBook::new(Limits {
             per_payer: Some(U256::from(per_payer)),
             total: Some(U256::from(total)),
             loss_budget: Some(U256::from(budget)),

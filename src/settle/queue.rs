@@ -27,7 +27,7 @@ pub struct Taken {
 
 /// What became of a shared payment, told to the queue by the replica that settled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct QueueOutcome {
     pub id: String,
     /// The payment's place in the queue (acknowledged and deleted with this outcome).
     pub entry: String,
@@ -40,7 +40,7 @@ pub struct Outcome {
     pub tx_hash: Option<B256>,
 }
 
-impl Outcome {
+impl QueueOutcome {
     pub fn of(record: &PaymentRecord) -> Option<Self> {
         Some(Self {
             id: record.id.clone(),
@@ -111,7 +111,7 @@ pub trait SharedQueue: Send + Sync {
 
     /// Payments are final (or need review): off the queue, their exposure gone, and each
     /// outcome on its way to its origin. Repeating one changes nothing.
-    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), Unavailable>;
+    async fn finished(&self, outcomes: &[QueueOutcome]) -> Result<(), Unavailable>;
 
     /// Outcomes of this replica's payments that other replicas settled, oldest first.
     async fn inbox(&self, count: usize) -> Result<Vec<Delivered>, Unavailable>;
@@ -128,7 +128,7 @@ pub(super) struct Link {
     /// whether their exposure is still counted as this replica's.
     to_append: Mutex<Vec<(PaymentRecord, bool)>>,
     /// Outcomes the queue has not heard yet.
-    to_tell: Mutex<Vec<Outcome>>,
+    to_tell: Mutex<Vec<QueueOutcome>>,
     /// Batches another replica's key signed, taken over with their payments: re-broadcast
     /// and read, never re-signed; with when they were adopted (unix seconds).
     adopted: Mutex<Vec<(BatchRecord, u64)>>,
@@ -231,7 +231,7 @@ impl Settlement {
         let Some(link) = self.inner.link.get() else {
             return;
         };
-        let outcomes: Vec<Outcome> = records.iter().filter_map(Outcome::of).collect();
+        let outcomes: Vec<QueueOutcome> = records.iter().filter_map(QueueOutcome::of).collect();
         if outcomes.is_empty() {
             return;
         }
@@ -581,8 +581,8 @@ impl Settlement {
 const INCLUSION_GRACE: u64 = 30;
 
 /// The outcome of a payment this replica finished, for the entry it was taken in again.
-fn outcome_of(known: &PaymentRecord, taken: &PaymentRecord) -> Outcome {
-    Outcome {
+fn outcome_of(known: &PaymentRecord, taken: &PaymentRecord) -> QueueOutcome {
+    QueueOutcome {
         id: known.id.clone(),
         entry: taken.entry.clone().unwrap_or_default(),
         origin: taken.shared.clone().unwrap_or_default(),

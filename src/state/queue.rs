@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use redis::Script;
 
 use super::Shared;
-use crate::settle::queue::{Delivered, Outcome, Sending, SharedQueue, Taken};
+use crate::settle::queue::{Delivered, QueueOutcome, Sending, SharedQueue, Taken};
 use crate::settle::{BatchRecord, PaymentRecord, Reason, SettlementState, Unavailable};
 
 /// The consumer group every replica reads the queue in.
@@ -339,7 +339,7 @@ impl SharedQueue for Shared {
         })
     }
 
-    async fn finished(&self, outcomes: &[Outcome]) -> Result<(), Unavailable> {
+    async fn finished(&self, outcomes: &[QueueOutcome]) -> Result<(), Unavailable> {
         if outcomes.is_empty() {
             return Ok(());
         }
