@@ -7,6 +7,7 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use serde::{Deserialize, Serialize};
 
 pub use crate::verify::upto::Permit2612;
+use crate::verify::{Authorized, VerifiedPayment};
 
 /// Where a payment's settlement stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -148,6 +149,61 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl PaymentRecord {
+    /// The record of a verified payment charged at `now` (unix seconds) on `route`, as levy
+    /// journals it for settlement: pending, no attempt yet. `network` is the operator's name
+    /// for the payment's network.
+    pub fn charged(
+        v: &VerifiedPayment,
+        id: String,
+        route: &str,
+        network: &str,
+        now: u64,
+    ) -> PaymentRecord {
+        PaymentRecord {
+            id,
+            route: route.to_owned(),
+            network: network.to_owned(),
+            asset: v.token(),
+            payer: v.payer,
+            to: v.to,
+            amount: v.amount,
+            valid_after: v.valid_after,
+            valid_before: v.valid_before,
+            nonce: v.key.nonce,
+            signature: v.signature.as_bytes().to_vec().into(),
+            state: SettlementState::Pending,
+            attempts: 0,
+            tx_hash: None,
+            reason: None,
+            detail: None,
+            accepted_at: now,
+            updated_at: now,
+            next_attempt_at: 0,
+            queued_ms: 0,
+            payload: None,
+            requirement: None,
+            deferred: false,
+            chain_id: v.key.chain_id,
+            upto: match v.authorized {
+                Authorized::Exact => None,
+                Authorized::Upto {
+                    facilitator,
+                    permit2612,
+                    ..
+                } => Some(UptoTerms {
+                    ceiling: v.amount,
+                    facilitator,
+                    permit2612,
+                }),
+            },
+            shared: None,
+            entry: None,
+            isolate: false,
+            admitted_block: 0,
+            bundle: None,
+        }
+    }
+
     /// Its audit-log line for `event`.
     pub fn audit_entry(&self, event: crate::alerts::Event) -> crate::alerts::Entry {
         crate::alerts::Entry {

@@ -8,13 +8,13 @@ use alloy_primitives::B256;
 use super::metering::Metering;
 use crate::channel::Checked;
 use crate::clock::unix_now;
-use crate::record::{PaymentRecord, SettlementState, UptoTerms};
+use crate::record::PaymentRecord;
 use crate::session::{ProofSigner, Quota};
 use crate::settle::channels::Lease;
 use crate::settle::exposure::Hold;
 use crate::settle::journal::Durability;
 use crate::settle::sessions::Draw;
-use crate::verify::{Authorized, VerifiedPayment};
+use crate::verify::VerifiedPayment;
 
 /// Where a request's payment stands. It changes only through the transitions on
 /// [`RequestCtx`], each of which settles the replay set and the counters in one place.
@@ -75,51 +75,17 @@ pub struct Paid {
 impl Paid {
     /// The journal record of this payment, charged now.
     pub(super) fn record(&self, route: &str) -> PaymentRecord {
-        let v = &self.verified;
-        let now = unix_now();
-        PaymentRecord {
-            id: self.id.clone(),
-            route: route.to_owned(),
-            network: self.network_name.clone(),
-            asset: v.token(),
-            payer: v.payer,
-            to: v.to,
-            amount: v.amount,
-            valid_after: v.valid_after,
-            valid_before: v.valid_before,
-            nonce: v.key.nonce,
-            signature: v.signature.as_bytes().to_vec().into(),
-            state: SettlementState::Pending,
-            attempts: 0,
-            tx_hash: None,
-            reason: None,
-            detail: None,
-            accepted_at: now,
-            updated_at: now,
-            next_attempt_at: 0,
-            queued_ms: 0,
-            payload: self.payload.clone(),
-            requirement: self.requirement.clone(),
-            deferred: false,
-            chain_id: v.key.chain_id,
-            upto: match v.authorized {
-                Authorized::Exact => None,
-                Authorized::Upto {
-                    facilitator,
-                    permit2612,
-                    ..
-                } => Some(UptoTerms {
-                    ceiling: v.amount,
-                    facilitator,
-                    permit2612,
-                }),
-            },
-            shared: None,
-            entry: None,
-            isolate: false,
-            admitted_block: self.admitted_block,
-            bundle: None,
-        }
+        let mut record = PaymentRecord::charged(
+            &self.verified,
+            self.id.clone(),
+            route,
+            &self.network_name,
+            unix_now(),
+        );
+        record.payload = self.payload.clone();
+        record.requirement = self.requirement.clone();
+        record.admitted_block = self.admitted_block;
+        record
     }
 }
 
