@@ -10,7 +10,7 @@ use super::ctx::{RequestCtx, STATUS_PATH};
 use super::respond::Reply;
 use super::tender::{ChannelStep, Release, SessionStep};
 use super::{LevyProxy, Outcome};
-use crate::config::{Access, Paywall, SettleMode};
+use crate::config::{Access, Config, Paywall, SettleMode};
 use crate::metrics::metrics;
 use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
@@ -39,7 +39,7 @@ impl LevyProxy {
         reason: &'static str,
     ) -> Reply {
         self.release(ctx, Release::Refused(reason));
-        self.challenge(session, paywall, reason, reason)
+        self.challenge(session, &ctx.live.config, paywall, reason, reason)
     }
 
     /// With shared state, a reserved payment must also be this replica's among all replicas
@@ -297,7 +297,7 @@ impl LevyProxy {
                 // authorization reserved (it expires with validBefore) and say so.
                 ctx.unresolved();
                 ctx.outcome = Outcome::SettlementUnavailable;
-                Some(self.settlement_pending(&id))
+                Some(self.settlement_pending(&ctx.live.config, &id))
             }
             Err(e) => {
                 log::warn!("settle before response failed on route {}: {e}", route.name);
@@ -430,9 +430,8 @@ impl LevyProxy {
 
     /// The 503 for a payment whose transfer is out but unconfirmed: it names the payment
     /// and its status page, so the client can check before paying again.
-    pub(super) fn settlement_pending(&self, id: &str) -> Reply {
-        let live = self.live.load();
-        let base = live.config.public_url.as_deref().unwrap_or("");
+    pub(super) fn settlement_pending(&self, config: &Config, id: &str) -> Reply {
+        let base = config.public_url.as_deref().unwrap_or("");
         let body = serde_json::json!({
             "error": "settlement_pending",
             "paymentId": id,

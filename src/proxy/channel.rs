@@ -161,9 +161,9 @@ impl LevyProxy {
             .with_label_values(&[ctx.route_label(), reason])
             .inc();
         let Some((index, extra)) = corrective else {
-            return self.challenge(session, paywall, reason, reason);
+            return self.challenge(session, &ctx.live.config, paywall, reason, reason);
         };
-        let url = self.resource_url(session, paywall);
+        let url = self.resource_url(session, &ctx.live.config, paywall);
         let rendered = paywall
             .challenge
             .render_extended(reason, &url, index, extra);

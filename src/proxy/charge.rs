@@ -161,7 +161,7 @@ impl LevyProxy {
                     // The transfer is out there: name the payment and its status page, as
                     // the request-phase settlement does.
                     ctx.unresolved();
-                    ctx.failure_reply = Some(self.settlement_pending(&id));
+                    ctx.failure_reply = Some(self.settlement_pending(&ctx.live.config, &id));
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(503),
                         "settlement outcome unknown",

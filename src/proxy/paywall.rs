@@ -18,7 +18,7 @@ use super::respond::{Reply, CORS_EXPOSE};
 use super::tender::{Paid, Release};
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
-use crate::config::{Access, Mode, Paywall, Unmatched};
+use crate::config::{Access, Config, Mode, Paywall, Unmatched};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
 use crate::pricing::challenge::Rendered;
@@ -131,7 +131,13 @@ impl LevyProxy {
                     let reason = why.reason();
                     log::debug!("bundle draw refused on {}: {reason}", ctx.route_label());
                     ctx.outcome = Outcome::PaymentRequired;
-                    return Some(self.challenge(session, paywall, reason, reason));
+                    return Some(self.challenge(
+                        session,
+                        &ctx.live.config,
+                        paywall,
+                        reason,
+                        reason,
+                    ));
                 }
                 None => {}
             }
@@ -140,6 +146,7 @@ impl LevyProxy {
             ctx.outcome = Outcome::PaymentRequired;
             return Some(self.challenge(
                 session,
+                &ctx.live.config,
                 paywall,
                 x402::V2_PAYMENT_REQUIRED_ERROR,
                 x402::V1_PAYMENT_REQUIRED_ERROR,
@@ -150,11 +157,17 @@ impl LevyProxy {
             Some(Err(e)) => {
                 log::debug!("channel payment refused on {}: {e}", ctx.route_label());
                 ctx.outcome = Outcome::PaymentRejected;
-                return Some(self.challenge(session, paywall, e.reason(), e.reason()));
+                return Some(self.challenge(
+                    session,
+                    &ctx.live.config,
+                    paywall,
+                    e.reason(),
+                    e.reason(),
+                ));
             }
             None => {}
         }
-        match self.accept_payment(header.as_bytes(), paywall) {
+        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config) {
             Ok(mut paid) => {
                 if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
@@ -164,7 +177,13 @@ impl LevyProxy {
                     .as_ref()
                     .is_some_and(Settlement::uses_facilitator)
                 {
-                    self.keep_for_facilitator(&mut paid, header.as_bytes(), paywall, session);
+                    self.keep_for_facilitator(
+                        &mut paid,
+                        header.as_bytes(),
+                        paywall,
+                        session,
+                        &ctx.live.config,
+                    );
                 }
                 ctx.reserve(paid);
                 None
@@ -176,7 +195,7 @@ impl LevyProxy {
                 );
                 let reason = rejection.reason();
                 self.release(ctx, Release::Refused(reason));
-                Some(self.challenge(session, paywall, reason, reason))
+                Some(self.challenge(session, &ctx.live.config, paywall, reason, reason))
             }
         }
     }
@@ -248,6 +267,7 @@ impl LevyProxy {
         &self,
         header: &[u8],
         paywall: &Paywall,
+        config: &Config,
     ) -> Result<Paid, Rejection> {
         let started = Instant::now();
         let verified = crate::scheme::verify(
@@ -255,7 +275,7 @@ impl LevyProxy {
             &paywall.requirements,
             paywall.challenge.accepts_v2(),
             unix_now(),
-            &self.live.load().config.policy,
+            &config.policy,
         );
         metrics()
             .verify_duration
@@ -302,6 +322,7 @@ impl LevyProxy {
         header: &[u8],
         paywall: &Paywall,
         session: &Session,
+        config: &Config,
     ) {
         paid.payload = x402::decode_header(header).and_then(|bytes| String::from_utf8(bytes).ok());
         let index = paid.verified.requirement;
@@ -312,7 +333,7 @@ impl LevyProxy {
                 .get(index)
                 .and_then(|r| serde_json::to_value(r).ok()),
             Version::V1 => paywall.requirements.get(index).and_then(|r| {
-                let url = self.resource_url(session, paywall);
+                let url = self.resource_url(session, config, paywall);
                 paywall.challenge.v1_requirement_json(r, &url)
             }),
         };
@@ -322,17 +343,19 @@ impl LevyProxy {
     pub(super) fn challenge(
         &self,
         session: &Session,
+        config: &Config,
         paywall: &Paywall,
         v2_error: &str,
         v1_error: &str,
     ) -> Reply {
-        let rendered = match self.render_bundle_challenge(session, paywall, v2_error, v1_error) {
-            Some(rendered) => rendered,
-            None => {
-                let url = self.resource_url(session, paywall);
-                paywall.challenge.render(v2_error, v1_error, &url)
-            }
-        };
+        let rendered =
+            match self.render_bundle_challenge(session, config, paywall, v2_error, v1_error) {
+                Some(rendered) => rendered,
+                None => {
+                    let url = self.resource_url(session, config, paywall);
+                    paywall.challenge.render(v2_error, v1_error, &url)
+                }
+            };
         self.challenge_reply(session, paywall, rendered)
     }
 
@@ -365,25 +388,29 @@ impl LevyProxy {
     }
 
     /// The absolute URL of the requested resource, as challenges name it.
-    pub(super) fn resource_url(&self, session: &Session, paywall: &Paywall) -> String {
+    pub(super) fn resource_url(
+        &self,
+        session: &Session,
+        config: &Config,
+        paywall: &Paywall,
+    ) -> String {
         if paywall.challenge.has_fixed_resource() {
             // The challenge ignores the request URL when the route fixes its resource.
             return String::new();
         }
-        self.request_url(session)
+        self.request_url(session, config)
     }
 
     /// The absolute URL requested, as levy's public address names it.
-    pub(super) fn request_url(&self, session: &Session) -> String {
+    pub(super) fn request_url(&self, session: &Session, config: &Config) -> String {
         let req = session.req_header();
         let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
-        let live = self.live.load();
-        match &live.config.public_url {
+        match &config.public_url {
             Some(base) => format!("{base}{path}"),
             None => {
                 let host = request_host(req);
                 let host = if host.is_empty() {
-                    live.config.listeners.primary().to_string()
+                    config.listeners.primary().to_string()
                 } else {
                     host.to_owned()
                 };

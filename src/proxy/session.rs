@@ -11,7 +11,7 @@ use pingora::proxy::Session;
 use super::tender::{Proving, SessionStep, Ticket};
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
-use crate::config::Paywall;
+use crate::config::{Config, Paywall};
 use crate::pricing::challenge::Rendered;
 use crate::session::{
     self, Bundle, Exhausted, Expected, ProofError, ProofSigner, Quota, SIGN_IN_WITH_X,
@@ -51,13 +51,14 @@ impl LevyProxy {
     pub(super) fn render_bundle_challenge(
         &self,
         session: &Session,
+        config: &Config,
         paywall: &Paywall,
         v2_error: &str,
         v1_error: &str,
     ) -> Option<Rendered> {
         paywall.bundle?;
         let sessions = self.sessions()?;
-        let url = self.request_url(session);
+        let url = self.request_url(session, config);
         let chains = chain_ids(paywall);
         let declaration = sessions.issuer().declaration(
             &Expected {
@@ -91,9 +92,11 @@ impl LevyProxy {
         let header = session.req_header().headers.get(SIGN_IN_WITH_X_HEADER)?;
         let sessions = self.sessions()?;
         let route = ctx.route.as_ref()?.name.clone();
+        let live = std::sync::Arc::clone(&ctx.live);
+        let config = &live.config;
         let checked = (|| {
             let proof = session::decode(header.as_bytes())?;
-            let url = self.request_url(session);
+            let url = self.request_url(session, config);
             let chains = chain_ids(paywall);
             let expected = Expected {
                 scope: &url,
@@ -116,9 +119,7 @@ impl LevyProxy {
                     .iter()
                     .find(|r| r.chain_id == chain_id)
                     .map(|r| r.network_name.clone());
-                let Some(network) =
-                    network.filter(|_| self.live.load().config.policy.contract_signatures)
-                else {
+                let Some(network) = network.filter(|_| config.policy.contract_signatures) else {
                     return Some(Err(ProofError::Signature));
                 };
                 Some(network)
@@ -184,7 +185,7 @@ impl LevyProxy {
         let sessions = self.sessions()?;
         let refuse = |reason: &'static str, ctx: &mut RequestCtx| {
             ctx.outcome = super::Outcome::PaymentRequired;
-            self.challenge(session, paywall, reason, reason)
+            self.challenge(session, &ctx.live.config, paywall, reason, reason)
         };
         let client = super::client_ip(session);
         let payer = match (&proving.signer, &proving.network) {
