@@ -103,16 +103,25 @@ fn one_settlement(chain: &TestChain, admin: SocketAddr) -> U256 {
     chain.balance(PAY_TO.parse().expect("pay_to"))
 }
 
-#[test]
-fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_pays_what_it_received() {
-    const SIZE: usize = 50 << 20;
-    let origin = Origin::start(|_| Reply::ok(vec![b'x'; SIZE]));
-    let dir = tempfile::tempdir().expect("tempdir");
+/// The body of the `/bulk` origin: 50 MiB.
+const BULK_SIZE: usize = 50 << 20;
+
+/// An origin serving [`BULK_SIZE`] bytes, and the chain and levy's config for a `/bulk`
+/// route charging one atomic unit per KiB delivered.
+fn bulk(dir: &std::path::Path) -> (Origin, TestChain, String) {
+    let origin = Origin::start(|_| Reply::ok(vec![b'x'; BULK_SIZE]));
     let (chain, yaml) = chain_and_config(
         &origin,
-        dir.path(),
+        dir,
         &route("bulk", "/bulk", "unit: bytes, per: 1024, price: \"1\""),
     );
+    (origin, chain, yaml)
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_pays_what_it_received() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_origin, chain, yaml) = bulk(dir.path());
     let yaml = yaml.replace(
         "  routes:\n",
         "  client_write_timeout_ms: 1000\n  routes:\n",
@@ -125,8 +134,7 @@ fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_pays_what_
     assert_eq!(status, 200, "{head}");
     // The client reads nothing more and keeps its connection open. Without a write
     // timeout levy's writes would wait on it for ever and the charge would never close.
-    wait_settled(admin, 1);
-    let paid = chain.balance(PAY_TO.parse().expect("pay_to"));
+    let paid = one_settlement(&chain, admin);
     assert!(
         paid > U256::ZERO && paid < U256::from(51_200 / 2),
         "the payee received {paid}: what reached the client's socket, not the 50 MiB"
@@ -136,14 +144,9 @@ fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout_and_pays_what_
 
 #[test]
 fn a_50_mib_metered_stream_passes_through_with_levys_memory_flat() {
-    const SIZE: usize = 50 << 20;
-    let origin = Origin::start(|_| Reply::ok(vec![b'x'; SIZE]));
+    const SIZE: usize = BULK_SIZE;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (chain, yaml) = chain_and_config(
-        &origin,
-        dir.path(),
-        &route("bulk", "/bulk", "unit: bytes, per: 1024, price: \"1\""),
-    );
+    let (_origin, chain, yaml) = bulk(dir.path());
     let (config, addr, admin) = process_config(dir.path(), &yaml);
     let levy = spawn_levy(&config);
     wait_listening(addr);

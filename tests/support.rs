@@ -80,7 +80,9 @@ impl Levy {
         );
         let config =
             levy::Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
-        schema::accepts_what_levy_accepts(&yaml);
+        if let Err(problem) = schema::validate(&yaml) {
+            panic!("levy accepts this config but its JSON Schema does not ({problem}):\n{yaml}");
+        }
         let server =
             levy::build_server(config, None).unwrap_or_else(|e| panic!("levy did not start: {e}"));
         let (tx, rx) = oneshot::channel();

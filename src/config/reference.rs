@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
+use super::checks::YamlPath;
 use super::schema::File;
 
 /// The JSON Schema (draft 2020-12) of a levy config file.
@@ -35,7 +36,7 @@ pub fn undocumented() -> Vec<String> {
     let schema = json_schema();
     let mut missing = Vec::new();
     let reader = Reader::new(&schema);
-    reader.walk("", root_object(&schema), &mut |path, property| {
+    reader.walk("", &schema, &mut |path, property| {
         if description(property).is_none() {
             missing.push(path.to_owned());
         }
@@ -57,12 +58,8 @@ pub fn reference_markdown() -> String {
          `levy config schema` prints the file's JSON Schema, for editors and validators.\n",
     );
     let reader = Reader::new(&schema);
-    reader.section(&mut out, "", root_object(&schema));
+    reader.section(&mut out, "", &schema);
     out
-}
-
-fn root_object(schema: &Value) -> &Value {
-    schema
 }
 
 fn description(v: &Value) -> Option<&str> {
@@ -252,6 +249,6 @@ fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
-        format!("{path}.{key}")
+        path.key(key)
     }
 }

@@ -110,8 +110,6 @@ pub enum ChannelsError {
     NoTurn,
     #[error("too many unknown channels are being read at once")]
     Busy,
-    #[error("channel {0} kept changing; gave up writing it")]
-    Contended(B256),
 }
 
 /// A channel held for one request: its voucher is admitted for `price` (for a metered

@@ -76,7 +76,7 @@ impl Channels {
         let observed = self
             .update(id, |ledger| ledger.observe(&escrowed))
             .await
-            .map_err(Refusal::Unavailable)?;
+            .map_err(|e| Refusal::Unavailable(e.into()))?;
         if let (Some(observed), Some((_, version))) = (observed, lease.held.as_mut()) {
             // The hold admits on the ledger as now written.
             *version = observed.version;
@@ -163,7 +163,7 @@ impl Channels {
         &self,
         id: B256,
         step: impl Fn(&mut Ledger),
-    ) -> Result<Option<Versioned>, ChannelsError> {
+    ) -> Result<Option<Versioned>, Unavailable> {
         let Some(shared) = self.shared() else {
             let mut slots = lock(&self.inner.slots);
             return Ok(slots.get_mut(&id).map(|slot| {
@@ -189,7 +189,9 @@ impl Channels {
                 }));
             }
         }
-        Err(ChannelsError::Contended(id))
+        Err(Unavailable::new(format!(
+            "channel {id} kept changing; gave up writing it"
+        )))
     }
 
     /// Makes sure levy has a ledger for `voucher`'s channel, reading one from the escrow
@@ -438,7 +440,7 @@ impl Channels {
         }
         let earned = self.update(id, |ledger| ledger.earn(amount, ceiling)).await;
         let next = earned
-            .map_err(|e| SettleError::Setup(e.to_string()))?
+            .map_err(SettleError::Shared)?
             .ok_or_else(|| SettleError::Setup("a metered channel vanished".into()))?
             .ledger;
         self.inner.log.put(next).await.map_err(journal)
@@ -489,7 +491,7 @@ impl Channels {
         if let Some((_, version)) = &mut lease.held {
             // The balance is shared at once; the commit then writes on top of it.
             let updated = self.update(id, |ledger| ledger.observe(&escrowed)).await;
-            if let Some(now) = updated.map_err(Refusal::Unavailable)? {
+            if let Some(now) = updated.map_err(|e| Refusal::Unavailable(e.into()))? {
                 *version = now.version;
                 return Ok(());
             }
