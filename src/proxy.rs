@@ -4,11 +4,13 @@
 //! state lives in `ctx`; a response levy writes itself goes through `respond`.
 
 mod admit;
+mod answer;
 mod channel;
 mod charge;
 mod ctx;
 mod headers;
 mod metering;
+mod outcome;
 mod paywall;
 mod respond;
 mod session;
@@ -25,11 +27,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-pub use ctx::{Outcome, RequestCtx};
+use answer::Decision;
+pub use ctx::RequestCtx;
+use ctx::STATUS_PATH;
 use headers::{classify, request_host, strip_hop_by_hop};
 use metering::{Flow, METERED_END};
+pub use outcome::Outcome;
 pub use respond::{Reply, CORS_EXPOSE};
-use tender::Release;
+use tender::{Holders, Release, Tender};
 
 use crate::config::{Access, Config};
 use crate::metrics::{metrics, RouteMetrics};
@@ -97,8 +102,9 @@ pub struct LevyProxy {
     sessions: Option<crate::settle::sessions::Sessions>,
     /// State shared with other replicas (Redis), if any.
     shared: Option<crate::state::Shared>,
-    /// Where paid requests' payment steps are audited, if anywhere.
-    audit: Option<Arc<crate::alerts::AuditLog>>,
+    /// What each request's tender is held in and let go against (the replay set, the
+    /// channels, the bundles and the audit log).
+    holders: Arc<Holders>,
 }
 
 impl LevyProxy {
@@ -108,22 +114,40 @@ impl LevyProxy {
         settlement: Option<Settlement>,
         shared: Option<crate::state::Shared>,
     ) -> Self {
+        let channels = settlement.as_ref().and_then(|s| s.channels().cloned());
+        let sessions = settlement.as_ref().and_then(|s| s.sessions().cloned());
+        let holders = Arc::new(Holders {
+            nonces: Arc::clone(&nonces),
+            channels: channels.clone(),
+            sessions: sessions.clone(),
+            audit: None,
+        });
         Self {
             live,
             nonces,
-            channels: settlement.as_ref().and_then(|s| s.channels().cloned()),
-            sessions: settlement.as_ref().and_then(|s| s.sessions().cloned()),
+            channels,
+            sessions,
             settlement,
             shared,
-            audit: None,
+            holders,
         }
     }
 
     /// Audits each payment's steps on the request path (accepted, released, charged) to
     /// `audit`.
     pub fn with_audit(mut self, audit: Option<Arc<crate::alerts::AuditLog>>) -> Self {
-        self.audit = audit;
+        self.holders = Arc::new(Holders {
+            nonces: Arc::clone(&self.nonces),
+            channels: self.channels.clone(),
+            sessions: self.sessions.clone(),
+            audit,
+        });
         self
+    }
+
+    /// The audit log, if payments' steps are audited.
+    fn audit(&self) -> Option<&crate::alerts::AuditLog> {
+        self.holders.audit.as_deref()
     }
 
     /// The cached metric handles of the request's route.
@@ -143,13 +167,9 @@ impl ProxyHttp for LevyProxy {
             route: None,
             upstream: None,
             tried: Vec::new(),
-            outcome: Outcome::Pending,
-            payment: tender::PaymentState::None,
-            channel: tender::ChannelStep::None,
-            session: tender::SessionStep::None,
+            tender: Tender::new(Arc::clone(&self.holders)),
             failure: None,
             failure_reply: None,
-            audit: self.audit.clone(),
         }
     }
 
@@ -161,25 +181,20 @@ impl ProxyHttp for LevyProxy {
         ctx.started = Instant::now();
         // A client that stops reading must not hold its response (and the upstream) open.
         session.set_write_timeout(Some(ctx.live.config.client_write_timeout));
-        let decided = match self.route(session, ctx) {
-            None => self.settle_first(session, ctx).await,
-            reply => reply,
-        };
-        match decided {
-            None => Ok(false),
-            Some(reply) => {
-                if matches!(
-                    ctx.outcome,
-                    Outcome::PaymentRequired | Outcome::PaymentRejected
-                ) {
-                    if let Some(m) = Self::metrics_of(ctx) {
-                        m.challenges.inc();
-                    }
-                }
-                reply.send(session).await?;
-                Ok(true)
+        let answer = match self.decide(session, ctx) {
+            Decision::Forward => return Ok(false),
+            Decision::Shadow => {
+                ctx.tender.end(Outcome::Shadowed);
+                return Ok(false);
             }
-        }
+            Decision::Admit => match self.admit(session, ctx).await {
+                Ok(()) => return Ok(false),
+                Err(answer) => answer,
+            },
+            Decision::Answer(answer) => answer,
+        };
+        self.rescue(session, ctx, answer).send(session).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -285,14 +300,14 @@ impl ProxyHttp for LevyProxy {
                 .insert_header(names.amount.clone(), paid.verified.amount.to_string())?;
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
         }
-        if let tender::ChannelStep::Leased { lease, .. } = &ctx.channel {
+        if let tender::ChannelStep::Leased { lease, .. } = &ctx.tender.channel {
             // The voucher proves its signer, not the channel's `payer`: anyone may fund a
             // channel that names someone else as its payer.
             let payer = lease.voucher.config.voucher_signer().to_checksum(None);
             upstream_request.insert_header(names.payer.clone(), payer)?;
             upstream_request.insert_header(names.amount.clone(), lease.price.to_string())?;
         }
-        if let tender::SessionStep::Drawing { draw, .. } = &ctx.session {
+        if let tender::SessionStep::Drawing { draw, .. } = &ctx.tender.session {
             upstream_request.insert_header(names.payer.clone(), draw.payer.to_checksum(None))?;
         }
 
@@ -344,8 +359,8 @@ impl ProxyHttp for LevyProxy {
             // bought).
             return Ok(());
         }
-        if ctx.outcome != Outcome::Shadowed {
-            ctx.outcome = Outcome::Forwarded;
+        if ctx.tender.outcome() != Outcome::Shadowed {
+            ctx.tender.end(Outcome::Forwarded);
         }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
@@ -363,7 +378,7 @@ impl ProxyHttp for LevyProxy {
             upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
         // A shadow route passes the origin's answer as it is: it must behave as without levy.
-        if ctx.outcome != Outcome::Shadowed
+        if ctx.tender.outcome() != Outcome::Shadowed
             && ctx
                 .route
                 .as_ref()
@@ -387,9 +402,9 @@ impl ProxyHttp for LevyProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         // Release before answering, so a client retrying at once finds its payment free.
-        self.release(ctx, Release::Unserved);
+        ctx.release(Release::Unserved);
         let (outcome, status, reason) = classify(e);
-        ctx.outcome = outcome;
+        ctx.tender.end(outcome);
         if matches!(
             outcome,
             Outcome::UpstreamUnreachable | Outcome::UpstreamTimeout | Outcome::UpstreamError
@@ -462,14 +477,11 @@ impl ProxyHttp for LevyProxy {
         self.finish_metering(session, e, ctx).await;
         self.finish_channel_metering(session, e, ctx).await;
         self.finish_draw(ctx).await;
-        self.release(ctx, Release::Unserved);
+        ctx.release(Release::Unserved);
         let elapsed = ctx.started.elapsed();
+        let outcome = ctx.tender.outcome();
         if let Some(m) = Self::metrics_of(ctx) {
-            m.observe(
-                ctx.outcome as usize,
-                ctx.outcome.as_str(),
-                elapsed.as_secs_f64(),
-            );
+            m.observe(outcome as usize, outcome.as_str(), elapsed.as_secs_f64());
         }
         if ctx.live.config.access_log {
             access_log(session, ctx, elapsed);
@@ -502,7 +514,7 @@ fn access_log(session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration)
         "status": status,
         "route": ctx.route_label(),
         "upstream": ctx.upstream.as_deref().map(|u| u.name.as_str()),
-        "outcome": ctx.outcome.as_str(),
+        "outcome": ctx.tender.outcome().as_str(),
         "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
     });
     log::info!(target: crate::logging::ACCESS_TARGET, "{line}");

@@ -10,11 +10,13 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
+use super::answer::{Answer, Form};
 use super::ctx::RequestCtx;
 use super::headers::make_private;
+use super::outcome::Outcome;
 use super::respond::Reply;
 use super::tender::ChannelStep;
-use super::{LevyProxy, Outcome};
+use super::LevyProxy;
 use crate::channel::{self, ChannelError, Checked, Offer};
 use crate::clock::unix_now;
 use crate::config::Paywall;
@@ -52,41 +54,51 @@ impl LevyProxy {
             Ok((checked, index))
         });
         Some(checked.map(|(checked, index)| {
-            ctx.channel = ChannelStep::Checked {
+            ctx.tender.channel = ChannelStep::Checked {
                 checked: Box::new(checked),
                 index,
             };
         }))
     }
 
-    /// Leases the checked channel payment's channel (depositing first when asked to);
-    /// `Some(reply)` refuses the request.
+    /// Leases the checked channel payment's channel (depositing first when asked to), or
+    /// answers a refund once it is on chain.
     pub(super) async fn lease_channel(
         &self,
-        session: &Session,
         paywall: &Paywall,
         ctx: &mut RequestCtx,
-    ) -> Option<Reply> {
-        let ChannelStep::Checked { checked, index } = std::mem::take(&mut ctx.channel) else {
-            return None;
+    ) -> Result<(), Answer> {
+        let ChannelStep::Checked { checked, index } = std::mem::take(&mut ctx.tender.channel)
+        else {
+            return Ok(());
         };
         let Some(channels) = self.channels.as_ref() else {
-            return Some(Reply::text(503, "channels are not configured"));
+            return Err(Answer::Own(
+                Reply::text(503, "channels are not configured"),
+                Outcome::InternalError,
+            ));
         };
-        let requirement = paywall.requirements.get(index)?;
-        let offer = Offer::of(requirement)?;
+        let Some((requirement, offer)) = paywall
+            .requirements
+            .get(index)
+            .and_then(|r| Some((r, Offer::of(r)?)))
+        else {
+            // Checked against this requirement inline: not reached.
+            return Err(Answer::refused(
+                ChannelError::Malformed("accepted").reason(),
+            ));
+        };
         let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
         let metering = Metering::for_requirement(paywall, index).map(Box::new);
         if let Checked::Refund(voucher, amount) = *checked {
             let refunded = channels
                 .refund(&voucher, amount, &requirement.network_name, hold)
                 .await;
-            return Some(match refunded {
+            return Err(match refunded {
                 Ok(done) => {
-                    ctx.outcome = Outcome::Refunded;
-                    refund_reply(&done, &requirement.network)
+                    Answer::Own(refund_reply(&done, &requirement.network), Outcome::Refunded)
                 }
-                Err(refusal) => self.refused(session, paywall, ctx, index, refusal),
+                Err(refusal) => refused(ctx, index, refusal),
             });
         }
         match channels
@@ -103,71 +115,15 @@ impl LevyProxy {
                 if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
-                ctx.channel = ChannelStep::Leased {
+                ctx.tender.channel = ChannelStep::Leased {
                     lease: Box::new(lease),
                     network: requirement.network.clone(),
                     metering,
                 };
-                None
+                Ok(())
             }
-            Err(refusal) => Some(self.refused(session, paywall, ctx, index, refusal)),
+            Err(refusal) => Err(refused(ctx, index, refusal)),
         }
-    }
-
-    /// The answer to a refused channel payment (or refund) on the requirement at `index`.
-    fn refused(
-        &self,
-        session: &Session,
-        paywall: &Paywall,
-        ctx: &mut RequestCtx,
-        index: usize,
-        refusal: Refusal,
-    ) -> Reply {
-        match refusal {
-            Refusal::Rejected(e) => {
-                log::debug!("channel payment refused on {}: {e}", ctx.route_label());
-                self.refuse_channel(session, paywall, ctx, e.reason(), None)
-            }
-            Refusal::Corrective(e, ledger) => {
-                let mut extra = serde_json::Map::new();
-                extra.insert("channelState".into(), ledger.state_json());
-                if let Some(voucher) = ledger.voucher_json() {
-                    extra.insert("voucherState".into(), voucher);
-                }
-                self.refuse_channel(session, paywall, ctx, e.reason(), Some((index, extra)))
-            }
-            Refusal::Unavailable(why) => {
-                log::warn!("channel payment on {}: {why}", ctx.route_label());
-                ctx.outcome = Outcome::SettlementUnavailable;
-                Reply::text(503, "cannot read the channel now; retry later")
-                    .header(http::header::RETRY_AFTER, "2")
-            }
-        }
-    }
-
-    /// A 402 for a refused channel payment; `corrective` adds the channel's state to the
-    /// batch-settlement entry so the client can re-sign.
-    fn refuse_channel(
-        &self,
-        session: &Session,
-        paywall: &Paywall,
-        ctx: &mut RequestCtx,
-        reason: &'static str,
-        corrective: Option<(usize, serde_json::Map<String, serde_json::Value>)>,
-    ) -> Reply {
-        ctx.outcome = Outcome::PaymentRejected;
-        crate::metrics::metrics()
-            .payments_rejected
-            .with_label_values(&[ctx.route_label(), reason])
-            .inc();
-        let Some((index, extra)) = corrective else {
-            return self.challenge(session, &ctx.live.config, paywall, reason, reason);
-        };
-        let url = self.resource_url(session, &ctx.live.config, paywall);
-        let rendered = paywall
-            .challenge
-            .render_extended(reason, &url, index, extra);
-        self.challenge_reply(session, paywall, rendered)
     }
 
     /// On the origin's answer: below 400 the channel is charged (in the channel log before
@@ -183,7 +139,7 @@ impl LevyProxy {
             lease,
             network,
             metering,
-        } = std::mem::take(&mut ctx.channel)
+        } = std::mem::take(&mut ctx.tender.channel)
         else {
             return Ok(());
         };
@@ -192,7 +148,7 @@ impl LevyProxy {
         };
         if response.status.as_u16() >= 400 {
             channels.release_now(&lease).await;
-            ctx.outcome = Outcome::PaymentReleased;
+            ctx.tender.end(Outcome::PaymentReleased);
             crate::metrics::metrics()
                 .payments_released
                 .with_label_values(&[ctx.route_label()])
@@ -210,7 +166,7 @@ impl LevyProxy {
                 ));
             }
         };
-        if let Some(audit) = &self.audit {
+        if let Some(audit) = self.audit() {
             audit.write(crate::settle::channels::audit_entry(
                 crate::alerts::Event::Voucher,
                 &ledger,
@@ -234,13 +190,13 @@ impl LevyProxy {
         let encoded = receipt.header_value();
         response.insert_header(PAYMENT_RESPONSE, encoded)?;
         make_private(response)?;
-        ctx.outcome = Outcome::Paid;
+        ctx.tender.end(Outcome::Paid);
         if let Some(m) = Self::metrics_of(ctx) {
             m.payments_charged.inc();
         }
         if let Some(mut metering) = metering {
             metering.on_headers(response);
-            ctx.channel = ChannelStep::Metering {
+            ctx.tender.channel = ChannelStep::Metering {
                 channel_id: lease.voucher.channel_id,
                 ceiling: lease.price,
                 token: lease.token().map(str::to_owned),
@@ -263,7 +219,7 @@ impl LevyProxy {
             ceiling,
             token,
             metering,
-        } = std::mem::take(&mut ctx.channel)
+        } = std::mem::take(&mut ctx.tender.channel)
         else {
             return;
         };
@@ -283,13 +239,26 @@ impl LevyProxy {
             ctx.route_label()
         );
     }
+}
 
-    /// Lets a leased channel go uncharged (the exchange failed or ended unanswered).
-    pub(super) fn release_channel(&self, ctx: &mut RequestCtx) {
-        if let ChannelStep::Leased { lease, .. } = std::mem::take(&mut ctx.channel) {
-            if let Some(channels) = self.channels.as_ref() {
-                channels.release(&lease);
+/// The answer to a refused channel payment (or refund) on the requirement at `index`.
+fn refused(ctx: &RequestCtx, index: usize, refusal: Refusal) -> Answer {
+    match refusal {
+        Refusal::Rejected(e) => {
+            log::debug!("channel payment refused on {}: {e}", ctx.route_label());
+            Answer::refused(e.reason())
+        }
+        Refusal::Corrective(e, ledger) => {
+            let mut extra = serde_json::Map::new();
+            extra.insert("channelState".into(), ledger.state_json());
+            if let Some(voucher) = ledger.voucher_json() {
+                extra.insert("voucherState".into(), voucher);
             }
+            Answer::Refused(e.reason(), Form::Corrective(index, extra))
+        }
+        Refusal::Unavailable(why) => {
+            log::warn!("channel payment on {}: {why}", ctx.route_label());
+            Answer::retry("cannot read the channel now; retry later", "2")
         }
     }
 }

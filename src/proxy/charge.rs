@@ -6,11 +6,12 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use super::answer::settlement_pending;
 use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::make_private;
 use super::metering::Metering;
 use super::tender::{ChannelStep, Release};
-use super::{LevyProxy, Outcome};
+use super::LevyProxy;
 use crate::clock::unix_now;
 use crate::config::Access;
 use crate::metrics::metrics;
@@ -28,13 +29,11 @@ impl LevyProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if matches!(ctx.channel, ChannelStep::Leased { .. }) {
+        if matches!(ctx.tender.channel, ChannelStep::Leased { .. }) {
             return self.settle_channel(response, ctx).await;
         }
-        let nonces = self.nonces.as_ref();
         if response.status.as_u16() >= 400 && ctx.reserved().is_some() {
-            self.release(ctx, Release::Unserved);
-            ctx.outcome = Outcome::PaymentReleased;
+            ctx.release(Release::Declined);
             return Ok(());
         }
         if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
@@ -84,7 +83,7 @@ impl LevyProxy {
         response.insert_header(name, encoded)?;
         make_private(response)?;
         let (amount, payer) = (paid.verified.amount, paid.verified.payer);
-        ctx.charge(nonces, paid, amount);
+        ctx.charge(paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
     }
@@ -122,7 +121,7 @@ impl LevyProxy {
             Ok(ticket) => Ok(Some((ticket, cut_at))),
             Err(e) => {
                 log::error!("cannot journal metered payment {}: {e}", paid.id);
-                self.release(ctx, Release::Withdrawn);
+                ctx.release(Release::Withdrawn);
                 ctx.failure = Some("cannot record the payment; nothing was charged");
                 Err(Error::explain(
                     ErrorType::HTTPStatus(503),
@@ -161,7 +160,7 @@ impl LevyProxy {
                     // The transfer is out there: name the payment and its status page, as
                     // the request-phase settlement does.
                     ctx.unresolved();
-                    ctx.failure_reply = Some(self.settlement_pending(&ctx.live.config, &id));
+                    ctx.failure_reply = Some(settlement_pending(&ctx.live.config, &id));
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(503),
                         "settlement outcome unknown",
@@ -169,7 +168,7 @@ impl LevyProxy {
                 }
                 Err(e) => {
                     log::info!("payment {id} not settled before it expires: {e}");
-                    self.release(ctx, Release::Withdrawn);
+                    ctx.release(Release::Withdrawn);
                     ctx.failure = Some(
                         "the payment could not be settled before its authorization expires; nothing was charged",
                     );
@@ -181,7 +180,7 @@ impl LevyProxy {
             }
         } else if let Err(e) = settlement.accept(record, hold, durability).await {
             log::error!("cannot journal payment {id}: {e}");
-            self.release(ctx, Release::Withdrawn);
+            ctx.release(Release::Withdrawn);
             ctx.failure = Some("cannot record the payment; nothing was charged");
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -259,6 +258,6 @@ impl LevyProxy {
             "metered payment {} on route {route}: {units} units, {amount} charged",
             paid.id
         );
-        ctx.charge(self.nonces.as_ref(), paid, amount);
+        ctx.charge(paid, amount);
     }
 }

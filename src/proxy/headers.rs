@@ -7,7 +7,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource};
 
-use super::ctx::Outcome;
+use super::outcome::Outcome;
 use super::respond::{Reply, CORS_ALLOW_HEADERS, CORS_EXPOSE};
 use super::{DRAIN_LIMIT_BYTES, KEEP_ALIVE, PROXY_CONNECTION};
 use crate::routing::{split_target, Target};

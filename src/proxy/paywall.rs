@@ -9,13 +9,14 @@ use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
+use super::answer::{Answer, Decision};
 use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::{
     self, is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
 };
 use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
-use super::tender::{Paid, Release};
+use super::tender::Paid;
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::{Access, Config, Mode, Paywall, Unmatched};
@@ -51,74 +52,74 @@ impl LevyProxy {
         })
     }
 
-    /// Decides what to do with a request; `Some(reply)` answers it without the upstream.
-    pub(super) fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
+    /// Decides what to do with a request: screen it, serve a status page, route it, and on a
+    /// priced route answer the challenge or a preflight, or check its payment inline.
+    pub(super) fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
         let req = session.req_header();
         let live = Arc::clone(&ctx.live);
         let config = &live.config;
         if let Some(reply) = screen(req, config.max_request_header_bytes) {
-            ctx.outcome = Outcome::BadRequest;
-            return Some(reply);
+            return Decision::Answer(Answer::Own(reply, Outcome::BadRequest));
         }
         if let Some(reply) = self.status_page(req) {
-            ctx.outcome = Outcome::Status;
-            return Some(reply);
+            return Decision::Answer(Answer::Own(reply, Outcome::Status));
         }
         let (host, path) = match routable(req) {
             Ok(parts) => parts,
-            Err(reply) => {
-                ctx.outcome = Outcome::BadRequest;
-                return Some(reply);
-            }
+            Err(reply) => return Decision::Answer(Answer::Own(reply, Outcome::BadRequest)),
         };
         let key = RequestKey::new(host, req.method.as_str(), path);
         let route = match config.routes.lookup(&key) {
-            Lookup::Found(route) => Some(route),
-            Lookup::NotFound => None,
+            Lookup::Found(route) => route,
+            Lookup::NotFound => {
+                return match &config.unmatched {
+                    Unmatched::NotFound => Decision::Answer(Answer::Own(
+                        Reply::text(404, "no route matches this request"),
+                        Outcome::NotFound,
+                    )),
+                    Unmatched::Pass(upstream) => {
+                        ctx.upstream = Some(Arc::clone(upstream));
+                        Decision::Forward
+                    }
+                };
+            }
             Lookup::EncodedSeparator => {
-                ctx.outcome = Outcome::BadRequest;
-                return Some(Reply::text(
-                    400,
-                    "an encoded `/` or `\\` is not allowed in a priced path",
+                return Decision::Answer(Answer::Own(
+                    Reply::text(
+                        400,
+                        "an encoded `/` or `\\` is not allowed in a priced path",
+                    ),
+                    Outcome::BadRequest,
                 ));
             }
-        };
-        let Some(route) = route else {
-            return match &config.unmatched {
-                Unmatched::NotFound => {
-                    ctx.outcome = Outcome::NotFound;
-                    Some(Reply::text(404, "no route matches this request"))
-                }
-                Unmatched::Pass(upstream) => {
-                    ctx.upstream = Some(Arc::clone(upstream));
-                    None
-                }
-            };
         };
         ctx.route = Some(Arc::clone(route));
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
-            Access::Free => None,
+            Access::Free => Decision::Forward,
             Access::Priced(paywall) if paywall.mode == Mode::Shadow => {
                 self.shadow(session, paywall, ctx);
-                None
+                Decision::Shadow
             }
-            Access::Priced(paywall) => self.paywall_reply(session, paywall, ctx),
+            Access::Priced(paywall) => match self.tender_payment(session, paywall, ctx) {
+                Ok(()) => Decision::Admit,
+                Err(answer) => Decision::Answer(answer),
+            },
         }
     }
 
-    /// The answer on a priced route: `None` forwards a verified, reserved payment; otherwise
-    /// a preflight, or a 402 challenge (no payment, or the payment's rejection reason).
-    pub(super) fn paywall_reply(
+    /// On a priced route: a preflight or the challenge when there is nothing to check;
+    /// otherwise the payment (a voucher, a bundle proof) checked inline and held for
+    /// admission (`Ok`), or the reason it is refused.
+    pub(super) fn tender_payment(
         &self,
         session: &Session,
         paywall: &Paywall,
         ctx: &mut RequestCtx,
-    ) -> Option<Reply> {
+    ) -> Result<(), Answer> {
         let req = session.req_header();
         if is_preflight(req) {
-            ctx.outcome = Outcome::Preflight;
-            return Some(preflight(req));
+            return Err(Answer::Own(preflight(req), Outcome::Preflight));
         }
         let payment = req
             .headers
@@ -126,44 +127,23 @@ impl LevyProxy {
             .or_else(|| req.headers.get(X_PAYMENT_HEADER));
         if payment.is_none() {
             match self.draw_on_bundle(session, paywall, ctx) {
-                Some(Ok(())) => return None,
+                Some(Ok(())) => return Ok(()),
                 Some(Err(why)) => {
                     let reason = why.reason();
                     log::debug!("bundle draw refused on {}: {reason}", ctx.route_label());
-                    ctx.outcome = Outcome::PaymentRequired;
-                    return Some(self.challenge(
-                        session,
-                        &ctx.live.config,
-                        paywall,
-                        reason,
-                        reason,
-                    ));
+                    return Err(Answer::undrawn(reason));
                 }
                 None => {}
             }
         }
         let Some(header) = payment else {
-            ctx.outcome = Outcome::PaymentRequired;
-            return Some(self.challenge(
-                session,
-                &ctx.live.config,
-                paywall,
-                x402::V2_PAYMENT_REQUIRED_ERROR,
-                x402::V1_PAYMENT_REQUIRED_ERROR,
-            ));
+            return Err(Answer::PAYMENT_REQUIRED);
         };
         match self.check_channel_payment(header.as_bytes(), paywall, ctx) {
-            Some(Ok(())) => return None,
+            Some(Ok(())) => return Ok(()),
             Some(Err(e)) => {
                 log::debug!("channel payment refused on {}: {e}", ctx.route_label());
-                ctx.outcome = Outcome::PaymentRejected;
-                return Some(self.challenge(
-                    session,
-                    &ctx.live.config,
-                    paywall,
-                    e.reason(),
-                    e.reason(),
-                ));
+                return Err(Answer::refused(e.reason()));
             }
             None => {}
         }
@@ -186,16 +166,14 @@ impl LevyProxy {
                     );
                 }
                 ctx.reserve(paid);
-                None
+                Ok(())
             }
             Err(rejection) => {
                 log::debug!(
                     "payment refused on route {}: {rejection}",
                     ctx.route_label()
                 );
-                let reason = rejection.reason();
-                self.release(ctx, Release::Refused(reason));
-                Some(self.challenge(session, &ctx.live.config, paywall, reason, reason))
+                Err(Answer::refused(rejection.reason()))
             }
         }
     }
@@ -205,7 +183,6 @@ impl LevyProxy {
     /// the authorization stays usable), and what enforcing would have done is counted in
     /// `levy_shadow_requests_total` and `levy_shadow_value_total` and logged.
     fn shadow(&self, session: &Session, paywall: &Paywall, ctx: &mut RequestCtx) {
-        ctx.outcome = Outcome::Shadowed;
         let req = session.req_header();
         let header = req
             .headers

@@ -8,6 +8,7 @@ use http::header::HeaderName;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::answer::Answer;
 use super::tender::{Proving, SessionStep, Ticket};
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
@@ -125,7 +126,7 @@ impl LevyProxy {
                 Some(network)
             }
         };
-        ctx.session = SessionStep::Proving(Box::new(Proving {
+        ctx.tender.session = SessionStep::Proving(Box::new(Proving {
             signer,
             network,
             ticket: Ticket {
@@ -161,7 +162,7 @@ impl LevyProxy {
                 DrawRefusal::Exhausted(Exhausted::InUse) => Undrawn::InUse,
                 e => Undrawn::Refused(e.reason()),
             })?;
-        ctx.session = SessionStep::Drawing {
+        ctx.tender.session = SessionStep::Drawing {
             draw: Box::new(draw),
             served: false,
             bytes: 0,
@@ -171,22 +172,19 @@ impl LevyProxy {
 
     /// Before forwarding a proof: it draws on its signer's bundle; a contract wallet's only
     /// once the chain judged its signature (EIP-1271, or ERC-6492 for a wallet not deployed
-    /// yet). `Some(reply)` refuses the request.
+    /// yet).
     pub(super) async fn admit_proof(
         &self,
         session: &Session,
-        paywall: &Paywall,
         ctx: &mut RequestCtx,
-    ) -> Option<super::Reply> {
-        let SessionStep::Proving(proving) = std::mem::take(&mut ctx.session) else {
-            return None;
+    ) -> Result<(), Answer> {
+        let SessionStep::Proving(proving) = std::mem::take(&mut ctx.tender.session) else {
+            return Ok(());
         };
-        let settlement = self.settlement.as_ref()?;
-        let sessions = self.sessions()?;
-        let refuse = |reason: &'static str, ctx: &mut RequestCtx| {
-            ctx.outcome = super::Outcome::PaymentRequired;
-            self.challenge(session, &ctx.live.config, paywall, reason, reason)
+        let (Some(settlement), Some(sessions)) = (self.settlement.as_ref(), self.sessions()) else {
+            return Ok(());
         };
+        let bad_signature = || Answer::undrawn(session::ProofError::Signature.reason());
         let client = super::client_ip(session);
         let payer = match (&proving.signer, &proving.network) {
             (ProofSigner::Eoa(payer), _) => *payer,
@@ -203,34 +201,22 @@ impl LevyProxy {
                 .await
             {
                 SignatureCheck::Valid => *address,
-                SignatureCheck::Invalid => {
-                    return Some(refuse(session::ProofError::Signature.reason(), ctx))
-                }
-                unchecked => return Some(self.signature_unchecked(ctx, unchecked)),
+                SignatureCheck::Invalid => return Err(bad_signature()),
+                unchecked => return Err(Answer::unchecked(unchecked)),
             },
-            (ProofSigner::Contract { .. }, None) => {
-                return Some(refuse(session::ProofError::Signature.reason(), ctx))
-            }
+            (ProofSigner::Contract { .. }, None) => return Err(bad_signature()),
         };
-        match Self::admit_draw(settlement, sessions, payer, &proving.ticket, ctx).await {
-            Ok(()) => None,
-            Err(Undrawn::Refused(reason)) => Some(refuse(reason, ctx)),
-            Err(Undrawn::Unavailable) => Some(self.retry_later(
-                ctx,
-                "cannot reach the shared bundle state; retry later",
-                "2",
-            )),
-            Err(Undrawn::InUse) => {
-                ctx.outcome = super::Outcome::Busy;
-                Some(
-                    super::Reply::text(
-                        429,
-                        "a call on this bytes bundle is in flight; retry when it ends",
-                    )
-                    .header(http::header::RETRY_AFTER, "1"),
-                )
-            }
-        }
+        Self::admit_draw(settlement, sessions, payer, &proving.ticket, ctx)
+            .await
+            .map_err(|undrawn| match undrawn {
+                Undrawn::Refused(reason) => Answer::undrawn(reason),
+                Undrawn::Unavailable => {
+                    Answer::retry("cannot reach the shared bundle state; retry later", "2")
+                }
+                Undrawn::InUse => {
+                    Answer::Busy("a call on this bytes bundle is in flight; retry when it ends")
+                }
+            })
     }
 
     /// The origin answered a drawing request: below 400 a calls or seconds bundle is
@@ -240,7 +226,7 @@ impl LevyProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let SessionStep::Drawing { draw, served, .. } = &mut ctx.session else {
+        let SessionStep::Drawing { draw, served, .. } = &mut ctx.tender.session else {
             return Ok(());
         };
         let Some(sessions) = self.sessions() else {
@@ -248,7 +234,7 @@ impl LevyProxy {
         };
         if response.status.as_u16() >= 400 {
             sessions.cancel(draw);
-            ctx.session = SessionStep::None;
+            ctx.tender.session = SessionStep::None;
             return Ok(());
         }
         *served = true;
@@ -259,7 +245,7 @@ impl LevyProxy {
             }
             return Ok(());
         }
-        let SessionStep::Drawing { draw, .. } = std::mem::take(&mut ctx.session) else {
+        let SessionStep::Drawing { draw, .. } = std::mem::take(&mut ctx.tender.session) else {
             return Ok(());
         };
         match sessions.finish(&draw, 0).await {
@@ -274,7 +260,7 @@ impl LevyProxy {
 
     /// The audit line of a call drawn on a bundle: `units` calls or bytes of it.
     fn audit_draw(&self, draw: &crate::settle::sessions::Draw, units: u64) {
-        if let Some(audit) = &self.audit {
+        if let Some(audit) = self.audit() {
             audit.write(crate::alerts::Entry {
                 event: crate::alerts::Event::Draw,
                 id: format!(
@@ -297,7 +283,7 @@ impl LevyProxy {
 
     /// Counts body bytes of a drawing request.
     pub(super) fn count_draw_bytes(ctx: &mut RequestCtx, body: Option<&[u8]>) {
-        if let SessionStep::Drawing { bytes, .. } = &mut ctx.session {
+        if let SessionStep::Drawing { bytes, .. } = &mut ctx.tender.session {
             *bytes += body.map_or(0, |b| b.len() as u64);
         }
     }
@@ -309,7 +295,7 @@ impl LevyProxy {
             draw,
             served,
             bytes,
-        } = std::mem::take(&mut ctx.session)
+        } = std::mem::take(&mut ctx.tender.session)
         else {
             return;
         };
@@ -323,15 +309,6 @@ impl LevyProxy {
             }
         } else {
             sessions.cancel(&draw);
-        }
-    }
-
-    /// Lets an admitted draw go (the exchange failed before the origin answered).
-    pub(super) fn cancel_draw(&self, ctx: &mut RequestCtx) {
-        if let SessionStep::Drawing { draw, .. } = std::mem::take(&mut ctx.session) {
-            if let Some(sessions) = self.sessions() {
-                sessions.cancel(&draw);
-            }
         }
     }
 

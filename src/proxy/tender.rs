@@ -1,20 +1,106 @@
-//! What a request tendered, and where it stands: a one-off authorization ([`PaymentState`],
-//! carrying its [`Paid`]), a channel voucher ([`ChannelStep`]) or a bundle draw
-//! ([`SessionStep`]). The phases in `ctx`, `channel` and `session` move these states; this file
-//! only defines them, so each of those imports it and none imports another.
+//! What a request tendered, and where it stands: the [`Tender`], holding a one-off
+//! authorization ([`PaymentState`], carrying its [`Paid`]), a channel voucher
+//! ([`ChannelStep`]) or a bundle draw ([`SessionStep`]), and the request's [`Outcome`]. The
+//! phases in `ctx`, `channel` and `session` move these states; a tender dropped with
+//! something still held lets it go, so no path can leave an authorization, a channel or a
+//! bundle call reserved by forgetting it.
+
+use std::sync::Arc;
 
 use alloy_primitives::B256;
 
 use super::metering::Metering;
+use super::outcome::Outcome;
+use crate::alerts::AuditLog;
 use crate::channel::Checked;
 use crate::clock::unix_now;
+use crate::nonce::NonceStore;
 use crate::record::PaymentRecord;
 use crate::session::{ProofSigner, Quota};
-use crate::settle::channels::Lease;
+use crate::settle::channels::{Channels, Lease};
 use crate::settle::exposure::Hold;
 use crate::settle::journal::Durability;
-use crate::settle::sessions::Draw;
+use crate::settle::sessions::{Draw, Sessions};
 use crate::verify::VerifiedPayment;
+
+/// What a request's tender is held in and let go against: the replay set, the channels and
+/// the bundles, and where its steps are audited. One per proxy, shared by its requests.
+pub struct Holders {
+    pub(super) nonces: Arc<dyn NonceStore>,
+    pub(super) channels: Option<Channels>,
+    pub(super) sessions: Option<Sessions>,
+    pub(super) audit: Option<Arc<AuditLog>>,
+}
+
+/// Everything one request reserved, and how it ended.
+pub struct Tender {
+    pub(super) payment: PaymentState,
+    /// A channel payment's progress (`batch-settlement`); apart from `payment`.
+    pub(super) channel: ChannelStep,
+    /// A bundle draw's progress (`sign-in-with-x`); apart from `payment`.
+    pub(super) session: SessionStep,
+    /// Written by [`Tender::end`] alone.
+    outcome: Outcome,
+    pub(super) holders: Arc<Holders>,
+}
+
+impl Tender {
+    /// A request's tender before it is routed: nothing reserved, its outcome pending.
+    pub(super) fn new(holders: Arc<Holders>) -> Self {
+        Self {
+            payment: PaymentState::None,
+            channel: ChannelStep::None,
+            session: SessionStep::None,
+            outcome: Outcome::Pending,
+            holders,
+        }
+    }
+
+    /// How the request ended, so far.
+    pub(super) fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The one place a request's outcome is written: each phase that decides it (an answer
+    /// levy gives, the origin's answer, a charge or a release, a failure) ends here.
+    pub(super) fn end(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// Lets a leased channel go uncharged (the exchange failed or ended unanswered).
+    pub(super) fn release_channel(&mut self) {
+        if let ChannelStep::Leased { lease, .. } = std::mem::take(&mut self.channel) {
+            if let Some(channels) = &self.holders.channels {
+                channels.release(&lease);
+            }
+        }
+    }
+
+    /// Lets an admitted bundle draw go (the exchange failed before the origin answered).
+    pub(super) fn cancel_draw(&mut self) {
+        if let SessionStep::Drawing { draw, .. } = std::mem::take(&mut self.session) {
+            if let Some(sessions) = &self.holders.sessions {
+                sessions.cancel(&draw);
+            }
+        }
+    }
+}
+
+impl Drop for Tender {
+    /// What a request still holds when it is gone lets go: a reserved authorization is freed
+    /// (one settled upfront is used for good: its money moved), a leased channel and an
+    /// admitted draw are released. The phases normally leave nothing here; this is the net
+    /// under a path that forgot.
+    fn drop(&mut self) {
+        match &self.payment {
+            PaymentState::Reserved(paid) => self.holders.nonces.release(&paid.verified.key),
+            PaymentState::SettledUpfront(paid, _) => self.holders.nonces.commit(&paid.verified.key),
+            _ => {}
+        }
+        self.release_channel();
+        self.cancel_draw();
+    }
+}
 
 /// Where a request's payment stands. It changes only through the transitions on
 /// [`RequestCtx`], each of which settles the replay set and the counters in one place.
@@ -40,8 +126,11 @@ pub enum PaymentState {
 /// Why a reserved payment is released uncharged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Release {
-    /// The origin never answered, or answered 400 or above: counted as released.
+    /// The origin never answered: counted as released.
     Unserved,
+    /// The origin answered 400 or above: counted as released, the request ends
+    /// `payment_released`.
+    Declined,
     /// levy refuses it under this x402 reason (the request ends `payment_rejected`).
     Refused(&'static str),
     /// levy cannot decide or record it now; the client may retry with it (the request ends
