@@ -15,6 +15,8 @@ mod paywall;
 mod respond;
 mod session;
 mod tender;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Write as _;
 use std::sync::Arc;

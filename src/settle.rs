@@ -14,6 +14,7 @@
 //! authorization impossible.
 
 mod admission;
+pub use admission::AdmissionPort;
 mod batch;
 pub(crate) mod chain;
 pub(crate) mod channels;

@@ -3,12 +3,15 @@
 //! of a contract wallet's signature. Each step returns the [`Answer`] it refuses with;
 //! `rescue` writes it.
 
+use std::net::IpAddr;
+
+use alloy_primitives::B256;
 use pingora::proxy::Session;
 
 use super::answer::{Answer, Form};
 use super::ctx::RequestCtx;
 use super::respond::Reply;
-use super::tender::{ChannelStep, SessionStep};
+use super::tender::{ChannelStep, Paid, SessionStep};
 use super::LevyProxy;
 use crate::config::{Access, Paywall, SettleMode};
 use crate::metrics::metrics;
@@ -16,9 +19,9 @@ use crate::scheme::Charge;
 use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
-use crate::settle::{OnBacklog, Reason, SettleError, Settlement, SignatureCheck, Unavailable};
-use crate::state::{ReplayClaim, Reserved};
-use crate::verify::{Authorized, PayerSignature, Rejection, VerifiedPayment};
+use crate::settle::{AdmissionPort, OnBacklog, Reason, SettleError, SignatureCheck, Unavailable};
+use crate::state::{ReplayClaim, Reserved, Shared};
+use crate::verify::{Authorized, PayerSignature, Rejection};
 
 impl LevyProxy {
     /// With shared state, a reserved payment must also be this replica's among all replicas
@@ -34,27 +37,6 @@ impl LevyProxy {
             ReplayClaim::Used => Err(Answer::refused(paid.verified.scheme().replayed().reason())),
             ReplayClaim::InFlight => Err(Answer::refused(Rejection::InFlight.reason())),
             ReplayClaim::Unavailable(why) => Err(shared_unavailable(&why)),
-        }
-    }
-
-    /// With shared state: counts `amount` in `payer`'s and the total exposure of every
-    /// replica (one round trip) and returns the sums, this payment included; `Err` refuses
-    /// a payer another replica denied, or withdraws the payment when Redis cannot be asked.
-    async fn shared_exposure(
-        &self,
-        payer: alloy_primitives::Address,
-        amount: alloy_primitives::U256,
-    ) -> Result<Option<crate::settle::exposure::Shares>, Answer> {
-        let Some(shared) = &self.shared else {
-            return Ok(None);
-        };
-        match shared.reserve_exposure(payer, amount).await {
-            Ok(Reserved::Counted(shares)) => Ok(Some(shares)),
-            Ok(Reserved::Denied(reason)) => {
-                log::debug!("payer {payer} is denied by another replica: {reason}");
-                Err(Answer::refused("payer_denied"))
-            }
-            Err(why) => Err(shared_unavailable(&why)),
         }
     }
 
@@ -82,220 +64,232 @@ impl LevyProxy {
         if matches!(ctx.tender.session, SessionStep::Proving(_)) {
             return self.admit_proof(session, ctx).await;
         }
-        self.admit_payment(session, settlement, paywall, &route.name, ctx)
-            .await
-    }
-
-    /// Admits a reserved payment on a route levy settles: the facilitator's `/verify` when
-    /// so configured, the deny list, the payer's funds (batched routes: the cached balance
-    /// must cover the payer's unsettled and in-flight payments plus this one), then its
-    /// share of exposure, reserved atomically. Settles it before forwarding when the route
-    /// asks for it or a cap or the loss budget does.
-    async fn admit_payment(
-        &self,
-        session: &Session,
-        settlement: &Settlement,
-        paywall: &Paywall,
-        route: &str,
-        ctx: &mut RequestCtx,
-    ) -> Result<(), Answer> {
-        let Some(paid) = ctx.reserved() else {
+        let client = super::client_ip(session);
+        let shared = self.shared.as_ref();
+        let Some(paid) = ctx.reserved_mut() else {
             return Ok(());
         };
-        if settlement.verifies_remotely() {
-            match settlement.verify_remotely(&paid.record(route)).await {
-                Verdict::Valid => {}
-                Verdict::Invalid(reason) => {
-                    log::info!("facilitator refused a payment on route {route}: {reason}");
-                    // Its standard x402 reason is repeated; its own words are not.
-                    let code = match Reason::from_code(&reason) {
-                        Reason::SettlementFailed => "facilitator_invalid",
-                        code => code.as_str(),
-                    };
-                    return Err(Answer::refused(code));
-                }
-                Verdict::Unavailable(why) => {
-                    // No answer is not a verdict on the payment: the client retries it.
-                    log::warn!("facilitator /verify unavailable on route {route}: {why}");
-                    return Err(Answer::retry(
+        match admit_payment(settlement, shared, paywall, &route.name, client, paid).await? {
+            Admitted::Deferred => {}
+            Admitted::SettledUpfront(hash) => ctx.settled_upfront(hash),
+        }
+        Ok(())
+    }
+}
+
+/// What admission made of a reserved payment that goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admitted {
+    /// Served now, settled in a batch later; its share of exposure is held with it.
+    Deferred,
+    /// Settled on chain before forwarding, in this transaction: the money moved whatever
+    /// the origin answers.
+    SettledUpfront(B256),
+}
+
+/// Admits a reserved payment on a route levy settles: the facilitator's `/verify` when
+/// so configured, the deny list, the payer's funds (batched routes: the cached balance
+/// must cover the payer's unsettled and in-flight payments plus this one), then its
+/// share of exposure, reserved atomically. Settles it before forwarding when the route
+/// asks for it or a cap or the loss budget does.
+pub(super) async fn admit_payment<P: AdmissionPort>(
+    settlement: &P,
+    shared: Option<&Shared>,
+    paywall: &Paywall,
+    route: &str,
+    client: Option<IpAddr>,
+    paid: &mut Paid,
+) -> Result<Admitted, Answer> {
+    if settlement.verifies_remotely() {
+        match settlement.verify_remotely(&paid.record(route)).await {
+            Verdict::Valid => {}
+            Verdict::Invalid(reason) => {
+                log::info!("facilitator refused a payment on route {route}: {reason}");
+                // Its standard x402 reason is repeated; its own words are not.
+                let code = match Reason::from_code(&reason) {
+                    Reason::SettlementFailed => "facilitator_invalid",
+                    code => code.as_str(),
+                };
+                return Err(Answer::refused(code));
+            }
+            Verdict::Unavailable(why) => {
+                // No answer is not a verdict on the payment: the client retries it.
+                log::warn!("facilitator /verify unavailable on route {route}: {why}");
+                return Err(Answer::retry(
                         "cannot verify the payment with the facilitator now; retry later with the same payment",
                         "2",
                     ));
-                }
-            }
-        }
-        let verified = paid.verified.clone();
-        let network = paid.network_name.clone();
-        // The deny list costs nothing: before anything that reads the chain.
-        if let Some(reason) = settlement.denied(verified.payer) {
-            log::debug!("payer {} is denied: {reason}", verified.payer);
-            return Err(Answer::refused("payer_denied"));
-        }
-        if let PayerSignature::Contract { bytes, digest } = &verified.signature {
-            match settlement
-                .check_signature(
-                    &network,
-                    super::client_ip(session),
-                    verified.payer,
-                    *digest,
-                    bytes,
-                )
-                .await
-            {
-                SignatureCheck::Valid => {}
-                SignatureCheck::Invalid => {
-                    return Err(Answer::refused(Rejection::BadSignature.reason()))
-                }
-                unchecked => return Err(Answer::unchecked(unchecked)),
-            }
-        }
-        if verified.scheme().charge() == Charge::Metered {
-            return self
-                .admit_metered(settlement, ctx, &verified, &network)
-                .await;
-        }
-        let batched = paywall.settle != SettleMode::BeforeResponse;
-        let balance = if batched && settlement.checks_funds() {
-            let key = &verified.key;
-            match settlement
-                .funds(&network, key.chain_id, key.asset, verified.payer, key.nonce)
-                .await
-            {
-                FundsView::Known { balance, block } => {
-                    if let Some(paid) = ctx.reserved_mut() {
-                        paid.admitted_block = block;
-                    }
-                    Some(balance)
-                }
-                FundsView::AuthorizationUsed => {
-                    return Err(Answer::refused(Rejection::AlreadyUsed.reason()))
-                }
-                FundsView::Busy => return Err(Answer::unchecked(SignatureCheck::Busy)),
-                FundsView::Unknown => {
-                    funds_unread(settlement)?;
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let shares = self
-            .shared_exposure(verified.payer, verified.amount)
-            .await?;
-        let (mut admission, hold) =
-            settlement.reserve(verified.payer, verified.amount, balance, shares);
-        if batched && admission == Admission::Defer {
-            match settlement.backlog(verified.valid_before) {
-                None => {}
-                Some(OnBacklog::SettleFirst) => {
-                    admission = Admission::SettleFirst(Pressure::Backlog);
-                }
-                Some(OnBacklog::Refuse) => return Err(behind()),
-            }
-        }
-        match admission {
-            Admission::Unfunded => {
-                return Err(Answer::refused("invalid_exact_evm_insufficient_balance"))
-            }
-            Admission::Defer if batched => {
-                if let Some(paid) = ctx.reserved_mut() {
-                    paid.hold = hold;
-                }
-                return Ok(());
-            }
-            Admission::Defer => {}
-            Admission::SettleFirst(pressure) => {
-                if batched {
-                    metrics()
-                        .settle_first
-                        .with_label_values(&[pressure.as_str()])
-                        .inc();
-                }
-            }
-        }
-        let Some(record) = ctx.reserved().map(|paid| paid.record(route)) else {
-            return Ok(());
-        };
-        let id = record.id.clone();
-        match settlement.settle_now(record, hold).await {
-            Ok(hash) => {
-                ctx.settled_upfront(hash);
-                Ok(())
-            }
-            Err(SettleError::Refused(reason)) => Err(Answer::refused(reason.as_str())),
-            // The transfer is out there; its outcome will be reconciled. Keep the
-            // authorization reserved (it expires with validBefore) and say so.
-            Err(SettleError::Pending) => Err(Answer::Pending(id)),
-            Err(e) => {
-                log::warn!("settle before response failed on route {route}: {e}");
-                Err(Answer::retry(
-                    "settlement unavailable; retry later with the same payment",
-                    "5",
-                ))
             }
         }
     }
-
-    /// Admits a reserved `upto` payment: the payer's allowance to Permit2 must cover the
-    /// ceiling, or its EIP-2612 permit must still be usable (else 412
-    /// `permit2_allowance_required`, as the reference servers answer), and
-    /// its balance the ceiling plus its unsettled payments; the ceiling's share of exposure
-    /// is held until the charge is known. A metered payment cannot be settled before its
-    /// response, so where an exact one would settle first this one waits (503).
-    async fn admit_metered(
-        &self,
-        settlement: &Settlement,
-        ctx: &mut RequestCtx,
-        verified: &VerifiedPayment,
-        network: &str,
-    ) -> Result<(), Answer> {
-        let balance = if settlement.checks_funds() {
-            let chain_id = verified.key.chain_id;
-            match settlement
-                .upto_funds(network, chain_id, verified.token(), verified.payer)
-                .await
-            {
-                UptoFunds::Known {
-                    allowance,
-                    permit_nonce,
-                    ..
-                } if allowance < verified.amount
-                    && !permit_usable(&verified.authorized, permit_nonce) =>
-                {
-                    let reason = "permit2_allowance_required";
-                    let body = serde_json::json!({
-                        "error": reason,
-                        "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
-                        "message": "approve Permit2 to spend the token (or answer the eip2612GasSponsoring extension with a permit at the token's current nonce), then retry",
-                    });
-                    let reply = Reply::new(412, "application/json", body.to_string());
-                    return Err(Answer::Refused(reason, Form::Own(reply)));
-                }
-                UptoFunds::Known { balance, .. } => Some(balance),
-                UptoFunds::Busy => return Err(Answer::unchecked(SignatureCheck::Busy)),
-                UptoFunds::Unknown => {
-                    funds_unread(settlement)?;
-                    None
-                }
+    let verified = paid.verified.clone();
+    let network = paid.network_name.clone();
+    // The deny list costs nothing: before anything that reads the chain.
+    if let Some(reason) = settlement.denied(verified.payer) {
+        log::debug!("payer {} is denied: {reason}", verified.payer);
+        return Err(Answer::refused("payer_denied"));
+    }
+    if let PayerSignature::Contract { bytes, digest } = &verified.signature {
+        match settlement
+            .check_signature(&network, client, verified.payer, *digest, bytes)
+            .await
+        {
+            SignatureCheck::Valid => {}
+            SignatureCheck::Invalid => {
+                return Err(Answer::refused(Rejection::BadSignature.reason()))
             }
-        } else {
-            None
-        };
-        let shares = self
-            .shared_exposure(verified.payer, verified.amount)
-            .await?;
-        let (admission, hold) =
-            settlement.reserve(verified.payer, verified.amount, balance, shares);
-        match admission {
-            Admission::Unfunded => Err(Answer::refused("permit2_insufficient_balance")),
-            Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
-                if let Some(paid) = ctx.reserved_mut() {
-                    paid.hold = hold;
-                }
-                Ok(())
-            }
-            Admission::Defer | Admission::SettleFirst(_) => Err(behind()),
+            unchecked => return Err(Answer::unchecked(unchecked)),
         }
+    }
+    if verified.scheme().charge() == Charge::Metered {
+        return admit_metered(settlement, shared, paid, &network).await;
+    }
+    let batched = paywall.settle != SettleMode::BeforeResponse;
+    let balance = if batched && settlement.checks_funds() {
+        let key = &verified.key;
+        match settlement
+            .funds(&network, key.chain_id, key.asset, verified.payer, key.nonce)
+            .await
+        {
+            FundsView::Known { balance, block } => {
+                paid.admitted_block = block;
+                Some(balance)
+            }
+            FundsView::AuthorizationUsed => {
+                return Err(Answer::refused(Rejection::AlreadyUsed.reason()))
+            }
+            FundsView::Busy => return Err(Answer::unchecked(SignatureCheck::Busy)),
+            FundsView::Unknown => {
+                funds_unread(settlement)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let shares = shared_exposure(shared, verified.payer, verified.amount).await?;
+    let (mut admission, hold) =
+        settlement.reserve(verified.payer, verified.amount, balance, shares);
+    if batched && admission == Admission::Defer {
+        match settlement.backlog(verified.valid_before) {
+            None => {}
+            Some(OnBacklog::SettleFirst) => {
+                admission = Admission::SettleFirst(Pressure::Backlog);
+            }
+            Some(OnBacklog::Refuse) => return Err(behind()),
+        }
+    }
+    match admission {
+        Admission::Unfunded => {
+            return Err(Answer::refused("invalid_exact_evm_insufficient_balance"))
+        }
+        Admission::Defer if batched => {
+            paid.hold = hold;
+            return Ok(Admitted::Deferred);
+        }
+        Admission::Defer => {}
+        Admission::SettleFirst(pressure) => {
+            if batched {
+                metrics()
+                    .settle_first
+                    .with_label_values(&[pressure.as_str()])
+                    .inc();
+            }
+        }
+    }
+    let record = paid.record(route);
+    let id = record.id.clone();
+    match settlement.settle_now(record, hold).await {
+        Ok(hash) => Ok(Admitted::SettledUpfront(hash)),
+        Err(SettleError::Refused(reason)) => Err(Answer::refused(reason.as_str())),
+        // The transfer is out there; its outcome will be reconciled. Keep the
+        // authorization reserved (it expires with validBefore) and say so.
+        Err(SettleError::Pending) => Err(Answer::Pending(id)),
+        Err(e) => {
+            log::warn!("settle before response failed on route {route}: {e}");
+            Err(Answer::retry(
+                "settlement unavailable; retry later with the same payment",
+                "5",
+            ))
+        }
+    }
+}
+
+/// Admits a reserved `upto` payment: the payer's allowance to Permit2 must cover the
+/// ceiling, or its EIP-2612 permit must still be usable (else 412
+/// `permit2_allowance_required`, as the reference servers answer), and
+/// its balance the ceiling plus its unsettled payments; the ceiling's share of exposure
+/// is held until the charge is known. A metered payment cannot be settled before its
+/// response, so where an exact one would settle first this one waits (503).
+async fn admit_metered<P: AdmissionPort>(
+    settlement: &P,
+    shared: Option<&Shared>,
+    paid: &mut Paid,
+    network: &str,
+) -> Result<Admitted, Answer> {
+    let verified = &paid.verified;
+    let balance = if settlement.checks_funds() {
+        let chain_id = verified.key.chain_id;
+        match settlement
+            .upto_funds(network, chain_id, verified.token(), verified.payer)
+            .await
+        {
+            UptoFunds::Known {
+                allowance,
+                permit_nonce,
+                ..
+            } if allowance < verified.amount
+                && !permit_usable(&verified.authorized, permit_nonce) =>
+            {
+                let reason = "permit2_allowance_required";
+                let body = serde_json::json!({
+                    "error": reason,
+                    "spender": crate::x402::PERMIT2_ADDRESS.to_checksum(None),
+                    "message": "approve Permit2 to spend the token (or answer the eip2612GasSponsoring extension with a permit at the token's current nonce), then retry",
+                });
+                let reply = Reply::new(412, "application/json", body.to_string());
+                return Err(Answer::Refused(reason, Form::Own(reply)));
+            }
+            UptoFunds::Known { balance, .. } => Some(balance),
+            UptoFunds::Busy => return Err(Answer::unchecked(SignatureCheck::Busy)),
+            UptoFunds::Unknown => {
+                funds_unread(settlement)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let shares = shared_exposure(shared, verified.payer, verified.amount).await?;
+    let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance, shares);
+    match admission {
+        Admission::Unfunded => Err(Answer::refused("permit2_insufficient_balance")),
+        Admission::Defer if settlement.backlog(verified.valid_before).is_none() => {
+            paid.hold = hold;
+            Ok(Admitted::Deferred)
+        }
+        Admission::Defer | Admission::SettleFirst(_) => Err(behind()),
+    }
+}
+
+/// With shared state: counts `amount` in `payer`'s and the total exposure of every
+/// replica (one round trip) and returns the sums, this payment included; `Err` refuses
+/// a payer another replica denied, or withdraws the payment when Redis cannot be asked.
+async fn shared_exposure(
+    shared: Option<&Shared>,
+    payer: alloy_primitives::Address,
+    amount: alloy_primitives::U256,
+) -> Result<Option<crate::settle::exposure::Shares>, Answer> {
+    let Some(shared) = shared else {
+        return Ok(None);
+    };
+    match shared.reserve_exposure(payer, amount).await {
+        Ok(Reserved::Counted(shares)) => Ok(Some(shares)),
+        Ok(Reserved::Denied(reason)) => {
+            log::debug!("payer {payer} is denied by another replica: {reason}");
+            Err(Answer::refused("payer_denied"))
+        }
+        Err(why) => Err(shared_unavailable(&why)),
     }
 }
 
@@ -310,7 +304,7 @@ fn shared_unavailable(why: &Unavailable) -> Answer {
 
 /// A payer's funds could not be read: `Ok` serves within the exposure caps, `Err`
 /// withdraws the payment (`funds.on_rpc_error`).
-fn funds_unread(settlement: &Settlement) -> Result<(), Answer> {
+fn funds_unread(settlement: &impl AdmissionPort) -> Result<(), Answer> {
     match settlement.on_rpc_error() {
         OnRpcError::ServeWithinCaps => Ok(()),
         OnRpcError::Refuse => Err(Answer::retry(

@@ -162,3 +162,143 @@ impl Settlement {
         now
     }
 }
+
+/// The admission port: what the proxy asks settlement before it forwards a paid request.
+/// [`Settlement`] is the one levy runs; the proxy's decision tests run against a fake. Each
+/// method's contract is the [`Settlement`] method of the same name.
+pub trait AdmissionPort: Send + Sync {
+    /// Whether paid requests must also pass the facilitator's `/verify`.
+    fn verifies_remotely(&self) -> bool;
+    /// The facilitator's `/verify` of a payment.
+    fn verify_remotely(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send;
+    /// Why the payer is denied, if it is.
+    fn denied(&self, payer: Address) -> Option<&'static str>;
+    /// The chain's verdict on a contract wallet's signature.
+    fn check_signature(
+        &self,
+        network: &str,
+        client: Option<std::net::IpAddr>,
+        signer: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> impl std::future::Future<Output = SignatureCheck> + Send;
+    /// Whether batched payments wait for a funds check.
+    fn checks_funds(&self) -> bool;
+    /// What to do when a payer's funds cannot be read.
+    fn on_rpc_error(&self) -> funds::OnRpcError;
+    /// An `exact` payer's funds and its authorization's state.
+    fn funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> impl std::future::Future<Output = FundsView> + Send;
+    /// An `upto` payer's funds and its allowance to Permit2.
+    fn upto_funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        token: Address,
+        payer: Address,
+    ) -> impl std::future::Future<Output = funds::UptoFunds> + Send;
+    /// The payment's share of exposure, reserved atomically with the funds check.
+    fn reserve(
+        &self,
+        payer: Address,
+        amount: U256,
+        balance: Option<U256>,
+        shares: Option<exposure::Shares>,
+    ) -> (Admission, Option<Hold>);
+    /// Whether a batched payment valid until `valid_before` would wait past it.
+    fn backlog(&self, valid_before: u64) -> Option<OnBacklog>;
+    /// Journals a payment and settles it alone, now.
+    fn settle_now(
+        &self,
+        record: PaymentRecord,
+        hold: Option<Hold>,
+    ) -> impl std::future::Future<Output = Result<B256, SettleError>> + Send;
+}
+
+impl AdmissionPort for Settlement {
+    fn verifies_remotely(&self) -> bool {
+        Settlement::verifies_remotely(self)
+    }
+
+    fn verify_remotely(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send {
+        Settlement::verify_remotely(self, record)
+    }
+
+    fn denied(&self, payer: Address) -> Option<&'static str> {
+        Settlement::denied(self, payer)
+    }
+
+    fn check_signature(
+        &self,
+        network: &str,
+        client: Option<std::net::IpAddr>,
+        signer: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> impl std::future::Future<Output = SignatureCheck> + Send {
+        Settlement::check_signature(self, network, client, signer, digest, signature)
+    }
+
+    fn checks_funds(&self) -> bool {
+        Settlement::checks_funds(self)
+    }
+
+    fn on_rpc_error(&self) -> funds::OnRpcError {
+        Settlement::on_rpc_error(self)
+    }
+
+    fn funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> impl std::future::Future<Output = FundsView> + Send {
+        Settlement::funds(self, network, chain_id, asset, payer, nonce)
+    }
+
+    fn upto_funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        token: Address,
+        payer: Address,
+    ) -> impl std::future::Future<Output = funds::UptoFunds> + Send {
+        Settlement::upto_funds(self, network, chain_id, token, payer)
+    }
+
+    fn reserve(
+        &self,
+        payer: Address,
+        amount: U256,
+        balance: Option<U256>,
+        shares: Option<exposure::Shares>,
+    ) -> (Admission, Option<Hold>) {
+        Settlement::reserve(self, payer, amount, balance, shares)
+    }
+
+    fn backlog(&self, valid_before: u64) -> Option<OnBacklog> {
+        Settlement::backlog(self, valid_before)
+    }
+
+    fn settle_now(
+        &self,
+        record: PaymentRecord,
+        hold: Option<Hold>,
+    ) -> impl std::future::Future<Output = Result<B256, SettleError>> + Send {
+        Settlement::settle_now(self, record, hold)
+    }
+}
