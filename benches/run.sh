@@ -8,8 +8,13 @@
 #   levy | @x402/express (facilitator in process, and over HTTP) | x402-axum (facilitator over HTTP);
 #   and last, the journal's accept log alone at 1, 4, 16 and 64 concurrent callers (examples/journal_load).
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
+# LEVY_BIN=path runs another levy build under the same harness (a before/after pair);
+# PEERS=0 leaves out the x402 peers (@x402/express, x402-axum) and their rows;
+# RESULTS_OUT=file keeps the raw results (for benches/compare.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+LEVY_BIN=${LEVY_BIN:-./target/release/levy}
+PEERS=${PEERS:-1}
 SECONDS_EACH=${1:-10}
 CONNS=${2:-16}
 RATE=${3:-2000}
@@ -22,10 +27,10 @@ trap cleanup EXIT
 bash deploy/setup.sh
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
-[ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
+[ "$PEERS" = 0 ] || [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
 [ -d tests/interop/node_modules ] || tests/interop/install.sh
 cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory --example journal_load
-cargo build --release --manifest-path benches/peers/axum/Cargo.toml
+[ "$PEERS" = 0 ] || cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
@@ -100,11 +105,11 @@ levy_config levy 19003 19004 "" 0x90F79bf6EB2c4f870365E785982E1f101E93b906
 levy_config levy-nofunds 19005 19006 ", funds: {check: false}" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   LEVY_CHANNEL_KEY=0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6 \
-  ./target/release/levy -c "$WORK/levy.yaml" & PIDS+=($!)
+  "$LEVY_BIN" -c "$WORK/levy.yaml" & PIDS+=($!)
 LEVY_PID=$!
 LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
   LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
-  ./target/release/levy -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
+  "$LEVY_BIN" -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
 NOFUNDS_PID=$!
 # The same levy with its replay set shared through Redis (one replica: what a Redis round
 # trip costs a paid request), with its own journal, settler and channel keys.
@@ -114,7 +119,7 @@ levy_config levy-redis 19007 19008 "" 0x976EA74026E726554dB657fA54763abd0C3a0aa9
   "  state: {redis: {url: \"redis://127.0.0.1:19379/0\"}}"
 LEVY_SETTLER_KEY=0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba LEVY_LOG=warn \
   LEVY_CHANNEL_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e \
-  ./target/release/levy -c "$WORK/levy-redis.yaml" & PIDS+=($!)
+  "$LEVY_BIN" -c "$WORK/levy-redis.yaml" & PIDS+=($!)
 REDIS_LEVY_PID=$!
 # Round trips levy has made to Redis so far: its script calls and its inbox reads (commands
 # run inside scripts are counted by Redis too, so only those it sends itself; the health PING
@@ -124,23 +129,26 @@ redis_calls() { redis-cli -p 19379 info commandstats | awk -F'[:=,]' '/^cmdstat_
 # front of nothing: its facilitator in process (anvil account 7, viem's nonce manager), and over
 # HTTP as documented (tests/interop's facilitator, anvil account 8). benches/peers.sh also
 # checks on chain that every 200 settled.
-(cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
-  exec node server.mjs 19020 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
-EXPRESS_PID=$!
-(cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
-  exec node facilitator.mjs 19022 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
-wait_port 19022
-(cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 \
-  exec node server.mjs 19021 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
-EXPRESS_HTTP_PID=$!
-# The Rust x402 middleware (x402-axum 2.0.2, benches/peers/axum) with the published facilitator
-# over HTTP, its account (anvil account 9) under viem's nonce manager.
-(cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
-  exec node facilitator.mjs 19024 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
-wait_port 19024
-benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null & PIDS+=($!)
-AXUM_PID=$!
-for p in 19000 19001 19002 19012 19003 19005 19007 19020 19021 19023; do wait_port $p; done
+if [ "$PEERS" != 0 ]; then
+  (cd benches/peers/express && FACILITATOR_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
+    exec node server.mjs 19020 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
+  EXPRESS_PID=$!
+  (cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
+    exec node facilitator.mjs 19022 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+  wait_port 19022
+  (cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 \
+    exec node server.mjs 19021 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
+  EXPRESS_HTTP_PID=$!
+  # The Rust x402 middleware (x402-axum 2.0.2, benches/peers/axum) with the published facilitator
+  # over HTTP, its account (anvil account 9) under viem's nonce manager.
+  (cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
+    exec node facilitator.mjs 19024 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+  wait_port 19024
+  benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null & PIDS+=($!)
+  AXUM_PID=$!
+fi
+for p in 19000 19001 19002 19012 19003 19005 19007; do wait_port $p; done
+[ "$PEERS" = 0 ] || for p in 19020 19021 19023; do wait_port $p; done
 
 # Waits (up to 5 minutes) until the settlement queue of the levy whose admin port is $1
 # (default levy's) is empty.
@@ -156,10 +164,12 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   # On the fresh chain: what each server sustains with every 200 settled on chain (the peers
   # settle each payment before answering; levy's batches catch up after the load).
   echo "levy paid, batched, every 200 settled|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004)"
-  echo "@x402/express, facilitator in process|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000)"
-  echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000)"
-  echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000)"
-  kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
+  if [ "$PEERS" != 0 ]; then
+    echo "@x402/express, facilitator in process|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000)"
+    echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000)"
+    echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000)"
+    kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
+  fi
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
   echo "nginx|$(load --url http://127.0.0.1:19001/x)"
   # The baselines the first targets compare, measured twice, interleaved (table.py averages them).
@@ -195,7 +205,7 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   levy_config levy-2t 19009 19010 "" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65 "" 2
   LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
     LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
-    ./target/release/levy -c "$WORK/levy-2t.yaml" & PIDS+=($!)
+    "$LEVY_BIN" -c "$WORK/levy-2t.yaml" & PIDS+=($!)
   TWO_THREADS_PID=$!
   wait_port 19009
   # The paid-CPU target is taken at 64 connections, and the scaling rows beside it: 1 and 2
@@ -236,6 +246,7 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
 } > "$WORK/results.txt"
 # The load is over: nothing else takes a core from the journal's sweep.
 stop_all
+[ -z "${RESULTS_OUT:-}" ] || cp "$WORK/results.txt" "$RESULTS_OUT"
 NONCES=$(./target/release/examples/nonce_memory)
 ./target/release/examples/journal_load --callers 1,4,16,64 20000 > "$WORK/journal.txt"
 python3 benches/table.py "$WORK/results.txt" "$NONCES" "$SECONDS_EACH" "$CONNS" "$RATE" "$WORK/journal.txt"

@@ -48,8 +48,8 @@ settled_table = ["| server | paid requests/s | p50 µs | p99 µs | non-200 | CPU
 for name, d in settled_rows:
     settled_table.append(f"| {name} | {fmt(d['rps'], 1)} | {fmt(d['p50_us'])} | {fmt(d['p99_us'])} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} | {d['settled']} of {d['requests']} {'(all)' if d['every_200_settled'] else '(NOT all)'} | {d['settled_after_s']:.1f} s | {fmt(d['settled_per_s'], 1)} | {fmt(d['anvil_cpu_us_per_settled'])} | {fmt(sustained(d), 1)} |")
 levy_settled = r["levy paid, batched, every 200 settled"]
-best_express = max(sustained(r[k]) for k in ("@x402/express, facilitator in process", "@x402/express, facilitator over HTTP"))
-axum = r["x402-axum, facilitator over HTTP"]
+# The peers are left out of a run with PEERS=0.
+peers = "x402-axum, facilitator over HTTP" in r
 
 journal = [json.loads(line) for line in pathlib.Path(journal_file).read_text().splitlines() if line.strip()]
 journal_table = ["| concurrent callers | durability | CPU µs per payment | wall µs per payment | accept p50 µs | accept p99 µs | payments per sync |", "|---|---|---|---|---|---|---|"]
@@ -63,6 +63,15 @@ free_open, paid_open = (r[f"levy {k}, {rate} req/s offered"] for k in ("free rou
 extra_cpu = (cpu("levy paid, batched") or 0) - (cpu("levy free route") or 0)
 open_gap = lambda paid_name, free_name: f"{r[paid_name]['p50_us'] - r[free_name]['p50_us']:.0f} µs"
 paid64 = (cpu("levy paid, batched, 64 connections") or 0) / ((cpu("levy free route, 64 connections") or 0) + r["levy paid, batched, 64 connections"]["recover_us"])
+def peer_ratios():
+    best_express = max(sustained(r[k]) for k in ("@x402/express, facilitator in process", "@x402/express, facilitator over HTTP"))
+    axum = r["x402-axum, facilitator over HTTP"]
+    return [
+        f"| levy sustained / best @x402/express sustained, every 200 settled on chain ({conns} connections) | {sustained(levy_settled) / max(best_express, 0.001):.0f} | ≥ 50 |",
+        f"| levy sustained / x402-axum sustained, every 200 settled on chain | {sustained(levy_settled) / max(sustained(axum), 0.001):.0f} | > 1 |",
+        f"| levy served / best @x402/express served, paid requests/s in the same runs | {levy_settled['rps'] / max(r['@x402/express, facilitator in process']['rps'], r['@x402/express, facilitator over HTTP']['rps'], 0.001):.0f} | – |",
+    ]
+
 ratios = [
     f"| levy free / bare Pingora throughput | {free['rps'] / bare['rps']:.2f} | – |",
     f"| levy free / bare Pingora doing levy's forwarding work, throughput | {free['rps'] / forwarding['rps']:.2f} | ≥ 0.95 |",
@@ -85,9 +94,7 @@ ratios = [
     f"| paid throughput with state on Redis / embedded (one replica) | {r['levy paid, batched, state on Redis']['rps'] / paid['rps']:.2f} | – |",
     f"| paid CPU with state on Redis − embedded, per request | {(cpu('levy paid, batched, state on Redis') or 0) - (cpu('levy paid, batched') or 0):.1f} µs | – |",
     f"| Redis round trips per paid request (state on Redis) | {sum(d['redis_calls'] for d in runs['levy paid, batched, state on Redis']) / max(sum(d['requests'] for d in runs['levy paid, batched, state on Redis']), 1):.2f} | – |",
-    f"| levy sustained / best @x402/express sustained, every 200 settled on chain ({conns} connections) | {sustained(levy_settled) / max(best_express, 0.001):.0f} | ≥ 50 |",
-    f"| levy sustained / x402-axum sustained, every 200 settled on chain | {sustained(levy_settled) / max(sustained(axum), 0.001):.0f} | > 1 |",
-    f"| levy served / best @x402/express served, paid requests/s in the same runs | {levy_settled['rps'] / max(r['@x402/express, facilitator in process']['rps'], r['@x402/express, facilitator over HTTP']['rps'], 0.001):.0f} | – |",
+    *(peer_ratios() if peers else []),
     f"| levy paid throughput, 2 pingora threads / 1 (64 connections) | {r['levy paid, batched, 2 threads, 64 connections']['rps'] / r['levy paid, batched, 64 connections']['rps']:.2f} | – |",
     f"| levy free throughput, 2 pingora threads / 1 (64 connections) | {r['levy free route, 2 threads, 64 connections']['rps'] / r['levy free route, 64 connections']['rps']:.2f} | – |",
     f"| RSS of 1 000 000 live nonces | {nonces['rss_growth_mib']:.0f} MiB ({nonces['bytes_per_nonce']:.0f} B each) | ≤ 256 MiB |",
