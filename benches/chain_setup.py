@@ -1,10 +1,11 @@
 """Prepares anvil for the benchmark run, as the test harness does: deploys TestUSDC at Base
 Sepolia USDC's address, BatchCall, Permit2 and x402's upto proxy at their canonical addresses,
-and a LevyBatcher owned by the settler; mints tokens to the payer and lets Permit2 spend them
-(for metered routes). Prints the BatchCall and LevyBatcher addresses. Uses anvil's unlocked
+and a LevyBatcher owned by each settler (levy refuses a batcher another key owns); mints
+tokens to the payer and lets Permit2 spend them (for metered routes). Prints the BatchCall
+address, then the settlers' LevyBatcher addresses in order. Uses anvil's unlocked
 development accounts over JSON-RPC.
 
-Usage: python3 benches/chain_setup.py RPC_URL PAYER_ADDRESS SETTLER_ADDRESS
+Usage: python3 benches/chain_setup.py RPC_URL PAYER_ADDRESS SETTLER_ADDRESS...
 """
 
 import json
@@ -13,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-RPC, PAYER, SETTLER = sys.argv[1], sys.argv[2], sys.argv[3]
+RPC, PAYER, SETTLERS = sys.argv[1], sys.argv[2], sys.argv[3:]
 DEPLOYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil account 2
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
@@ -80,10 +81,12 @@ place_at(send(bytecode("Permit2"))["contractAddress"], PERMIT2, 0)
 place_at(send(bytecode("UptoPermit2Proxy"))["contractAddress"], UPTO_PROXY, 0)
 place_at(send(bytecode("BatchSettlement"))["contractAddress"], BATCH_SETTLEMENT, 0)
 place_at(send(bytecode("ERC3009DepositCollector"))["contractAddress"], DEPOSIT_COLLECTOR, 0)
-batcher_args = word(int(SETTLER, 16)) + word(int(UPTO_PROXY, 16))
-batcher = send(bytecode("LevyBatcher") + batcher_args)["contractAddress"]
+batchers = [
+    send(bytecode("LevyBatcher") + word(int(settler, 16)) + word(int(UPTO_PROXY, 16)))["contractAddress"]
+    for settler in SETTLERS
+]
 mint = "0x40c10f19" + word(int(PAYER, 16)) + word(10**15)
 send(mint, USDC)
 approve = "0x095ea7b3" + word(int(PERMIT2, 16)) + word(2**256 - 1)
 send(approve, USDC, sender=PAYER)
-print(multicall, batcher)
+print(multicall, *batchers)

@@ -70,8 +70,10 @@ RPC=http://127.0.0.1:19545
 PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
 . benches/settled.sh
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.
-read -r MULTICALL BATCHER < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
-  0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8)
+# One batcher per settler key: levy refuses to settle through a batcher another key owns.
+read -r MULTICALL BATCHER BATCHER_2 BATCHER_5 < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
+  0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \
+  0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc)
 # levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys, $5 the
 # channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY), $6 extra levy keys.
 levy_config() {
@@ -82,7 +84,7 @@ ${6:-}
   access_log: false
   listeners: {data: 127.0.0.1:$2, admin: 127.0.0.1:$3}
   networks:
-    base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL", batcher: "$BATCHER"}
+    base-sepolia: {rpc_url: "http://127.0.0.1:19545", multicall: "$MULTICALL", batcher: "${8:-$BATCHER}"}
   pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
   # One payer pays at thousands of requests a second: caps off, so that every payment is
   # deferred; hour-long authorizations, so that the engine's backlog stays within bounds.
@@ -102,7 +104,7 @@ YAML
 levy_config levy 19003 19004 "" 0x90F79bf6EB2c4f870365E785982E1f101E93b906
 # The same levy with the payer-state cache off (funds not checked), on other ports, with its
 # own journal and settler key: the side-by-side baseline of the funds check.
-levy_config levy-nofunds 19005 19006 ", funds: {check: false}" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65
+levy_config levy-nofunds 19005 19006 ", funds: {check: false}" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65 "" 1 "$BATCHER_2"
 LEVY_SETTLER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d LEVY_LOG=warn \
   LEVY_CHANNEL_KEY=0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6 \
   "$LEVY_BIN" -c "$WORK/levy.yaml" & PIDS+=($!)
@@ -116,7 +118,7 @@ NOFUNDS_PID=$!
 redis-server --port 19379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 wait_port 19379
 levy_config levy-redis 19007 19008 "" 0x976EA74026E726554dB657fA54763abd0C3a0aa9 \
-  "  state: {redis: {url: \"redis://127.0.0.1:19379/0\"}}"
+  "  state: {redis: {url: \"redis://127.0.0.1:19379/0\"}}" 1 "$BATCHER_5"
 LEVY_SETTLER_KEY=0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba LEVY_LOG=warn \
   LEVY_CHANNEL_KEY=0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e \
   "$LEVY_BIN" -c "$WORK/levy-redis.yaml" & PIDS+=($!)
@@ -202,7 +204,7 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
   # (anvil account 2) once that one's settlement is done.
   settled_drain 19006
   kill $NOFUNDS_PID
-  levy_config levy-2t 19009 19010 "" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65 "" 2
+  levy_config levy-2t 19009 19010 "" 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65 "" 2 "$BATCHER_2"
   LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a LEVY_LOG=warn \
     LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
     "$LEVY_BIN" -c "$WORK/levy-2t.yaml" & PIDS+=($!)

@@ -32,11 +32,14 @@ use serde_json::json;
 use crate::config::AdminToken;
 use crate::record::record_json;
 use crate::reload::Reloader;
+use crate::settle::channels::Channels;
 use crate::settle::{PaymentRecord, Resolution, SettleError, Settlement, SettlementState};
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     settlement: Option<Settlement>,
+    /// The escrow channels, when a route sells through them.
+    channels: Option<Channels>,
     shared: Option<crate::state::Shared>,
     reloader: Reloader,
     token: Option<AdminToken>,
@@ -47,6 +50,7 @@ pub struct AdminApp {
 impl AdminApp {
     pub fn new(
         settlement: Option<Settlement>,
+        channels: Option<Channels>,
         shared: Option<crate::state::Shared>,
         reloader: Reloader,
         token: Option<AdminToken>,
@@ -54,6 +58,7 @@ impl AdminApp {
     ) -> Self {
         Self {
             settlement,
+            channels,
             shared,
             reloader,
             token,
@@ -230,7 +235,7 @@ impl AdminApp {
     /// claimer's next turn (before maintenance, or to see the money move), and says what
     /// was claimed; 503 when any channel could not be (it is tried again at the next turn).
     async fn claim_channels(&self, method: &Method) -> Response<Vec<u8>> {
-        let Some(channels) = self.settlement.as_ref().and_then(|s| s.channels()) else {
+        let Some(channels) = &self.channels else {
             return plain(StatusCode::NOT_FOUND, "channels are not configured\n");
         };
         if method != Method::POST {

@@ -98,8 +98,7 @@ pub struct LevyProxy {
     live: LiveTable,
     nonces: Arc<dyn NonceStore>,
     settlement: Option<Settlement>,
-    /// Escrow channels and prepaid bundles, when a route sells them (run by settlement; the
-    /// proxy holds its own handles).
+    /// Escrow channels and prepaid bundles, when a route sells them.
     channels: Option<crate::settle::channels::Channels>,
     sessions: Option<crate::settle::sessions::Sessions>,
     /// State shared with other replicas (Redis), if any.
@@ -114,10 +113,10 @@ impl LevyProxy {
         live: LiveTable,
         nonces: Arc<dyn NonceStore>,
         settlement: Option<Settlement>,
+        channels: Option<crate::settle::channels::Channels>,
+        sessions: Option<crate::settle::sessions::Sessions>,
         shared: Option<crate::state::Shared>,
     ) -> Self {
-        let channels = settlement.as_ref().and_then(|s| s.channels().cloned());
-        let sessions = settlement.as_ref().and_then(|s| s.sessions().cloned());
         let holders = Arc::new(Holders {
             nonces: Arc::clone(&nonces),
             channels: channels.clone(),

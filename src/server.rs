@@ -22,6 +22,8 @@ use crate::reload::Reloader;
 use crate::services::{
     ChannelClaimer, NonceSweeper, ReloadOnHangup, SettlementService, StateWatch, UpstreamHealth,
 };
+use crate::settle::channels::Channels;
+use crate::settle::sessions::Sessions;
 use crate::settle::{SettleError, Settlement};
 use crate::state::{Shared, SharedNonceStore, StateError};
 use crate::tls::Certificates;
@@ -85,10 +87,28 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
             None
         }
     };
+    // Channels and bundles run beside settlement, opened once it holds the journal (after
+    // an upgrade, once the old process let go of their logs too).
+    let settings = config.settlement.as_ref();
+    let channels = settings
+        .and_then(|s| s.channels.clone())
+        .map(Channels::open)
+        .transpose()?;
+    let sessions = settings
+        .and_then(|s| s.bundles.as_deref())
+        .map(|path| Sessions::open(path, alloy::primitives::B256::random()))
+        .transpose()
+        .map_err(SettleError::Journal)?;
     let shared = config.state.clone().map(Shared::open).transpose()?;
     let alerts = Arc::new(open_alerts(&config)?);
+    if let (Some(channels), Some(audit)) = (&channels, &alerts.audit) {
+        channels.set_audit(Arc::clone(audit));
+    }
     if let Some(settlement) = &settlement {
         settlement.set_alerts(Arc::clone(&alerts));
+        if let Some(sessions) = &sessions {
+            settlement.set_bundles(sessions.clone());
+        }
     } else if alerts.webhooks.is_some() {
         log::warn!("levy.webhooks: no `settlement` section, so none of its alerts can happen");
     }
@@ -110,23 +130,17 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
                 // exposure and used authorizations, as its journal holds them, replace
                 // whatever a previous run left in Redis; every change after goes there too.
                 settlement.share_queue(Arc::new(shared.clone()), shared.takeover_after());
-                if let Some(channels) = settlement.channels() {
+                if let Some(channels) = &channels {
                     channels.share(Arc::new(shared.clone()));
                 }
-                if let Some(sessions) = settlement.sessions() {
+                if let Some(sessions) = &sessions {
                     let secret = shared.issuer_secret(alloy::primitives::B256::random())?;
                     sessions.share(Arc::new(shared.clone()), secret);
                 }
                 // What this replica's own logs say of channels and bundles goes back into a
                 // Redis that lost it (once per Redis epoch), before anyone is served.
-                let ledgers = settlement
-                    .channels()
-                    .map(|c| c.ledgers())
-                    .unwrap_or_default();
-                let bundles = settlement
-                    .sessions()
-                    .map(|s| s.bundles())
-                    .unwrap_or_default();
+                let ledgers = channels.as_ref().map(|c| c.ledgers()).unwrap_or_default();
+                let bundles = sessions.as_ref().map(|s| s.bundles()).unwrap_or_default();
                 if let Some((channels, bundles)) = shared.republish_logs(ledgers, bundles)? {
                     if channels + bundles > 0 {
                         log::warn!("republished {channels} channels and {bundles} bundles from this replica's logs into Redis");
@@ -152,12 +166,12 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
             "settlement",
             SettlementService::new(settlement.clone()),
         ));
-        if let Some(channels) = settlement.channels() {
-            server.add_service(background_service(
-                "channel claimer",
-                ChannelClaimer::new(channels.clone()),
-            ));
-        }
+    }
+    if let Some(channels) = &channels {
+        server.add_service(background_service(
+            "channel claimer",
+            ChannelClaimer::new(channels.clone()),
+        ));
     }
 
     server.add_service(background_service(
@@ -175,6 +189,8 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
             live,
             Arc::clone(&nonces),
             settlement.clone(),
+            channels.clone(),
+            sessions,
             shared.clone(),
         )
         .with_audit(alerts.audit.clone()),
@@ -196,6 +212,7 @@ pub fn build_server(mut config: Config, opt: Option<Opt>) -> Result<Server, Star
     if let Some(admin) = config.listeners.admin {
         let app = AdminApp::new(
             settlement,
+            channels,
             shared,
             reloader,
             config.admin_token.clone(),

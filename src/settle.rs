@@ -26,6 +26,7 @@ pub mod funds;
 pub mod journal;
 pub(crate) mod queue;
 mod record;
+mod remote;
 mod review;
 pub(crate) mod sessions;
 pub(crate) mod state_log;
@@ -164,9 +165,9 @@ struct Inner {
     /// The drain rate the engine projects with, payments per second (f64 bits).
     drain_rate: std::sync::atomic::AtomicU64,
     next_nonce: tokio::sync::Mutex<HashMap<String, u64>>,
-    /// Escrow channels, when configured.
-    channels: Option<channels::Channels>,
-    sessions: Option<sessions::Sessions>,
+    /// The bundles, when a route sells them: a bundle bought by a payment that fails to
+    /// settle is taken back (set once, at start, by whoever runs them).
+    bundles: std::sync::OnceLock<sessions::Sessions>,
     /// Found by the journal replay at open; taken once by whoever owns the replay set.
     live_at_open: Mutex<Vec<LiveAuthorization>>,
     /// Set when the engine stops: no payment is journaled for settlement before its response
@@ -263,16 +264,6 @@ impl Settlement {
                 None
             }
         };
-        let channels = config
-            .channels
-            .clone()
-            .map(channels::Channels::open)
-            .transpose()?;
-        let sessions = config
-            .bundles
-            .as_deref()
-            .map(|path| sessions::Sessions::open(path, alloy::primitives::B256::random()))
-            .transpose()?;
         let (urgent_tx, urgent_rx) = mpsc::channel(1024);
         let ledger = ExposureBook::new(config.limits);
         let funds = Funds::new(config.funds);
@@ -294,8 +285,7 @@ impl Settlement {
                 queued: std::sync::atomic::AtomicUsize::new(0),
                 drain_rate: std::sync::atomic::AtomicU64::new(0),
                 next_nonce: tokio::sync::Mutex::new(HashMap::new()),
-                channels,
-                sessions,
+                bundles: std::sync::OnceLock::new(),
                 live_at_open: Mutex::new(Vec::new()),
                 stopping: std::sync::atomic::AtomicBool::new(false),
                 link: std::sync::OnceLock::new(),
@@ -309,10 +299,13 @@ impl Settlement {
 
     /// Where payments' steps are audited and alerts sent from now on (set once, at start).
     pub fn set_alerts(&self, alerts: Arc<Alerts>) {
-        if let (Some(channels), Some(audit)) = (&self.inner.channels, &alerts.audit) {
-            channels.set_audit(Arc::clone(audit));
-        }
         let _ = self.inner.alerts.set(alerts);
+    }
+
+    /// Where a bundle bought by a payment that then fails to settle is taken back (set
+    /// once, at start).
+    pub(crate) fn set_bundles(&self, sessions: sessions::Sessions) {
+        let _ = self.inner.bundles.set(sessions);
     }
 
     /// Writes `event` for each of `records` to the audit log, if there is one.
@@ -329,16 +322,6 @@ impl Settlement {
         if let Some(alerts) = self.inner.alerts.get() {
             alerts.alert(alert);
         }
-    }
-
-    /// The escrow channels, when configured.
-    pub fn channels(&self) -> Option<&channels::Channels> {
-        self.inner.channels.as_ref()
-    }
-
-    /// The session bundles, when a route sells them.
-    pub fn sessions(&self) -> Option<&sessions::Sessions> {
-        self.inner.sessions.as_ref()
     }
 
     /// The settler address.

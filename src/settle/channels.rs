@@ -372,11 +372,6 @@ impl Channels {
         }
     }
 
-    /// levy's receiver authorizer.
-    pub fn authorizer(&self) -> Address {
-        self.inner.signer.address()
-    }
-
     /// Every channel's ledger as this replica's log restored it (or levy holds it now).
     pub fn ledgers(&self) -> Vec<Ledger> {
         lock(&self.inner.slots)
