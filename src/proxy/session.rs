@@ -18,7 +18,7 @@ use crate::session::{
     self, Bundle, Exhausted, Expected, ProofError, ProofSigner, Quota, SIGN_IN_WITH_X,
 };
 use crate::settle::sessions::{DrawRefusal, Sessions};
-use crate::settle::{Settlement, SignatureCheck};
+use crate::settle::{AdmissionPort, Settlement, SignatureCheck};
 
 pub(super) const SIGN_IN_WITH_X_HEADER: HeaderName = HeaderName::from_static(SIGN_IN_WITH_X);
 /// What is left of the payer's bundle after this call (calls, bytes or seconds).

@@ -6,12 +6,110 @@
 use super::*;
 
 impl Settlement {
+    /// Why the journal's store failed for good, once it has: levy must restart to settle
+    /// again (nothing accepted is lost; the accept log holds it).
+    pub fn journal_failed(&self) -> Option<String> {
+        self.inner.journal.failed()
+    }
+
+    /// Shares this engine's exposure with other replicas: `mirror` is told every change from
+    /// now on. Returns the unsettled value per payer now (the journal's), for the caller to
+    /// publish first.
+    pub fn share_exposure(&self, mirror: Arc<dyn exposure::Mirror>) -> Vec<(Address, U256)> {
+        let now = self.inner.ledger.per_payer();
+        self.inner.ledger.share(mirror);
+        now
+    }
+}
+
+/// The admission port: what the proxy asks settlement before it forwards a paid request.
+/// [`Settlement`] is the one levy runs; the proxy's decision tests run against a fake.
+pub trait AdmissionPort: Send + Sync {
+    /// Whether paid requests must also pass the facilitator's `/verify`.
+    fn verifies_remotely(&self) -> bool;
+    /// The facilitator's `/verify` of a payment.
+    fn verify_remotely(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send;
+    /// Checks a payer against the deny list.
+    fn denied(&self, payer: Address) -> Option<&'static str>;
     /// Asks the chain whether a contract wallet's signature is valid (EIP-1271, or ERC-6492
     /// for a wallet not deployed yet), within the funds read deadline. A verdict already
     /// known costs nothing; a new check takes one from `client`'s budget per minute
     /// ([`SignatureCheck::OverBudget`] without one) and one of the chain's admission reads
     /// ([`SignatureCheck::Busy`] when all are running).
-    pub async fn check_signature(
+    fn check_signature(
+        &self,
+        network: &str,
+        client: Option<std::net::IpAddr>,
+        signer: Address,
+        digest: B256,
+        signature: &[u8],
+    ) -> impl std::future::Future<Output = SignatureCheck> + Send;
+    /// Whether paid requests on batched routes wait for a funds check.
+    fn checks_funds(&self) -> bool;
+    /// What to do when a payer's balance cannot be read.
+    fn on_rpc_error(&self) -> funds::OnRpcError;
+    /// The payer's balance of `asset` on `network` (net of what levy settled since it was
+    /// read), from the cache or read now with `nonce`'s authorization state.
+    fn funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> impl std::future::Future<Output = FundsView> + Send;
+    /// An `upto` payer's balance of `token` (net of what levy settled since it was read) and
+    /// its allowance to Permit2, from the caches or read now.
+    fn upto_funds(
+        &self,
+        network: &str,
+        chain_id: u64,
+        token: Address,
+        payer: Address,
+    ) -> impl std::future::Future<Output = funds::UptoFunds> + Send;
+    /// Reserves a payment's share of exposure, atomically with the checks: the payer's
+    /// `balance` (when known) must cover its unsettled payments plus this one, and the
+    /// caps and the loss budget say whether it may be served before it settles.
+    fn reserve(
+        &self,
+        payer: Address,
+        amount: U256,
+        balance: Option<U256>,
+        shares: Option<exposure::Shares>,
+    ) -> (Admission, Option<Hold>);
+    /// Whether a batched payment valid until `valid_before` would wait past it.
+    fn backlog(&self, valid_before: u64) -> Option<OnBacklog>;
+    /// Journals a payment and settles it alone, now.
+    fn settle_now(
+        &self,
+        record: PaymentRecord,
+        hold: Option<Hold>,
+    ) -> impl std::future::Future<Output = Result<B256, SettleError>> + Send;
+}
+
+impl AdmissionPort for Settlement {
+    fn verifies_remotely(&self) -> bool {
+        Settlement::verifies_remotely(self)
+    }
+
+    fn verify_remotely(
+        &self,
+        record: &PaymentRecord,
+    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send {
+        Settlement::verify_remotely(self, record)
+    }
+
+    fn denied(&self, payer: Address) -> Option<&'static str> {
+        self.inner
+            .funds
+            .denied(payer, unix_now())
+            .map(|denial| denial.reason)
+    }
+
+    async fn check_signature(
         &self,
         network: &str,
         client: Option<std::net::IpAddr>,
@@ -59,33 +157,15 @@ impl Settlement {
         }
     }
 
-    /// Why the journal's store failed for good, once it has: levy must restart to settle
-    /// again (nothing accepted is lost; the accept log holds it).
-    pub fn journal_failed(&self) -> Option<String> {
-        self.inner.journal.failed()
-    }
-
-    /// Checks a payer against the deny list.
-    pub fn denied(&self, payer: Address) -> Option<&'static str> {
-        self.inner
-            .funds
-            .denied(payer, unix_now())
-            .map(|denial| denial.reason)
-    }
-
-    /// Whether paid requests on batched routes wait for a funds check.
-    pub fn checks_funds(&self) -> bool {
+    fn checks_funds(&self) -> bool {
         self.inner.config.funds.check && !self.inner.chains.is_empty()
     }
 
-    /// What to do when a payer's balance cannot be read.
-    pub fn on_rpc_error(&self) -> funds::OnRpcError {
+    fn on_rpc_error(&self) -> funds::OnRpcError {
         self.inner.config.funds.on_rpc_error
     }
 
-    /// The payer's balance of `asset` on `network` (net of what levy settled since it was
-    /// read), from the cache or read now with `nonce`'s authorization state.
-    pub async fn funds(
+    async fn funds(
         &self,
         network: &str,
         chain_id: u64,
@@ -111,9 +191,7 @@ impl Settlement {
         view
     }
 
-    /// An `upto` payer's balance of `token` (net of what levy settled since it was read) and
-    /// its allowance to Permit2, from the caches or read now.
-    pub async fn upto_funds(
+    async fn upto_funds(
         &self,
         network: &str,
         chain_id: u64,
@@ -138,10 +216,7 @@ impl Settlement {
         view
     }
 
-    /// Reserves a payment's share of exposure, atomically with the checks: the payer's
-    /// `balance` (when known) must cover its unsettled payments plus this one, and the
-    /// caps and the loss budget say whether it may be served before it settles.
-    pub fn reserve(
+    fn reserve(
         &self,
         payer: Address,
         amount: U256,
@@ -151,143 +226,6 @@ impl Settlement {
         self.inner
             .ledger
             .reserve(payer, amount, balance, unix_now(), shares)
-    }
-
-    /// Shares this engine's exposure with other replicas: `mirror` is told every change from
-    /// now on. Returns the unsettled value per payer now (the journal's), for the caller to
-    /// publish first.
-    pub fn share_exposure(&self, mirror: Arc<dyn exposure::Mirror>) -> Vec<(Address, U256)> {
-        let now = self.inner.ledger.per_payer();
-        self.inner.ledger.share(mirror);
-        now
-    }
-}
-
-/// The admission port: what the proxy asks settlement before it forwards a paid request.
-/// [`Settlement`] is the one levy runs; the proxy's decision tests run against a fake. Each
-/// method's contract is the [`Settlement`] method of the same name.
-pub trait AdmissionPort: Send + Sync {
-    /// Whether paid requests must also pass the facilitator's `/verify`.
-    fn verifies_remotely(&self) -> bool;
-    /// The facilitator's `/verify` of a payment.
-    fn verify_remotely(
-        &self,
-        record: &PaymentRecord,
-    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send;
-    /// Why the payer is denied, if it is.
-    fn denied(&self, payer: Address) -> Option<&'static str>;
-    /// The chain's verdict on a contract wallet's signature.
-    fn check_signature(
-        &self,
-        network: &str,
-        client: Option<std::net::IpAddr>,
-        signer: Address,
-        digest: B256,
-        signature: &[u8],
-    ) -> impl std::future::Future<Output = SignatureCheck> + Send;
-    /// Whether batched payments wait for a funds check.
-    fn checks_funds(&self) -> bool;
-    /// What to do when a payer's funds cannot be read.
-    fn on_rpc_error(&self) -> funds::OnRpcError;
-    /// An `exact` payer's funds and its authorization's state.
-    fn funds(
-        &self,
-        network: &str,
-        chain_id: u64,
-        asset: Address,
-        payer: Address,
-        nonce: B256,
-    ) -> impl std::future::Future<Output = FundsView> + Send;
-    /// An `upto` payer's funds and its allowance to Permit2.
-    fn upto_funds(
-        &self,
-        network: &str,
-        chain_id: u64,
-        token: Address,
-        payer: Address,
-    ) -> impl std::future::Future<Output = funds::UptoFunds> + Send;
-    /// The payment's share of exposure, reserved atomically with the funds check.
-    fn reserve(
-        &self,
-        payer: Address,
-        amount: U256,
-        balance: Option<U256>,
-        shares: Option<exposure::Shares>,
-    ) -> (Admission, Option<Hold>);
-    /// Whether a batched payment valid until `valid_before` would wait past it.
-    fn backlog(&self, valid_before: u64) -> Option<OnBacklog>;
-    /// Journals a payment and settles it alone, now.
-    fn settle_now(
-        &self,
-        record: PaymentRecord,
-        hold: Option<Hold>,
-    ) -> impl std::future::Future<Output = Result<B256, SettleError>> + Send;
-}
-
-impl AdmissionPort for Settlement {
-    fn verifies_remotely(&self) -> bool {
-        Settlement::verifies_remotely(self)
-    }
-
-    fn verify_remotely(
-        &self,
-        record: &PaymentRecord,
-    ) -> impl std::future::Future<Output = facilitator::Verdict> + Send {
-        Settlement::verify_remotely(self, record)
-    }
-
-    fn denied(&self, payer: Address) -> Option<&'static str> {
-        Settlement::denied(self, payer)
-    }
-
-    fn check_signature(
-        &self,
-        network: &str,
-        client: Option<std::net::IpAddr>,
-        signer: Address,
-        digest: B256,
-        signature: &[u8],
-    ) -> impl std::future::Future<Output = SignatureCheck> + Send {
-        Settlement::check_signature(self, network, client, signer, digest, signature)
-    }
-
-    fn checks_funds(&self) -> bool {
-        Settlement::checks_funds(self)
-    }
-
-    fn on_rpc_error(&self) -> funds::OnRpcError {
-        Settlement::on_rpc_error(self)
-    }
-
-    fn funds(
-        &self,
-        network: &str,
-        chain_id: u64,
-        asset: Address,
-        payer: Address,
-        nonce: B256,
-    ) -> impl std::future::Future<Output = FundsView> + Send {
-        Settlement::funds(self, network, chain_id, asset, payer, nonce)
-    }
-
-    fn upto_funds(
-        &self,
-        network: &str,
-        chain_id: u64,
-        token: Address,
-        payer: Address,
-    ) -> impl std::future::Future<Output = funds::UptoFunds> + Send {
-        Settlement::upto_funds(self, network, chain_id, token, payer)
-    }
-
-    fn reserve(
-        &self,
-        payer: Address,
-        amount: U256,
-        balance: Option<U256>,
-        shares: Option<exposure::Shares>,
-    ) -> (Admission, Option<Hold>) {
-        Settlement::reserve(self, payer, amount, balance, shares)
     }
 
     fn backlog(&self, valid_before: u64) -> Option<OnBacklog> {

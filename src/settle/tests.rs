@@ -1,6 +1,6 @@
-//! The engine's scheduling without a chain: a settlement opened on a temporary journal with
-//! a facilitator back end that is never asked (nothing here sends), driven through the
-//! methods the batch and facilitator paths call.
+//! The engine's scheduling without a chain: a settlement opened on a temporary journal,
+//! driven through the methods the batch and facilitator paths call, and its facilitator back
+//! end against a fake facilitator on loopback that answers as the test says.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use alloy::primitives::{Address, U256};
 
 use super::engine::{Final, Retry};
 use super::exposure::Limits;
+use super::facilitator::Facilitator;
 use super::funds::{FundsConfig, OnRpcError};
 use super::journal::tests::record;
 use super::*;
@@ -197,4 +198,153 @@ async fn a_payers_own_failure_denies_the_payer_and_a_settled_payment_denies_nobo
         Some(alloy::primitives::B256::repeat_byte(7))
     );
     assert_eq!(settled.amount, U256::from(1000));
+}
+
+/// A facilitator on loopback that answers every request with `status` and `body`; the
+/// counter says how many requests it was sent.
+async fn facilitator_answering(
+    status: u16,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                // The whole request: its head, then as many body bytes as it announces.
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, asked)
+}
+
+/// A journaled payment the facilitator can be sent (its payload and requirement kept).
+fn sendable(id: &str, attempts: u32) -> PaymentRecord {
+    let mut record = record(id);
+    record.payload = Some(r#"{"x402Version":2,"payload":{}}"#.into());
+    record.requirement = Some(serde_json::json!({"scheme": "exact"}));
+    record.attempts = attempts;
+    record
+}
+
+async fn settle_through(url: &str, records: Vec<PaymentRecord>) -> (tempfile::TempDir, Settlement) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settlement = Settlement::open(config(dir.path())).expect("open");
+    let facilitator = Facilitator::new(url, Duration::from_secs(2)).expect("client");
+    settlement
+        .settle_with_facilitator(&facilitator, records)
+        .await;
+    (dir, settlement)
+}
+
+#[tokio::test]
+async fn a_payment_the_facilitator_settles_is_finished_settled_in_its_transaction() {
+    let hash = "0xabababababababababababababababababababababababababababababababab";
+    let body = r#"{"success":true,"transaction":"0xabababababababababababababababababababababababababababababababab","network":"eip155:84532"}"#;
+    let (url, asked) = facilitator_answering(200, body).await;
+    let (_dir, settlement) = settle_through(&url, vec![sendable("p1", 0)]).await;
+    let settled = journaled(&settlement, "p1");
+    assert_eq!(settled.state, SettlementState::Settled);
+    assert_eq!(settled.tx_hash, hash.parse().ok());
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_facilitator_refusal_fails_a_first_attempt_and_sends_a_retry_to_review() {
+    let body = r#"{"success":false,"errorReason":"insufficient_funds"}"#;
+    let (url, asked) = facilitator_answering(200, body).await;
+    let records = vec![sendable("first", 0), sendable("retry", 1)];
+    let (_dir, settlement) = settle_through(&url, records).await;
+    let first = journaled(&settlement, "first");
+    assert_eq!(
+        (first.state, first.reason),
+        (
+            SettlementState::Failed,
+            Some(Reason::from_code("insufficient_funds"))
+        )
+    );
+    // An earlier attempt's answer was lost: the refusal may echo its success.
+    let retry = journaled(&settlement, "retry");
+    assert_eq!(
+        (retry.state, retry.reason),
+        (
+            SettlementState::NeedsReview,
+            Some(Reason::FacilitatorRefusedRetry)
+        )
+    );
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one /settle each"
+    );
+}
+
+#[tokio::test]
+async fn a_facilitator_that_is_rate_limited_or_has_trouble_of_its_own_is_retried_later() {
+    for (status, body) in [
+        (429, r#"{"error":"slow down"}"#),
+        (
+            200,
+            r#"{"success":false,"errorReason":"unexpected_settle_error"}"#,
+        ),
+    ] {
+        let (url, _) = facilitator_answering(status, body).await;
+        let before = clock::unix_now();
+        let (_dir, settlement) = settle_through(&url, vec![sendable("p1", 0)]).await;
+        let kept = journaled(&settlement, "p1");
+        assert_eq!(kept.state, SettlementState::Pending, "HTTP {status} {body}");
+        assert_eq!(kept.reason, Some(Reason::FacilitatorUnavailable));
+        assert_eq!(kept.attempts, 1);
+        assert!(
+            kept.next_attempt_at > before,
+            "it waits before the next try"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_facilitator_that_cannot_be_reached_leaves_the_payment_pending() {
+    // Nothing listens on the discard port.
+    let (_dir, settlement) = settle_through("http://127.0.0.1:9", vec![sendable("p1", 0)]).await;
+    let kept = journaled(&settlement, "p1");
+    assert_eq!(
+        (kept.state, kept.reason),
+        (
+            SettlementState::Pending,
+            Some(Reason::FacilitatorUnavailable)
+        )
+    );
 }
