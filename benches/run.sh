@@ -10,11 +10,16 @@
 # Usage: benches/run.sh [seconds per scenario, default 10] [connections, default 16] [offered req/s, default 2000]
 # LEVY_BIN=path runs another levy build under the same harness (a before/after pair);
 # PEERS=0 leaves out the x402 peers (@x402/express, x402-axum) and their rows;
-# RESULTS_OUT=file keeps the raw results (for benches/compare.py).
+# RESULTS_OUT=file keeps the raw results (for benches/compare.py);
+# BASELINE_LEVY=path (with PEERS=0: it takes the peers' keys) also runs that build beside this
+# one and measures both on the request paths (free, 402, paid, metered, channel), alternated
+# in swapped order, three rounds: the side-by-side table in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LEVY_BIN=${LEVY_BIN:-./target/release/levy}
 PEERS=${PEERS:-1}
+BASELINE_LEVY=${BASELINE_LEVY:-}
+[ -z "$BASELINE_LEVY" ] || [ "$PEERS" = 0 ] || { echo "BASELINE_LEVY needs PEERS=0 (it settles with a peer's key)" >&2; exit 2; }
 SECONDS_EACH=${1:-10}
 CONNS=${2:-16}
 RATE=${3:-2000}
@@ -71,9 +76,10 @@ PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
 . benches/settled.sh
 # The payer is anvil account 0; levy's settler account 1 owns the batcher.
 # One batcher per settler key: levy refuses to settle through a batcher another key owns.
-read -r MULTICALL BATCHER BATCHER_2 BATCHER_5 < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
+read -r MULTICALL BATCHER BATCHER_2 BATCHER_5 BATCHER_8 < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \
-  0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc)
+  0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc \
+  0x23618e81E3f5cdF7f54C3d65f7FBc0aBAdc936E7)
 # levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys, $5 the
 # channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY), $6 extra levy keys.
 levy_config() {
@@ -113,6 +119,15 @@ LEVY_SETTLER_KEY=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab3
   LEVY_CHANNEL_KEY=0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a \
   "$LEVY_BIN" -c "$WORK/levy-nofunds.yaml" & PIDS+=($!)
 NOFUNDS_PID=$!
+if [ -n "$BASELINE_LEVY" ]; then
+  # The build to compare with, configured alike, with its own journal, settler and channel keys.
+  levy_config levy-base 19031 19032 "" 0x14dC79964da2C08b23698B3D3cc7Ca32193d9955 "" 1 "$BATCHER_8"
+  LEVY_SETTLER_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 LEVY_LOG=warn \
+    LEVY_CHANNEL_KEY=0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356 \
+    "$BASELINE_LEVY" -c "$WORK/levy-base.yaml" & PIDS+=($!)
+  BASE_PID=$!
+  wait_port 19031
+fi
 # The same levy with its replay set shared through Redis (one replica: what a Redis round
 # trip costs a paid request), with its own journal, settler and channel keys.
 redis-server --port 19379 --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
@@ -162,6 +177,20 @@ drain() {
   done
 }
 load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections "$CONNS" "$@"; }
+# side_by_side NAME PATH [load args]: the scenario on this build and on the baseline, in the
+# order $ORDER says; each paid run waits for both settlement queues to drain first.
+side_by_side() {
+  local name=$1 path=$2; shift 2
+  local this="side by side: $name|" base="side by side, baseline: $name|"
+  for who in $ORDER; do
+    drain 19004; drain 19032
+    if [ "$who" = this ]; then
+      echo "$this$(load --url "http://127.0.0.1:19003$path" --pid $LEVY_PID "$@")"
+    else
+      echo "$base$(load --url "http://127.0.0.1:19031$path" --pid $BASE_PID "$@")"
+    fi
+  done
+}
 {
   # On the fresh chain: what each server sustains with every 200 settled on chain (the peers
   # settle each payment before answering; levy's batches catch up after the load).
@@ -171,6 +200,16 @@ load() { ./target/release/examples/load --seconds "$SECONDS_EACH" --connections 
     echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000)"
     echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000)"
     kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
+  fi
+  if [ -n "$BASELINE_LEVY" ]; then
+    for ORDER in "this base" "base this" "this base"; do
+      side_by_side "levy free route" /free/x
+      side_by_side "levy 402 challenge" /paid/x --expect 402
+      side_by_side "levy paid, batched" /paid/x --pay --payments 60000 --key $PAYER_KEY
+      side_by_side "levy metered (upto), batched" /metered/x --pay --payments 60000 --key $PAYER_KEY
+      side_by_side "levy channel vouchers (batch-settlement)" /channel/x --pay --payments 60000 --key $PAYER_KEY
+    done
+    kill $BASE_PID
   fi
   echo "origin direct|$(load --url http://127.0.0.1:19000/x)"
   echo "nginx|$(load --url http://127.0.0.1:19001/x)"

@@ -27,6 +27,9 @@ def mean(ds):
 
 rows = [(name, mean(ds)) for name, ds in runs.items()]
 r = dict(rows)
+# A baseline build measured beside this one (BASELINE_LEVY) has a table of its own.
+side = [(name, d) for name, d in rows if name.startswith("side by side")]
+rows = [(name, d) for name, d in rows if not name.startswith("side by side")]
 # The runs checked on chain (benches/settled.sh) have their own table.
 settled_rows = [(name, d) for name, d in rows if "settled" in d]
 rows = [(name, d) for name, d in rows if "settled" not in d]
@@ -99,6 +102,18 @@ ratios = [
     f"| levy free throughput, 2 pingora threads / 1 (64 connections) | {r['levy free route, 2 threads, 64 connections']['rps'] / r['levy free route, 64 connections']['rps']:.2f} | – |",
     f"| RSS of 1 000 000 live nonces | {nonces['rss_growth_mib']:.0f} MiB ({nonces['bytes_per_nonce']:.0f} B each) | ≤ 256 MiB |",
 ]
+side_table = []
+if side:
+    side_table = ["", "The same request paths on this build and on the baseline build (`BASELINE_LEVY`), side by side in this run: each scenario alternated between the two, in swapped order over three rounds (means of the three):", "", "| scenario | baseline req/s | this build req/s | this / baseline | baseline CPU µs/req | this build CPU µs/req | this / baseline |", "|---|---|---|---|---|---|---|"]
+    for name, d in side:
+        if not name.startswith("side by side: "):
+            continue
+        scenario = name.removeprefix("side by side: ")
+        b = r.get(f"side by side, baseline: {scenario}")
+        if b is None:
+            continue
+        side_table.append(f"| {scenario} | {fmt(b['rps'])} | {fmt(d['rps'])} | {d['rps'] / max(b['rps'], 1):.2f} | {fmt(b.get('cpu_us_per_request'), 1)} | {fmt(d.get('cpu_us_per_request'), 1)} | {(d.get('cpu_us_per_request') or 0) / max(b.get('cpu_us_per_request') or 0, 0.001):.2f} |")
+
 section = "\n".join([
     "<!-- LOAD-TABLE:BEGIN (written by benches/run.sh) -->",
     f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {seconds} s per scenario, {conns} keep-alive connections (closed loop unless a rate is offered), pingora `threads: 1, work_stealing: false` and mimalloc for levy and the bare proxy, nginx `worker_processes 1`; load tool, origin, proxies and anvil share the machine's cores.",
@@ -108,6 +123,7 @@ section = "\n".join([
     "| ratio | measured | target |",
     "|---|---|---|",
     *ratios,
+    *side_table,
     "",
     "Paid runs checked on chain, first in the run on a fresh chain (benches/settled.sh): the payee's balance moved by the price × every 200, levy's settlement drained first.",
     "",
