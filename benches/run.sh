@@ -79,7 +79,7 @@ PAY_TO=0x209693Bc6afc0C5328bA36FaF03C514EF312287C
 read -r MULTICALL BATCHER BATCHER_2 BATCHER_5 BATCHER_8 < <(python3 benches/chain_setup.py http://127.0.0.1:19545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 \
   0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc \
-  0x23618e81E3f5cdF7f54C3d65f7FBc0aBAdc936E7)
+  0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f)
 # levy's config: $1 name, $2 data port, $3 admin port, $4 extra settlement keys, $5 the
 # channel receiver-authorizer's address (its key in LEVY_CHANNEL_KEY), $6 extra levy keys.
 levy_config() {
