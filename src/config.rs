@@ -6,6 +6,7 @@ mod alerts;
 mod builtin;
 mod checks;
 mod describe;
+mod discovery;
 mod listeners;
 mod networks;
 mod reference;
@@ -16,6 +17,7 @@ mod upstreams;
 
 pub use crate::tls::CertificateFiles;
 use checks::{address, check_url, invalid, positive, YamlPath};
+pub use discovery::Documents;
 pub use listeners::{AdminToken, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
@@ -101,6 +103,8 @@ pub struct Config {
     pub audit_log: Option<std::path::PathBuf>,
     /// Where alerts are sent (`levy.webhooks`).
     pub webhooks: Option<crate::alerts::WebhooksSpec>,
+    /// The discovery documents levy serves; `None` when no route is discoverable.
+    pub discovery: Option<Documents>,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -416,6 +420,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 channel_authorizer,
                 mode: levy.mode,
                 paywall: levy.paywall.as_ref(),
+                discovery: &levy.discovery,
             },
         )?;
         route.index = i;
@@ -545,6 +550,10 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         .as_ref()
         .is_some_and(|s| s.facilitator.is_none() && !s.chains.is_empty());
 
+    let documents = discovery::documents(&levy.discovery)?;
+    let discoverable = routes.iter().any(|(_, route)| {
+        matches!(&route.access, Access::Priced(p) if p.challenge.discovery().is_some())
+    });
     let state = match &levy.state {
         schema::State::Embedded => None,
         schema::State::Redis(r) => Some(redis_spec(r, listeners.primary())?),
@@ -570,6 +579,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         state,
         audit_log,
         webhooks,
+        discovery: discoverable.then_some(documents),
     })
 }
 

@@ -1,9 +1,12 @@
 //! Prices: turns what an operator writes (`"$0.001"` or an atomic `amount`) into an exact
 //! amount of a token's atomic units, and describes what one route asks to be paid.
 //! Pure; never goes through a float. What a route asks is rendered as an x402 challenge in
-//! [`challenge`] and as a browser's wallet page in [`paywall`].
+//! [`challenge`] and as a browser's wallet page in [`paywall`]; what a route tells agents
+//! about itself in [`discovery`], and the documents listing such routes in [`catalogue`].
 
+pub mod catalogue;
 pub mod challenge;
+pub mod discovery;
 pub(crate) mod paywall;
 
 use std::fmt;

@@ -8,6 +8,7 @@ mod answer;
 mod channel;
 mod charge;
 mod ctx;
+mod discovery;
 mod headers;
 mod metering;
 mod outcome;

@@ -117,12 +117,23 @@ impl Looseness {
     }
 }
 
-/// One segment of a compiled path pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One segment of a compiled path pattern. Two parameters are the same segment whatever
+/// their names: they match the same paths.
+#[derive(Debug, Clone, Eq)]
 enum Segment {
     Literal(String),
     /// `:name`, matches one non-empty segment.
-    Param,
+    Param(String),
+}
+
+impl PartialEq for Segment {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Segment::Literal(a), Segment::Literal(b)) => a == b,
+            (Segment::Param(_), Segment::Param(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// A compiled path pattern: exact (`/a/b`), with parameters (`/users/:id`), or a prefix
@@ -163,7 +174,7 @@ impl PathPattern {
                     if name.is_empty() {
                         Err(PatternError::EmptyParam)
                     } else {
-                        Ok(Segment::Param)
+                        Ok(Segment::Param(name.to_owned()))
                     }
                 } else {
                     Ok(Segment::Literal(part.to_owned()))
@@ -190,7 +201,7 @@ impl PathPattern {
         for segment in &self.segments {
             match (segment, parts.next()) {
                 (Segment::Literal(lit), Some(part)) if loose.same(lit, part) => {}
-                (Segment::Param, Some(_)) => {}
+                (Segment::Param(_), Some(_)) => {}
                 _ => return false,
             }
         }
@@ -199,13 +210,40 @@ impl PathPattern {
                 && (loose.trailing_slash || has_trailing_slash == self.trailing_slash))
     }
 
+    /// The value of each `:name` parameter in `path` (a path the pattern matches), in order,
+    /// as written in the request (still percent-encoded).
+    pub fn captures<'p>(&self, path: &'p str) -> Vec<(&str, &'p str)> {
+        let body = path.strip_prefix('/').unwrap_or(path);
+        self.segments
+            .iter()
+            .zip(body.split('/').filter(|p| !p.is_empty()))
+            .filter_map(|(segment, part)| match segment {
+                Segment::Param(name) => Some((name.as_str(), part)),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
+
+    /// The names of its `:name` parameters, in order.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Param(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// Whether it matches everything below its segments (`/api/*`).
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+
     /// Whether `path` lies under the pattern's literal head (its segments before the first
     /// `:param`): where an encoded `/` could turn one segment into two and dodge it.
     pub fn head_covers(&self, path: &str, loose: Looseness) -> bool {
         let mut parts = path.split('/').filter(|p| !p.is_empty());
         for segment in &self.segments {
             match segment {
-                Segment::Param => return true,
+                Segment::Param(_) => return true,
                 Segment::Literal(lit) => match parts.next() {
                     Some(part) if loose.same(lit, part) => {}
                     _ => return false,

@@ -181,6 +181,8 @@ pub struct UptoWitness {
 /// The `eip2612GasSponsoring` extension key: a payer without a Permit2 allowance signs an
 /// EIP-2612 permit approving Permit2, and the settler runs it before the transfer.
 pub const EIP2612_GAS_SPONSORING: &str = "eip2612GasSponsoring";
+/// The discovery extension catalogues read a resource's input and output from.
+pub const BAZAAR: &str = "bazaar";
 
 /// The `info` of a client's `eip2612GasSponsoring` answer: an EIP-2612 `Permit(owner =
 /// from, spender, value = amount, nonce, deadline)` of `asset`, signed by `from`.

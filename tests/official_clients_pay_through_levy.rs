@@ -274,7 +274,14 @@ fn levy_pay_falls_back_to_v1_when_the_server_only_speaks_v1() {
     let issued = paywall.challenge.accepts_v2().to_vec();
     let v1_body = paywall
         .challenge
-        .render("", "X-PAYMENT header is required", "http://v1.test/weather")
+        .render(
+            "",
+            "X-PAYMENT header is required",
+            &levy::pricing::challenge::Asked {
+                url: "http://v1.test/weather",
+                path: "/weather",
+            },
+        )
         .v1_body;
     let server = Origin::start(move |seen| {
         match seen.header("x-payment") {

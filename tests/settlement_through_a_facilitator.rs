@@ -9,8 +9,8 @@ use crate::support::pay::{challenge, decode, paid_get, sign_for};
 use crate::support::{free_port, request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
 /// The reference facilitator (published x402 packages) running against the test chain.
-struct RunningFacilitator {
-    url: String,
+pub(crate) struct RunningFacilitator {
+    pub(crate) url: String,
     child: Child,
 }
 
@@ -21,7 +21,7 @@ impl Drop for RunningFacilitator {
     }
 }
 
-fn start_facilitator(chain: &TestChain) -> RunningFacilitator {
+pub(crate) fn start_facilitator(chain: &TestChain) -> RunningFacilitator {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     assert!(
         dir.join("node_modules").exists(),

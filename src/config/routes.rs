@@ -74,6 +74,10 @@ pub(super) fn build_route(
             ("bundle", route.bundle.is_some()),
             ("mode", route.mode.is_some()),
             ("durability", route.durability.is_some()),
+            (
+                "discovery",
+                matches!(route.discovery, Some(schema::DiscoverySetting::On(_))),
+            ),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
@@ -341,6 +345,9 @@ pub(super) fn paywall(
         })?;
         challenge = challenge.with_wallet(page);
     }
+    if let Some(discovery) = super::discovery::route_discovery(path, route, defaults.discovery)? {
+        challenge = challenge.with_discovery(discovery);
+    }
     let price_text = match (&meter, &price) {
         (Some(m), Some((_, p))) => format!("{} (or {p} fixed)", m.describe()),
         (Some(m), None) => m.describe(),
@@ -472,6 +479,8 @@ pub(super) struct Defaults<'a> {
     pub mode: Mode,
     /// `levy.paywall`.
     pub paywall: Option<&'a schema::PaywallSetting>,
+    /// `levy.discovery`.
+    pub discovery: &'a schema::Discovery,
 }
 
 /// What a priced route offers per accepted pair.

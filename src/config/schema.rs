@@ -123,6 +123,49 @@ pub struct Levy {
     /// Where alerts are POSTed.
     #[serde(default)]
     pub webhooks: Option<Webhooks>,
+    /// How discoverable routes are listed for agents.
+    #[serde(default)]
+    pub discovery: Discovery,
+}
+
+/// `levy.discovery`: the service's defaults for discoverable routes and the documents levy
+/// serves about them (only when at least one route has `discovery`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// The service's name (1-32 printable ASCII), for routes that name none; also the
+    /// OpenAPI document's title.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Tags for routes that list none (up to 5).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// An `https` icon for routes that name none.
+    #[serde(default)]
+    pub icon_url: Option<String>,
+    /// Serve the x402 manifest at `/.well-known/x402`. Default: `true`.
+    #[serde(default = "yes")]
+    pub well_known: bool,
+    /// Where levy serves the OpenAPI document; `""` leaves that path to the origin.
+    /// Default: `/openapi.json`.
+    #[serde(default = "default_openapi_path")]
+    pub openapi_path: String,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            service_name: None,
+            tags: Vec::new(),
+            icon_url: None,
+            well_known: true,
+            openapi_path: default_openapi_path(),
+        }
+    }
+}
+
+fn default_openapi_path() -> String {
+    "/openapi.json".into()
 }
 
 /// `levy.webhooks`.

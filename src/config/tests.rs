@@ -947,3 +947,81 @@ fn settled_routes_accepting_assets_of_different_decimals_or_redis_with_an_18_dec
         "asset `tok` has 18 decimals: levy.state.redis counts exposure in 64-bit integers",
     );
 }
+
+#[test]
+fn discovery_terms_that_cannot_be_listed_are_refused_by_key() {
+    for (keys, expected) in [
+        (
+            "      methods: [GET]\n      discovery: {body: {q: 1}}\n",
+            "levy.routes[0].discovery.body: a GET request has no body to describe; use `query`",
+        ),
+        (
+            "      discovery: {method: POST, query: {a: b}}\n",
+            "levy.routes[0].discovery.query: a POST route describes its `body`, not its `query`",
+        ),
+        (
+            "      methods: [GET]\n      discovery: {method: POST}\n",
+            "levy.routes[0].discovery.method: `POST` is not one of the route's methods",
+        ),
+        (
+            "      discovery: {method: OPTIONS}\n",
+            "levy.routes[0].discovery.method: `OPTIONS` cannot be listed",
+        ),
+        (
+            "      discovery: {body_type: xml}\n",
+            "levy.routes[0].discovery.body_type: `xml` is not one of `json`, `form-data`, `text`",
+        ),
+        (
+            "      discovery: {tags: [a, b, c, d, e, f]}\n",
+            "levy.routes[0].discovery.tags: at most 5 tags",
+        ),
+        (
+            "      discovery: {tags: [Weather, weather]}\n",
+            "levy.routes[0].discovery.tags[1]: listed twice",
+        ),
+        (
+            "      discovery: {service_name: \"a name far longer than thirty-two characters\"}\n",
+            "levy.routes[0].discovery.service_name: must be 1 to 32 printable ASCII characters",
+        ),
+        (
+            "      discovery: {icon_url: \"https://127.0.0.1/icon.png\"}\n",
+            "levy.routes[0].discovery.icon_url: needs a public host name",
+        ),
+        (
+            "      discovery: {output_schema: [1]}\n",
+            "levy.routes[0].discovery.output_schema: must be a JSON Schema object",
+        ),
+    ] {
+        assert_error(&yaml(&priced(keys), ""), expected);
+    }
+    assert_error(
+        &yaml(&route("      free: true\n      discovery: true\n"), ""),
+        "levy.routes[0].discovery: not allowed on a free route",
+    );
+    assert_error(
+        &yaml(&priced(""), "  discovery: {openapi_path: openapi.json}\n"),
+        "levy.discovery.openapi_path: `openapi.json` is not a path",
+    );
+}
+
+#[test]
+fn documents_are_served_only_when_a_route_is_discoverable() {
+    let quiet = Config::from_yaml(&yaml(&priced(""), "")).expect("valid");
+    assert_eq!(quiet.discovery, None);
+    let listed = Config::from_yaml(&yaml(
+        &priced("      discovery: true\n"),
+        "  discovery: {openapi_path: \"\"}\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        listed.discovery,
+        Some(Documents {
+            title: "levy".into(),
+            well_known: true,
+            openapi_path: None,
+        })
+    );
+    let paywall = only_paywall(&listed);
+    let discovery = paywall.challenge.discovery().expect("discoverable");
+    assert_eq!(discovery.terms().method, "GET");
+}

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::discovery::Discovery;
 use super::paywall::{html_escape, WalletPage};
 use super::{format_units, Requirement, Scheme};
 use crate::x402::{encode_header, PaymentRequirementsV1, PaymentRequirementsV2, SCHEME_EXACT};
@@ -29,6 +30,11 @@ pub struct Challenge {
     html: Bytes,
     /// The paywall page with a wallet, when the route has one.
     wallet: Option<WalletPage>,
+    /// What the route tells agents about itself (the `bazaar` extension), when it does.
+    discovery: Option<Discovery>,
+    /// The route's description and MIME type, as challenges state them.
+    description: String,
+    mime_type: String,
 }
 
 /// The HTML a browser gets with a 402.
@@ -64,6 +70,15 @@ fn eip2612_declaration() -> Value {
             },
         }
     })
+}
+
+/// The request a challenge answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The absolute URL requested (ignored when the route fixes its resource).
+    pub url: &'a str,
+    /// The path the route matched (its parameters fill the `bazaar` extension).
+    pub path: &'a str,
 }
 
 /// One rendered challenge: the `PAYMENT-REQUIRED` header value and the v1 JSON body.
@@ -106,6 +121,9 @@ impl Challenge {
         Self {
             html: render_html(requirements, description).into(),
             wallet: None,
+            discovery: None,
+            description: description.to_owned(),
+            mime_type: mime_type.to_owned(),
             accepts_v2,
             accepts_v1,
             v2_resource_tail,
@@ -135,7 +153,7 @@ impl Challenge {
             .accepts_v1
             .iter()
             .find(|e| e.network == network && e.asset == asset)?;
-        Some(serde_json::json!({
+        let mut requirement = serde_json::json!({
             "scheme": entry.scheme,
             "network": entry.network,
             "maxAmountRequired": entry.max_amount_required,
@@ -146,7 +164,11 @@ impl Challenge {
             "maxTimeoutSeconds": entry.max_timeout_seconds,
             "asset": entry.asset,
             "extra": entry.extra,
-        }))
+        });
+        if let Some(discovery) = &self.discovery {
+            requirement["outputSchema"] = discovery.v1_output_schema();
+        }
+        Some(requirement)
     }
 
     /// Whether the route fixes its resource URL, in which case `request_url` is ignored by
@@ -156,9 +178,9 @@ impl Challenge {
     }
 
     /// Renders the header and v1 body for one request. `v2_error` and `v1_error` are the
-    /// `error` strings of each document; `request_url` is the absolute URL requested.
-    pub fn render(&self, v2_error: &str, v1_error: &str, request_url: &str) -> Rendered {
-        self.render_with(v2_error, v1_error, request_url, None)
+    /// `error` strings of each document; `request` is what was asked for.
+    pub fn render(&self, v2_error: &str, v1_error: &str, request: &Asked<'_>) -> Rendered {
+        self.render_with(v2_error, v1_error, request, None)
     }
 
     /// [`Self::render`] with one more v2 `extensions` entry made for this request
@@ -167,13 +189,14 @@ impl Challenge {
         &self,
         v2_error: &str,
         v1_error: &str,
-        request_url: &str,
+        request: &Asked<'_>,
         extension: Option<(&str, &Value)>,
     ) -> Rendered {
         let url = match &self.fixed_resource {
             Some(fixed) => fixed.clone(),
-            None => json_string(request_url),
+            None => json_string(request.url),
         };
+        let bazaar = self.discovery.as_ref().map(|d| d.extension(request.path));
         let mut v2 = String::with_capacity(
             80 + url.len()
                 + self.v2_resource_tail.len()
@@ -186,16 +209,24 @@ impl Challenge {
         v2.push_str(&url);
         v2.push_str(&self.v2_resource_tail);
         v2.push_str(&self.v2_accepts);
-        if !self.v2_extensions.is_empty() || extension.is_some() {
+        if !self.v2_extensions.is_empty() || extension.is_some() || bazaar.is_some() {
             v2.push_str(r#","extensions":{"#);
             v2.push_str(&self.v2_extensions);
-            if let Some((name, value)) = extension {
-                if !self.v2_extensions.is_empty() {
+            let mut first = self.v2_extensions.is_empty();
+            let mut entry = |name: &str, value: &str| {
+                if !first {
                     v2.push(',');
                 }
+                first = false;
                 v2.push_str(&json_string(name));
                 v2.push(':');
-                v2.push_str(&value.to_string());
+                v2.push_str(value);
+            };
+            if let Some(bazaar) = &bazaar {
+                entry(crate::x402::BAZAAR, bazaar);
+            }
+            if let Some((name, value)) = extension {
+                entry(name, &value.to_string());
             }
             v2.push('}');
         }
@@ -231,11 +262,11 @@ impl Challenge {
     pub fn render_extended(
         &self,
         error: &str,
-        request_url: &str,
+        request: &Asked<'_>,
         index: usize,
         additions: Map<String, Value>,
     ) -> Rendered {
-        let mut rendered = self.render(error, error, request_url);
+        let mut rendered = self.render(error, error, request);
         let document = crate::x402::decode_header(rendered.header.as_bytes())
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
         if let Some(mut document) = document {
@@ -254,6 +285,38 @@ impl Challenge {
     /// The HTML page shown to browsers, the same for every request to the route.
     pub fn html(&self) -> Bytes {
         self.html.clone()
+    }
+
+    /// Every challenge carries `discovery`'s `bazaar` extension and service metadata, and
+    /// each v1 entry its `outputSchema`.
+    pub fn with_discovery(mut self, discovery: Discovery) -> Self {
+        let fields = discovery.resource_fields();
+        if let Some(open) = self.v2_resource_tail.strip_suffix('}') {
+            self.v2_resource_tail = format!("{open}{fields}}}");
+        }
+        let output_schema = to_json(&discovery.v1_output_schema());
+        for (_, tail) in &mut self.v1_entries {
+            if let Some(open) = tail.strip_suffix('}') {
+                *tail = format!(r#"{open},"outputSchema":{output_schema}}}"#);
+            }
+        }
+        self.discovery = Some(discovery);
+        self
+    }
+
+    /// The route's description, as its challenges state it.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The resource's MIME type, as its challenges state it.
+    pub fn mime_type(&self) -> &str {
+        &self.mime_type
+    }
+
+    /// The route's discovery terms, when it is discoverable.
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.discovery.as_ref()
     }
 
     /// Browsers get `page`, with a wallet, instead of the plain page.
@@ -438,7 +501,10 @@ pub(super) mod tests {
         let r = c.render(
             "Payment required",
             "X-PAYMENT header is required",
-            "http://h/p?q=1",
+            &Asked {
+                url: "http://h/p?q=1",
+                path: "/p?q=1",
+            },
         );
         let doc: Value =
             serde_json::from_slice(&decode_header(r.header.as_bytes()).unwrap()).unwrap();
@@ -468,7 +534,14 @@ pub(super) mod tests {
             "",
             Some("https://x/y"),
         );
-        let r = c.render("e2", "e1", "http://ignored/");
+        let r = c.render(
+            "e2",
+            "e1",
+            &Asked {
+                url: "http://ignored/",
+                path: "/",
+            },
+        );
         let body: Value = serde_json::from_slice(&r.v1_body).unwrap();
         assert_eq!(body["x402Version"], 1);
         assert_eq!(body["error"], "e1");

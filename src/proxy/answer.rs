@@ -174,9 +174,14 @@ impl LevyProxy {
             }
             (Answer::Refused(reason, Form::Corrective(index, extra)), Some(paywall)) => {
                 let url = self.resource_url(session, &live.config, paywall);
+                let path = super::paywall::asked_path(session.req_header());
+                let asked = crate::pricing::challenge::Asked {
+                    url: &url,
+                    path: &path,
+                };
                 let rendered = paywall
                     .challenge
-                    .render_extended(reason, &url, index, extra);
+                    .render_extended(reason, &asked, index, extra);
                 self.challenge_reply(session, paywall, rendered)
             }
             (

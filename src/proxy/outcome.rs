@@ -30,7 +30,7 @@ pub enum Outcome {
     BadRequest,
     /// levy failed on its own.
     InternalError,
-    /// A settlement status page was served.
+    /// levy served a page of its own: a settlement's status, a discovery document.
     Status,
     /// Settlement before the response could not complete.
     SettlementUnavailable,

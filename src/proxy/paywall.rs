@@ -22,7 +22,7 @@ use crate::clock::{unix_ms, unix_now};
 use crate::config::{Access, Config, Mode, Paywall, Unmatched};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
-use crate::pricing::challenge::Rendered;
+use crate::pricing::challenge::{Asked, Rendered};
 use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
@@ -61,7 +61,10 @@ impl LevyProxy {
         if let Some(reply) = screen(req, config.max_request_header_bytes) {
             return Decision::Answer(Answer::Own(reply, Outcome::BadRequest));
         }
-        if let Some(reply) = self.status_page(req) {
+        if let Some(reply) = self
+            .status_page(req)
+            .or_else(|| self.discovery_document(session, config))
+        {
             return Decision::Answer(Answer::Own(reply, Outcome::Status));
         }
         let (host, path) = match routable(req) {
@@ -330,7 +333,12 @@ impl LevyProxy {
                 Some(rendered) => rendered,
                 None => {
                     let url = self.resource_url(session, config, paywall);
-                    paywall.challenge.render(v2_error, v1_error, &url)
+                    let path = asked_path(session.req_header());
+                    let asked = Asked {
+                        url: &url,
+                        path: &path,
+                    };
+                    paywall.challenge.render(v2_error, v1_error, &asked)
                 }
             };
         self.challenge_reply(session, paywall, rendered)
@@ -381,7 +389,7 @@ impl LevyProxy {
     /// The absolute URL requested, as levy's public address names it.
     pub(super) fn request_url(&self, session: &Session, config: &Config) -> String {
         let req = session.req_header();
-        let path = String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p));
+        let path = asked_path(req);
         match &config.public_url {
             Some(base) => format!("{base}{path}"),
             None => {
@@ -395,4 +403,9 @@ impl LevyProxy {
             }
         }
     }
+}
+
+/// The path (and query) a request asked for, as routes see it.
+pub(super) fn asked_path(req: &RequestHeader) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p))
 }

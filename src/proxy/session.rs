@@ -71,10 +71,15 @@ impl LevyProxy {
         );
         // A route that fixes its resource URL has it in the challenge already; `url` is
         // then ignored there.
+        let path = super::paywall::asked_path(session.req_header());
+        let asked = crate::pricing::challenge::Asked {
+            url: &url,
+            path: &path,
+        };
         Some(paywall.challenge.render_with(
             v2_error,
             v1_error,
-            &url,
+            &asked,
             Some((SIGN_IN_WITH_X, &declaration)),
         ))
     }

@@ -211,3 +211,16 @@ fn a_free_prefix_covers_the_priced_paths_beneath_it() {
     assert!(!path("/weather").covers(&path("/weather")));
     assert!(!path("/:x/*").covers(&path("/weather/:city")));
 }
+
+#[test]
+fn params_are_captured_by_name_and_their_names_do_not_change_what_matches() {
+    let p = path("/users/:id/posts/:post");
+    assert_eq!(
+        p.captures("/users/42/posts/hello%20world"),
+        vec![("id", "42"), ("post", "hello%20world")]
+    );
+    assert_eq!(p.param_names().collect::<Vec<_>>(), vec!["id", "post"]);
+    assert!(!p.is_prefix());
+    assert_eq!(p, path("/users/:user/posts/:slug"));
+    assert!(path("/api/*").is_prefix());
+}

@@ -77,6 +77,88 @@ pub struct Route {
     /// This route's paywall page, over `levy.paywall` key by key (`false`: the plain page).
     #[serde(default)]
     pub paywall: Option<PaywallSetting>,
+    /// List the route for agents: its 402s carry the `bazaar` extension and it appears in
+    /// `/.well-known/x402` and `/openapi.json`. `true`, or what it takes and returns.
+    /// Default: not listed.
+    #[serde(default)]
+    pub discovery: Option<DiscoverySetting>,
+}
+
+/// `discovery: true`, or the route's input, output and service metadata.
+#[derive(Debug)]
+pub enum DiscoverySetting {
+    Off,
+    On(Box<RouteDiscovery>),
+}
+
+impl<'de> Deserialize<'de> for DiscoverySetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Bool(false) => Ok(DiscoverySetting::Off),
+            serde_yaml::Value::Bool(true) => Ok(DiscoverySetting::On(Box::default())),
+            map @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(map)
+                .map(DiscoverySetting::On)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected `true`, `false` or {method, query, query_schema, body, body_schema, body_type, output, output_schema, service_name, tags, icon_url}",
+            )),
+        }
+    }
+}
+
+impl JsonSchema for DiscoverySetting {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DiscoverySetting".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let terms = generator.subschema_for::<RouteDiscovery>();
+        json_schema!({
+            "description": "List the route for agents: `true` (defaults), `false`, or its terms.",
+            "oneOf": [{ "type": "boolean" }, terms]
+        })
+    }
+}
+
+/// What a discoverable route takes and returns, as agents are told.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDiscovery {
+    /// The method agents call with. Default: the route's only method, `POST` when a body is
+    /// described, else `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Example query parameters (`GET`, `HEAD`, `DELETE`), e.g. `{units: metric}`.
+    #[serde(default)]
+    pub query: Option<serde_json::Map<String, serde_json::Value>>,
+    /// JSON Schema of the query parameters object (its `properties` and `required`).
+    #[serde(default)]
+    pub query_schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// An example request body (`POST`, `PUT`, `PATCH`).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// JSON Schema of the request body.
+    #[serde(default)]
+    pub body_schema: Option<serde_json::Value>,
+    /// `json`, `form-data` or `text`. Default: `json`.
+    #[serde(default)]
+    pub body_type: Option<String>,
+    /// An example of a paid response's body.
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// JSON Schema of a paid response's body.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// Shown by catalogues (1-32 printable ASCII). Default: `levy.discovery.service_name`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Up to 5 tags (1-32 printable ASCII each). Default: `levy.discovery.tags`.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// An `https` icon for catalogues. Default: `levy.discovery.icon_url`.
+    #[serde(default)]
+    pub icon_url: Option<String>,
 }
 
 /// `paywall: false`, `true`, or the page's look.

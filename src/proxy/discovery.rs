@@ -1,0 +1,94 @@
+//! levy's discovery documents on the data listener: the x402 manifest at
+//! `/.well-known/x402` and the OpenAPI document, built from the live route table for the
+//! host asked, so a reload changes them and they always offer what the 402s offer.
+
+use http::header;
+use pingora::proxy::Session;
+
+use super::headers::{routable, scheme};
+use super::respond::Reply;
+use super::LevyProxy;
+use crate::config::{Access, Config, Documents, Mode};
+use crate::pricing::catalogue::{self, Listing};
+use crate::routing::normalize_host;
+
+/// Where the x402 manifest is served.
+pub const WELL_KNOWN_X402: &str = "/.well-known/x402";
+
+/// Which document a request asks for.
+enum Document {
+    Manifest,
+    OpenApi,
+}
+
+impl LevyProxy {
+    /// `GET /.well-known/x402` or the OpenAPI document, when the config has a discoverable
+    /// route; `None` for every other request.
+    pub(super) fn discovery_document(&self, session: &Session, config: &Config) -> Option<Reply> {
+        let documents = config.discovery.as_ref()?;
+        let req = session.req_header();
+        let path = req.uri.path();
+        let document = if documents.well_known && path == WELL_KNOWN_X402 {
+            Document::Manifest
+        } else if documents.openapi_path.as_deref() == Some(path) {
+            Document::OpenApi
+        } else {
+            return None;
+        };
+        if req.method != http::Method::GET {
+            return Some(Reply::text(405, "use GET").header(header::ALLOW, "GET"));
+        }
+        let host = match routable(req) {
+            Ok((host, _)) => host,
+            Err(reply) => return Some(reply),
+        };
+        let base = match &config.public_url {
+            Some(base) => base.clone(),
+            None => format!("{}://{host}", scheme(session)),
+        };
+        let body = render(config, documents, &normalize_host(host), &base, document);
+        Some(
+            Reply::new(200, "application/json", body)
+                .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+                .header(header::CACHE_CONTROL, "max-age=60"),
+        )
+    }
+}
+
+/// The document for requests to `host`: every enforced, discoverable route that answers
+/// on that host, in table order.
+fn render(
+    config: &Config,
+    documents: &Documents,
+    host: &str,
+    base: &str,
+    document: Document,
+) -> String {
+    let listings: Vec<Listing<'_>> = config
+        .routes
+        .iter()
+        .filter(|(matcher, _)| matcher.host.matches(host))
+        .filter_map(|(_, route)| {
+            let Access::Priced(paywall) = &route.access else {
+                return None;
+            };
+            if paywall.mode == Mode::Shadow {
+                return None;
+            }
+            let challenge = &paywall.challenge;
+            Some(Listing {
+                name: &route.name,
+                description: challenge.description(),
+                mime_type: challenge.mime_type(),
+                price: &paywall.price_text,
+                accepts: challenge.accepts_v2(),
+                discovery: challenge.discovery()?,
+            })
+        })
+        .collect();
+    match document {
+        Document::Manifest => catalogue::manifest(base, &listings),
+        Document::OpenApi => catalogue::openapi(base, &documents.title, &listings),
+    }
+    .to_string()
+}
