@@ -174,7 +174,7 @@ impl LevyProxy {
             }
             (Answer::Refused(reason, Form::Corrective(index, extra)), Some(paywall)) => {
                 let url = self.resource_url(session, &live.config, paywall);
-                let path = super::paywall::asked_path(session.req_header());
+                let path = super::headers::asked_path(session.req_header());
                 let asked = crate::pricing::challenge::Asked {
                     url: &url,
                     path: &path,

@@ -135,6 +135,11 @@ pub(super) fn routable(req: &RequestHeader) -> Result<(&str, &[u8]), Reply> {
     Ok((host, path))
 }
 
+/// The path (and query) a request asked for, as routes see it.
+pub(super) fn asked_path(req: &RequestHeader) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p))
+}
+
 /// The request's host: the `Host` header, else the URI authority, else empty.
 pub(super) fn request_host(req: &RequestHeader) -> &str {
     req.headers

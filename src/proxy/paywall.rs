@@ -12,7 +12,8 @@ use pingora::proxy::Session;
 use super::answer::{Answer, Decision};
 use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::{
-    self, is_browser, is_preflight, preflight, request_host, routable, screen, unread_body_is_large,
+    self, asked_path, is_browser, is_preflight, preflight, request_host, routable, screen,
+    unread_body_is_large,
 };
 use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
@@ -403,9 +404,4 @@ impl LevyProxy {
             }
         }
     }
-}
-
-/// The path (and query) a request asked for, as routes see it.
-pub(super) fn asked_path(req: &RequestHeader) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(routable(req).map_or(req.raw_path(), |(_, p)| p))
 }

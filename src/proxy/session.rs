@@ -71,7 +71,7 @@ impl LevyProxy {
         );
         // A route that fixes its resource URL has it in the challenge already; `url` is
         // then ignored there.
-        let path = super::paywall::asked_path(session.req_header());
+        let path = super::headers::asked_path(session.req_header());
         let asked = crate::pricing::challenge::Asked {
             url: &url,
             path: &path,
