@@ -21,6 +21,12 @@ fn levy_check_accepts_the_example_config_and_prints_the_route_table() {
     assert!(stdout.contains("weather"), "{stdout}");
     assert!(stdout.contains("1000 usdc@base-sepolia"), "{stdout}");
     assert!(stdout.contains("unmatched requests: 404"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "discoverable: weather, reports (listed at /.well-known/x402 and /openapi.json"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]

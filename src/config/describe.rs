@@ -73,6 +73,34 @@ impl Config {
             out.push('\n');
         }
         out.push_str(&format!("unmatched requests: {unmatched}\n"));
+        if let Some(documents) = &self.discovery {
+            let listed: Vec<&str> = self
+                .routes
+                .iter()
+                .filter_map(|(_, route)| match &route.access {
+                    Access::Priced(p) if p.challenge.discovery().is_some() => {
+                        Some(route.name.as_str())
+                    }
+                    _ => None,
+                })
+                .collect();
+            let mut served: Vec<&str> = Vec::new();
+            if documents.well_known {
+                served.push("/.well-known/x402");
+            }
+            if let Some(path) = &documents.openapi_path {
+                served.push(path);
+            }
+            out.push_str(&format!(
+                "discoverable: {} (listed at {}; their 402s carry the bazaar extension)\n",
+                listed.join(", "),
+                if served.is_empty() {
+                    "no document".to_owned()
+                } else {
+                    served.join(" and ")
+                }
+            ));
+        }
         if let Some(s) = &self.settlement {
             let amount = |v: Option<alloy_primitives::U256>| {
                 v.map_or("unlimited".to_owned(), |v| format!("{v} atomic units"))
