@@ -9,6 +9,7 @@ mod describe;
 mod discovery;
 mod listeners;
 mod networks;
+mod offers;
 mod reference;
 mod routes;
 mod schema;
@@ -105,6 +106,8 @@ pub struct Config {
     pub webhooks: Option<crate::alerts::WebhooksSpec>,
     /// The discovery documents levy serves; `None` when no route is discoverable.
     pub discovery: Option<Documents>,
+    /// The key that signs offers and receipts (`levy.offers`); `None`: nothing is signed.
+    pub offers: Option<Arc<crate::offers::Issuer>>,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -551,6 +554,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         .is_some_and(|s| s.facilitator.is_none() && !s.chains.is_empty());
 
     let documents = discovery::documents(&levy.discovery)?;
+    let issuer = offers::issuer(levy.offers.as_ref())?;
     let discoverable = routes.iter().any(|(_, route)| {
         matches!(&route.access, Access::Priced(p) if p.challenge.discovery().is_some())
     });
@@ -580,6 +584,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         audit_log,
         webhooks,
         discovery: discoverable.then_some(documents),
+        offers: issuer,
     })
 }
 

@@ -27,6 +27,7 @@ mod logging;
 mod meter;
 mod metrics;
 pub mod nonce;
+mod offers;
 mod pay;
 mod pool;
 pub mod pricing;

@@ -172,6 +172,7 @@ impl ProxyHttp for LevyProxy {
             tender: Tender::new(Arc::clone(&self.holders)),
             failure: None,
             failure_reply: None,
+            offer_terms: None,
         }
     }
 

@@ -22,6 +22,7 @@ mod official_clients_pay_through_levy;
 mod operators_are_alerted_and_every_payment_is_audited;
 mod operators_can_check_a_config_and_watch_levy;
 mod operators_see_a_live_dashboard;
+mod payers_get_signed_offers_and_receipts;
 mod payments_in_review_release_their_exposure_and_can_be_resolved;
 mod people_pay_from_the_browser_paywall;
 mod replicas_share_channels_and_sessions;

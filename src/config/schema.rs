@@ -126,6 +126,48 @@ pub struct Levy {
     /// How discoverable routes are listed for agents.
     #[serde(default)]
     pub discovery: Discovery,
+    /// Sign every 402's offers and every paid response's receipt (the x402 `offer-receipt`
+    /// extension) with an issuer key published at `/.well-known/did.json`.
+    #[serde(default)]
+    pub offers: Option<Offers>,
+}
+
+/// `levy.offers`: the issuer key and how it signs.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Offers {
+    /// `eip712` (typed data; the signer's address is recovered) or `jws` (ES256K, the key
+    /// named by `did:web`). Default: `eip712`.
+    #[serde(default)]
+    pub format: OfferFormat,
+    /// Environment variable holding the issuer's secp256k1 private key (hex). Default:
+    /// `LEVY_OFFER_KEY`.
+    #[serde(default = "default_offer_key_env")]
+    pub key_env: String,
+    /// Read the key from this file instead.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// With `key_file`: when the file does not exist, write a new key to it (mode 0600) the
+    /// first time the config is loaded, and say so in the log. For demos.
+    #[serde(default)]
+    pub generate_key: bool,
+    /// Seconds a signed offer stays valid. Default: each requirement's
+    /// `max_timeout_seconds`.
+    #[serde(default)]
+    pub offer_validity_seconds: Option<u64>,
+}
+
+/// How offers and receipts are signed.
+#[derive(Debug, Default, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OfferFormat {
+    #[default]
+    Eip712,
+    Jws,
+}
+
+fn default_offer_key_env() -> String {
+    "LEVY_OFFER_KEY".into()
 }
 
 /// `levy.discovery`: the service's defaults for discoverable routes and the documents levy

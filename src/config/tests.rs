@@ -1025,3 +1025,59 @@ fn documents_are_served_only_when_a_route_is_discoverable() {
     let discovery = paywall.challenge.discovery().expect("discoverable");
     assert_eq!(discovery.terms().method, "GET");
 }
+
+#[test]
+fn an_offer_key_that_cannot_be_loaded_is_refused_by_key() {
+    let dir = std::env::temp_dir().join(format!("levy-offer-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.key");
+    std::fs::write(&bad, "0x1234").expect("write");
+    for (offers, expected) in [
+        (
+            "  offers: {generate_key: true}\n".to_owned(),
+            "levy.offers.generate_key: needs `key_file`".to_owned(),
+        ),
+        (
+            "  offers: {key_env: LEVY_TEST_NO_SUCH_OFFER_KEY}\n".to_owned(),
+            "levy.offers.key_env: the environment variable `LEVY_TEST_NO_SUCH_OFFER_KEY` is not set"
+                .to_owned(),
+        ),
+        (
+            format!("  offers: {{key_file: {}}}\n", bad.display()),
+            "levy.offers.key_file: not a secp256k1 private key".to_owned(),
+        ),
+        (
+            format!("  offers: {{key_file: {}}}\n", dir.join("missing.key").display()),
+            "levy.offers.key_file: cannot read".to_owned(),
+        ),
+        (
+            "  offers: {format: cose}\n".to_owned(),
+            "unknown variant `cose`".to_owned(),
+        ),
+    ] {
+        assert_error(&yaml(&priced(""), &offers), &expected);
+    }
+    let generated = dir.join("new.key");
+    let _ = std::fs::remove_file(&generated);
+    let config = Config::from_yaml(&yaml(
+        &priced(""),
+        &format!(
+            "  offers: {{key_file: {}, generate_key: true, format: jws}}\n",
+            generated.display()
+        ),
+    ))
+    .expect("a generated key loads");
+    let issuer = config.offers.expect("issuer");
+    assert_eq!(issuer.format(), crate::offers::Format::Jws);
+    let again = Config::from_yaml(&yaml(
+        &priced(""),
+        &format!("  offers: {{key_file: {}}}\n", generated.display()),
+    ))
+    .expect("the written key is kept");
+    assert_eq!(
+        again.offers.expect("issuer").address(),
+        issuer.address(),
+        "a second load reads the key the first one wrote"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

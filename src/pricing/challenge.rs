@@ -26,6 +26,8 @@ pub struct Challenge {
     v1_entries: Vec<(String, String)>,
     /// The configured resource URL, JSON-escaped, when the route fixes one.
     fixed_resource: Option<String>,
+    /// The same, as written.
+    fixed_resource_url: Option<String>,
     /// The plain page: the price and how to pay from code.
     html: Bytes,
     /// The paywall page with a wallet, when the route has one.
@@ -131,6 +133,7 @@ impl Challenge {
             v2_extensions,
             v1_entries,
             fixed_resource: resource.map(json_string),
+            fixed_resource_url: resource.map(str::to_owned),
         }
     }
 
@@ -177,20 +180,25 @@ impl Challenge {
         self.fixed_resource.is_some()
     }
 
+    /// The resource URL the route fixes, if it does.
+    pub fn fixed_resource(&self) -> Option<&str> {
+        self.fixed_resource_url.as_deref()
+    }
+
     /// Renders the header and v1 body for one request. `v2_error` and `v1_error` are the
     /// `error` strings of each document; `request` is what was asked for.
     pub fn render(&self, v2_error: &str, v1_error: &str, request: &Asked<'_>) -> Rendered {
-        self.render_with(v2_error, v1_error, request, None)
+        self.render_with(v2_error, v1_error, request, &[])
     }
 
-    /// [`Self::render`] with one more v2 `extensions` entry made for this request
-    /// (`(name, value)`, e.g. a fresh `sign-in-with-x` challenge).
+    /// [`Self::render`] with more v2 `extensions` entries made for this request
+    /// (`(name, JSON value)`, e.g. a fresh `sign-in-with-x` challenge, signed offers).
     pub fn render_with(
         &self,
         v2_error: &str,
         v1_error: &str,
         request: &Asked<'_>,
-        extension: Option<(&str, &Value)>,
+        extensions: &[(&str, String)],
     ) -> Rendered {
         let url = match &self.fixed_resource {
             Some(fixed) => fixed.clone(),
@@ -209,7 +217,7 @@ impl Challenge {
         v2.push_str(&url);
         v2.push_str(&self.v2_resource_tail);
         v2.push_str(&self.v2_accepts);
-        if !self.v2_extensions.is_empty() || extension.is_some() || bazaar.is_some() {
+        if !self.v2_extensions.is_empty() || !extensions.is_empty() || bazaar.is_some() {
             v2.push_str(r#","extensions":{"#);
             v2.push_str(&self.v2_extensions);
             let mut first = self.v2_extensions.is_empty();
@@ -225,8 +233,8 @@ impl Challenge {
             if let Some(bazaar) = &bazaar {
                 entry(crate::x402::BAZAAR, bazaar);
             }
-            if let Some((name, value)) = extension {
-                entry(name, &value.to_string());
+            for (name, value) in extensions {
+                entry(name, value);
             }
             v2.push('}');
         }
@@ -263,10 +271,11 @@ impl Challenge {
         &self,
         error: &str,
         request: &Asked<'_>,
+        extensions: &[(&str, String)],
         index: usize,
         additions: Map<String, Value>,
     ) -> Rendered {
-        let mut rendered = self.render(error, error, request);
+        let mut rendered = self.render_with(error, error, request, extensions);
         let document = crate::x402::decode_header(rendered.header.as_bytes())
             .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
         if let Some(mut document) = document {

@@ -179,9 +179,11 @@ impl LevyProxy {
                     url: &url,
                     path: &path,
                 };
-                let rendered = paywall
-                    .challenge
-                    .render_extended(reason, &asked, index, extra);
+                let extensions = self.challenge_extensions(session, &live.config, paywall);
+                let rendered =
+                    paywall
+                        .challenge
+                        .render_extended(reason, &asked, &extensions, index, extra);
                 self.challenge_reply(session, paywall, rendered)
             }
             (

@@ -23,6 +23,7 @@ use crate::config::Paywall;
 use crate::settle::channels::{Refunded, Refusal};
 
 use super::metering::Metering;
+use crate::offers::OFFER_RECEIPT;
 use crate::x402::{self, SettleResponse, PAYMENT_RESPONSE};
 
 impl LevyProxy {
@@ -175,13 +176,15 @@ impl LevyProxy {
                 None,
             ));
         }
+        let payer = lease.voucher.config.payer;
+        let signed = ctx.receipt_on(payer, &network, None);
         let receipt = SettleResponse {
             success: true,
             transaction: String::new(),
             network,
-            payer: lease.voucher.config.payer.to_checksum(None),
+            payer: payer.to_checksum(None),
             amount: Some(lease.price.to_string()),
-            extensions: None,
+            extensions: signed.map(|signed| serde_json::json!({ OFFER_RECEIPT: signed })),
             extra: Some(serde_json::json!({
                 "chargedAmount": lease.price.to_string(),
                 "channelState": ledger.state_json(),

@@ -15,6 +15,7 @@ use super::LevyProxy;
 use crate::clock::unix_now;
 use crate::config::Access;
 use crate::metrics::metrics;
+use crate::offers::OFFER_RECEIPT;
 use crate::settle::{SettleError, StreamClose, StreamTicket};
 use crate::verify::Version;
 use crate::x402::{SettleResponse, PAYMENT_RESPONSE, X_PAYMENT_RESPONSE};
@@ -66,13 +67,22 @@ impl LevyProxy {
             levy_ext["statusUrl"] =
                 serde_json::Value::String(format!("{base}{STATUS_PATH}{}", paid.id));
         }
+        let transaction = upfront.map(|h| h.to_string());
+        let mut extensions = serde_json::json!({ "levy": levy_ext });
+        if let Some(signed) = ctx.receipt(
+            paid.verified.payer,
+            paid.verified.requirement,
+            transaction.as_deref(),
+        ) {
+            extensions[OFFER_RECEIPT] = signed;
+        }
         let receipt = SettleResponse {
             success: true,
-            transaction: upfront.map(|h| h.to_string()).unwrap_or_default(),
+            transaction: transaction.unwrap_or_default(),
             network: paid.network.clone(),
             payer: paid.verified.payer.to_checksum(None),
             amount: None,
-            extensions: Some(serde_json::json!({ "levy": levy_ext })),
+            extensions: Some(extensions),
             extra: None,
         };
         let encoded = receipt.header_value();

@@ -32,6 +32,53 @@ pub struct RequestCtx {
     /// A whole response to answer a failure with instead of its text (one that names the
     /// payment whose outcome is not known yet).
     pub(super) failure_reply: Option<super::respond::Reply>,
+    /// What a receipt for this request names, when levy signs receipts.
+    pub(super) offer_terms: Option<OfferTerms>,
+}
+
+/// The resource URL a route's offers and receipts name, and levy's `did:web` as the request
+/// reached it.
+#[derive(Debug, Clone)]
+pub struct OfferTerms {
+    pub resource_url: String,
+    pub did: String,
+}
+
+impl RequestCtx {
+    /// The signed receipt (the `offer-receipt` extension) for `payer`'s payment on the
+    /// route's requirement `index`, when levy signs receipts.
+    pub(super) fn receipt(
+        &self,
+        payer: alloy_primitives::Address,
+        index: usize,
+        transaction: Option<&str>,
+    ) -> Option<serde_json::Value> {
+        let route = self.route.as_deref()?;
+        let crate::config::Access::Priced(paywall) = &route.access else {
+            return None;
+        };
+        let network = &paywall.requirements.get(index)?.network;
+        self.receipt_on(payer, network, transaction)
+    }
+
+    /// [`Self::receipt`] for a payment on `network` (CAIP-2).
+    pub(super) fn receipt_on(
+        &self,
+        payer: alloy_primitives::Address,
+        network: &str,
+        transaction: Option<&str>,
+    ) -> Option<serde_json::Value> {
+        let issuer = self.live.config.offers.as_ref()?;
+        let terms = self.offer_terms.as_ref()?;
+        Some(issuer.receipt(
+            &terms.did,
+            &terms.resource_url,
+            payer,
+            network,
+            transaction,
+            crate::clock::unix_now(),
+        ))
+    }
 }
 
 impl RequestCtx {

@@ -1,6 +1,8 @@
 //! levy's discovery documents on the data listener: the x402 manifest at
 //! `/.well-known/x402` and the OpenAPI document, built from the live route table for the
-//! host asked, so a reload changes them and they always offer what the 402s offer.
+//! host asked, so a reload changes them and they always offer what the 402s offer; and the
+//! DID document at `/.well-known/did.json` that publishes the key signing offers and
+//! receipts.
 
 use http::header;
 use pingora::proxy::Session;
@@ -15,6 +17,9 @@ use crate::routing::normalize_host;
 /// Where the x402 manifest is served.
 pub const WELL_KNOWN_X402: &str = "/.well-known/x402";
 
+/// Where levy's DID document (`did:web`) is served.
+pub const DID_DOCUMENT: &str = "/.well-known/did.json";
+
 /// Which document a request asks for.
 enum Document {
     Manifest,
@@ -23,11 +28,28 @@ enum Document {
 
 impl LevyProxy {
     /// `GET /.well-known/x402` or the OpenAPI document, when the config has a discoverable
-    /// route; `None` for every other request.
+    /// route, and `/.well-known/did.json` when levy signs offers; `None` for every other
+    /// request.
     pub(super) fn discovery_document(&self, session: &Session, config: &Config) -> Option<Reply> {
-        let documents = config.discovery.as_ref()?;
         let req = session.req_header();
         let path = req.uri.path();
+        if path == DID_DOCUMENT {
+            let issuer = config.offers.as_ref()?;
+            if req.method != http::Method::GET {
+                return Some(Reply::text(405, "use GET").header(header::ALLOW, "GET"));
+            }
+            let did = self.did(session, config);
+            return Some(
+                Reply::new(
+                    200,
+                    "application/did+json",
+                    issuer.did_document(&did).to_string(),
+                )
+                .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+                .header(header::CACHE_CONTROL, "max-age=300"),
+            );
+        }
+        let documents = config.discovery.as_ref()?;
         let document = if documents.well_known && path == WELL_KNOWN_X402 {
             Document::Manifest
         } else if documents.openapi_path.as_deref() == Some(path) {

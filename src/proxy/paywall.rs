@@ -10,7 +10,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::answer::{Answer, Decision};
-use super::ctx::{RequestCtx, STATUS_PATH};
+use super::ctx::{OfferTerms, RequestCtx, STATUS_PATH};
 use super::headers::{
     self, asked_path, is_browser, is_preflight, preflight, request_host, routable, screen,
     unread_body_is_large,
@@ -23,6 +23,7 @@ use crate::clock::{unix_ms, unix_now};
 use crate::config::{Access, Config, Mode, Paywall, Unmatched};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
+use crate::offers::{did_web, OFFER_RECEIPT};
 use crate::pricing::challenge::{Asked, Rendered};
 use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
@@ -105,10 +106,15 @@ impl LevyProxy {
                 self.shadow(session, paywall, ctx);
                 Decision::Shadow
             }
-            Access::Priced(paywall) => match self.tender_payment(session, paywall, ctx) {
-                Ok(()) => Decision::Admit,
-                Err(answer) => Decision::Answer(answer),
-            },
+            Access::Priced(paywall) => {
+                if config.offers.is_some() {
+                    ctx.offer_terms = Some(self.offer_terms(session, config, paywall));
+                }
+                match self.tender_payment(session, paywall, ctx) {
+                    Ok(()) => Decision::Admit,
+                    Err(answer) => Decision::Answer(answer),
+                }
+            }
         }
     }
 
@@ -329,20 +335,82 @@ impl LevyProxy {
         v2_error: &str,
         v1_error: &str,
     ) -> Reply {
-        let rendered =
-            match self.render_bundle_challenge(session, config, paywall, v2_error, v1_error) {
-                Some(rendered) => rendered,
-                None => {
-                    let url = self.resource_url(session, config, paywall);
-                    let path = asked_path(session.req_header());
-                    let asked = Asked {
-                        url: &url,
-                        path: &path,
-                    };
-                    paywall.challenge.render(v2_error, v1_error, &asked)
-                }
-            };
+        let url = self.resource_url(session, config, paywall);
+        let path = asked_path(session.req_header());
+        let asked = Asked {
+            url: &url,
+            path: &path,
+        };
+        let extensions = self.challenge_extensions(session, config, paywall);
+        let rendered = paywall
+            .challenge
+            .render_with(v2_error, v1_error, &asked, &extensions);
         self.challenge_reply(session, paywall, rendered)
+    }
+
+    /// What a challenge adds for this request: the route's offers signed for it, and a
+    /// bundle route's fresh `sign-in-with-x` declaration.
+    pub(super) fn challenge_extensions(
+        &self,
+        session: &Session,
+        config: &Config,
+        paywall: &Paywall,
+    ) -> Vec<(&'static str, String)> {
+        let mut extensions = Vec::new();
+        if let Some(issuer) = &config.offers {
+            let terms = self.offer_terms(session, config, paywall);
+            let offers = issuer.offers(
+                &terms.did,
+                &terms.resource_url,
+                paywall.challenge.accepts_v2(),
+                unix_now(),
+            );
+            extensions.push((OFFER_RECEIPT, offers.to_string()));
+        }
+        if let Some(declaration) = self.bundle_declaration(session, config, paywall) {
+            extensions.push(declaration);
+        }
+        extensions
+    }
+
+    /// The resource URL a route's offers and receipts name (the one its challenge states)
+    /// and levy's `did:web` as this request reached it.
+    pub(super) fn offer_terms(
+        &self,
+        session: &Session,
+        config: &Config,
+        paywall: &Paywall,
+    ) -> OfferTerms {
+        let resource_url = match paywall.challenge.fixed_resource() {
+            Some(fixed) => fixed.to_owned(),
+            None => self.request_url(session, config),
+        };
+        OfferTerms {
+            resource_url,
+            did: self.did(session, config),
+        }
+    }
+
+    /// levy's `did:web`: the host of `levy.public_url`, else the one the request names.
+    pub(super) fn did(&self, session: &Session, config: &Config) -> String {
+        let host = match &config.public_url {
+            Some(base) => base
+                .split_once("://")
+                .map_or(base.as_str(), |(_, rest)| rest)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None => {
+                let host = request_host(session.req_header());
+                if host.is_empty() {
+                    config.listeners.primary().to_string()
+                } else {
+                    host.to_owned()
+                }
+            }
+        };
+        did_web(&host)
     }
 
     /// The 402 carrying a rendered challenge (the HTML page for browsers).

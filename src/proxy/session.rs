@@ -13,7 +13,6 @@ use super::tender::{Proving, SessionStep, Ticket};
 use super::{LevyProxy, RequestCtx};
 use crate::clock::{unix_ms, unix_now};
 use crate::config::{Config, Paywall};
-use crate::pricing::challenge::Rendered;
 use crate::session::{
     self, Bundle, Exhausted, Expected, ProofError, ProofSigner, Quota, SIGN_IN_WITH_X,
 };
@@ -48,15 +47,13 @@ impl LevyProxy {
         self.sessions.as_ref()
     }
 
-    /// The challenge of a bundle route, with a fresh `sign-in-with-x` declaration.
-    pub(super) fn render_bundle_challenge(
+    /// A bundle route's fresh `sign-in-with-x` declaration, for its challenge.
+    pub(super) fn bundle_declaration(
         &self,
         session: &Session,
         config: &Config,
         paywall: &Paywall,
-        v2_error: &str,
-        v1_error: &str,
-    ) -> Option<Rendered> {
+    ) -> Option<(&'static str, String)> {
         paywall.bundle?;
         let sessions = self.sessions()?;
         let url = self.request_url(session, config);
@@ -69,19 +66,7 @@ impl LevyProxy {
             },
             unix_ms(),
         );
-        // A route that fixes its resource URL has it in the challenge already; `url` is
-        // then ignored there.
-        let path = super::headers::asked_path(session.req_header());
-        let asked = crate::pricing::challenge::Asked {
-            url: &url,
-            path: &path,
-        };
-        Some(paywall.challenge.render_with(
-            v2_error,
-            v1_error,
-            &asked,
-            Some((SIGN_IN_WITH_X, &declaration)),
-        ))
+        Some((SIGN_IN_WITH_X, declaration.to_string()))
     }
 
     /// On a bundle route, a request with a `SIGN-IN-WITH-X` proof and no payment draws on
