@@ -258,7 +258,8 @@ impl Settlement {
                         spec.multicall,
                         spec.batcher,
                         config.rpc_timeout,
-                    )?;
+                    )?
+                    .with_builder_code(config.builder_code.clone().unwrap_or_default());
                     chains.insert(spec.network.clone(), chain);
                 }
                 None

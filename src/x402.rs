@@ -267,6 +267,43 @@ pub fn decode_header(value: &[u8]) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(trimmed).ok())
 }
 
+/// The `builder-code` extension's key: ERC-8021 attribution on settlement transactions.
+pub const BUILDER_CODE: &str = "builder-code";
+
+/// The ERC-8021 suffix (schema 2) that attributes a transaction to an app (`a`) and to
+/// services (`s`): a CBOR map, its length (2 bytes), the schema id and the 16-byte marker.
+/// Appended to calldata, it is ignored by the contract called and read from the end.
+/// Codes are 1 to 32 of `a-z0-9_` (the config checks them).
+pub fn builder_code_suffix(app: &str, services: &[String]) -> Vec<u8> {
+    fn head(major: u8, len: usize, out: &mut Vec<u8>) {
+        // Codes and lists are short: a length fits the one-byte forms.
+        match u8::try_from(len) {
+            Ok(small) if small <= 23 => out.push(major << 5 | small),
+            Ok(byte) => out.extend([major << 5 | 24, byte]),
+            Err(_) => out.extend([major << 5 | 25, (len >> 8) as u8, len as u8]),
+        }
+    }
+    fn text(value: &str, out: &mut Vec<u8>) {
+        head(3, value.len(), out);
+        out.extend_from_slice(value.as_bytes());
+    }
+    let mut cbor = Vec::new();
+    head(5, if services.is_empty() { 1 } else { 2 }, &mut cbor);
+    text("a", &mut cbor);
+    text(app, &mut cbor);
+    if !services.is_empty() {
+        text("s", &mut cbor);
+        head(4, services.len(), &mut cbor);
+        for service in services {
+            text(service, &mut cbor);
+        }
+    }
+    let len = cbor.len();
+    cbor.extend([(len >> 8) as u8, len as u8, 2]);
+    cbor.extend(std::iter::repeat_n([0x80, 0x21], 8).flatten());
+    cbor
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +327,19 @@ mod tests {
             assert_eq!(decode_header(s.as_bytes()).unwrap(), raw, "{s}");
         }
         assert!(decode_header(b"not base64 !").is_none());
+    }
+
+    #[test]
+    fn the_builder_code_suffix_is_the_one_the_official_helper_encodes() {
+        // encodeBuilderCodeSuffix({a: "acme", s: ["levy"]}) and ({a: "acme"}), @x402/extensions 2.27.
+        let hex = |bytes: Vec<u8>| alloy_primitives::hex::encode(bytes);
+        assert_eq!(
+            hex(builder_code_suffix("acme", &["levy".to_owned()])),
+            "a261616461636d65617381646c65767900100280218021802180218021802180218021"
+        );
+        assert_eq!(
+            hex(builder_code_suffix("acme", &[])),
+            "a161616461636d6500080280218021802180218021802180218021"
+        );
     }
 }

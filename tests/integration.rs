@@ -35,6 +35,7 @@ mod settlement_keeps_up_or_levy_holds_back;
 mod settlement_never_stalls;
 mod settlement_survives_crashes_and_outages;
 mod settlement_through_a_facilitator;
+mod settlement_transactions_carry_the_operator_s_builder_code;
 mod shadow_routes_count_what_they_would_charge;
 mod the_config_schema_documents_every_key;
 mod the_docs_link_only_to_files_that_exist;

@@ -469,6 +469,21 @@ pub struct Settlement {
     /// schedule; required by any route with `channel:`.
     #[serde(default)]
     pub channels: Option<Channels>,
+    /// ERC-8021 attribution appended once to every settlement transaction levy sends
+    /// (batches and channel claims): `{app, services}`.
+    #[serde(default)]
+    pub builder_code: Option<BuilderCode>,
+}
+
+/// `levy.settlement.builder_code`: the codes an ERC-8021 suffix carries.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuilderCode {
+    /// The app's code (`a`): 1 to 32 of `a-z`, `0-9`, `_`. Required.
+    pub app: String,
+    /// Service codes (`s`), at most 5, same alphabet.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// The balance check before serving batched payments, and the deny list.

@@ -135,6 +135,11 @@ pub(super) fn settlement(
             batcher: network.batcher,
         });
     }
+    let builder_code = s
+        .builder_code
+        .as_ref()
+        .map(|code| builder_code(&path.key("builder_code"), code))
+        .transpose()?;
     let channels = match &s.channels {
         None => None,
         Some(c) => {
@@ -181,6 +186,7 @@ pub(super) fn settlement(
                 log_path: log_path.into(),
                 rpcs,
                 rpc_timeout: Duration::from_millis(s.rpc_timeout_ms),
+                builder_code: builder_code.clone(),
             })
         }
     };
@@ -227,6 +233,7 @@ pub(super) fn settlement(
         chains,
         facilitator,
         channels,
+        builder_code,
         bundles: routes
             .iter()
             .any(|(_, r)| matches!(&r.access, Access::Priced(p) if p.bundle.is_some()))
@@ -236,4 +243,34 @@ pub(super) fn settlement(
                 path.into()
             }),
     })
+}
+
+/// The ERC-8021 suffix `levy.settlement.builder_code` asks for, its codes checked.
+fn builder_code(at: &str, code: &schema::BuilderCode) -> Result<Vec<u8>, ConfigError> {
+    let valid = |c: &str| {
+        (1..=32).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if !valid(&code.app) {
+        return Err(invalid(
+            at.key("app"),
+            format!(
+                "`{}` is not a builder code (1 to 32 of a-z, 0-9, _)",
+                code.app
+            ),
+        ));
+    }
+    if code.services.len() > 5 {
+        return Err(invalid(at.key("services"), "at most 5 service codes"));
+    }
+    for (i, service) in code.services.iter().enumerate() {
+        if !valid(service) {
+            return Err(invalid(
+                at.key("services").index(i),
+                format!("`{service}` is not a builder code (1 to 32 of a-z, 0-9, _)"),
+            ));
+        }
+    }
+    Ok(crate::x402::builder_code_suffix(&code.app, &code.services))
 }

@@ -1081,3 +1081,30 @@ fn an_offer_key_that_cannot_be_loaded_is_refused_by_key() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_builder_code_outside_erc_8021_s_alphabet_is_refused_by_key() {
+    let settlement = |code: &str| {
+        format!(
+            "  settlement:\n    journal_path: /tmp/levy-test-journal\n    builder_code: {code}\n"
+        )
+    };
+    assert_error(
+        &yaml(&priced(""), &settlement("{app: Acme}")),
+        "levy.settlement.builder_code.app: `Acme` is not a builder code (1 to 32 of a-z, 0-9, _)",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            &settlement("{app: acme, services: [ok, bad-code]}"),
+        ),
+        "levy.settlement.builder_code.services[1]: `bad-code` is not a builder code",
+    );
+    assert_error(
+        &yaml(
+            &priced(""),
+            &settlement("{app: acme, services: [a, b, c, d, e, f]}"),
+        ),
+        "levy.settlement.builder_code.services: at most 5 service codes",
+    );
+}

@@ -138,6 +138,8 @@ pub struct Chain {
     /// The node refused `eth_simulateV1`: batches are simulated with `eth_call` and their
     /// gas estimated with `eth_estimateGas` instead.
     no_simulate: AtomicBool,
+    /// Appended to every batch's calldata (ERC-8021 attribution); empty: nothing.
+    builder_code: Vec<u8>,
 }
 
 impl Chain {
@@ -157,6 +159,7 @@ impl Chain {
             batcher,
             timeout,
             no_simulate: AtomicBool::new(false),
+            builder_code: Vec::new(),
         })
     }
 
@@ -171,7 +174,19 @@ impl Chain {
     /// Where a batch of these payments (all of one scheme) is sent, and its calldata.
     pub fn batch_call(&self, payments: &[PaymentRecord]) -> Result<(Address, Bytes), ChainError> {
         let scheme = payments.first().map_or(&EXACT as _, PaymentRecord::scheme);
-        Ok(scheme.batch_call(payments, &self.targets())?)
+        let (target, data) = scheme.batch_call(payments, &self.targets())?;
+        if self.builder_code.is_empty() {
+            return Ok((target, data));
+        }
+        let mut data = data.to_vec();
+        data.extend_from_slice(&self.builder_code);
+        Ok((target, data.into()))
+    }
+
+    /// Appends `suffix` (an ERC-8021 attribution) to every batch this chain signs.
+    pub fn with_builder_code(mut self, suffix: Vec<u8>) -> Self {
+        self.builder_code = suffix;
+        self
     }
 
     /// A payer's balance of `token`, its allowance to Permit2 and its EIP-2612 nonce, in one

@@ -81,6 +81,8 @@ pub struct ChannelsSpec {
     /// RPC endpoint and chain id per network name.
     pub rpcs: Vec<(String, String, u64)>,
     pub rpc_timeout: Duration,
+    /// The ERC-8021 suffix appended to every channel transaction, when configured.
+    pub builder_code: Option<Vec<u8>>,
 }
 
 /// Why a channel payment is not served.

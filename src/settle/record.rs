@@ -83,6 +83,8 @@ pub struct SettlementConfig {
     pub channels: Option<super::channels::ChannelsSpec>,
     /// The bundle log (`<journal_path>.bundles`), when a route sells bundles.
     pub bundles: Option<PathBuf>,
+    /// The ERC-8021 suffix appended to every settlement transaction, when configured.
+    pub builder_code: Option<Vec<u8>>,
 }
 
 /// What a batched payment gets while the settlement queue is projected to drain later than

@@ -54,6 +54,7 @@ fn config(dir: &std::path::Path) -> SettlementConfig {
         }),
         channels: None,
         bundles: None,
+        builder_code: None,
     }
 }
 

@@ -117,8 +117,11 @@ impl Channels {
     pub(super) async fn send_now(
         &self,
         chain: &ChainSender,
-        data: Vec<u8>,
+        mut data: Vec<u8>,
     ) -> Result<B256, ChannelsError> {
+        if let Some(suffix) = &self.inner.spec.builder_code {
+            data.extend_from_slice(suffix);
+        }
         let request = TransactionRequest::default()
             .from(self.inner.signer.address())
             .to(BATCH_SETTLEMENT_ADDRESS)
