@@ -108,6 +108,8 @@ pub struct Config {
     pub discovery: Option<Documents>,
     /// The key that signs offers and receipts (`levy.offers`); `None`: nothing is signed.
     pub offers: Option<Arc<crate::offers::Issuer>>,
+    /// Whether paid requests may carry a `payment-identifier` for idempotent retries.
+    pub payment_identifier: bool,
 }
 
 /// Names of the headers levy sets on paid requests (and strips from every incoming request).
@@ -389,6 +391,10 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         case: levy.priced_paths.ignore_case,
     };
     let mut routes: RouteTable<Arc<Route>> = RouteTable::default();
+    // The book of payment ids is in this process: replicas sharing state on Redis would
+    // each keep their own, so the extension is offered only to one levy.
+    let payment_identifier =
+        levy.payments.payment_identifier && matches!(levy.state, schema::State::Embedded);
     let mut names = HashSet::new();
     let mut catch_all: Option<String> = None;
     for (i, route) in levy.routes.iter().enumerate() {
@@ -424,6 +430,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 mode: levy.mode,
                 paywall: levy.paywall.as_ref(),
                 discovery: &levy.discovery,
+                payment_identifier,
             },
         )?;
         route.index = i;
@@ -585,6 +592,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         webhooks,
         discovery: discoverable.then_some(documents),
         offers: issuer,
+        payment_identifier,
     })
 }
 

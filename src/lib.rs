@@ -34,6 +34,7 @@ pub mod pricing;
 mod proxy;
 mod record;
 mod reload;
+mod retry;
 mod routing;
 pub mod scheme;
 mod server;

@@ -109,6 +109,9 @@ pub struct LevyProxy {
     holders: Arc<Holders>,
 }
 
+/// How many payment ids (`payment-identifier`) levy remembers at once.
+const RETRY_CAPACITY: usize = 100_000;
+
 impl LevyProxy {
     pub fn new(
         live: LiveTable,
@@ -120,6 +123,7 @@ impl LevyProxy {
     ) -> Self {
         let holders = Arc::new(Holders {
             nonces: Arc::clone(&nonces),
+            retries: Arc::new(crate::retry::RetryBook::new(RETRY_CAPACITY)),
             channels: channels.clone(),
             sessions: sessions.clone(),
             audit: None,
@@ -140,6 +144,7 @@ impl LevyProxy {
     pub fn with_audit(mut self, audit: Option<Arc<crate::alerts::AuditLog>>) -> Self {
         self.holders = Arc::new(Holders {
             nonces: Arc::clone(&self.nonces),
+            retries: Arc::clone(&self.holders.retries),
             channels: self.channels.clone(),
             sessions: self.sessions.clone(),
             audit,
@@ -173,6 +178,7 @@ impl ProxyHttp for LevyProxy {
             failure: None,
             failure_reply: None,
             offer_terms: None,
+            served_before: None,
         }
     }
 
@@ -303,6 +309,12 @@ impl ProxyHttp for LevyProxy {
                 .insert_header(names.amount.clone(), paid.verified.amount.to_string())?;
             upstream_request.insert_header(names.payment_id.clone(), paid.id.as_str())?;
         }
+        if let Some(served) = &ctx.served_before {
+            // A retry of a payment served before reaches the origin as the first one did.
+            upstream_request.insert_header(names.payer.clone(), served.payer.to_checksum(None))?;
+            upstream_request.insert_header(names.amount.clone(), served.amount.to_string())?;
+            upstream_request.insert_header(names.payment_id.clone(), served.payment_id.as_str())?;
+        }
         if let tender::ChannelStep::Leased { lease, .. } = &ctx.tender.channel {
             // The voucher proves its signer, not the channel's `payer`: anyone may fund a
             // channel that names someone else as its payer.
@@ -367,6 +379,10 @@ impl ProxyHttp for LevyProxy {
         }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
+        if let Some(served) = ctx.served_before.take() {
+            upstream_response.insert_header(served.header, served.value)?;
+            headers::make_private(upstream_response)?;
+        }
         if ctx.metering().is_some()
             && !session.is_http2()
             && upstream_response

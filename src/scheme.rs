@@ -51,7 +51,8 @@ pub fn verify(
 ) -> Result<VerifiedPayment, Rejection> {
     let payment = verify::decode(header)?;
     let signature = verify::parse_signature(&payment.payload.signature)?;
-    match payment.x402_version {
+    let retry_id = crate::retry::payment_id(payment.extensions.as_ref());
+    let verified = match payment.x402_version {
         2 => {
             let accepted = payment
                 .accepted
@@ -69,7 +70,11 @@ pub fn verify(
         }
         1 => verify::verify_exact_v1(&payment, &signature, requirements, now, policy),
         other => Err(Rejection::UnsupportedVersion(other)),
-    }
+    }?;
+    Ok(VerifiedPayment {
+        retry_id,
+        ..verified
+    })
 }
 
 /// How a scheme's charge is fixed.

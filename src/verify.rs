@@ -158,6 +158,8 @@ pub struct VerifiedPayment {
     pub signature: PayerSignature,
     /// What the signature authorizes, by scheme.
     pub authorized: Authorized,
+    /// The client's `payment-identifier` id, when it sent a valid one.
+    pub retry_id: Option<String>,
 }
 
 /// What a verified payment authorizes.
@@ -222,6 +224,8 @@ pub enum Rejection {
     SmartWalletSignature,
     #[error("this payment is being used by another request right now")]
     InFlight,
+    #[error("this payment identifier was used by another payer or for another request")]
+    IdentifierReused,
     #[error("this payment was already used")]
     AlreadyUsed,
     #[error("permit2Authorization.spender is not the upto proxy")]
@@ -282,6 +286,7 @@ impl Rejection {
                 "invalid_exact_evm_signature"
             }
             Rejection::InFlight => "payment_in_flight",
+            Rejection::IdentifierReused => "payment_identifier_conflict",
             Rejection::AlreadyUsed => "invalid_exact_evm_nonce_already_used",
             Rejection::Permit2Spender => "invalid_permit2_spender",
             Rejection::Permit2Recipient => "invalid_permit2_recipient_mismatch",
@@ -465,6 +470,7 @@ impl ParsedAuthorization {
             valid_before: self.valid_before,
             signature,
             authorized: Authorized::Exact,
+            retry_id: None,
         }
     }
 }

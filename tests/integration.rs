@@ -7,6 +7,7 @@ mod a_free_route_forwards_requests_unchanged;
 mod a_paid_request_is_verified_inline_and_charged_once;
 mod a_priced_route_answers_with_a_402_challenge;
 mod a_reload_changes_prices_without_dropping_requests;
+mod a_retried_payment_is_charged_once;
 mod agents_find_priced_routes_from_the_price_table;
 mod an_upgrade_under_paid_load_loses_no_request_and_no_payment;
 mod channels_refund_what_was_not_spent;

@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "pure core",
         &[
             "pricing", "routing", "meter", "nonce", "verify", "session", "channel", "record",
-            "scheme", "offers",
+            "scheme", "offers", "retry",
         ],
     ),
     ("payer", &["client"]),

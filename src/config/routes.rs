@@ -348,6 +348,12 @@ pub(super) fn paywall(
     if let Some(discovery) = super::discovery::route_discovery(path, route, defaults.discovery)? {
         challenge = challenge.with_discovery(discovery);
     }
+    if defaults.payment_identifier {
+        challenge = challenge.with_extension(
+            crate::retry::PAYMENT_IDENTIFIER,
+            &crate::retry::declaration(),
+        );
+    }
     let price_text = match (&meter, &price) {
         (Some(m), Some((_, p))) => format!("{} (or {p} fixed)", m.describe()),
         (Some(m), None) => m.describe(),
@@ -481,6 +487,8 @@ pub(super) struct Defaults<'a> {
     pub paywall: Option<&'a schema::PaywallSetting>,
     /// `levy.discovery`.
     pub discovery: &'a schema::Discovery,
+    /// Whether challenges offer the `payment-identifier` extension.
+    pub payment_identifier: bool,
 }
 
 /// What a priced route offers per accepted pair.

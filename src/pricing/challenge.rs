@@ -296,6 +296,17 @@ impl Challenge {
         self.html.clone()
     }
 
+    /// Every challenge carries the `extensions` entry `name: value`.
+    pub fn with_extension(mut self, name: &str, value: &Value) -> Self {
+        if !self.v2_extensions.is_empty() {
+            self.v2_extensions.push(',');
+        }
+        self.v2_extensions.push_str(&json_string(name));
+        self.v2_extensions.push(':');
+        self.v2_extensions.push_str(&to_json(value));
+        self
+    }
+
     /// Every challenge carries `discovery`'s `bazaar` extension and service metadata, and
     /// each v1 entry its `outputSchema`.
     pub fn with_discovery(mut self, discovery: Discovery) -> Self {

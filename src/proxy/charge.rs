@@ -90,6 +90,18 @@ impl LevyProxy {
             Version::V2 => PAYMENT_RESPONSE,
             Version::V1 => X_PAYMENT_RESPONSE,
         };
+        if let Some(id) = &paid.verified.retry_id {
+            ctx.tender.holders.retries.complete(
+                id,
+                crate::retry::Served {
+                    header: name,
+                    value: encoded.clone(),
+                    payer: paid.verified.payer,
+                    amount: paid.verified.amount,
+                    payment_id: paid.id.clone(),
+                },
+            );
+        }
         response.insert_header(name, encoded)?;
         make_private(response)?;
         let (amount, payer) = (paid.verified.amount, paid.verified.payer);

@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub(super) failure_reply: Option<super::respond::Reply>,
     /// What a receipt for this request names, when levy signs receipts.
     pub(super) offer_terms: Option<OfferTerms>,
+    /// A retry of a payment already served: its first `PAYMENT-RESPONSE`, answered again.
+    pub(super) served_before: Option<crate::retry::Served>,
 }
 
 /// The resource URL a route's offers and receipts name, and levy's `did:web` as the request
@@ -95,9 +97,9 @@ impl RequestCtx {
     }
 
     /// None → Reserved: a verified payment whose authorization the replay set holds.
-    pub(super) fn reserve(&mut self, paid: Paid) {
+    pub(super) fn reserve(&mut self, paid: Box<Paid>) {
         self.audit(&paid, Event::Accepted, paid.verified.amount, None);
-        self.tender.payment = PaymentState::Reserved(Box::new(paid));
+        self.tender.payment = PaymentState::Reserved(paid);
     }
 
     /// Writes one step of `paid` to the audit log, if there is one.
@@ -168,6 +170,9 @@ impl RequestCtx {
                 };
                 self.audit(&paid, Event::Released, paid.verified.amount, Some(reason));
                 self.tender.holders.nonces.release(&paid.verified.key);
+                if let Some(id) = &paid.verified.retry_id {
+                    self.tender.holders.retries.release(id);
+                }
                 if matches!(why, Release::Unserved | Release::Declined) {
                     metrics_released(self.route_label());
                 }

@@ -25,6 +25,7 @@ use crate::metrics::metrics;
 use crate::nonce::Reservation;
 use crate::offers::{did_web, OFFER_RECEIPT};
 use crate::pricing::challenge::{Asked, Rendered};
+use crate::retry::{Claim, Fingerprint, Served};
 use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
@@ -111,7 +112,8 @@ impl LevyProxy {
                     ctx.offer_terms = Some(self.offer_terms(session, config, paywall));
                 }
                 match self.tender_payment(session, paywall, ctx) {
-                    Ok(()) => Decision::Admit,
+                    Ok(Tendered::Reserved) => Decision::Admit,
+                    Ok(Tendered::Again) => Decision::Forward,
                     Err(answer) => Decision::Answer(answer),
                 }
             }
@@ -126,7 +128,7 @@ impl LevyProxy {
         session: &Session,
         paywall: &Paywall,
         ctx: &mut RequestCtx,
-    ) -> Result<(), Answer> {
+    ) -> Result<Tendered, Answer> {
         let req = session.req_header();
         if is_preflight(req) {
             return Err(Answer::Own(preflight(req), Outcome::Preflight));
@@ -137,7 +139,7 @@ impl LevyProxy {
             .or_else(|| req.headers.get(X_PAYMENT_HEADER));
         if payment.is_none() {
             match self.draw_on_bundle(session, paywall, ctx) {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(())) => return Ok(Tendered::Reserved),
                 Some(Err(why)) => {
                     let reason = why.reason();
                     log::debug!("bundle draw refused on {}: {reason}", ctx.route_label());
@@ -150,15 +152,29 @@ impl LevyProxy {
             return Err(Answer::PAYMENT_REQUIRED);
         };
         match self.check_channel_payment(header.as_bytes(), paywall, ctx) {
-            Some(Ok(())) => return Ok(()),
+            Some(Ok(())) => return Ok(Tendered::Reserved),
             Some(Err(e)) => {
                 log::debug!("channel payment refused on {}: {e}", ctx.route_label());
                 return Err(Answer::refused(e.reason()));
             }
             None => {}
         }
-        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config) {
-            Ok(mut paid) => {
+        let asked = ctx
+            .live
+            .config
+            .payment_identifier
+            .then(|| fingerprint(session.req_header()))
+            .flatten();
+        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, asked) {
+            Ok(Accepted::Again(served)) => {
+                log::info!(
+                    "{}: a payment served before was retried with its payment id; served again, not charged",
+                    ctx.route_label()
+                );
+                ctx.served_before = Some(served);
+                Ok(Tendered::Again)
+            }
+            Ok(Accepted::Fresh(mut paid)) => {
                 if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
@@ -176,7 +192,7 @@ impl LevyProxy {
                     );
                 }
                 ctx.reserve(paid);
-                Ok(())
+                Ok(Tendered::Reserved)
             }
             Err(rejection) => {
                 log::debug!(
@@ -249,13 +265,17 @@ impl LevyProxy {
         }
     }
 
-    /// Verifies a payment header and reserves its authorization.
+    /// Verifies a payment header and reserves its authorization. A payment whose
+    /// `payment-identifier` levy already served for this payer and `asked` (the request's
+    /// fingerprint, when ids may be used on it) is not reserved: its first answer is
+    /// returned to be given again.
     pub(super) fn accept_payment(
         &self,
         header: &[u8],
         paywall: &Paywall,
         config: &Config,
-    ) -> Result<Paid, Rejection> {
+        asked: Option<Fingerprint>,
+    ) -> Result<Accepted, Rejection> {
         let started = Instant::now();
         let verified = crate::scheme::verify(
             header,
@@ -267,13 +287,43 @@ impl LevyProxy {
         metrics()
             .verify_duration
             .observe(started.elapsed().as_secs_f64());
-        let verified = verified?;
+        let mut verified = verified?;
         let scheme = verified.scheme();
+        // Ids are kept for payments charged whole: a metered response has no answer to give
+        // again.
+        let id = verified
+            .retry_id
+            .take()
+            .filter(|_| scheme.charge() == Charge::Whole);
+        if let (Some(id), Some(asked)) = (id, asked) {
+            let retries = &self.holders.retries;
+            match retries.claim(
+                &id,
+                verified.payer,
+                asked,
+                verified.valid_before,
+                unix_now(),
+            ) {
+                Claim::Claimed => verified.retry_id = Some(id),
+                Claim::Served(served) => return Ok(Accepted::Again(served)),
+                Claim::InFlight => return Err(Rejection::InFlight),
+                Claim::Conflict => return Err(Rejection::IdentifierReused),
+                Claim::Full => {
+                    log::warn!("payment ids: the book is full; a payment is served without its id")
+                }
+            }
+        }
         let replay = scheme.replay(&verified);
-        match self.nonces.reserve(&replay.key, replay.until) {
-            Reservation::Reserved => {}
-            Reservation::InFlight => return Err(Rejection::InFlight),
-            Reservation::AlreadyUsed => return Err(scheme.replayed()),
+        let refused = match self.nonces.reserve(&replay.key, replay.until) {
+            Reservation::Reserved => None,
+            Reservation::InFlight => Some(Rejection::InFlight),
+            Reservation::AlreadyUsed => Some(scheme.replayed()),
+        };
+        if let Some(refused) = refused {
+            if let Some(id) = &verified.retry_id {
+                self.holders.retries.release(id);
+            }
+            return Err(refused);
         }
         let metering = match scheme.charge() {
             Charge::Whole => None,
@@ -285,7 +335,7 @@ impl LevyProxy {
             Version::V1 => requirement.and_then(|r| r.v1_network.clone()),
         }
         .unwrap_or_default();
-        Ok(Paid {
+        Ok(Accepted::Fresh(Box::new(Paid {
             id: verified.key.payment_id(unix_ms()),
             verified,
             network,
@@ -298,7 +348,7 @@ impl LevyProxy {
             metering,
             durability: paywall.durability,
             admitted_block: 0,
-        })
+        })))
     }
 
     /// Keeps the decoded payload and the matched requirement (in the payload's version
@@ -472,4 +522,39 @@ impl LevyProxy {
             }
         }
     }
+}
+
+/// What a priced request's payment came to, when it is not refused.
+pub(super) enum Tendered {
+    /// Something is held for it (a payment, a channel lease, a bundle draw): admit it.
+    Reserved,
+    /// A retry of a payment already served: forward it again, uncharged.
+    Again,
+}
+
+/// What [`LevyProxy::accept_payment`] accepted.
+pub(super) enum Accepted {
+    /// A payment reserved now.
+    Fresh(Box<Paid>),
+    /// A payment served before, with its first answer.
+    Again(Served),
+}
+
+/// The request's fingerprint for payment ids, when it may use one: requests without a
+/// body (a body is not read before forwarding, so it could not be matched).
+fn fingerprint(req: &RequestHeader) -> Option<Fingerprint> {
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0");
+    if has_body {
+        return None;
+    }
+    let (host, target) = routable(req).ok()?;
+    Some(Fingerprint::of(
+        req.method.as_str(),
+        &crate::routing::normalize_host(host),
+        target,
+    ))
 }

@@ -27,6 +27,8 @@ use crate::verify::VerifiedPayment;
 /// the bundles, and where its steps are audited. One per proxy, shared by its requests.
 pub struct Holders {
     pub(super) nonces: Arc<dyn NonceStore>,
+    /// Payment ids served or being served (`payment-identifier`).
+    pub(super) retries: Arc<crate::retry::RetryBook>,
     pub(super) channels: Option<Channels>,
     pub(super) sessions: Option<Sessions>,
     pub(super) audit: Option<Arc<AuditLog>>,
@@ -93,7 +95,12 @@ impl Drop for Tender {
     /// under a path that forgot.
     fn drop(&mut self) {
         match &self.payment {
-            PaymentState::Reserved(paid) => self.holders.nonces.release(&paid.verified.key),
+            PaymentState::Reserved(paid) => {
+                self.holders.nonces.release(&paid.verified.key);
+                if let Some(id) = &paid.verified.retry_id {
+                    self.holders.retries.release(id);
+                }
+            }
             PaymentState::SettledUpfront(paid, _) => self.holders.nonces.commit(&paid.verified.key),
             _ => {}
         }

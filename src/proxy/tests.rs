@@ -195,6 +195,7 @@ fn paid(authorized: Authorized) -> Paid {
             valid_before: crate::clock::unix_now() + 600,
             signature: PayerSignature::Ecdsa([0; 65]),
             authorized,
+            retry_id: None,
         },
         network: "eip155:84532".into(),
         network_name: "base-sepolia".into(),
@@ -509,6 +510,7 @@ fn tender(nonces: &Arc<MemoryNonceStore>) -> Tender {
     let nonces: Arc<dyn NonceStore> = Arc::clone(nonces) as Arc<dyn NonceStore>;
     Tender::new(Arc::new(Holders {
         nonces,
+        retries: Arc::new(crate::retry::RetryBook::new(16)),
         channels: None,
         sessions: None,
         audit: None,

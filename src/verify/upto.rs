@@ -335,6 +335,7 @@ fn verify(
             token: auth.token,
             permit2612,
         },
+        retry_id: None,
     })
 }
 

@@ -1,0 +1,142 @@
+//! Idempotent retries (x402 `payment-identifier`): a client that lost the response to a
+//! paid request and retries with the same payment id is served again and charged once; the
+//! id cannot be spent on another request or by another payer.
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+use base64::Engine as _;
+use serde_json::json;
+
+use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::interop::{run_script, Runtime};
+use crate::support::pay::{challenge, decode, paid_get, refusal_reason, sign_for};
+use crate::support::settle::{settlement_yaml, wait_all_final};
+use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
+
+fn levy_on(chain: &TestChain, origin: &Origin, dir: &std::path::Path) -> Levy {
+    Levy::start(&format!(
+        "{}{}{}  routes:\n    \
+         - {{name: weather, path: /weather/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir, "    max_delay_ms: 100\n"),
+    ))
+}
+
+/// `header` (a `PAYMENT-SIGNATURE`) with the payment id `id` in its extensions.
+fn with_id(header: &str, id: &str) -> String {
+    let mut payload = decode(header);
+    payload["extensions"] = json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+    base64::engine::general_purpose::STANDARD.encode(payload.to_string())
+}
+
+#[test]
+fn the_official_client_retrying_a_lost_response_with_its_payment_id_is_served_and_charged_once() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 1_000_000);
+    let origin = Origin::start(|_| Reply::ok(r#"{"forecast":"sunny"}"#));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_on(&chain, &origin, dir.path());
+    let offered = challenge(&levy, "/weather/oslo");
+    assert_eq!(
+        offered["extensions"]["payment-identifier"]["info"]["required"], false,
+        "{offered}"
+    );
+    let before = chain.balance(PAY_TO.parse().expect("payee"));
+
+    let url = format!("http://{}/weather/oslo", levy.addr);
+    let report = run_script(Runtime::Node, "pay-retry.mjs", &[&url], &[]);
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(
+        report["lost"]["status"], 200,
+        "the first call was served: {report}"
+    );
+    assert_eq!(report["retry"]["status"], 200, "{report}");
+    assert_eq!(report["retry"]["body"], r#"{"forecast":"sunny"}"#);
+    let payments = report["payments"].as_array().expect("payments");
+    assert_eq!(
+        payments.len(),
+        2,
+        "the client signed again for its retry: {report}"
+    );
+    assert_eq!(payments[0]["id"], report["id"]);
+    assert_eq!(payments[1]["id"], report["id"]);
+    assert_ne!(payments[0]["nonce"], payments[1]["nonce"]);
+
+    // The origin served both calls as the same payment.
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 2);
+    let payment_ids: Vec<String> = seen
+        .iter()
+        .map(|s| {
+            s.headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("x-levy-payment-id"))
+                .map(|(_, value)| value.clone())
+                .expect("payment id header")
+        })
+        .collect();
+    assert_eq!(payment_ids[0], payment_ids[1]);
+    assert_eq!(
+        report["retry"]["paymentResponse"]["extensions"]["levy"]["paymentId"],
+        payment_ids[0].as_str()
+    );
+
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    let nonce = |i: usize| -> alloy::primitives::B256 {
+        payments[i]["nonce"]
+            .as_str()
+            .expect("nonce")
+            .parse()
+            .expect("hex")
+    };
+    assert!(chain.authorization_used(payer, nonce(0)));
+    assert!(
+        !chain.authorization_used(payer, nonce(1)),
+        "the retry's authorization is never settled"
+    );
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")) - before,
+        U256::from(1000),
+        "the payee got one payment"
+    );
+}
+
+#[test]
+fn a_payment_id_cannot_be_spent_on_another_request_or_by_another_payer() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    chain.mint(signer(KEYS[1]).address(), 1_000_000);
+    let origin = Origin::start(|_| Reply::ok("{}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_on(&chain, &origin, dir.path());
+    let id = "pay_0123456789abcdef0123";
+    let pay = |path: &str, key: &str| {
+        let (_, header) = sign_for(&challenge(&levy, path), key);
+        request(
+            levy.addr,
+            &paid_get(path, "PAYMENT-SIGNATURE", &with_id(&header, id)),
+        )
+    };
+
+    assert_eq!(pay("/weather/a", KEYS[0]).status, 200);
+    let other_path = pay("/weather/b", KEYS[0]);
+    assert_eq!(refusal_reason(&other_path), "payment_identifier_conflict");
+    let other_payer = pay("/weather/a", KEYS[1]);
+    assert_eq!(refusal_reason(&other_payer), "payment_identifier_conflict");
+    // The same payer and request: served again, not charged.
+    let again = pay("/weather/a", KEYS[0]);
+    assert_eq!(again.status, 200);
+    assert_eq!(origin.seen().len(), 2);
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert_eq!(
+        chain.balance(signer(KEYS[0]).address()),
+        U256::from(1_000_000 - 1000)
+    );
+    assert_eq!(
+        chain.balance(signer(KEYS[1]).address()),
+        U256::from(1_000_000)
+    );
+}
