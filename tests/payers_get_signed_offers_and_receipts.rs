@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::channels_sell_many_calls_per_deposit::{
     channel_chain, channel_yaml, pay_channel, ticks_route, Client,
 };
+use crate::official_clients_pay_through_levy::{pay, Client as Payer};
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::interop::{run_script, Runtime};
 use crate::support::settle::settlement_yaml;
@@ -127,4 +128,35 @@ fn a_channel_voucher_s_response_carries_a_receipt_that_matches_the_channel_offer
     assert_eq!(receipt["matchesAnOffer"], true, "{report}");
     assert_eq!(receipt["signer"], published_address(&report), "{report}");
     assert_eq!(receipt["payload"]["payer"], report["payer"]);
+}
+
+#[test]
+fn a_metered_payment_s_response_carries_a_receipt_that_matches_its_upto_offer() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    chain.approve_permit2(KEYS[0]);
+    let origin = Origin::start(|_| Reply::ok("{\"tick\":0}\n{\"tick\":1}\n"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}{}  routes:\n    \
+         - {{name: feed, path: /feed, accepts: [{{network: base-sepolia}}], \
+            meter: {{unit: records, price: \"100\", ceiling: \"10000\"}}}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), "    max_delay_ms: 200\n"),
+        offers_yaml(dir.path(), "eip712"),
+    ));
+    let url = format!("http://{}/feed", levy.addr);
+    let paid = pay(Payer::FetchV2, &url, &[("X402_SCHEME", "upto")]);
+    assert_eq!(paid["status"], 200, "{paid}");
+    let response = &paid["paymentResponse"];
+    assert_eq!(
+        response["extensions"]["levy"]["status"], "metering",
+        "{paid}"
+    );
+    let report = offers_report(&["receipt", &url, &response.to_string()]);
+    assert_eq!(report["offers"][0]["payload"]["scheme"], "upto", "{report}");
+    let receipt = &report["receipt"];
+    assert_eq!(receipt["matchesAnOffer"], true, "{report}");
+    assert_eq!(receipt["signer"], published_address(&report), "{report}");
 }

@@ -47,6 +47,12 @@ impl LevyProxy {
                         metering.follow(ticket);
                     }
                 }
+                // What it will be charged is known when the response ends; the header says
+                // which payment it is, where its settlement will show, and (when levy signs
+                // receipts) that the payer paid for this resource.
+                let levy_ext = self.levy_extension(ctx, &paid.id, "metering");
+                let receipt = self.payment_response(ctx, &paid, levy_ext, None);
+                response.insert_header(PAYMENT_RESPONSE, receipt.header_value())?;
                 make_private(response)?;
                 ctx.begin_metering(paid);
             }
@@ -61,30 +67,9 @@ impl LevyProxy {
             (None, Some(_)) => "pending",
             (None, None) => "accepted",
         };
-        let mut levy_ext = serde_json::json!({"paymentId": paid.id, "status": status});
-        if self.settlement.is_some() {
-            let base = ctx.live.config.public_url.as_deref().unwrap_or("");
-            levy_ext["statusUrl"] =
-                serde_json::Value::String(format!("{base}{STATUS_PATH}{}", paid.id));
-        }
+        let levy_ext = self.levy_extension(ctx, &paid.id, status);
         let transaction = upfront.map(|h| h.to_string());
-        let mut extensions = serde_json::json!({ "levy": levy_ext });
-        if let Some(signed) = ctx.receipt(
-            paid.verified.payer,
-            paid.verified.requirement,
-            transaction.as_deref(),
-        ) {
-            extensions[OFFER_RECEIPT] = signed;
-        }
-        let receipt = SettleResponse {
-            success: true,
-            transaction: transaction.unwrap_or_default(),
-            network: paid.network.clone(),
-            payer: paid.verified.payer.to_checksum(None),
-            amount: None,
-            extensions: Some(extensions),
-            extra: None,
-        };
+        let receipt = self.payment_response(ctx, &paid, levy_ext, transaction);
         let encoded = receipt.header_value();
         let name = match paid.verified.version {
             Version::V2 => PAYMENT_RESPONSE,
@@ -108,6 +93,45 @@ impl LevyProxy {
         ctx.charge(paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
+    }
+
+    /// levy's own `extensions.levy` of a payment's response: its id, where it stands and,
+    /// when levy settles, the URL that shows its settlement.
+    fn levy_extension(&self, ctx: &RequestCtx, id: &str, status: &str) -> serde_json::Value {
+        let mut levy_ext = serde_json::json!({"paymentId": id, "status": status});
+        if self.settlement.is_some() {
+            let base = ctx.live.config.public_url.as_deref().unwrap_or("");
+            levy_ext["statusUrl"] = serde_json::Value::String(format!("{base}{STATUS_PATH}{id}"));
+        }
+        levy_ext
+    }
+
+    /// The `PAYMENT-RESPONSE` of a served payment: levy's extension and, when levy signs
+    /// receipts, the signed receipt; `transaction` once the payment is on chain.
+    fn payment_response(
+        &self,
+        ctx: &RequestCtx,
+        paid: &super::tender::Paid,
+        levy_ext: serde_json::Value,
+        transaction: Option<String>,
+    ) -> SettleResponse {
+        let mut extensions = serde_json::json!({ "levy": levy_ext });
+        if let Some(signed) = ctx.receipt(
+            paid.verified.payer,
+            paid.verified.requirement,
+            transaction.as_deref(),
+        ) {
+            extensions[OFFER_RECEIPT] = signed;
+        }
+        SettleResponse {
+            success: true,
+            transaction: transaction.unwrap_or_default(),
+            network: paid.network.clone(),
+            payer: paid.verified.payer.to_checksum(None),
+            amount: None,
+            extensions: Some(extensions),
+            extra: None,
+        }
     }
 
     /// Journals a reserved metered payment as streaming before its first byte (its
