@@ -395,6 +395,14 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     // each keep their own, so the extension is offered only to one levy.
     let payment_identifier =
         levy.payments.payment_identifier && matches!(levy.state, schema::State::Embedded);
+    // A facilitator settles each payment itself: the 402 asks it, through the client, to
+    // attribute the transaction with the operator's builder code.
+    let builder_code = levy
+        .settlement
+        .as_ref()
+        .filter(|s| s.facilitator.is_some())
+        .and_then(|s| s.builder_code.as_ref())
+        .map(|code| crate::x402::builder_code_declaration(&code.app, &code.services));
     let mut names = HashSet::new();
     let mut catch_all: Option<String> = None;
     for (i, route) in levy.routes.iter().enumerate() {
@@ -431,6 +439,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 paywall: levy.paywall.as_ref(),
                 discovery: &levy.discovery,
                 payment_identifier,
+                builder_code: builder_code.as_ref(),
             },
         )?;
         route.index = i;

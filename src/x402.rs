@@ -270,6 +270,25 @@ pub fn decode_header(value: &[u8]) -> Option<Vec<u8>> {
 /// The `builder-code` extension's key: ERC-8021 attribution on settlement transactions.
 pub const BUILDER_CODE: &str = "builder-code";
 
+/// The `builder-code` declaration of a 402: the app's code and services' codes, for a
+/// facilitator to attribute the transaction it settles with.
+pub fn builder_code_declaration(app: &str, services: &[String]) -> Value {
+    let code = serde_json::json!({"type": "string", "pattern": "^[a-z0-9_]{1,32}$"});
+    let mut info = serde_json::json!({ "a": app });
+    if !services.is_empty() {
+        info["s"] = serde_json::json!(services);
+    }
+    serde_json::json!({
+        "info": info,
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {"a": code, "w": code, "s": {"type": "array", "maxItems": 11, "items": code}},
+            "additionalProperties": false,
+        },
+    })
+}
+
 /// The ERC-8021 suffix (schema 2) that attributes a transaction to an app (`a`) and to
 /// services (`s`): a CBOR map, its length (2 bytes), the schema id and the 16-byte marker.
 /// Appended to calldata, it is ignored by the contract called and read from the end.

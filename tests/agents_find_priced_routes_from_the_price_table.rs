@@ -249,7 +249,8 @@ fn a_reload_changes_what_the_manifest_lists() {
 }
 
 #[test]
-fn a_facilitator_catalogues_a_discoverable_route_from_the_payment_levy_settles_through_it() {
+fn a_facilitator_catalogues_a_discoverable_route_and_is_asked_for_the_builder_code_by_the_payment_levy_settles_through_it(
+) {
     let chain = TestChain::start();
     chain.mint(signer(KEYS[0]).address(), 1_000_000);
     let facilitator = start_facilitator(&chain);
@@ -257,7 +258,8 @@ fn a_facilitator_catalogues_a_discoverable_route_from_the_payment_levy_settles_t
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = Levy::start(&format!(
         "{}{}  pay_to: \"{PAY_TO}\"\n  settlement:\n    journal_path: {}\n    max_delay_ms: 100\n    \
-         facilitator: {{url: \"{}\"}}\n  discovery: {{service_name: Forecasts}}\n  routes:\n    \
+         facilitator: {{url: \"{}\"}}\n    builder_code: {{app: acme_data}}\n  \
+         discovery: {{service_name: Forecasts}}\n  routes:\n    \
          - {{name: weather, path: /weather/:city, amount: 1000, accepts: [{{network: base-sepolia}}], \
             description: Weather, discovery: {{query: {{units: metric}}}}}}\n",
         upstream_yaml(origin.addr),
@@ -290,6 +292,12 @@ fn a_facilitator_catalogues_a_discoverable_route_from_the_payment_levy_settles_t
     assert_eq!(item["method"], "GET");
     assert_eq!(item["serviceName"], "Forecasts");
     assert_eq!(item["discoveryInfo"]["input"]["pathParams"]["city"], "oslo");
+    // The 402 asked the facilitator, through the client's payment, to attribute the
+    // transaction with the operator's builder code.
+    assert_eq!(
+        item["extensions"]["builder-code"]["info"],
+        json!({"a": "acme_data"})
+    );
 }
 
 /// What the reference facilitator lists at `/discovery/resources`.

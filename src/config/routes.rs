@@ -348,6 +348,9 @@ pub(super) fn paywall(
     if let Some(discovery) = super::discovery::route_discovery(path, route, defaults.discovery)? {
         challenge = challenge.with_discovery(discovery);
     }
+    if let Some(declaration) = defaults.builder_code {
+        challenge = challenge.with_extension(crate::x402::BUILDER_CODE, declaration);
+    }
     if defaults.payment_identifier {
         challenge = challenge.with_extension(
             crate::retry::PAYMENT_IDENTIFIER,
@@ -489,6 +492,8 @@ pub(super) struct Defaults<'a> {
     pub discovery: &'a schema::Discovery,
     /// Whether challenges offer the `payment-identifier` extension.
     pub payment_identifier: bool,
+    /// The `builder-code` declaration challenges carry (facilitator mode).
+    pub builder_code: Option<&'a serde_json::Value>,
 }
 
 /// What a priced route offers per accepted pair.
