@@ -14,6 +14,7 @@ mod metering;
 mod outcome;
 mod paywall;
 mod respond;
+mod retry;
 mod session;
 mod tender;
 #[cfg(test)]
@@ -179,6 +180,7 @@ impl ProxyHttp for LevyProxy {
             failure_reply: None,
             offer_terms: None,
             served_before: None,
+            body_watch: None,
         }
     }
 
@@ -355,6 +357,27 @@ impl ProxyHttp for LevyProxy {
         }
         if let Some(host) = ctx.upstream.as_ref().and_then(|u| u.host.as_deref()) {
             upstream_request.insert_header(header::HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(watch) = ctx.body_watch.as_mut() {
+            if watch.chunk(body, end_of_stream).is_err() {
+                ctx.failure = Some(
+                    "payment_identifier_conflict: this retry's body is not the body that was paid for",
+                );
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(409),
+                    "a retried payment id with another body",
+                ));
+            }
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! Idempotent retries (the x402 `payment-identifier` extension): a client that lost the
 //! response to a paid request retries with the same payment id and is served again without
-//! a second charge, with the original `PAYMENT-RESPONSE`. An id is bound to its payer and
-//! to the request's fingerprint (method, host, path and query), so it cannot be spent on
-//! another request or by someone else. The book is in memory and bounded.
+//! a second charge, with the original `PAYMENT-RESPONSE`. An id is bound to its payer, to
+//! the request's fingerprint (method, host, path and query, body type and length) and to
+//! the hash of its body, so it cannot be spent on another request or by someone else. The
+//! book is in memory and bounded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -50,9 +51,11 @@ pub fn payment_id(
 pub struct Fingerprint(B256);
 
 impl Fingerprint {
-    pub fn of(method: &str, host: &str, target: &[u8]) -> Self {
+    /// The fingerprint of a request's parts (method, host, target, and whatever else must
+    /// match), each length-prefixed so no two lists of parts collide.
+    pub fn of(parts: &[&[u8]]) -> Self {
         let mut hash = Sha256::new();
-        for part in [method.as_bytes(), host.as_bytes(), target] {
+        for part in parts {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part);
         }
@@ -70,6 +73,19 @@ pub struct Served {
     pub payer: Address,
     pub amount: alloy_primitives::U256,
     pub payment_id: String,
+    /// The body the paid request sent.
+    pub body: Body,
+}
+
+/// A paid request's body, as its retries must repeat it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// It had none.
+    Empty,
+    /// Its SHA-256.
+    Hash(B256),
+    /// It had one, not read to its end before the response: no retry can be matched to it.
+    Unread,
 }
 
 /// The answer to [`RetryBook::claim`].
@@ -185,6 +201,7 @@ mod tests {
             payer: Address::repeat_byte(1),
             amount: alloy_primitives::U256::from(1000),
             payment_id: "pay_1".into(),
+            body: Body::Empty,
         }
     }
 
@@ -192,7 +209,7 @@ mod tests {
     fn an_id_is_claimed_once_then_answers_its_retries_with_the_first_response() {
         let book = RetryBook::new(10);
         let payer = Address::repeat_byte(1);
-        let print = Fingerprint::of("GET", "h", b"/a?x=1");
+        let print = Fingerprint::of(&[b"GET", b"h", b"/a?x=1"]);
         assert_eq!(book.claim(ID, payer, print, 100, 1), Claim::Claimed);
         assert_eq!(book.claim(ID, payer, print, 100, 2), Claim::InFlight);
         book.complete(ID, served());
@@ -206,10 +223,10 @@ mod tests {
     fn an_id_on_another_request_or_payer_is_a_conflict_and_a_released_id_is_free() {
         let book = RetryBook::new(10);
         let payer = Address::repeat_byte(1);
-        let print = Fingerprint::of("GET", "h", b"/a");
+        let print = Fingerprint::of(&[b"GET", b"h", b"/a"]);
         assert_eq!(book.claim(ID, payer, print, 100, 1), Claim::Claimed);
         book.complete(ID, served());
-        let other = Fingerprint::of("GET", "h", b"/b");
+        let other = Fingerprint::of(&[b"GET", b"h", b"/b"]);
         assert_eq!(book.claim(ID, payer, other, 100, 2), Claim::Conflict);
         assert_eq!(
             book.claim(ID, Address::repeat_byte(2), print, 100, 2),
@@ -225,7 +242,7 @@ mod tests {
     fn the_book_is_bounded_and_forgets_expired_ids() {
         let book = RetryBook::new(1);
         let payer = Address::repeat_byte(1);
-        let print = Fingerprint::of("GET", "h", b"/a");
+        let print = Fingerprint::of(&[b"GET", b"h", b"/a"]);
         assert_eq!(book.claim(ID, payer, print, 10, 1), Claim::Claimed);
         assert_eq!(
             book.claim("pay_fedcba9876543210", payer, print, 10, 5),

@@ -140,3 +140,51 @@ fn a_payment_id_cannot_be_spent_on_another_request_or_by_another_payer() {
         U256::from(1_000_000)
     );
 }
+
+#[test]
+fn a_retried_post_is_served_again_only_with_the_body_that_was_paid_for() {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 1_000_000);
+    let origin = Origin::start(|seen| Reply::ok(&seen.body));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_on(&chain, &origin, dir.path());
+    let id = "pay_post0123456789abcdef";
+    let post = |body: &str| {
+        let (_, header) = sign_for(&challenge(&levy, "/weather/ask"), KEYS[0]);
+        request(
+            levy.addr,
+            &format!(
+                "POST /weather/ask HTTP/1.1\r\nHost: levy.test\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nPAYMENT-SIGNATURE: {}\r\n\r\n{body}",
+                body.len(),
+                with_id(&header, id)
+            ),
+        )
+    };
+
+    let first = post(r#"{"q":"rain"}"#);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let again = post(r#"{"q":"rain"}"#);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.text(), r#"{"q":"rain"}"#, "the origin got the body");
+    assert_eq!(
+        again.header("payment-response"),
+        first.header("payment-response"),
+        "the retry is answered with the first receipt"
+    );
+    // The same length, another body: refused, and the origin never gets it whole.
+    let other = post(r#"{"q":"snow"}"#);
+    assert_eq!(other.status, 409, "{}", other.text());
+    assert!(other.text().contains("payment_identifier_conflict"));
+    let bodies: Vec<Vec<u8>> = origin.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(
+        bodies,
+        vec![br#"{"q":"rain"}"#.to_vec(), br#"{"q":"rain"}"#.to_vec()]
+    );
+    wait_all_final(levy.admin, Duration::from_secs(30));
+    assert_eq!(
+        chain.balance(signer(KEYS[0]).address()),
+        U256::from(1_000_000 - 1000),
+        "one charge"
+    );
+}

@@ -608,9 +608,9 @@ pub struct Payments {
     /// The request headers levy sets for the origin on a paid request (any a client sent in
     /// their place are removed).
     pub headers: PayerHeaders,
-    /// Accept the x402 `payment-identifier` extension: a bodiless request retried with the
-    /// id of a payment levy already served for the same payer, method and URL is served
-    /// again without a second charge, with the first `PAYMENT-RESPONSE`. One replica only
+    /// Accept the x402 `payment-identifier` extension: a request retried with the id of a
+    /// payment levy already served for the same payer, method, URL and body is served again
+    /// without a second charge, with the first `PAYMENT-RESPONSE`. One replica only
     /// (`state: embedded`); with Redis the extension is not offered. Default: `true`.
     pub payment_identifier: bool,
 }

@@ -84,6 +84,7 @@ impl LevyProxy {
                     payer: paid.verified.payer,
                     amount: paid.verified.amount,
                     payment_id: paid.id.clone(),
+                    body: super::retry::BodyWatch::paid_body(ctx.body_watch.as_ref()),
                 },
             );
         }

@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub(super) offer_terms: Option<OfferTerms>,
     /// A retry of a payment already served: its first `PAYMENT-RESPONSE`, answered again.
     pub(super) served_before: Option<crate::retry::Served>,
+    /// The body of a request a payment id is bound to: hashed, or held until matched.
+    pub(super) body_watch: Option<super::retry::BodyWatch>,
 }
 
 /// The resource URL a route's offers and receipts name, and levy's `did:web` as the request

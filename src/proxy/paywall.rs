@@ -17,6 +17,7 @@ use super::headers::{
 };
 use super::metering::Metering;
 use super::respond::{Reply, CORS_EXPOSE};
+use super::retry::{self, BodyWatch};
 use super::tender::Paid;
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
@@ -163,18 +164,31 @@ impl LevyProxy {
             .live
             .config
             .payment_identifier
-            .then(|| fingerprint(session.req_header()))
+            .then(|| retry::asked(session.req_header()))
             .flatten();
-        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, asked) {
+        let fingerprint = asked.map(|a| a.fingerprint);
+        let body_len = asked.map_or(0, |a| a.body_len);
+        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, fingerprint) {
             Ok(Accepted::Again(served)) => {
                 log::info!(
                     "{}: a payment served before was retried with its payment id; served again, not charged",
                     ctx.route_label()
                 );
+                if body_len > 0 {
+                    ctx.body_watch = Some(BodyWatch::Holding {
+                        expected: served.body.clone(),
+                        buffer: bytes::BytesMut::with_capacity(
+                            usize::try_from(body_len).unwrap_or(0),
+                        ),
+                    });
+                }
                 ctx.served_before = Some(served);
                 Ok(Tendered::Again)
             }
             Ok(Accepted::Fresh(mut paid)) => {
+                if paid.verified.retry_id.is_some() && body_len > 0 {
+                    ctx.body_watch = Some(BodyWatch::Hashing(sha2::Sha256::default()));
+                }
                 if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
@@ -538,23 +552,4 @@ pub(super) enum Accepted {
     Fresh(Box<Paid>),
     /// A payment served before, with its first answer.
     Again(Served),
-}
-
-/// The request's fingerprint for payment ids, when it may use one: requests without a
-/// body (a body is not read before forwarding, so it could not be matched).
-fn fingerprint(req: &RequestHeader) -> Option<Fingerprint> {
-    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|len| len.as_bytes() != b"0");
-    if has_body {
-        return None;
-    }
-    let (host, target) = routable(req).ok()?;
-    Some(Fingerprint::of(
-        req.method.as_str(),
-        &crate::routing::normalize_host(host),
-        target,
-    ))
 }
