@@ -25,6 +25,9 @@ pub struct Metrics {
     pub payments_verified: IntCounterVec,
     /// `levy_payments_rejected_total{route,reason}`: payments refused, by x402 reason.
     pub payments_rejected: IntCounterVec,
+    /// `levy_payments_served_again_total{route}`: retries of a served payment (its payment
+    /// id) forwarded again without a charge.
+    pub payments_served_again: IntCounterVec,
     /// `levy_payments_charged_total{route}`: payments that bought a response.
     pub payments_charged: IntCounterVec,
     /// `levy_payments_released_total{route}`: reserved payments not charged because the
@@ -202,6 +205,12 @@ pub fn metrics() -> &'static Metrics {
             &["route"]
         )
         .expect("levy_payments_verified_total registers once"),
+        payments_served_again: register_int_counter_vec!(
+            "levy_payments_served_again_total",
+            "Retries of a served payment (same payment id) forwarded again without a charge, by route",
+            &["route"]
+        )
+        .expect("levy_payments_served_again_total registers once"),
         payments_rejected: register_int_counter_vec!(
             "levy_payments_rejected_total",
             "Payments refused, by route and x402 reason",

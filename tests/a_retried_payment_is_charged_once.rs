@@ -14,10 +14,11 @@ use crate::support::pay::{challenge, decode, paid_get, refusal_reason, sign_for}
 use crate::support::settle::{settlement_yaml, wait_all_final};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
-fn levy_on(chain: &TestChain, origin: &Origin, dir: &std::path::Path) -> Levy {
+/// levy selling `/weather/*` as route `name` (metrics are per process: each test its own).
+fn levy_on(chain: &TestChain, origin: &Origin, dir: &std::path::Path, name: &str) -> Levy {
     Levy::start(&format!(
         "{}{}{}  routes:\n    \
-         - {{name: weather, path: /weather/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n",
+         - {{name: {name}, path: /weather/*, amount: 1000, accepts: [{{network: base-sepolia}}]}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml(),
         settlement_yaml(dir, "    max_delay_ms: 100\n"),
@@ -38,7 +39,7 @@ fn the_official_client_retrying_a_lost_response_with_its_payment_id_is_served_an
     chain.mint(payer, 1_000_000);
     let origin = Origin::start(|_| Reply::ok(r#"{"forecast":"sunny"}"#));
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_on(&chain, &origin, dir.path());
+    let levy = levy_on(&chain, &origin, dir.path(), "weather_lost");
     let offered = challenge(&levy, "/weather/oslo");
     assert_eq!(
         offered["extensions"]["payment-identifier"]["info"]["required"], false,
@@ -111,7 +112,7 @@ fn a_payment_id_cannot_be_spent_on_another_request_or_by_another_payer() {
     chain.mint(signer(KEYS[1]).address(), 1_000_000);
     let origin = Origin::start(|_| Reply::ok("{}"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_on(&chain, &origin, dir.path());
+    let levy = levy_on(&chain, &origin, dir.path(), "weather_ids");
     let id = "pay_0123456789abcdef0123";
     let pay = |path: &str, key: &str| {
         let (_, header) = sign_for(&challenge(&levy, path), key);
@@ -129,6 +130,7 @@ fn a_payment_id_cannot_be_spent_on_another_request_or_by_another_payer() {
     // The same payer and request: served again, not charged.
     let again = pay("/weather/a", KEYS[0]);
     assert_eq!(again.status, 200);
+    levy.metric_reaches("levy_payments_served_again_total{route=\"weather_ids\"}", 1);
     assert_eq!(origin.seen().len(), 2);
     wait_all_final(levy.admin, Duration::from_secs(30));
     assert_eq!(
@@ -147,7 +149,7 @@ fn a_retried_post_is_served_again_only_with_the_body_that_was_paid_for() {
     chain.mint(signer(KEYS[0]).address(), 1_000_000);
     let origin = Origin::start(|seen| Reply::ok(&seen.body));
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_on(&chain, &origin, dir.path());
+    let levy = levy_on(&chain, &origin, dir.path(), "weather_post");
     let id = "pay_post0123456789abcdef";
     let post = |body: &str| {
         let (_, header) = sign_for(&challenge(&levy, "/weather/ask"), KEYS[0]);

@@ -183,6 +183,10 @@ impl LevyProxy {
                     });
                 }
                 ctx.served_before = Some(served);
+                metrics()
+                    .payments_served_again
+                    .with_label_values(&[ctx.route_label()])
+                    .inc();
                 Ok(Tendered::Again)
             }
             Ok(Accepted::Fresh(mut paid)) => {
