@@ -160,15 +160,17 @@ impl LevyProxy {
             }
             None => {}
         }
-        let asked = ctx
-            .live
-            .config
-            .payment_identifier
-            .then(|| retry::asked(session.req_header()))
-            .flatten();
-        let fingerprint = asked.map(|a| a.fingerprint);
+        // Looked at only when the payment carries an id.
+        let mut asked = None;
+        let ids = ctx.live.config.payment_identifier;
+        let fingerprint = || {
+            asked = ids.then(|| retry::asked(session.req_header())).flatten();
+            asked.map(|a| a.fingerprint)
+        };
+        let accepted =
+            self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, fingerprint);
         let body_len = asked.map_or(0, |a| a.body_len);
-        match self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, fingerprint) {
+        match accepted {
             Ok(Accepted::Again(served)) => {
                 log::info!(
                     "{}: a payment served before was retried with its payment id; served again, not charged",
@@ -284,15 +286,16 @@ impl LevyProxy {
     }
 
     /// Verifies a payment header and reserves its authorization. A payment whose
-    /// `payment-identifier` levy already served for this payer and `asked` (the request's
-    /// fingerprint, when ids may be used on it) is not reserved: its first answer is
-    /// returned to be given again.
+    /// `payment-identifier` levy already served for this payer and request is not
+    /// reserved: its first answer is returned to be given again. `asked` gives the
+    /// request's fingerprint when ids may be used on it; it is called only for a payment
+    /// that carries an id.
     pub(super) fn accept_payment(
         &self,
         header: &[u8],
         paywall: &Paywall,
         config: &Config,
-        asked: Option<Fingerprint>,
+        asked: impl FnOnce() -> Option<Fingerprint>,
     ) -> Result<Accepted, Rejection> {
         let started = Instant::now();
         let verified = crate::scheme::verify(
@@ -313,7 +316,7 @@ impl LevyProxy {
             .retry_id
             .take()
             .filter(|_| scheme.charge() == Charge::Whole);
-        if let (Some(id), Some(asked)) = (id, asked) {
+        if let Some((id, asked)) = id.and_then(|id| Some((id, asked()?))) {
             let retries = &self.holders.retries;
             match retries.claim(
                 &id,
