@@ -164,28 +164,44 @@ impl LevyProxy {
             Access::Priced(paywall) => Some(paywall),
             Access::Free => None,
         });
+        // Offers are signed for what `decide` found this request asked for.
+        let terms = ctx.offer_terms.as_ref();
         match (answer, paywall) {
             (Answer::Own(reply, _), _) | (Answer::Refused(_, Form::Own(reply)), _) => reply,
-            (Answer::Challenge { v2_error, v1_error }, Some(paywall)) => {
-                self.challenge(session, &live.config, paywall, v2_error, v1_error)
-            }
-            (Answer::Refused(reason, Form::Challenge), Some(paywall)) => {
-                self.challenge(session, &live.config, paywall, reason, reason)
-            }
-            (Answer::Refused(reason, Form::Corrective(index, extra)), Some(paywall)) => {
-                let url = self.resource_url(session, &live.config, paywall);
-                let path = super::headers::asked_path(session.req_header());
-                let asked = crate::pricing::challenge::Asked {
-                    url: &url,
-                    path: &path,
-                };
-                let extensions = self.challenge_extensions(session, &live.config, paywall);
-                let rendered =
+            (Answer::Challenge { v2_error, v1_error }, Some(paywall)) => self.challenge(
+                session,
+                &live.config,
+                paywall,
+                terms,
+                |asked, extensions| {
                     paywall
                         .challenge
-                        .render_extended(reason, &asked, &extensions, index, extra);
-                self.challenge_reply(session, paywall, rendered)
-            }
+                        .render_with(v2_error, v1_error, asked, extensions)
+                },
+            ),
+            (Answer::Refused(reason, Form::Challenge), Some(paywall)) => self.challenge(
+                session,
+                &live.config,
+                paywall,
+                terms,
+                |asked, extensions| {
+                    paywall
+                        .challenge
+                        .render_with(reason, reason, asked, extensions)
+                },
+            ),
+            (Answer::Refused(reason, Form::Corrective(index, extra)), Some(paywall)) => self
+                .challenge(
+                    session,
+                    &live.config,
+                    paywall,
+                    terms,
+                    |asked, extensions| {
+                        paywall
+                            .challenge
+                            .render_extended(reason, asked, extensions, index, extra)
+                    },
+                ),
             (
                 Answer::Challenge {
                     v2_error: reason, ..

@@ -11,7 +11,7 @@ use super::headers::{routable, scheme};
 use super::respond::Reply;
 use super::LevyProxy;
 use crate::config::{Access, Config, Documents, Mode};
-use crate::pricing::catalogue::{self, Listing};
+use crate::pricing::catalogue::{self, Listing as Listed};
 use crate::routing::normalize_host;
 
 /// Where the x402 manifest is served.
@@ -22,6 +22,14 @@ pub const DID_DOCUMENT: &str = "/.well-known/did.json";
 
 /// Which document a request asks for.
 enum Document {
+    /// levy's DID document.
+    Did,
+    /// A list of the discoverable routes.
+    Listed(Listing),
+}
+
+/// Which list of the discoverable routes.
+enum Listing {
     Manifest,
     OpenApi,
 }
@@ -33,46 +41,43 @@ impl LevyProxy {
     pub(super) fn discovery_document(&self, session: &Session, config: &Config) -> Option<Reply> {
         let req = session.req_header();
         let path = req.uri.path();
-        if path == DID_DOCUMENT {
-            let issuer = config.offers.as_ref()?;
-            if req.method != http::Method::GET {
-                return Some(Reply::text(405, "use GET").header(header::ALLOW, "GET"));
-            }
-            let did = self.did(session, config);
-            return Some(
-                Reply::new(
-                    200,
-                    "application/did+json",
-                    issuer.did_document(&did).to_string(),
-                )
-                .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-                .header(header::CACHE_CONTROL, "max-age=300"),
-            );
-        }
-        let documents = config.discovery.as_ref()?;
-        let document = if documents.well_known && path == WELL_KNOWN_X402 {
-            Document::Manifest
-        } else if documents.openapi_path.as_deref() == Some(path) {
-            Document::OpenApi
+        let listed = config.discovery.as_ref();
+        let document = if path == DID_DOCUMENT && config.offers.is_some() {
+            Document::Did
+        } else if listed.is_some_and(|d| d.well_known) && path == WELL_KNOWN_X402 {
+            Document::Listed(Listing::Manifest)
+        } else if listed.and_then(|d| d.openapi_path.as_deref()) == Some(path) {
+            Document::Listed(Listing::OpenApi)
         } else {
             return None;
         };
         if req.method != http::Method::GET {
             return Some(Reply::text(405, "use GET").header(header::ALLOW, "GET"));
         }
-        let host = match routable(req) {
-            Ok((host, _)) => host,
-            Err(reply) => return Some(reply),
+        let (content_type, max_age, body) = match (document, &config.offers, listed) {
+            (Document::Did, Some(issuer), _) => {
+                let did = self.did(session, config);
+                let body = issuer.did_document(&did).to_string();
+                ("application/did+json", "max-age=300", body)
+            }
+            (Document::Listed(listing), _, Some(documents)) => {
+                let host = match routable(req) {
+                    Ok((host, _)) => host,
+                    Err(reply) => return Some(reply),
+                };
+                let base = match &config.public_url {
+                    Some(base) => base.clone(),
+                    None => format!("{}://{host}", scheme(session)),
+                };
+                let body = render(config, documents, &normalize_host(host), &base, listing);
+                ("application/json", "max-age=60", body)
+            }
+            _ => return None,
         };
-        let base = match &config.public_url {
-            Some(base) => base.clone(),
-            None => format!("{}://{host}", scheme(session)),
-        };
-        let body = render(config, documents, &normalize_host(host), &base, document);
         Some(
-            Reply::new(200, "application/json", body)
+            Reply::new(200, content_type, body)
                 .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-                .header(header::CACHE_CONTROL, "max-age=60"),
+                .header(header::CACHE_CONTROL, max_age),
         )
     }
 }
@@ -84,9 +89,9 @@ fn render(
     documents: &Documents,
     host: &str,
     base: &str,
-    document: Document,
+    listing: Listing,
 ) -> String {
-    let listings: Vec<Listing<'_>> = config
+    let listings: Vec<Listed<'_>> = config
         .routes
         .iter()
         .filter(|(matcher, _)| matcher.host.matches(host))
@@ -98,7 +103,7 @@ fn render(
                 return None;
             }
             let challenge = &paywall.challenge;
-            Some(Listing {
+            Some(Listed {
                 name: &route.name,
                 description: challenge.description(),
                 mime_type: challenge.mime_type(),
@@ -108,9 +113,9 @@ fn render(
             })
         })
         .collect();
-    match document {
-        Document::Manifest => catalogue::manifest(base, &listings),
-        Document::OpenApi => catalogue::openapi(base, &documents.title, &listings),
+    match listing {
+        Listing::Manifest => catalogue::manifest(base, &listings),
+        Listing::OpenApi => catalogue::openapi(base, &documents.title, &listings),
     }
     .to_string()
 }

@@ -397,14 +397,16 @@ impl LevyProxy {
         };
     }
 
-    /// A 402 challenge for the route, with `error` set to the given strings.
+    /// The route's 402 for this request: `render` fills in the challenge given what was
+    /// asked and this request's extensions (the route's offers signed for it under `terms`,
+    /// a bundle route's fresh `sign-in-with-x` declaration).
     pub(super) fn challenge(
         &self,
         session: &Session,
         config: &Config,
         paywall: &Paywall,
-        v2_error: &str,
-        v1_error: &str,
+        terms: Option<&OfferTerms>,
+        render: impl FnOnce(&Asked<'_>, &[(&'static str, String)]) -> Rendered,
     ) -> Reply {
         let url = self.resource_url(session, config, paywall);
         let path = asked_path(session.req_header());
@@ -412,24 +414,23 @@ impl LevyProxy {
             url: &url,
             path: &path,
         };
-        let extensions = self.challenge_extensions(session, config, paywall);
-        let rendered = paywall
-            .challenge
-            .render_with(v2_error, v1_error, &asked, &extensions);
+        let extensions = self.challenge_extensions(session, config, paywall, terms);
+        let rendered = render(&asked, &extensions);
         self.challenge_reply(session, paywall, rendered)
     }
 
-    /// What a challenge adds for this request: the route's offers signed for it, and a
-    /// bundle route's fresh `sign-in-with-x` declaration.
-    pub(super) fn challenge_extensions(
+    /// What a challenge adds for this request: the route's offers signed for it under
+    /// `terms` (when levy signs offers), and a bundle route's fresh `sign-in-with-x`
+    /// declaration.
+    fn challenge_extensions(
         &self,
         session: &Session,
         config: &Config,
         paywall: &Paywall,
+        terms: Option<&OfferTerms>,
     ) -> Vec<(&'static str, String)> {
         let mut extensions = Vec::new();
-        if let Some(issuer) = &config.offers {
-            let terms = self.offer_terms(session, config, paywall);
+        if let (Some(issuer), Some(terms)) = (&config.offers, terms) {
             let offers = issuer.offers(
                 &terms.did,
                 &terms.resource_url,
@@ -462,7 +463,7 @@ impl LevyProxy {
         }
     }
 
-    /// levy's `did:web`: the host of `levy.public_url`, else the one the request names.
+    /// levy's `did:web`: the host of `levy.public_url`, else the one the request reached.
     pub(super) fn did(&self, session: &Session, config: &Config) -> String {
         let host = match &config.public_url {
             Some(base) => base
@@ -472,14 +473,7 @@ impl LevyProxy {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
-            None => {
-                let host = request_host(session.req_header());
-                if host.is_empty() {
-                    config.listeners.primary().to_string()
-                } else {
-                    host.to_owned()
-                }
-            }
+            None => reached_host(session, config),
         };
         did_web(&host)
     }
@@ -532,16 +526,22 @@ impl LevyProxy {
         let path = asked_path(req);
         match &config.public_url {
             Some(base) => format!("{base}{path}"),
-            None => {
-                let host = request_host(req);
-                let host = if host.is_empty() {
-                    config.listeners.primary().to_string()
-                } else {
-                    host.to_owned()
-                };
-                format!("{}://{host}{path}", headers::scheme(session))
-            }
+            None => format!(
+                "{}://{}{path}",
+                headers::scheme(session),
+                reached_host(session, config)
+            ),
         }
+    }
+}
+
+/// The host a request reached levy at: its `Host`, else levy's own listener.
+fn reached_host(session: &Session, config: &Config) -> String {
+    let host = request_host(session.req_header());
+    if host.is_empty() {
+        config.listeners.primary().to_string()
+    } else {
+        host.to_owned()
     }
 }
 
