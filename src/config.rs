@@ -391,10 +391,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         case: levy.priced_paths.ignore_case,
     };
     let mut routes: RouteTable<Arc<Route>> = RouteTable::default();
-    // The book of payment ids is in this process: replicas sharing state on Redis would
-    // each keep their own, so the extension is offered only to one levy.
-    let payment_identifier =
-        levy.payments.payment_identifier && matches!(levy.state, schema::State::Embedded);
+    let payment_identifier = levy.payments.payment_identifier;
     // A facilitator settles each payment itself: the 402 asks it, through the client, to
     // attribute the transaction with the operator's builder code.
     let builder_code = levy

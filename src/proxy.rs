@@ -124,7 +124,7 @@ impl LevyProxy {
     ) -> Self {
         let holders = Arc::new(Holders {
             nonces: Arc::clone(&nonces),
-            retries: Arc::new(crate::retry::RetryBook::new(RETRY_CAPACITY)),
+            retries: Arc::new(retry::Retries::new(RETRY_CAPACITY, shared.clone())),
             channels: channels.clone(),
             sessions: sessions.clone(),
             audit: None,

@@ -54,6 +54,12 @@ impl Fingerprint {
     }
 }
 
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// What a served payment was, kept to serve its retries the same way: the response header
 /// it answered with, and who paid how much under which of levy's payment ids (for the
 /// origin's headers).
@@ -66,6 +72,49 @@ pub struct Served {
     pub payment_id: String,
     /// The body the paid request sent.
     pub body: Body,
+}
+
+impl Served {
+    /// As shared state keeps it: a JSON object.
+    pub fn to_json(&self) -> String {
+        let body = match &self.body {
+            Body::Empty => "empty".to_owned(),
+            Body::Unread => "unread".to_owned(),
+            Body::Hash(hash) => hash.to_string(),
+        };
+        serde_json::json!({
+            "header": self.header,
+            "value": self.value,
+            "payer": self.payer,
+            "amount": self.amount.to_string(),
+            "paymentId": self.payment_id,
+            "body": body,
+        })
+        .to_string()
+    }
+
+    /// Reads what [`Served::to_json`] wrote; `None` for anything else.
+    pub fn from_json(text: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let header = match v.get("header")?.as_str()? {
+            h if h == crate::x402::PAYMENT_RESPONSE => crate::x402::PAYMENT_RESPONSE,
+            h if h == crate::x402::X_PAYMENT_RESPONSE => crate::x402::X_PAYMENT_RESPONSE,
+            _ => return None,
+        };
+        let body = match v.get("body")?.as_str()? {
+            "empty" => Body::Empty,
+            "unread" => Body::Unread,
+            hash => Body::Hash(hash.parse().ok()?),
+        };
+        Some(Served {
+            header,
+            value: v.get("value")?.as_str()?.to_owned(),
+            payer: v.get("payer")?.as_str()?.parse().ok()?,
+            amount: v.get("amount")?.as_str()?.parse().ok()?,
+            payment_id: v.get("paymentId")?.as_str()?.to_owned(),
+            body,
+        })
+    }
 }
 
 /// A paid request's body, as its retries must repeat it.
@@ -244,6 +293,17 @@ mod tests {
             Claim::Claimed
         );
         assert_eq!(book.len(), 1);
+    }
+
+    #[test]
+    fn a_served_payment_reads_back_as_shared_state_keeps_it() {
+        let mut hashed = served();
+        hashed.body = Body::Hash(B256::repeat_byte(7));
+        hashed.header = crate::x402::X_PAYMENT_RESPONSE;
+        for one in [served(), hashed] {
+            assert_eq!(Served::from_json(&one.to_json()), Some(one));
+        }
+        assert_eq!(Served::from_json(r#"{"header":"set-cookie"}"#), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! State that replicas share (`levy.state.redis`), on Redis: the replay set, exposure, the
 //! payer deny list, the settlement queue (`queue`), channel ledgers (`channels`) and
-//! bundles with their sign-in-with-x nonces (`sessions`). Each replica keeps its own
+//! bundles with their sign-in-with-x nonces (`sessions`), payment ids (`retries`). Each replica keeps its own
 //! in-process replay set and journal; Redis decides which replica may take an authorization,
 //! so one payment buys one response however many replicas it is sent to, and sums what every
 //! replica has served unsettled.
@@ -43,9 +43,11 @@ mod channels;
 mod nonces;
 mod publish;
 mod queue;
+mod retries;
 mod sessions;
 
 pub use nonces::SharedNonceStore;
+pub use retries::IdClaim;
 
 /// Seconds a replay key outlives its authorization's deadline (clock differences between
 /// replicas and the chain).

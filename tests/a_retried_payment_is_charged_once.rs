@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use alloy::primitives::U256;
-use base64::Engine as _;
-use serde_json::json;
 
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::interop::{run_script, Runtime};
-use crate::support::pay::{challenge, decode, paid_get, refusal_reason, sign_for};
+use crate::support::pay::{challenge, paid_get, paid_post, refusal_reason, sign_for, with_id};
 use crate::support::settle::{settlement_yaml, wait_all_final};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, PAY_TO};
 
@@ -23,13 +21,6 @@ fn levy_on(chain: &TestChain, origin: &Origin, dir: &std::path::Path, name: &str
         chain.levy_yaml(),
         settlement_yaml(dir, "    max_delay_ms: 100\n"),
     ))
-}
-
-/// `header` (a `PAYMENT-SIGNATURE`) with the payment id `id` in its extensions.
-fn with_id(header: &str, id: &str) -> String {
-    let mut payload = decode(header);
-    payload["extensions"] = json!({"payment-identifier": {"info": {"required": false, "id": id}}});
-    base64::engine::general_purpose::STANDARD.encode(payload.to_string())
 }
 
 #[test]
@@ -155,12 +146,7 @@ fn a_retried_post_is_served_again_only_with_the_body_that_was_paid_for() {
         let (_, header) = sign_for(&challenge(&levy, "/weather/ask"), KEYS[0]);
         request(
             levy.addr,
-            &format!(
-                "POST /weather/ask HTTP/1.1\r\nHost: levy.test\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nPAYMENT-SIGNATURE: {}\r\n\r\n{body}",
-                body.len(),
-                with_id(&header, id)
-            ),
+            &paid_post("/weather/ask", &with_id(&header, id), body),
         )
     };
 

@@ -7,7 +7,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
-use crate::support::pay::{challenge_at, decode, paid_get, sign_for};
+use crate::support::pay::{
+    challenge_at, decode, paid_get, paid_post, refusal_reason, sign_for, with_id,
+};
 use crate::support::process::{process_config, spawn_levy, wait_listening, LevyProcess};
 use crate::support::redis::RedisServer;
 use crate::support::settle::{settlement_yaml_signed_by, wait_all_final, PRICE};
@@ -718,4 +720,64 @@ fn with_redis_frozen_for_ten_seconds_paid_routes_wait_and_every_payment_still_se
         &paid_get("/data/x", "PAYMENT-SIGNATURE", &payment),
     );
     assert_eq!(served.status, 200, "{}", served.text());
+}
+
+#[test]
+fn a_payment_retried_on_another_replica_with_its_id_is_served_again_and_settled_once() {
+    let payer = KEYS[0];
+    let (chain, paid_before) = funded(TestChain::start(), payer, 10);
+    let redis = RedisServer::start();
+    let origin = Origin::start(|seen| Reply::ok(&seen.body));
+    let (_processes, replicas, _dirs) =
+        settling_replicas(&chain, &origin, &redis, "    max_delay_ms: 100\n");
+    let [(a, admin_a), (b, admin_b)] = [replicas[0], replicas[1]];
+    let id = "pay_replicas0123456789ab";
+    // The official client signs a new authorization for each try of one payment id.
+    let post = |addr: SocketAddr, path: &str, body: &str| {
+        let (_, header) = sign_for(&challenge_at(addr, path), payer);
+        request(addr, &paid_post(path, &with_id(&header, id), body))
+    };
+
+    let first = post(a, "/data/ask", r#"{"q":"rain"}"#);
+    assert_eq!(first.status, 200, "{}", first.text());
+    // Replica a records the response in Redis just after sending it; until then the id is
+    // in flight.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let again = post(b, "/data/ask", r#"{"q":"rain"}"#);
+        if again.status == 200 || Instant::now() > deadline {
+            break again;
+        }
+        assert_eq!(refusal_reason(&again), "payment_in_flight");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.text(),
+        r#"{"q":"rain"}"#,
+        "the origin got the body again"
+    );
+    assert_eq!(
+        again.header("payment-response"),
+        first.header("payment-response"),
+        "the other replica answers with the first receipt"
+    );
+    // Served again on b: its later retries are answered there with no round trip, and the
+    // id stays bound to its request on every replica.
+    assert_eq!(post(b, "/data/ask", r#"{"q":"rain"}"#).status, 200);
+    let other_body = post(b, "/data/ask", r#"{"q":"snow"}"#);
+    assert_eq!(other_body.status, 409, "{}", other_body.text());
+    for addr in [a, b] {
+        let other_request = post(addr, "/data/other", r#"{"q":"rain"}"#);
+        assert_eq!(
+            refusal_reason(&other_request),
+            "payment_identifier_conflict"
+        );
+    }
+
+    for admin in [admin_a, admin_b] {
+        wait_all_final(admin, Duration::from_secs(30));
+    }
+    assert_settled_once(&chain, paid_before, &[admin_a, admin_b], 1);
+    assert_eq!(origin.seen().len(), 3, "the first call and two retries");
 }

@@ -610,8 +610,8 @@ pub struct Payments {
     pub headers: PayerHeaders,
     /// Accept the x402 `payment-identifier` extension: a request retried with the id of a
     /// payment levy already served for the same payer, method, URL and body is served again
-    /// without a second charge, with the first `PAYMENT-RESPONSE`. One replica only
-    /// (`state: embedded`); with Redis the extension is not offered. Default: `true`.
+    /// without a second charge, with the first `PAYMENT-RESPONSE`; with `state: redis`, on
+    /// whichever replica the retry reaches. Default: `true`.
     pub payment_identifier: bool,
 }
 

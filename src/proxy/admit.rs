@@ -4,6 +4,7 @@
 //! `rescue` writes it.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use alloy_primitives::B256;
 use pingora::proxy::Session;
@@ -20,20 +21,42 @@ use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{AdmissionPort, OnBacklog, Reason, SettleError, SignatureCheck, Unavailable};
-use crate::state::{ReplayClaim, Reserved, Shared};
+use crate::state::{IdClaim, ReplayClaim, Reserved, Shared};
 use crate::verify::{Authorized, PayerSignature, Rejection};
 
 impl LevyProxy {
     /// With shared state, a reserved payment must also be this replica's among all replicas
     /// (one Redis round trip); it is refused when replayed or in flight elsewhere (402), or
     /// withdrawn when Redis cannot be asked (503, nothing charged).
-    async fn claim_across_replicas(&self, ctx: &RequestCtx) -> Result<(), Answer> {
+    async fn claim_across_replicas(&self, ctx: &mut RequestCtx) -> Result<Claimed, Answer> {
         let (Some(shared), Some(paid)) = (self.shared.as_ref(), ctx.reserved()) else {
-            return Ok(());
+            return Ok(Claimed::Payment);
+        };
+        if let (Some(id), Some(asked)) = (&paid.verified.retry_id, paid.retry_asked) {
+            let (payer, until) = (paid.verified.payer, paid.verified.valid_before);
+            let retries = Arc::clone(&ctx.tender.holders.retries);
+            match retries
+                .claim_across_replicas(id, payer, asked.fingerprint, until)
+                .await
+            {
+                IdClaim::Claimed => {}
+                IdClaim::Served(served) => {
+                    ctx.serve_again(served, asked.body_len);
+                    return Ok(Claimed::ServedBefore);
+                }
+                IdClaim::InFlight => return Err(Answer::refused(Rejection::InFlight.reason())),
+                IdClaim::Conflict => {
+                    return Err(Answer::refused(Rejection::IdentifierReused.reason()))
+                }
+                IdClaim::Unavailable(why) => return Err(shared_unavailable(&why)),
+            }
+        }
+        let Some(paid) = ctx.reserved() else {
+            return Ok(Claimed::Payment);
         };
         let replay = paid.verified.scheme().replay(&paid.verified);
         match shared.claim_nonce(&replay.key, replay.until).await {
-            ReplayClaim::Claimed => Ok(()),
+            ReplayClaim::Claimed => Ok(Claimed::Payment),
             ReplayClaim::Used => Err(Answer::refused(paid.verified.scheme().replayed().reason())),
             ReplayClaim::InFlight => Err(Answer::refused(Rejection::InFlight.reason())),
             ReplayClaim::Unavailable(why) => Err(shared_unavailable(&why)),
@@ -54,7 +77,9 @@ impl LevyProxy {
         let Access::Priced(paywall) = &route.access else {
             return Ok(());
         };
-        self.claim_across_replicas(ctx).await?;
+        if self.claim_across_replicas(ctx).await? == Claimed::ServedBefore {
+            return Ok(());
+        }
         let Some(settlement) = self.settlement.as_ref() else {
             return Ok(());
         };
@@ -75,6 +100,15 @@ impl LevyProxy {
         }
         Ok(())
     }
+}
+
+/// What the claim across replicas found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claimed {
+    /// The payment is this request's (or there is nothing to claim): admission goes on.
+    Payment,
+    /// Its payment id was served before, by another replica: forwarded again, uncharged.
+    ServedBefore,
 }
 
 /// What admission made of a reserved payment that goes upstream.

@@ -104,6 +104,43 @@ impl RequestCtx {
         self.tender.payment = PaymentState::Reserved(paid);
     }
 
+    /// A retry of a payment served before (its payment id's first response, `served`): it is
+    /// forwarded again, uncharged, as the first request was. A payment reserved for it is
+    /// let go (its authorization was charged by the first request, on this replica or
+    /// another); a body bound to the id is held until it is known to be the one paid for.
+    pub(super) fn serve_again(&mut self, served: crate::retry::Served, body_len: u64) {
+        if let PaymentState::Reserved(paid) =
+            std::mem::replace(&mut self.tender.payment, PaymentState::None)
+        {
+            self.audit(
+                &paid,
+                Event::Released,
+                paid.verified.amount,
+                Some("served_again"),
+            );
+            self.tender.holders.nonces.release(&paid.verified.key);
+            if let Some(id) = &paid.verified.retry_id {
+                self.tender
+                    .holders
+                    .retries
+                    .served_elsewhere(id, served.clone());
+            }
+        }
+        self.body_watch = (body_len > 0).then(|| super::retry::BodyWatch::Holding {
+            expected: served.body.clone(),
+            buffer: bytes::BytesMut::with_capacity(usize::try_from(body_len).unwrap_or(0)),
+        });
+        self.served_before = Some(served);
+        crate::metrics::metrics()
+            .payments_served_again
+            .with_label_values(&[self.route_label()])
+            .inc();
+        log::info!(
+            "{}: a payment served before was retried with its payment id; served again, not charged",
+            self.route_label()
+        );
+    }
+
     /// Writes one step of `paid` to the audit log, if there is one.
     fn audit(&self, paid: &Paid, event: Event, amount: U256, reason: Option<&'static str>) {
         if let Some(audit) = &self.tender.holders.audit {

@@ -26,7 +26,7 @@ use crate::metrics::metrics;
 use crate::nonce::Reservation;
 use crate::offers::{did_web, OFFER_RECEIPT};
 use crate::pricing::challenge::{Asked, Rendered};
-use crate::retry::{Claim, Fingerprint, Served};
+use crate::retry::{Claim, Served};
 use crate::routing::{Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
@@ -165,30 +165,14 @@ impl LevyProxy {
         let ids = ctx.live.config.payment_identifier;
         let fingerprint = || {
             asked = ids.then(|| retry::asked(session.req_header())).flatten();
-            asked.map(|a| a.fingerprint)
+            asked
         };
         let accepted =
             self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, fingerprint);
         let body_len = asked.map_or(0, |a| a.body_len);
         match accepted {
             Ok(Accepted::Again(served)) => {
-                log::info!(
-                    "{}: a payment served before was retried with its payment id; served again, not charged",
-                    ctx.route_label()
-                );
-                if body_len > 0 {
-                    ctx.body_watch = Some(BodyWatch::Holding {
-                        expected: served.body.clone(),
-                        buffer: bytes::BytesMut::with_capacity(
-                            usize::try_from(body_len).unwrap_or(0),
-                        ),
-                    });
-                }
-                ctx.served_before = Some(served);
-                metrics()
-                    .payments_served_again
-                    .with_label_values(&[ctx.route_label()])
-                    .inc();
+                ctx.serve_again(served, body_len);
                 Ok(Tendered::Again)
             }
             Ok(Accepted::Fresh(mut paid)) => {
@@ -295,7 +279,7 @@ impl LevyProxy {
         header: &[u8],
         paywall: &Paywall,
         config: &Config,
-        asked: impl FnOnce() -> Option<Fingerprint>,
+        asked: impl FnOnce() -> Option<retry::Asked>,
     ) -> Result<Accepted, Rejection> {
         let started = Instant::now();
         let verified = crate::scheme::verify(
@@ -316,16 +300,20 @@ impl LevyProxy {
             .retry_id
             .take()
             .filter(|_| scheme.charge() == Charge::Whole);
+        let mut retry_asked = None;
         if let Some((id, asked)) = id.and_then(|id| Some((id, asked()?))) {
             let retries = &self.holders.retries;
             match retries.claim(
                 &id,
                 verified.payer,
-                asked,
+                asked.fingerprint,
                 verified.valid_before,
                 unix_now(),
             ) {
-                Claim::Claimed => verified.retry_id = Some(id),
+                Claim::Claimed => {
+                    verified.retry_id = Some(id);
+                    retry_asked = Some(asked);
+                }
                 Claim::Served(served) => return Ok(Accepted::Again(served)),
                 Claim::InFlight => return Err(Rejection::InFlight),
                 Claim::Conflict => return Err(Rejection::IdentifierReused),
@@ -369,6 +357,7 @@ impl LevyProxy {
             metering,
             durability: paywall.durability,
             admitted_block: 0,
+            retry_asked,
         })))
     }
 

@@ -9,11 +9,83 @@ use pingora::http::RequestHeader;
 use sha2::{Digest as _, Sha256};
 
 use super::headers::routable;
-use crate::retry::{Body, Fingerprint};
+use crate::retry::{Body, Claim, Fingerprint, RetryBook, Served};
+use crate::state::{IdClaim, Shared};
 
 /// The largest body a payment id is honoured with: a retry's body is held in memory until
 /// it is whole.
 pub(super) const RETRY_BODY_LIMIT: u64 = 1 << 20;
+
+/// The payment ids levy serves: this process's book, which answers its own retries with no
+/// round trip, and, when state is shared, Redis, which answers among replicas (asked in
+/// admission, before the payment's own claim). A served id is recorded in both; a released
+/// one leaves both.
+pub struct Retries {
+    book: RetryBook,
+    shared: Option<Shared>,
+}
+
+impl Retries {
+    /// At most `capacity` live ids in this process.
+    pub fn new(capacity: usize, shared: Option<Shared>) -> Self {
+        Self {
+            book: RetryBook::new(capacity),
+            shared,
+        }
+    }
+
+    /// Claims `id` in this process (see [`RetryBook::claim`]).
+    pub(super) fn claim(
+        &self,
+        id: &str,
+        payer: alloy_primitives::Address,
+        fingerprint: Fingerprint,
+        expires_at: u64,
+        now: u64,
+    ) -> Claim {
+        self.book.claim(id, payer, fingerprint, expires_at, now)
+    }
+
+    /// Claims an id this process holds across replicas; without shared state it is this
+    /// process's alone.
+    pub(super) async fn claim_across_replicas(
+        &self,
+        id: &str,
+        payer: alloy_primitives::Address,
+        fingerprint: Fingerprint,
+        expires_at: u64,
+    ) -> IdClaim {
+        match &self.shared {
+            Some(shared) => {
+                shared
+                    .claim_payment_id(id, payer, fingerprint, expires_at)
+                    .await
+            }
+            None => IdClaim::Claimed,
+        }
+    }
+
+    /// The id was served and charged here: its retries get `served`, on every replica.
+    pub(super) fn complete(&self, id: &str, served: Served) {
+        if let Some(shared) = &self.shared {
+            shared.payment_id_served(id, &served);
+        }
+        self.book.complete(id, served);
+    }
+
+    /// The id was served by another replica: this process answers its next retries itself.
+    pub(super) fn served_elsewhere(&self, id: &str, served: Served) {
+        self.book.complete(id, served);
+    }
+
+    /// The id was not charged: it may be used again.
+    pub(super) fn release(&self, id: &str) {
+        self.book.release(id);
+        if let Some(shared) = &self.shared {
+            shared.release_payment_id(id);
+        }
+    }
+}
 
 /// A request that may use a payment id: its fingerprint and the length of its body.
 #[derive(Debug, Clone, Copy)]

@@ -28,7 +28,7 @@ use crate::verify::VerifiedPayment;
 pub struct Holders {
     pub(super) nonces: Arc<dyn NonceStore>,
     /// Payment ids served or being served (`payment-identifier`).
-    pub(super) retries: Arc<crate::retry::RetryBook>,
+    pub(super) retries: Arc<super::retry::Retries>,
     pub(super) channels: Option<Channels>,
     pub(super) sessions: Option<Sessions>,
     pub(super) audit: Option<Arc<AuditLog>>,
@@ -166,6 +166,8 @@ pub struct Paid {
     pub durability: Durability,
     /// The block of the balance read it was admitted on (0: none).
     pub admitted_block: u64,
+    /// The request its payment id (`verified.retry_id`) is bound to.
+    pub retry_asked: Option<super::retry::Asked>,
 }
 
 impl Paid {

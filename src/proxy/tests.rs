@@ -205,6 +205,7 @@ fn paid(authorized: Authorized) -> Paid {
         metering: None,
         durability: Durability::Sync,
         admitted_block: 0,
+        retry_asked: None,
     }
 }
 
@@ -510,7 +511,7 @@ fn tender(nonces: &Arc<MemoryNonceStore>) -> Tender {
     let nonces: Arc<dyn NonceStore> = Arc::clone(nonces) as Arc<dyn NonceStore>;
     Tender::new(Arc::new(Holders {
         nonces,
-        retries: Arc::new(crate::retry::RetryBook::new(16)),
+        retries: Arc::new(super::retry::Retries::new(16, None)),
         channels: None,
         sessions: None,
         audit: None,

@@ -81,6 +81,25 @@ pub fn paid_get(path: &str, header: &str, value: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n{header}: {value}\r\n\r\n")
 }
 
+/// `header` (a `PAYMENT-SIGNATURE`) with the payment id `id` in its extensions
+/// (`payment-identifier`).
+pub fn with_id(header: &str, id: &str) -> String {
+    use base64::Engine as _;
+    let mut payload = decode(header);
+    payload["extensions"] =
+        serde_json::json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+    base64::engine::general_purpose::STANDARD.encode(payload.to_string())
+}
+
+/// A raw POST of a JSON `body` carrying `PAYMENT-SIGNATURE: payment`.
+pub fn paid_post(path: &str, payment: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: levy.test\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nPAYMENT-SIGNATURE: {payment}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// The x402 reason of a refusal: the `error` of the `402`'s challenge header.
 pub fn refusal_reason(response: &super::Response) -> String {
     assert_eq!(response.status, 402, "{}", response.text());
