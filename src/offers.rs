@@ -284,18 +284,32 @@ impl Issuer {
 
     /// A compact JWS (ES256K) of `payload`, with `kid` naming the key in `did`'s document.
     fn sign_jws(&self, did: &str, payload: &Value) -> String {
-        let header = json!({"alg": "ES256K", "kid": format!("{did}#{KEY_FRAGMENT}")});
         // serde_json writes object keys sorted: the extension's canonical form.
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
+        let (header, signature) = self.jws_parts(did, payload.to_string().as_bytes());
+        format!(
+            "{header}.{}.{signature}",
             URL_SAFE_NO_PAD.encode(payload.to_string())
-        );
+        )
+    }
+
+    /// A compact JWS (ES256K) of `document` with its payload detached (RFC 7515, appendix
+    /// F): `<header>..<signature>`; a reader puts the base64url of the bytes it received
+    /// between the dots to verify it.
+    pub fn sign_detached(&self, did: &str, document: &[u8]) -> String {
+        let (header, signature) = self.jws_parts(did, document);
+        format!("{header}..{signature}")
+    }
+
+    /// A JWS's protected header and signature over `payload`, base64url.
+    fn jws_parts(&self, did: &str, payload: &[u8]) -> (String, String) {
+        let header = json!({"alg": "ES256K", "kid": format!("{did}#{KEY_FRAGMENT}")});
+        let header = URL_SAFE_NO_PAD.encode(header.to_string());
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
         let digest: [u8; 32] = Sha256::digest(input.as_bytes()).into();
         let signature = SECP256K1.sign_ecdsa(&Message::from_digest(digest), &self.key);
-        format!(
-            "{input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.serialize_compact())
+        (
+            header,
+            URL_SAFE_NO_PAD.encode(signature.serialize_compact()),
         )
     }
 }

@@ -310,3 +310,67 @@ fn catalogue(url: &str) -> Value {
     .json()["items"]
         .clone()
 }
+
+#[test]
+fn with_an_offer_key_each_listing_carries_a_detached_signature_by_the_key_levy_publishes() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use sha2::{Digest as _, Sha256};
+
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}  offers:\n    key_file: {}\n    generate_key: true\n{}",
+        upstream_yaml(origin.addr),
+        dir.path().join("offer.key").display(),
+        routes()
+    ));
+    let did = request(
+        levy.addr,
+        "GET /.well-known/did.json HTTP/1.1\r\nHost: levy.test\r\n\r\n",
+    )
+    .json();
+    let jwk = &did["verificationMethod"][0]["publicKeyJwk"];
+    let coordinate = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().expect("coordinate"))
+            .expect("base64url")
+    };
+    let key = secp256k1::PublicKey::from_slice(
+        &[&[4u8][..], &coordinate("x"), &coordinate("y")].concat(),
+    )
+    .expect("a secp256k1 key");
+
+    for path in ["/.well-known/x402", "/openapi.json"] {
+        let listing = request(
+            levy.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: levy.test\r\n\r\n"),
+        );
+        assert_eq!(listing.status, 200, "{path}");
+        let jws = listing.header("x-jws-signature").expect("signed");
+        let (header, signature) = jws.split_once("..").expect("a detached JWS");
+        let protected: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url"))
+                .expect("json");
+        assert_eq!(protected["alg"], "ES256K");
+        assert_eq!(
+            protected["kid"], did["verificationMethod"][0]["id"],
+            "the key the DID document publishes"
+        );
+        let verifies = |body: &[u8]| {
+            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(body));
+            let digest: [u8; 32] = Sha256::digest(input.as_bytes()).into();
+            let signature = secp256k1::ecdsa::Signature::from_compact(
+                &URL_SAFE_NO_PAD.decode(signature).expect("base64url"),
+            )
+            .expect("a compact signature");
+            secp256k1::SECP256K1
+                .verify_ecdsa(&secp256k1::Message::from_digest(digest), &signature, &key)
+                .is_ok()
+        };
+        assert!(verifies(&listing.body), "{path}: the body as served");
+        let mut altered = listing.json();
+        altered["altered"] = json!(true);
+        assert!(!verifies(altered.to_string().as_bytes()), "{path}");
+    }
+}

@@ -20,7 +20,11 @@ pub const WELL_KNOWN_X402: &str = "/.well-known/x402";
 /// Where levy's DID document (`did:web`) is served.
 pub const DID_DOCUMENT: &str = "/.well-known/did.json";
 
+/// The response header carrying a listing's detached JWS, signed with the offer key.
+const JWS_SIGNATURE: &str = "x-jws-signature";
+
 /// Which document a request asks for.
+#[derive(Clone, Copy)]
 enum Document {
     /// levy's DID document.
     Did,
@@ -29,6 +33,7 @@ enum Document {
 }
 
 /// Which list of the discoverable routes.
+#[derive(Clone, Copy)]
 enum Listing {
     Manifest,
     OpenApi,
@@ -74,11 +79,23 @@ impl LevyProxy {
             }
             _ => return None,
         };
-        Some(
-            Reply::new(200, content_type, body)
-                .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-                .header(header::CACHE_CONTROL, max_age),
-        )
+        // A listing is signed with the offer key, so an agent that fetched it through a
+        // cache or a mirror can tell it is levy's own.
+        let signature = match (document, &config.offers) {
+            (Document::Listed(_), Some(issuer)) => {
+                Some(issuer.sign_detached(&self.did(session, config), body.as_bytes()))
+            }
+            _ => None,
+        };
+        let mut reply = Reply::new(200, content_type, body)
+            .header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+            .header(header::CACHE_CONTROL, max_age);
+        if let Some(signature) = signature {
+            reply = reply
+                .header(http::HeaderName::from_static(JWS_SIGNATURE), signature)
+                .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, JWS_SIGNATURE);
+        }
+        Some(reply)
     }
 }
 
