@@ -3,6 +3,8 @@
 # paid requests (pre-signed exact payments, verified and charged, not settled), each
 # scenario alternated between the builds in swapped order over ROUNDS rounds.
 # Usage: benches/side-by-side.sh BASELINE_LEVY [ROUNDS=3] [SECONDS=5]
+# NEW_YAML: lines added to this build's `levy:` section only (two spaces in), to compare
+# a setting against its absence with one binary: pass ./target/release/levy as the baseline.
 # Builds this tree's levy, the load tool and the example origin (release) first. Prints one
 # line per run: build, scenario, round and the load tool's JSON.
 # Build the baseline in its own target directory: a worktree built into this tree's target
@@ -16,7 +18,7 @@ cargo build --release --locked --bin levy --example load --example origin >&2
 WORK=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-config() { # name data-port
+config() { # name data-port [extra levy lines]
   cat > "$WORK/$1.yaml" <<YAML
 pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
 levy:
@@ -26,9 +28,10 @@ levy:
   upstreams: {origin: {address: "127.0.0.1:18000"}}
   routes:
     - {name: paid, path: /paid/*, price: "\$0.001", accepts: [{network: base-sepolia}]}
+${3:-}
 YAML
 }
-config new 18101
+config new 18101 "${NEW_YAML:-}"
 config base 18201
 ./target/release/examples/origin 127.0.0.1:18000 >/dev/null 2>&1 & PIDS+=($!)
 ./target/release/levy -c "$WORK/new.yaml" >/dev/null 2>&1 & NEW=$!; PIDS+=($NEW)

@@ -5,6 +5,7 @@
 mod alerts;
 mod builtin;
 mod checks;
+mod conditions;
 mod describe;
 mod discovery;
 mod listeners;
@@ -90,6 +91,8 @@ pub struct Config {
     pub access_log: bool,
     /// Requests whose header block (names, values and separators) is larger get 431.
     pub max_request_header_bytes: usize,
+    /// The largest JSON body read to match or price a route on one of its fields.
+    pub body_peek_bytes: usize,
     /// How long one write to a client may wait for it to read before the connection closes.
     pub client_write_timeout: Duration,
     /// Time rules for payment authorizations.
@@ -153,6 +156,9 @@ pub struct Route {
     /// The patterns as written, for display.
     pub host_text: String,
     pub path_text: String,
+    /// Its conditions on the request (`match:`, and the value of a `price_by` entry), for
+    /// display; empty when it has none.
+    pub when_text: String,
     pub upstream: Arc<Upstream>,
     pub access: Access,
 }
@@ -162,6 +168,17 @@ pub struct Route {
 pub enum Access {
     Free,
     Priced(Box<Paywall>),
+    /// Priced by a value of the request (`price_by`) that has no price of its own: the
+    /// request gets a 402 that names the value and the priced ones.
+    Unpriced(Box<Unpriced>),
+}
+
+/// What a `price_by` route without a price of its own tells a request it cannot price.
+#[derive(Debug)]
+pub struct Unpriced {
+    pub field: crate::routing::Field,
+    /// The values it has prices for.
+    pub priced: Vec<String>,
 }
 
 /// The price of a priced route and its prepared challenge.
@@ -423,7 +440,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         let max_timeout_seconds = route.max_timeout_seconds;
-        let (mut matcher, mut route) = build_route(
+        let entries = build_route(
             &path,
             route,
             &upstreams,
@@ -439,44 +456,51 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 builder_code: builder_code.as_ref(),
             },
         )?;
-        route.index = i;
-        if matches!(route.access, Access::Priced(_)) {
-            matcher.guard = Some(loose);
-        }
-        if matches!(route.access, Access::Priced(_))
-            && max_timeout_seconds <= policy.valid_before_margin_seconds
-        {
-            return Err(invalid(
+        for (mut matcher, mut route) in entries {
+            route.index = routes.len();
+            if matches!(route.access, Access::Priced(_) | Access::Unpriced(_)) {
+                matcher.guard = Some(loose);
+            }
+            if matches!(route.access, Access::Priced(_))
+                && max_timeout_seconds <= policy.valid_before_margin_seconds
+            {
+                return Err(invalid(
                 path.key("max_timeout_seconds"),
                 format!(
                     "must exceed levy.payments.valid_before_margin_seconds ({}), or no client authorization can be settled",
                     policy.valid_before_margin_seconds
                 ),
             ));
-        }
-        if matches!(route.access, Access::Priced(_)) {
-            let shadow = routes
-                .iter()
-                .find(|(earlier, _)| earlier.takes_all_of(&matcher));
-            if let Some((_, earlier)) = shadow {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "priced route `{}` ({}) can never match: route `{}` ({}) comes before \
-                         it and takes every request it would; put `{}` first",
-                        route.name, route.path_text, earlier.name, earlier.path_text, route.name
-                    ),
-                ));
             }
+            if matches!(route.access, Access::Priced(_)) {
+                let shadow = routes
+                    .iter()
+                    .find(|(earlier, _)| earlier.takes_all_of(&matcher));
+                if let Some((_, earlier)) = shadow {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "priced route `{}` ({}) can never match: route `{}` ({}) comes before \
+                         it and takes every request it would; put `{}` first",
+                            route.name,
+                            route.path_text,
+                            earlier.name,
+                            earlier.path_text,
+                            route.name
+                        ),
+                    ));
+                }
+            }
+            let matches_everything = matcher.host == HostPattern::Any
+                && matcher.when.is_empty()
+                && matcher.methods.listed().is_none()
+                && matcher.path.matches("/")
+                && matcher.path.matches("/any/path/at/all/");
+            if matches_everything {
+                catch_all = Some(route.name.clone());
+            }
+            routes.push(matcher, Arc::new(route));
         }
-        let matches_everything = matcher.host == HostPattern::Any
-            && matcher.methods.listed().is_none()
-            && matcher.path.matches("/")
-            && matcher.path.matches("/any/path/at/all/");
-        if matches_everything {
-            catch_all = Some(route.name.clone());
-        }
-        routes.push(matcher, Arc::new(route));
     }
 
     let unmatched =
@@ -589,6 +613,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         public_url: levy.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         access_log: levy.access_log,
         max_request_header_bytes: levy.max_request_header_bytes,
+        body_peek_bytes: conditions::body_peek_bytes(levy.body_peek_bytes)?,
         client_write_timeout: Duration::from_millis(levy.client_write_timeout_ms),
         policy,
         payer_headers,

@@ -9,6 +9,7 @@ mod channel;
 mod charge;
 mod ctx;
 mod discovery;
+mod fields;
 mod headers;
 mod metering;
 mod outcome;
@@ -181,6 +182,7 @@ impl ProxyHttp for LevyProxy {
             offer_terms: None,
             served_before: None,
             body_watch: None,
+            peek: fields::Peek::NotRead,
         }
     }
 
@@ -192,6 +194,8 @@ impl ProxyHttp for LevyProxy {
         ctx.started = Instant::now();
         // A client that stops reading must not hold its response (and the upstream) open.
         session.set_write_timeout(Some(ctx.live.config.client_write_timeout));
+        let config = &ctx.live.config;
+        ctx.peek = fields::peek(session, config.body_peek_bytes, &config.routes).await?;
         let answer = match self.decide(session, ctx) {
             Decision::Forward => return Ok(false),
             Decision::Shadow => {

@@ -12,6 +12,10 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode;
 
+mod when;
+
+pub use when::{body_value, query_value, Condition, Field, Fields, Found, Test, Verdict};
+
 /// Why a host or path pattern cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
@@ -338,6 +342,9 @@ pub struct Matcher {
     /// `Some` on a guarded (priced) route: matched loosely, and an encoded separator under
     /// its head is refused rather than re-segmented.
     pub guard: Option<Looseness>,
+    /// What the request must also carry (query parameters, headers, body fields); none:
+    /// host, method and path decide.
+    pub when: Vec<Condition>,
 }
 
 impl Matcher {
@@ -345,7 +352,8 @@ impl Matcher {
     /// (so `later` never matches anything): any host or the same one, all of its methods, and
     /// a path that covers its path.
     pub fn takes_all_of(&self, later: &Matcher) -> bool {
-        (self.host == HostPattern::Any || self.host == later.host)
+        self.when.is_empty()
+            && (self.host == HostPattern::Any || self.host == later.host)
             && self.methods.covers(&later.methods)
             && (self.path == later.path || self.path.covers(&later.path))
     }
@@ -358,6 +366,7 @@ impl Matcher {
             && (self.path == later.path || self.path.covers(&later.path))
     }
 
+    /// Whether the host, method and path match (the conditions are not looked at).
     pub fn matches(&self, request: &RequestKey<'_>) -> bool {
         let loose = self.guard.unwrap_or(Looseness::STRICT);
         self.host.matches(&request.host)
@@ -462,6 +471,8 @@ pub enum Lookup<'t, T> {
     NotFound,
     /// An encoded `/` or `\` sits under a priced route's head: refused, never re-segmented.
     EncodedSeparator,
+    /// The request gives a field a route reads twice, with different values.
+    Ambiguous(Field),
 }
 
 /// An ordered list of routes; [`RouteTable::find`] returns the first that matches.
@@ -483,7 +494,8 @@ impl<T> RouteTable<T> {
         self.entries.push((matcher, route));
     }
 
-    /// The first route whose matcher accepts the request.
+    /// The first route whose host, method and path accept the request, its conditions
+    /// aside.
     pub fn find(&self, request: &RequestKey<'_>) -> Option<&T> {
         self.entries
             .iter()
@@ -491,9 +503,10 @@ impl<T> RouteTable<T> {
             .map(|(_, route)| route)
     }
 
-    /// Like [`RouteTable::find`], but refuses a path with an encoded separator that lies
-    /// under a guarded route's head.
-    pub fn lookup(&self, request: &RequestKey<'_>) -> Lookup<'_, T> {
+    /// The first route that takes the request, its conditions read from `fields`. Refuses
+    /// a path with an encoded separator that lies under a guarded route's head, and a
+    /// request that gives a field a route reads twice with different values.
+    pub fn lookup(&self, request: &RequestKey<'_>, fields: &dyn Fields) -> Lookup<'_, T> {
         if request.encoded_separator
             && self
                 .entries
@@ -502,10 +515,38 @@ impl<T> RouteTable<T> {
         {
             return Lookup::EncodedSeparator;
         }
-        self.find(request).map_or(Lookup::NotFound, Lookup::Found)
+        for (matcher, route) in &self.entries {
+            if !matcher.matches(request) {
+                continue;
+            }
+            match when::check_all(&matcher.when, fields) {
+                Verdict::Holds => return Lookup::Found(route),
+                Verdict::Fails => {}
+                Verdict::Ambiguous(field) => return Lookup::Ambiguous(field),
+            }
+        }
+        Lookup::NotFound
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {
+    /// Whether looking the request up may read its body: a route that matches its host,
+    /// method and path has a condition on a body field, before one that takes it whatever
+    /// it carries.
+    pub fn reads_body(&self, request: &RequestKey<'_>) -> bool {
+        for (matcher, _) in &self.entries {
+            if !matcher.matches(request) {
+                continue;
+            }
+            if matcher.when.iter().any(|c| c.field.in_body()) {
+                return true;
+            }
+            if matcher.when.is_empty() {
+                return false;
+            }
+        }
+        false
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &(Matcher, T)> {
         self.entries.iter()
     }
 

@@ -26,6 +26,7 @@ mod operators_see_a_live_dashboard;
 mod payers_get_signed_offers_and_receipts;
 mod payments_in_review_release_their_exposure_and_can_be_resolved;
 mod people_pay_from_the_browser_paywall;
+mod prices_follow_what_the_request_asks_for;
 mod replicas_share_channels_and_sessions;
 mod replicas_share_state_through_redis;
 mod request_forms_cannot_dodge_a_price;

@@ -44,13 +44,19 @@ impl Config {
                         offers.join(" | ")
                     )
                 }
+                Access::Unpriced(u) => format!("402: no price (priced: {})", u.priced.join(", ")),
+            };
+            let path = if route.when_text.is_empty() {
+                route.path_text.clone()
+            } else {
+                format!("{} if {}", route.path_text, route.when_text)
             };
             rows.push([
                 i.to_string(),
                 route.name.clone(),
                 route.host_text.clone(),
                 methods,
-                route.path_text.clone(),
+                path,
                 route.upstream.name.clone(),
                 access,
             ]);

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use alloy_primitives::{Address, U256};
 
 use super::{
-    address, check_url, invalid, lookup_upstream, positive, schema, Access, Asset, Metered, Mode,
-    Network, Paywall, Route, Upstream, YamlPath,
+    address, check_url, conditions, invalid, lookup_upstream, positive, schema, Access, Asset,
+    Metered, Mode, Network, Paywall, Route, Upstream, YamlPath,
 };
 use crate::channel::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
 use crate::meter::{Rates, Unit};
 use crate::pricing::challenge::Challenge;
 use crate::pricing::paywall::{Look, WalletPage};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
-use crate::routing::{HostPattern, Matcher, MethodSet, PathPattern};
+use crate::routing::{Condition, HostPattern, Matcher, MethodSet, PathPattern, Test};
 use crate::session::Quota;
 use crate::ConfigError;
 
@@ -26,7 +26,7 @@ pub(super) fn build_route(
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
     defaults: Defaults<'_>,
-) -> Result<(Matcher, Route), ConfigError> {
+) -> Result<Vec<(Matcher, Route)>, ConfigError> {
     let host = match &route.host {
         None => HostPattern::Any,
         Some(h) => HostPattern::parse(h).map_err(|e| invalid(path.key("host"), e))?,
@@ -52,6 +52,23 @@ pub(super) fn build_route(
         }
     };
     let path_pattern = PathPattern::parse(&route.path).map_err(|e| invalid(path.key("path"), e))?;
+    let price_by = match &route.price_by {
+        Some(by) => {
+            for (key, set) in [
+                ("meter", route.meter.is_some()),
+                ("bundle", route.bundle.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        path.key(key),
+                        "not allowed with `price_by`, which prices a fixed price per value",
+                    ));
+                }
+            }
+            Some((conditions::price_field(path, by)?, by))
+        }
+        None => None,
+    };
     let upstream = match &route.upstream {
         Some(name) => lookup_upstream(&path.key("upstream"), name, upstreams)?,
         None => match upstreams.values().collect::<Vec<_>>().as_slice() {
@@ -78,6 +95,7 @@ pub(super) fn build_route(
                 "discovery",
                 matches!(route.discovery, Some(schema::DiscoverySetting::On(_))),
             ),
+            ("price_by", route.price_by.is_some()),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
@@ -85,25 +103,102 @@ pub(super) fn build_route(
         }
         Access::Free
     } else {
-        Access::Priced(Box::new(paywall(path, route, networks, assets, defaults)?))
+        match &price_by {
+            Some((field, by)) if route.price.is_none() && route.amount.is_none() => {
+                Access::Unpriced(Box::new(super::Unpriced {
+                    field: field.clone(),
+                    priced: by.prices.keys().cloned().collect(),
+                }))
+            }
+            _ => Access::Priced(Box::new(paywall(
+                path, route, networks, assets, defaults, None,
+            )?)),
+        }
     };
+    let when = conditions::conditions(path, route.when.as_ref())?;
+    let when_text = describe_when(route.when.as_ref());
     let matcher = Matcher {
         host,
         methods,
         path: path_pattern,
         guard: None,
+        when,
     };
-    Ok((
-        matcher,
-        Route {
-            index: 0,
-            name: route.name.clone(),
-            host_text: route.host.clone().unwrap_or_else(|| "*".into()),
-            path_text: route.path.clone(),
-            upstream,
-            access,
-        },
-    ))
+    let entry = |matcher: Matcher, when_text: String, access: Access| {
+        (
+            matcher,
+            Route {
+                index: 0,
+                name: route.name.clone(),
+                host_text: route.host.clone().unwrap_or_else(|| "*".into()),
+                path_text: route.path.clone(),
+                when_text,
+                upstream: Arc::clone(&upstream),
+                access,
+            },
+        )
+    };
+    // A price table is one entry per value, each with its own price, before the route's
+    // own entry (its default price, or the 402 that names an unpriced value).
+    let mut entries = Vec::new();
+    if let Some((field, by)) = &price_by {
+        for (value, text) in &by.prices {
+            let at = path.key("price_by").key("prices").key(value);
+            let price = parse_price(&at, text)?;
+            let paywall = paywall(path, route, networks, assets, defaults, Some(price))?;
+            let mut matcher = matcher.clone();
+            matcher.when.push(Condition {
+                field: field.clone(),
+                test: Test::OneOf(vec![value.clone()]),
+            });
+            let text = [when_text.as_str(), &format!("{field} = {value}")]
+                .iter()
+                .filter(|t| !t.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
+        }
+    }
+    let own_text = match &price_by {
+        Some((field, _)) if !route.free => {
+            let other = format!("{field} not listed");
+            if when_text.is_empty() {
+                other
+            } else {
+                format!("{when_text}, {other}")
+            }
+        }
+        _ => when_text.clone(),
+    };
+    entries.push(entry(matcher, own_text, access));
+    Ok(entries)
+}
+
+/// A route's `match:` as `levy check` shows it.
+fn describe_when(when: Option<&schema::RouteMatch>) -> String {
+    let Some(when) = when else {
+        return String::new();
+    };
+    let show = |value: &schema::MatchValue| match value {
+        schema::MatchValue::One(one) => one.text(),
+        schema::MatchValue::Many(list) => list
+            .iter()
+            .map(schema::Scalar::text)
+            .collect::<Vec<_>>()
+            .join(" | "),
+    };
+    let mut parts = Vec::new();
+    for (kind, entries) in [
+        ("query", &when.query),
+        ("header", &when.headers),
+        ("body", &when.body),
+    ] {
+        for (name, value) in entries {
+            parts.push(format!("{kind} {name} = {}", show(value)));
+        }
+    }
+    parts.join(", ")
 }
 
 pub(super) fn paywall(
@@ -112,6 +207,7 @@ pub(super) fn paywall(
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
     defaults: Defaults<'_>,
+    table_price: Option<Price>,
 ) -> Result<Paywall, ConfigError> {
     let bundle = route
         .bundle
@@ -119,6 +215,7 @@ pub(super) fn paywall(
         .map(|b| bundle_terms(path, route, b))
         .transpose()?;
     let price = match (&route.price, &route.amount) {
+        _ if table_price.is_some() => table_price.map(|price| ("price_by.prices", price)),
         (None, None) if bundle.is_some() => bundle.as_ref().map(|(_, price)| ("bundle.price", price.clone())),
         (Some(_), Some(_)) => {
             return Err(invalid(

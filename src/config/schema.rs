@@ -97,6 +97,11 @@ pub struct Levy {
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// The largest JSON body levy reads to match or price a route on one of its fields
+    /// (`match.body`, `price_by.body`); the body is forwarded unchanged. At most 65536.
+    /// Default: 16384.
+    #[serde(default = "default_body_peek_bytes")]
+    pub body_peek_bytes: usize,
     /// How long one write to a client may wait for the client to read, in ms; past it levy
     /// closes the connection (a metered response is charged what it delivered), so a client
     /// that stops reading cannot hold a stream and its upstream open. Default: 60000.
@@ -680,6 +685,9 @@ fn default_read_timeout_ms() -> u64 {
 }
 fn default_max_request_header_bytes() -> usize {
     32 * 1024
+}
+fn default_body_peek_bytes() -> usize {
+    16 * 1024
 }
 fn default_client_write_timeout_ms() -> u64 {
     60_000

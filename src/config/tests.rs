@@ -1108,3 +1108,73 @@ fn a_builder_code_outside_erc_8021_s_alphabet_is_refused_by_key() {
         "levy.settlement.builder_code.services: at most 5 service codes",
     );
 }
+
+#[test]
+fn request_aware_prices_name_the_key_and_the_problem() {
+    let by = |keys: &str| yaml(&priced(keys), "");
+    assert_error(
+        &by("      price_by: {query: a, body: /b, prices: {x: \"$0.01\"}}\n"),
+        "levy.routes[0].price_by: give exactly one of `query`, `header` or `body`",
+    );
+    assert_error(
+        &by("      price_by: {body: model, prices: {x: \"$0.01\"}}\n"),
+        "levy.routes[0].price_by.body: `model` is not a JSON Pointer; write it like `/model`",
+    );
+    assert_error(
+        &by("      price_by: {query: model, prices: {}}\n"),
+        "levy.routes[0].price_by.prices: list at least one value's price",
+    );
+    assert_error(
+        &by("      price_by: {query: model, prices: {x: \"$0.0000001\"}}\n"),
+        "levy.routes[0].price_by.prices",
+    );
+    assert_error(
+        &by("      match: {headers: {\"bad header\": x}}\n"),
+        "levy.routes[0].match.headers.bad header: `bad header` is not a header name",
+    );
+    assert_error(
+        &by("      match: {query: {tier: []}}\n"),
+        "levy.routes[0].match.query.tier: list at least one value",
+    );
+    assert_error(
+        &yaml(
+            &route("      free: true\n      price_by: {query: m, prices: {x: \"$0.01\"}}\n"),
+            "",
+        ),
+        "levy.routes[0].price_by: not allowed on a free route",
+    );
+    assert_error(
+        &yaml(&priced(""), "  body_peek_bytes: 100000\n"),
+        "levy.body_peek_bytes: at most 65536",
+    );
+}
+
+#[test]
+fn a_price_table_is_one_entry_per_value_before_the_route_s_own() {
+    let config = Config::from_yaml(&yaml(
+        &priced("      price_by: {header: X-Tier, prices: {gold: \"$0.01\", bronze: \"5\"}}\n"),
+        "",
+    ))
+    .expect("valid");
+    let amounts: Vec<(String, String)> = config
+        .routes
+        .iter()
+        .map(|(_, route)| {
+            let Access::Priced(paywall) = &route.access else {
+                panic!("priced")
+            };
+            (
+                route.when_text.clone(),
+                paywall.requirements[0].amount.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        amounts,
+        [
+            ("header `x-tier` = bronze".to_owned(), "5".to_owned()),
+            ("header `x-tier` = gold".to_owned(), "10000".to_owned()),
+            ("header `x-tier` not listed".to_owned(), "1000".to_owned()),
+        ]
+    );
+}

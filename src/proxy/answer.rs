@@ -162,7 +162,7 @@ impl LevyProxy {
         let live = std::sync::Arc::clone(&ctx.live);
         let paywall = ctx.route.as_ref().and_then(|r| match &r.access {
             Access::Priced(paywall) => Some(paywall),
-            Access::Free => None,
+            Access::Free | Access::Unpriced(_) => None,
         });
         // Offers are signed for what `decide` found this request asked for.
         let terms = ctx.offer_terms.as_ref();

@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub(super) served_before: Option<crate::retry::Served>,
     /// The body of a request a payment id is bound to: hashed, or held until matched.
     pub(super) body_watch: Option<super::retry::BodyWatch>,
+    /// The JSON body, when a route reads one of its fields.
+    pub(super) peek: super::fields::Peek,
 }
 
 /// The resource URL a route's offers and receipts name, and levy's `did:web` as the request

@@ -108,9 +108,13 @@ fn render(
     base: &str,
     listing: Listing,
 ) -> String {
-    let listings: Vec<Listed<'_>> = config
+    // A route priced by a value of the request is several entries of one name: its own
+    // (the default price) is listed, else its last priced value's.
+    let mut named = std::collections::HashSet::new();
+    let mut listings: Vec<Listed<'_>> = config
         .routes
         .iter()
+        .rev()
         .filter(|(matcher, _)| matcher.host.matches(host))
         .filter_map(|(_, route)| {
             let Access::Priced(paywall) = &route.access else {
@@ -129,7 +133,9 @@ fn render(
                 discovery: challenge.discovery()?,
             })
         })
+        .filter(|listed| named.insert(listed.name))
         .collect();
+    listings.reverse();
     match listing {
         Listing::Manifest => catalogue::manifest(base, &listings),
         Listing::OpenApi => catalogue::openapi(base, &documents.title, &listings),

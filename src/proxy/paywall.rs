@@ -11,6 +11,7 @@ use pingora::proxy::Session;
 
 use super::answer::{Answer, Decision};
 use super::ctx::{OfferTerms, RequestCtx, STATUS_PATH};
+use super::fields::RequestFields;
 use super::headers::{
     self, asked_path, is_browser, is_preflight, preflight, request_host, routable, screen,
     unread_body_is_large,
@@ -21,13 +22,13 @@ use super::retry::{self, BodyWatch};
 use super::tender::Paid;
 use super::{LevyProxy, Outcome, PAYMENT_SIGNATURE_HEADER, X_PAYMENT_HEADER};
 use crate::clock::{unix_ms, unix_now};
-use crate::config::{Access, Config, Mode, Paywall, Unmatched};
+use crate::config::{Access, Config, Mode, Paywall, Unmatched, Unpriced};
 use crate::metrics::metrics;
 use crate::nonce::Reservation;
 use crate::offers::{did_web, OFFER_RECEIPT};
 use crate::pricing::challenge::{Asked, Rendered};
 use crate::retry::{Claim, Served};
-use crate::routing::{Lookup, RequestKey};
+use crate::routing::{Fields as _, Found, Lookup, RequestKey};
 use crate::scheme::Charge;
 use crate::settle::Settlement;
 use crate::verify::{Rejection, Version};
@@ -76,7 +77,11 @@ impl LevyProxy {
             Err(reply) => return Decision::Answer(Answer::Own(reply, Outcome::BadRequest)),
         };
         let key = RequestKey::new(host, req.method.as_str(), path);
-        let route = match config.routes.lookup(&key) {
+        let fields = RequestFields {
+            req,
+            body: &ctx.peek,
+        };
+        let route = match config.routes.lookup(&key, &fields) {
             Lookup::Found(route) => route,
             Lookup::NotFound => {
                 return match &config.unmatched {
@@ -89,6 +94,15 @@ impl LevyProxy {
                         Decision::Forward
                     }
                 };
+            }
+            Lookup::Ambiguous(field) => {
+                return Decision::Answer(Answer::Own(
+                    Reply::text(
+                        400,
+                        &format!("the {field} is given twice with different values"),
+                    ),
+                    Outcome::BadRequest,
+                ));
             }
             Lookup::EncodedSeparator => {
                 return Decision::Answer(Answer::Own(
@@ -104,6 +118,13 @@ impl LevyProxy {
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
             Access::Free => Decision::Forward,
+            Access::Unpriced(unpriced) => {
+                let found = fields.get(&unpriced.field);
+                Decision::Answer(Answer::Own(
+                    unpriced_reply(unpriced, &found),
+                    Outcome::PaymentRequired,
+                ))
+            }
             Access::Priced(paywall) if paywall.mode == Mode::Shadow => {
                 self.shadow(session, paywall, ctx);
                 Decision::Shadow
@@ -548,4 +569,28 @@ pub(super) enum Accepted {
     Fresh(Box<Paid>),
     /// A payment served before, with its first answer.
     Again(Served),
+}
+
+/// The 402 of a request a `price_by` route has no price for: what it asked, and the values
+/// that are priced (in the `PAYMENT-REQUIRED` header's `error` and the body's), with
+/// nothing to accept.
+fn unpriced_reply(unpriced: &Unpriced, found: &Found<'_>) -> Reply {
+    let priced = unpriced.priced.join(", ");
+    let field = &unpriced.field;
+    let error = match found {
+        Found::Value(value) => format!("no price for {field} `{value}`; priced: {priced}"),
+        Found::Absent => format!("the {field} is missing; priced: {priced}"),
+        Found::Ambiguous => format!("the {field} is given twice; priced: {priced}"),
+        Found::Unread => format!(
+            "the {field} could not be read (a JSON body with a Content-Length up to levy.body_peek_bytes is needed); priced: {priced}"
+        ),
+    };
+    let required = serde_json::json!({"x402Version": 2, "error": error, "accepts": []});
+    let body = serde_json::json!({"x402Version": 1, "error": error, "accepts": []});
+    Reply::new(402, "application/json", body.to_string())
+        .header(
+            HeaderName::from_static(PAYMENT_REQUIRED),
+            x402::encode_header(required.to_string().as_bytes()),
+        )
+        .header(header::ACCESS_CONTROL_EXPOSE_HEADERS, CORS_EXPOSE)
 }

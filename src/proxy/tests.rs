@@ -166,7 +166,7 @@ fn route(settle: &str) -> Arc<Route> {
 fn paywall(route: &Route) -> &Paywall {
     match &route.access {
         Access::Priced(paywall) => paywall,
-        Access::Free => panic!("the route is priced"),
+        Access::Free | Access::Unpriced(_) => panic!("the route is priced"),
     }
 }
 

@@ -100,6 +100,7 @@ fn the_first_matching_route_wins() {
         methods: MethodSet::any(),
         path: path(p),
         guard: None,
+        when: Vec::new(),
     };
     table.push(any("/a/special"), "first");
     table.push(any("/a/*"), "second");
@@ -109,6 +110,7 @@ fn the_first_matching_route_wins() {
             methods: MethodSet::only(["post".to_owned()]),
             path: path("/*"),
             guard: None,
+            when: Vec::new(),
         },
         "third",
     );
@@ -130,6 +132,7 @@ fn priced(p: &str) -> Matcher {
         methods: MethodSet::only(["GET".to_owned()]),
         path: path(p),
         guard: Some(Looseness::LOOSE),
+        when: Vec::new(),
     }
 }
 
@@ -172,7 +175,7 @@ fn an_encoded_separator_under_a_priced_head_is_refused() {
     let mut free = priced("/*");
     free.guard = None;
     table.push(free, "free");
-    let look = |raw: &str| table.lookup(&RequestKey::new("h", "GET", raw.as_bytes()));
+    let look = |raw: &str| table.lookup(&RequestKey::new("h", "GET", raw.as_bytes()), &Nothing);
     assert_eq!(look("/files/a%2Fb"), Lookup::EncodedSeparator);
     assert_eq!(look("/files/a%5cb"), Lookup::EncodedSeparator);
     assert_eq!(look("/FILES/a%2fb"), Lookup::EncodedSeparator);
@@ -223,4 +226,95 @@ fn params_are_captured_by_name_and_their_names_do_not_change_what_matches() {
     assert!(!p.is_prefix());
     assert_eq!(p, path("/users/:user/posts/:slug"));
     assert!(path("/api/*").is_prefix());
+}
+
+/// A request with no query, headers or body that conditions read.
+struct Nothing;
+
+impl Fields for Nothing {
+    fn get(&self, _: &Field) -> Found<'_> {
+        Found::Absent
+    }
+}
+
+/// A request's query string and JSON body.
+struct Asked {
+    query: &'static str,
+    body: serde_json::Value,
+}
+
+impl Fields for Asked {
+    fn get(&self, field: &Field) -> Found<'_> {
+        match field {
+            Field::Query(name) => query_value(self.query.as_bytes(), name),
+            Field::Body(pointer) => body_value(&self.body, pointer),
+            Field::Header(_) => Found::Absent,
+        }
+    }
+}
+
+#[test]
+fn conditions_pick_among_routes_on_one_path_and_a_value_given_twice_is_ambiguous() {
+    let mut table = RouteTable::default();
+    let when = |field: Field, values: &[&str]| {
+        let mut m = priced("/v1/*");
+        m.when = vec![Condition {
+            field,
+            test: Test::OneOf(values.iter().map(|v| (*v).to_owned()).collect()),
+        }];
+        m
+    };
+    table.push(when(Field::Body("/model".into()), &["large"]), "large");
+    table.push(
+        when(Field::Query("tier".into()), &["gold", "platinum"]),
+        "gold",
+    );
+    table.push(priced("/v1/*"), "default");
+    let look = |query: &'static str, body: serde_json::Value| {
+        let key = RequestKey::new("h", "GET", b"/v1/chat");
+        match table.lookup(&key, &Asked { query, body }) {
+            Lookup::Found(route) => Ok(*route),
+            Lookup::Ambiguous(field) => Err(field.to_string()),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(look("", serde_json::json!({"model": "large"})), Ok("large"));
+    assert_eq!(
+        look("", serde_json::json!({"model": "small"})),
+        Ok("default")
+    );
+    assert_eq!(look("tier=platinum", serde_json::json!({})), Ok("gold"));
+    assert_eq!(look("tier=pl%61tinum", serde_json::json!({})), Ok("gold"));
+    assert_eq!(
+        look("tier=gold&tier=gold", serde_json::json!({})),
+        Ok("gold")
+    );
+    assert_eq!(
+        look("tier=free&tier=gold", serde_json::json!({})),
+        Err("query parameter `tier`".to_owned())
+    );
+    assert!(table.reads_body(&RequestKey::new("h", "GET", b"/v1/chat")));
+    assert!(!table.reads_body(&RequestKey::new("h", "GET", b"/v2/chat")));
+}
+
+#[test]
+fn a_body_field_reads_strings_numbers_and_booleans_as_json_writes_them() {
+    let body = serde_json::json!({"model": "m", "n": 3, "stream": true, "o": {"k": null}});
+    assert_eq!(body_value(&body, "/model"), Found::Value("m".into()));
+    assert_eq!(body_value(&body, "/n"), Found::Value("3".into()));
+    assert_eq!(body_value(&body, "/stream"), Found::Value("true".into()));
+    assert_eq!(body_value(&body, "/o/k"), Found::Absent);
+    assert_eq!(body_value(&body, "/o"), Found::Absent);
+    assert_eq!(body_value(&body, "/missing"), Found::Absent);
+}
+
+#[test]
+fn a_conditioned_route_never_hides_the_routes_after_it() {
+    let mut conditioned = priced("/*");
+    conditioned.when = vec![Condition {
+        field: Field::Header("x-plan".into()),
+        test: Test::Present,
+    }];
+    assert!(!conditioned.takes_all_of(&priced("/a")));
+    assert!(priced("/*").takes_all_of(&priced("/a")));
 }

@@ -82,6 +82,82 @@ pub struct Route {
     /// Default: not listed.
     #[serde(default)]
     pub discovery: Option<DiscoverySetting>,
+    /// What the request must also carry for the route to match, each condition holding:
+    /// `query` and `headers` (name → value), `body` (JSON Pointer into a JSON body, e.g.
+    /// `/model` → value). A value is one value, a list of them, or `"*"` (any value). A
+    /// request that gives one of them twice with different values is refused (400). A body
+    /// field is read only from a JSON body with a `Content-Length` up to
+    /// `levy.body_peek_bytes`; otherwise the condition does not hold. Default: none.
+    #[serde(default, rename = "match")]
+    pub when: Option<RouteMatch>,
+    /// Prices the route by one value of the request: `{query: name}`, `{header: name}` or
+    /// `{body: /json/pointer}`, with `prices: {value: price}` (`"$0.05"`, or atomic units).
+    /// The route's `price` or `amount` is the price of every other value (and of a body
+    /// that cannot be read); without one, such a request gets a 402 that names the value
+    /// and the priced ones. Default: one price.
+    #[serde(default)]
+    pub price_by: Option<PriceBy>,
+}
+
+/// `match:` of a route.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Query parameter name → value(s), compared after decoding.
+    #[serde(default)]
+    pub query: BTreeMap<String, MatchValue>,
+    /// Header name (any case) → value(s).
+    #[serde(default)]
+    pub headers: BTreeMap<String, MatchValue>,
+    /// JSON Pointer → value(s): a string's text, a number or boolean as written.
+    #[serde(default)]
+    pub body: BTreeMap<String, MatchValue>,
+}
+
+/// One value, a list of values, or `"*"` for any.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum MatchValue {
+    One(Scalar),
+    Many(Vec<Scalar>),
+}
+
+/// A value a condition compares with.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Scalar {
+    Flag(bool),
+    Integer(i64),
+    Text(String),
+}
+
+impl Scalar {
+    /// As the request's value is compared: text, or the number or boolean as JSON writes
+    /// it.
+    pub fn text(&self) -> String {
+        match self {
+            Scalar::Flag(b) => b.to_string(),
+            Scalar::Integer(n) => n.to_string(),
+            Scalar::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// `price_by:` of a route: where the value is read, and its prices.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceBy {
+    /// A query parameter's name.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// A header's name.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A JSON Pointer into a JSON body, e.g. `/model`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Value → price (`"$0.05"`, or atomic units as a string). Required, not empty.
+    pub prices: BTreeMap<String, String>,
 }
 
 /// `discovery: true`, or the route's input, output and service metadata.
