@@ -200,6 +200,9 @@ pub struct Paywall {
     pub metered: Option<Metered>,
     /// What one payment buys on a bundle route, drawn on with `sign-in-with-x` proofs.
     pub bundle: Option<crate::session::Quota>,
+    /// `on_unauthorized: challenge`: a request without a payment is forwarded, and an
+    /// origin answer with one of these statuses is replaced by the 402.
+    pub challenge_on: Option<Vec<u16>>,
 }
 
 impl Paywall {

@@ -163,6 +163,21 @@ impl LevyProxy {
     fn metrics_of(ctx: &RequestCtx) -> Option<&RouteMetrics> {
         ctx.live.metrics_of(ctx.route.as_ref())
     }
+
+    /// Whether the origin answered a request forwarded without a payment with one of the
+    /// route's "unauthorized" statuses (`on_unauthorized: challenge`).
+    fn origin_wants_credentials(&self, response: &ResponseHeader, ctx: &RequestCtx) -> bool {
+        let Some(route) = ctx.route.as_deref() else {
+            return false;
+        };
+        let Access::Priced(paywall) = &route.access else {
+            return false;
+        };
+        paywall
+            .challenge_on
+            .as_ref()
+            .is_some_and(|statuses| statuses.contains(&response.status.as_u16()))
+    }
 }
 
 #[async_trait]
@@ -183,6 +198,7 @@ impl ProxyHttp for LevyProxy {
             served_before: None,
             body_watch: None,
             peek: fields::Peek::NotRead,
+            unpaid: false,
         }
     }
 
@@ -401,6 +417,14 @@ impl ProxyHttp for LevyProxy {
             // bought).
             return Ok(());
         }
+        if ctx.unpaid && self.origin_wants_credentials(upstream_response, ctx) {
+            let reply = self.rescue(session, ctx, answer::Answer::PAYMENT_REQUIRED);
+            ctx.failure_reply = Some(reply);
+            return Err(Error::explain(
+                ErrorType::Custom(headers::CHALLENGED),
+                headers::CHALLENGED,
+            ));
+        }
         if ctx.tender.outcome() != Outcome::Shadowed {
             ctx.tender.end(Outcome::Forwarded);
         }
@@ -516,7 +540,10 @@ impl ProxyHttp for LevyProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
-        *error.etype() == ErrorType::Custom(METERED_END)
+        matches!(
+            error.etype(),
+            ErrorType::Custom(METERED_END | headers::CHALLENGED)
+        )
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

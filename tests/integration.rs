@@ -9,6 +9,7 @@ mod a_priced_route_answers_with_a_402_challenge;
 mod a_reload_changes_prices_without_dropping_requests;
 mod a_retried_payment_is_charged_once;
 mod agents_find_priced_routes_from_the_price_table;
+mod an_api_s_keyed_customers_pass_and_keyless_agents_pay;
 mod an_upgrade_under_paid_load_loses_no_request_and_no_payment;
 mod channels_refund_what_was_not_spent;
 mod channels_sell_many_calls_per_deposit;

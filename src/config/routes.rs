@@ -96,6 +96,7 @@ pub(super) fn build_route(
                 matches!(route.discovery, Some(schema::DiscoverySetting::On(_))),
             ),
             ("price_by", route.price_by.is_some()),
+            ("on_unauthorized", route.on_unauthorized.is_some()),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
@@ -473,7 +474,42 @@ pub(super) fn paywall(
             rates,
         }),
         bundle: bundle.map(|(quota, _)| quota),
+        challenge_on: challenge_on(path, route)?,
     })
+}
+
+/// The origin statuses that become the 402 on an `on_unauthorized: challenge` route.
+fn challenge_on(path: &str, route: &schema::Route) -> Result<Option<Vec<u16>>, ConfigError> {
+    let statuses = route.unauthorized_statuses.as_ref();
+    if route.on_unauthorized.is_none() {
+        return match statuses {
+            Some(_) => Err(invalid(
+                path.key("unauthorized_statuses"),
+                "only with `on_unauthorized: challenge`",
+            )),
+            None => Ok(None),
+        };
+    }
+    let statuses = statuses.cloned().unwrap_or_else(|| vec![401]);
+    if statuses.is_empty() {
+        return Err(invalid(
+            path.key("unauthorized_statuses"),
+            "list at least one status",
+        ));
+    }
+    if let Some(s) = statuses.iter().find(|s| !(400..=499).contains(*s)) {
+        return Err(invalid(
+            path.key("unauthorized_statuses"),
+            format!("{s} is not a 4xx status"),
+        ));
+    }
+    if route.bundle.is_some() {
+        return Err(invalid(
+            path.key("on_unauthorized"),
+            "not allowed with `bundle`, whose calls are drawn without a payment",
+        ));
+    }
+    Ok(Some(statuses))
 }
 
 /// The paywall page's look for a route: its own keys over `levy.paywall`'s; `None` when

@@ -1178,3 +1178,28 @@ fn a_price_table_is_one_entry_per_value_before_the_route_s_own() {
         ]
     );
 }
+
+#[test]
+fn on_unauthorized_names_the_key_and_the_problem() {
+    assert_error(
+        &yaml(&priced("      unauthorized_statuses: [401]\n"), ""),
+        "levy.routes[0].unauthorized_statuses: only with `on_unauthorized: challenge`",
+    );
+    assert_error(
+        &yaml(
+            &priced("      on_unauthorized: challenge\n      unauthorized_statuses: [500]\n"),
+            "",
+        ),
+        "levy.routes[0].unauthorized_statuses: 500 is not a 4xx status",
+    );
+    assert_error(
+        &yaml(
+            &route("      free: true\n      on_unauthorized: challenge\n"),
+            "",
+        ),
+        "levy.routes[0].on_unauthorized: not allowed on a free route",
+    );
+    let config =
+        Config::from_yaml(&yaml(&priced("      on_unauthorized: challenge\n"), "")).expect("valid");
+    assert_eq!(only_paywall(&config).challenge_on, Some(vec![401]));
+}

@@ -56,9 +56,14 @@ pub(super) fn make_private(response: &mut ResponseHeader) -> pingora::Result<()>
 }
 
 /// Maps a proxy failure to what the client is told.
+/// levy replaced the origin's "unauthorized" answer with the route's 402
+/// (`on_unauthorized: challenge`).
+pub(super) const CHALLENGED: &str = "the origin asked for credentials: answered with the 402";
+
 pub(super) fn classify(e: &Error) -> (Outcome, u16, &'static str) {
     use pingora::ErrorType::*;
     match e.etype() {
+        Custom(CHALLENGED) => (Outcome::PaymentRequired, 402, "payment required"),
         // levy ended a metered response itself: it was served.
         Custom(super::metering::METERED_END) => (Outcome::Forwarded, 0, ""),
         HTTPStatus(402) => (Outcome::PaymentRejected, 402, "payment refused"),

@@ -136,6 +136,10 @@ impl LevyProxy {
                 match self.tender_payment(session, paywall, ctx) {
                     Ok(Tendered::Reserved) => Decision::Admit,
                     Ok(Tendered::Again) => Decision::Forward,
+                    Ok(Tendered::Unpaid) => {
+                        ctx.unpaid = true;
+                        Decision::Forward
+                    }
                     Err(answer) => Decision::Answer(answer),
                 }
             }
@@ -171,6 +175,9 @@ impl LevyProxy {
             }
         }
         let Some(header) = payment else {
+            if paywall.challenge_on.is_some() {
+                return Ok(Tendered::Unpaid);
+            }
             return Err(Answer::PAYMENT_REQUIRED);
         };
         match self.check_channel_payment(header.as_bytes(), paywall, ctx) {
@@ -561,6 +568,9 @@ pub(super) enum Tendered {
     Reserved,
     /// A retry of a payment already served: forward it again, uncharged.
     Again,
+    /// No payment, on a route that lets the origin decide (`on_unauthorized: challenge`):
+    /// forwarded; the origin's "unauthorized" answer becomes the 402.
+    Unpaid,
 }
 
 /// What [`LevyProxy::accept_payment`] accepted.

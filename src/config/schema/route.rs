@@ -97,6 +97,25 @@ pub struct Route {
     /// and the priced ones. Default: one price.
     #[serde(default)]
     pub price_by: Option<PriceBy>,
+    /// `challenge`: a request without a payment is forwarded as it is, so the origin's own
+    /// customers (API keys, sessions) pass untouched; when the origin answers one of
+    /// `unauthorized_statuses`, levy answers the route's 402 instead. A paid request is
+    /// forwarded with the payer headers, which the origin should accept in place of a key.
+    /// Default: every request without a payment gets the 402.
+    #[serde(default)]
+    pub on_unauthorized: Option<OnUnauthorized>,
+    /// The origin's answers that mean "no credentials" under `on_unauthorized: challenge`.
+    /// Default: `[401]`.
+    #[serde(default)]
+    pub unauthorized_statuses: Option<Vec<u16>>,
+}
+
+/// What levy does with a request without a payment on a route with `on_unauthorized`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnauthorized {
+    /// Forward it; replace the origin's "unauthorized" answer with the 402.
+    Challenge,
 }
 
 /// `match:` of a route.
