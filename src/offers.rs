@@ -4,6 +4,8 @@
 //! (ES256K) whose `kid` names the key in levy's `did:web` document. Pure: the key is given,
 //! nothing here reads files or the network.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy_primitives::{keccak256, Address, B256, U256};
@@ -14,6 +16,7 @@ use secp256k1::{Message, PublicKey, SecretKey, SECP256K1};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+use crate::sync::lock;
 use crate::x402::PaymentRequirementsV2;
 
 /// The extension's key in `extensions`.
@@ -83,7 +86,22 @@ pub struct Issuer {
     format: Format,
     /// How long a signed offer stays valid; `None`: each requirement's `maxTimeoutSeconds`.
     validity: Option<Duration>,
+    /// Offers signed lately, given again while most of their validity is left.
+    signed: Arc<Mutex<HashMap<OfferKey, Signed>>>,
 }
+
+/// Which offers: the route's (by the caller's number for it), for a resource URL, under
+/// a `did:web`.
+type OfferKey = (usize, String, String);
+
+/// A signed `offer-receipt` extension and until when it is given again (unix seconds).
+struct Signed {
+    reuse_until: u64,
+    extension: Arc<str>,
+}
+
+/// The most signed offers kept for reuse; past it they are all dropped and signed again.
+const SIGNED_OFFERS_KEPT: usize = 10_000;
 
 impl std::fmt::Debug for Issuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +126,7 @@ impl Issuer {
             key,
             format,
             validity,
+            signed: Arc::default(),
         })
     }
 
@@ -133,6 +152,47 @@ impl Issuer {
 
     fn public_key(&self) -> PublicKey {
         PublicKey::from_secret_key(SECP256K1, &self.key)
+    }
+
+    /// [`Issuer::offers`] as JSON text, signed again only once a quarter of the offers'
+    /// validity has passed since they were signed: a 402 costs a signature per
+    /// `accepts` entry otherwise (five times the CPU of one without offers). `route` tells
+    /// the caller's routes apart (their `accepts` differ).
+    pub fn offers_text(
+        &self,
+        route: usize,
+        did: &str,
+        resource_url: &str,
+        accepts: &[PaymentRequirementsV2],
+        now: u64,
+    ) -> Arc<str> {
+        let key = (route, did.to_owned(), resource_url.to_owned());
+        if let Some(signed) = lock(&self.signed).get(&key) {
+            if now < signed.reuse_until {
+                return Arc::clone(&signed.extension);
+            }
+        }
+        let shortest = accepts
+            .iter()
+            .map(|a| self.validity.map_or(a.max_timeout_seconds, |v| v.as_secs()))
+            .min()
+            .unwrap_or(0);
+        let extension: Arc<str> = self
+            .offers(did, resource_url, accepts, now)
+            .to_string()
+            .into();
+        let mut signed = lock(&self.signed);
+        if signed.len() >= SIGNED_OFFERS_KEPT {
+            signed.clear();
+        }
+        signed.insert(
+            key,
+            Signed {
+                reuse_until: now + shortest / 4,
+                extension: Arc::clone(&extension),
+            },
+        );
+        extension
     }
 
     /// The `offer-receipt` extension of a 402 for `resource_url`: one signed offer per
@@ -395,6 +455,38 @@ mod tests {
             .recover_address_from_prehash(&typed.eip712_signing_hash(&receipt_domain()))
             .expect("recover");
         assert_eq!(recovered, issuer.address());
+    }
+
+    #[test]
+    fn signed_offers_are_given_again_until_a_quarter_of_their_validity_has_passed() {
+        let issuer = Issuer::from_hex(KEY, Format::Eip712, None).expect("key");
+        let accepts = [PaymentRequirementsV2 {
+            scheme: "exact".into(),
+            network: "eip155:8453".into(),
+            amount: "1000".into(),
+            asset: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
+            pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".into(),
+            max_timeout_seconds: 300,
+            extra: serde_json::Map::new(),
+        }];
+        let offer = |route: usize, url: &str, now: u64| {
+            issuer.offers_text(route, "did:web:x", url, &accepts, now)
+        };
+        let first = offer(1, "https://x/a", 1_000);
+        assert_eq!(
+            offer(1, "https://x/a", 1_074),
+            first,
+            "within 300 / 4 seconds"
+        );
+        assert_ne!(offer(1, "https://x/b", 1_000), first, "another resource");
+        assert_ne!(offer(2, "https://x/a", 1_010), first, "another route");
+        let later = offer(1, "https://x/a", 1_075);
+        assert_ne!(later, first, "signed again");
+        let valid_until = |text: &str| {
+            let v: Value = serde_json::from_str(text).expect("json");
+            v["info"]["offers"][0]["payload"]["validUntil"].clone()
+        };
+        assert_eq!(valid_until(&later), json!(1_375));
     }
 
     #[test]

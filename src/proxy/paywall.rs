@@ -448,7 +448,8 @@ impl LevyProxy {
     ) -> Vec<(&'static str, String)> {
         let mut extensions = Vec::new();
         if let (Some(issuer), Some(terms)) = (&config.offers, terms) {
-            let offers = issuer.offers(
+            let offers = issuer.offers_text(
+                std::ptr::from_ref(paywall) as usize,
                 &terms.did,
                 &terms.resource_url,
                 paywall.challenge.accepts_v2(),
