@@ -479,18 +479,22 @@ pub enum Lookup<'t, T> {
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
     entries: Vec<(Matcher, T)>,
+    /// Whether any route has a condition on a body field.
+    reads_bodies: bool,
 }
 
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
+            reads_bodies: false,
         }
     }
 }
 
 impl<T> RouteTable<T> {
     pub fn push(&mut self, matcher: Matcher, route: T) {
+        self.reads_bodies |= matcher.when.iter().any(|c| c.field.in_body());
         self.entries.push((matcher, route));
     }
 
@@ -528,10 +532,18 @@ impl<T> RouteTable<T> {
         Lookup::NotFound
     }
 
+    /// Whether any route has a condition on a body field.
+    pub fn reads_bodies(&self) -> bool {
+        self.reads_bodies
+    }
+
     /// Whether looking the request up may read its body: a route that matches its host,
     /// method and path has a condition on a body field, before one that takes it whatever
     /// it carries.
     pub fn reads_body(&self, request: &RequestKey<'_>) -> bool {
+        if !self.reads_bodies {
+            return false;
+        }
         for (matcher, _) in &self.entries {
             if !matcher.matches(request) {
                 continue;

@@ -69,6 +69,9 @@ pub(super) async fn peek(
     limit: usize,
     routes: &RouteTable<Arc<Route>>,
 ) -> pingora::Result<Peek> {
+    if !routes.reads_bodies() {
+        return Ok(Peek::NotRead);
+    }
     let req = session.req_header();
     let Ok((host, path)) = routable(req) else {
         return Ok(Peek::NotRead);
