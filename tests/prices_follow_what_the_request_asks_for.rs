@@ -217,7 +217,7 @@ fn levy_check_prints_each_value_s_price() {
         "/v1/chat if body field `/model` = large",
         "/v1/chat if body field `/model` = small",
         "/v1/chat if body field `/model` not listed",
-        "/data/* if query format = csv",
+        "/data/* if query parameter `format` = csv",
     ] {
         assert!(stdout.contains(line), "{line}:\n{stdout}");
     }

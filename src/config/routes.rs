@@ -191,12 +191,12 @@ fn describe_when(when: Option<&schema::RouteMatch>) -> String {
     };
     let mut parts = Vec::new();
     for (kind, entries) in [
-        ("query", &when.query),
+        ("query parameter", &when.query),
         ("header", &when.headers),
-        ("body", &when.body),
+        ("body field", &when.body),
     ] {
         for (name, value) in entries {
-            parts.push(format!("{kind} {name} = {}", show(value)));
+            parts.push(format!("{kind} `{name}` = {}", show(value)));
         }
     }
     parts.join(", ")
