@@ -3,6 +3,7 @@
 //! levy uses. Every error names the YAML path of the offending key and the problem.
 
 mod alerts;
+mod api_keys;
 mod builtin;
 mod checks;
 mod conditions;
@@ -18,6 +19,7 @@ mod settlement;
 mod upstreams;
 
 pub use crate::tls::CertificateFiles;
+pub use api_keys::{key_line, ApiKey, ApiKeys};
 use checks::{address, check_url, invalid, positive, YamlPath};
 pub use discovery::Documents;
 pub use listeners::{AdminToken, Listeners, TlsListener};
@@ -93,6 +95,8 @@ pub struct Config {
     pub max_request_header_bytes: usize,
     /// The largest JSON body read to match or price a route on one of its fields.
     pub body_peek_bytes: usize,
+    /// The API keys routes with `api_keys:` let in.
+    pub api_keys: Option<ApiKeys>,
     /// How long one write to a client may wait for it to read before the connection closes.
     pub client_write_timeout: Duration,
     /// Time rules for payment authorizations.
@@ -121,11 +125,12 @@ pub struct PayerHeaders {
     pub payer: HeaderName,
     pub amount: HeaderName,
     pub payment_id: HeaderName,
+    pub key_id: HeaderName,
 }
 
 impl PayerHeaders {
-    pub fn all(&self) -> [&HeaderName; 3] {
-        [&self.payer, &self.amount, &self.payment_id]
+    pub fn all(&self) -> [&HeaderName; 4] {
+        [&self.payer, &self.amount, &self.payment_id, &self.key_id]
     }
 }
 
@@ -159,6 +164,9 @@ pub struct Route {
     /// Its conditions on the request (`match:`, and the value of a `price_by` entry), for
     /// display; empty when it has none.
     pub when_text: String,
+    /// An entry for holders of an API key (`api_keys:`): forwarded with the key's id and
+    /// without the key.
+    pub keyed: bool,
     pub upstream: Arc<Upstream>,
     pub access: Access,
 }
@@ -412,6 +420,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
     };
     let mut routes: RouteTable<Arc<Route>> = RouteTable::default();
     let payment_identifier = levy.payments.payment_identifier;
+    let api_keys = levy.api_keys.as_ref().map(api_keys::load).transpose()?;
     // A facilitator settles each payment itself: the 402 asks it, through the client, to
     // attribute the transaction with the operator's builder code.
     let builder_code = levy
@@ -457,6 +466,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
                 discovery: &levy.discovery,
                 payment_identifier,
                 builder_code: builder_code.as_ref(),
+                api_keys: api_keys.is_some(),
             },
         )?;
         for (mut matcher, mut route) in entries {
@@ -617,6 +627,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         access_log: levy.access_log,
         max_request_header_bytes: levy.max_request_header_bytes,
         body_peek_bytes: conditions::body_peek_bytes(levy.body_peek_bytes)?,
+        api_keys,
         client_write_timeout: Duration::from_millis(levy.client_write_timeout_ms),
         policy,
         payer_headers,
@@ -693,12 +704,17 @@ fn payer_headers(names: &schema::PayerHeaders) -> Result<PayerHeaders, ConfigErr
         payer: parse("payer", &names.payer)?,
         amount: parse("amount", &names.amount)?,
         payment_id: parse("payment_id", &names.payment_id)?,
+        key_id: parse("key_id", &names.key_id)?,
     };
-    let [a, b, c] = headers.all();
-    if a == b || b == c || a == c {
+    let all = headers.all();
+    if all
+        .iter()
+        .enumerate()
+        .any(|(i, a)| all[i + 1..].contains(a))
+    {
         return Err(invalid(
             "levy.payments.headers",
-            "the three header names must differ",
+            "the header names must differ",
         ));
     }
     for name in headers.all() {

@@ -51,6 +51,15 @@ enum Command {
         #[arg(long, default_value_t = levy::x402::UPTO_PROXY_ADDRESS)]
         proxy: alloy_primitives::Address,
     },
+    /// Make a new API key for `levy.api_keys`: prints the key (give it to its holder) and
+    /// the line to list it with (only its hash).
+    ApiKey {
+        /// The key's id, sent to the origin with each request it lets in.
+        id: String,
+        /// Its tier (what routes' `api_keys:` price it at). Default: `default`.
+        #[arg(long)]
+        tier: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +89,22 @@ fn main() -> ExitCode {
             key_env,
             proxy,
         }) => deploy_batcher(&rpc_url, &key_env, proxy),
+        Some(Command::ApiKey { id, tier }) => {
+            if id.is_empty() || id.chars().any(char::is_whitespace) {
+                eprintln!("an API key's id is one word");
+                return ExitCode::FAILURE;
+            }
+            let key = format!(
+                "lvk_{}",
+                alloy_primitives::hex::encode(alloy_primitives::B256::random())
+            );
+            println!("key:  {key}");
+            println!(
+                "line: {}",
+                levy::config::key_line(&id, &key, tier.as_deref())
+            );
+            ExitCode::SUCCESS
+        }
         None => run(cli.pingora),
     }
 }

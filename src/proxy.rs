@@ -199,6 +199,7 @@ impl ProxyHttp for LevyProxy {
             body_watch: None,
             peek: fields::Peek::NotRead,
             unpaid: false,
+            key_id: None,
         }
     }
 
@@ -323,6 +324,13 @@ impl ProxyHttp for LevyProxy {
             for name in spoofed {
                 upstream_request.remove_header(&name);
             }
+        }
+        if let Some(id) = &ctx.key_id {
+            // The key is levy's, not the origin's: the origin learns whose it was.
+            if let Some(keys) = &ctx.live.config.api_keys {
+                upstream_request.remove_header(&keys.header);
+            }
+            upstream_request.insert_header(names.key_id.clone(), id.as_str())?;
         }
         if let Some(paid) = ctx.forwarded_payment() {
             upstream_request

@@ -96,3 +96,70 @@ fn a_keyed_request_passes_untouched_a_keyless_one_gets_the_402_and_the_official_
     // The keyless call's and the client's first, unpaid, try.
     levy.metric_reaches("levy_challenges_total{route=\"keyed\"}", 2);
 }
+
+/// A `levy api-key` line for `id`'s key `key` in `tier`.
+fn key_line(id: &str, key: &str, tier: Option<&str>) -> String {
+    levy::config::key_line(id, key, tier)
+}
+
+#[test]
+fn levy_s_own_api_keys_pass_free_or_at_their_tier_s_price_and_a_key_removed_by_reload_stops_working(
+) {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!(
+            "key={:?} auth={:?}",
+            seen.header("x-levy-key-id"),
+            seen.header("authorization")
+        ))
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("api-keys");
+    let listed = |lines: &[String]| std::fs::write(&keys, lines.join("\n")).expect("keys");
+    listed(&[
+        key_line("alice", "k-alice", None),
+        key_line("bob", "k-bob", Some("partner")),
+    ]);
+    let (config, addr, admin) = crate::support::process::process_config(
+        dir.path(),
+        &format!(
+            "{}  pay_to: \"{PAY_TO}\"\n  api_keys:\n    file: {}\n  routes:\n    \
+             - name: keys\n      path: /api/*\n      price: \"$0.01\"\n      accepts: [{{network: base-sepolia}}]\n      \
+               api_keys: {{default: free, partner: \"$0.001\"}}\n",
+            upstream_yaml(origin.addr),
+            keys.display()
+        ),
+    );
+    let _levy = crate::support::process::spawn_levy(&config);
+    crate::support::process::wait_listening(addr);
+    crate::support::process::wait_listening(admin);
+    let get = |auth: &str| {
+        request(
+            addr,
+            &format!("GET /api/x HTTP/1.1\r\nHost: levy.test\r\n{auth}\r\n"),
+        )
+    };
+
+    // A listed key in a free tier: served, the origin told whose key, not the key itself;
+    // a client cannot name a key id itself.
+    let alice = get("Authorization: Bearer k-alice\r\nX-Levy-Key-Id: mallory\r\n");
+    assert_eq!(alice.status, 200, "{}", alice.text());
+    assert_eq!(alice.text(), r#"key=Some("alice") auth=None"#);
+    // A key in a priced tier pays the tier's price; an unknown key, the route's.
+    let price = |r: &crate::support::Response| {
+        assert_eq!(r.status, 402, "{}", r.text());
+        decode(r.header("payment-required").expect("402"))["accepts"][0]["amount"].clone()
+    };
+    assert_eq!(price(&get("Authorization: Bearer k-bob\r\n")), "1000");
+    assert_eq!(price(&get("Authorization: Bearer k-carol\r\n")), "10000");
+    assert_eq!(price(&get("X-Levy-Key-Id: alice\r\n")), "10000");
+
+    // alice's key is removed; a reload takes it away from the next request on.
+    listed(&[key_line("bob", "k-bob", Some("partner"))]);
+    let reload = request(
+        admin,
+        "POST /reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert_eq!(price(&get("Authorization: Bearer k-alice\r\n")), "10000");
+    assert_eq!(origin.seen().len(), 1);
+}

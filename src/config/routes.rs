@@ -15,7 +15,7 @@ use crate::meter::{Rates, Unit};
 use crate::pricing::challenge::Challenge;
 use crate::pricing::paywall::{Look, WalletPage};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
-use crate::routing::{Condition, HostPattern, Matcher, MethodSet, PathPattern, Test};
+use crate::routing::{Condition, Field, HostPattern, Matcher, MethodSet, PathPattern, Test};
 use crate::session::Quota;
 use crate::ConfigError;
 
@@ -97,6 +97,7 @@ pub(super) fn build_route(
             ),
             ("price_by", route.price_by.is_some()),
             ("on_unauthorized", route.on_unauthorized.is_some()),
+            ("api_keys", route.api_keys.is_some()),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
@@ -134,14 +135,67 @@ pub(super) fn build_route(
                 host_text: route.host.clone().unwrap_or_else(|| "*".into()),
                 path_text: route.path.clone(),
                 when_text,
+                keyed: false,
                 upstream: Arc::clone(&upstream),
                 access,
             },
         )
     };
+    let mut entries = Vec::new();
+    // Holders of a known API key first: one entry per tier (or one for every key).
+    if let Some(access) = &route.api_keys {
+        let at = path.key("api_keys");
+        if !defaults.api_keys {
+            return Err(invalid(at, "needs `levy.api_keys`, the keys to let in"));
+        }
+        let tiers: Vec<(Test, String, &String)> = match access {
+            schema::KeyAccess::Every(price) => vec![(Test::Present, "any API key".into(), price)],
+            schema::KeyAccess::Tiers(tiers) if tiers.is_empty() => {
+                return Err(invalid(at, "list at least one tier"))
+            }
+            schema::KeyAccess::Tiers(tiers) => tiers
+                .iter()
+                .map(|(tier, price)| {
+                    (
+                        Test::OneOf(vec![tier.clone()]),
+                        format!("API key tier {tier}"),
+                        price,
+                    )
+                })
+                .collect(),
+        };
+        for (test, text, price) in tiers {
+            let access = if price == "free" {
+                Access::Free
+            } else {
+                let price = parse_price(&at, price)?;
+                Access::Priced(Box::new(paywall(
+                    path,
+                    route,
+                    networks,
+                    assets,
+                    defaults,
+                    Some(price),
+                )?))
+            };
+            let mut matcher = matcher.clone();
+            matcher.when.push(Condition {
+                field: Field::ApiKey,
+                test,
+            });
+            let text = [when_text.as_str(), &text]
+                .iter()
+                .filter(|t| !t.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let (matcher, mut keyed) = entry(matcher, text, access);
+            keyed.keyed = true;
+            entries.push((matcher, keyed));
+        }
+    }
     // A price table is one entry per value, each with its own price, before the route's
     // own entry (its default price, or the 402 that names an unpriced value).
-    let mut entries = Vec::new();
     if let Some((field, by)) = &price_by {
         for (value, text) in &by.prices {
             let at = path.key("price_by").key("prices").key(value);
@@ -627,6 +681,8 @@ pub(super) struct Defaults<'a> {
     pub payment_identifier: bool,
     /// The `builder-code` declaration challenges carry (facilitator mode).
     pub builder_code: Option<&'a serde_json::Value>,
+    /// Whether `levy.api_keys` lists keys.
+    pub api_keys: bool,
 }
 
 /// What a priced route offers per accepted pair.

@@ -97,6 +97,9 @@ pub struct Levy {
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// API keys levy knows, for routes with `api_keys:`. Default: none.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeys>,
     /// The largest JSON body levy reads to match or price a route on one of its fields
     /// (`match.body`, `price_by.body`); the body is forwarded unchanged. At most 65536.
     /// Default: 16384.
@@ -642,6 +645,9 @@ pub struct PayerHeaders {
     /// Carries levy's id for the payment (`pay_` + 12 hex digits of the acceptance time in
     /// ms + 20 of a hash of the authorization). Default: `X-Levy-Payment-Id`.
     pub payment_id: String,
+    /// Carries the id of the API key a request was let in with (`api_keys`). Default:
+    /// `X-Levy-Key-Id`.
+    pub key_id: String,
 }
 
 impl Default for PayerHeaders {
@@ -650,6 +656,7 @@ impl Default for PayerHeaders {
             payer: "X-Levy-Payer".into(),
             amount: "X-Levy-Amount".into(),
             payment_id: "X-Levy-Payment-Id".into(),
+            key_id: "X-Levy-Key-Id".into(),
         }
     }
 }
@@ -761,4 +768,27 @@ fn default_max_claims() -> usize {
 }
 fn default_asset() -> String {
     "usdc".to_owned()
+}
+
+/// `levy.api_keys`: where the keys are listed and where requests carry them. A list has
+/// one key per line, `<id> <SHA-256 of the key, hex> [tier]` (`#` starts a comment), so
+/// the keys themselves are never stored; `levy api-key <id>` makes a key and its line.
+/// Read at start and at every reload.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeys {
+    /// A file of key lines.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// An environment variable holding key lines (newline or `;` separated).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Where a request carries its key: `authorization` (`Authorization: Bearer <key>`) or
+    /// the name of a header holding the key alone (`x-api-key`). Default: `authorization`.
+    #[serde(default = "default_key_header")]
+    pub header: String,
+}
+
+fn default_key_header() -> String {
+    "authorization".into()
 }

@@ -522,7 +522,7 @@ fn bad_payer_header_names_are_refused() {
             &priced(""),
             "  payments:\n    headers: {payer: X-A, amount: x-a}\n",
         ),
-        "levy.payments.headers: the three header names must differ",
+        "levy.payments.headers: the header names must differ",
     );
     assert_error(
         &yaml(&priced(""), "  payments:\n    headers: {payer: Host}\n"),
@@ -1202,4 +1202,30 @@ fn on_unauthorized_names_the_key_and_the_problem() {
     let config =
         Config::from_yaml(&yaml(&priced("      on_unauthorized: challenge\n"), "")).expect("valid");
     assert_eq!(only_paywall(&config).challenge_on, Some(vec![401]));
+}
+
+#[test]
+fn api_keys_name_the_key_and_the_problem() {
+    assert_error(
+        &yaml(&priced("      api_keys: free\n"), ""),
+        "levy.routes[0].api_keys: needs `levy.api_keys`, the keys to let in",
+    );
+    assert_error(
+        &yaml(&priced(""), "  api_keys: {env: LEVY_TEST_KEYS_NOT_SET}\n"),
+        "levy.api_keys.env: the environment variable `LEVY_TEST_KEYS_NOT_SET` is not set",
+    );
+    assert_error(
+        &yaml(&priced(""), "  api_keys: {}\n"),
+        "levy.api_keys: give `file` or `env`",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "alice nothex\n").expect("write");
+    assert_error(
+        &yaml(
+            &priced(""),
+            &format!("  api_keys: {{file: {}}}\n", file.display()),
+        ),
+        ", line 1: the key's hash must be 64 hex digits (its SHA-256)",
+    );
 }

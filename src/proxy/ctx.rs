@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub(super) served_before: Option<crate::retry::Served>,
     /// The body of a request a payment id is bound to: hashed, or held until matched.
     pub(super) body_watch: Option<super::retry::BodyWatch>,
+    /// The id of the API key the request was let in with (`api_keys`).
+    pub(super) key_id: Option<String>,
     /// Forwarded without a payment for the origin to decide (`on_unauthorized: challenge`).
     pub(super) unpaid: bool,
     /// The JSON body, when a route reads one of its fields.

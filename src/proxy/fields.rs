@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::headers::routable;
-use crate::config::Route;
+use crate::config::{ApiKey, ApiKeys, Route};
 use crate::routing::{body_value, query_value, Field, Fields, Found, RequestKey, RouteTable};
 
 /// The request body as routes see it.
@@ -27,10 +27,19 @@ pub(super) enum Peek {
     Unread,
 }
 
-/// A request's fields: its header and, when read, its body.
+/// A request's fields: its header, when read its body, and the API keys levy knows.
 pub(super) struct RequestFields<'r> {
     pub req: &'r RequestHeader,
     pub body: &'r Peek,
+    pub keys: Option<&'r ApiKeys>,
+}
+
+impl<'r> RequestFields<'r> {
+    /// The listed API key the request carries, if any.
+    pub(super) fn api_key(&self) -> Option<&'r ApiKey> {
+        let keys = self.keys?;
+        keys.find(self.req.headers.get(&keys.header)?.as_bytes())
+    }
 }
 
 impl Fields for RequestFields<'_> {
@@ -53,6 +62,9 @@ impl Fields for RequestFields<'_> {
                     .to_str()
                     .map_or(Found::Absent, |v| Found::Value(Cow::Borrowed(v.trim())))
             }
+            Field::ApiKey => self
+                .api_key()
+                .map_or(Found::Absent, |key| Found::Value(Cow::Borrowed(&key.tier))),
             Field::Body(pointer) => match self.body {
                 Peek::Json(body) => body_value(body, pointer),
                 Peek::NotRead | Peek::Unread => Found::Unread,

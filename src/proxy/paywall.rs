@@ -80,6 +80,7 @@ impl LevyProxy {
         let fields = RequestFields {
             req,
             body: &ctx.peek,
+            keys: config.api_keys.as_ref(),
         };
         let route = match config.routes.lookup(&key, &fields) {
             Lookup::Found(route) => route,
@@ -114,6 +115,9 @@ impl LevyProxy {
                 ));
             }
         };
+        if route.keyed {
+            ctx.key_id = fields.api_key().map(|key| key.id.clone());
+        }
         ctx.route = Some(Arc::clone(route));
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {

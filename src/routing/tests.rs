@@ -248,7 +248,7 @@ impl Fields for Asked {
         match field {
             Field::Query(name) => query_value(self.query.as_bytes(), name),
             Field::Body(pointer) => body_value(&self.body, pointer),
-            Field::Header(_) => Found::Absent,
+            Field::Header(_) | Field::ApiKey => Found::Absent,
         }
     }
 }

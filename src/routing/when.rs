@@ -14,6 +14,8 @@ pub enum Field {
     Header(String),
     /// A field of the JSON body, by JSON Pointer (`/model`, `/options/tier`).
     Body(String),
+    /// The tier of the API key the request carries, when levy knows the key.
+    ApiKey,
 }
 
 impl Field {
@@ -29,6 +31,7 @@ impl std::fmt::Display for Field {
             Field::Query(name) => write!(f, "query parameter `{name}`"),
             Field::Header(name) => write!(f, "header `{name}`"),
             Field::Body(pointer) => write!(f, "body field `{pointer}`"),
+            Field::ApiKey => write!(f, "API key tier"),
         }
     }
 }

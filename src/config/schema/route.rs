@@ -108,6 +108,23 @@ pub struct Route {
     /// Default: `[401]`.
     #[serde(default)]
     pub unauthorized_statuses: Option<Vec<u16>>,
+    /// What holders of the API keys in `levy.api_keys` pay here: `free` (every key), or
+    /// tier → `free` or a price (`{partner: free, trial: "$0.0005"}`; a key without a tier
+    /// is in tier `default`). A keyed request is forwarded with the key's id
+    /// (`X-Levy-Key-Id`) and without the key; a key levy does not know pays the route's
+    /// price. Default: keys change nothing.
+    #[serde(default)]
+    pub api_keys: Option<KeyAccess>,
+}
+
+/// `api_keys:` of a route: one price for every key, or one per tier.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum KeyAccess {
+    /// `free`, or a price for every key.
+    Every(String),
+    /// Tier → `free` or a price.
+    Tiers(BTreeMap<String, String>),
 }
 
 /// What levy does with a request without a payment on a route with `on_unauthorized`.
