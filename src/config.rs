@@ -211,6 +211,10 @@ pub struct Paywall {
     /// `on_unauthorized: challenge`: a request without a payment is forwarded, and an
     /// origin answer with one of these statuses is replaced by the 402.
     pub challenge_on: Option<Vec<u16>>,
+    /// Calls a client address may make without paying.
+    pub free_tier: Option<crate::limits::Allowance>,
+    /// Paid calls a payer may make.
+    pub payer_limit: Option<crate::limits::Allowance>,
 }
 
 impl Paywall {

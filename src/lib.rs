@@ -23,6 +23,7 @@ pub mod channel;
 pub mod client;
 mod clock;
 pub mod config;
+mod limits;
 mod logging;
 mod meter;
 mod metrics;

@@ -11,6 +11,7 @@ mod ctx;
 mod discovery;
 mod fields;
 mod headers;
+mod limits;
 mod metering;
 mod outcome;
 mod paywall;
@@ -109,7 +110,12 @@ pub struct LevyProxy {
     /// What each request's tender is held in and let go against (the replay set, the
     /// channels, the bundles and the audit log).
     holders: Arc<Holders>,
+    /// Free tiers and rate limits, when state is not shared.
+    buckets: Arc<crate::limits::Buckets>,
 }
+
+/// How many allowances (client addresses, payers) are counted at once in this process.
+const BUCKETS_CAPACITY: usize = 100_000;
 
 /// How many payment ids (`payment-identifier`) levy remembers at once.
 const RETRY_CAPACITY: usize = 100_000;
@@ -138,6 +144,7 @@ impl LevyProxy {
             settlement,
             shared,
             holders,
+            buckets: Arc::new(crate::limits::Buckets::new(BUCKETS_CAPACITY)),
         }
     }
 
@@ -221,6 +228,13 @@ impl ProxyHttp for LevyProxy {
             }
             Decision::Admit => match self.admit(session, ctx).await {
                 Ok(()) => return Ok(false),
+                Err(answer) => answer,
+            },
+            Decision::FreeCall => match self.draw_free_call(session, ctx).await {
+                Ok(()) => {
+                    ctx.tender.end(Outcome::Forwarded);
+                    return Ok(false);
+                }
                 Err(answer) => answer,
             },
             Decision::Answer(answer) => answer,

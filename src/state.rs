@@ -1,6 +1,7 @@
 //! State that replicas share (`levy.state.redis`), on Redis: the replay set, exposure, the
 //! payer deny list, the settlement queue (`queue`), channel ledgers (`channels`) and
-//! bundles with their sign-in-with-x nonces (`sessions`), payment ids (`retries`). Each replica keeps its own
+//! bundles with their sign-in-with-x nonces (`sessions`), payment ids (`retries`), free
+//! tiers and rate limits (`limits`). Each replica keeps its own
 //! in-process replay set and journal; Redis decides which replica may take an authorization,
 //! so one payment buys one response however many replicas it is sent to, and sums what every
 //! replica has served unsettled.
@@ -40,6 +41,7 @@ use crate::settle::Unavailable;
 use crate::sync::lock;
 
 mod channels;
+mod limits;
 mod nonces;
 mod publish;
 mod queue;

@@ -15,6 +15,7 @@ mod channels_refund_what_was_not_spent;
 mod channels_sell_many_calls_per_deposit;
 mod charged_payments_settle_on_a_real_chain;
 mod contract_wallets_pay_and_settle;
+mod free_tiers_and_rate_limits_never_punish_payers;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod metered_routes_charge_for_what_was_delivered;
 mod metered_routes_on_channels_earn_what_they_deliver;

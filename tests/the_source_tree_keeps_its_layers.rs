@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "pure core",
         &[
             "pricing", "routing", "meter", "nonce", "verify", "session", "channel", "record",
-            "scheme", "offers", "retry",
+            "scheme", "offers", "retry", "limits",
         ],
     ),
     ("payer", &["client"]),

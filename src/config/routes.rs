@@ -98,6 +98,8 @@ pub(super) fn build_route(
             ("price_by", route.price_by.is_some()),
             ("on_unauthorized", route.on_unauthorized.is_some()),
             ("api_keys", route.api_keys.is_some()),
+            ("free_tier", route.free_tier.is_some()),
+            ("rate_limit", route.rate_limit.is_some()),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
@@ -529,7 +531,29 @@ pub(super) fn paywall(
         }),
         bundle: bundle.map(|(quota, _)| quota),
         challenge_on: challenge_on(path, route)?,
+        free_tier: allowance(&path.key("free_tier"), route.free_tier)?,
+        payer_limit: allowance(&path.key("rate_limit"), route.rate_limit)?,
     })
+}
+
+/// A `{calls, per_seconds}` allowance at `at`, checked.
+fn allowance(
+    at: &str,
+    spec: Option<schema::AllowanceSpec>,
+) -> Result<Option<crate::limits::Allowance>, ConfigError> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    if spec.calls == 0 {
+        return Err(invalid(at.key("calls"), "must be at least 1"));
+    }
+    if spec.per_seconds == 0 {
+        return Err(invalid(at.key("per_seconds"), "must be at least 1"));
+    }
+    Ok(Some(crate::limits::Allowance {
+        calls: spec.calls,
+        per: std::time::Duration::from_secs(spec.per_seconds),
+    }))
 }
 
 /// The origin statuses that become the 402 on an `on_unauthorized: challenge` route.

@@ -1229,3 +1229,28 @@ fn api_keys_name_the_key_and_the_problem() {
         ", line 1: the key's hash must be 64 hex digits (its SHA-256)",
     );
 }
+
+#[test]
+fn allowances_name_the_key_and_the_problem() {
+    assert_error(
+        &yaml(
+            &priced("      free_tier: {calls: 0, per_seconds: 60}\n"),
+            "",
+        ),
+        "levy.routes[0].free_tier.calls: must be at least 1",
+    );
+    assert_error(
+        &yaml(
+            &priced("      rate_limit: {calls: 5, per_seconds: 0}\n"),
+            "",
+        ),
+        "levy.routes[0].rate_limit.per_seconds: must be at least 1",
+    );
+    assert_error(
+        &yaml(
+            &route("      free: true\n      free_tier: {calls: 1, per_seconds: 1}\n"),
+            "",
+        ),
+        "levy.routes[0].free_tier: not allowed on a free route",
+    );
+}

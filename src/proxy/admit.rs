@@ -80,6 +80,7 @@ impl LevyProxy {
         if self.claim_across_replicas(ctx).await? == Claimed::ServedBefore {
             return Ok(());
         }
+        self.within_rate_limit(ctx).await?;
         let Some(settlement) = self.settlement.as_ref() else {
             return Ok(());
         };

@@ -22,6 +22,8 @@ pub(super) enum Decision {
     /// Its payment (a voucher, a proof) passed the inline checks and is held: admission
     /// decides it before it is forwarded.
     Admit,
+    /// No payment, on a route with a free tier: forwarded if its client has calls left.
+    FreeCall,
     /// levy answers it without the origin.
     Answer(Answer),
 }
@@ -55,6 +57,9 @@ pub(super) enum Answer {
     Pending(String),
     /// What the payment draws on is in use by another call: 429, retry when it ends.
     Busy(&'static str),
+    /// The payer has no calls left under the route's rate limit: 429 with `Retry-After`,
+    /// the payment withdrawn (it may be sent again then).
+    Limited { retry_after: u64 },
 }
 
 /// How a refused payment's 402 is written.
@@ -127,7 +132,7 @@ impl Answer {
                 None
             }
             Answer::Refused(reason, _) => Some(Release::Refused(reason)),
-            Answer::Retry { .. } => Some(Release::Withdrawn),
+            Answer::Retry { .. } | Answer::Limited { .. } => Some(Release::Withdrawn),
         }
     }
 
@@ -138,7 +143,7 @@ impl Answer {
             Answer::Challenge { .. } => Outcome::PaymentRequired,
             Answer::Refused(..) => Outcome::PaymentRejected,
             Answer::Retry { .. } | Answer::Pending(_) => Outcome::SettlementUnavailable,
-            Answer::Busy(_) => Outcome::Busy,
+            Answer::Busy(_) | Answer::Limited { .. } => Outcome::Busy,
         }
     }
 }
@@ -222,6 +227,11 @@ impl LevyProxy {
             ) => Reply::text(status, text).header(header::RETRY_AFTER, after),
             (Answer::Pending(id), _) => settlement_pending(&live.config, &id),
             (Answer::Busy(text), _) => Reply::text(429, text).header(header::RETRY_AFTER, "1"),
+            (Answer::Limited { retry_after }, _) => Reply::text(
+                429,
+                "this payer's calls on this route are used up for now; retry later with the same payment",
+            )
+            .header(header::RETRY_AFTER, retry_after.to_string()),
         }
     }
 }

@@ -140,6 +140,7 @@ impl LevyProxy {
                 match self.tender_payment(session, paywall, ctx) {
                     Ok(Tendered::Reserved) => Decision::Admit,
                     Ok(Tendered::Again) => Decision::Forward,
+                    Ok(Tendered::FreeCall) => Decision::FreeCall,
                     Ok(Tendered::Unpaid) => {
                         ctx.unpaid = true;
                         Decision::Forward
@@ -179,6 +180,9 @@ impl LevyProxy {
             }
         }
         let Some(header) = payment else {
+            if paywall.free_tier.is_some() {
+                return Ok(Tendered::FreeCall);
+            }
             if paywall.challenge_on.is_some() {
                 return Ok(Tendered::Unpaid);
             }
@@ -573,6 +577,8 @@ pub(super) enum Tendered {
     Reserved,
     /// A retry of a payment already served: forward it again, uncharged.
     Again,
+    /// No payment, on a route with a free tier: forwarded if its client has calls left.
+    FreeCall,
     /// No payment, on a route that lets the origin decide (`on_unauthorized: challenge`):
     /// forwarded; the origin's "unauthorized" answer becomes the 402.
     Unpaid,

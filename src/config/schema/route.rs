@@ -115,6 +115,27 @@ pub struct Route {
     /// price. Default: keys change nothing.
     #[serde(default)]
     pub api_keys: Option<KeyAccess>,
+    /// Calls one client address may make here without paying, `{calls, per_seconds}`;
+    /// past them it gets the 402, and a paid request is never counted. With
+    /// `levy.state.redis`, replicas share each address's count. Default: none.
+    #[serde(default)]
+    pub free_tier: Option<AllowanceSpec>,
+    /// Paid calls one payer may make here, `{calls, per_seconds}`; past them `429` with
+    /// `Retry-After`, the payment left unused (it may be sent again). A retry of a payment
+    /// levy already served (`payment-identifier`) is never counted. Shared through Redis
+    /// like `free_tier`. Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<AllowanceSpec>,
+}
+
+/// A number of calls, refilled over a period.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowanceSpec {
+    /// How many calls. Required, at least 1.
+    pub calls: u32,
+    /// Over how many seconds they come back. Required, at least 1.
+    pub per_seconds: u64,
 }
 
 /// `api_keys:` of a route: one price for every key, or one per tier.
