@@ -1,10 +1,14 @@
-//! Metering for `upto` routes: what a response delivered (bytes, records, or what the origin
-//! reports) and what that costs. Pure: the proxy feeds it the body as it streams and asks
+//! Metering for `upto` routes: what a response delivered (bytes, records, what the origin
+//! reports, or the tokens an LLM response reports in `usage`) and what that costs. Pure: the proxy feeds it the body as it streams and asks
 //! for the charge when the response ends.
 
 use alloy_primitives::U256;
 
 use crate::pricing::{parse_atomic, Price};
+
+mod usage;
+
+pub use usage::{TokenPrices, UsageScanner};
 
 /// What a metered route counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +21,9 @@ pub enum Unit {
     /// x402's `Settlement-Overrides` (`{"amount": "…"}`: atomic, `$` dollars or `%` of the
     /// ceiling), or any other header carrying a count of units.
     Origin { header: http::HeaderName },
+    /// The tokens an OpenAI-compatible response reports in its `usage` object, priced per
+    /// model for input and output ([`Rates::tokens`]).
+    OpenAiUsage,
 }
 
 impl Unit {
@@ -25,6 +32,7 @@ impl Unit {
             Unit::Bytes { .. } => "bytes",
             Unit::Records => "records",
             Unit::Origin { .. } => "origin",
+            Unit::OpenAiUsage => "openai_usage",
         }
     }
 }
@@ -47,6 +55,8 @@ pub struct Rates {
     /// `origin` units: what a client that left after receiving body bytes, before the origin
     /// reported its usage, is charged (the route's `unreported` share of the ceiling).
     pub unreported: U256,
+    /// `openai_usage`: the model's input and output prices per million tokens.
+    pub tokens: Option<TokenPrices>,
 }
 
 /// How a metered response ended.
@@ -194,6 +204,7 @@ mod tests {
             failure_floor: U256::from(1_000),
             decimals: 6,
             unreported: U256::from(10_000),
+            tokens: None,
         }
     }
 

@@ -52,6 +52,18 @@ pub(super) fn build_route(
         }
     };
     let path_pattern = PathPattern::parse(&route.path).map_err(|e| invalid(path.key("path"), e))?;
+    // An `openai_usage` meter is a table of models, read from the request body.
+    let usage_models = route
+        .meter
+        .as_ref()
+        .filter(|m| m.unit == schema::MeterUnit::OpenaiUsage)
+        .and_then(|m| m.models.as_ref());
+    if usage_models.is_some_and(BTreeMap::is_empty) {
+        return Err(invalid(
+            path.key("meter").key("models"),
+            "list at least one model's prices",
+        ));
+    }
     let price_by = match &route.price_by {
         Some(by) => {
             for (key, set) in [
@@ -107,15 +119,24 @@ pub(super) fn build_route(
         }
         Access::Free
     } else {
-        match &price_by {
-            Some((field, by)) if route.price.is_none() && route.amount.is_none() => {
+        match (&price_by, usage_models) {
+            (Some((field, by)), _) if route.price.is_none() && route.amount.is_none() => {
                 Access::Unpriced(Box::new(super::Unpriced {
                     field: field.clone(),
                     priced: by.prices.keys().cloned().collect(),
                 }))
             }
+            (_, Some(models)) => Access::Unpriced(Box::new(super::Unpriced {
+                field: model_field(),
+                priced: models.keys().cloned().collect(),
+            })),
             _ => Access::Priced(Box::new(paywall(
-                path, route, networks, assets, defaults, None,
+                path,
+                route,
+                networks,
+                assets,
+                defaults,
+                Variant::Own,
             )?)),
         }
     };
@@ -177,7 +198,7 @@ pub(super) fn build_route(
                     networks,
                     assets,
                     defaults,
-                    Some(price),
+                    Variant::Price(price),
                 )?))
             };
             let mut matcher = matcher.clone();
@@ -202,7 +223,14 @@ pub(super) fn build_route(
         for (value, text) in &by.prices {
             let at = path.key("price_by").key("prices").key(value);
             let price = parse_price(&at, text)?;
-            let paywall = paywall(path, route, networks, assets, defaults, Some(price))?;
+            let paywall = paywall(
+                path,
+                route,
+                networks,
+                assets,
+                defaults,
+                Variant::Price(price),
+            )?;
             let mut matcher = matcher.clone();
             matcher.when.push(Condition {
                 field: field.clone(),
@@ -217,8 +245,32 @@ pub(super) fn build_route(
             entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
         }
     }
-    let own_text = match &price_by {
-        Some((field, _)) if !route.free => {
+    if let Some(models) = usage_models {
+        for model in models.keys() {
+            let paywall = paywall(
+                path,
+                route,
+                networks,
+                assets,
+                defaults,
+                Variant::Model(model),
+            )?;
+            let mut matcher = matcher.clone();
+            matcher.when.push(Condition {
+                field: model_field(),
+                test: Test::OneOf(vec![model.clone()]),
+            });
+            let text = format!("{} = {model}", model_field());
+            entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
+        }
+    }
+    let table_field = match (&price_by, usage_models) {
+        (Some((field, _)), _) => Some(field.clone()),
+        (None, Some(_)) => Some(model_field()),
+        (None, None) => None,
+    };
+    let own_text = match &table_field {
+        Some(field) if !route.free => {
             let other = format!("{field} not listed");
             if when_text.is_empty() {
                 other
@@ -230,6 +282,21 @@ pub(super) fn build_route(
     };
     entries.push(entry(matcher, own_text, access));
     Ok(entries)
+}
+
+/// Where an `openai_usage` route reads the model: the request body's `model`.
+fn model_field() -> Field {
+    Field::Body("/model".into())
+}
+
+/// Which entry of a route a paywall is built for.
+pub(super) enum Variant<'a> {
+    /// The route's own, at its own price.
+    Own,
+    /// A `price_by` value's or an API key tier's, at this price.
+    Price(Price),
+    /// An `openai_usage` model's, at its token prices.
+    Model(&'a str),
 }
 
 /// A route's `match:` as `levy check` shows it.
@@ -264,8 +331,13 @@ pub(super) fn paywall(
     networks: &BTreeMap<String, Network>,
     assets: &BTreeMap<(String, String), Asset>,
     defaults: Defaults<'_>,
-    table_price: Option<Price>,
+    variant: Variant<'_>,
 ) -> Result<Paywall, ConfigError> {
+    let (table_price, model) = match variant {
+        Variant::Own => (None, None),
+        Variant::Price(price) => (Some(price), None),
+        Variant::Model(model) => (None, Some(model)),
+    };
     let bundle = route
         .bundle
         .as_ref()
@@ -316,7 +388,7 @@ pub(super) fn paywall(
     let meter = route
         .meter
         .as_ref()
-        .map(|m| MeterPrices::parse(&path.key("meter"), m))
+        .map(|m| MeterPrices::parse(&path.key("meter"), m, model))
         .transpose()?;
     let mut requirements = Vec::with_capacity(route.accepts.len() * 2);
     let mut rates = Vec::with_capacity(route.accepts.len() * 2);
@@ -756,10 +828,17 @@ pub(super) struct MeterPrices {
     ceiling: Price,
     minimum: Option<Price>,
     failure_floor: Option<Price>,
+    /// `openai_usage`: the model's (input, output) prices per million tokens.
+    tokens: Option<(Price, Price)>,
 }
 
 impl MeterPrices {
-    pub(super) fn parse(path: &str, m: &schema::Meter) -> Result<Self, ConfigError> {
+    /// The `meter:` at `path`; for `openai_usage`, priced for `model`.
+    pub(super) fn parse(
+        path: &str,
+        m: &schema::Meter,
+        model: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let amount = |key: &str, text: &str| parse_price(&path.key(key), text);
         let unit = match m.unit {
             schema::MeterUnit::Bytes => Unit::Bytes {
@@ -769,6 +848,7 @@ impl MeterPrices {
                 },
             },
             schema::MeterUnit::Records => Unit::Records,
+            schema::MeterUnit::OpenaiUsage => Unit::OpenAiUsage,
             schema::MeterUnit::Origin => {
                 let name = m
                     .header
@@ -787,27 +867,65 @@ impl MeterPrices {
         if m.header.is_some() && m.unit != schema::MeterUnit::Origin {
             return Err(invalid(path.key("header"), "only for `unit: origin`"));
         }
-        if m.unreported.is_some() && m.unit != schema::MeterUnit::Origin {
-            return Err(invalid(path.key("unreported"), "only for `unit: origin`"));
+        let reports = matches!(
+            m.unit,
+            schema::MeterUnit::Origin | schema::MeterUnit::OpenaiUsage
+        );
+        if m.unreported.is_some() && !reports {
+            return Err(invalid(
+                path.key("unreported"),
+                "only for `unit: origin` or `openai_usage`",
+            ));
         }
-        let at_ceiling = match (m.at_ceiling, m.unit) {
-            (Some(schema::AtCeiling::End), schema::MeterUnit::Origin) => {
+        if m.models.is_some() != (m.unit == schema::MeterUnit::OpenaiUsage) {
+            return Err(invalid(
+                path.key("models"),
+                "`openai_usage` is priced by `models`, and only it",
+            ));
+        }
+        let price = match (&m.price, m.unit) {
+            (Some(_), schema::MeterUnit::OpenaiUsage) => {
+                return Err(invalid(
+                    path.key("price"),
+                    "`openai_usage` is priced per model, under `models`",
+                ))
+            }
+            (Some(text), _) => amount("price", text)?,
+            (None, schema::MeterUnit::OpenaiUsage) => Price::Atomic(U256::ZERO),
+            (None, _) => return Err(invalid(path.key("price"), "missing")),
+        };
+        let tokens = match (&m.models, model) {
+            (Some(models), Some(model)) => {
+                let prices = models
+                    .get(model)
+                    .ok_or_else(|| invalid(path.key("models"), format!("no model `{model}`")))?;
+                let at = path.key("models").key(model);
+                Some((
+                    parse_price(&at.key("input"), &prices.input)?,
+                    parse_price(&at.key("output"), &prices.output)?,
+                ))
+            }
+            _ => None,
+        };
+        let at_ceiling = match (m.at_ceiling, reports) {
+            (Some(schema::AtCeiling::End), true) => {
                 // Only the origin knows its units; levy cannot cut its response at one.
                 return Err(invalid(
                     path.key("at_ceiling"),
-                    "`end` needs a unit levy counts (bytes or records), not `origin`",
+                    "`end` needs a unit levy counts (bytes or records), not one the origin reports",
                 ));
             }
             (Some(choice), _) => choice,
-            (None, schema::MeterUnit::Origin) => schema::AtCeiling::Continue,
-            (None, _) => schema::AtCeiling::End,
+            (None, true) => schema::AtCeiling::Continue,
+            (None, false) => schema::AtCeiling::End,
         };
         Ok(Self {
             path: path.to_owned(),
             unit,
             at_ceiling,
             unreported: m.unreported.clone(),
-            price: amount("price", &m.price)?,
+            tokens,
+            price,
             ceiling: amount("ceiling", &m.ceiling)?,
             minimum: m
                 .minimum
@@ -833,14 +951,26 @@ impl MeterPrices {
             p.as_ref().map_or(Ok(U256::ZERO), |p| in_asset(&key(k), p))
         };
         let ceiling = in_asset(&key("ceiling"), &self.ceiling)?;
+        let unit_price = match self.unit {
+            // Priced by the tokens, below.
+            Unit::OpenAiUsage => U256::ZERO,
+            _ => in_asset(&key("price"), &self.price)?,
+        };
         let mut rates = Rates {
-            unit_price: in_asset(&key("price"), &self.price)?,
+            unit_price,
             ceiling,
             minimum: optional("minimum", &self.minimum)?,
             failure_floor: optional("failure_floor", &self.failure_floor)?,
             decimals,
             unreported: ceiling,
+            tokens: None,
         };
+        if let Some((input, output)) = &self.tokens {
+            rates.tokens = Some(crate::meter::TokenPrices {
+                input: in_asset(&key("models"), input)?,
+                output: in_asset(&key("models"), output)?,
+            });
+        }
         if let Some(text) = &self.unreported {
             rates.unreported = rates.override_amount(text).ok_or_else(|| {
                 invalid(
@@ -860,6 +990,16 @@ impl MeterPrices {
             Unit::Bytes { per } => format!("{per} bytes"),
             Unit::Records => "record".into(),
             Unit::Origin { header } => format!("unit reported in {header}"),
+            Unit::OpenAiUsage => {
+                let (input, output) = match &self.tokens {
+                    Some((input, output)) => (input.to_string(), output.to_string()),
+                    None => ("?".into(), "?".into()),
+                };
+                return format!(
+                    "{input} per 1M input tokens, {output} per 1M output tokens, up to {}",
+                    self.ceiling
+                );
+            }
         };
         format!("{} per {per}, up to {}", self.price, self.ceiling)
     }

@@ -1254,3 +1254,35 @@ fn allowances_name_the_key_and_the_problem() {
         "levy.routes[0].free_tier: not allowed on a free route",
     );
 }
+
+#[test]
+fn openai_usage_names_the_key_and_the_problem() {
+    let metered = |meter: &str| {
+        yaml(
+            &route(&format!(
+                "      pay_to: \"{PAY_TO}\"\n      accepts: [{{network: base-sepolia}}]\n      meter: {meter}\n"
+            )),
+            "",
+        )
+    };
+    assert_error(
+        &metered("{unit: openai_usage, price: \"$1\", ceiling: \"$0.01\", models: {m: {input: \"$1\", output: \"$2\"}}}"),
+        "levy.routes[0].meter.price: `openai_usage` is priced per model, under `models`",
+    );
+    assert_error(
+        &metered("{unit: openai_usage, ceiling: \"$0.01\"}"),
+        "levy.routes[0].meter.models: `openai_usage` is priced by `models`, and only it",
+    );
+    assert_error(
+        &metered("{unit: records, price: \"1\", ceiling: \"$0.01\", models: {m: {input: \"$1\", output: \"$2\"}}}"),
+        "levy.routes[0].meter.models: `openai_usage` is priced by `models`, and only it",
+    );
+    assert_error(
+        &metered("{unit: records, ceiling: \"$0.01\"}"),
+        "levy.routes[0].meter.price: missing",
+    );
+    assert_error(
+        &metered("{unit: openai_usage, ceiling: \"$0.01\", models: {}}"),
+        "levy.routes[0].meter.models: list at least one model's prices",
+    );
+}

@@ -9,7 +9,9 @@ use pingora::http::ResponseHeader;
 
 use crate::clock::unix_now;
 use crate::config::AtCeiling;
-use crate::meter::{byte_units, Ending, Rates, RecordCounter, Unit, SETTLEMENT_OVERRIDES};
+use crate::meter::{
+    byte_units, Ending, Rates, RecordCounter, Unit, UsageScanner, SETTLEMENT_OVERRIDES,
+};
 use crate::settle::StreamTicket;
 
 /// Chunk boundaries remembered for a client that leaves: the records of the chunks it was
@@ -28,6 +30,8 @@ pub struct Metering {
     checkpoints: VecDeque<(u64, u64)>,
     /// What the origin reported (`origin` unit), from a header or a trailer.
     reported: Option<String>,
+    /// The tokens the body reports (`openai_usage`).
+    usage: UsageScanner,
     /// The body ended normally.
     complete: bool,
     /// The most units the response may deliver (`at_ceiling: end`).
@@ -76,7 +80,7 @@ impl Metering {
 
     pub fn new(unit: Unit, rates: Rates, at_ceiling: AtCeiling) -> Self {
         let limit = match (&unit, at_ceiling) {
-            (Unit::Origin { .. }, _) | (_, AtCeiling::Continue) => None,
+            (Unit::Origin { .. } | Unit::OpenAiUsage, _) | (_, AtCeiling::Continue) => None,
             (_, AtCeiling::End) => rates.units_at_ceiling(),
         };
         Self {
@@ -86,6 +90,7 @@ impl Metering {
             records: RecordCounter::default(),
             checkpoints: VecDeque::with_capacity(CHECKPOINTS),
             reported: None,
+            usage: UsageScanner::default(),
             complete: false,
             limit,
             cut_at: None,
@@ -132,7 +137,7 @@ impl Metering {
         let units = match &self.unit {
             Unit::Bytes { per } => byte_units(self.bytes, *per),
             Unit::Records => self.records.complete(),
-            Unit::Origin { .. } => u64::from(self.bytes > 0),
+            Unit::Origin { .. } | Unit::OpenAiUsage => u64::from(self.bytes > 0),
         };
         self.rates.charge(units, Ending::ClientGone)
     }
@@ -219,6 +224,10 @@ impl Metering {
                 self.records.feed(chunk);
                 None
             }
+            (Unit::OpenAiUsage, _) => {
+                self.usage.feed(chunk);
+                None
+            }
             _ => None,
         };
         if let Some(kept) = kept {
@@ -272,12 +281,34 @@ impl Metering {
                 .find(|(bytes, _)| *bytes <= delivered)
                 .map_or(0, |(_, records)| *records),
             Unit::Origin { .. } => u64::from(delivered > 0),
+            Unit::OpenAiUsage => match self.usage.usage() {
+                Some(usage) => usage.total(),
+                None => u64::from(delivered > 0),
+            },
         }
     }
 
     /// The charge for this response.
     pub fn charge(&self, ending: Ending, sent: u64) -> (u64, U256) {
         let units = self.units(ending, sent);
+        if self.unit == Unit::OpenAiUsage {
+            let delivered = if ending == Ending::Complete {
+                self.bytes > 0
+            } else {
+                sent.min(self.bytes) > 0
+            };
+            let amount = match (self.usage.usage(), ending) {
+                // The tokens the response reported, at the model's prices.
+                (Some(usage), _) => self.rates.token_charge(usage),
+                // A response that never reported its usage (a stream without
+                // `stream_options.include_usage`), or a client that left before the report
+                // after receiving some of the body, pays the route's `unreported` share.
+                (None, Ending::Complete | Ending::ClientGone) if delivered => self.rates.unreported,
+                // An origin failing mid-response costs a delivery's minimum.
+                (None, _) => self.rates.charge(units, ending),
+            };
+            return (units, amount);
+        }
         if let Unit::Origin { .. } = self.unit {
             let reported = self
                 .reported
@@ -311,5 +342,80 @@ impl Metering {
         }
         let units: u64 = text.trim().parse().ok()?;
         Some(self.rates.charge(units, Ending::Complete))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::TokenPrices;
+
+    fn llm() -> Metering {
+        let rates = Rates {
+            unit_price: U256::ZERO,
+            ceiling: U256::from(10_000),
+            minimum: U256::from(5),
+            failure_floor: U256::ZERO,
+            decimals: 6,
+            unreported: U256::from(10_000),
+            tokens: Some(TokenPrices {
+                input: U256::from(10_000_000),
+                output: U256::from(30_000_000),
+            }),
+        };
+        Metering::new(Unit::OpenAiUsage, rates, AtCeiling::Continue)
+    }
+
+    fn stream(metering: &mut Metering, chunks: &[&str]) {
+        for chunk in chunks {
+            let mut body = Some(bytes::Bytes::copy_from_slice(chunk.as_bytes()));
+            assert_eq!(metering.on_body(&mut body, false), Flow::Go);
+            assert_eq!(
+                body.as_deref(),
+                Some(chunk.as_bytes()),
+                "passed on unchanged"
+            );
+        }
+        metering.on_body(&mut None, true);
+    }
+
+    #[test]
+    fn an_llm_response_is_charged_its_reported_tokens_and_one_without_a_report_the_unreported_share(
+    ) {
+        let mut reported = llm();
+        stream(
+            &mut reported,
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":14,\"completion_tokens\":13}}\n\n",
+                "data: [DONE]\n\n",
+            ],
+        );
+        let sent = reported.passed();
+        // 14 × 10 + 13 × 30.
+        assert_eq!(
+            reported.charge(Ending::Complete, sent),
+            (27, U256::from(530))
+        );
+
+        let mut silent = llm();
+        stream(
+            &mut silent,
+            &[
+                "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+                "data: [DONE]\n\n",
+            ],
+        );
+        let sent = silent.passed();
+        assert_eq!(
+            silent.charge(Ending::Complete, sent).1,
+            U256::from(10_000),
+            "a stream that did not ask for its usage cannot dodge the price"
+        );
+        assert_eq!(
+            silent.charge(Ending::ClientGone, 0).1,
+            U256::ZERO,
+            "nothing reached it"
+        );
     }
 }

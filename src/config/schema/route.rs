@@ -420,8 +420,15 @@ pub struct Channels {
 pub struct Meter {
     /// What is counted. Required.
     pub unit: MeterUnit,
-    /// Per unit (per `per` bytes for `bytes`): `"$0.0001"` or atomic units.
-    pub price: String,
+    /// Per unit (per `per` bytes for `bytes`): `"$0.0001"` or atomic units. Required,
+    /// except for `openai_usage` (priced by `models`).
+    #[serde(default)]
+    pub price: Option<String>,
+    /// `openai_usage` only: model (the request body's `model`) → its prices per million
+    /// input and output tokens, `{input: "$2.50", output: "$10"}`. A model not listed gets
+    /// a 402 that names it. Required for `openai_usage`.
+    #[serde(default)]
+    pub models: Option<BTreeMap<String, ModelPrices>>,
     /// Bytes per priced unit (`bytes` only); default 1024.
     #[serde(default)]
     pub per: Option<u64>,
@@ -448,6 +455,16 @@ pub struct Meter {
     pub at_ceiling: Option<AtCeiling>,
 }
 
+/// A model's token prices, per million tokens.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrices {
+    /// Per million input (prompt) tokens: `"$2.50"` or atomic units.
+    pub input: String,
+    /// Per million output (completion) tokens.
+    pub output: String,
+}
+
 /// What a metered response does at its ceiling.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -464,6 +481,9 @@ pub enum MeterUnit {
     Bytes,
     Records,
     Origin,
+    /// The tokens an OpenAI-compatible response reports in `usage` (JSON, or the last
+    /// event of a stream), priced per model.
+    OpenaiUsage,
 }
 
 /// An atomic amount may be written as a YAML number or a string.
