@@ -167,6 +167,8 @@ pub struct Route {
     /// An entry for holders of an API key (`api_keys:`): forwarded with the key's id and
     /// without the key.
     pub keyed: bool,
+    /// On such an entry, the calls one key may make (the route's `rate_limit`).
+    pub key_limit: Option<crate::limits::Allowance>,
     pub upstream: Arc<Upstream>,
     pub access: Access,
 }

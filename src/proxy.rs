@@ -230,6 +230,10 @@ impl ProxyHttp for LevyProxy {
                 Ok(()) => return Ok(false),
                 Err(answer) => answer,
             },
+            Decision::KeyCall => match self.within_key_limit(ctx).await {
+                Ok(()) => return Ok(false),
+                Err(answer) => answer,
+            },
             Decision::FreeCall => match self.draw_free_call(session, ctx).await {
                 Ok(()) => {
                     ctx.tender.end(Outcome::Forwarded);

@@ -163,3 +163,46 @@ fn levy_s_own_api_keys_pass_free_or_at_their_tier_s_price_and_a_key_removed_by_r
     assert_eq!(price(&get("Authorization: Bearer k-alice\r\n")), "10000");
     assert_eq!(origin.seen().len(), 1);
 }
+
+#[test]
+fn a_key_over_the_route_s_rate_limit_gets_429_and_other_keys_keep_their_calls() {
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("api-keys");
+    std::fs::write(
+        &keys,
+        [
+            key_line("alice", "k-alice", None),
+            key_line("bob", "k-bob", None),
+        ]
+        .join("\n"),
+    )
+    .expect("keys");
+    let levy = Levy::start(&format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  api_keys: {{file: {}}}\n  routes:\n    \
+         - name: limited_keys\n      path: /api/*\n      price: \"$0.01\"\n      accepts: [{{network: base-sepolia}}]\n      \
+           api_keys: free\n      rate_limit: {{calls: 2, per_seconds: 60}}\n",
+        upstream_yaml(origin.addr),
+        keys.display()
+    ));
+    let get = |key: &str| {
+        request(
+            levy.addr,
+            &format!(
+                "GET /api/x HTTP/1.1\r\nHost: levy.test\r\nAuthorization: Bearer {key}\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(get("k-alice").status, 200);
+    assert_eq!(get("k-alice").status, 200);
+    let limited = get("k-alice");
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    let after: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=30).contains(&after), "{after}");
+    assert_eq!(get("k-bob").status, 200, "bob's calls are his own");
+    assert_eq!(origin.seen().len(), 3);
+}

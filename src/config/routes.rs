@@ -159,6 +159,7 @@ pub(super) fn build_route(
                 path_text: route.path.clone(),
                 when_text,
                 keyed: false,
+                key_limit: None,
                 upstream: Arc::clone(&upstream),
                 access,
             },
@@ -214,6 +215,7 @@ pub(super) fn build_route(
                 .join(", ");
             let (matcher, mut keyed) = entry(matcher, text, access);
             keyed.keyed = true;
+            keyed.key_limit = allowance(&path.key("rate_limit"), route.rate_limit)?;
             entries.push((matcher, keyed));
         }
     }

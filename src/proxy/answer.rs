@@ -24,6 +24,8 @@ pub(super) enum Decision {
     Admit,
     /// No payment, on a route with a free tier: forwarded if its client has calls left.
     FreeCall,
+    /// A listed API key on an entry with a rate limit: forwarded if the key has calls left.
+    KeyCall,
     /// levy answers it without the origin.
     Answer(Answer),
 }
@@ -57,9 +59,12 @@ pub(super) enum Answer {
     Pending(String),
     /// What the payment draws on is in use by another call: 429, retry when it ends.
     Busy(&'static str),
-    /// The payer has no calls left under the route's rate limit: 429 with `Retry-After`,
-    /// the payment withdrawn (it may be sent again then).
-    Limited { retry_after: u64 },
+    /// The payer (or API key) has no calls left under the route's rate limit: 429 with
+    /// `Retry-After`, a payment withdrawn (it may be sent again then).
+    Limited {
+        text: &'static str,
+        retry_after: u64,
+    },
 }
 
 /// How a refused payment's 402 is written.
@@ -227,11 +232,9 @@ impl LevyProxy {
             ) => Reply::text(status, text).header(header::RETRY_AFTER, after),
             (Answer::Pending(id), _) => settlement_pending(&live.config, &id),
             (Answer::Busy(text), _) => Reply::text(429, text).header(header::RETRY_AFTER, "1"),
-            (Answer::Limited { retry_after }, _) => Reply::text(
-                429,
-                "this payer's calls on this route are used up for now; retry later with the same payment",
-            )
-            .header(header::RETRY_AFTER, retry_after.to_string()),
+            (Answer::Limited { text, retry_after }, _) => {
+                Reply::text(429, text).header(header::RETRY_AFTER, retry_after.to_string())
+            }
         }
     }
 }

@@ -53,7 +53,32 @@ impl LevyProxy {
         };
         let key = format!("payer:{}:{:#x}", route.name, paid.verified.payer);
         match self.take(&key, allowance).await {
-            Some(Take::Empty { retry_after }) => Err(Answer::Limited { retry_after }),
+            Some(Take::Empty { retry_after }) => Err(Answer::Limited {
+                text: "this payer's calls on this route are used up for now; retry later with the same payment",
+                retry_after,
+            }),
+            Some(Take::Taken) | None => Ok(()),
+        }
+    }
+
+    /// A request let in by an API key on an entry with a rate limit: `Err` (429 with
+    /// `Retry-After`) when the key has no calls left. When the count cannot be kept, it
+    /// passes.
+    pub(super) async fn within_key_limit(&self, ctx: &RequestCtx) -> Result<(), Answer> {
+        let (Some(route), Some(id)) = (ctx.route.as_deref(), ctx.key_id.as_deref()) else {
+            return Ok(());
+        };
+        let Some(allowance) = route.key_limit else {
+            return Ok(());
+        };
+        match self
+            .take(&format!("key:{}:{id}", route.name), allowance)
+            .await
+        {
+            Some(Take::Empty { retry_after }) => Err(Answer::Limited {
+                text: "this API key's calls on this route are used up for now; retry later",
+                retry_after,
+            }),
             Some(Take::Taken) | None => Ok(()),
         }
     }

@@ -121,6 +121,7 @@ impl LevyProxy {
         ctx.route = Some(Arc::clone(route));
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
+            Access::Free if route.key_limit.is_some() && ctx.key_id.is_some() => Decision::KeyCall,
             Access::Free => Decision::Forward,
             Access::Unpriced(unpriced) => {
                 let found = fields.get(&unpriced.field);

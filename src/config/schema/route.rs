@@ -120,10 +120,10 @@ pub struct Route {
     /// `levy.state.redis`, replicas share each address's count. Default: none.
     #[serde(default)]
     pub free_tier: Option<AllowanceSpec>,
-    /// Paid calls one payer may make here, `{calls, per_seconds}`; past them `429` with
-    /// `Retry-After`, the payment left unused (it may be sent again). A retry of a payment
-    /// levy already served (`payment-identifier`) is never counted. Shared through Redis
-    /// like `free_tier`. Default: none.
+    /// Paid calls one payer may make here, `{calls, per_seconds}`, and calls one API key
+    /// may make (`api_keys`); past them `429` with `Retry-After`, a payment left unused (it
+    /// may be sent again). A retry of a payment levy already served (`payment-identifier`)
+    /// is never counted. Shared through Redis like `free_tier`. Default: none.
     #[serde(default)]
     pub rate_limit: Option<AllowanceSpec>,
 }
