@@ -163,14 +163,22 @@ impl Config {
             }
             // One that takes all of it is refused when the config loads; part of it (some of
             // its methods) reaches the origin unpaid.
-            let free_before = entries[..i]
-                .iter()
-                .find(|(m, r)| matches!(r.access, Access::Free) && m.takes_some_of(priced));
-            if let Some((_, free)) = free_before {
-                warnings.push(format!(
-                    "free route `{}` ({}) comes before priced route `{}` ({}) and takes some of its requests (the methods both match): those reach the origin unpaid; put `{}` first",
-                    free.name, free.path_text, route.name, route.path_text, route.name
-                ));
+            // An API key's free entry takes only requests that carry a secret levy lists.
+            let free_before = entries[..i].iter().find(|(m, r)| {
+                matches!(r.access, Access::Free) && !r.keyed && m.takes_some_of(priced)
+            });
+            if let Some((m, free)) = free_before {
+                if m.when.is_empty() {
+                    warnings.push(format!(
+                        "free route `{}` ({}) comes before priced route `{}` ({}) and takes some of its requests (the methods both match): those reach the origin unpaid; put `{}` first",
+                        free.name, free.path_text, route.name, route.path_text, route.name
+                    ));
+                } else {
+                    warnings.push(format!(
+                        "free route `{}` ({} if {}) comes before priced route `{}` ({}): any client that sends what it matches on reaches the origin unpaid",
+                        free.name, free.path_text, free.when_text, route.name, route.path_text
+                    ));
+                }
             }
         }
         let priced = entries

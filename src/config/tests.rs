@@ -1286,3 +1286,28 @@ fn openai_usage_names_the_key_and_the_problem() {
         "levy.routes[0].meter.models: list at least one model's prices",
     );
 }
+
+#[test]
+fn a_free_route_on_what_the_client_sends_before_a_priced_one_is_warned_about_and_a_key_s_is_not() {
+    let free_on_header = format!(
+        "    - {{name: internal, path: /r, free: true, match: {{headers: {{x-internal: \"1\"}}}}}}\n{}",
+        priced("").replace("name: r", "name: paid")
+    );
+    let config = Config::from_yaml(&yaml(&free_on_header, "")).expect("valid");
+    let warnings = config.warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains(
+            "free route `internal` (/r if header `x-internal` = 1) comes before priced route `paid` (/r): any client that sends what it matches on reaches the origin unpaid"
+        )),
+        "{warnings:?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "").expect("write");
+    let keyed = Config::from_yaml(&yaml(
+        &priced("      api_keys: free\n"),
+        &format!("  api_keys: {{file: {}}}\n", keys.display()),
+    ))
+    .expect("valid");
+    assert_eq!(keyed.warnings(), Vec::<String>::new());
+}
