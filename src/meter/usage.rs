@@ -116,6 +116,10 @@ impl UsageScanner {
                 }
             }
             let value = &self.pending[i + 1..];
+            if value.iter().all(u8::is_ascii_whitespace) {
+                // The value is in the next chunk.
+                return self.keep_from(at);
+            }
             let mut values =
                 serde_json::Deserializer::from_slice(value).into_iter::<serde_json::Value>();
             match values.next() {
