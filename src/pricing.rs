@@ -41,6 +41,8 @@ pub enum PriceError {
     TooLarge(String),
     #[error("price must be greater than zero (use `free: true` for a free route)")]
     Zero,
+    #[error("{0} is not a whole number of atomic units")]
+    NotWhole(String),
     #[error("a dollar price needs a USD stablecoin, and `{0}` is not one; give `amount` in atomic units instead")]
     NotUsdAsset(String),
 }
@@ -75,6 +77,45 @@ impl Price {
             return Err(PriceError::Zero);
         }
         Ok(amount)
+    }
+}
+
+impl Price {
+    /// This price times `factor` (a decimal, `"2"` or `"0.5"`), exactly: dollars stay
+    /// dollars (checked against an asset's decimals later); atomic units must come out
+    /// whole.
+    pub fn times(&self, factor: &str) -> Result<Price, PriceError> {
+        let not_decimal = || PriceError::NotDecimal(factor.to_owned());
+        let (whole, frac) = split_decimal(factor.trim()).ok_or_else(not_decimal)?;
+        let mantissa = |whole: &str, frac: &str| {
+            let digits = format!("{whole}{frac}");
+            U256::from_str_radix(if digits.is_empty() { "0" } else { &digits }, 10)
+                .map_err(|_| PriceError::TooLarge(factor.to_owned()))
+        };
+        let by = mantissa(whole, frac)?;
+        let ten = U256::from(10u64);
+        match self {
+            Price::Atomic(amount) => {
+                let scale = ten.pow(U256::from(frac.len()));
+                let product = amount.saturating_mul(by);
+                if product % scale != U256::ZERO {
+                    return Err(PriceError::NotWhole(format!("{amount} × {factor}")));
+                }
+                Ok(Price::Atomic(product / scale))
+            }
+            Price::Usd(text) => {
+                let (w, f) = split_decimal(text).ok_or_else(not_decimal)?;
+                let digits = mantissa(w, f)?.saturating_mul(by).to_string();
+                let scale = f.len() + frac.len();
+                let padded = format!("{digits:0>width$}", width = scale + 1);
+                let (int, dec) = padded.split_at(padded.len() - scale);
+                Ok(Price::Usd(if dec.is_empty() {
+                    int.to_owned()
+                } else {
+                    format!("{int}.{dec}")
+                }))
+            }
+        }
     }
 }
 
@@ -245,6 +286,25 @@ pub fn domain_separator(name: &str, version: &str, chain_id: u64, asset: Address
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_price_times_a_factor_is_exact() {
+        let usd = |t: &str| Price::Usd(t.to_owned());
+        assert_eq!(usd("0.001").times("2"), Ok(usd("0.002")));
+        assert_eq!(usd("0.001").times("0.5"), Ok(usd("0.0005")));
+        assert_eq!(usd("3").times("1.5"), Ok(usd("4.5")));
+        let atomic = |n: u64| Price::Atomic(U256::from(n));
+        assert_eq!(atomic(1000).times("0.25"), Ok(atomic(250)));
+        assert_eq!(
+            atomic(5).times("0.5"),
+            Err(PriceError::NotWhole("5 × 0.5".into()))
+        );
+        assert_eq!(
+            atomic(5).times("x"),
+            Err(PriceError::NotDecimal("x".into()))
+        );
+    }
+
     use super::*;
 
     fn usd(text: &str, decimals: u8) -> Result<U256, PriceError> {

@@ -230,3 +230,48 @@ fn levy_check_prints_each_value_s_price() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_header_s_multiplier_scales_every_price_of_the_route_and_each_402_states_it() {
+    let origin = Origin::echo();
+    let levy = Levy::start(&format!(
+        "{}  pay_to: \"{PAY_TO}\"\n  routes:\n    \
+         - name: tiered\n      path: /tier/*\n      price: \"$0.002\"\n      accepts: [{{network: base-sepolia}}]\n      \
+           price_by: {{query: dataset, prices: {{full: \"$0.02\"}}}}\n      \
+           price_multiplier: {{header: X-Client-Tier, factors: {{bot: \"2\", partner: \"0.5\"}}}}\n",
+        upstream_yaml(origin.addr),
+    ));
+    let get = |target: &str, tier: Option<&str>| {
+        let tier = tier.map_or(String::new(), |t| format!("X-Client-Tier: {t}\r\n"));
+        request(
+            levy.addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: levy.test\r\n{tier}\r\n"),
+        )
+    };
+    assert_eq!(amount(&get("/tier/a", None)), "2000");
+    assert_eq!(amount(&get("/tier/a", Some("bot"))), "4000");
+    assert_eq!(amount(&get("/tier/a", Some("partner"))), "1000");
+    assert_eq!(amount(&get("/tier/a", Some("other"))), "2000");
+    assert_eq!(amount(&get("/tier/a?dataset=full", Some("bot"))), "40000");
+    assert_eq!(
+        amount(&get("/tier/a?dataset=full", Some("partner"))),
+        "10000"
+    );
+
+    // Paid at the partner's price, with the header that set it: served; the same payment
+    // without the header is short of the price.
+    let (_, payment) = sign_for(&required(&get("/tier/a", Some("partner"))), KEYS[0]);
+    let paid = |tier: &str| {
+        request(
+            levy.addr,
+            &format!(
+                "GET /tier/a HTTP/1.1\r\nHost: levy.test\r\n{tier}PAYMENT-SIGNATURE: {payment}\r\n\r\n"
+            ),
+        )
+    };
+    let untiered = paid("");
+    assert_eq!(untiered.status, 402, "{}", untiered.text());
+    let served = paid("X-Client-Tier: partner\r\n");
+    assert_eq!(served.status, 200, "{}", served.text());
+    assert_eq!(origin.seen().len(), 1);
+}

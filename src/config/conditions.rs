@@ -70,6 +70,11 @@ pub(super) fn price_field(path: &str, by: &schema::PriceBy) -> Result<Field, Con
     Ok(field)
 }
 
+/// The header `name` names, at `at`.
+pub(super) fn header_field(at: &str, name: &str) -> Result<Field, ConfigError> {
+    field(at, "headers", name)
+}
+
 /// The field `name` names in `section` (`query`, `headers`, `body`).
 fn field(at: &str, section: &str, name: &str) -> Result<Field, ConfigError> {
     match section {

@@ -166,6 +166,8 @@ pub(super) fn build_route(
         )
     };
     let mut entries = Vec::new();
+    // The fixed price each entry was built at, for `price_multiplier`.
+    let mut bases: Vec<Option<Price>> = Vec::new();
     // Holders of a known API key first: one entry per tier (or one for every key).
     if let Some(access) = &route.api_keys {
         let at = path.key("api_keys");
@@ -189,18 +191,19 @@ pub(super) fn build_route(
                 .collect(),
         };
         for (test, text, price) in tiers {
-            let access = if price == "free" {
-                Access::Free
+            let (access, base) = if price == "free" {
+                (Access::Free, None)
             } else {
                 let price = parse_price(&at, price)?;
-                Access::Priced(Box::new(paywall(
+                let paywall = paywall(
                     path,
                     route,
                     networks,
                     assets,
                     defaults,
-                    Variant::Price(price),
-                )?))
+                    Variant::Price(price.clone()),
+                )?;
+                (Access::Priced(Box::new(paywall)), Some(price))
             };
             let mut matcher = matcher.clone();
             matcher.when.push(Condition {
@@ -217,6 +220,7 @@ pub(super) fn build_route(
             keyed.keyed = true;
             keyed.key_limit = allowance(&path.key("rate_limit"), route.rate_limit)?;
             entries.push((matcher, keyed));
+            bases.push(base);
         }
     }
     // A price table is one entry per value, each with its own price, before the route's
@@ -231,8 +235,9 @@ pub(super) fn build_route(
                 networks,
                 assets,
                 defaults,
-                Variant::Price(price),
+                Variant::Price(price.clone()),
             )?;
+            bases.push(Some(price));
             let mut matcher = matcher.clone();
             matcher.when.push(Condition {
                 field: field.clone(),
@@ -264,6 +269,7 @@ pub(super) fn build_route(
             });
             let text = format!("{} = {model}", model_field());
             entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
+            bases.push(None);
         }
     }
     let table_field = match (&price_by, usage_models) {
@@ -282,8 +288,81 @@ pub(super) fn build_route(
         }
         _ => when_text.clone(),
     };
+    let own_price = match &access {
+        Access::Priced(_) => fixed_price(path, route)?,
+        _ => None,
+    };
     entries.push(entry(matcher, own_text, access));
-    Ok(entries)
+    bases.push(own_price);
+    let Some(multiplier) = &route.price_multiplier else {
+        return Ok(entries);
+    };
+    // Each fixed-price entry, once per factor before it: the request's header picks it.
+    let at = path.key("price_multiplier");
+    if route.meter.is_some() || route.bundle.is_some() {
+        return Err(invalid(
+            at,
+            "multiplies fixed prices: not with `meter` or `bundle`",
+        ));
+    }
+    if multiplier.factors.is_empty() {
+        return Err(invalid(
+            at.key("factors"),
+            "list at least one value's factor",
+        ));
+    }
+    let header = conditions::header_field(&at.key("header"), &multiplier.header)?;
+    let mut multiplied = Vec::with_capacity(entries.len() * (multiplier.factors.len() + 1));
+    for ((matcher, base), price) in entries.into_iter().zip(bases) {
+        if let Some(price) = price {
+            for (value, factor) in &multiplier.factors {
+                let at = at.key("factors").key(value);
+                let scaled = price.times(factor).map_err(|e| invalid(&at, e))?;
+                let paywall = paywall(
+                    path,
+                    route,
+                    networks,
+                    assets,
+                    defaults,
+                    Variant::Price(scaled),
+                )?;
+                let mut matcher = matcher.clone();
+                matcher.when.push(Condition {
+                    field: header.clone(),
+                    test: Test::OneOf(vec![value.clone()]),
+                });
+                let tier = format!("{header} = {value} (× {factor})");
+                let text = if base.when_text.is_empty() {
+                    tier
+                } else {
+                    format!("{}, {tier}", base.when_text)
+                };
+                let (matcher, mut scaled) = entry(matcher, text, Access::Priced(Box::new(paywall)));
+                scaled.keyed = base.keyed;
+                scaled.key_limit = base.key_limit;
+                multiplied.push((matcher, scaled));
+            }
+        }
+        multiplied.push((matcher, base));
+    }
+    Ok(multiplied)
+}
+
+/// A route's own fixed price (`price` or `amount`), if it has one and sells nothing else.
+fn fixed_price(path: &str, route: &schema::Route) -> Result<Option<Price>, ConfigError> {
+    if route.meter.is_some() || route.bundle.is_some() {
+        return Ok(None);
+    }
+    Ok(match (&route.price, &route.amount) {
+        (Some(text), _) => {
+            Some(Price::parse_dollars(text).map_err(|e| invalid(path.key("price"), e))?)
+        }
+        (None, Some(schema::Amount::Number(n))) => Some(Price::Atomic(U256::from(*n))),
+        (None, Some(schema::Amount::Text(t))) => Some(Price::Atomic(
+            parse_atomic(t).map_err(|e| invalid(path.key("amount"), e))?,
+        )),
+        (None, None) => None,
+    })
 }
 
 /// Where an `openai_usage` route reads the model: the request body's `model`.

@@ -1311,3 +1311,31 @@ fn a_free_route_on_what_the_client_sends_before_a_priced_one_is_warned_about_and
     .expect("valid");
     assert_eq!(keyed.warnings(), Vec::<String>::new());
 }
+
+#[test]
+fn a_price_multiplier_names_the_key_and_the_problem() {
+    assert_error(
+        &yaml(
+            &priced("      price_multiplier: {header: x-tier, factors: {bot: \"x\"}}\n"),
+            "",
+        ),
+        "levy.routes[0].price_multiplier.factors.bot: `x` is not a decimal number",
+    );
+    assert_error(
+        &yaml(
+            &route(&format!(
+                "      amount: 5\n      pay_to: \"{PAY_TO}\"\n      accepts: [{{network: base-sepolia}}]\n      \
+                 price_multiplier: {{header: x-tier, factors: {{half: \"0.5\"}}}}\n"
+            )),
+            "",
+        ),
+        "levy.routes[0].price_multiplier.factors.half: 5 × 0.5 is not a whole number of atomic units",
+    );
+    assert_error(
+        &yaml(
+            &priced("      price_multiplier: {header: x-tier, factors: {}}\n"),
+            "",
+        ),
+        "levy.routes[0].price_multiplier.factors: list at least one value's factor",
+    );
+}

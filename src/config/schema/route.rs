@@ -97,6 +97,12 @@ pub struct Route {
     /// and the priced ones. Default: one price.
     #[serde(default)]
     pub price_by: Option<PriceBy>,
+    /// Multiplies the route's fixed prices (its own, each `price_by` value's, each API key
+    /// tier's) by a header's value: `{header: x-client-tier, factors: {bot: "2", partner:
+    /// "0.5"}}`. A request whose header has one of the values pays its price times the
+    /// factor, and its 402 says so. Not with `meter` or `bundle`. Default: none.
+    #[serde(default)]
+    pub price_multiplier: Option<PriceMultiplier>,
     /// `challenge`: a request without a payment is forwarded as it is, so the origin's own
     /// customers (API keys, sessions) pass untouched; when the origin answers one of
     /// `unauthorized_statuses`, levy answers the route's 402 instead. A paid request is
@@ -198,6 +204,16 @@ impl Scalar {
             Scalar::Text(t) => t.clone(),
         }
     }
+}
+
+/// `price_multiplier:` of a route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceMultiplier {
+    /// The header whose value picks the factor. Required.
+    pub header: String,
+    /// Value → factor, a decimal (`"2"`, `"0.5"`). Required, not empty.
+    pub factors: BTreeMap<String, String>,
 }
 
 /// `price_by:` of a route: where the value is read, and its prices.
