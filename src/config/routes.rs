@@ -165,6 +165,22 @@ pub(super) fn build_route(
             },
         )
     };
+    // The route's paywall at another price (a value's, a tier's, a model's).
+    let priced = |variant: Variant<'_>| -> Result<Access, ConfigError> {
+        let paywall = paywall(path, route, networks, assets, defaults, variant)?;
+        Ok(Access::Priced(Box::new(paywall)))
+    };
+    // `matcher` with one more condition, and its text after `text`'s.
+    let narrowed = |matcher: &Matcher, text: &str, field: Field, test: Test, shown: String| {
+        let mut matcher = matcher.clone();
+        matcher.when.push(Condition { field, test });
+        let text = if text.is_empty() {
+            shown
+        } else {
+            format!("{text}, {shown}")
+        };
+        (matcher, text)
+    };
     let mut entries = Vec::new();
     // The fixed price each entry was built at, for `price_multiplier`.
     let mut bases: Vec<Option<Price>> = Vec::new();
@@ -190,35 +206,18 @@ pub(super) fn build_route(
                 })
                 .collect(),
         };
-        for (test, text, price) in tiers {
+        let key_limit = allowance(&path.key("rate_limit"), route.rate_limit)?;
+        for (test, shown, price) in tiers {
             let (access, base) = if price == "free" {
                 (Access::Free, None)
             } else {
                 let price = parse_price(&at, price)?;
-                let paywall = paywall(
-                    path,
-                    route,
-                    networks,
-                    assets,
-                    defaults,
-                    Variant::Price(price.clone()),
-                )?;
-                (Access::Priced(Box::new(paywall)), Some(price))
+                (priced(Variant::Price(price.clone()))?, Some(price))
             };
-            let mut matcher = matcher.clone();
-            matcher.when.push(Condition {
-                field: Field::ApiKey,
-                test,
-            });
-            let text = [when_text.as_str(), &text]
-                .iter()
-                .filter(|t| !t.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ");
+            let (matcher, text) = narrowed(&matcher, &when_text, Field::ApiKey, test, shown);
             let (matcher, mut keyed) = entry(matcher, text, access);
             keyed.keyed = true;
-            keyed.key_limit = allowance(&path.key("rate_limit"), route.rate_limit)?;
+            keyed.key_limit = key_limit;
             entries.push((matcher, keyed));
             bases.push(base);
         }
@@ -229,46 +228,21 @@ pub(super) fn build_route(
         for (value, text) in &by.prices {
             let at = path.key("price_by").key("prices").key(value);
             let price = parse_price(&at, text)?;
-            let paywall = paywall(
-                path,
-                route,
-                networks,
-                assets,
-                defaults,
-                Variant::Price(price.clone()),
-            )?;
+            let access = priced(Variant::Price(price.clone()))?;
+            let one = Test::OneOf(vec![value.clone()]);
+            let shown = format!("{field} = {value}");
+            let (matcher, text) = narrowed(&matcher, &when_text, field.clone(), one, shown);
+            entries.push(entry(matcher, text, access));
             bases.push(Some(price));
-            let mut matcher = matcher.clone();
-            matcher.when.push(Condition {
-                field: field.clone(),
-                test: Test::OneOf(vec![value.clone()]),
-            });
-            let text = [when_text.as_str(), &format!("{field} = {value}")]
-                .iter()
-                .filter(|t| !t.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", ");
-            entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
         }
     }
     if let Some(models) = usage_models {
         for model in models.keys() {
-            let paywall = paywall(
-                path,
-                route,
-                networks,
-                assets,
-                defaults,
-                Variant::Model(model),
-            )?;
-            let mut matcher = matcher.clone();
-            matcher.when.push(Condition {
-                field: model_field(),
-                test: Test::OneOf(vec![model.clone()]),
-            });
-            let text = format!("{} = {model}", model_field());
-            entries.push(entry(matcher, text, Access::Priced(Box::new(paywall))));
+            let access = priced(Variant::Model(model))?;
+            let one = Test::OneOf(vec![model.clone()]);
+            let shown = format!("{} = {model}", model_field());
+            let (matcher, text) = narrowed(&matcher, &when_text, model_field(), one, shown);
+            entries.push(entry(matcher, text, access));
             bases.push(None);
         }
     }
@@ -318,26 +292,12 @@ pub(super) fn build_route(
             for (value, factor) in &multiplier.factors {
                 let at = at.key("factors").key(value);
                 let scaled = price.times(factor).map_err(|e| invalid(&at, e))?;
-                let paywall = paywall(
-                    path,
-                    route,
-                    networks,
-                    assets,
-                    defaults,
-                    Variant::Price(scaled),
-                )?;
-                let mut matcher = matcher.clone();
-                matcher.when.push(Condition {
-                    field: header.clone(),
-                    test: Test::OneOf(vec![value.clone()]),
-                });
-                let tier = format!("{header} = {value} (× {factor})");
-                let text = if base.when_text.is_empty() {
-                    tier
-                } else {
-                    format!("{}, {tier}", base.when_text)
-                };
-                let (matcher, mut scaled) = entry(matcher, text, Access::Priced(Box::new(paywall)));
+                let access = priced(Variant::Price(scaled))?;
+                let one = Test::OneOf(vec![value.clone()]);
+                let shown = format!("{header} = {value} (× {factor})");
+                let (matcher, text) =
+                    narrowed(&matcher, &base.when_text, header.clone(), one, shown);
+                let (matcher, mut scaled) = entry(matcher, text, access);
                 scaled.keyed = base.keyed;
                 scaled.key_limit = base.key_limit;
                 multiplied.push((matcher, scaled));
