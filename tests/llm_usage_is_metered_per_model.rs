@@ -40,25 +40,12 @@ fn llm() -> Origin {
                 events.push_str(&format!("data: {last}\n\n"));
             }
             events.push_str("data: [DONE]\n\n");
-            let mut raw = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
-                events.len()
-            )
-            .into_bytes();
-            raw.extend_from_slice(events.as_bytes());
-            return Reply::Raw(raw);
+            return Reply::typed("text/event-stream", events);
         }
         let body = json!({"id": "c0", "object": "chat.completion", "created": 1, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Cold and clear."}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": COMPLETION, "total_tokens": prompt + COMPLETION}});
-        let body = body.to_string();
-        let mut raw = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(body.as_bytes());
-        Reply::Raw(raw)
+        Reply::typed("application/json", body.to_string())
     })
 }
 

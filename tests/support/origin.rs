@@ -59,6 +59,18 @@ impl Reply {
         Reply::status(200, body)
     }
 
+    /// `200 OK` with a body of `content_type`.
+    pub fn typed(content_type: &str, body: impl AsRef<[u8]>) -> Reply {
+        let body = body.as_ref();
+        let mut raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(body);
+        Reply::Raw(raw)
+    }
+
     /// A status with a body.
     pub fn status(code: u16, body: impl AsRef<[u8]>) -> Reply {
         let body = body.as_ref();
