@@ -14,7 +14,7 @@ use percent_encoding::percent_decode;
 
 mod when;
 
-pub use when::{body_value, query_value, Condition, Field, Fields, Found, Test, Verdict};
+pub use when::{body_value, query_value, Condition, Field, Fields, Found, Test, Unread, Verdict};
 
 /// Why a host or path pattern cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -473,6 +473,8 @@ pub enum Lookup<'t, T> {
     EncodedSeparator,
     /// The request gives a field a route reads twice, with different values.
     Ambiguous(Field),
+    /// A route prices a body field the request's body does not let levy read.
+    Unreadable(Field),
 }
 
 /// An ordered list of routes; [`RouteTable::find`] returns the first that matches.
@@ -527,6 +529,7 @@ impl<T> RouteTable<T> {
                 Verdict::Holds => return Lookup::Found(route),
                 Verdict::Fails => {}
                 Verdict::Ambiguous(field) => return Lookup::Ambiguous(field),
+                Verdict::Unreadable(field) => return Lookup::Unreadable(field),
             }
         }
         Lookup::NotFound

@@ -21,7 +21,7 @@ fn routes() -> &'static str {
      - name: chat\n      methods: [POST]\n      path: /v1/chat\n      accepts: [{network: base-sepolia}]\n      \
        price_by:\n        body: /model\n        prices: {small: \"$0.001\", large: \"$0.01\"}\n    \
      - name: embed\n      methods: [POST]\n      path: /v1/embed\n      price: \"$0.002\"\n      accepts: [{network: base-sepolia}]\n      \
-       price_by: {body: /model, prices: {large: \"$0.02\"}}\n    \
+       price_by: {body: /model, prices: {large: \"$0.02\"}, unread_body: default}\n    \
      - name: csv\n      path: /data/*\n      price: \"$0.05\"\n      accepts: [{network: base-sepolia}]\n      \
        match: {query: {format: csv}}\n    \
      - name: data\n      path: /data/*\n      price: \"$0.003\"\n      accepts: [{network: base-sepolia}]\n      \
@@ -133,7 +133,8 @@ fn a_value_outside_the_table_gets_a_402_that_names_it_or_the_route_s_default_pri
 }
 
 #[test]
-fn a_body_over_the_peek_limit_is_priced_by_the_default_and_forwarded_intact() {
+fn a_body_over_the_peek_limit_is_refused_or_where_the_route_allows_it_priced_by_the_default_and_forwarded_intact(
+) {
     let origin = Origin::start(|seen| Reply::ok(format!("{} bytes", seen.body.len())));
     let levy = Levy::start(&format!(
         "{}  pay_to: \"{PAY_TO}\"\n{}",
@@ -148,15 +149,19 @@ fn a_body_over_the_peek_limit_is_priced_by_the_default_and_forwarded_intact() {
     let served = request(levy.addr, &post("/v1/embed", &big, Some(&payment)));
     assert_eq!(served.status, 200, "{}", served.text());
     assert_eq!(served.text(), format!("{} bytes", big.len()));
-    // Without a default price it is refused with the reason.
-    let refused = required(&request(levy.addr, &post("/v1/chat", &big, None)));
+    // Where the route does not say an unread body pays the default, it is refused: a
+    // padded body must not buy the large model at another price.
+    let refused = request(levy.addr, &post("/v1/chat", &big, None));
+    assert_eq!(refused.status, 400, "{}", refused.text());
     assert!(
-        refused["error"]
-            .as_str()
-            .expect("error")
-            .contains("could not be read"),
-        "{refused}"
+        refused
+            .text()
+            .contains("the price depends on the body field `/model`: send a JSON body with a Content-Length of at most 4096 bytes"),
+        "{}",
+        refused.text()
     );
+    let not_json = request(levy.addr, &post("/v1/chat", "{\"model\": \"small\",", None));
+    assert_eq!(not_json.status, 400, "{}", not_json.text());
     // Under the limit, the body is read and still forwarded whole.
     let small = r#"{"model":"large","input":"short"}"#;
     let asked = request(levy.addr, &post("/v1/embed", small, None));

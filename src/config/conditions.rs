@@ -29,10 +29,7 @@ pub(super) fn conditions(
             let field = field(&at, section, name)?;
             let values: Vec<String> = match value {
                 schema::MatchValue::One(schema::Scalar::Text(any)) if any == "*" => {
-                    conditions.push(Condition {
-                        field,
-                        test: Test::Present,
-                    });
+                    conditions.push(Condition::new(field, Test::Present));
                     continue;
                 }
                 schema::MatchValue::One(one) => vec![one.text()],
@@ -41,10 +38,7 @@ pub(super) fn conditions(
             if values.is_empty() {
                 return Err(invalid(at, "list at least one value"));
             }
-            conditions.push(Condition {
-                field,
-                test: Test::OneOf(values),
-            });
+            conditions.push(Condition::new(field, Test::OneOf(values)));
         }
     }
     Ok(conditions)

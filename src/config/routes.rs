@@ -15,7 +15,9 @@ use crate::meter::{Rates, Unit};
 use crate::pricing::challenge::Challenge;
 use crate::pricing::paywall::{Look, WalletPage};
 use crate::pricing::{domain_separator, parse_atomic, Price, Requirement, Scheme};
-use crate::routing::{Condition, Field, HostPattern, Matcher, MethodSet, PathPattern, Test};
+use crate::routing::{
+    Condition, Field, HostPattern, Matcher, MethodSet, PathPattern, Test, Unread,
+};
 use crate::session::Quota;
 use crate::ConfigError;
 
@@ -171,9 +173,9 @@ pub(super) fn build_route(
         Ok(Access::Priced(Box::new(paywall)))
     };
     // `matcher` with one more condition, and its text after `text`'s.
-    let narrowed = |matcher: &Matcher, text: &str, field: Field, test: Test, shown: String| {
+    let narrowed = |matcher: &Matcher, text: &str, condition: Condition, shown: String| {
         let mut matcher = matcher.clone();
-        matcher.when.push(Condition { field, test });
+        matcher.when.push(condition);
         let text = if text.is_empty() {
             shown
         } else {
@@ -214,7 +216,8 @@ pub(super) fn build_route(
                 let price = parse_price(&at, price)?;
                 (priced(Variant::Price(price.clone()))?, Some(price))
             };
-            let (matcher, text) = narrowed(&matcher, &when_text, Field::ApiKey, test, shown);
+            let condition = Condition::new(Field::ApiKey, test);
+            let (matcher, text) = narrowed(&matcher, &when_text, condition, shown);
             let (matcher, mut keyed) = entry(matcher, text, access);
             keyed.keyed = true;
             keyed.key_limit = key_limit;
@@ -225,13 +228,29 @@ pub(super) fn build_route(
     // A price table is one entry per value, each with its own price, before the route's
     // own entry (its default price, or the 402 that names an unpriced value).
     if let Some((field, by)) = &price_by {
+        // A body it cannot read pays the route's own price only when the operator says
+        // so: a padded or malformed body must not buy a dear value at the default.
+        if by.unread_body.is_some() && !field.in_body() {
+            return Err(invalid(
+                path.key("price_by").key("unread_body"),
+                "only for a `body` field",
+            ));
+        }
+        let unread = match by.unread_body {
+            Some(schema::UnreadBody::Default) => Unread::Skip,
+            Some(schema::UnreadBody::Refuse) | None => Unread::Refuse,
+        };
         for (value, text) in &by.prices {
             let at = path.key("price_by").key("prices").key(value);
             let price = parse_price(&at, text)?;
             let access = priced(Variant::Price(price.clone()))?;
             let one = Test::OneOf(vec![value.clone()]);
             let shown = format!("{field} = {value}");
-            let (matcher, text) = narrowed(&matcher, &when_text, field.clone(), one, shown);
+            let condition = Condition {
+                unread,
+                ..Condition::new(field.clone(), one)
+            };
+            let (matcher, text) = narrowed(&matcher, &when_text, condition, shown);
             entries.push(entry(matcher, text, access));
             bases.push(Some(price));
         }
@@ -241,7 +260,8 @@ pub(super) fn build_route(
             let access = priced(Variant::Model(model))?;
             let one = Test::OneOf(vec![model.clone()]);
             let shown = format!("{} = {model}", model_field());
-            let (matcher, text) = narrowed(&matcher, &when_text, model_field(), one, shown);
+            let condition = Condition::new(model_field(), one);
+            let (matcher, text) = narrowed(&matcher, &when_text, condition, shown);
             entries.push(entry(matcher, text, access));
             bases.push(None);
         }
@@ -295,8 +315,8 @@ pub(super) fn build_route(
                 let access = priced(Variant::Price(scaled))?;
                 let one = Test::OneOf(vec![value.clone()]);
                 let shown = format!("{header} = {value} (× {factor})");
-                let (matcher, text) =
-                    narrowed(&matcher, &base.when_text, header.clone(), one, shown);
+                let condition = Condition::new(header.clone(), one);
+                let (matcher, text) = narrowed(&matcher, &base.when_text, condition, shown);
                 let (matcher, mut scaled) = entry(matcher, text, access);
                 scaled.keyed = base.keyed;
                 scaled.key_limit = base.key_limit;

@@ -1339,3 +1339,14 @@ fn a_price_multiplier_names_the_key_and_the_problem() {
         "levy.routes[0].price_multiplier.factors: list at least one value's factor",
     );
 }
+
+#[test]
+fn unread_body_is_only_for_a_body_field() {
+    assert_error(
+        &yaml(
+            &priced("      price_by: {query: m, prices: {x: \"$0.01\"}, unread_body: default}\n"),
+            "",
+        ),
+        "levy.routes[0].price_by.unread_body: only for a `body` field",
+    );
+}

@@ -105,6 +105,18 @@ impl LevyProxy {
                     Outcome::BadRequest,
                 ));
             }
+            Lookup::Unreadable(field) => {
+                return Decision::Answer(Answer::Own(
+                    Reply::text(
+                        400,
+                        &format!(
+                            "the price depends on the {field}: send a JSON body with a Content-Length of at most {} bytes",
+                            config.body_peek_bytes
+                        ),
+                    ),
+                    Outcome::BadRequest,
+                ));
+            }
             Lookup::EncodedSeparator => {
                 return Decision::Answer(Answer::Own(
                     Reply::text(

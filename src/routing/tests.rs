@@ -258,10 +258,10 @@ fn conditions_pick_among_routes_on_one_path_and_a_value_given_twice_is_ambiguous
     let mut table = RouteTable::default();
     let when = |field: Field, values: &[&str]| {
         let mut m = priced("/v1/*");
-        m.when = vec![Condition {
+        m.when = vec![Condition::new(
             field,
-            test: Test::OneOf(values.iter().map(|v| (*v).to_owned()).collect()),
-        }];
+            Test::OneOf(values.iter().map(|v| (*v).to_owned()).collect()),
+        )];
         m
     };
     table.push(when(Field::Body("/model".into()), &["large"]), "large");
@@ -311,10 +311,52 @@ fn a_body_field_reads_strings_numbers_and_booleans_as_json_writes_them() {
 #[test]
 fn a_conditioned_route_never_hides_the_routes_after_it() {
     let mut conditioned = priced("/*");
-    conditioned.when = vec![Condition {
-        field: Field::Header("x-plan".into()),
-        test: Test::Present,
-    }];
+    conditioned.when = vec![Condition::new(
+        Field::Header("x-plan".into()),
+        Test::Present,
+    )];
     assert!(!conditioned.takes_all_of(&priced("/a")));
     assert!(priced("/*").takes_all_of(&priced("/a")));
+}
+
+/// A request whose body could not be read.
+struct Unreadable;
+
+impl Fields for Unreadable {
+    fn get(&self, field: &Field) -> Found<'_> {
+        match field {
+            Field::Body(_) => Found::Unread,
+            _ => Found::Absent,
+        }
+    }
+}
+
+#[test]
+fn a_body_condition_refuses_an_unread_body_unless_it_lets_the_next_route_take_it() {
+    let on_model = |unread: Unread| {
+        let mut m = priced("/v1/*");
+        m.when = vec![Condition {
+            unread,
+            ..Condition::new(
+                Field::Body("/model".into()),
+                Test::OneOf(vec!["large".into()]),
+            )
+        }];
+        m
+    };
+    let key = RequestKey::new("h", "GET", b"/v1/chat");
+    let mut refusing = RouteTable::default();
+    refusing.push(on_model(Unread::Refuse), "large");
+    refusing.push(priced("/v1/*"), "default");
+    assert_eq!(
+        refusing.lookup(&key, &Unreadable),
+        Lookup::Unreadable(Field::Body("/model".into()))
+    );
+    let mut skipping = RouteTable::default();
+    skipping.push(on_model(Unread::Skip), "large");
+    skipping.push(priced("/v1/*"), "default");
+    assert_eq!(
+        skipping.lookup(&key, &Unreadable),
+        Lookup::Found(&"default")
+    );
 }

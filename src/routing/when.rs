@@ -60,6 +60,30 @@ pub trait Fields {
 pub struct Condition {
     pub field: Field,
     pub test: Test,
+    /// What a body that could not be read makes of it.
+    pub unread: Unread,
+}
+
+impl Condition {
+    /// A condition that refuses a request whose body it cannot read.
+    pub fn new(field: Field, test: Test) -> Self {
+        Condition {
+            field,
+            test,
+            unread: Unread::Refuse,
+        }
+    }
+}
+
+/// What a condition on a body field does with a body levy could not read (too large,
+/// without a length, not JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// The request is refused: its price cannot be known, and a cheaper route after this
+    /// one must not take it.
+    Refuse,
+    /// The condition does not hold: the next route is tried (a route's own default price).
+    Skip,
 }
 
 /// What a field's value must be.
@@ -78,6 +102,9 @@ pub enum Verdict {
     Fails,
     /// The request gives this field twice with different values.
     Ambiguous(Field),
+    /// The body this field is in could not be read, and the condition refuses such a
+    /// request.
+    Unreadable(Field),
 }
 
 impl Condition {
@@ -85,6 +112,9 @@ impl Condition {
     pub fn check(&self, fields: &dyn Fields) -> Verdict {
         match (fields.get(&self.field), &self.test) {
             (Found::Ambiguous, _) => Verdict::Ambiguous(self.field.clone()),
+            (Found::Unread, _) if self.unread == Unread::Refuse => {
+                Verdict::Unreadable(self.field.clone())
+            }
             (Found::Value(value), Test::OneOf(values)) if values.iter().any(|v| *v == value) => {
                 Verdict::Holds
             }

@@ -231,6 +231,21 @@ pub struct PriceBy {
     pub body: Option<String>,
     /// Value → price (`"$0.05"`, or atomic units as a string). Required, not empty.
     pub prices: BTreeMap<String, String>,
+    /// `body` only: what a body levy cannot read (over `levy.body_peek_bytes`, without a
+    /// length, not JSON) pays. `refuse` (the default): the request gets a 400 naming the
+    /// field, since its price cannot be known; `default`: the route's own price.
+    #[serde(default)]
+    pub unread_body: Option<UnreadBody>,
+}
+
+/// What a body levy cannot read pays on a `price_by.body` route.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreadBody {
+    /// Refused with a 400 that names the field.
+    Refuse,
+    /// The route's own price.
+    Default,
 }
 
 /// `discovery: true`, or the route's input, output and service metadata.
