@@ -12,6 +12,7 @@ mod discovery;
 mod listeners;
 mod networks;
 mod offers;
+mod proxies;
 mod reference;
 mod routes;
 mod schema;
@@ -25,6 +26,7 @@ pub use discovery::Documents;
 pub use listeners::{AdminToken, Listeners, TlsListener};
 pub use networks::v1_chain_id;
 use networks::{assets, networks};
+pub use proxies::TrustedProxies;
 pub use reference::{json_schema, reference_markdown, undocumented};
 use routes::{build_route, Defaults};
 pub use schema::{AtCeiling, Mode, SettleMode};
@@ -97,6 +99,8 @@ pub struct Config {
     pub body_peek_bytes: usize,
     /// The API keys routes with `api_keys:` let in.
     pub api_keys: Option<ApiKeys>,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// How long one write to a client may wait for it to read before the connection closes.
     pub client_write_timeout: Duration,
     /// Time rules for payment authorizations.
@@ -634,6 +638,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         max_request_header_bytes: levy.max_request_header_bytes,
         body_peek_bytes: conditions::body_peek_bytes(levy.body_peek_bytes)?,
         api_keys,
+        trusted_proxies: TrustedProxies::parse(&levy.trusted_proxies)?,
         client_write_timeout: Duration::from_millis(levy.client_write_timeout_ms),
         policy,
         payer_headers,

@@ -588,13 +588,26 @@ impl ProxyHttp for LevyProxy {
     }
 }
 
-/// The address of the client on the other end of the connection (not a forwarded one: a
-/// header is the client's to write).
-pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
+/// The client's address: the connection's peer, or, when the peer is one of
+/// `levy.trusted_proxies`, the nearest untrusted address in its `X-Forwarded-For` (a header
+/// is otherwise the client's to write).
+pub(super) fn client_ip(session: &Session, config: &crate::Config) -> Option<std::net::IpAddr> {
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip())?;
+    let trusted = &config.trusted_proxies;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let forwarded: Vec<&str> = session
+        .req_header()
+        .headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(trusted.client(peer, &forwarded))
 }
 
 fn access_log(session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {

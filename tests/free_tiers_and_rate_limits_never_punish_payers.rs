@@ -143,3 +143,29 @@ fn a_payer_over_the_rate_limit_gets_429_and_a_retry_of_a_served_payment_is_not_c
         "the limited payment was never charged"
     );
 }
+
+#[test]
+fn behind_a_trusted_load_balancer_each_forwarded_client_has_its_own_free_calls() {
+    let origin = Origin::echo();
+    let start = |trusted: &str| {
+        Levy::start(&format!(
+            "{}  pay_to: \"{PAY_TO}\"\n{trusted}{}",
+            upstream_yaml(origin.addr),
+            feed("      free_tier: {calls: 1, per_seconds: 3600}\n")
+        ))
+    };
+    let from = |levy: &Levy, client: &str| {
+        get(levy.addr, &format!("X-Forwarded-For: {client}\r\n")).status
+    };
+    let behind = start("  trusted_proxies: [127.0.0.0/8]\n");
+    assert_eq!(from(&behind, "198.51.100.1"), 200);
+    assert_eq!(from(&behind, "198.51.100.1"), 402);
+    assert_eq!(from(&behind, "198.51.100.2"), 200, "another client");
+    // A client cannot pick its own address by writing one to the left of the proxy's.
+    assert_eq!(from(&behind, "198.51.100.3, 198.51.100.1"), 402);
+
+    // Without trusted proxies the header is the client's to write: it changes nothing.
+    let direct = start("");
+    assert_eq!(from(&direct, "198.51.100.1"), 200);
+    assert_eq!(from(&direct, "198.51.100.2"), 402);
+}

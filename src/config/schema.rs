@@ -97,6 +97,12 @@ pub struct Levy {
     /// Requests whose header block is larger than this get 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// The load balancers in front of levy (addresses or networks, `10.0.0.0/8`): on a
+    /// connection from one, the client (for free tiers, rate limits and per-client checks)
+    /// is the nearest address in `X-Forwarded-For` that is not one of them. Default: none,
+    /// the connection's peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// API keys levy knows, for routes with `api_keys:`. Default: none.
     #[serde(default)]
     pub api_keys: Option<ApiKeys>,

@@ -90,7 +90,7 @@ impl LevyProxy {
         if matches!(ctx.tender.session, SessionStep::Proving(_)) {
             return self.admit_proof(session, ctx).await;
         }
-        let client = super::client_ip(session);
+        let client = super::client_ip(session, &ctx.live.config);
         let shared = self.shared.as_ref();
         let Some(paid) = ctx.reserved_mut() else {
             return Ok(());

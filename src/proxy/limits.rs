@@ -23,7 +23,10 @@ impl LevyProxy {
         ctx: &RequestCtx,
     ) -> Result<(), Answer> {
         let used = Answer::undrawn("the free calls of this address are used up; pay to go on");
-        let (Some(route), Some(client)) = (ctx.route.as_deref(), super::client_ip(session)) else {
+        let (Some(route), Some(client)) = (
+            ctx.route.as_deref(),
+            super::client_ip(session, &ctx.live.config),
+        ) else {
             return Err(used);
         };
         let Access::Priced(paywall) = &route.access else {

@@ -175,7 +175,7 @@ impl LevyProxy {
             return Ok(());
         };
         let bad_signature = || Answer::undrawn(session::ProofError::Signature.reason());
-        let client = super::client_ip(session);
+        let client = super::client_ip(session, &ctx.live.config);
         let payer = match (&proving.signer, &proving.network) {
             (ProofSigner::Eoa(payer), _) => *payer,
             (
