@@ -28,6 +28,10 @@ pub struct Metrics {
     /// `levy_payments_served_again_total{route}`: retries of a served payment (its payment
     /// id) forwarded again without a charge.
     pub payments_served_again: IntCounterVec,
+    /// `levy_allowance_total{route,kind,outcome}`: calls counted against an allowance:
+    /// `kind` `free_tier`, `payer` or `api_key`; `outcome` `taken`, `used_up` or
+    /// `uncounted` (Redis could not be asked).
+    pub allowance: IntCounterVec,
     /// `levy_payments_charged_total{route}`: payments that bought a response.
     pub payments_charged: IntCounterVec,
     /// `levy_payments_released_total{route}`: reserved payments not charged because the
@@ -211,6 +215,12 @@ pub fn metrics() -> &'static Metrics {
             &["route"]
         )
         .expect("levy_payments_served_again_total registers once"),
+        allowance: register_int_counter_vec!(
+            "levy_allowance_total",
+            "Calls counted against a free tier or a rate limit, by route, kind (free_tier, payer, api_key) and outcome (taken, used_up, uncounted)",
+            &["route", "kind", "outcome"]
+        )
+        .expect("levy_allowance_total registers once"),
         payments_rejected: register_int_counter_vec!(
             "levy_payments_rejected_total",
             "Payments refused, by route and x402 reason",

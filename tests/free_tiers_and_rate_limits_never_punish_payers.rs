@@ -44,6 +44,7 @@ fn an_address_gets_its_free_calls_then_the_402_and_paying_does_not_use_them() {
         "{}  pay_to: \"{PAY_TO}\"\n{}",
         upstream_yaml(origin.addr),
         feed("      free_tier: {calls: 2, per_seconds: 3600}\n")
+            .replace("name: feed", "name: feed_free")
     ));
     assert_eq!(get(levy.addr, "").status, 200);
     assert_eq!(get(levy.addr, "").status, 200, "the second free call");
@@ -62,6 +63,14 @@ fn an_address_gets_its_free_calls_then_the_402_and_paying_does_not_use_them() {
     assert_eq!(paid.status, 200, "a paid call is served past the free ones");
     assert_eq!(get(levy.addr, "").status, 402, "still used up");
     assert_eq!(origin.seen().len(), 3);
+    levy.metric_reaches(
+        "levy_allowance_total{kind=\"free_tier\",outcome=\"taken\",route=\"feed_free\"}",
+        2,
+    );
+    levy.metric_reaches(
+        "levy_allowance_total{kind=\"free_tier\",outcome=\"used_up\",route=\"feed_free\"}",
+        2,
+    );
 }
 
 #[test]

@@ -35,7 +35,15 @@ impl LevyProxy {
         let Some(allowance) = paywall.free_tier else {
             return Err(used);
         };
-        match self.take(&free_key(&route.name, client), allowance).await {
+        match self
+            .counted(
+                &route.name,
+                "free_tier",
+                &free_key(&route.name, client),
+                allowance,
+            )
+            .await
+        {
             Some(Take::Taken) => Ok(()),
             Some(Take::Empty { .. }) | None => Err(used),
         }
@@ -55,7 +63,7 @@ impl LevyProxy {
             return Ok(());
         };
         let key = format!("payer:{}:{:#x}", route.name, paid.verified.payer);
-        match self.take(&key, allowance).await {
+        match self.counted(&route.name, "payer", &key, allowance).await {
             Some(Take::Empty { retry_after }) => Err(Answer::Limited {
                 text: "this payer's calls on this route are used up for now; retry later with the same payment",
                 retry_after,
@@ -84,6 +92,27 @@ impl LevyProxy {
             }),
             Some(Take::Taken) | None => Ok(()),
         }
+    }
+
+    /// [`Self::take`], counted in `levy_allowance_total` under `route` and `kind`.
+    async fn counted(
+        &self,
+        route: &str,
+        kind: &str,
+        key: &str,
+        allowance: Allowance,
+    ) -> Option<Take> {
+        let take = self.take(key, allowance).await;
+        let outcome = match take {
+            Some(Take::Taken) => "taken",
+            Some(Take::Empty { .. }) => "used_up",
+            None => "uncounted",
+        };
+        crate::metrics::metrics()
+            .allowance
+            .with_label_values(&[route, kind, outcome])
+            .inc();
+        take
     }
 
     /// Takes a token from `key`'s bucket; `None` when Redis cannot be asked.
