@@ -235,10 +235,7 @@ impl ProxyHttp for LevyProxy {
                 Err(answer) => answer,
             },
             Decision::FreeCall => match self.draw_free_call(session, ctx).await {
-                Ok(()) => {
-                    ctx.tender.end(Outcome::Forwarded);
-                    return Ok(false);
-                }
+                Ok(()) => return Ok(false),
                 Err(answer) => answer,
             },
             Decision::Answer(answer) => answer,

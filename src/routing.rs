@@ -477,7 +477,7 @@ pub enum Lookup<'t, T> {
     Unreadable(Field),
 }
 
-/// An ordered list of routes; [`RouteTable::find`] returns the first that matches.
+/// An ordered list of routes; [`RouteTable::lookup`] returns the first that takes a request.
 #[derive(Debug, Clone)]
 pub struct RouteTable<T> {
     entries: Vec<(Matcher, T)>,
@@ -498,15 +498,6 @@ impl<T> RouteTable<T> {
     pub fn push(&mut self, matcher: Matcher, route: T) {
         self.reads_bodies |= matcher.when.iter().any(|c| c.field.in_body());
         self.entries.push((matcher, route));
-    }
-
-    /// The first route whose host, method and path accept the request, its conditions
-    /// aside.
-    pub fn find(&self, request: &RequestKey<'_>) -> Option<&T> {
-        self.entries
-            .iter()
-            .find(|(matcher, _)| matcher.matches(request))
-            .map(|(_, route)| route)
     }
 
     /// The first route that takes the request, its conditions read from `fields`. Refuses

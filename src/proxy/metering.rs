@@ -292,11 +292,8 @@ impl Metering {
     pub fn charge(&self, ending: Ending, sent: u64) -> (u64, U256) {
         let units = self.units(ending, sent);
         if self.unit == Unit::OpenAiUsage {
-            let delivered = if ending == Ending::Complete {
-                self.bytes > 0
-            } else {
-                sent.min(self.bytes) > 0
-            };
+            // Without a report, `units` is 1 when anything was delivered, else 0.
+            let delivered = units > 0;
             let amount = match (self.usage.usage(), ending) {
                 // The tokens the response reported, at the model's prices.
                 (Some(usage), _) => self.rates.token_charge(usage),

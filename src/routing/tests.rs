@@ -114,10 +114,11 @@ fn the_first_matching_route_wins() {
         },
         "third",
     );
-    let find = |host, method, p: &'static str| {
-        table
-            .find(&RequestKey::new(host, method, p.as_bytes()))
-            .copied()
+    let find = |host, method, p: &'static str| match table
+        .lookup(&RequestKey::new(host, method, p.as_bytes()), &Nothing)
+    {
+        Lookup::Found(route) => Some(*route),
+        _ => None,
     };
     assert_eq!(find("h", "GET", "/a/special"), Some("first"));
     assert_eq!(find("h", "GET", "/a/other"), Some("second"));
