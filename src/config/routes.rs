@@ -24,8 +24,9 @@ pub(super) use entries::build_route;
 pub(super) enum Variant<'a> {
     /// The route's own, at its own price.
     Own,
-    /// A `price_by` value's or an API key tier's, at this price.
-    Price(Price),
+    /// A `price_by` value's, an API key tier's or a multiplied tier's: at this price,
+    /// written under this key (where an error about it points).
+    Price(Price, &'static str),
     /// An `openai_usage` model's, at its token prices.
     Model(&'a str),
 }
@@ -40,7 +41,7 @@ pub(super) fn paywall(
 ) -> Result<Paywall, ConfigError> {
     let (table_price, model) = match variant {
         Variant::Own => (None, None),
-        Variant::Price(price) => (Some(price), None),
+        Variant::Price(price, key) => (Some((key, price)), None),
         Variant::Model(model) => (None, Some(model)),
     };
     let bundle = route
@@ -48,30 +49,13 @@ pub(super) fn paywall(
         .as_ref()
         .map(|b| bundle_terms(path, route, b))
         .transpose()?;
-    let price = match (&route.price, &route.amount) {
-        _ if table_price.is_some() => table_price.map(|price| ("price_by.prices", price)),
+    let price = match (table_price, written_price(path, route)?) {
+        (Some(price), _) | (None, Some(price)) => Some(price),
         (None, None) if bundle.is_some() => bundle.as_ref().map(|(_, price)| ("bundle.price", price.clone())),
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                path.key("amount"),
-                "give either `price` or `amount`, not both",
-            ))
-        }
         (None, None) if route.meter.is_some() => None,
         (None, None) => return Err(invalid(
             path,
             "a route needs `price` (e.g. \"$0.001\"), `amount` (atomic units), `meter` or `free: true`",
-        )),
-        (Some(text), None) => Some((
-            "price",
-            Price::parse_dollars(text).map_err(|e| invalid(path.key("price"), e))?,
-        )),
-        (None, Some(schema::Amount::Number(n))) => {
-            Some(("amount", Price::Atomic((*n).try_into().unwrap_or_default())))
-        }
-        (None, Some(schema::Amount::Text(t))) => Some((
-            "amount",
-            Price::Atomic(parse_atomic(t).map_err(|e| invalid(path.key("amount"), e))?),
         )),
     };
     let route_pay_to = route
@@ -365,6 +349,32 @@ fn challenge_on(path: &str, route: &schema::Route) -> Result<Option<Vec<u16>>, C
         ));
     }
     Ok(Some(statuses))
+}
+
+/// A route's own `price` or `amount`, parsed, with the key it was written under; `None`
+/// when it gives neither.
+pub(super) fn written_price(
+    path: &str,
+    route: &schema::Route,
+) -> Result<Option<(&'static str, Price)>, ConfigError> {
+    Ok(match (&route.price, &route.amount) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                path.key("amount"),
+                "give either `price` or `amount`, not both",
+            ))
+        }
+        (Some(text), None) => Some((
+            "price",
+            Price::parse_dollars(text).map_err(|e| invalid(path.key("price"), e))?,
+        )),
+        (None, Some(schema::Amount::Number(n))) => Some(("amount", Price::Atomic(U256::from(*n)))),
+        (None, Some(schema::Amount::Text(t))) => Some((
+            "amount",
+            Price::Atomic(parse_atomic(t).map_err(|e| invalid(path.key("amount"), e))?),
+        )),
+        (None, None) => None,
+    })
 }
 
 /// The paywall page's look for a route: its own keys over `levy.paywall`'s; `None` when

@@ -1350,3 +1350,24 @@ fn unread_body_is_only_for_a_body_field() {
         "levy.routes[0].price_by.unread_body: only for a `body` field",
     );
 }
+
+#[test]
+fn a_tier_s_price_an_asset_cannot_hold_is_named_under_the_key_it_was_written_at() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "").expect("write");
+    assert_error(
+        &yaml(
+            &priced("      api_keys: {trial: \"$0.0000001\"}\n"),
+            &format!("  api_keys: {{file: {}}}\n", keys.display()),
+        ),
+        "levy.routes[0].api_keys: price `$0.0000001` needs 7 decimals",
+    );
+    assert_error(
+        &yaml(
+            &priced("      price_multiplier: {header: x-tier, factors: {tiny: \"0.0001\"}}\n"),
+            "",
+        ),
+        "levy.routes[0].price_multiplier.factors: price `$0.0000001` needs 7 decimals",
+    );
+}

@@ -5,14 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use alloy_primitives::U256;
-
 use super::super::{
     conditions, invalid, lookup_upstream, schema, Access, Network, Route, Unpriced, Upstream,
     YamlPath,
 };
-use super::{allowance, parse_price, paywall, Asset, Defaults, Variant};
-use crate::pricing::{parse_atomic, Price};
+use super::{allowance, parse_price, paywall, written_price, Asset, Defaults, Variant};
+use crate::pricing::Price;
 use crate::routing::{
     Condition, Field, HostPattern, Matcher, MethodSet, PathPattern, Test, Unread,
 };
@@ -211,7 +209,10 @@ pub(in crate::config) fn build_route(
                 (Access::Free, None)
             } else {
                 let price = parse_price(&at, price)?;
-                (priced(Variant::Price(price.clone()))?, Some(price))
+                (
+                    priced(Variant::Price(price.clone(), "api_keys"))?,
+                    Some(price),
+                )
             };
             let condition = Condition::new(Field::ApiKey, test);
             let (matcher, text) = narrowed(&matcher, &when_text, condition, shown);
@@ -240,7 +241,7 @@ pub(in crate::config) fn build_route(
         for (value, text) in &by.prices {
             let at = path.key("price_by").key("prices").key(value);
             let price = parse_price(&at, text)?;
-            let access = priced(Variant::Price(price.clone()))?;
+            let access = priced(Variant::Price(price.clone(), "price_by.prices"))?;
             let one = Test::OneOf(vec![value.clone()]);
             let shown = format!("{field} = {value}");
             let condition = Condition {
@@ -309,7 +310,7 @@ pub(in crate::config) fn build_route(
             for (value, factor) in &multiplier.factors {
                 let at = at.key("factors").key(value);
                 let scaled = price.times(factor).map_err(|e| invalid(&at, e))?;
-                let access = priced(Variant::Price(scaled))?;
+                let access = priced(Variant::Price(scaled, "price_multiplier.factors"))?;
                 let one = Test::OneOf(vec![value.clone()]);
                 let shown = format!("{header} = {value} (× {factor})");
                 let condition = Condition::new(header.clone(), one);
@@ -330,16 +331,7 @@ fn fixed_price(path: &str, route: &schema::Route) -> Result<Option<Price>, Confi
     if route.meter.is_some() || route.bundle.is_some() {
         return Ok(None);
     }
-    Ok(match (&route.price, &route.amount) {
-        (Some(text), _) => {
-            Some(Price::parse_dollars(text).map_err(|e| invalid(path.key("price"), e))?)
-        }
-        (None, Some(schema::Amount::Number(n))) => Some(Price::Atomic(U256::from(*n))),
-        (None, Some(schema::Amount::Text(t))) => Some(Price::Atomic(
-            parse_atomic(t).map_err(|e| invalid(path.key("amount"), e))?,
-        )),
-        (None, None) => None,
-    })
+    Ok(written_price(path, route)?.map(|(_, price)| price))
 }
 
 /// Where an `openai_usage` route reads the model: the request body's `model`.
