@@ -462,6 +462,9 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
             ));
         }
         let max_timeout_seconds = route.max_timeout_seconds;
+        // Every entry of a priced route matches as loosely as it does, an API key's free
+        // one too: a key holder's spelling of the path must reach the key's entry.
+        let guarded = !route.free;
         let entries = build_route(
             &path,
             route,
@@ -481,7 +484,7 @@ fn build(file: schema::File) -> Result<Config, ConfigError> {
         )?;
         for (mut matcher, mut route) in entries {
             route.index = routes.len();
-            if matches!(route.access, Access::Priced(_) | Access::Unpriced(_)) {
+            if guarded {
                 matcher.guard = Some(loose);
             }
             if matches!(route.access, Access::Priced(_))

@@ -144,6 +144,12 @@ fn levy_s_own_api_keys_pass_free_or_at_their_tier_s_price_and_a_key_removed_by_r
     let alice = get("Authorization: Bearer k-alice\r\nX-Levy-Key-Id: mallory\r\n");
     assert_eq!(alice.status, 200, "{}", alice.text());
     assert_eq!(alice.text(), r#"key=Some("alice") auth=None"#);
+    // The key's entry matches every spelling the priced route does.
+    let spelled = request(
+        addr,
+        "GET /API/x/ HTTP/1.1\r\nHost: levy.test\r\nAuthorization: Bearer k-alice\r\n\r\n",
+    );
+    assert_eq!(spelled.status, 200, "{}", spelled.text());
     // A key in a priced tier pays the tier's price; an unknown key, the route's.
     let price = |r: &crate::support::Response| {
         assert_eq!(r.status, 402, "{}", r.text());
@@ -161,7 +167,7 @@ fn levy_s_own_api_keys_pass_free_or_at_their_tier_s_price_and_a_key_removed_by_r
     );
     assert_eq!(reload.status, 200, "{}", reload.text());
     assert_eq!(price(&get("Authorization: Bearer k-alice\r\n")), "10000");
-    assert_eq!(origin.seen().len(), 1);
+    assert_eq!(origin.seen().len(), 2);
 }
 
 #[test]
