@@ -173,6 +173,9 @@ pub struct Route {
     pub keyed: bool,
     /// On such an entry, the calls one key may make (the route's `rate_limit`).
     pub key_limit: Option<crate::limits::Allowance>,
+    /// An entry of an MCP route (`mcp:`): its calls are JSON-RPC, paid in `_meta`, answered
+    /// in JSON-RPC and charged on the origin's JSON-RPC answer.
+    pub mcp: bool,
     pub upstream: Arc<Upstream>,
     pub access: Access,
 }

@@ -4,7 +4,7 @@
 //! - ground: `clock`, `sync`, `metrics`, `logging`, `x402` (the wire format), `tls`, `pool`,
 //!   `alerts`;
 //! - pure core, no I/O: `pricing`, `routing`, `meter`, `nonce`, `verify`, `session`,
-//!   `channel`, `record`, `scheme`;
+//!   `channel`, `record`, `scheme`, `offers`, `retry`, `limits`, `mcp`;
 //! - payer: `client`;
 //! - settlement: `settle` (it defines the shared-state ports);
 //! - shared-state adapters: `state` (Redis);
@@ -25,6 +25,7 @@ mod clock;
 pub mod config;
 mod limits;
 mod logging;
+mod mcp;
 mod meter;
 mod metrics;
 pub mod nonce;

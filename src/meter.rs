@@ -24,6 +24,10 @@ pub enum Unit {
     /// The tokens an OpenAI-compatible response reports in its `usage` object, priced per
     /// model for input and output ([`Rates::tokens`]).
     OpenAiUsage,
+    /// One MCP call: its price when the origin's JSON-RPC answer served it (not an error,
+    /// not a tool error) and reached the client, else nothing. Set by levy for the calls
+    /// of an `mcp` route, never written in a config.
+    ToolResult,
 }
 
 impl Unit {
@@ -33,6 +37,7 @@ impl Unit {
             Unit::Records => "records",
             Unit::Origin { .. } => "origin",
             Unit::OpenAiUsage => "openai_usage",
+            Unit::ToolResult => "tool_result",
         }
     }
 }

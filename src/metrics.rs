@@ -32,6 +32,10 @@ pub struct Metrics {
     /// `kind` `free_tier`, `payer` or `api_key`; `outcome` `taken`, `used_up` or
     /// `uncounted` (Redis could not be asked).
     pub allowance: IntCounterVec,
+    /// `levy_mcp_calls_total{route,call,outcome}`: priced MCP calls (`call` is `tools/call
+    /// <name>`, as the route prices it) by outcome: `payment_required`, `served` (charged)
+    /// or `not_served` (an error or a tool error: not charged).
+    pub mcp_calls: IntCounterVec,
     /// `levy_payments_charged_total{route}`: payments that bought a response.
     pub payments_charged: IntCounterVec,
     /// `levy_payments_released_total{route}`: reserved payments not charged because the
@@ -221,6 +225,12 @@ pub fn metrics() -> &'static Metrics {
             &["route", "kind", "outcome"]
         )
         .expect("levy_allowance_total registers once"),
+        mcp_calls: register_int_counter_vec!(
+            "levy_mcp_calls_total",
+            "Priced MCP calls by route, call (method and name) and outcome (payment_required, served, not_served)",
+            &["route", "call", "outcome"]
+        )
+        .expect("levy_mcp_calls_total registers once"),
         payments_rejected: register_int_counter_vec!(
             "levy_payments_rejected_total",
             "Payments refused, by route and x402 reason",

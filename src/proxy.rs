@@ -12,6 +12,7 @@ mod discovery;
 mod fields;
 mod headers;
 mod limits;
+mod mcp;
 mod metering;
 mod outcome;
 mod paywall;
@@ -207,6 +208,7 @@ impl ProxyHttp for LevyProxy {
             peek: fields::Peek::NotRead,
             unpaid: false,
             key_id: None,
+            mcp: None,
         }
     }
 
@@ -240,7 +242,8 @@ impl ProxyHttp for LevyProxy {
             },
             Decision::Answer(answer) => answer,
         };
-        self.rescue(session, ctx, answer).send(session).await?;
+        let reply = self.rescue(session, ctx, answer);
+        mcp::answer(reply, ctx).send(session).await?;
         Ok(true)
     }
 
@@ -453,6 +456,7 @@ impl ProxyHttp for LevyProxy {
         }
         self.answer_draw(upstream_response, ctx).await?;
         self.settle_payment(upstream_response, ctx).await?;
+        self.watch_mcp_reply(session, upstream_response, ctx)?;
         if let Some(served) = ctx.served_before.take() {
             upstream_response.insert_header(served.header, served.value)?;
             headers::make_private(upstream_response)?;
@@ -536,6 +540,8 @@ impl ProxyHttp for LevyProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
+        // An MCP call's answer is judged (and receipted) before it is counted.
+        self.mcp_body(body, end_of_stream, ctx);
         if let Some(metering) = ctx.metering() {
             // An origin that goes on past levy's end of the response is cut off (the
             // connection closes); but chunks filtered together are written together, after

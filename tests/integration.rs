@@ -18,6 +18,7 @@ mod contract_wallets_pay_and_settle;
 mod free_tiers_and_rate_limits_never_punish_payers;
 mod hostile_requests_get_a_4xx_and_levy_keeps_serving;
 mod llm_usage_is_metered_per_model;
+mod mcp_tools_are_priced_per_tool;
 mod metered_routes_charge_for_what_was_delivered;
 mod metered_routes_on_channels_earn_what_they_deliver;
 mod metered_streams_flow_through_and_charge_what_left;

@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "pure core",
         &[
             "pricing", "routing", "meter", "nonce", "verify", "session", "channel", "record",
-            "scheme", "offers", "retry", "limits",
+            "scheme", "offers", "retry", "limits", "mcp",
         ],
     ),
     ("payer", &["client"]),

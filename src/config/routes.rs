@@ -705,6 +705,7 @@ impl MeterPrices {
             Unit::Bytes { per } => format!("{per} bytes"),
             Unit::Records => "record".into(),
             Unit::Origin { header } => format!("unit reported in {header}"),
+            Unit::ToolResult => "call".into(),
             Unit::OpenAiUsage => {
                 let (input, output) = match &self.tokens {
                     Some((input, output)) => (input.to_string(), output.to_string()),

@@ -90,7 +90,9 @@ impl LevyProxy {
             ));
         };
         let hold = Duration::from_secs(requirement.max_timeout_seconds.clamp(5, 600));
-        let metering = Metering::for_requirement(paywall, index).map(Box::new);
+        let metering = Metering::for_requirement(paywall, index)
+            .or_else(|| ctx.mcp_metering(requirement.amount))
+            .map(Box::new);
         if let Checked::Refund(voucher, amount) = *checked {
             let refunded = channels
                 .refund(&voucher, amount, &requirement.network_name, hold)
@@ -190,6 +192,7 @@ impl LevyProxy {
                 "channelState": ledger.state_json(),
             })),
         };
+        ctx.keep_mcp_receipt(&receipt);
         let encoded = receipt.header_value();
         response.insert_header(PAYMENT_RESPONSE, encoded)?;
         make_private(response)?;

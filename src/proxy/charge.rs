@@ -37,6 +37,9 @@ impl LevyProxy {
             ctx.release(Release::Declined);
             return Ok(());
         }
+        if ctx.mcp.is_some() {
+            self.charge_mcp_call_whole_if_expiring(ctx);
+        }
         if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
             let stream = self.open_stream(ctx).await?;
             if let Some((mut paid, _)) = ctx.take_for_response() {
@@ -50,8 +53,15 @@ impl LevyProxy {
                 // What it will be charged is known when the response ends; the header says
                 // which payment it is, where its settlement will show, and (when levy signs
                 // receipts) that the payer paid for this resource.
-                let levy_ext = self.levy_extension(ctx, &paid.id, "metering");
+                // An MCP call's charge is its price or nothing: pending once it is served.
+                let status = if ctx.mcp.is_some() {
+                    "pending"
+                } else {
+                    "metering"
+                };
+                let levy_ext = self.levy_extension(ctx, &paid.id, status);
                 let receipt = self.payment_response(ctx, &paid, levy_ext, None);
+                ctx.keep_mcp_receipt(&receipt);
                 response.insert_header(PAYMENT_RESPONSE, receipt.header_value())?;
                 make_private(response)?;
                 ctx.begin_metering(paid);
@@ -70,6 +80,7 @@ impl LevyProxy {
         let levy_ext = self.levy_extension(ctx, &paid.id, status);
         let transaction = upfront.map(|h| h.to_string());
         let receipt = self.payment_response(ctx, &paid, levy_ext, transaction);
+        ctx.keep_mcp_receipt(&receipt);
         let encoded = receipt.header_value();
         let name = match paid.verified.version {
             Version::V2 => PAYMENT_RESPONSE,
@@ -94,6 +105,25 @@ impl LevyProxy {
         ctx.charge(paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
+    }
+
+    /// An MCP call's payment too close to its `validBefore` to wait for its answer and a
+    /// batch is charged whole now, as any such payment is (settled before the response
+    /// leaves), whatever the answer.
+    fn charge_mcp_call_whole_if_expiring(&self, ctx: &mut RequestCtx) {
+        let Some(settlement) = &self.settlement else {
+            return;
+        };
+        let window = settlement.settle_window_seconds();
+        if let Some(paid) = ctx.reserved_mut() {
+            let tool_call = paid
+                .metering
+                .as_ref()
+                .is_some_and(|m| m.unit_name() == crate::meter::Unit::ToolResult.name());
+            if tool_call && paid.verified.valid_before < unix_now() + window {
+                paid.metering = None;
+            }
+        }
     }
 
     /// levy's own `extensions.levy` of a payment's response: its id, where it stands and,

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub(super) unpaid: bool,
     /// The JSON body, when a route reads one of its fields.
     pub(super) peek: super::fields::Peek,
+    /// The call of a request on an MCP route.
+    pub(super) mcp: Option<super::mcp::Exchange>,
 }
 
 /// The resource URL a route's offers and receipts name, and levy's `did:web` as the request

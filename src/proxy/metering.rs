@@ -46,6 +46,10 @@ pub struct Metering {
     /// Its place among the settlement's streams: checkpointed, and taken by levy if it
     /// outlives its cut-off.
     stream: Option<StreamTicket>,
+    /// `tool_result`: the origin's answer served the call; the body bytes passed once it
+    /// had, the answer among them.
+    served: bool,
+    served_at: Option<u64>,
 }
 
 /// How long an origin may go on after levy ended its response (its chunks dropped) before
@@ -80,7 +84,8 @@ impl Metering {
 
     pub fn new(unit: Unit, rates: Rates, at_ceiling: AtCeiling) -> Self {
         let limit = match (&unit, at_ceiling) {
-            (Unit::Origin { .. } | Unit::OpenAiUsage, _) | (_, AtCeiling::Continue) => None,
+            (Unit::Origin { .. } | Unit::OpenAiUsage | Unit::ToolResult, _)
+            | (_, AtCeiling::Continue) => None,
             (_, AtCeiling::End) => rates.units_at_ceiling(),
         };
         Self {
@@ -97,7 +102,30 @@ impl Metering {
             ended: false,
             ended_at: None,
             stream: None,
+            served: false,
+            served_at: None,
         }
+    }
+
+    /// The metering of one MCP call paid `amount` (or leased at it): all of it when the
+    /// origin's answer serves the call and reaches the client, nothing otherwise.
+    pub fn tool_call(amount: U256, decimals: u8) -> Self {
+        let rates = Rates {
+            unit_price: amount,
+            ceiling: amount,
+            minimum: U256::ZERO,
+            failure_floor: U256::ZERO,
+            decimals,
+            unreported: U256::ZERO,
+            tokens: None,
+        };
+        Self::new(Unit::ToolResult, rates, AtCeiling::Continue)
+    }
+
+    /// An MCP call's answer was judged: served or not. The chunk that carries it is the
+    /// next one counted.
+    pub fn judge(&mut self, served: bool) {
+        self.served = served;
     }
 
     /// What a response that started costs at least: the route's minimum.
@@ -138,6 +166,7 @@ impl Metering {
             Unit::Bytes { per } => byte_units(self.bytes, *per),
             Unit::Records => self.records.complete(),
             Unit::Origin { .. } | Unit::OpenAiUsage => u64::from(self.bytes > 0),
+            Unit::ToolResult => u64::from(self.served_at.is_some()),
         };
         self.rates.charge(units, Ending::ClientGone)
     }
@@ -235,6 +264,9 @@ impl Metering {
             self.end();
         }
         self.bytes += chunk.len() as u64;
+        if self.served && self.served_at.is_none() {
+            self.served_at = Some(self.bytes);
+        }
         if let Some(ticket) = &self.stream {
             // Counted before it is sent: a checkpoint covers everything that may have left.
             ticket.progress(self.charge_so_far());
@@ -281,6 +313,7 @@ impl Metering {
                 .find(|(bytes, _)| *bytes <= delivered)
                 .map_or(0, |(_, records)| *records),
             Unit::Origin { .. } => u64::from(delivered > 0),
+            Unit::ToolResult => u64::from(self.served_at.is_some_and(|at| delivered >= at)),
             Unit::OpenAiUsage => match self.usage.usage() {
                 Some(usage) => usage.total(),
                 None => u64::from(delivered > 0),

@@ -2,6 +2,7 @@
 //! route, and for a priced route answer the 402 challenge or a CORS preflight, or verify the
 //! payment and reserve its authorization.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -130,6 +131,12 @@ impl LevyProxy {
         if route.keyed {
             ctx.key_id = fields.api_key().map(|key| key.id.clone());
         }
+        if route.mcp {
+            if let Some(answer) = self.refuse_priced_batch(ctx, req, &key) {
+                return Decision::Answer(answer);
+            }
+            ctx.mcp = super::mcp::Exchange::of(route, &ctx.peek);
+        }
         ctx.route = Some(Arc::clone(route));
         ctx.upstream = Some(Arc::clone(&route.upstream));
         match &route.access {
@@ -177,10 +184,16 @@ impl LevyProxy {
         if is_preflight(req) {
             return Err(Answer::Own(preflight(req), Outcome::Preflight));
         }
-        let payment = req
+        let payment: Option<Cow<'_, [u8]>> = req
             .headers
             .get(PAYMENT_SIGNATURE_HEADER)
-            .or_else(|| req.headers.get(X_PAYMENT_HEADER));
+            .or_else(|| req.headers.get(X_PAYMENT_HEADER))
+            .map(|header| Cow::Borrowed(header.as_bytes()))
+            .or_else(|| {
+                ctx.mcp
+                    .as_ref()
+                    .and_then(|_| super::mcp::payment(&ctx.peek))
+            });
         if payment.is_none() {
             match self.draw_on_bundle(session, paywall, ctx) {
                 Some(Ok(())) => return Ok(Tendered::Reserved),
@@ -201,7 +214,8 @@ impl LevyProxy {
             }
             return Err(Answer::PAYMENT_REQUIRED);
         };
-        match self.check_channel_payment(header.as_bytes(), paywall, ctx) {
+        let header = header.as_ref();
+        match self.check_channel_payment(header, paywall, ctx) {
             Some(Ok(())) => return Ok(Tendered::Reserved),
             Some(Err(e)) => {
                 log::debug!("channel payment refused on {}: {e}", ctx.route_label());
@@ -216,8 +230,7 @@ impl LevyProxy {
             asked = ids.then(|| retry::asked(session.req_header())).flatten();
             asked
         };
-        let accepted =
-            self.accept_payment(header.as_bytes(), paywall, &ctx.live.config, fingerprint);
+        let accepted = self.accept_payment(header, paywall, &ctx.live.config, fingerprint);
         let body_len = asked.map_or(0, |a| a.body_len);
         match accepted {
             Ok(Accepted::Again(served)) => {
@@ -231,6 +244,10 @@ impl LevyProxy {
                 if let Some(m) = Self::metrics_of(ctx) {
                     m.payments_verified.inc();
                 }
+                if paid.metering.is_none() {
+                    // An MCP call is charged only if the origin's answer serves it.
+                    paid.metering = ctx.mcp_metering(paid.verified.amount);
+                }
                 if self
                     .settlement
                     .as_ref()
@@ -238,7 +255,7 @@ impl LevyProxy {
                 {
                     self.keep_for_facilitator(
                         &mut paid,
-                        header.as_bytes(),
+                        header,
                         paywall,
                         session,
                         &ctx.live.config,

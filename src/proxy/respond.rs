@@ -57,6 +57,16 @@ impl Reply {
         self
     }
 
+    /// Its status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The first value of header `name`, if it has one.
+    pub fn header_value(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
     /// Closes the connection after this response (used when a request body is left unread
     /// or the connection state is unknown).
     pub fn close(mut self) -> Self {

@@ -227,6 +227,10 @@ impl LevyProxy {
             ctx.tender.session = SessionStep::None;
             return Ok(());
         }
+        if ctx.mcp.is_some() {
+            // Debited when the origin's answer says it served the call (see `finish_draw`).
+            return Ok(());
+        }
         *served = true;
         if matches!(draw.quota, Quota::Bytes(_)) {
             // Debited when the body has gone (see `finish_draw`).
@@ -293,8 +297,14 @@ impl LevyProxy {
             return;
         };
         if served {
-            match sessions.finish(&draw, bytes).await {
-                Ok(_) => self.audit_draw(&draw, bytes),
+            // A calls or seconds bundle's draw ends here only on an MCP route (elsewhere
+            // the origin's status debited it): one call.
+            let (units, audited) = match draw.quota {
+                Quota::Bytes(_) => (bytes, bytes),
+                _ => (0, 1),
+            };
+            match sessions.finish(&draw, units).await {
+                Ok(_) => self.audit_draw(&draw, audited),
                 Err(e) => log::error!("cannot record {bytes} bundle bytes of {}: {e}", draw.payer),
             }
         } else {

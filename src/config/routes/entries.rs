@@ -117,6 +117,11 @@ pub(in crate::config) fn build_route(
         Access::Free
     } else {
         match (&price_by, usage_models) {
+            // An MCP route's own entry is everything that is not a priced call.
+            _ if route.mcp.is_some() => {
+                check_mcp(path, route)?;
+                Access::Free
+            }
             (Some((field, by)), _) if route.price.is_none() && route.amount.is_none() => {
                 Access::Unpriced(Box::new(Unpriced {
                     field: field.clone(),
@@ -157,6 +162,7 @@ pub(in crate::config) fn build_route(
                 when_text,
                 keyed: false,
                 key_limit: None,
+                mcp: route.mcp.is_some(),
                 upstream: Arc::clone(&upstream),
                 access,
             },
@@ -264,12 +270,79 @@ pub(in crate::config) fn build_route(
             bases.push(None);
         }
     }
+    if let Some(mcp) = &route.mcp {
+        // POST only: a GET (the session's event stream) or DELETE has no call to price.
+        let mut post = matcher.clone();
+        post.methods = MethodSet::only(["POST".to_owned()]);
+        let method_is = |method: &str| {
+            Condition::new(mcp_field("/method"), Test::OneOf(vec![method.to_owned()]))
+        };
+        let tables = [
+            (&mcp.tools, "tools"),
+            (&mcp.resources, "resources"),
+            (&mcp.prompts, "prompts"),
+        ];
+        for ((table, key), (method, name_field)) in
+            tables.into_iter().zip(crate::mcp::PRICED_METHODS)
+        {
+            for (name, text) in table {
+                let at = path.key("mcp").key(key).key(name);
+                let access = match text.as_str() {
+                    "free" => Access::Free,
+                    "bundle" if route.bundle.is_some() => priced(Variant::Own)?,
+                    "bundle" => return Err(invalid(at, "`bundle` needs the route's `bundle`")),
+                    _ if route.bundle.is_some() => {
+                        return Err(invalid(
+                            at,
+                            "on a `bundle` route each call is `bundle` (drawn on it) or `free`",
+                        ))
+                    }
+                    _ => {
+                        let price = parse_price(&at, text)?;
+                        priced(Variant::Price(price, mcp_key(key)))?
+                    }
+                };
+                let named = Condition::new(
+                    mcp_field(&format!("/params/{name_field}")),
+                    Test::OneOf(vec![name.clone()]),
+                );
+                let (mut matcher, text) = narrowed(
+                    &post,
+                    &when_text,
+                    method_is(method),
+                    format!("{method} {name}"),
+                );
+                matcher.when.push(named);
+                entries.push(entry(matcher, text, access));
+                bases.push(None);
+            }
+        }
+        if route.price.is_some() || route.amount.is_some() || route.bundle.is_some() {
+            let access = priced(Variant::Own)?;
+            let (matcher, text) = narrowed(
+                &post,
+                &when_text,
+                method_is("tools/call"),
+                "tools/call of any other tool".to_owned(),
+            );
+            entries.push(entry(matcher, text, access));
+            bases.push(None);
+        }
+    }
     let table_field = match (&price_by, usage_models) {
         (Some((field, _)), _) => Some(field.clone()),
         (None, Some(_)) => Some(model_field()),
         (None, None) => None,
     };
     let own_text = match &table_field {
+        _ if route.mcp.is_some() => {
+            let other = "every other MCP message".to_owned();
+            if when_text.is_empty() {
+                other
+            } else {
+                format!("{when_text}, {other}")
+            }
+        }
         Some(field) if !route.free => {
             let other = format!("{field} not listed");
             if when_text.is_empty() {
@@ -324,6 +397,50 @@ pub(in crate::config) fn build_route(
         multiplied.push((matcher, base));
     }
     Ok(multiplied)
+}
+
+/// A field of an MCP request body.
+fn mcp_field(pointer: &str) -> Field {
+    Field::Body(pointer.to_owned())
+}
+
+/// The key a price of an MCP table is named under in errors.
+fn mcp_key(table: &str) -> &'static str {
+    match table {
+        "tools" => "mcp.tools",
+        "resources" => "mcp.resources",
+        _ => "mcp.prompts",
+    }
+}
+
+/// What an MCP route may not be combined with, and that it prices something.
+fn check_mcp(path: &str, route: &schema::Route) -> Result<(), ConfigError> {
+    for (key, set) in [
+        ("price_by", route.price_by.is_some()),
+        ("meter", route.meter.is_some()),
+        ("price_multiplier", route.price_multiplier.is_some()),
+        ("on_unauthorized", route.on_unauthorized.is_some()),
+        ("free_tier", route.free_tier.is_some()),
+    ] {
+        if set {
+            return Err(invalid(path.key(key), "not allowed on an `mcp` route"));
+        }
+    }
+    let Some(mcp) = &route.mcp else {
+        return Ok(());
+    };
+    let listed = [&mcp.tools, &mcp.resources, &mcp.prompts]
+        .into_iter()
+        .flat_map(BTreeMap::values)
+        .any(|price| price != "free");
+    let own = route.price.is_some() || route.amount.is_some() || route.bundle.is_some();
+    if !listed && !own {
+        return Err(invalid(
+            path.key("mcp"),
+            "prices nothing: give a tool, resource or prompt a price, or the route a `price`",
+        ));
+    }
+    Ok(())
 }
 
 /// A route's own fixed price (`price` or `amount`), if it has one and sells nothing else.

@@ -103,6 +103,19 @@ pub struct Route {
     /// factor, and its 402 says so. Not with `meter` or `bundle`. Default: none.
     #[serde(default)]
     pub price_multiplier: Option<PriceMultiplier>,
+    /// The route is an MCP server (Streamable HTTP transport), priced per call:
+    /// `{tools: {name: price}, resources: {uri: price}, prompts: {name: price}}`. A priced
+    /// call pays with x402's MCP transport (the payment in `params._meta["x402/payment"]`,
+    /// the receipt in `result._meta["x402/payment-response"]`); an unpaid one gets a
+    /// JSON-RPC payment-required answer, never an HTTP 402; a call the origin answers with
+    /// an error or a tool error (`isError`) is not charged. A value may be `free`, or, on a
+    /// `bundle` route, `bundle` (drawn on the bundle). The route's `price`, `amount` or
+    /// `bundle` is what every other `tools/call` pays; everything else (initialize,
+    /// listings, notifications, the session's event stream) is forwarded free. A JSON-RPC
+    /// batch holding a priced call is refused. Not with `price_by`, `meter`,
+    /// `price_multiplier`, `on_unauthorized` or `free_tier`. Default: not MCP.
+    #[serde(default)]
+    pub mcp: Option<Mcp>,
     /// `challenge`: a request without a payment is forwarded as it is, so the origin's own
     /// customers (API keys, sessions) pass untouched; when the origin answers one of
     /// `unauthorized_statuses`, levy answers the route's 402 instead. A paid request is
@@ -204,6 +217,21 @@ impl Scalar {
             Scalar::Text(t) => t.clone(),
         }
     }
+}
+
+/// `mcp:` of a route: the price of each call, by what it calls.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mcp {
+    /// Tool name → price of its `tools/call` (`"$0.01"`, atomic units, `free` or `bundle`).
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
+    /// Resource URI → price of its `resources/read`. Unlisted resources are free.
+    #[serde(default)]
+    pub resources: BTreeMap<String, String>,
+    /// Prompt name → price of its `prompts/get`. Unlisted prompts are free.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
 }
 
 /// `price_multiplier:` of a route.

@@ -1,0 +1,288 @@
+//! `mcp:` routes: levy in front of an MCP server of our own built with the official
+//! TypeScript SDK, the official SDK's client connecting through levy. Free tools and
+//! listings pass unchanged; a priced call unpaid gets x402's MCP payment-required answer
+//! (a tool error holding the requirements, or the extension's `payment_required` result),
+//! never an HTTP 402; paid in `_meta` with the official x402 client packages it returns the
+//! tool's result with its receipt and settles on anvil; a replay is refused; a tool error is
+//! not charged; a batch holding a priced call is refused; a channel pays many calls with
+//! one deposit; a bundle grants calls drawn with sign-in-with-x proofs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, U256};
+use serde_json::{json, Value};
+
+use crate::support::chain::{signer, TestChain, KEYS};
+use crate::support::interop::{run_script, Runtime};
+use crate::support::settle::{settlement_yaml, wait_all_final};
+use crate::support::{free_port, request, upstream_yaml, Levy, PAY_TO};
+
+/// The MCP server of `tests/interop/mcp-server.mjs`, answering in JSON or in event streams.
+struct McpServer {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl McpServer {
+    fn start(mode: &str) -> McpServer {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let port = free_port();
+        let child = Command::new("node")
+            .args(["mcp-server.mjs", &port.to_string(), mode])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the MCP server");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the MCP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        McpServer { addr, child }
+    }
+
+    /// How many tool calls the server ran.
+    fn tool_calls(&self) -> u64 {
+        let response = request(
+            self.addr,
+            "GET /calls HTTP/1.1\r\nHost: mcp\r\nConnection: close\r\n\r\n",
+        );
+        response.json()["toolCalls"].as_u64().expect("count")
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// levy in front of `server`, settling on `chain`, with `route` (YAML list entries).
+fn levy_for(chain: &TestChain, server: &McpServer, dir: &std::path::Path, route: &str) -> Levy {
+    Levy::start(&format!(
+        "{}{}{}  routes:\n{route}",
+        upstream_yaml(server.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir, "    max_delay_ms: 100\n"),
+    ))
+}
+
+/// Runs the official MCP client through levy at `levy`'s `/mcp` with `steps`.
+fn client(levy: &Levy, steps: Value, envs: &[(&str, &str)]) -> Value {
+    let url = format!("http://{}/mcp", levy.addr);
+    let report = run_script(
+        Runtime::Node,
+        "mcp-call.mjs",
+        &[&url, &steps.to_string()],
+        envs,
+    );
+    assert!(report.get("error").is_none(), "{report}");
+    report
+}
+
+fn payee() -> Address {
+    PAY_TO.parse().expect("payee")
+}
+
+fn nonce(step: &Value) -> B256 {
+    step["payment"]["nonce"]
+        .as_str()
+        .expect("an exact payment's nonce")
+        .parse()
+        .expect("nonce")
+}
+
+#[test]
+fn a_priced_tool_answers_payment_required_in_json_rpc_and_paid_returns_its_result_and_receipt() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 10_000_000);
+    let server = McpServer::start("json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_for(
+        &chain,
+        &server,
+        dir.path(),
+        "    - name: mcp_json\n      path: /mcp\n      accepts: [{network: base-sepolia}]\n      \
+         mcp:\n        tools: {weather: \"$0.01\", broken: \"$0.01\", echo: free}\n        \
+         resources: {\"report://q3\": \"$0.02\"}\n",
+    );
+    let before = chain.balance(payee());
+    let report = client(
+        &levy,
+        json!([
+            {"tool": "echo", "args": {"text": "hi"}},
+            {"tool": "weather", "args": {"city": "Oslo"}, "pay": true},
+            {"tool": "weather", "args": {"city": "Oslo"}, "replay": true},
+            {"tool": "broken", "pay": true},
+            {"resource": "report://q3", "extension": true, "pay": true},
+            {"prompt": "summary", "args": {"text": "x"}},
+        ]),
+        &[],
+    );
+    // Listings and free calls pass unchanged.
+    assert_eq!(
+        report["tools"],
+        json!(["echo", "weather", "forecast", "broken", "slow_stream"])
+    );
+    let steps = &report["steps"];
+    assert_eq!(
+        steps[0]["unpaid"]["result"]["content"][0]["text"],
+        "echo: hi"
+    );
+    assert_eq!(
+        steps[5]["unpaid"]["result"]["messages"][0]["content"]["text"],
+        "Summarise: x"
+    );
+
+    // Unpaid: a tool error holding the requirements, twice; paid: the result and a receipt.
+    let weather = &steps[1];
+    let unpaid = &weather["unpaid"]["result"];
+    assert_eq!(unpaid["isError"], true, "{weather}");
+    assert_eq!(unpaid["structuredContent"]["x402Version"], 2);
+    assert_eq!(unpaid["structuredContent"]["accepts"][0]["amount"], "10000");
+    let text: Value =
+        serde_json::from_str(unpaid["content"][0]["text"].as_str().expect("text")).expect("json");
+    assert_eq!(text, unpaid["structuredContent"]);
+    assert_eq!(
+        weather["paid"]["result"]["content"][0]["text"],
+        "weather in Oslo: cold and clear"
+    );
+    assert_eq!(weather["receipt"]["success"], true, "{weather}");
+    assert_eq!(weather["receipt"]["network"], "eip155:84532");
+    assert_eq!(
+        weather["receipt"]["payer"].as_str().expect("payer"),
+        payer.to_checksum(None)
+    );
+
+    // The same payment again is refused, in the same binding.
+    let replayed = &steps[2]["paid"]["result"];
+    assert_eq!(replayed["isError"], true, "{replayed}");
+    let error = replayed["structuredContent"]["error"]
+        .as_str()
+        .expect("error");
+    assert!(error.contains("nonce"), "{error}");
+
+    // A tool that fails is served its error, without a receipt, and not charged.
+    let broken = &steps[3];
+    assert_eq!(broken["paid"]["result"]["isError"], true, "{broken}");
+    assert_eq!(
+        broken["paid"]["result"]["content"][0]["text"],
+        "the tool failed"
+    );
+    assert!(broken["receipt"].is_null(), "{broken}");
+
+    // A client advertising the extension gets `payment_required`; the resource is paid.
+    let report_q3 = &steps[4];
+    assert_eq!(
+        report_q3["unpaid"]["result"]["resultType"], "payment_required",
+        "{report_q3}"
+    );
+    assert_eq!(
+        report_q3["unpaid"]["result"]["paymentRequired"]["accepts"][0]["amount"],
+        "20000"
+    );
+    assert_eq!(
+        report_q3["paid"]["result"]["contents"][0]["text"],
+        "Q3: up and to the right"
+    );
+    assert_eq!(report_q3["receipt"]["success"], true);
+
+    // The origin ran only the calls that were free or paid: echo, weather, broken.
+    assert_eq!(server.tool_calls(), 3);
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    assert_eq!(
+        chain.balance(payee()) - before,
+        U256::from(10_000 + 20_000),
+        "the weather call and the report, not the broken tool"
+    );
+    assert!(chain.authorization_used(payer, nonce(weather)));
+    assert!(!chain.authorization_used(payer, nonce(broken)));
+    levy.metric_reaches(
+        "levy_mcp_calls_total{call=\"tools/call broken\",outcome=\"not_served\",route=\"mcp_json\"}",
+        1,
+    );
+    levy.metric_reaches(
+        "levy_mcp_calls_total{call=\"tools/call weather\",outcome=\"served\",route=\"mcp_json\"}",
+        1,
+    );
+}
+
+#[test]
+fn an_event_stream_answer_carries_its_receipt_and_a_batch_holding_a_priced_call_is_refused() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 10_000_000);
+    let server = McpServer::start("sse");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_for(
+        &chain,
+        &server,
+        dir.path(),
+        "    - name: mcp_sse\n      path: /mcp\n      price: \"$0.005\"\n      \
+         accepts: [{network: base-sepolia}]\n      \
+         mcp:\n        tools: {slow_stream: \"$0.01\", echo: free}\n",
+    );
+    let before = chain.balance(payee());
+    let report = client(
+        &levy,
+        json!([
+            {"tool": "slow_stream", "progress": true, "pay": true},
+            {"tool": "forecast", "args": {"city": "Bergen"}, "pay": true},
+            {"tool": "echo", "args": {"text": "free"}},
+        ]),
+        &[],
+    );
+    let steps = &report["steps"];
+    let streamed = &steps[0];
+    assert_eq!(
+        streamed["paid"]["result"]["content"][0]["text"], "done streaming",
+        "{streamed}"
+    );
+    assert_eq!(streamed["receipt"]["success"], true, "{streamed}");
+    // A tool the table does not list pays the route's price.
+    let forecast = &steps[1];
+    assert_eq!(
+        forecast["unpaid"]["result"]["structuredContent"]["accepts"][0]["amount"],
+        "5000"
+    );
+    assert_eq!(
+        forecast["paid"]["result"]["content"][0]["text"],
+        "forecast for Bergen: snow"
+    );
+    assert_eq!(
+        steps[2]["unpaid"]["result"]["content"][0]["text"],
+        "echo: free"
+    );
+
+    // A JSON-RPC batch holding a priced call: one error per request, nothing forwarded.
+    let calls = server.tool_calls();
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "forecast", "arguments": {"city": "Oslo"}}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    ])
+    .to_string();
+    let response = request(
+        levy.addr,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nHost: levy.test\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{batch}",
+            batch.len()
+        ),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let answers = response.json();
+    assert_eq!(answers[0]["id"], 1);
+    assert_eq!(answers[1]["id"], 2);
+    assert_eq!(answers[0]["error"]["code"], -32600, "{answers}");
+    assert_eq!(server.tool_calls(), calls);
+
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    assert_eq!(chain.balance(payee()) - before, U256::from(10_000 + 5_000));
+}
