@@ -59,6 +59,17 @@ pub(crate) fn channel_yaml(
     route: &str,
     more_channel_settings: &str,
 ) -> String {
+    channel_yaml_to(chain, origin.addr, dir, route, more_channel_settings)
+}
+
+/// [`channel_yaml`] in front of the origin at `upstream`.
+pub(crate) fn channel_yaml_to(
+    chain: &TestChain,
+    upstream: SocketAddr,
+    dir: &Path,
+    route: &str,
+    more_channel_settings: &str,
+) -> String {
     let key_file = dir.join("channel.key");
     std::fs::write(&key_file, AUTHORIZER_KEY).expect("write key");
     let channels = format!(
@@ -68,7 +79,7 @@ pub(crate) fn channel_yaml(
     );
     format!(
         "{}{}{}  routes:\n{route}",
-        upstream_yaml(origin.addr),
+        upstream_yaml(upstream),
         chain.levy_yaml(),
         settlement_yaml(dir, &channels),
     )

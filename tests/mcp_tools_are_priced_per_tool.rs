@@ -286,3 +286,107 @@ fn an_event_stream_answer_carries_its_receipt_and_a_batch_holding_a_priced_call_
     wait_all_final(levy.admin, Duration::from_secs(60));
     assert_eq!(chain.balance(payee()) - before, U256::from(10_000 + 5_000));
 }
+
+#[test]
+fn a_channel_pays_fifty_tool_calls_with_one_deposit_and_a_failing_tool_earns_nothing() {
+    use crate::channels_sell_many_calls_per_deposit::{
+        channel_chain, channel_yaml_to, claim_now, wait_balance,
+    };
+    let chain = channel_chain();
+    let server = McpServer::start("json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&channel_yaml_to(
+        &chain,
+        server.addr,
+        dir.path(),
+        "    - name: mcp_channel\n      path: /mcp\n      accepts: [{network: base-sepolia}]\n      \
+         channel: {min_deposit: \"100000\"}\n      \
+         mcp:\n        tools: {weather: \"1000\", broken: \"1000\", echo: free}\n",
+        "",
+    ));
+    let before = chain.balance(payee());
+    let report = client(
+        &levy,
+        json!([
+            {"tool": "weather", "args": {"city": "Oslo"}, "pay": true, "repeat": 25},
+            {"tool": "broken", "pay": true},
+            {"tool": "weather", "args": {"city": "Oslo"}, "pay": true, "repeat": 25},
+        ]),
+        &[("X402_SCHEME", "channel")],
+    );
+    let steps = &report["steps"];
+    assert_eq!(report["deposits"], 1, "{report}");
+    assert_eq!(steps[0]["served"], 25, "{report}");
+    assert_eq!(steps[2]["served"], 25, "{report}");
+    let last = &steps[2];
+    assert_eq!(
+        last["paid"]["result"]["content"][0]["text"], "weather in Oslo: cold and clear",
+        "{last}"
+    );
+    assert_eq!(last["receipt"]["extra"]["chargedAmount"], "1000", "{last}");
+    // The failing tool's answer carries the channel's state, so the next voucher follows.
+    let broken = &steps[1];
+    assert_eq!(broken["paid"]["result"]["isError"], true, "{broken}");
+    assert!(!broken["receipt"].is_null(), "{broken}");
+    assert_eq!(server.tool_calls(), 51);
+
+    // One claim pays the fifty served calls, not the failed one.
+    assert_eq!(claim_now(levy.admin), 1, "one channel claimed");
+    wait_balance(&chain, payee(), before + U256::from(50 * 1000));
+}
+
+#[test]
+fn a_bundle_bought_with_one_tool_call_grants_calls_and_a_failing_tool_draws_none() {
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 10_000_000);
+    let server = McpServer::start("json");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_for(
+        &chain,
+        &server,
+        dir.path(),
+        "    - name: mcp_bundle\n      path: /mcp\n      accepts: [{network: base-sepolia}]\n      \
+         bundle: {price: \"$0.01\", calls: 3}\n      \
+         mcp:\n        tools: {weather: bundle, broken: bundle, echo: free}\n",
+    );
+    let before = chain.balance(payee());
+    let report = client(
+        &levy,
+        json!([
+            {"tool": "weather", "args": {"city": "Oslo"}, "siwx": true, "pay": true},
+            {"tool": "broken", "siwx": true},
+            {"tool": "weather", "args": {"city": "Oslo"}, "siwx": true, "repeat": 3},
+            {"tool": "weather", "args": {"city": "Oslo"}, "siwx": true},
+        ]),
+        &[],
+    );
+    let steps = &report["steps"];
+    // No bundle yet: the proof draws nothing and the call buys one.
+    let bought = &steps[0];
+    assert_eq!(bought["drawn"], 0, "{bought}");
+    assert_eq!(bought["served"], 1, "{bought}");
+    assert_eq!(
+        bought["paid"]["result"]["content"][0]["text"],
+        "weather in Oslo: cold and clear"
+    );
+    // A failing tool drawn on the bundle leaves its calls as they were.
+    assert_eq!(
+        steps[1]["proved"]["result"]["isError"], true,
+        "{}",
+        steps[1]
+    );
+    assert_eq!(steps[2]["drawn"], 3, "{}", steps[2]);
+    assert_eq!(
+        steps[2]["proved"]["result"]["content"][0]["text"],
+        "weather in Oslo: cold and clear"
+    );
+    // Three calls drawn: the next proof finds the bundle spent and is asked to pay.
+    let spent = &steps[3];
+    assert_eq!(spent["drawn"], 0, "{spent}");
+    assert_eq!(spent["proved"]["result"]["isError"], true, "{spent}");
+    assert!(spent["proved"]["result"]["structuredContent"]["accepts"].is_array());
+    assert_eq!(server.tool_calls(), 5);
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    assert_eq!(chain.balance(payee()) - before, U256::from(10_000));
+}

@@ -42,6 +42,9 @@ pub struct ReplyWatch {
     limit: usize,
     /// The `SettlementResponse` a served answer carries.
     receipt: Option<Value>,
+    /// A failed answer carries it too (a channel's: its state moved either way, and the
+    /// client's next voucher must follow it).
+    receipt_always: bool,
     verdict: Option<Verdict>,
 }
 
@@ -54,13 +57,16 @@ impl ReplyWatch {
             held: Vec::new(),
             limit,
             receipt: None,
+            receipt_always: false,
             verdict: None,
         }
     }
 
-    /// The receipt a served answer carries in `result._meta["x402/payment-response"]`.
-    pub fn set_receipt(&mut self, receipt: Value) {
+    /// The receipt a served answer carries in `result._meta["x402/payment-response"]`
+    /// (`always`: a failed answer too).
+    pub fn set_receipt(&mut self, receipt: Value, always: bool) {
         self.receipt = Some(receipt);
+        self.receipt_always = always;
     }
 
     /// What the reply said, once it said it.
@@ -144,14 +150,13 @@ impl ReplyWatch {
                 .unwrap_or(false)
             || answer.pointer("/result/resultType").and_then(Value::as_str)
                 == Some("payment_required");
-        if failed {
-            self.verdict = Some(Verdict::Failed);
-            out.extend_from_slice(original);
-            return;
-        }
-        self.verdict = Some(Verdict::Served);
+        self.verdict = Some(if failed {
+            Verdict::Failed
+        } else {
+            Verdict::Served
+        });
         match &self.receipt {
-            Some(receipt) if put_receipt(answer, receipt) => {
+            Some(receipt) if (!failed || self.receipt_always) && put_receipt(answer, receipt) => {
                 out.extend(answer.to_string().into_bytes());
             }
             _ => out.extend_from_slice(original),
@@ -238,7 +243,7 @@ mod tests {
         let body = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
         for size in 1..body.len() {
             let mut watch = ReplyWatch::new(json!(3), false, 1 << 20);
-            watch.set_receipt(receipt());
+            watch.set_receipt(receipt(), false);
             let (out, verdict) = feed(&mut watch, body, size);
             assert_eq!(verdict, Some(Verdict::Served));
             let out: Value = serde_json::from_str(&out).unwrap();
@@ -254,11 +259,22 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"no such tool"}}"#,
         ] {
             let mut watch = ReplyWatch::new(json!(3), false, 1 << 20);
-            watch.set_receipt(receipt());
+            watch.set_receipt(receipt(), false);
             let (out, verdict) = feed(&mut watch, body, 7);
             assert_eq!(verdict, Some(Verdict::Failed));
             assert_eq!(out, body);
         }
+    }
+
+    #[test]
+    fn a_channel_s_receipt_rides_on_a_tool_error_too() {
+        let body = r#"{"jsonrpc":"2.0","id":3,"result":{"isError":true,"content":[]}}"#;
+        let mut watch = ReplyWatch::new(json!(3), false, 1 << 20);
+        watch.set_receipt(receipt(), true);
+        let (out, verdict) = feed(&mut watch, body, 10);
+        assert_eq!(verdict, Some(Verdict::Failed));
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(out["result"]["_meta"]["x402/payment-response"], receipt());
     }
 
     #[test]
@@ -279,7 +295,7 @@ mod tests {
             "x".repeat(100)
         );
         let mut watch = ReplyWatch::new(json!(3), false, 40);
-        watch.set_receipt(receipt());
+        watch.set_receipt(receipt(), false);
         let (out, verdict) = feed(&mut watch, &body, 16);
         assert_eq!(verdict, Some(Verdict::Unread));
         assert!(verdict.unwrap().is_served());
@@ -294,7 +310,7 @@ mod tests {
         );
         for size in 1..stream.len() {
             let mut watch = ReplyWatch::new(json!("c1"), true, 1 << 20);
-            watch.set_receipt(receipt());
+            watch.set_receipt(receipt(), false);
             let (out, verdict) = feed(&mut watch, stream, size);
             assert_eq!(verdict, Some(Verdict::Served), "cut every {size}");
             let events: Vec<&str> = out.split("\n\n").filter(|e| !e.is_empty()).collect();

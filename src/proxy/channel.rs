@@ -192,7 +192,7 @@ impl LevyProxy {
                 "channelState": ledger.state_json(),
             })),
         };
-        ctx.keep_mcp_receipt(&receipt);
+        ctx.keep_mcp_channel_receipt(&receipt);
         let encoded = receipt.header_value();
         response.insert_header(PAYMENT_RESPONSE, encoded)?;
         make_private(response)?;

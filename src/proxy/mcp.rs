@@ -37,6 +37,8 @@ pub struct Exchange {
     /// `levy_mcp_calls_total`).
     priced: Option<String>,
     receipt: Option<Value>,
+    /// The receipt is a channel's: a failed answer carries it too.
+    channel_receipt: bool,
     watch: Option<ReplyWatch>,
 }
 
@@ -55,13 +57,15 @@ impl Exchange {
             call,
             priced,
             receipt: None,
+            channel_receipt: false,
             watch: None,
         })
     }
 
     /// The receipt a served answer carries.
-    pub(super) fn keep_receipt(&mut self, receipt: &crate::x402::SettleResponse) {
+    pub(super) fn keep_receipt(&mut self, receipt: &crate::x402::SettleResponse, channel: bool) {
         self.receipt = serde_json::to_value(receipt).ok();
+        self.channel_receipt = channel;
     }
 
     /// Counts the call's end in `levy_mcp_calls_total` (priced calls only).
@@ -165,7 +169,15 @@ impl RequestCtx {
     /// Keeps the receipt of this MCP call's payment for its answer.
     pub(super) fn keep_mcp_receipt(&mut self, receipt: &crate::x402::SettleResponse) {
         if let Some(exchange) = self.mcp.as_mut() {
-            exchange.keep_receipt(receipt);
+            exchange.keep_receipt(receipt, false);
+        }
+    }
+
+    /// Keeps the receipt of this MCP call's channel payment: its answer carries it whatever
+    /// it says, since the channel's state moved (a failed call earns nothing of it).
+    pub(super) fn keep_mcp_channel_receipt(&mut self, receipt: &crate::x402::SettleResponse) {
+        if let Some(exchange) = self.mcp.as_mut() {
+            exchange.keep_receipt(receipt, true);
         }
     }
 
@@ -210,7 +222,7 @@ impl LevyProxy {
         };
         let mut watch = ReplyWatch::new(id, event_stream, REPLY_HOLD_BYTES);
         if let Some(receipt) = exchange.receipt.take() {
-            watch.set_receipt(receipt);
+            watch.set_receipt(receipt, exchange.channel_receipt);
         }
         exchange.watch = Some(watch);
         if response.headers.contains_key(header::CONTENT_LENGTH) {

@@ -9,14 +9,17 @@
 // STEPS_JSON is a list of {tool, args} | {resource} | {prompt, args}, each with optional
 // pay: true (pay when asked), extension: true (advertise org.x402/payment), replay: true
 // (send the previous step's payment again), progress: true (ask for progress), repeat: N
-// (make the call N times; the report keeps the last and counts results).
+// (make the call N times; the report keeps the last and counts results), siwx: true (first
+// answer a payment-required that declares sign-in-with-x with a proof signed by the official
+// extension, sent in the SIGN-IN-WITH-X header: a bundle the payer bought draws the call).
 // Prints one JSON line: {tools: [names], deposits, steps: [{unpaid, paid, payment, receipt,
-// served}]} or {error}.
+// served, drawn}]} or {error}.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { x402Client } from "@x402/core/client";
 import { ExactEvmScheme } from "@x402/evm";
 import { BatchSettlementEvmScheme } from "@x402/evm/batch-settlement/client";
+import { createSIWxPayload, encodeSIWxHeader } from "@x402/extensions/sign-in-with-x";
 import { privateKeyToAccount } from "viem/accounts";
 
 const [url, stepsJson] = process.argv.slice(2);
@@ -24,6 +27,17 @@ const account = privateKeyToAccount(process.env.PAYER_KEY);
 const scheme = process.env.X402_SCHEME === "channel" ? new BatchSettlementEvmScheme(account) : new ExactEvmScheme(account);
 const payer = new x402Client().register("eip155:*", scheme);
 let deposits = 0;
+// Headers the next request carries (a sign-in-with-x proof), then forgotten.
+let nextHeaders = null;
+const withHeaders = async (input, init) => {
+  if (nextHeaders) {
+    const headers = new Headers(init?.headers);
+    for (const [name, value] of Object.entries(nextHeaders)) headers.set(name, value);
+    init = { ...init, headers };
+    nextHeaders = null;
+  }
+  return fetch(input, init);
+};
 const EXTENSION = { "io.modelcontextprotocol/clientCapabilities": { extensions: { "org.x402/payment": {} } } };
 
 // The PaymentRequired in an answer, in whichever binding it came.
@@ -61,7 +75,7 @@ async function answerOf(client, step, meta) {
 
 try {
   const client = new Client({ name: "levy-mcp-test", version: "1.0.0" });
-  await client.connect(new StreamableHTTPClientTransport(new URL(url)));
+  await client.connect(new StreamableHTTPClientTransport(new URL(url), { fetch: withHeaders }));
   const tools = (await client.listTools()).tools.map((t) => t.name);
   const steps = [];
   let lastPayment = null;
@@ -72,10 +86,20 @@ try {
     }
     let out = {};
     let served = 0;
+    let drawn = 0;
     for (let i = 0; i < (step.repeat ?? 1); i++) {
       out = {};
       out.unpaid = await answerOf(client, step, {});
-      const asked = required(out.unpaid.result) ?? out.unpaid.error?.data ?? null;
+      let asked = required(out.unpaid.result) ?? out.unpaid.error?.data ?? null;
+      const declared = asked?.extensions?.["sign-in-with-x"];
+      if (step.siwx && declared?.supportedChains) {
+        const chain = declared.supportedChains.find((c) => c.chainId === asked.accepts?.[0]?.network) ?? declared.supportedChains[0];
+        const proof = await createSIWxPayload({ ...declared.info, chainId: chain.chainId, type: chain.type }, account, url);
+        nextHeaders = { "SIGN-IN-WITH-X": encodeSIWxHeader(proof) };
+        out.proved = await answerOf(client, step, {});
+        asked = required(out.proved.result) ?? out.proved.error?.data ?? null;
+        if (!asked) drawn += 1;
+      }
       if (step.pay && asked?.accepts) {
         const payment = await payer.createPaymentPayload(asked);
         if (payment.payload?.type === "deposit") deposits += 1;
@@ -90,6 +114,7 @@ try {
       }
     }
     out.served = served;
+    out.drawn = drawn;
     steps.push(out);
   }
   await client.close();
