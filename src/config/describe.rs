@@ -1,7 +1,7 @@
 //! What `levy check` prints: the route table, and the warnings a valid config may still
 //! deserve.
 
-use super::{Access, Unmatched};
+use super::{Access, Route, Unmatched};
 use crate::routing::HostPattern;
 use crate::Config;
 
@@ -149,8 +149,12 @@ impl Config {
             if !matches!(route.access, Access::Priced(_)) {
                 continue;
             }
+            // An MCP route's free entries take the calls it does not price: its priced
+            // entries name theirs, and the rest is free by design.
+            let same_mcp = |r: &Route| r.mcp && route.mcp && r.name == route.name;
             let free_cover = entries[i + 1..].iter().find(|(m, r)| {
                 matches!(r.access, Access::Free)
+                    && !same_mcp(r)
                     && (m.host == HostPattern::Any || m.host == priced.host)
                     && m.methods.overlaps(&priced.methods)
                     && m.path.covers(&priced.path)
@@ -165,7 +169,10 @@ impl Config {
             // its methods) reaches the origin unpaid.
             // An API key's free entry takes only requests that carry a secret levy lists.
             let free_before = entries[..i].iter().find(|(m, r)| {
-                matches!(r.access, Access::Free) && !r.keyed && m.takes_some_of(priced)
+                matches!(r.access, Access::Free)
+                    && !r.keyed
+                    && !same_mcp(r)
+                    && m.takes_some_of(priced)
             });
             if let Some((m, free)) = free_before {
                 if m.when.is_empty() {

@@ -1371,3 +1371,85 @@ fn a_tier_s_price_an_asset_cannot_hold_is_named_under_the_key_it_was_written_at(
         "levy.routes[0].price_multiplier.factors: price `$0.0000001` needs 7 decimals",
     );
 }
+
+/// An MCP route with `keys` (YAML lines, six spaces) and `mcp` (its table, inline).
+fn mcp_route(keys: &str, mcp: &str) -> String {
+    route(&format!(
+        "      pay_to: \"{PAY_TO}\"\n      accepts: [{{network: base-sepolia}}]\n{keys}      mcp: {mcp}\n"
+    ))
+}
+
+#[test]
+fn an_mcp_route_is_one_entry_per_priced_call_before_a_free_one_for_the_rest() {
+    let config = Config::from_yaml(&yaml(
+        &mcp_route(
+            "      price: \"$0.001\"\n",
+            "{tools: {search: \"$0.01\", ping: free}, resources: {\"report://q3\": \"5\"}}",
+        ),
+        "",
+    ))
+    .expect("valid");
+    let entries: Vec<(String, String)> = config
+        .routes
+        .iter()
+        .map(|(_, r)| {
+            let access = match &r.access {
+                Access::Free => "free".to_owned(),
+                Access::Priced(p) => p.requirements[0].amount.to_string(),
+                Access::Unpriced(_) => "unpriced".to_owned(),
+            };
+            (r.when_text.clone(), access)
+        })
+        .collect();
+    let expected = [
+        ("tools/call ping", "free"),
+        ("tools/call search", "10000"),
+        ("resources/read report://q3", "5"),
+        ("tools/call of any other tool", "1000"),
+        ("every other MCP message", "free"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(w, a)| ((*w).to_owned(), (*a).to_owned()))
+        .collect();
+    assert_eq!(entries, expected);
+    assert!(config.routes.iter().all(|(_, r)| r.mcp));
+    // Its free entries are its own design: `levy check` does not warn about them.
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+}
+
+#[test]
+fn an_mcp_route_names_the_key_and_the_problem() {
+    assert_error(
+        &yaml(&mcp_route("", "{tools: {ping: free}}"), ""),
+        "levy.routes[0].mcp: prices nothing: give a tool, resource or prompt a price, or the route a `price`",
+    );
+    assert_error(
+        &yaml(&mcp_route("", "{tools: {search: \"abc\"}}"), ""),
+        "levy.routes[0].mcp.tools.search:",
+    );
+    assert_error(
+        &yaml(&mcp_route("", "{tools: {search: bundle}}"), ""),
+        "levy.routes[0].mcp.tools.search: `bundle` needs the route's `bundle`",
+    );
+    assert_error(
+        &yaml(
+            &mcp_route(
+                "      bundle: {price: \"$0.01\", calls: 3}\n",
+                "{tools: {search: \"$0.01\"}}",
+            ),
+            "",
+        ),
+        "levy.routes[0].mcp.tools.search: on a `bundle` route each call is `bundle` (drawn on it) or `free`",
+    );
+    assert_error(
+        &yaml(
+            &mcp_route(
+                "      price_by: {header: x-tier, prices: {a: \"1\"}}\n",
+                "{tools: {search: \"1\"}}",
+            ),
+            "",
+        ),
+        "levy.routes[0].price_by: not allowed on an `mcp` route",
+    );
+}

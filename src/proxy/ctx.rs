@@ -9,9 +9,9 @@ use alloy_primitives::{B256, U256};
 
 use super::metering::Metering;
 use super::outcome::Outcome;
-use super::tender::{Paid, PaymentState, Release, Tender};
+use super::tender::{Paid, PaymentState, Release, SessionStep, Tender};
 use crate::alerts::{Entry, Event};
-use crate::config::{Route, Upstream};
+use crate::config::{Access, Route, Upstream};
 
 /// Public path prefix of settlement status pages on the data listener.
 pub const STATUS_PATH: &str = "/_levy/settlements/";
@@ -317,4 +317,41 @@ fn metrics_released(route: &str) {
         .payments_released
         .with_label_values(&[route])
         .inc();
+}
+
+impl RequestCtx {
+    /// The metering of a paid MCP call: one whole-price payment of `amount`, charged only
+    /// if the origin's answer serves the call.
+    pub(super) fn mcp_metering(&self, amount: alloy_primitives::U256) -> Option<Metering> {
+        let route = self.route.as_deref()?;
+        let Access::Priced(paywall) = &route.access else {
+            return None;
+        };
+        if self.mcp.is_none() || paywall.bundle.is_some() {
+            // Buying a bundle is charged when the origin answers: its calls are what it buys.
+            return None;
+        }
+        let decimals = paywall.requirements.first().map_or(6, |r| r.decimals);
+        Some(Metering::tool_call(amount, decimals))
+    }
+
+    /// Keeps the receipt of this MCP call's payment for its answer.
+    pub(super) fn keep_mcp_receipt(&mut self, receipt: &crate::x402::SettleResponse) {
+        if let Some(exchange) = self.mcp.as_mut() {
+            exchange.keep_receipt(receipt, false);
+        }
+    }
+
+    /// Keeps the receipt of this MCP call's channel payment: its answer carries it whatever
+    /// it says, since the channel's state moved (a failed call earns nothing of it).
+    pub(super) fn keep_mcp_channel_receipt(&mut self, receipt: &crate::x402::SettleResponse) {
+        if let Some(exchange) = self.mcp.as_mut() {
+            exchange.keep_receipt(receipt, true);
+        }
+    }
+
+    /// Whether the call holds a payment, a channel or a bundle draw its answer decides.
+    pub(super) fn mcp_charge_pending(&mut self) -> bool {
+        self.metering().is_some() || matches!(self.tender.session, SessionStep::Drawing { .. })
+    }
 }

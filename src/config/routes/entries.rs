@@ -109,6 +109,7 @@ pub(in crate::config) fn build_route(
             ("api_keys", route.api_keys.is_some()),
             ("free_tier", route.free_tier.is_some()),
             ("rate_limit", route.rate_limit.is_some()),
+            ("mcp", route.mcp.is_some()),
         ] {
             if set {
                 return Err(invalid(path.key(key), "not allowed on a free route"));
