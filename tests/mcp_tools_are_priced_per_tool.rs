@@ -395,3 +395,65 @@ fn a_bundle_bought_with_one_tool_call_grants_calls_and_a_failing_tool_draws_none
     wait_all_final(levy.admin, Duration::from_secs(60));
     assert_eq!(chain.balance(payee()) - before, U256::from(10_000));
 }
+
+#[test]
+fn replicas_on_one_redis_refuse_a_tool_payment_spent_on_another_and_settle_it_once() {
+    use crate::support::chain::SETTLER_KEY;
+    use crate::support::process::{process_config, spawn_levy, wait_listening};
+    use crate::support::redis::RedisServer;
+    use crate::support::settle::settlement_yaml_signed_by;
+
+    let redis = RedisServer::start();
+    let chain = TestChain::start();
+    let payer = signer(KEYS[0]).address();
+    chain.mint(payer, 10_000_000);
+    let server = McpServer::start("json");
+    let mut replicas = Vec::new();
+    for settler in [SETTLER_KEY, KEYS[3]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let yaml = format!(
+            "{}{}{}{}  routes:\n    - name: mcp_shared\n      path: /mcp\n      \
+             accepts: [{{network: base-sepolia}}]\n      mcp: {{tools: {{weather: \"$0.01\"}}}}\n",
+            upstream_yaml(server.addr),
+            chain.levy_yaml(),
+            settlement_yaml_signed_by(dir.path(), settler, "    max_delay_ms: 100\n"),
+            redis.state_yaml(),
+        );
+        let (config, addr, admin) = process_config(dir.path(), &yaml);
+        let process = spawn_levy(&config);
+        wait_listening(addr);
+        wait_listening(admin);
+        replicas.push((process, addr, admin, dir));
+    }
+    let before = chain.balance(payee());
+    let url = format!("http://{}/mcp", replicas[0].1);
+    let other = format!("http://{}/mcp", replicas[1].1);
+    let steps = json!([
+        {"tool": "weather", "args": {"city": "Oslo"}, "pay": true},
+        {"tool": "weather", "args": {"city": "Oslo"}, "replay": true, "via": other},
+    ]);
+    let report = run_script(
+        Runtime::Node,
+        "mcp-call.mjs",
+        &[&url, &steps.to_string()],
+        &[],
+    );
+    assert!(report.get("error").is_none(), "{report}");
+    let paid = &report["steps"][0];
+    assert_eq!(paid["receipt"]["success"], true, "{paid}");
+    let replayed = &report["steps"][1]["paid"]["result"];
+    assert_eq!(replayed["isError"], true, "{replayed}");
+    assert!(
+        replayed["structuredContent"]["accepts"].is_array(),
+        "{replayed}"
+    );
+    assert_eq!(
+        server.tool_calls(),
+        1,
+        "the replay never reached the server"
+    );
+    for (_, _, admin, _) in &replicas {
+        wait_all_final(*admin, Duration::from_secs(60));
+    }
+    assert_eq!(chain.balance(payee()) - before, U256::from(10_000));
+}

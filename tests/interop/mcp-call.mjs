@@ -8,7 +8,8 @@
 // Usage: PAYER_KEY=0x… [X402_SCHEME=channel] node mcp-call.mjs URL STEPS_JSON
 // STEPS_JSON is a list of {tool, args} | {resource} | {prompt, args}, each with optional
 // pay: true (pay when asked), extension: true (advertise org.x402/payment), replay: true
-// (send the previous step's payment again), progress: true (ask for progress), repeat: N
+// (send the previous step's payment again; via: URL sends it through another server),
+// progress: true (ask for progress), repeat: N
 // (make the call N times; the report keeps the last and counts results), siwx: true (first
 // answer a payment-required that declares sign-in-with-x with a proof signed by the official
 // extension, sent in the SIGN-IN-WITH-X header: a bundle the payer bought draws the call).
@@ -81,7 +82,14 @@ try {
   let lastPayment = null;
   for (const step of JSON.parse(stepsJson)) {
     if (step.replay) {
-      steps.push({ paid: await answerOf(client, step, { "x402/payment": lastPayment }) });
+      // Through another server (`via`: another replica) or this one.
+      let other = client;
+      if (step.via) {
+        other = new Client({ name: "levy-mcp-test", version: "1.0.0" });
+        await other.connect(new StreamableHTTPClientTransport(new URL(step.via)));
+      }
+      steps.push({ paid: await answerOf(other, step, { "x402/payment": lastPayment }) });
+      if (step.via) await other.close();
       continue;
     }
     let out = {};
