@@ -73,6 +73,29 @@ fn levy_for(chain: &TestChain, server: &McpServer, dir: &std::path::Path, route:
     ))
 }
 
+/// A chain with payer key 0 funded, the MCP server answering in `mode`, and levy in front
+/// of it selling `route`.
+struct Setup {
+    chain: TestChain,
+    server: McpServer,
+    levy: Levy,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(mode: &str, route: &str) -> Setup {
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    let server = McpServer::start(mode);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_for(&chain, &server, dir.path(), route);
+    Setup {
+        chain,
+        server,
+        levy,
+        _dir: dir,
+    }
+}
+
 /// Runs the official MCP client through levy at `levy`'s `/mcp` with `steps`.
 fn client(levy: &Levy, steps: Value, envs: &[(&str, &str)]) -> Value {
     let url = format!("http://{}/mcp", levy.addr);
@@ -100,15 +123,14 @@ fn nonce(step: &Value) -> B256 {
 
 #[test]
 fn a_priced_tool_answers_payment_required_in_json_rpc_and_paid_returns_its_result_and_receipt() {
-    let chain = TestChain::start();
     let payer = signer(KEYS[0]).address();
-    chain.mint(payer, 10_000_000);
-    let server = McpServer::start("json");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_for(
-        &chain,
-        &server,
-        dir.path(),
+    let Setup {
+        chain,
+        server,
+        levy,
+        _dir,
+    } = setup(
+        "json",
         "    - name: mcp_json\n      path: /mcp\n      accepts: [{network: base-sepolia}]\n      \
          mcp:\n        tools: {weather: \"$0.01\", broken: \"$0.01\", echo: free}\n        \
          resources: {\"report://q3\": \"$0.02\"}\n",
@@ -221,15 +243,13 @@ fn a_priced_tool_answers_payment_required_in_json_rpc_and_paid_returns_its_resul
 
 #[test]
 fn an_event_stream_answer_carries_its_receipt_and_a_batch_holding_a_priced_call_is_refused() {
-    let chain = TestChain::start();
-    let payer = signer(KEYS[0]).address();
-    chain.mint(payer, 10_000_000);
-    let server = McpServer::start("sse");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_for(
-        &chain,
-        &server,
-        dir.path(),
+    let Setup {
+        chain,
+        server,
+        levy,
+        _dir,
+    } = setup(
+        "sse",
         "    - name: mcp_sse\n      path: /mcp\n      price: \"$0.005\"\n      \
          accepts: [{network: base-sepolia}]\n      \
          mcp:\n        tools: {slow_stream: \"$0.01\", echo: free}\n",
@@ -342,15 +362,13 @@ fn a_channel_pays_fifty_tool_calls_with_one_deposit_and_a_failing_tool_earns_not
 
 #[test]
 fn a_bundle_bought_with_one_tool_call_grants_calls_and_a_failing_tool_draws_none() {
-    let chain = TestChain::start();
-    let payer = signer(KEYS[0]).address();
-    chain.mint(payer, 10_000_000);
-    let server = McpServer::start("json");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_for(
-        &chain,
-        &server,
-        dir.path(),
+    let Setup {
+        chain,
+        server,
+        levy,
+        _dir,
+    } = setup(
+        "json",
         "    - name: mcp_bundle\n      path: /mcp\n      accepts: [{network: base-sepolia}]\n      \
          bundle: {price: \"$0.01\", calls: 3}\n      \
          mcp:\n        tools: {weather: bundle, broken: bundle, echo: free}\n",
