@@ -77,6 +77,9 @@ pub struct Metrics {
     /// `levy_funds_read_failures_total`: payer balance reads that failed or ran past their
     /// deadline.
     pub funds_unknown: IntCounter,
+    /// `levy_state_round_trips_total`: exchanges with Redis (`levy.state.redis`): one per
+    /// command or pipeline sent and answered (or timed out).
+    pub state_round_trips: IntCounter,
     /// `levy_admission_reads_refused_total{why}`: chain reads for admitting a payment that
     /// were not started: `busy` (the chain's concurrent reads were all running) or
     /// `client_budget` (the client used its signature checks for the minute).
@@ -356,6 +359,11 @@ pub fn metrics() -> &'static Metrics {
             "Settlement transactions mined with a payment in them that did not transfer"
         )
         .expect("levy_settlement_reverted_transactions_total registers once"),
+        state_round_trips: register_int_counter!(
+            "levy_state_round_trips_total",
+            "Exchanges with Redis: one per command or pipeline sent"
+        )
+        .expect("levy_state_round_trips_total registers once"),
         funds_unknown: register_int_counter!(
             "levy_funds_read_failures_total",
             "Payer balance reads that failed or ran past their deadline"

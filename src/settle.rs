@@ -447,7 +447,7 @@ impl Settlement {
         self.keep(&record, hold);
         if let Some(link) = self.inner.link.get() {
             // Any replica's engine settles it from here.
-            self.hand_to_queue(link, record).await;
+            self.hand_to_queue(link, record);
             return;
         }
         let waiting = {

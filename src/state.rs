@@ -51,6 +51,19 @@ mod sessions;
 pub use nonces::SharedNonceStore;
 pub use retries::IdClaim;
 
+/// How long the claims charged or released after a first one are gathered before they go to
+/// Redis together.
+const CLAIMS_GATHERED_FOR: Duration = Duration::from_millis(2);
+
+/// What became of a claimed authorization.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Its payment was charged: the key says so until it expires.
+    Used,
+    /// Nothing was charged: the key is deleted.
+    Released,
+}
+
 /// Seconds a replay key outlives its authorization's deadline (clock differences between
 /// replicas and the chain).
 const EXPIRY_MARGIN_SECONDS: u64 = 120;
@@ -84,15 +97,6 @@ pub enum StateError {
     Evicts { url: String, policy: String },
 }
 
-/// What a shared exposure reservation found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reserved {
-    /// Counted: the sums over every replica, this payment included.
-    Counted(Shares),
-    /// Not counted: a replica denied the payer, for this reason.
-    Denied(String),
-}
-
 /// Who holds an authorization, as far as every replica is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayClaim {
@@ -102,6 +106,21 @@ pub enum ReplayClaim {
     InFlight,
     /// It already paid for a response.
     Used,
+    /// Redis could not be asked: nothing may be charged.
+    Unavailable(Unavailable),
+}
+
+/// What [`Shared::claim_and_reserve`] found.
+#[derive(Debug)]
+pub enum ClaimAndReserve {
+    /// Claimed for this replica and counted: the sums over every replica, this payment
+    /// included.
+    Counted(Shares),
+    /// Another request holds the authorization or it was used (`InFlight`, `Used`); nothing
+    /// stays counted.
+    NotClaimed(ReplayClaim),
+    /// A replica denied the payer (the reason); nothing stays claimed.
+    Denied(String),
     /// Redis could not be asked: nothing may be charged.
     Unavailable(Unavailable),
 }
@@ -184,10 +203,10 @@ struct Inner {
     /// it) and this replica fails closed until it is restarted and republishes.
     epoch: String,
     lost: Mutex<Option<String>>,
+    /// Claims charged or released since the last round trip that told Redis.
+    settled_claims: Mutex<Vec<(Settled, String)>>,
     claim: Script,
-    mark_used: Script,
     release: Script,
-    reserve: Script,
     move_exposure: Script,
     deny: Script,
 }
@@ -222,10 +241,9 @@ impl Shared {
                 last_error: Mutex::new(None),
                 epoch,
                 lost: Mutex::new(None),
+                settled_claims: Mutex::new(Vec::new()),
                 claim: Script::new(CLAIM),
-                mark_used: Script::new(MARK_USED),
                 release: Script::new(RELEASE),
-                reserve: Script::new(RESERVE),
                 move_exposure: Script::new(MOVE),
                 deny: Script::new(DENY),
             }),
@@ -271,29 +289,71 @@ impl Shared {
         }
     }
 
-    /// Marks a claimed authorization used (its payment was charged), in the background.
+    /// Marks a claimed authorization used (its payment was charged), in the background,
+    /// with the others marked or released meanwhile ([`Shared::settle_claims`]).
     pub fn mark_used(&self, key: &NonceKey) {
-        let args = vec![self.held(), self.used()];
         // On failure the key stays `held` until it expires: still refused everywhere.
-        self.in_background(
-            |i| &i.mark_used,
-            vec![self.nonce_key(key)],
-            args,
-            "mark a payment used",
-        );
+        self.note_claim(Settled::Used, self.nonce_key(key));
     }
 
-    /// Gives a claimed authorization back (nothing was charged), in the background; only
-    /// this replica's own claim is deleted.
+    /// Gives a claimed authorization back (nothing was charged), in the background, with
+    /// the others marked or released meanwhile; only this replica's own claim is deleted.
     pub fn release_nonce(&self, key: &NonceKey) {
         // On failure the payer must sign a new authorization until it expires: nothing is
         // lost.
-        self.in_background(
-            |i| &i.release,
-            vec![self.nonce_key(key)],
-            vec![self.held()],
-            "release a payment",
-        );
+        self.note_claim(Settled::Released, self.nonce_key(key));
+    }
+
+    /// Notes what became of a claim; the first noted since the last round trip sends them
+    /// all a moment later ([`CLAIMS_GATHERED_FOR`]), in one pipeline.
+    fn note_claim(&self, settled: Settled, key: String) {
+        let first = {
+            let mut waiting = lock(&self.inner.settled_claims);
+            waiting.push((settled, key));
+            waiting.len() == 1
+        };
+        if first {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CLAIMS_GATHERED_FOR).await;
+                this.settle_claims().await;
+            });
+        }
+    }
+
+    /// Sends what became of the claims noted since the last round trip: each used one
+    /// marked, each released one deleted, in one pipeline.
+    async fn settle_claims(&self) {
+        let waiting = std::mem::take(&mut *lock(&self.inner.settled_claims));
+        if waiting.is_empty() {
+            return;
+        }
+        let (held, used) = (self.held(), self.used());
+        let count = waiting.len();
+        let sent: Result<Vec<redis::Value>, Unavailable> = self
+            .run(|mut conn, _| async move {
+                // EVAL: scripts Redis lacks (after its restart) cannot fail one of them.
+                let mut pipe = redis::pipe();
+                for (settled, key) in &waiting {
+                    match settled {
+                        Settled::Used => pipe
+                            .cmd("EVAL")
+                            .arg(MARK_USED)
+                            .arg(1)
+                            .arg(key)
+                            .arg(&held)
+                            .arg(&used),
+                        Settled::Released => {
+                            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(&held)
+                        }
+                    };
+                }
+                pipe.query_async(&mut conn).await
+            })
+            .await;
+        if let Err(e) = sent {
+            log::warn!("cannot mark {count} payments used or released in Redis: {e}");
+        }
     }
 
     /// Runs the script `pick` chooses on `keys` with `args`, off the request path; a failure
@@ -314,42 +374,87 @@ impl Shared {
         });
     }
 
-    /// Counts `amount` in `payer`'s and the total exposure of this replica and returns the
-    /// sums over every replica, this payment included, unless a replica denied the payer.
-    pub async fn reserve_exposure(
+    /// Claims authorization `key` until `valid_before` (as [`Shared::claim_nonce`]) and counts
+    /// `amount` in `payer`'s and the total exposure (as [`Shared::reserve_exposure`]) in one
+    /// round trip: both scripts in one pipeline (their keys live in different Cluster
+    /// slots, so they are not one script). What one did that the other's answer undoes (a
+    /// reservation for a payment another replica holds, a claim for a denied payer) is
+    /// undone off the request path.
+    pub async fn claim_and_reserve(
         &self,
+        key: &NonceKey,
+        valid_before: u64,
         payer: Address,
         amount: U256,
-    ) -> Result<Reserved, Unavailable> {
+    ) -> ClaimAndReserve {
+        let nonce = self.nonce_key(key);
+        let (held, expires_ms) = (self.held(), expiry_ms(valid_before));
         let keys = self.exposure_keys(payer);
         let deny = deny_key(&self.inner.spec.key_prefix, payer);
-        let (field, amount) = (self.inner.spec.replica.clone(), amount.to_string());
-        let sums: Vec<String> = self
-            .run(|mut conn, inner| async move {
-                inner
-                    .reserve
-                    .key(&keys[0])
-                    .key(&keys[1])
-                    .key(&keys[2])
-                    .key(deny)
-                    .arg(field)
-                    .arg(amount)
-                    .invoke_async(&mut conn)
-                    .await
+        let (replica, counted) = (self.inner.spec.replica.clone(), amount.to_string());
+        let answer: Result<(Option<String>, Vec<String>), Unavailable> = self
+            .run(|mut conn, _| async move {
+                // EVAL, not EVALSHA: a script Redis lacks (after its restart) would fail
+                // alone, and sending the pipeline again would find this claim already made.
+                let mut pipe = redis::pipe();
+                pipe.cmd("EVAL")
+                    .arg(CLAIM)
+                    .arg(1)
+                    .arg(&nonce)
+                    .arg(&held)
+                    .arg(expires_ms);
+                pipe.cmd("EVAL")
+                    .arg(RESERVE)
+                    .arg(4)
+                    .arg(&keys)
+                    .arg(&deny)
+                    .arg(&replica)
+                    .arg(&counted);
+                pipe.query_async(&mut conn).await
             })
-            .await?;
-        if let [reason] = sums.as_slice() {
-            return Ok(Reserved::Denied(reason.clone()));
-        }
-        let parse = |i: usize| {
-            sums.get(i)
-                .and_then(|v| U256::from_str_radix(v, 10).ok())
-                .ok_or_else(|| "Redis answered an unreadable exposure sum".to_owned())
+            .await;
+        let (owner, sums) = match answer {
+            Ok(answer) => answer,
+            Err(e) => return ClaimAndReserve::Unavailable(e),
         };
-        Ok(Reserved::Counted(Shares {
-            payer: parse(0)?,
-            total: parse(1)?,
-        }))
+        let claim = match owner {
+            None => ReplayClaim::Claimed,
+            Some(owner) if owner.starts_with("used:") => ReplayClaim::Used,
+            Some(_) => ReplayClaim::InFlight,
+        };
+        let reserved = match sums.as_slice() {
+            [reason] => Err(reason.clone()),
+            _ => Ok(()),
+        };
+        match (claim, reserved) {
+            (ReplayClaim::Claimed, Ok(())) => {
+                let parse = |i: usize| {
+                    sums.get(i)
+                        .and_then(|v| U256::from_str_radix(v, 10).ok())
+                        .ok_or_else(|| {
+                            Unavailable::new("Redis answered an unreadable exposure sum")
+                        })
+                };
+                match (parse(0), parse(1)) {
+                    (Ok(payer), Ok(total)) => ClaimAndReserve::Counted(Shares { payer, total }),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.release_nonce(key);
+                        self.move_exposure(payer, format!("-{amount}"));
+                        ClaimAndReserve::Unavailable(e)
+                    }
+                }
+            }
+            (ReplayClaim::Claimed, Err(reason)) => {
+                self.release_nonce(key);
+                ClaimAndReserve::Denied(reason)
+            }
+            (refused, reserved) => {
+                if reserved.is_ok() {
+                    self.move_exposure(payer, format!("-{amount}"));
+                }
+                ClaimAndReserve::NotClaimed(refused)
+            }
+        }
     }
 
     /// The payer's exposure hash, the total's, and this replica's index of payer hashes.
@@ -448,6 +553,7 @@ impl Shared {
         if let Some(lost) = lock(&inner.lost).clone() {
             return Err(Unavailable::new(lost));
         }
+        crate::metrics::metrics().state_round_trips.inc();
         let outcome = tokio::time::timeout(inner.spec.timeout, async {
             let conn = inner
                 .conn

@@ -21,13 +21,14 @@ use crate::settle::exposure::{Admission, Pressure};
 use crate::settle::facilitator::Verdict;
 use crate::settle::funds::{FundsView, OnRpcError, UptoFunds};
 use crate::settle::{AdmissionPort, OnBacklog, Reason, SettleError, SignatureCheck, Unavailable};
-use crate::state::{IdClaim, ReplayClaim, Reserved, Shared};
+use crate::state::{ClaimAndReserve, IdClaim, ReplayClaim, Shared};
 use crate::verify::{Authorized, PayerSignature, Rejection};
 
 impl LevyProxy {
     /// With shared state, a reserved payment must also be this replica's among all replicas
-    /// (one Redis round trip); it is refused when replayed or in flight elsewhere (402), or
-    /// withdrawn when Redis cannot be asked (503, nothing charged).
+    /// (one Redis round trip; where levy settles, admission makes it with the payment's
+    /// exposure); it is refused when replayed or in flight elsewhere (402), or withdrawn
+    /// when Redis cannot be asked (503, nothing charged).
     async fn claim_across_replicas(&self, ctx: &mut RequestCtx) -> Result<Claimed, Answer> {
         let (Some(shared), Some(paid)) = (self.shared.as_ref(), ctx.reserved()) else {
             return Ok(Claimed::Payment);
@@ -54,6 +55,10 @@ impl LevyProxy {
         let Some(paid) = ctx.reserved() else {
             return Ok(Claimed::Payment);
         };
+        if self.settlement.is_some() {
+            // Admission claims it together with its share of exposure, in one round trip.
+            return Ok(Claimed::Payment);
+        }
         let replay = paid.verified.scheme().replay(&paid.verified);
         match shared.claim_nonce(&replay.key, replay.until).await {
             ReplayClaim::Claimed => Ok(Claimed::Payment),
@@ -202,7 +207,7 @@ pub(super) async fn admit_payment<P: AdmissionPort>(
     } else {
         None
     };
-    let shares = shared_exposure(shared, verified.payer, verified.amount).await?;
+    let shares = shared_exposure(shared, &verified).await?;
     let (mut admission, hold) =
         settlement.reserve(verified.payer, verified.amount, balance, shares);
     if batched && admission == Admission::Defer {
@@ -295,7 +300,7 @@ async fn admit_metered<P: AdmissionPort>(
     } else {
         None
     };
-    let shares = shared_exposure(shared, verified.payer, verified.amount).await?;
+    let shares = shared_exposure(shared, verified).await?;
     let (admission, hold) = settlement.reserve(verified.payer, verified.amount, balance, shares);
     match admission {
         Admission::Unfunded => Err(Answer::refused("permit2_insufficient_balance")),
@@ -307,24 +312,35 @@ async fn admit_metered<P: AdmissionPort>(
     }
 }
 
-/// With shared state: counts `amount` in `payer`'s and the total exposure of every
-/// replica (one round trip) and returns the sums, this payment included; `Err` refuses
-/// a payer another replica denied, or withdraws the payment when Redis cannot be asked.
+/// With shared state: claims the payment's authorization for this replica and counts its
+/// amount in the payer's and the total exposure of every replica (one round trip), and
+/// returns the sums, this payment included; `Err` refuses a payment replayed or in flight
+/// elsewhere or a payer another replica denied, or withdraws the payment when Redis cannot
+/// be asked.
 async fn shared_exposure(
     shared: Option<&Shared>,
-    payer: alloy_primitives::Address,
-    amount: alloy_primitives::U256,
+    verified: &crate::verify::VerifiedPayment,
 ) -> Result<Option<crate::settle::exposure::Shares>, Answer> {
     let Some(shared) = shared else {
         return Ok(None);
     };
-    match shared.reserve_exposure(payer, amount).await {
-        Ok(Reserved::Counted(shares)) => Ok(Some(shares)),
-        Ok(Reserved::Denied(reason)) => {
+    let scheme = verified.scheme();
+    let replay = scheme.replay(verified);
+    let (payer, amount) = (verified.payer, verified.amount);
+    match shared
+        .claim_and_reserve(&replay.key, replay.until, payer, amount)
+        .await
+    {
+        ClaimAndReserve::Counted(shares) => Ok(Some(shares)),
+        ClaimAndReserve::NotClaimed(ReplayClaim::Used) => {
+            Err(Answer::refused(scheme.replayed().reason()))
+        }
+        ClaimAndReserve::NotClaimed(_) => Err(Answer::refused(Rejection::InFlight.reason())),
+        ClaimAndReserve::Denied(reason) => {
             log::debug!("payer {payer} is denied by another replica: {reason}");
             Err(Answer::refused("payer_denied"))
         }
-        Err(why) => Err(shared_unavailable(&why)),
+        ClaimAndReserve::Unavailable(why) => Err(shared_unavailable(&why)),
     }
 }
 

@@ -81,10 +81,11 @@ pub trait SharedQueue: Send + Sync {
     /// This replica's name (a payment's `shared` origin).
     fn replica(&self) -> &str;
 
-    /// Appends a payment, once: a payment appended before (or finished) is left alone. The
-    /// queue counts its exposure from its first append on; `counted_here`: this replica
-    /// counted it too (when it reserved it, or again after a restart), and stops.
-    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), Unavailable>;
+    /// Appends payments, in one round trip, each once: a payment appended before (or
+    /// finished) is left alone. The queue counts a payment's exposure from its first append
+    /// on; `counted_here` (with each record): this replica counted it too (when it reserved
+    /// it, or again after a restart), and stops.
+    async fn append(&self, records: &[(PaymentRecord, bool)]) -> Result<(), Unavailable>;
 
     /// Up to `count` payments no replica has taken yet, now this replica's.
     async fn take_new(&self, count: usize) -> Result<Vec<Taken>, Unavailable>;
@@ -204,25 +205,21 @@ impl Settlement {
 
     /// Hands a journaled payment to the shared queue; its exposure goes with it. When the
     /// queue cannot be asked, the engine offers it again.
-    pub(super) async fn hand_to_queue(&self, link: &Link, record: PaymentRecord) {
-        match link.queue.append(&record, true).await {
-            Ok(()) => self.inner.ledger.hand_over(record.payer, record.amount),
-            Err(e) => {
-                log::warn!(
-                    "cannot queue {} for settlement in Redis ({e}); will retry",
-                    record.id
-                );
-                lock(&link.to_append).push((record, true));
-            }
-        }
+    pub(super) fn hand_to_queue(&self, link: &Link, record: PaymentRecord) {
+        // Journaled already; the engine's next turn (within its 100 ms tick) appends it with
+        // every payment waiting, in one round trip, off the request path. A replica that
+        // stops before then appends it from its journal when it starts again.
+        lock(&link.to_append).push((record, true));
     }
 
     /// Puts a payment back from review in the shared queue (its exposure counts there
     /// again).
     pub(super) async fn requeue_shared(&self, link: &Link, record: PaymentRecord) {
-        if let Err(e) = link.queue.append(&record, false).await {
+        let one = [(record, false)];
+        if let Err(e) = link.queue.append(&one).await {
+            let [(record, counted_here)] = one;
             log::warn!("cannot requeue {} in Redis ({e}); will retry", record.id);
-            lock(&link.to_append).push((record, false));
+            lock(&link.to_append).push((record, counted_here));
         }
     }
 
@@ -379,25 +376,33 @@ impl Settlement {
         Ok(())
     }
 
-    /// Offers the queue again what it could not take before. A payment whose deadline
-    /// comes too close meanwhile is settled here instead (should the queue have taken it
-    /// after all, its authorization still moves once: whoever comes second finds it used).
+    /// Appends what waits for the queue (payments charged since the last turn, and what it
+    /// could not take before), up to [`APPENDED_AT_ONCE`] a round trip. A payment whose
+    /// deadline comes too close meanwhile is settled here instead (should the queue have
+    /// taken it after all, its authorization still moves once: whoever comes second finds
+    /// it used).
     async fn append_again(&self, link: &Link) -> Result<(), Unavailable> {
         let waiting = std::mem::take(&mut *lock(&link.to_append));
         let mut failed = None;
-        let late = unix_now() + 2 * self.settle_window_seconds();
-        for (mut record, counted_here) in waiting {
+        let mut left = Vec::new();
+        for chunk in waiting.chunks(APPENDED_AT_ONCE) {
             if failed.is_none() {
-                match link.queue.append(&record, counted_here).await {
+                match link.queue.append(chunk).await {
                     Ok(()) => {
-                        if counted_here {
-                            self.inner.ledger.hand_over(record.payer, record.amount);
+                        for (record, counted_here) in chunk {
+                            if *counted_here {
+                                self.inner.ledger.hand_over(record.payer, record.amount);
+                            }
                         }
                         continue;
                     }
                     Err(e) => failed = Some(e),
                 }
             }
+            left.extend_from_slice(chunk);
+        }
+        let late = unix_now() + 2 * self.settle_window_seconds();
+        for (mut record, counted_here) in left {
             if record.valid_before > late {
                 lock(&link.to_append).push((record, counted_here));
                 continue;
@@ -579,6 +584,9 @@ impl Settlement {
 
 /// Seconds an adopted batch is given to be mined, at least.
 const INCLUSION_GRACE: u64 = 30;
+
+/// Payments appended to the shared queue in one round trip, at most.
+const APPENDED_AT_ONCE: usize = 500;
 
 /// The outcome of a payment this replica finished, for the entry it was taken in again.
 fn outcome_of(known: &PaymentRecord, taken: &PaymentRecord) -> QueueOutcome {

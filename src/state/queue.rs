@@ -70,24 +70,27 @@ local function claim(me, ids)
 end
 ";
 
-/// Appends payment `ARGV[4]` (origin `ARGV[3]`, record `ARGV[5]`) unless its key says it
-/// was appended before (a payment back from review goes in again). The queue's share of
-/// payer `ARGV[8]`'s and the total exposure gains its value `ARGV[6]` on its first append
-/// and again when it comes back from review (which released it); when `ARGV[7]` is 1 the
-/// origin counted it as its own, and its share loses it, appended now or before.
+/// Appends payments given from `ARGV[4]` on, five arguments each: its id, its record, its
+/// value, whether origin `ARGV[3]` counted it, its payer. Each is appended unless its key
+/// says it was appended before (a payment back from review goes in again). The queue's share
+/// of the payer's and the total exposure gains its value on its first append and again when
+/// it comes back from review (which released it); when the origin counted it as its own,
+/// its share loses it, appended now or before.
 const APPEND: &str = r"
-local key = P .. 'pay:' .. ARGV[4]
-local state = redis.call('GET', key)
-local fresh = not state
-local counts = fresh or state == 'review'
-if counts then
-  redis.call('XADD', Q, '*', 'id', ARGV[4], 'origin', ARGV[3], 'record', ARGV[5])
-  redis.call('SET', key, 'queued')
-end
-for _, hash in ipairs({P .. 'payer:' .. ARGV[8], P .. 'total'}) do
-  if counts then redis.call('HINCRBY', hash, QF, ARGV[6]) end
-  if ARGV[7] == '1' and redis.call('HINCRBY', hash, ARGV[3], '-' .. ARGV[6]) <= 0 then
-    redis.call('HDEL', hash, ARGV[3])
+for i = 4, #ARGV, 5 do
+  local id, record, value, counted, payer = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local key = P .. 'pay:' .. id
+  local state = redis.call('GET', key)
+  local counts = not state or state == 'review'
+  if counts then
+    redis.call('XADD', Q, '*', 'id', id, 'origin', ARGV[3], 'record', record)
+    redis.call('SET', key, 'queued')
+  end
+  for _, hash in ipairs({P .. 'payer:' .. payer, P .. 'total'}) do
+    if counts then redis.call('HINCRBY', hash, QF, value) end
+    if counted == '1' and redis.call('HINCRBY', hash, ARGV[3], '-' .. value) <= 0 then
+      redis.call('HDEL', hash, ARGV[3])
+    end
   end
 end
 return 1
@@ -258,16 +261,19 @@ impl SharedQueue for Shared {
         &self.inner.spec.replica
     }
 
-    async fn append(&self, record: &PaymentRecord, counted_here: bool) -> Result<(), Unavailable> {
-        let json = serde_json::to_string(record)?;
-        let args = vec![
-            self.inner.spec.replica.clone(),
-            record.id.clone(),
-            json,
-            record.amount.to_string(),
-            if counted_here { "1" } else { "0" }.to_owned(),
-            format!("{:#x}", record.payer),
-        ];
+    async fn append(&self, records: &[(PaymentRecord, bool)]) -> Result<(), Unavailable> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(1 + 5 * records.len());
+        args.push(self.inner.spec.replica.clone());
+        for (record, counted_here) in records {
+            args.push(record.id.clone());
+            args.push(serde_json::to_string(record)?);
+            args.push(record.amount.to_string());
+            args.push(if *counted_here { "1" } else { "0" }.to_owned());
+            args.push(format!("{:#x}", record.payer));
+        }
         self.queue_call::<i64>(&scripts().append, args)
             .await
             .map(|_| ())
