@@ -9,7 +9,9 @@
 # Usage: benches/redis_paid.sh BASELINE_LEVY [ROUNDS=3] [SECONDS=5] [CONNECTIONS=16]
 # Prints one line per run: build (new, base, embedded), round, the load tool's JSON with
 # "redis_calls", "round_trips" and "redis_cpu_us_per_request" (Redis's own CPU over the run
-# and the 2 s after it, per paid request) added.
+# and the 4 s after it, per paid request) added, and "settled" and "rpc_per_settled" (the
+# build's JSON-RPC calls by method over the same window per payment it settled then, where
+# the build counts them: levy_rpc_calls_total).
 # Build the baseline in its own target directory (see benches/side-by-side.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,17 +71,32 @@ KEY=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
 redis_calls() { [ "$1" = none ] && { echo 0; return; }; redis-cli -p "$1" info commandstats | awk -F'[:=,]' '/^cmdstat_(eval|evalsha|xrange|xreadgroup):/{n+=$3} END{print n+0}'; }
 # Redis's own CPU seconds so far (user + system).
 redis_cpu() { [ "$1" = none ] && { echo 0; return; }; redis-cli -p "$1" info cpu | awk -F: '/^used_cpu_(user|sys):/{n+=$2} END{print n+0}'; }
+# levy's settlement counters as JSON: RPC calls by method and payments settled.
+chain_counts() {
+  curl -s "http://127.0.0.1:$(($1 + 1))/metrics" | python3 -c '
+import json, re, sys
+out = {"settled": 0, "rpc": {}}
+for line in sys.stdin:
+    m = re.match(r"levy_rpc_calls_total\{method=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        out["rpc"][m.group(1)] = float(m.group(2))
+    m = re.match(r"levy_settlements_total\{reason=\"ok\",state=\"settled\"\} (\S+)", line)
+    if m:
+        out["settled"] = float(m.group(1))
+print(json.dumps(out))'
+}
 round_trips() { curl -s "http://127.0.0.1:$(($1 + 1))/metrics" | awk '/^levy_state_round_trips_total /{print $2; f=1} END{if (!f) print "null"}'; }
 run() { # build port pid redis-port round
-  local before trips cpu result
+  local before trips cpu counts result
   before=$(redis_calls "$4")
   cpu=$(redis_cpu "$4")
+  counts=$(chain_counts "$2")
   trips=$(round_trips "$2")
   result=$(./target/release/examples/load --url "http://127.0.0.1:$2/paid/x" --connections "$CONNS" --seconds "$SECS" \
     --pid "$3" --pay --payments 60000 --key $KEY --expect 200 2>/dev/null | tail -1)
   # What the run left to settle is settled before the next one starts.
-  sleep 2
-  echo "$1 round$5 $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["redis_calls"]=int(sys.argv[2]); a, b = sys.argv[3], sys.argv[4]; d["round_trips"]=None if "null" in (a, b) else int(float(b)) - int(float(a)); d["redis_cpu_us_per_request"]=round((float(sys.argv[6]) - float(sys.argv[5])) * 1e6 / max(d["requests"], 1), 1); print(json.dumps(d))' "$result" $(( $(redis_calls "$4") - before )) "$trips" "$(round_trips "$2")" "$cpu" "$(redis_cpu "$4")")"
+  sleep 4
+  echo "$1 round$5 $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["redis_calls"]=int(sys.argv[2]); a, b = sys.argv[3], sys.argv[4]; d["round_trips"]=None if "null" in (a, b) else int(float(b)) - int(float(a)); d["redis_cpu_us_per_request"]=round((float(sys.argv[6]) - float(sys.argv[5])) * 1e6 / max(d["requests"], 1), 1); c0, c1 = json.loads(sys.argv[7]), json.loads(sys.argv[8]); settled = c1["settled"] - c0["settled"]; d["settled"] = settled; d["rpc_per_settled"] = {m: round((n - c0["rpc"].get(m, 0)) / settled, 4) for m, n in c1["rpc"].items() if settled and n > c0["rpc"].get(m, 0)}; print(json.dumps(d))' "$result" $(( $(redis_calls "$4") - before )) "$trips" "$(round_trips "$2")" "$cpu" "$(redis_cpu "$4")" "$counts" "$(chain_counts "$2")")"
 }
 for round in $(seq "$ROUNDS"); do
   runs=("new 18301 $NEW 18379" "base 18311 $OLD 18380" "embedded 18321 $EMB none")

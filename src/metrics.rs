@@ -80,6 +80,9 @@ pub struct Metrics {
     /// `levy_state_round_trips_total`: exchanges with Redis (`levy.state.redis`): one per
     /// command or pipeline sent and answered (or timed out).
     pub state_round_trips: IntCounter,
+    /// `levy_rpc_calls_total{method}`: JSON-RPC calls levy's settlement made to a chain, by
+    /// method (answered, failed or timed out).
+    pub rpc_calls: IntCounterVec,
     /// `levy_admission_reads_refused_total{why}`: chain reads for admitting a payment that
     /// were not started: `busy` (the chain's concurrent reads were all running) or
     /// `client_budget` (the client used its signature checks for the minute).
@@ -359,6 +362,12 @@ pub fn metrics() -> &'static Metrics {
             "Settlement transactions mined with a payment in them that did not transfer"
         )
         .expect("levy_settlement_reverted_transactions_total registers once"),
+        rpc_calls: register_int_counter_vec!(
+            "levy_rpc_calls_total",
+            "JSON-RPC calls made to a chain by settlement, by method",
+            &["method"]
+        )
+        .expect("levy_rpc_calls_total registers once"),
         state_round_trips: register_int_counter!(
             "levy_state_round_trips_total",
             "Exchanges with Redis: one per command or pipeline sent"

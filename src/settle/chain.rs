@@ -561,12 +561,17 @@ pub async fn chain_id_at(rpc_url: &str, timeout: Duration) -> Result<u64, ChainE
     timed("eth_chainId", timeout, provider.get_chain_id()).await
 }
 
-/// Runs one RPC call `call` under `timeout`, its error sorted by [`ChainError::classify`].
+/// Runs one RPC call `call` under `timeout` (counted in `levy_rpc_calls_total`), its error
+/// sorted by [`ChainError::classify`].
 async fn timed<T>(
     call: &'static str,
     timeout: Duration,
     fut: impl IntoFuture<Output = Result<T, TransportError>>,
 ) -> Result<T, ChainError> {
+    crate::metrics::metrics()
+        .rpc_calls
+        .with_label_values(&[call])
+        .inc();
     match tokio::time::timeout(timeout, fut.into_future()).await {
         Err(_) => Err(ChainError::Timeout(call)),
         Ok(Err(e)) => Err(ChainError::classify(call, &e)),

@@ -75,6 +75,10 @@ impl Channels {
         let request = TransactionRequest::default()
             .to(BATCH_SETTLEMENT_ADDRESS)
             .input(Bytes::from(call.abi_encode()).into());
+        crate::metrics::metrics()
+            .rpc_calls
+            .with_label_values(&["eth_call"])
+            .inc();
         let output =
             match tokio::time::timeout(self.inner.spec.rpc_timeout, chain.provider.call(request))
                 .await
