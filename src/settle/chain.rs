@@ -15,9 +15,11 @@ pub use error::ChainError;
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip1559::Eip1559Estimation;
 use alloy::eips::eip2718::Encodable2718;
 use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::{TransactionBuilder, TxSignerSync};
@@ -140,7 +142,18 @@ pub struct Chain {
     no_simulate: AtomicBool,
     /// Appended to every batch's calldata (ERC-8021 attribution); empty: nothing.
     builder_code: Vec<u8>,
+    /// The last fee estimate and when it was read: a batch simulated and signed within
+    /// [`FEES_FRESH_FOR`] of it uses it instead of asking again.
+    fees_read: Mutex<Option<(Instant, Eip1559Estimation)>>,
+    /// The latest block's gas limit and when it was read (it moves slowly).
+    block_gas_read: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How long a fee estimate is used for before the node is asked again.
+const FEES_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// How long a block gas limit is used for before the node is asked again.
+const BLOCK_GAS_FRESH_FOR: Duration = Duration::from_secs(60);
 
 impl Chain {
     pub fn new(
@@ -160,6 +173,8 @@ impl Chain {
             timeout,
             no_simulate: AtomicBool::new(false),
             builder_code: Vec::new(),
+            fees_read: Mutex::new(None),
+            block_gas_read: Mutex::new(None),
         })
     }
 
@@ -234,6 +249,40 @@ impl Chain {
     /// The settler's address.
     pub fn settler(&self) -> Address {
         self.signer.address()
+    }
+
+    /// The node's EIP-1559 fee estimate, read at most once every [`FEES_FRESH_FOR`] (a
+    /// batch's simulation and its signing a moment later share one read).
+    pub(super) async fn fee_estimate(&self) -> Result<Eip1559Estimation, ChainError> {
+        if let Some((at, estimate)) = *crate::sync::lock(&self.fees_read) {
+            if at.elapsed() < FEES_FRESH_FOR {
+                return Ok(estimate);
+            }
+        }
+        let estimate = self
+            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
+            .await?;
+        *crate::sync::lock(&self.fees_read) = Some((Instant::now(), estimate));
+        Ok(estimate)
+    }
+
+    /// The latest block's gas limit, read at most once every [`BLOCK_GAS_FRESH_FOR`].
+    async fn block_gas_limit(&self) -> Result<u64, ChainError> {
+        if let Some((at, gas)) = *crate::sync::lock(&self.block_gas_read) {
+            if at.elapsed() < BLOCK_GAS_FRESH_FOR {
+                return Ok(gas);
+            }
+        }
+        let block = self
+            .rpc(
+                "eth_getBlockByNumber",
+                self.provider.get_block_by_number(BlockNumberOrTag::Latest),
+            )
+            .await?
+            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
+        let gas = block.header.gas_limit;
+        *crate::sync::lock(&self.block_gas_read) = Some((Instant::now(), gas));
+        Ok(gas)
     }
 
     /// Runs one RPC call under the chain's timeout, its error sorted by
@@ -416,23 +465,14 @@ impl Chain {
                 gas + gas / 4 + 21_000
             }
         };
-        let block = self
-            .rpc(
-                "eth_getBlockByNumber",
-                self.provider.get_block_by_number(BlockNumberOrTag::Latest),
-            )
-            .await?
-            .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
-        let block_gas = block.header.gas_limit;
+        let block_gas = self.block_gas_limit().await?;
         if gas_limit > block_gas / 10 * 9 {
             return Err(ChainError::TooMuchGas {
                 gas: gas_limit,
                 block: block_gas,
             });
         }
-        let estimate = self
-            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
-            .await?;
+        let estimate = self.fee_estimate().await?;
         let bump = |previous: u128| previous + previous / 4 + 1;
         let fees = match floor {
             None => Fees {

@@ -89,9 +89,7 @@ impl Chain {
     /// whose signature check behaves differently at a zero gas price (a contract account
     /// can read it) is then seen as the chain will see it.
     pub(super) async fn simulation_gas_price(&self) -> Result<u128, ChainError> {
-        let fees = self
-            .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
-            .await?;
+        let fees = self.fee_estimate().await?;
         Ok(fees.max_fee_per_gas.max(1))
     }
 
