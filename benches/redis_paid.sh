@@ -12,6 +12,9 @@
 # and the 4 s after it, per paid request) added, and "settled" and "rpc_per_settled" (the
 # build's JSON-RPC calls by method over the same window per payment it settled then, where
 # the build counts them: levy_rpc_calls_total).
+# STATE=embedded runs the first two without Redis too (then the third is a repeat of the
+# first); BASE_SETTLEMENT adds keys to the second's `settlement:` (e.g. ", funds: {check:
+# false}" with this build as the baseline: what a setting costs under load).
 # Build the baseline in its own target directory (see benches/side-by-side.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +41,7 @@ for port in 18379 18380; do
   redis-server --port $port --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
   wait_port $port
 done
-config() { # name data-port redis-port (none: embedded) batcher
+config() { # name data-port redis-port (none: embedded) batcher [settlement keys]
   cat > "$WORK/$1.yaml" <<YAML
 pingora: {threads: 1, work_stealing: false, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 0, pid_file: $WORK/$1.pid, upgrade_sock: $WORK/$1.sock}
 levy:
@@ -48,15 +51,16 @@ levy:
     base-sepolia: {rpc_url: "http://127.0.0.1:18545", multicall: "$MULTICALL", batcher: "$4"}
   pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
   settlement: {journal_path: $WORK/$1.redb, max_batch: 200, max_delay_ms: 500,
-               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited}
+               max_unsettled_per_payer: unlimited, max_unsettled_total: unlimited${5:-}}
 $([ "$3" = none ] || echo "  state: {redis: {url: \"redis://127.0.0.1:$3/0\"}}")
   upstreams: {origin: {address: "127.0.0.1:18300"}}
   routes:
     - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
 YAML
 }
-config new 18301 18379 "$BATCHER_NEW"
-config base 18311 18380 "$BATCHER_BASE"
+if [ "${STATE:-redis}" = embedded ]; then NEW_REDIS=none BASE_REDIS=none; else NEW_REDIS=18379 BASE_REDIS=18380; fi
+config new 18301 "$NEW_REDIS" "$BATCHER_NEW"
+config base 18311 "$BASE_REDIS" "$BATCHER_BASE" "${BASE_SETTLEMENT:-}"
 config embedded 18321 none "$BATCHER_EMBEDDED"
 LEVY_SETTLER_KEY=0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba LEVY_LOG=warn \
   ./target/release/levy -c "$WORK/new.yaml" >/dev/null 2>"$WORK/new.log" & NEW=$!; PIDS+=($NEW)
@@ -99,7 +103,7 @@ run() { # build port pid redis-port round
   echo "$1 round$5 $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["redis_calls"]=int(sys.argv[2]); a, b = sys.argv[3], sys.argv[4]; d["round_trips"]=None if "null" in (a, b) else int(float(b)) - int(float(a)); d["redis_cpu_us_per_request"]=round((float(sys.argv[6]) - float(sys.argv[5])) * 1e6 / max(d["requests"], 1), 1); c0, c1 = json.loads(sys.argv[7]), json.loads(sys.argv[8]); settled = c1["settled"] - c0["settled"]; d["settled"] = settled; d["rpc_per_settled"] = {m: round((n - c0["rpc"].get(m, 0)) / settled, 4) for m, n in c1["rpc"].items() if settled and n > c0["rpc"].get(m, 0)}; print(json.dumps(d))' "$result" $(( $(redis_calls "$4") - before )) "$trips" "$(round_trips "$2")" "$cpu" "$(redis_cpu "$4")" "$counts" "$(chain_counts "$2")")"
 }
 for round in $(seq "$ROUNDS"); do
-  runs=("new 18301 $NEW 18379" "base 18311 $OLD 18380" "embedded 18321 $EMB none")
+  runs=("new 18301 $NEW $NEW_REDIS" "base 18311 $OLD $BASE_REDIS" "embedded 18321 $EMB none")
   for i in 0 1 2; do
     # shellcheck disable=SC2086
     run ${runs[$(( (i + round - 1) % 3 ))]} "$round"
