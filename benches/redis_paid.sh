@@ -22,17 +22,8 @@ BASE=${1:?usage: benches/redis_paid.sh BASELINE_LEVY [ROUNDS] [SECONDS] [CONNECT
 ROUNDS=${2:-3}
 SECS=${3:-5}
 CONNS=${4:-16}
-bash deploy/setup.sh >&2
-[ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund >&2
-cargo build --release --locked --bin levy --example load --example origin >&2
-WORK=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-./target/release/examples/origin 127.0.0.1:18300 >/dev/null 2>&1 & PIDS+=($!)
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 18545 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!)
-wait_port 18545
+. benches/stage.sh
+stage 127.0.0.1:18300 18545
 # The payer is anvil account 0; the builds settle as accounts 5 and 8, each through its own batcher.
 read -r MULTICALL BATCHER_NEW BATCHER_BASE BATCHER_EMBEDDED < <(python3 benches/chain_setup.py http://127.0.0.1:18545 \
   0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266 0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f \

@@ -14,18 +14,9 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 CONNS=${2:-32}
 THREADS=${3:-1}
-bash deploy/setup.sh >&2
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; } >&2
-[ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund >&2
-cargo build --release --locked --bin levy --example load --example origin >&2
-WORK=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-./target/release/examples/origin 127.0.0.1:18500 >/dev/null 2>&1 & PIDS+=($!)
-contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil --port 18546 --chain-id 84532 --silent --prune-history 64 --transaction-block-keeper 2048 & PIDS+=($!)
-wait_port 18546
+. benches/stage.sh
+stage 127.0.0.1:18500 18546
 # The payer is anvil account 0; the replicas settle as accounts 5, 8 and 7.
 SETTLERS=(0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f 0x14dC79964da2C08b23698B3D3cc7Ca32193d9955)
 KEYS=(0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba 0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356)
