@@ -343,6 +343,10 @@ impl ProxyHttp for LevyProxy {
                 upstream_request.remove_header(&name);
             }
         }
+        if ctx.mcp_charge_pending_upstream() {
+            // levy reads a paid MCP call's answer to judge it: it must come uncompressed.
+            upstream_request.remove_header(&header::ACCEPT_ENCODING);
+        }
         if let Some(id) = &ctx.key_id {
             // The key is levy's, not the origin's: the origin learns whose it was.
             if let Some(keys) = &ctx.live.config.api_keys {

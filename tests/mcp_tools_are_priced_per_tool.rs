@@ -475,3 +475,70 @@ fn replicas_on_one_redis_refuse_a_tool_payment_spent_on_another_and_settle_it_on
     }
     assert_eq!(chain.balance(payee()) - before, U256::from(10_000));
 }
+
+/// A raw `tools/call` of `tool` with `meta` in its params, answered by levy at `addr`.
+fn raw_call(addr: SocketAddr, tool: &str, meta: Value, extra_headers: &str) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": tool, "arguments": {}, "_meta": meta}})
+    .to_string();
+    let response = request(
+        addr,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nHost: levy.test\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+#[test]
+fn a_paid_call_reaches_the_origin_without_accept_encoding_so_its_answer_can_be_judged() {
+    use crate::support::origin::{Origin, Reply};
+    use crate::support::pay::{decode, sign_for};
+
+    let chain = TestChain::start();
+    chain.mint(signer(KEYS[0]).address(), 10_000_000);
+    // An MCP server of its own that would compress if asked: it answers a tool error, and
+    // a compressed answer could not be judged.
+    let origin = Origin::start(|seen| {
+        let asked: Value = serde_json::from_slice(&seen.body).unwrap_or_default();
+        let answer = json!({"jsonrpc": "2.0", "id": asked["id"],
+            "result": {"isError": true, "content": [{"type": "text", "text": "failed"}]}});
+        if seen.header("accept-encoding").is_some() {
+            return Reply::status(500, "asked to compress");
+        }
+        Reply::typed("application/json", answer.to_string())
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    - name: mcp_plain\n      path: /mcp\n      \
+         accepts: [{{network: base-sepolia}}]\n      mcp: {{tools: {{weather: \"$0.01\"}}}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml(),
+        settlement_yaml(dir.path(), "    max_delay_ms: 100\n"),
+    ));
+    let before = chain.balance(payee());
+    let asked = raw_call(levy.addr, "weather", json!({}), "");
+    let required = &asked["result"]["structuredContent"];
+    let (_, header) = sign_for(required, KEYS[0]);
+    let paid = raw_call(
+        levy.addr,
+        "weather",
+        json!({"x402/payment": decode(&header)}),
+        "Accept-Encoding: gzip, deflate, br\r\n",
+    );
+    assert_eq!(paid["result"]["content"][0]["text"], "failed", "{paid}");
+    assert!(paid["result"]["_meta"].is_null(), "{paid}");
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|seen| seen.header("accept-encoding").is_none()));
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    assert_eq!(
+        chain.balance(payee()),
+        before,
+        "a tool error is not charged"
+    );
+}

@@ -350,6 +350,18 @@ impl RequestCtx {
         }
     }
 
+    /// Whether a paid MCP call goes upstream: a payment, a channel lease or a bundle draw
+    /// whose charge its answer will decide.
+    pub(super) fn mcp_charge_pending_upstream(&self) -> bool {
+        self.mcp.is_some()
+            && (self.reserved().is_some_and(|paid| paid.metering.is_some())
+                || matches!(
+                    self.tender.channel,
+                    super::tender::ChannelStep::Leased { .. }
+                )
+                || matches!(self.tender.session, SessionStep::Drawing { .. }))
+    }
+
     /// Whether the call holds a payment, a channel or a bundle draw its answer decides.
     pub(super) fn mcp_charge_pending(&mut self) -> bool {
         self.metering().is_some() || matches!(self.tender.session, SessionStep::Drawing { .. })

@@ -97,6 +97,20 @@ impl LevyProxy {
         if !pending && exchange.receipt.is_none() {
             return Ok(());
         }
+        let encoded = response
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            // Asked without `Accept-Encoding`, the origin compressed its answer anyway:
+            // levy cannot read it, and the origin did answer.
+            log::warn!(
+                "MCP answer on {} came compressed: charged unread, without its receipt in the result",
+                route_label(&ctx.route)
+            );
+            self.mcp_verdict(ctx, Verdict::Unread);
+            return Ok(());
+        }
         let content_type = response
             .headers
             .get(header::CONTENT_TYPE)
