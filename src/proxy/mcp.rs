@@ -28,9 +28,8 @@ const REPLY_HOLD_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Exchange {
     call: Call,
-    /// `method name` of a priced call, as its route entry names it (a label of
-    /// `levy_mcp_calls_total`).
-    priced: Option<String>,
+    /// The call is priced (its route entry names it, as `levy_mcp_calls_total`'s `call`).
+    priced: bool,
     receipt: Option<Value>,
     /// The receipt is a channel's: a failed answer carries it too.
     channel_receipt: bool,
@@ -44,10 +43,7 @@ impl Exchange {
             return None;
         };
         let call = Call::of(message)?;
-        let priced = match &route.access {
-            Access::Priced(_) if call.is_priceable() => Some(route.when_text.clone()),
-            _ => None,
-        };
+        let priced = matches!(route.access, Access::Priced(_)) && call.is_priceable();
         Some(Exchange {
             call,
             priced,
@@ -63,12 +59,13 @@ impl Exchange {
         self.channel_receipt = channel;
     }
 
-    /// Counts the call's end in `levy_mcp_calls_total` (priced calls only).
-    fn count(&self, route: &str, outcome: &str) {
-        if let Some(call) = &self.priced {
+    /// Counts the call's end on `route` (its entry) in `levy_mcp_calls_total`, priced calls
+    /// only.
+    fn count(&self, route: Option<&Route>, outcome: &str) {
+        if let (true, Some(route)) = (self.priced, route) {
             metrics()
                 .mcp_calls
-                .with_label_values(&[route, call, outcome])
+                .with_label_values(&[&route.name, &route.when_text, outcome])
                 .inc();
         }
     }
@@ -84,9 +81,4 @@ pub(super) fn payment(peek: &Peek) -> Option<Cow<'static, [u8]>> {
     Some(Cow::Owned(
         x402::encode_header(payload.to_string().as_bytes()).into_bytes(),
     ))
-}
-
-/// A route's metric label (`-` for none), borrowed apart from the rest of the request.
-fn route_label(route: &Option<std::sync::Arc<Route>>) -> &str {
-    route.as_deref().map_or("-", |r| r.name.as_str())
 }

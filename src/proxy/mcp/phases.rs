@@ -5,7 +5,7 @@ use http::header::{self, HeaderName};
 use pingora::http::ResponseHeader;
 use serde_json::Value;
 
-use super::{route_label, REPLY_HOLD_BYTES};
+use super::REPLY_HOLD_BYTES;
 use crate::config::Access;
 use crate::mcp::{ReplyWatch, Verdict};
 use crate::proxy::answer::Answer;
@@ -72,7 +72,7 @@ pub(in crate::proxy) fn answer(reply: Reply, ctx: &RequestCtx) -> Reply {
     let Some(required) = required else {
         return reply;
     };
-    exchange.count(ctx.route_label(), "payment_required");
+    exchange.count(ctx.route.as_deref(), "payment_required");
     let answer = exchange.call.payment_required(required);
     Reply::new(200, "application/json", answer.to_string())
 }
@@ -106,7 +106,7 @@ impl LevyProxy {
             // levy cannot read it, and the origin did answer.
             log::warn!(
                 "MCP answer on {} came compressed: charged unread, without its receipt in the result",
-                route_label(&ctx.route)
+                ctx.route_label()
             );
             self.mcp_verdict(ctx, Verdict::Unread);
             return Ok(());
@@ -120,7 +120,7 @@ impl LevyProxy {
         let json = content_type.trim_start().starts_with("application/json");
         let Some(id) = exchange.call.id.clone().filter(|_| event_stream || json) else {
             // Not an answer levy can read: the call is not served.
-            exchange.count(route_label(&ctx.route), "not_served");
+            exchange.count(ctx.route.as_deref(), "not_served");
             self.mcp_verdict(ctx, Verdict::Unanswered);
             return Ok(());
         };
@@ -158,7 +158,7 @@ impl LevyProxy {
             } else {
                 "not_served"
             };
-            exchange.count(route_label(&ctx.route), outcome);
+            exchange.count(ctx.route.as_deref(), outcome);
             self.mcp_verdict(ctx, verdict);
         }
     }
