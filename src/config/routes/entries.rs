@@ -116,13 +116,12 @@ pub(in crate::config) fn build_route(
             }
         }
         Access::Free
+    } else if let Some(mcp) = &route.mcp {
+        // An MCP route's own entry is everything that is not a priced call.
+        check_mcp(path, route, mcp)?;
+        Access::Free
     } else {
         match (&price_by, usage_models) {
-            // An MCP route's own entry is everything that is not a priced call.
-            _ if route.mcp.is_some() => {
-                check_mcp(path, route)?;
-                Access::Free
-            }
             (Some((field, by)), _) if route.price.is_none() && route.amount.is_none() => {
                 Access::Unpriced(Box::new(Unpriced {
                     field: field.clone(),
@@ -279,15 +278,15 @@ pub(in crate::config) fn build_route(
             Condition::new(mcp_field("/method"), Test::OneOf(vec![method.to_owned()]))
         };
         let tables = [
-            (&mcp.tools, "tools"),
-            (&mcp.resources, "resources"),
-            (&mcp.prompts, "prompts"),
+            (&mcp.tools, "mcp.tools"),
+            (&mcp.resources, "mcp.resources"),
+            (&mcp.prompts, "mcp.prompts"),
         ];
         for ((table, key), (method, name_field)) in
             tables.into_iter().zip(crate::mcp::PRICED_METHODS)
         {
             for (name, text) in table {
-                let at = path.key("mcp").key(key).key(name);
+                let at = path.key(key).key(name);
                 let access = match text.as_str() {
                     "free" => Access::Free,
                     "bundle" if route.bundle.is_some() => priced(Variant::Own)?,
@@ -300,7 +299,7 @@ pub(in crate::config) fn build_route(
                     }
                     _ => {
                         let price = parse_price(&at, text)?;
-                        priced(Variant::Price(price, mcp_key(key)))?
+                        priced(Variant::Price(price, key))?
                     }
                 };
                 let named = Condition::new(
@@ -318,7 +317,7 @@ pub(in crate::config) fn build_route(
                 bases.push(None);
             }
         }
-        if route.price.is_some() || route.amount.is_some() || route.bundle.is_some() {
+        if sells_every_other_call(route) {
             let access = priced(Variant::Own)?;
             let (matcher, text) = narrowed(
                 &post,
@@ -405,17 +404,14 @@ fn mcp_field(pointer: &str) -> Field {
     Field::Body(pointer.to_owned())
 }
 
-/// The key a price of an MCP table is named under in errors.
-fn mcp_key(table: &str) -> &'static str {
-    match table {
-        "tools" => "mcp.tools",
-        "resources" => "mcp.resources",
-        _ => "mcp.prompts",
-    }
+/// Whether an MCP route has a price of its own (`price`, `amount` or `bundle`): what every
+/// `tools/call` its table does not list pays.
+fn sells_every_other_call(route: &schema::Route) -> bool {
+    route.price.is_some() || route.amount.is_some() || route.bundle.is_some()
 }
 
 /// What an MCP route may not be combined with, and that it prices something.
-fn check_mcp(path: &str, route: &schema::Route) -> Result<(), ConfigError> {
+fn check_mcp(path: &str, route: &schema::Route, mcp: &schema::Mcp) -> Result<(), ConfigError> {
     for (key, set) in [
         ("price_by", route.price_by.is_some()),
         ("meter", route.meter.is_some()),
@@ -427,15 +423,11 @@ fn check_mcp(path: &str, route: &schema::Route) -> Result<(), ConfigError> {
             return Err(invalid(path.key(key), "not allowed on an `mcp` route"));
         }
     }
-    let Some(mcp) = &route.mcp else {
-        return Ok(());
-    };
     let listed = [&mcp.tools, &mcp.resources, &mcp.prompts]
         .into_iter()
         .flat_map(BTreeMap::values)
         .any(|price| price != "free");
-    let own = route.price.is_some() || route.amount.is_some() || route.bundle.is_some();
-    if !listed && !own {
+    if !listed && !sells_every_other_call(route) {
         return Err(invalid(
             path.key("mcp"),
             "prices nothing: give a tool, resource or prompt a price, or the route a `price`",
