@@ -10,7 +10,7 @@ use super::answer::settlement_pending;
 use super::ctx::{RequestCtx, STATUS_PATH};
 use super::headers::make_private;
 use super::metering::Metering;
-use super::tender::{ChannelStep, Release};
+use super::tender::{ChannelStep, Paid, Release};
 use super::LevyProxy;
 use crate::clock::unix_now;
 use crate::config::Access;
@@ -37,8 +37,15 @@ impl LevyProxy {
             ctx.release(Release::Declined);
             return Ok(());
         }
-        if ctx.mcp.is_some() {
-            self.charge_mcp_call_whole_if_expiring(ctx);
+        if let (Some(settlement), Some(paid)) = (&self.settlement, ctx.reserved_mut()) {
+            if paid.metering.as_ref().is_some_and(Metering::is_tool_call)
+                && too_late_for_a_batch(settlement, paid)
+            {
+                // An MCP call too close to its deadline to wait for its answer and a batch
+                // is charged whole now, as any such payment is (settled before its
+                // response leaves), whatever the answer.
+                paid.metering = None;
+            }
         }
         if ctx.reserved().is_some_and(|paid| paid.metering.is_some()) {
             let stream = self.open_stream(ctx).await?;
@@ -105,25 +112,6 @@ impl LevyProxy {
         ctx.charge(paid, amount);
         self.grant_bundle(response, ctx, payer).await?;
         Ok(())
-    }
-
-    /// An MCP call's payment too close to its `validBefore` to wait for its answer and a
-    /// batch is charged whole now, as any such payment is (settled before the response
-    /// leaves), whatever the answer.
-    fn charge_mcp_call_whole_if_expiring(&self, ctx: &mut RequestCtx) {
-        let Some(settlement) = &self.settlement else {
-            return;
-        };
-        let window = settlement.settle_window_seconds();
-        if let Some(paid) = ctx.reserved_mut() {
-            let tool_call = paid
-                .metering
-                .as_ref()
-                .is_some_and(|m| m.unit_name() == crate::meter::Unit::ToolResult.name());
-            if tool_call && paid.verified.valid_before < unix_now() + window {
-                paid.metering = None;
-            }
-        }
     }
 
     /// levy's own `extensions.levy` of a payment's response: its id, where it stands and,
@@ -223,7 +211,7 @@ impl LevyProxy {
         let Some(paid) = ctx.reserved_mut() else {
             return Ok(());
         };
-        let expiring = paid.verified.valid_before < unix_now() + settlement.settle_window_seconds();
+        let expiring = too_late_for_a_batch(settlement, paid);
         let (mut record, hold) = (paid.record(&route), paid.hold.take());
         // What it buys is taken back if it fails to settle.
         record.bundle = bundle;
@@ -337,4 +325,10 @@ impl LevyProxy {
         );
         ctx.charge(paid, amount);
     }
+}
+
+/// Whether a payment's authorization ends before a batch could settle it (its
+/// `validBefore` within the settlement window): it must be settled before its response.
+fn too_late_for_a_batch(settlement: &crate::settle::Settlement, paid: &Paid) -> bool {
+    paid.verified.valid_before < unix_now() + settlement.settle_window_seconds()
 }

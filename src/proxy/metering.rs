@@ -122,6 +122,11 @@ impl Metering {
         Self::new(Unit::ToolResult, rates, AtCeiling::Continue)
     }
 
+    /// Whether this meters one MCP call ([`Metering::tool_call`]).
+    pub fn is_tool_call(&self) -> bool {
+        self.unit == Unit::ToolResult
+    }
+
     /// An MCP call's answer was judged: served or not. The chunk that carries it is the
     /// next one counted.
     pub fn judge(&mut self, served: bool) {
