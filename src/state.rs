@@ -110,6 +110,18 @@ pub enum ReplayClaim {
     Unavailable(Unavailable),
 }
 
+impl ReplayClaim {
+    /// What the claim script's answer says: no owner (claimed now), a `used:` one, or a
+    /// request holding it.
+    fn of(owner: Option<String>) -> Self {
+        match owner {
+            None => ReplayClaim::Claimed,
+            Some(owner) if owner.starts_with("used:") => ReplayClaim::Used,
+            Some(_) => ReplayClaim::InFlight,
+        }
+    }
+}
+
 /// What [`Shared::claim_and_reserve`] found.
 #[derive(Debug)]
 pub enum ClaimAndReserve {
@@ -282,9 +294,7 @@ impl Shared {
             })
             .await;
         match answer {
-            Ok(None) => ReplayClaim::Claimed,
-            Ok(Some(owner)) if owner.starts_with("used:") => ReplayClaim::Used,
-            Ok(Some(_)) => ReplayClaim::InFlight,
+            Ok(owner) => ReplayClaim::of(owner),
             Err(e) => ReplayClaim::Unavailable(e),
         }
     }
@@ -417,11 +427,7 @@ impl Shared {
             Ok(answer) => answer,
             Err(e) => return ClaimAndReserve::Unavailable(e),
         };
-        let claim = match owner {
-            None => ReplayClaim::Claimed,
-            Some(owner) if owner.starts_with("used:") => ReplayClaim::Used,
-            Some(_) => ReplayClaim::InFlight,
-        };
+        let claim = ReplayClaim::of(owner);
         let reserved = match sums.as_slice() {
             [reason] => Err(reason.clone()),
             _ => Ok(()),

@@ -142,18 +142,40 @@ pub struct Chain {
     no_simulate: AtomicBool,
     /// Appended to every batch's calldata (ERC-8021 attribution); empty: nothing.
     builder_code: Vec<u8>,
-    /// The last fee estimate and when it was read: a batch simulated and signed within
-    /// [`FEES_FRESH_FOR`] of it uses it instead of asking again.
-    fees_read: Mutex<Option<(Instant, Eip1559Estimation)>>,
-    /// The latest block's gas limit and when it was read (it moves slowly).
-    block_gas_read: Mutex<Option<(Instant, u64)>>,
+    /// The last fee estimate: a batch simulated and signed within a second of it uses it
+    /// instead of asking again.
+    fees: Remembered<Eip1559Estimation>,
+    /// The latest block's gas limit (it moves slowly), read once a minute.
+    block_gas: Remembered<u64>,
 }
 
-/// How long a fee estimate is used for before the node is asked again.
-const FEES_FRESH_FOR: Duration = Duration::from_secs(1);
+/// A value read from the node, used for `fresh_for` after the read.
+struct Remembered<T> {
+    fresh_for: Duration,
+    read: Mutex<Option<(Instant, T)>>,
+}
 
-/// How long a block gas limit is used for before the node is asked again.
-const BLOCK_GAS_FRESH_FOR: Duration = Duration::from_secs(60);
+impl<T: Copy> Remembered<T> {
+    fn new(fresh_for: Duration) -> Self {
+        Self {
+            fresh_for,
+            read: Mutex::new(None),
+        }
+    }
+
+    /// The value, while it is fresh.
+    fn get(&self) -> Option<T> {
+        crate::sync::lock(&self.read)
+            .filter(|(at, _)| at.elapsed() < self.fresh_for)
+            .map(|(_, value)| value)
+    }
+
+    /// Keeps `value`, read now.
+    fn keep(&self, value: T) -> T {
+        *crate::sync::lock(&self.read) = Some((Instant::now(), value));
+        value
+    }
+}
 
 impl Chain {
     pub fn new(
@@ -173,8 +195,8 @@ impl Chain {
             timeout,
             no_simulate: AtomicBool::new(false),
             builder_code: Vec::new(),
-            fees_read: Mutex::new(None),
-            block_gas_read: Mutex::new(None),
+            fees: Remembered::new(Duration::from_secs(1)),
+            block_gas: Remembered::new(Duration::from_secs(60)),
         })
     }
 
@@ -251,27 +273,22 @@ impl Chain {
         self.signer.address()
     }
 
-    /// The node's EIP-1559 fee estimate, read at most once every [`FEES_FRESH_FOR`] (a
-    /// batch's simulation and its signing a moment later share one read).
+    /// The node's EIP-1559 fee estimate, read at most once a second (a batch's simulation
+    /// and its signing a moment later share one read).
     pub(super) async fn fee_estimate(&self) -> Result<Eip1559Estimation, ChainError> {
-        if let Some((at, estimate)) = *crate::sync::lock(&self.fees_read) {
-            if at.elapsed() < FEES_FRESH_FOR {
-                return Ok(estimate);
-            }
+        if let Some(estimate) = self.fees.get() {
+            return Ok(estimate);
         }
         let estimate = self
             .rpc("eth_feeHistory", self.provider.estimate_eip1559_fees())
             .await?;
-        *crate::sync::lock(&self.fees_read) = Some((Instant::now(), estimate));
-        Ok(estimate)
+        Ok(self.fees.keep(estimate))
     }
 
-    /// The latest block's gas limit, read at most once every [`BLOCK_GAS_FRESH_FOR`].
+    /// The latest block's gas limit, read at most once a minute.
     async fn block_gas_limit(&self) -> Result<u64, ChainError> {
-        if let Some((at, gas)) = *crate::sync::lock(&self.block_gas_read) {
-            if at.elapsed() < BLOCK_GAS_FRESH_FOR {
-                return Ok(gas);
-            }
+        if let Some(gas) = self.block_gas.get() {
+            return Ok(gas);
         }
         let block = self
             .rpc(
@@ -280,9 +297,7 @@ impl Chain {
             )
             .await?
             .ok_or_else(|| ChainError::Decode("no latest block".into()))?;
-        let gas = block.header.gas_limit;
-        *crate::sync::lock(&self.block_gas_read) = Some((Instant::now(), gas));
-        Ok(gas)
+        Ok(self.block_gas.keep(block.header.gas_limit))
     }
 
     /// Runs one RPC call under the chain's timeout, its error sorted by
