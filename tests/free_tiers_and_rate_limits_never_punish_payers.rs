@@ -11,7 +11,7 @@ use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::pay::{decode, paid_get, sign_for, with_id};
 use crate::support::process::{process_config, spawn_levy, wait_listening};
 use crate::support::redis::RedisServer;
-use crate::support::settle::{settlement_yaml, wait_all_final};
+use crate::support::settle::{settling_levy_for, wait_all_final};
 use crate::support::{request, upstream_yaml, Levy, Origin, Response, PAY_TO};
 
 fn get(addr: std::net::SocketAddr, extra: &str) -> Response {
@@ -106,13 +106,13 @@ fn a_payer_over_the_rate_limit_gets_429_and_a_retry_of_a_served_payment_is_not_c
     chain.mint(payer, 1_000_000);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}{}",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir.path(), "    max_delay_ms: 100\n"),
-        feed("      rate_limit: {calls: 1, per_seconds: 3600}\n")
-    ));
+    let levy = settling_levy_for(
+        &chain,
+        origin.addr,
+        dir.path(),
+        "    max_delay_ms: 100\n",
+        &feed("      rate_limit: {calls: 1, per_seconds: 3600}\n"),
+    );
     let terms = decode(get(levy.addr, "").header("payment-required").expect("402"));
     let id = "pay_ratelimit0123456789";
     let (_, first) = sign_for(&terms, KEYS[0]);

@@ -12,8 +12,8 @@ use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::interop::{run_script, Runtime};
 use crate::support::origin::Reply;
 use crate::support::pay::decode;
-use crate::support::settle::{settlement_yaml, wait_all_final};
-use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+use crate::support::settle::{settling_levy_for, wait_all_final};
+use crate::support::{request, Origin, PAY_TO};
 
 /// Prompt tokens per message; completion tokens of a completion and of a stream.
 const PER_MESSAGE: u64 = 7;
@@ -66,13 +66,13 @@ fn the_official_openai_client_pays_each_completion_at_its_model_s_token_prices()
     chain.approve_permit2(KEYS[0]);
     let origin = llm();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}{}",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir.path(), "    max_delay_ms: 100\n"),
-        chat_route()
-    ));
+    let levy = settling_levy_for(
+        &chain,
+        origin.addr,
+        dir.path(),
+        "    max_delay_ms: 100\n",
+        chat_route(),
+    );
     let payee: alloy::primitives::Address = PAY_TO.parse().expect("payee");
     let before = chain.balance(payee);
     let base = format!("http://{}/v1", levy.addr);
@@ -116,13 +116,7 @@ fn a_model_without_prices_gets_a_402_naming_it_and_a_known_one_states_its_ceilin
     let chain = TestChain::start();
     let origin = llm();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}{}",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir.path(), ""),
-        chat_route()
-    ));
+    let levy = settling_levy_for(&chain, origin.addr, dir.path(), "", chat_route());
     let ask = |model: &str| {
         let body =
             json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::interop::{run_script, Runtime};
-use crate::support::settle::{settlement_yaml, wait_all_final};
+use crate::support::settle::{settling_levy_for, wait_all_final};
 use crate::support::{free_port, request, upstream_yaml, Levy, PAY_TO};
 
 /// The MCP server of `tests/interop/mcp-server.mjs`, answering in JSON or in event streams.
@@ -65,12 +65,13 @@ impl Drop for McpServer {
 
 /// levy in front of `server`, settling on `chain`, with `route` (YAML list entries).
 fn levy_for(chain: &TestChain, server: &McpServer, dir: &std::path::Path, route: &str) -> Levy {
-    Levy::start(&format!(
-        "{}{}{}  routes:\n{route}",
-        upstream_yaml(server.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir, "    max_delay_ms: 100\n"),
-    ))
+    settling_levy_for(
+        chain,
+        server.addr,
+        dir,
+        "    max_delay_ms: 100\n",
+        &format!("  routes:\n{route}"),
+    )
 }
 
 /// A chain with payer key 0 funded, the MCP server answering in `mode`, and levy in front
@@ -512,13 +513,14 @@ fn a_paid_call_reaches_the_origin_without_accept_encoding_so_its_answer_can_be_j
         Reply::typed("application/json", answer.to_string())
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}  routes:\n    - name: mcp_plain\n      path: /mcp\n      \
-         accepts: [{{network: base-sepolia}}]\n      mcp: {{tools: {{weather: \"$0.01\"}}}}\n",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir.path(), "    max_delay_ms: 100\n"),
-    ));
+    let levy = settling_levy_for(
+        &chain,
+        origin.addr,
+        dir.path(),
+        "    max_delay_ms: 100\n",
+        "  routes:\n    - name: mcp_plain\n      path: /mcp\n      \
+         accepts: [{network: base-sepolia}]\n      mcp: {tools: {weather: \"$0.01\"}}\n",
+    );
     let before = chain.balance(payee());
     let asked = raw_call(levy.addr, "weather", json!({}), "");
     let required = &asked["result"]["structuredContent"];

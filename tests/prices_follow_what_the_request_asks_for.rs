@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::chain::{signer, TestChain, KEYS};
 use crate::support::pay::{decode, refusal_reason, sign_for};
-use crate::support::settle::{settlement_yaml, wait_all_final};
+use crate::support::settle::{settling_levy_for, wait_all_final};
 use crate::support::{request, upstream_yaml, Levy, Origin, Reply, Response, PAY_TO};
 
 /// `/v1/chat` priced by the body's `model` (no price for any other model), `/v1/embed`
@@ -61,13 +61,13 @@ fn a_per_model_price_table_answers_and_charges_each_model_s_price() {
     chain.mint(payer, 1_000_000);
     let origin = Origin::start(|seen| Reply::ok(&seen.body));
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}{}",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml(),
-        settlement_yaml(dir.path(), "    max_delay_ms: 100\n"),
-        routes()
-    ));
+    let levy = settling_levy_for(
+        &chain,
+        origin.addr,
+        dir.path(),
+        "    max_delay_ms: 100\n",
+        routes(),
+    );
     let before = chain.balance(PAY_TO.parse().expect("payee"));
     let small = r#"{"model":"small","messages":[{"role":"user","content":"hi"}]}"#;
     let large = r#"{"messages":[{"role":"user","content":"hi"}],"model":"large"}"#;

@@ -82,10 +82,31 @@ pub fn settling_levy(
     settlement: &str,
     route_extra: &str,
 ) -> Levy {
+    settling_levy_for(
+        chain,
+        origin.addr,
+        dir,
+        settlement,
+        &format!(
+            "  routes:\n    \
+             - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}"
+        ),
+    )
+}
+
+/// levy in front of the origin at `upstream`, settling on `chain` (a journal in `dir`, the
+/// settlement keys in `settlement`), with the rest of its `levy:` section in `levy` (its
+/// routes, two spaces in).
+pub fn settling_levy_for(
+    chain: &TestChain,
+    upstream: std::net::SocketAddr,
+    dir: &std::path::Path,
+    settlement: &str,
+    levy: &str,
+) -> Levy {
     Levy::start(&format!(
-        "{}{}{}  routes:\n    \
-         - name: data\n      path: /data/*\n      amount: {PRICE}\n      accepts: [{{network: base-sepolia}}]\n{route_extra}",
-        upstream_yaml(origin.addr),
+        "{}{}{}{levy}",
+        upstream_yaml(upstream),
         chain.levy_yaml(),
         settlement_yaml(dir, settlement),
     ))
