@@ -203,11 +203,7 @@ fn a_key_over_the_route_s_rate_limit_gets_429_and_other_keys_keep_their_calls() 
     assert_eq!(get("k-alice").status, 200);
     let limited = get("k-alice");
     assert_eq!(limited.status, 429, "{}", limited.text());
-    let after: u64 = limited
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
+    let after = limited.retry_after();
     assert!((1..=30).contains(&after), "{after}");
     assert_eq!(get("k-bob").status, 200, "bob's calls are his own");
     assert_eq!(origin.seen().len(), 3);

@@ -126,11 +126,7 @@ fn a_payer_over_the_rate_limit_gets_429_and_a_retry_of_a_served_payment_is_not_c
         &paid_get("/feed/x", "PAYMENT-SIGNATURE", &second),
     );
     assert_eq!(limited.status, 429, "{}", limited.text());
-    let after: u64 = limited
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
+    let after = limited.retry_after();
     assert!((3500..=3600).contains(&after), "{after}");
     // Another payer has its own allowance.
     let (_, other) = sign_for(&terms, KEYS[1]);

@@ -34,6 +34,14 @@ impl Response {
             .collect()
     }
 
+    /// The seconds its `Retry-After` asks to wait (the header must be there).
+    pub fn retry_after(&self) -> u64 {
+        self.header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("seconds")
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
