@@ -331,8 +331,7 @@ impl RequestCtx {
             // Buying a bundle is charged when the origin answers: its calls are what it buys.
             return None;
         }
-        let decimals = paywall.requirements.first().map_or(6, |r| r.decimals);
-        Some(Metering::tool_call(amount, decimals))
+        Some(Metering::tool_call(amount))
     }
 
     /// Keeps the receipt of this MCP call's payment for its answer.

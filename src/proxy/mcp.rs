@@ -28,7 +28,9 @@ const REPLY_HOLD_BYTES: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Exchange {
     call: Call,
-    /// The call is priced (its route entry names it, as `levy_mcp_calls_total`'s `call`).
+    /// The call is one a price is set on (`tools/call`, `resources/read`, `prompts/get`;
+    /// its route entry names it, as `levy_mcp_calls_total`'s `call`), not another message
+    /// on a priced entry (an API key tier's).
     priced: bool,
     receipt: Option<Value>,
     /// The receipt is a channel's: a failed answer carries it too.
@@ -37,13 +39,14 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// The call in a request's body, on an entry of an MCP route.
+    /// The call in a request's body, on a priced entry of an MCP route (a free call needs
+    /// nothing of levy).
     pub(super) fn of(route: &Route, peek: &Peek) -> Option<Exchange> {
-        let Peek::Json(message) = peek else {
+        let (Access::Priced(_), Peek::Json(message)) = (&route.access, peek) else {
             return None;
         };
         let call = Call::of(message)?;
-        let priced = matches!(route.access, Access::Priced(_)) && call.is_priceable();
+        let priced = call.is_priceable();
         Some(Exchange {
             call,
             priced,

@@ -109,13 +109,14 @@ impl Metering {
 
     /// The metering of one MCP call paid `amount` (or leased at it): all of it when the
     /// origin's answer serves the call and reaches the client, nothing otherwise.
-    pub fn tool_call(amount: U256, decimals: u8) -> Self {
+    pub fn tool_call(amount: U256) -> Self {
         let rates = Rates {
             unit_price: amount,
             ceiling: amount,
             minimum: U256::ZERO,
             failure_floor: U256::ZERO,
-            decimals,
+            // Only an origin's `$` report reads it; a tool call reads none.
+            decimals: 0,
             unreported: U256::ZERO,
             tokens: None,
         };
