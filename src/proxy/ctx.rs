@@ -323,11 +323,12 @@ impl RequestCtx {
     /// The metering of a paid MCP call: one whole-price payment of `amount`, charged only
     /// if the origin's answer serves the call.
     pub(super) fn mcp_metering(&self, amount: alloy_primitives::U256) -> Option<Metering> {
+        self.mcp.as_ref()?;
         let route = self.route.as_deref()?;
         let Access::Priced(paywall) = &route.access else {
             return None;
         };
-        if self.mcp.is_none() || paywall.bundle.is_some() {
+        if paywall.bundle.is_some() {
             // Buying a bundle is charged when the origin answers: its calls are what it buys.
             return None;
         }
