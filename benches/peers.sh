@@ -4,8 +4,9 @@
 # facilitator) and the Rust one (x402-axum 2.0.2, benches/peers/axum, with the published
 # facilitator over HTTP, its account under viem's nonce manager) on one anvil chain, with the same load tool
 # paying each with unique pre-signed payments, and whether every 200 settled on chain (the
-# payee's balance moved by price × 200s, levy's queue drained first). Prints one JSON line per
-# run, interleaved twice.
+# payee's balance moved by price × 200s, levy's queue drained first), with each server's CPU,
+# the chain's CPU and gas per settled payment, beside the chain alone settling the same batched
+# transfers (examples/chain_load). Prints one JSON line per run, interleaved twice.
 # Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
 # MAX_BATCH sets levy's settlement.max_batch (default 200). BASELINE_LEVY=path/to/levy also
 # runs that build of levy (another commit's) beside this one, on the same chain with a settler
@@ -26,7 +27,7 @@ if [ "$PEERS" = 1 ]; then
   [ -d tests/interop/node_modules ] || tests/interop/install.sh
   cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 fi
-cargo build --release --bin levy --example origin --example load
+cargo build --release --bin levy --example origin --example load --example chain_load
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 RPC=http://127.0.0.1:19545
@@ -81,12 +82,14 @@ EXPRESS_PID=$!
 # The same server with the facilitator over HTTP (its account is anvil account 8).
 (cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
   exec node facilitator.mjs 19022 $RPC >/dev/null) & PIDS+=($!)
+FACILITATOR_PID=$!
 wait_port 19022
 (cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 exec node server.mjs 19021 $RPC $PAY_TO >/dev/null) & PIDS+=($!)
 EXPRESS_HTTP_PID=$!
 # x402-axum with a facilitator of its own over HTTP (anvil account 9, nonce manager on).
 (cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
   exec node facilitator.mjs 19024 $RPC >/dev/null) & PIDS+=($!)
+AXUM_FACILITATOR_PID=$!
 wait_port 19024
 benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 $PAY_TO >/dev/null & PIDS+=($!)
 AXUM_PID=$!
@@ -96,14 +99,22 @@ for p in 19000 19003; do wait_port $p; done
 
 . benches/settled.sh
 run() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; print(json.dumps(d))' "$(settled_run $SECS $CONNS "${@:2}")" "$1"; }
-for _ in 1 2; do
+# The chain alone before each round and after the last: anvil's cost per block grows with its
+# state, so a server's figures compare with the mean of the chain-alone runs around them. The
+# baseline levy goes first in the second round.
+chain_alone() {
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]="chain alone"; print(json.dumps(d))' \
+    "$(chain_capacity 20000 $MULTICALL)"
+}
+for round in 1 2; do
+  chain_alone
+  [ -z "${BASELINE_LEVY:-}" ] || [ $round = 1 ] || run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004
-  if [ -n "${BASELINE_LEVY:-}" ]; then
-    run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
-  fi
+  [ -z "${BASELINE_LEVY:-}" ] || [ $round = 2 ] || run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
   if [ "$PEERS" = 1 ]; then
     run x402-express http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000
-    run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000
-    run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000
+    run x402-express-http-facilitator http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000 "" $FACILITATOR_PID
+    run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000 "" $AXUM_FACILITATOR_PID
   fi
 done
+chain_alone

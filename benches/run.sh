@@ -34,7 +34,7 @@ command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonintera
 [ -x contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] || npm ci --prefix contracts --no-audit --no-fund
 [ "$PEERS" = 0 ] || [ -d benches/peers/express/node_modules ] || npm ci --prefix benches/peers/express --no-audit --no-fund
 [ -d tests/interop/node_modules ] || tests/interop/install.sh
-cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory --example journal_load
+cargo build --release --bin levy --example origin --example bare_proxy --example load --example nonce_memory --example journal_load --example chain_load
 [ "$PEERS" = 0 ] || cargo build --release --manifest-path benches/peers/axum/Cargo.toml
 
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -152,6 +152,7 @@ if [ "$PEERS" != 0 ]; then
   EXPRESS_PID=$!
   (cd tests/interop && FACILITATOR_KEY=0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97 \
     exec node facilitator.mjs 19022 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+  FACILITATOR_PID=$!
   wait_port 19022
   (cd benches/peers/express && FACILITATOR_URL=http://127.0.0.1:19022 \
     exec node server.mjs 19021 http://127.0.0.1:19545 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null) & PIDS+=($!)
@@ -160,6 +161,7 @@ if [ "$PEERS" != 0 ]; then
   # over HTTP, its account (anvil account 9) under viem's nonce manager.
   (cd tests/interop && NONCE_MANAGER=1 FACILITATOR_KEY=0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 \
     exec node facilitator.mjs 19024 http://127.0.0.1:19545 >/dev/null) & PIDS+=($!)
+  AXUM_FACILITATOR_PID=$!
   wait_port 19024
   benches/peers/axum/target/release/x402-axum-peer 19023 http://127.0.0.1:19024 0x209693Bc6afc0C5328bA36FaF03C514EF312287C >/dev/null & PIDS+=($!)
   AXUM_PID=$!
@@ -192,13 +194,19 @@ side_by_side() {
   done
 }
 {
-  # On the fresh chain: what each server sustains with every 200 settled on chain (the peers
-  # settle each payment before answering; levy's batches catch up after the load).
+  # On the fresh chain: the chain's own rate for the same batched transfers with no proxy,
+  # then what each server sustains with every 200 settled on chain (the peers settle each
+  # payment before answering; levy's batches catch up after the load), and what each spent
+  # of its own CPU, the chain's CPU and gas per settled payment.
+  # anvil's cost per block grows with its state: the chain alone runs before and after levy,
+  # and levy's chain figures compare with their mean.
+  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
   echo "levy paid, batched, every 200 settled|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004)"
+  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
   if [ "$PEERS" != 0 ]; then
     echo "@x402/express, facilitator in process|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000)"
-    echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000)"
-    echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000)"
+    echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000 "" $FACILITATOR_PID)"
+    echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000 "" $AXUM_FACILITATOR_PID)"
     kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
   fi
   if [ -n "$BASELINE_LEVY" ]; then

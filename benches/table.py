@@ -25,6 +25,13 @@ def mean(ds):
     out["runs"] = len(ds)
     return out
 
+# The chain's own rate for levy's batched transfers, no proxy (examples/chain_load), before
+# and after levy's settled run: the mean of the two.
+capacity = runs.pop("chain capacity", None)
+if capacity:
+    capacity = {**capacity[0], **{k: sum(c[k] for c in capacity) / len(capacity)
+                                  for k in ("transfers_per_s", "node_cpu_us_per_transfer", "gas_per_transfer")},
+                "runs": len(capacity)}
 rows = [(name, mean(ds)) for name, ds in runs.items()]
 r = dict(rows)
 # A baseline build measured beside this one (BASELINE_LEVY) has a table of its own.
@@ -47,9 +54,11 @@ for name, d in rows:
 # What a server sustains with every 200 settled on chain: the lower of what it served and
 # what settled per second over the load and the catch-up after it (0 if any 200 went unsettled).
 sustained = lambda d: min(d["rps"], d["settled_per_s"]) if d["every_200_settled"] else 0.0
-settled_table = ["| server | paid requests/s | p50 µs | p99 µs | non-200 | CPU µs per request | 200s settled on chain | settled after the load | settled/s over load + catch-up | anvil CPU µs per settled payment | sustained requests/s, every 200 settled |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+settled_table = ["| server | paid requests/s | p50 µs | p99 µs | non-200 | CPU µs per request | 200s settled on chain | settled after the load | settled/s over load + catch-up | server CPU µs per settled payment | anvil CPU µs per settled payment | gas per settled payment | sustained requests/s, every 200 settled |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for name, d in settled_rows:
-    settled_table.append(f"| {name} | {fmt(d['rps'], 1)} | {fmt(d['p50_us'])} | {fmt(d['p99_us'])} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} | {d['settled']} of {d['requests']} {'(all)' if d['every_200_settled'] else '(NOT all)'} | {d['settled_after_s']:.1f} s | {fmt(d['settled_per_s'], 1)} | {fmt(d['anvil_cpu_us_per_settled'])} | {fmt(sustained(d), 1)} |")
+    settled_table.append(f"| {name} | {fmt(d['rps'], 1)} | {fmt(d['p50_us'])} | {fmt(d['p99_us'])} | {d['errors']} | {fmt(d.get('cpu_us_per_request'), 1)} | {d['settled']} of {d['requests']} {'(all)' if d['every_200_settled'] else '(NOT all)'} | {d['settled_after_s']:.1f} s | {fmt(d['settled_per_s'], 1)} | {fmt(d.get('server_cpu_us_per_settled'))} | {fmt(d['anvil_cpu_us_per_settled'])} | {fmt(d.get('gas_per_settled'))} | {fmt(sustained(d), 1)} |")
+if capacity:
+    settled_table.append(f"| the chain alone: {capacity['transfers']} transfers in `aggregate3` batches of {capacity['batch']}, no proxy (examples/chain_load; mean of the runs before and after levy's) | – | – | – | – | – | {capacity['transfers']} of {capacity['signed']} | – | {fmt(capacity['transfers_per_s'], 1)} | – | {fmt(capacity['node_cpu_us_per_transfer'])} | {fmt(capacity['gas_per_transfer'])} | {fmt(capacity['transfers_per_s'], 1)} |")
 levy_settled = r["levy paid, batched, every 200 settled"]
 # The peers are left out of a run with PEERS=0.
 peers = "x402-axum, facilitator over HTTP" in r
@@ -67,12 +76,23 @@ extra_cpu = (cpu("levy paid, batched") or 0) - (cpu("levy free route") or 0)
 open_gap = lambda paid_name, free_name: f"{r[paid_name]['p50_us'] - r[free_name]['p50_us']:.0f} µs"
 paid64 = (cpu("levy paid, batched, 64 connections") or 0) / ((cpu("levy free route, 64 connections") or 0) + r["levy paid, batched, 64 connections"]["recover_us"])
 def peer_ratios():
-    best_express = max(sustained(r[k]) for k in ("@x402/express, facilitator in process", "@x402/express, facilitator over HTTP"))
+    express = ("@x402/express, facilitator in process", "@x402/express, facilitator over HTTP")
+    best_express = max(sustained(r[k]) for k in express)
+    cheapest_express = min(r[k]["server_cpu_us_per_settled"] for k in express)
     axum = r["x402-axum, facilitator over HTTP"]
     return [
+        f"| levy server CPU per settled payment / the cheapest @x402/express setup's | 1/{cheapest_express / max(levy_settled['server_cpu_us_per_settled'], 0.001):.0f} | ≤ 1/100 |",
+        f"| levy's anvil CPU per settled payment / the reference server's (facilitator in process) | 1/{r[express[0]]['anvil_cpu_us_per_settled'] / max(levy_settled['anvil_cpu_us_per_settled'], 0.001):.1f} | ≤ 1/10 |",
         f"| levy sustained / best @x402/express sustained, every 200 settled on chain ({conns} connections) | {sustained(levy_settled) / max(best_express, 0.001):.0f} | ≥ 50 |",
         f"| levy sustained / x402-axum sustained, every 200 settled on chain | {sustained(levy_settled) / max(sustained(axum), 0.001):.0f} | > 1 |",
         f"| levy served / best @x402/express served, paid requests/s in the same runs | {levy_settled['rps'] / max(r['@x402/express, facilitator in process']['rps'], r['@x402/express, facilitator over HTTP']['rps'], 0.001):.0f} | – |",
+    ]
+
+def chain_ratios():
+    return [
+        f"| levy's anvil CPU per settled payment / the bare batched transfers' anvil CPU per transfer | {levy_settled['anvil_cpu_us_per_settled'] / max(capacity['node_cpu_us_per_transfer'], 0.001):.2f} | ≤ 1.3 |",
+        f"| levy's gas per settled payment / the bare transfers' | {levy_settled['gas_per_settled'] / max(capacity['gas_per_transfer'], 0.001):.2f} | – |",
+        f"| levy sustained (every 200 settled) / the chain's own rate for the same transfers | {sustained(levy_settled) / max(capacity['transfers_per_s'], 0.001):.2f} | ≥ 0.8 |",
     ]
 
 ratios = [
@@ -97,6 +117,7 @@ ratios = [
     f"| paid throughput with state on Redis / embedded (one replica) | {r['levy paid, batched, state on Redis']['rps'] / paid['rps']:.2f} | – |",
     f"| paid CPU with state on Redis − embedded, per request | {(cpu('levy paid, batched, state on Redis') or 0) - (cpu('levy paid, batched') or 0):.1f} µs | – |",
     f"| Redis round trips per paid request (state on Redis) | {sum(d['redis_calls'] for d in runs['levy paid, batched, state on Redis']) / max(sum(d['requests'] for d in runs['levy paid, batched, state on Redis']), 1):.2f} | – |",
+    *(chain_ratios() if capacity else []),
     *(peer_ratios() if peers else []),
     f"| levy paid throughput, 2 pingora threads / 1 (64 connections) | {r['levy paid, batched, 2 threads, 64 connections']['rps'] / r['levy paid, batched, 64 connections']['rps']:.2f} | – |",
     f"| levy free throughput, 2 pingora threads / 1 (64 connections) | {r['levy free route, 2 threads, 64 connections']['rps'] / r['levy free route, 64 connections']['rps']:.2f} | – |",
