@@ -54,7 +54,7 @@ use crate::sync::lock;
 use engine::{deny_reason, publish_unsettled};
 pub use record::{
     BatchRecord, ChainSpec, FacilitatorSpec, OnBacklog, Resolution, SettleError, SettlementConfig,
-    SignatureCheck, Unavailable,
+    SignatureCheck, Simulate, Unavailable,
 };
 pub use streams::{StreamClose, StreamTicket};
 

@@ -11,6 +11,7 @@ mod a_retried_payment_is_charged_once;
 mod agents_find_priced_routes_from_the_price_table;
 mod an_api_s_keyed_customers_pass_and_keyless_agents_pay;
 mod an_upgrade_under_paid_load_loses_no_request_and_no_payment;
+mod batches_the_pre_check_decides_run_on_chain_once;
 mod channels_refund_what_was_not_spent;
 mod channels_sell_many_calls_per_deposit;
 mod charged_payments_settle_on_a_real_chain;

@@ -271,6 +271,13 @@ fn a_payer_whose_account_refuses_the_transfer_on_chain_fails_without_gas_and_is_
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = settling_levy(&chain, &origin, dir.path(), "    max_delay_ms: 1500\n", "");
     let terms = challenge(&levy, "/data/x");
+    // An honest payment settles first: levy then knows a batch's gas and sends batches of
+    // fresh payments from accounts without code unsimulated; this payer's account has code by
+    // the time its batch goes, and that batch is simulated.
+    let honest = signer(KEYS[0]).address();
+    chain.mint(honest, 100 * PRICE);
+    receipt(&pay(&levy, &sign_for(&terms, KEYS[0]).1));
+    wait_all_final(levy.admin, Duration::from_secs(30));
     let served = receipt(&pay(&levy, &sign_for(&terms, key).1));
     let id = served["extensions"]["levy"]["paymentId"]
         .as_str()
@@ -296,7 +303,7 @@ fn a_payer_whose_account_refuses_the_transfer_on_chain_fails_without_gas_and_is_
     assert_eq!(record["reason"], "transfer_would_revert");
     assert_eq!(
         chain.tx_count(signer(SETTLER_KEY).address()),
-        0,
+        1,
         "a transaction was sent for a transfer the simulation refused"
     );
     let next = pay(&levy, &sign_for(&terms, key).1);

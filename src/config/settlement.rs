@@ -13,7 +13,7 @@ use crate::routing::RouteTable;
 use crate::settle::channels::ChannelsSpec;
 use crate::settle::exposure::Limits;
 use crate::settle::funds::{FundsConfig, OnRpcError};
-use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig};
+use crate::settle::{ChainSpec, FacilitatorSpec, OnBacklog, SettlementConfig, Simulate};
 use crate::ConfigError;
 
 pub(super) fn settlement(
@@ -197,6 +197,10 @@ pub(super) fn settlement(
         on_backlog: match s.on_backlog {
             schema::OnBacklog::SettleFirst => OnBacklog::SettleFirst,
             schema::OnBacklog::Refuse => OnBacklog::Refuse,
+        },
+        simulate: match s.simulate {
+            schema::Simulate::WhenUnsure => Simulate::WhenUnsure,
+            schema::Simulate::Always => Simulate::Always,
         },
         max_delay: Duration::from_millis(s.max_delay_ms),
         async_window: Duration::from_millis(s.async_window_ms),

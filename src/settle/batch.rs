@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 
-use super::chain::{AuthorizationFate, Chain, ChainError, Mined, Transfer};
+use super::chain::{Account, AuthorizationFate, Chain, ChainError, Mined, Transfer};
 use super::engine::{Final, Retry};
-use super::{lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, MAX_FEE_BUMPS};
+use super::{
+    lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, Simulate, MAX_FEE_BUMPS,
+};
 use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
 use crate::metrics::metrics;
@@ -40,6 +42,8 @@ impl Settlement {
         let now = unix_now();
         let mut balances: HashMap<(Address, Address), U256> = HashMap::new();
         let mut candidates = Vec::new();
+        // A payer whose account has code: its transfers are simulated before they are sent.
+        let mut with_code = false;
         let (mut expired, mut broke) = (Vec::new(), Vec::new());
         let (mut used, mut unread) = (Vec::new(), Vec::new());
         for (record, check) in batch.into_iter().zip(checks) {
@@ -69,6 +73,7 @@ impl Settlement {
                 continue;
             }
             *balance -= record.amount;
+            with_code |= check.account == Account::Code;
             candidates.push(record);
         }
         self.finish(expired, Final::Failed(Reason::AuthorizationExpired))
@@ -83,7 +88,17 @@ impl Settlement {
         if candidates.is_empty() {
             return;
         }
-        let simulated = match chain.simulate_transfers(&candidates).await {
+        let decided = match self.inner.config.simulate {
+            Simulate::WhenUnsure if !with_code => {
+                chain.decided_without_simulation(&candidates, now)
+            }
+            Simulate::WhenUnsure | Simulate::Always => None,
+        };
+        let simulated = match decided {
+            Some(decided) => Ok(decided),
+            None => chain.simulate_transfers(&candidates).await,
+        };
+        let simulated = match simulated {
             Ok(simulated) => simulated,
             Err(e) => {
                 // Not one simulation ran: nothing is known of any payment.

@@ -13,6 +13,7 @@ mod simulate;
 
 pub use error::ChainError;
 
+use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -48,6 +49,19 @@ static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::
     artifact["bytecode"].as_str()?.parse().ok()
 });
 
+/// The creation code of the project's `BatchReader` (contracts/src), run without deploying
+/// it: a batch's pre-check reads and its payers' code sizes in one call.
+static BATCH_READER: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
+    let artifact: serde_json::Value =
+        serde_json::from_str(include_str!("../../contracts/out/BatchReader.json")).ok()?;
+    artifact["bytecode"].as_str()?.parse().ok()
+});
+
+sol! {
+    /// One read of `BatchReader`'s: a static call.
+    struct BatchRead { address target; bytes callData; }
+}
+
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
 
@@ -70,6 +84,18 @@ pub struct Precheck {
     pub used: bool,
     /// `None` when the read failed: unknown, not zero.
     pub balance: Option<U256>,
+    /// Whether the payer's account has code, which judges its signatures on chain.
+    pub account: Account,
+}
+
+/// A payer's account as the token sees it when it checks a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    /// No code: the token recovers the signer (as levy did inline).
+    Key,
+    /// Code (a contract wallet or an EIP-7702 delegation): the token asks it (EIP-1271),
+    /// and its answer can differ from levy's.
+    Code,
 }
 
 /// What simulating a payment's transfer said.
@@ -147,6 +173,9 @@ pub struct Chain {
     fees: Remembered<Eip1559Estimation>,
     /// The latest block's gas limit (it moves slowly), read once a minute.
     block_gas: Remembered<u64>,
+    /// The most gas per payment a batch of each scheme (by name) used when simulated whole:
+    /// what a batch the pre-check decided is given without a simulation of its own.
+    gas_per_payment: Mutex<HashMap<&'static str, u64>>,
 }
 
 /// A value read from the node, used for `fresh_for` after the read.
@@ -197,6 +226,7 @@ impl Chain {
             builder_code: Vec::new(),
             fees: Remembered::new(Duration::from_secs(1)),
             block_gas: Remembered::new(Duration::from_secs(60)),
+            gas_per_payment: Mutex::new(HashMap::new()),
         })
     }
 
@@ -310,9 +340,9 @@ impl Chain {
         timed(call, self.timeout, fut).await
     }
 
-    /// Whether each payment's authorization is used and the payer's balance, in one
-    /// multicall read at the latest block, and which block that was (0 when the multicall
-    /// cannot say).
+    /// Whether each payment's authorization is used, the payer's balance and whether the
+    /// payer's account has code, in one `eth_call` of the undeployed `BatchReader` at the
+    /// latest block, and which block that was.
     pub async fn precheck(
         &self,
         payments: &[PaymentRecord],
@@ -320,31 +350,56 @@ impl Chain {
         let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
             return Ok((Vec::new(), 0));
         };
-        let mut calls = Vec::with_capacity(payments.len() * 2 + 1);
-        calls.push(self.block_number_call());
+        let mut reads = Vec::with_capacity(payments.len() * 2);
+        let (mut payers, mut index) = (Vec::new(), HashMap::new());
         for p in payments {
             let read = scheme.used_read(p);
-            calls.push(IMulticall3::Call3 {
+            reads.push(BatchRead {
                 target: read.target,
-                allowFailure: true,
                 callData: read.data,
             });
-            calls.push(balance_call(p.asset, p.payer, true));
+            let balance = balance_call(p.asset, p.payer, true);
+            reads.push(BatchRead {
+                target: balance.target,
+                callData: balance.callData,
+            });
+            index.entry(p.payer).or_insert_with(|| {
+                payers.push(p.payer);
+                payers.len() - 1
+            });
         }
-        let reads = self.read_many(calls).await?;
-        let Some((block, reads)) = reads.split_first() else {
-            return Err(ChainError::Decode("aggregate3 returned no results".into()));
-        };
-        let checks = reads
+        let code = BATCH_READER
+            .as_ref()
+            .ok_or_else(|| ChainError::Decode("the BatchReader artifact is unreadable".into()))?;
+        let mut data = code.to_vec();
+        let accounts = payers.len();
+        data.extend((reads, payers).abi_encode_params());
+        let request = TransactionRequest::default()
+            .input(Bytes::from(data).into())
+            .into_create();
+        let output = self.call_latest(request).await?;
+        let (block, results, code_lengths) =
+            <(U256, Vec<IMulticall3::Result>, Vec<U256>)>::abi_decode_params(&output)
+                .map_err(|e| ChainError::Decode(format!("BatchReader: {e}")))?;
+        if results.len() != payments.len() * 2 || code_lengths.len() != accounts {
+            return Err(ChainError::Decode(
+                "BatchReader returned the wrong number of results".into(),
+            ));
+        }
+        let checks = results
             .chunks(2)
             .zip(payments)
             .map(|(pair, p)| Precheck {
                 // A failed read counts as "used" so the payment is reconciled, never sent blind.
                 used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
                 balance: read_balance(&pair[1]),
+                account: match index.get(&p.payer).and_then(|&i| code_lengths.get(i)) {
+                    Some(length) if length.is_zero() => Account::Key,
+                    _ => Account::Code,
+                },
             })
             .collect();
-        Ok((checks, read_block_number(block)))
+        Ok((checks, block.saturating_to()))
     }
 
     /// `getBlockNumber()` of the multicall itself, as one call of a multicall read (allowed

@@ -58,6 +58,8 @@ pub struct SettlementConfig {
     pub max_in_flight: usize,
     /// What a batched payment gets while the queue cannot drain before it expires.
     pub on_backlog: OnBacklog,
+    /// Which batches are simulated before they are sent.
+    pub simulate: Simulate,
     pub max_delay: Duration,
     /// How long an `async`-durability payment may go unsynced before such payments wait for
     /// the sync too.
@@ -97,6 +99,18 @@ pub enum OnBacklog {
     SettleFirst,
     /// Refused with 503 and `Retry-After`.
     Refuse,
+}
+
+/// Which batches are simulated (`eth_simulateV1`) before they are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Simulate {
+    /// Only those the pre-check cannot decide
+    /// ([`super::chain::Chain::decided_without_simulation`]): the node runs a batch of fresh,
+    /// funded, plainly signed payments once, when it is mined, instead of twice.
+    #[default]
+    WhenUnsure,
+    /// Every batch, first: a transfer that would fail is kept out before any gas is spent.
+    Always,
 }
 
 /// A facilitator to settle through.

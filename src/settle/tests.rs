@@ -20,6 +20,7 @@ fn config(dir: &std::path::Path) -> SettlementConfig {
         max_batch: 2,
         max_in_flight: 4,
         on_backlog: OnBacklog::default(),
+        simulate: Simulate::default(),
         max_delay: Duration::from_secs(3600),
         async_window: Duration::from_millis(50),
         max_attempts: 3,

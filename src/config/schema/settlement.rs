@@ -44,6 +44,15 @@ pub struct Settlement {
     /// before its response, or `503` with `Retry-After`. Default: `settle_first`.
     #[serde(default)]
     pub on_backlog: OnBacklog,
+    /// Which batches are simulated on the node before they are sent: `when_unsure` (those
+    /// the pre-check cannot decide: one holding a payment retried, sent alone after its
+    /// batch failed, from a payer whose account has code (a contract wallet, an EIP-7702
+    /// delegation) or valid only within the last minute; a batch of fresh, funded payments
+    /// from plain accounts goes without, and a transfer in it that fails anyway fails alone
+    /// and is simulated when sent alone next) or `always` (the node runs every batch twice).
+    /// Default: `when_unsure`.
+    #[serde(default)]
+    pub simulate: Simulate,
     /// A payment waits at most this long for its batch to fill. Default: `1000`.
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
@@ -166,6 +175,15 @@ pub enum OnBacklog {
     #[default]
     SettleFirst,
     Refuse,
+}
+
+/// Which settlement batches are simulated before they are sent.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Simulate {
+    #[default]
+    WhenUnsure,
+    Always,
 }
 
 /// What to do with a batched payment whose payer's balance cannot be read.

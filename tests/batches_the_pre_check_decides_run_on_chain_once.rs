@@ -1,0 +1,92 @@
+//! The node runs a batch of fresh, funded payments from accounts without code once, when it
+//! is mined: levy simulates a batch only when its pre-check cannot decide it (the first batch,
+//! whose gas it learns; a payment retried or alone; a payer whose account has code), unless
+//! the operator asks for every batch to be simulated.
+
+use std::time::Duration;
+
+use alloy::primitives::U256;
+
+use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::lagging_rpc::LaggingRpc;
+use crate::support::pay::{challenge, paid_get, sign_for};
+use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
+use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
+
+/// levy settling through a counting proxy of the chain's RPC, in batches of at most two.
+fn levy_counting_rpc(
+    chain: &TestChain,
+    rpc: &LaggingRpc,
+    origin: &Origin,
+    dir: &std::path::Path,
+    simulate: &str,
+) -> Levy {
+    Levy::start(&format!(
+        "{}{}{}  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(&rpc.url),
+        settlement_yaml(
+            dir,
+            &format!("    max_batch: 2\n    max_delay_ms: 100\n{simulate}")
+        ),
+    ))
+}
+
+/// Pays `/data/x` three times from each of two payers, one batch at a time: each pair is
+/// settled before the next is paid. Returns the settler's transactions.
+fn three_batches(chain: &TestChain, levy: &Levy) -> u64 {
+    let terms = challenge(levy, "/data/x");
+    for key in [KEYS[0], KEYS[3]] {
+        chain.mint(signer(key).address(), 100 * PRICE);
+    }
+    for _ in 0..3 {
+        for key in [KEYS[0], KEYS[3]] {
+            let (_, header) = sign_for(&terms, key);
+            let response = request(
+                levy.addr,
+                &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+            );
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        wait_all_final(levy.admin, Duration::from_secs(60));
+    }
+    assert_eq!(settlements_in(levy.admin, "settled"), 6);
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(6 * PRICE)
+    );
+    chain.tx_count(signer(SETTLER_KEY).address())
+}
+
+#[test]
+fn fresh_payments_from_plain_accounts_are_simulated_once_and_then_sent_as_they_are() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), "");
+    let batches = three_batches(&chain, &levy);
+    assert!(batches >= 3, "{batches} batches");
+    assert_eq!(
+        rpc.calls("eth_simulateV1"),
+        1,
+        "only the first batch, whose gas levy did not know, was simulated"
+    );
+    assert_eq!(
+        rpc.calls("eth_estimateGas"),
+        0,
+        "the first simulation sized every batch"
+    );
+}
+
+#[test]
+fn an_operator_can_have_every_batch_simulated() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), "    simulate: always\n");
+    let batches = three_batches(&chain, &levy);
+    assert_eq!(rpc.calls("eth_simulateV1") as u64, batches);
+}
