@@ -6,7 +6,8 @@
 # paying each with unique pre-signed payments, and whether every 200 settled on chain (the
 # payee's balance moved by price × 200s, levy's queue drained first), with each server's CPU,
 # the chain's CPU and gas per settled payment, beside the chain alone settling the same batched
-# transfers (examples/chain_load). Prints one JSON line per run, interleaved twice.
+# transfers (examples/chain_load) before and after each. Prints one JSON line per run,
+# interleaved twice, then a table of each server beside the chain alone around it.
 # Usage: benches/peers.sh [seconds per run, default 10] [connections, default 16]
 # MAX_BATCH sets levy's settlement.max_batch (default 200). BASELINE_LEVY=path/to/levy also
 # runs that build of levy (another commit's) beside this one, on the same chain with a settler
@@ -98,16 +99,21 @@ fi
 for p in 19000 19003; do wait_port $p; done
 
 . benches/settled.sh
-run() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; print(json.dumps(d))' "$(settled_run $SECS $CONNS "${@:2}")" "$1"; }
-# The chain alone before each round and after the last: anvil's cost per block grows with its
-# state, so a server's figures compare with the mean of the chain-alone runs around them. The
+run() {
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; print(json.dumps(d))' "$(settled_run $SECS $CONNS "${@:2}")" "$1"
+  chain_alone
+}
+# The chain alone before the first run and after each: anvil's cost per block grows with its
+# state (every transfer adds a slot), so each server's figures compare with the mean of the
+# chain-alone runs just before and after it, the chain's cost at the server's midpoint. The
 # baseline levy goes first in the second round.
 chain_alone() {
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["scenario"]="chain alone"; print(json.dumps(d))' \
     "$(chain_capacity 20000 $MULTICALL)"
 }
+{
+chain_alone
 for round in 1 2; do
-  chain_alone
   [ -z "${BASELINE_LEVY:-}" ] || [ $round = 1 ] || run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
   run levy http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004
   [ -z "${BASELINE_LEVY:-}" ] || [ $round = 2 ] || run levy-baseline http://127.0.0.1:19005/paid/x $BASE_PID 60000 19006
@@ -117,4 +123,20 @@ for round in 1 2; do
     run x402-axum http://127.0.0.1:19023/paid/x $AXUM_PID 6000 "" $AXUM_FACILITATOR_PID
   fi
 done
-chain_alone
+} | tee $W/runs.txt
+# Each server beside the chain alone around it.
+python3 - $W/runs.txt <<'PY'
+import json, sys
+runs = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+print("| server | paid req/s | settled | sustained req/s, every 200 settled | server CPU µs per settled | anvil CPU µs per settled | the chain alone around it, µs per transfer | anvil / chain alone | gas per settled | sustained / the chain alone's rate |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for i, d in enumerate(runs):
+    if d["scenario"] == "chain alone" or i == 0 or i + 1 >= len(runs):
+        continue
+    around = [runs[i - 1], runs[i + 1]]
+    cost = sum(c["node_cpu_us_per_transfer"] for c in around) / 2
+    rate = sum(c["transfers_per_s"] for c in around) / 2
+    sustained = min(d["rps"], d["settled_per_s"]) if d["every_200_settled"] else 0.0
+    print(f"| {d['scenario']} | {d['rps']:.0f} | {d['settled']} of {d['requests']} | {sustained:.0f} | {d['server_cpu_us_per_settled']:.0f} | "
+          f"{d['anvil_cpu_us_per_settled']:.0f} | {cost:.0f} | {d['anvil_cpu_us_per_settled'] / cost:.2f} | {d['gas_per_settled']:.0f} | {sustained / rate:.2f} |")
+PY

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use alloy::primitives::U256;
 
-use crate::support::chain::{signer, TestChain, KEYS, SETTLER_KEY};
+use crate::support::chain::{random_key, signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::lagging_rpc::LaggingRpc;
 use crate::support::pay::{challenge, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
@@ -89,4 +89,54 @@ fn an_operator_can_have_every_batch_simulated() {
     let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), "    simulate: always\n");
     let batches = three_batches(&chain, &levy);
     assert_eq!(rpc.calls("eth_simulateV1") as u64, batches);
+}
+
+#[test]
+fn a_full_batch_from_five_hundred_payers_is_read_in_one_call_and_sent_unsimulated() {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
+        "{}{}{}  routes:\n    \
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+        upstream_yaml(origin.addr),
+        chain.levy_yaml_via(&rpc.url),
+        settlement_yaml(
+            dir.path(),
+            "    max_batch: 500\n    max_delay_ms: 3000\n    max_unsettled_total: unlimited\n"
+        ),
+    ));
+    let terms = challenge(&levy, "/data/x");
+    let pay = |key: &str| {
+        let (_, header) = sign_for(&terms, key);
+        let response = request(
+            levy.addr,
+            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+        );
+        assert_eq!(response.status, 200, "{}", response.text());
+    };
+    // The first batch is simulated: levy learns its gas.
+    chain.mint(signer(KEYS[0]).address(), 100 * PRICE);
+    pay(KEYS[0]);
+    wait_all_final(levy.admin, Duration::from_secs(60));
+    let keys: Vec<String> = (0..500).map(|_| random_key()).collect();
+    for key in &keys {
+        chain.mint(signer(key).address(), PRICE);
+    }
+    for key in &keys {
+        pay(key);
+    }
+    wait_all_final(levy.admin, Duration::from_secs(120));
+    assert_eq!(settlements_in(levy.admin, "settled"), 501);
+    assert_eq!(
+        chain.balance(PAY_TO.parse().expect("payee")),
+        U256::from(501 * PRICE)
+    );
+    assert_eq!(rpc.calls("eth_simulateV1"), 1);
+    assert_eq!(
+        rpc.calls("eth_estimateGas"),
+        0,
+        "a split batch keeps its share of the gas"
+    );
 }

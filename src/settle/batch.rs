@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 
-use super::chain::{Account, AuthorizationFate, Chain, ChainError, Mined, Transfer};
+use super::chain::{AuthorizationFate, Chain, ChainError, Mined, Transfer};
 use super::engine::{Final, Retry};
 use super::{
     lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, Simulate, MAX_FEE_BUMPS,
@@ -42,8 +42,6 @@ impl Settlement {
         let now = unix_now();
         let mut balances: HashMap<(Address, Address), U256> = HashMap::new();
         let mut candidates = Vec::new();
-        // A payer whose account has code: its transfers are simulated before they are sent.
-        let mut with_code = false;
         let (mut expired, mut broke) = (Vec::new(), Vec::new());
         let (mut used, mut unread) = (Vec::new(), Vec::new());
         for (record, check) in batch.into_iter().zip(checks) {
@@ -73,7 +71,6 @@ impl Settlement {
                 continue;
             }
             *balance -= record.amount;
-            with_code |= check.account == Account::Code;
             candidates.push(record);
         }
         self.finish(expired, Final::Failed(Reason::AuthorizationExpired))
@@ -89,10 +86,8 @@ impl Settlement {
             return;
         }
         let decided = match self.inner.config.simulate {
-            Simulate::WhenUnsure if !with_code => {
-                chain.decided_without_simulation(&candidates, now)
-            }
-            Simulate::WhenUnsure | Simulate::Always => None,
+            Simulate::WhenUnsure => chain.decided_without_simulation(&candidates, now).await,
+            Simulate::Always => None,
         };
         let simulated = match decided {
             Some(decided) => Ok(decided),
@@ -207,9 +202,11 @@ impl Settlement {
             match chain.sign_batch(&send, nonce, None, simulated).await {
                 Ok(signed) => break signed,
                 Err(ChainError::TooMuchGas { .. }) if send.len() > 1 => {
-                    // Too big for a block: send the nearest half now, the rest next.
-                    simulated = None;
+                    // Too big for a block: send the nearest half now (its share of the
+                    // batch's gas: the payments' own are alike), the rest next.
+                    let whole = send.len() as u64;
                     let rest = send.split_off(send.len() / 2);
+                    simulated = simulated.map(|gas| gas.div_ceil(whole) * send.len() as u64);
                     lock(&self.inner.queue).extend(rest);
                 }
                 Err(e) => {

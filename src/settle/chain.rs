@@ -49,18 +49,13 @@ static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::
     artifact["bytecode"].as_str()?.parse().ok()
 });
 
-/// The creation code of the project's `BatchReader` (contracts/src), run without deploying
-/// it: a batch's pre-check reads and its payers' code sizes in one call.
-static BATCH_READER: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
+/// The creation code of the project's `CodeSizes` (contracts/src), run without deploying
+/// it: the code size of each of a batch's payers in one call.
+static CODE_SIZES: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
     let artifact: serde_json::Value =
-        serde_json::from_str(include_str!("../../contracts/out/BatchReader.json")).ok()?;
+        serde_json::from_str(include_str!("../../contracts/out/CodeSizes.json")).ok()?;
     artifact["bytecode"].as_str()?.parse().ok()
 });
-
-sol! {
-    /// One read of `BatchReader`'s: a static call.
-    struct BatchRead { address target; bytes callData; }
-}
 
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
@@ -84,8 +79,6 @@ pub struct Precheck {
     pub used: bool,
     /// `None` when the read failed: unknown, not zero.
     pub balance: Option<U256>,
-    /// Whether the payer's account has code, which judges its signatures on chain.
-    pub account: Account,
 }
 
 /// A payer's account as the token sees it when it checks a signature.
@@ -340,9 +333,9 @@ impl Chain {
         timed(call, self.timeout, fut).await
     }
 
-    /// Whether each payment's authorization is used, the payer's balance and whether the
-    /// payer's account has code, in one `eth_call` of the undeployed `BatchReader` at the
-    /// latest block, and which block that was.
+    /// Whether each payment's authorization is used and the payer's balance, in one
+    /// multicall read at the latest block, and which block that was (0 when the multicall
+    /// cannot say).
     pub async fn precheck(
         &self,
         payments: &[PaymentRecord],
@@ -350,56 +343,31 @@ impl Chain {
         let Some(scheme) = payments.first().map(PaymentRecord::scheme) else {
             return Ok((Vec::new(), 0));
         };
-        let mut reads = Vec::with_capacity(payments.len() * 2);
-        let (mut payers, mut index) = (Vec::new(), HashMap::new());
+        let mut calls = Vec::with_capacity(payments.len() * 2 + 1);
+        calls.push(self.block_number_call());
         for p in payments {
             let read = scheme.used_read(p);
-            reads.push(BatchRead {
+            calls.push(IMulticall3::Call3 {
                 target: read.target,
+                allowFailure: true,
                 callData: read.data,
             });
-            let balance = balance_call(p.asset, p.payer, true);
-            reads.push(BatchRead {
-                target: balance.target,
-                callData: balance.callData,
-            });
-            index.entry(p.payer).or_insert_with(|| {
-                payers.push(p.payer);
-                payers.len() - 1
-            });
+            calls.push(balance_call(p.asset, p.payer, true));
         }
-        let code = BATCH_READER
-            .as_ref()
-            .ok_or_else(|| ChainError::Decode("the BatchReader artifact is unreadable".into()))?;
-        let mut data = code.to_vec();
-        let accounts = payers.len();
-        data.extend((reads, payers).abi_encode_params());
-        let request = TransactionRequest::default()
-            .input(Bytes::from(data).into())
-            .into_create();
-        let output = self.call_latest(request).await?;
-        let (block, results, code_lengths) =
-            <(U256, Vec<IMulticall3::Result>, Vec<U256>)>::abi_decode_params(&output)
-                .map_err(|e| ChainError::Decode(format!("BatchReader: {e}")))?;
-        if results.len() != payments.len() * 2 || code_lengths.len() != accounts {
-            return Err(ChainError::Decode(
-                "BatchReader returned the wrong number of results".into(),
-            ));
-        }
-        let checks = results
+        let reads = self.read_many(calls).await?;
+        let Some((block, reads)) = reads.split_first() else {
+            return Err(ChainError::Decode("aggregate3 returned no results".into()));
+        };
+        let checks = reads
             .chunks(2)
             .zip(payments)
             .map(|(pair, p)| Precheck {
                 // A failed read counts as "used" so the payment is reconciled, never sent blind.
                 used: !pair[0].success || scheme.is_used(p, &pair[0].returnData).unwrap_or(true),
                 balance: read_balance(&pair[1]),
-                account: match index.get(&p.payer).and_then(|&i| code_lengths.get(i)) {
-                    Some(length) if length.is_zero() => Account::Key,
-                    _ => Account::Code,
-                },
             })
             .collect();
-        Ok((checks, block.saturating_to()))
+        Ok((checks, read_block_number(block)))
     }
 
     /// `getBlockNumber()` of the multicall itself, as one call of a multicall read (allowed
@@ -498,6 +466,37 @@ impl Chain {
             .into_create();
         let output = self.call_latest(request).await?;
         Ok(output.as_ref() == [1u8])
+    }
+
+    /// Whether each of `accounts` has code, in one `eth_call` of the undeployed `CodeSizes`
+    /// at the latest block (no account's code is run).
+    pub async fn accounts(&self, accounts: &[Address]) -> Result<Vec<Account>, ChainError> {
+        let code = CODE_SIZES
+            .as_ref()
+            .ok_or_else(|| ChainError::Decode("the CodeSizes artifact is unreadable".into()))?;
+        let mut data = code.to_vec();
+        data.extend((accounts.to_vec(),).abi_encode_params());
+        let request = TransactionRequest::default()
+            .input(Bytes::from(data).into())
+            .into_create();
+        let output = self.call_latest(request).await?;
+        let sizes = <Vec<U256>>::abi_decode(&output)
+            .map_err(|e| ChainError::Decode(format!("CodeSizes: {e}")))?;
+        if sizes.len() != accounts.len() {
+            return Err(ChainError::Decode(
+                "CodeSizes returned the wrong number of sizes".into(),
+            ));
+        }
+        Ok(sizes
+            .iter()
+            .map(|size| {
+                if size.is_zero() {
+                    Account::Key
+                } else {
+                    Account::Code
+                }
+            })
+            .collect())
     }
 
     /// Builds and signs one transaction that transfers every payment through `aggregate3`.

@@ -7,36 +7,50 @@ use super::*;
 
 impl Chain {
     /// The outcome of a batch the pre-check has decided, without simulating it: every
-    /// payment in `payments` was read unused and funded by the pre-check, from a payer whose
-    /// account has no code (the caller passes only such batches: [`Account::Key`]), is on
-    /// its first try and not one sent alone after a batch it was in failed, carries a
-    /// 65-byte signature (recovered inline as the token will) and is valid by the chain's
-    /// clock with a minute to spare; and a batch of this scheme has been simulated whole on
-    /// this chain before, so its gas per payment is known. `None`: simulate it
+    /// payment in `payments` was read unused and funded by the pre-check (the caller passes
+    /// only those), is on its first try and not one sent alone after a batch it was in
+    /// failed, carries a 65-byte signature (recovered inline, as the token will) and is valid
+    /// by the chain's clock with a minute to spare; a batch of this scheme has been simulated
+    /// whole on this chain before, so its gas per payment is known; and no payer's account
+    /// has code (read now: a contract wallet or an EIP-7702 delegation judges signatures its
+    /// own way on chain). `None`, or the code could not be read: simulate it
     /// ([`Chain::simulate_transfers`]).
     ///
     /// A transfer of such a batch that fails on chain anyway (a payer who spent the balance
     /// or delegated the account since the pre-check: the same window a simulation leaves)
     /// fails alone in the batch, costs its own call's gas, and is sent alone, simulated,
     /// next.
-    pub fn decided_without_simulation(
+    pub async fn decided_without_simulation(
         &self,
         payments: &[PaymentRecord],
         now: u64,
     ) -> Option<Simulated> {
         let scheme = payments.first()?.scheme();
-        let known = payments.iter().all(|p| {
+        let fresh = payments.iter().all(|p| {
             p.attempts == 0 && !p.isolate && p.signature.len() == 65 && p.valid_after + 60 <= now
         });
-        if !known {
+        if !fresh {
             return None;
         }
         let per_payment = *crate::sync::lock(&self.gas_per_payment).get(scheme.name())?;
-        Some(Simulated {
-            transfers: vec![Transfer::Succeeds; payments.len()],
-            gas: Some(per_payment.saturating_mul(payments.len() as u64)),
-            runs: 0,
-        })
+        let mut payers: Vec<Address> = payments.iter().map(|p| p.payer).collect();
+        payers.sort_unstable();
+        payers.dedup();
+        match self.accounts(&payers).await {
+            Ok(accounts) if accounts.iter().all(|a| *a == Account::Key) => Some(Simulated {
+                transfers: vec![Transfer::Succeeds; payments.len()],
+                gas: Some(per_payment.saturating_mul(payments.len() as u64)),
+                runs: 0,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                log::debug!(
+                    "chain {}: payers' code unread ({e}); simulating",
+                    self.chain_id
+                );
+                None
+            }
+        }
     }
 
     /// Simulates the batch that would settle `payments` (all of one scheme), as the settler
@@ -114,7 +128,8 @@ impl Chain {
         let all = transfers.iter().all(|t| *t == Transfer::Succeeds);
         let gas = whole.gas.filter(|_| all && runs == 1);
         if let Some(gas) = gas.filter(|_| payments.iter().all(|p| p.signature.len() == 65)) {
-            let per_payment = gas.div_ceil(payments.len() as u64);
+            // Less the transaction's own 21 000: a batch of one would count it whole.
+            let per_payment = gas.saturating_sub(21_000).div_ceil(payments.len() as u64);
             crate::sync::lock(&self.gas_per_payment)
                 .entry(scheme.name())
                 .and_modify(|most| *most = (*most).max(per_payment))
