@@ -314,6 +314,11 @@ impl Settlement {
             Ok(false) => {}
             Err(_) => return false,
         }
+        if unix_now() < batch.submitted_at + 2 {
+            // Just sent: its receipt is what to wait for; the settler's nonce says nothing
+            // yet that changes what is done (one RPC call per batch saved).
+            return false;
+        }
         match chain.mined_nonce().await {
             Ok(mined) if mined > batch.nonce => {
                 // The block with our nonce may have landed between the two reads, or the node
@@ -338,7 +343,6 @@ impl Settlement {
                 }
                 true
             }
-            Ok(_) if unix_now() < batch.submitted_at + 2 => false,
             Ok(_) => {
                 let stuck_for = unix_now().saturating_sub(batch.submitted_at);
                 if stuck_for >= self.inner.config.replace_after.as_secs()
