@@ -194,21 +194,22 @@ side_by_side() {
   done
 }
 {
-  # On the fresh chain: the chain's own rate for the same batched transfers with no proxy,
-  # then what each server sustains with every 200 settled on chain (the peers settle each
-  # payment before answering; levy's batches catch up after the load), and what each spent
-  # of its own CPU, the chain's CPU and gas per settled payment.
-  # anvil's cost per block grows with its state: the chain alone runs before and after levy,
-  # and levy's chain figures compare with their mean.
-  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
-  echo "levy paid, batched, every 200 settled|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004)"
-  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
+  # On the fresh chain: what each server sustains with every 200 settled on chain (the peers
+  # settle each payment before answering; levy's batches catch up after the load), what each
+  # spent of its own CPU, the chain's CPU and gas per settled payment, and the chain's own
+  # rate for levy's batched transfers with no proxy. anvil's cost per block grows with its
+  # state: the peers go first (a few hundred transfers each), then levy between two
+  # chain-alone runs, whose mean it is compared with (benches/peers.sh gives every system a
+  # fresh chain of its own instead).
   if [ "$PEERS" != 0 ]; then
     echo "@x402/express, facilitator in process|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19020/paid/x $EXPRESS_PID 3000)"
     echo "@x402/express, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19021/paid/x $EXPRESS_HTTP_PID 3000 "" $FACILITATOR_PID)"
     echo "x402-axum, facilitator over HTTP|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19023/paid/x $AXUM_PID 6000 "" $AXUM_FACILITATOR_PID)"
     kill $EXPRESS_PID $EXPRESS_HTTP_PID $AXUM_PID
   fi
+  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
+  echo "levy paid, batched, every 200 settled|$(settled_run "$SECONDS_EACH" "$CONNS" http://127.0.0.1:19003/paid/x $LEVY_PID 60000 19004)"
+  echo "chain capacity|$(chain_capacity 20000 "$MULTICALL")"
   if [ -n "$BASELINE_LEVY" ]; then
     for ORDER in "this base" "base this" "this base"; do
       side_by_side "levy free route" /free/x
