@@ -14,6 +14,9 @@
 //! `node_cpu_us_per_transfer` (the node process's CPU over the same span, with `--pid`) and
 //! `rpc_calls` (every JSON-RPC request the loader sent while the clock ran).
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,15 +94,6 @@ fn args() -> Args {
         "--rpc and --payer-key are needed"
     );
     a
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// The `aggregate3` calldata of one batch of signed authorizations, each allowed to fail
@@ -181,7 +175,7 @@ async fn main() {
         .await
         .expect("the sender's nonce");
 
-    let cpu_before = a.pid.map(cpu_seconds);
+    let cpu_before = a.pid.map(cpu::cpu_seconds);
     let started = Instant::now();
     let mut rpc_calls = 0usize;
     let (mut pending, mut next) = (VecDeque::new(), 0usize);
@@ -245,7 +239,7 @@ async fn main() {
     let node_cpu = a
         .pid
         .zip(cpu_before)
-        .map(|(pid, before)| (cpu_seconds(pid) - before) * 1e6 / transferred.max(1) as f64);
+        .map(|(pid, before)| (cpu::cpu_seconds(pid) - before) * 1e6 / transferred.max(1) as f64);
     println!(
         "{}",
         serde_json::json!({

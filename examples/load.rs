@@ -19,6 +19,9 @@
 //!
 //! Prints one JSON object.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,16 +80,6 @@ fn split_url(url: &str) -> (String, String) {
     let rest = url.strip_prefix("http://").expect("http:// URL");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     (host.to_owned(), format!("/{path}"))
-}
-
-/// User + system CPU seconds a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
 }
 
 /// Reads more of the response into `buf`; `None` when the connection ended.
@@ -362,7 +355,7 @@ async fn main() {
     let payments = Arc::new(pool);
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
-    let cpu_before = a.pid.map(cpu_seconds);
+    let cpu_before = a.pid.map(cpu::cpu_seconds);
     let started = Instant::now();
     // Each connection's gap between scheduled sends, and its offset, so the connections
     // together send evenly.
@@ -444,7 +437,7 @@ async fn main() {
     let cpu = a
         .pid
         .zip(cpu_before)
-        .map(|(pid, before)| cpu_seconds(pid) - before);
+        .map(|(pid, before)| cpu::cpu_seconds(pid) - before);
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies

@@ -13,25 +13,26 @@ use crate::support::pay::{challenge, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
 
-/// levy settling through a counting proxy of the chain's RPC, in batches of at most two.
+/// levy settling through a counting proxy of the chain's RPC, with `settlement` (its keys,
+/// four spaces in) added to its settlement section.
 fn levy_counting_rpc(
     chain: &TestChain,
     rpc: &LaggingRpc,
     origin: &Origin,
     dir: &std::path::Path,
-    simulate: &str,
+    settlement: &str,
 ) -> Levy {
     Levy::start(&format!(
         "{}{}{}  routes:\n    \
          - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml_via(&rpc.url),
-        settlement_yaml(
-            dir,
-            &format!("    max_batch: 2\n    max_delay_ms: 100\n{simulate}")
-        ),
+        settlement_yaml(dir, settlement),
     ))
 }
+
+/// In batches of at most two.
+const PAIRS: &str = "    max_batch: 2\n    max_delay_ms: 100\n";
 
 /// Pays `/data/x` three times from each of two payers, one batch at a time: each pair is
 /// settled before the next is paid. Returns the settler's transactions.
@@ -65,7 +66,7 @@ fn fresh_payments_from_plain_accounts_are_simulated_once_and_then_sent_as_they_a
     let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), "");
+    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), PAIRS);
     let batches = three_batches(&chain, &levy);
     assert!(batches >= 3, "{batches} batches");
     assert_eq!(
@@ -86,7 +87,13 @@ fn an_operator_can_have_every_batch_simulated() {
     let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), "    simulate: always\n");
+    let levy = levy_counting_rpc(
+        &chain,
+        &rpc,
+        &origin,
+        dir.path(),
+        &format!("{PAIRS}    simulate: always\n"),
+    );
     let batches = three_batches(&chain, &levy);
     assert_eq!(rpc.calls("eth_simulateV1") as u64, batches);
 }
@@ -97,16 +104,13 @@ fn a_full_batch_from_five_hundred_payers_is_read_in_one_call_and_sent_unsimulate
     let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
-    let levy = Levy::start(&format!(
-        "{}{}{}  routes:\n    \
-         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
-        upstream_yaml(origin.addr),
-        chain.levy_yaml_via(&rpc.url),
-        settlement_yaml(
-            dir.path(),
-            "    max_batch: 500\n    max_delay_ms: 3000\n    max_unsettled_total: unlimited\n"
-        ),
-    ));
+    let levy = levy_counting_rpc(
+        &chain,
+        &rpc,
+        &origin,
+        dir.path(),
+        "    max_batch: 500\n    max_delay_ms: 3000\n    max_unsettled_total: unlimited\n",
+    );
     let terms = challenge(&levy, "/data/x");
     let pay = |key: &str| {
         let (_, header) = sign_for(&terms, key);
