@@ -47,9 +47,10 @@ pub struct Settlement {
     /// Which batches are simulated on the node before they are sent: `when_unsure` (those
     /// the pre-check cannot decide: one holding a payment retried, sent alone after its
     /// batch failed, from a payer whose account has code (a contract wallet, an EIP-7702
-    /// delegation) or valid only within the last minute; a batch of fresh, funded payments
-    /// from plain accounts goes without, and a transfer in it that fails anyway fails alone
-    /// and is simulated when sent alone next) or `always` (the node runs every batch twice).
+    /// delegation) or valid only within the last minute, and every `upto` batch; an `exact`
+    /// batch of fresh, funded payments from plain accounts goes without, and a transfer in
+    /// it that fails anyway fails alone and is simulated when sent alone next) or `always`
+    /// (the node runs every batch twice).
     /// Default: `when_unsure`.
     #[serde(default)]
     pub simulate: Simulate,

@@ -6,9 +6,9 @@
 use super::*;
 
 impl Chain {
-    /// The outcome of a batch the pre-check has decided, without simulating it: every
-    /// payment in `payments` was read unused and funded by the pre-check (the caller passes
-    /// only those), is on its first try and not one sent alone after a batch it was in
+    /// The outcome of a batch the pre-check has decided, without simulating it: an `exact`
+    /// batch whose every payment was read unused and funded by the pre-check (the caller
+    /// passes only those), is on its first try and not one sent alone after a batch it was in
     /// failed, carries a 65-byte signature (recovered inline, as the token will) and is valid
     /// by the chain's clock with a minute to spare; a batch of this scheme has been simulated
     /// whole on this chain before, so its gas per payment is known; and no payer's account
@@ -26,6 +26,11 @@ impl Chain {
         now: u64,
     ) -> Option<Simulated> {
         let scheme = payments.first()?.scheme();
+        // `exact` only: an `upto` payment may carry an EIP-2612 permit, whose gas a batch of
+        // plain ones never showed.
+        if scheme.name() != crate::x402::SCHEME_EXACT {
+            return None;
+        }
         let fresh = payments.iter().all(|p| {
             p.attempts == 0 && !p.isolate && p.signature.len() == 65 && p.valid_after + 60 <= now
         });
