@@ -29,13 +29,9 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent};
 use levy::client::{random_nonce, sign, Payer, Terms};
+use levy::scheme::IMulticall3;
 
 sol! {
-    interface IMulticall3 {
-        struct Call3 { address target; bool allowFailure; bytes callData; }
-        struct Result { bool success; bytes returnData; }
-        function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData);
-    }
     interface IEip3009 {
         function transferWithAuthorization(
             address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use alloy::primitives::U256;
+use serde_json::Value;
 
 use crate::support::chain::{random_key, signer, TestChain, KEYS, SETTLER_KEY};
 use crate::support::lagging_rpc::LaggingRpc;
@@ -13,22 +14,46 @@ use crate::support::pay::{challenge, paid_get, sign_for};
 use crate::support::settle::{settlement_yaml, settlements_in, wait_all_final, PRICE};
 use crate::support::{request, upstream_yaml, Levy, Origin, PAY_TO};
 
-/// levy settling through a counting proxy of the chain's RPC, with `settlement` (its keys,
-/// four spaces in) added to its settlement section.
-fn levy_counting_rpc(
-    chain: &TestChain,
-    rpc: &LaggingRpc,
-    origin: &Origin,
-    dir: &std::path::Path,
-    settlement: &str,
-) -> Levy {
-    Levy::start(&format!(
+/// A chain, a counting proxy of its RPC, an origin and levy settling through the proxy.
+struct Counted {
+    chain: TestChain,
+    rpc: LaggingRpc,
+    levy: Levy,
+    _origin: Origin,
+    _dir: tempfile::TempDir,
+}
+
+/// levy settling through a counting proxy of a fresh chain's RPC, with `settlement` (its
+/// keys, four spaces in) added to its settlement section.
+fn counted(settlement: &str) -> Counted {
+    let chain = TestChain::start();
+    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
+    let origin = Origin::echo();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let levy = Levy::start(&format!(
         "{}{}{}  routes:\n    \
          - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml_via(&rpc.url),
-        settlement_yaml(dir, settlement),
-    ))
+        settlement_yaml(dir.path(), settlement),
+    ));
+    Counted {
+        chain,
+        rpc,
+        levy,
+        _origin: origin,
+        _dir: dir,
+    }
+}
+
+/// One paid request to `/data/x` from `key`, answered 200.
+fn pay(levy: &Levy, terms: &Value, key: &str) {
+    let (_, header) = sign_for(terms, key);
+    let response = request(
+        levy.addr,
+        &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
 }
 
 /// In batches of at most two.
@@ -43,12 +68,7 @@ fn three_batches(chain: &TestChain, levy: &Levy) -> u64 {
     }
     for _ in 0..3 {
         for key in [KEYS[0], KEYS[3]] {
-            let (_, header) = sign_for(&terms, key);
-            let response = request(
-                levy.addr,
-                &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
-            );
-            assert_eq!(response.status, 200, "{}", response.text());
+            pay(levy, &terms, key);
         }
         wait_all_final(levy.admin, Duration::from_secs(60));
     }
@@ -62,11 +82,9 @@ fn three_batches(chain: &TestChain, levy: &Levy) -> u64 {
 
 #[test]
 fn fresh_payments_from_plain_accounts_are_simulated_once_and_then_sent_as_they_are() {
-    let chain = TestChain::start();
-    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
-    let origin = Origin::echo();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_counting_rpc(&chain, &rpc, &origin, dir.path(), PAIRS);
+    let Counted {
+        chain, rpc, levy, ..
+    } = counted(PAIRS);
     let batches = three_batches(&chain, &levy);
     assert!(batches >= 3, "{batches} batches");
     assert_eq!(
@@ -83,53 +101,29 @@ fn fresh_payments_from_plain_accounts_are_simulated_once_and_then_sent_as_they_a
 
 #[test]
 fn an_operator_can_have_every_batch_simulated() {
-    let chain = TestChain::start();
-    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
-    let origin = Origin::echo();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_counting_rpc(
-        &chain,
-        &rpc,
-        &origin,
-        dir.path(),
-        &format!("{PAIRS}    simulate: always\n"),
-    );
+    let Counted {
+        chain, rpc, levy, ..
+    } = counted(&format!("{PAIRS}    simulate: always\n"));
     let batches = three_batches(&chain, &levy);
     assert_eq!(rpc.calls("eth_simulateV1") as u64, batches);
 }
 
 #[test]
 fn a_full_batch_from_five_hundred_payers_is_read_in_one_call_and_sent_unsimulated() {
-    let chain = TestChain::start();
-    let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
-    let origin = Origin::echo();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let levy = levy_counting_rpc(
-        &chain,
-        &rpc,
-        &origin,
-        dir.path(),
-        "    max_batch: 500\n    max_delay_ms: 3000\n    max_unsettled_total: unlimited\n",
-    );
+    let Counted {
+        chain, rpc, levy, ..
+    } = counted("    max_batch: 500\n    max_delay_ms: 3000\n    max_unsettled_total: unlimited\n");
     let terms = challenge(&levy, "/data/x");
-    let pay = |key: &str| {
-        let (_, header) = sign_for(&terms, key);
-        let response = request(
-            levy.addr,
-            &paid_get("/data/x", "PAYMENT-SIGNATURE", &header),
-        );
-        assert_eq!(response.status, 200, "{}", response.text());
-    };
     // The first batch is simulated: levy learns its gas.
     chain.mint(signer(KEYS[0]).address(), 100 * PRICE);
-    pay(KEYS[0]);
+    pay(&levy, &terms, KEYS[0]);
     wait_all_final(levy.admin, Duration::from_secs(60));
     let keys: Vec<String> = (0..500).map(|_| random_key()).collect();
     for key in &keys {
         chain.mint(signer(key).address(), PRICE);
     }
     for key in &keys {
-        pay(key);
+        pay(&levy, &terms, key);
     }
     wait_all_final(levy.admin, Duration::from_secs(120));
     assert_eq!(settlements_in(levy.admin, "settled"), 501);

@@ -13,9 +13,8 @@ mod simulate;
 
 pub use error::ChainError;
 
-use std::collections::HashMap;
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,19 +42,34 @@ use crate::scheme::{self, IMulticall3, Targets, EXACT};
 /// The creation code of the project's `SigValidator` (contracts/src), run without deploying
 /// it: its constructor answers whether a signature is valid for a signer, ECDSA, EIP-1271 or
 /// ERC-6492.
-static SIG_VALIDATOR: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
-    let artifact: serde_json::Value =
-        serde_json::from_str(include_str!("../../contracts/out/SigValidator.json")).ok()?;
-    artifact["bytecode"].as_str()?.parse().ok()
-});
+static SIG_VALIDATOR: Undeployed = Undeployed {
+    name: "SigValidator",
+    code: std::sync::LazyLock::new(|| {
+        creation_code(include_str!("../../contracts/out/SigValidator.json"))
+    }),
+};
 
 /// The creation code of the project's `CodeSizes` (contracts/src), run without deploying
 /// it: the code size of each of a batch's payers in one call.
-static CODE_SIZES: std::sync::LazyLock<Option<Bytes>> = std::sync::LazyLock::new(|| {
-    let artifact: serde_json::Value =
-        serde_json::from_str(include_str!("../../contracts/out/CodeSizes.json")).ok()?;
+static CODE_SIZES: Undeployed = Undeployed {
+    name: "CodeSizes",
+    code: std::sync::LazyLock::new(|| {
+        creation_code(include_str!("../../contracts/out/CodeSizes.json"))
+    }),
+};
+
+/// A contract of the project's whose constructor answers a question, run in an `eth_call`
+/// without being deployed.
+struct Undeployed {
+    name: &'static str,
+    code: std::sync::LazyLock<Option<Bytes>>,
+}
+
+/// The creation code in a contracts/out artifact.
+fn creation_code(artifact: &str) -> Option<Bytes> {
+    let artifact: serde_json::Value = serde_json::from_str(artifact).ok()?;
     artifact["bytecode"].as_str()?.parse().ok()
-});
+}
 
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
@@ -166,9 +180,9 @@ pub struct Chain {
     fees: Remembered<Eip1559Estimation>,
     /// The latest block's gas limit (it moves slowly), read once a minute.
     block_gas: Remembered<u64>,
-    /// The most gas per payment a batch of each scheme (by name) used when simulated whole:
+    /// The most gas per payment an `exact` batch used when simulated whole (0: none yet):
     /// what a batch the pre-check decided is given without a simulation of its own.
-    gas_per_payment: Mutex<HashMap<&'static str, u64>>,
+    exact_gas_per_payment: AtomicU64,
 }
 
 /// A value read from the node, used for `fresh_for` after the read.
@@ -219,7 +233,7 @@ impl Chain {
             builder_code: Vec::new(),
             fees: Remembered::new(Duration::from_secs(1)),
             block_gas: Remembered::new(Duration::from_secs(60)),
-            gas_per_payment: Mutex::new(HashMap::new()),
+            exact_gas_per_payment: AtomicU64::new(0),
         })
     }
 
@@ -456,30 +470,35 @@ impl Chain {
         digest: B256,
         signature: &[u8],
     ) -> Result<bool, ChainError> {
-        let code = SIG_VALIDATOR
-            .as_ref()
-            .ok_or_else(|| ChainError::Decode("the SigValidator artifact is unreadable".into()))?;
+        let args = (signer, digest, Bytes::copy_from_slice(signature)).abi_encode_params();
+        let output = self.call_undeployed(&SIG_VALIDATOR, args).await?;
+        Ok(output.as_ref() == [1u8])
+    }
+
+    /// Runs `contract`'s creation code with `args` (ABI-encoded constructor arguments)
+    /// appended, in an `eth_call` at the latest block: what its constructor returns.
+    async fn call_undeployed(
+        &self,
+        contract: &Undeployed,
+        args: Vec<u8>,
+    ) -> Result<Bytes, ChainError> {
+        let code = contract.code.as_ref().ok_or_else(|| {
+            ChainError::Decode(format!("the {} artifact is unreadable", contract.name))
+        })?;
         let mut data = code.to_vec();
-        data.extend((signer, digest, Bytes::copy_from_slice(signature)).abi_encode_params());
+        data.extend(args);
         let request = TransactionRequest::default()
             .input(Bytes::from(data).into())
             .into_create();
-        let output = self.call_latest(request).await?;
-        Ok(output.as_ref() == [1u8])
+        self.call_latest(request).await
     }
 
     /// Whether each of `accounts` has code, in one `eth_call` of the undeployed `CodeSizes`
     /// at the latest block (no account's code is run).
     pub async fn accounts(&self, accounts: &[Address]) -> Result<Vec<Account>, ChainError> {
-        let code = CODE_SIZES
-            .as_ref()
-            .ok_or_else(|| ChainError::Decode("the CodeSizes artifact is unreadable".into()))?;
-        let mut data = code.to_vec();
-        data.extend((accounts.to_vec(),).abi_encode_params());
-        let request = TransactionRequest::default()
-            .input(Bytes::from(data).into())
-            .into_create();
-        let output = self.call_latest(request).await?;
+        let output = self
+            .call_undeployed(&CODE_SIZES, (accounts.to_vec(),).abi_encode_params())
+            .await?;
         let sizes = <Vec<U256>>::abi_decode(&output)
             .map_err(|e| ChainError::Decode(format!("CodeSizes: {e}")))?;
         if sizes.len() != accounts.len() {

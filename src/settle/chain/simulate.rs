@@ -25,19 +25,21 @@ impl Chain {
         payments: &[PaymentRecord],
         now: u64,
     ) -> Option<Simulated> {
-        let scheme = payments.first()?.scheme();
         // `exact` only: an `upto` payment may carry an EIP-2612 permit, whose gas a batch of
         // plain ones never showed.
-        if scheme.name() != crate::x402::SCHEME_EXACT {
+        if !is_exact(payments) {
             return None;
         }
         let fresh = payments.iter().all(|p| {
-            p.attempts == 0 && !p.isolate && p.signature.len() == 65 && p.valid_after + 60 <= now
+            p.attempts == 0 && !p.isolate && signed_by_key(p) && p.valid_after + 60 <= now
         });
         if !fresh {
             return None;
         }
-        let per_payment = *crate::sync::lock(&self.gas_per_payment).get(scheme.name())?;
+        let per_payment = match self.exact_gas_per_payment.load(Ordering::Relaxed) {
+            0 => return None,
+            known => known,
+        };
         let mut payers: Vec<Address> = payments.iter().map(|p| p.payer).collect();
         payers.sort_unstable();
         payers.dedup();
@@ -132,13 +134,12 @@ impl Chain {
         }
         let all = transfers.iter().all(|t| *t == Transfer::Succeeds);
         let gas = whole.gas.filter(|_| all && runs == 1);
-        if let Some(gas) = gas.filter(|_| payments.iter().all(|p| p.signature.len() == 65)) {
+        if let Some(gas) = gas.filter(|_| is_exact(payments) && payments.iter().all(signed_by_key))
+        {
             // Less the transaction's own 21 000: a batch of one would count it whole.
             let per_payment = gas.saturating_sub(21_000).div_ceil(payments.len() as u64);
-            crate::sync::lock(&self.gas_per_payment)
-                .entry(scheme.name())
-                .and_modify(|most| *most = (*most).max(per_payment))
-                .or_insert(per_payment);
+            self.exact_gas_per_payment
+                .fetch_max(per_payment, Ordering::Relaxed);
         }
         Ok(Simulated {
             transfers,
@@ -256,4 +257,17 @@ impl Chain {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `payments` (all of one scheme) are `exact` ones.
+fn is_exact(payments: &[PaymentRecord]) -> bool {
+    payments
+        .first()
+        .is_some_and(|p| p.scheme().name() == crate::x402::SCHEME_EXACT)
+}
+
+/// Whether a payment carries a 65-byte signature, which the token recovers as levy did (a
+/// contract wallet's is longer, or wrapped for ERC-6492).
+fn signed_by_key(p: &PaymentRecord) -> bool {
+    p.signature.len() == 65
 }
