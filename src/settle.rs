@@ -92,9 +92,37 @@ const NEVER_SENT_REASONS: [Reason; 3] = [
 const MAX_FEE_BUMPS: usize = 10;
 
 /// Batches broadcast and not yet resolved: per network, by settler nonce (several may be in
-/// flight at once, with consecutive nonces).
+/// flight at once, with consecutive nonces), each with when its receipt was last looked for.
 #[derive(Default)]
-struct InFlight(HashMap<String, std::collections::BTreeMap<u64, BatchRecord>>);
+struct InFlight(HashMap<String, std::collections::BTreeMap<u64, Flight>>);
+
+/// A batch in flight.
+struct Flight {
+    batch: BatchRecord,
+    /// The chain head and the time of the last look that found no receipt (`None`: not
+    /// looked for yet): the receipt cannot appear before a newer block does.
+    looked: Option<Looked>,
+}
+
+/// A look for a batch's receipt that found none.
+#[derive(Debug, Clone, Copy)]
+struct Looked {
+    head: u64,
+    at: std::time::Instant,
+}
+
+/// A receipt not found is looked for again after this long even if the node reports no
+/// newer block (a node that serves blocks before their receipts, or a chain that mines
+/// only on demand).
+const RELOOK_AFTER: Duration = Duration::from_secs(2);
+
+impl Looked {
+    /// Whether a receipt not found at this look may be found at `head` now (`None`: the
+    /// head could not be read, so look).
+    fn worth_again(self, head: Option<u64>) -> bool {
+        head.is_none_or(|head| head > self.head) || self.at.elapsed() >= RELOOK_AFTER
+    }
+}
 
 impl InFlight {
     fn count(&self, network: &str) -> usize {
@@ -114,12 +142,16 @@ impl InFlight {
             .map_or(0, |n| n + 1)
     }
 
-    /// Adds a batch, or replaces the one with its nonce.
+    /// Adds a batch, or replaces the one with its nonce (a replacement is not looked for
+    /// yet).
     fn insert(&mut self, batch: BatchRecord) {
-        self.0
-            .entry(batch.network.clone())
-            .or_default()
-            .insert(batch.nonce, batch);
+        self.0.entry(batch.network.clone()).or_default().insert(
+            batch.nonce,
+            Flight {
+                batch,
+                looked: None,
+            },
+        );
     }
 
     fn remove(&mut self, network: &str, nonce: u64) {
@@ -131,9 +163,27 @@ impl InFlight {
         }
     }
 
-    /// Every batch, lowest nonce first per network.
-    fn all(&self) -> Vec<BatchRecord> {
-        self.0.values().flat_map(|b| b.values().cloned()).collect()
+    /// Notes that the receipt of `batch` (still this transaction) was not there at `head`.
+    fn not_found(&mut self, batch: &BatchRecord, head: u64) {
+        if let Some(flight) = self
+            .0
+            .get_mut(&batch.network)
+            .and_then(|b| b.get_mut(&batch.nonce))
+            .filter(|f| f.batch.tx_hash == batch.tx_hash)
+        {
+            flight.looked = Some(Looked {
+                head,
+                at: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// Every batch, lowest nonce first per network, with its last look.
+    fn all(&self) -> Vec<(BatchRecord, Option<Looked>)> {
+        self.0
+            .values()
+            .flat_map(|b| b.values().map(|f| (f.batch.clone(), f.looked)))
+            .collect()
     }
 }
 

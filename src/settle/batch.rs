@@ -1,8 +1,8 @@
 //! One batch on its way on chain: the facilitator back end, the multicall pre-check that
 //! partitions a batch (expired, unfunded, already used, unknown, to simulate), the
 //! simulation's verdicts (only a transfer that fails alone is the payer's doing), signing
-//! and journaling before broadcast, receipts (a payment that did not transfer goes alone
-//! next, and fails if it fails alone), fee bumps, and reconciling what a crash left in
+//! and journaling before broadcast, receipts (looked for when the chain head has moved; a
+//! payment that did not transfer goes alone next, and fails if it fails alone), fee bumps, and reconciling what a crash left in
 //! flight.
 
 use std::collections::HashMap;
@@ -307,11 +307,21 @@ impl Settlement {
     /// the settler nonce and each authorization's state when none of them can be mined any
     /// more. A batch not mined after `replace_after` is re-signed with the same nonce and the
     /// same calls at higher fees (whichever of the two is mined, nothing is paid twice).
-    /// Returns whether it is resolved.
-    pub(super) async fn try_resolve(&self, chain: &Chain, batch: &BatchRecord) -> bool {
+    /// Returns whether it is resolved. `head` is the chain head read before this look (if
+    /// it could be read): a receipt not found is looked for again once a newer block is out.
+    pub(super) async fn try_resolve(
+        &self,
+        chain: &Chain,
+        batch: &BatchRecord,
+        head: Option<u64>,
+    ) -> bool {
         match self.mined_receipt(chain, batch).await {
             Ok(true) => return true,
-            Ok(false) => {}
+            Ok(false) => {
+                if let Some(head) = head {
+                    self.inner.inflight.lock().await.not_found(batch, head);
+                }
+            }
             Err(_) => return false,
         }
         if unix_now() < batch.submitted_at + 2 {
@@ -551,11 +561,27 @@ impl Settlement {
         }
     }
 
+    /// Looks at each batch in flight whose receipt may have appeared since it was last
+    /// looked for: the chain head (one read per chain, shared by its batches) has moved past
+    /// that look, or [`RELOOK_AFTER`](super::RELOOK_AFTER) has passed. A batch waiting for
+    /// its block costs no call of its own.
     pub(super) async fn reconcile_inflight(&self) {
-        let batches: Vec<BatchRecord> = self.inner.inflight.lock().await.all();
-        for batch in batches {
-            if let Some(chain) = self.inner.chains.get(&batch.network) {
-                self.try_resolve(chain, &batch).await;
+        let batches = self.inner.inflight.lock().await.all();
+        let mut heads: HashMap<&str, Option<u64>> = HashMap::new();
+        for (batch, looked) in &batches {
+            let Some(chain) = self.inner.chains.get(&batch.network) else {
+                continue;
+            };
+            let head = match heads.get(batch.network.as_str()) {
+                Some(head) => *head,
+                None => {
+                    let head = chain.head().await.ok();
+                    heads.insert(&batch.network, head);
+                    head
+                }
+            };
+            if looked.is_none_or(|looked| looked.worth_again(head)) {
+                self.try_resolve(chain, batch, head).await;
             }
         }
     }

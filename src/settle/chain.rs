@@ -74,6 +74,10 @@ fn creation_code(artifact: &str) -> Option<Bytes> {
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
 
+/// How long a read of the chain head serves (the settlement engine's own tick): about ten
+/// `eth_blockNumber` a second per chain while batches are in flight, none while none is.
+const HEAD_FRESH: Duration = Duration::from_millis(100);
+
 /// What the chain says about one authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthorizationFate {
@@ -180,6 +184,9 @@ pub struct Chain {
     fees: Remembered<Eip1559Estimation>,
     /// The latest block's gas limit (it moves slowly), read once a minute.
     block_gas: Remembered<u64>,
+    /// The newest block's number, read at most once per [`HEAD_FRESH`]: the batches in flight
+    /// on this chain share one read per round instead of asking a receipt each.
+    head: Remembered<u64>,
     /// The most gas per payment an `exact` batch used when simulated whole (0: none yet):
     /// what a batch the pre-check decided is given without a simulation of its own.
     exact_gas_per_payment: AtomicU64,
@@ -233,6 +240,7 @@ impl Chain {
             builder_code: Vec::new(),
             fees: Remembered::new(Duration::from_secs(1)),
             block_gas: Remembered::new(Duration::from_secs(60)),
+            head: Remembered::new(HEAD_FRESH),
             exact_gas_per_payment: AtomicU64::new(0),
         })
     }
@@ -616,6 +624,17 @@ impl Chain {
         )
         .await
         .map(|_| ())
+    }
+
+    /// The newest block's number (`eth_blockNumber`), as read within the last [`HEAD_FRESH`].
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        if let Some(head) = self.head.get() {
+            return Ok(head);
+        }
+        let head = self
+            .rpc("eth_blockNumber", self.provider.get_block_number())
+            .await?;
+        Ok(self.head.keep(head))
     }
 
     /// The receipt of a transaction, if mined.

@@ -1,7 +1,9 @@
-//! The node runs a batch of fresh, funded payments from accounts without code once, when it
-//! is mined: levy simulates a batch only when its pre-check cannot decide it (the first batch,
+//! Settlement asks the node only what it must (an operator's provider bills per call). The
+//! node runs a batch of fresh, funded payments from accounts without code once, when it is
+//! mined: levy simulates a batch only when its pre-check cannot decide it (the first batch,
 //! whose gas it learns; a payment retried or alone; a payer whose account has code), unless
-//! the operator asks for every batch to be simulated.
+//! the operator asks for every batch to be simulated. And a batch waiting for its block is
+//! looked for when a new block is out, not on every turn of the engine.
 
 use std::time::Duration;
 
@@ -26,7 +28,11 @@ struct Counted {
 /// levy settling through a counting proxy of a fresh chain's RPC, with `settlement` (its
 /// keys, four spaces in) added to its settlement section.
 fn counted(settlement: &str) -> Counted {
-    let chain = TestChain::start();
+    counted_on(TestChain::start(), settlement)
+}
+
+/// The same on `chain`.
+fn counted_on(chain: TestChain, settlement: &str) -> Counted {
     let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -136,5 +142,39 @@ fn a_full_batch_from_five_hundred_payers_is_read_in_one_call_and_sent_unsimulate
         rpc.calls("eth_estimateGas"),
         0,
         "a split batch keeps its share of the gas"
+    );
+}
+
+#[test]
+fn a_batch_waiting_for_its_block_is_looked_for_when_a_block_is_out_not_every_turn() {
+    // A block every three seconds: the engine turns thirty times or more while a batch
+    // waits, and asked for its receipt on each turn before it followed the chain head.
+    let Counted {
+        chain, rpc, levy, ..
+    } = counted_on(TestChain::with_block_time(3), PAIRS);
+    let terms = challenge(&levy, "/data/x");
+    for key in [KEYS[0], KEYS[3]] {
+        chain.mint(signer(key).address(), 10 * PRICE);
+    }
+    let receipts_before = rpc.calls("eth_getTransactionReceipt");
+    for _ in 0..2 {
+        for key in [KEYS[0], KEYS[3]] {
+            pay(&levy, &terms, key);
+        }
+        wait_all_final(levy.admin, Duration::from_secs(60));
+    }
+    assert_eq!(settlements_in(levy.admin, "settled"), 4);
+    let batches = chain.tx_count(signer(SETTLER_KEY).address()) as usize;
+    assert!(batches >= 2, "{batches} batches");
+    let receipts = rpc.calls("eth_getTransactionReceipt") - receipts_before;
+    // One look as it is sent, one when its block is out, and at most one more after two
+    // seconds without a new block.
+    assert!(
+        receipts <= 3 * batches,
+        "{receipts} receipt calls for {batches} batches"
+    );
+    assert!(
+        rpc.calls("eth_blockNumber") > 0,
+        "the batches in flight followed the chain head"
     );
 }
