@@ -14,7 +14,8 @@
 # the build counts them: levy_rpc_calls_total).
 # STATE=embedded runs the first two without Redis too (then the third is a repeat of the
 # first); BASE_SETTLEMENT adds keys to the second's `settlement:` (e.g. ", funds: {check:
-# false}" with this build as the baseline: what a setting costs under load).
+# false}" with this build as the baseline: what a setting costs under load). RATE offers that
+# many requests a second (open loop) instead of as many as the connections carry.
 # Build the baseline in its own target directory (see benches/side-by-side.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +89,7 @@ run() { # build port pid redis-port round
   counts=$(chain_counts "$2")
   trips=$(round_trips "$2")
   result=$(./target/release/examples/load --url "http://127.0.0.1:$2/paid/x" --connections "$CONNS" --seconds "$SECS" \
-    --pid "$3" --pay --payments 60000 --key $KEY --expect 200 2>/dev/null | tail -1)
+    --pid "$3" --pay --payments 60000 --key $KEY --expect 200 ${RATE:+--rate "$RATE"} 2>/dev/null | tail -1)
   # What the run left to settle is settled before the next one starts.
   sleep 4
   echo "$1 round$5 $(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["redis_calls"]=int(sys.argv[2]); a, b = sys.argv[3], sys.argv[4]; d["round_trips"]=None if "null" in (a, b) else int(float(b)) - int(float(a)); d["redis_cpu_us_per_request"]=round((float(sys.argv[6]) - float(sys.argv[5])) * 1e6 / max(d["requests"], 1), 1); c0, c1 = json.loads(sys.argv[7]), json.loads(sys.argv[8]); settled = c1["settled"] - c0["settled"]; d["settled"] = settled; d["rpc_per_settled"] = {m: round((n - c0["rpc"].get(m, 0)) / settled, 4) for m, n in c1["rpc"].items() if settled and n > c0["rpc"].get(m, 0)}; print(json.dumps(d))' "$result" $(( $(redis_calls "$4") - before )) "$trips" "$(round_trips "$2")" "$cpu" "$(redis_cpu "$4")" "$counts" "$(chain_counts "$2")")"

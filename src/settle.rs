@@ -142,16 +142,18 @@ impl InFlight {
             .map_or(0, |n| n + 1)
     }
 
-    /// Adds a batch, or replaces the one with its nonce (a replacement is not looked for
-    /// yet).
-    fn insert(&mut self, batch: BatchRecord) {
-        self.0.entry(batch.network.clone()).or_default().insert(
-            batch.nonce,
-            Flight {
-                batch,
-                looked: None,
-            },
-        );
+    /// Adds a batch, or replaces the one with its nonce. `sent_after` is the chain head
+    /// known when it was broadcast: its receipt is first looked for once a newer block is
+    /// out (`None`: at once).
+    fn insert(&mut self, batch: BatchRecord, sent_after: Option<u64>) {
+        let looked = sent_after.map(|head| Looked {
+            head,
+            at: std::time::Instant::now(),
+        });
+        self.0
+            .entry(batch.network.clone())
+            .or_default()
+            .insert(batch.nonce, Flight { batch, looked });
     }
 
     fn remove(&mut self, network: &str, nonce: u64) {

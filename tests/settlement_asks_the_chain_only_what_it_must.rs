@@ -167,8 +167,8 @@ fn a_batch_waiting_for_its_block_is_looked_for_when_a_block_is_out_not_every_tur
     let batches = chain.tx_count(signer(SETTLER_KEY).address()) as usize;
     assert!(batches >= 2, "{batches} batches");
     let receipts = rpc.calls("eth_getTransactionReceipt") - receipts_before;
-    // One look as it is sent, one when its block is out, and at most one more after two
-    // seconds without a new block.
+    // One look when its block is out, and at most two more: a look at a block that came
+    // before it was mined, one after two seconds without a new block.
     assert!(
         receipts <= 3 * batches,
         "{receipts} receipt calls for {batches} batches"

@@ -272,13 +272,14 @@ impl Settlement {
             .await
             .insert(network.to_owned(), nonce + 1);
         metrics().batch_size.observe(send.len() as f64);
+        let sent_after = chain.last_head();
         if let Err(e) = chain.broadcast(&signed.raw).await {
             log::warn!(
                 "settlement on {network}: broadcast of {} failed ({e}); will reconcile",
                 signed.hash
             );
         }
-        self.inner.inflight.lock().await.insert(batch);
+        self.inner.inflight.lock().await.insert(batch, sent_after);
     }
 
     /// Resolves batches in flight until none of these payments is submitted any more, or
@@ -446,7 +447,12 @@ impl Settlement {
             next.fees.max_fee_per_gas
         );
         metrics().batch_replacements.inc();
-        self.inner.inflight.lock().await.insert(next.clone());
+        let sent_after = chain.last_head();
+        self.inner
+            .inflight
+            .lock()
+            .await
+            .insert(next.clone(), sent_after);
         if let Err(e) = chain.broadcast(&next.raw_tx).await {
             log::warn!("broadcast of replacement {} failed: {e}", next.tx_hash);
         }
@@ -555,7 +561,7 @@ impl Settlement {
                 if batch.settler.is_some_and(|s| Some(s) != mine) {
                     self.adopt(batch);
                 } else {
-                    inflight.insert(batch);
+                    inflight.insert(batch, None);
                 }
             }
         }

@@ -218,6 +218,19 @@ impl<T: Copy> Remembered<T> {
         *crate::sync::lock(&self.read) = Some((Instant::now(), value));
         value
     }
+
+    /// The value however old it is, if one was ever read.
+    fn last(&self) -> Option<T> {
+        crate::sync::lock(&self.read).map(|(_, value)| value)
+    }
+
+    /// Ends its freshness: the next [`Remembered::get`] misses ([`Remembered::last`] keeps
+    /// it).
+    fn expire(&self) {
+        if let Some((at, _)) = crate::sync::lock(&self.read).as_mut() {
+            *at = Instant::now().checked_sub(self.fresh_for).unwrap_or(*at);
+        }
+    }
 }
 
 impl Chain {
@@ -618,15 +631,19 @@ impl Chain {
 
     /// Broadcasts a signed transaction. Re-broadcasting the same bytes is harmless.
     pub async fn broadcast(&self, raw: &[u8]) -> Result<(), ChainError> {
-        self.rpc(
-            "eth_sendRawTransaction",
-            self.provider.send_raw_transaction(raw),
-        )
-        .await
-        .map(|_| ())
+        let sent = self
+            .rpc(
+                "eth_sendRawTransaction",
+                self.provider.send_raw_transaction(raw),
+            )
+            .await;
+        // A chain that mines at once has a newer block now: read the head again.
+        self.head.expire();
+        sent.map(|_| ())
     }
 
-    /// The newest block's number (`eth_blockNumber`), as read within the last [`HEAD_FRESH`].
+    /// The newest block's number (`eth_blockNumber`), as read within the last [`HEAD_FRESH`]
+    /// and since levy's last broadcast on this chain.
     pub async fn head(&self) -> Result<u64, ChainError> {
         if let Some(head) = self.head.get() {
             return Ok(head);
@@ -635,6 +652,12 @@ impl Chain {
             .rpc("eth_blockNumber", self.provider.get_block_number())
             .await?;
         Ok(self.head.keep(head))
+    }
+
+    /// The newest block's number as last read, however long ago (`None`: never read): a
+    /// transaction sent now cannot be in that block or an older one.
+    pub fn last_head(&self) -> Option<u64> {
+        self.head.last()
     }
 
     /// The receipt of a transaction, if mined.

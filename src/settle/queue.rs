@@ -467,7 +467,7 @@ impl Settlement {
                         // (unless a later transaction with its nonce is already).
                         let mut inflight = self.inner.inflight.lock().await;
                         if !inflight.has(&batch.network, batch.nonce) {
-                            inflight.insert(batch);
+                            inflight.insert(batch, None);
                         }
                     } else {
                         self.adopt(batch);
