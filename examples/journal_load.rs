@@ -203,5 +203,29 @@ async fn main() {
             (cpu_seconds() - cpu) * 1e6 / n as f64,
             wall.elapsed().as_secs_f64() * 1e6 / n as f64
         );
+        // A mined batch's payments read back, one read each and all in one read.
+        let ids: Vec<Vec<String>> = (0..n / 200)
+            .map(|batch| {
+                (0..200)
+                    .map(|i| record(round * n + batch * 200 + i, store_direct).id)
+                    .collect()
+            })
+            .collect();
+        let one_by_one = cpu_seconds();
+        for batch in &ids {
+            for id in batch {
+                journal.get(id).expect("get").expect("stored");
+            }
+        }
+        let together = cpu_seconds();
+        for batch in &ids {
+            let read = journal.get_many(batch.iter().map(String::as_str));
+            assert_eq!(read.expect("get_many").len(), 200);
+        }
+        println!(
+            "         read back, batches of 200: one read each {:.1} µs/payment, one read per batch {:.1} µs/payment",
+            (together - one_by_one) * 1e6 / n as f64,
+            (cpu_seconds() - together) * 1e6 / n as f64
+        );
     }
 }

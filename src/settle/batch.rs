@@ -466,12 +466,17 @@ impl Settlement {
     }
 
     pub(super) fn batch_records(&self, batch: &BatchRecord) -> Vec<PaymentRecord> {
-        batch
-            .payment_ids
-            .iter()
-            .filter_map(|id| self.inner.journal.get(id).ok().flatten())
-            .filter(|r| r.state == SettlementState::Submitted)
-            .collect()
+        let ids = batch.payment_ids.iter().map(String::as_str);
+        match self.inner.journal.get_many(ids) {
+            Ok(records) => records
+                .into_iter()
+                .filter(|r| r.state == SettlementState::Submitted)
+                .collect(),
+            Err(e) => {
+                log::warn!("cannot read batch {}'s payments: {e}", batch.tx_hash);
+                Vec::new()
+            }
+        }
     }
 
     /// Finishes a mined batch's payments: those its receipt shows used are settled. One that

@@ -308,6 +308,40 @@ impl Journal {
         decode(id, value.value()).map(Some)
     }
 
+    /// The payments with these ids that the journal holds and can read, in the order asked:
+    /// the staged ones under one lock, the rest in one store read (a mined batch's payments
+    /// are read back together). A record that cannot be decoded is logged and left out.
+    pub fn get_many<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<PaymentRecord>, JournalError> {
+        let found: Vec<(&str, Option<PaymentRecord>)> = {
+            let staged = lock(&self.staged.records);
+            ids.into_iter()
+                .map(|id| (id, staged.get(id).map(|s| s.record.clone())))
+                .collect()
+        };
+        if found.iter().all(|(_, record)| record.is_some()) {
+            return Ok(found.into_iter().filter_map(|(_, r)| r).collect());
+        }
+        // Begun after the staged copies were read: one gone from there since is committed.
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(PAYMENTS).map_err(storage)?;
+        let mut records = Vec::with_capacity(found.len());
+        for (id, staged) in found {
+            if let Some(record) = staged {
+                records.push(record);
+            } else if let Some(value) = table.get(id).map_err(storage)? {
+                // One unreadable record does not keep the others from their batch.
+                match decode(id, value.value()) {
+                    Ok(record) => records.push(record),
+                    Err(e) => log::error!("journal: {e}"),
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// One batch by transaction hash (`0x…`).
     pub fn batch(&self, tx_hash: &str) -> Result<Option<BatchRecord>, JournalError> {
         let txn = self.db.begin_read().map_err(storage)?;

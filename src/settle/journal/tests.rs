@@ -155,3 +155,24 @@ fn retention_removes_old_final_payments_and_keeps_open_and_valid_ones() {
         ["pay_new_failed", "pay_old_but_valid", "pay_old_pending"]
     );
 }
+
+#[test]
+fn payments_read_together_come_back_at_their_newest_state_in_the_order_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.redb");
+    let mut settled = record("pay_1");
+    settled.state = SettlementState::Settled;
+    runtime().block_on(async {
+        let journal = Journal::open(&path, WINDOW).expect("open");
+        // pay_1 in the store at a newer state, pay_2 accepted (staged or moved by now).
+        journal.put(vec![settled.clone()]).await.expect("put");
+        journal
+            .accept(vec![record("pay_2")], Durability::Sync)
+            .await
+            .expect("accept");
+        let read = journal
+            .get_many(["pay_2", "pay_missing", "pay_1"])
+            .expect("read");
+        assert_eq!(read, vec![record("pay_2"), settled.clone()]);
+    });
+}
