@@ -3,12 +3,13 @@
 //! simulated as the settler would send it and split until the payments that break it run
 //! alone, a signed batch transaction built by the payments' scheme ([`crate::scheme`]:
 //! `transferWithAuthorization` calls through `aggregate3` for `exact`, `LevyBatcher.settle`
-//! for `upto`), receipts, and the scheme's use and cancel events for reconciliation. Every
-//! RPC call has a timeout, and every RPC error is sorted by what it says about a payment
-//! ([`ChainError`]).
+//! for `upto`), the chain head it follows ([`head`]), receipts, and the scheme's use and
+//! cancel events for reconciliation. Every RPC call has a timeout, and every RPC error is
+//! sorted by what it says about a payment ([`ChainError`]).
 
 mod error;
 mod fate;
+mod head;
 mod simulate;
 
 pub use error::ChainError;
@@ -73,10 +74,6 @@ fn creation_code(artifact: &str) -> Option<Bytes> {
 
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
-
-/// How long a read of the chain head serves (the settlement engine's own tick): about ten
-/// `eth_blockNumber` a second per chain while batches are in flight, none while none is.
-const HEAD_FRESH: Duration = Duration::from_millis(100);
 
 /// What the chain says about one authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,9 +181,9 @@ pub struct Chain {
     fees: Remembered<Eip1559Estimation>,
     /// The latest block's gas limit (it moves slowly), read once a minute.
     block_gas: Remembered<u64>,
-    /// The newest block's number, read at most once per [`HEAD_FRESH`]: the batches in flight
-    /// on this chain share one read per round instead of asking a receipt each.
-    head: Remembered<u64>,
+    /// The newest block's number as levy follows it ([`head::HeadClock`]): the batches in
+    /// flight on this chain share one read per round instead of asking a receipt each.
+    head: Mutex<head::HeadClock>,
     /// The most gas per payment an `exact` batch used when simulated whole (0: none yet):
     /// what a batch the pre-check decided is given without a simulation of its own.
     exact_gas_per_payment: AtomicU64,
@@ -218,19 +215,6 @@ impl<T: Copy> Remembered<T> {
         *crate::sync::lock(&self.read) = Some((Instant::now(), value));
         value
     }
-
-    /// The value however old it is, if one was ever read.
-    fn last(&self) -> Option<T> {
-        crate::sync::lock(&self.read).map(|(_, value)| value)
-    }
-
-    /// Ends its freshness: the next [`Remembered::get`] misses ([`Remembered::last`] keeps
-    /// it).
-    fn expire(&self) {
-        if let Some((at, _)) = crate::sync::lock(&self.read).as_mut() {
-            *at = Instant::now().checked_sub(self.fresh_for).unwrap_or(*at);
-        }
-    }
 }
 
 impl Chain {
@@ -253,7 +237,7 @@ impl Chain {
             builder_code: Vec::new(),
             fees: Remembered::new(Duration::from_secs(1)),
             block_gas: Remembered::new(Duration::from_secs(60)),
-            head: Remembered::new(HEAD_FRESH),
+            head: Mutex::new(head::HeadClock::default()),
             exact_gas_per_payment: AtomicU64::new(0),
         })
     }
@@ -638,26 +622,27 @@ impl Chain {
             )
             .await;
         // A chain that mines at once has a newer block now: read the head again.
-        self.head.expire();
+        crate::sync::lock(&self.head).expire();
         sent.map(|_| ())
     }
 
-    /// The newest block's number (`eth_blockNumber`), as read within the last [`HEAD_FRESH`]
-    /// and since levy's last broadcast on this chain.
+    /// The newest block's number (`eth_blockNumber`), read again only when a newer block
+    /// may be out ([`head::HeadClock`]).
     pub async fn head(&self) -> Result<u64, ChainError> {
-        if let Some(head) = self.head.get() {
+        if let Some(head) = crate::sync::lock(&self.head).fresh(Instant::now()) {
             return Ok(head);
         }
         let head = self
             .rpc("eth_blockNumber", self.provider.get_block_number())
             .await?;
-        Ok(self.head.keep(head))
+        crate::sync::lock(&self.head).saw(head, Instant::now());
+        Ok(head)
     }
 
     /// The newest block's number as last read, however long ago (`None`: never read): a
     /// transaction sent now cannot be in that block or an older one.
     pub fn last_head(&self) -> Option<u64> {
-        self.head.last()
+        crate::sync::lock(&self.head).last()
     }
 
     /// The receipt of a transaction, if mined.
