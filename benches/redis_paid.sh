@@ -15,7 +15,8 @@
 # STATE=embedded runs the first two without Redis too (then the third is a repeat of the
 # first); BASE_SETTLEMENT adds keys to the second's `settlement:` (e.g. ", funds: {check:
 # false}" with this build as the baseline: what a setting costs under load). RATE offers that
-# many requests a second (open loop) instead of as many as the connections carry.
+# many requests a second (open loop) instead of as many as the connections carry; ROUTE_KEYS
+# adds keys to the paid route (e.g. ", settle: before_response").
 # Build the baseline in its own target directory (see benches/side-by-side.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ levy:
 $([ "$3" = none ] || echo "  state: {redis: {url: \"redis://127.0.0.1:$3/0\"}}")
   upstreams: {origin: {address: "127.0.0.1:18300"}}
   routes:
-    - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]}
+    - {name: paid, path: /paid/*, price: "\$0.001", max_timeout_seconds: 3600, accepts: [{network: base-sepolia}]${ROUTE_KEYS:-}}
 YAML
 }
 if [ "${STATE:-redis}" = embedded ]; then NEW_REDIS=none BASE_REDIS=none; else NEW_REDIS=18379 BASE_REDIS=18380; fi

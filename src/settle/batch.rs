@@ -293,7 +293,7 @@ impl Settlement {
             if !submitted || tokio::time::Instant::now() >= deadline {
                 return;
             }
-            self.reconcile_inflight().await;
+            self.reconcile_inflight(Pace::Waited).await;
             // Poll briskly at first (a local or fast chain mines at once), then back off.
             let pause = if started.elapsed() < Duration::from_secs(2) {
                 Duration::from_millis(20)
@@ -572,17 +572,22 @@ impl Settlement {
         }
     }
 
-    /// Looks at each batch in flight whose receipt may have appeared since it was last
-    /// looked for: the chain head (one read per chain, shared by its batches) has moved past
-    /// that look, or [`RELOOK_AFTER`](super::RELOOK_AFTER) has passed. A batch waiting for
-    /// its block costs no call of its own.
-    pub(super) async fn reconcile_inflight(&self) {
+    /// Resolves what it can of the batches in flight. [`Pace::FollowHead`] looks only at
+    /// those whose receipt may have appeared since they were last looked for: the chain head
+    /// (one read per chain, shared by its batches) has moved past that look, or
+    /// [`RELOOK_AFTER`](super::RELOOK_AFTER) has passed; a batch waiting for its block costs
+    /// no call of its own. [`Pace::Waited`] looks at every one.
+    pub(super) async fn reconcile_inflight(&self, pace: Pace) {
         let batches = self.inner.inflight.lock().await.all();
         let mut heads: HashMap<&str, Option<u64>> = HashMap::new();
         for (batch, looked) in &batches {
             let Some(chain) = self.inner.chains.get(&batch.network) else {
                 continue;
             };
+            if pace == Pace::Waited {
+                self.try_resolve(chain, batch, None).await;
+                continue;
+            }
             let head = match heads.get(batch.network.as_str()) {
                 Some(head) => *head,
                 None => {
@@ -596,6 +601,16 @@ impl Settlement {
             }
         }
     }
+}
+
+/// How briskly a round looks for the receipts of the batches in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// Nobody waits: as new blocks come out.
+    FollowHead,
+    /// A payer waits on the chain (a `before_response` payment, or one waiting for a slot
+    /// among the batches in flight): every batch, every round, whatever the head says.
+    Waited,
 }
 
 /// The receipt of the batch's transaction or of one it replaced (newest first), if one is

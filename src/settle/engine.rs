@@ -9,6 +9,7 @@ use std::time::Duration;
 use alloy::primitives::{B256, U256};
 use tokio::sync::mpsc;
 
+use super::batch::Pace;
 use super::chain::ChainError;
 use super::exposure::LossOutcome;
 use super::{
@@ -96,7 +97,7 @@ impl Settlement {
                 if !jobs.is_empty() {
                     self.settle_urgent(jobs).await;
                 }
-                self.reconcile_inflight().await;
+                self.reconcile_inflight(Pace::FollowHead).await;
                 let Some((network, batch)) = self.take_due() else {
                     break;
                 };
@@ -286,7 +287,7 @@ impl Settlement {
                     busy = true;
                     break;
                 }
-                self.reconcile_inflight().await;
+                self.reconcile_inflight(Pace::Waited).await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if busy {
