@@ -124,6 +124,16 @@ impl Looked {
     }
 }
 
+/// How briskly a round looks for the receipts of the batches in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// Nobody waits: as new blocks come out.
+    FollowHead,
+    /// A payer waits on the chain (a `before_response` payment, or one waiting for a slot
+    /// among the batches in flight): every batch, every round, whatever the head says.
+    Waited,
+}
+
 impl InFlight {
     fn count(&self, network: &str) -> usize {
         self.0.get(network).map_or(0, |b| b.len())

@@ -13,7 +13,8 @@ use alloy::primitives::{Address, B256, U256};
 use super::chain::{AuthorizationFate, Chain, ChainError, Mined, Transfer};
 use super::engine::{Final, Retry};
 use super::{
-    lock, BatchRecord, PaymentRecord, Reason, Settlement, SettlementState, Simulate, MAX_FEE_BUMPS,
+    lock, BatchRecord, Pace, PaymentRecord, Reason, Settlement, SettlementState, Simulate,
+    MAX_FEE_BUMPS,
 };
 use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
@@ -601,16 +602,6 @@ impl Settlement {
             }
         }
     }
-}
-
-/// How briskly a round looks for the receipts of the batches in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Pace {
-    /// Nobody waits: as new blocks come out.
-    FollowHead,
-    /// A payer waits on the chain (a `before_response` payment, or one waiting for a slot
-    /// among the batches in flight): every batch, every round, whatever the head says.
-    Waited,
 }
 
 /// The receipt of the batch's transaction or of one it replaced (newest first), if one is

@@ -9,11 +9,10 @@ use std::time::Duration;
 use alloy::primitives::{B256, U256};
 use tokio::sync::mpsc;
 
-use super::batch::Pace;
 use super::chain::ChainError;
 use super::exposure::LossOutcome;
 use super::{
-    lock, settle_window_seconds, OnBacklog, PaymentRecord, Reason, SettleError, Settlement,
+    lock, settle_window_seconds, OnBacklog, Pace, PaymentRecord, Reason, SettleError, Settlement,
     SettlementState, Urgent, DENY_REASONS,
 };
 use crate::alerts::{Alert, Event as AuditEvent};
