@@ -1,9 +1,9 @@
 //! Following the chain head: when levy reads the newest block's number again. While batches
 //! are in flight it reads at most every [`FRESH`]; on a chain whose blocks come on a steady
-//! clock (the last [`STEADY_GAPS`] gaps between new heads agree within a quarter) it waits
-//! until the next block is nine tenths due, so a chain with blocks every few seconds costs a
-//! few reads a block, not ten a second. On any other chain a broadcast makes the next read
-//! due at once (a chain that mines on demand has a newer block then).
+//! clock of a second or more (the last [`STEADY_GAPS`] gaps between new heads agree within a
+//! quarter) it waits until the next block is nine tenths due, so a chain with blocks every
+//! few seconds costs a few reads a block, not ten a second. On any other chain a broadcast
+//! makes the next read due at once (a chain that mines on demand has a newer block then).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub(super) const FRESH: Duration = Duration::from_millis(100);
 /// How many gaps between new heads must agree before levy waits for the next block.
 const STEADY_GAPS: usize = 3;
+/// A clock faster than this is not waited for: a chain that mines on demand at levy's own
+/// steady pace looks like one, and reading every [`FRESH`] costs little against it.
+const SLOWEST_POLLED: Duration = Duration::from_secs(1);
 
 /// What levy knows of the chain head, and when to ask again.
 #[derive(Debug, Default)]
@@ -55,13 +58,14 @@ impl HeadClock {
             .is_none_or(|interval| now >= seen.since + interval.mul_f64(0.9))
     }
 
-    /// The block interval, when the last gaps agree within a quarter.
+    /// The block interval, when the last gaps agree within a quarter and are a second or
+    /// more.
     fn steady_interval(&self) -> Option<Duration> {
         if self.gaps.len() < STEADY_GAPS {
             return None;
         }
         let (min, max) = (self.gaps.iter().min()?, self.gaps.iter().max()?);
-        (max.as_secs_f64() <= min.as_secs_f64() * 1.25)
+        (*min >= SLOWEST_POLLED && max.as_secs_f64() <= min.as_secs_f64() * 1.25)
             .then(|| self.gaps.iter().sum::<Duration>() / STEADY_GAPS as u32)
     }
 
@@ -150,6 +154,16 @@ mod tests {
             }
         }
         assert_eq!(reads, 50, "one read per 100 ms");
+    }
+
+    #[test]
+    fn a_steady_clock_faster_than_a_second_is_read_every_tick() {
+        // What a chain that mines on demand looks like under an even load.
+        let mut clock = HeadClock::default();
+        let start = Instant::now();
+        reads(&mut clock, start, 0, 4_000, 500);
+        let steady = reads(&mut clock, start, 4_000, 9_000, 500);
+        assert_eq!(steady, 50, "one read per 100 ms");
     }
 
     #[test]
