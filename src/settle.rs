@@ -127,11 +127,28 @@ impl Looked {
 /// How briskly a round looks for the receipts of the batches in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pace {
-    /// Nobody waits: as new blocks come out.
+    /// Nobody waits: as new blocks come out, the head read at most every
+    /// [`chain::HEAD_EVERY`].
     FollowHead,
     /// A payer waits on the chain (a `before_response` payment, or one waiting for a slot
-    /// among the batches in flight): every batch, every round, whatever the head says.
+    /// among the batches in flight), in rounds [`WAITED_ROUNDS`] apart: on a chain whose
+    /// blocks come on a clock, as new blocks come out, the head read every round once the
+    /// next block is nearly due; on any other chain, every batch every round.
     Waited,
+}
+
+/// How far apart the rounds come while a payer waits on the chain (at first: see
+/// `await_final`).
+const WAITED_ROUNDS: Duration = Duration::from_millis(20);
+
+impl Pace {
+    /// How often a round at this pace reads the chain head at most.
+    fn head_every(self) -> Duration {
+        match self {
+            Pace::FollowHead => chain::HEAD_EVERY,
+            Pace::Waited => WAITED_ROUNDS,
+        }
+    }
 }
 
 impl InFlight {

@@ -28,17 +28,17 @@ struct Counted {
 /// levy settling through a counting proxy of a fresh chain's RPC, with `settlement` (its
 /// keys, four spaces in) added to its settlement section.
 fn counted(settlement: &str) -> Counted {
-    counted_on(TestChain::start(), settlement)
+    counted_on(TestChain::start(), settlement, "")
 }
 
-/// The same on `chain`.
-fn counted_on(chain: TestChain, settlement: &str) -> Counted {
+/// The same on `chain`, with `route` (its keys, `, ` first) added to the paid route.
+fn counted_on(chain: TestChain, settlement: &str, route: &str) -> Counted {
     let rpc = LaggingRpc::start(&chain.rpc_url, Duration::ZERO);
     let origin = Origin::echo();
     let dir = tempfile::tempdir().expect("tempdir");
     let levy = Levy::start(&format!(
         "{}{}{}  routes:\n    \
-         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]}}\n",
+         - {{name: data, path: /data/*, amount: {PRICE}, accepts: [{{network: base-sepolia}}]{route}}}\n",
         upstream_yaml(origin.addr),
         chain.levy_yaml_via(&rpc.url),
         settlement_yaml(dir.path(), settlement),
@@ -151,7 +151,7 @@ fn a_batch_waiting_for_its_block_is_looked_for_when_a_block_is_out_not_every_tur
     // waits, and asked for its receipt on each turn before it followed the chain head.
     let Counted {
         chain, rpc, levy, ..
-    } = counted_on(TestChain::with_block_time(3), PAIRS);
+    } = counted_on(TestChain::with_block_time(3), PAIRS, "");
     let terms = challenge(&levy, "/data/x");
     for key in [KEYS[0], KEYS[3]] {
         chain.mint(signer(key).address(), 10 * PRICE);
@@ -176,5 +176,35 @@ fn a_batch_waiting_for_its_block_is_looked_for_when_a_block_is_out_not_every_tur
     assert!(
         rpc.calls("eth_blockNumber") > 0,
         "the batches in flight followed the chain head"
+    );
+}
+
+#[test]
+fn a_payer_waiting_on_a_chain_with_a_block_clock_is_answered_from_the_head_not_from_polled_receipts(
+) {
+    // A block every two seconds; each payment is settled before its response.
+    let Counted {
+        chain, rpc, levy, ..
+    } = counted_on(
+        TestChain::with_block_time(2),
+        "",
+        ", settle: before_response",
+    );
+    let terms = challenge(&levy, "/data/x");
+    chain.mint(signer(KEYS[0]).address(), 20 * PRICE);
+    // While the first payers wait, levy learns the chain's block clock.
+    for _ in 0..4 {
+        pay(&levy, &terms, KEYS[0]);
+    }
+    let receipts_before = rpc.calls("eth_getTransactionReceipt");
+    for _ in 0..3 {
+        pay(&levy, &terms, KEYS[0]);
+    }
+    let receipts = rpc.calls("eth_getTransactionReceipt") - receipts_before;
+    assert_eq!(settlements_in(levy.admin, "settled"), 7);
+    // Looked for every 20 ms while a payer waited, each of them cost a hundred calls.
+    assert!(
+        receipts <= 3 * 3,
+        "{receipts} receipt calls for three payments, each waiting for its block"
     );
 }

@@ -20,6 +20,10 @@ use crate::alerts::Event as AuditEvent;
 use crate::clock::unix_now;
 use crate::metrics::metrics;
 
+/// While a payer waits on a chain whose block clock is not known, its head is still read this
+/// often at most (see [`Settlement::reconcile_inflight`]).
+const LEARN_CLOCK_EVERY: Duration = Duration::from_secs(1);
+
 impl Settlement {
     pub(super) async fn settle_batch(&self, network: &str, batch: Vec<PaymentRecord>) {
         if let Some(remote) = &self.inner.facilitator {
@@ -297,7 +301,7 @@ impl Settlement {
             self.reconcile_inflight(Pace::Waited).await;
             // Poll briskly at first (a local or fast chain mines at once), then back off.
             let pause = if started.elapsed() < Duration::from_secs(2) {
-                Duration::from_millis(20)
+                super::WAITED_ROUNDS
             } else {
                 Duration::from_millis(250)
             };
@@ -573,11 +577,12 @@ impl Settlement {
         }
     }
 
-    /// Resolves what it can of the batches in flight. [`Pace::FollowHead`] looks only at
-    /// those whose receipt may have appeared since they were last looked for: the chain head
-    /// (one read per chain, shared by its batches) has moved past that look, or
-    /// [`RELOOK_AFTER`](super::RELOOK_AFTER) has passed; a batch waiting for its block costs
-    /// no call of its own. [`Pace::Waited`] looks at every one.
+    /// Resolves what it can of the batches in flight: those whose receipt may have appeared
+    /// since they were last looked for — the chain head (one read per chain, shared by its
+    /// batches) has moved past that look, or [`RELOOK_AFTER`](super::RELOOK_AFTER) has
+    /// passed; a batch waiting for its block costs no call of its own. A round a payer waits
+    /// on ([`Pace::Waited`]) reads the head briskly, and on a chain without a block clock
+    /// looks at every batch.
     pub(super) async fn reconcile_inflight(&self, pace: Pace) {
         let batches = self.inner.inflight.lock().await.all();
         let mut heads: HashMap<&str, Option<u64>> = HashMap::new();
@@ -585,14 +590,17 @@ impl Settlement {
             let Some(chain) = self.inner.chains.get(&batch.network) else {
                 continue;
             };
-            if pace == Pace::Waited {
+            if pace == Pace::Waited && !chain.on_a_clock() {
+                // The head once a second at most, so that a chain's clock is learned even
+                // where every payment waits.
+                chain.learn_clock(LEARN_CLOCK_EVERY).await;
                 self.try_resolve(chain, batch, None).await;
                 continue;
             }
             let head = match heads.get(batch.network.as_str()) {
                 Some(head) => *head,
                 None => {
-                    let head = chain.head().await.ok();
+                    let head = chain.head(pace.head_every()).await.ok();
                     heads.insert(&batch.network, head);
                     head
                 }

@@ -75,6 +75,9 @@ fn creation_code(artifact: &str) -> Option<Bytes> {
 /// How far back reconciliation looks for an authorization's events.
 const LOG_LOOKBACK_BLOCKS: u64 = 9_000;
 
+/// How often the chain head is read at most while batches are in flight and nobody waits.
+pub const HEAD_EVERY: Duration = head::FRESH;
+
 /// What the chain says about one authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthorizationFate {
@@ -627,16 +630,36 @@ impl Chain {
     }
 
     /// The newest block's number (`eth_blockNumber`), read again only when a newer block
-    /// may be out ([`head::HeadClock`]).
-    pub async fn head(&self) -> Result<u64, ChainError> {
-        if let Some(head) = crate::sync::lock(&self.head).fresh(Instant::now()) {
+    /// may be out ([`head::HeadClock`]), and at most `every` ([`HEAD_EVERY`] unless a payer
+    /// waits).
+    pub async fn head(&self, every: Duration) -> Result<u64, ChainError> {
+        if let Some(head) = crate::sync::lock(&self.head).fresh(Instant::now(), every) {
             return Ok(head);
         }
+        self.read_head().await
+    }
+
+    async fn read_head(&self) -> Result<u64, ChainError> {
         let head = self
             .rpc("eth_blockNumber", self.provider.get_block_number())
             .await?;
         crate::sync::lock(&self.head).saw(head, Instant::now());
         Ok(head)
+    }
+
+    /// Reads the head unless it was read within `every`, whatever levy broadcast since: to
+    /// learn the chain's block clock where nothing else reads the head. A failed read is
+    /// left for the next time.
+    pub async fn learn_clock(&self, every: Duration) {
+        if !crate::sync::lock(&self.head).read_within(Instant::now(), every) {
+            let _ = self.read_head().await;
+        }
+    }
+
+    /// Whether this chain's blocks come on a steady clock of a second or more, as levy has
+    /// seen them come.
+    pub fn on_a_clock(&self) -> bool {
+        crate::sync::lock(&self.head).on_a_clock()
     }
 
     /// The newest block's number as last read, however long ago (`None`: never read): a

@@ -287,7 +287,7 @@ impl Settlement {
                     break;
                 }
                 self.reconcile_inflight(Pace::Waited).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(super::WAITED_ROUNDS).await;
             }
             if busy {
                 for job in jobs {

@@ -41,14 +41,26 @@ impl HeadClock {
         self.last.map(|seen| seen.number)
     }
 
-    /// The head as last read, while a new read is not due at `now`.
-    pub(super) fn fresh(&self, now: Instant) -> Option<u64> {
+    /// The head as last read, while a new read is not due at `now` for a caller that reads
+    /// at most `every` ([`FRESH`], or briskly while a payer waits).
+    pub(super) fn fresh(&self, now: Instant, every: Duration) -> Option<u64> {
         let seen = self.last?;
         // A broadcast brings a block at once only on a chain that mines on demand.
         let due = (self.expired && self.steady_interval().is_none())
-            || (now.saturating_duration_since(seen.read_at) >= FRESH
+            || (now.saturating_duration_since(seen.read_at) >= every
                 && self.next_block_due(seen, now));
         (!due).then_some(seen.number)
+    }
+
+    /// Whether the head was read less than `every` before `now`.
+    pub(super) fn read_within(&self, now: Instant, every: Duration) -> bool {
+        self.last
+            .is_some_and(|seen| now.saturating_duration_since(seen.read_at) < every)
+    }
+
+    /// Whether blocks come on a steady clock of a second or more (see the module).
+    pub(super) fn on_a_clock(&self) -> bool {
+        self.steady_interval().is_some()
     }
 
     /// Whether the next block may be out at `now`: the chain's clock is not known, or nine
@@ -116,7 +128,7 @@ mod tests {
         let mut reads = 0;
         for t in (from..to).step_by(10) {
             let now = start + Duration::from_millis(t);
-            if clock.fresh(now).is_none() {
+            if clock.fresh(now, FRESH).is_none() {
                 reads += 1;
                 clock.saw(t / block_ms, now);
             }
@@ -148,12 +160,30 @@ mod tests {
         };
         for t in (0..5_000).step_by(10) {
             let now = start + Duration::from_millis(t);
-            if clock.fresh(now).is_none() {
+            if clock.fresh(now, FRESH).is_none() {
                 reads += 1;
                 clock.saw(heads(t) as u64, now);
             }
         }
         assert_eq!(reads, 50, "one read per 100 ms");
+    }
+
+    #[test]
+    fn a_waiting_payer_reads_briskly_only_once_the_next_block_is_nearly_due() {
+        let mut clock = HeadClock::default();
+        let start = Instant::now();
+        reads(&mut clock, start, 0, 8_000, 2_000);
+        assert!(clock.on_a_clock());
+        let brisk = Duration::from_millis(20);
+        let mut reads = 0;
+        for t in (8_000..28_000).step_by(10) {
+            let now = start + Duration::from_millis(t);
+            if clock.fresh(now, brisk).is_none() {
+                reads += 1;
+                clock.saw(t / 2_000, now);
+            }
+        }
+        assert!(reads <= 10 * 15, "{reads} reads over ten 2 s blocks");
     }
 
     #[test]
@@ -172,14 +202,18 @@ mod tests {
         let start = Instant::now();
         clock.saw(1, start);
         clock.expire();
-        assert_eq!(clock.fresh(start), None, "mined on demand, perhaps");
+        assert_eq!(clock.fresh(start, FRESH), None, "mined on demand, perhaps");
         assert_eq!(clock.last(), Some(1));
         reads(&mut clock, start, 0, 10_000, 2_000);
         let now = start + Duration::from_millis(10_000);
         clock.saw(5, now);
         clock.expire();
         let later = now + Duration::from_millis(500);
-        assert_eq!(clock.fresh(later), Some(5), "the next block is 1.5 s away");
+        assert_eq!(
+            clock.fresh(later, FRESH),
+            Some(5),
+            "the next block is 1.5 s away"
+        );
     }
 
     #[test]
