@@ -96,9 +96,10 @@ const MAX_FEE_BUMPS: usize = 10;
 #[derive(Default)]
 struct InFlight(HashMap<String, std::collections::BTreeMap<u64, Flight>>);
 
-/// A batch in flight.
+/// A batch in flight (shared: a round's snapshot of the batches does not copy each one's
+/// payment ids).
 struct Flight {
-    batch: BatchRecord,
+    batch: Arc<BatchRecord>,
     /// The chain head and the time of the last look that found no receipt (`None`: not
     /// looked for yet): the receipt cannot appear before a newer block does.
     looked: Option<Looked>,
@@ -117,6 +118,14 @@ struct Looked {
 const RELOOK_AFTER: Duration = Duration::from_secs(2);
 
 impl Looked {
+    /// A look at `head`, now.
+    fn now(head: u64) -> Self {
+        Looked {
+            head,
+            at: std::time::Instant::now(),
+        }
+    }
+
     /// Whether a receipt not found at this look may be found at `head` now (`None`: the
     /// head could not be read, so look).
     fn worth_again(self, head: Option<u64>) -> bool {
@@ -173,14 +182,13 @@ impl InFlight {
     /// known when it was broadcast: its receipt is first looked for once a newer block is
     /// out (`None`: at once).
     fn insert(&mut self, batch: BatchRecord, sent_after: Option<u64>) {
-        let looked = sent_after.map(|head| Looked {
-            head,
-            at: std::time::Instant::now(),
-        });
-        self.0
-            .entry(batch.network.clone())
-            .or_default()
-            .insert(batch.nonce, Flight { batch, looked });
+        self.0.entry(batch.network.clone()).or_default().insert(
+            batch.nonce,
+            Flight {
+                batch: Arc::new(batch),
+                looked: sent_after.map(Looked::now),
+            },
+        );
     }
 
     fn remove(&mut self, network: &str, nonce: u64) {
@@ -200,18 +208,15 @@ impl InFlight {
             .and_then(|b| b.get_mut(&batch.nonce))
             .filter(|f| f.batch.tx_hash == batch.tx_hash)
         {
-            flight.looked = Some(Looked {
-                head,
-                at: std::time::Instant::now(),
-            });
+            flight.looked = Some(Looked::now(head));
         }
     }
 
     /// Every batch, lowest nonce first per network, with its last look.
-    fn all(&self) -> Vec<(BatchRecord, Option<Looked>)> {
+    fn all(&self) -> Vec<(Arc<BatchRecord>, Option<Looked>)> {
         self.0
             .values()
-            .flat_map(|b| b.values().map(|f| (f.batch.clone(), f.looked)))
+            .flat_map(|b| b.values().map(|f| (Arc::clone(&f.batch), f.looked)))
             .collect()
     }
 }

@@ -2,8 +2,8 @@
 //! partitions a batch (expired, unfunded, already used, unknown, to simulate), the
 //! simulation's verdicts (only a transfer that fails alone is the payer's doing), signing
 //! and journaling before broadcast, receipts (looked for when the chain head has moved; a
-//! payment that did not transfer goes alone next, and fails if it fails alone), fee bumps, and reconciling what a crash left in
-//! flight.
+//! payment that did not transfer goes alone next, and fails if it fails alone), fee bumps,
+//! and reconciling what a crash left in flight.
 
 use std::collections::HashMap;
 use std::time::Duration;
